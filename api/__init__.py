@@ -1,0 +1,1 @@
+"""hopscope.api"""

@@ -1,0 +1,35 @@
+"""Typed errors a user can act on.
+
+Every error that reaches the command line is a ``HopscopeError``: the CLI prints its message on one
+line and exits non-zero, without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+
+class HopscopeError(Exception):
+    """Base of the errors the command line reports as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(HopscopeError):
+    """A setting or argument is invalid."""
+
+    exit_code = 2
+
+
+class UnavailableError(HopscopeError):
+    """A service (Kafka broker, ClickHouse server) cannot be reached at the address named."""
+
+    exit_code = 3
+
+
+class CaptureError(HopscopeError):
+    """A capture file or interface cannot be read (the message names the file and the offset)."""
+
+    exit_code = 4
+
+
+class DecodeError(HopscopeError):
+    """A message or record batch cannot be decoded (unknown schema version, bad magic, truncated)."""
+
+    exit_code = 5
