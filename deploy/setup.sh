@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# deploy/setup.sh: the one place that installs Debian and Python packages for hopscope.
+# Idempotent; run as root on a fresh Debian 12 machine:  bash deploy/setup.sh
+# Fast when everything is already there (dpkg check, venv check, pip's own no-op).
+# Other engineers append their own clearly commented blocks BELOW the store/services block.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------------------------------------
+# Block: services and store (deploy/kafka, deploy/clickhouse, hopscope.store) and the venv.
+# ---------------------------------------------------------------------------------------------
+DEB_PACKAGES=(
+  clickhouse-server clickhouse-client          # store: Debian's ClickHouse 18.16 (deploy/clickhouse)
+  openjdk-17-jre-headless maven                # Kafka 4.x runs on the JDK; jars resolved by Maven
+  tshark tcpdump nfdump argus-client argus-server   # decoders and peers for the benchmarks
+  libpcap-dev libnetfilter-queue-dev           # live capture, NetfilterQueue build
+  iptables iproute2 ethtool nginx              # the lab
+  python3-venv python3-dev build-essential     # the venv and wheels built from source
+)
+
+missing_debs() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+install_debs() {
+  local missing
+  mapfile -t missing < <(missing_debs "$@")
+  if [ "${#missing[@]}" -eq 0 ]; then
+    echo "setup: Debian packages: all ${#} present"
+    return
+  fi
+  echo "setup: Debian packages missing: ${missing[*]}"
+  # tshark asks whether non-root users may capture: answer no, without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  # apt-get update only when the package lists are absent or older than a day.
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
+    echo "setup: apt-get update"
+    apt-get update -qq
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+setup_venv() {
+  local venv="$ROOT/.venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating venv $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+  else
+    echo "setup: venv $venv present"
+  fi
+  echo "setup: pip install -e \".[dev,lab]\" (editable, strict)"
+  "$venv/bin/pip" install -q -e "$ROOT[dev,lab]" --config-settings editable_mode=strict
+}
+
+install_debs "${DEB_PACKAGES[@]}"
+setup_venv
+echo "setup: services/store block done"
+# --------------------------------- end of services/store block -------------------------------
