@@ -54,7 +54,7 @@ def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
 def _encode_column(ctype: ColumnType, data: ColumnData, count: int) -> bytes:
     if not ctype.is_text:
         return np.ascontiguousarray(data, dtype=ctype.dtype).tobytes()
-    encoded = [s.encode("utf-8", "surrogateescape") for s in data]  # type: ignore[union-attr]
+    encoded = [s.encode("utf-8", "surrogateescape") for s in data]
     lengths = np.fromiter((len(b) for b in encoded), dtype="<u4", count=count)
     return lengths.tobytes() + b"".join(encoded)
 

@@ -248,7 +248,9 @@ class Span(Record):
     req_link_us: int = _col(I64, "request latency from the previous hop to this one")
     resp_link_us: int = _col(I64, "response latency from this hop back to the previous one")
     clock_offset_us: int = _col(I64, "correction applied to this host's timestamps")
-    link_reason: str = _col(STR, "why this hop was linked: nat:syn_seq, l7:req_tcp_seq, proxy:x-request-id, ...")
+    link_reason: str = _col(
+        STR, "why this hop was linked: nat:syn_seq, l7:req_tcp_seq, proxy:x-request-id, ..."
+    )
     link_confidence: float = _col(F32, "confidence of the link, 0..1")
     lost_pkts: int = _col(U32, "segments lost on the link from the previous hop to this one")
     retrans_pkts: int = _col(U32, "retransmissions of this request's segments seen here")
@@ -299,6 +301,10 @@ RECORD_BY_TABLE: Mapping[str, type[Record]] = {t.TABLE: t for t in RECORD_TYPES}
 
 R = TypeVar("R", bound=Record)
 
+
+def _as_list(data: ColumnData) -> list[Any]:
+    return data if isinstance(data, list) else data.tolist()
+
 ColumnData = npt.NDArray[Any] | list[str]
 
 
@@ -339,7 +345,7 @@ class Batch:
 
     def records(self) -> Iterator[Record]:
         names = [c.name for c in self.record_type.columns()]
-        lists = [self.columns[n] if isinstance(self.columns[n], list) else self.columns[n].tolist() for n in names]
+        lists = [_as_list(self.columns[n]) for n in names]
         for values in zip(*lists, strict=True):
             yield self.record_type(**dict(zip(names, values, strict=True)))
 
@@ -359,7 +365,7 @@ class Batch:
             if col.type.is_text:
                 columns[col.name] = [s for part in parts for s in part]
             else:
-                columns[col.name] = np.concatenate(parts)  # type: ignore[arg-type]
+                columns[col.name] = np.concatenate(parts)
         return cls(rtype, columns, sum(len(b) for b in batches))
 
     def take(self, indices: npt.NDArray[np.intp]) -> Batch:
