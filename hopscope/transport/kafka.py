@@ -1,0 +1,187 @@
+"""Kafka transport (kafka-python): batches of records per message, keyed by correlation key.
+
+kafka-python moves some tens of thousands of messages per second, so a message carries a whole
+batch (``hopscope.codec``). The publisher splits a probe's batch by the partition of each record's
+correlation key, so all observations of one connection reach one partition; the message key is the
+correlation key of the message's first record, its partition is set explicitly.
+
+The consumer belongs to a consumer group, never auto-commits, and commits a partition's offset only
+when ``commit`` is called with the deliveries the caller has stored. A message that fails to decode
+is counted, logged with topic, partition and offset, and copied to ``hopscope.deadletter`` with the
+error in its headers; its offset is committed with the next commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from hopscope.codec import decode_batch, encode_batch
+from hopscope.errors import DecodeError, UnavailableError
+from hopscope.records import Batch
+from hopscope.transport.base import (
+    DEAD_LETTER_TOPIC,
+    TOPICS,
+    Delivery,
+    TransportStats,
+    correlation_keys,
+    split_by_partition,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest message the publisher sends; the broker's message.max.bytes must be at least this.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def _unavailable(bootstrap: str, exc: Exception) -> UnavailableError:
+    return UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({type(exc).__name__}: {exc})")
+
+
+def ensure_topics(bootstrap: str, partitions: int = 4, topics: Iterable[str] | None = None) -> None:
+    """Create hopscope's topics if they do not exist (one replica: a single-node broker)."""
+    names = list(topics or [*TOPICS.values(), DEAD_LETTER_TOPIC])
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        raise _unavailable(bootstrap, exc) from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another process
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+
+
+class KafkaPublisher:
+    """Publishes batches to the topic of their record type."""
+
+    def __init__(self, bootstrap: str, *, compress: bool = False, linger_ms: int = 5) -> None:
+        self.bootstrap = bootstrap
+        self.compress = compress
+        self.stats = TransportStats()
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                linger_ms=linger_ms,
+                max_request_size=MAX_MESSAGE_BYTES,
+                request_timeout_ms=30_000,
+            )
+        except (NoBrokersAvailable, KafkaError, OSError) as exc:
+            raise _unavailable(bootstrap, exc) from exc
+        self._partitions: dict[str, int] = {}
+
+    def _partition_count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            parts = self._producer.partitions_for(topic)
+            if not parts:
+                raise UnavailableError(f"Kafka topic {topic} does not exist at {self.bootstrap}")
+            count = self._partitions[topic] = len(parts)
+        return count
+
+    def publish(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        topic = TOPICS[batch.record_type.TABLE]
+        for partition, part in split_by_partition(batch, self._partition_count(topic)):
+            key = b"%d" % int(correlation_keys(part.slice(0, 1))[0])
+            value = encode_batch(part, compress=self.compress)
+            self._producer.send(topic, value=value, key=key, partition=partition)
+            self.stats.messages_out += 1
+            self.stats.records_out += len(part)
+            self.stats.bytes_out += len(value)
+
+    def publish_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send bytes as they are (tests and tools that need a malformed message)."""
+        self._producer.send(topic, value=value, key=key)
+
+    def flush(self) -> None:
+        try:
+            self._producer.flush(timeout=60)
+        except KafkaError as exc:
+            raise _unavailable(self.bootstrap, exc) from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+class KafkaRecordConsumer:
+    """Consumes record batches as a member of ``group``; commits only what ``commit`` is given."""
+
+    def __init__(self, bootstrap: str, group: str, tables: Iterable[str] = ("flows", "requests")) -> None:
+        self.bootstrap = bootstrap
+        self.stats = TransportStats()
+        self._pending_bad: dict[TopicPartition, int] = {}
+        try:
+            self._consumer = KafkaConsumer(
+                *[TOPICS[t] for t in tables],
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+            )
+        except (NoBrokersAvailable, KafkaError, OSError) as exc:
+            raise _unavailable(bootstrap, exc) from exc
+        self._dead_letter: KafkaProducer | None = None
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
+        polled: dict[Any, list[Any]] = self._consumer.poll(
+            timeout_ms=int(timeout_s * 1000), max_records=max(1, max_records // 500)
+        )
+        out: list[Delivery] = []
+        for tp, messages in polled.items():
+            for msg in messages:
+                self.stats.messages_in += 1
+                self.stats.bytes_in += len(msg.value or b"")
+                try:
+                    batch = decode_batch(msg.value or b"")
+                except DecodeError as exc:
+                    self._reject(tp, msg, str(exc))
+                    continue
+                self.stats.records_in += len(batch)
+                out.append(Delivery(batch, tp.topic, tp.partition, msg.offset))
+        return out
+
+    def _reject(self, tp: TopicPartition, msg: Any, reason: str) -> None:
+        self.stats.count_bad(reason.split(":")[0])
+        log.warning("skipping bad message %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, reason)
+        if self._dead_letter is None:
+            self._dead_letter = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        headers = [
+            ("hopscope.error", reason.encode()),
+            ("hopscope.source", f"{tp.topic}/{tp.partition}/{msg.offset}".encode()),
+        ]
+        self._dead_letter.send(DEAD_LETTER_TOPIC, value=msg.value, key=msg.key, headers=headers)
+        self._dead_letter.flush(timeout=30)
+        self.stats.dead_lettered += 1
+        self._pending_bad[tp] = max(self._pending_bad.get(tp, -1), msg.offset)
+
+    def commit(self, deliveries: list[Delivery]) -> None:
+        """Commit, per partition, past the last delivery given (and past dead-lettered messages)."""
+        upto: dict[TopicPartition, int] = dict(self._pending_bad)
+        for d in deliveries:
+            tp = TopicPartition(d.topic, d.partition)
+            upto[tp] = max(upto.get(tp, -1), d.offset)
+        if not upto:
+            return
+        offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in upto.items()}
+        self._consumer.commit(offsets=offsets)
+        self._pending_bad.clear()
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+        if self._dead_letter is not None:
+            self._dead_letter.close(timeout=10)
