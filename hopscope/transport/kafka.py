@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from hopscope.codec import decode_batch, encode_batch
@@ -45,12 +46,27 @@ def _unavailable(bootstrap: str, exc: Exception) -> UnavailableError:
     return UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({type(exc).__name__}: {exc})")
 
 
+def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
+    """Fail fast, with the address, when no bootstrap server accepts a TCP connection
+    (kafka-python itself would retry for 30 s and then say little)."""
+    errors = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+            return
+        except (OSError, ValueError) as exc:
+            errors.append(exc)
+    raise _unavailable(bootstrap, errors[-1])
+
+
 def ensure_topics(bootstrap: str, partitions: int = 4, topics: Iterable[str] | None = None) -> None:
     """Create hopscope's topics if they do not exist (one replica: a single-node broker)."""
     names = list(topics or [*TOPICS.values(), DEAD_LETTER_TOPIC])
+    check_reachable(bootstrap)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    except (NoBrokersAvailable, KafkaError, OSError) as exc:
+    except (KafkaError, OSError) as exc:
         raise _unavailable(bootstrap, exc) from exc
     try:
         existing = set(admin.list_topics())
@@ -69,6 +85,7 @@ class KafkaPublisher:
         self.bootstrap = bootstrap
         self.compress = compress
         self.stats = TransportStats()
+        check_reachable(bootstrap)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap,
@@ -77,7 +94,7 @@ class KafkaPublisher:
                 max_request_size=MAX_MESSAGE_BYTES,
                 request_timeout_ms=30_000,
             )
-        except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        except (KafkaError, OSError) as exc:
             raise _unavailable(bootstrap, exc) from exc
         self._partitions: dict[str, int] = {}
 
@@ -123,6 +140,7 @@ class KafkaRecordConsumer:
         self.bootstrap = bootstrap
         self.stats = TransportStats()
         self._pending_bad: dict[TopicPartition, int] = {}
+        check_reachable(bootstrap)
         try:
             self._consumer = KafkaConsumer(
                 *[TOPICS[t] for t in tables],
@@ -133,7 +151,7 @@ class KafkaRecordConsumer:
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
             )
-        except (NoBrokersAvailable, KafkaError, OSError) as exc:
+        except (KafkaError, OSError) as exc:
             raise _unavailable(bootstrap, exc) from exc
         self._dead_letter: KafkaProducer | None = None
 

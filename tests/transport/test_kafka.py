@@ -1,0 +1,113 @@
+"""The Kafka transport against the real broker started by deploy/kafka/start.sh."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from hopscope.errors import UnavailableError
+from hopscope.records import Batch, FlowRecord
+from hopscope.transport.base import DEAD_LETTER_TOPIC, correlation_keys, partition_of, split_by_partition
+from hopscope.transport.kafka import KafkaPublisher, KafkaRecordConsumer, ensure_topics
+
+pytestmark = pytest.mark.kafka
+
+
+def _flows(n: int, seed: int) -> Batch:
+    rng = np.random.default_rng(seed)
+    isns = rng.integers(1, 2**32, n)
+    return Batch.from_records(
+        FlowRecord,
+        [FlowRecord(point=f"p{i % 3}", flow_id=int(i), syn_seq=int(s), orig_h="10.0.0.1") for i, s in enumerate(isns)],
+    )
+
+
+def _drain(consumer: KafkaRecordConsumer, want: int, deadline_s: float = 30.0) -> list:
+    got: list = []
+    end = time.monotonic() + deadline_s
+    while sum(len(d.batch) for d in got) < want and time.monotonic() < end:
+        got += consumer.poll(timeout_s=0.5)
+    return got
+
+
+def test_split_keeps_a_connection_on_one_partition() -> None:
+    batch = _flows(1000, seed=1)
+    # The same ISN observed at three points (NAT changed everything else) lands on one partition.
+    same = Batch.from_records(FlowRecord, [FlowRecord(point=p, syn_seq=1234567, flow_id=i) for i, p in enumerate("abc")])
+    assert len(set(partition_of(correlation_keys(same), 4).tolist())) == 1
+    parts = split_by_partition(batch, 4)
+    assert sorted(p for p, _ in parts) == [0, 1, 2, 3]
+    assert sum(len(b) for _, b in parts) == 1000
+    for p, b in parts:
+        assert set(partition_of(correlation_keys(b), 4).tolist()) == {p}
+
+
+def test_publish_consume_commit_resume(kafka_bootstrap: str) -> None:
+    ensure_topics(kafka_bootstrap)
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    # A fresh group reads from the earliest offset: start it first and skip what is already there.
+    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
+    consumer.commit(_drain(consumer, want=10**9, deadline_s=5))
+    publisher = KafkaPublisher(kafka_bootstrap)
+    sent = _flows(2000, seed=2)
+    publisher.publish(sent)
+    publisher.flush()
+    assert publisher.stats.messages_out == 4  # one message per partition, not one per record
+    got = _drain(consumer, want=2000)
+    ids = sorted(i for d in got for i in d.batch.columns["flow_id"].tolist())
+    assert ids == list(range(2000))
+    # Commit only half the deliveries; a new consumer of the group gets the rest again.
+    by_partition: dict[int, list] = {}
+    for d in got:
+        by_partition.setdefault(d.partition, []).append(d)
+    committed = [ds[0] for ds in by_partition.values()]
+    consumer.commit(committed)
+    consumer.close()
+    again = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
+    redelivered = _drain(again, want=2000 - sum(len(d.batch) for d in committed))
+    assert {(d.partition, d.offset) for d in redelivered} == {
+        (d.partition, d.offset) for d in got if d not in committed
+    }
+    again.commit(redelivered)
+    again.close()
+    publisher.close()
+
+
+def test_bad_message_is_dead_lettered_not_fatal(kafka_bootstrap: str) -> None:
+    ensure_topics(kafka_bootstrap)
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
+    consumer.commit(_drain(consumer, want=10**9, deadline_s=5))
+    dead = KafkaRecordConsumer(kafka_bootstrap, f"{group}-dl", tables=[])
+    dead._consumer.subscribe([DEAD_LETTER_TOPIC])
+    dead._consumer.poll(timeout_ms=2000)  # join the group before anything is sent
+    publisher = KafkaPublisher(kafka_bootstrap)
+    marker = uuid.uuid4().hex.encode()
+    publisher.publish_raw("hopscope.flows", b"garbage-" + marker, key=b"1")
+    publisher.publish(_flows(10, seed=3))
+    publisher.flush()
+    got = _drain(consumer, want=10)
+    assert sum(len(d.batch) for d in got) == 10
+    assert consumer.stats.bad_messages == 1 and consumer.stats.dead_lettered == 1
+    consumer.commit(got)
+    seen = False
+    end = time.monotonic() + 20
+    while not seen and time.monotonic() < end:
+        for msgs in dead._consumer.poll(timeout_ms=500).values():
+            for m in msgs:
+                headers = dict(m.headers)
+                if m.value.endswith(marker):
+                    assert b"not a hopscope record batch" in headers["hopscope.error"]
+                    seen = True
+    assert seen, "the bad message did not reach the dead-letter topic"
+    for c in (consumer, dead):
+        c.close()
+    publisher.close()
+
+
+def test_unreachable_broker_is_one_clear_error() -> None:
+    with pytest.raises(UnavailableError, match=r"Kafka broker at 127\.0\.0\.1:1 is unreachable"):
+        KafkaPublisher("127.0.0.1:1")
