@@ -17,6 +17,7 @@ DEB_PACKAGES=(
   tshark tcpdump nfdump argus-client argus-server   # decoders and peers for the benchmarks
   libpcap-dev libnetfilter-queue-dev           # live capture, NetfilterQueue build
   iptables iproute2 ethtool nginx              # the lab
+  curl                                         # deploy/clickhouse/start.sh readiness check (HTTP)
   python3-venv python3-dev build-essential     # the venv and wheels built from source
 )
 
