@@ -43,19 +43,10 @@ def build(topo: Topology, ns: Namespaces) -> None:
     for link in topo.links:
         ip(
             ns[link.host_a],
-            "link",
-            "add",
-            link.if_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            link.if_b,
-            "netns",
-            ns[link.host_b],
+            *f"link add {link.if_a} type veth peer name {link.if_b} netns {ns[link.host_b]}".split(),
         )
     for br in topo.bridges:
-        ip(ns[br.host], "link", "add", br.name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        ip(ns[br.host], *f"link add {br.name} type bridge stp_state 0 forward_delay 0".split())
         for port in br.ports:
             ip(ns[br.host], "link", "set", port, "master", br.name)
     if topo.overlay == "vxlan":
@@ -70,34 +61,11 @@ def build(topo: Topology, ns: Namespaces) -> None:
         ip(ns[route.host], "route", "add", route.dst, "via", route.via)
     for mirror in topo.mirrors:
         for src in mirror.sources:
-            run(["tc", "-n", ns[mirror.host], "qdisc", "add", "dev", src, "ingress"])
-            run(
-                [
-                    "tc",
-                    "-n",
-                    ns[mirror.host],
-                    "filter",
-                    "add",
-                    "dev",
-                    src,
-                    "parent",
-                    "ffff:",
-                    "protocol",
-                    "all",
-                    "u32",
-                    "match",
-                    "u32",
-                    "0",
-                    "0",
-                    "action",
-                    "mirred",
-                    "egress",
-                    "mirror",
-                    "dev",
-                    mirror.destination,
-                ]
-            )
-    apply_nat(topo, ns)
+            tc = ["tc", "-n", ns[mirror.host]]
+            run([*tc, "qdisc", "add", "dev", src, "ingress"])
+            match_all = f"filter add dev {src} parent ffff: protocol all u32 match u32 0 0"
+            run([*tc, *match_all.split(), "action", "mirred", "egress", "mirror", "dev", mirror.destination])
+    run(["iptables-restore", "-w", "--noflush"], netns=ns[topo.nat_node], stdin=nat_ruleset(topo))
     disable_offloads(topo, ns)
 
 
@@ -132,24 +100,9 @@ def _vxlan(topo: Topology, ns: Namespaces) -> None:
     a, b = topo.routers
     ends = {a: (topo.address_of(a), topo.address_of(b)), b: (topo.address_of(b), topo.address_of(a))}
     for host, (local, remote) in ends.items():
-        ip(
-            ns[host],
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            str(VXLAN_ID),
-            "local",
-            local,
-            "remote",
-            remote,
-            "dstport",
-            str(VXLAN_PORT),
-            "dev",
-            "eth0",
-        )
+        spec = f"link add vx0 type vxlan id {VXLAN_ID} local {local} remote {remote}"
+        spec += f" dstport {VXLAN_PORT} dev eth0"
+        ip(ns[host], *spec.split())
 
 
 def iptables(netns: str, *args: str) -> None:
@@ -157,89 +110,48 @@ def iptables(netns: str, *args: str) -> None:
     run(["iptables", "-w", *args], netns=netns)
 
 
-def apply_nat(topo: Topology, ns: Namespaces) -> None:
-    """kube-proxy-like chains on the NAT node: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* (DNAT),
-    KUBE-MARK-MASQ on every Service hit, and MASQUERADE of marked or pod traffic leaving the node."""
-    node = ns[topo.nat_node]
-    rules: list[list[str]] = []
-    for chain in ("KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
-        rules.append(["-t", "nat", "-N", chain])
-    rules.append(["-t", "nat", "-A", "KUBE-MARK-MASQ", "-j", "MARK", "--set-xmark", "0x4000/0x4000"])
+def nat_ruleset(topo: Topology) -> str:
+    """The NAT node's ``iptables-restore`` input, as kube-proxy writes it: KUBE-SERVICES ->
+    KUBE-SVC-* -> KUBE-SEP-* (DNAT, ``statistic`` random over the backends), KUBE-MARK-MASQ on
+    every Service hit, and MASQUERADE of marked traffic and of pod traffic leaving the node."""
+    chains = ["KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]
+    rules = ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
     for svc in topo.services:
-        rules += _service_rules(svc)
-    pod_cidr = topo.pod_cidrs[topo.nat_node]
+        svc_chains, svc_rules = _service_rules(svc)
+        chains += svc_chains
+        rules += svc_rules
     rules += [
-        [
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-m",
-            "comment",
-            "--comment",
-            "kubernetes service portals",
-            "-j",
-            "KUBE-SERVICES",
-        ],
-        ["-t", "nat", "-A", "OUTPUT", "-j", "KUBE-SERVICES"],
-        ["-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
-        ["-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE"],
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-A OUTPUT -j KUBE-SERVICES",
+        "-A POSTROUTING -j KUBE-POSTROUTING",
+        "-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE",
         # Pod traffic leaving the node (not to its own pods) is masqueraded too, as a CNI does.
-        ["-t", "nat", "-A", "KUBE-POSTROUTING", "-s", pod_cidr, "!", "-o", "cni0", "-j", "MASQUERADE"],
+        f"-A KUBE-POSTROUTING -s {topo.pod_cidrs[topo.nat_node]} ! -o cni0 -j MASQUERADE",
     ]
-    for rule in rules:
-        iptables(node, *rule)
+    return "\n".join(["*nat", *(f":{c} - [0:0]" for c in chains), *rules, "COMMIT", ""])
 
 
-def _service_rules(svc: Service) -> list[list[str]]:
+def _service_rules(svc: Service) -> tuple[list[str], list[str]]:
     tag = svc.name.upper()
     svc_chain = f"KUBE-SVC-{tag}"
+    chains = [svc_chain]
     rules = [
-        ["-t", "nat", "-N", svc_chain],
-        [
-            "-t",
-            "nat",
-            "-A",
-            "KUBE-SERVICES",
-            "-d",
-            f"{svc.cluster_ip}/32",
-            "-p",
-            svc.protocol,
-            "--dport",
-            str(svc.port),
-            "-m",
-            "comment",
-            "--comment",
-            f"default/{svc.name} cluster IP",
-            "-j",
-            svc_chain,
-        ],
+        f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {svc.protocol} --dport {svc.port} "
+        f'-m comment --comment "default/{svc.name} cluster IP" -j {svc_chain}'
     ]
     n = len(svc.backends)
     for i, be in enumerate(svc.backends):
         sep = f"KUBE-SEP-{tag}{i + 1}"
+        chains.append(sep)
         rules += [
-            ["-t", "nat", "-N", sep],
-            ["-t", "nat", "-A", sep, "-j", "KUBE-MARK-MASQ"],
-            [
-                "-t",
-                "nat",
-                "-A",
-                sep,
-                "-p",
-                svc.protocol,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                f"{be.ip}:{be.port}",
-            ],
+            f"-A {sep} -j KUBE-MARK-MASQ",
+            f"-A {sep} -p {svc.protocol} -j DNAT --to-destination {be.ip}:{be.port}",
         ]
-        pick = ["-t", "nat", "-A", svc_chain]
         remaining = n - i
-        if remaining > 1:  # kube-proxy's scheme: 1/n, then 1/(n-1), ..., the last one unconditional
-            pick += ["-m", "statistic", "--mode", "random", "--probability", f"{1 / remaining:.11f}"]
-        rules.append([*pick, "-j", sep])
-    return rules
+        # kube-proxy's scheme: 1/n, then 1/(n-1), ..., the last backend unconditional.
+        pick = f"-m statistic --mode random --probability {1 / remaining:.11f} " if remaining > 1 else ""
+        rules.append(f"-A {svc_chain} {pick}-j {sep}")
+    return chains, rules
 
 
 def disable_offloads(topo: Topology, ns: Namespaces) -> None:

@@ -224,35 +224,14 @@ class Lab:
         queue_num = 10 + len(self.impairments)
         netns = self.ns[s.host]
         stats = self.run_dir / f"delayer-{site}.json"
-        argv = [
-            *services.python_script("delayer.py"),
-            "--queue",
-            str(queue_num),
-            "--delay-ms",
-            str(delay_ms),
-            "--loss",
-            str(loss),
-            "--seed",
-            str(seed),
-            "--stats",
-            str(stats),
-        ]
-        daemon = services.start_daemon(
-            f"delayer-{site}", netns, argv, self.run_dir / f"delayer-{site}.log", "ready"
-        )
+        argv = services.python_script("delayer.py")
+        argv += ["--queue", str(queue_num), "--delay-ms", str(delay_ms), "--loss", str(loss)]
+        argv += ["--seed", str(seed), "--stats", str(stats), "--realtime"]
+        log_file = self.run_dir / f"delayer-{site}.log"
+        daemon = services.start_daemon(f"delayer-{site}", netns, argv, log_file, "ready")
         chain, flag = ("PREROUTING", "-i") if s.direction == "in" else ("POSTROUTING", "-o")
-        rule = [
-            "-t",
-            "mangle",
-            "-I",
-            chain,
-            flag,
-            s.interface,
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            str(queue_num),
-        ]
+        rule = ["-t", "mangle", "-I", chain, flag, s.interface]
+        rule += ["-j", "NFQUEUE", "--queue-num", str(queue_num)]
         iptables(netns, *rule)
         imp = Impairment(site, delay_ms, loss, seed, queue_num, rule, daemon)
         self.impairments.append(imp)
@@ -479,3 +458,35 @@ def down_all() -> list[str]:
         removed += remove_prefix(prefix)
         shutil.rmtree(state_root() / prefix, ignore_errors=True)
     return removed
+
+
+@dataclass(frozen=True, slots=True)
+class ImpairSpec:
+    """Delay (ms) and loss (probability) to inject at one site."""
+
+    site: str
+    delay_ms: float = 0.0
+    loss: float = 0.0
+
+
+def record(
+    lab: Lab,
+    out_dir: Path,
+    impairments: list[ImpairSpec],
+    settings: PlanSettings | None = None,
+    seed: int = 1,
+    measure_overhead: bool = True,
+) -> Path:
+    """One recorded run on a lab that is up: measure the delayer's overhead, impair, capture at every
+    point while the traffic plan runs, write ``manifest.json`` beside the pcaps; return its path."""
+    if measure_overhead:
+        lab.measure_delayer_overhead(impairments[0].site if impairments else "nodeB-ingress")
+    for spec in impairments:
+        lab.impair(spec.site, delay_ms=spec.delay_ms, loss=spec.loss, seed=seed)
+    try:
+        with lab.capturing(out_dir):
+            truth = lab.traffic(settings)
+    except BaseException:
+        lab.clear_impairments()
+        raise
+    return lab.write_manifest(out_dir, truth)

@@ -39,12 +39,18 @@ def ns_cmd(netns: str | None, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
 
 
-def run(argv: Sequence[str], netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
+def run(
+    argv: Sequence[str],
+    netns: str | None = None,
+    check: bool = True,
+    timeout: float = 30,
+    stdin: str | None = None,
+) -> str:
     """Run a command (inside ``netns`` if given), return its stdout; raise LabError on failure."""
     full = ns_cmd(netns, argv)
     log.debug("run %s", " ".join(full))
     try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError as exc:
         raise LabError(f"command not found: {full[0]}") from exc
     except subprocess.TimeoutExpired as exc:

@@ -7,11 +7,11 @@ by namespace (``ip netns pids``). Readiness is a line in the log file.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -109,106 +109,17 @@ def envoy_version(binary: str) -> str:
     return text.split("version:")[-1].strip() if "version:" in text else text
 
 
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
-
-
-def envoy_config(pod_ip: str, pod: str, access_log: Path) -> dict[str, object]:
-    """A sidecar: listener pod_ip:80 -> cluster 127.0.0.1:8080, request ids generated when absent.
-
-    ``generate_request_id`` (on by default) makes envoy add x-request-id upstream when the client
-    sent none; ``preserve_external_request_id`` keeps a client's own id instead of replacing it.
-    """
-    fmt = (
-        '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
-        "%RESPONSE_FLAGS% %BYTES_SENT% %DURATION% rid=%REQ(X-REQUEST-ID)% down=%DOWNSTREAM_REMOTE_ADDRESS% "
-        "up=%UPSTREAM_LOCAL_ADDRESS%\n"
+def envoy_config(pod_ip: str, pod: str, access_log: Path) -> str:
+    """The sidecar's YAML config (lab/envoy.yaml filled in): listener pod_ip:80 -> 127.0.0.1:8080."""
+    template = string.Template((HERE / "envoy.yaml").read_text())
+    return template.substitute(
+        pod=pod, pod_ip=pod_ip, access_log=access_log, admin_port=ENVOY_ADMIN_PORT, app_port=APP_PORT
     )
-    hcm = {
-        "@type": HCM_TYPE,
-        "stat_prefix": "ingress_http",
-        "generate_request_id": True,
-        "preserve_external_request_id": True,
-        "route_config": {
-            "name": "local",
-            "virtual_hosts": [
-                {
-                    "name": "app",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
-                }
-            ],
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": str(access_log),
-                    "log_format": {"text_format_source": {"inline_string": fmt}},
-                },
-            }
-        ],
-    }
-    return {
-        "node": {"id": pod, "cluster": "lab"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ENVOY_ADMIN_PORT}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "inbound",
-                    "address": {"socket_address": {"address": pod_ip, "port_value": 80}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "app",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "app",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": APP_PORT,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
-        },
-    }
 
 
 def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -> Daemon:
-    cfg = run_dir / f"envoy-{pod}.json"
-    cfg.write_text(json.dumps(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log"), indent=1))
+    cfg = run_dir / f"envoy-{pod}.yaml"
+    cfg.write_text(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log"))
     argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
     return start_daemon(f"envoy-{pod}", netns, argv, run_dir / f"envoy-{pod}.log", ready=None)
 
