@@ -1,1 +1,18 @@
-"""hopscope.correlate"""
+"""hopscope.correlate: stitch per-hop flow and request records into end-to-end traces.
+
+The engine (``Correlator``) takes record batches from any number of capture points and returns
+``Span`` and ``Trace`` batches. Steps, one module each:
+
+- ``matchers``: one matcher per correlation key (``l7:req_tcp_seq``, ``l7:dns_id``, ``nat:syn_seq``)
+  groups observations of the same request (or connection) at different points into *segments*;
+  addresses are never compared, so NAT is transparent.
+- ``proxy``: links segments across L7 proxies (``proxy:x-request-id``, ``proxy:traceparent``,
+  ``proxy:b3``, ``proxy:nested``).
+- ``clock``: estimates clock offsets between capture points from the same packets seen both ways.
+- ``assemble``: orders hops along the path, computes per-link latency and pins loss to links.
+"""
+
+from hopscope.correlate.engine import Correlator, StitchResult
+from hopscope.correlate.settings import CorrelateSettings
+
+__all__ = ["CorrelateSettings", "Correlator", "StitchResult"]

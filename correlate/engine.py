@@ -1,0 +1,210 @@
+"""The correlator: request and flow records from many capture points in, spans and traces out.
+
+``Correlator.stitch`` runs the steps in order: match observations into segments per correlation key
+(``matchers``, ``segments``), estimate clock offsets from the segments (``clock``), order each
+segment's hops along the path (``order``), link segments across proxies (``proxy``), then assemble
+traces (``assemble``). Requests make L7 traces; connections whose flows carried no request we parse
+(raw TCP, TLS) make L4 traces from their flow records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from hopscope.correlate import clock, proxy
+from hopscope.correlate.assemble import Assembler, Times, correct
+from hopscope.correlate.matchers import (
+    empty_batch,
+    flow_table,
+    latest_flows,
+    request_table,
+    window_of,
+)
+from hopscope.correlate.observations import ObsTable
+from hopscope.correlate.order import SegmentOrder, adjacent_pairs, order_segments
+from hopscope.correlate.relations import Reason
+from hopscope.correlate.segments import cluster
+from hopscope.correlate.settings import CorrelateSettings
+
+from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(slots=True)
+class StitchResult:
+    """Output of one stitch: spans and traces as batches, clock offsets, counters."""
+
+    spans: Batch
+    traces: Batch
+    #: offset (µs) subtracted from each capture point's timestamps
+    clock_offsets_us: dict[str, int]
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Stage:
+    """One observation table on its way through the steps."""
+
+    obs: ObsTable
+    seg: I64
+    nseg: int
+    order: SegmentOrder | None = None
+
+
+class Correlator:
+    """Stitches records into traces. ``kinds`` overrides the hop kind of capture points by name."""
+
+    def __init__(self, settings: CorrelateSettings | None = None, kinds: Mapping[str, str] | None = None):
+        self.settings = settings or CorrelateSettings()
+        self.kinds = dict(kinds or {})
+
+    def stitch(self, requests: Batch | None = None, flows: Batch | None = None,
+               version_ns: int | None = None) -> StitchResult:
+        """Stitch everything given at once (the offline path; streaming calls it per window)."""
+        requests = requests if requests is not None else empty_batch(RequestRecord)
+        flows = latest_flows(flows if flows is not None else empty_batch(FlowRecord))
+        stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(flows)}
+        req = self._segment(request_table(requests, self.kinds), stats, "requests")
+        l4 = self._segment(flow_table(_flows_without_l7(flows, requests), self.kinds), stats, "flows")
+        offsets = self._clock([req, l4])
+        version = version_ns if version_ns is not None else time.time_ns()
+        close = _flow_close(flows)
+        spans: list[Batch] = []
+        traces: list[Batch] = []
+        for stage, with_proxies in ((req, True), (l4, False)):
+            if stage.nseg == 0:
+                continue
+            times = _times(stage.obs, offsets)
+            stage.order = order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
+            links = _links(stage, times, self.settings, stats, with_proxies)
+            asm = Assembler(stage.obs, stage.order, times, links, version, close)
+            asm.run()
+            spans.append(Batch(Span, asm.spans, len(asm.spans["trace_id"])))
+            traces.append(Batch(Trace, asm.traces, len(asm.traces["trace_id"])))
+        stats["spans"] = sum(len(b) for b in spans)
+        stats["traces"] = sum(len(b) for b in traces)
+        return StitchResult(
+            spans=Batch.concat(spans) if spans else Batch(Span, {}, 0),
+            traces=Batch.concat(traces) if traces else Batch(Trace, {}, 0),
+            clock_offsets_us={k: v // 1000 for k, v in sorted(offsets.items()) if v},
+            stats=stats,
+        )
+
+    def _segment(self, obs: ObsTable, stats: dict[str, int], name: str) -> _Stage:
+        s = self.settings
+        seg, nseg, cstats = cluster(obs, window_of(obs, s.request_window_ns, s.dns_window_ns))
+        stats[f"{name}_segments"] = nseg
+        stats[f"{name}_unmatchable"] = cstats.ineligible
+        stats[f"{name}_split_buckets"] = cstats.split_buckets
+        return _Stage(obs, seg, nseg)
+
+    def _clock(self, stages: list[_Stage]) -> dict[str, int]:
+        """Offsets (ns) per capture point, from segments whose every hop saw the response."""
+        dom_a: list[str] = []
+        dom_b: list[str] = []
+        fwd: list[I64] = []
+        back: list[I64] = []
+        votes: dict[str, int] = {}
+        for st in stages:
+            if st.nseg == 0:
+                continue
+            raw = order_segments(st.obs, st.seg, st.nseg, st.obs.t_req)
+            a, b = adjacent_pairs(raw, only_full=True)
+            names = st.obs.domains
+            dom_a += [names[d] for d in st.obs.domain[a].tolist()]
+            dom_b += [names[d] for d in st.obs.domain[b].tolist()]
+            fwd.append(st.obs.t_req[b] - st.obs.t_req[a])
+            back.append(st.obs.t_resp[a] - st.obs.t_resp[b])
+            firsts = np.bincount(st.obs.domain[raw.first()], minlength=len(names))
+            for d, n in enumerate(firsts.tolist()):
+                votes[names[d]] = votes.get(names[d], 0) + n
+        if not dom_a:
+            return {}
+        evidence = clock.pair_evidence(dom_a, dom_b, np.concatenate(fwd), np.concatenate(back))
+        return clock.solve_offsets(evidence, votes, self.settings)
+
+
+def _times(obs: ObsTable, offsets: dict[str, int]) -> Times:
+    per_domain = np.array([offsets.get(d, 0) for d in obs.domains] or [0], dtype=np.int64)
+    off = per_domain[obs.domain] if len(obs) else np.zeros(0, np.int64)
+    cols = obs.batch.columns
+    if obs.batch.record_type is RequestRecord:
+        req_last = np.asarray(cols["req_last_ns"]).astype(np.int64)
+        resp_last = np.asarray(cols["resp_last_ns"]).astype(np.int64)
+    else:  # a connection: its last packet; no response-last time
+        req_last = np.asarray(cols["end_ns"]).astype(np.int64)
+        resp_last = np.zeros(len(obs), np.int64)
+    return Times(
+        req_first=correct(obs.t_req, off), resp_first=correct(obs.t_resp, off),
+        req_last=correct(req_last, off), resp_last=correct(resp_last, off), offset_us=off // 1000,
+    )
+
+
+def _links(stage: _Stage, times: Times, settings: CorrelateSettings, stats: dict[str, int],
+           with_proxies: bool) -> proxy.Links:
+    links = proxy.Links(parent=np.full(stage.nseg, -1, np.int64), reason=[Reason.ORIGIN.value] * stage.nseg,
+                        confidence=np.ones(stage.nseg))
+    if not with_proxies or stage.order is None:
+        return links
+    view = _segment_view(stage.obs, stage.order, times)
+    stats["proxy_id_links"] = proxy.link_by_id(view, settings, links)
+    stats["proxy_nested_links"] = proxy.link_nested(view, settings, links)
+    return links
+
+
+def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.SegmentView:
+    cols = obs.batch.columns
+    first, last = order.first(), order.last()
+    seg_of_row = np.full(len(obs), -1, np.int64)
+    seg_of_row[order.rows] = np.repeat(np.arange(len(order.starts)), order.ends - order.starts)
+    ids: dict[str, list[str]] = {}
+    for name in ("x_request_id", "traceparent", "b3_trace_id"):
+        values = [""] * len(order.starts)
+        column = cols[name]
+        for row in (i for i, v in enumerate(column) if v):
+            s = int(seg_of_row[row])
+            if s >= 0 and not values[s]:
+                v = str(column[row])
+                values[s] = proxy.trace_id_of_traceparent(v) if name == "traceparent" else v.lower()
+        ids[name] = values
+    kinds = np.array([proxy.is_proxy_kind(k) for k in obs.label_kind] or [False])
+    hosts = obs.label_host
+    first_l, last_l = obs.label[first].tolist(), obs.label[last].tolist()
+    pick = [first.tolist()]
+    return proxy.SegmentView(
+        method=[cols["method"][r] for r in pick[0]], path=[cols["path"][r] for r in pick[0]],
+        http_host=[cols["http_host"][r].lower() for r in pick[0]],
+        ids=ids, req_first_ns=times.req_first[first], resp_first_ns=times.resp_first[first],
+        req_last_ns=times.req_first[last], resp_last_ns=times.resp_first[last],
+        first_proxy=kinds[obs.label[first]], last_proxy=kinds[obs.label[last]],
+        first_host=[hosts[x] for x in first_l], last_host=[hosts[x] for x in last_l],
+    )
+
+
+def _flows_without_l7(flows: Batch, requests: Batch) -> Batch:
+    """Flows of TCP connections that carried no request record (at any point)."""
+    if len(flows) == 0:
+        return flows
+    def conn_key(b: Batch) -> npt.NDArray[np.uint64]:
+        syn = np.asarray(b.columns["syn_seq"]).astype(np.uint64)
+        ack = np.asarray(b.columns["synack_seq"]).astype(np.uint64)
+        return (syn << np.uint64(32)) | ack
+    fk = conn_key(flows)
+    rk = conn_key(requests) if len(requests) else np.zeros(0, np.uint64)
+    fsyn = np.asarray(flows.columns["syn_seq"]).astype(np.uint64)
+    rsyn = np.asarray(requests.columns["syn_seq"]).astype(np.uint64) if len(requests) else rk
+    keep = ~np.isin(fk, rk) & ~np.isin(fsyn, rsyn[np.asarray(requests.columns["synack_seq"]) == 0]
+                                        if len(requests) else rk)
+    return flows.take(np.flatnonzero(keep))
+
+
+def _flow_close(flows: Batch) -> dict[tuple[str, int], str]:
+    """close_type of each flow by (point, flow_id), to mark requests on reset connections."""
+    cols = flows.columns
+    fids = np.asarray(cols["flow_id"]).tolist()
+    return {(p, f): c for p, f, c in zip(cols["point"], fids, cols["close_type"], strict=True) if c}

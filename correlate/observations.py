@@ -1,0 +1,86 @@
+"""Observations: the rows the matchers group, one per record, as typed columns.
+
+A request record or a flow record becomes one observation of a request (or a connection) at one
+capture point. The table keeps the source ``Batch`` and adds what stitching needs as numpy columns:
+which hop (``label``: point and interface) saw it, which clock (``domain``: the capture point) stamped
+it, the times the request and the response passed, the retransmissions seen in each direction, the
+bucket key of its matcher and the anchors that must agree for two observations to be one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hopscope.records import Batch, HopKind
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+#: Rank of a hop kind nearer the client on the client half of a path; only breaks exact time ties.
+KIND_RANK: dict[str, int] = {
+    HopKind.PROCESS: 0,
+    HopKind.POD: 1,
+    HopKind.PROXY: 2,
+    HopKind.NODE: 3,
+    HopKind.NAT: 4,
+    HopKind.HYPERVISOR: 5,
+    HopKind.GATEWAY: 6,
+    HopKind.SWITCH: 7,
+    HopKind.UNKNOWN: 8,
+}
+
+
+@dataclass(slots=True)
+class ObsTable:
+    """Observations as columns; every array has one entry per row of ``batch``."""
+
+    batch: Batch
+    #: (point, iface) of each distinct hop; ``label`` indexes it.
+    labels: list[tuple[str, str]]
+    label: npt.NDArray[np.int64]
+    #: distinct capture points (clock domains); ``domain`` indexes it.
+    domains: list[str]
+    domain: npt.NDArray[np.int64]
+    #: hop kind per label, after ``--kind`` overrides.
+    label_kind: list[str]
+    label_host: list[str]
+    #: bucket key of the matcher (0: the row is not eligible for matching).
+    key: U64
+    #: anchors that must agree when both are non-zero; shape (rows, k).
+    anchors: U64
+    #: raw times (ns) the request's (SYN's) and the response's (SYN-ACK's) first byte passed.
+    t_req: I64
+    t_resp: I64
+    req_retrans: I64
+    resp_retrans: I64
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+def index_labels(
+    points: list[str], ifaces: list[str], hosts: list[str], kinds: list[str], overrides: dict[str, str]
+) -> tuple[list[tuple[str, str]], npt.NDArray[np.int64], list[str], list[str]]:
+    """Number the distinct (point, iface) pairs; returns labels, index per row, kind and host per label."""
+    index: dict[tuple[str, str], int] = {}
+    label = np.empty(len(points), dtype=np.int64)
+    label_kind: list[str] = []
+    label_host: list[str] = []
+    for i, pair in enumerate(zip(points, ifaces, strict=True)):
+        j = index.get(pair)
+        if j is None:
+            j = index[pair] = len(index)
+            label_kind.append(overrides.get(pair[0], kinds[i]))
+            label_host.append(hosts[i])
+        label[i] = j
+    return list(index), label, label_kind, label_host
+
+
+def index_domains(labels: list[tuple[str, str]], label: npt.NDArray[np.int64]) -> tuple[list[str], I64]:
+    """Clock domain of each row: its capture point (one capture file, one clock)."""
+    names: dict[str, int] = {}
+    per_label = np.array([names.setdefault(p, len(names)) for p, _ in labels], dtype=np.int64)
+    return list(names), per_label[label] if len(label) else np.zeros(0, np.int64)

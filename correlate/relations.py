@@ -1,0 +1,41 @@
+"""Why two observations were linked, and how sure the link is.
+
+Every span records the reason that joined it to the previous hop (``Span.link_reason``) and a
+confidence in 0..1 (``Span.link_confidence``). The reasons and their base confidences are this table.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Reason(enum.StrEnum):
+    """A reason for a link; the value is what lands in ``Span.link_reason``."""
+
+    ORIGIN = "origin"  # the first hop of a trace: not linked to anything
+    NAT_SYN_SEQ = "nat:syn_seq"  # L4: same client and server ISN (syn_seq, synack_seq)
+    L7_REQ_TCP_SEQ = "l7:req_tcp_seq"  # same TCP seq of the request's first byte (and anchors)
+    L7_DNS_ID = "l7:dns_id"  # DNS: same transaction id, name and type
+    PROXY_X_REQUEST_ID = "proxy:x-request-id"
+    PROXY_TRACEPARENT = "proxy:traceparent"
+    PROXY_B3 = "proxy:b3"
+    PROXY_NESTED = "proxy:nested"  # same method and path, nested in time, one-to-one
+
+
+#: Base confidence of each reason when every anchor agreed.
+BASE_CONFIDENCE: Final[dict[Reason, float]] = {
+    Reason.ORIGIN: 1.0,
+    Reason.NAT_SYN_SEQ: 1.0,
+    Reason.L7_REQ_TCP_SEQ: 1.0,
+    Reason.L7_DNS_ID: 0.95,
+    Reason.PROXY_X_REQUEST_ID: 0.99,
+    Reason.PROXY_TRACEPARENT: 0.98,
+    Reason.PROXY_B3: 0.97,
+    Reason.PROXY_NESTED: 0.8,
+}
+
+#: Multiplier per missing confirming anchor (e.g. syn_seq or resp_tcp_seq not seen at one side).
+MISSING_ANCHOR_FACTOR: Final = 0.95
+#: Confidence of a nested proxy link when more than one candidate competed for it.
+AMBIGUOUS_NESTED_CONFIDENCE: Final = 0.6
