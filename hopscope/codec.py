@@ -54,8 +54,13 @@ def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
 def _encode_column(ctype: ColumnType, data: ColumnData, count: int) -> bytes:
     if not ctype.is_text:
         return np.ascontiguousarray(data, dtype=ctype.dtype).tobytes()
+    joined = "".join(data)
+    blob = joined.encode("utf-8", "surrogateescape")
+    if len(blob) == len(joined):  # all ASCII (the common case): byte lengths are str lengths
+        lengths = np.fromiter(map(len, data), dtype="<u4", count=count)
+        return lengths.tobytes() + blob
     encoded = [s.encode("utf-8", "surrogateescape") for s in data]
-    lengths = np.fromiter((len(b) for b in encoded), dtype="<u4", count=count)
+    lengths = np.fromiter(map(len, encoded), dtype="<u4", count=count)
     return lengths.tobytes() + b"".join(encoded)
 
 
@@ -121,6 +126,11 @@ def _decode_column(ctype: ColumnType, payload: memoryview, count: int, name: str
     ends = np.cumsum(lengths, dtype=np.int64) + 4 * count
     if count and ends[-1] != len(payload):
         raise DecodeError(f"text column {name}: lengths sum to {int(ends[-1])}, payload is {len(payload)}")
-    raw = bytes(payload)
+    raw = bytes(payload[4 * count :])
+    ends -= 4 * count
     starts = (ends - lengths).tolist()
+    text = raw.decode("utf-8", "surrogateescape")
+    source: str | bytes = text if len(text) == len(raw) else raw  # ASCII: slice the str at once
+    if isinstance(source, str):
+        return [source[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
     return [raw[s:e].decode("utf-8", "surrogateescape") for s, e in zip(starts, ends.tolist(), strict=True)]

@@ -1,0 +1,97 @@
+"""Records per second through the real Kafka broker with kafka-python: one record per message
+versus a batch of records per message (hopscope's codec), both directions.
+
+Run after deploy/kafka/start.sh:  .venv/bin/python bench/transport_speed.py [--records N]
+Prints a table; the peer here is kafka-python itself at one record per message, the way a naive
+exporter would publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import numpy as np
+
+from hopscope.codec import decode_batch, encode_batch
+from hopscope.records import Batch, FlowRecord
+from hopscope.transport.kafka import KafkaPublisher, KafkaRecordConsumer, ensure_topics
+
+
+def make_batch(n: int) -> Batch:
+    rng = np.random.default_rng(7)
+    cols = {
+        "point": ["nodeA-post-nat"] * n,
+        "host": ["nodeA"] * n,
+        "orig_h": [f"10.244.{i % 250}.{i % 200 + 2}" for i in range(n)],
+        "resp_h": ["10.96.0.10"] * n,
+        "orig_p": rng.integers(1024, 65535, n),
+        "resp_p": np.full(n, 80),
+        "flow_id": np.arange(n, dtype=np.uint64),
+        "syn_seq": rng.integers(1, 2**32, n),
+        "orig_pkts": rng.integers(1, 100, n),
+        "conn_state": ["SF"] * n,
+        "history": ["ShADadFf"] * n,
+        "community_id": ["1:LQU9qZlK+B5F3KDmev6m5PMibrg="] * n,
+    }
+    return Batch(FlowRecord, cols, n)
+
+
+def produce(bootstrap: str, batch: Batch, per_message: int) -> float:
+    publisher = KafkaPublisher(bootstrap, linger_ms=20)
+    start = time.perf_counter()
+    if per_message == 1:
+        # The naive way: one record, one message (still our encoding, so the cost is Kafka's).
+        producer = publisher._producer
+        for i in range(len(batch)):
+            producer.send("hopscope.flows", encode_batch(batch.slice(i, i + 1)), key=b"%d" % i)
+    else:
+        for lo in range(0, len(batch), per_message):
+            publisher.publish(batch.slice(lo, lo + per_message))
+    publisher.flush()
+    elapsed = time.perf_counter() - start
+    publisher.close()
+    return elapsed
+
+
+def consume(bootstrap: str, want: int) -> float:
+    consumer = KafkaRecordConsumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}", tables=["flows"])
+    got = 0
+    start = time.perf_counter()
+    deadline = start + 300
+    while got < want and time.perf_counter() < deadline:
+        got += sum(len(d.batch) for d in consumer.poll(timeout_s=1.0))
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return elapsed if got >= want else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--unbatched-records", type=int, default=50_000)
+    args = parser.parse_args()
+    ensure_topics(args.bootstrap)
+    batch = make_batch(args.records)
+    t0 = time.perf_counter()
+    message = encode_batch(batch.slice(0, 1000))
+    for _ in range(50):
+        decode_batch(message)
+    codec_s = (time.perf_counter() - t0) / 50
+    print(f"codec: 1,000 flow records = {len(message):,} bytes; decode {1000 / codec_s:,.0f} records/s")
+    print(f"{'mode':<32}{'records':>12}{'produce rec/s':>16}")
+    small = batch.slice(0, args.unbatched_records)
+    secs = produce(args.bootstrap, small, 1)
+    print(f"{'1 record per message':<32}{len(small):>12,}{len(small) / secs:>16,.0f}")
+    for per in (100, 1000, 5000):
+        secs = produce(args.bootstrap, batch, per)
+        print(f"{f'{per} records per message':<32}{len(batch):>12,}{len(batch) / secs:>16,.0f}")
+    # A fresh group reads everything on the topic from the start: count what is there now.
+    secs = consume(args.bootstrap, args.records)
+    print(f"{'consume + decode (batched)':<32}{args.records:>12,}{args.records / secs:>16,.0f}  (at least)")
+
+
+if __name__ == "__main__":
+    main()
