@@ -1,0 +1,690 @@
+"""HTTP/1.x over one TCP connection: message framing per direction, and request/response pairing.
+
+Why our own parser and not llhttp (``httptools``) or ``h11``: a passive observer needs the stream
+offset of every message's first and last byte (for ``req_tcp_seq``/``resp_tcp_seq`` and per-hop
+timing), must frame a response by the method of the request it answers (HEAD, CONNECT), must resync
+on the next start line after a capture gap or a mid-connection start, and must accept pipelining;
+httptools reports no byte offsets and cannot be told "this response has no body", h11 refuses
+pipelined requests and is a protocol endpoint, not an observer. Header blocks are split with bytes
+methods (C speed) and only the headers we record are decoded; ``bench/l7_speed.py`` measures this
+parser against httptools on the same stream.
+
+Framing rules (RFC 9112 section 6.3): a response to HEAD, a 1xx, 204 or 304 has no body; a 2xx to
+CONNECT and a 101 turn the connection into a tunnel (not parsed further); ``Transfer-Encoding:
+chunked`` wins over ``Content-Length``; a response with neither is read until the server's FIN
+(``Connection: close``); a request with neither has no body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, StreamReassembler
+
+# parser modes
+SEEK: Final = 0  # looking for a start line (mid-stream start, after a gap or garbage)
+HEAD: Final = 1  # reading a start line and header block
+BODY: Final = 2  # ``remaining`` body bytes (or chunk bytes + CRLF) to skip
+CHUNK_SIZE: Final = 3  # reading a chunk-size line
+CHUNK_TRAILER: Final = 4  # reading trailer lines after the last chunk
+UNTIL_CLOSE: Final = 5  # body runs until FIN
+TUNNEL: Final = 6  # after CONNECT/101: not HTTP any more
+CLOSED: Final = 7  # after FIN
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+#: In SEEK mode this many trailing bytes are kept, so a start line split across segments is found.
+SEEK_KEEP_BYTES: Final = 8 * 1024
+PAYLOAD_HASH_BYTES: Final = 64
+
+_METHODS = rb"GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE"
+_REQUEST_LINE = re.compile(rb"(" + _METHODS + rb") (\S+) HTTP/1\.([01])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?:[ \t][^\r\n]*)?")
+_SEEK_REQUEST = re.compile(rb"(?:" + _METHODS + rb") \S+ HTTP/1\.[01]\r?\n")
+_SEEK_RESPONSE = re.compile(rb"HTTP/1\.[01] [0-9]{3}[^\r\n]*\r?\n")
+_REQUEST_START = re.compile(rb"(?:" + _METHODS + rb") ")
+
+#: Headers we record or frame by; every other header is skipped without decoding.
+_WANTED: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"x-request-id",
+        b"traceparent",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"b3",
+    }
+)
+
+
+def looks_like_request(payload: bytes) -> bool:
+    """True when ``payload`` starts with an HTTP/1 method and a space (cheap protocol detection)."""
+    return _REQUEST_START.match(payload) is not None
+
+
+def looks_like_response(payload: bytes) -> bool:
+    return payload.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
+
+
+def payload_hash(data: bytes) -> int:
+    """64-bit hash of the first ``PAYLOAD_HASH_BYTES`` of a message (tie-breaker across points)."""
+    if not data:
+        return 0
+    digest = hashlib.blake2b(data[:PAYLOAD_HASH_BYTES], digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class HttpMessage:
+    """One request or response as framed so far (mutable while it is being read)."""
+
+    __slots__ = (
+        "b3_span_id",
+        "b3_trace_id",
+        "close",
+        "complete",
+        "end_offset",
+        "first_ns",
+        "host",
+        "last_ns",
+        "method",
+        "payload_hash",
+        "start_offset",
+        "status",
+        "target",
+        "traceparent",
+        "truncated",
+        "x_request_id",
+    )
+
+    def __init__(self, start_offset: int, first_ns: int) -> None:
+        self.start_offset = start_offset  # stream offset of the first byte
+        self.end_offset = start_offset  # stream offset one past the last byte read so far
+        self.first_ns = first_ns
+        self.last_ns = first_ns
+        self.method = ""
+        self.target = ""
+        self.status = 0
+        self.host = ""
+        self.x_request_id = ""
+        self.traceparent = ""
+        self.b3_trace_id = ""
+        self.b3_span_id = ""
+        self.close = False  # Connection: close
+        self.complete = False
+        self.truncated = False  # bytes of it were lost (capture gap)
+        self.payload_hash = 0
+
+
+class _Head:
+    """What the framing needs from a header block."""
+
+    __slots__ = ("chunked", "content_length")
+
+    def __init__(self) -> None:
+        self.chunked = False
+        self.content_length: int | None = None
+
+
+def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None:
+    """Parse a header block (without the blank line) into ``msg``; None if the start line is invalid."""
+    lines = block.split(b"\n")
+    first = lines[0].rstrip(b"\r")
+    if is_request:
+        m = _REQUEST_LINE.fullmatch(first)
+        if m is None:
+            return None
+        msg.method = m.group(1).decode("ascii")
+        msg.target = m.group(2).decode("latin-1")
+        msg.close = m.group(3) == b"0"
+    else:
+        m = _STATUS_LINE.fullmatch(first)
+        if m is None:
+            return None
+        msg.status = int(m.group(2))
+        msg.close = m.group(1) == b"0"
+    head = _Head()
+    for line in lines[1:]:
+        colon = line.find(b":")
+        if colon <= 0:
+            continue
+        name = line[:colon].strip().lower()
+        if name in _WANTED:
+            _apply_header(name, line[colon + 1 :].strip().decode("latin-1"), msg, head)
+    return head
+
+
+def _apply_header(name: bytes, value: str, msg: HttpMessage, head: _Head) -> None:
+    if name == b"content-length":
+        if value.isdigit():
+            head.content_length = int(value)
+    elif name == b"transfer-encoding":
+        head.chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
+    elif name == b"connection":
+        lowered = value.lower()
+        if "close" in lowered:
+            msg.close = True
+        elif "keep-alive" in lowered:
+            msg.close = False
+    elif name == b"host":
+        msg.host = value
+    elif name == b"x-request-id":
+        msg.x_request_id = value
+    elif name == b"traceparent":
+        msg.traceparent = value
+    elif name == b"x-b3-traceid":
+        msg.b3_trace_id = value
+    elif name == b"x-b3-spanid":
+        msg.b3_span_id = value
+    elif name == b"b3":
+        parts = value.split("-")
+        if len(parts) >= 2:
+            msg.b3_trace_id, msg.b3_span_id = parts[0], parts[1]
+
+
+OnHead = Callable[[HttpMessage], str]
+OnDone = Callable[[HttpMessage], None]
+
+
+class HttpStreamParser:
+    """Frames the HTTP messages of one direction from in-order stream bytes, gaps and FIN.
+
+    ``on_head(msg)`` is called when a message's header block is read; for a response it returns the
+    method of the request it answers ('' if unknown), which decides the response's framing.
+    ``on_done(msg)`` is called when a message is complete (or given up, ``truncated``).
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_marks",
+        "_next_mode",
+        "_pos",
+        "_scan_from",
+        "buf",
+        "buf_offset",
+        "is_request",
+        "mode",
+        "msg",
+        "on_done",
+        "on_head",
+        "remaining",
+        "resyncs",
+        "skipped_bytes",
+    )
+
+    def __init__(self, is_request: bool, on_head: OnHead, on_done: OnDone, *, synced: bool) -> None:
+        self.is_request = is_request
+        self.on_head = on_head
+        self.on_done = on_done
+        self.mode = HEAD if synced else SEEK
+        self.buf = bytearray()
+        self.buf_offset = 0  # stream offset of buf[0]
+        self._pos = 0  # index in buf of the first unread byte
+        self._marks: list[tuple[int, int]] = []  # (stream offset, ts_ns) where buffered data began
+        self._scan_from = 0
+        self._chunked = False
+        self._next_mode = HEAD
+        self.msg: HttpMessage | None = None
+        self.remaining = 0
+        self.resyncs = 0  # times a start line was searched for and found
+        self.skipped_bytes = 0  # bytes passed over while searching for a start line
+
+    def feed(self, events: list[Event]) -> None:
+        for kind, offset, ts_ns, value in events:
+            if kind == DATA:
+                assert isinstance(value, bytes)
+                self.data(offset, ts_ns, value)
+            elif kind == GAP:
+                assert isinstance(value, int)
+                self.gap(offset, value)
+            elif kind == FIN:
+                self.fin(offset)
+
+    def data(self, offset: int, ts_ns: int, payload: bytes) -> None:
+        pos, n = 0, len(payload)
+        while pos < n:
+            mode, msg = self.mode, self.msg
+            if mode == BODY and not self.buf and msg is not None:
+                take = min(self.remaining, n - pos)
+                self.remaining -= take
+                pos += take
+                msg.end_offset, msg.last_ns = offset + pos, ts_ns
+                if self.remaining == 0:
+                    self._body_done()
+                continue
+            if mode == UNTIL_CLOSE and msg is not None:
+                msg.end_offset, msg.last_ns = offset + n, ts_ns
+                return
+            if mode >= TUNNEL:
+                return
+            if not self.buf:
+                self.buf_offset = offset + pos
+            self._marks.append((offset + pos, ts_ns))
+            self.buf += payload[pos:] if pos else payload
+            pos = n
+            self._run()
+
+    def gap(self, offset: int, length: int) -> None:
+        """``length`` bytes at ``offset`` will never arrive."""
+        msg = self.msg
+        if self.mode == BODY and not self.buf and msg is not None and self.remaining > length:
+            self.remaining -= length
+            msg.end_offset = offset + length
+            msg.truncated = True
+            return
+        if self.mode == UNTIL_CLOSE and msg is not None:
+            msg.end_offset = offset + length
+            msg.truncated = True
+            return
+        if self.mode >= TUNNEL:
+            return
+        if msg is not None:
+            msg.truncated = True
+            self._complete()
+        self._reset_buffer(offset + length)
+        self.mode = SEEK
+
+    def fin(self, offset: int) -> None:
+        msg = self.msg
+        if msg is not None:
+            msg.truncated = self.mode != UNTIL_CLOSE
+            self._complete()
+        self.mode = CLOSED
+        self._reset_buffer(offset)
+
+    # --- buffered modes -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        step = {
+            SEEK: self._seek,
+            HEAD: self._head,
+            BODY: self._body,
+            CHUNK_SIZE: self._chunk_size,
+            CHUNK_TRAILER: self._trailer,
+        }
+        while self.mode in step and step[self.mode]():
+            pass
+        if self.mode >= UNTIL_CLOSE and self.msg is not None and self.mode == UNTIL_CLOSE:
+            self.msg.end_offset = self.buf_offset + len(self.buf)
+            self.msg.last_ns = self._marks[-1][1]
+            self._pos = len(self.buf)
+        elif self.mode >= UNTIL_CLOSE:
+            self._pos = len(self.buf)
+        self._compact()
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self.buf[: self._pos]
+            self.buf_offset += self._pos
+            self._scan_from = max(0, self._scan_from - self._pos)
+            self._pos = 0
+        marks = self._marks
+        keep = 0
+        for i, (mark_offset, _) in enumerate(marks):
+            if mark_offset <= self.buf_offset:
+                keep = i
+        if keep:
+            del marks[:keep]
+        if not self.buf and len(marks) > 1:
+            del marks[:-1]
+
+    def _reset_buffer(self, offset: int) -> None:
+        self.buf.clear()
+        self.buf_offset = offset
+        self._pos = 0
+        self._scan_from = 0
+        self._marks.clear()
+        self.msg = None
+        self.remaining = 0
+        self._chunked = False
+
+    def _ts_at(self, offset: int) -> int:
+        for mark_offset, ts_ns in reversed(self._marks):
+            if mark_offset <= offset:
+                return ts_ns
+        return self._marks[0][1] if self._marks else 0
+
+    def _seek(self) -> bool:
+        """Search for a start line at the beginning of a line or of a segment."""
+        pattern = _SEEK_REQUEST if self.is_request else _SEEK_RESPONSE
+        buf = self.buf
+        found = pattern.search(buf, self._pos)
+        while found is not None and not self._at_boundary(found.start()):
+            found = pattern.search(buf, found.start() + 1)
+        if found is None:
+            keep_from = max(self._pos, len(buf) - SEEK_KEEP_BYTES)
+            self.skipped_bytes += keep_from - self._pos
+            self._pos = keep_from
+            return False
+        self.skipped_bytes += found.start() - self._pos
+        self._pos = found.start()
+        self._scan_from = self._pos
+        self.resyncs += 1
+        self.mode = HEAD
+        return True
+
+    def _at_boundary(self, index: int) -> bool:
+        if index == 0 or self.buf[index - 1] == 0x0A:
+            return True
+        offset = self.buf_offset + index
+        return any(mark_offset == offset for mark_offset, _ in self._marks)
+
+    def _head(self) -> bool:
+        buf, pos = self.buf, self._pos
+        start = max(pos, self._scan_from)
+        end = buf.find(b"\r\n\r\n", start)
+        term = 4
+        if end < 0:
+            end, term = buf.find(b"\n\n", start), 2
+        if end < 0:
+            self._scan_from = max(pos, len(buf) - 3)
+            if len(buf) - pos > MAX_HEAD_BYTES or (len(buf) - pos > 512 and not self._first_line_ok()):
+                self._give_up_head()
+            return False
+        msg = HttpMessage(self.buf_offset + pos, self._ts_at(self.buf_offset + pos))
+        head = parse_head(bytes(buf[pos:end]), self.is_request, msg)
+        if head is None:
+            self._give_up_head()
+            return True
+        msg.payload_hash = payload_hash(bytes(buf[pos : pos + PAYLOAD_HASH_BYTES]))
+        self._pos = end + term
+        msg.end_offset = self.buf_offset + self._pos
+        msg.last_ns = self._ts_at(msg.end_offset - 1)
+        self._scan_from = self._pos
+        self.msg = msg
+        self._frame(msg, head, self.on_head(msg))
+        return True
+
+    def _first_line_ok(self) -> bool:
+        line_end = self.buf.find(b"\n", self._pos)
+        if line_end < 0:
+            return True
+        line = bytes(self.buf[self._pos : line_end]).rstrip(b"\r")
+        pattern = _REQUEST_LINE if self.is_request else _STATUS_LINE
+        return pattern.fullmatch(line) is not None
+
+    def _give_up_head(self) -> None:
+        self.skipped_bytes += 1
+        self._pos += 1
+        self.mode = SEEK
+
+    def _frame(self, msg: HttpMessage, head: _Head, request_method: str) -> None:
+        status = msg.status
+        self._next_mode = HEAD
+        if self.is_request:
+            if msg.method == "CONNECT":
+                self._next_mode = TUNNEL
+            no_body = not head.chunked and not head.content_length
+        else:
+            if status == 101 or (request_method == "CONNECT" and 200 <= status < 300):
+                self._next_mode = TUNNEL
+            no_body = (
+                100 <= status < 200
+                or status in (204, 304)
+                or request_method == "HEAD"
+                or self._next_mode == TUNNEL
+            )
+        if no_body:
+            self._complete()
+        elif head.chunked:
+            self._chunked = True
+            self.mode = CHUNK_SIZE
+        elif head.content_length is not None:
+            self._chunked = False
+            self.remaining = head.content_length
+            self.mode = BODY
+        else:
+            self.mode = UNTIL_CLOSE
+
+    def _body(self) -> bool:
+        avail = len(self.buf) - self._pos
+        msg = self.msg
+        if not avail or msg is None:
+            return False
+        take = min(self.remaining, avail)
+        self.remaining -= take
+        self._pos += take
+        msg.end_offset = self.buf_offset + self._pos
+        msg.last_ns = self._ts_at(msg.end_offset - 1)
+        if self.remaining:
+            return False
+        self._body_done()
+        return True
+
+    def _body_done(self) -> None:
+        if self._chunked:
+            self.mode = CHUNK_SIZE
+        else:
+            self._complete()
+
+    def _chunk_size(self) -> bool:
+        line_end = self.buf.find(b"\n", self._pos)
+        if line_end < 0:
+            if len(self.buf) - self._pos > 1024:
+                self._bad_chunk()
+                return True
+            return False
+        line = bytes(self.buf[self._pos : line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(line, 16)
+        except ValueError:
+            self._bad_chunk()
+            return True
+        if size < 0:
+            self._bad_chunk()
+            return True
+        self._advance(line_end + 1)
+        if size == 0:
+            self.mode = CHUNK_TRAILER
+        else:
+            self.remaining = size + 2  # chunk data and its CRLF
+            self.mode = BODY
+        return True
+
+    def _trailer(self) -> bool:
+        line_end = self.buf.find(b"\n", self._pos)
+        if line_end < 0:
+            if len(self.buf) - self._pos > MAX_HEAD_BYTES:
+                self._bad_chunk()
+                return True
+            return False
+        blank = not self.buf[self._pos : line_end].strip()
+        self._advance(line_end + 1)
+        if blank:
+            self._complete()
+        return True
+
+    def _advance(self, pos: int) -> None:
+        self._pos = pos
+        if self.msg is not None:
+            self.msg.end_offset = self.buf_offset + pos
+            self.msg.last_ns = self._ts_at(self.msg.end_offset - 1)
+
+    def _bad_chunk(self) -> None:
+        if self.msg is not None:
+            self.msg.truncated = True
+            self._complete()
+        self.mode = SEEK
+
+    def _complete(self) -> None:
+        msg = self.msg
+        self.msg = None
+        self._chunked = False
+        self.remaining = 0
+        self.mode = self._next_mode
+        if msg is not None:
+            msg.complete = True
+            self.on_done(msg)
+
+
+class HttpExchange:
+    """One request and the response that answered it (None until its head was read)."""
+
+    __slots__ = ("index", "request", "resp_first_ns", "resp_start_offset", "response")
+
+    def __init__(self, index: int, request: HttpMessage) -> None:
+        self.index = index  # position on the connection, 0 for the first request seen
+        self.request = request
+        self.response: HttpMessage | None = None
+        self.resp_start_offset = -1  # first response byte (a 1xx counts), -1: none yet
+        self.resp_first_ns = 0
+
+
+#: TCP flag bits as on the wire.
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
+
+
+class HttpConnection:
+    """HTTP/1.x on one TCP connection: reassembly, framing, pairing, retransmission accounting.
+
+    Responses pair with requests in order (HTTP/1.1 pipelining keeps order). A response whose first
+    byte passed before the oldest waiting request's first byte answers a request we never saw
+    (capture started mid-connection, or the request was lost in a gap): it is counted in
+    ``orphan_responses`` and not paired.
+    """
+
+    __slots__ = (
+        "_next_index",
+        "_pending",
+        "_replying",
+        "client",
+        "closed",
+        "done",
+        "last_ns",
+        "orphan_responses",
+        "request_parser",
+        "response_parser",
+        "server",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.client = StreamReassembler()
+        self.server = StreamReassembler()
+        self.request_parser: HttpStreamParser | None = None
+        self.response_parser: HttpStreamParser | None = None
+        self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
+        self._replying: HttpExchange | None = None  # exchange whose response body is being read
+        self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
+        self.done: list[HttpExchange] = []  # exchanges whose response is complete, not yet taken
+        self._next_index = 0
+        self.orphan_responses = 0
+        self.closed = False  # RST seen, or FIN in both directions
+        self.last_ns = 0
+
+    def segment(self, ts_ns: int, from_client: bool, seq: int, ack: int, flags: int, payload: bytes) -> None:
+        """One TCP segment of this connection, in capture order."""
+        self.last_ns = ts_ns
+        stream = self.client if from_client else self.server
+        if flags & TCP_ACK:
+            other = self.server if from_client else self.client
+            events = other.acked(ack, ts_ns)
+            if events:
+                self._parser(not from_client, other).feed(events)
+        if flags & TCP_SYN:
+            stream.syn(seq)
+            return
+        if flags & TCP_RST:
+            self.closed = True
+        if not payload and not flags & TCP_FIN:
+            return
+        events = stream.segment(ts_ns, seq, payload, bool(flags & TCP_FIN))
+        if events:
+            self._parser(from_client, stream).feed(events)
+        if self.client.fin_sent and self.server.fin_sent:
+            self.closed = True
+
+    def flush(self, ts_ns: int) -> None:
+        """Give up on holes in both directions (end of capture, connection closed or evicted)."""
+        for from_client, stream in ((True, self.client), (False, self.server)):
+            events = stream.flush(ts_ns)
+            if events:
+                self._parser(from_client, stream).feed(events)
+
+    def take(self, now_ns: int, linger_ns: int, request_timeout_ns: int, final: bool) -> list[HttpExchange]:
+        """Exchanges ready to report.
+
+        A complete exchange is held ``linger_ns`` after its response's last byte, so retransmissions
+        that follow it (a loss downstream of this point) are still counted; a request without a
+        response is reported after ``request_timeout_ns``, or at once when ``final``.
+        """
+        ready: list[HttpExchange] = []
+        keep: list[HttpExchange] = []
+        for ex in self.waiting:
+            resp = ex.response
+            if final:
+                ready.append(ex)
+            elif resp is not None and resp.complete:
+                (ready if resp.last_ns + linger_ns <= now_ns else keep).append(ex)
+            elif resp is None and ex.request.last_ns + request_timeout_ns <= now_ns:
+                ready.append(ex)
+            else:
+                keep.append(ex)
+        if ready:
+            self.waiting = keep
+            gone = {id(ex) for ex in ready}
+            self._pending = deque(ex for ex in self._pending if id(ex) not in gone)
+        return ready
+
+    def retrans_of(self, ex: HttpExchange) -> tuple[int, int]:
+        """Retransmitted segments that overlap the request and the response of ``ex``."""
+        req = ex.request
+        req_count = _overlaps(self.client.retrans_ranges, req.start_offset, req.end_offset)
+        resp_count = 0
+        if ex.response is not None and ex.resp_start_offset >= 0:
+            resp_count = _overlaps(self.server.retrans_ranges, ex.resp_start_offset, ex.response.end_offset)
+        return req_count, resp_count
+
+    def _parser(self, from_client: bool, stream: StreamReassembler) -> HttpStreamParser:
+        parser = self.request_parser if from_client else self.response_parser
+        if parser is None:
+            synced = not stream.started_mid_stream
+            if from_client:
+                parser = HttpStreamParser(True, self._on_request, _ignore, synced=synced)
+                self.request_parser = parser
+            else:
+                parser = HttpStreamParser(False, self._on_response, self._on_response_done, synced=synced)
+                self.response_parser = parser
+        return parser
+
+    def _on_request(self, msg: HttpMessage) -> str:
+        ex = HttpExchange(self._next_index, msg)
+        self._next_index += 1
+        self._pending.append(ex)
+        self.waiting.append(ex)
+        return msg.method
+
+    def _on_response(self, msg: HttpMessage) -> str:
+        self._replying = None
+        if not self._pending or self._pending[0].request.first_ns > msg.first_ns:
+            self.orphan_responses += 1
+            return ""
+        ex = self._pending[0]
+        if ex.resp_start_offset < 0:
+            ex.resp_start_offset, ex.resp_first_ns = msg.start_offset, msg.first_ns
+        if 100 <= msg.status < 200 and msg.status != 101:
+            return ex.request.method  # interim response: the final one follows
+        self._pending.popleft()
+        ex.response = msg
+        self._replying = ex
+        return ex.request.method
+
+    def _on_response_done(self, msg: HttpMessage) -> None:
+        if self._replying is not None and self._replying.response is msg:
+            self._replying = None
+
+
+def _ignore(msg: HttpMessage) -> None:
+    """Requests need no action when complete: their exchange already holds them."""
+
+
+def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> int:
+    return sum(1 for lo, hi in ranges if lo < end and hi > start)
