@@ -1,0 +1,348 @@
+"""Decode a ``RawBlock`` into a ``PacketBlock``: link layer, IP, L4 headers, tunnels.
+
+Two paths fill the same columns:
+
+- the **fast path** (numpy, a whole block at once) for the common case: Ethernet with at most one
+  802.1Q tag, Linux SLL/SLL2, raw IP, BSD loopback; IPv4 (with options) that is not a fragment, IPv6
+  whose next header is TCP/UDP/ICMPv6; TCP, UDP, ICMP; not a tunnel.
+- the **slow path** (``hopscope.probes.layers``, one packet at a time) for everything the fast path
+  declines: VLAN stacks (QinQ), IPv6 extension headers, IPv4/IPv6 fragments, VXLAN, Geneve, GRE,
+  ERSPAN II/III, IP-in-IP. It decodes the inner packet of a tunnel and describes the tunnel.
+
+A frame that does not decode gets a ``PacketStatus`` reason and is counted in ``Decoder.skips``; it
+never stops the decoder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from hopscope.probes import layers
+from hopscope.probes.packets import ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketBlock, PacketStatus
+from hopscope.probes.readers import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    LINKTYPE_RAW_OLD,
+    RawBlock,
+)
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+ETH_IPV4: Final = 0x0800
+ETH_IPV6: Final = 0x86DD
+ETH_VLAN: Final = 0x8100
+#: UDP ports of the tunnels the slow path opens.
+TUNNEL_UDP_PORTS: Final = (layers.VXLAN_PORT, layers.GENEVE_PORT)
+#: IP protocols the slow path opens (IPIP, IPv6-in-IP, GRE).
+TUNNEL_PROTOS: Final = (4, 41, 47)
+
+#: Point-name resolver: (interface index, interface name, SLL2 ifindex) -> capture point name.
+PointResolver = Callable[[int, str, int], str]
+
+
+def _u8(buf: U8, idx: I64) -> I64:
+    return buf[idx].astype(np.int64)
+
+
+def _be16(buf: U8, idx: I64) -> I64:
+    return (buf[idx].astype(np.int64) << 8) | buf[idx + 1]
+
+
+def _be32(buf: U8, idx: I64) -> I64:
+    raw = buf[idx[:, None] + np.arange(4)]
+    return raw.view(">u4")[:, 0].astype(np.int64)
+
+
+def _be64(buf: U8, idx: I64) -> npt.NDArray[np.uint64]:
+    raw = buf[idx[:, None] + np.arange(8)]
+    return raw.view(">u8")[:, 0].astype(np.uint64)
+
+
+class Decoder:
+    """Decodes raw blocks; keeps skip counters (``skips``, by ``PacketStatus`` name) across blocks.
+
+    ``resolve_point`` names the capture point of a packet from its interface (see ``PointResolver``);
+    by default every packet is at point ``default_point``.
+    """
+
+    def __init__(self, default_point: str = "", resolve_point: PointResolver | None = None) -> None:
+        self.default_point = default_point
+        self.resolve_point = resolve_point
+        self.skips: Counter[str] = Counter()
+        self.slow_packets = 0
+        self.point_names: list[str] = [default_point]
+        self._point_ids: dict[tuple[int, str, int], int] = {}
+
+    def decode(self, raw: RawBlock) -> PacketBlock:
+        """Decode every frame of ``raw``; the result has one row per frame, in order."""
+        n = raw.count
+        block = PacketBlock.empty(n, raw.buf)
+        block.ts_ns[:] = raw.ts_ns
+        block.iface[:] = raw.iface
+        linktypes = np.array([i.linktype for i in raw.interfaces], np.int64)[raw.iface.astype(np.int64)]
+        l3, ethertype, vlan, ifindex, link_ok = _link_layer(raw, linktypes)
+        block.vlan[:] = vlan
+        slow = self._fast_path(block, raw, l3, ethertype, link_ok)
+        block.status[~link_ok] = np.where(
+            np.isin(linktypes[~link_ok], _LINK_HEADER_LEN_KEYS), PacketStatus.TRUNCATED_LINK,
+            PacketStatus.UNKNOWN_LINKTYPE,
+        )  # fmt: skip
+        if slow.any():
+            self._slow_path(block, raw, np.flatnonzero(slow), linktypes)
+        self._assign_points(block, raw, ifindex)
+        bad_rows = np.flatnonzero(block.status != PacketStatus.OK)
+        bad = block.status[bad_rows]
+        if len(bad):
+            for name in (*_ROW_FIELDS, "payload_off", "tunnel"):
+                getattr(block, name)[bad_rows] = 0
+            for code, cnt in zip(*np.unique(bad, return_counts=True), strict=True):
+                self.skips[PacketStatus(int(code)).name.lower()] += int(cnt)
+        return block
+
+    # --- fast path ----------------------------------------------------------------------------
+
+    def _fast_path(
+        self, block: PacketBlock, raw: RawBlock, l3: I64, ethertype: I64, link_ok: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_]:
+        """Fill the rows the fast path handles; return the mask of rows for the slow path."""
+        buf = raw.buf
+        frame_end = raw.offset + raw.caplen.astype(np.int64)
+        slow = link_ok & ~np.isin(ethertype, (ETH_IPV4, ETH_IPV6))
+        is4 = link_ok & (ethertype == ETH_IPV4)
+        is6 = link_ok & (ethertype == ETH_IPV6)
+        block.status[link_ok & ~is4 & ~is6] = PacketStatus.NOT_IP
+        slow &= np.isin(ethertype, layers.SLOW_ETHERTYPES)
+        block.status[slow] = PacketStatus.OK
+        rows4 = np.flatnonzero(is4)
+        rows6 = np.flatnonzero(is6)
+        s4 = self._ipv4(block, buf, rows4, l3[rows4], frame_end[rows4])
+        s6 = self._ipv6(block, buf, rows6, l3[rows6], frame_end[rows6])
+        slow[rows4[s4]] = True
+        slow[rows6[s6]] = True
+        return slow
+
+    def _ipv4(self, block: PacketBlock, buf: U8, rows: I64, l3: I64, end: I64) -> npt.NDArray[np.bool_]:
+        short = l3 + 20 > end
+        vihl = _u8(buf, l3)
+        ihl = (vihl & 15) * 4
+        total = _be16(buf, l3 + 2)
+        total = np.where(total == 0, end - l3, total)  # TSO/GSO captures carry a 0 length
+        frag = _be16(buf, l3 + 6)
+        proto = _u8(buf, l3 + 9)
+        bad = ~short & (((vihl >> 4) != 4) | (ihl < 20) | (total < ihl) | (l3 + ihl > end))
+        fragmented = (frag & 0x3FFF) != 0
+        tunnel = np.isin(proto, TUNNEL_PROTOS)
+        go = ~short & ~bad & ~fragmented & ~tunnel
+        self._mark(block, rows, short, PacketStatus.TRUNCATED_IP)
+        self._mark(block, rows, bad, PacketStatus.BAD_IP_HEADER)
+        block.ip_version[rows] = 4
+        block.proto[rows] = proto
+        block.ttl[rows] = _u8(buf, l3 + 8)
+        block.ip_id[rows] = _be16(buf, l3 + 4)
+        block.src_lo[rows] = _be32(buf, l3 + 12).astype(np.uint64) | np.uint64(V4_MAPPED)
+        block.dst_lo[rows] = _be32(buf, l3 + 16).astype(np.uint64) | np.uint64(V4_MAPPED)
+        block.ip_len[rows] = np.maximum(total, 0)
+        slow_l4 = self._l4(block, buf, rows[go], proto[go], l3[go] + ihl[go], l3[go] + total[go], end[go])
+        slow = ~short & ~bad & (fragmented | tunnel)
+        slow[np.flatnonzero(go)[slow_l4]] = True
+        return slow
+
+    def _ipv6(self, block: PacketBlock, buf: U8, rows: I64, l3: I64, end: I64) -> npt.NDArray[np.bool_]:
+        short = l3 + 40 > end
+        version = _u8(buf, l3) >> 4
+        plen = _be16(buf, l3 + 4)
+        nxt = _u8(buf, l3 + 6)
+        bad = ~short & (version != 6)
+        simple = np.isin(nxt, (TCP, UDP, ICMP6))
+        go = ~short & ~bad & simple
+        self._mark(block, rows, short, PacketStatus.TRUNCATED_IP)
+        self._mark(block, rows, bad, PacketStatus.BAD_IP_HEADER)
+        block.ip_version[rows] = 6
+        block.proto[rows] = nxt
+        block.ttl[rows] = _u8(buf, l3 + 7)
+        block.src_hi[rows] = _be64(buf, l3 + 8)
+        block.src_lo[rows] = _be64(buf, l3 + 16)
+        block.dst_hi[rows] = _be64(buf, l3 + 24)
+        block.dst_lo[rows] = _be64(buf, l3 + 32)
+        plen = np.where(plen == 0, end - l3 - 40, plen)  # jumbogram or GSO: take what was captured
+        block.ip_len[rows] = np.maximum(plen + 40, 0)
+        l4 = l3[go] + 40
+        slow_l4 = self._l4(block, buf, rows[go], nxt[go], l4, l4 + plen[go], end[go])
+        slow = ~short & ~bad & ~simple
+        slow[np.flatnonzero(go)[slow_l4]] = True
+        return slow
+
+    def _l4(
+        self, block: PacketBlock, buf: U8, rows: I64, proto: I64, l4: I64, ip_end: I64, end: I64
+    ) -> npt.NDArray[np.bool_]:
+        """Fill L4 columns of ``rows``; return the mask (over ``rows``) of tunnels for the slow path."""
+        is_tcp, is_udp = proto == TCP, proto == UDP
+        is_icmp = (proto == ICMP) | (proto == ICMP6)
+        hlen = np.where(is_tcp, 20, np.where(is_udp | is_icmp, 8, 0))
+        short = (l4 + hlen > end) | (l4 + hlen > ip_end)
+        self._mark(block, rows, short & (l4 + hlen > ip_end), PacketStatus.BAD_L4_HEADER)
+        self._mark(block, rows, short & (l4 + hlen <= ip_end), PacketStatus.TRUNCATED_L4)
+        ports = is_tcp | is_udp
+        sport, dport = _be16(buf, l4), _be16(buf, l4 + 2)
+        block.sport[rows] = np.where(ports, sport, np.where(is_icmp, _u8(buf, l4), 0))
+        block.dport[rows] = np.where(ports, dport, np.where(is_icmp, _u8(buf, l4 + 1), 0))
+        tcp = np.flatnonzero(is_tcp & ~short)
+        t_rows, t_l4 = rows[tcp], l4[tcp]
+        doff = (_u8(buf, t_l4 + 12) >> 4) * 4
+        block.seq[t_rows] = _be32(buf, t_l4 + 4)
+        block.ack[t_rows] = _be32(buf, t_l4 + 8)
+        block.tcp_flags[t_rows] = _u8(buf, t_l4 + 13)
+        block.window[t_rows] = _be16(buf, t_l4 + 14)
+        hlen[tcp] = doff
+        bad_doff = (doff < 20) | (t_l4 + doff > ip_end[tcp])
+        self._mark(block, t_rows, bad_doff, PacketStatus.BAD_L4_HEADER)
+        pay = l4 + hlen
+        plen = np.maximum(ip_end - pay, 0)
+        block.payload_off[rows] = pay
+        block.payload_len[rows] = plen
+        block.payload_caplen[rows] = np.clip(np.minimum(end, ip_end) - pay, 0, plen)
+        return is_udp & ~short & (np.isin(dport, TUNNEL_UDP_PORTS))
+
+    @staticmethod
+    def _mark(block: PacketBlock, rows: I64, mask: npt.NDArray[np.bool_], status: PacketStatus) -> None:
+        if mask.any():
+            block.status[rows[mask]] = status
+
+    # --- slow path and points -----------------------------------------------------------------
+
+    def _slow_path(self, block: PacketBlock, raw: RawBlock, rows: I64, linktypes: I64) -> None:
+        self.slow_packets += len(rows)
+        tunnels: dict[str, int] = {t: i for i, t in enumerate(block.tunnels)}
+        buf = raw.buf
+        for i, lt in zip(rows.tolist(), linktypes[rows].tolist(), strict=True):
+            start = int(raw.offset[i])
+            frame = memoryview(buf[start : start + int(raw.caplen[i])])  # type: ignore[arg-type]
+            result = layers.decode_frame(frame, lt)
+            if isinstance(result, PacketStatus):
+                _clear_row(block, i)
+                block.status[i] = result
+                continue
+            tid = 0
+            if result.tunnel:
+                tid = tunnels.get(result.tunnel, -1)
+                if tid < 0:
+                    tid = len(block.tunnels)
+                    tunnels[result.tunnel] = tid
+                    block.tunnels.append(result.tunnel)
+            _fill_row(block, i, result, start, tid)
+
+    def _assign_points(self, block: PacketBlock, raw: RawBlock, ifindex: I64) -> None:
+        if self.resolve_point is None:
+            block.point_names = tuple(self.point_names)
+            return
+        keys = raw.iface.astype(np.int64) << 32 | ifindex
+        uniq, inv = np.unique(keys, return_inverse=True)
+        ids = np.empty(len(uniq), np.uint16)
+        for j, key in enumerate(uniq.tolist()):
+            idx, ifx = key >> 32, key & 0xFFFFFFFF
+            name = raw.interfaces[idx].name
+            ids[j] = self._point_id((idx, name, ifx))
+        block.point[:] = ids[inv]
+        block.point_names = tuple(self.point_names)
+
+    def _point_id(self, key: tuple[int, str, int]) -> int:
+        pid = self._point_ids.get(key)
+        if pid is None:
+            assert self.resolve_point is not None
+            name = self.resolve_point(*key)
+            if name in self.point_names:
+                pid = self.point_names.index(name)
+            else:
+                pid = len(self.point_names)
+                self.point_names.append(name)
+            self._point_ids[key] = pid
+        return pid
+
+
+_ROW_FIELDS: Final = (
+    "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "tcp_flags", "seq",
+    "ack", "window", "ip_id", "ttl", "ip_len", "payload_len", "payload_caplen",
+)  # fmt: skip
+
+
+def _clear_row(block: PacketBlock, i: int) -> None:
+    for name in _ROW_FIELDS:
+        getattr(block, name)[i] = 0
+
+
+def _fill_row(block: PacketBlock, i: int, pkt: layers.Decoded, frame_start: int, tunnel_id: int) -> None:
+    block.status[i] = PacketStatus.OK
+    for name in _ROW_FIELDS:
+        getattr(block, name)[i] = getattr(pkt, name)
+    block.payload_off[i] = frame_start + pkt.payload_off
+    if pkt.vlan:
+        block.vlan[i] = pkt.vlan
+    block.tunnel[i] = tunnel_id
+
+
+_LINK_HEADER_LEN: Final[Mapping[int, int]] = {
+    LINKTYPE_ETHERNET: 14,
+    LINKTYPE_LINUX_SLL: 16,
+    LINKTYPE_LINUX_SLL2: 20,
+    LINKTYPE_RAW: 0,
+    LINKTYPE_RAW_OLD: 0,
+    LINKTYPE_IPV4: 0,
+    LINKTYPE_IPV6: 0,
+    LINKTYPE_NULL: 4,
+    LINKTYPE_LOOP: 4,
+}
+_LINK_HEADER_LEN_KEYS: Final = np.array(list(_LINK_HEADER_LEN), np.int64)
+
+
+def _link_layer(
+    raw: RawBlock, linktypes: I64
+) -> tuple[I64, I64, I64, I64, npt.NDArray[np.bool_]]:
+    """Per frame: L3 offset, ethertype, outer VLAN id, SLL2 ifindex, and whether the link layer decoded."""
+    n, buf, off = raw.count, raw.buf, raw.offset
+    caplen = raw.caplen.astype(np.int64)
+    l3 = np.zeros(n, np.int64)
+    et = np.zeros(n, np.int64)
+    vlan = np.zeros(n, np.int64)
+    ifindex = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    for lt in np.unique(linktypes).tolist():
+        sel = np.flatnonzero(linktypes == lt)
+        hlen = _LINK_HEADER_LEN.get(lt)
+        if hlen is None:
+            continue
+        o = off[sel]
+        fits = caplen[sel] >= max(hlen, 1)
+        if lt == LINKTYPE_ETHERNET:
+            e = _be16(buf, o + 12)
+            tagged = (e == ETH_VLAN) & (caplen[sel] >= 18)
+            vlan[sel] = np.where(tagged, _be16(buf, o + 14) & 0xFFF, 0)
+            et[sel] = np.where(tagged, _be16(buf, o + 16), e)
+            l3[sel] = o + np.where(tagged, 18, 14)
+        elif lt == LINKTYPE_LINUX_SLL:
+            et[sel], l3[sel] = _be16(buf, o + 14), o + 16
+        elif lt == LINKTYPE_LINUX_SLL2:
+            et[sel], l3[sel] = _be16(buf, o), o + 20
+            ifindex[sel] = np.where(fits, _be32(buf, o + 4), 0)
+        elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            fam = buf[o[:, None] + np.arange(4)].view("<u4" if lt == LINKTYPE_NULL else ">u4")[:, 0]
+            fam = np.where(fam > 0xFFFF, fam.byteswap(), fam)  # NULL is host order: accept both
+            et[sel] = np.where(fam == 2, ETH_IPV4, np.where(np.isin(fam, (10, 24, 28, 30)), ETH_IPV6, 0))
+            l3[sel] = o + 4
+        else:
+            version = _u8(buf, o) >> 4
+            et[sel] = np.where(version == 4, ETH_IPV4, np.where(version == 6, ETH_IPV6, 0))
+            l3[sel] = o
+        ok[sel] = fits
+    return l3, et, vlan, ifindex, ok

@@ -1,0 +1,350 @@
+"""Capture file readers: pcap (µs and ns, both byte orders) and pcapng (several interfaces, if_tsresol).
+
+A reader yields ``RawBlock``s: a big chunk of the file as one uint8 array plus, per frame, its offset in
+that array, its captured and original length, its timestamp in ns and its interface index. It never
+looks inside a frame (dpkt style); decoding is ``hopscope.probes.decode``'s job.
+
+The file is read in big chunks (``chunk_bytes``, 8 MiB by default); a record cut by a chunk boundary is
+carried into the next chunk. Walking the record headers is the only per-packet Python loop (record
+lengths chain, so the walk is sequential); everything else is gathered with numpy.
+
+Errors: a file that is not a capture, or whose structure is broken (bad magic, a record length beyond
+any sane snaplen, a block whose length field is impossible), raises ``CaptureError`` naming the file and
+the byte offset. A file cut in the middle of its last record (a capture still being written, or a
+copy cut short) is not an error: the records before the damage are yielded and ``truncated_tail``
+records how many bytes were dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from hopscope.errors import CaptureError
+
+#: Link types (LINKTYPE_* from tcpdump.org/linktypes.html) that hopscope decodes.
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW: Final = 101
+LINKTYPE_RAW_OLD: Final = 12  # OpenBSD's DLT_RAW number, seen in some files
+LINKTYPE_LOOP: Final = 108
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276
+
+#: Largest record accepted; larger length fields mean a corrupt file (libpcap's limit is 256 KiB).
+MAX_RECORD_BYTES: Final = 1 << 20
+#: Zero bytes appended after every chunk so the decoder may gather a few bytes past a frame's end.
+PAD_BYTES: Final = 512
+DEFAULT_CHUNK_BYTES: Final = 8 << 20
+
+_PCAP_MAGICS: Final = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # µs, little-endian
+    b"\xa1\xb2\xc3\xd4": (">", 1000),  # µs, big-endian
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # ns, little-endian
+    b"\xa1\xb2\x3c\x4d": (">", 1),  # ns, big-endian
+}
+_PCAPNG_SHB: Final = 0x0A0D0D0A
+_PCAPNG_BOM: Final = 0x1A2B3C4D
+_IDB, _PB, _SPB, _EPB = 1, 2, 3, 6
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """One capture interface of a file (pcap files have exactly one)."""
+
+    index: int  # index in the file's interface list (pcapng: over all sections)
+    linktype: int  # LINKTYPE_* of its frames
+    snaplen: int  # 0: unlimited
+    name: str = ""  # pcapng if_name ('' when absent)
+    tsresol: int = 1_000_000  # timestamp units per second (pcapng if_tsresol; pcap: 10^6 or 10^9)
+    tsoffset_s: int = 0  # pcapng if_tsoffset, seconds added to every timestamp
+
+
+@dataclass(slots=True)
+class RawBlock:
+    """Frames of one chunk of a capture file, undecoded."""
+
+    buf: npt.NDArray[np.uint8]  # chunk bytes followed by PAD_BYTES zeros
+    offset: npt.NDArray[np.int64]  # start of each frame in ``buf``
+    caplen: npt.NDArray[np.uint32]  # captured bytes of each frame
+    origlen: npt.NDArray[np.uint32]  # length of the frame on the wire
+    ts_ns: npt.NDArray[np.int64]  # capture time, ns since the epoch
+    iface: npt.NDArray[np.uint16]  # index into ``interfaces``
+    interfaces: tuple[Interface, ...]
+    file_offset: int = 0  # byte offset of buf[0] in the file
+
+    @property
+    def count(self) -> int:
+        return len(self.offset)
+
+    def frame(self, i: int) -> bytes:
+        """The captured bytes of frame ``i``."""
+        start = int(self.offset[i])
+        return self.buf[start : start + int(self.caplen[i])].tobytes()
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What a reader saw: frames, bytes and the damage it stepped over."""
+
+    frames: int = 0
+    bytes: int = 0
+    truncated_tail: int = 0  # bytes of an incomplete last record, dropped
+    skipped_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not carrying frames
+
+
+def _padded(data: bytes) -> npt.NDArray[np.uint8]:
+    arr = np.zeros(len(data) + PAD_BYTES, dtype=np.uint8)
+    arr[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return arr
+
+
+class CaptureReader:
+    """Reads one pcap or pcapng file as ``RawBlock``s. Use ``open_capture`` to get one."""
+
+    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.path = Path(path)
+        self.chunk_bytes = max(chunk_bytes, 1 << 16)
+        self.stats = ReadStats()
+        self.interfaces: list[Interface] = []
+        try:
+            with self.path.open("rb") as fh:
+                self._head = fh.read(64)
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot open capture: {exc.strerror}") from exc
+        if len(self._head) < 4:
+            raise CaptureError(f"{self.path}: not a capture file: {len(self._head)} bytes, offset 0")
+        self.format = self._detect()
+
+    def _detect(self) -> str:
+        magic = self._head[:4]
+        if magic in _PCAP_MAGICS:
+            if len(self._head) < 24:
+                raise CaptureError(f"{self.path}: pcap file header truncated at offset {len(self._head)}")
+            return "pcap"
+        if struct.unpack("<I", magic)[0] == _PCAPNG_SHB:
+            return "pcapng"
+        raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {magic.hex()} at offset 0)")
+
+    def blocks(self) -> Iterator[RawBlock]:
+        """Yield the capture's frames chunk by chunk."""
+        with self.path.open("rb") as fh:
+            if self.format == "pcap":
+                yield from self._pcap_blocks(fh)
+            else:
+                yield from self._pcapng_blocks(fh)
+
+    # --- pcap -------------------------------------------------------------------------------
+
+    def _pcap_blocks(self, fh: BinaryIO) -> Iterator[RawBlock]:
+        head = fh.read(24)
+        endian, ns_per_unit = _PCAP_MAGICS[head[:4]]
+        _major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack(endian + "HHiIII", head[4:24])
+        iface = Interface(0, linktype & 0x0FFFFFFF, snaplen, "", 1_000_000_000 // ns_per_unit)
+        self.interfaces = [iface]
+        interfaces = (iface,)
+        caplen_at = struct.Struct(endian + "I").unpack_from
+        file_pos, carry = 24, b""
+        while True:
+            data = carry + fh.read(self.chunk_bytes)
+            if len(data) == len(carry):
+                break
+            offs, end = self._walk_pcap(data, caplen_at, file_pos)
+            if offs:
+                yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
+            file_pos += end
+            carry = data[end:]
+        if carry:
+            self.stats.truncated_tail = len(carry)
+
+    def _walk_pcap(self, data: bytes, caplen_at: object, file_pos: int) -> tuple[list[int], int]:
+        unpack = caplen_at  # struct.Struct.unpack_from bound method
+        offs: list[int] = []
+        append = offs.append
+        pos, n = 0, len(data)
+        while pos + 16 <= n:
+            (incl,) = unpack(data, pos + 8)  # type: ignore[operator]
+            if incl > MAX_RECORD_BYTES:
+                raise CaptureError(
+                    f"{self.path}: corrupt pcap record at offset {file_pos + pos}: "
+                    f"captured length {incl} exceeds {MAX_RECORD_BYTES}"
+                )
+            end = pos + 16 + incl
+            if end > n:
+                break
+            append(pos)
+            pos = end
+        return offs, pos
+
+    def _pcap_block(
+        self, data: bytes, offs: list[int], endian: str, ns_per_unit: int,
+        interfaces: tuple[Interface, ...], file_pos: int,
+    ) -> RawBlock:  # fmt: skip
+        buf = _padded(data)
+        starts = np.asarray(offs, dtype=np.int64)
+        hdr = buf[starts[:, None] + np.arange(16)].view(endian + "u4")
+        sec, frac = hdr[:, 0].astype(np.int64), hdr[:, 1].astype(np.int64)
+        caplen = hdr[:, 2].astype(np.uint32)
+        self.stats.frames += len(starts)
+        self.stats.bytes += int(caplen.sum())
+        return RawBlock(
+            buf=buf,
+            offset=starts + 16,
+            caplen=caplen,
+            origlen=hdr[:, 3].astype(np.uint32),
+            ts_ns=sec * 1_000_000_000 + frac * ns_per_unit,
+            iface=np.zeros(len(starts), np.uint16),
+            interfaces=interfaces,
+            file_offset=file_pos,
+        )
+
+    # --- pcapng -----------------------------------------------------------------------------
+
+    def _pcapng_blocks(self, fh: BinaryIO) -> Iterator[RawBlock]:
+        file_pos, carry = 0, b""
+        self._endian = "<"
+        self._section_base = 0
+        while True:
+            data = carry + fh.read(self.chunk_bytes)
+            if len(data) == len(carry):
+                break
+            frames, end = self._walk_pcapng(data, file_pos)
+            if frames:
+                yield self._pcapng_block(data, frames, file_pos)
+            file_pos += end
+            carry = data[end:]
+        if carry:
+            self.stats.truncated_tail = len(carry)
+
+    def _walk_pcapng(self, data: bytes, file_pos: int) -> tuple[list[tuple[int, int, int]], int]:
+        """Walk the blocks of ``data``: (offset, block type, section base) per frame block."""
+        frames: list[tuple[int, int, int]] = []
+        append = frames.append
+        pos, n = 0, len(data)
+        head = struct.Struct(self._endian + "II").unpack_from
+        while pos + 12 <= n:
+            btype, blen = head(data, pos)
+            if btype == _PCAPNG_SHB:
+                head = self._section_header(data, pos, file_pos)
+                btype, blen = head(data, pos)
+            if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES + 4096:
+                raise CaptureError(
+                    f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: "
+                    f"type {btype:#x}, length {blen}"
+                )
+            if pos + blen > n:
+                break
+            if btype == _EPB or btype == _SPB or btype == _PB:
+                append((pos, btype, self._section_base))
+            elif btype == _IDB:
+                self._interface(data, pos, blen, file_pos)
+            elif btype != _PCAPNG_SHB:
+                key = f"pcapng_block_{btype:#x}"
+                self.stats.skipped_blocks[key] = self.stats.skipped_blocks.get(key, 0) + 1
+            pos += blen
+        return frames, pos
+
+    def _section_header(self, data: bytes, pos: int, file_pos: int) -> object:
+        if pos + 12 > len(data):
+            raise CaptureError(f"{self.path}: pcapng section header truncated at offset {file_pos + pos}")
+        bom = data[pos + 8 : pos + 12]
+        if bom == struct.pack("<I", _PCAPNG_BOM):
+            self._endian = "<"
+        elif bom == struct.pack(">I", _PCAPNG_BOM):
+            self._endian = ">"
+        else:
+            raise CaptureError(f"{self.path}: bad pcapng byte-order magic at offset {file_pos + pos + 8}")
+        self._section_base = len(self.interfaces)
+        return struct.Struct(self._endian + "II").unpack_from
+
+    def _interface(self, data: bytes, pos: int, blen: int, file_pos: int) -> None:
+        e = self._endian
+        if blen < 20:
+            raise CaptureError(f"{self.path}: pcapng interface block too short at offset {file_pos + pos}")
+        linktype, _res, snaplen = struct.unpack_from(e + "HHI", data, pos + 8)
+        name, tsresol, tsoffset = "", 1_000_000, 0
+        opt, end = pos + 16, pos + blen - 4
+        while opt + 4 <= end:
+            code, olen = struct.unpack_from(e + "HH", data, opt)
+            value = data[opt + 4 : opt + 4 + olen]
+            if code == 0:
+                break
+            if code == 2:
+                name = value.decode("utf-8", "replace").rstrip("\x00")
+            elif code == 9 and olen >= 1:
+                tsresol = 10 ** (value[0] & 0x7F) if value[0] < 0x80 else 2 ** (value[0] & 0x7F)
+            elif code == 14 and olen >= 8:
+                (tsoffset,) = struct.unpack(e + "q", value[:8])
+            opt += 4 + ((olen + 3) & ~3)
+        self.interfaces.append(Interface(len(self.interfaces), linktype, snaplen, name, tsresol, tsoffset))
+
+    def _pcapng_block(self, data: bytes, frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
+        buf = _padded(data)
+        arr = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
+        starts, btype, base = arr[:, 0], arr[:, 1], arr[:, 2]
+        e = self._endian
+        hdr = buf[starts[:, None] + np.arange(28)].view(e + "u4")  # 7 words from the block start
+        epb = btype == _EPB
+        pb = btype == _PB
+        iface_local = np.where(epb, hdr[:, 2], 0).astype(np.int64)
+        if pb.any():
+            iface_local[pb] = buf[starts[pb] + (8 if e == "<" else 9)]  # PB's u16 interface id
+        iface = base + iface_local
+        if len(self.interfaces) == 0 or int(iface.max()) >= len(self.interfaces):
+            bad = int(starts[np.argmax(iface >= len(self.interfaces))]) if self.interfaces else int(starts[0])
+            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
+                               f"{file_pos + bad}")  # fmt: skip
+        spb = btype == _SPB
+        caplen = np.where(spb, 0, hdr[:, 5]).astype(np.int64)
+        origlen = np.where(spb, hdr[:, 2], hdr[:, 6]).astype(np.int64)
+        offset = np.where(spb, starts + 12, starts + 28)
+        blen = hdr[:, 1].astype(np.int64)
+        if spb.any():
+            snap = np.array([i.snaplen or MAX_RECORD_BYTES for i in self.interfaces], np.int64)[iface[spb]]
+            caplen[spb] = np.minimum(np.minimum(origlen[spb], snap), blen[spb] - 16)
+        over = caplen > blen - (offset - starts) - 4
+        if over.any():
+            bad = int(starts[np.argmax(over)])
+            raise CaptureError(f"{self.path}: pcapng packet block at offset {file_pos + bad}: captured "
+                               f"length exceeds the block")  # fmt: skip
+        ts_ns = self._pcapng_times(hdr, iface, epb | pb)
+        self.stats.frames += len(starts)
+        self.stats.bytes += int(caplen.sum())
+        return RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
+                        iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
+
+    def _pcapng_times(
+        self, hdr: npt.NDArray[np.uint32], iface: npt.NDArray[np.int64], has_ts: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.int64]:
+        raw = (hdr[:, 3].astype(np.uint64) << np.uint64(32)) | hdr[:, 4].astype(np.uint64)
+        raw = np.where(has_ts, raw, 0)
+        out = np.zeros(len(raw), np.int64)
+        for idx in np.unique(iface).tolist():
+            sel = iface == idx
+            info = self.interfaces[idx]
+            out[sel] = _units_to_ns(raw[sel], info.tsresol) + info.tsoffset_s * 1_000_000_000
+        return out
+
+
+def _units_to_ns(raw: npt.NDArray[np.uint64], per_second: int) -> npt.NDArray[np.int64]:
+    if per_second == 1_000_000_000:
+        return raw.astype(np.int64)
+    if 1_000_000_000 % per_second == 0:
+        return raw.astype(np.int64) * (1_000_000_000 // per_second)
+    whole = (raw // np.uint64(per_second)).astype(np.int64)
+    frac = (raw % np.uint64(per_second)).astype(np.float64)
+    return whole * 1_000_000_000 + np.round(frac * (1e9 / per_second)).astype(np.int64)
+
+
+def open_capture(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> CaptureReader:
+    """Open a pcap or pcapng file; raises ``CaptureError`` when it is neither or cannot be read."""
+    return CaptureReader(path, chunk_bytes)
