@@ -10,10 +10,10 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Packet, Raw
 
+from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from hopscope.records import RequestRecord
 
 T0_NS = 1_700_000_000_000_000_000

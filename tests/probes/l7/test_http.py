@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hopscope.probes.l7 import L7Settings
 
+from hopscope.probes.l7 import L7Settings
 from tests.probes.l7.tcpstreams import MOD, POINT, TcpConversation, feed, get, ok, run, tracker
 
 
