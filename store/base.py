@@ -1,0 +1,227 @@
+"""The store interface, and the behaviour both backends share (schema, queries, typed rows).
+
+A backend supplies four primitives: run a statement, run a bound SELECT and return tuples, insert a
+columnar batch, and report the server version. Everything else (DDL generated from the record schema
+for the detected server features, schema evolution, the read queries, dedup with FINAL, typed rows)
+is here, so the ClickHouse server and chDB run the same SQL.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from hopscope.errors import HopscopeError
+from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
+from hopscope.store.features import ServerFeatures
+from hopscope.store.query import (
+    BoundQuery,
+    Filters,
+    count_rows,
+    rows_to_records,
+    select_range,
+    select_where,
+)
+from hopscope.store.schema import (
+    TABLES,
+    add_column_sql,
+    create_table_sql,
+    quote_identifier,
+    table_spec,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "hopscope"
+DEFAULT_LIMIT = 1000
+
+
+class QueryError(HopscopeError):
+    """The store rejected a statement (the message carries the server's first line)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the correlator, the API and the CLI use; ``ServerStore`` and ``EmbeddedStore`` implement it."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def features(self) -> ServerFeatures: ...
+
+    def ensure_schema(self) -> None: ...
+
+    def degradations(self) -> list[str]: ...
+
+    def insert(self, table: str, batch: Batch) -> int: ...
+
+    def query_flows(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[FlowRecord]: ...
+
+    def query_requests(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[RequestRecord]: ...
+
+    def query_spans(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[Span]: ...
+
+    def query_traces(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[Trace]: ...
+
+    def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]: ...
+
+    def count(self, table: str) -> int: ...
+
+    def drop_schema(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SqlStore(abc.ABC):
+    """Shared implementation of ``Store`` over four backend primitives."""
+
+    def __init__(self, database: str = DEFAULT_DATABASE, ttl_days: int | None = None) -> None:
+        quote_identifier(database)  # fail early on a bad name
+        self.database = database
+        self.ttl_days = ttl_days
+        self._features: ServerFeatures | None = None
+        self._degradations_logged = False
+
+    # --- backend primitives ------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str: ...
+
+    @abc.abstractmethod
+    def _command(self, sql: str) -> None:
+        """Run one statement that returns no rows (DDL)."""
+
+    @abc.abstractmethod
+    def _select(self, query: BoundQuery) -> list[tuple[Any, ...]]:
+        """Run a bound SELECT; rows as tuples in the order of its columns."""
+
+    @abc.abstractmethod
+    def _insert_columns(self, table: str, batch: Batch) -> None:
+        """Insert every record column of the batch into the (allow-listed) table."""
+
+    @abc.abstractmethod
+    def _server_version(self) -> str: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- schema --------------------------------------------------------------------------------
+
+    @property
+    def features(self) -> ServerFeatures:
+        if self._features is None:
+            self._features = ServerFeatures.from_version(self._server_version())
+        return self._features
+
+    def degradations(self) -> list[str]:
+        """What the schema does differently on this server because a feature is missing."""
+        lines = self.features.degradations()
+        if self.ttl_days is not None and not self.features.ttl:
+            lines.append(f"ttl: ttl_days={self.ttl_days} requested but ignored")
+        return lines
+
+    def ensure_schema(self) -> None:
+        """Create the database and tables if missing, and add record fields a table lacks."""
+        features = self.features
+        degradations = self.degradations()
+        if degradations and not self._degradations_logged:
+            log.warning(
+                "ClickHouse %s at %s, schema degraded: %s",
+                features.version,
+                self.url,
+                "; ".join(degradations),
+            )
+            self._degradations_logged = True
+        self._command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(self.database)}")
+        for spec in TABLES.values():
+            self._command(create_table_sql(self.database, spec, features, self.ttl_days))
+            existing = self._existing_columns(spec.name)
+            for col in spec.columns():
+                if col.name not in existing:
+                    log.info("adding column %s.%s", spec.name, col.name)
+                    self._command(add_column_sql(self.database, spec, col, features))
+
+    def _existing_columns(self, table: str) -> set[str]:
+        rows = self._select(
+            BoundQuery(
+                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                {"db": self.database, "t": table},
+            )
+        )
+        return {str(r[0]) for r in rows}
+
+    def drop_schema(self) -> None:
+        """Drop the database and everything in it (tests, ``hopscope store reset``)."""
+        self._command(f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}")
+
+    # --- writes and reads ----------------------------------------------------------------------
+
+    def insert(self, table: str, batch: Batch) -> int:
+        """Insert a batch into its table; returns the number of rows sent."""
+        spec = table_spec(table)
+        if batch.record_type is not spec.record_type:
+            raise QueryError(f"a batch of {batch.record_type.__name__} cannot go into table {table}")
+        if len(batch) == 0:
+            return 0
+        self._insert_columns(spec.name, batch)
+        return len(batch)
+
+    def _range(
+        self, table: str, start_ns: int, end_ns: int, filters: Filters | None, limit: int
+    ) -> list[Any]:
+        spec = table_spec(table)
+        query = select_range(self.database, spec, start_ns, end_ns, filters, limit)
+        return rows_to_records(spec.record_type, self._select(query))
+
+    def query_flows(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[FlowRecord]:
+        """Flows that started in [start_ns, end_ns), newest report of each, oldest first."""
+        return self._range("flows", start_ns, end_ns, filters, limit)
+
+    def query_requests(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[RequestRecord]:
+        """Requests whose first byte passed in [start_ns, end_ns), oldest first."""
+        return self._range("requests", start_ns, end_ns, filters, limit)
+
+    def query_spans(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[Span]:
+        """Spans whose request passed their hop in [start_ns, end_ns), oldest first."""
+        return self._range("spans", start_ns, end_ns, filters, limit)
+
+    def query_traces(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[Trace]:
+        """Traces that started in [start_ns, end_ns), latest version of each, oldest first."""
+        return self._range("traces", start_ns, end_ns, filters, limit)
+
+    def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]:
+        """One trace and its spans in hop order (``None`` and [] when unknown)."""
+        traces_spec, spans_spec = table_spec("traces"), table_spec("spans")
+        trace_rows = self._select(
+            select_where(self.database, traces_spec, {"trace_id": trace_id}, ["trace_id"])
+        )
+        span_rows = self._select(
+            select_where(self.database, spans_spec, {"trace_id": trace_id}, ["hop_index", "span_id"])
+        )
+        traces: Sequence[Trace] = rows_to_records(Trace, trace_rows)
+        return (traces[0] if traces else None), rows_to_records(Span, span_rows)
+
+    def count(self, table: str) -> int:
+        """Rows in a table after dedup."""
+        rows = self._select(count_rows(self.database, table_spec(table)))
+        return int(rows[0][0])

@@ -1,0 +1,163 @@
+"""The read queries both stores run: one SQL text with typed placeholders, values always bound.
+
+Queries are written with ClickHouse's ``{name:Type}`` placeholders (chDB binds them in the engine);
+``to_pyformat`` turns them into clickhouse-driver's ``%(name)s`` for the 18.16 server, which has no
+server-side parameters (the driver escapes each value as a literal of its Python type). Values are
+checked against the column's type before they are bound: text columns take ``str``, integer columns
+take ``int`` within the type's range. Table and column names come from the record schema only.
+
+Filters are a mapping ``{"column": value}`` (equality), ``{"column": [v1, v2]}`` (IN), or the same
+keys with an operator suffix: ``column__ne``, ``column__gt``, ``column__gte``, ``column__lt``,
+``column__lte``. Bad filters raise ``ConfigError`` when the query is built, before any I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hopscope.errors import ConfigError
+from hopscope.records import Column, ColumnType, Record
+from hopscope.store.schema import EVENT_TIME, TableSpec, quote_identifier
+
+FilterValue = int | str | Sequence[int] | Sequence[str]
+Filters = Mapping[str, FilterValue]
+ParamValue = int | str
+
+#: Filter operator suffix -> SQL operator (the allow-list).
+OPERATORS: Mapping[str, str] = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+MAX_LIMIT = 1_000_000
+MAX_IN_VALUES = 1000
+
+_INT_RANGE: Mapping[ColumnType, tuple[int, int]] = {
+    ColumnType.U8: (0, 2**8 - 1),
+    ColumnType.U16: (0, 2**16 - 1),
+    ColumnType.U32: (0, 2**32 - 1),
+    ColumnType.U64: (0, 2**64 - 1),
+    ColumnType.I64: (-(2**63), 2**63 - 1),
+}
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[A-Za-z0-9_()]+\}")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundQuery:
+    """A SELECT with ``{name:Type}`` placeholders, its values, and the record type of its rows."""
+
+    sql: str
+    params: dict[str, ParamValue]
+    record_type: type[Record] | None = None  # None: the rows are not records (counts, ...)
+
+
+def to_pyformat(sql: str) -> str:
+    """``{name:Type}`` -> ``%(name)s`` for clickhouse-driver's client-side binding (``%`` doubled)."""
+    return _PLACEHOLDER.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def check_value(col: Column, value: object) -> ParamValue:
+    """The value if it fits the column's type, else ``ConfigError`` naming column and value."""
+    if col.type is ColumnType.STR:
+        if isinstance(value, str):
+            return value
+    elif col.type in _INT_RANGE:
+        low, high = _INT_RANGE[col.type]
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+    else:
+        raise ConfigError(f"column {col.name} ({col.type.clickhouse}) cannot be filtered on")
+    raise ConfigError(f"filter value {value!r} does not fit column {col.name} ({col.type.clickhouse})")
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ConfigError(f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
+    return limit
+
+
+class _Params:
+    """Collects bound values under generated names p0, p1, ..."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, ParamValue] = {}
+
+    def bind(self, col: Column, value: object) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = check_value(col, value)
+        return f"{{{name}:{col.type.clickhouse}}}"
+
+
+def _filter_condition(spec: TableSpec, key: str, value: object, params: _Params) -> str:
+    name, _, op = key.partition("__")
+    sql_op = OPERATORS.get(op or "eq")
+    if sql_op is None:
+        raise ConfigError(f"unknown filter operator {op!r} in {key!r}; operators: {', '.join(OPERATORS)}")
+    col = spec.column(name)
+    ident = quote_identifier(col.name)
+    if isinstance(value, list | tuple | set | frozenset):
+        values = list(value)
+        if sql_op not in ("=", "!=") or not 1 <= len(values) <= MAX_IN_VALUES:
+            raise ConfigError(f"filter {key!r}: a list needs = or != and 1..{MAX_IN_VALUES} values")
+        placeholders = ", ".join(params.bind(col, v) for v in values)
+        return f"{ident} {'IN' if sql_op == '=' else 'NOT IN'} ({placeholders})"
+    return f"{ident} {sql_op} {params.bind(col, value)}"
+
+
+def time_range_conditions(spec: TableSpec, start_ns: int, end_ns: int, params: _Params) -> list[str]:
+    """``start_ns <= time < end_ns`` on the table's time column, plus the same range on event_time
+    (the partition key), so the server skips whole partitions."""
+    col = spec.column(spec.time_column)
+    start, end = params.bind(col, start_ns), params.bind(col, end_ns)
+    ident, event_time = quote_identifier(col.name), quote_identifier(EVENT_TIME)
+    return [
+        f"{ident} >= {start}",
+        f"{ident} < {end}",
+        f"{event_time} >= toDateTime(intDiv({start}, 1000000000))",
+        f"{event_time} <= toDateTime(intDiv({end}, 1000000000))",
+    ]
+
+
+def select_columns(spec: TableSpec) -> str:
+    return ", ".join(quote_identifier(c.name) for c in spec.columns())
+
+
+def select_range(
+    database: str, spec: TableSpec, start_ns: int, end_ns: int, filters: Filters | None, limit: int
+) -> BoundQuery:
+    """Rows whose time column is in [start_ns, end_ns), deduplicated (FINAL), oldest first."""
+    params = _Params()
+    conditions = time_range_conditions(spec, start_ns, end_ns, params)
+    conditions += [_filter_condition(spec, k, v, params) for k, v in (filters or {}).items()]
+    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.order_by) if c)
+    sql = (
+        f"SELECT {select_columns(spec)} FROM {quote_identifier(database)}.{quote_identifier(spec.name)} FINAL"
+        f" WHERE {' AND '.join(conditions)} ORDER BY {order} LIMIT {check_limit(limit)}"
+    )
+    return BoundQuery(sql, params.values, spec.record_type)
+
+
+def select_where(database: str, spec: TableSpec, filters: Filters, order_by: Sequence[str]) -> BoundQuery:
+    """Rows matching the filters (no time range), deduplicated (FINAL), in the given column order."""
+    if not filters:
+        raise ConfigError(f"select on {spec.name} without a time range needs at least one filter")
+    params = _Params()
+    conditions = [_filter_condition(spec, k, v, params) for k, v in filters.items()]
+    order = ", ".join(quote_identifier(spec.column(c).name) for c in order_by)
+    sql = (
+        f"SELECT {select_columns(spec)} FROM {quote_identifier(database)}.{quote_identifier(spec.name)} FINAL"
+        f" WHERE {' AND '.join(conditions)} ORDER BY {order}"
+    )
+    return BoundQuery(sql, params.values, spec.record_type)
+
+
+def count_rows(database: str, spec: TableSpec, final: bool = True) -> BoundQuery:
+    """Number of rows (after dedup when ``final``)."""
+    table = f"{quote_identifier(database)}.{quote_identifier(spec.name)}"
+    return BoundQuery(f"SELECT count() FROM {table}{' FINAL' if final else ''}", {})
+
+
+def rows_to_records(record_type: type[Record], rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """Tuples in schema column order -> record instances."""
+    return [record_type(*row) for row in rows]
