@@ -1,0 +1,33 @@
+"""``hopscope serve``: the API and the trace lookup page."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from hopscope.store import DEFAULT_URL
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="serve the REST API and the trace lookup UI"
+    )
+    parser.add_argument("--store", default=DEFAULT_URL, help=f"store URL (default {DEFAULT_URL})")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    parser.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hopscope.api.app import create_app
+    from hopscope.api.config import ApiSettings
+    from hopscope.store import store_from_url
+
+    store = store_from_url(args.store)
+    store.ensure_schema()
+    app = create_app(store, ApiSettings(store_url=args.store), close_store=True)
+    print(f"hopscope: serving {args.store} on http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
