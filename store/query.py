@@ -115,7 +115,8 @@ def time_range_conditions(spec: TableSpec, start_ns: int, end_ns: int, params: _
         f"{ident} >= {start}",
         f"{ident} < {end}",
         f"{event_time} >= toDateTime(intDiv({start}, 1000000000))",
-        f"{event_time} <= toDateTime(intDiv({end}, 1000000000))",
+        # DateTime ends in 2106: clamp, or a far end (2**63 - 1 ns) wraps around and matches nothing.
+        f"{event_time} <= toDateTime(least(intDiv({end}, 1000000000), 4294967295))",
     ]
 
 
