@@ -149,13 +149,13 @@ def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None
         msg.status = int(m.group(2))
         msg.close = m.group(1) == b"0"
     head = _Head()
+    wanted = _WANTED
     for line in lines[1:]:
         colon = line.find(b":")
-        if colon <= 0:
-            continue
-        name = line[:colon].strip().lower()
-        if name in _WANTED:
-            _apply_header(name, line[colon + 1 :].strip().decode("latin-1"), msg, head)
+        if colon > 0:
+            name = line[:colon].rstrip().lower()
+            if name in wanted:
+                _apply_header(name, line[colon + 1 :].strip().decode("latin-1"), msg, head)
     return head
 
 
@@ -300,14 +300,8 @@ class HttpStreamParser:
     # --- buffered modes -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        step = {
-            SEEK: self._seek,
-            HEAD: self._head,
-            BODY: self._body,
-            CHUNK_SIZE: self._chunk_size,
-            CHUNK_TRAILER: self._trailer,
-        }
-        while self.mode in step and step[self.mode]():
+        steps = (self._seek, self._head, self._body, self._chunk_size, self._trailer)
+        while self.mode < UNTIL_CLOSE and steps[self.mode]():
             pass
         if self.mode >= UNTIL_CLOSE and self.msg is not None and self.mode == UNTIL_CLOSE:
             self.msg.end_offset = self.buf_offset + len(self.buf)
@@ -424,10 +418,7 @@ class HttpStreamParser:
             if status == 101 or (request_method == "CONNECT" and 200 <= status < 300):
                 self._next_mode = TUNNEL
             no_body = (
-                100 <= status < 200
-                or status in (204, 304)
-                or request_method == "HEAD"
-                or self._next_mode == TUNNEL
+                100 <= status < 200 or status in (204, 304) or request_method == "HEAD" or self._next_mode == TUNNEL
             )
         if no_body:
             self._complete()

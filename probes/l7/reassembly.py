@@ -132,11 +132,7 @@ class StreamReassembler:
             return []
         acked_offset = self.offset_of(ack)
         events: list[Event] = []
-        while (
-            self._pending
-            and min(self._pending) <= acked_offset
-            and acked_offset - self.next_offset < MAX_WINDOW
-        ):
+        while self._pending and min(self._pending) <= acked_offset and acked_offset - self.next_offset < MAX_WINDOW:
             self._skip_to_pending(events, ts_ns)
         self._maybe_fin(events, ts_ns)
         return events

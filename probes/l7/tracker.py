@@ -31,7 +31,6 @@ from hopscope.probes.l7.http import (
     payload_hash,
 )
 from hopscope.probes.l7.reassembly import StreamReassembler
-
 from hopscope.records import Batch, RequestRecord
 
 _TCP, _UDP = 6, 17
@@ -240,6 +239,14 @@ class L7Tracker:
 
     def pending_records(self) -> int:
         return len(self._out)
+
+    def has_tcp(self, flow_id: int) -> bool:
+        """True when the TCP flow is tracked (its addresses are known already)."""
+        return flow_id in self._tables.tcp
+
+    def ignored_flow_ids(self) -> dict[int, None]:
+        """Flows found not to carry an L7 protocol we parse (a bounded, oldest-first table)."""
+        return self._tables.ignored
 
     def tables_size(self) -> tuple[int, int]:
         """(TCP connections, DNS queries) currently held."""

@@ -1,0 +1,161 @@
+"""L7 parser speed: hopscope's HTTP/1.x framing and DNS decoder against httptools (llhttp), dpkt, dnspython.
+
+Run: .venv/bin/python bench/l7_speed.py [--messages N]
+
+HTTP: the same stream of pipelined requests (typical headers, X-Request-ID, traceparent, some with a
+body) cut into 1448-byte segments, parsed by
+  - hopscope ``HttpStreamParser`` alone (framing + the headers we record),
+  - hopscope ``HttpConnection`` (the same plus TCP reassembly and pairing bookkeeping),
+  - httptools ``HttpRequestParser`` with on_url/on_header/on_message_complete callbacks (C llhttp).
+DNS: the same set of responses (A, AAAA, CNAME chain), decoded by hopscope ``parse_dns``,
+dpkt ``dns.DNS`` and dnspython ``dns.message.from_wire``.
+Prints messages per second for each; higher is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+from hopscope.probes.l7.dns import parse_dns
+from hopscope.probes.l7.http import HttpConnection, HttpMessage, HttpStreamParser
+from hopscope.probes.l7.reassembly import DATA
+
+MSS = 1448
+
+
+def http_stream(count: int) -> bytes:
+    parts = []
+    for i in range(count):
+        body = b"x" * (i % 3) * 100
+        head = (
+            f"{'POST' if body else 'GET'} /api/v1/items/{i}?q=abc HTTP/1.1\r\n"
+            "Host: backend.default.svc.cluster.local:8080\r\n"
+            "User-Agent: python-httpx/0.27\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+            f"X-Request-ID: 5f1c7a2e-{i:08d}\r\n"
+            f"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-{i:016x}-01\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        parts.append(head + body)
+    return b"".join(parts)
+
+
+def segments(stream: bytes) -> list[bytes]:
+    return [stream[i : i + MSS] for i in range(0, len(stream), MSS)]
+
+
+def ours_framing(segs: list[bytes]) -> int:
+    done: list[HttpMessage] = []
+    parser = HttpStreamParser(True, lambda m: m.method, done.append, synced=True)
+    offset = 0
+    for n, seg in enumerate(segs):
+        parser.feed([(DATA, offset, n, seg)])
+        offset += len(seg)
+    return len(done)
+
+
+def ours_connection(segs: list[bytes]) -> int:
+    conn = HttpConnection()
+    conn.segment(0, True, 1000, 0, 0x02, b"")
+    seq = 1001
+    for n, seg in enumerate(segs):
+        conn.segment(n, True, seq, 0, 0x18, seg)
+        seq += len(seg)
+    return len(conn.waiting)
+
+
+def httptools_parse(segs: list[bytes]) -> int:
+    import httptools
+
+    class Proto:
+        def __init__(self) -> None:
+            self.count = 0
+            self.headers: dict[bytes, bytes] = {}
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_message_complete(self) -> None:
+            self.count += 1
+
+    proto = Proto()
+    parser = httptools.HttpRequestParser(proto)
+    for seg in segs:
+        parser.feed_data(seg)
+    return proto.count
+
+
+def dns_messages() -> list[bytes]:
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    msgs = []
+    for i in range(300):
+        name = f"svc{i}.ns.svc.cluster.local"
+        an = [DNSRR(rrname=name, rdata=f"10.96.{i % 250}.{i % 200}")]
+        if i % 3 == 1:
+            an = [DNSRR(rrname=name, type="AAAA", rdata=f"2001:db8::{i:x}")]
+        elif i % 3 == 2:
+            an = [DNSRR(rrname=name, type="CNAME", rdata="edge.example.net"),
+                  DNSRR(rrname="edge.example.net", rdata="192.0.2.7")]  # fmt: skip
+        msgs.append(bytes(DNS(id=i, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=an)))
+    return msgs
+
+
+def dns_ours(msgs: list[bytes]) -> int:
+    return sum(len(parse_dns(m).answers) for m in msgs)
+
+
+def dns_dpkt(msgs: list[bytes]) -> int:
+    import dpkt
+
+    return sum(len(dpkt.dns.DNS(m).an) for m in msgs)
+
+
+def dns_dnspython(msgs: list[bytes]) -> int:
+    import dns.message
+
+    return sum(len(dns.message.from_wire(m).answer) for m in msgs)
+
+
+def rate(name: str, func: Callable[[], int], messages: int, repeat: int = 3) -> float:
+    best = float("inf")
+    result = 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - t0)
+    per_s = messages / best
+    print(f"  {name:<34} {per_s:>12,.0f} msg/s   (result {result})")
+    return per_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=50_000)
+    args = ap.parse_args()
+    segs = segments(http_stream(args.messages))
+    print(f"HTTP/1.1 requests: {args.messages} pipelined, {len(segs)} segments of {MSS} bytes")
+    ours = rate("hopscope HttpStreamParser", lambda: ours_framing(segs), args.messages)
+    rate("hopscope HttpConnection (+reassembly)", lambda: ours_connection(segs), args.messages)
+    try:
+        theirs = rate("httptools (llhttp) with callbacks", lambda: httptools_parse(segs), args.messages)
+        print(f"  hopscope framing / httptools = {ours / theirs:.2f}")
+    except ImportError:
+        print("  httptools not installed (pip install httptools)")
+    msgs = dns_messages() * 20
+    print(f"DNS responses: {len(msgs)} (A, AAAA, CNAME+A)")
+    ours_dns = rate("hopscope parse_dns", lambda: dns_ours(msgs), len(msgs))
+    for name, func in (("dpkt", dns_dpkt), ("dnspython", dns_dnspython)):
+        try:
+            peer = rate(name, lambda f=func: f(msgs), len(msgs))  # type: ignore[misc]
+            print(f"  hopscope / {name} = {ours_dns / peer:.2f}")
+        except ImportError:
+            print(f"  {name} not installed")
+
+
+if __name__ == "__main__":
+    main()
