@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hopscope.errors import ConfigError
 from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites, down_all, record, state_root
 from hopscope.lab.netns import lab_prefixes, remove_prefix
 from hopscope.lab.plan import PlanSettings
-
-from hopscope.errors import ConfigError
 
 #: What ``lab samples`` records: small enough to commit (a few MB of pcaps), every case present.
 SAMPLE_SETTINGS = {
@@ -62,17 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
     p.add_argument("--out", type=Path, required=out_required, help="directory for pcaps and manifest.json")
-    p.add_argument(
-        "--delay", action="append", default=[], metavar="SITE=MS", help="inject delay (repeatable)"
-    )
-    p.add_argument(
-        "--loss", action="append", default=[], metavar="SITE=P", help="inject loss, 0..1 (repeatable)"
-    )
+    p.add_argument("--delay", action="append", default=[], metavar="SITE=MS", help="inject delay (repeatable)")
+    p.add_argument("--loss", action="append", default=[], metavar="SITE=P", help="inject loss, 0..1 (repeatable)")
     p.add_argument("--seed", type=int, default=1, help="seed of the loss RNG")
     p.add_argument("--requests", type=int, default=10, help="HTTP requests per session")
-    p.add_argument(
-        "--sessions", type=int, default=1, help="concurrent keep-alive + close sessions per client"
-    )
+    p.add_argument("--sessions", type=int, default=1, help="concurrent keep-alive + close sessions per client")
     p.add_argument("--big-bytes", type=int, default=2_000_000, help="size of the long transfer (0: none)")
     p.add_argument("--no-overhead", action="store_true", help="skip measuring the delayer's overhead")
 
@@ -161,11 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
-        note = (
-            f"up {age:.0f} s, overlay {state.get('overlay')}"
-            if age is not None
-            else "no state (crashed run?)"
-        )
+        note = f"up {age:.0f} s, overlay {state.get('overlay')}" if age is not None else "no state (crashed run?)"
         print(f"{prefix}  {note}")
     if not prefixes:
         print("no lab running")

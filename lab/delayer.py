@@ -25,8 +25,6 @@ import socket
 import time
 from typing import Any
 
-from netfilterqueue import COPY_META, NetfilterQueue
-
 
 class Delayer:
     """FIFO of (release time, packet); the callback only enqueues or drops."""
@@ -93,6 +91,8 @@ class Delayer:
 
 
 def serve(queue_num: int, delayer: Delayer, stop: list[bool]) -> None:
+    from netfilterqueue import COPY_META, NetfilterQueue  # PyPI NetfilterQueue (libnetfilter_queue)
+
     nfq = NetfilterQueue()
     nfq.bind(queue_num, delayer.on_packet, max_len=65536, mode=COPY_META)
     sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)

@@ -39,11 +39,7 @@ def decode_name(buf: bytes, offset: int) -> tuple[str, int]:
 
 def build_query(txid: int, name: str) -> bytes:
     """A recursive A query for ``name``."""
-    return (
-        struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0)
-        + encode_name(name)
-        + struct.pack("!HH", QTYPE_A, QCLASS_IN)
-    )
+    return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + encode_name(name) + struct.pack("!HH", QTYPE_A, QCLASS_IN)
 
 
 def parse_answer(buf: bytes) -> tuple[int, int, list[str]]:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hopscope.errors import ConfigError
 from hopscope.lab import services
 from hopscope.lab.build import Namespaces, build, iptables, offload_state
 from hopscope.lab.netns import (
@@ -42,8 +43,6 @@ from hopscope.lab.netns import (
 )
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
 from hopscope.lab.topology import Topology, default_topology
-
-from hopscope.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,7 @@ class Lab:
         waits.append((dns, services.READY["dns"]))
         for pod in self.topo.servers:
             app = services.start_app(self.ns[pod], pod, self.run_dir)
-            envoy = services.start_envoy(
-                self.envoy_binary, self.ns[pod], pod, self.topo.address_of(pod), self.run_dir
-            )
+            envoy = services.start_envoy(self.envoy_binary, self.ns[pod], pod, self.topo.address_of(pod), self.run_dir)
             waits += [(app, services.READY["app"]), (envoy, services.READY["envoy"])]
         self.daemons += [d for d, _ in waits]
         for daemon, text in waits:
@@ -341,9 +338,7 @@ class Lab:
                 "--out",
                 str(out_file),
             ]
-            proc = subprocess.Popen(
-                ns_cmd(self.ns[client], argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
+            proc = subprocess.Popen(ns_cmd(self.ns[client], argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             procs.append((client, proc, out_file))
         records: list[dict[str, Any]] = []
         for client, proc, out_file in procs:

@@ -68,9 +68,7 @@ def default_plan(client_index: int, settings: PlanSettings) -> list[dict[str, An
         n = settings.requests_per_session
         base = (client_index * 7 + s) * 100
         plan.append({**web, "keepalive": True, "requests": _requests(n, base), "pause_ms": settings.pause_ms})
-        plan.append(
-            {**web, "keepalive": False, "requests": _requests(n, base + 1), "pause_ms": settings.pause_ms}
-        )
+        plan.append({**web, "keepalive": False, "requests": _requests(n, base + 1), "pause_ms": settings.pause_ms})
     if settings.dead_attempts:
         plan.append(
             {

@@ -50,9 +50,7 @@ class Daemon:
             return self.proc.wait(5)
 
 
-def start_daemon(
-    name: str, netns: str, argv: list[str], log: Path, ready: str | None, timeout: float = 20.0
-) -> Daemon:
+def start_daemon(name: str, netns: str, argv: list[str], log: Path, ready: str | None, timeout: float = 20.0) -> Daemon:
     """Start ``argv`` in ``netns`` detached; wait until ``ready`` appears in its log (if given)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
@@ -156,22 +154,10 @@ class Tcpdump:
         self.pcap = pcap
         # --immediate-mode: packets reach tcpdump at once, not when a ring block retires (1 s),
         # so none is still in the kernel ring when SIGINT ends the capture.
-        argv = [
-            "tcpdump",
-            "-i",
-            interface,
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "--time-stamp-precision=nano",
-            "-w",
-            str(pcap),
-        ]
-        self.daemon = start_daemon(
-            f"tcpdump-{name}", netns, argv, pcap.with_suffix(".tcpdump.log"), ready=None
-        )
+        # -Z root: keep writing as root (files root-owned, any output directory works).
+        argv = ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0", "-Z", "root"]
+        argv += ["--time-stamp-precision=nano", "-w", str(pcap)]
+        self.daemon = start_daemon(f"tcpdump-{name}", netns, argv, pcap.with_suffix(".tcpdump.log"), ready=None)
 
     def wait_listening(self, timeout: float = 10.0) -> None:
         wait_ready(self.daemon, "listening on", timeout)

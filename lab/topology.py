@@ -275,12 +275,8 @@ def default_topology(overlay: str | None = None) -> Topology:
     captures = [
         CapturePoint("client1-pod", "client1", "eth0", "pod", "client", "client pod 1 NIC (sees ClusterIP)"),
         CapturePoint("client2-pod", "client2", "eth0", "pod", "client", "client pod 2 NIC (sees ClusterIP)"),
-        CapturePoint(
-            "nodeA-pre-nat", "nodeA", "cni0", "nat", "client", "node A pod bridge: before DNAT/SNAT"
-        ),
-        CapturePoint(
-            "nodeA-post-nat", "nodeA", uplink, "nat", "client", "node A uplink: after DNAT to a pod and SNAT"
-        ),
+        CapturePoint("nodeA-pre-nat", "nodeA", "cni0", "nat", "client", "node A pod bridge: before DNAT/SNAT"),
+        CapturePoint("nodeA-post-nat", "nodeA", uplink, "nat", "client", "node A uplink: after DNAT to a pod and SNAT"),
         CapturePoint("hv-tap", "hv", "tap0", "hypervisor", "client", "hypervisor tap of the node A VM"),
         CapturePoint(
             "switch-mirror",
@@ -291,33 +287,19 @@ def default_topology(overlay: str | None = None) -> Topology:
             "SPAN copy of every frame entering the switch",
         ),
         CapturePoint("nodeB", "nodeB", "eth0", "node", "server", "node B NIC"),
-        CapturePoint(
-            "server1-pod", "server1", "eth0", "pod", "server", "server pod 1 NIC: client -> envoy leg"
-        ),
-        CapturePoint(
-            "server1-app", "server1", "lo", "proxy", "server", "server pod 1 loopback: envoy -> app leg"
-        ),
-        CapturePoint(
-            "server2-pod", "server2", "eth0", "pod", "server", "server pod 2 NIC: client -> envoy leg"
-        ),
-        CapturePoint(
-            "server2-app", "server2", "lo", "proxy", "server", "server pod 2 loopback: envoy -> app leg"
-        ),
+        CapturePoint("server1-pod", "server1", "eth0", "pod", "server", "server pod 1 NIC: client -> envoy leg"),
+        CapturePoint("server1-app", "server1", "lo", "proxy", "server", "server pod 1 loopback: envoy -> app leg"),
+        CapturePoint("server2-pod", "server2", "eth0", "pod", "server", "server pod 2 NIC: client -> envoy leg"),
+        CapturePoint("server2-app", "server2", "lo", "proxy", "server", "server pod 2 loopback: envoy -> app leg"),
     ]
     if overlay == "vxlan":
         captures.insert(
             4,
-            CapturePoint(
-                "nodeA-underlay", "nodeA", "eth0", "node", "client", "node A NIC: VXLAN-encapsulated"
-            ),
+            CapturePoint("nodeA-underlay", "nodeA", "eth0", "node", "client", "node A NIC: VXLAN-encapsulated"),
         )
     sites = (
-        ImpairSite(
-            "nodeA-egress", "nodeA", uplink, "out", "client->server", ("nodeA-pre-nat",), ("nodeA-post-nat",)
-        ),
-        ImpairSite(
-            "nodeA-ingress", "nodeA", uplink, "in", "server->client", ("nodeA-post-nat",), ("nodeA-pre-nat",)
-        ),
+        ImpairSite("nodeA-egress", "nodeA", uplink, "out", "client->server", ("nodeA-pre-nat",), ("nodeA-post-nat",)),
+        ImpairSite("nodeA-ingress", "nodeA", uplink, "in", "server->client", ("nodeA-post-nat",), ("nodeA-pre-nat",)),
         ImpairSite(
             "nodeB-ingress",
             "nodeB",

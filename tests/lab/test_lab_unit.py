@@ -1,0 +1,148 @@
+"""The lab's pieces that need no root: topology data, NAT rules, plans, DNS wire, delayer logic, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+import pytest
+
+from hopscope.errors import ConfigError
+from hopscope.lab import netns
+from hopscope.lab.build import _interfaces, nat_ruleset
+from hopscope.lab.cli import parse_impairments, register
+from hopscope.lab.delayer import Delayer
+from hopscope.lab.dns_server import answer, build_query, parse_answer
+from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
+from hopscope.lab.services import envoy_config
+from hopscope.lab.topology import HOP_KINDS, SIDES, default_topology
+
+
+@pytest.mark.parametrize("overlay", [None, "vxlan"])
+def test_topology_is_consistent(overlay: str | None) -> None:
+    topo = default_topology(overlay)
+    names = [h.name for h in topo.hosts]
+    assert len(set(names)) == len(names) and len({h.short for h in topo.hosts}) == len(names)
+    ifaces = set(_interfaces(topo)) | {(h.name, "lo") for h in topo.hosts}
+    for host, ifname in ifaces:
+        assert len(ifname) <= 15 and host in names
+    assert len(ifaces) == len(_interfaces(topo)) + len(topo.hosts), "an interface name repeats in a host"
+    for cp in topo.captures:
+        assert (cp.host, cp.interface) in ifaces, cp
+        assert cp.kind in HOP_KINDS and cp.side in SIDES
+    captures = {c.name for c in topo.captures}
+    for site in topo.impair_sites:
+        assert (site.host, site.interface) in ifaces and site.host in topo.routers
+        assert set(site.upstream) | set(site.downstream) <= captures
+    for a in topo.addresses:
+        assert re.match(r"^(10\.|172\.(1[6-9]|2\d|3[01])\.)", a.cidr), f"not a private range: {a}"
+    assert {c.kind for c in topo.captures} == set(HOP_KINDS)
+
+
+def test_prefix_and_namespace_names() -> None:
+    prefix = netns.new_prefix()
+    assert netns.PREFIX_RE.match(prefix)
+    assert netns.NETNS_RE.match(prefix + "na").group(1) == prefix  # type: ignore[union-attr]
+    assert not netns.NETNS_RE.match("hsxyz123-na") and not netns.NETNS_RE.match("other")
+    with pytest.raises(netns.LabError):
+        netns.remove_prefix("hs")  # never a broad pattern
+
+
+def test_nat_ruleset_is_kube_proxy_like() -> None:
+    rules = nat_ruleset(default_topology())
+    assert rules.startswith("*nat\n") and rules.rstrip().endswith("COMMIT")
+    assert "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80" in rules
+    assert "-A KUBE-SVC-WEB -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-WEB1" in rules
+    assert "-A KUBE-SVC-WEB -j KUBE-SEP-WEB2" in rules
+    assert "-A KUBE-SEP-WEB2 -p tcp -j DNAT --to-destination 10.244.2.12:80" in rules
+    assert "-A KUBE-SEP-DEAD1 -p tcp -j DNAT --to-destination 10.244.2.12:81" in rules
+    assert "-A KUBE-SEP-DNS1 -p udp -j DNAT --to-destination 10.244.2.53:53" in rules
+    assert "-j MASQUERADE" in rules
+
+
+def test_default_plan_covers_every_case() -> None:
+    plans = [default_plan(i, PlanSettings()) for i in range(2)]
+    sessions = [s for p in plans for s in p]
+    http = [s for s in sessions if s["kind"] == "http"]
+    reqs = [r for s in http for r in s["requests"]]
+    assert {s["keepalive"] for s in http} == {True, False}
+    assert {r["send_id"] for r in reqs} == {True, False}
+    assert {"/status/500", "/status/503", "/delay/20"} <= {r["path"] for r in reqs}
+    assert any(s["target"] == "10.96.0.11" for s in http)  # the dead backend
+    assert any(r["path"].startswith("/bytes/") for r in reqs)
+    assert any(s["kind"] == "dns" for s in sessions)
+
+
+def test_dns_wire_round_trip() -> None:
+    q = build_query(0x1234, "web.default.svc.cluster.local")
+    resp, name, rcode = answer(q, DNS_ZONE)
+    assert (name, rcode) == ("web.default.svc.cluster.local", 0)
+    assert parse_answer(resp) == (0x1234, 0, ["10.96.0.10"])
+    resp, _, rcode = answer(build_query(7, "nosuch.example"), DNS_ZONE)
+    assert rcode == 3 and parse_answer(resp) == (7, 3, [])
+
+
+class FakePacket:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.verdict: str | None = None
+
+    def accept(self) -> None:
+        assert self.verdict is None
+        self.verdict = "accept"
+
+    def drop(self) -> None:
+        assert self.verdict is None
+        self.verdict = "drop"
+
+
+def test_delayer_holds_in_order_then_accepts() -> None:
+    d = Delayer(delay_ns=50_000_000, loss=0.0, seed=1)
+    pkts = [FakePacket(i) for i in range(5)]
+    for p in pkts:
+        d.on_packet(p)
+    assert all(p.verdict is None for p in pkts) and d.release_due() is not None
+    d.release_all()
+    assert [p.verdict for p in pkts] == ["accept"] * 5 and d.stats()["accepted"] == 5
+
+
+@pytest.mark.parametrize(("loss", "seed"), [(0.1, 1), (0.5, 2)])
+def test_delayer_loss_is_seeded(loss: float, seed: int) -> None:
+    def run() -> list[Any]:
+        d = Delayer(delay_ns=0, loss=loss, seed=seed)
+        pkts = [FakePacket(i) for i in range(2000)]
+        for p in pkts:
+            d.on_packet(p)
+        return [p.verdict for p in pkts]
+
+    first = run()
+    assert first == run()
+    assert abs(first.count("drop") / len(first) - loss) < 0.05
+
+
+def test_envoy_config_fills_every_placeholder(tmp_path: Any) -> None:
+    text = envoy_config("10.244.2.11", "server1", tmp_path / "a.log")
+    assert "$" not in text and "10.244.2.11" in text and "generate_request_id: true" in text
+
+
+def test_cli_parses_impairments() -> None:
+    specs = parse_impairments(["nodeB-ingress=5", "nodeA-egress=2ms"], ["nodeB-ingress=0.01"])
+    assert [(s.site, s.delay_ms, s.loss) for s in specs] == [("nodeB-ingress", 5.0, 0.01), ("nodeA-egress", 2.0, 0.0)]
+    with pytest.raises(ConfigError):
+        parse_impairments(["nodeB-ingress"], [])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["lab", "run", "--out", "x", "--delay", "nodeB-ingress=5"])
+    assert callable(args.func) and args.delay == ["nodeB-ingress=5"]
+    for action in ("up", "traffic", "down", "samples", "status", "check"):
+        assert callable(parser.parse_args(["lab", action]).func)
+
+
+def test_missing_prerequisites_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda exe: None if exe == "tcpdump" else "/bin/" + exe)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    missing = netns.missing_prerequisites()
+    assert any(m.startswith("root") for m in missing)
+    assert any(m.startswith("tcpdump (Debian package tcpdump)") for m in missing)
+    assert len(missing) == 2
