@@ -43,6 +43,17 @@ def batch_to_arrow(batch: Batch) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[c.name for c in batch.record_type.columns()])
 
 
+#: chDB parses a bound String value in the TabSeparated "escaped" text format, so a backslash,
+#: tab or newline in the value must reach it escaped (else ``a\\'b`` would arrive as ``a'b``).
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0",
+                              "\b": "\\b", "\f": "\\f"})
+
+
+def engine_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Bound values as chDB must receive them: text escaped for the TSV value parser, numbers as is."""
+    return {k: v.translate(_TSV_ESCAPES) if isinstance(v, str) else v for k, v in params.items()}
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -80,7 +91,7 @@ class EmbeddedStore(SqlStore):
         self._query(sql)
 
     def _select(self, query: BoundQuery) -> list[tuple[Any, ...]]:
-        table = self._query(query.sql, "ArrowTable", params=query.params or None)
+        table = self._query(query.sql, "ArrowTable", params=engine_params(query.params) or None)
         if table is None or table.num_rows == 0:
             return []
         columns = [table.column(i).to_pylist() for i in range(table.num_columns)]

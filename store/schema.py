@@ -32,12 +32,12 @@ LOW_CARDINALITY: frozenset[str] = frozenset(
      "kind", "link_reason"}
 )
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def quote_identifier(name: str) -> str:
     """Backquote a database, table or column name after checking it is a plain identifier."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise ConfigError(f"invalid identifier {name!r} (letters, digits and _ only)")
     return f"`{name}`"
 
