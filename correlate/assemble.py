@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.matchers import TAG_REASON, TAG_SHIFT
 from hopscope.correlate.observations import ObsTable
 from hopscope.correlate.order import SegmentOrder

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.settings import ClockMode, CorrelateSettings
 
 I64 = npt.NDArray[np.int64]
@@ -33,15 +34,9 @@ class PairEvidence:
     min_back_ns: int  # smallest (time at a) - (time at b) of a packet going b to a
     count: int
 
-    def offset_ns(self, settings: CorrelateSettings) -> int:
-        """Offset of b's clock against a's."""
-        if settings.clock_mode is ClockMode.NONE:
-            return 0
-        lo, hi = -self.min_back_ns, self.min_fwd_ns
-        jitter = settings.clock_jitter_us * 1000
-        if settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter:
-            return 0
-        return (lo + hi) // 2
+    def interval_ns(self) -> tuple[int, int]:
+        """Offsets of b's clock against a's that keep both one-way delays non-negative."""
+        return -self.min_back_ns, self.min_fwd_ns
 
 
 def pair_evidence(
@@ -68,11 +63,11 @@ def solve_offsets(
     evidence: list[PairEvidence], first_hop_votes: dict[str, int], settings: CorrelateSettings
 ) -> dict[str, int]:
     """Offset (ns) to subtract from each point's timestamps; points without evidence are absent (0)."""
-    edges: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+    edges: dict[str, list[tuple[int, str, tuple[int, int]]]] = defaultdict(list)
     for ev in evidence:
-        theta = ev.offset_ns(settings)
-        edges[ev.a].append((ev.count, ev.b, theta))
-        edges[ev.b].append((ev.count, ev.a, -theta))
+        lo, hi = ev.interval_ns()
+        edges[ev.a].append((ev.count, ev.b, (lo, hi)))
+        edges[ev.b].append((ev.count, ev.a, (-hi, -lo)))
     offsets: dict[str, int] = {}
     nodes = sorted(edges, key=lambda n: (-first_hop_votes.get(n, 0), n))
     for root in nodes:
@@ -87,7 +82,18 @@ def solve_offsets(
             if not nxt:
                 frontier.pop(0)
                 continue
-            _, m, th = max(nxt)
-            offsets[m] = offsets[node] + th
+            _, m, interval = max(nxt)
+            offsets[m] = _choose(offsets[node], interval, settings)
             frontier.append(m)
     return offsets
+
+
+def _choose(base_ns: int, interval: tuple[int, int], settings: CorrelateSettings) -> int:
+    """Offset of a point reached from one with offset ``base_ns`` over a pair with ``interval``."""
+    if settings.clock_mode is ClockMode.NONE:
+        return 0
+    lo, hi = base_ns + interval[0], base_ns + interval[1]
+    jitter = settings.clock_jitter_us * 1000
+    if settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter:
+        return 0  # its own clock is consistent with causality: keep it
+    return (lo + hi) // 2

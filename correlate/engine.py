@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate import clock, proxy
 from hopscope.correlate.assemble import Assembler, Times, correct
 from hopscope.correlate.matchers import (
@@ -29,7 +30,6 @@ from hopscope.correlate.order import SegmentOrder, adjacent_pairs, order_segment
 from hopscope.correlate.relations import Reason
 from hopscope.correlate.segments import cluster
 from hopscope.correlate.settings import CorrelateSettings
-
 from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
 
 I64 = npt.NDArray[np.int64]

@@ -26,9 +26,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.observations import ObsTable, index_domains, index_labels
 from hopscope.correlate.relations import Reason
-
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 #: Tag in the top bits of a bucket key: which matcher made it.

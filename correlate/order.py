@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.observations import KIND_RANK, ObsTable
 
 I64 = npt.NDArray[np.int64]

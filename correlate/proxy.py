@@ -9,8 +9,10 @@ Two matchers, in this order:
 - **by nesting** (``proxy:nested``): a proxy that generates the request id itself puts it only on the
   upstream leg, so the downstream leg has none. A segment ending at a proxy hop is linked to one
   starting at a proxy hop on the same host with the same method, path and HTTP host, whose exchange
-  nests inside it and begins within ``proxy_gap_us``; pairs are assigned one-to-one, nearest first.
-  Confidence is lower, and lower still when several candidates competed.
+  nests inside it and begins within ``proxy_gap_us``; pairs are assigned one-to-one, the pair in
+  which the proxy added the least time (request plus response turnaround) first.
+  Confidence is lower, and lower still when another candidate arrived within
+  ``proxy_order_jitter_us`` of the chosen one (the proxy may have served them in either order).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.relations import AMBIGUOUS_NESTED_CONFIDENCE, BASE_CONFIDENCE, Reason
 from hopscope.correlate.settings import CorrelateSettings
-
 from hopscope.records import HopKind
 
 I64 = npt.NDArray[np.int64]
@@ -140,56 +142,107 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
     """Link downstream legs without an id to upstream legs at the same proxy; returns links made."""
     has_child = np.zeros(len(view.method), dtype=bool)
     has_child[links.parent[links.parent >= 0]] = True
-    by_key: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
+    parents: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
     for p in np.flatnonzero(view.last_proxy & ~has_child).tolist():
         key = (view.last_host[p], view.method[p], view.path[p], view.http_host[p])
-        by_key[key].append((int(view.req_last_ns[p]), p))
-    for plist in by_key.values():
-        plist.sort()
-    slack = settings.nesting_slack_us * 1000
-    gap = settings.proxy_gap_us * 1000
-    pairs: list[tuple[int, int, int]] = []
+        parents[key].append((int(view.req_last_ns[p]), p))
+    children: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
     for s in np.flatnonzero(view.first_proxy & (links.parent < 0)).tolist():
-        plist = by_key.get((view.first_host[s], view.method[s], view.path[s], view.http_host[s]), [])
-        if not plist:
-            continue
-        t = int(view.req_first_ns[s])
-        lo = bisect.bisect_left(plist, (t - gap, -1))
-        hi = bisect.bisect_right(plist, (t + slack, len(view.method)))
-        for tp, p in plist[lo:hi]:
-            rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
-            if p != s and (rp == 0 or rs == 0 or rs <= rp + slack):
-                # a proxy forwards after it received: a child that seems to start first (clock
-                # jitter within the slack) ranks behind every forward-in-time candidate
-                pairs.append((t - tp if t >= tp else gap + tp - t, p, s))
-    return _assign_one_to_one(pairs, links)
-
-
-def _assign_one_to_one(pairs: list[tuple[int, int, int]], links: Links) -> int:
-    """Greedy nearest-first one-to-one assignment of (gap, parent, child) candidates."""
-    cands_p: dict[int, int] = defaultdict(int)
-    cands_s: dict[int, int] = defaultdict(int)
-    for _, p, s in pairs:
-        cands_p[p] += 1
-        cands_s[s] += 1
+        key = (view.first_host[s], view.method[s], view.path[s], view.http_host[s])
+        if key in parents:
+            children[key].append((int(view.req_first_ns[s]), s))
     groups = _UnionFind(len(links.parent))
     for s, p in enumerate(links.parent.tolist()):
         if p >= 0:
             groups.union(s, p)
-    taken_p: set[int] = set()
     made = 0
-    for _, p, s in sorted(pairs):
-        if p in taken_p or links.parent[s] >= 0 or groups.find(p) == groups.find(s):
+    for key, kids in children.items():
+        made += _assign_nested(view, settings, sorted(parents[key]), sorted(kids), links, groups)
+    return made
+
+
+def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[tuple[int, int]],
+                   kids: list[tuple[int, int]], links: Links, groups: _UnionFind) -> int:
+    """One-to-one assignment of children to parents at one proxy, most typical turnaround first.
+
+    A candidate parent received the request at most ``proxy_gap_us`` before the child left (the
+    ``NESTED_CANDIDATES`` nearest such) and sent its response after the child's came back. A proxy
+    adds a fairly constant time each way, so true pairs pile up at one request turnaround and one
+    response turnaround while wrong pairs spread out: the cost of a pair is its distance from the
+    most common turnarounds (histogram modes over all candidates). A link is ambiguous when the
+    runner-up of its parent or child costs less than ``proxy_order_jitter_us`` more.
+    """
+    slack = settings.nesting_slack_us * 1000
+    gap = settings.proxy_gap_us * 1000
+    times = [t for t, _ in plist]
+    cands: list[tuple[int, int, int, int]] = []  # (req turnaround, resp turnaround or -1, p, s)
+    for t, s in kids:
+        i = bisect.bisect_right(times, t + slack) - 1
+        found = 0
+        while i >= 0 and times[i] >= t - gap and found < NESTED_CANDIDATES:
+            p = plist[i][1]
+            if _child_fits(view, p, s, slack) and groups.find(p) != groups.find(s):
+                rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
+                cands.append((t - times[i], rp - rs if rp and rs else -1, p, s))
+                found += 1
+            i -= 1
+    if not cands:
+        return 0
+    bin_ns = max(1, settings.proxy_order_jitter_us * 1000 // 4)
+    mode_req = _mode([c[0] for c in cands], bin_ns)
+    mode_resp = _mode([c[1] for c in cands if c[1] >= 0], bin_ns)
+    pairs = [(abs(rq - mode_req) + (abs(rs - mode_resp) if rs >= 0 else abs(rq - mode_req)), p, s)
+             for rq, rs, p, s in cands]
+    return _assign_cheapest(pairs, links, groups, settings.proxy_order_jitter_us * 1000)
+
+
+NESTED_CANDIDATES = 64
+
+
+def _mode(values: list[int], bin_ns: int) -> int:
+    """The most common value, to within a fraction of ``bin_ns`` (0 for no values)."""
+    if not values:
+        return 0
+    arr = np.asarray(values, dtype=np.int64)
+    counts = np.bincount((arr - arr.min()) // bin_ns)
+    centre = int(arr.min()) + int(np.argmax(counts)) * bin_ns + bin_ns // 2
+    near = arr[np.abs(arr - centre) <= bin_ns]  # refine: the median of the peak
+    return int(np.median(near))
+
+
+def _assign_cheapest(pairs: list[tuple[int, int, int]], links: Links, groups: _UnionFind,
+                     jitter_ns: int) -> int:
+    costs_p: dict[int, list[int]] = defaultdict(list)
+    costs_s: dict[int, list[int]] = defaultdict(list)
+    for cost, p, s in pairs:
+        costs_p[p].append(cost)
+        costs_s[s].append(cost)
+    taken: set[int] = set()
+    made = 0
+    for cost, p, s in sorted(pairs):
+        if p in taken or links.parent[s] >= 0 or groups.find(p) == groups.find(s):
             continue
-        taken_p.add(p)
+        taken.add(p)
         groups.union(s, p)
         links.parent[s] = p
         links.reason[s] = Reason.PROXY_NESTED.value
-        ambiguous = cands_p[p] > 1 or cands_s[s] > 1
+        ambiguous = _runner_up_close(costs_p[p], cost, jitter_ns) or _runner_up_close(costs_s[s], cost, jitter_ns)
         base = BASE_CONFIDENCE[Reason.PROXY_NESTED]
         links.confidence[s] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else base
         made += 1
     return made
+
+
+def _runner_up_close(costs: list[int], cost: int, jitter_ns: int) -> bool:
+    """Another candidate cost within ``jitter_ns`` of the chosen ``cost``."""
+    return sum(1 for c in costs if c - cost <= jitter_ns) > 1
+
+
+def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
+    if p == s:
+        return False
+    rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
+    return rp == 0 or rs == 0 or rs <= rp + slack_ns
 
 
 def is_proxy_kind(kind: str) -> bool:

@@ -3,7 +3,8 @@
 ``cluster`` assigns a segment number to every eligible observation. Buckets (same key) in which the
 times fit the window, no hop repeats and every anchor agrees become one segment in one vectorised
 pass; the remaining buckets (sequence-number collisions, keep-alive reuse of a key, retries) are
-split by ``_split_bucket``, which puts each observation into the compatible segment nearest in time.
+split by ``_split_bucket``, which puts each observation into the oldest compatible segment with the
+most agreeing anchors (packets keep their order along a path).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from hopscope.correlate.observations import ObsTable
 
 I64 = npt.NDArray[np.int64]
@@ -33,7 +35,6 @@ class _Open:
     """A segment being built inside one bucket."""
 
     first_ns: int
-    last_ns: int
     anchors: list[int]
     labels: set[int] = field(default_factory=set)
     rows: list[int] = field(default_factory=list)
@@ -98,8 +99,9 @@ def _split_bucket(obs: ObsTable, rows: I64, window_ns: int) -> list[list[int]]:
     times = obs.t_req[rows].tolist()
     labels = obs.label[rows].tolist()
     for row, t, lab, anc in zip(rows.tolist(), times, labels, anchors, strict=True):
+        # packets keep their order along a path: among equally good segments the oldest wins (FIFO)
         best: _Open | None = None
-        best_score: tuple[int, int] = (-1, 0)
+        best_score = -1
         for cand in opened:
             if t - cand.first_ns > window_ns or lab in cand.labels:
                 continue
@@ -110,14 +112,12 @@ def _split_bucket(obs: ObsTable, rows: I64, window_ns: int) -> list[list[int]]:
                         break
                     agree += 1
             else:
-                score = (agree, -abs(t - cand.last_ns))
-                if score > best_score:
-                    best, best_score = cand, score
+                if agree > best_score:
+                    best, best_score = cand, agree
         if best is None:
-            best = _Open(first_ns=t, last_ns=t, anchors=list(anc))
+            best = _Open(first_ns=t, anchors=list(anc))
             opened.append(best)
         best.rows.append(row)
         best.labels.add(lab)
-        best.last_ns = t
         best.anchors = [c or a for a, c in zip(anc, best.anchors, strict=True)]
     return [o.rows for o in opened]

@@ -37,8 +37,11 @@ class CorrelateSettings:
     dns_window_us: int = 2_000_000
     #: Largest time between a request entering a proxy and the proxy sending it upstream.
     proxy_gap_us: int = 2_000_000
+    #: Two requests reaching a proxy closer than this may leave it in either order: a nested link
+    #: chosen among such candidates gets the ambiguous confidence.
+    proxy_order_jitter_us: int = 50
     #: Slack when checking that an upstream exchange nests inside the downstream one.
-    nesting_slack_us: int = 1_000
+    nesting_slack_us: int = 20
     #: Largest time between two legs sharing a request id (x-request-id, traceparent, B3).
     proxy_id_window_us: int = 60_000_000
     #: Clock correction strategy.
@@ -51,7 +54,7 @@ class CorrelateSettings:
                      "proxy_id_window_us"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"correlate setting {name} must be positive, got {getattr(self, name)}")
-        for name in ("nesting_slack_us", "clock_jitter_us"):
+        for name in ("nesting_slack_us", "clock_jitter_us", "proxy_order_jitter_us"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"correlate setting {name} must not be negative")
         if not isinstance(self.clock_mode, ClockMode):

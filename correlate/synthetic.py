@@ -58,7 +58,8 @@ class Scenario:
     #: "client": every hop carries x-request-id; "generated": only the upstream leg; "none": no id
     request_id_mode: str = "client"
     spacing_us: int = 500  # between requests on one connection
-    service_us: int = 2_000  # app's time to answer
+    conn_spacing_us: int = 37  # between the starts of consecutive connections
+    service_us: int = 2_000  # app's mean time to answer (exponential, plus 100 µs)
     #: clock shift (µs) added to every timestamp of a point
     clock_shift_us: dict[str, int] = field(default_factory=dict)
     #: point -> probability that the request's first segment is lost on the link *into* that point
@@ -93,7 +94,8 @@ def generate(sc: Scenario) -> Synthetic:
     nth = np.arange(n) % sc.per_connection
     syn = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
     synack = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
-    conn_start = sc.start_ns + np.arange(conns, dtype=np.int64) * 37_000 + rng.integers(0, 1000, conns)
+    conn_start = (sc.start_ns + np.arange(conns, dtype=np.int64) * sc.conn_spacing_us * 1000
+                  + rng.integers(0, 1000, conns))
     t0 = conn_start[conn] + 1_000_000 + nth * sc.spacing_us * 1000
     fwd = _cum([h.fwd_delay_us for h in path])
     jitter = rng.integers(0, 3000, (n, len(path)), dtype=np.int64).cumsum(axis=1)
@@ -107,7 +109,8 @@ def generate(sc: Scenario) -> Synthetic:
             t_req[hit, hi:] += sc.rto_us * 1000
     back = np.asarray([h.back_delay_us for h in path], dtype=np.int64) * 1000
     t_resp = np.empty_like(t_req)
-    t_resp[:, -1] = t_req[:, -1] + sc.service_us * 1000
+    service_ns = rng.exponential(sc.service_us * 1000, n).astype(np.int64) + 100_000
+    t_resp[:, -1] = t_req[:, -1] + service_ns
     for hi in range(len(path) - 2, -1, -1):
         extra = 300_000 if path[hi].leg != path[hi + 1].leg else 0  # the proxy's own time
         t_resp[:, hi] = t_resp[:, hi + 1] + back[hi + 1] + extra + (jitter[:, hi + 1] - jitter[:, hi]) // 2
