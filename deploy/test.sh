@@ -15,9 +15,9 @@ bash deploy/clickhouse/start.sh
 echo "test: ruff"
 .venv/bin/ruff check .
 echo "test: mypy"
-# Checked as installed (setup.sh's strict editable install links every module into one tree),
-# so probes/, store/, ... are seen under their real names hopscope.probes, hopscope.store, ...
-.venv/bin/mypy -p hopscope
+# Checked as installed (setup.sh's strict editable install links every module into one tree), from
+# outside the repository, so probes/, store/, ... are seen under their real names hopscope.probes, ...
+(cd / && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" -p hopscope)
 echo "test: pytest"
 # Services were started above: a test that cannot reach one fails instead of skipping.
 export HOPSCOPE_REQUIRE_SERVICES=1
