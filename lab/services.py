@@ -155,7 +155,9 @@ class Tcpdump:
         # --immediate-mode: packets reach tcpdump at once, not when a ring block retires (1 s),
         # so none is still in the kernel ring when SIGINT ends the capture.
         # -Z root: keep writing as root (files root-owned, any output directory works).
-        argv = ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0", "-Z", "root"]
+        # -B 16 MiB: pod loopback carries 64 KiB segments (lo's MTU), which overflow the default 2 MiB
+        # ring in a burst while tcpdump waits for the CPU.
+        argv = ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", "0", "-Z", "root", "-B", "16384"]
         argv += ["--time-stamp-precision=nano", "-w", str(pcap)]
         self.daemon = start_daemon(f"tcpdump-{name}", netns, argv, pcap.with_suffix(".tcpdump.log"), ready=None)
 
