@@ -243,7 +243,7 @@ class CaptureReader:
                 )
             if pos + blen > n:
                 break
-            if btype == _EPB or btype == _SPB or btype == _PB:
+            if btype in (_EPB, _SPB, _PB):
                 append((pos, btype, self._section_base))
             elif btype == _IDB:
                 self._interface(data, pos, blen, file_pos)

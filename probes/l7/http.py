@@ -73,11 +73,15 @@ def looks_like_response(payload: bytes) -> bool:
 
 
 def payload_hash(data: bytes) -> int:
-    """64-bit hash of the first ``PAYLOAD_HASH_BYTES`` of a message (tie-breaker across points)."""
+    """64-bit hash of the first ``PAYLOAD_HASH_BYTES`` of a message (tie-breaker across points).
+
+    The same function as the flow meter's ``payload_hash`` (blake2b-64, big-endian, never 0), so the
+    first request of a connection hashes like its flow's ``orig_payload_hash``.
+    """
     if not data:
         return 0
     digest = hashlib.blake2b(data[:PAYLOAD_HASH_BYTES], digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return int.from_bytes(digest, "big") or 1
 
 
 class HttpMessage:
