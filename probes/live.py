@@ -1,0 +1,267 @@
+"""Live capture: a TPACKET_V3 ring on an interface (optionally in a network namespace) feeding the probe.
+
+Capture
+    ``PacketRing`` opens an AF_PACKET socket with a memory-mapped TPACKET_V3 receive ring (the kernel
+    fills blocks of many frames; user space hands a block back by writing its status word), attaches a
+    BPF filter compiled by libpcap (through pcapy-ng's ``compile``; the filter's accept length is the
+    snaplen), and binds to the interface. One ``read`` returns every block the kernel has retired as one
+    ``RawBlock`` (the reader/decoder interface of ``hopscope.probes.readers``): the only per-packet
+    Python work is following each frame's ``tp_next_offset``; timestamps, lengths and frame offsets are
+    gathered with numpy. Kernel counters (``PACKET_STATISTICS``: packets, drops, queue freezes) are
+    read and accumulated by ``stats``. VLAN tags that the NIC or veth strips into packet metadata are not
+    re-inserted (the decoder sees the untagged frame).
+
+Namespaces
+    With ``netns``, the socket is opened inside ``/var/run/netns/NAME`` (``setns``), then the thread
+    returns to its own namespace, so Kafka and files stay reachable as usual while the socket keeps
+    capturing in the other namespace.
+
+The probe
+    ``LiveProbe`` runs capture -> decode -> meter -> L7 in one thread until ``stop()`` (the CLI wires
+    SIGINT/SIGTERM to it), publishes FlowRecord and RequestRecord batches through a ``Publisher`` every
+    ``publish_interval_s``, logs kernel drops, decode skips, evictions and table sizes every
+    ``report_interval_s``, and on stop flushes the meter and the L7 tracker, publishes the rest and
+    returns a ``ProbeSummary``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import os
+import select
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from hopscope.errors import CaptureError, ConfigError
+from hopscope.probes.readers import LINKTYPE_ETHERNET, PAD_BYTES, Interface, RawBlock
+
+log = logging.getLogger(__name__)
+
+SOL_PACKET: Final = 263
+PACKET_RX_RING: Final = 5
+PACKET_STATISTICS: Final = 6
+PACKET_VERSION: Final = 10
+TPACKET_V3: Final = 2
+SO_ATTACH_FILTER: Final = 26
+ETH_P_ALL: Final = 0x0003
+TP_STATUS_KERNEL: Final = 0
+TP_STATUS_USER: Final = 1
+CLONE_NEWNET: Final = 0x40000000
+NETNS_DIR: Final = "/var/run/netns"
+
+_REQ3 = struct.Struct("=7I")  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, features
+_STATS3 = struct.Struct("=3I")  # tp_packets, tp_drops, tp_freeze_q_cnt
+# tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
+# offset_to_first_pkt, blk_len, ...   (all u32, read through a u32 view: indices 2, 3, 4)
+_BLK_STATUS, _BLK_NUM_PKTS, _BLK_FIRST = 2, 3, 4
+# tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status (u32), tp_mac (u16)
+_HDR_SEC, _HDR_NSEC, _HDR_SNAPLEN, _HDR_LEN, _HDR_MAC_BYTE = 1, 2, 3, 4, 24
+
+
+@dataclass(frozen=True, slots=True)
+class RingSettings:
+    """Size and behaviour of the TPACKET_V3 ring."""
+
+    block_bytes: int = 1 << 20  # one kernel block (a multiple of the page size)
+    block_count: int = 64  # ring = block_bytes * block_count
+    frame_bytes: int = 1 << 11  # only checked by the kernel in V3 (block_bytes % frame_bytes == 0)
+    retire_ms: int = 10  # the kernel hands over a partly filled block after this long
+    snaplen: int = 262_144  # bytes kept per frame (the BPF filter's accept length)
+    max_blocks_per_read: int = 16  # blocks joined into one RawBlock at most
+
+
+@dataclass(slots=True)
+class RingStats:
+    """Kernel counters, accumulated (PACKET_STATISTICS resets them on every read)."""
+
+    packets: int = 0  # frames that passed the filter (received + dropped)
+    drops: int = 0  # frames dropped because the ring was full
+    freezes: int = 0  # times the queue froze (ring full)
+    frames_read: int = 0  # frames handed to the decoder
+    blocks_read: int = 0
+
+
+def compile_filter(expr: str, snaplen: int, linktype: int = LINKTYPE_ETHERNET) -> list[tuple[int, int, int, int]]:
+    """Compile a tcpdump filter expression with libpcap (pcapy-ng); raises ``ConfigError`` if invalid."""
+    import pcapy
+
+    try:
+        program = pcapy.compile(linktype, snaplen, expr, 1, 0xFFFFFFFF)
+    except pcapy.PcapError as exc:
+        raise ConfigError(f"invalid capture filter {expr!r}: {exc}") from exc
+    return [tuple(ins) for ins in program.get_bpf()]  # type: ignore[misc]
+
+
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    insns = b"".join(struct.pack("=HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body with this thread in network namespace ``name`` (``ip netns`` name), then return."""
+    if not name:
+        yield
+        return
+    path = os.path.join(NETNS_DIR, name)
+    if not os.path.exists(path):
+        raise ConfigError(f"network namespace {name!r} not found ({path} does not exist)")
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise CaptureError(f"cannot enter network namespace {name!r}: {os.strerror(err)} (root needed)")
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise CaptureError("cannot return to the probe's own network namespace")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+class PacketRing:
+    """A TPACKET_V3 receive ring on one interface (see the module docstring)."""
+
+    def __init__(
+        self, iface: str, *, bpf: str = "", netns: str | None = None, settings: RingSettings | None = None
+    ) -> None:
+        self.iface = iface
+        self.bpf = bpf
+        self.netns = netns
+        self.settings = settings or RingSettings()
+        self.stats = RingStats()
+        self._sock: socket.socket | None = None
+        self._map: mmap.mmap | None = None
+        self._words: memoryview | None = None  # the ring as u32 words
+        self._next_block = 0
+        self._interfaces = (Interface(0, LINKTYPE_ETHERNET, self.settings.snaplen, name=iface),)
+
+    def open(self) -> PacketRing:
+        s = self.settings
+        program = compile_filter(self.bpf, s.snaplen)
+        with in_netns(self.netns):
+            try:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            except PermissionError as exc:
+                raise CaptureError(f"capturing on {self.iface} needs root (CAP_NET_RAW): {exc}") from exc
+            try:
+                _attach_filter(sock, program)
+                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+                frames = s.block_bytes // s.frame_bytes * s.block_count
+                req = _REQ3.pack(s.block_bytes, s.block_count, s.frame_bytes, frames, s.retire_ms, 0, 0)
+                sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+                self._map = mmap.mmap(sock.fileno(), s.block_bytes * s.block_count, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+                sock.bind((self.iface, ETH_P_ALL))
+            except OSError as exc:
+                sock.close()
+                raise CaptureError(f"cannot capture on {self.iface!r}: {exc}") from exc
+        self._sock = sock
+        self._words = memoryview(self._map).cast("I")
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self.read_kernel_stats()
+            self._sock.close()
+            self._sock = None
+        if self._words is not None:
+            self._words.release()
+            self._words = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> PacketRing:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_kernel_stats(self) -> RingStats:
+        """Add the kernel's counters since the last call to ``stats`` and return it."""
+        if self._sock is not None:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size)
+            packets, drops, freezes = _STATS3.unpack(raw)
+            self.stats.packets += packets
+            self.stats.drops += drops
+            self.stats.freezes += freezes
+        return self.stats
+
+    def read(self, timeout_ms: int = 100) -> RawBlock | None:
+        """Frames of every block the kernel has handed over (waiting up to ``timeout_ms``), or None."""
+        words = self._words
+        if words is None or self._sock is None:
+            raise CaptureError("the ring is not open")
+        s = self.settings
+        block_words = s.block_bytes // 4
+        if words[self._next_block * block_words + _BLK_STATUS] & TP_STATUS_USER == 0:
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
+            poller.poll(timeout_ms)
+        ready: list[int] = []
+        while len(ready) < s.max_blocks_per_read:
+            index = (self._next_block + len(ready)) % s.block_count
+            if words[index * block_words + _BLK_STATUS] & TP_STATUS_USER == 0 or index in ready:
+                break
+            ready.append(index)
+        if not ready:
+            return None
+        raw = self._gather(ready)
+        for index in ready:
+            words[index * block_words + _BLK_STATUS] = TP_STATUS_KERNEL
+        self._next_block = (ready[-1] + 1) % s.block_count
+        return raw
+
+    def _gather(self, ready: list[int]) -> RawBlock:
+        assert self._map is not None and self._words is not None
+        s, words = self.settings, self._words
+        block_words = s.block_bytes // 4
+        buf = np.zeros(len(ready) * s.block_bytes + PAD_BYTES, np.uint8)
+        positions: list[int] = []
+        for n, index in enumerate(ready):
+            start = index * s.block_bytes
+            buf[n * s.block_bytes : (n + 1) * s.block_bytes] = np.frombuffer(self._map, np.uint8, s.block_bytes, start)
+            base = index * block_words
+            count = words[base + _BLK_NUM_PKTS]
+            pos = words[base + _BLK_FIRST]
+            out_base = n * s.block_bytes
+            append = positions.append
+            for _ in range(count):
+                append(out_base + pos)
+                pos += words[base + (pos >> 2)]
+        return self._raw_block(buf, np.array(positions, np.int64), len(ready))
+
+    def _raw_block(self, buf: npt.NDArray[np.uint8], hdr: npt.NDArray[np.int64], nblocks: int) -> RawBlock:
+        view32 = buf[: nblocks * self.settings.block_bytes].view(np.uint32)
+        view16 = buf[: nblocks * self.settings.block_bytes].view(np.uint16)
+        words = hdr >> 2
+        ts_ns = view32[words + _HDR_SEC].astype(np.int64) * 1_000_000_000 + view32[words + _HDR_NSEC]
+        mac = view16[(hdr + _HDR_MAC_BYTE) >> 1].astype(np.int64)
+        self.stats.frames_read += len(hdr)
+        self.stats.blocks_read += nblocks
+        return RawBlock(
+            buf=buf,
+            offset=hdr + mac,
+            caplen=view32[words + _HDR_SNAPLEN].copy(),
+            origlen=view32[words + _HDR_LEN].copy(),
+            ts_ns=ts_ns,
+            iface=np.zeros(len(hdr), np.uint16),
+            interfaces=self._interfaces,
+        )
