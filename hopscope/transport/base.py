@@ -11,14 +11,17 @@ import numpy.typing as npt
 
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
-#: Topic (or in-process channel) per record table.
-TOPICS: dict[str, str] = {
-    "flows": "hopscope.flows",
-    "requests": "hopscope.requests",
-    "spans": "hopscope.spans",
-    "traces": "hopscope.traces",
-}
-DEAD_LETTER_TOPIC = "hopscope.deadletter"
+#: Default topic prefix; a record table's topic is ``f"{prefix}.{table}"``.
+DEFAULT_TOPIC_PREFIX = "hopscope"
+TABLES = ("flows", "requests", "spans", "traces")
+#: Topic (or in-process channel) per record table, with the default prefix.
+TOPICS: dict[str, str] = {t: f"{DEFAULT_TOPIC_PREFIX}.{t}" for t in TABLES}
+DEAD_LETTER_TOPIC = f"{DEFAULT_TOPIC_PREFIX}.deadletter"
+
+
+def topic_of(table: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """The topic of a record table (``flows`` -> ``hopscope.flows``)."""
+    return f"{prefix}.{table}"
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -28,12 +28,13 @@ from hopscope.codec import decode_batch, encode_batch
 from hopscope.errors import DecodeError, UnavailableError
 from hopscope.records import Batch
 from hopscope.transport.base import (
-    DEAD_LETTER_TOPIC,
-    TOPICS,
+    DEFAULT_TOPIC_PREFIX,
+    TABLES,
     Delivery,
     TransportStats,
     correlation_keys,
     split_by_partition,
+    topic_of,
 )
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
     raise _unavailable(bootstrap, errors[-1])
 
 
-def ensure_topics(bootstrap: str, partitions: int = 4, topics: Iterable[str] | None = None) -> None:
-    """Create hopscope's topics if they do not exist (one replica: a single-node broker)."""
-    names = list(topics or [*TOPICS.values(), DEAD_LETTER_TOPIC])
+def ensure_topics(bootstrap: str, partitions: int = 4, prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
+    """Create hopscope's topics (one per table, and the dead-letter topic) if they do not exist
+    (one replica: a single-node broker)."""
+    names = [topic_of(t, prefix) for t in (*TABLES, "deadletter")]
     check_reachable(bootstrap)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
@@ -81,8 +83,11 @@ def ensure_topics(bootstrap: str, partitions: int = 4, topics: Iterable[str] | N
 class KafkaPublisher:
     """Publishes batches to the topic of their record type."""
 
-    def __init__(self, bootstrap: str, *, compress: bool = False, linger_ms: int = 5) -> None:
+    def __init__(
+        self, bootstrap: str, *, compress: bool = False, linger_ms: int = 5, prefix: str = DEFAULT_TOPIC_PREFIX
+    ) -> None:
         self.bootstrap = bootstrap
+        self.prefix = prefix
         self.compress = compress
         self.stats = TransportStats()
         check_reachable(bootstrap)
@@ -110,7 +115,7 @@ class KafkaPublisher:
     def publish(self, batch: Batch) -> None:
         if not len(batch):
             return
-        topic = TOPICS[batch.record_type.TABLE]
+        topic = topic_of(batch.record_type.TABLE, self.prefix)
         for partition, part in split_by_partition(batch, self._partition_count(topic)):
             key = b"%d" % int(correlation_keys(part.slice(0, 1))[0])
             value = encode_batch(part, compress=self.compress)
@@ -136,14 +141,21 @@ class KafkaPublisher:
 class KafkaRecordConsumer:
     """Consumes record batches as a member of ``group``; commits only what ``commit`` is given."""
 
-    def __init__(self, bootstrap: str, group: str, tables: Iterable[str] = ("flows", "requests")) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        tables: Iterable[str] = ("flows", "requests"),
+        prefix: str = DEFAULT_TOPIC_PREFIX,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.dead_letter_topic = topic_of("deadletter", prefix)
         self.stats = TransportStats()
         self._pending_bad: dict[TopicPartition, int] = {}
         check_reachable(bootstrap)
         try:
             self._consumer = KafkaConsumer(
-                *[TOPICS[t] for t in tables],
+                *[topic_of(t, prefix) for t in tables],
                 bootstrap_servers=bootstrap,
                 group_id=group,
                 enable_auto_commit=False,
@@ -182,7 +194,7 @@ class KafkaRecordConsumer:
             ("hopscope.error", reason.encode()),
             ("hopscope.source", f"{tp.topic}/{tp.partition}/{msg.offset}".encode()),
         ]
-        self._dead_letter.send(DEAD_LETTER_TOPIC, value=msg.value, key=msg.key, headers=headers)
+        self._dead_letter.send(self.dead_letter_topic, value=msg.value, key=msg.key, headers=headers)
         self._dead_letter.flush(timeout=30)
         self.stats.dead_lettered += 1
         self._pending_bad[tp] = max(self._pending_bad.get(tp, -1), msg.offset)

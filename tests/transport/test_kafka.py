@@ -10,7 +10,7 @@ import pytest
 
 from hopscope.errors import UnavailableError
 from hopscope.records import Batch, FlowRecord
-from hopscope.transport.base import DEAD_LETTER_TOPIC, correlation_keys, partition_of, split_by_partition
+from hopscope.transport.base import correlation_keys, partition_of, split_by_partition
 from hopscope.transport.kafka import KafkaPublisher, KafkaRecordConsumer, ensure_topics
 
 pytestmark = pytest.mark.kafka
@@ -23,6 +23,14 @@ def _flows(n: int, seed: int) -> Batch:
         FlowRecord,
         [FlowRecord(point=f"p{i % 3}", flow_id=int(i), syn_seq=int(s), orig_h="10.0.0.1") for i, s in enumerate(isns)],
     )
+
+
+@pytest.fixture
+def prefix(kafka_bootstrap: str) -> str:
+    """Topics of this test alone, so nothing earlier on the broker is read again."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    ensure_topics(kafka_bootstrap, prefix=name)
+    return name
 
 
 def _drain(consumer: KafkaRecordConsumer, want: int, deadline_s: float = 30.0) -> list:
@@ -45,13 +53,10 @@ def test_split_keeps_a_connection_on_one_partition() -> None:
         assert set(partition_of(correlation_keys(b), 4).tolist()) == {p}
 
 
-def test_publish_consume_commit_resume(kafka_bootstrap: str) -> None:
-    ensure_topics(kafka_bootstrap)
+def test_publish_consume_commit_resume(kafka_bootstrap: str, prefix: str) -> None:
     group = f"test-{uuid.uuid4().hex[:8]}"
-    # A fresh group reads from the earliest offset: start it first and skip what is already there.
-    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
-    consumer.commit(_drain(consumer, want=10**9, deadline_s=5))
-    publisher = KafkaPublisher(kafka_bootstrap)
+    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
+    publisher = KafkaPublisher(kafka_bootstrap, prefix=prefix)
     sent = _flows(2000, seed=2)
     publisher.publish(sent)
     publisher.flush()
@@ -66,7 +71,7 @@ def test_publish_consume_commit_resume(kafka_bootstrap: str) -> None:
     committed = [ds[0] for ds in by_partition.values()]
     consumer.commit(committed)
     consumer.close()
-    again = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
+    again = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
     redelivered = _drain(again, want=2000 - sum(len(d.batch) for d in committed))
     assert {(d.partition, d.offset) for d in redelivered} == {
         (d.partition, d.offset) for d in got if d not in committed
@@ -76,17 +81,13 @@ def test_publish_consume_commit_resume(kafka_bootstrap: str) -> None:
     publisher.close()
 
 
-def test_bad_message_is_dead_lettered_not_fatal(kafka_bootstrap: str) -> None:
-    ensure_topics(kafka_bootstrap)
+def test_bad_message_is_dead_lettered_not_fatal(kafka_bootstrap: str, prefix: str) -> None:
     group = f"test-{uuid.uuid4().hex[:8]}"
-    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"])
-    consumer.commit(_drain(consumer, want=10**9, deadline_s=5))
-    dead = KafkaRecordConsumer(kafka_bootstrap, f"{group}-dl", tables=[])
-    dead._consumer.subscribe([DEAD_LETTER_TOPIC])
-    dead._consumer.poll(timeout_ms=2000)  # join the group before anything is sent
-    publisher = KafkaPublisher(kafka_bootstrap)
+    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
+    dead = KafkaRecordConsumer(kafka_bootstrap, f"{group}-dl", tables=["deadletter"], prefix=prefix)
+    publisher = KafkaPublisher(kafka_bootstrap, prefix=prefix)
     marker = uuid.uuid4().hex.encode()
-    publisher.publish_raw("hopscope.flows", b"garbage-" + marker, key=b"1")
+    publisher.publish_raw(f"{prefix}.flows", b"garbage-" + marker, key=b"1")
     publisher.publish(_flows(10, seed=3))
     publisher.flush()
     got = _drain(consumer, want=10)
