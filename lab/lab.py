@@ -266,7 +266,7 @@ class Lab:
         }
 
         def median_rtt_us() -> float:
-            recs = self._run_generators({"client1": [spec]}, tag="overhead")
+            recs = self.run_plans({"client1": [spec]}, tag="overhead")
             rtts: list[int] = [r["rtt_ns"] for r in recs if r.get("rtt_ns")]
             if len(rtts) < count // 2:
                 raise LabError(f"overhead measurement: only {len(rtts)} of {count} connects succeeded")
@@ -321,9 +321,9 @@ class Lab:
         """Run the default plan on every client pod at once; return the ground-truth records."""
         settings = settings or PlanSettings()
         plans = {c: default_plan(i, settings) for i, c in enumerate(self.topo.clients)}
-        return self._run_generators(plans, tag="traffic")
+        return self.run_plans(plans, tag="traffic")
 
-    def _run_generators(self, plans: dict[str, list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
+    def run_plans(self, plans: dict[str, list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
         procs = []
         for client, plan in plans.items():
             plan_file = self.run_dir / f"plan-{tag}-{client}.json"
