@@ -28,22 +28,31 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import mmap
 import os
 import select
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import asdict, dataclass, field
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.codec import decode_batch, encode_batch
 from hopscope.errors import CaptureError, ConfigError
+from hopscope.probes.decode import Decoder
+from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
+from hopscope.probes.l7.feed import BlockFeeder
+from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.readers import LINKTYPE_ETHERNET, PAD_BYTES, Interface, RawBlock
+from hopscope.records import Batch, FlowRecord, RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +108,7 @@ def compile_filter(expr: str, snaplen: int, linktype: int = LINKTYPE_ETHERNET) -
         program = pcapy.compile(linktype, snaplen, expr, 1, 0xFFFFFFFF)
     except pcapy.PcapError as exc:
         raise ConfigError(f"invalid capture filter {expr!r}: {exc}") from exc
-    return [tuple(ins) for ins in program.get_bpf()]  # type: ignore[misc]
+    return [(int(c), int(jt), int(jf), int(k)) for c, jt, jf, k in program.get_bpf()]
 
 
 def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
@@ -265,3 +274,200 @@ class PacketRing:
             iface=np.zeros(len(hdr), np.uint16),
             interfaces=self._interfaces,
         )
+
+
+# --- the probe -------------------------------------------------------------------------------------
+
+
+class RecordSink(Protocol):
+    """Where batches go: a transport ``Publisher`` or a file (``FileSink``)."""
+
+    def publish(self, batch: Batch) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """Writes batches to a file: JSON lines (``.jsonl``, one record per line with its table) or, for any
+    other name, the codec's messages each preceded by its length as a little-endian u32."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.jsonl = path.endswith(".jsonl")
+        self._fh = open(path, "w" if self.jsonl else "wb")  # noqa: SIM115 (closed by close())
+        self.records = 0
+
+    def publish(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        self.records += len(batch)
+        if self.jsonl:
+            table = batch.record_type.TABLE
+            lines = [json.dumps({"table": table, **asdict(r)}) + "\n" for r in batch.records()]  # type: ignore[call-overload]
+            self._fh.write("".join(lines))
+        else:
+            message = encode_batch(batch)
+            self._fh.write(struct.pack("<I", len(message)) + message)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_file_sink(path: str) -> Iterator[Batch]:
+    """Read back the batches a non-JSONL ``FileSink`` wrote."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    pos = 0
+    while pos + 4 <= len(data):
+        (length,) = struct.unpack_from("<I", data, pos)
+        yield decode_batch(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """What ``LiveProbe`` captures, where it says it is, and how often it reports."""
+
+    iface: str
+    point: str
+    host: str = field(default_factory=socket.gethostname)
+    hop_kind: str = ""
+    netns: str | None = None
+    bpf: str = ""
+    l7: bool = True  # run the HTTP/DNS parsers
+    ring: RingSettings = field(default_factory=RingSettings)
+    meter: MeterConfig = field(default_factory=MeterConfig)
+    l7_settings: L7Settings = field(default_factory=L7Settings)
+    publish_interval_s: float = 1.0
+    report_interval_s: float = 10.0
+    read_timeout_ms: int = 100
+
+
+@dataclass(slots=True)
+class ProbeSummary:
+    """What one run of the probe saw and sent."""
+
+    elapsed_s: float = 0.0
+    kernel_packets: int = 0  # frames that passed the filter (kernel count)
+    kernel_drops: int = 0  # frames the kernel dropped (ring full)
+    kernel_freezes: int = 0
+    frames_read: int = 0  # frames decoded
+    decode_skips: dict[str, int] = field(default_factory=dict)  # by PacketStatus name
+    flow_records: int = 0  # FlowRecords published
+    request_records: int = 0  # RequestRecords published
+    meter: dict[str, int] = field(default_factory=dict)  # meter counters (evictions, ...)
+    l7: dict[str, int] = field(default_factory=dict)  # L7Stats
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_read / self.elapsed_s if self.elapsed_s else 0.0
+
+
+class LiveProbe:
+    """Capture -> decode -> meter -> L7 -> sink, in one thread, until ``stop()``."""
+
+    def __init__(self, settings: ProbeSettings, sink: RecordSink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.ring = PacketRing(settings.iface, bpf=settings.bpf, netns=settings.netns, settings=settings.ring)
+        self.decoder = Decoder(default_point=settings.point)
+        self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
+        point = CapturePoint(settings.point, settings.host, settings.iface, settings.hop_kind)
+        self.tracker = L7Tracker(point, settings.l7_settings)
+        self.feeder = BlockFeeder(self.tracker)
+        self.summary = ProbeSummary()
+        self._flows: list[FlowRecord] = []
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self, max_seconds: float | None = None) -> ProbeSummary:
+        s = self.settings
+        started = time.monotonic()
+        deadline = started + max_seconds if max_seconds else float("inf")
+        next_publish = started + s.publish_interval_s
+        next_report = started + s.report_interval_s
+        self.ring.open()
+        log.info("capturing on %s (point %s, netns %s, filter %r)", s.iface, s.point, s.netns or "-", s.bpf)
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                raw = self.ring.read(s.read_timeout_ms)
+                if raw is not None:
+                    self._process(raw)
+                now = time.monotonic()
+                if now >= next_publish:
+                    self._publish(time.time_ns())
+                    next_publish = now + s.publish_interval_s
+                if now >= next_report:
+                    self._report(now - started)
+                    next_report = now + s.report_interval_s
+            self._drain()
+        finally:
+            self.ring.close()
+        self._final_flush()
+        self.summary.elapsed_s = time.monotonic() - started
+        self._update_summary()
+        log.info("probe summary: %s", json.dumps(asdict(self.summary), sort_keys=True))
+        return self.summary
+
+    def _process(self, raw: RawBlock) -> None:
+        block = self.decoder.decode(raw)
+        self._flows.extend(self.meter.process(block))
+        if self.settings.l7:
+            self.feeder.feed(block)
+
+    def _drain(self) -> None:
+        """Take what the kernel holds already (without waiting) before flushing."""
+        for _ in range(self.settings.ring.block_count):
+            raw = self.ring.read(0)
+            if raw is None:
+                return
+            self._process(raw)
+
+    def _publish(self, now_ns: int) -> None:
+        if self._flows:
+            flows = Batch.from_records(FlowRecord, self._flows)
+            flows.columns["iface"] = [self.settings.iface] * len(flows)
+            self.sink.publish(flows)
+            self.summary.flow_records += len(flows)
+            self._flows = []
+        if self.settings.l7:
+            self.tracker.expire(now_ns)
+            requests = self.tracker.take_records()
+            if requests:
+                self.sink.publish(Batch.from_records(RequestRecord, requests))
+                self.summary.request_records += len(requests)
+
+    def _final_flush(self) -> None:
+        self._flows.extend(self.meter.flush())
+        self.tracker.flush()
+        self._publish(time.time_ns())
+        self.sink.flush()
+
+    def _update_summary(self) -> None:
+        stats, summary = self.ring.read_kernel_stats(), self.summary
+        summary.kernel_packets, summary.kernel_drops = stats.packets, stats.drops
+        summary.kernel_freezes, summary.frames_read = stats.freezes, stats.frames_read
+        summary.decode_skips = dict(self.decoder.skips)
+        summary.meter = dict(self.meter.counters)
+        summary.l7 = self.tracker.stats.as_dict()
+
+    def _report(self, elapsed_s: float) -> None:
+        self._update_summary()
+        sm = self.summary
+        conns, dns = self.tracker.tables_size()
+        log.warning(
+            "probe %s: %.0f s, frames %d (%.0f/s), kernel drops %d, decode skips %s, flows %d (table %d, "
+            "evictions %d), requests %d (tcp table %d, dns pending %d, evictions %d)",
+            self.settings.point, elapsed_s, sm.frames_read, sm.frames_read / max(elapsed_s, 1e-9),
+            sm.kernel_drops, sm.decode_skips or "none", sm.flow_records, len(self.meter.flows),
+            sm.meter.get("evictions", 0), sm.request_records, conns, dns,
+            sm.l7["evicted_connections"] + sm.l7["evicted_dns_queries"],
+        )  # fmt: skip
