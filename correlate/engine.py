@@ -175,6 +175,7 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
     kinds = np.array([proxy.is_proxy_kind(k) for k in obs.label_kind] or [False])
     hosts = obs.label_host
     first_l, last_l = obs.label[first].tolist(), obs.label[last].tolist()
+    label_rows = obs.label[order.rows].tolist()
     pick = [first.tolist()]
     return proxy.SegmentView(
         method=[cols["method"][r] for r in pick[0]], path=[cols["path"][r] for r in pick[0]],
@@ -183,6 +184,8 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
         req_last_ns=times.req_first[last], resp_last_ns=times.resp_first[last],
         first_proxy=kinds[obs.label[first]], last_proxy=kinds[obs.label[last]],
         first_host=[hosts[x] for x in first_l], last_host=[hosts[x] for x in last_l],
+        labels=[tuple(label_rows[a:b]) for a, b in zip(order.starts.tolist(), order.ends.tolist(), strict=True)],
+        last_label=last_l,
     )
 
 

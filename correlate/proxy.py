@@ -7,8 +7,9 @@ Two matchers, in this order:
   parent is the latest-starting earlier segment that encloses it in time (request later, response
   earlier, ``nesting_slack_us``) and carries the same method and path.
 - **by nesting** (``proxy:nested``): a proxy that generates the request id itself puts it only on the
-  upstream leg, so the downstream leg has none. A segment ending at a proxy hop is linked to one
-  starting at a proxy hop on the same host with the same method, path and HTTP host, whose exchange
+  upstream leg, so the downstream leg has none. A segment ending at a hop is linked to one starting
+  at a hop on the same host (one of the two hops of kind ``proxy``: the proxy's listener or its
+  upstream side) with the same method, path and HTTP host, whose exchange
   nests inside it and begins within ``proxy_gap_us``; pairs are assigned one-to-one, the pair in
   which the proxy added the least time (request plus response turnaround) first.
   Confidence is lower, and lower still when another candidate arrived within
@@ -54,6 +55,9 @@ class SegmentView:
     last_proxy: npt.NDArray[np.bool_]
     first_host: list[str]
     last_host: list[str]
+    #: hops (labels) of each segment, and the last one
+    labels: list[tuple[int, ...]]
+    last_label: list[int]
 
 
 @dataclass(slots=True)
@@ -143,11 +147,11 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
     has_child = np.zeros(len(view.method), dtype=bool)
     has_child[links.parent[links.parent >= 0]] = True
     parents: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
-    for p in np.flatnonzero(view.last_proxy & ~has_child).tolist():
+    for p in np.flatnonzero(~has_child).tolist():
         key = (view.last_host[p], view.method[p], view.path[p], view.http_host[p])
         parents[key].append((int(view.req_last_ns[p]), p))
     children: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
-    for s in np.flatnonzero(view.first_proxy & (links.parent < 0)).tolist():
+    for s in np.flatnonzero(links.parent < 0).tolist():
         key = (view.first_host[s], view.method[s], view.path[s], view.http_host[s])
         if key in parents:
             children[key].append((int(view.req_first_ns[s]), s))
@@ -239,8 +243,10 @@ def _runner_up_close(costs: list[int], cost: int, jitter_ns: int) -> bool:
 
 
 def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
-    if p == s:
-        return False
+    if p == s or not (view.last_proxy[p] or view.first_proxy[s]):
+        return False  # one of the two legs must touch a proxy hop
+    if view.last_label[p] in view.labels[s]:
+        return False  # the upstream leg never passes where the downstream leg ended
     rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
     return rp == 0 or rs == 0 or rs <= rp + slack_ns
 

@@ -1,0 +1,109 @@
+"""What ``hopscope analyze`` prints: the traces as JSON (schema in docs/TRACE_SCHEMA.md) or a summary."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from hopscope.correlate.engine import StitchResult
+from hopscope.records import Batch
+
+SCHEMA = "hopscope.traces/1"
+_HOP_FIELDS = (
+    "hop_index", "point", "host", "hop_kind", "side", "span_id", "parent_span_id",
+    "orig_h", "orig_p", "resp_h", "resp_p",
+    "request_first_ns", "request_last_ns", "response_first_ns", "response_last_ns",
+    "req_link_us", "resp_link_us", "clock_offset_us", "link_reason", "link_confidence",
+    "lost_pkts", "retrans_pkts", "flow_id", "request_id",
+)
+_REQUEST_FIELDS = ("l7_proto", "method", "http_host", "path", "status", "x_request_id", "traceparent",
+                   "dns_qname")
+_TRACE_FIELDS = ("trace_id", "kind", "start_ns", "end_ns", "duration_us", "error", "hop_count",
+                 "lost_pkts", "loss_link", "slowest_link", "slowest_link_us", "min_confidence", "syn_seq")
+
+
+def _rows(batch: Batch, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    cols = {n: (batch.columns[n] if isinstance(batch.columns[n], list) else batch.columns[n].tolist())  # type: ignore[union-attr]
+            for n in names}
+    out = [dict(zip(names, values, strict=True)) for values in zip(*(cols[n] for n in names), strict=True)]
+    for row in out:
+        for k, v in row.items():
+            if isinstance(v, float):
+                row[k] = round(v, 4)
+    return out
+
+
+def traces_json(result: StitchResult) -> dict[str, Any]:
+    """The analyze JSON document: traces in start order, each with its request and its hops in path order."""
+    hops_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for tid, hop in zip(result.spans.columns["trace_id"], _rows(result.spans, _HOP_FIELDS), strict=True):
+        hops_of[tid].append(hop)
+    traces = []
+    trows = _rows(result.traces, _TRACE_FIELDS + _REQUEST_FIELDS + ("client_h", "client_p", "server_h",
+                                                                    "server_p"))
+    for row in sorted(trows, key=lambda r: (r["start_ns"], r["trace_id"])):
+        trace = {k: row[k] for k in _TRACE_FIELDS}
+        trace["request"] = {("host" if k == "http_host" else k): row[k] for k in _REQUEST_FIELDS}
+        trace["client"] = {"h": row["client_h"], "p": row["client_p"]}
+        trace["server"] = {"h": row["server_h"], "p": row["server_p"]}
+        trace["hops"] = sorted(hops_of[row["trace_id"]], key=lambda h: h["hop_index"])
+        traces.append(trace)
+    return {"schema": SCHEMA, "traces": traces, "clock_offsets_us": result.clock_offsets_us,
+            "stats": result.stats}
+
+
+def link_latencies(result: StitchResult) -> dict[str, tuple[list[int], list[int], int]]:
+    """Per link 'a>b': request latencies, response latencies (µs), segments lost."""
+    cols = result.spans.columns
+    point_of = dict(zip(cols["span_id"], cols["point"], strict=True))
+    out: dict[str, tuple[list[int], list[int], int]] = {}
+    req_us, resp_us, lost = (np.asarray(cols[n]).tolist() for n in ("req_link_us", "resp_link_us", "lost_pkts"))
+    for i, (parent, point) in enumerate(zip(cols["parent_span_id"], cols["point"], strict=True)):
+        if not parent:
+            continue
+        link = f"{point_of[parent]}>{point}"
+        a, b, n = out.get(link, ([], [], 0))
+        a.append(req_us[i])
+        if resp_us[i]:
+            b.append(resp_us[i])
+        out[link] = (a, b, n + lost[i])
+    return out
+
+
+def _pct(values: list[int]) -> str:
+    if not values:
+        return "-"
+    p = np.percentile(np.asarray(values), [50, 90, 99])
+    return "/".join(f"{v:.0f}" for v in p)
+
+
+def summary_text(result: StitchResult, top: int = 10) -> str:
+    """Human-readable summary: totals, slowest and failed requests, lossy links, per-link percentiles."""
+    doc = traces_json(result)
+    traces = doc["traces"]
+    lines = [f"{len(traces)} traces ({sum(t['kind'] == 'l7' for t in traces)} requests, "
+             f"{sum(t['kind'] == 'l4' for t in traces)} L4 connections), "
+             f"{sum(len(t['hops']) for t in traces)} hops; clock offsets (us): {doc['clock_offsets_us'] or 'none'}"]
+
+    def describe(t: dict[str, Any]) -> str:
+        r = t["request"]
+        what = (f"{r['method']} {r['host']}{r['path']} -> {r['status']}" if r["l7_proto"] == "http"
+                else f"dns {r['dns_qname']}" if r["l7_proto"] == "dns" else "tcp connection")
+        return f"{t['duration_us']:>9} us  {what}  [{len(t['hops'])} hops, {t['hops'][0]['point']} -> " \
+               f"{t['hops'][-1]['point']}, min confidence {t['min_confidence']}]"
+
+    lines.append(f"\nslowest {top} requests:")
+    lines += ["  " + describe(t) for t in sorted(traces, key=lambda t: -t["duration_us"])[:top]]
+    failed = [t for t in traces if t["error"]]
+    lines.append(f"\nfailed: {len(failed)}")
+    lines += ["  " + describe(t) for t in failed[:top]]
+    links = link_latencies(result)
+    lossy = {k: v[2] for k, v in links.items() if v[2]}
+    lines.append(f"\nlinks with loss: {len(lossy)}")
+    lines += [f"  {k}: {n} segments lost" for k, n in sorted(lossy.items(), key=lambda kv: -kv[1])]
+    lines.append("\nper-link latency, us (p50/p90/p99)          request          response      n")
+    for k, (a, b, _) in sorted(links.items()):
+        lines.append(f"  {k:<40} {_pct(a):>16} {_pct(b):>16} {len(a):>6}")
+    return "\n".join(lines) + "\n"
