@@ -18,7 +18,7 @@ from hopscope.errors import HopscopeError
 
 #: Modules that define ``register(subparsers)``; order is the order in ``hopscope --help``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "hopscope.demo",
+    "hopscope.commands",
     "hopscope.probes.cli",
     "hopscope.correlate.cli",
     "hopscope.store.cli",
