@@ -20,6 +20,7 @@ from hopscope.errors import HopscopeError
 COMMAND_MODULES: tuple[str, ...] = (
     "hopscope.commands",
     "hopscope.probes.cli",
+    "hopscope.probes.live_cli",
     "hopscope.correlate.cli",
     "hopscope.store.cli",
     "hopscope.api.cli",
