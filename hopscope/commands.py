@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,18 @@ def register(sub: Any) -> None:
     )
     ingest.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after SECONDS with no records")
     ingest.set_defaults(func=run_ingest)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on the embedded default: stitch the lab samples, store and summarise",
+        description="Analyse the committed lab captures (samples/lab: 12 capture points from client pod "
+        "through NAT, hypervisor, switch mirror and envoy to the app), stitch every request end to end, "
+        "store flows, requests, spans and traces in an embedded chDB store, and print the summary and "
+        "the slowest request hop by hop.",
+    )
+    demo.add_argument("--manifest", type=Path, default=SAMPLES / "manifest.json", help="a lab manifest.json")
+    demo.add_argument("--store-dir", type=Path, help="chDB directory (default: var/demo/chdb, emptied first)")
+    demo.set_defaults(func=run_demo)
 
 
 def run_ingest(args: argparse.Namespace) -> int:
@@ -65,3 +78,52 @@ def run_ingest(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from hopscope.correlate.cli import register as register_analyze
+    from hopscope.errors import ConfigError
+    from hopscope.store import store_from_url
+
+    if not args.manifest.is_file():
+        raise ConfigError(f"no lab manifest at {args.manifest}: run from a clone of hopscope or pass --manifest")
+    store_dir: Path = args.store_dir or Path(os.environ.get("HOPSCOPE_VAR", REPO_ROOT / "var")) / "demo" / "chdb"
+    if args.store_dir is None and store_dir.exists():
+        shutil.rmtree(store_dir)  # the demo's own store: start clean so repeated runs show the same
+    store_dir.mkdir(parents=True, exist_ok=True)
+    url = f"chdb://{store_dir.resolve()}"
+    parser = argparse.ArgumentParser(prog="hopscope")
+    register_analyze(parser.add_subparsers())
+    analyze_args = parser.parse_args(["analyze", "--manifest", str(args.manifest), "--store", url])
+    print(f"== hopscope analyze --manifest {args.manifest} --store {url}\n")
+    rc = int(analyze_args.func(analyze_args))
+    if rc:
+        return rc
+    store = store_from_url(url)
+    try:
+        _print_slowest(store)
+        counts = {t: store.count(t) for t in ("flows", "requests", "spans", "traces")}
+    finally:
+        store.close()
+    print("\nstored: " + ", ".join(f"{n} {t}" for t, n in counts.items()) + f" in {url}")
+    print(f"browse them: .venv/bin/hopscope serve --store {url}   (then open http://127.0.0.1:8080/)")
+    return 0
+
+
+def _print_slowest(store: Any) -> None:
+    traces = store.query_traces(0, 2**63 - 1, {"kind": "l7"}, limit=100_000)
+    if not traces:
+        print("\nno request traces were stitched")
+        return
+    slowest = max(traces, key=lambda t: t.duration_us)
+    _, spans = store.get_trace(slowest.trace_id)
+    print(f"\n== the slowest request, hop by hop (trace {slowest.trace_id}, read back from the store)")
+    print(f"{slowest.method} {slowest.http_host}{slowest.path} -> {slowest.status}, {slowest.duration_us} us, "
+          f"x-request-id {slowest.x_request_id or '-'}")
+    print(f"{'#':>2}  {'point':<16}{'kind':<11}{'seen as':<42}{'req link':>10}{'resp link':>10}  linked by")
+    for s in spans:
+        seen = f"{s.orig_h}:{s.orig_p} > {s.resp_h}:{s.resp_p}"
+        print(f"{s.hop_index:>2}  {s.point:<16}{s.hop_kind:<11}{seen:<42}{s.req_link_us:>8}us{s.resp_link_us:>8}us"
+              f"  {s.link_reason} ({s.link_confidence:.2f})")
