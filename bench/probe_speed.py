@@ -1,0 +1,232 @@
+"""Probe speed: read + decode + meter packets/s of ``hopscope flows`` against tcpdump, tshark, nfpcapd, argus.
+
+Generates (once, cached under var/bench/) a pcap of realistic traffic, at least 1,000,000 packets: many
+concurrent TCP connections with handshakes, requests, multi-segment responses with delayed ACKs, FIN or
+RST closes, a few retransmissions, unanswered and rejected SYNs, plus UDP DNS query/response pairs.
+Then times, on one core (``taskset -c 0``) and in the same run, every tool on the same file and prints
+packets/s. It also measures the peak RSS of ``hopscope flows`` on a capture with 100,000 flows open at
+once (goal: under 300 MB).
+
+Usage: ``python bench/probe_speed.py [--packets 1000000] [--repeat 3] [--skip-peers]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VAR = Path(os.environ.get("HOPSCOPE_VAR", Path(__file__).resolve().parents[1] / "var")) / "bench"
+ETH = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
+SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
+MSS = 1448
+
+
+def _ip4(a: int) -> bytes:
+    return struct.pack("!I", a)
+
+
+def _checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+
+class Writer:
+    """A minimal pcap writer (µs timestamps, Ethernet)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[float, bytes]] = []
+        self.ip_id = 1
+
+    def tcp(self, ts: float, src: tuple[int, int], dst: tuple[int, int], flags: int, seq: int, ack: int,
+            payload_len: int = 0, window: int = 64240) -> None:  # fmt: skip
+        tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
+                          window, 0, 0)  # fmt: skip
+        self._ip(ts, src[0], dst[0], 6, tcp + b"\x00" * payload_len)
+
+    def udp(self, ts: float, src: tuple[int, int], dst: tuple[int, int], payload: bytes) -> None:
+        self._ip(ts, src[0], dst[0], 17, struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload)
+
+    def _ip(self, ts: float, src: int, dst: int, proto: int, body: bytes) -> None:
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), self.ip_id, 0x4000, 64, proto, 0,
+                           _ip4(src), _ip4(dst))  # fmt: skip
+        head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
+        self.records.append((ts, ETH + head + body))
+
+    def save(self, path: Path) -> None:
+        self.records.sort(key=lambda r: r[0])
+        with path.open("wb") as fh:
+            fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+            for ts, frame in self.records:
+                sec = int(ts)
+                fh.write(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(frame), len(frame)) + frame)
+
+
+def tcp_conversation(w: Writer, rng: random.Random, t0: float, client: tuple[int, int],
+                     server: tuple[int, int]) -> None:  # fmt: skip
+    """One HTTP-like connection: handshake, request, response segments with ACKs, FIN or RST close."""
+    rtt = rng.uniform(0.0002, 0.02)
+    kind = rng.random()
+    cseq, sseq = rng.getrandbits(32), rng.getrandbits(32)
+    w.tcp(t0, client, server, SYN, cseq, 0)
+    if kind < 0.03:  # unanswered SYN, retried
+        w.tcp(t0 + 1, client, server, SYN, cseq, 0)
+        w.tcp(t0 + 3, client, server, SYN, cseq, 0)
+        return
+    if kind < 0.06:  # rejected
+        w.tcp(t0 + rtt, server, client, RST | ACK, 0, cseq + 1)
+        return
+    t = t0 + rtt
+    w.tcp(t, server, client, SYN | ACK, sseq, cseq + 1)
+    t += rtt
+    cseq, sseq = cseq + 1, sseq + 1
+    w.tcp(t, client, server, ACK, cseq, sseq)
+    req = rng.randint(80, 600)
+    w.tcp(t + 0.00001, client, server, ACK | PSH, cseq, sseq, req)
+    cseq += req
+    t += rtt
+    w.tcp(t, server, client, ACK, sseq, cseq)
+    for k in range(rng.choice((1, 1, 2, 3, 5, 8, 13, 30))):
+        t += 0.00005
+        seg = MSS if rng.random() < 0.8 else rng.randint(100, MSS)
+        w.tcp(t, server, client, ACK | PSH, sseq, cseq, seg)
+        if rng.random() < 0.01:  # a retransmission
+            w.tcp(t + rtt * 3, server, client, ACK | PSH, sseq, cseq, seg)
+        sseq += seg
+        if k % 2:
+            w.tcp(t + rtt / 2, client, server, ACK, cseq, sseq)
+    t += rtt
+    if rng.random() < 0.1:
+        w.tcp(t, client, server, RST | ACK, cseq, sseq)
+        return
+    w.tcp(t, client, server, FIN | ACK, cseq, sseq)
+    w.tcp(t + rtt, server, client, FIN | ACK, sseq, cseq + 1)
+    w.tcp(t + 2 * rtt, client, server, ACK, cseq + 1, sseq + 1)
+
+
+def dns_exchange(w: Writer, rng: random.Random, t0: float, client: tuple[int, int], server: tuple[int, int]) -> None:
+    qid = rng.getrandbits(16)
+    query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"\x03www\x07example\x03com\x00\x00\x01\x00\x01"
+    w.udp(t0, client, server, query)
+    if rng.random() < 0.95:
+        w.udp(t0 + rng.uniform(0.0005, 0.03), server, client, query[:2] + b"\x81\x80" + query[4:] + b"\x00" * 16)
+
+
+def generate(path: Path, packets: int, seed: int = 1) -> None:
+    """Write a capture of at least ``packets`` packets of the mix described in the module docstring."""
+    rng = random.Random(seed)
+    w = Writer()
+    t, port = 1_700_000_000.0, 1024
+    servers = [(0x0A640000 + i, rng.choice((80, 443, 8080))) for i in range(1, 200)]
+    while len(w.records) < packets:
+        t += rng.expovariate(2000.0)
+        client_ip = 0x0A000000 + rng.randint(1, 60000)
+        port = 1024 + (port + 1 - 1024) % 64000
+        if rng.random() < 0.15:
+            dns_exchange(w, rng, t, (client_ip, port), (0x0A0000FE, 53))
+        else:
+            tcp_conversation(w, rng, t, (client_ip, port), rng.choice(servers))
+    w.save(path)
+
+
+def generate_concurrent(path: Path, flows: int) -> None:
+    """``flows`` TCP handshakes first, data and FINs only after all of them: ``flows`` open at once."""
+    w = Writer()
+    t = 1_700_000_000.0
+    for i in range(flows):
+        c, s = (0x0A000000 + (i >> 8), 1024 + (i & 0xFF) * 200 + 7), (0x0A640001, 80)
+        w.tcp(t + i * 1e-5, c, s, SYN, i * 7, 0)
+        w.tcp(t + i * 1e-5 + 5e-6, s, c, SYN | ACK, i * 11, i * 7 + 1)
+    t2 = t + flows * 1e-5 + 1
+    for i in range(flows):
+        c, s = (0x0A000000 + (i >> 8), 1024 + (i & 0xFF) * 200 + 7), (0x0A640001, 80)
+        w.tcp(t2 + i * 1e-5, c, s, FIN | ACK, i * 7 + 1, i * 11 + 1)
+    w.save(path)
+
+
+def count_packets(path: Path) -> int:
+    n, pos = 0, 24
+    data = path.read_bytes()
+    while pos + 16 <= len(data):
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+        n += 1
+    return n
+
+
+def timed(cmd: list[str], repeat: int, cwd: Path | None = None) -> float | None:
+    """Best wall time of ``repeat`` runs of ``cmd`` pinned to CPU 0 (None if the tool is missing)."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              cwd=cwd, check=False)  # fmt: skip
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            print(f"  {cmd[0]} failed ({proc.returncode}): {proc.stderr.decode()[-300:]}", file=sys.stderr)
+            return None
+        best = min(best, elapsed)
+    return best
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak RSS of a child process, MB (from getrusage of the waited child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(after, before) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--concurrent-flows", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    VAR.mkdir(parents=True, exist_ok=True)
+    capture = VAR / f"probe_mix_{args.packets}.pcap"
+    if not capture.exists():
+        print(f"generating {capture} ...", flush=True)
+        generate(capture, args.packets)
+    packets = count_packets(capture)
+    print(f"capture: {capture} ({packets} packets, {capture.stat().st_size / 1e6:.0f} MB)")
+    hopscope = [str(Path(sys.executable).with_name("hopscope")), "flows", str(capture)]
+    tools: list[tuple[str, list[str]]] = [("hopscope flows (read+decode+meter)", hopscope)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_peers:
+            tools += [
+                ("tcpdump -nn -r", ["tcpdump", "-nn", "-r", str(capture)]),
+                ("tshark -T fields -e frame.number", ["tshark", "-r", str(capture), "-T", "fields",
+                                                      "-e", "frame.number"]),  # fmt: skip
+                ("nfpcapd -r -w (nfdump 1.7)", ["nfpcapd", "-r", str(capture), "-w", tmp]),
+                ("argus -r -w /dev/null", ["argus", "-r", str(capture), "-w", "/dev/null"]),
+            ]
+        print(f"{'tool':40s} {'seconds':>8s} {'packets/s':>12s}")
+        for name, cmd in tools:
+            best = timed(cmd, args.repeat)
+            if best is None:
+                print(f"{name:40s} {'n/a':>8s}")
+            else:
+                print(f"{name:40s} {best:8.2f} {packets / best:12,.0f}", flush=True)
+    many = VAR / f"probe_concurrent_{args.concurrent_flows}.pcap"
+    if not many.exists():
+        generate_concurrent(many, args.concurrent_flows)
+    rss = peak_rss_mb([str(Path(sys.executable).with_name("hopscope")), "flows", str(many)])
+    print(f"peak RSS of hopscope flows with {args.concurrent_flows} concurrent flows: {rss:.0f} MB (goal < 300)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
