@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from hopscope.paths import REPO_ROOT, var_dir
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples" / "lab"
 
 
@@ -89,7 +89,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not args.manifest.is_file():
         raise ConfigError(f"no lab manifest at {args.manifest}: run from a clone of hopscope or pass --manifest")
-    store_dir: Path = args.store_dir or Path(os.environ.get("HOPSCOPE_VAR", REPO_ROOT / "var")) / "demo" / "chdb"
+    store_dir: Path = args.store_dir or var_dir() / "demo" / "chdb"
     if args.store_dir is None and store_dir.exists():
         shutil.rmtree(store_dir)  # the demo's own store: start clean so repeated runs show the same
     store_dir.mkdir(parents=True, exist_ok=True)

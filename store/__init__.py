@@ -28,11 +28,13 @@ __all__ += ["DEFAULT_URL", "default_url"]
 
 
 def default_url() -> str:
-    """$HOPSCOPE_STORE, else chDB in $HOPSCOPE_VAR/chdb (default /work/main/var/chdb)."""
+    """$HOPSCOPE_STORE, else chDB in ``var_dir()/chdb`` ($HOPSCOPE_VAR, or the checkout's var/)."""
+    from hopscope.paths import var_dir
+
     explicit = os.environ.get("HOPSCOPE_STORE")
     if explicit:
         return explicit
-    return "chdb://" + os.path.join(os.environ.get("HOPSCOPE_VAR", "/work/main/var"), "chdb")
+    return f"chdb://{var_dir() / 'chdb'}"
 
 
 #: The store the commands use when given no --store (read once, when hopscope.store is imported).
