@@ -18,15 +18,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 from hopscope.lab.lab import Lab
-
-
-def connect_rtts_us(lab: Lab, count: int) -> list[float]:
-    spec = {"kind": "connect", "target": lab.topo.address_of("server1"), "port": 80, "count": count, "pause_ms": 2}
-    recs = lab.run_plans({"client1": [spec]}, tag="bench")
-    return [r["rtt_ns"] / 1000 for r in recs if r.get("rtt_ns")]
 
 
 def transfer_s(lab: Lab, nbytes: int) -> float:
@@ -43,16 +36,6 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 1), "p10": round(qs[9], 1), "p90": round(qs[89], 1)}
 
 
-def with_delayer(lab: Lab, site: str, delay_ms: float, fn: Any) -> tuple[Any, dict[str, Any]]:
-    imp = lab.impair(site, delay_ms=delay_ms)
-    try:
-        result = fn()
-    finally:
-        lab.clear_impairment(imp)
-        lab.impairments.remove(imp)
-    return result, imp.stats
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -60,11 +43,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with Lab() as lab:
-        base = connect_rtts_us(lab, args.samples)
-        zero, _ = with_delayer(lab, "nodeB-ingress", 0.0, lambda: connect_rtts_us(lab, args.samples))
-        five, five_stats = with_delayer(lab, "nodeB-ingress", 5.0, lambda: connect_rtts_us(lab, args.samples))
+        base = lab.connect_rtts_us(args.samples)
+        with lab.impaired("nodeB-ingress", delay_ms=0.0):
+            zero = lab.connect_rtts_us(args.samples)
+        with lab.impaired("nodeB-ingress", delay_ms=5.0) as imp:
+            five = lab.connect_rtts_us(args.samples)
+        five_stats = imp.stats
         t_base = transfer_s(lab, args.bytes)
-        t_zero, _ = with_delayer(lab, "nodeA-ingress", 0.0, lambda: transfer_s(lab, args.bytes))
+        with lab.impaired("nodeA-ingress", delay_ms=0.0):
+            t_zero = transfer_s(lab, args.bytes)
         result = {
             "bench": "lab_delayer",
             "lab_up_s": lab.up_seconds,

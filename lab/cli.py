@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from hopscope.errors import ConfigError
-from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites, down_all, record, state_root
-from hopscope.lab.netns import lab_prefixes, remove_prefix
+from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites, down_all, down_prefix, record, state_root
+from hopscope.lab.netns import lab_prefixes
 from hopscope.lab.plan import PlanSettings
 
 #: What ``lab samples`` records: small enough to commit (a few MB of pcaps), every case present.
@@ -138,11 +137,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
 
-    if args.prefix:
-        removed = remove_prefix(args.prefix)
-        shutil.rmtree(state_root() / args.prefix, ignore_errors=True)
-    else:
-        removed = down_all()
+    removed = down_prefix(args.prefix) if args.prefix else down_all()
     print(f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else ""))
     return 0
 

@@ -22,8 +22,32 @@ import random
 import select
 import signal
 import socket
+import struct
 import time
 from typing import Any
+
+HEADER_BYTES = 64
+
+
+def describe(ip: bytes, time_ns: int) -> dict[str, Any]:
+    """An IPv4 packet's identity from its first bytes: addresses, IP id, length, TCP/UDP ports, TCP seq/ack.
+
+    The IP id, length and TCP seq/ack survive NAT, so a drop can be found in the captures around it.
+    """
+    rec: dict[str, Any] = {"time_ns": time_ns}
+    if len(ip) < 20 or ip[0] >> 4 != 4:
+        return rec
+    ihl = (ip[0] & 0x0F) * 4
+    total_len, ip_id = struct.unpack("!HH", ip[2:6])
+    proto = ip[9]
+    rec.update(src=socket.inet_ntoa(ip[12:16]), dst=socket.inet_ntoa(ip[16:20]), ip_id=ip_id, ip_len=total_len)
+    rec["proto"] = proto
+    l4 = ip[ihl:]
+    if proto in (6, 17) and len(l4) >= 4:
+        rec["sport"], rec["dport"] = struct.unpack("!HH", l4[:4])
+    if proto == 6 and len(l4) >= 12:
+        rec["seq"], rec["ack"] = struct.unpack("!II", l4[4:12])
+    return rec
 
 
 class Delayer:
@@ -38,11 +62,13 @@ class Delayer:
         self.dropped = 0
         self.accepted = 0
         self.max_held = 0
+        self.drops: list[dict[str, Any]] = []  # one record per dropped packet: the loss ground truth
         self.late_ns: list[int] = []  # how late past its release time each held packet was accepted
 
     def on_packet(self, pkt: Any) -> None:
         self.seen += 1
         if self.loss > 0 and self.rng.random() < self.loss:
+            self.drops.append(describe(pkt.get_payload(), time.time_ns()))
             pkt.drop()
             self.dropped += 1
             return
@@ -82,6 +108,7 @@ class Delayer:
             "seen": self.seen,
             "accepted": self.accepted,
             "dropped": self.dropped,
+            "dropped_packets": self.drops,
             "max_held": self.max_held,
             "late_us_p50": pct(0.5),
             "late_us_p90": pct(0.9),
@@ -91,10 +118,11 @@ class Delayer:
 
 
 def serve(queue_num: int, delayer: Delayer, stop: list[bool]) -> None:
-    from netfilterqueue import COPY_META, NetfilterQueue  # PyPI NetfilterQueue (libnetfilter_queue)
+    from netfilterqueue import COPY_PACKET, NetfilterQueue  # PyPI NetfilterQueue (libnetfilter_queue)
 
     nfq = NetfilterQueue()
-    nfq.bind(queue_num, delayer.on_packet, max_len=65536, mode=COPY_META)
+    # Only the first HEADER_BYTES of each packet reach userspace: enough to describe a drop.
+    nfq.bind(queue_num, delayer.on_packet, max_len=65536, mode=COPY_PACKET, range=HEADER_BYTES)
     sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
     print("ready", flush=True)
     timeout: float | None = None

@@ -251,34 +251,33 @@ class Lab:
             if imp.daemon is not None:
                 self.clear_impairment(imp)
 
+    @contextlib.contextmanager
+    def impaired(self, site: str, delay_ms: float = 0.0, loss: float = 0.0) -> Iterator[Impairment]:
+        """An impairment for the duration of the block only (not listed in the manifest)."""
+        imp = self.impair(site, delay_ms=delay_ms, loss=loss)
+        try:
+            yield imp
+        finally:
+            self.clear_impairment(imp)
+            self.impairments.remove(imp)
+
+    def connect_rtts_us(self, count: int, client: str = "client1", server: str = "server1") -> list[float]:
+        """``count`` TCP connect times (one SYN/SYN-ACK round trip each, µs) from a client to a server pod."""
+        spec = {"kind": "connect", "target": self.topo.address_of(server), "port": 80, "count": count, "pause_ms": 2}
+        rtts = [r["rtt_ns"] / 1000 for r in self.run_plans({client: [spec]}, tag="connect") if r.get("rtt_ns")]
+        if len(rtts) < count // 2:
+            raise LabError(f"connect RTT: only {len(rtts)} of {count} connects succeeded")
+        return rtts
+
     def measure_delayer_overhead(self, site: str = "nodeB-ingress", count: int = 100) -> dict[str, Any]:
         """TCP connect RTT client1 -> server1 pod without and with a delay-0 delayer at ``site``.
 
         A connect's RTT crosses the site once (the SYN on an ingress site, the SYN-ACK on an egress
         one), so the difference of the medians is the delayer's added latency per packet.
         """
-        spec = {
-            "kind": "connect",
-            "target": self.topo.address_of("server1"),
-            "port": 80,
-            "count": count,
-            "pause_ms": 2,
-        }
-
-        def median_rtt_us() -> float:
-            recs = self.run_plans({"client1": [spec]}, tag="overhead")
-            rtts: list[int] = [r["rtt_ns"] for r in recs if r.get("rtt_ns")]
-            if len(rtts) < count // 2:
-                raise LabError(f"overhead measurement: only {len(rtts)} of {count} connects succeeded")
-            return float(statistics.median(rtts)) / 1000
-
-        base = median_rtt_us()
-        imp = self.impair(site, delay_ms=0.0)
-        try:
-            with_q = median_rtt_us()
-        finally:
-            self.clear_impairment(imp)
-            self.impairments.remove(imp)
+        base = statistics.median(self.connect_rtts_us(count))
+        with self.impaired(site):
+            with_q = statistics.median(self.connect_rtts_us(count))
         self.delayer_overhead = {
             "site": site,
             "method": "median TCP connect RTT, client1 -> server1 pod, delay 0 vs no rule",
@@ -446,13 +445,16 @@ def check_prerequisites() -> None:
         raise ConfigError("lab prerequisites missing: " + "; ".join(missing))
 
 
+def down_prefix(prefix: str) -> list[str]:
+    """Remove one run's namespaces, processes and state directory (the run need not be ours)."""
+    removed = remove_prefix(prefix)
+    shutil.rmtree(state_root() / prefix, ignore_errors=True)
+    return removed
+
+
 def down_all() -> list[str]:
     """Remove every lab run's namespaces and processes (leftovers of crashed runs included)."""
-    removed = []
-    for prefix in lab_prefixes():
-        removed += remove_prefix(prefix)
-        shutil.rmtree(state_root() / prefix, ignore_errors=True)
-    return removed
+    return [name for prefix in lab_prefixes() for name in down_prefix(prefix)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,10 +480,11 @@ def record(
         lab.measure_delayer_overhead(impairments[0].site if impairments else "nodeB-ingress")
     for spec in impairments:
         lab.impair(spec.site, delay_ms=spec.delay_ms, loss=spec.loss, seed=seed)
-    try:
-        with lab.capturing(out_dir):
+    with lab.capturing(out_dir):
+        try:
             truth = lab.traffic(settings)
-    except BaseException:
-        lab.clear_impairments()
-        raise
+        finally:
+            # Impairments end while the captures still run, so every packet the delayer saw (a late
+            # retransmitted FIN included) is in the pcaps: its counters match them exactly.
+            lab.clear_impairments()
     return lab.write_manifest(out_dir, truth)

@@ -115,7 +115,15 @@ def test_injected_loss_causes_retransmissions(tmp_path: Path) -> None:
     post = pcap_of(tmp_path, m, "nodeA-post-nat")
     pre = pcap_of(tmp_path, m, "nodeA-pre-nat")
     missing = missing_downstream(post, pre, toward="172.30.0.1")
-    assert len(missing) == imp["delayer_stats"]["dropped"]
+    dropped = imp["delayer_stats"]["dropped_packets"]
+    assert len(dropped) == imp["delayer_stats"]["dropped"]
+    # Every packet missing after the drop point is one the delayer says it dropped, and every drop the
+    # capture before the drop point saw is missing after it.
+    dropped_keys = {(d["ip_id"], d["ip_len"], d.get("seq", 0), d.get("ack", 0)) for d in dropped}
+    missing_keys = {(p.ip_id, p.ip_len, p.seq, p.ack) for p in missing}
+    upstream_keys = {(p.ip_id, p.ip_len, p.seq, p.ack) for p in post}
+    assert missing_keys == dropped_keys & upstream_keys
+    assert len(dropped_keys & upstream_keys) >= 0.9 * len(dropped_keys), "drops the capture did not see"
     big = next(r for r in m["requests"] if r["path"].startswith("/bytes/"))
     assert big["status"] == 200 and big["response_bytes"] == 1_000_000
     data = [p for p in post if p.proto == 6 and p.sport == 80 and p.payload]

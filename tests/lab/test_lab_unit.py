@@ -7,12 +7,13 @@ import re
 from typing import Any
 
 import pytest
+from scapy.layers.inet import IP, TCP
 
 from hopscope.errors import ConfigError
 from hopscope.lab import netns
 from hopscope.lab.build import _interfaces, nat_ruleset
 from hopscope.lab.cli import parse_impairments, register
-from hopscope.lab.delayer import Delayer
+from hopscope.lab.delayer import Delayer, describe
 from hopscope.lab.dns_server import answer, build_query, parse_answer
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
 from hopscope.lab.services import envoy_config
@@ -88,6 +89,9 @@ class FakePacket:
         self.n = n
         self.verdict: str | None = None
 
+    def get_payload(self) -> bytes:
+        return bytes(IP(src="10.244.2.11", dst="172.30.0.1", id=self.n) / TCP(sport=80, dport=4000, seq=self.n))[:64]
+
     def accept(self) -> None:
         assert self.verdict is None
         self.verdict = "accept"
@@ -118,7 +122,21 @@ def test_delayer_loss_is_seeded(loss: float, seed: int) -> None:
 
     first = run()
     assert first == run()
+    dropped = [i for i, v in enumerate(first) if v == "drop"]
+    d = Delayer(delay_ns=0, loss=loss, seed=seed)
+    for i in range(2000):
+        d.on_packet(FakePacket(i))
+    assert [p["ip_id"] for p in d.stats()["dropped_packets"]] == dropped
     assert abs(first.count("drop") / len(first) - loss) < 0.05
+
+
+def test_describe_a_dropped_packet() -> None:
+    raw = bytes(IP(src="10.244.2.11", dst="172.30.0.1", id=77) / TCP(sport=80, dport=4000, seq=5, ack=9) / (b"x" * 100))
+    rec = describe(raw[:64], 123)
+    assert rec == {
+        "time_ns": 123, "src": "10.244.2.11", "dst": "172.30.0.1", "ip_id": 77, "ip_len": 140, "proto": 6,
+        "sport": 80, "dport": 4000, "seq": 5, "ack": 9,
+    }  # fmt: skip
 
 
 def test_envoy_config_fills_every_placeholder(tmp_path: Any) -> None:
