@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 import chdb
-import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow as pa
 
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, ColumnType
@@ -76,7 +76,7 @@ class EmbeddedStore(SqlStore):
         self.path = os.path.abspath(path)
         os.makedirs(self.path, exist_ok=True)
         try:
-            self._conn: Any = chdb.connect(self.path)
+            self._conn: Any = chdb.connect(self.path)  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot open chDB at {self.path}: {_first_line(exc)} (one chDB directory per process)"

@@ -12,8 +12,8 @@ import socket
 from typing import Any
 
 import numpy as np
-from clickhouse_driver import Client  # type: ignore[import-untyped]
-from clickhouse_driver import errors as ch_errors  # type: ignore[import-untyped]
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
 
 from hopscope.errors import UnavailableError
 from hopscope.records import Batch
