@@ -9,6 +9,7 @@ query parameters. A server that cannot be reached raises ``UnavailableError`` na
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,9 @@ class ServerStore(SqlStore):
         self.host = host
         self.port = port
         self._connect_timeout_s = connect_timeout_s
+        # One native connection, which carries one query at a time: callers on several threads
+        # (the API's worker pool) take turns.
+        self._lock = threading.Lock()
         # Connects lazily on the first statement; no database selected, so ensure_schema can create it.
         self._client = Client(
             host=host,
@@ -78,6 +82,10 @@ class ServerStore(SqlStore):
             ) from exc
 
     def _execute(self, sql: str, params: Any = None, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._execute_locked(sql, params, **kwargs)
+
+    def _execute_locked(self, sql: str, params: Any = None, **kwargs: Any) -> Any:
         self._check_reachable()
         try:
             return self._client.execute(sql, params, **kwargs)
@@ -112,4 +120,5 @@ class ServerStore(SqlStore):
         return str(rows[0][0])
 
     def close(self) -> None:
-        self._client.disconnect()
+        with self._lock:
+            self._client.disconnect()

@@ -202,3 +202,19 @@ def test_bulk_insert_counts(ready_store: SqlStore) -> None:
 def test_every_table_spec_time_column_is_ns() -> None:
     for spec in TABLES.values():
         assert spec.time_column.endswith("_ns") and table_spec(spec.name) is spec
+
+
+def test_threads_share_one_store(ready_store: SqlStore) -> None:
+    """The API serves requests from a thread pool with one store: every thread gets its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    flows = [make_record(FlowRecord, i, flow_id=i, point=f"p{i % 4}") for i in range(40)]
+    _insert(ready_store, flows)
+
+    def read(point: str) -> list[int]:
+        return [f.flow_id for f in ready_store.query_flows(BASE_NS, BASE_NS + 100, {"point": point})]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(read, [f"p{i % 4}" for i in range(32)]))
+    for i, got in enumerate(results):
+        assert got == list(range(i % 4, 40, 4))
