@@ -12,14 +12,14 @@ first, the link from the previous hop gets:
   ``max(0, retrans(here) - retrans(prev))`` on this link.
 
 Ids are deterministic: the trace id is blake2b of the root segment's matcher key, its merged anchors
-and its earliest raw request time; the span id is blake2b of the trace id, the hop and the record's
-id. Replaying the same records yields the same ids, so a ReplacingMergeTree keeps one row.
+and its earliest raw request time; the span id mixes the trace id with the hop's name, the record's
+ids and its position. Replaying the same records yields the same ids, so a ReplacingMergeTree keeps
+one row. Everything but the walk over the segment forest is numpy over all hops at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +34,12 @@ from hopscope.correlate.proxy import Links
 from hopscope.correlate.relations import BASE_CONFIDENCE, MISSING_ANCHOR_FACTOR, Reason
 
 I64 = npt.NDArray[np.int64]
-#: (row, index of the previous hop or -1, link reason, confidence, same connection as previous, side)
-_Hop = tuple[int, int, str, float, bool, str]
+U64 = npt.NDArray[np.uint64]
 _OK_L4_STATES = frozenset({"SF", "S1", "S2", "S3", ""})
+_REASONS: list[Reason] = list(Reason)
+_REASON_CODE = {r.value: i for i, r in enumerate(_REASONS)}
 #: How many leading anchors of a matcher confirm a match (see matchers: syn_seq, synack_seq,
-#: resp_tcp_seq for requests; synack_seq for connections).
+#: resp_tcp_seq for requests; synack_seq for connections); payload hash and IP id only break ties.
 _CONFIRMING = {Reason.L7_REQ_TCP_SEQ: 3, Reason.NAT_SYN_SEQ: 1}
 
 
@@ -57,19 +58,96 @@ def correct(raw: I64, offset_ns: I64) -> I64:
     return np.where(raw != 0, raw - offset_ns, 0)
 
 
-def _hexdigest(text: str, size: int) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=size).hexdigest()
+def _blake(text: str, size: int) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=size).digest()
 
 
-def segment_anchor_text(obs: ObsTable, order: SegmentOrder) -> list[str]:
-    """Per segment: its key, merged anchors and earliest raw request time, as the trace id's input."""
-    if len(order.rows) == 0:
-        return []
-    rows = order.rows
-    anchors = np.maximum.reduceat(obs.anchors[rows], order.starts, axis=0).tolist()
-    t_min = np.minimum.reduceat(obs.t_req[rows], order.starts).tolist()
-    keys = obs.key[rows[order.starts]].tolist()
-    return [f"{k}|{'|'.join(map(str, a))}|{t}" for k, a, t in zip(keys, anchors, t_min, strict=True)]
+def _mix(x: U64) -> U64:
+    """splitmix64 finaliser, vectorised (wrapping uint64 arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _hex16(values: U64) -> list[str]:
+    text = values.astype(">u8").tobytes().hex()
+    return [text[i : i + 16] for i in range(0, len(text), 16)]
+
+
+@dataclass(slots=True)
+class Walk:
+    """All hops of all traces in output order (traces contiguous, hops in path order)."""
+
+    rows: I64  # observation row of each hop
+    seg: I64  # segment of each hop
+    trace: I64  # trace index of each hop
+    trace_start: I64  # position of each trace's first hop
+    prev: I64  # position of the previous hop (-1 for a trace's first)
+    same_conn: npt.NDArray[np.bool_]  # previous hop is on the same connection
+    roots: I64  # root segment of each trace
+
+
+def walk(order: SegmentOrder, links: Links, t_first: I64) -> Walk:
+    """Depth-first walk of the segment forest; numpy everywhere except the walk itself."""
+    nseg = len(order.starts)
+    children: dict[int, list[int]] = defaultdict(list)
+    parent = links.parent.tolist()
+    for s in np.flatnonzero(links.parent >= 0).tolist():
+        children[parent[s]].append(s)
+    first = t_first.tolist()
+    for kids in children.values():
+        kids.sort(key=lambda s: (first[s], s))
+    roots = [s for s in range(nseg) if parent[s] < 0]
+    roots.sort(key=lambda s: (first[s], s))
+    seq: list[int] = []
+    trace_of_seg = np.zeros(nseg, np.int64)
+    for ti, root in enumerate(roots):
+        if root not in children:
+            seq.append(root)
+            trace_of_seg[root] = ti
+            continue
+        stack = [root]
+        while stack:
+            s = stack.pop()
+            seq.append(s)
+            trace_of_seg[s] = ti
+            stack.extend(reversed(children.get(s, ())))
+    seg_seq = np.asarray(seq, dtype=np.int64)
+    seg_len = order.ends - order.starts
+    lens = seg_len[seg_seq]
+    out_start = np.cumsum(lens) - lens
+    total = int(lens.sum())
+    pos_in_seg = np.arange(total) - np.repeat(out_start, lens)
+    rows = order.rows[np.repeat(order.starts[seg_seq], lens) + pos_in_seg]
+    seg = np.repeat(seg_seq, lens)
+    trace = trace_of_seg[seg]
+    trace_start = np.flatnonzero(np.r_[True, trace[1:] != trace[:-1]]) if total else np.zeros(0, np.int64)
+    seg_first = np.zeros(nseg, np.int64)
+    seg_first[seg_seq] = out_start
+    seg_last = seg_first + seg_len - 1
+    is_first = pos_in_seg == 0
+    par = links.parent[seg]
+    prev = np.where(is_first, np.where(par >= 0, seg_last[np.maximum(par, 0)], -1), np.arange(total) - 1)
+    return Walk(rows=rows, seg=seg, trace=trace, trace_start=trace_start.astype(np.int64), prev=prev,
+                same_conn=~is_first, roots=np.asarray(roots, dtype=np.int64))
+
+
+def _per_trace_first(mask: npt.NDArray[np.bool_], w: Walk) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """Position of the first hop of each trace where ``mask`` holds, and whether there is one."""
+    big = np.iinfo(np.int64).max
+    pos = np.where(mask, np.arange(len(mask)), big)
+    first = np.minimum.reduceat(pos, w.trace_start) if len(pos) else np.zeros(0, np.int64)
+    found = first != big
+    return np.where(found, first, 0), found
+
+
+def _per_trace_argmax(values: I64, w: Walk) -> I64:
+    """Position of the largest value in each trace (the earliest among ties)."""
+    order = np.lexsort((-np.arange(len(values)), values, w.trace))
+    ends = np.r_[w.trace_start[1:], len(values)] - 1
+    picked: I64 = order[ends]
+    return picked
 
 
 class Assembler:
@@ -82,178 +160,170 @@ class Assembler:
         self.obs, self.order, self.times, self.links = obs, order, times, links
         self.version_ns = version_ns
         self.flow_close = flow_close
-        cols = obs.batch.columns
         self.is_l4 = obs.batch.record_type.TABLE == "flows"
-        self.text = {n: cols[n] for n in ("orig_h", "resp_h", "iface")}
-        self.num = {n: np.asarray(cols[n]).tolist() for n in ("orig_p", "resp_p", "flow_id")}
-        self.request_id = [0] * len(obs) if self.is_l4 else np.asarray(cols["request_id"]).tolist()
-        self.rows_of = [order.rows[a:b].tolist() for a, b in zip(order.starts, order.ends, strict=True)]
-        self.seg_tag = (obs.key[order.first()] >> np.uint64(TAG_SHIFT)).astype(np.int64).tolist()
-        self.anchor_text = segment_anchor_text(obs, order)
-        self.lists = {
-            "t_req": times.req_first.tolist(), "t_resp": times.resp_first.tolist(),
-            "req_last": times.req_last.tolist(), "resp_last": times.resp_last.tolist(),
-            "offset_us": times.offset_us.tolist(), "label": obs.label.tolist(),
-            "rr": obs.req_retrans.tolist(), "sr": obs.resp_retrans.tolist(),
-        }
-        self.anchors = obs.anchors.tolist()
-        self.spans: dict[str, list[Any]] = defaultdict(list)
-        self.traces: dict[str, list[Any]] = defaultdict(list)
+        self.spans: dict[str, Any] = {}
+        self.traces: dict[str, Any] = {}
 
     def run(self) -> None:
-        children: dict[int, list[int]] = defaultdict(list)
-        roots: list[int] = []
-        t_first = [self.lists["t_req"][r[0]] for r in self.rows_of]
-        for s, p in enumerate(self.links.parent.tolist()):
-            (children[p] if p >= 0 else roots).append(s)
-        for kids in children.values():
-            kids.sort(key=lambda s: (t_first[s], s))
-        for root in roots:
-            self._trace(root, children)
+        w = walk(self.order, self.links, self.times.req_first[self.order.first()])
+        if len(w.rows) == 0:
+            return
+        trace_ids, trace_h = self._trace_ids(w)
+        self._spans(w, trace_ids, trace_h)
+        self._trace_rows(w, trace_ids)
 
-    def _walk(self, root: int, children: dict[int, list[int]]) -> list[_Hop]:
-        """(row, index of the previous hop, reason, confidence, same connection, side) in path order."""
-        hops: list[_Hop] = []
-        stack: list[tuple[int, int]] = [(root, -1)]
-        while stack:
-            seg, parent_hop = stack.pop()
-            rows = self.rows_of[seg]
-            side = "client" if seg == root else "server"
-            if parent_hop < 0:
-                hops.append((rows[0], -1, Reason.ORIGIN.value, 1.0, False, side))
-            else:
-                hops.append((rows[0], parent_hop, self.links.reason[seg],
-                             float(self.links.confidence[seg]), False, side))
-            reason = TAG_REASON[self.seg_tag[seg]]
-            for prev, row in itertools.pairwise(rows):
-                conf = self._confidence(reason, prev, row)
-                hops.append((row, len(hops) - 1, reason.value, conf, True, side))
-            last = len(hops) - 1
-            stack.extend((kid, last) for kid in reversed(children.get(seg, [])))
-        return hops
+    def _trace_ids(self, w: Walk) -> tuple[list[str], U64]:
+        """blake2b of each root segment's key, merged anchors and earliest raw request time."""
+        obs, order = self.obs, self.order
+        rows = order.rows
+        anchors = np.maximum.reduceat(obs.anchors[rows], order.starts, axis=0)[w.roots].tolist()
+        t_min = np.minimum.reduceat(obs.t_req[rows], order.starts)[w.roots].tolist()
+        keys = obs.key[rows[order.starts[w.roots]]].tolist()
+        kind = "l4" if self.is_l4 else "l7"
+        digests = [_blake(f"{kind}|{k}|{'|'.join(map(str, a))}|{t}", 16)
+                   for k, a, t in zip(keys, anchors, t_min, strict=True)]
+        trace_h = np.frombuffer(b"".join(d[:8] for d in digests), dtype="<u8").astype(np.uint64)
+        return [d.hex() for d in digests], trace_h
 
-    def _confidence(self, reason: Reason, prev: int, row: int) -> float:
-        # anchors that confirm a match (payload hash and IP id only break ties): missing ones cost
-        confirming = _CONFIRMING.get(reason, 0)
-        pairs = zip(self.anchors[prev][:confirming], self.anchors[row][:confirming], strict=True)
-        missing = sum(1 for a, b in pairs if not (a and b))
-        return round(BASE_CONFIDENCE[reason] * MISSING_ANCHOR_FACTOR**missing, 4)
+    def _reasons(self, w: Walk) -> tuple[list[str], npt.NDArray[np.float64]]:
+        obs, links = self.obs, self.links
+        tag = (obs.key[w.rows] >> np.uint64(TAG_SHIFT)).astype(np.int64)
+        conn_code = np.array([_REASON_CODE[TAG_REASON[t].value] if t in TAG_REASON else 0
+                              for t in range(max(TAG_REASON) + 1)], dtype=np.int64)[tag]
+        link_code = np.array([_REASON_CODE[r] for r in links.reason], dtype=np.int64)[w.seg]
+        code = np.where(w.same_conn, conn_code, link_code)
+        base = np.array([BASE_CONFIDENCE[r] for r in _REASONS])[code]
+        confirming = np.array([_CONFIRMING.get(r, 0) for r in _REASONS], dtype=np.int64)[code]
+        prev_rows = w.rows[np.maximum(w.prev, 0)]
+        both = (obs.anchors[w.rows] != 0) & (obs.anchors[prev_rows] != 0)
+        missing_upto = np.c_[np.zeros(len(both), np.int64), np.cumsum(~both, axis=1)]
+        missing = missing_upto[np.arange(len(both)), np.minimum(confirming, both.shape[1])]
+        conf = np.where(w.same_conn, base * MISSING_ANCHOR_FACTOR**missing, links.confidence[w.seg])
+        conf = np.where(w.prev < 0, 1.0, np.round(conf, 4))
+        names = [r.value for r in _REASONS]
+        return [names[c] for c in np.where(w.prev < 0, _REASON_CODE[Reason.ORIGIN.value], code).tolist()], conf
 
-    def _trace(self, root: int, children: dict[int, list[int]]) -> None:
-        hops = self._walk(root, children)
-        trace_id = _hexdigest(("l4|" if self.is_l4 else "l7|") + self.anchor_text[root], 16)
-        span_ids: list[str] = []
-        summary = _LinkSummary()
-        for pos, hop in enumerate(hops):
-            span_ids.append(self._span(trace_id, pos, hop, hops, span_ids, summary))
-        self._trace_row(trace_id, hops, summary)
-
-    def _span(self, trace_id: str, pos: int, hop: _Hop, hops: list[_Hop], span_ids: list[str],
-              summary: _LinkSummary) -> str:
-        row, prev_pos, reason, conf, same_conn, side = hop
-        prev = hops[prev_pos][0] if prev_pos >= 0 else -1
-        lst, sp = self.lists, self.spans
-        point, iface = self.obs.labels[lst["label"][row]]
-        span_id = _hexdigest(f"{trace_id}|{point}|{iface}|{self.request_id[row]}|{self.num['flow_id'][row]}"
-                             f"|{pos}", 8)
-        req_us = resp_us = lost = 0
-        if prev >= 0:
-            req_us = (lst["t_req"][row] - lst["t_req"][prev]) // 1000
-            if lst["t_resp"][row] and lst["t_resp"][prev]:
-                resp_us = (lst["t_resp"][prev] - lst["t_resp"][row]) // 1000
-            if same_conn:
-                lost = max(0, lst["rr"][prev] - lst["rr"][row]) + max(0, lst["sr"][row] - lst["sr"][prev])
-            prev_point = self.obs.labels[lst["label"][prev]][0]
-            summary.add(f"{prev_point}>{point}", req_us + resp_us, lost)
-        summary.confidence = min(summary.confidence, conf)
-        lab = lst["label"][row]
-        values = {
-            "trace_id": trace_id, "span_id": span_id,
-            "parent_span_id": span_ids[prev_pos] if prev_pos >= 0 else "", "hop_index": pos,
-            "point": point, "host": self.obs.label_host[lab], "hop_kind": self.obs.label_kind[lab],
-            "side": side,
-            "orig_h": self.text["orig_h"][row], "orig_p": self.num["orig_p"][row],
-            "resp_h": self.text["resp_h"][row], "resp_p": self.num["resp_p"][row],
-            "request_first_ns": lst["t_req"][row], "request_last_ns": lst["req_last"][row],
-            "response_first_ns": lst["t_resp"][row], "response_last_ns": lst["resp_last"][row],
-            "req_link_us": req_us, "resp_link_us": resp_us, "clock_offset_us": lst["offset_us"][row],
-            "link_reason": reason, "link_confidence": conf, "lost_pkts": lost,
-            "retrans_pkts": lst["rr"][row] + lst["sr"][row], "flow_id": self.num["flow_id"][row],
-            "request_id": self.request_id[row], "version": self.version_ns,
+    def _spans(self, w: Walk, trace_ids: list[str], trace_h: U64) -> None:
+        obs, t = self.obs, self.times
+        cols = obs.batch.columns
+        rows, prev = w.rows, w.prev
+        has_prev = prev >= 0
+        prow = rows[np.maximum(prev, 0)]
+        tr, rp = t.req_first, t.resp_first
+        req_us = np.where(has_prev, (tr[rows] - tr[prow]) // 1000, 0)
+        resp_ok = has_prev & (rp[rows] > 0) & (rp[prow] > 0)
+        resp_us = np.where(resp_ok, (rp[prow] - rp[rows]) // 1000, 0)
+        rr, sr = obs.req_retrans, obs.resp_retrans
+        lost = np.where(w.same_conn, np.maximum(0, rr[prow] - rr[rows]) + np.maximum(0, sr[rows] - sr[prow]), 0)
+        reasons, conf = self._reasons(w)
+        label = obs.label[rows]
+        label_h = np.array([int.from_bytes(_blake(f"{p}|{i}", 8), "little") for p, i in obs.labels],
+                           dtype=np.uint64)
+        request_id = (np.zeros(len(rows), np.uint64) if self.is_l4
+                      else np.asarray(cols["request_id"]).astype(np.uint64)[rows])
+        flow_id = np.asarray(cols["flow_id"]).astype(np.uint64)[rows]
+        hop_index = np.arange(len(rows)) - w.trace_start[w.trace]
+        h = _mix(trace_h[w.trace] ^ label_h[label])
+        h = _mix(h ^ request_id)
+        h = _mix(h ^ flow_id)
+        span_ids = _hex16(_mix(h ^ hop_index.astype(np.uint64)))
+        self.hop_lost, self.hop_latency = lost, np.where(has_prev, req_us + resp_us, np.iinfo(np.int64).min)
+        self.hop_conf = conf
+        row_list, prev_list = rows.tolist(), prev.tolist()
+        points = [p for p, _ in obs.labels]
+        self.spans = {
+            "trace_id": [trace_ids[i] for i in w.trace.tolist()], "span_id": span_ids,
+            "parent_span_id": [span_ids[p] if p >= 0 else "" for p in prev_list], "hop_index": hop_index,
+            "point": [points[i] for i in label.tolist()],
+            "host": [obs.label_host[i] for i in label.tolist()],
+            "hop_kind": [obs.label_kind[i] for i in label.tolist()],
+            "side": ["client" if s < 0 else "server" for s in self.links.parent[w.seg].tolist()],
+            "orig_h": [cols["orig_h"][r] for r in row_list],
+            "orig_p": np.asarray(cols["orig_p"])[rows],
+            "resp_h": [cols["resp_h"][r] for r in row_list],
+            "resp_p": np.asarray(cols["resp_p"])[rows],
+            "request_first_ns": tr[rows], "request_last_ns": t.req_last[rows],
+            "response_first_ns": rp[rows], "response_last_ns": t.resp_last[rows],
+            "req_link_us": req_us, "resp_link_us": resp_us, "clock_offset_us": t.offset_us[rows],
+            "link_reason": reasons, "link_confidence": conf, "lost_pkts": lost,
+            "retrans_pkts": rr[rows] + sr[rows], "flow_id": flow_id, "request_id": request_id,
+            "version": np.full(len(rows), self.version_ns, dtype=np.uint64),
         }
-        for name, value in values.items():
-            sp[name].append(value)
-        return span_id
 
-    def _trace_row(self, trace_id: str, hops: list[_Hop],
-                   summary: _LinkSummary) -> None:
-        rows = [h[0] for h in hops]
-        first, last = rows[0], rows[-1]
-        lst, cols = self.lists, self.obs.batch.columns
-        start = lst["t_req"][first]
-        end = lst["resp_last"][first] or max(max(lst["t_resp"][r], lst["req_last"][r]) for r in rows)
-        row = {
-            "trace_id": trace_id, "kind": "l4" if self.is_l4 else "l7",
-            "start_ns": start, "end_ns": max(end, start), "duration_us": max(0, end - start) // 1000,
-            "client_h": self.text["orig_h"][first], "client_p": self.num["orig_p"][first],
-            "server_h": self.text["resp_h"][last], "server_p": self.num["resp_p"][last],
-            "hop_count": len(rows), "points": ",".join(self.obs.labels[lst["label"][r]][0] for r in rows),
-            "lost_pkts": summary.lost, "loss_link": summary.loss_link,
-            "slowest_link": summary.slowest_link, "slowest_link_us": summary.slowest_us,
-            "min_confidence": summary.confidence, "version": self.version_ns,
-            "syn_seq": int(cols["syn_seq"][first]),
+    def _trace_rows(self, w: Walk, trace_ids: list[str]) -> None:
+        t, cols = self.times, self.obs.batch.columns
+        starts = w.trace_start
+        ends = np.r_[starts[1:], len(w.rows)]
+        first, last = w.rows[starts], w.rows[ends - 1]
+        start_ns = t.req_first[first]
+        latest = np.maximum.reduceat(np.maximum(t.resp_first[w.rows], t.req_last[w.rows]), starts)
+        end_ns = np.maximum(np.where(t.resp_last[first] > 0, t.resp_last[first], latest), start_ns)
+        points = self.spans["point"]
+        lossiest = _per_trace_argmax(self.hop_lost, w)
+        slowest = _per_trace_argmax(self.hop_latency, w)
+        lost = np.add.reduceat(self.hop_lost, starts)
+
+        def link(pos: int) -> str:
+            p = int(w.prev[pos])
+            return f"{points[p]}>{points[pos]}" if p >= 0 else ""
+
+        first_l, last_l = first.tolist(), last.tolist()
+        self.traces = {
+            "trace_id": trace_ids, "kind": ["l4" if self.is_l4 else "l7"] * len(starts),
+            "start_ns": start_ns, "end_ns": end_ns, "duration_us": np.maximum(0, end_ns - start_ns) // 1000,
+            "client_h": [cols["orig_h"][r] for r in first_l], "client_p": np.asarray(cols["orig_p"])[first],
+            "server_h": [cols["resp_h"][r] for r in last_l], "server_p": np.asarray(cols["resp_p"])[last],
+            "hop_count": ends - starts,
+            "points": [",".join(points[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
+            "lost_pkts": lost,
+            "loss_link": [link(p) if n else "" for p, n in zip(lossiest.tolist(), lost.tolist(), strict=True)],
+            "slowest_link": [link(p) for p in slowest.tolist()],
+            "slowest_link_us": np.maximum(self.hop_latency[slowest], 0),
+            "min_confidence": np.minimum.reduceat(self.hop_conf, starts),
+            "syn_seq": np.asarray(cols["syn_seq"])[first], "version": np.full(len(starts), self.version_ns),
         }
-        row.update(self._l4_fields(rows) if self.is_l4 else self._l7_fields(rows))
-        for name, value in row.items():
-            self.traces[name].append(value)
+        self.traces.update(self._l4_fields(w) if self.is_l4 else self._l7_fields(w, first_l))
 
-    def _l7_fields(self, rows: list[int]) -> dict[str, Any]:
+    def _l7_fields(self, w: Walk, first: list[int]) -> dict[str, Any]:
         cols = self.obs.batch.columns
-        first = rows[0]
+        rows = w.rows
+        status_all = np.asarray(cols["status"]).astype(np.int64)[rows]
+        pos, found = _per_trace_first(status_all > 0, w)
+        status = np.where(found, status_all[pos], 0)
+        out: dict[str, Any] = {}
+        row_list = rows.tolist()
+        for name in ("x_request_id", "traceparent"):
+            column = cols[name]
+            values = [column[r] for r in row_list]
+            pos, found = _per_trace_first(np.array([bool(v) for v in values], dtype=bool), w)
+            out[name] = [values[p] if f else "" for p, f in zip(pos.tolist(), found.tolist(), strict=True)]
+        answered = np.maximum.reduceat((self.times.resp_first[rows] > 0).astype(np.int64), w.trace_start) > 0
+        reset = np.zeros(len(rows), dtype=np.int64)
+        rst = {k for k, v in self.flow_close.items() if "rst" in v}
+        if rst:
+            fids = np.asarray(cols["flow_id"]).tolist()
+            point = cols["point"]
+            reset = np.array([(point[r], fids[r]) in rst for r in row_list], dtype=np.int64)
+        was_reset = np.maximum.reduceat(reset, w.trace_start) > 0
+        protos = [cols["l7_proto"][r] for r in first]
+        is_dns = np.array([p == "dns" for p in protos], dtype=bool)
+        rcode = np.asarray(cols["dns_rcode"]).astype(np.int64)[np.asarray(first, dtype=np.int64)]
+        error = np.where(is_dns, ~answered | (rcode != 0),
+                         (status >= 500) | ~answered | (was_reset & (status == 0)))
+        out.update({
+            "l7_proto": protos, "method": [cols["method"][r] for r in first],
+            "http_host": [cols["http_host"][r] for r in first], "path": [cols["path"][r] for r in first],
+            "status": status, "dns_qname": [cols["dns_qname"][r] for r in first], "error": error.astype(np.uint8),
+        })
+        return out
 
-        def first_text(name: str) -> str:
-            return next((v for v in (cols[name][r] for r in rows) if v), "")
-
-        status = next((int(cols["status"][r]) for r in rows if cols["status"][r]), 0)
-        proto = cols["l7_proto"][first]
-        answered = any(self.lists["t_resp"][r] for r in rows)
-        reset = any("rst" in self.flow_close.get((self.obs.labels[self.lists["label"][r]][0],
-                                                  self.num["flow_id"][r]), "") for r in rows)
-        if proto == "dns":
-            error = int(not answered or int(cols["dns_rcode"][first]) != 0)
-        else:
-            error = int(status >= 500 or not answered or (reset and status == 0))
-        return {
-            "l7_proto": proto, "method": cols["method"][first], "http_host": cols["http_host"][first],
-            "path": cols["path"][first], "status": status, "dns_qname": cols["dns_qname"][first],
-            "x_request_id": first_text("x_request_id"), "traceparent": first_text("traceparent"),
-            "error": error,
-        }
-
-    def _l4_fields(self, rows: list[int]) -> dict[str, Any]:
+    def _l4_fields(self, w: Walk) -> dict[str, Any]:
         cols = self.obs.batch.columns
-        bad = any(cols["conn_state"][r] not in _OK_L4_STATES or "rst" in cols["close_type"][r]
-                  for r in rows)
-        return {"l7_proto": "", "method": "", "http_host": "", "path": "", "status": 0, "dns_qname": "",
-                "x_request_id": "", "traceparent": "", "error": int(bad)}
-
-
-class _LinkSummary:
-    """Running worst link of a trace: most loss, slowest, lowest confidence."""
-
-    __slots__ = ("confidence", "loss_link", "lost", "lost_max", "slowest_link", "slowest_us")
-
-    def __init__(self) -> None:
-        self.confidence = 1.0
-        self.loss_link = ""
-        self.lost = 0
-        self.lost_max = 0
-        self.slowest_link = ""
-        self.slowest_us = 0
-
-    def add(self, link: str, latency_us: int, lost: int) -> None:
-        self.lost += lost
-        if lost > self.lost_max:
-            self.lost_max, self.loss_link = lost, link
-        if latency_us > self.slowest_us or not self.slowest_link:
-            self.slowest_us, self.slowest_link = latency_us, link
+        states, closes = cols["conn_state"], cols["close_type"]
+        bad = np.array([states[r] not in _OK_L4_STATES or "rst" in closes[r] for r in w.rows.tolist()],
+                       dtype=np.int64)
+        n = len(w.trace_start)
+        empty = [""] * n
+        return {"l7_proto": empty, "method": empty, "http_host": empty, "path": empty,
+                "status": np.zeros(n, np.int64), "dns_qname": empty, "x_request_id": empty,
+                "traceparent": empty, "error": (np.maximum.reduceat(bad, w.trace_start) > 0).astype(np.uint8)}

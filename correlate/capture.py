@@ -1,18 +1,16 @@
 """Read one capture file into flow and request records for one capture point (the probes' stages).
 
-Uses ``hopscope.probes.analyze.iter_capture`` when the probes package offers it, else wires the
-stages itself: read, decode, meter flows, feed the L7 tracker. Either way the result is two batches
-whose records carry the point name, host and hop kind given here.
+The probes' ``CaptureAnalyzer`` reads, decodes and meters flows; its decoded blocks feed the L7
+tracker. The result is two batches whose records carry the point name, host and hop kind given here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hopscope.records import Batch, FlowRecord, RequestRecord
+from hopscope.records import Batch, FlowRecord
 
 log = logging.getLogger(__name__)
 
@@ -32,42 +30,41 @@ def read_point(path: str, point: str, hop_kind: str = "", host: str = "",
                progress: Callable[[int], None] | None = None) -> PointRecords:
     """Flow and request records of the capture at ``path``, all attributed to ``point``.
 
-    ``progress`` is called with the bytes of each block read (frames plus record headers)."""
-    from hopscope.probes.decode import Decoder
+    ``progress`` is called with the bytes read since its last call."""
+    from hopscope.probes.analyze import CaptureAnalyzer
     from hopscope.probes.l7.feed import BlockFeeder
     from hopscope.probes.l7.tracker import CapturePoint, L7Tracker
-    from hopscope.probes.meter import FlowMeter
-    from hopscope.probes.readers import open_capture
 
-    reader = open_capture(path)
-    decoder = Decoder(default_point=point)
-    meter = FlowMeter(host=host or point, hop_kind=hop_kind)
+    analyzer = CaptureAnalyzer(path, {"*": point}, host=host or point, hop_kind=hop_kind)
     tracker = L7Tracker(CapturePoint(point=point, host=host or point, hop_kind=hop_kind))
     feeder = BlockFeeder(tracker)
-    flows: list[FlowRecord] = []
-    packets = 0
-    for raw in reader.blocks():
-        block = decoder.decode(raw)
-        flows += meter.process(block)
-        feeder.feed(block)
-        packets += raw.count
+    flows: list[Batch] = []
+    read = 0
+    for block, closed in analyzer.run():
+        if len(closed):
+            flows.append(closed)
+        if block.count:
+            feeder.feed(block)
         if progress is not None:
-            progress(int(raw.caplen.sum()) + 16 * raw.count)
-    flows += meter.flush()
+            progress(analyzer.reader.stats.bytes - read)
+            read = analyzer.reader.stats.bytes
     tracker.flush()
-    requests = tracker.take_records()
-    stats = {f"skip_{k}": v for k, v in decoder.skips.items()}
+    stats = analyzer.stats()
+    flow_batch = Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0)
     return PointRecords(
         point=point,
-        flows=_as_point(FlowRecord, flows, point, host or point, hop_kind),
-        requests=_as_point(RequestRecord, requests, point, host or point, hop_kind),
-        packets=packets, stats=stats,
+        flows=_as_point(flow_batch, point, host or point, hop_kind),
+        requests=_as_point(tracker.take_batch(), point, host or point, hop_kind),
+        packets=stats.get("frames", 0), stats=stats,
     )
 
 
-def _as_point(rtype: type[FlowRecord] | type[RequestRecord], records: list[FlowRecord] | list[RequestRecord],
-              point: str, host: str, hop_kind: str) -> Batch:
-    """Records with the point, host and hop kind named on the command line."""
-    fixed = [dataclasses.replace(r, point=point, host=r.host or host, hop_kind=hop_kind or r.hop_kind)
-             for r in records]
-    return Batch.from_records(rtype, fixed)
+def _as_point(batch: Batch, point: str, host: str, hop_kind: str) -> Batch:
+    """The records with the point, host and hop kind named on the command line."""
+    cols = dict(batch.columns)
+    n = len(batch)
+    cols["point"] = [point] * n
+    cols["host"] = [h or host for h in cols["host"]]
+    if hop_kind:
+        cols["hop_kind"] = [hop_kind] * n
+    return Batch(batch.record_type, cols, n)

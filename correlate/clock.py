@@ -40,23 +40,29 @@ class PairEvidence:
 
 
 def pair_evidence(
-    dom_a: list[str], dom_b: list[str], fwd_ns: I64, back_ns: I64
+    names: list[str], dom_a: I64, dom_b: I64, fwd_ns: I64, back_ns: I64
 ) -> list[PairEvidence]:
-    """Reduce per-request delays to the minimum per pair of points (in either orientation)."""
-    best: dict[tuple[str, str], list[int]] = {}
-    for a, b, f, k in zip(dom_a, dom_b, fwd_ns.tolist(), back_ns.tolist(), strict=True):
-        if a == b:
-            continue
-        if a > b:
-            a, b, f, k = b, a, k, f
-        cur = best.get((a, b))
-        if cur is None:
-            best[(a, b)] = [f, k, 1]
-        else:
-            cur[0] = min(cur[0], f)
-            cur[1] = min(cur[1], k)
-            cur[2] += 1
-    return [PairEvidence(a, b, v[0], v[1], v[2]) for (a, b), v in sorted(best.items())]
+    """Reduce per-request delays to the minimum per pair of points (in either orientation).
+
+    ``dom_a``/``dom_b`` index ``names``; pairs are put in name order, swapping the delays."""
+    rank = np.argsort(np.argsort(np.asarray(names, dtype=object))) if names else np.zeros(0, np.int64)
+    keep = dom_a != dom_b
+    a, b, f, k = dom_a[keep], dom_b[keep], fwd_ns[keep], back_ns[keep]
+    swap = rank[a] > rank[b]
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    f, k = np.where(swap, k, f), np.where(swap, f, k)
+    if len(a) == 0:
+        return []
+    pair = a * len(names) + b
+    order = np.argsort(pair, kind="stable")
+    pair, f, k = pair[order], f[order], k[order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    counts = np.diff(np.r_[starts, len(pair)])
+    min_f, min_k = np.minimum.reduceat(f, starts), np.minimum.reduceat(k, starts)
+    out = []
+    for p, mf, mk, c in zip(pair[starts].tolist(), min_f.tolist(), min_k.tolist(), counts.tolist(), strict=True):
+        out.append(PairEvidence(names[p // len(names)], names[p % len(names)], mf, mk, c))
+    return sorted(out, key=lambda e: (e.a, e.b))
 
 
 def solve_offsets(

@@ -71,21 +71,24 @@ class Correlator:
         stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(flows)}
         req = self._segment(request_table(requests, self.kinds), stats, "requests")
         l4 = self._segment(flow_table(_flows_without_l7(flows, requests), self.kinds), stats, "flows")
-        offsets = self._clock([req, l4])
+        offsets, raw_orders = self._clock([req, l4])
         version = version_ns if version_ns is not None else time.time_ns()
         close = _flow_close(flows)
         spans: list[Batch] = []
         traces: list[Batch] = []
-        for stage, with_proxies in ((req, True), (l4, False)):
+        for stage, with_proxies, raw in ((req, True, raw_orders[0]), (l4, False, raw_orders[1])):
             if stage.nseg == 0:
                 continue
             times = _times(stage.obs, offsets)
-            stage.order = order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
+            shifted = any(offsets.get(d, 0) for d in stage.obs.domains)
+            stage.order = (order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
+                           if shifted or raw is None else raw)
             links = _links(stage, times, self.settings, stats, with_proxies)
             asm = Assembler(stage.obs, stage.order, times, links, version, close)
             asm.run()
-            spans.append(Batch(Span, asm.spans, len(asm.spans["trace_id"])))
-            traces.append(Batch(Trace, asm.traces, len(asm.traces["trace_id"])))
+            if asm.spans:
+                spans.append(Batch(Span, asm.spans, len(asm.spans["trace_id"])))
+                traces.append(Batch(Trace, asm.traces, len(asm.traces["trace_id"])))
         stats["spans"] = sum(len(b) for b in spans)
         stats["traces"] = sum(len(b) for b in traces)
         return StitchResult(
@@ -103,30 +106,31 @@ class Correlator:
         stats[f"{name}_split_buckets"] = cstats.split_buckets
         return _Stage(obs, seg, nseg)
 
-    def _clock(self, stages: list[_Stage]) -> dict[str, int]:
-        """Offsets (ns) per capture point, from segments whose every hop saw the response."""
-        dom_a: list[str] = []
-        dom_b: list[str] = []
-        fwd: list[I64] = []
-        back: list[I64] = []
+    def _clock(self, stages: list[_Stage]) -> tuple[dict[str, int], list[SegmentOrder | None]]:
+        """Offsets (ns) per capture point from segments whose every hop saw the response, and each
+        stage's clock-free ordering (reused when no offset applies)."""
+        names: dict[str, int] = {}
+        parts: list[tuple[I64, I64, I64, I64]] = []
         votes: dict[str, int] = {}
+        raws: list[SegmentOrder | None] = []
         for st in stages:
             if st.nseg == 0:
+                raws.append(None)
                 continue
             raw = order_segments(st.obs, st.seg, st.nseg, st.obs.t_req)
+            raws.append(raw)
             a, b = adjacent_pairs(raw, only_full=True)
-            names = st.obs.domains
-            dom_a += [names[d] for d in st.obs.domain[a].tolist()]
-            dom_b += [names[d] for d in st.obs.domain[b].tolist()]
-            fwd.append(st.obs.t_req[b] - st.obs.t_req[a])
-            back.append(st.obs.t_resp[a] - st.obs.t_resp[b])
-            firsts = np.bincount(st.obs.domain[raw.first()], minlength=len(names))
+            remap = np.array([names.setdefault(d, len(names)) for d in st.obs.domains] or [0], dtype=np.int64)
+            parts.append((remap[st.obs.domain[a]], remap[st.obs.domain[b]],
+                          st.obs.t_req[b] - st.obs.t_req[a], st.obs.t_resp[a] - st.obs.t_resp[b]))
+            firsts = np.bincount(st.obs.domain[raw.first()], minlength=len(st.obs.domains))
             for d, n in enumerate(firsts.tolist()):
-                votes[names[d]] = votes.get(names[d], 0) + n
-        if not dom_a:
-            return {}
-        evidence = clock.pair_evidence(dom_a, dom_b, np.concatenate(fwd), np.concatenate(back))
-        return clock.solve_offsets(evidence, votes, self.settings)
+                votes[st.obs.domains[d]] = votes.get(st.obs.domains[d], 0) + n
+        if not parts:
+            return {}, raws
+        cat = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+        evidence = clock.pair_evidence(list(names), cat[0], cat[1], cat[2], cat[3])
+        return clock.solve_offsets(evidence, votes, self.settings), raws
 
 
 def _times(obs: ObsTable, offsets: dict[str, int]) -> Times:
@@ -160,17 +164,22 @@ def _links(stage: _Stage, times: Times, settings: CorrelateSettings, stats: dict
 def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.SegmentView:
     cols = obs.batch.columns
     first, last = order.first(), order.last()
-    seg_of_row = np.full(len(obs), -1, np.int64)
-    seg_of_row[order.rows] = np.repeat(np.arange(len(order.starts)), order.ends - order.starts)
     ids: dict[str, list[str]] = {}
+    big = np.iinfo(np.int64).max
     for name in ("x_request_id", "traceparent", "b3_trace_id"):
-        values = [""] * len(order.starts)
-        column = cols[name]
-        for row in (i for i, v in enumerate(column) if v):
-            s = int(seg_of_row[row])
-            if s >= 0 and not values[s]:
-                v = str(column[row])
-                values[s] = proxy.trace_id_of_traceparent(v) if name == "traceparent" else v.lower()
+        column = np.asarray(cols[name], dtype=object)
+        present = (column != "")[order.rows]
+        if not present.any():
+            ids[name] = [""] * len(order.starts)
+            continue
+        pos = np.minimum.reduceat(np.where(present, np.arange(len(present)), big), order.starts)
+        found = pos != big
+        rows = order.rows[np.where(found, pos, 0)]
+        values = [str(column[r]) if f else "" for r, f in zip(rows.tolist(), found.tolist(), strict=True)]
+        if name == "traceparent":
+            values = [proxy.trace_id_of_traceparent(v) if v else "" for v in values]
+        else:
+            values = [v.lower() for v in values]
         ids[name] = values
     kinds = np.array([proxy.is_proxy_kind(k) for k in obs.label_kind] or [False])
     hosts = obs.label_host

@@ -101,7 +101,8 @@ def latest_flows(batch: Batch) -> Batch:
     if len(batch) == 0:
         return batch
     cols = batch.columns
-    pt = np.array([stable_hash64(p, i) for p, i in zip(cols["point"], cols["iface"], strict=True)],
+    index: dict[tuple[str, str], int] = {}
+    pt = np.array([index.setdefault(pair, len(index)) for pair in zip(cols["point"], cols["iface"], strict=True)],
                   dtype=np.uint64)
     fid = _u64(cols["flow_id"])
     order = np.lexsort((_u64(cols["end_ns"]), fid, pt))

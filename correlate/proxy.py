@@ -102,35 +102,44 @@ def _same_request(view: SegmentView, p: int, s: int) -> bool:
 
 def link_by_id(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
     """Link segments sharing a request id; returns the number of links made."""
-    n = len(view.method)
-    groups = _UnionFind(n)
+    groups = _UnionFind(len(view.method))
+    grouped: set[int] = set()
     for name, _ in _ID_KINDS:
-        first_with: dict[str, int] = {}
+        holders: dict[str, list[int]] = defaultdict(list)
         for s, value in enumerate(view.ids[name]):
             if value:
-                groups.union(s, first_with.setdefault(value, s))
+                holders[value].append(s)
+        for segs in holders.values():
+            if len(segs) > 1:
+                for s in segs[1:]:
+                    groups.union(s, segs[0])
+                grouped.update(segs)
     members: dict[int, list[int]] = defaultdict(list)
-    for s in range(n):
-        if any(view.ids[name][s] for name, _ in _ID_KINDS):
-            members[groups.find(s)].append(s)
-    slack = settings.nesting_slack_us * 1000
-    window = settings.proxy_id_window_us * 1000
+    for s in grouped:
+        members[groups.find(s)].append(s)
     made = 0
     for group in members.values():
-        if len(group) < 2:
-            continue
-        group.sort(key=lambda s: (int(view.req_first_ns[s]), s))
-        for i, s in enumerate(group):
-            for p in reversed(group[:i]):
-                if view.req_first_ns[s] - view.req_first_ns[p] > window:
-                    break
-                reason = _shared_id(view, p, s)
-                if reason is not None and _same_request(view, p, s) and _nests(view, p, s, slack):
-                    links.parent[s] = p
-                    links.reason[s] = reason.value
-                    links.confidence[s] = BASE_CONFIDENCE[reason]
-                    made += 1
-                    break
+        made += _chain_group(view, settings, group, links)
+    return made
+
+
+def _chain_group(view: SegmentView, settings: CorrelateSettings, group: list[int], links: Links) -> int:
+    """Within one id group, each segment's parent is the tightest earlier one enclosing it."""
+    slack = settings.nesting_slack_us * 1000
+    window = settings.proxy_id_window_us * 1000
+    group.sort(key=lambda s: (int(view.req_first_ns[s]), s))
+    made = 0
+    for i, s in enumerate(group):
+        for p in reversed(group[:i]):
+            if view.req_first_ns[s] - view.req_first_ns[p] > window:
+                break
+            reason = _shared_id(view, p, s)
+            if reason is not None and _same_request(view, p, s) and _nests(view, p, s, slack):
+                links.parent[s] = p
+                links.reason[s] = reason.value
+                links.confidence[s] = BASE_CONFIDENCE[reason]
+                made += 1
+                break
     return made
 
 
