@@ -84,7 +84,7 @@ class RingSettings:
     block_bytes: int = 1 << 20  # one kernel block (a multiple of the page size)
     block_count: int = 64  # ring = block_bytes * block_count
     frame_bytes: int = 1 << 11  # only checked by the kernel in V3 (block_bytes % frame_bytes == 0)
-    retire_ms: int = 10  # the kernel hands over a partly filled block after this long
+    retire_ms: int = 50  # the kernel hands over a partly filled block after this long (latency bound)
     snaplen: int = 262_144  # bytes kept per frame (the BPF filter's accept length)
     max_blocks_per_read: int = 16  # blocks joined into one RawBlock at most
 
@@ -98,6 +98,7 @@ class RingStats:
     freezes: int = 0  # times the queue froze (ring full)
     frames_read: int = 0  # frames handed to the decoder
     blocks_read: int = 0
+    wait_s: float = 0.0  # time spent waiting in poll() for the kernel to retire a block
 
 
 def compile_filter(expr: str, snaplen: int, linktype: int = LINKTYPE_ETHERNET) -> list[tuple[int, int, int, int]]:
@@ -223,7 +224,9 @@ class PacketRing:
         if words[self._next_block * block_words + _BLK_STATUS] & TP_STATUS_USER == 0:
             poller = select.poll()
             poller.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
+            waited = time.perf_counter()
             poller.poll(timeout_ms)
+            self.stats.wait_s += time.perf_counter() - waited
         ready: list[int] = []
         while len(ready) < s.max_blocks_per_read:
             index = (self._next_block + len(ready)) % s.block_count
@@ -353,6 +356,8 @@ class ProbeSummary:
     """What one run of the probe saw and sent."""
 
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time the probe's process used (user + system)
+    busy_s: float = 0.0  # wall time spent gathering, decoding, metering and parsing ready blocks
     kernel_packets: int = 0  # frames that passed the filter (kernel count)
     kernel_drops: int = 0  # frames the kernel dropped (ring full)
     kernel_freezes: int = 0
@@ -364,8 +369,9 @@ class ProbeSummary:
     l7: dict[str, int] = field(default_factory=dict)  # L7Stats
 
     @property
-    def frames_per_s(self) -> float:
-        return self.frames_read / self.elapsed_s if self.elapsed_s else 0.0
+    def frames_per_busy_s(self) -> float:
+        """Frames one core handles per second of work (the probe's capacity)."""
+        return self.frames_read / self.busy_s if self.busy_s else 0.0
 
 
 class LiveProbe:
@@ -381,7 +387,7 @@ class LiveProbe:
         self.tracker = L7Tracker(point, settings.l7_settings)
         self.feeder = BlockFeeder(self.tracker)
         self.summary = ProbeSummary()
-        self._flows: list[FlowRecord] = []
+        self._flows: list[Batch] = []
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -390,7 +396,7 @@ class LiveProbe:
 
     def run(self, max_seconds: float | None = None) -> ProbeSummary:
         s = self.settings
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         deadline = started + max_seconds if max_seconds else float("inf")
         next_publish = started + s.publish_interval_s
         next_report = started + s.report_interval_s
@@ -398,9 +404,11 @@ class LiveProbe:
         log.info("capturing on %s (point %s, netns %s, filter %r)", s.iface, s.point, s.netns or "-", s.bpf)
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
+                before, waited = time.perf_counter(), self.ring.stats.wait_s
                 raw = self.ring.read(s.read_timeout_ms)
                 if raw is not None:
                     self._process(raw)
+                    self.summary.busy_s += time.perf_counter() - before - (self.ring.stats.wait_s - waited)
                 now = time.monotonic()
                 if now >= next_publish:
                     self._publish(time.time_ns())
@@ -413,15 +421,22 @@ class LiveProbe:
             self.ring.close()
         self._final_flush()
         self.summary.elapsed_s = time.monotonic() - started
+        self.summary.cpu_s = time.process_time() - cpu_started
         self._update_summary()
         log.info("probe summary: %s", json.dumps(asdict(self.summary), sort_keys=True))
         return self.summary
 
     def _process(self, raw: RawBlock) -> None:
         block = self.decoder.decode(raw)
-        self._flows.extend(self.meter.process(block))
+        self._add_flows(self.meter.process(block))
         if self.settings.l7:
             self.feeder.feed(block)
+
+    def _add_flows(self, records: Batch | list[FlowRecord]) -> None:
+        """Keep the meter's output (a FlowRecord batch; a list from older meters) until published."""
+        batch = records if isinstance(records, Batch) else Batch.from_records(FlowRecord, records)
+        if len(batch):
+            self._flows.append(batch)
 
     def _drain(self) -> None:
         """Take what the kernel holds already (without waiting) before flushing."""
@@ -433,7 +448,7 @@ class LiveProbe:
 
     def _publish(self, now_ns: int) -> None:
         if self._flows:
-            flows = Batch.from_records(FlowRecord, self._flows)
+            flows = Batch.concat(self._flows)
             flows.columns["iface"] = [self.settings.iface] * len(flows)
             self.sink.publish(flows)
             self.summary.flow_records += len(flows)
@@ -446,7 +461,7 @@ class LiveProbe:
                 self.summary.request_records += len(requests)
 
     def _final_flush(self) -> None:
-        self._flows.extend(self.meter.flush())
+        self._add_flows(self.meter.flush())
         self.tracker.flush()
         self._publish(time.time_ns())
         self.sink.flush()
@@ -464,10 +479,10 @@ class LiveProbe:
         sm = self.summary
         conns, dns = self.tracker.tables_size()
         log.warning(
-            "probe %s: %.0f s, frames %d (%.0f/s), kernel drops %d, decode skips %s, flows %d (table %d, "
-            "evictions %d), requests %d (tcp table %d, dns pending %d, evictions %d)",
+            "probe %s: %.0f s, frames %d (%.0f/s), kernel drops %d, decode skips %s, flow records %d "
+            "(flows %d, evictions %d), requests %d (tcp table %d, dns pending %d, evictions %d)",
             self.settings.point, elapsed_s, sm.frames_read, sm.frames_read / max(elapsed_s, 1e-9),
-            sm.kernel_drops, sm.decode_skips or "none", sm.flow_records, len(self.meter.flows),
+            sm.kernel_drops, sm.decode_skips or "none", sm.flow_records, sm.meter.get("flows", 0),
             sm.meter.get("evictions", 0), sm.request_records, conns, dns,
             sm.l7["evicted_connections"] + sm.l7["evicted_dns_queries"],
         )  # fmt: skip

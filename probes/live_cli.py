@@ -53,11 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-l7", action="store_true", help="meter flows only, no HTTP/DNS parsing")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until signalled)")
     p.add_argument("--report-interval", type=float, default=10.0, help="seconds between status log lines")
+    p.add_argument("--ring-mb", type=int, default=64, help="capture ring size in MiB (1 MiB blocks)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hopscope.probes.live import FileSink, LiveProbe, ProbeSettings
+    from hopscope.probes.live import FileSink, LiveProbe, ProbeSettings, RingSettings
 
     if not args.kafka and not args.out:
         raise ConfigError("say where records go: --kafka BOOTSTRAP and/or --out FILE")
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         hop_kind=args.hop_kind,
         l7=not args.no_l7,
         report_interval_s=args.report_interval,
+        ring=RingSettings(block_count=max(2, args.ring_mb)),
         **({"host": args.host} if args.host else {}),
     )
     sink = _Fanout(sinks)
