@@ -101,10 +101,11 @@ class Lab:
         Any failure tears down what was built; from here to :meth:`down`, an atexit hook and
         SIGINT/SIGTERM handlers guarantee the teardown.
         """
-        check_prerequisites()
-        self.envoy_binary = services.find_envoy()
-        self.envoy_version = services.envoy_version(self.envoy_binary)  # type: ignore[arg-type]
         start = time.monotonic()
+        check_prerequisites()
+        envoy = services.find_envoy()
+        assert envoy is not None, "check_prerequisites() found it"
+        self.envoy_binary, self.envoy_version = envoy, services.envoy_version(envoy)
         self._install_guards()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._is_up = True
