@@ -57,11 +57,11 @@ class CaptureAnalyzer:
         self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points))  # type: ignore[arg-type]
         self.meter = FlowMeter(config, host=host, hop_kind=hop_kind)
 
-    def run(self) -> Iterator[tuple[PacketBlock, list[FlowRecord]]]:
+    def run(self) -> Iterator[tuple[PacketBlock, Batch]]:
         for raw in self.reader.blocks():
             block = self.decoder.decode(raw)
-            yield block, self.meter.process(block)
-        yield PacketBlock.empty(0), self.meter.flush()
+            yield block, self.meter.process_batch(block)
+        yield PacketBlock.empty(0), self.meter.flush_batch()
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {
@@ -83,8 +83,7 @@ def iter_capture(
 
     The last pair has an empty block and the records flushed at the end of the file.
     """
-    for block, records in CaptureAnalyzer(path, points, config).run():
-        yield block, Batch.from_records(FlowRecord, records)
+    yield from CaptureAnalyzer(path, points, config).run()
 
 
 def analyze_capture(
@@ -93,10 +92,12 @@ def analyze_capture(
 ) -> CaptureResult:  # fmt: skip
     """Read, decode and meter a whole file; ``keep_blocks`` keeps the decoded blocks (memory!)."""
     analyzer = CaptureAnalyzer(path, points, config, host=host, hop_kind=hop_kind)
-    records: list[FlowRecord] = []
+    batches: list[Batch] = []
     blocks: list[PacketBlock] = []
     for block, closed in analyzer.run():
-        records.extend(closed)
+        if len(closed):
+            batches.append(closed)
         if keep_blocks and block.count:
             blocks.append(block)
-    return CaptureResult(Batch.from_records(FlowRecord, records), blocks, analyzer.stats())
+    flows = Batch.concat(batches) if batches else Batch(FlowRecord, {}, 0)
+    return CaptureResult(flows, blocks, analyzer.stats())

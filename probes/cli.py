@@ -14,8 +14,10 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+import numpy as np
+
 from hopscope.errors import ConfigError
-from hopscope.records import FlowRecord
+from hopscope.records import Batch, FlowRecord, _as_list
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 TABLE_COLUMNS = (
@@ -54,24 +56,64 @@ def parse_points(values: Iterable[str]) -> dict[str, str]:
     return points
 
 
-def conn_row(rec: FlowRecord) -> dict[str, Any]:
-    """A flow record as a Zeek conn.log-style dict (Zeek names first, then hopscope's fields)."""
-    row: dict[str, Any] = {
-        "ts": rec.start_ns / 1e9,
-        "uid": f"{rec.flow_id:016x}",
-        "orig_h": rec.orig_h,
-        "orig_p": rec.orig_p,
-        "resp_h": rec.resp_h,
-        "resp_p": rec.resp_p,
-        "proto": PROTO_NAMES.get(rec.proto, str(rec.proto)),
-        "duration": (rec.end_ns - rec.start_ns) / 1e9,
+ZEEK_KEYS: tuple[str, ...] = (
+    "ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "duration", "orig_pkts", "resp_pkts",
+    "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes", "conn_state", "history", "community_id",
+)  # fmt: skip
+#: Text columns whose values never need JSON escaping (addresses, codes, base64).
+_SAFE_TEXT = frozenset(("orig_h", "resp_h", "conn_state", "history", "community_id", "close_type", "proto"))
+
+
+def row_keys() -> list[str]:
+    """Output keys in order: Zeek's conn.log names first, then the other FlowRecord fields."""
+    return [*ZEEK_KEYS, *(c.name for c in FlowRecord.columns() if c.name not in ZEEK_KEYS)]
+
+
+def _text(name: str, values: list[str]) -> list[str]:
+    if name in _SAFE_TEXT:
+        return ['"' + v + '"' for v in values]
+    cache = {v: json.dumps(v) for v in set(values)}
+    return [cache[v] for v in values]
+
+
+def batch_columns(batch: Batch) -> dict[str, list[Any]]:
+    """Output columns of a FlowRecord batch (Zeek names added), values ready for ``%`` formatting."""
+    cols = {name: _as_list(data) for name, data in batch.columns.items()}
+    start = cols["start_ns"]
+    out: dict[str, list[Any]] = {
+        "ts": [v / 1e9 for v in start],
+        "uid": [f'"{v:016x}"' for v in cols["flow_id"]],
+        "proto": [PROTO_NAMES.get(v, str(v)) for v in cols["proto"]],
+        "duration": [(e - s) / 1e9 for s, e in zip(start, cols["end_ns"], strict=True)],
     }
-    for name in ("orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
-                 "conn_state", "history", "community_id"):  # fmt: skip
-        row[name] = getattr(rec, name)
+    out["proto"] = _text("proto", out["proto"])
     for col in FlowRecord.columns():
-        row.setdefault(col.name, getattr(rec, col.name))
-    return row
+        if col.name in out:
+            continue
+        values = cols[col.name]
+        out[col.name] = _text(col.name, values) if col.type.is_text else values
+    return out
+
+
+def jsonl_lines(batch: Batch) -> list[str]:
+    """One JSON object per record (``conn_row`` order), built column-wise."""
+    if not len(batch):
+        return []
+    keys = row_keys()
+    cols = batch_columns(batch)
+    float_keys = {"ts", "duration"}
+    text_keys = {"uid", "proto"} | {c.name for c in FlowRecord.columns() if c.type.is_text}
+    parts = []
+    for k in keys:
+        spec = "%.6f" if k in float_keys else "%s" if k in text_keys else "%d"
+        parts.append(f'"{k}":{spec}')
+    template = "{" + ",".join(parts) + "}\n"
+    return [template % row for row in zip(*(cols[k] for k in keys), strict=True)]
+
+
+def conn_row(batch: Batch, i: int) -> dict[str, Any]:
+    """Record ``i`` of a FlowRecord batch as a conn.log-style dict (for the table and for tests)."""
+    return dict(json.loads(jsonl_lines(batch.slice(i, i + 1))[0]))
 
 
 def write_table(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
@@ -96,14 +138,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
     table_rows: list[dict[str, Any]] = []
-    for _block, records in analyzer.run():
-        for rec in records:
-            if not rec.final and not args.interim:
-                continue
-            row = conn_row(rec)
-            if args.format == "jsonl":
-                out.write(json.dumps(row, separators=(",", ":")) + "\n")
-            else:
-                table_rows.append(row)
+    for _block, batch in analyzer.run():
+        if not len(batch):
+            continue
+        if not args.interim:
+            batch = batch.take(np.flatnonzero(batch.columns["final"]))
+        if args.format == "jsonl":
+            out.writelines(jsonl_lines(batch))
+        else:
+            table_rows.extend(json.loads(line) for line in jsonl_lines(batch))
     if args.format == "table":
         write_table(table_rows, out)

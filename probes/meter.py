@@ -30,17 +30,20 @@ ACKs and retransmissions are counted), after ``idle_timeout_s`` without packets,
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from hopscope.probes import tcpstate
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_id
-from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, format_addr
-from hopscope.records import FlowRecord
+from hopscope.probes.flowtable import NO_SEQ, STAT_NAMES, FlowTable
+from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.tcpstate import TcpConn
+from hopscope.records import Batch, FlowRecord
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -83,249 +86,201 @@ class MeterConfig:
     sweep_every_s: float = 1.0  # how often (capture time) idle/linger/interim checks run
 
 
-class Flow:
-    """Mutable state of one flow in the table (internal to the meter)."""
-
-    __slots__ = (
-        "close_reason",
-        "closed_ns",
-        "community_id",
-        "end_ns",
-        "first_seq",
-        "flipped",
-        "flow_id",
-        "hist",
-        "hop_ip_id",
-        "icmp_code",
-        "icmp_type",
-        "ip_version",
-        "key",
-        "last_report_ns",
-        "max_end",
-        "orig_ep",
-        "orig_h",
-        "orig_p",
-        "payload_hash",
-        "point",
-        "proto",
-        "resp_h",
-        "resp_p",
-        "rtt_client_us",
-        "rtt_server_us",
-        "seq_base",
-        "start_ns",
-        "stats",
-        "stats_flags",
-        "syn_ns",
-        "syn_seq",
-        "synack_ns",
-        "synack_seq",
-        "tcp",
-        "tunnel",
-        "vlan",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.tcp: tcpstate.TcpConn | None = None
-        self.flipped = False
-        self.closed_ns = 0
-        self.close_reason = ""
-        self.syn_seq = self.synack_seq = self.hop_ip_id = 0
-        self.syn_ns = self.synack_ns = 0
-        self.rtt_client_us = self.rtt_server_us = 0
-        self.first_seq: list[int] = [-1, -1]  # per direction (0 orig, 1 resp): first seq seen
-        self.seq_base: list[int] = [-1, -1]  # per direction: seq that relative numbering starts at
-        self.max_end: list[int] = [-(1 << 62), -(1 << 62)]  # per direction: highest relative seq end
-        self.payload_hash = [0, 0]
-        # counters: orig_pkts, resp_pkts, orig_bytes, resp_bytes, orig_ip, resp_ip, retrans o/r,
-        # ooo o/r, zero window o/r
-        self.stats = [0] * 12
-        self.last_report_ns = 0
-        self.hist: list[str] = []  # UDP history letters (TCP keeps its own in ``tcp``)
-        self.stats_flags = 0
-        self.community_id = ""
-
-
-_STAT_NAMES: Final = (
-    "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
-    "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win",
-    "resp_zero_win",
-)  # fmt: skip
+PerRow = tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
 
 
 class FlowMeter:
-    """Meters flows of ``PacketBlock``s; ``process`` returns the records that became due.
+    """Meters flows of ``PacketBlock``s; ``process`` returns a ``FlowRecord`` batch of the records due.
 
-    ``counters`` (a ``Counter``) exposes packets metered, flows created, records emitted, evictions and
-    reused 5-tuples.
+    ``counters`` exposes packets metered, flows created, records emitted (final and interim),
+    evictions and reused tuples.
     """
 
     def __init__(self, config: MeterConfig | None = None, host: str = "", hop_kind: str = "") -> None:
         self.config = config or MeterConfig()
         self.host = host
         self.hop_kind = hop_kind
-        self.flows: dict[int, Flow] = {}
-        self.closing: dict[int, Flow] = {}
+        self.table = FlowTable()
+        self.index: dict[int, int] = {}  # flow key -> slot
+        self.point_names: list[str] = []
+        self.tunnel_names: list[str] = [""]
+        self._name_ids: dict[tuple[int, str], int] = {(1, ""): 0}
+        self._name_hash: dict[str, int] = {}
         self.counters: Counter[str] = Counter()
-        self._pending: list[FlowRecord] = []
+        self._pending: list[Batch] = []
+        self._closing: set[int] = set()
+        self._retiring: list[int] = []
+        self._addr_text: dict[tuple[int, int], tuple[str, bytes]] = {}
         self._now_ns = 0
         self._next_sweep_ns = 0
-        self._retiring: list[Flow] = []
 
     # --- the per-block pipeline ---------------------------------------------------------------
 
     def process(self, block: PacketBlock) -> list[FlowRecord]:
+        """``process_batch`` returning ``FlowRecord`` objects (slower: prefer the batch form)."""
+        return list(self.process_batch(block).records())  # type: ignore[arg-type]
+
+    def flush(self) -> list[FlowRecord]:
+        """``flush_batch`` returning ``FlowRecord`` objects."""
+        return list(self.flush_batch().records())  # type: ignore[arg-type]
+
+    def process_batch(self, block: PacketBlock) -> Batch:
         """Meter the ok rows of ``block`` (filling its ``flow_id``/``from_orig``); return due records."""
         rows = np.flatnonzero(block.ok)
         if len(rows):
             self._meter(block, rows)
-        if block.count:
-            self._now_ns = max(self._now_ns, int(block.ts_ns.max()))
+            self._now_ns = max(self._now_ns, int(block.ts_ns[rows].max()))
         if self._now_ns >= self._next_sweep_ns:
             self._sweep()
             self._next_sweep_ns = self._now_ns + int(self.config.sweep_every_s * _NS)
-        out, self._pending = self._pending, []
-        return out
+        return self._take_pending()
 
-    def flush(self) -> list[FlowRecord]:
+    def flush_batch(self) -> Batch:
         """Emit a final record for every flow still in the table (end of capture)."""
-        for flow in list(self.flows.values()):
-            self._finish(flow, "" if flow.closed_ns else "unfinished")
-        out, self._pending = self._pending, []
-        return out
+        slots = np.flatnonzero(self.table.cols["key"] != 0)
+        closed = self.table.cols["closed_ns"][slots] != 0
+        self._finish(slots[closed], "")
+        self._finish(slots[~closed], "unfinished")
+        return self._take_pending()
+
+    def _take_pending(self) -> Batch:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return Batch(FlowRecord, {}, 0)
+        return pending[0] if len(pending) == 1 else Batch.concat(pending)
 
     def _meter(self, block: PacketBlock, rows: I64) -> None:
-        key, src_ep = self._keys(block, rows)
+        key, src_ep, dst_ep = self._keys(block, rows)
         order = np.argsort(key, kind="stable")
-        rows, key, src_ep = rows[order], key[order], src_ep[order]
+        rows, key, src_ep, dst_ep = rows[order], key[order], src_ep[order], dst_ep[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(rows)]))
-        flows = self._lookup(block, rows, key, src_ep, starts)
-        orig_ep = np.array([f.orig_ep for f in flows], np.uint64)
-        from_orig = src_ep == orig_ep[group]
-        rtx, ooo, zw, letters = self._seq_analysis(block, rows, from_orig, group, flows)
-        seg_flows, seg = self._events(
-            block, rows, from_orig, src_ep, starts, group, flows, letters, (rtx, ooo, zw)
-        )
-        self._counters(block, rows, from_orig, seg, seg_flows, (rtx, ooo, zw))
-        block.flow_id[rows] = np.array([f.flow_id for f in seg_flows], np.uint64)[seg]
+        slots = self._lookup(block, rows, key, src_ep, dst_ep, starts)
+        from_orig = src_ep == self.table.cols["orig_ep"][slots][group]
+        per_row, letters = self._seq_analysis(block, rows, from_orig, group, slots)
+        seg_slots, seg = self._events(block, rows, from_orig, src_ep, starts, group, slots, letters, per_row)
+        self._counters(block, rows, from_orig, seg, seg_slots, per_row)
+        block.flow_id[rows] = self.table.cols["flow_id"][seg_slots][seg]
         block.from_orig[rows] = from_orig
         self.counters["packets"] += len(rows)
-        for old in self._retiring:
-            self._finish(old, "")
-        self._retiring.clear()
-        if len(self.flows) > self.config.max_flows:
+        if self._retiring:
+            retiring, self._retiring = np.array(self._retiring, np.int64), []
+            self._finish(retiring, "")
+        if self.table.used > self.config.max_flows:
             self._evict()
 
-    def _keys(self, block: PacketBlock, rows: I64) -> tuple[U64, U64]:
-        """Direction-normalised flow key and the source endpoint's hash, per row."""
+    def _name_id(self, kind: int, name: str) -> int:
+        """Meter-wide id of a point name (kind 0) or tunnel description (kind 1)."""
+        key = (kind, name)
+        nid = self._name_ids.get(key)
+        if nid is None:
+            names = self.point_names if kind == 0 else self.tunnel_names
+            nid = len(names)
+            names.append(name)
+            self._name_ids[key] = nid
+        return nid
+
+    def _stable_hash(self, text: str) -> int:
+        value = self._name_hash.get(text)
+        if value is None:
+            value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            self._name_hash[text] = value
+        return value
+
+    def _keys(self, block: PacketBlock, rows: I64) -> tuple[U64, U64, U64]:
+        """Direction-normalised flow key, source and destination endpoint hashes, per row."""
         proto = block.proto[rows].astype(np.int64)
-        sp = block.sport[rows].astype(np.int64)
+        sp = block.sport[rows].astype(np.uint64)
         dp = block.dport[rows].astype(np.int64)
         for number, (counterpart, two_way) in ((ICMP, _ICMP4), (ICMP6, _ICMP6)):
             icmp = np.flatnonzero(proto == number)
             if len(icmp):
-                t = sp[icmp]
-                dp[icmp] = np.where(two_way[t & 255], counterpart[t & 255], dp[icmp])
-        ea = _mix(_mix(block.src_hi[rows] ^ _GOLD) ^ block.src_lo[rows]) ^ _mix(sp.astype(np.uint64) + _GOLD)
+                t = sp[icmp].astype(np.int64) & 255
+                dp[icmp] = np.where(two_way[t], counterpart[t], dp[icmp])
+        ea = _mix(_mix(block.src_hi[rows] ^ _GOLD) ^ block.src_lo[rows]) ^ _mix(sp + _GOLD)
         eb = _mix(_mix(block.dst_hi[rows] ^ _GOLD) ^ block.dst_lo[rows]) ^ _mix(dp.astype(np.uint64) + _GOLD)
-        tun = np.array([hash(t) & 0xFFFFFFFF for t in block.tunnels], np.uint64)[block.tunnel[rows]]
-        ctx = (
-            proto.astype(np.uint64) << np.uint64(56)
-            | block.point[rows].astype(np.uint64) << np.uint64(40)
-            | block.vlan[rows].astype(np.uint64) << np.uint64(24)
-        ) ^ _mix(tun)
+        tun = np.array([self._stable_hash(t) for t in block.tunnels], np.uint64)[block.tunnel[rows]]
+        pts = np.array([self._stable_hash(p) for p in block.point_names], np.uint64)[block.point[rows]]
+        ctx = (proto.astype(np.uint64) << np.uint64(56) | block.vlan[rows].astype(np.uint64) << np.uint64(24))
+        ctx = ctx ^ _mix(tun) ^ _mix(pts + _GOLD)
         lo, hi = np.minimum(ea, eb), np.maximum(ea, eb)
         key = _mix(_mix(lo ^ _mix(ctx)) + hi)
         key[key == 0] = 1
-        return key, ea
+        return key, ea, eb
 
-    def _lookup(self, block: PacketBlock, rows: I64, key: U64, src_ep: U64, starts: I64) -> list[Flow]:
-        """The flow of every group (created on its first packet)."""
-        flows: list[Flow] = []
-        table = self.flows
-        for g, k in enumerate(key[starts].tolist()):
-            flow = table.get(k)
-            if flow is None:
-                flow = self._new_flow(block, int(rows[starts[g]]), k)
-                table[k] = flow
-            flows.append(flow)
-        return flows
+    def _lookup(self, block: PacketBlock, rows: I64, key: U64, src_ep: U64, dst_ep: U64, starts: I64) -> I64:
+        """The slot of every group's flow (flows created for groups not in the table)."""
+        keys = key[starts].tolist()
+        get = self.index.get
+        slots = np.array([get(k, -1) for k in keys], np.int64)
+        new = np.flatnonzero(slots < 0)
+        if len(new):
+            first = starts[new]
+            created = self._create(block, rows[first], key[first], src_ep[first], dst_ep[first])
+            slots[new] = created
+            self.index.update(zip([keys[g] for g in new.tolist()], created.tolist(), strict=True))
+        return slots
 
-    def _new_flow(self, block: PacketBlock, i: int, key: int, force_orig: bool | None = None) -> Flow:
-        f = Flow()
-        f.key = key
-        f.proto = int(block.proto[i])
-        f.ip_version = int(block.ip_version[i])
-        f.point = block.point_names[int(block.point[i])]
-        f.vlan = int(block.vlan[i])
-        f.tunnel = block.tunnels[int(block.tunnel[i])]
-        f.start_ns = f.end_ns = f.last_report_ns = int(block.ts_ns[i])
-        flags = int(block.tcp_flags[i])
-        flip = f.proto == TCP and flags & (SYN | ACK | RST) == SYN | ACK
-        if force_orig is not None:
-            flip = not force_orig
-        f.flipped = flip and force_orig is None
-        src = (int(block.src_hi[i]), int(block.src_lo[i]))
-        dst = (int(block.dst_hi[i]), int(block.dst_lo[i]))
-        sp, dp = int(block.sport[i]), int(block.dport[i])
-        if f.proto in (ICMP, ICMP6):
-            f.orig_h, f.resp_h, f.orig_p, f.resp_p = src, dst, sp, dp  # Zeek: orig_p type, resp_p code
-        elif flip:
-            f.orig_h, f.resp_h, f.orig_p, f.resp_p = dst, src, dp, sp
-        else:
-            f.orig_h, f.resp_h, f.orig_p, f.resp_p = src, dst, sp, dp
-        f.orig_ep = self._endpoint_hash(block, i, use_dst=flip)
-        if f.proto == TCP:
-            f.tcp = tcpstate.TcpConn()
-        digest = hashlib.blake2b(
-            f"{f.point}|{f.vlan}|{f.tunnel}|{f.proto}|{f.orig_h}|{f.orig_p}|{f.resp_h}|{f.resp_p}|{f.start_ns}"
-            .encode(), digest_size=8,
-        ).digest()  # fmt: skip
-        f.flow_id = int.from_bytes(digest, "big") or 1
-        self.counters["flows"] += 1
-        return f
-
-    @staticmethod
-    def _endpoint_hash(block: PacketBlock, i: int, use_dst: bool) -> int:
-        rows = np.array([i])
-        sp = block.sport[rows].astype(np.int64)
-        dp = block.dport[rows].astype(np.int64)
-        proto = int(block.proto[i])
-        if proto in (ICMP, ICMP6):
-            counterpart, two_way = _ICMP4 if proto == ICMP else _ICMP6
-            t = int(sp[0]) & 255
-            if two_way[t]:
-                dp[0] = counterpart[t]
-        if use_dst:
-            hi, lo, port = block.dst_hi[rows], block.dst_lo[rows], dp
-        else:
-            hi, lo, port = block.src_hi[rows], block.src_lo[rows], sp
-        return int((_mix(_mix(hi ^ _GOLD) ^ lo) ^ _mix(port.astype(np.uint64) + _GOLD))[0])
+    def _create(
+        self, block: PacketBlock, first: I64, keys: U64, src_ep: U64, dst_ep: U64, keep_direction: bool = False
+    ) -> I64:
+        """New flows whose first packets are rows ``first``; returns their slots."""
+        n = len(first)
+        slots = self.table.alloc(n)
+        c = self.table.cols
+        proto = block.proto[first].astype(np.int64)
+        flags = block.tcp_flags[first].astype(np.int64)
+        flip = (proto == TCP) & ((flags & (SYN | ACK | RST)) == (SYN | ACK))
+        if keep_direction:
+            flip[:] = False
+        ts = block.ts_ns[first]
+        pmap = np.array([self._name_id(0, p) for p in block.point_names], np.int64)
+        tmap = np.array([self._name_id(1, t) for t in block.tunnels], np.int64)
+        c["key"][slots] = keys
+        c["flow_id"][slots] = _mix(keys ^ _mix(ts.astype(np.uint64))) | np.uint64(1)
+        c["start_ns"][slots] = ts
+        c["end_ns"][slots] = ts
+        c["last_report_ns"][slots] = ts
+        c["proto"][slots] = proto
+        c["ip_version"][slots] = block.ip_version[first]
+        c["vlan"][slots] = block.vlan[first]
+        c["point"][slots] = pmap[block.point[first]]
+        c["tunnel"][slots] = tmap[block.tunnel[first]]
+        for ours, name in (("orig", "src"), ("resp", "dst")):
+            other = "dst" if name == "src" else "src"
+            c[f"{ours}_hi"][slots] = np.where(flip, getattr(block, f"{other}_hi")[first],
+                                              getattr(block, f"{name}_hi")[first])  # fmt: skip
+            c[f"{ours}_lo"][slots] = np.where(flip, getattr(block, f"{other}_lo")[first],
+                                              getattr(block, f"{name}_lo")[first])  # fmt: skip
+        sport, dport = block.sport[first].astype(np.int64), block.dport[first].astype(np.int64)
+        c["orig_p"][slots] = np.where(flip, dport, sport)
+        c["resp_p"][slots] = np.where(flip, sport, dport)
+        c["orig_ep"][slots] = np.where(flip, dst_ep, src_ep)
+        c["flipped"][slots] = flip
+        self.counters["flows"] += n
+        return slots
 
     # --- TCP sequence analysis (vectorised) -----------------------------------------------------
 
     def _seq_analysis(
-        self, block: PacketBlock, rows: I64, from_orig: npt.NDArray[np.bool_], group: I64, flows: list[Flow]
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_], I64]:
-        """Per row: retransmission, out-of-order, zero window, and history letter code (1 W, 2 T, 3 both).
+        self, block: PacketBlock, rows: I64, from_orig: npt.NDArray[np.bool_], group: I64, slots: I64
+    ) -> tuple[PerRow, I64]:
+        """Per row: (retransmission, out-of-order, zero window) masks and history letter code (1 W, 2 T).
 
-        Runs per (flow, direction) over the rows in capture order, continuing the state kept on each
-        flow from earlier blocks (sequence base, highest sequence end, T/W counts).
+        Runs per (flow, direction) over the rows in capture order, continuing the state kept in the
+        table from earlier blocks (sequence base, highest sequence end, T/W counts).
         """
         n = len(rows)
-        rtx = np.zeros(n, np.bool_)
-        ooo = np.zeros(n, np.bool_)
-        zw = np.zeros(n, np.bool_)
-        letters = np.zeros(n, np.int64)
+        rtx, ooo, letters = np.zeros(n, np.bool_), np.zeros(n, np.bool_), np.zeros(n, np.int64)
         is_tcp = block.proto[rows] == TCP
         if not is_tcp.any():
-            return rtx, ooo, zw, letters
+            return (rtx, ooo, np.zeros(n, np.bool_)), letters
         flags = block.tcp_flags[rows].astype(np.int64)
         seq = block.seq[rows].astype(np.int64)
         plen = block.payload_len[rows].astype(np.int64)
         rst = (flags & RST) != 0
         zw = is_tcp & (block.window[rows] == 0) & ~rst
+        seq_base, max_end, stats = self.table.cols["seq_base"], self.table.cols["max_end"], self.table.stats
         for d in (0, 1):
             idx = np.flatnonzero(is_tcp & (from_orig if d == 0 else ~from_orig))
             if len(idx) == 0:
@@ -333,40 +288,34 @@ class FlowMeter:
             g = group[idx]
             first = np.r_[True, g[1:] != g[:-1]]
             run = np.cumsum(first) - 1
-            run_groups = g[first]
-            base = np.array([flows[x].seq_base[d] for x in run_groups.tolist()], np.int64)
+            run_slots = slots[g[first]]
+            base = seq_base[run_slots, d]
             base = np.where(base < 0, seq[idx][first], base)
-            init = np.array([flows[x].max_end[d] for x in run_groups.tolist()], np.int64)
+            init = max_end[run_slots, d]
             rel = ((seq[idx] - base[run] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
             seglen = np.where(rst[idx], 0, plen[idx]) + ((flags[idx] & SYN) != 0) + ((flags[idx] & FIN) != 0)
             end = np.where(rst[idx], -(1 << 40), rel + seglen)
             big = np.int64(1 << 42)
             cm = np.maximum.accumulate(end + run * big) - run * big
-            prev = np.r_[-(1 << 62), cm[:-1]]
-            prev = np.where(first, -(1 << 62), prev)
+            prev = np.where(first, NO_SEQ, np.r_[NO_SEQ, cm[:-1]])
             prev = np.maximum(prev, init[run])
-            has_data = (plen[idx] > 0) & ~rst[idx]
-            started = prev > -(1 << 41)
-            rtx[idx] = has_data & started & (end <= prev)
-            ooo[idx] = has_data & started & (rel > prev)
+            data = (plen[idx] > 0) & ~rst[idx] & (prev > -(1 << 41))
+            rtx[idx] = data & (end <= prev)
+            ooo[idx] = data & (rel > prev)
             last = np.r_[np.flatnonzero(first)[1:] - 1, len(idx) - 1]
-            new_max = np.maximum(cm[last], init)
-            counts_r = np.array([flows[x].stats[6 + d] for x in run_groups.tolist()], np.int64)
-            counts_z = np.array([flows[x].stats[10 + d] for x in run_groups.tolist()], np.int64)
-            letters[idx] |= _scaled_marks(zw[idx], run, counts_z) * 1
-            letters[idx] |= _scaled_marks(rtx[idx], run, counts_r) * 2
-            for x, b, m in zip(run_groups.tolist(), base.tolist(), new_max.tolist(), strict=True):
-                flows[x].seq_base[d] = b
-                flows[x].max_end[d] = m
-        return rtx, ooo, zw, letters
+            seq_base[run_slots, d] = base
+            max_end[run_slots, d] = np.maximum(cm[last], init)
+            letters[idx] |= _scaled_marks(zw[idx], run, stats[run_slots, 10 + d]) * 1
+            letters[idx] |= _scaled_marks(rtx[idx], run, stats[run_slots, 6 + d]) * 2
+        return (rtx, ooo, zw), letters
 
     # --- events: state machine, handshake, payload hashes ---------------------------------------
 
     def _events(
         self, block: PacketBlock, rows: I64, from_orig: npt.NDArray[np.bool_], src_ep: U64, starts: I64,
-        group: I64, flows: list[Flow], letters: I64, per_row: tuple[npt.NDArray[np.bool_], ...],
-    ) -> tuple[list[Flow], I64]:  # fmt: skip
-        """Run the per-packet state over the rows that matter; returns (flow per segment, segment per row)."""
+        group: I64, slots: I64, letters: I64, per_row: PerRow,
+    ) -> tuple[I64, I64]:  # fmt: skip
+        """Run the per-packet state over the rows that matter; returns (slot per segment, segment per row)."""
         n = len(rows)
         flags = block.tcp_flags[rows].astype(np.int64)
         plen = block.payload_len[rows].astype(np.int64)
@@ -375,134 +324,133 @@ class FlowMeter:
         interesting = control | (letters != 0)
         plain = ~control
         for d_mask in (from_orig, ~from_orig):
-            for cat in (d_mask, d_mask & plain & (plen > 0), d_mask & plain & (plen == 0) & is_tcp):
+            for cat in (d_mask & is_tcp, d_mask & plain & (plen > 0), d_mask & plain & (plen == 0) & is_tcp):
                 idx = np.flatnonzero(cat)
                 if len(idx):
                     g = group[idx]
                     interesting[idx[np.r_[True, g[1:] != g[:-1]]]] = True
         seg = group.copy()
-        seg_flows = list(flows)
+        seg_slots = slots.tolist()
         ev = np.flatnonzero(interesting)
+        ev_rows = rows[ev]
         cols = zip(
             ev.tolist(), group[ev].tolist(), from_orig[ev].tolist(), flags[ev].tolist(),
-            block.seq[rows[ev]].tolist(), plen[ev].tolist(), block.ts_ns[rows[ev]].tolist(),
-            letters[ev].tolist(), strict=True,
+            block.seq[ev_rows].tolist(), plen[ev].tolist(), block.ts_ns[ev_rows].tolist(),
+            letters[ev].tolist(), is_tcp[ev].tolist(), ev_rows.tolist(), strict=True,
         )  # fmt: skip
         walked: set[int] = set()
         ends = np.r_[starts[1:], n]
-        for p, g, fo, fl, sq, ln, ts, lt in cols:
+        tcp_states = self.table.tcp
+        for p, g, fo, fl, sq, ln, ts, lt, tcp, i in cols:
             if g in walked:
                 continue
-            flow = seg_flows[g]
-            if self._is_reuse(flow, fo, fl, sq):
-                walked.add(g)
-                self._walk(block, rows, p, int(ends[g]), src_ep, from_orig, seg, seg_flows, per_row)
+            slot = seg_slots[g]
+            if not tcp:
+                if ln:
+                    self._first_data(block, slot, i, fo)
                 continue
-            self._event(flow, block, int(rows[p]), fo, fl, sq, ln, ts, lt)
-        return seg_flows, seg
+            st = tcp_states[slot]
+            if st is None:
+                st = tcp_states[slot] = TcpConn()
+            elif fl & (SYN | ACK) == SYN and _is_reuse(st, sq):
+                walked.add(g)
+                self._walk(block, rows, p, int(ends[g]), src_ep, from_orig, seg, seg_slots, per_row)
+                continue
+            self._tcp_event(slot, st, block, i, fo, fl, sq, ln, ts, lt)
+        return np.array(seg_slots, np.int64), seg
 
-    @staticmethod
-    def _is_reuse(flow: Flow, from_orig: bool, flags: int, seq: int) -> bool:
-        """Zeek's reuse rule: a pure SYN whose ISN differs from the originator's starts a new connection."""
-        if flow.tcp is None or flags & (SYN | ACK) != SYN or (flow.first_seq[0] < 0 and flow.first_seq[1] < 0):
-            return False
-        if flow.syn_seq:
-            orig_start = flow.syn_seq
-        elif flow.first_seq[0] >= 0:
-            orig_start = (flow.first_seq[0] - 1) & 0xFFFFFFFF
-        else:
-            orig_start = 0
-        return seq != orig_start
+    def _first_data(self, block: PacketBlock, slot: int, i: int, fo: bool) -> None:
+        """The first payload of a non-TCP flow in one direction: payload hash and UDP history letter."""
+        d = 0 if fo else 1
+        hashes = self.table.payload_hash[slot]
+        if hashes[d]:
+            return
+        hashes[d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes]) or 1
+        if block.proto[i] == UDP:
+            self.table.udp_history[slot] += "D" if fo else "d"
 
-    def _event(
-        self, flow: Flow, block: PacketBlock, i: int, fo: bool, flags: int, seq: int, length: int, ts: int,
-        letters: int,
+    def _tcp_event(
+        self, slot: int, st: TcpConn, block: PacketBlock, i: int, fo: bool, flags: int, seq: int,
+        length: int, ts: int, letters: int,
     ) -> None:  # fmt: skip
         d = 0 if fo else 1
-        if flow.first_seq[d] < 0:
-            flow.first_seq[d] = seq
-        if length and not flow.payload_hash[d] and block.payload_caplen[i]:
-            flow.payload_hash[d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
-        tcp = flow.tcp
-        if tcp is None:
-            if length and flow.proto == UDP:
-                bit = 1 << d
-                if not flow.stats_flags & bit:
-                    flow.stats_flags |= bit
-                    flow.hist.append("D" if fo else "d")
-            return
-        was_closed = tcp.closed
-        tcp.packet(fo, flags, seq, length)
+        if st.first_seq[d] < 0:
+            st.first_seq[d] = seq
+        if length and not flags & RST:
+            hashes = self.table.payload_hash[slot]
+            if not hashes[d] and block.payload_caplen[i]:
+                hashes[d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
+        was_closed = st.closed
+        st.packet(fo, flags, seq, length)
         if letters & 1:
-            tcp.add(fo, "W")
+            st.add(fo, "W")
         if letters & 2:
-            tcp.add(fo, "T")
-        self._handshake(flow, block, i, fo, flags, seq, ts)
-        if tcp.closed and not was_closed:
-            flow.closed_ns = ts
-            self.closing[flow.key] = flow
-
-    @staticmethod
-    def _handshake(flow: Flow, block: PacketBlock, i: int, fo: bool, flags: int, seq: int, ts: int) -> None:
-        if flags & (SYN | ACK | RST | FIN) == SYN and fo:
-            if not flow.syn_seq:
-                flow.syn_seq = seq
-                flow.hop_ip_id = int(block.ip_id[i])
-            flow.syn_ns = ts
-        elif flags & (SYN | ACK | RST) == SYN | ACK and not fo:
-            if not flow.synack_seq:
-                flow.synack_seq = seq
-                flow.synack_ns = ts
-                if flow.syn_ns:
-                    flow.rtt_server_us = max((ts - flow.syn_ns) // 1000, 0)
-        elif fo and flags & ACK and not flags & SYN and flow.synack_ns and not flow.rtt_client_us:
-            flow.rtt_client_us = max((ts - flow.synack_ns) // 1000, 1)
+            st.add(fo, "T")
+        if flags & (SYN | ACK | RST | FIN) == SYN:
+            if fo:
+                if not st.syn_seq:
+                    st.syn_seq, st.syn_ip_id = seq, int(block.ip_id[i])
+                st.syn_ns = ts
+        elif flags & (SYN | ACK | RST) == SYN | ACK:
+            if not fo and not st.synack_seq:
+                st.synack_seq, st.synack_ns = seq, ts
+                if st.syn_ns:
+                    st.rtt_server_us = max((ts - st.syn_ns) // 1000, 0)
+        elif fo and flags & ACK and st.synack_ns and not st.rtt_client_us:
+            st.rtt_client_us = max((ts - st.synack_ns) // 1000, 1)
+        if not was_closed and st.closed:
+            self.table.cols["closed_ns"][slot] = ts
+            self._closing.add(slot)
 
     def _walk(
         self, block: PacketBlock, rows: I64, p: int, end: int, src_ep: U64, from_orig: npt.NDArray[np.bool_],
-        seg: I64, seg_flows: list[Flow], per_row: tuple[npt.NDArray[np.bool_], ...],
+        seg: I64, seg_slots: list[int], per_row: PerRow,
     ) -> None:  # fmt: skip
         """Slow path after a reused 5-tuple: every remaining packet of the group, one by one."""
-        rtx, ooo, zw = per_row
-        flow = seg_flows[int(seg[p])]
+        slot = seg_slots[int(seg[p])]
+        key = int(self.table.cols["key"][slot])
         counts = [[0, 0], [0, 0]]  # per direction: retransmissions, zero windows
         for q in range(p, end):
             i = int(rows[q])
             flags, seq, length = int(block.tcp_flags[i]), int(block.seq[i]), int(block.payload_len[i])
-            if q == p or self._is_reuse(flow, bool(from_orig[q]), flags, seq):
-                self._retire(flow)
-                flow = self._new_flow(block, i, flow.key, force_orig=True)
-                self.flows[flow.key] = flow
-                seg_flows.append(flow)
+            st = self.table.tcp[slot]
+            if q == p or (flags & (SYN | ACK) == SYN and st is not None and _is_reuse(st, seq)):
+                self._retiring.append(slot)
+                one = np.array([i], np.int64)
+                slot = int(self._create(block, one, np.array([key], np.uint64), src_ep[q : q + 1],
+                                        src_ep[q : q + 1], keep_direction=True)[0])  # fmt: skip
+                self.index[key] = slot
+                self.table.tcp[slot] = st = TcpConn()
+                seg_slots.append(slot)
                 counts = [[0, 0], [0, 0]]
                 self.counters["reused_tuples"] += 1
-            seg[q] = len(seg_flows) - 1
-            fo = bool(src_ep[q] == np.uint64(flow.orig_ep))
+            assert st is not None
+            seg[q] = len(seg_slots) - 1
+            fo = bool(src_ep[q] == self.table.cols["orig_ep"][slot])
             from_orig[q] = fo
-            letters = self._walk_seq(flow, block, i, fo, flags, seq, length, counts, (rtx, ooo, zw), q)
-            self._event(flow, block, i, fo, flags, seq, length, int(block.ts_ns[i]), letters)
+            letters = self._walk_seq(slot, block, i, fo, flags, seq, length, counts, per_row, q)
+            self._tcp_event(slot, st, block, i, fo, flags, seq, length, int(block.ts_ns[i]), letters)
 
-    @staticmethod
     def _walk_seq(
-        flow: Flow, block: PacketBlock, i: int, fo: bool, flags: int, seq: int, length: int,
-        counts: list[list[int]], per_row: tuple[npt.NDArray[np.bool_], ...], q: int,
+        self, slot: int, block: PacketBlock, i: int, fo: bool, flags: int, seq: int, length: int,
+        counts: list[list[int]], per_row: PerRow, q: int,
     ) -> int:  # fmt: skip
         """The per-packet twin of ``_seq_analysis`` for walked rows."""
         rtx, ooo, zw = per_row
         d = 0 if fo else 1
-        if flow.seq_base[d] < 0:
-            flow.seq_base[d] = seq
-        rel = ((seq - flow.seq_base[d] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        seq_base, max_end = self.table.cols["seq_base"], self.table.cols["max_end"]
+        if seq_base[slot, d] < 0:
+            seq_base[slot, d] = seq
+        rel = ((seq - int(seq_base[slot, d]) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
         rst = bool(flags & RST)
         seglen = (0 if rst else length) + bool(flags & SYN) + bool(flags & FIN)
-        prev = flow.max_end[d]
-        started = prev > -(1 << 41)
-        data = length > 0 and not rst
-        rtx[q] = data and started and rel + seglen <= prev
-        ooo[q] = data and started and rel > prev
+        prev = int(max_end[slot, d])
+        data = length > 0 and not rst and prev > -(1 << 41)
+        rtx[q] = data and rel + seglen <= prev
+        ooo[q] = data and rel > prev
         zw[q] = not rst and int(block.window[i]) == 0
         if not rst:
-            flow.max_end[d] = max(prev, rel + seglen)
+            max_end[slot, d] = max(prev, rel + seglen)
         letters = 0
         for bit, hit, k in ((1, zw[q], 1), (2, rtx[q], 0)):
             if hit:
@@ -511,18 +459,14 @@ class FlowMeter:
                     letters |= bit
         return letters
 
-    def _retire(self, flow: Flow) -> None:
-        """End ``flow`` because its 5-tuple was reused; it is finished after this block's counters."""
-        self._retiring.append(flow)
-
     # --- counters ---------------------------------------------------------------------------------
 
     def _counters(
-        self, block: PacketBlock, rows: I64, from_orig: npt.NDArray[np.bool_], seg: I64,
-        seg_flows: list[Flow], per_row: tuple[npt.NDArray[np.bool_], ...],
+        self, block: PacketBlock, rows: I64, from_orig: npt.NDArray[np.bool_], seg: I64, seg_slots: I64,
+        per_row: PerRow,
     ) -> None:  # fmt: skip
         rtx, ooo, zw = per_row
-        nseg = len(seg_flows)
+        nseg = len(seg_slots)
         sd = seg * 2 + (~from_orig).astype(np.int64)
         size = 2 * nseg
         columns = (
@@ -533,78 +477,149 @@ class FlowMeter:
             np.bincount(sd[ooo], minlength=size),
             np.bincount(sd[zw], minlength=size),
         )
-        stacked = np.stack([c.astype(np.int64).reshape(nseg, 2) for c in columns], axis=1).reshape(nseg, 12).tolist()
-        ts = block.ts_ns[rows]
-        last_pos = np.full(nseg, -1, np.int64)
-        last_pos[seg] = np.arange(len(seg))  # the last write wins: highest position per segment
-        ends = ts[last_pos].tolist()
-        for flow, add, end in zip(seg_flows, stacked, ends, strict=True):
-            st = flow.stats
-            for k in range(12):
-                st[k] += add[k]
-            if end > flow.end_ns:
-                flow.end_ns = end
+        add = np.stack([c.astype(np.int64).reshape(nseg, 2) for c in columns], axis=1).reshape(nseg, 12)
+        self.table.stats[seg_slots] += add
+        last_pos = np.zeros(nseg, np.int64)
+        last_pos[seg] = np.arange(len(seg))  # the last write wins: the latest row of each segment
+        end_ns = self.table.cols["end_ns"]
+        end_ns[seg_slots] = np.maximum(end_ns[seg_slots], block.ts_ns[rows][last_pos])
 
     # --- emission -----------------------------------------------------------------------------------
 
     def _sweep(self) -> None:
         """Finish lingering closed flows and idle flows; emit interim records for long flows."""
-        now, cfg = self._now_ns, self.config
-        linger = int(cfg.linger_s * _NS)
-        for flow in list(self.closing.values()):
-            if flow.end_ns + linger <= now:
-                self._finish(flow, "")
-        tcp_idle, udp_idle = int(cfg.tcp_idle_timeout_s * _NS), int(cfg.udp_idle_timeout_s * _NS)
-        interval = int(cfg.interval_s * _NS)
-        for flow in list(self.flows.values()):
-            idle = tcp_idle if flow.proto == TCP else udp_idle
-            if flow.end_ns + idle <= now:
-                self._finish(flow, "timeout")
-            elif interval and flow.last_report_ns + interval <= now:
-                flow.last_report_ns = now
-                self._pending.append(self._record(flow, final=False, reason=""))
-                self.counters["interim_records"] += 1
+        now, cfg, c = self._now_ns, self.config, self.table.cols
+        if self._closing:
+            closing = np.array(sorted(self._closing), np.int64)
+            done = closing[c["end_ns"][closing] + int(cfg.linger_s * _NS) <= now]
+            self._finish(done, "")
+        active = np.flatnonzero(c["key"] != 0)
+        idle = np.where(c["proto"][active] == TCP, int(cfg.tcp_idle_timeout_s * _NS),
+                        int(cfg.udp_idle_timeout_s * _NS))  # fmt: skip
+        expired = c["end_ns"][active] + idle <= now
+        self._finish(active[expired], "timeout")
+        if cfg.interval_s:
+            live = active[~expired]
+            due = live[c["last_report_ns"][live] + int(cfg.interval_s * _NS) <= now]
+            if len(due):
+                c["last_report_ns"][due] = now
+                self._pending.append(self._batch(due, final=False, reasons=["open"] * len(due)))
+                self.counters["interim_records"] += len(due)
 
     def _evict(self) -> None:
-        flows = sorted(self.flows.values(), key=lambda f: f.end_ns)
-        for flow in flows[: max(1, len(flows) // 10)]:
-            self._finish(flow, "evicted")
-            self.counters["evictions"] += 1
+        active = np.flatnonzero(self.table.cols["key"] != 0)
+        oldest = active[np.argsort(self.table.cols["end_ns"][active], kind="stable")]
+        victims = oldest[: max(1, len(active) // 10)]
+        self.counters["evictions"] += len(victims)
+        self._finish(victims, "evicted")
 
-    def _finish(self, flow: Flow, reason: str) -> None:
-        if self.flows.get(flow.key) is flow:
-            del self.flows[flow.key]
-        if self.closing.get(flow.key) is flow:
-            del self.closing[flow.key]
-        self._pending.append(self._record(flow, final=True, reason=reason))
-        self.counters["records"] += 1
+    def _finish(self, slots: I64, reason: str) -> None:
+        """Emit final records for ``slots`` and free them."""
+        if len(slots) == 0:
+            return
+        self._pending.append(self._batch(slots, final=True, reasons=[reason] * len(slots)))
+        self.counters["records"] += len(slots)
+        keys = self.table.cols["key"][slots].tolist()
+        for k, s in zip(keys, slots.tolist(), strict=True):
+            if self.index.get(k) == s:
+                del self.index[k]
+            self._closing.discard(s)
+        self.table.release(slots)
 
-    def _record(self, flow: Flow, final: bool, reason: str) -> FlowRecord:
-        st = flow.stats
-        if flow.tcp is not None:
-            history = flow.tcp.history_text(flow.flipped)
-            state = flow.tcp.conn_state(st[2], st[3], history)
-        else:
-            history = "".join(flow.hist)
-            state = tcpstate.udp_conn_state(st[0], st[1]) if flow.proto == UDP else "OTH"
-        orig_h, resp_h = format_addr(*flow.orig_h), format_addr(*flow.resp_h)
-        if not flow.community_id:
-            flow.community_id = community_id(flow.proto, orig_h, resp_h, flow.orig_p, flow.resp_p)
-        return FlowRecord(
-            point=flow.point, host=self.host, iface=flow.point, hop_kind=self.hop_kind,
-            flow_id=flow.flow_id, start_ns=flow.start_ns, end_ns=flow.end_ns, final=int(final),
-            ip_version=flow.ip_version, proto=flow.proto, orig_h=orig_h, orig_p=flow.orig_p,
-            resp_h=resp_h, resp_p=flow.resp_p,
-            **dict(zip(_STAT_NAMES, st, strict=True)),
-            syn_seq=flow.syn_seq, synack_seq=flow.synack_seq, syn_ip_id=flow.hop_ip_id,
-            rtt_client_us=min(flow.rtt_client_us, 0xFFFFFFFF), rtt_server_us=min(flow.rtt_server_us, 0xFFFFFFFF),
-            conn_state=state, history=history, close_type=close_type(state, history, reason, final, flow),
-            community_id=flow.community_id, vlan=flow.vlan, tunnel=flow.tunnel,
-            orig_payload_hash=flow.payload_hash[0], resp_payload_hash=flow.payload_hash[1],
-        )  # fmt: skip
+    def _addresses(self, hi: U64, lo: U64) -> tuple[list[str], list[bytes]]:
+        """Text and packed forms of addresses (cached: a capture repeats its addresses)."""
+        cache = self._addr_text
+        if len(cache) > 1_000_000:
+            cache.clear()
+        text, packed = [], []
+        for pair in zip(hi.tolist(), lo.tolist(), strict=True):
+            known = cache.get(pair)
+            if known is None:
+                raw = packed_addr(*pair)
+                addr = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+                known = cache[pair] = (addr, raw)
+            text.append(known[0])
+            packed.append(known[1])
+        return text, packed
+
+    def _batch(self, slots: I64, final: bool, reasons: list[str]) -> Batch:
+        """A FlowRecord batch of the flows in ``slots``."""
+        t, c, n = self.table, self.table.cols, len(slots)
+        proto = c["proto"][slots]
+        orig_h, orig_raw = self._addresses(c["orig_hi"][slots], c["orig_lo"][slots])
+        resp_h, resp_raw = self._addresses(c["resp_hi"][slots], c["resp_lo"][slots])
+        points = [self.point_names[p] for p in c["point"][slots].tolist()]
+        cols: dict[str, Any] = {
+            "point": points, "iface": points, "host": [self.host] * n, "hop_kind": [self.hop_kind] * n,
+            "final": np.full(n, int(final)), "orig_h": orig_h, "resp_h": resp_h,
+            "tunnel": [self.tunnel_names[x] for x in c["tunnel"][slots].tolist()],
+        }  # fmt: skip
+        for name in ("flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan"):
+            cols[name] = c[name][slots]
+        stats = t.stats[slots]
+        for k, name in enumerate(STAT_NAMES):
+            cols[name] = stats[:, k]
+        hashes = [t.payload_hash[s] for s in slots.tolist()]
+        cols["orig_payload_hash"] = np.array([h[0] for h in hashes], np.uint64)
+        cols["resp_payload_hash"] = np.array([h[1] for h in hashes], np.uint64)
+        cols.update(self._tcp_columns(slots, proto, stats, reasons, final))
+        cols["community_id"] = self._community_ids(slots, proto, orig_raw, resp_raw)
+        return Batch(FlowRecord, cols, n)
+
+    def _tcp_columns(
+        self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool
+    ) -> dict[str, Any]:
+        t = self.table
+        flipped = t.cols["flipped"][slots].tolist()
+        anchors = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
+        values: dict[str, list[int]] = {a: [] for a in anchors}
+        states, histories, closes = [], [], []
+        for j, (s, pr, flip) in enumerate(zip(slots.tolist(), proto.tolist(), flipped, strict=True)):
+            st = t.tcp[s]
+            if pr == TCP and st is not None:
+                history = st.history_text(flip)
+                state = st.conn_state(int(stats[j, 2]), int(stats[j, 3]), history)
+                for a in anchors:
+                    values[a].append(min(getattr(st, a), 0xFFFFFFFF))
+                close = close_type(state, reasons[j], final, pr, st.synack_seq, st.rtt_client_us)
+            else:
+                history = t.udp_history[s]
+                state = tcpstate.udp_conn_state(int(stats[j, 0]), int(stats[j, 1])) if pr == UDP else "OTH"
+                for a in anchors:
+                    values[a].append(0)
+                close = close_type(state, reasons[j], final, pr, 0, 0)
+            states.append(state)
+            histories.append(history)
+            closes.append(close)
+        return {"conn_state": states, "history": histories, "close_type": closes, **values}
+
+    def _community_ids(self, slots: I64, proto: I64, orig_h: list[bytes], resp_h: list[bytes]) -> list[str]:
+        t, c = self.table, self.table.cols
+        out = []
+        ports = zip(slots.tolist(), proto.tolist(), c["orig_p"][slots].tolist(), c["resp_p"][slots].tolist(),
+                    orig_h, resp_h, strict=True)  # fmt: skip
+        for s, pr, op, rp, oh, rh in ports:
+            cid = t.community_id[s]
+            if not cid:
+                cid = t.community_id[s] = community_id(pr, oh, rh, op, rp)
+            out.append(cid)
+        return out
 
 
-def close_type(state: str, history: str, reason: str, final: bool, flow: Flow) -> str:
+def _is_reuse(st: TcpConn, seq: int) -> bool:
+    """Zeek's reuse rule for a pure SYN: its ISN differs from the originator's start of sequence."""
+    if st.first_seq[0] < 0 and st.first_seq[1] < 0:
+        return False
+    if st.syn_seq:
+        orig_start = st.syn_seq
+    elif st.first_seq[0] >= 0:
+        orig_start = (st.first_seq[0] - 1) & 0xFFFFFFFF
+    else:
+        orig_start = 0
+    return seq != orig_start
+
+
+def close_type(state: str, reason: str, final: bool, proto: int, synack_seq: int, rtt_client_us: int) -> str:
     """How a flow ended, from its conn_state and what ended the record.
 
     ``normal`` FIN both ways; ``client_rst``/``server_rst`` a RST from the originator/responder (REJ is
@@ -616,17 +631,20 @@ def close_type(state: str, history: str, reason: str, final: bool, flow: Flow) -
         return "open"
     if reason == "evicted":
         return reason
-    if flow.proto == TCP:
-        by_state = {
-            "SF": "normal", "REJ": "server_rst", "RSTR": "server_rst", "RSTRH": "server_rst",
-            "RSTO": "client_rst", "RSTOS0": "client_rst", "S0": "server_syn_miss",
-            "S2": "half_close", "S3": "half_close", "SH": "half_close", "SHR": "half_close",
-        }  # fmt: skip
-        if state in by_state:
-            return by_state[state]
-        if state == "S1" and flow.synack_seq and not flow.rtt_client_us:
+    if proto == TCP:
+        by_state = _CLOSE_BY_STATE.get(state)
+        if by_state:
+            return by_state
+        if state == "S1" and synack_seq and not rtt_client_us:
             return "client_ack_miss"
     return reason or "unfinished"
+
+
+_CLOSE_BY_STATE: Final = {
+    "SF": "normal", "REJ": "server_rst", "RSTR": "server_rst", "RSTRH": "server_rst", "RSTO": "client_rst",
+    "RSTOS0": "client_rst", "S0": "server_syn_miss", "S2": "half_close", "S3": "half_close",
+    "SH": "half_close", "SHR": "half_close",
+}  # fmt: skip
 
 
 def payload_hash(data: bytes) -> int:

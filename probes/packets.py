@@ -219,9 +219,14 @@ COLUMN_NAMES: tuple[str, ...] = (
 
 def format_addr(hi: int, lo: int) -> str:
     """Text form of a 128-bit address stored as two halves (IPv4-mapped addresses as dotted quads)."""
+    return str(ipaddress.ip_address(packed_addr(hi, lo)))
+
+
+def packed_addr(hi: int, lo: int) -> bytes:
+    """Network-order bytes of an address stored as two halves: 4 bytes for IPv4-mapped, else 16."""
     if hi == 0 and (lo >> 32) == 0xFFFF:
-        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Address((hi << 64) | lo))
+        return (lo & 0xFFFFFFFF).to_bytes(4, "big")
+    return ((hi << 64) | lo).to_bytes(16, "big")
 
 
 def addr_halves(text: str) -> tuple[int, int]:

@@ -102,10 +102,16 @@ class ReadStats:
     skipped_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not carrying frames
 
 
-def _padded(data: bytes) -> npt.NDArray[np.uint8]:
-    arr = np.zeros(len(data) + PAD_BYTES, dtype=np.uint8)
-    arr[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return arr
+def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[bytearray, int]:
+    """``carry`` followed by up to ``size`` bytes of ``fh`` and PAD_BYTES zeros; returns (buffer, data length)."""
+    buf = bytearray(len(carry) + size + PAD_BYTES)
+    buf[: len(carry)] = carry
+    got = fh.readinto(memoryview(buf)[len(carry) : len(carry) + size])  # type: ignore[attr-defined]
+    return buf, len(carry) + (got or 0)
+
+
+def _padded(data: bytearray) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 class CaptureReader:
@@ -155,22 +161,22 @@ class CaptureReader:
         caplen_at = struct.Struct(endian + "I").unpack_from
         file_pos, carry = 24, b""
         while True:
-            data = carry + fh.read(self.chunk_bytes)
-            if len(data) == len(carry):
+            data, size = _read_chunk(fh, carry, self.chunk_bytes)
+            if size == len(carry):
                 break
-            offs, end = self._walk_pcap(data, caplen_at, file_pos)
+            offs, end = self._walk_pcap(data, size, caplen_at, file_pos)
             if offs:
                 yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
             file_pos += end
-            carry = data[end:]
+            carry = bytes(data[end:size])
         if carry:
             self.stats.truncated_tail = len(carry)
 
-    def _walk_pcap(self, data: bytes, caplen_at: object, file_pos: int) -> tuple[list[int], int]:
+    def _walk_pcap(self, data: bytearray, n: int, caplen_at: object, file_pos: int) -> tuple[list[int], int]:
         unpack = caplen_at  # struct.Struct.unpack_from bound method
         offs: list[int] = []
         append = offs.append
-        pos, n = 0, len(data)
+        pos = 0
         while pos + 16 <= n:
             (incl,) = unpack(data, pos + 8)  # type: ignore[operator]
             if incl > MAX_RECORD_BYTES:
@@ -186,7 +192,7 @@ class CaptureReader:
         return offs, pos
 
     def _pcap_block(
-        self, data: bytes, offs: list[int], endian: str, ns_per_unit: int,
+        self, data: bytearray, offs: list[int], endian: str, ns_per_unit: int,
         interfaces: tuple[Interface, ...], file_pos: int,
     ) -> RawBlock:  # fmt: skip
         buf = _padded(data)
@@ -214,22 +220,22 @@ class CaptureReader:
         self._endian = "<"
         self._section_base = 0
         while True:
-            data = carry + fh.read(self.chunk_bytes)
-            if len(data) == len(carry):
+            data, size = _read_chunk(fh, carry, self.chunk_bytes)
+            if size == len(carry):
                 break
-            frames, end = self._walk_pcapng(data, file_pos)
+            frames, end = self._walk_pcapng(data, size, file_pos)
             if frames:
                 yield self._pcapng_block(data, frames, file_pos)
             file_pos += end
-            carry = data[end:]
+            carry = bytes(data[end:size])
         if carry:
             self.stats.truncated_tail = len(carry)
 
-    def _walk_pcapng(self, data: bytes, file_pos: int) -> tuple[list[tuple[int, int, int]], int]:
-        """Walk the blocks of ``data``: (offset, block type, section base) per frame block."""
+    def _walk_pcapng(self, data: bytearray, n: int, file_pos: int) -> tuple[list[tuple[int, int, int]], int]:
+        """Walk the blocks of ``data[:n]``: (offset, block type, section base) per frame block."""
         frames: list[tuple[int, int, int]] = []
         append = frames.append
-        pos, n = 0, len(data)
+        pos = 0
         head = struct.Struct(self._endian + "II").unpack_from
         while pos + 12 <= n:
             btype, blen = head(data, pos)
@@ -253,7 +259,7 @@ class CaptureReader:
             pos += blen
         return frames, pos
 
-    def _section_header(self, data: bytes, pos: int, file_pos: int) -> object:
+    def _section_header(self, data: bytearray, pos: int, file_pos: int) -> object:
         if pos + 12 > len(data):
             raise CaptureError(f"{self.path}: pcapng section header truncated at offset {file_pos + pos}")
         bom = data[pos + 8 : pos + 12]
@@ -266,7 +272,7 @@ class CaptureReader:
         self._section_base = len(self.interfaces)
         return struct.Struct(self._endian + "II").unpack_from
 
-    def _interface(self, data: bytes, pos: int, blen: int, file_pos: int) -> None:
+    def _interface(self, data: bytearray, pos: int, blen: int, file_pos: int) -> None:
         e = self._endian
         if blen < 20:
             raise CaptureError(f"{self.path}: pcapng interface block too short at offset {file_pos + pos}")
@@ -287,7 +293,7 @@ class CaptureReader:
             opt += 4 + ((olen + 3) & ~3)
         self.interfaces.append(Interface(len(self.interfaces), linktype, snaplen, name, tsresol, tsoffset))
 
-    def _pcapng_block(self, data: bytes, frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
+    def _pcapng_block(self, data: bytearray, frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
         buf = _padded(data)
         arr = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
         starts, btype, base = arr[:, 0], arr[:, 1], arr[:, 2]
