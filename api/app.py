@@ -13,16 +13,24 @@ from fastapi.staticfiles import StaticFiles
 
 from hopscope import __version__
 from hopscope.api.config import ApiSettings
-from hopscope.api.routes import flows, requests, traces
+from hopscope.api.routes import flows, requests, topology, traces
 from hopscope.errors import ConfigError, UnavailableError
 from hopscope.store import QueryError, Store
+from hopscope.topology.inventory import Inventory
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(store: Store, settings: ApiSettings | None = None, *, close_store: bool = False) -> FastAPI:
-    """An app serving ``store``. The caller owns the store unless ``close_store`` is set."""
+def create_app(
+    store: Store,
+    settings: ApiSettings | None = None,
+    *,
+    close_store: bool = False,
+    inventory: Inventory | None = None,
+) -> FastAPI:
+    """An app serving ``store``. The caller owns the store unless ``close_store`` is set. ``inventory``
+    names the pods, Services and nodes behind addresses in the topology views (None: addresses only)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,7 +41,8 @@ def create_app(store: Store, settings: ApiSettings | None = None, *, close_store
     app = FastAPI(title="hopscope", version=__version__, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings or ApiSettings()
-    for module in (flows, requests, traces):
+    app.state.inventory = inventory
+    for module in (flows, requests, traces, topology):
         app.include_router(module.router)
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,0 +1,67 @@
+"""Topology graphs as node-link JSON: ``GET /api/v1/topology/services`` (service map),
+``GET /api/v1/topology/points`` (capture-point topology) and ``GET /api/v1/topology/traces/{trace_id}``
+(one trace's hop path). The inventory (IP -> pod, Service, node) is handed to ``create_app`` and
+lives on ``app.state``; without one, entities are bare addresses (``ip:<addr>``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel
+
+from hopscope.api.deps import StoreDep, TimeRangeDep
+from hopscope.api.routes.traces import TRACE_ID
+from hopscope.topology.graph import to_node_link
+from hopscope.topology.inventory import EMPTY, Inventory
+from hopscope.topology.source import load_point_topology, load_service_map, load_trace_path
+
+router = APIRouter(prefix="/api/v1/topology", tags=["topology"])
+
+
+def get_inventory(request: Request) -> Inventory:
+    inventory: Inventory | None = getattr(request.app.state, "inventory", None)
+    return inventory or EMPTY
+
+
+InventoryDep = Annotated[Inventory, Depends(get_inventory)]
+
+
+class GraphOut(BaseModel):
+    """networkx node-link JSON: ``nodes`` carry ``id`` and ``layer``; ``links`` ``source``/``target``."""
+
+    directed: bool
+    multigraph: bool
+    graph: dict[str, Any]
+    nodes: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+
+
+@router.get("/services", response_model=GraphOut)
+def service_map(
+    store: StoreDep,
+    window: TimeRangeDep,
+    inventory: InventoryDep,
+    flows: Annotated[bool, Query(description="add L4 flows (connections, bytes, handshake RTT)")] = False,
+) -> dict[str, Any]:
+    """The service map of the first ``limit`` traces that started in ``[start_ns, end_ns)``."""
+    graph = load_service_map(store, window.start_ns, window.end_ns, window.limit, inventory, flows)
+    return to_node_link(graph)
+
+
+@router.get("/points", response_model=GraphOut)
+def point_topology(store: StoreDep, window: TimeRangeDep) -> dict[str, Any]:
+    """Capture points of the first ``limit`` traces of the window: which follows which, per-link stats."""
+    return to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit))
+
+
+@router.get("/traces/{trace_id}", response_model=GraphOut)
+def trace_path(
+    store: StoreDep,
+    trace_id: Annotated[str, Path(pattern=TRACE_ID.pattern, description="32 lower-case hex digits")],
+) -> dict[str, Any]:
+    """One trace's hop path: capture points in hop order, per-link latency, loss and link reason."""
+    graph = load_trace_path(store, trace_id)
+    if graph is None:
+        raise HTTPException(404, f"no trace {trace_id}")
+    return to_node_link(graph)

@@ -1,0 +1,342 @@
+"""Topology graphs (networkx ``DiGraph``) built from stitched traces, their spans, and L4 flows.
+
+Three graphs:
+
+- ``service_map``: nodes are entities (pods, Services, nodes from the ``Inventory``; addresses it
+  does not know become ``ip:<addr>``); a directed edge client entity -> server entity per pair seen,
+  with the requests (traces) that crossed it: ``requests``, ``errors``, ``error_rate``,
+  ``rate_per_s`` over the window the traces cover, ``latency_p50_us``/``p90``/``p99`` of the duration
+  as seen at the edge's client side, ``protocols``; with L4 flows also ``flows``, ``flow_errors``,
+  ``flow_bytes`` and ``rtt_p50_us``. A request sent to a Service's ClusterIP and DNAT'd to a pod
+  makes two edges: client -> Service (the trace's duration) and Service -> pod (the duration at the
+  first hop that saw the pod's address).
+- ``trace_path``: one trace's hops: nodes are capture points (``host``, ``hop_kind``, ``side``,
+  ``hop_index``, ``seen_as``), an edge previous hop -> hop carries ``req_link_us``,
+  ``resp_link_us``, ``lost_pkts``, ``link_reason``, ``link_confidence``.
+- ``point_topology``: every trace's hop path folded into one graph of capture points: which point
+  follows which, in how many traces (``traces``), with ``req_p50_us``/``p90``/``p99`` and
+  ``resp_p50_us``/... per link, ``lost_pkts``, ``loss_traces``, ``reasons`` (link reason -> count)
+  and ``min_confidence``. DeepFlow's open edition has no such path topology.
+
+Every node gets ``layer``: its column in a left-to-right drawing (longest path from a source; the
+members of a cycle share a column). ``to_node_link`` exports a graph as node-link JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from hopscope.records import FlowRecord, Span, Trace
+from hopscope.topology.inventory import EMPTY, Entity, Inventory
+
+#: close_type values of an L4 flow that count as an error on a service map edge.
+FLOW_ERROR_CLOSE_TYPES = frozenset({"server_rst", "server_syn_miss", "client_ack_miss"})
+PERCENTILES = (50, 90, 99)
+
+
+def percentiles(values: Sequence[int] | Sequence[float]) -> dict[str, int | None]:
+    """``{"p50": .., "p90": .., "p99": ..}`` (linear interpolation, rounded; None when empty)."""
+    if not values:
+        return {f"p{q}": None for q in PERCENTILES}
+    found = np.percentile(np.asarray(values, dtype=np.float64), PERCENTILES)
+    return {f"p{q}": round(float(v)) for q, v in zip(PERCENTILES, found, strict=True)}
+
+
+def is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def hop_order(spans: Iterable[Span]) -> list[Span]:
+    return sorted(spans, key=lambda s: (s.hop_index, s.request_first_ns, s.span_id))
+
+
+def assign_layers(graph: nx.DiGraph) -> None:
+    """Set ``layer`` on every node: longest path from a source, cycles collapsed to one column."""
+    condensed = nx.condensation(graph)
+    layer: dict[int, int] = {}
+    for comp in nx.topological_sort(condensed):
+        layer[comp] = max((layer[p] + 1 for p in condensed.predecessors(comp)), default=0)
+    for comp, members in condensed.nodes(data="members"):
+        for node in members:
+            graph.nodes[node]["layer"] = layer[comp]
+
+
+# --- service map --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _EdgeStats:
+    """What one service map edge accumulates before it becomes edge attributes."""
+
+    durations_us: list[int] = field(default_factory=list)
+    errors: int = 0
+    protocols: Counter[str] = field(default_factory=Counter)
+    flows: int = 0
+    flow_errors: int = 0
+    flow_bytes: int = 0
+    rtts_us: list[int] = field(default_factory=list)
+
+    def attrs(self, window_s: float) -> dict[str, Any]:
+        n = len(self.durations_us)
+        lat = percentiles(self.durations_us)
+        out: dict[str, Any] = {
+            "requests": n,
+            "errors": self.errors,
+            "error_rate": round(self.errors / n, 4) if n else 0.0,
+            "rate_per_s": round(n / window_s, 3) if window_s > 0 else 0.0,
+            "latency_p50_us": lat["p50"],
+            "latency_p90_us": lat["p90"],
+            "latency_p99_us": lat["p99"],
+            "protocols": sorted(self.protocols),
+        }
+        if self.flows:
+            out.update(
+                flows=self.flows, flow_errors=self.flow_errors, flow_bytes=self.flow_bytes,
+                rtt_p50_us=percentiles(self.rtts_us)["p50"],
+            )  # fmt: skip
+        return out
+
+
+def _server_side_us(spans: Sequence[Span], addr: str, fallback_us: int) -> int:
+    """Request-to-response duration at the first hop that saw ``addr`` as the server."""
+    for s in spans:
+        if s.resp_h == addr and s.response_last_ns > s.request_first_ns:
+            return (s.response_last_ns - s.request_first_ns) // 1000
+    return fallback_us
+
+
+def entity_hops(trace: Trace, spans: Sequence[Span], inventory: Inventory) -> list[tuple[Entity, Entity, int]]:
+    """The service map edges one trace crosses: (client entity, server entity, duration_us)."""
+    if spans:
+        client_addr, first_dst = spans[0].orig_h, spans[0].resp_h
+        final = [s.resp_h for s in spans if s.resp_h and not is_loopback(s.resp_h)]
+        final_dst = final[-1] if final else first_dst
+    else:
+        client_addr, first_dst, final_dst = trace.client_h, trace.server_h, trace.server_h
+    chain = [(inventory.entity_of(client_addr), client_addr)]
+    for addr in (first_dst, final_dst):
+        entity = inventory.entity_of(addr)
+        if addr and entity != chain[-1][0]:
+            chain.append((entity, addr))
+    hops = []
+    for i in range(1, len(chain)):
+        duration = trace.duration_us if i == 1 else _server_side_us(spans, chain[i][1], trace.duration_us)
+        hops.append((chain[i - 1][0], chain[i][0], duration))
+    return hops
+
+
+def _add_entity(graph: nx.DiGraph, entity: Entity, inventory: Inventory) -> None:
+    if entity.id in graph:
+        return
+    services = [s.label for s in inventory.services_of(entity)] if entity.kind == "pod" else []
+    graph.add_node(
+        entity.id, kind=entity.kind, name=entity.name, namespace=entity.namespace, label=entity.label,
+        node=entity.node, services=services,
+    )  # fmt: skip
+
+
+def _window(traces: Sequence[Trace]) -> tuple[int, int]:
+    if not traces:
+        return 0, 0
+    return min(t.start_ns for t in traces), max(max(t.end_ns, t.start_ns) for t in traces)
+
+
+def first_observations(
+    flows: Iterable[FlowRecord], spans_by_trace: Mapping[str, Sequence[Span]] | None = None
+) -> list[FlowRecord]:
+    """One record per connection: flows sharing the NAT-invariant (syn_seq, synack_seq) are one
+    connection seen at several points; the earliest-starting observation (nearest the client) stands
+    for it. Observations a trace placed after its first hop are dropped (this is how a UDP flow seen
+    behind NAT is recognized); other flows without a SYN stand for themselves (per point and flow_id)."""
+    later = {(s.point, s.flow_id) for ss in (spans_by_trace or {}).values() for s in ss if s.hop_index > 0}
+    best: dict[tuple[Any, ...], FlowRecord] = {}
+    for f in flows:
+        if (f.point, f.flow_id) in later:
+            continue
+        key: tuple[Any, ...] = ("seq", f.syn_seq, f.synack_seq) if f.syn_seq else ("flow", f.point, f.flow_id)
+        seen = best.get(key)
+        if seen is None or (f.start_ns, f.point) < (seen.start_ns, seen.point):
+            best[key] = f
+    return list(best.values())
+
+
+def service_map(
+    traces: Sequence[Trace],
+    spans_by_trace: Mapping[str, Sequence[Span]],
+    inventory: Inventory = EMPTY,
+    flows: Sequence[FlowRecord] = (),
+) -> nx.DiGraph:
+    """The service map of ``traces`` (and of ``flows`` when given); see the module docstring."""
+    stats: dict[tuple[str, str], _EdgeStats] = {}
+    graph = nx.DiGraph()
+    for t in traces:
+        for client, server, duration_us in entity_hops(t, hop_order(spans_by_trace.get(t.trace_id, ())), inventory):
+            _add_entity(graph, client, inventory)
+            _add_entity(graph, server, inventory)
+            edge = stats.setdefault((client.id, server.id), _EdgeStats())
+            edge.durations_us.append(duration_us)
+            edge.errors += bool(t.error)
+            edge.protocols[t.l7_proto or "tcp"] += 1
+    for f in first_observations(flows, spans_by_trace):
+        client, server = inventory.entity_of(f.orig_h), inventory.entity_of(f.resp_h)
+        if client == server:
+            continue
+        _add_entity(graph, client, inventory)
+        _add_entity(graph, server, inventory)
+        edge = stats.setdefault((client.id, server.id), _EdgeStats())
+        edge.flows += 1
+        edge.flow_errors += f.close_type in FLOW_ERROR_CLOSE_TYPES
+        edge.flow_bytes += f.orig_bytes + f.resp_bytes
+        if f.rtt_server_us:
+            edge.rtts_us.append(f.rtt_server_us)
+    start_ns, end_ns = _window(traces)
+    window_s = (end_ns - start_ns) / 1e9
+    for (u, v), edge in stats.items():
+        graph.add_edge(u, v, **edge.attrs(window_s))
+    graph.graph.update(kind="service_map", traces=len(traces), flows=len(flows), start_ns=start_ns,
+                       end_ns=end_ns, window_s=round(window_s, 6))  # fmt: skip
+    assign_layers(graph)
+    return graph
+
+
+# --- hop paths ------------------------------------------------------------------------------------
+
+
+def _node_ids(spans: Sequence[Span]) -> list[str]:
+    """Graph node id per span: the point name, with ``#hop_index`` when a point repeats."""
+    counts = Counter(s.point for s in spans)
+    return [s.point if counts[s.point] == 1 else f"{s.point}#{s.hop_index}" for s in spans]
+
+
+def _links(spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """(previous, this) span index pairs: by parent_span_id, else the previous span in hop order."""
+    index = {s.span_id: i for i, s in enumerate(spans)}
+    links = []
+    for i, s in enumerate(spans):
+        parent = index.get(s.parent_span_id, i - 1) if s.parent_span_id else i - 1
+        if parent >= 0 and parent != i:
+            links.append((parent, i))
+    return links
+
+
+def trace_path(trace: Trace | None, spans: Sequence[Span]) -> nx.DiGraph:
+    """One trace's hop path: capture points in hop order, each link with its latency and loss."""
+    spans = hop_order(spans)
+    ids = _node_ids(spans)
+    graph = nx.DiGraph()
+    for node_id, s in zip(ids, spans, strict=True):
+        graph.add_node(
+            node_id, point=s.point, host=s.host, hop_kind=s.hop_kind, side=s.side, hop_index=s.hop_index,
+            seen_as=f"{s.orig_h}:{s.orig_p} > {s.resp_h}:{s.resp_p}", request_first_ns=s.request_first_ns,
+            response_last_ns=s.response_last_ns, retrans_pkts=s.retrans_pkts,
+        )  # fmt: skip
+    slowest = trace.slowest_link if trace else ""
+    for a, b in _links(spans):
+        s = spans[b]
+        graph.add_edge(
+            ids[a], ids[b], req_link_us=s.req_link_us, resp_link_us=s.resp_link_us, lost_pkts=s.lost_pkts,
+            link_reason=s.link_reason, link_confidence=round(float(s.link_confidence), 4),
+            slowest=f"{spans[a].point}>{s.point}" == slowest,
+        )  # fmt: skip
+    if trace is not None:
+        graph.graph.update(
+            kind="trace_path", trace_id=trace.trace_id, trace_kind=trace.kind, duration_us=trace.duration_us,
+            error=trace.error, lost_pkts=trace.lost_pkts, loss_link=trace.loss_link, slowest_link=slowest,
+        )  # fmt: skip
+    assign_layers(graph)
+    return graph
+
+
+@dataclass(slots=True)
+class _LinkStats:
+    req_us: list[int] = field(default_factory=list)
+    resp_us: list[int] = field(default_factory=list)
+    lost_pkts: int = 0
+    loss_traces: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    min_confidence: float = 1.0
+
+    def add(self, s: Span) -> None:
+        self.req_us.append(s.req_link_us)
+        if s.response_first_ns:
+            self.resp_us.append(s.resp_link_us)
+        self.lost_pkts += s.lost_pkts
+        self.loss_traces += s.lost_pkts > 0
+        self.reasons[s.link_reason] += 1
+        self.min_confidence = min(self.min_confidence, float(s.link_confidence))
+
+    def attrs(self) -> dict[str, Any]:
+        req, resp = percentiles(self.req_us), percentiles(self.resp_us)
+        out: dict[str, Any] = {"traces": len(self.req_us)}
+        out.update({f"req_{k}_us": v for k, v in req.items()})
+        out.update({f"resp_{k}_us": v for k, v in resp.items()})
+        out.update(lost_pkts=self.lost_pkts, loss_traces=self.loss_traces, reasons=dict(self.reasons),
+                   min_confidence=round(self.min_confidence, 4))  # fmt: skip
+        return out
+
+
+def point_topology(spans_by_trace: Mapping[str, Sequence[Span]]) -> nx.DiGraph:
+    """Capture points of many traces: which point follows which, with per-link statistics."""
+    graph = nx.DiGraph()
+    links: dict[tuple[str, str], _LinkStats] = {}
+    seen: Counter[str] = Counter()
+    for trace_spans in spans_by_trace.values():
+        spans = hop_order(trace_spans)
+        for s in spans:
+            if s.point not in graph:
+                graph.add_node(s.point, host=s.host, hop_kind=s.hop_kind, side=s.side)
+        for point in {s.point for s in spans}:
+            seen[point] += 1
+        for a, b in _links(spans):
+            if spans[a].point != spans[b].point:
+                links.setdefault((spans[a].point, spans[b].point), _LinkStats()).add(spans[b])
+    for point, n in seen.items():
+        graph.nodes[point]["traces"] = n
+    for (u, v), link in links.items():
+        graph.add_edge(u, v, **link.attrs())
+    graph.graph.update(kind="point_topology", traces=len(spans_by_trace))
+    assign_layers(graph)
+    return graph
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+def to_node_link(graph: nx.DiGraph) -> dict[str, Any]:
+    """Node-link JSON (networkx's layout, ``links`` key): nodes by (layer, id), links by endpoints."""
+    nodes = sorted(graph.nodes(data=True), key=lambda n: (n[1].get("layer", 0), str(n[0])))
+    links = sorted(graph.edges(data=True), key=lambda e: (str(e[0]), str(e[1])))
+    return {
+        "directed": True,
+        "multigraph": False,
+        "graph": dict(graph.graph),
+        "nodes": [{"id": n, **attrs} for n, attrs in nodes],
+        "links": [{"source": u, "target": v, **attrs} for u, v, attrs in links],
+    }
+
+
+def _dot_id(text: object) -> str:
+    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
+
+
+def to_dot(graph: nx.DiGraph, name: str, node_label: str, edge_label: str) -> str:
+    """Graphviz DOT text, left to right; labels are ``str.format`` templates over the attributes (a
+    newline in a label becomes DOT's ``\\n``)."""
+    lines = [f"digraph {_dot_id(name)} {{", "  rankdir=LR;", "  node [shape=box];"]
+    for n, attrs in graph.nodes(data=True):
+        lines.append(f"  {_dot_id(n)} [label={_dot_id(node_label.format(id=n, **attrs))}];")
+    for u, v, attrs in graph.edges(data=True):
+        lines.append(f"  {_dot_id(u)} -> {_dot_id(v)} [label={_dot_id(edge_label.format(**attrs))}];")
+    lines.append("}")
+    return "\n".join(lines)

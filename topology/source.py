@@ -1,0 +1,75 @@
+"""Reading what the topology graphs are built from: traces of a window, their spans, and L4 flows."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import networkx as nx
+
+from hopscope.records import FlowRecord, Span, Trace
+from hopscope.store import Store
+from hopscope.topology.graph import hop_order, point_topology, service_map, trace_path
+from hopscope.topology.inventory import EMPTY, Inventory
+
+#: Most trace ids in one ``trace_id IN (...)`` span query (the store's IN limit).
+TRACE_IDS_PER_QUERY = 1000
+#: Most spans read per trace (a path longer than this is cut).
+MAX_HOPS = 64
+#: Spans are looked for this far around the traces' window (clock correction moves hop times).
+SPAN_SLACK_NS = 60 * 1_000_000_000
+NS_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSet:
+    """Traces of one window with their spans in hop order (``spans_by_trace`` keyed by trace_id)."""
+
+    traces: list[Trace]
+    spans_by_trace: dict[str, list[Span]]
+
+
+def fetch_traces(store: Store, start_ns: int, end_ns: int, limit: int) -> TraceSet:
+    """The first ``limit`` traces that started in [start_ns, end_ns), and all their spans."""
+    traces = store.query_traces(start_ns, end_ns, None, limit)
+    spans: dict[str, list[Span]] = defaultdict(list)
+    if traces:
+        lo = max(0, min(t.start_ns for t in traces) - SPAN_SLACK_NS)
+        hi = min(NS_MAX, max(max(t.end_ns, t.start_ns) for t in traces) + SPAN_SLACK_NS)
+        ids = [t.trace_id for t in traces]
+        for i in range(0, len(ids), TRACE_IDS_PER_QUERY):
+            chunk = ids[i : i + TRACE_IDS_PER_QUERY]
+            for s in store.query_spans(lo, hi, {"trace_id": chunk}, len(chunk) * MAX_HOPS):
+                spans[s.trace_id].append(s)
+    return TraceSet(traces, {tid: hop_order(ss) for tid, ss in spans.items()})
+
+
+def fetch_flows(store: Store, start_ns: int, end_ns: int, limit: int) -> list[FlowRecord]:
+    return store.query_flows(start_ns, end_ns, None, limit)
+
+
+def load_service_map(
+    store: Store,
+    start_ns: int,
+    end_ns: int,
+    limit: int,
+    inventory: Inventory = EMPTY,
+    with_flows: bool = False,
+) -> nx.DiGraph:
+    """The service map of the first ``limit`` traces of the window (and as many flows, if asked)."""
+    ts = fetch_traces(store, start_ns, end_ns, limit)
+    flows = fetch_flows(store, start_ns, end_ns, limit) if with_flows else []
+    return service_map(ts.traces, ts.spans_by_trace, inventory, flows)
+
+
+def load_point_topology(store: Store, start_ns: int, end_ns: int, limit: int) -> nx.DiGraph:
+    """The capture-point topology of the first ``limit`` traces of the window."""
+    return point_topology(fetch_traces(store, start_ns, end_ns, limit).spans_by_trace)
+
+
+def load_trace_path(store: Store, trace_id: str) -> nx.DiGraph | None:
+    """One trace's hop path, or None when the store has no such trace."""
+    trace, spans = store.get_trace(trace_id)
+    if trace is None:
+        return None
+    return trace_path(trace, spans)
