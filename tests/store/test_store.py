@@ -121,6 +121,10 @@ def test_time_range_is_half_open_and_limited(ready_store: SqlStore) -> None:
     assert [f.flow_id for f in got] == [1, 2]
     assert [f.flow_id for f in ready_store.query_flows(BASE_NS, BASE_NS + 5, limit=2)] == [0, 1]
     assert ready_store.query_flows(BASE_NS + 5, BASE_NS + 10) == []
+    # Open ranges: up to the largest UInt64 ns and just past DateTime's last second (2106).
+    assert len(ready_store.query_flows(0, 2**64 - 1)) == 5
+    assert len(ready_store.query_flows(0, 2**63 - 1)) == 5
+    assert len(ready_store.query_flows(0, 4_294_967_296 * 10**9)) == 5
 
 
 def test_filters_and_operators(ready_store: SqlStore) -> None:
