@@ -222,3 +222,39 @@ def test_threads_share_one_store(ready_store: SqlStore) -> None:
         results = list(pool.map(read, [f"p{i % 4}" for i in range(32)]))
     for i, got in enumerate(results):
         assert got == list(range(i % 4, 40, 4))
+
+
+def test_server_that_hangs_up_is_unavailable_error() -> None:
+    """Something listens on the port but closes every connection (a server going down mid-start)."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)  # so the thread sees ``stop`` soon after the test ends
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    store = ServerStore("127.0.0.1", port, "hopscope_hangup", connect_timeout_s=2, timeout_s=5)
+    try:
+        with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}"):
+            store.ensure_schema()
+        with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}"):
+            store.count("flows")  # and again: the store is not left in a broken state
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        store.close()
