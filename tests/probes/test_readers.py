@@ -1,0 +1,143 @@
+"""Capture readers on literal bytes: pcap (µs/ns, both byte orders), pcapng (interfaces, if_tsresol,
+names), and the damage they report or step over."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from hopscope.errors import CaptureError
+from hopscope.probes.readers import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, RawBlock, open_capture
+
+FRAME_A = bytes(range(60))
+FRAME_B = b"\xaa" * 42
+
+
+def pcap_bytes(endian: str, nanos: bool, frames: list[tuple[int, int, bytes]], linktype: int = 1) -> bytes:
+    magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
+    out = struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)
+    for sec, frac, data in frames:
+        out += struct.pack(endian + "IIII", sec, frac, len(data), len(data)) + data
+    return out
+
+
+def read_all(path: Path, chunk_bytes: int = 1 << 16) -> list[RawBlock]:
+    return list(open_capture(path, chunk_bytes).blocks())
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize(("nanos", "frac", "expect_ns"), [(False, 250_000, 250_000_000), (True, 7, 7)])
+def test_pcap_magics(tmp_path: Path, endian: str, nanos: bool, frac: int, expect_ns: int) -> None:
+    path = tmp_path / "x.pcap"
+    path.write_bytes(pcap_bytes(endian, nanos, [(1_700_000_000, frac, FRAME_A), (1_700_000_001, 0, FRAME_B)]))
+    (block,) = read_all(path)
+    assert block.count == 2
+    assert block.ts_ns.tolist() == [1_700_000_000 * 10**9 + expect_ns, 1_700_000_001 * 10**9]
+    assert block.frame(0) == FRAME_A and block.frame(1) == FRAME_B
+    assert block.interfaces[0].linktype == LINKTYPE_ETHERNET
+
+
+def test_pcap_records_split_across_chunks(tmp_path: Path) -> None:
+    frames = [(1, i, bytes([i % 256]) * (100 + i)) for i in range(2000)]
+    path = tmp_path / "many.pcap"
+    path.write_bytes(pcap_bytes("<", False, frames))
+    blocks = read_all(path, chunk_bytes=1 << 16)
+    assert len(blocks) > 3
+    got = [b.frame(i) for b in blocks for i in range(b.count)]
+    assert got == [f[2] for f in frames]
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
+
+
+def pcapng_bytes() -> bytes:
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb0 = _block(1, struct.pack("<HHI", 1, 0, 0) + _option(2, b"eth0") + _option(9, b"\x09") + _option(0, b""))
+    idb1 = _block(1, struct.pack("<HHI", 276, 0, 0) + _option(2, b"any") + _option(9, b"\x83") + _option(0, b""))
+    nsb = _block(4, b"\x00\x00\x00\x00")  # a name resolution block: skipped and counted
+
+    def epb(iface: int, ts: int, data: bytes) -> bytes:
+        pad = b"\x00" * (-len(data) % 4)
+        return _block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data + pad)
+
+    spb = _block(3, struct.pack("<I", len(FRAME_B)) + FRAME_B + b"\x00" * (-len(FRAME_B) % 4))
+    return shb + idb0 + idb1 + nsb + epb(0, 1_700_000_000_123_456_789, FRAME_A) + epb(1, 8 * 5, FRAME_B) + spb
+
+
+def test_pcapng_interfaces_names_and_resolution(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(pcapng_bytes())
+    reader = open_capture(path)
+    (block,) = list(reader.blocks())
+    assert [(i.name, i.linktype, i.tsresol) for i in block.interfaces] == [
+        ("eth0", LINKTYPE_ETHERNET, 10**9), ("any", LINKTYPE_LINUX_SLL2, 8),
+    ]  # fmt: skip
+    assert block.iface.tolist() == [0, 1, 0]
+    assert block.ts_ns.tolist()[:2] == [1_700_000_000_123_456_789, 5_000_000_000]
+    assert block.frame(0) == FRAME_A and block.frame(1) == FRAME_B and block.frame(2) == FRAME_B
+    assert reader.stats.skipped_blocks == {"pcapng_block_0x4": 1}
+
+
+def test_pcapng_big_endian_section(tmp_path: Path) -> None:
+    def blk(btype: int, body: bytes) -> bytes:
+        return struct.pack(">II", btype, 12 + len(body)) + body + struct.pack(">I", 12 + len(body))
+
+    data = blk(0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1)) + blk(1, struct.pack(">HHI", 1, 0, 0))
+    data += blk(6, struct.pack(">IIIII", 0, 0, 1_000_000, 60, 60) + FRAME_A)
+    path = tmp_path / "be.pcapng"
+    path.write_bytes(data)
+    (block,) = read_all(path)
+    assert block.frame(0) == FRAME_A and block.ts_ns.tolist() == [1_000_000_000]
+
+
+@pytest.mark.parametrize(
+    ("content", "offset"),
+    [(b"", 0), (b"\x00\x01\x02\x03" * 8, 0), (b"GIF89a" + b"\x00" * 40, 0), (b"\xd4\xc3\xb2\xa1\x02\x00", 6)],
+)
+def test_unreadable_files_name_file_and_offset(tmp_path: Path, content: bytes, offset: int) -> None:
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(content)
+    with pytest.raises(CaptureError) as err:
+        read_all(path)
+    assert str(path) in str(err.value) and f"offset {offset}" in str(err.value)
+
+
+def test_missing_file_is_a_capture_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match="cannot open"):
+        open_capture(tmp_path / "nope.pcap")
+
+
+def test_absurd_record_length_is_an_error_at_its_offset(tmp_path: Path) -> None:
+    data = pcap_bytes("<", False, [(1, 0, FRAME_A)])
+    data += struct.pack("<IIII", 2, 0, 0x7FFFFFFF, 0x7FFFFFFF) + b"junk"
+    path = tmp_path / "absurd.pcap"
+    path.write_bytes(data)
+    with pytest.raises(CaptureError, match=f"offset {24 + 16 + len(FRAME_A)}"):
+        read_all(path)
+
+
+def test_truncated_last_record_keeps_the_records_before(tmp_path: Path) -> None:
+    data = pcap_bytes("<", False, [(1, 0, FRAME_A), (2, 0, FRAME_B)])
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[:-10])
+    reader = open_capture(path)
+    blocks = list(reader.blocks())
+    assert sum(b.count for b in blocks) == 1 and blocks[0].frame(0) == FRAME_A
+    assert reader.stats.truncated_tail == 16 + len(FRAME_B) - 10
+
+
+def test_corrupt_pcapng_block_length(tmp_path: Path) -> None:
+    data = pcapng_bytes()
+    bad = data[:28] + struct.pack("<II", 6, 7) + data[36:]  # block total length 7 (not a multiple of 4)
+    path = tmp_path / "bad.pcapng"
+    path.write_bytes(bad)
+    with pytest.raises(CaptureError, match="corrupt pcapng block at offset"):
+        read_all(path)
