@@ -77,7 +77,7 @@ class _Stream:
     resp_bytes: int = 0
 
 
-def run_tshark(path: str, http2_ports: Iterable[int] = DEFAULT_HTTP2_PORTS, tshark: str = "tshark") -> Pairs:
+def run_tshark(path: str, http2_ports: Iterable[int] = DEFAULT_HTTP2_PORTS, tshark: str = "tshark") -> list[Pairs]:
     """Run tshark over ``path``; return its JSON packets as lists of (key, value) pairs."""
     exe = shutil.which(tshark)
     if exe is None:
@@ -89,7 +89,7 @@ def run_tshark(path: str, http2_ports: Iterable[int] = DEFAULT_HTTP2_PORTS, tsha
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise CaptureError(f"tshark failed on {path}: {done.stderr.strip()[-400:]}")
-    packets: Pairs = json.loads(done.stdout or "[]", object_pairs_hook=list)
+    packets: list[Pairs] = json.loads(done.stdout or "[]", object_pairs_hook=list)
     return packets
 
 
