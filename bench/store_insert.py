@@ -5,6 +5,7 @@ Run after deploy/clickhouse/start.sh:  .venv/bin/python bench/store_insert.py [-
 
 Measured paths (rows/s, higher is better; each insert is one batch of B rows, as the correlator sends):
   - server  ServerStore.insert (clickhouse-driver, native protocol, columnar, use_numpy)
+  - server  the same, all rows in one INSERT (the peer below also sends one INSERT)
   - server  clickhouse-driver columnar with Python lists (the driver's default path, no numpy)
   - server  peer: clickhouse-client (the server's own C++ client) loading the same rows as
             TabSeparated from a file in one INSERT (TSV written beforehand, not timed)
@@ -120,13 +121,16 @@ def measure(label: str, store: SqlStore, rows: int, run: Callable[[], None]) -> 
 def bench_server(batch: Batch, parts: list[Batch], host: str, port: int) -> list[tuple[str, float]]:
     results = []
     for label in ("server  ServerStore.insert (driver, columnar numpy)",
+                  "server  ServerStore.insert, all rows in one INSERT",
                   "server  driver columnar, Python lists",
                   "server  peer: clickhouse-client, TSV file, one INSERT"):  # fmt: skip
         store = ServerStore(host, port, f"hopscope_bench_{uuid.uuid4().hex[:8]}")
         store.ensure_schema()
         try:
             run: Callable[[], None]
-            if "ServerStore" in label:
+            if "one INSERT" in label and "ServerStore" in label:
+                run = functools.partial(store_insert, store, [batch])
+            elif "ServerStore" in label:
                 run = functools.partial(store_insert, store, parts)
             elif "lists" in label:
                 run = functools.partial(driver_lists_insert, store, parts)
