@@ -530,6 +530,12 @@ class HttpExchange:
         self.resp_first_ns = 0
 
 
+#: Exchanges a connection holds at most (pipelined requests awaiting responses, lingering exchanges);
+#: past it the oldest is reported at once.
+MAX_WAITING: Final = 256
+#: A connection that has passed over this many bytes without finding one HTTP message is not HTTP.
+GIVE_UP_BYTES: Final = 64 * 1024
+
 #: TCP flag bits as on the wire.
 TCP_FIN: Final = 0x01
 TCP_SYN: Final = 0x02
@@ -552,9 +558,9 @@ class HttpConnection:
         "_replying",
         "client",
         "closed",
-        "done",
         "last_ns",
         "orphan_responses",
+        "overflow",
         "request_parser",
         "response_parser",
         "server",
@@ -569,7 +575,7 @@ class HttpConnection:
         self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
         self._replying: HttpExchange | None = None  # exchange whose response body is being read
         self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
-        self.done: list[HttpExchange] = []  # exchanges whose response is complete, not yet taken
+        self.overflow: list[HttpExchange] = []  # pushed out of ``waiting`` by MAX_WAITING, to report
         self._next_index = 0
         self.orphan_responses = 0
         self.closed = False  # RST seen, or FIN in both directions
@@ -611,6 +617,7 @@ class HttpConnection:
         that follow it (a loss downstream of this point) are still counted; a request without a
         response is reported after ``request_timeout_ns``, or at once when ``final``.
         """
+        overflow, self.overflow = self.overflow, []
         ready: list[HttpExchange] = []
         keep: list[HttpExchange] = []
         for ex in self.waiting:
@@ -627,7 +634,15 @@ class HttpConnection:
             self.waiting = keep
             gone = {id(ex) for ex in ready}
             self._pending = deque(ex for ex in self._pending if id(ex) not in gone)
-        return ready
+        return overflow + ready
+
+    @property
+    def hopeless(self) -> bool:
+        """True when no HTTP message was found after GIVE_UP_BYTES: this connection is not HTTP/1."""
+        if self._next_index:
+            return False
+        skipped = sum(p.skipped_bytes for p in (self.request_parser, self.response_parser) if p is not None)
+        return skipped > GIVE_UP_BYTES
 
     def retrans_of(self, ex: HttpExchange) -> tuple[int, int]:
         """Retransmitted segments that overlap the request and the response of ``ex``."""
@@ -655,6 +670,9 @@ class HttpConnection:
         self._next_index += 1
         self._pending.append(ex)
         self.waiting.append(ex)
+        if len(self.waiting) > MAX_WAITING:
+            # reported early; still paired in order (its response, if any, then goes unreported)
+            self.overflow.append(self.waiting.pop(0))
         return msg.method
 
     def _on_response(self, msg: HttpMessage) -> str:

@@ -59,7 +59,7 @@ class StreamReassembler:
     def __init__(
         self,
         *,
-        max_pending_bytes: int = 1 << 20,
+        max_pending_bytes: int = 256 * 1024,
         max_pending_segments: int = 512,
         max_retrans_ranges: int = 256,
     ) -> None:

@@ -73,6 +73,7 @@ class L7Stats:
     http_orphan_responses: int = 0  # responses whose request was not seen
     http_resyncs: int = 0  # start lines found by searching (mid-stream start, after gaps)
     http_skipped_bytes: int = 0  # bytes passed over while searching for a start line
+    http_given_up: int = 0  # connections on HTTP ports dropped: no HTTP/1 message in their first 64 KiB
     tcp_gap_bytes: int = 0  # stream bytes never captured (given up)
     dns_requests: int = 0  # records emitted for DNS
     dns_no_response: int = 0
@@ -348,9 +349,13 @@ class L7Tracker:
         conn = state.http
         assert conn is not None
         conn.segment(ts_ns, from_client, seq, ack, flags, payload)
-        if conn.closed:
+        if conn.hopeless:
+            self.stats.http_given_up += 1
+            self._tables.tcp.pop(flow_id, None)
+            self._ignore(flow_id)
+        elif conn.closed:
             self._finish_tcp(flow_id, state)
-        elif conn.waiting and conn.waiting[0].response is not None:
+        elif conn.overflow or (conn.waiting and conn.waiting[0].response is not None):
             self._emit_ready(state, ts_ns, final=False)
 
     def _emit_ready(self, state: _TcpState, now_ns: int, final: bool) -> None:

@@ -364,3 +364,32 @@ def test_connection_table_is_bounded_and_evictions_counted() -> None:
     assert trk.stats.evicted_connections == 3
     trk.flush()
     assert sorted(r.path for r in trk.take_records()) == ["/1", "/2", "/3", "/4", "/5"]
+
+
+def test_pipelined_requests_beyond_the_bound_are_reported_early_and_pairing_stays_aligned() -> None:
+    from hopscope.probes.l7.http import MAX_WAITING
+
+    conv = TcpConversation().handshake()
+    count = MAX_WAITING + 10
+    conv.request(b"".join(get(f"/{n}") for n in range(count)))
+    conv.response(b"".join(ok(str(n).encode()) for n in range(count)))
+    records = run(conv)
+    assert len(records) == count
+    answered = [r for r in records if r.status]
+    assert len(answered) >= count - 10
+    assert all(r.resp_bytes == len(ok(r.path[1:].encode())) for r in answered)
+
+
+@pytest.mark.parametrize("port", [80, 8080])
+def test_non_http_on_an_http_port_is_given_up(port: int) -> None:
+    conv = TcpConversation(server=("10.2.0.3", port)).handshake()
+    tls_like = bytes([0x16, 0x03, 0x01]) + bytes(range(256)) * 40
+    for _ in range(8):
+        conv.request(tls_like, cuts=range(1400, len(tls_like), 1400))
+        conv.response(tls_like, cuts=range(1400, len(tls_like), 1400))
+    trk = tracker()
+    feed(trk, conv.packets)
+    trk.flush()
+    assert trk.take_records() == []
+    assert trk.stats.http_given_up == 1
+    assert trk.tables_size() == (0, 0)
