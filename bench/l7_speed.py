@@ -62,7 +62,7 @@ def ours_connection(segs: list[bytes]) -> int:
     for n, seg in enumerate(segs):
         conn.segment(n, True, seq, 0, 0x18, seg)
         seq += len(seg)
-    return len(conn.waiting)
+    return conn.waiting[-1].index + 1
 
 
 def httptools_parse(segs: list[bytes]) -> int:

@@ -63,6 +63,11 @@ _WANTED: Final = frozenset(
 )
 
 
+#: (name, b"\nname:") for each wanted header: found by ``bytes.find`` in the lower-cased block (RFC 9112
+#: allows no whitespace between a field name and its colon).
+_NEEDLES: Final = tuple((name, b"\n" + name + b":") for name in sorted(_WANTED))
+
+
 def looks_like_request(payload: bytes) -> bool:
     """True when ``payload`` starts with an HTTP/1 method and a space (cheap protocol detection)."""
     return _REQUEST_START.match(payload) is not None
@@ -137,8 +142,8 @@ class _Head:
 
 def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None:
     """Parse a header block (without the blank line) into ``msg``; None if the start line is invalid."""
-    lines = block.split(b"\n")
-    first = lines[0].rstrip(b"\r")
+    line_end = block.find(b"\n")
+    first = (block if line_end < 0 else block[:line_end]).rstrip(b"\r")
     if is_request:
         m = _REQUEST_LINE.fullmatch(first)
         if m is None:
@@ -153,13 +158,14 @@ def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None
         msg.status = int(m.group(2))
         msg.close = m.group(1) == b"0"
     head = _Head()
-    wanted = _WANTED
-    for line in lines[1:]:
-        colon = line.find(b":")
-        if colon > 0:
-            name = line[:colon].rstrip().lower()
-            if name in wanted:
-                _apply_header(name, line[colon + 1 :].strip().decode("latin-1"), msg, head)
+    low = block.lower()
+    for name, needle in _NEEDLES:
+        at = low.find(needle)
+        if at >= 0:
+            start = at + len(needle)
+            end = block.find(b"\n", start)
+            value = block[start:] if end < 0 else block[start:end]
+            _apply_header(name, value.strip().decode("latin-1"), msg, head)
     return head
 
 
