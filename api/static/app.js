@@ -76,6 +76,7 @@ async function showTrace(id) {
       body.append(tr);
     }
     drawWaterfall(spans);
+    drawTraceGraph(id);
     $("#detail-section").scrollIntoView();
   } catch (err) { showError(err); }
 }
@@ -99,6 +100,126 @@ function drawWaterfall(spans) {
   });
 }
 
+// --- topology views: layered SVG drawings of node-link graphs from /api/v1/topology ---------------
+const SVG_NS = "http://www.w3.org/2000/svg";
+const svgEl = (tag, attrs, content) => {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (content !== undefined) e.textContent = content;
+  return e;
+};
+const GEOM = { nodeW: 150, nodeH: 40, rowH: 72, pad: 24 };
+
+// Columns from the server's `layer`; rows ordered by the mean row of each node's predecessors.
+function layout(graph, colW) {
+  const cols = new Map(), pos = new Map(), preds = new Map();
+  for (const l of graph.links) { if (!preds.has(l.target)) preds.set(l.target, []); preds.get(l.target).push(l.source); }
+  for (const n of graph.nodes) { if (!cols.has(n.layer)) cols.set(n.layer, []); cols.get(n.layer).push(n); }
+  const layers = [...cols.keys()].sort((a, b) => a - b);
+  const rows = Math.max(1, ...[...cols.values()].map((c) => c.length));
+  for (const layer of layers) {
+    const col = cols.get(layer);
+    const key = (n) => { const ps = (preds.get(n.id) || []).filter((p) => pos.has(p)); return ps.length ? ps.reduce((a, p) => a + pos.get(p).row, 0) / ps.length : 0; };
+    col.sort((a, b) => key(a) - key(b) || String(a.id).localeCompare(String(b.id)));
+    const offset = (rows - col.length) / 2;
+    col.forEach((n, i) => pos.set(n.id, { row: i + offset, x: GEOM.pad + layer * colW, y: GEOM.pad + (i + offset) * GEOM.rowH }));
+  }
+  const width = GEOM.pad * 2 + (Math.max(0, ...layers) * colW) + GEOM.nodeW;
+  return { pos, width, height: GEOM.pad * 2 + (rows - 1) * GEOM.rowH + GEOM.nodeH + 16 };
+}
+
+const bezier = (t, p0, p1, p2, p3) => (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3;
+
+// An edge from a's right side to b's left side. The label of b's only incoming edge sits above the
+// middle of the curve; the labels of several edges into b are stacked (the k-th of n) near b.
+function drawEdge(svg, markerId, a, b, k, n, label, cls, title) {
+  const x1 = a.x + GEOM.nodeW, y1 = a.y + GEOM.nodeH / 2, x2 = b.x, y2 = b.y + GEOM.nodeH / 2;
+  const lines = Array.isArray(label) ? label : [label];
+  let d, mx, my;
+  if (x2 > x1) {
+    const c = (x2 - x1) / 2;
+    d = `M${x1},${y1} C${x1 + c},${y1} ${x2 - c},${y2} ${x2},${y2}`;
+    mx = bezier(n > 1 ? 0.72 : 0.5, x1, x1 + c, x2 - c, x2);
+    my = n > 1 ? y2 + 13 * lines.length / 2 + (k - (n - 1) / 2) * (13 * lines.length + 3) : (y1 + y2) / 2;
+  } else {  // a link backwards or within a column: loop below the nodes
+    const low = Math.max(y1, y2) + GEOM.nodeH;
+    d = `M${x1},${y1} C${x1 + 60},${low} ${x2 - 60},${low} ${x2},${y2}`;
+    mx = (x1 + x2) / 2; my = low - 8;
+  }
+  const g = svgEl("g", { class: `edge ${cls}`.trim() });
+  g.append(svgEl("title", {}, title), svgEl("path", { d, "marker-end": `url(#${markerId})` }));
+  const caption = svgEl("text", { x: mx, y: my - 4 - 13 * (lines.length - 1), "text-anchor": "middle", class: "edge-label" });
+  lines.forEach((line, i) => caption.append(svgEl("tspan", { x: mx, dy: i ? 13 : 0 }, line)));
+  g.append(caption);
+  svg.append(g);
+}
+
+function drawNode(svg, p, n, lines) {
+  const g = svgEl("g", { class: `node kind-${n.kind || n.hop_kind || "other"}`, "data-id": n.id });
+  g.append(svgEl("title", {}, `${n.id}\n${lines.slice(1).join("\n")}`));
+  g.append(svgEl("rect", { x: p.x, y: p.y, width: GEOM.nodeW, height: GEOM.nodeH, rx: 5 }));
+  g.append(svgEl("text", { x: p.x + GEOM.nodeW / 2, y: p.y + 16, "text-anchor": "middle", class: "node-name" }, lines[0]));
+  g.append(svgEl("text", { x: p.x + GEOM.nodeW / 2, y: p.y + 31, "text-anchor": "middle", class: "node-sub" }, lines[1] || ""));
+  svg.append(g);
+}
+
+// Draws a node-link graph into `box`: nodeLines(n) -> [name, subtitle]; edgeInfo(l) -> {label, cls, title}.
+function drawLayered(box, graph, nodeLines, edgeInfo, gap = 120) {
+  box.replaceChildren();
+  if (!graph.nodes.length) { box.append(text("p", "nothing to draw yet", "help")); return; }
+  const { pos, width, height } = layout(graph, GEOM.nodeW + gap);
+  const svg = svgEl("svg", { id: `${box.id}-svg`, class: "topology", width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
+  const markerId = `${box.id}-arrow`;
+  const marker = svgEl("marker", { id: markerId, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" });
+  marker.append(svgEl("path", { d: "M0,0 L10,5 L0,10 z" }));
+  const defs = svgEl("defs"); defs.append(marker); svg.append(defs);
+  const into = new Map();
+  for (const l of graph.links) { if (!into.has(l.target)) into.set(l.target, []); into.get(l.target).push(l); }
+  for (const links of into.values()) {
+    links.sort((p, q) => pos.get(p.source).y - pos.get(q.source).y);
+    links.forEach((l, k) => {
+      const e = edgeInfo(l);
+      drawEdge(svg, markerId, pos.get(l.source), pos.get(l.target), k, links.length, e.label, e.cls, e.title);
+    });
+  }
+  for (const n of graph.nodes) drawNode(svg, pos.get(n.id), n, nodeLines(n));
+  box.append(svg);
+}
+
+const pointLines = (n) => [n.id, `${n.hop_kind || "?"} · ${n.host}`];
+
+async function loadTopology() {
+  const params = new URLSearchParams({ limit: "1000" });
+  try {
+    const points = await api(`api/v1/topology/points?${params}`);
+    $("#points-meta").textContent = `(${points.graph.traces} traces, ${points.nodes.length} capture points)`;
+    drawLayered($("#points-graph"), points, (n) => [n.id, `${n.hop_kind || "?"} · ${n.host} · ${n.traces}`], (l) => ({
+      label: [`→ ${us(l.req_p50_us)}  ← ${us(l.resp_p50_us)}`, `${l.traces} traces${l.lost_pkts ? ` · loss ${l.lost_pkts}` : ""}`],
+      cls: l.lost_pkts ? "loss" : "",
+      title: `${l.source} → ${l.target}: ${l.traces} traces\nrequest p50/p90/p99 ${us(l.req_p50_us)} / ${us(l.req_p90_us)} / ${us(l.req_p99_us)}\nresponse p50/p90/p99 ${us(l.resp_p50_us)} / ${us(l.resp_p90_us)} / ${us(l.resp_p99_us)}\nlost ${l.lost_pkts} in ${l.loss_traces} traces\n${Object.entries(l.reasons).map(([r, c]) => `${r} ×${c}`).join(", ")}`,
+    }));
+    const services = await api(`api/v1/topology/services?${params}`);
+    $("#services-meta").textContent = `(${services.graph.traces} traces over ${services.graph.window_s.toFixed(3)} s)`;
+    drawLayered($("#services-graph"), services, (n) => [n.label, n.kind === "pod" && n.node ? `pod · ${n.node}` : n.kind], (l) => ({
+      label: [`${l.requests} req${l.errors ? ` · ${l.errors} err` : ""}`, `p50 ${us(l.latency_p50_us)}`],
+      cls: l.errors ? "err" : "",
+      title: `${l.source} → ${l.target}: ${l.requests} requests (${l.rate_per_s}/s), ${l.errors} errors\nlatency p50/p90/p99 ${us(l.latency_p50_us)} / ${us(l.latency_p90_us)} / ${us(l.latency_p99_us)}\n${l.protocols.join(", ")}`,
+    }), 300);
+  } catch (err) { showError(err); }
+}
+
+async function drawTraceGraph(id) {
+  try {
+    const g = await api(`api/v1/topology/traces/${id}`);
+    drawLayered($("#trace-graph"), g, pointLines, (l) => ({
+      label: [`→ ${us(l.req_link_us)}  ← ${us(l.resp_link_us)}`, l.lost_pkts ? `loss ${l.lost_pkts}` : l.link_reason],
+      cls: [l.lost_pkts ? "loss" : "", l.slowest ? "slow" : ""].join(" "),
+      title: `${l.source} → ${l.target}: ${l.link_reason} (${l.link_confidence})`,
+    }));
+  } catch (err) { showError(err); }
+}
+
 $("#search").addEventListener("submit", listTraces);
 const initial = new URLSearchParams(location.search).get("trace");
 if (initial) showTrace(initial); else listTraces();
+loadTopology();
