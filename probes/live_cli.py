@@ -1,7 +1,8 @@
 """``hopscope probe``: capture live on one interface and publish flow and request records.
 
-    hopscope probe --iface IF --point NAME [--netns NS] [--kafka BOOTSTRAP | --out FILE]
-                   [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--seconds N]
+    hopscope probe --iface IF --point NAME [--netns NS] [--kafka BOOTSTRAP [--topic PREFIX]] [--out FILE]
+                   [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--seconds N] [--ring-mb N]
+                   [--max-flows N] [--max-connections N] [--report-interval S]
 
 Runs until SIGINT or SIGTERM (then flushes what it holds, prints a summary and exits 0). Records go to
 Kafka (``--kafka``, the topics of ``hopscope.transport``), or to ``--out`` (``.jsonl``: one JSON record
@@ -46,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--point", required=True, help="capture point name (unique per host and interface)")
     p.add_argument("--netns", help="network namespace (ip netns name) the interface is in")
     p.add_argument("--kafka", metavar="BOOTSTRAP", help="publish to this Kafka bootstrap server")
+    p.add_argument(
+        "--topic",
+        default="hopscope",
+        metavar="PREFIX",
+        help="Kafka topic prefix: records go to PREFIX.flows and PREFIX.requests (default: hopscope)",
+    )
     p.add_argument("--out", metavar="FILE", help="write records to FILE (.jsonl: JSON lines)")
     p.add_argument("--filter", default="", metavar="BPF", help="tcpdump filter expression")
     p.add_argument("--host", help="host name recorded with the capture point (default: this host)")
@@ -54,19 +61,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until signalled)")
     p.add_argument("--report-interval", type=float, default=10.0, help="seconds between status log lines")
     p.add_argument("--ring-mb", type=int, default=64, help="capture ring size in MiB (1 MiB blocks)")
+    p.add_argument("--max-flows", type=int, default=1_000_000, help="flow table limit (then: counted evictions)")
+    p.add_argument("--max-connections", type=int, default=65_536, help="HTTP/DNS-over-TCP connections tracked")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hopscope.probes.l7 import L7Settings
     from hopscope.probes.live import FileSink, LiveProbe, ProbeSettings, RingSettings
+    from hopscope.probes.meter import MeterConfig
 
     if not args.kafka and not args.out:
         raise ConfigError("say where records go: --kafka BOOTSTRAP and/or --out FILE")
     sinks: list[object] = []
     if args.kafka:
-        from hopscope.transport.kafka import KafkaPublisher
+        from hopscope.transport.kafka import KafkaPublisher, ensure_topics
 
-        sinks.append(KafkaPublisher(args.kafka))
+        ensure_topics(args.kafka, prefix=args.topic)
+        sinks.append(KafkaPublisher(args.kafka, prefix=args.topic))
     if args.out:
         sinks.append(FileSink(args.out))
     settings = ProbeSettings(
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         l7=not args.no_l7,
         report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
+        meter=MeterConfig(max_flows=args.max_flows),
+        l7_settings=L7Settings(max_connections=args.max_connections),
         **({"host": args.host} if args.host else {}),
     )
     sink = _Fanout(sinks)

@@ -181,3 +181,38 @@ def test_probe_command_flushes_on_sigterm_and_exits_zero(netns_pair: None, tmp_p
     _check_records(flows, requests)
     summary = json.loads(stderr.strip().splitlines()[-1])
     assert summary["kernel_drops"] == 0 and summary["request_records"] == len(PATHS) + 1
+
+
+@pytest.mark.kafka
+def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str) -> None:
+    import uuid
+
+    from hopscope.transport.kafka import KafkaRecordConsumer, ensure_topics
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    ensure_topics(kafka_bootstrap, prefix=prefix)
+    consumer = KafkaRecordConsumer(kafka_bootstrap, f"probe-{prefix}", tables=["flows", "requests"], prefix=prefix)
+    cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "kafka-point", "--netns", NS_A,
+           "--kafka", kafka_bootstrap, "--topic", prefix, "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        time.sleep(3.0)
+        _client()
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    flows: list[FlowRecord] = []
+    requests: list[RequestRecord] = []
+    deadline = time.monotonic() + 30
+    try:
+        complete = False
+        while not complete and time.monotonic() < deadline:
+            for d in consumer.poll(timeout_s=0.5):
+                target = flows if d.batch.record_type is FlowRecord else requests
+                target.extend(d.batch.records())  # type: ignore[arg-type]
+            complete = len(requests) >= len(PATHS) + 1 and any(f.proto == 6 and f.final for f in flows)
+    finally:
+        consumer.close()
+    _check_records(flows, requests)
