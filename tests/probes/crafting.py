@@ -13,6 +13,7 @@ from scapy.utils import wrpcap
 from hopscope.probes.analyze import analyze_capture
 from hopscope.records import FlowRecord
 
+MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 CLIENT, SERVER = ("10.0.0.1", 40000), ("10.0.0.2", 80)
 T0 = 1_700_000_000.0
 
@@ -37,7 +38,7 @@ def conversation(steps: Sequence[str], client_isn: int = 1000, server_isn: int =
             other = "<" if direction == ">" else ">"
             src, dst = (CLIENT, SERVER) if direction == ">" else (SERVER, CLIENT)
             ack = seq[other] if "A" in spec else 0
-            pkt = (Ether() / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=spec,
+            pkt = (Ether(src=MAC_A, dst=MAC_B) / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=spec,
                    seq=seq[direction], ack=ack) / payload)  # fmt: skip
             seq[direction] += len(payload) + ("S" in spec) + ("F" in spec)
             last[direction] = pkt
@@ -49,10 +50,12 @@ def conversation(steps: Sequence[str], client_isn: int = 1000, server_isn: int =
 def udp_packets(count_orig: int, count_resp: int) -> list[Packet]:
     out: list[Packet] = []
     for n in range(count_orig):
-        out.append(Ether() / IP(src="10.0.0.1", dst="10.0.0.53") / UDP(sport=5353, dport=53) / b"q")
+        out.append(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.53") / UDP(sport=5353, dport=53) / b"q")
         out[-1].time = T0 + n * 0.001
     for n in range(count_resp):
-        out.append(Ether() / IP(src="10.0.0.53", dst="10.0.0.1") / UDP(sport=53, dport=5353) / b"ans")
+        out.append(
+            Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.53", dst="10.0.0.1") / UDP(sport=53, dport=5353) / b"ans"
+        )
         out[-1].time = T0 + 0.5 + n * 0.001
     return out
 
