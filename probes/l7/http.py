@@ -307,6 +307,14 @@ class HttpStreamParser:
         self.mode = CLOSED
         self._reset_buffer(offset)
 
+    def tunnel(self) -> None:
+        """Stop parsing after the current message: the connection switched protocols."""
+        self._next_mode = TUNNEL
+        if self.msg is None and self.mode in (HEAD, SEEK):
+            self.mode = TUNNEL
+            self.buf.clear()
+            self._pos = 0
+
     # --- buffered modes -------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -694,7 +702,15 @@ class HttpConnection:
         self._pending.popleft()
         ex.response = msg
         self._replying = ex
-        return ex.request.method
+        method = ex.request.method
+        if msg.status == 101 or (method == "CONNECT" and 200 <= msg.status < 300):
+            self._tunnel_requests()
+        return method
+
+    def _tunnel_requests(self) -> None:
+        """After a protocol switch (101, CONNECT 2xx) the client's bytes are not HTTP/1 any more."""
+        if self.request_parser is not None:
+            self.request_parser.tunnel()
 
     def _on_response_done(self, msg: HttpMessage) -> None:
         if self._replying is not None and self._replying.response is msg:

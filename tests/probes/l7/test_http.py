@@ -393,3 +393,16 @@ def test_non_http_on_an_http_port_is_given_up(port: int) -> None:
     assert trk.take_records() == []
     assert trk.stats.http_given_up == 1
     assert trk.tables_size() == (0, 0)
+
+
+def test_websocket_upgrade_stops_parsing_both_directions() -> None:
+    conv = TcpConversation().handshake()
+    conv.request(get("/ws", extra="Upgrade: websocket\r\nConnection: Upgrade\r\n"))
+    conv.response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    conv.request(b"\x81\x85" + b"GET / HTTP/1.1\r\n\r\n" * 3)  # frames that happen to contain HTTP text
+    conv.response(b"\x81\x05HTTP/1.1 200 OK\r\n\r\n")
+    trk = tracker()
+    feed(trk, conv.packets)
+    trk.flush()
+    assert [(r.path, r.status) for r in trk.take_records()] == [("/ws", 101)]
+    assert trk.stats.http_orphan_responses == 0
