@@ -125,14 +125,29 @@ class FlowMeter:
         return list(self.flush_batch().records())  # type: ignore[arg-type]
 
     def process_batch(self, block: PacketBlock) -> Batch:
-        """Meter the ok rows of ``block`` (filling its ``flow_id``/``from_orig``); return due records."""
+        """Meter the ok rows of ``block`` (filling its ``flow_id``/``from_orig``); return due records.
+
+        The rows are metered in slices of ``sweep_every_s`` of capture time, each followed by the
+        idle/linger/interim sweep, so emission follows capture time however big the block is.
+        """
         rows = np.flatnonzero(block.ok)
-        if len(rows):
-            self._meter(block, rows)
-            self._now_ns = max(self._now_ns, int(block.ts_ns[rows].max()))
-        if self._now_ns >= self._next_sweep_ns:
-            self._sweep()
-            self._next_sweep_ns = self._now_ns + int(self.config.sweep_every_s * _NS)
+        if len(rows) == 0:
+            return self._take_pending()
+        clock = np.maximum.accumulate(block.ts_ns[rows])
+        step = max(int(self.config.sweep_every_s * _NS), 1)
+        start = 0
+        while start < len(rows):
+            if self._next_sweep_ns == 0:
+                self._next_sweep_ns = int(clock[start]) + step
+            stop = int(np.searchsorted(clock, self._next_sweep_ns, side="left"))
+            stop = max(stop, start + 1) if stop <= start else stop
+            self._meter(block, rows[start:stop])
+            self._now_ns = max(self._now_ns, int(clock[stop - 1]))
+            if stop < len(rows) or self._now_ns >= self._next_sweep_ns:
+                self._now_ns = max(self._now_ns, int(clock[min(stop, len(rows) - 1)]))
+                self._sweep()
+                self._next_sweep_ns = self._now_ns + step
+            start = stop
         return self._take_pending()
 
     def flush_batch(self) -> Batch:

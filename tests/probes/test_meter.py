@@ -1,0 +1,153 @@
+"""Flow meter behaviour beyond conn_state: Community ID, tunnels, capture points, emission rules,
+the flows command, and the counters of damaged input."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import GRE, IP, TCP, UDP
+from scapy.layers.l2 import CookedLinuxV2, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.utils import wrpcap
+
+from hopscope.cli import main
+from hopscope.probes.analyze import analyze_capture
+from hopscope.probes.community_id import community_id
+from hopscope.probes.meter import MeterConfig
+from tests.probes.crafting import MAC_A, MAC_B, conversation
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(("fixture", "seed"), [("community_id_seed0.json", 0), ("community_id_seed1.json", 1)])
+def test_community_id_spec_vectors(fixture: str, seed: int) -> None:
+    vectors = json.loads((DATA / fixture).read_text())
+    assert len(vectors) == 23
+    for v in vectors:
+        got = community_id(v["proto"], v["saddr"], v["daddr"], v["sport"] or 0, v["dport"] or 0, seed)
+        assert got == v["communityid"], v
+
+
+def test_flow_community_id_is_the_tuples(tmp_path: Path) -> None:
+    path = tmp_path / "c.pcap"
+    wrpcap(str(path), conversation([">S", "<SA", ">A"]))
+    (rec,) = analyze_capture(path).flows.records()
+    assert rec.community_id == community_id(6, "10.0.0.1", "10.0.0.2", 40000, 80)  # type: ignore[attr-defined]
+
+
+def _tunnelled(outer: object) -> list[object]:
+    pkts = []
+    for pkt in conversation([">S", "<SA", ">A", ">PA:20"]):
+        inner = pkt[IP]
+        wrapped = outer / inner  # type: ignore[operator]
+        wrapped.time = pkt.time
+        pkts.append(wrapped)
+    return pkts
+
+
+@pytest.mark.parametrize(
+    ("outer", "tunnel"),
+    [
+        (Ether(src=MAC_A, dst=MAC_B) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(dport=4789) / VXLAN(vni=9) / Ether(),
+         "vxlan vni=9 192.0.2.1>192.0.2.2"),
+        (Ether(src=MAC_A, dst=MAC_B) / IP(src="192.0.2.1", dst="192.0.2.2") / GRE(proto=0x0800),
+         "gre 192.0.2.1>192.0.2.2"),
+        (Ether(src=MAC_A, dst=MAC_B) / IP(src="192.0.2.1", dst="192.0.2.2"), "ipip 192.0.2.1>192.0.2.2"),
+    ],
+)  # fmt: skip
+def test_tunnelled_traffic_yields_the_inner_flow(tmp_path: Path, outer: object, tunnel: str) -> None:
+    path = tmp_path / "t.pcap"
+    wrpcap(str(path), _tunnelled(outer))
+    (rec,) = analyze_capture(path).flows.records()
+    assert (rec.orig_h, rec.resp_p, rec.history, rec.tunnel) == ("10.0.0.1", 80, "ShAD", tunnel)  # type: ignore[attr-defined]
+    assert rec.orig_ip_bytes == 40 + 40 + 60  # inner IP bytes  # type: ignore[attr-defined]
+
+
+def test_sll2_any_capture_gives_one_flow_per_interface(tmp_path: Path) -> None:
+    frames = []
+    for pkt in conversation([">S", "<SA", ">A"]):
+        for ifindex in (4, 7):
+            frames.append(bytes(CookedLinuxV2(proto=0x0800, ifindex=ifindex) / pkt[IP]))
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 276)
+    for n, frame in enumerate(frames):
+        data += struct.pack("<IIII", 1_700_000_000, n, len(frame), len(frame)) + frame
+    path = tmp_path / "node.pcap"
+    path.write_bytes(data)
+    result = analyze_capture(path, points={"if4": "nodeA-pre-nat"})
+    points = sorted((r.point, r.conn_state, r.orig_pkts + r.resp_pkts) for r in result.flows.records())  # type: ignore[attr-defined]
+    assert points == [("if7", "S1", 3), ("nodeA-pre-nat", "S1", 3)]
+    assert len({r.syn_seq for r in result.flows.records()}) == 1  # type: ignore[attr-defined]
+
+
+def test_interim_records_for_long_flows_and_idle_timeout(tmp_path: Path) -> None:
+    pkts = conversation([">S", "<SA", ">A"] + [">PA:10", "<A"] * 10)
+    for n, p in enumerate(pkts):
+        p.time = 1_700_000_000 + n * 10.0  # 10 s apart: 2 minutes in all
+    late = conversation([">S"])[0]
+    late.time = pkts[-1].time + 1000  # long after: the first flow idles out
+    late[TCP].sport = 50000
+    path = tmp_path / "long.pcap"
+    wrpcap(str(path), [*pkts, late])
+    config = MeterConfig(interval_s=30.0, tcp_idle_timeout_s=300.0)
+    records = list(analyze_capture(path, config=config).flows.records())
+    interim = [r for r in records if not r.final]  # type: ignore[attr-defined]
+    final = [r for r in records if r.final and r.orig_p == 40000]  # type: ignore[attr-defined]
+    assert len(interim) >= 3 and all(r.close_type == "open" for r in interim)  # type: ignore[attr-defined]
+    assert [r.orig_pkts for r in interim] == sorted(r.orig_pkts for r in interim)  # type: ignore[attr-defined]
+    assert len(final) == 1 and final[0].close_type == "timeout"  # type: ignore[attr-defined]
+    assert len({r.flow_id for r in interim + final}) == 1  # type: ignore[attr-defined]
+
+
+def test_flow_table_limit_evicts_and_counts(tmp_path: Path) -> None:
+    pkts = []
+    for n in range(50):
+        p = conversation([">S"])[0]
+        p[TCP].sport = 20000 + n
+        p.time = 1_700_000_000 + n * 0.001
+        pkts.append(p)
+    path = tmp_path / "many.pcap"
+    wrpcap(str(path), pkts)
+    result = analyze_capture(path, config=MeterConfig(max_flows=10))
+    records = list(result.flows.records())
+    assert len(records) == 50
+    assert result.stats["evictions"] > 0
+    assert sum(r.close_type == "evicted" for r in records) == result.stats["evictions"]  # type: ignore[attr-defined]
+
+
+def test_bad_packets_counted_records_kept(tmp_path: Path) -> None:
+    good = conversation([">S", "<SA", ">A"])
+    frames = [bytes(good[0]), b"\x00" * 5, bytes(good[1])[:30], bytes(good[1]), bytes(good[2])]
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for n, frame in enumerate(frames):
+        data += struct.pack("<IIII", 1_700_000_000, n, len(frame), len(frame)) + frame
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(data + b"\x01\x02\x03")  # and a cut record header at the end
+    result = analyze_capture(path)
+    (rec,) = result.flows.records()
+    assert (rec.conn_state, rec.orig_pkts + rec.resp_pkts) == ("S1", 3)  # type: ignore[attr-defined]
+    assert result.stats["skip_truncated_link"] == 1 and result.stats["skip_truncated_ip"] == 1
+    assert result.stats["truncated_tail_bytes"] == 3
+
+
+def test_flows_command_jsonl_and_points(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cli.pcap"
+    wrpcap(str(path), conversation([">S", "<SA", ">A", ">PA:5", "<PA:7", ">FA", "<FA", ">A"]))
+    assert main(["flows", str(path), "--point", "edge-1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert list(row)[:8] == ["ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "duration"]
+    assert (row["proto"], row["conn_state"], row["history"], row["point"]) == ("tcp", "SF", "ShADdFf", "edge-1")
+    assert (row["orig_bytes"], row["resp_bytes"], row["close_type"]) == (5, 7, "normal")
+    assert main(["flows", str(path), "--format", "table"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[0] == "point" and "ShADdFf" in table[1]
+
+
+def test_flows_command_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "x.pcap"
+    path.write_bytes(b"not a capture at all")
+    assert main(["flows", str(path)]) == 4
+    assert "offset 0" in capsys.readouterr().err
