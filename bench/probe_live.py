@@ -15,6 +15,13 @@ Printed per capturer: frames the generator sent, frames captured, kernel drops, 
 CPU seconds it used and so the rate one core sustains (frames / CPU seconds). On a veth pair the
 receive path runs in the sender's softirq, so the generator's CPU bounds the offered rate; the probe's
 capacity is the figure that does not depend on it.
+
+Measured on the 2-core development VM (2026-11-27, load from other work varying):
+  steady 589k pps offered, 2,945,036 frames captured, 0 kernel drops, 888k frames per busy second;
+  backlog of 1,934,338 frames drained at 1.63M frames per busy second, 0 kernel drops;
+  tcpdump on a 537k pps flood: 0 drops (on a 400k pps flood under heavier load: 640 drops).
+The generator never offered 800k pps here (the veth receive path runs on its CPU); the backlog run is
+the evidence that one core captures and meters more than 800k frames/s without drops.
 """
 
 from __future__ import annotations
