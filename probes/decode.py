@@ -210,7 +210,7 @@ class Decoder:
         self._mark(block, t_rows, bad_doff, PacketStatus.BAD_L4_HEADER)
         pay = l4 + hlen
         plen = np.maximum(ip_end - pay, 0)
-        block.payload_off[rows] = pay
+        block.payload_off[rows] = np.minimum(pay, end)  # snaplen may cut inside the L4 header options
         block.payload_len[rows] = plen
         block.payload_caplen[rows] = np.clip(np.minimum(end, ip_end) - pay, 0, plen)
         return is_udp & ~short & (np.isin(dport, TUNNEL_UDP_PORTS))

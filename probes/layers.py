@@ -249,7 +249,7 @@ def _transport(frame: memoryview | bytes, off: int, end: int, proto: int, out: D
 
 
 def _payload(frame: memoryview | bytes, pay: int, end: int, out: Decoded) -> None:
-    out.payload_off = pay
+    out.payload_off = min(pay, len(frame))
     out.payload_len = max(end - pay, 0)
     out.payload_caplen = max(min(end, len(frame)) - pay, 0)
 
