@@ -163,12 +163,16 @@ class Assembler:
         self.is_l4 = obs.batch.record_type.TABLE == "flows"
         self.spans: dict[str, Any] = {}
         self.traces: dict[str, Any] = {}
+        #: trace id of each observation row ('' when it is in no trace)
+        self.row_trace_ids: list[str] = [""] * len(obs)
 
     def run(self) -> None:
         w = walk(self.order, self.links, self.times.req_first[self.order.first()])
         if len(w.rows) == 0:
             return
         trace_ids, trace_h = self._trace_ids(w)
+        for row, t in zip(w.rows.tolist(), w.trace.tolist(), strict=True):
+            self.row_trace_ids[row] = trace_ids[t]
         self._spans(w, trace_ids, trace_h)
         self._trace_rows(w, trace_ids)
 

@@ -44,6 +44,10 @@ class StitchResult:
     #: offset (µs) subtracted from each capture point's timestamps
     clock_offsets_us: dict[str, int]
     stats: dict[str, int] = field(default_factory=dict)
+    #: trace id of each input request record ('' when it joined no trace)
+    request_trace: list[str] = field(default_factory=list)
+    #: trace id of each input flow record ('' when none; interim reports share their flow's)
+    flow_trace: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -67,15 +71,19 @@ class Correlator:
                version_ns: int | None = None) -> StitchResult:
         """Stitch everything given at once (the offline path; streaming calls it per window)."""
         requests = requests if requests is not None else empty_batch(RequestRecord)
-        flows = latest_flows(flows if flows is not None else empty_batch(FlowRecord))
-        stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(flows)}
+        all_flows = flows if flows is not None else empty_batch(FlowRecord)
+        latest, superseded_by = latest_flows(all_flows)
+        flows = all_flows.take(latest)
+        stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(all_flows)}
+        l4_rows = _flows_without_l7(flows, requests)
         req = self._segment(request_table(requests, self.kinds), stats, "requests")
-        l4 = self._segment(flow_table(_flows_without_l7(flows, requests), self.kinds), stats, "flows")
+        l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds), stats, "flows")
         offsets, raw_orders = self._clock([req, l4])
         version = version_ns if version_ns is not None else time.time_ns()
         close = _flow_close(flows)
         spans: list[Batch] = []
         traces: list[Batch] = []
+        row_traces: list[list[str]] = [[""] * len(requests), [""] * len(flows)]
         for stage, with_proxies, raw in ((req, True, raw_orders[0]), (l4, False, raw_orders[1])):
             if stage.nseg == 0:
                 continue
@@ -86,6 +94,11 @@ class Correlator:
             links = _links(stage, times, self.settings, stats, with_proxies)
             asm = Assembler(stage.obs, stage.order, times, links, version, close)
             asm.run()
+            if stage is req:
+                row_traces[0] = asm.row_trace_ids
+            else:
+                for i, t in zip(l4_rows.tolist(), asm.row_trace_ids, strict=True):
+                    row_traces[1][i] = t
             if asm.spans:
                 spans.append(Batch(Span, asm.spans, len(asm.spans["trace_id"])))
                 traces.append(Batch(Trace, asm.traces, len(asm.traces["trace_id"])))
@@ -96,6 +109,8 @@ class Correlator:
             traces=Batch.concat(traces) if traces else Batch(Trace, {}, 0),
             clock_offsets_us={k: v // 1000 for k, v in sorted(offsets.items()) if v},
             stats=stats,
+            request_trace=row_traces[0],
+            flow_trace=[row_traces[1][i] for i in superseded_by.tolist()],
         )
 
     def _segment(self, obs: ObsTable, stats: dict[str, int], name: str) -> _Stage:
@@ -198,21 +213,24 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
     )
 
 
-def _flows_without_l7(flows: Batch, requests: Batch) -> Batch:
-    """Flows of TCP connections that carried no request record (at any point)."""
+def _flows_without_l7(flows: Batch, requests: Batch) -> npt.NDArray[np.int64]:
+    """Rows of flows of TCP connections that carried no request record (at any point)."""
     if len(flows) == 0:
-        return flows
+        return np.zeros(0, np.int64)
+
     def conn_key(b: Batch) -> npt.NDArray[np.uint64]:
         syn = np.asarray(b.columns["syn_seq"]).astype(np.uint64)
         ack = np.asarray(b.columns["synack_seq"]).astype(np.uint64)
         return (syn << np.uint64(32)) | ack
+
     fk = conn_key(flows)
-    rk = conn_key(requests) if len(requests) else np.zeros(0, np.uint64)
     fsyn = np.asarray(flows.columns["syn_seq"]).astype(np.uint64)
-    rsyn = np.asarray(requests.columns["syn_seq"]).astype(np.uint64) if len(requests) else rk
-    keep = ~np.isin(fk, rk) & ~np.isin(fsyn, rsyn[np.asarray(requests.columns["synack_seq"]) == 0]
-                                        if len(requests) else rk)
-    return flows.take(np.flatnonzero(keep))
+    if len(requests) == 0:
+        return np.arange(len(flows), dtype=np.int64)
+    rsyn = np.asarray(requests.columns["syn_seq"]).astype(np.uint64)
+    no_ack = np.asarray(requests.columns["synack_seq"]) == 0
+    keep = ~np.isin(fk, conn_key(requests)) & ~np.isin(fsyn, rsyn[no_ack])
+    return np.flatnonzero(keep).astype(np.int64)
 
 
 def _flow_close(flows: Batch) -> dict[tuple[str, int], str]:

@@ -96,18 +96,27 @@ def request_table(batch: Batch, kinds: Mapping[str, str]) -> ObsTable:
     )
 
 
-def latest_flows(batch: Batch) -> Batch:
-    """Keep the newest report of each flow at each point (interim reports are cumulative)."""
+def latest_flows(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The newest report of each flow at each point (interim reports are cumulative).
+
+    Returns the rows to keep (in input order) and, for every input row, the index into those rows of
+    the report that supersedes it."""
     if len(batch) == 0:
-        return batch
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     cols = batch.columns
     index: dict[tuple[str, str], int] = {}
     pt = np.array([index.setdefault(pair, len(index)) for pair in zip(cols["point"], cols["iface"], strict=True)],
                   dtype=np.uint64)
     fid = _u64(cols["flow_id"])
     order = np.lexsort((_u64(cols["end_ns"]), fid, pt))
-    last = np.r_[(pt[order][1:] != pt[order][:-1]) | (fid[order][1:] != fid[order][:-1]), True]
-    return batch.take(np.sort(order[last]))
+    new_group = np.r_[True, (pt[order][1:] != pt[order][:-1]) | (fid[order][1:] != fid[order][:-1])]
+    last = np.r_[new_group[1:], True]
+    keep_sorted = order[last]
+    rank = np.argsort(np.argsort(keep_sorted))  # position of each kept row in input order
+    group = np.cumsum(new_group) - 1
+    superseded_by = np.empty(len(batch), np.int64)
+    superseded_by[order] = rank[group]
+    return np.sort(keep_sorted).astype(np.int64), superseded_by
 
 
 def flow_table(batch: Batch, kinds: Mapping[str, str]) -> ObsTable:
