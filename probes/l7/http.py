@@ -272,6 +272,11 @@ class HttpStreamParser:
                 return
             if mode >= TUNNEL:
                 return
+            if mode == HEAD and not self.buf:
+                after = self._head_in_segment(offset, ts_ns, payload, pos)
+                if after > pos:
+                    pos = after
+                    continue
             if not self.buf:
                 self.buf_offset = offset + pos
             self._marks.append((offset + pos, ts_ns))
@@ -411,6 +416,25 @@ class HttpStreamParser:
         self.msg = msg
         self._frame(msg, head, self.on_head(msg))
         return True
+
+    def _head_in_segment(self, offset: int, ts_ns: int, payload: bytes, pos: int) -> int:
+        """Fast path: a whole header block inside one segment is parsed without buffering.
+
+        Returns the position after the block, or ``pos`` when the block is not complete or not valid
+        here (the buffered path then takes the bytes, and resyncs if need be).
+        """
+        end = payload.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return pos
+        msg = HttpMessage(offset + pos, ts_ns)
+        head = parse_head(payload[pos:end], self.is_request, msg)
+        if head is None:
+            return pos
+        msg.payload_hash = payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
+        msg.end_offset = offset + end + 4
+        self.msg = msg
+        self._frame(msg, head, self.on_head(msg))
+        return end + 4
 
     def _first_line_ok(self) -> bool:
         line_end = self.buf.find(b"\n", self._pos)
@@ -649,6 +673,18 @@ class HttpConnection:
             gone = {id(ex) for ex in ready}
             self._pending = deque(ex for ex in self._pending if id(ex) not in gone)
         return overflow + ready
+
+    def due(self, now_ns: int, linger_ns: int, request_timeout_ns: int) -> bool:
+        """Cheap test whether ``take`` would return anything (looks at the oldest exchange only)."""
+        if self.overflow:
+            return True
+        if not self.waiting:
+            return False
+        ex = self.waiting[0]
+        resp = ex.response
+        if resp is None:
+            return ex.request.last_ns + request_timeout_ns <= now_ns
+        return resp.complete and resp.last_ns + linger_ns <= now_ns
 
     @property
     def hopeless(self) -> bool:

@@ -355,7 +355,7 @@ class L7Tracker:
             self._ignore(flow_id)
         elif conn.closed:
             self._finish_tcp(flow_id, state)
-        elif conn.overflow or (conn.waiting and conn.waiting[0].response is not None):
+        elif conn.due(ts_ns, self.settings.linger_ns, self.settings.request_timeout_ns):
             self._emit_ready(state, ts_ns, final=False)
 
     def _emit_ready(self, state: _TcpState, now_ns: int, final: bool) -> None:
