@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,7 +300,3 @@ def load_inventory(path: str | Path) -> Inventory:
     except ConfigError as exc:
         raise ConfigError(f"inventory {p}: {exc}") from exc
 
-
-def entities_by_kind(inventory: Inventory, kind: str) -> Sequence[Entity]:
-    """The listed entities of one kind, in file order."""
-    return [e for e in inventory.entities if e.kind == kind]
