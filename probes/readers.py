@@ -288,6 +288,9 @@ class CaptureReader:
                 name = value.decode("utf-8", "replace").rstrip("\x00")
             elif code == 9 and olen >= 1:
                 tsresol = 10 ** (value[0] & 0x7F) if value[0] < 0x80 else 2 ** (value[0] & 0x7F)
+                if tsresol >= 1 << 63:
+                    raise CaptureError(f"{self.path}: pcapng if_tsresol {value[0]:#x} out of range at offset "
+                                       f"{file_pos + opt}")  # fmt: skip
             elif code == 14 and olen >= 8:
                 (tsoffset,) = struct.unpack(e + "q", value[:8])
             opt += 4 + ((olen + 3) & ~3)

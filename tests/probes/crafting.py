@@ -38,8 +38,8 @@ def conversation(steps: Sequence[str], client_isn: int = 1000, server_isn: int =
             other = "<" if direction == ">" else ">"
             src, dst = (CLIENT, SERVER) if direction == ">" else (SERVER, CLIENT)
             ack = seq[other] if "A" in spec else 0
-            pkt = (Ether(src=MAC_A, dst=MAC_B) / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=spec,
-                   seq=seq[direction], ack=ack) / payload)  # fmt: skip
+            tcp = TCP(sport=src[1], dport=dst[1], flags=spec, seq=seq[direction], ack=ack)
+            pkt = Ether(src=MAC_A, dst=MAC_B) / IP(src=src[0], dst=dst[0]) / tcp / payload
             seq[direction] += len(payload) + ("S" in spec) + ("F" in spec)
             last[direction] = pkt
         pkt.time = T0 + n * 0.001

@@ -30,7 +30,7 @@ from hopscope.probes.readers import Interface, RawBlock, open_capture
 from tests.probes.test_readers import pcapng_bytes
 
 M = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
-O = IP(src="192.0.2.1", dst="192.0.2.2")
+OUTER = IP(src="192.0.2.1", dst="192.0.2.2")
 T = (
     IP(src="10.0.0.1", dst="10.0.0.2")
     / TCP(sport=1000, dport=80, flags="PA", seq=1, options=[("MSS", 1460)])
@@ -46,14 +46,14 @@ BASE_FRAMES = [
         Ether(**M) / IPv6() / IPv6ExtHdrHopByHop() / UDP() / b"x",
         Ether(**M) / IPv6() / IPv6ExtHdrFragment(m=1) / TCP() / b"y",
         Ether(**M) / IP() / ICMP() / b"ping",
-        Ether(**M) / O / UDP(dport=4789) / VXLAN(vni=5) / Ether(**M) / T,
-        Ether(**M) / O / UDP(dport=6081) / GENEVE(vni=5, proto=0x6558) / Ether(**M) / T,
-        Ether(**M) / O / GRE(key_present=1, key=3, proto=0x0800) / T,
-        Ether(**M) / O / GRE(seqnum_present=1, proto=0x88BE) / ERSPAN_II() / Ether(**M) / T,
-        Ether(**M) / O / GRE(seqnum_present=1, proto=0x22EB) / ERSPAN_III() / Ether(**M) / T,
-        Ether(**M) / O / T,
+        Ether(**M) / OUTER / UDP(dport=4789) / VXLAN(vni=5) / Ether(**M) / T,
+        Ether(**M) / OUTER / UDP(dport=6081) / GENEVE(vni=5, proto=0x6558) / Ether(**M) / T,
+        Ether(**M) / OUTER / GRE(key_present=1, key=3, proto=0x0800) / T,
+        Ether(**M) / OUTER / GRE(seqnum_present=1, proto=0x88BE) / ERSPAN_II() / Ether(**M) / T,
+        Ether(**M) / OUTER / GRE(seqnum_present=1, proto=0x22EB) / ERSPAN_III() / Ether(**M) / T,
+        Ether(**M) / OUTER / T,
         Ether(**M) / IPv6() / IP() / TCP(),
-        Ether(**M) / O / UDP(dport=4789) / VXLAN() / Ether(**M) / O / UDP(dport=4789) / VXLAN() / Ether(**M) / T,
+        Ether(**M) / OUTER / UDP(dport=4789) / VXLAN() / Ether(**M) / OUTER / UDP(dport=4789) / VXLAN() / Ether() / T,
     )
 ]
 LINKTYPES = [1, 113, 276, 101, 0]
@@ -149,7 +149,7 @@ def test_mutated_files_raise_capture_error_or_decode(kind: str, seed: int, flips
         try:
             result = analyze_capture(path)
         except CaptureError as exc:
-            assert str(path) in str(exc) and "offset" in str(exc) or "cannot open" in str(exc)
+            assert (str(path) in str(exc) and "offset" in str(exc)) or "cannot open" in str(exc)
             return
         assert result.stats["frames"] >= result.stats.get("packets", 0)
 

@@ -91,7 +91,7 @@ def test_crafted_ipv6_and_vlan_match_tshark(tmp_path: Path) -> None:
             Ether(src=MAC_A, dst=MAC_B) / IPv6(src=s6, dst=c6) / TCP(sport=443, dport=4000 + n, flags="SA"),
             Ether(src=MAC_A, dst=MAC_B)
             / Dot1Q(vlan=5)
-            / IP(src="10.9.0.%d" % (n + 1), dst="10.9.1.1")
+            / IP(src=f"10.9.0.{n + 1}", dst="10.9.1.1")
             / UDP(sport=999, dport=53),
         ]
     for i, p in enumerate(pkts):
