@@ -1,5 +1,4 @@
-"""``hopscope analyze`` (offline: captures in, traces out) and ``hopscope correlate`` (streaming:
-record batches from Kafka in, spans and traces into the store).
+"""``hopscope analyze``: read captures from several points, stitch, store, print traces.
 
     hopscope analyze --point client=c.pcap --point node=n.pcap --kind node=nat --format json
     hopscope analyze --manifest samples/lab/manifest.json          # points, kinds and hosts from the lab
@@ -39,20 +38,21 @@ def register(sub: Any) -> None:
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: for inputs over 20 MB on a terminal)")
     p.set_defaults(func=run)
-    c = sub.add_parser("correlate", help="stitch record batches from Kafka into traces in the store (streaming)")
-    c.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap host:port")
-    c.add_argument("--group", default="hopscope-correlate", help="consumer group (default hopscope-correlate)")
-    c.add_argument("--topic-prefix", default="hopscope", help="topics PREFIX.flows and PREFIX.requests")
-    c.add_argument("--store", help="store URL (default: the embedded chDB store, $HOPSCOPE_STORE)")
-    c.add_argument("--kind", action="append", default=[], metavar="NAME=KIND", help="hop kind of a point")
-    c.add_argument("--lateness-s", type=float, default=5.0,
-                   help="event-time lag after which a trace is complete (default 5)")
-    c.add_argument("--idle-flush-s", type=float, default=6.0,
-                   help="no input for this long: emit everything buffered (default 6)")
-    c.add_argument("--max-buffer", type=int, default=2_000_000, help="records buffered at most (state bound)")
-    c.add_argument("--exit-when-idle", action="store_true",
-                   help="exit once the input ran dry and everything was written (batch runs, tests)")
-    c.set_defaults(func=run_stream)
+    _register_streaming(sub)
+
+
+def _register_streaming(sub: Any) -> None:
+    """``hopscope correlate`` (streaming) lives in correlate/stream_cli.py, owned by the streaming
+    engineer; it is registered here, once, when that module is present."""
+    if "correlate" in getattr(sub, "choices", {}):
+        return
+    try:
+        from hopscope.correlate import stream_cli
+    except ImportError:
+        return
+    register_stream = getattr(stream_cli, "register", None)
+    if register_stream is not None:
+        register_stream(sub)
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -144,30 +144,3 @@ def _store(url: str | None, tables: dict[str, Any]) -> None:
     finally:
         store.close()
 
-
-def run_stream(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from hopscope.correlate.stream import StreamCorrelator, StreamSettings
-    from hopscope.store import DEFAULT_URL, store_from_url
-    from hopscope.transport.kafka import KafkaRecordConsumer
-
-    if args.lateness_s <= 0 or args.idle_flush_s <= 0 or args.max_buffer < 1000:
-        raise ConfigError("--lateness-s and --idle-flush-s must be positive, --max-buffer at least 1000")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stream = StreamSettings(lateness_us=int(args.lateness_s * 1e6), idle_flush_s=args.idle_flush_s,
-                            max_buffer_records=args.max_buffer)
-    store = store_from_url(args.store or DEFAULT_URL)
-    consumer = KafkaRecordConsumer(args.kafka, args.group, prefix=args.topic_prefix)
-    try:
-        store.ensure_schema()
-        correlator = StreamCorrelator(consumer, store, stream=stream, kinds=_pairs(args.kind, "kind"))
-        correlator.run(stop, exit_when_idle=args.exit_when_idle)
-        log.warning("correlate: %s", correlator.stats.as_dict())
-    finally:
-        consumer.close()
-        store.close()
-    return 0
