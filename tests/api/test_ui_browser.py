@@ -23,6 +23,10 @@ from typing import Any
 
 import pytest
 
+from hopscope.records import Batch, Span, Trace
+from hopscope.store import store_from_url
+from tests.topology.paths import lab_trace
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "lab"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,6 +40,7 @@ CHROMIUM_FLAGS = [
 #: The lab path of a request from client1 to server1 (manifest capture points), left to right.
 LAB_PATH = ["client1-pod", "nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB", "server1-pod",
             "server1-app"]  # fmt: skip
+LOSSY_LINK = ("nodeA-post-nat", "hv-tap")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -129,6 +134,18 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"hopscope serve did not answer on {base}")
 
 
+def _add_lossy_trace(url: str) -> None:
+    """The samples lost nothing: add one hand-built trace along the lab path that lost a segment
+    between the NAT node and the hypervisor, so the drawing has a link to highlight."""
+    trace, spans = lab_trace(1, lost_on=LOSSY_LINK[1])
+    store = store_from_url(url)
+    try:
+        store.insert("traces", Batch.from_records(Trace, [trace]))
+        store.insert("spans", Batch.from_records(Span, spans))
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The demo's store served by `hopscope serve --inventory` (the installed package, run from a
@@ -141,6 +158,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         capture_output=True, text=True, timeout=300, env=env, cwd=var,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stderr
+    _add_lossy_trace(f"chdb://{store_dir}")
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hopscope", "serve", "--store", f"chdb://{store_dir}", "--port", str(port),
@@ -210,8 +228,9 @@ def test_trace_list_and_topology(served: str) -> None:
     assert len(edges) == len(points["links"])
     labels = [e.find_all(lambda x: x.tag == "text")[0].text() for e in edges]
     assert all("µs" in t or "ms" in t for t in labels), labels
-    lossy = {(link["source"], link["target"]) for link in points["links"] if link["lost_pkts"]}
-    assert sum("loss" in e.classes() for e in edges) == len(lossy)
+    lossy = [e for e in edges if "loss" in e.classes()]
+    assert len(lossy) == 1 and "loss 1" in lossy[0].text(), [e.text() for e in lossy]
+    assert lossy[0].text().startswith(" → ".join(LOSSY_LINK)), lossy[0].text()  # its tooltip names the link
 
     # the service map names pods and Services from the inventory
     services = svg_nodes(dom, "services-graph-svg")
