@@ -389,6 +389,7 @@ class LiveProbe:
         self.summary = ProbeSummary()
         self._flows: list[Batch] = []
         self._stop = threading.Event()
+        self.started = threading.Event()  # set once the ring is open (capturing)
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler)."""
@@ -401,6 +402,7 @@ class LiveProbe:
         next_publish = started + s.publish_interval_s
         next_report = started + s.report_interval_s
         self.ring.open()
+        self.started.set()
         log.info("capturing on %s (point %s, netns %s, filter %r)", s.iface, s.point, s.netns or "-", s.bpf)
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -439,7 +441,13 @@ class LiveProbe:
             self._flows.append(batch)
 
     def _drain(self) -> None:
-        """Take what the kernel holds already (without waiting) before flushing."""
+        """Before flushing, take what the kernel holds, waiting long enough for it to retire the block
+        it is filling (frames captured before the stop are not lost)."""
+        end = time.monotonic() + 2 * self.settings.ring.retire_ms / 1000
+        while time.monotonic() < end:
+            raw = self.ring.read(10)
+            if raw is not None:
+                self._process(raw)
         for _ in range(self.settings.ring.block_count):
             raw = self.ring.read(0)
             if raw is None:

@@ -121,6 +121,34 @@ def _client() -> None:
     )
 
 
+def _start_probe(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """Start ``hopscope -v probe ...`` and return once it logged that it is capturing."""
+    cmd = [*cmd[:3], "-v", *cmd[3:]]  # python -m hopscope -v probe ...
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "capturing on" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise AssertionError("the probe did not start capturing:\n" + "".join(lines))
+    return proc, lines, reader
+
+
+def _finish_probe(proc: subprocess.Popen[str], lines: list[str], reader: threading.Thread) -> str:
+    proc.wait(60)
+    reader.join(10)  # stderr is closed once the probe exited
+    return "".join(lines)
+
+
 def _check_records(flows: list[FlowRecord], requests: list[RequestRecord]) -> None:
     http = sorted((r for r in requests if r.l7_proto == "http"), key=lambda r: r.seq_in_flow)
     assert [(r.method, r.path, r.status) for r in http] == [("GET", p, 404 if p == "/missing" else 200) for p in PATHS]
@@ -146,9 +174,8 @@ def test_live_probe_in_namespace_sees_http_and_dns(netns_pair: None) -> None:
     runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
     runner.start()
     try:
-        time.sleep(0.5)  # the ring is open well before the first packet
+        assert probe.started.wait(30), "the probe did not open its ring"
         _client()
-        time.sleep(0.3)
     finally:
         probe.stop()
         runner.join(30)
@@ -166,14 +193,12 @@ def test_probe_command_flushes_on_sigterm_and_exits_zero(netns_pair: None, tmp_p
     out = tmp_path / "records.jsonl"
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "cli-point",
            "--netns", NS_A, "--out", str(out), "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
+    proc, lines, reader = _start_probe(cmd)
     try:
-        time.sleep(2.0)  # interpreter start and ring set-up
         _client()
-        time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        stderr = _finish_probe(proc, lines, reader)
     assert proc.returncode == 0, stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     flows = [FlowRecord(**{k: v for k, v in r.items() if k != "table"}) for r in rows if r["table"] == "flows"]
@@ -194,14 +219,12 @@ def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str
     consumer = KafkaRecordConsumer(kafka_bootstrap, f"probe-{prefix}", tables=["flows", "requests"], prefix=prefix)
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "kafka-point", "--netns", NS_A,
            "--kafka", kafka_bootstrap, "--topic", prefix, "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
+    proc, lines, reader = _start_probe(cmd)
     try:
-        time.sleep(3.0)
         _client()
-        time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        stderr = _finish_probe(proc, lines, reader)
     assert proc.returncode == 0, stderr
     flows: list[FlowRecord] = []
     requests: list[RequestRecord] = []
