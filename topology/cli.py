@@ -40,8 +40,9 @@ def services_text(graph: nx.DiGraph) -> list[str]:
     for u, v, a in sorted(graph.edges(data=True), key=lambda e: (-e[2]["requests"], e[0], e[1])):
         lat = f"{_us(a['latency_p50_us'])}/{_us(a['latency_p90_us'])}/{_us(a['latency_p99_us'])}"
         label_u, label_v = graph.nodes[u]["label"], graph.nodes[v]["label"]
+        rate = "-" if a["rate_per_s"] is None else f"{a['rate_per_s']:.2f}"
         lines.append(
-            f"  {label_u:<28} {label_v:<28} {a['requests']:>5} {a['errors']:>4} {a['rate_per_s']:>8.2f}"
+            f"  {label_u:<28} {label_v:<28} {a['requests']:>5} {a['errors']:>4} {rate:>8}"
             f" {lat:>22}  {','.join(a['protocols'])}"
             + (f"  flows={a['flows']} bytes={a['flow_bytes']}" if "flows" in a else "")
         )

@@ -5,7 +5,7 @@ Three graphs:
 - ``service_map``: nodes are entities (pods, Services, nodes from the ``Inventory``; addresses it
   does not know become ``ip:<addr>``); a directed edge client entity -> server entity per pair seen,
   with the requests (traces) that crossed it: ``requests``, ``errors``, ``error_rate``,
-  ``rate_per_s`` over the window the traces cover, ``latency_p50_us``/``p90``/``p99`` of the duration
+  ``rate_per_s`` over the window (see ``service_map``), ``latency_p50_us``/``p90``/``p99`` of the duration
   as seen at the edge's client side, ``protocols``; with L4 flows also ``flows``, ``flow_errors``,
   ``flow_bytes`` and ``rtt_p50_us``. A request sent to a Service's ClusterIP and DNAT'd to a pod
   makes two edges: client -> Service (the trace's duration) and Service -> pod (the duration at the
@@ -93,7 +93,7 @@ class _EdgeStats:
             "requests": n,
             "errors": self.errors,
             "error_rate": round(self.errors / n, 4) if n else 0.0,
-            "rate_per_s": round(n / window_s, 3) if window_s > 0 else 0.0,
+            "rate_per_s": round(n / window_s, 3) if window_s > 0 else None,
             "latency_p50_us": lat["p50"],
             "latency_p90_us": lat["p90"],
             "latency_p99_us": lat["p99"],
@@ -123,6 +123,8 @@ def entity_hops(trace: Trace, spans: Sequence[Span], inventory: Inventory) -> li
         final_dst = final[-1] if final else first_dst
     else:
         client_addr, first_dst, final_dst = trace.client_h, trace.server_h, trace.server_h
+    if not client_addr:
+        return []
     chain = [(inventory.entity_of(client_addr), client_addr)]
     for addr in (first_dst, final_dst):
         entity = inventory.entity_of(addr)
@@ -175,8 +177,12 @@ def service_map(
     spans_by_trace: Mapping[str, Sequence[Span]],
     inventory: Inventory = EMPTY,
     flows: Sequence[FlowRecord] = (),
+    window: tuple[int, int] | None = None,
 ) -> nx.DiGraph:
-    """The service map of ``traces`` (and of ``flows`` when given); see the module docstring."""
+    """The service map of ``traces`` (and of ``flows`` when given); see the module docstring.
+
+    ``rate_per_s`` is over ``window`` (start_ns, end_ns) when given, else over the time the traces
+    cover (first start to last end); None when that is empty."""
     stats: dict[tuple[str, str], _EdgeStats] = {}
     graph = nx.DiGraph()
     for t in traces:
@@ -199,7 +205,7 @@ def service_map(
         edge.flow_bytes += f.orig_bytes + f.resp_bytes
         if f.rtt_server_us:
             edge.rtts_us.append(f.rtt_server_us)
-    start_ns, end_ns = _window(traces)
+    start_ns, end_ns = window or _window(traces)
     window_s = (end_ns - start_ns) / 1e9
     for (u, v), edge in stats.items():
         graph.add_edge(u, v, **edge.attrs(window_s))

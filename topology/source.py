@@ -56,10 +56,12 @@ def load_service_map(
     inventory: Inventory = EMPTY,
     with_flows: bool = False,
 ) -> nx.DiGraph:
-    """The service map of the first ``limit`` traces of the window (and as many flows, if asked)."""
+    """The service map of the first ``limit`` traces of the window (and as many flows, if asked).
+    Rates are per second of the window when it is bounded on both ends, else of the traces' span."""
     ts = fetch_traces(store, start_ns, end_ns, limit)
     flows = fetch_flows(store, start_ns, end_ns, limit) if with_flows else []
-    return service_map(ts.traces, ts.spans_by_trace, inventory, flows)
+    bounded = (start_ns, end_ns) if start_ns > 0 and end_ns < NS_MAX else None
+    return service_map(ts.traces, ts.spans_by_trace, inventory, flows, bounded)
 
 
 def load_point_topology(store: Store, start_ns: int, end_ns: int, limit: int) -> nx.DiGraph:

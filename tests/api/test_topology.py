@@ -46,6 +46,8 @@ def test_service_map_with_inventory(inv_client: TestClient, store: SqlStore) -> 
     assert "flows" not in links["pod:default/client1", "service:default/web"]
     nodes = {n["id"]: n for n in body["nodes"]}
     assert nodes["service:default/web"]["layer"] == 1 and nodes["pod:default/server1"]["services"] == ["web"]
+    second = _links(inv_client.get("/api/v1/topology/services", params={"start_ns": T0, "end_ns": T0 + 10**9}).json())
+    assert second["service:default/web", "pod:default/server2"]["rate_per_s"] == 2.0  # per second of the window
     with_flows = _links(inv_client.get("/api/v1/topology/services", params={"flows": "true"}).json())
     assert with_flows["pod:default/client1", "service:default/web"]["flows"] == 1
 

@@ -83,6 +83,19 @@ def test_service_map_without_inventory_uses_addresses_and_skips_loopback() -> No
     assert all(g.nodes[n]["kind"] == "ip" for n in g.nodes)
 
 
+def test_rates_over_a_given_window() -> None:
+    traces, spans = _service_fixture()
+    g = service_map(traces, spans, INV, window=(T0, T0 + 2_000_000_000))
+    assert g.graph["window_s"] == 2.0
+    assert g.edges[C1, WEB]["rate_per_s"] == 1.5 and g.edges[C2, WEB]["rate_per_s"] == 0.5
+    instant = Trace(trace_id="c" * 32, kind="l7", start_ns=T0, end_ns=T0, client_h=CLIENT1, server_h=SERVER1)
+    assert service_map([instant], {}, INV).edges[C1, S1]["rate_per_s"] is None
+
+
+def test_trace_without_addresses_adds_nothing() -> None:
+    assert service_map([Trace(trace_id="d" * 32, kind="l4", start_ns=T0)], {}, INV).number_of_edges() == 0
+
+
 def test_trace_without_spans_uses_its_endpoints() -> None:
     t = Trace(trace_id="a" * 32, kind="l4", start_ns=T0, end_ns=T0 + 5_000, duration_us=5, client_h=CLIENT2,
               server_h=SERVER1, error=1, version=1)  # fmt: skip
