@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +117,30 @@ def test_dns_tcp_framer_takes_any_bytes(chunks: list[bytes]) -> None:
         for start, _, _, data in framer.feed([(DATA, offset, i, chunk)]):
             assert start >= 0 and len(data) < 65536
         offset += len(chunk)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order=st.lists(st.sampled_from(range(len(EXCHANGES))), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+    seed=st.randoms(use_true_random=False),
+)
+def test_reordering_and_duplicates_within_a_burst_never_change_the_records(
+    order: list[int], cuts: list[int], seed: random.Random
+) -> None:
+    """Segments of one burst (one direction, same ACK) shuffled and some sent twice: same records."""
+    conv = TcpConversation().handshake()
+    bursts: list[list[int]] = []
+    for n in order:
+        req, resp = EXCHANGES[n]
+        bursts += [conv.request(req, cuts=cuts), conv.response(resp, cuts=cuts)]
+    expected = [(r.path, r.status, r.req_tcp_seq, r.resp_tcp_seq, r.req_bytes, r.resp_bytes) for r in run(conv)]
+    shuffled = TcpConversation()
+    shuffled.packets = conv.packets[:3]
+    for burst in bursts:
+        picked = [conv.packets[i] for i in burst]
+        picked += [p for p in picked if seed.random() < 0.3]  # duplicates (retransmissions)
+        seed.shuffle(picked)
+        shuffled.packets += picked
+    got = [(r.path, r.status, r.req_tcp_seq, r.resp_tcp_seq, r.req_bytes, r.resp_bytes) for r in run(shuffled)]
+    assert got == expected
