@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
                    help="hop kind of a point: pod, node, nat, hypervisor, switch, gateway, proxy")
     p.add_argument("--host", action="append", default=[], metavar="NAME=HOST",
                    help="host (clock and proxy host) of a point; default: the point name")
-    p.add_argument("--manifest", help="a lab manifest.json: its capture points, kinds, hosts and files")
+    p.add_argument("--manifest", help="a lab manifest.json: its capture points, kinds, hosts and files; "
+                   "the output then also scores the traces against its ground truth (precision, recall)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--store", help="store URL (default: the embedded chDB store, $HOPSCOPE_STORE)")
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.correlate.capture import read_point
     from hopscope.correlate.engine import Correlator
     from hopscope.correlate.progress import Progress
-    from hopscope.correlate.report import summary_text, traces_json
+    from hopscope.correlate.report import evaluation_text, summary_text, traces_json
     from hopscope.records import Batch, FlowRecord, RequestRecord
 
     plan = plan_points(args)
@@ -117,8 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_store:
         _store(args.store, {"flows": flow_batch, "requests": req_batch, "spans": result.spans,
                             "traces": result.traces})
-    text = (json.dumps(traces_json(result), indent=1) + "\n" if args.format == "json"
-            else summary_text(result))
+    evaluation = _evaluate(args.manifest, result, req_batch) if args.manifest else None
+    if args.format == "json":
+        doc = traces_json(result)
+        if evaluation is not None:
+            doc["evaluation"] = evaluation
+        text = json.dumps(doc, indent=1) + "\n"
+    else:
+        text = summary_text(result) + (evaluation_text(evaluation) if evaluation is not None else "")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -144,3 +151,12 @@ def _store(url: str | None, tables: dict[str, Any]) -> None:
     finally:
         store.close()
 
+
+
+def _evaluate(manifest_path: str, result: Any, requests: Any) -> dict[str, Any]:
+    """Precision and recall against the lab manifest's ground truth."""
+    from hopscope.correlate.evaluate import evaluate
+
+    with open(manifest_path, encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    return evaluate(manifest, result, requests).as_dict()

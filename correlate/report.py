@@ -107,3 +107,22 @@ def summary_text(result: StitchResult, top: int = 10) -> str:
     for k, (a, b, _) in sorted(links.items()):
         lines.append(f"  {k:<40} {_pct(a):>16} {_pct(b):>16} {len(a):>6}")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_text(ev: dict[str, Any]) -> str:
+    """The ground-truth score (``hopscope.correlate.evaluate``) as summary lines."""
+    lines = [
+        "\nagainst the manifest:",
+        f"  recall    {ev['recalled']}/{ev['requests']} = {ev['recall']:.4f} (requests stitched across every hop)",
+        f"  precision {ev['precise']}/{ev['matched']} = {ev['precision']:.4f} (upstream leg and status of the request)",
+        f"  traces shared by two requests {ev['duplicate_traces']}, hop records in two traces {ev['shared_hops']}",
+        f"  dns {ev['dns_found']}/{ev['dns']}, refused {ev['refused']} (L4 error traces {ev['l4_errors']}), "
+        f"5xx {ev['traces_5xx']}/{ev['status_5xx']}",
+    ]
+    for d in ev["delays"]:
+        lines.append(f"  delay {d['link']}: injected {d['injected_us']:.0f} us + overhead "
+                     f"{d['overhead_us']:.0f} us, {d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
+                     f"(median error {d['median_error_us']} us)")
+    lines.append(f"  loss injected on {ev['impaired_loss_links'] or 'no link'}; "
+                 f"attributed to {ev['lossy_links'] or 'none'}")
+    return "\n".join(lines) + "\n"

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from hopscope.correlate import Correlator, StitchResult
+from hopscope.correlate.evaluate import Evaluation, evaluate, match_requests
 from hopscope.correlate.report import link_latencies, traces_json
 from hopscope.records import Batch
 
 LAB = os.path.join(os.path.dirname(__file__), "..", "..", "samples", "lab")
 MANIFEST = os.path.join(LAB, "manifest.json")
-CLIENT_SIDE = ("nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB")
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(MANIFEST), reason="no lab samples committed")
 
@@ -53,66 +53,28 @@ def result(lab: Lab) -> StitchResult:
     return Correlator().stitch(lab.requests, lab.flows, version_ns=1)
 
 
-def _xrid_of(lab: Lab) -> dict[tuple[str, int], str]:
-    cols = lab.requests.columns
-    ids = np.asarray(cols["request_id"]).tolist()
-    return {(p, i): x for p, i, x in zip(cols["point"], ids, cols["x_request_id"], strict=True)}
+@pytest.fixture(scope="module")
+def evaluation(lab: Lab, result: StitchResult) -> Evaluation:
+    return evaluate(lab.manifest, result, lab.requests)
 
 
-def _match(lab: Lab, result: StitchResult) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """Each manifest HTTP request that reached a server, with the trace that starts on its socket."""
-    by_socket: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for t in traces_json(result)["traces"]:
-        if t["kind"] == "l7" and t["request"]["l7_proto"] == "http":
-            first = t["hops"][0]
-            by_socket[f"{first['point']}|{first['orig_h']}:{first['orig_p']}"].append(t)
-    pairs = []
-    for r in lab.manifest["requests"]:
-        if r["type"] != "http" or r["status"] is None:
-            continue
-        cands = by_socket.get(f"{r['client']}-pod|{r['local']}", [])
-        best = min(cands, key=lambda t: abs(t["start_ns"] - r["sent_ns"]), default=None)
-        pairs.append((r, best))
-    return pairs
+def test_every_request_is_stitched_across_every_hop(evaluation: Evaluation) -> None:
+    assert evaluation.requests > 0, "the manifest lists no answered HTTP request"
+    print(f"\nlab recall: {evaluation.recalled}/{evaluation.requests} = {evaluation.recall:.4f}")
+    assert evaluation.recall >= 0.999
 
 
-def _expected_points(r: dict[str, Any]) -> list[str]:
-    return [f"{r['client']}-pod", *CLIENT_SIDE, f"{r['server']}-pod", f"{r['server']}-app"]
-
-
-def test_every_request_is_stitched_across_every_hop(lab: Lab, result: StitchResult) -> None:
-    pairs = _match(lab, result)
-    assert pairs, "the manifest lists no answered HTTP request"
-    complete = [r for r, t in pairs if t is not None and [h["point"] for h in t["hops"]] == _expected_points(r)]
-    recall = len(complete) / len(pairs)
-    print(f"\nlab recall: {len(complete)}/{len(pairs)} = {recall:.4f}")
-    assert recall >= 0.999
-
-
-def test_no_link_joins_different_requests(lab: Lab, result: StitchResult) -> None:
+def test_no_link_joins_different_requests(evaluation: Evaluation) -> None:
     """Precision: the upstream leg of each trace is the one envoy sent for this very request."""
-    xrid = _xrid_of(lab)
-    pairs = [(r, t) for r, t in _match(lab, result) if t is not None]
-    traces_used = [t["trace_id"] for _, t in pairs]
-    assert len(set(traces_used)) == len(traces_used), "two requests matched one trace"
-    correct = 0
-    for r, t in pairs:
-        app = [h for h in t["hops"] if h["point"].endswith("-app")]
-        if len(app) == 1 and xrid[(app[0]["point"], app[0]["request_id"])] == r["upstream_request_id"] \
-                and t["request"]["status"] == r["status"]:
-            correct += 1
-    precision = correct / len(pairs)
-    print(f"\nlab precision: {correct}/{len(pairs)} = {precision:.4f}")
-    assert precision == 1.0
-    # paths are unique per request: no hop record appears in two traces
-    seen = [(h["point"], h["request_id"]) for t in traces_json(result)["traces"] for h in t["hops"]
-            if t["kind"] == "l7"]
-    assert len(seen) == len(set(seen))
+    print(f"\nlab precision: {evaluation.precise}/{evaluation.matched} = {evaluation.precision:.4f}")
+    assert evaluation.matched == evaluation.requests
+    assert evaluation.precision == 1.0
+    assert evaluation.duplicate_traces == 0 and evaluation.shared_hops == 0
 
 
 def test_proxy_links_carry_their_reason(lab: Lab, result: StitchResult) -> None:
     reasons = defaultdict(set)
-    for r, t in _match(lab, result):
+    for r, t in match_requests(lab.manifest, traces_json(result)):
         assert t is not None
         app = next(h for h in t["hops"] if h["point"].endswith("-app"))
         reasons[r["sent_request_id"]].add((app["link_reason"], app["link_confidence"] >= 0.9))
@@ -120,30 +82,16 @@ def test_proxy_links_carry_their_reason(lab: Lab, result: StitchResult) -> None:
     assert reasons[False] == {("proxy:nested", False)}
 
 
-def test_injected_delay_is_measured_on_its_link(lab: Lab, result: StitchResult) -> None:
-    overhead_us = lab.manifest["delayer_overhead"]["overhead_us"]
-    links = link_latencies(result)
-    checked = 0
-    for imp in lab.manifest["impairments"]:
-        if not imp["delay_ms"] or imp["flow_direction"] != "client->server":
-            continue
-        want_us = imp["delay_ms"] * 1000
-        for up in imp["between"]["upstream"]:
-            for down in imp["between"]["downstream"]:
-                req_us = links.get(f"{up}>{down}", ([], [], 0))[0]
-                for got in req_us:
-                    assert abs(got - overhead_us - want_us) <= max(100, 0.05 * want_us), (up, down, got)
-                checked += len(req_us)
-    assert checked > 0
+def test_injected_delay_is_measured_on_its_link(evaluation: Evaluation) -> None:
+    assert evaluation.delays and all(d.measured_us for d in evaluation.delays)
+    for d in evaluation.delays:
+        assert d.within == len(d.measured_us), (d.link, d.errors_us)
 
 
-def test_loss_is_attributed_to_impaired_links_only(lab: Lab, result: StitchResult) -> None:
-    impaired = {f"{u}>{d}" for imp in lab.manifest["impairments"] if imp["loss"]
-                for u in imp["between"]["upstream"] for d in imp["between"]["downstream"]}
-    lossy = {k for k, v in link_latencies(result).items() if v[2]}
-    assert lossy <= impaired
-    if impaired:
-        assert lossy, "loss was injected but attributed nowhere"
+def test_loss_is_attributed_to_impaired_links_only(evaluation: Evaluation) -> None:
+    assert set(evaluation.lossy_links) <= set(evaluation.impaired_loss_links)
+    if evaluation.impaired_loss_links:
+        assert evaluation.lossy_links, "loss was injected but attributed nowhere"
 
 
 def test_dns_refused_and_5xx_are_present(lab: Lab, result: StitchResult) -> None:

@@ -1,0 +1,162 @@
+"""Score a stitch against the lab's ground truth (samples/lab/manifest.json): precision and recall.
+
+The manifest lists what the traffic generator sent (client, socket, method, path, the request id it
+sent and the one envoy forwarded upstream, status, server), the capture points (name, host, kind),
+the impairments (delay and loss between named points) and the delayer's own overhead. A request is
+*recalled* when one trace starts on its client socket at its time and crosses every hop of its path
+in order; a trace is *precise* when its upstream leg is the one envoy sent for that very request (the
+upstream x-request-id matches) and its status is the one the client got.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hopscope.correlate.engine import StitchResult
+from hopscope.correlate.report import link_latencies, traces_json
+from hopscope.records import Batch
+
+#: The lab's fixed path between a client pod and a server pod.
+CLIENT_SIDE = ("nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB")
+
+
+@dataclass(slots=True)
+class DelayCheck:
+    """One impaired link: the injected delay against the measured request latency on it."""
+
+    link: str
+    injected_us: float
+    overhead_us: float
+    measured_us: list[int]
+
+    @property
+    def tolerance_us(self) -> float:
+        return max(100.0, 0.05 * self.injected_us)
+
+    @property
+    def errors_us(self) -> list[float]:
+        return [m - self.overhead_us - self.injected_us for m in self.measured_us]
+
+    @property
+    def within(self) -> int:
+        return sum(1 for e in self.errors_us if abs(e) <= self.tolerance_us)
+
+
+@dataclass(slots=True)
+class Evaluation:
+    requests: int = 0  # HTTP requests that reached a server
+    recalled: int = 0  # of those, stitched across every hop in path order
+    matched: int = 0  # of those, with a trace on their socket
+    precise: int = 0  # matched traces whose upstream leg and status are this request's
+    duplicate_traces: int = 0  # traces matched by two requests (must be 0)
+    shared_hops: int = 0  # hop records that appear in two traces (must be 0)
+    dns: int = 0
+    dns_found: int = 0
+    refused: int = 0
+    l4_errors: int = 0
+    status_5xx: int = 0
+    traces_5xx: int = 0
+    delays: list[DelayCheck] = field(default_factory=list)
+    impaired_loss_links: list[str] = field(default_factory=list)
+    lossy_links: list[str] = field(default_factory=list)
+
+    @property
+    def recall(self) -> float:
+        return self.recalled / self.requests if self.requests else 1.0
+
+    @property
+    def precision(self) -> float:
+        return self.precise / self.matched if self.matched else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "delays"}
+        out["recall"], out["precision"] = round(self.recall, 5), round(self.precision, 5)
+        out["delays"] = [
+            {"link": d.link, "injected_us": d.injected_us, "overhead_us": d.overhead_us, "n": len(d.measured_us),
+             "within": d.within, "tolerance_us": d.tolerance_us,
+             "max_abs_error_us": round(max((abs(e) for e in d.errors_us), default=0.0), 1),
+             "median_error_us": round(float(np.median(d.errors_us)), 1) if d.measured_us else None}
+            for d in self.delays
+        ]
+        return out
+
+
+def _xrid_of(requests: Batch) -> dict[tuple[str, int], str]:
+    cols = requests.columns
+    ids = np.asarray(cols["request_id"]).tolist()
+    return {(p, i): x for p, i, x in zip(cols["point"], ids, cols["x_request_id"], strict=True)}
+
+
+def expected_points(r: dict[str, Any]) -> list[str]:
+    return [f"{r['client']}-pod", *CLIENT_SIDE, f"{r['server']}-pod", f"{r['server']}-app"]
+
+
+def match_requests(manifest: dict[str, Any], doc: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """Each answered HTTP request of the manifest with the trace that starts on its socket nearest
+    its send time (None when there is none)."""
+    by_socket: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in doc["traces"]:
+        if t["kind"] == "l7" and t["request"]["l7_proto"] == "http":
+            first = t["hops"][0]
+            by_socket[f"{first['point']}|{first['orig_h']}:{first['orig_p']}"].append(t)
+    pairs = []
+    for r in manifest.get("requests", []):
+        if r.get("type") != "http" or r.get("status") is None:
+            continue
+        cands = by_socket.get(f"{r['client']}-pod|{r['local']}", [])
+        pairs.append((r, min(cands, key=lambda t: abs(t["start_ns"] - r["sent_ns"]), default=None)))
+    return pairs
+
+
+def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) -> Evaluation:
+    doc = traces_json(result)
+    ev = Evaluation()
+    pairs = match_requests(manifest, doc)
+    xrid = _xrid_of(requests)
+    ev.requests = len(pairs)
+    used = [t["trace_id"] for _, t in pairs if t is not None]
+    ev.duplicate_traces = len(used) - len(set(used))
+    for r, t in pairs:
+        if t is None:
+            continue
+        ev.matched += 1
+        ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r)
+        app = [h for h in t["hops"] if h["point"].endswith("-app")]
+        ev.precise += (len(app) == 1 and xrid.get((app[0]["point"], app[0]["request_id"])) == r["upstream_request_id"]
+                       and t["request"]["status"] == r["status"])
+    seen = [(h["point"], h["request_id"]) for t in doc["traces"] if t["kind"] == "l7" for h in t["hops"]]
+    ev.shared_hops = len(seen) - len(set(seen))
+    _evaluate_other(manifest, doc, ev)
+    _evaluate_links(manifest, result, ev)
+    return ev
+
+
+def _evaluate_other(manifest: dict[str, Any], doc: dict[str, Any], ev: Evaluation) -> None:
+    traces = doc["traces"]
+    dns = {(t["request"]["dns_qname"].rstrip("."), t["hops"][0]["point"]): t for t in traces
+           if t["request"]["l7_proto"] == "dns"}
+    for q in manifest.get("dns", []):
+        ev.dns += 1
+        t = dns.get((q["name"], f"{q['client']}-pod"))
+        ev.dns_found += t is not None and t["error"] == int(q["rcode"] != 0)
+    ev.refused = sum(1 for r in manifest.get("requests", []) if r.get("error") == "refused")
+    ev.l4_errors = sum(1 for t in traces if t["kind"] == "l4" and t["error"])
+    ev.status_5xx = sum(1 for r in manifest.get("requests", []) if (r.get("status") or 0) >= 500)
+    ev.traces_5xx = sum(1 for t in traces if t["request"]["status"] >= 500 and t["error"])
+
+
+def _evaluate_links(manifest: dict[str, Any], result: StitchResult, ev: Evaluation) -> None:
+    overhead = float((manifest.get("delayer_overhead") or {}).get("overhead_us", 0.0))
+    links = link_latencies(result)
+    for imp in manifest.get("impairments", []):
+        pairs = [f"{u}>{d}" for u in imp["between"]["upstream"] for d in imp["between"]["downstream"]]
+        if imp.get("loss"):
+            ev.impaired_loss_links += pairs
+        if imp.get("delay_ms") and imp.get("flow_direction") == "client->server":
+            for link in pairs:
+                ev.delays.append(DelayCheck(link, imp["delay_ms"] * 1000, overhead, links.get(link, ([], [], 0))[0]))
+    ev.lossy_links = sorted(k for k, v in links.items() if v[2])
