@@ -75,6 +75,15 @@ def _hex16(values: U64) -> list[str]:
     return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
+def display_names(labels: list[tuple[str, str]]) -> list[str]:
+    """The point name of each hop; ``point:iface`` when one capture point (an ``-i any`` capture
+    that saw the packet on two interfaces, e.g. before and after NAT) holds several interfaces."""
+    ifaces: dict[str, set[str]] = defaultdict(set)
+    for point, iface in labels:
+        ifaces[point].add(iface)
+    return [f"{p}:{i}" if len(ifaces[p]) > 1 and i else p for p, i in labels]
+
+
 @dataclass(slots=True)
 class Walk:
     """All hops of all traces in output order (traces contiguous, hops in path order)."""
@@ -234,7 +243,7 @@ class Assembler:
         self.hop_lost, self.hop_latency = lost, np.where(has_prev, req_us + resp_us, np.iinfo(np.int64).min)
         self.hop_conf = conf
         row_list, prev_list = rows.tolist(), prev.tolist()
-        points = [p for p, _ in obs.labels]
+        points = display_names(obs.labels)
         self.spans = {
             "trace_id": [trace_ids[i] for i in w.trace.tolist()], "span_id": span_ids,
             "parent_span_id": [span_ids[p] if p >= 0 else "" for p in prev_list], "hop_index": hop_index,

@@ -319,3 +319,10 @@ def test_unknown_setting_values_are_rejected() -> None:
     from hopscope.errors import ConfigError
     with pytest.raises(ConfigError):
         CorrelateSettings(network_delay_us=0)
+
+
+def test_one_capture_point_on_two_interfaces_gives_two_hops() -> None:
+    """An ``-i any`` capture at a NAT node sees the request before and after DNAT on two interfaces."""
+    res = stitch([req("pod", 0, 1000, kind="pod"), req("node", 100, 900, iface="cni0", kind="nat"),
+                  req("node", 110, 880, iface="eth0", kind="nat", orig_h="192.168.0.1")])
+    assert traces_by_points(res) == [["pod", "node:cni0", "node:eth0"]]
