@@ -148,14 +148,14 @@ def _add_lossy_trace(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The demo's store served by `hopscope serve --inventory` (the installed package, run from a
-    directory outside the tree, as a user runs it); yields the base URL."""
+    """The demo's store served by `hopscope serve --inventory`; yields the base URL. The server runs
+    from a directory outside the tree, so it imports the installed package as a user's does."""
     var = tmp_path_factory.mktemp("var")
     env = {**os.environ, "HOPSCOPE_VAR": str(var)}
     store_dir = var / "demo" / "chdb"
     demo = subprocess.run(
         [sys.executable, "-m", "hopscope", "demo", "--store-dir", str(store_dir)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=var,
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stderr
     _add_lossy_trace(f"chdb://{store_dir}")
