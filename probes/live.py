@@ -9,7 +9,9 @@ Capture
     Python work is following each frame's ``tp_next_offset``; timestamps, lengths and frame offsets are
     gathered with numpy. Kernel counters (``PACKET_STATISTICS``: packets, drops, queue freezes) are
     read and accumulated by ``stats``. VLAN tags that the NIC or veth strips into packet metadata are not
-    re-inserted (the decoder sees the untagged frame).
+    re-inserted (the decoder sees the untagged frame). ``iface="any"`` captures every interface of the
+    namespace through a cooked socket; frames get a Linux SLL2 header naming their interface, and the
+    probe reports one capture point per interface, ``POINT:IFNAME`` (for the ``nat`` hop kind).
 
 Namespaces
     With ``netns``, the socket is opened inside ``/var/run/netns/NAME`` (``setns``), then the thread
@@ -35,6 +37,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -51,7 +54,7 @@ from hopscope.probes.decode import Decoder
 from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from hopscope.probes.l7.feed import BlockFeeder
 from hopscope.probes.meter import FlowMeter, MeterConfig
-from hopscope.probes.readers import LINKTYPE_ETHERNET, PAD_BYTES, Interface, RawBlock
+from hopscope.probes.readers import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PAD_BYTES, Interface, RawBlock
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,9 @@ PACKET_VERSION: Final = 10
 TPACKET_V3: Final = 2
 SO_ATTACH_FILTER: Final = 26
 ETH_P_ALL: Final = 0x0003
+ANY: Final = "any"
+#: libpcap's DLT_RAW on Linux (a filter for packets that start at the IP header).
+LINKTYPE_RAW_DLT: Final = 12
 TP_STATUS_KERNEL: Final = 0
 TP_STATUS_USER: Final = 1
 CLONE_NEWNET: Final = 0x40000000
@@ -74,7 +80,9 @@ _STATS3 = struct.Struct("=3I")  # tp_packets, tp_drops, tp_freeze_q_cnt
 # offset_to_first_pkt, blk_len, ...   (all u32, read through a u32 view: indices 2, 3, 4)
 _BLK_STATUS, _BLK_NUM_PKTS, _BLK_FIRST = 2, 3, 4
 # tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status (u32), tp_mac (u16)
-_HDR_SEC, _HDR_NSEC, _HDR_SNAPLEN, _HDR_LEN, _HDR_MAC_BYTE = 1, 2, 3, 4, 24
+_HDR_SEC, _HDR_NSEC, _HDR_SNAPLEN, _HDR_LEN, _HDR_MAC_BYTE, _HDR_NET_BYTE = 1, 2, 3, 4, 24, 26
+_SOCKADDR_LL = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): where the frame's sockaddr_ll starts
+_SLL2_LEN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +154,13 @@ def in_netns(name: str | None) -> Iterator[None]:
 
 
 class PacketRing:
-    """A TPACKET_V3 receive ring on one interface (see the module docstring)."""
+    """A TPACKET_V3 receive ring on one interface, or on all of them (``iface="any"``).
+
+    ``any`` opens a cooked (SOCK_DGRAM) socket bound to no interface; the filter is compiled for raw IP
+    (a cooked socket's filter sees the network header first) and each frame is handed to the decoder
+    with a Linux SLL2 header built from the ring's ``sockaddr_ll``, so the decoder learns the interface
+    index of every packet (the ``nat`` hop kind: one capture, both sides of iptables).
+    """
 
     def __init__(
         self, iface: str, *, bpf: str = "", netns: str | None = None, settings: RingSettings | None = None
@@ -160,14 +174,19 @@ class PacketRing:
         self._map: mmap.mmap | None = None
         self._words: memoryview | None = None  # the ring as u32 words
         self._next_block = 0
-        self._interfaces = (Interface(0, LINKTYPE_ETHERNET, self.settings.snaplen, name=iface),)
+        self.cooked = iface == ANY
+        linktype = LINKTYPE_LINUX_SLL2 if self.cooked else LINKTYPE_ETHERNET
+        self._interfaces = (Interface(0, linktype, self.settings.snaplen, name=iface),)
+        self.if_names: dict[int, str] = {}  # ifindex -> name in the capture's namespace (filled by open)
 
     def open(self) -> PacketRing:
         s = self.settings
-        program = compile_filter(self.bpf, s.snaplen)
+        program = compile_filter(self.bpf, s.snaplen, LINKTYPE_RAW_DLT if self.cooked else LINKTYPE_ETHERNET)
+        kind, proto = (socket.SOCK_DGRAM, socket.htons(ETH_P_ALL)) if self.cooked else (socket.SOCK_RAW, 0)
         with in_netns(self.netns):
+            self.if_names = dict(socket.if_nameindex())
             try:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                sock = socket.socket(socket.AF_PACKET, kind, proto)
             except PermissionError as exc:
                 raise CaptureError(f"capturing on {self.iface} needs root (CAP_NET_RAW): {exc}") from exc
             try:
@@ -178,7 +197,8 @@ class PacketRing:
                 sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
                 self._map = mmap.mmap(sock.fileno(), s.block_bytes * s.block_count, mmap.MAP_SHARED,
                                       mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
-                sock.bind((self.iface, ETH_P_ALL))
+                if not self.cooked:
+                    sock.bind((self.iface, ETH_P_ALL))
             except OSError as exc:
                 sock.close()
                 raise CaptureError(f"cannot capture on {self.iface!r}: {exc}") from exc
@@ -265,18 +285,42 @@ class PacketRing:
         view16 = buf[: nblocks * self.settings.block_bytes].view(np.uint16)
         words = hdr >> 2
         ts_ns = view32[words + _HDR_SEC].astype(np.int64) * 1_000_000_000 + view32[words + _HDR_NSEC]
-        mac = view16[(hdr + _HDR_MAC_BYTE) >> 1].astype(np.int64)
+        caplen = view32[words + _HDR_SNAPLEN].copy()
+        origlen = view32[words + _HDR_LEN].copy()
+        if self.cooked:
+            net = view16[(hdr + _HDR_NET_BYTE) >> 1].astype(np.int64)
+            start = hdr + net - _SLL2_LEN
+            _write_sll2(buf, hdr + _SOCKADDR_LL, start)
+            caplen += _SLL2_LEN
+            origlen += _SLL2_LEN
+        else:
+            start = hdr + view16[(hdr + _HDR_MAC_BYTE) >> 1].astype(np.int64)
         self.stats.frames_read += len(hdr)
         self.stats.blocks_read += nblocks
         return RawBlock(
             buf=buf,
-            offset=hdr + mac,
-            caplen=view32[words + _HDR_SNAPLEN].copy(),
-            origlen=view32[words + _HDR_LEN].copy(),
+            offset=start,
+            caplen=caplen,
+            origlen=origlen,
             ts_ns=ts_ns,
             iface=np.zeros(len(hdr), np.uint16),
             interfaces=self._interfaces,
         )
+
+
+def _write_sll2(buf: npt.NDArray[np.uint8], sll: npt.NDArray[np.int64], at: npt.NDArray[np.int64]) -> None:
+    """Write a Linux SLL2 header (20 bytes, network byte order) at ``at`` from the sockaddr_ll at ``sll``.
+
+    sockaddr_ll: family u16, protocol be16, ifindex i32 (host order), hatype u16 (host order), pkttype
+    u8, halen u8, addr[8]. SLL2: protocol be16, reserved u16, ifindex be32, hatype be16, pkttype u8,
+    halen u8, addr[8]. The ring leaves 28 bytes between sockaddr_ll's end and the network header.
+    """
+    host_order = [7, 6, 5, 4, 9, 8] if sys.byteorder == "little" else [4, 5, 6, 7, 8, 9]
+    src_order = np.array([2, 3, -1, -1, *host_order, 10, 11, *range(12, 20)])
+    idx = at[:, None] + np.arange(_SLL2_LEN)
+    values = buf[sll[:, None] + np.where(src_order >= 0, src_order, 0)]
+    values[:, src_order < 0] = 0
+    buf[idx] = values
 
 
 # --- the probe -------------------------------------------------------------------------------------
@@ -381,15 +425,29 @@ class LiveProbe:
         self.settings = settings
         self.sink = sink
         self.ring = PacketRing(settings.iface, bpf=settings.bpf, netns=settings.netns, settings=settings.ring)
-        self.decoder = Decoder(default_point=settings.point)
+        resolve = self._point_of_interface if self.ring.cooked else None
+        self.decoder = Decoder(default_point=settings.point, resolve_point=resolve)
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
-        point = CapturePoint(settings.point, settings.host, settings.iface, settings.hop_kind)
-        self.tracker = L7Tracker(point, settings.l7_settings)
-        self.feeder = BlockFeeder(self.tracker)
+        self.l7: dict[str, BlockFeeder] = {}  # capture point name -> its L7 stage
         self.summary = ProbeSummary()
         self._flows: list[Batch] = []
         self._stop = threading.Event()
         self.started = threading.Event()  # set once the ring is open (capturing)
+
+    def _point_of_interface(self, index: int, name: str, ifindex: int) -> str:
+        """With ``--iface any``: one capture point per interface, named ``POINT:IFNAME``."""
+        return f"{self.settings.point}:{self.ring.if_names.get(ifindex, f'if{ifindex}')}"
+
+    def _iface_of(self, point: str) -> str:
+        return point.split(":", 1)[1] if self.ring.cooked and ":" in point else self.settings.iface
+
+    def _feeder(self, point: str) -> BlockFeeder:
+        feeder = self.l7.get(point)
+        if feeder is None:
+            s = self.settings
+            where = CapturePoint(point, s.host, self._iface_of(point), s.hop_kind)
+            feeder = self.l7[point] = BlockFeeder(L7Tracker(where, s.l7_settings))
+        return feeder
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler)."""
@@ -431,8 +489,14 @@ class LiveProbe:
     def _process(self, raw: RawBlock) -> None:
         block = self.decoder.decode(raw)
         self._add_flows(self.meter.process(block))
-        if self.settings.l7:
-            self.feeder.feed(block)
+        if not self.settings.l7 or not block.count:
+            return
+        if not self.ring.cooked:
+            self._feeder(self.settings.point).feed(block)
+            return
+        for pid in np.unique(block.point[block.ok]).tolist():
+            rows = np.flatnonzero((block.point == pid) & block.ok)
+            self._feeder(block.point_names[pid]).feed(block.take(rows))
 
     def _add_flows(self, records: Batch | list[FlowRecord]) -> None:
         """Keep the meter's output (a FlowRecord batch; a list from older meters) until published."""
@@ -457,20 +521,22 @@ class LiveProbe:
     def _publish(self, now_ns: int) -> None:
         if self._flows:
             flows = Batch.concat(self._flows)
-            flows.columns["iface"] = [self.settings.iface] * len(flows)
+            flows.columns["iface"] = [self._iface_of(p) for p in flows.columns["point"]]
             self.sink.publish(flows)
             self.summary.flow_records += len(flows)
             self._flows = []
-        if self.settings.l7:
-            self.tracker.expire(now_ns)
-            requests = self.tracker.take_records()
-            if requests:
-                self.sink.publish(Batch.from_records(RequestRecord, requests))
-                self.summary.request_records += len(requests)
+        requests: list[RequestRecord] = []
+        for feeder in self.l7.values():
+            feeder.tracker.expire(now_ns)
+            requests += feeder.tracker.take_records()
+        if requests:
+            self.sink.publish(Batch.from_records(RequestRecord, requests))
+            self.summary.request_records += len(requests)
 
     def _final_flush(self) -> None:
         self._add_flows(self.meter.flush())
-        self.tracker.flush()
+        for feeder in self.l7.values():
+            feeder.tracker.flush()
         self._publish(time.time_ns())
         self.sink.flush()
 
@@ -480,17 +546,22 @@ class LiveProbe:
         summary.kernel_freezes, summary.frames_read = stats.freezes, stats.frames_read
         summary.decode_skips = dict(self.decoder.skips)
         summary.meter = dict(self.meter.counters)
-        summary.l7 = self.tracker.stats.as_dict()
+        totals: dict[str, int] = {}
+        for feeder in self.l7.values():
+            for name, value in feeder.tracker.stats.as_dict().items():
+                totals[name] = totals.get(name, 0) + value
+        summary.l7 = totals
 
     def _report(self, elapsed_s: float) -> None:
         self._update_summary()
         sm = self.summary
-        conns, dns = self.tracker.tables_size()
+        sizes = [feeder.tracker.tables_size() for feeder in self.l7.values()]
+        conns, dns = sum(c for c, _ in sizes), sum(d for _, d in sizes)
         log.warning(
             "probe %s: %.0f s, frames %d (%.0f/s), kernel drops %d, decode skips %s, flow records %d "
             "(flows %d, evictions %d), requests %d (tcp table %d, dns pending %d, evictions %d)",
             self.settings.point, elapsed_s, sm.frames_read, sm.frames_read / max(elapsed_s, 1e-9),
             sm.kernel_drops, sm.decode_skips or "none", sm.flow_records, sm.meter.get("flows", 0),
             sm.meter.get("evictions", 0), sm.request_records, conns, dns,
-            sm.l7["evicted_connections"] + sm.l7["evicted_dns_queries"],
+            sm.l7.get("evicted_connections", 0) + sm.l7.get("evicted_dns_queries", 0),
         )  # fmt: skip

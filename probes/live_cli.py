@@ -43,7 +43,11 @@ class _Fanout:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("probe", help="capture live on an interface and publish flow/request records")
-    p.add_argument("--iface", required=True, help="interface to capture on")
+    p.add_argument(
+        "--iface",
+        required=True,
+        help="interface to capture on; 'any': every interface, one point per interface (POINT:IFNAME)",
+    )
     p.add_argument("--point", required=True, help="capture point name (unique per host and interface)")
     p.add_argument("--netns", help="network namespace (ip netns name) the interface is in")
     p.add_argument("--kafka", metavar="BOOTSTRAP", help="publish to this Kafka bootstrap server")

@@ -239,3 +239,26 @@ def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str
     finally:
         consumer.close()
     _check_records(flows, requests)
+
+
+def test_live_probe_on_any_interface_names_points_by_interface(netns_pair: None) -> None:
+    from hopscope.probes.live import LiveProbe, ProbeSettings
+    from hopscope.transport import InProcessTransport
+
+    transport = InProcessTransport()
+    settings = ProbeSettings(iface="any", point="nodeA", hop_kind="nat", netns=NS_A, bpf="tcp or udp")
+    probe = LiveProbe(settings, transport)
+    runner = threading.Thread(target=probe.run, args=(60,))
+    runner.start()
+    try:
+        assert probe.started.wait(30), "the probe did not open its ring"
+        _client()
+    finally:
+        probe.stop()
+        runner.join(30)
+    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
+    flows = [r for b in batches if b.record_type is FlowRecord for r in b.records()]
+    requests = [r for b in batches if b.record_type is RequestRecord for r in b.records()]
+    _check_records(flows, requests)  # type: ignore[arg-type]
+    assert {(r.point, r.iface) for r in requests} == {(f"nodeA:{VETH_A}", VETH_A)}
+    assert {(f.point, f.iface) for f in flows} == {(f"nodeA:{VETH_A}", VETH_A)}  # type: ignore[attr-defined]
