@@ -84,6 +84,7 @@ class MeterConfig:
     max_flows: int = 1_000_000  # flow table limit; beyond it the least recently active are evicted
     payload_hash_bytes: int = 64  # first payload bytes hashed per direction
     sweep_every_s: float = 1.0  # how often (capture time) idle/linger/interim checks run
+    replay_templates: bool = True  # state-machine fast path for new flows (False: every event walked; tests)
 
 
 PerRow = tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
@@ -111,6 +112,7 @@ class FlowMeter:
         self._closing: set[int] = set()
         self._retiring: list[int] = []
         self._addr_text: dict[tuple[int, int], tuple[str, bytes]] = {}
+        self._templates: dict[bytes, _Template] = {}
         self._now_ns = 0
         self._next_sweep_ns = 0
 
@@ -216,7 +218,7 @@ class FlowMeter:
         eb = _mix(_mix(block.dst_hi[rows] ^ _GOLD) ^ block.dst_lo[rows]) ^ _mix(dp.astype(np.uint64) + _GOLD)
         tun = np.array([self._stable_hash(t) for t in block.tunnels], np.uint64)[block.tunnel[rows]]
         pts = np.array([self._stable_hash(p) for p in block.point_names], np.uint64)[block.point[rows]]
-        ctx = (proto.astype(np.uint64) << np.uint64(56) | block.vlan[rows].astype(np.uint64) << np.uint64(24))
+        ctx = proto.astype(np.uint64) << np.uint64(56) | block.vlan[rows].astype(np.uint64) << np.uint64(24)
         ctx = ctx ^ _mix(tun) ^ _mix(pts + _GOLD)
         lo, hi = np.minimum(ea, eb), np.maximum(ea, eb)
         key = _mix(_mix(lo ^ _mix(ctx)) + hi)
@@ -353,9 +355,10 @@ class FlowMeter:
             block.seq[ev_rows].tolist(), plen[ev].tolist(), block.ts_ns[ev_rows].tolist(),
             letters[ev].tolist(), is_tcp[ev].tolist(), ev_rows.tolist(), strict=True,
         )  # fmt: skip
-        walked: set[int] = set()
         ends = np.r_[starts[1:], n]
         tcp_states = self.table.tcp
+        walked = self._replayed(block, rows, ev, group[ev], from_orig[ev], flags[ev], plen[ev], letters[ev],
+                                is_tcp[ev], seg_slots)  # fmt: skip
         for p, g, fo, fl, sq, ln, ts, lt, tcp, i in cols:
             if g in walked:
                 continue
@@ -373,6 +376,86 @@ class FlowMeter:
                 continue
             self._tcp_event(slot, st, block, i, fo, fl, sq, ln, ts, lt)
         return np.array(seg_slots, np.int64), seg
+
+    def _replayed(
+        self, block: PacketBlock, rows: I64, ev: I64, ev_group: I64, fo: npt.NDArray[np.bool_], flags: I64,
+        plen: I64, letters: I64, is_tcp: npt.NDArray[np.bool_], seg_slots: list[int],
+    ) -> set[int]:  # fmt: skip
+        """Fast path of the state machine for flows that start in this block (most flows).
+
+        Such a flow's states and history depend only on the sequence of its event kinds (direction,
+        SYN/ACK/FIN/RST, payload or not, W/T letters) as long as no SYN, FIN or RST repeats in one
+        direction and no pure SYN follows its first packet (the cases where Zeek compares sequence
+        numbers). Each distinct sequence is replayed once through ``TcpConn`` (``_Template``); every
+        flow with that sequence copies the result and takes its sequence numbers and times from its
+        own packets. Returns the groups handled here; the others go through ``_tcp_event``.
+        """
+        if len(ev) == 0 or not is_tcp.any() or not self.config.replay_templates:
+            return set()
+        sfr = flags & (SYN | FIN | RST)
+        single = np.select([sfr == SYN, sfr == FIN, sfr == RST], [1, 2, 3], 0)
+        first_ev = np.r_[True, ev_group[1:] != ev_group[:-1]]
+        bad = ~is_tcp | (((flags & (SYN | ACK)) == SYN) & ~first_ev)
+        typed = np.flatnonzero(single > 0)
+        if len(typed):
+            k = ev_group[typed] * 8 + (~fo[typed]).astype(np.int64) * 4 + single[typed]
+            order = np.argsort(k, kind="stable")
+            dup = np.r_[False, k[order][1:] == k[order][:-1]]
+            bad[typed[order][dup]] = True
+        bad_groups = np.unique(ev_group[bad])
+        cand = np.setdiff1d(ev_group[first_ev], bad_groups, assume_unique=True)
+        tcp_states = self.table.tcp
+        cand = [g for g in cand.tolist() if tcp_states[seg_slots[g]] is None]
+        if not cand:
+            return set()
+        codes = (fo.astype(np.int64) | ((flags & SYN) != 0) << 1 | ((flags & ACK) != 0) << 2
+                 | ((flags & FIN) != 0) << 3 | ((flags & RST) != 0) << 4 | (plen > 0) << 5 | letters << 6)  # fmt: skip
+        sigs = codes.astype(np.uint8).tobytes()
+        bounds = np.searchsorted(ev_group, np.array(cand), side="left").tolist()
+        ends = np.searchsorted(ev_group, np.array(cand), side="right").tolist()
+        ev_rows = rows[ev]
+        values = _EventValues(
+            block.seq[ev_rows].tolist(), plen.tolist(), block.ts_ns[ev_rows].tolist(), ev_rows.tolist()
+        )
+        for g, a, b in zip(cand, bounds, ends, strict=True):
+            sig = sigs[a:b]
+            template = self._templates.get(sig)
+            if template is None:
+                template = self._templates[sig] = _Template(sig)
+            slot = seg_slots[g]
+            tcp_states[slot] = self._instantiate(template, slot, block, values, a)
+        return set(cand)
+
+    def _instantiate(self, t: _Template, slot: int, block: PacketBlock, v: _EventValues, a: int) -> TcpConn:
+        st = TcpConn()
+        t.copy_states(st)
+        seq, ts = v.seq, v.ts
+        for d, ep in ((0, st.orig), (1, st.resp)):
+            if t.first[d] >= 0:
+                st.first_seq[d] = seq[a + t.first[d]]
+            if t.last_syn[d] >= 0:
+                ep.last_syn = seq[a + t.last_syn[d]]
+            if t.last_fin[d] >= 0:
+                ep.last_fin = (seq[a + t.last_fin[d]] + v.length[a + t.last_fin[d]]) & 0xFFFFFFFF
+            if t.last_rst[d] >= 0:
+                ep.last_rst = seq[a + t.last_rst[d]]
+            if t.data[d] >= 0:
+                i = v.row[a + t.data[d]]
+                if block.payload_caplen[i]:
+                    self.table.payload_hash[slot][d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
+        if t.syn >= 0:
+            st.syn_seq, st.syn_ns = seq[a + t.syn], ts[a + t.syn]
+            st.syn_ip_id = int(block.ip_id[v.row[a + t.syn]])
+        if t.synack >= 0:
+            st.synack_seq, st.synack_ns = seq[a + t.synack], ts[a + t.synack]
+            if 0 <= t.syn < t.synack:
+                st.rtt_server_us = max((st.synack_ns - st.syn_ns) // 1000, 0)
+            if t.ack >= 0:
+                st.rtt_client_us = max((ts[a + t.ack] - st.synack_ns) // 1000, 1)
+        if t.closed_at >= 0:
+            self.table.cols["closed_ns"][slot] = ts[a + t.closed_at]
+            self._closing.add(slot)
+        return st
 
     def _first_data(self, block: PacketBlock, slot: int, i: int, fo: bool) -> None:
         """The first payload of a non-TCP flow in one direction: payload hash and UDP history letter."""
@@ -581,9 +664,7 @@ class FlowMeter:
         cols["community_id"] = self._community_ids(slots, proto, orig_raw, resp_raw)
         return Batch(FlowRecord, cols, n)
 
-    def _tcp_columns(
-        self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool
-    ) -> dict[str, Any]:
+    def _tcp_columns(self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool) -> dict[str, Any]:
         t = self.table
         flipped = t.cols["flipped"][slots].tolist()
         anchors = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
@@ -619,6 +700,69 @@ class FlowMeter:
                 cid = t.community_id[s] = community_id(pr, oh, rh, op, rp)
             out.append(cid)
         return out
+
+
+@dataclass(slots=True)
+class _EventValues:
+    """Per-event values of one block, as Python lists (indexed like the event arrays)."""
+
+    seq: list[int]
+    length: list[int]
+    ts: list[int]
+    row: list[int]
+
+
+class _Template:
+    """The result of replaying one sequence of event kinds through ``TcpConn`` from a fresh state."""
+
+    __slots__ = ("ack", "closed_at", "data", "first", "history", "last_fin", "last_rst", "last_syn", "states",
+                 "syn", "synack")  # fmt: skip
+
+    def __init__(self, sig: bytes) -> None:
+        st = TcpConn()
+        self.first, self.data = [-1, -1], [-1, -1]
+        self.last_syn, self.last_fin, self.last_rst = [-1, -1], [-1, -1], [-1, -1]
+        self.syn = self.synack = self.ack = self.closed_at = -1
+        for k, code in enumerate(sig):
+            fo = bool(code & 1)
+            flags = (SYN if code & 2 else 0) | (ACK if code & 4 else 0) | (FIN if code & 8 else 0)
+            flags |= RST if code & 16 else 0
+            length = 1 if code & 32 else 0
+            self._note(k, 0 if fo else 1, flags, length, st)
+            was_closed = st.closed
+            st.packet(fo, flags, 0, length)
+            if code & 64:
+                st.add(fo, "W")
+            if code & 128:
+                st.add(fo, "T")
+            if not was_closed and st.closed:
+                self.closed_at = k
+        self.states = tuple((ep.state, ep.prev, ep.seen, ep.did_close) for ep in (st.orig, st.resp))
+        self.history = tuple(st.history)
+
+    def _note(self, k: int, d: int, flags: int, length: int, st: TcpConn) -> None:
+        if self.first[d] < 0:
+            self.first[d] = k
+        if length and not flags & RST and self.data[d] < 0:
+            self.data[d] = k
+        single = flags & (SYN | FIN | RST)
+        if single == SYN:
+            self.last_syn[d] = k
+        elif single == FIN:
+            self.last_fin[d] = k
+        elif single == RST:
+            self.last_rst[d] = k
+        if flags & (SYN | ACK | RST | FIN) == SYN and d == 0:
+            self.syn = k if self.syn < 0 else self.syn
+        elif flags & (SYN | ACK | RST) == SYN | ACK and d == 1 and self.synack < 0:
+            self.synack = k
+        elif d == 0 and flags & ACK and not flags & SYN and self.synack >= 0 and self.ack < 0:
+            self.ack = k
+
+    def copy_states(self, st: TcpConn) -> None:
+        for ep, (state, prev, seen, did_close) in zip((st.orig, st.resp), self.states, strict=True):
+            ep.state, ep.prev, ep.seen, ep.did_close = state, prev, seen, did_close
+        st.history = list(self.history)
 
 
 def _is_reuse(st: TcpConn, seq: int) -> bool:

@@ -151,3 +151,20 @@ def test_flows_command_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_bytes(b"not a capture at all")
     assert main(["flows", str(path)]) == 4
     assert "offset 0" in capsys.readouterr().err
+
+
+def test_template_fast_path_equals_the_packet_by_packet_state_machine(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        import probe_speed
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "mix.pcap"
+    probe_speed.generate(path, 20000, seed=3)
+    fast = analyze_capture(path, config=MeterConfig(replay_templates=True)).flows
+    slow = analyze_capture(path, config=MeterConfig(replay_templates=False)).flows
+    assert len(fast) == len(slow) > 500
+    for name in fast.columns:
+        assert list(fast.columns[name]) == list(slow.columns[name]), name
