@@ -1,79 +1,159 @@
-"""Streaming correlation: record batches from a transport in, spans and traces into the store.
+"""Streaming correlation over Kafka (``hopscope correlate --kafka``): windows, two stages, at least once.
 
-``StreamCorrelator`` buffers the flow and request records it polls, and on every pass stitches the
-whole buffer. A trace is *complete* when its newest record is older than the newest record seen
-(the event-time watermark) by ``lateness_us``; complete traces are written to the store and their
-records leave the buffer, the others wait for late and out-of-order records. Records that joined no
-trace leave the buffer once they are that old too (counted). State is bounded: past
-``max_buffer_records`` the oldest half of the buffer is forced out (counted). When no record arrived
-for ``idle_flush_s`` the stream is taken to have ended and everything is emitted.
+**Windows** (``StreamCorrelator``). Records are buffered; each pass runs the offline engine
+(``Correlator.stitch``) on everything buffered. A trace is *complete* when every record it used is
+older than the event-time watermark (newest record time seen, capped at ``max_future_us`` past the
+wall clock, minus ``lateness_us``); an L4 trace also needs each of its flows reported final, or
+quiet for ``flow_idle_us``, so a connection that may still carry requests never becomes an L4
+trace. Complete traces are written, their records leave the buffer, the rest waits for late and
+out-of-order records. A record time is its latest timestamp (``resp_last_ns``, a flow's ``end_ns``):
+the probe cannot have reported it earlier. When no record arrived for ``idle_flush_s`` of wall time
+the input is taken to have ended and everything is written.
 
-Delivery is at least once and writes are idempotent: span and trace ids are deterministic and the
-store's tables are ReplacingMergeTrees keyed on them. Offsets are committed, per partition, only past
-deliveries whose every record was written (or dropped) and only after the store accepted the writes;
-while the store is unavailable the correlator waits and retries without committing. After a restart,
-replayed records that already belong to a stored span are recognised (one store query over the
-replayed time range) and skipped, so a trace emitted before a crash is not re-stitched from half its
-records.
+**Two stages** (``StreamPipeline``, what ``hopscope correlate`` runs). The probes key every record by
+its NAT-invariant key (the client ISN), so all observations of one TCP connection reach one
+partition; but a sidecar proxy's two legs are two connections, on two partitions.
 
-Limitation: proxy links join two connections whose NAT-invariant keys differ, so with several
-correlators in one group the two legs may land on different processes; the second stage (a shared
-lookup by request id) is not built yet: run one correlator per group for proxy-linked traces.
+- Stage 1, the ``Relay`` (group ``<group>-s1`` on ``<prefix>.requests|flows``) holds records until
+  its watermark passed them, then gives each connection (correlation key) its *rendezvous host*: the
+  host of the observation nearest the server (smallest residence ``resp_first - req_first``, which
+  needs no clock correction; the latest request time when a hop saw no response; for connections
+  without requests the smallest ``rtt_server_us``, else the latest start). The decision is cached per
+  connection, so every request of a keep-alive connection follows the first. Records go on unchanged
+  to ``<prefix>.s2.requests|flows`` keyed by that host (Kafka's murmur2 partitioner: one host, one
+  partition, in every process); the relay commits its input only after the publish was flushed
+  (acks=all).
+- Stage 2 is a ``StreamCorrelator`` (group ``<group>-s2``) on the stage-2 topics with a shorter
+  lateness (``relay_lateness_us``: the skew between relays of different processes; the relays
+  release in event-time order already). Both legs of a proxy end on the proxy's host: they meet.
+
+**Delivery.** Stage 2 writes the raw requests and flows that leave its buffer, then the spans, then
+the traces, and only then commits, per partition, up to the oldest message with a record still
+buffered. Spans and traces carry deterministic ids on ReplacingMergeTree tables (requests and flows
+too: their sort keys are the record's own ids), so writing again changes nothing. What a plain replay
+would get wrong is a *partial* trace: after a crash (or a rebalance) the records of a trace already
+written can come back in part (a message holding some of them was committed, another not; a relay
+republishes what it released but had not committed). So a record is dropped when it is already in a
+stored span: those this process wrote are remembered (``dedup_horizon_us`` of event time); after
+(re)gaining partitions, the spans stored since shortly before the first replayed record are read
+once from the store. Duplicates within the buffer are dropped too (the engine would take a record
+seen twice at one hop for two requests).
+
+**Bounds.** Beyond ``max_buffer_records`` per stage the oldest records are forced out (stage 1
+releases them with the best decision so far; stage 2 writes their traces as they are). Nothing leaves
+silently: duplicates, replays, late records, forced traces, unmatchable records and retired flows are
+counted in ``StreamStats``.
+
+**Limitations.** Proxies chained across hosts are linked only where their legs share a rendezvous
+host (A -> envoy@B -> envoy@C -> app@C links at C only). All traffic to one server host goes through
+one stage-2 partition. A record later than the lateness makes a trace of its own. A request written
+before its flow's reset report arrived misses the reset mark the offline engine gives it. After a
+restart, flows of connections whose requests were written before the crash, seen at points without
+request records, can become L4 traces.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.codec import encode_batch
 from hopscope.correlate.engine import Correlator, StitchResult
+from hopscope.correlate.matchers import stable_hash64
 from hopscope.correlate.settings import CorrelateSettings
-from hopscope.errors import UnavailableError
-from hopscope.records import Batch, FlowRecord, RequestRecord
+from hopscope.errors import ConfigError, UnavailableError
+from hopscope.records import Batch, FlowRecord, Record, RequestRecord
+from hopscope.transport.base import DEFAULT_TOPIC_PREFIX, Delivery, correlation_keys, topic_of
 
 log = logging.getLogger(__name__)
+
 I64 = npt.NDArray[np.int64]
-_FOREVER = np.iinfo(np.int64).max
+U64 = npt.NDArray[np.uint64]
+Bools = npt.NDArray[np.bool_]
+TP = tuple[str, int]
+FOREVER = np.iinfo(np.int64).max
+RECORD_TABLES: tuple[str, ...] = ("requests", "flows")
+_RECORD_TYPES: dict[str, type[Record]] = {"requests": RequestRecord, "flows": FlowRecord}
+_GUARD_LIMIT = 1_000_000  # spans read back from the store after a restart, at most
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    """Windowing and retry settings of the streaming correlator."""
+    """Windows, bounds and retries of the streaming correlator (event time in µs, wall time in s)."""
 
-    lateness_us: int = 5_000_000  # event-time lag after which a trace is complete
-    max_buffer_records: int = 2_000_000  # state bound: beyond it the oldest records are forced out
-    poll_timeout_s: float = 0.5
+    #: How far behind the newest record a record may arrive and still join its trace (stage 1 and a
+    #: single-stage correlator).
+    lateness_us: int = 2_000_000
+    #: Stage 2 of the pipeline: how far the relays of different processes may lag each other.
+    relay_lateness_us: int = 1_000_000
+    #: Records a stage may hold; beyond, the oldest are forced out (counted).
+    max_buffer_records: int = 2_000_000
+    poll_timeout_s: float = 0.05
     max_poll_records: int = 200_000
-    stitch_every_s: float = 1.0  # wall time between stitch passes
-    idle_flush_s: float = 6.0  # no records for this long: emit everything (end of stream)
-    retry_initial_s: float = 0.5  # store unavailable: first wait, doubled up to retry_max_s
+    #: Wall time between two stitch passes (or relay releases) while input keeps arriving.
+    stitch_every_s: float = 0.5
+    #: Wall time without input after which everything held is written (end of stream); stage 2 of
+    #: the pipeline waits twice this, so the relays' last releases reach it first.
+    idle_flush_s: float = 2.0
+    #: A flow never reported final counts as closed once its last packet is this much older than
+    #: the watermark.
+    flow_idle_us: int = 60_000_000
+    #: How long (event time) the ids of written records are remembered against duplicates.
+    dedup_horizon_us: int = 120_000_000
+    #: Record times further than this past the wall clock do not advance the watermark.
+    max_future_us: int = 600_000_000
+    #: Records per relayed Kafka message (the broker takes messages up to 8 MiB).
+    relay_chunk_records: int = 10_000
+    #: Store unavailable: first wait, doubling up to ``retry_max_s``.
+    retry_initial_s: float = 0.5
     retry_max_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ConfigError(f"stream setting {f.name} must not be negative")
+        if self.max_buffer_records < 1 or self.relay_chunk_records < 1:
+            raise ConfigError("stream settings max_buffer_records and relay_chunk_records must be at least 1")
 
 
 @dataclass(slots=True)
 class StreamStats:
+    """Counters; every record that leaves a buffer is counted under one outcome."""
+
     records_in: int = 0
+    duplicates: int = 0
     replayed_skipped: int = 0
+    late_records: int = 0
+    records_stitched: int = 0
     traces_out: int = 0
     spans_out: int = 0
+    forced_traces: int = 0
     unstitched_dropped: int = 0
-    carrier_flows_skipped: int = 0
-    forced_passes: int = 0
-    store_retries: int = 0
+    retired_flows: int = 0
+    dropped_on_revoke: int = 0
+    passes: int = 0
     commits: int = 0
+    commit_failures: int = 0
+    store_retries: int = 0
+    relay_records_in: int = 0
+    relay_records_out: int = 0
+    relay_messages_out: int = 0
+    relay_forced: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
     #: wall time from a trace's first byte to its trace being in the store (ms), recent values
     emit_delay_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "emit_delay_ms"}
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "emit_delay_ms"}
         if self.emit_delay_ms:
             arr = np.asarray(self.emit_delay_ms)
             d["emit_delay_ms_p50"] = round(float(np.median(arr)), 1)
@@ -81,260 +161,844 @@ class StreamStats:
         return d
 
 
-@dataclass(slots=True)
-class _Pending:
-    """One delivery: how many of its records are still buffered."""
-
-    delivery: Any
-    remaining: int
+# --- record identity and time --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Rows:
-    """Buffered records of one type with, per row, its delivery serial and its event time."""
+def _mix(x: U64) -> U64:
+    """splitmix64 finaliser over uint64 arrays (wrapping)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
-    record_type: type[RequestRecord] | type[FlowRecord]
-    batches: list[Batch] = field(default_factory=list)
-    owners: list[I64] = field(default_factory=list)
-    times: list[I64] = field(default_factory=list)
 
-    def add(self, batch: Batch, owner: int, times: I64) -> None:
-        self.batches.append(batch)
-        self.owners.append(np.full(len(batch), owner, np.int64))
-        self.times.append(times)
+def _u64(data: Any) -> U64:
+    return np.asarray(data).astype(np.uint64)
 
-    def merged(self) -> tuple[Batch, I64, I64]:
-        if not self.batches:
-            return Batch(self.record_type, {}, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        if len(self.batches) > 1:
-            self.batches = [Batch.concat(self.batches)]
-            self.owners = [np.concatenate(self.owners)]
-            self.times = [np.concatenate(self.times)]
-        return self.batches[0], self.owners[0], self.times[0]
 
-    def keep(self, mask: npt.NDArray[np.bool_]) -> None:
-        batch, owners, times = self.merged()
-        idx = np.flatnonzero(mask)
-        self.batches, self.owners, self.times = [batch.take(idx)], [owners[idx]], [times[idx]]
+class PointHashes:
+    """64-bit hash of (point, id) pairs; the point's hash is cached (there are few points)."""
 
-    def __len__(self) -> int:
-        return sum(len(b) for b in self.batches)
+    def __init__(self) -> None:
+        self._cache: dict[str, int] = {}
+
+    def key(self, points: list[str], ids: Any) -> U64:
+        cache = self._cache
+        for p in set(points) - cache.keys():
+            cache[p] = stable_hash64("point", p)
+        ph = np.fromiter((cache[p] for p in points), dtype=np.uint64, count=len(points))
+        return _mix(ph ^ _mix(_u64(ids)))
+
+
+def request_keys(batch: Batch, h: PointHashes) -> U64:
+    """A request record's identity: (point, request_id)."""
+    return h.key(batch.columns["point"], batch.columns["request_id"])  # type: ignore[arg-type]
+
+
+def flow_keys(batch: Batch, h: PointHashes) -> U64:
+    """A flow's identity at its point: (point, flow_id); its interim reports share it."""
+    return h.key(batch.columns["point"], batch.columns["flow_id"])  # type: ignore[arg-type]
+
+
+def report_ids(batch: Batch, h: PointHashes) -> U64:
+    """One record's identity: a request at a point, or one report (end_ns) of a flow at a point."""
+    if batch.record_type is RequestRecord:
+        return request_keys(batch, h)
+    return _mix(flow_keys(batch, h) ^ _u64(batch.columns["end_ns"]))
+
+
+def conn_keys(batch: Batch) -> U64:
+    """(syn_seq, synack_seq) of the connection that carried each record (0 when no SYN was seen)."""
+    syn, ack = _u64(batch.columns["syn_seq"]), _u64(batch.columns["synack_seq"])
+    return np.where(syn != 0, (syn << np.uint64(32)) | ack, np.uint64(0))
 
 
 def event_times(batch: Batch) -> I64:
-    """The newest time each record speaks of (its event time for the watermark)."""
+    """The latest timestamp of each record (ns): its event time for the watermark."""
     cols = batch.columns
     names: tuple[str, ...] = ("start_ns", "end_ns")
     if batch.record_type is RequestRecord:
         names = ("req_first_ns", "req_last_ns", "resp_first_ns", "resp_last_ns")
-    newest: I64 = np.max(np.stack([np.asarray(cols[n]).astype(np.int64) for n in names]), axis=0)
-    return newest
+    out = np.asarray(cols[names[0]]).astype(np.int64)
+    for n in names[1:]:
+        out = np.maximum(out, np.asarray(cols[n]).astype(np.int64))
+    return out
 
 
-def _row_keys(batch: Batch) -> list[tuple[str, int]]:
-    cols = batch.columns
-    ids = cols["request_id"] if batch.record_type is RequestRecord else cols["flow_id"]
-    return list(zip(cols["point"], np.asarray(ids).tolist(), strict=True))
+def _first_times(batch: Batch) -> I64:
+    name = "req_first_ns" if batch.record_type is RequestRecord else "start_ns"
+    return np.asarray(batch.columns[name]).astype(np.int64)
+
+
+# --- offsets, buffers, watermarks --------------------------------------------------------------
+
+
+class OffsetBook:
+    """Which consumed messages still have records buffered; what may be committed per partition
+    (up to, not including, the oldest message with a record still buffered)."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._pending: dict[int, int] = {}  # message id -> records still buffered
+        self._where: dict[int, tuple[TP, int]] = {}
+        self._seen: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
+
+    def add(self, d: Delivery, rows: int) -> int:
+        mid = self._next
+        self._next += 1
+        tp = (d.topic, d.partition)
+        self._seen[tp] = max(self._seen.get(tp, -1), d.offset)
+        if rows:
+            self._pending[mid] = rows
+            self._where[mid] = (tp, d.offset)
+        return mid
+
+    def done(self, mids: I64) -> None:
+        if len(mids) == 0:
+            return
+        ids, counts = np.unique(mids, return_counts=True)
+        for m, c in zip(ids.tolist(), counts.tolist(), strict=True):
+            left = self._pending.get(m)
+            if left is None:
+                continue
+            if left <= c:
+                del self._pending[m], self._where[m]
+            else:
+                self._pending[m] = left - c
+
+    def commit_points(self) -> dict[TP, int]:
+        """Per partition, the last offset that may be committed now, where that moved."""
+        low: dict[TP, int] = {}
+        for tp, off in self._where.values():
+            low[tp] = min(low.get(tp, off), off)
+        out: dict[TP, int] = {}
+        for tp, seen in self._seen.items():
+            upto = low[tp] - 1 if tp in low else seen
+            if upto > self._committed.get(tp, -1):
+                out[tp] = upto
+        return out
+
+    def committed(self, points: dict[TP, int]) -> None:
+        self._committed.update(points)
+
+    def forget(self, tps: set[TP]) -> None:
+        """Partitions a rebalance took away: their messages are another consumer's now."""
+        for mid in [m for m, (tp, _) in self._where.items() if tp in tps]:
+            del self._where[mid], self._pending[mid]
+        for tp in tps:
+            self._seen.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+class RowBuffer:
+    """Records of one table held by a stage, with per-row time, id, source message and partition."""
+
+    def __init__(self, record_type: type[Record]) -> None:
+        self.record_type = record_type
+        self._parts: list[tuple[Batch, I64, U64, I64, list[TP]]] = []
+        self.batch: Batch = Batch(record_type, {}, 0)
+        self.time: I64 = np.zeros(0, np.int64)
+        self.rid: U64 = np.zeros(0, np.uint64)
+        self.mid: I64 = np.zeros(0, np.int64)
+        self.tp: list[TP] = []
+        self.ids: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.batch) + sum(len(p[0]) for p in self._parts)
+
+    def add(self, batch: Batch, times: I64, rids: U64, mid: int, tp: TP) -> None:
+        if len(batch):
+            self._parts.append((batch, times, rids, np.full(len(batch), mid, np.int64), [tp] * len(batch)))
+            self.ids.update(rids.tolist())
+
+    def settle(self) -> None:
+        """Concatenate what arrived since the last call."""
+        if not self._parts:
+            return
+        parts = [(self.batch, self.time, self.rid, self.mid, self.tp), *self._parts]
+        self._parts = []
+        self.batch = Batch.concat(p[0] for p in parts)
+        self.time = np.concatenate([p[1] for p in parts])
+        self.rid = np.concatenate([p[2] for p in parts])
+        self.mid = np.concatenate([p[3] for p in parts])
+        self.tp = [tp for p in parts for tp in p[4]]
+
+    def split(self, leave: Bools) -> tuple[Batch, I64, I64]:
+        """Remove the rows where ``leave`` holds; returns them (batch, message ids, times)."""
+        go, stay = np.flatnonzero(leave), np.flatnonzero(~leave)
+        out = (self.batch.take(go), self.mid[go], self.time[go])
+        if len(go):
+            self.ids.difference_update(self.rid[go].tolist())
+            self.batch = self.batch.take(stay)
+            self.time, self.rid, self.mid = self.time[stay], self.rid[stay], self.mid[stay]
+            tps = self.tp
+            self.tp = [tps[i] for i in stay.tolist()]
+        return out
+
+    def drop_partitions(self, tps: set[TP]) -> int:
+        self.settle()
+        gone = np.fromiter((tp in tps for tp in self.tp), dtype=bool, count=len(self.tp))
+        self.split(gone)
+        return int(gone.sum())
+
+
+class Watermark:
+    """Event-time watermark: newest record time seen minus the lateness; FOREVER once idle."""
+
+    def __init__(self, lateness_us: int, idle_s: float, max_future_us: int) -> None:
+        self.lateness_ns = lateness_us * 1000
+        self.idle_s = idle_s
+        self.max_future_ns = max_future_us * 1000
+        self.newest_ns = 0
+        self.last_input = time.monotonic()
+
+    def saw(self, times: I64) -> None:
+        self.last_input = time.monotonic()
+        if len(times):
+            newest = min(int(times.max()), time.time_ns() + self.max_future_ns)
+            self.newest_ns = max(self.newest_ns, newest)
+
+    def idle(self) -> bool:
+        return time.monotonic() - self.last_input >= self.idle_s
+
+    def value(self) -> int:
+        return FOREVER if self.idle() else self.newest_ns - self.lateness_ns
+
+
+def oldest_excess(times: list[I64], limit: int) -> list[Bools]:
+    """Masks of the oldest rows beyond ``limit`` over several buffers."""
+    total = sum(len(t) for t in times)
+    if total <= limit:
+        return [np.zeros(len(t), bool) for t in times]
+    cut = np.partition(np.concatenate(times), total - limit - 1)[total - limit - 1]
+    return [t <= cut for t in times]
+
+
+class Seen:
+    """Ids remembered for a horizon of event time (records written, flows consumed)."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self._chunks: deque[tuple[int, list[int]]] = deque()
+
+    def add(self, ids: U64, newest_ns: int) -> None:
+        if len(ids):
+            values = ids.tolist()
+            self.ids.update(values)
+            self._chunks.append((newest_ns, values))
+
+    def prune(self, before_ns: int) -> None:
+        while self._chunks and self._chunks[0][0] < before_ns:
+            self.ids.difference_update(self._chunks.popleft()[1])
+
+
+# --- consumers, commits, retries ----------------------------------------------------------------
+
+
+class GroupConsumer:
+    """A ``KafkaRecordConsumer`` that also reports its partition assignment (rebalances)."""
+
+    def __init__(self, bootstrap: str, group: str, tables: Iterable[str], prefix: str) -> None:
+        from hopscope.transport.kafka import KafkaRecordConsumer
+
+        self.inner = KafkaRecordConsumer(bootstrap, group, tables=list(tables), prefix=prefix)
+        self.stats = self.inner.stats
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
+        return self.inner.poll(timeout_s=timeout_s, max_records=max_records)
+
+    def commit(self, deliveries: list[Delivery]) -> None:
+        self.inner.commit(deliveries)
+
+    def assignment(self) -> set[TP]:
+        # KafkaRecordConsumer has no public assignment() yet (asked of the transport's owner).
+        return {(tp.topic, tp.partition) for tp in self.inner._consumer.assignment()}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def commit(consumer: Any, book: OffsetBook, stats: StreamStats) -> None:
+    """Commit what the book allows; a commit refused by a rebalance is counted (the new owner replays)."""
+    from kafka.errors import KafkaError
+
+    points = book.commit_points()
+    if not points:
+        return
+    marks = [Delivery(Batch(RequestRecord, {}, 0), t, p, off) for (t, p), off in points.items()]
+    try:
+        consumer.commit(marks)
+    except KafkaError as exc:
+        stats.commit_failures += 1
+        log.warning("commit of %s refused (%s); those records will be replayed", sorted(points), exc)
+        return
+    book.committed(points)
+    stats.commits += 1
+
+
+class Stopped(Exception):
+    """Asked to stop while waiting for the store: nothing more is committed; a restart replays."""
+
+
+def with_retry(action: Callable[[], Any], settings: StreamSettings, stats: StreamStats,
+               stop: threading.Event, what: str) -> Any:
+    """Run ``action`` until the store accepts it (on ``UnavailableError`` wait, double, retry)."""
+    delay = settings.retry_initial_s
+    while True:
+        try:
+            return action()
+        except UnavailableError as exc:
+            stats.store_retries += 1
+            log.warning("store unavailable during %s (%s); retrying in %.1f s, offsets not committed",
+                        what, exc, delay)
+            if stop.wait(delay):
+                raise Stopped(what) from exc
+            delay = min(delay * 2, settings.retry_max_s)
+
+
+def _check_assignment(consumer: Any, known: set[TP], buffers: Iterable[RowBuffer], book: OffsetBook,
+                      stats: StreamStats) -> tuple[set[TP], bool]:
+    """The consumer's assignment now, and whether partitions were added; drops what was revoked."""
+    get = getattr(consumer, "assignment", None)
+    if get is None:
+        return known, False
+    now: set[TP] = get()
+    revoked = known - now
+    if revoked:
+        for buf in buffers:
+            stats.dropped_on_revoke += buf.drop_partitions(revoked)
+        book.forget(revoked)
+    return now, bool(now - known)
+
+
+# --- stage 1: the relay ---------------------------------------------------------------------------
+
+
+def _group_all(keys: U64, flag: Bools) -> Bools:
+    """Per row: ``flag`` holds on every row with the same key."""
+    uniq, inv = np.unique(keys, return_inverse=True)
+    ok = np.ones(len(uniq), bool)
+    np.logical_and.at(ok, inv, flag)
+    out: Bools = ok[inv]
+    return out
+
+
+def rendezvous_hosts(requests: Batch, flows: Batch) -> dict[int, str]:
+    """Rendezvous host per correlation key: the host of the connection's observation nearest the
+    server. Requests decide when the connection has any, flows otherwise."""
+    keys, prio, score, hosts = [], [], [], []
+    if len(requests):
+        rc = requests.columns
+        t_req = np.asarray(rc["req_first_ns"]).astype(np.int64)
+        t_resp = np.asarray(rc["resp_first_ns"]).astype(np.int64)
+        k = correlation_keys(requests)
+        full = _group_all(k, t_resp > 0)  # every hop saw the response: residence, clock-free
+        keys.append(k)
+        prio.append(np.zeros(len(k), np.int64))
+        score.append(np.where(full, t_resp - t_req, -t_req))
+        hosts += list(rc["host"])
+    if len(flows):
+        fc = flows.columns
+        rtt = np.asarray(fc["rtt_server_us"]).astype(np.int64)
+        k = correlation_keys(flows)
+        full = _group_all(k, rtt > 0)
+        keys.append(k)
+        prio.append(np.ones(len(k), np.int64))
+        score.append(np.where(full, rtt, -np.asarray(fc["start_ns"]).astype(np.int64)))
+        hosts += list(fc["host"])
+    if not keys:
+        return {}
+    all_keys = np.concatenate(keys)
+    order = np.lexsort((np.concatenate(score), np.concatenate(prio), all_keys))
+    ks = all_keys[order]
+    first = order[np.r_[True, ks[1:] != ks[:-1]]]
+    return {int(k): str(hosts[i]) for k, i in zip(all_keys[first].tolist(), first.tolist(), strict=True)}
+
+
+class Relay:
+    """Stage 1: hold records per connection, choose its rendezvous host, republish keyed by it."""
+
+    def __init__(self, consumer: Any, publisher: Any, prefix: str, settings: StreamSettings,
+                 stats: StreamStats) -> None:
+        self.consumer = consumer
+        self.publisher = publisher
+        self.prefix = prefix
+        self.settings = settings
+        self.stats = stats
+        self.book = OffsetBook()
+        self.buffers = {t: RowBuffer(_RECORD_TYPES[t]) for t in RECORD_TABLES}
+        self.watermark = Watermark(settings.lateness_us, settings.idle_flush_s, settings.max_future_us)
+        self.decisions: dict[int, tuple[str, int]] = {}  # correlation key -> (host, record time)
+        self._assignment: set[TP] = set()
+        self._since = 0
+        self._last = time.monotonic()
+
+    def held(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def step(self) -> int:
+        deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+        self._assignment, _ = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
+                                                self.book, self.stats)
+        for d in deliveries:
+            buf = self.buffers.get(d.batch.record_type.TABLE)
+            if buf is None or not len(d.batch):
+                self.book.add(d, 0)
+                continue
+            times = event_times(d.batch)
+            self.watermark.saw(times)
+            mid = self.book.add(d, len(d.batch))
+            buf.add(d.batch, times, np.zeros(len(d.batch), np.uint64), mid, (d.topic, d.partition))
+            self.stats.relay_records_in += len(d.batch)
+            self._since += len(d.batch)
+        if self._due():
+            self.release(self.watermark.value())
+        return len(deliveries)
+
+    def _due(self) -> bool:
+        if not self.held():
+            return bool(self.book.commit_points())
+        if self.watermark.idle() or self.held() > self.settings.max_buffer_records:
+            return True
+        return self._since > 0 and time.monotonic() - self._last >= self.settings.stitch_every_s
+
+    def release(self, watermark_ns: int) -> None:
+        """Republish every record older than the watermark (and the oldest beyond the bound), commit."""
+        self._since, self._last = 0, time.monotonic()
+        bufs = [self.buffers[t] for t in RECORD_TABLES]
+        for b in bufs:
+            b.settle()
+        forced = oldest_excess([b.time for b in bufs], self.settings.max_buffer_records)
+        masks = [(b.time < watermark_ns) | f for b, f in zip(bufs, forced, strict=True)]
+        self.stats.relay_forced += sum(int((f & (b.time >= watermark_ns)).sum()) for b, f in zip(bufs, forced,
+                                                                                              strict=True))
+        if any(m.any() for m in masks):
+            self._decide(bufs, masks)
+            done = []
+            for table, b, m in zip(RECORD_TABLES, bufs, masks, strict=True):
+                batch, mids, _ = b.split(m)
+                self._publish(table, batch)
+                done.append(mids)
+            self.publisher.flush()
+            for mids in done:
+                self.book.done(mids)
+        commit(self.consumer, self.book, self.stats)
+        self._prune()
+
+    def _decide(self, bufs: list[RowBuffer], masks: list[Bools]) -> None:
+        """Decide connections about to be released, from all their records held."""
+        keys = [correlation_keys(b.batch) for b in bufs]
+        leaving = np.unique(np.concatenate([k[m] for k, m in zip(keys, masks, strict=True)]))
+        new = np.array([k for k in leaving.tolist() if k not in self.decisions], dtype=np.uint64)
+        if len(new) == 0:
+            return
+        sel = [np.flatnonzero(np.isin(k, new)) for k in keys]
+        hosts = rendezvous_hosts(bufs[0].batch.take(sel[0]), bufs[1].batch.take(sel[1]))
+        newest = self.watermark.newest_ns
+        for k, host in hosts.items():
+            self.decisions[k] = (host, newest)
+
+    def _publish(self, table: str, batch: Batch) -> None:
+        if not len(batch):
+            return
+        own: list[str] = batch.columns["host"]  # type: ignore[assignment]
+        groups: dict[str, list[int]] = {}
+        for i, (k, h) in enumerate(zip(correlation_keys(batch).tolist(), own, strict=True)):
+            groups.setdefault(self.decisions.get(k, (h, 0))[0], []).append(i)
+        topic = topic_of(f"s2.{table}", self.prefix)
+        chunk = self.settings.relay_chunk_records
+        for host, rows in sorted(groups.items()):
+            for lo in range(0, len(rows), chunk):
+                part = batch.take(np.asarray(rows[lo : lo + chunk], dtype=np.intp))
+                self.publisher.publish_raw(topic, encode_batch(part), key=host.encode())
+                self.stats.relay_messages_out += 1
+        self.stats.relay_records_out += len(batch)
+
+    def _prune(self) -> None:
+        if len(self.decisions) > self.settings.max_buffer_records:
+            horizon = self.watermark.newest_ns - self.settings.dedup_horizon_us * 1000
+            self.decisions = {k: v for k, v in self.decisions.items() if v[1] >= horizon}
+
+
+# --- stage 2 (or a single stage): the windowed stitcher ---------------------------------------
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one stitch pass writes, and which buffered rows leave."""
+
+    spans: Batch
+    traces: Batch
+    leave: dict[str, Bools]
+    l7_spans: Bools
+    l4_flow_keys: U64
+    carrier_keys: U64
+    consumed: int = 0
+    forced_traces: int = 0
+    unstitched: int = 0
+    retired_flows: int = 0
 
 
 class StreamCorrelator:
-    """Consumes record batches, stitches them in event-time windows, writes spans and traces."""
+    """Consumes record batches, stitches them in event-time windows, writes spans and traces, and
+    commits offsets only after the store accepted them.
+
+    ``consumer`` has ``poll``/``commit`` (and, for rebalances, ``assignment``); ``lateness_us`` and
+    ``idle_flush_s`` override the settings' (stage 2 of the pipeline uses its relay lateness)."""
 
     def __init__(self, consumer: Any, store: Any, settings: CorrelateSettings | None = None,
-                 stream: StreamSettings | None = None, kinds: dict[str, str] | None = None) -> None:
+                 stream: StreamSettings | None = None, kinds: dict[str, str] | None = None, *,
+                 lateness_us: int | None = None, idle_flush_s: float | None = None,
+                 stats: StreamStats | None = None) -> None:
         self.consumer = consumer
         self.store = store
         self.correlator = Correlator(settings, kinds)
         self.settings = stream or StreamSettings()
-        self.stats = StreamStats()
-        self._rows = {"requests": _Rows(RequestRecord), "flows": _Rows(FlowRecord)}
-        self._pending: dict[int, _Pending] = {}
-        self._order: dict[tuple[str, int], deque[int]] = {}
-        self._serial = 0
-        self._watermark_ns = 0
-        self._idle_since: float | None = None
-        self._last_pass = 0.0
-        #: per table, (point, request_id or flow_id) of records already in stored spans (restart)
-        self._emitted_keys: dict[str, set[tuple[str, int]]] | None = None
-        #: (point, flow_id) of flows that carried requests already written: their flow records (which
-        #: arrive late, when the connection ends) must not become L4 traces. Bounded, oldest out first.
-        self._carriers: dict[tuple[str, int], None] = {}
+        self.stats = stats or StreamStats()
+        self.book = OffsetBook()
+        self.buffers = {t: RowBuffer(_RECORD_TYPES[t]) for t in RECORD_TABLES}
+        s = self.settings
+        self.watermark = Watermark(s.lateness_us if lateness_us is None else lateness_us,
+                                   s.idle_flush_s if idle_flush_s is None else idle_flush_s, s.max_future_us)
+        self.h = PointHashes()
+        self.written_requests = Seen()  # (point, request_id) of requests in written spans
+        self.written_flows = Seen()  # (point, flow_id) of flows in written L4 spans
+        self.carriers = Seen()  # (point, flow_id) of flows that carried written requests
+        self.l7_conns: dict[int, int] = {}  # connection keys that carried requests -> newest time
+        self._assignment: set[TP] = set()
+        self._guard_from: int | None = None  # spans stored since then were read back (None: not yet)
+        self._stop = threading.Event()
+        self._since = 0
+        self._last = time.monotonic()
+
+    def held(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def idle(self) -> bool:
+        return self.watermark.idle()
 
     # --- input -----------------------------------------------------------------------------------
 
     def poll_once(self) -> int:
         deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+        self._assignment, added = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
+                                                    self.book, self.stats)
+        if added:
+            self._guard_from = None  # replays ahead: read back what the store already has
         records = 0
         for d in deliveries:
-            records += self._ingest(d)
-        if deliveries:
-            self._idle_since = None
-        elif self._idle_since is None:
-            self._idle_since = time.monotonic()
+            records += self._admit(d)
         return records
 
-    def idle(self) -> bool:
-        """Polls have come back empty for ``idle_flush_s``: the input ran dry."""
-        return self._idle_since is not None and time.monotonic() - self._idle_since >= self.settings.idle_flush_s
-
-    def _ingest(self, delivery: Any) -> int:
-        batch: Batch = delivery.batch
-        serial = self._serial
-        self._serial += 1
-        self._order.setdefault((delivery.topic, delivery.partition), deque()).append(serial)
-        table = batch.record_type.TABLE
-        if table not in self._rows or len(batch) == 0:
-            self._pending[serial] = _Pending(delivery, 0)
+    def _admit(self, d: Delivery) -> int:
+        batch = d.batch
+        buf = self.buffers.get(batch.record_type.TABLE)
+        if buf is None or not len(batch):
+            self.book.add(d, 0)
             return 0
-        times = event_times(batch)
-        if self._emitted_keys is None:
-            self._emitted_keys = self._load_emitted(int(times.min()))
-        emitted = self._emitted_keys.get(table) if self._emitted_keys else None
-        if emitted:
-            fresh = np.array([k not in emitted for k in _row_keys(batch)], dtype=bool)
-            self.stats.replayed_skipped += int((~fresh).sum())
-            batch, times = batch.take(np.flatnonzero(fresh)), times[fresh]
-        if table == "flows" and self._carriers:
-            fresh = np.array([k not in self._carriers for k in _row_keys(batch)], dtype=bool)
-            self.stats.carrier_flows_skipped += int((~fresh).sum())
-            batch, times = batch.take(np.flatnonzero(fresh)), times[fresh]
-        self._pending[serial] = _Pending(delivery, len(batch))
-        if len(batch):
-            self._rows[table].add(batch, serial, times)
-            self._watermark_ns = max(self._watermark_ns, int(times.max()))
         self.stats.records_in += len(batch)
+        self._guard(batch)
+        rids = report_ids(batch, self.h)
+        keep = self._fresh(batch, rids, buf)
+        if not keep.all():
+            idx = np.flatnonzero(keep)
+            batch, rids = batch.take(idx), rids[idx]
+        times = event_times(batch)
+        self.watermark.saw(times)
+        self.stats.late_records += int((times < self.watermark.value()).sum())
+        if batch.record_type is RequestRecord and len(batch):
+            for k, t in zip(conn_keys(batch).tolist(), times.tolist(), strict=True):
+                if k:
+                    self.l7_conns[k] = max(t, self.l7_conns.get(k, 0))
+        buf.add(batch, times, rids, self.book.add(d, len(batch)), (d.topic, d.partition))
+        self._since += len(batch)
         return len(batch)
 
-    def _load_emitted(self, since_ns: int) -> dict[str, set[tuple[str, int]]]:
-        """Keys of the records behind spans already stored from ``since_ns`` on (restart after a crash)."""
-        margin = (self.settings.lateness_us + self.correlator.settings.network_delay_us) * 1000 * 2
-        spans = self._with_retry(lambda: self.store.query_spans(max(0, since_ns - margin), _FOREVER,
-                                                                limit=1_000_000))
-        keys: dict[str, set[tuple[str, int]]] = {
-            "requests": {(s.point, s.request_id) for s in spans or [] if s.request_id},
-            "flows": {(s.point, s.flow_id) for s in spans or [] if not s.request_id},
-        }
-        self._remember_carriers([(s.point, s.flow_id) for s in spans or [] if s.request_id])
-        if spans:
-            log.info("restart: %d records already stitched into stored spans will be skipped", len(spans))
-        return keys
+    def _fresh(self, batch: Batch, rids: U64, buf: RowBuffer) -> Bools:
+        """Not held already, not earlier in this batch, and not in a written span."""
+        _, first = np.unique(rids, return_index=True)
+        keep = np.zeros(len(rids), bool)
+        keep[first] = True
+        held = buf.ids
+        keep &= np.fromiter((r not in held for r in rids.tolist()), dtype=bool, count=len(rids))
+        self.stats.duplicates += int(len(rids) - keep.sum())
+        if batch.record_type is RequestRecord:
+            ids, done = request_keys(batch, self.h), self.written_requests.ids
+        else:
+            ids, done = flow_keys(batch, self.h), self.written_flows.ids
+        stitched = np.fromiter((i in done for i in ids.tolist()), dtype=bool, count=len(ids)) & keep
+        self.stats.replayed_skipped += int(stitched.sum())
+        out: Bools = keep & ~stitched
+        return out
 
-    # --- stitching ---------------------------------------------------------------------------------
+    def _guard(self, batch: Batch) -> None:
+        """After (re)gaining partitions, read back the spans stored since shortly before the oldest
+        replayed record, so records of traces already written are recognised."""
+        oldest = int(_first_times(batch).min())
+        if self._guard_from is not None and oldest >= self._guard_from:
+            return
+        margin = 2 * (self.watermark.lateness_ns + self.correlator.settings.request_window_ns)
+        since = max(0, oldest - margin)
+        spans, traces = with_retry(lambda: (self.store.query_spans(since, FOREVER, limit=_GUARD_LIMIT),
+                                            self.store.query_traces(since - margin, FOREVER, limit=_GUARD_LIMIT)),
+                                   self.settings, self.stats, self._stop, "reading back stored spans")
+        if len(spans) >= _GUARD_LIMIT:
+            log.warning("more than %d spans stored since %d: replays beyond them are not recognised",
+                        _GUARD_LIMIT, since)
+        self._guard_from = since
+        if not spans:
+            return
+        sb = Batch.from_records(type(spans[0]), spans)
+        l7 = _l7_spans(sb, {t.trace_id: t.kind for t in traces})
+        newest = int(np.asarray(sb.columns["request_first_ns"]).max()) + margin
+        keys_req = request_keys(sb, self.h)
+        keys_flow = flow_keys(sb, self.h)
+        self.written_requests.add(keys_req[l7], newest)
+        self.written_flows.add(keys_flow[~l7], newest)
+        self.carriers.add(keys_flow[l7], newest)
+        log.info("read back %d stored spans: replayed records of their traces will be skipped", len(spans))
 
-    def maybe_stitch(self, stop: threading.Event, force: bool = False) -> int:
-        """One stitch pass when due; returns the traces written."""
-        now = time.monotonic()
-        idle = self.idle()
-        buffered = sum(len(r) for r in self._rows.values())
-        if not buffered:
+    # --- stitching -------------------------------------------------------------------------------
+
+    def maybe_stitch(self, stop: threading.Event | None = None, force: bool = False) -> int:
+        """One stitch pass when due (``force``: now, everything held); returns the traces written."""
+        if stop is not None:
+            self._stop = stop
+        if not self.held():
+            commit(self.consumer, self.book, self.stats)  # messages that carried nothing to hold
             return 0
-        if not force and not idle and now - self._last_pass < self.settings.stitch_every_s \
-                and buffered < self.settings.max_buffer_records:
-            return 0
-        self._last_pass = now
-        cutoff = self._watermark_ns - self.settings.lateness_us * 1000
-        if force or idle:
-            cutoff = _FOREVER
-        elif buffered >= self.settings.max_buffer_records:
-            self.stats.forced_passes += 1
-            _, _, times = self._rows["requests"].merged()
-            cutoff = int(np.median(times)) if len(times) else cutoff
-        return self._emit(cutoff, stop)
+        if force:
+            return self.stitch_pass(FOREVER)
+        due = self.watermark.idle() or self.held() > self.settings.max_buffer_records or (
+            self._since > 0 and time.monotonic() - self._last >= self.settings.stitch_every_s)
+        return self.stitch_pass(self.watermark.value()) if due else 0
 
-    def _emit(self, cutoff_ns: int, stop: threading.Event) -> int:
-        req, req_owner, req_t = self._rows["requests"].merged()
-        flw, flw_owner, flw_t = self._rows["flows"].merged()
-        result = self.correlator.stitch(req, flw, version_ns=time.time_ns())
-        done = self._complete_traces(result, req_t, flw_t, cutoff_ns)
-        if not done:
-            return 0
-        span_rows = np.array([t in done for t in result.spans.columns["trace_id"]], dtype=bool)
-        trace_rows = np.array([t in done for t in result.traces.columns["trace_id"]], dtype=bool)
-        spans, traces = result.spans.take(np.flatnonzero(span_rows)), result.traces.take(np.flatnonzero(trace_rows))
-        if self._with_retry(lambda: self._write(spans, traces), stop) is None:
-            return 0  # stopped while the store was down: nothing consumed, nothing committed
-        wall = time.time_ns()
-        self.stats.emit_delay_ms.extend(((wall - np.asarray(traces.columns["start_ns"]).astype(np.int64)) / 1e6)
-                                        .tolist())
-        self.stats.traces_out += len(traces)
-        self.stats.spans_out += len(spans)
-        span_cols = spans.columns
-        self._remember_carriers([
-            (p, f) for p, f, r in zip(span_cols["point"], np.asarray(span_cols["flow_id"]).tolist(),
-                                      np.asarray(span_cols["request_id"]).tolist(), strict=True) if r])
-        for name, trace_of, times, owners in (("requests", result.request_trace, req_t, req_owner),
-                                              ("flows", result.flow_trace, flw_t, flw_owner)):
-            gone = np.array([t in done for t in trace_of], dtype=bool) if len(trace_of) else np.zeros(0, bool)
-            if name == "flows" and len(trace_of):
-                carried = np.array([k in self._carriers for k in _row_keys(flw)], dtype=bool)
-                self.stats.carrier_flows_skipped += int((carried & ~gone).sum())
-                gone |= carried
-            unstitched = np.array([not t for t in trace_of], dtype=bool) & (times < cutoff_ns) \
-                if len(trace_of) else gone
-            self.stats.unstitched_dropped += int(unstitched.sum())
-            for serial, n in zip(*np.unique(owners[gone | unstitched], return_counts=True), strict=True):
-                self._pending[int(serial)].remaining -= int(n)
-            self._rows[name].keep(~(gone | unstitched))
-        self._commit()
-        return len(traces)
+    def stitch_pass(self, watermark_ns: int) -> int:
+        """Stitch everything held; write the complete traces and what retires; commit."""
+        self._since, self._last = 0, time.monotonic()
+        for b in self.buffers.values():
+            b.settle()
+        self.stats.passes += 1
+        written = 0
+        if self.held():
+            p = self._select(watermark_ns)
+            self._write(p)
+            written = len(p.traces)
+        commit(self.consumer, self.book, self.stats)
+        self._prune()
+        return written
 
-    def _remember_carriers(self, keys: list[tuple[str, int]]) -> None:
-        for key in keys:
-            self._carriers[key] = None
-        excess = len(self._carriers) - self.settings.max_buffer_records
-        if excess > 0:
-            for key in list(itertools.islice(self._carriers, excess)):
-                del self._carriers[key]
+    def _engine_flows(self, req: RowBuffer, flows: RowBuffer, fkeys: U64) -> Bools:
+        """Flows the engine gets: not those of connections that carried requests, unless requests of
+        the connection are held (the engine then keeps them out of L4 itself, and uses close types)."""
+        ck = conn_keys(flows.batch)
+        carried = np.fromiter((k in self.l7_conns for k in ck.tolist()), dtype=bool, count=len(ck))
+        carried |= np.fromiter((k in self.carriers.ids for k in fkeys.tolist()), dtype=bool, count=len(ck))
+        ok: Bools = ~carried | np.isin(ck, conn_keys(req.batch))
+        return ok
 
-    def _complete_traces(self, result: StitchResult, req_t: I64, flw_t: I64, cutoff_ns: int) -> set[str]:
-        newest: dict[str, int] = {}
-        for trace_of, times in ((result.request_trace, req_t), (result.flow_trace, flw_t)):
-            for t, ev in zip(trace_of, times.tolist(), strict=True):
-                if t and ev > newest.get(t, -1):
-                    newest[t] = ev
-        return {t for t, ev in newest.items() if ev < cutoff_ns}
+    def _select(self, watermark_ns: int) -> _Pass:
+        req, flows = self.buffers["requests"], self.buffers["flows"]
+        fkeys = flow_keys(flows.batch, self.h)
+        engine = self._engine_flows(req, flows, fkeys)
+        eidx = np.flatnonzero(engine)
+        res = self.correlator.stitch(req.batch, flows.batch.take(eidx), version_ns=time.time_ns())
+        index = {t: i for i, t in enumerate(res.traces.columns["trace_id"])}
+        n = len(index)
+        req_tr = np.fromiter((index.get(t, -1) for t in res.request_trace), dtype=np.int64, count=len(req.time))
+        flow_tr = np.full(len(flows.time), -1, np.int64)
+        flow_tr[eidx] = np.fromiter((index.get(t, -1) for t in res.flow_trace), dtype=np.int64, count=len(eidx))
+        forced = oldest_excess([req.time, flows.time], self.settings.max_buffer_records)
+        closed = _flows_closed(fkeys, flows, watermark_ns, self.settings.flow_idle_us * 1000)
+        newest = np.full(n + 1, np.iinfo(np.int64).min, np.int64)  # slot n: rows in no trace
+        np.maximum.at(newest, np.where(req_tr >= 0, req_tr, n), req.time)
+        np.maximum.at(newest, np.where(flow_tr >= 0, flow_tr, n), flows.time)
+        open_ = np.zeros(n + 1, bool)
+        np.logical_or.at(open_, np.where(flow_tr >= 0, flow_tr, n), ~closed)
+        hit = np.zeros(n + 1, bool)
+        np.logical_or.at(hit, np.where(req_tr >= 0, req_tr, n), forced[0])
+        np.logical_or.at(hit, np.where(flow_tr >= 0, flow_tr, n), forced[1])
+        emit = (((newest < watermark_ns) & ~open_) | hit)[:n]
+        return self._outcome(res, emit, hit[:n], req_tr, flow_tr, fkeys, closed, forced, watermark_ns)
 
-    def _write(self, spans: Batch, traces: Batch) -> bool:
-        if len(spans):
-            self.store.insert("spans", spans)
-        if len(traces):
-            self.store.insert("traces", traces)
-        return True
+    def _outcome(self, res: StitchResult, emit: Bools, hit: Bools, req_tr: I64, flow_tr: I64, fkeys: U64,
+                 closed: Bools, forced: list[Bools], watermark_ns: int) -> _Pass:
+        req, flows = self.buffers["requests"], self.buffers["flows"]
+        emit_x = np.r_[emit, False]  # index -1 (no trace) -> not emitted
+        used_req = emit_x[req_tr]
+        unstitched = (req_tr < 0) & ((req.time < watermark_ns) | forced[0])
+        used_flow = emit_x[flow_tr]
+        pending_fk = np.unique(fkeys[(flow_tr >= 0) & ~used_flow])
+        used_flow |= np.isin(fkeys, fkeys[used_flow])  # every report of a flow in a written L4 trace
+        held_conns = conn_keys(req.batch)[~(used_req | unstitched)]
+        retire = (~used_flow & closed & ~np.isin(fkeys, pending_fk)
+                  & ~np.isin(conn_keys(flows.batch), held_conns)) | (forced[1] & ~used_flow)
+        trace_ids = res.traces.columns["trace_id"]
+        emitted = {trace_ids[i] for i in np.flatnonzero(emit).tolist()}
+        span_rows = np.fromiter((t in emitted for t in res.spans.columns["trace_id"]), dtype=bool,
+                                count=len(res.spans))
+        spans = res.spans.take(np.flatnonzero(span_rows))
+        l7 = _l7_spans(spans, dict(zip(trace_ids, res.traces.columns["kind"], strict=True)))
+        span_fk = flow_keys(spans, self.h)
+        return _Pass(spans, res.traces.take(np.flatnonzero(emit)),
+                     {"requests": used_req | unstitched, "flows": used_flow | retire},
+                     l7_spans=l7, l4_flow_keys=span_fk[~l7], carrier_keys=span_fk[l7],
+                     consumed=int(used_req.sum() + used_flow.sum()), forced_traces=int((hit & emit).sum()),
+                     unstitched=int(unstitched.sum()), retired_flows=int((retire & ~used_flow).sum()))
 
-    def _with_retry(self, action: Any, stop: threading.Event | None = None) -> Any:
-        """Run ``action`` until the store accepts it; None when ``stop`` was set while waiting."""
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                return action()
-            except UnavailableError as exc:
-                self.stats.store_retries += 1
-                log.warning("store unavailable (%s); retrying in %.1f s, offsets not committed", exc, delay)
-                if stop is not None and stop.wait(delay):
-                    return None
-                if stop is None:
-                    time.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+    def _write(self, p: _Pass) -> None:
+        """Raw records first, then spans, then traces (a crash in between re-stitches the same)."""
+        leaving = {t: self.buffers[t].batch.take(np.flatnonzero(m)) for t, m in p.leave.items()}
+        for table, batch in (*leaving.items(), ("spans", p.spans), ("traces", p.traces)):
+            if len(batch):
+                self._insert(table, batch)
+                self.stats.rows[table] = self.stats.rows.get(table, 0) + len(batch)
+        newest = self.watermark.newest_ns
+        self.written_requests.add(request_keys(p.spans, self.h)[p.l7_spans], newest)
+        self.written_flows.add(p.l4_flow_keys, newest)
+        self.carriers.add(p.carrier_keys, newest)
+        for table, mask in p.leave.items():
+            _, mids, _ = self.buffers[table].split(mask)
+            self.book.done(mids)
+        if len(p.traces):
+            starts = np.asarray(p.traces.columns["start_ns"]).astype(np.int64)
+            self.stats.emit_delay_ms.extend(((time.time_ns() - starts) / 1e6).tolist())
+        self.stats.traces_out += len(p.traces)
+        self.stats.spans_out += len(p.spans)
+        self.stats.records_stitched += p.consumed
+        self.stats.forced_traces += p.forced_traces
+        self.stats.unstitched_dropped += p.unstitched
+        self.stats.retired_flows += p.retired_flows
 
-    def _commit(self) -> None:
-        """Commit, per partition, the prefix of deliveries with nothing left in the buffer."""
-        ready = []
-        for queue in self._order.values():
-            while queue and self._pending[queue[0]].remaining <= 0:
-                ready.append(self._pending.pop(queue.popleft()).delivery)
-        if ready:
-            self.consumer.commit(ready)
-            self.stats.commits += 1
+    def _insert(self, table: str, batch: Batch) -> None:
+        with_retry(lambda: self.store.insert(table, batch), self.settings, self.stats, self._stop,
+                   f"inserting {len(batch)} {table}")
+
+    def _prune(self) -> None:
+        horizon = self.watermark.newest_ns - self.settings.dedup_horizon_us * 1000
+        for seen in (self.written_requests, self.written_flows, self.carriers):
+            seen.prune(horizon)
+        if len(self.l7_conns) > self.settings.max_buffer_records:
+            self.l7_conns = {k: t for k, t in self.l7_conns.items() if t >= horizon}
 
     # --- the loop ----------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> None:
-        """Poll, stitch and write until ``stop`` is set (or, with ``exit_when_idle``, the input ran dry
-        and everything was emitted)."""
-        while not stop.is_set():
-            self.poll_once()
-            self.maybe_stitch(stop)
-            if not any(len(r) for r in self._rows.values()):
-                self._commit()  # deliveries that carried nothing to buffer
-                if exit_when_idle and self.idle():
+        """Poll, stitch and write until ``stop`` (then write what is complete and commit), or, with
+        ``exit_when_idle``, until the input ran dry and everything was written."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                self.poll_once()
+                self.maybe_stitch(stop)
+                if exit_when_idle and self.idle() and not self.held() and not self.book.commit_points():
                     return
+            self.finish()
+        except Stopped:
+            log.warning("stopped while the store was unavailable: nothing more committed; a restart replays")
+
+    def finish(self) -> None:
+        """Write what is complete at the current watermark and commit (a clean stop). With the store
+        down this gives up at the first failure (``Stopped``): nothing more is committed."""
+        self.stitch_pass(self.watermark.value())
+
+
+def _l7_spans(spans: Batch, kind_of: dict[str, str]) -> Bools:
+    """Spans of request (L7) traces; by the request id when the trace is not at hand."""
+    rid = np.asarray(spans.columns["request_id"]).tolist()
+    kinds = [kind_of.get(t, "l7" if r else "l4") for t, r in zip(spans.columns["trace_id"], rid, strict=True)]
+    return np.array([k == "l7" for k in kinds], dtype=bool)
+
+
+def _flows_closed(fkeys: U64, flows: RowBuffer, watermark_ns: int, idle_ns: int) -> Bools:
+    """Per flow row: its flow is over (a final report older than the watermark, or quiet for
+    ``idle_ns``): no request on it can come any more."""
+    if len(fkeys) == 0:
+        return np.zeros(0, bool)
+    final = np.asarray(flows.batch.columns["final"]).astype(bool)
+    uniq, inv = np.unique(fkeys, return_inverse=True)
+    latest = np.full(len(uniq), np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(latest, inv, flows.time)
+    has_final = np.zeros(len(uniq), bool)
+    np.logical_or.at(has_final, inv, final)
+    closed: Bools = ((latest < watermark_ns) & (has_final | (latest < watermark_ns - idle_ns)))[inv]
+    return closed
+
+
+# --- both stages in one process ------------------------------------------------------------------
+
+
+def ensure_relay_topics(bootstrap: str, prefix: str = DEFAULT_TOPIC_PREFIX, partitions: int = 4) -> None:
+    """Create the input topics and the stage-2 topics ``<prefix>.s2.requests|flows`` if missing."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    from hopscope.transport.kafka import ensure_topics
+
+    ensure_topics(bootstrap, partitions=partitions, prefix=prefix)
+    names = [topic_of(f"s2.{t}", prefix) for t in RECORD_TABLES]
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    except (KafkaError, OSError) as exc:
+        raise UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({exc})") from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another process
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+
+
+class StreamPipeline:
+    """``hopscope correlate --kafka``: the relay and the stage-2 stitcher of one process, in one loop."""
+
+    def __init__(self, bootstrap: str, store: Any, *, group: str = "hopscope-correlate",
+                 prefix: str = DEFAULT_TOPIC_PREFIX, stream: StreamSettings | None = None,
+                 settings: CorrelateSettings | None = None, kinds: dict[str, str] | None = None) -> None:
+        from hopscope.transport.kafka import KafkaPublisher
+
+        self.settings = stream or StreamSettings()
+        self.stats = StreamStats()
+        ensure_relay_topics(bootstrap, prefix)
+        self.publisher = KafkaPublisher(bootstrap, prefix=prefix)
+        s1 = GroupConsumer(bootstrap, f"{group}-s1", RECORD_TABLES, prefix)
+        s2 = GroupConsumer(bootstrap, f"{group}-s2", [f"s2.{t}" for t in RECORD_TABLES], prefix)
+        self.relay = Relay(s1, self.publisher, prefix, self.settings, self.stats)
+        self.stitcher = StreamCorrelator(s2, store, settings, self.settings, kinds,
+                                         lateness_us=self.settings.relay_lateness_us,
+                                         idle_flush_s=2 * self.settings.idle_flush_s, stats=self.stats)
+
+    def held(self) -> int:
+        return self.relay.held() + self.stitcher.held()
+
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> StreamStats:
+        """Until ``stop`` (then release and write what is complete, and commit), or, with
+        ``idle_exit_s``, until no record arrived for that long and nothing is held."""
+        self.stitcher._stop = stop
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                got = self.relay.step() + self.stitcher.poll_once()
+                self.stitcher.maybe_stitch(stop)
+                if got or self.held():
+                    idle_since = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                    break
+            self.relay.release(self.relay.watermark.value())
+            self.stitcher.finish()
+        except Stopped:
+            log.warning("stopped while the store was unavailable: nothing more committed; a restart replays")
+        return self.stats
+
+    def close(self) -> None:
+        from kafka.errors import KafkaError
+
+        for closer in (self.relay.consumer.close, self.stitcher.consumer.close, self.publisher.close):
+            try:
+                closer()
+            except (KafkaError, OSError) as exc:  # closing is best effort
+                log.warning("closing: %s", exc)

@@ -1,0 +1,74 @@
+"""``hopscope correlate --kafka BOOTSTRAP --store URL``: the streaming correlator (correlate/stream.py).
+
+    hopscope correlate --kafka 127.0.0.1:9092 --store clickhouse://127.0.0.1:9000/hopscope
+    hopscope correlate --kafka 127.0.0.1:9092 --store chdb:///var/lib/hopscope --idle-exit 10
+
+Consumes ``PREFIX.requests`` and ``PREFIX.flows`` as consumer group ``GROUP-s1`` (the relay) and
+``PREFIX.s2.requests`` / ``PREFIX.s2.flows`` as ``GROUP-s2`` (the stitcher); run several processes
+with the same group to share the partitions. SIGTERM or SIGINT: write what is complete, commit, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("correlate", help="stitch records from Kafka into traces, streaming, into a store",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap, e.g. 127.0.0.1:9092")
+    p.add_argument("--store", required=True, metavar="URL", help="clickhouse://host:port/db or chdb:///dir")
+    p.add_argument("--group", default="hopscope-correlate",
+                   help="consumer group prefix: GROUP-s1 and GROUP-s2 (default hopscope-correlate)")
+    p.add_argument("--topic-prefix", default="hopscope", help="topics are PREFIX.requests, ... (default hopscope)")
+    p.add_argument("--lateness-ms", type=int, default=2000,
+                   help="event time a record may arrive behind the newest and still be stitched (default 2000)")
+    p.add_argument("--relay-lateness-ms", type=int, default=1000,
+                   help="event time the relays of different processes may lag each other (default 1000)")
+    p.add_argument("--idle-flush-ms", type=int, default=2000,
+                   help="wall time without input after which held records are stitched as they are (default 2000)")
+    p.add_argument("--max-buffered", type=int, default=2_000_000,
+                   help="records each stage may hold; the oldest beyond are forced out (default 2000000)")
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                   help="exit when no record arrived for SECONDS and nothing is held")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import threading
+
+    from hopscope.correlate.stream import StreamPipeline, StreamSettings
+    from hopscope.errors import ConfigError
+    from hopscope.store import store_from_url
+
+    if min(args.lateness_ms, args.relay_lateness_ms, args.idle_flush_ms) < 0 or args.max_buffered < 1:
+        raise ConfigError("--lateness-ms, --relay-lateness-ms and --idle-flush-ms must not be negative, "
+                          "--max-buffered at least 1")
+    stream = StreamSettings(
+        lateness_us=args.lateness_ms * 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
+        idle_flush_s=args.idle_flush_ms / 1000, max_buffer_records=args.max_buffered,
+    )
+    store = store_from_url(args.store)
+    store.ensure_schema()  # fails fast, with the address, when the store is down
+    stop = threading.Event()
+    pipeline = StreamPipeline(args.kafka, store, group=args.group, prefix=args.topic_prefix, stream=stream)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        pipeline.close()
+        store.close()
+    print(
+        f"hopscope correlate: {stats.relay_records_in} records relayed, {stats.records_stitched} stitched into "
+        f"{stats.traces_out} traces ({stats.spans_out} spans); {stats.duplicates} duplicates and "
+        f"{stats.replayed_skipped} replayed records skipped, {stats.late_records} late, {stats.forced_traces} "
+        f"forced traces, {stats.unstitched_dropped} unstitched, {stats.retired_flows} flows retired; "
+        f"{stats.store_retries} store retries, {stats.commits} commits",
+        file=sys.stderr,
+    )
+    return 0
