@@ -16,12 +16,14 @@ CPU seconds it used and so the rate one core sustains (frames / CPU seconds). On
 receive path runs in the sender's softirq, so the generator's CPU bounds the offered rate; the probe's
 capacity is the figure that does not depend on it.
 
-Measured on the 2-core development VM (2026-11-27, load from other work varying):
-  steady 589k pps offered, 2,945,036 frames captured, 0 kernel drops, 888k frames per busy second;
-  backlog of 1,934,338 frames drained at 1.63M frames per busy second, 0 kernel drops;
-  tcpdump on a 537k pps flood: 0 drops (on a 400k pps flood under heavier load: 640 drops).
-The generator never offered 800k pps here (the veth receive path runs on its CPU); the backlog run is
-the evidence that one core captures and meters more than 800k frames/s without drops.
+Measured on the 2-core development VM (2026-11-27; other sessions kept the load at 2 to 7):
+  quiet: steady 589k pps offered, 2,945,036 frames captured, 0 kernel drops; a backlog of 1,934,338
+  frames drained at 1.63M frames per wall second of capture work, 0 drops; tcpdump at 537k pps: 0 drops.
+  load 6.6: steady 232k pps offered, 0 drops, 1.17M frames per CPU second of capture work; a backlog of
+  1,080,322 frames drained at 1.12M frames per wall second (1.71M per CPU second), 0 drops.
+  tcpdump dropped 640 frames of a 400k pps flood and 2,848 of a 290k pps flood under load.
+The generator never offered 800k pps here (the veth receive path runs on its CPU); the backlog runs
+are the evidence that one core captures and meters more than 800k frames/s without drops.
 """
 
 from __future__ import annotations
@@ -187,7 +189,11 @@ def report_probe(title: str, probe: dict[str, object]) -> None:
     print(
         f"  flow records {sm['flow_records']}, CPU {cpu:.2f} s, busy {busy:.2f} s over {float(sm['elapsed_s']):.1f} s"
     )  # type: ignore[arg-type]
-    print(f"  one core: {frames / busy:,.0f} frames per busy second, {frames / cpu:,.0f} per CPU second")
+    busy_cpu = float(sm["busy_cpu_s"])  # type: ignore[arg-type]
+    print(
+        f"  one core: {frames / busy_cpu:,.0f} frames per CPU second of capture work "
+        f"({frames / busy:,.0f} per wall second of it, {frames / cpu:,.0f} per CPU second of the process)"
+    )
 
 
 def report(probe: dict[str, object], drain: dict[str, object], dump: dict[str, object]) -> None:

@@ -402,6 +402,7 @@ class ProbeSummary:
     elapsed_s: float = 0.0
     cpu_s: float = 0.0  # CPU time the probe's process used (user + system)
     busy_s: float = 0.0  # wall time spent gathering, decoding, metering and parsing ready blocks
+    busy_cpu_s: float = 0.0  # CPU time of that work (not counting time the core ran other processes)
     kernel_packets: int = 0  # frames that passed the filter (kernel count)
     kernel_drops: int = 0  # frames the kernel dropped (ring full)
     kernel_freezes: int = 0
@@ -464,11 +465,12 @@ class LiveProbe:
         log.info("capturing on %s (point %s, netns %s, filter %r)", s.iface, s.point, s.netns or "-", s.bpf)
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                before, waited = time.perf_counter(), self.ring.stats.wait_s
+                before, waited, cpu_before = time.perf_counter(), self.ring.stats.wait_s, time.thread_time()
                 raw = self.ring.read(s.read_timeout_ms)
                 if raw is not None:
                     self._process(raw)
                     self.summary.busy_s += time.perf_counter() - before - (self.ring.stats.wait_s - waited)
+                    self.summary.busy_cpu_s += time.thread_time() - cpu_before
                 now = time.monotonic()
                 if now >= next_publish:
                     self._publish(time.time_ns())
