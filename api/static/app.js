@@ -221,5 +221,6 @@ async function drawTraceGraph(id) {
 
 $("#search").addEventListener("submit", listTraces);
 const initial = new URLSearchParams(location.search).get("trace");
-if (initial) showTrace(initial); else listTraces();
+listTraces();
+if (initial) showTrace(initial);
 loadTopology();
