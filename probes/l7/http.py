@@ -287,10 +287,12 @@ class HttpStreamParser:
     def gap(self, offset: int, length: int) -> None:
         """``length`` bytes at ``offset`` will never arrive."""
         msg = self.msg
-        if self.mode == BODY and not self.buf and msg is not None and self.remaining > length:
+        if self.mode == BODY and not self.buf and msg is not None and self.remaining >= length:
             self.remaining -= length
             msg.end_offset = offset + length
             msg.truncated = True
+            if self.remaining == 0:
+                self._body_done()
             return
         if self.mode == UNTIL_CLOSE and msg is not None:
             msg.end_offset = offset + length

@@ -406,3 +406,18 @@ def test_websocket_upgrade_stops_parsing_both_directions() -> None:
     trk.flush()
     assert [(r.path, r.status) for r in trk.take_records()] == [("/ws", 101)]
     assert trk.stats.http_orphan_responses == 0
+
+
+def test_lost_last_body_segment_keeps_the_next_message_in_sync() -> None:
+    conv = TcpConversation().handshake()
+    conv.request(get("/tail"))
+    j = conv.response(ok(b"t" * 200), cuts=[len(ok(b"t" * 200)) - 50])
+    conv.drop(j[1])  # the last 50 body bytes were never captured
+    conv.request(get("/next"))
+    conv.response(ok(b"n", "201 Created"))
+    trk = tracker()
+    feed(trk, conv.packets)
+    trk.flush()
+    records = trk.take_records()
+    assert [(r.path, r.status) for r in records] == [("/tail", 200), ("/next", 201)]
+    assert trk.stats.http_resyncs == 0  # framing carried on without searching
