@@ -97,32 +97,55 @@ class Walk:
     roots: I64  # root segment of each trace
 
 
-def walk(order: SegmentOrder, links: Links, t_first: I64) -> Walk:
-    """Depth-first walk of the segment forest; numpy everywhere except the walk itself."""
-    nseg = len(order.starts)
-    children: dict[int, list[int]] = defaultdict(list)
-    parent = links.parent.tolist()
-    for s in np.flatnonzero(links.parent >= 0).tolist():
-        children[parent[s]].append(s)
-    first = t_first.tolist()
-    for kids in children.values():
-        kids.sort(key=lambda s: (first[s], s))
-    roots = [s for s in range(nseg) if parent[s] < 0]
-    roots.sort(key=lambda s: (first[s], s))
-    seq: list[int] = []
-    trace_of_seg = np.zeros(nseg, np.int64)
-    for ti, root in enumerate(roots):
-        if root not in children:
-            seq.append(root)
-            trace_of_seg[root] = ti
-            continue
-        stack = [root]
+def _roots_and_depths(parent: I64) -> tuple[I64, I64]:
+    """Root and depth of every segment of the forest, by pointer jumping (numpy, depth-many steps)."""
+    idx = np.arange(len(parent))
+    root, depth = idx.copy(), np.zeros(len(parent), np.int64)
+    up = parent.copy()
+    while True:
+        moving = up >= 0
+        if not moving.any():
+            return root, depth
+        root = np.where(moving, up, root)
+        depth += moving
+        up = np.where(moving, parent[np.maximum(up, 0)], -1)
+
+
+def _dfs_positions(roots: list[int], children: dict[int, list[int]], pos: I64) -> None:
+    """Depth-first position inside its tree of every segment of trees that branch."""
+    for root in roots:
+        stack, k = [root], 0
         while stack:
             s = stack.pop()
-            seq.append(s)
-            trace_of_seg[s] = ti
+            pos[s] = k
+            k += 1
             stack.extend(reversed(children.get(s, ())))
-    seg_seq = np.asarray(seq, dtype=np.int64)
+
+
+def walk(order: SegmentOrder, links: Links, t_first: I64) -> Walk:
+    """Depth-first walk of the segment forest: trees that are chains (nearly all) are ordered by
+    depth with numpy; only trees that branch (fan-out) are walked in Python."""
+    nseg = len(order.starts)
+    parent = links.parent
+    root, depth = _roots_and_depths(parent)
+    is_root = parent < 0
+    roots = np.flatnonzero(is_root)
+    roots = roots[np.lexsort((roots, t_first[roots]))]
+    root_rank = np.zeros(nseg, np.int64)
+    root_rank[roots] = np.arange(len(roots))
+    pos = depth.copy()
+    kids = np.bincount(parent[~is_root], minlength=nseg) if nseg else np.zeros(0, np.int64)
+    branching = np.unique(root[np.flatnonzero(kids > 1)])
+    if len(branching):
+        children: dict[int, list[int]] = defaultdict(list)
+        in_branching = np.isin(root, branching)
+        for s in np.flatnonzero(~is_root & in_branching).tolist():
+            children[int(parent[s])].append(s)
+        for lst in children.values():
+            lst.sort(key=lambda s: (int(t_first[s]), s))
+        _dfs_positions(branching.tolist(), children, pos)
+    seg_seq = np.lexsort((pos, root_rank[root])) if nseg else np.zeros(0, np.int64)
+    trace_of_seg = root_rank[root]
     seg_len = order.ends - order.starts
     lens = seg_len[seg_seq]
     out_start = np.cumsum(lens) - lens
@@ -136,10 +159,10 @@ def walk(order: SegmentOrder, links: Links, t_first: I64) -> Walk:
     seg_first[seg_seq] = out_start
     seg_last = seg_first + seg_len - 1
     is_first = pos_in_seg == 0
-    par = links.parent[seg]
+    par = parent[seg]
     prev = np.where(is_first, np.where(par >= 0, seg_last[np.maximum(par, 0)], -1), np.arange(total) - 1)
     return Walk(rows=rows, seg=seg, trace=trace, trace_start=trace_start.astype(np.int64), prev=prev,
-                same_conn=~is_first, roots=np.asarray(roots, dtype=np.int64))
+                same_conn=~is_first, roots=roots.astype(np.int64))
 
 
 def _per_trace_first(mask: npt.NDArray[np.bool_], w: Walk) -> tuple[I64, npt.NDArray[np.bool_]]:

@@ -101,26 +101,52 @@ def _same_request(view: SegmentView, p: int, s: int) -> bool:
 
 
 def link_by_id(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
-    """Link segments sharing a request id; returns the number of links made."""
-    groups = _UnionFind(len(view.method))
-    grouped: set[int] = set()
-    for name, _ in _ID_KINDS:
-        holders: dict[str, list[int]] = defaultdict(list)
-        for s, value in enumerate(view.ids[name]):
-            if value:
-                holders[value].append(s)
-        for segs in holders.values():
-            if len(segs) > 1:
-                for s in segs[1:]:
-                    groups.union(s, segs[0])
-                grouped.update(segs)
-    members: dict[int, list[int]] = defaultdict(list)
-    for s in grouped:
-        members[groups.find(s)].append(s)
+    """Link segments sharing a request id, by id kind in order of strength; returns links made.
+
+    Groups of two (a proxy's two legs: by far the most common) are checked with numpy in one go;
+    larger groups (ids propagated over several proxies, retries) are chained one by one."""
     made = 0
-    for group in members.values():
-        made += _chain_group(view, settings, group, links)
+    for name, reason in _ID_KINDS:
+        values = np.asarray(view.ids[name], dtype=object)
+        have = np.flatnonzero(values != "")
+        if len(have) < 2:
+            continue
+        _, group, counts = np.unique(values[have], return_inverse=True, return_counts=True)
+        order = np.argsort(group, kind="stable")
+        segs, sizes = have[order], counts[group[order]]
+        pairs = segs[sizes == 2].reshape(-1, 2)
+        made += _link_pairs(view, settings, links, pairs, reason)
+        big = segs[sizes > 2]
+        bounds = np.flatnonzero(np.diff(group[order][sizes > 2])) + 1
+        for members in np.split(big, bounds) if len(big) else []:
+            made += _chain_group(view, settings, members.tolist(), links)
     return made
+
+
+def _link_pairs(view: SegmentView, settings: CorrelateSettings, links: Links, pairs: I64,
+                reason: Reason) -> int:
+    """Link the later segment of each pair to the earlier one when it nests and is the same request."""
+    if len(pairs) == 0:
+        return 0
+    a, b = pairs[:, 0], pairs[:, 1]
+    ta, tb = view.req_first_ns[a], view.req_first_ns[b]
+    later = (tb > ta) | ((tb == ta) & (b > a))  # (time, index) order, as in _chain_group: no cycles
+    p, s = np.where(later, a, b), np.where(later, b, a)
+    slack = settings.nesting_slack_us * 1000
+    rp, rs = view.resp_first_ns[p], view.resp_first_ns[s]
+    ok = (links.parent[s] < 0) & (view.req_first_ns[s] - view.req_first_ns[p] <= settings.proxy_id_window_us * 1000)
+    ok &= (rp == 0) | (rs == 0) | (rs <= rp + slack)
+    method, path = view.method, view.path
+    same = np.fromiter((method[x] == method[y] and path[x] == path[y] for x, y in zip(p.tolist(), s.tolist(),
+                                                                                     strict=True)),
+                       dtype=bool, count=len(p))
+    ok &= same
+    chosen_s, chosen_p = s[ok], p[ok]
+    links.parent[chosen_s] = chosen_p
+    for i in chosen_s.tolist():
+        links.reason[i] = reason.value
+    links.confidence[chosen_s] = BASE_CONFIDENCE[reason]
+    return int(ok.sum())
 
 
 def _chain_group(view: SegmentView, settings: CorrelateSettings, group: list[int], links: Links) -> int:
@@ -130,6 +156,8 @@ def _chain_group(view: SegmentView, settings: CorrelateSettings, group: list[int
     group.sort(key=lambda s: (int(view.req_first_ns[s]), s))
     made = 0
     for i, s in enumerate(group):
+        if links.parent[s] >= 0:
+            continue  # linked already by a stronger id
         for p in reversed(group[:i]):
             if view.req_first_ns[s] - view.req_first_ns[p] > window:
                 break

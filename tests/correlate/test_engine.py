@@ -326,3 +326,24 @@ def test_one_capture_point_on_two_interfaces_gives_two_hops() -> None:
     res = stitch([req("pod", 0, 1000, kind="pod"), req("node", 100, 900, iface="cni0", kind="nat"),
                   req("node", 110, 880, iface="eth0", kind="nat", orig_h="192.168.0.1")])
     assert traces_by_points(res) == [["pod", "node:cni0", "node:eth0"]]
+
+
+def test_proxy_retry_upstream_is_a_branch_of_one_trace() -> None:
+    """Envoy retried upstream: two upstream legs nest in one downstream exchange, both in its trace."""
+    leg1 = dict(syn_seq=100, synack_seq=200, req_tcp_seq=101, resp_tcp_seq=201, x_request_id="rid")
+    up1 = dict(syn_seq=900, synack_seq=800, req_tcp_seq=901, resp_tcp_seq=801, x_request_id="rid",
+               host="node-b", status=503)
+    up2 = dict(syn_seq=700, synack_seq=600, req_tcp_seq=701, resp_tcp_seq=601, x_request_id="rid",
+               host="node-b")
+    records = [
+        req("client", 0, 9000, kind="pod", **leg1),
+        req("envoy-in", 100, 8900, kind="proxy", host="node-b", **leg1),
+        req("envoy-out", 300, 2000, kind="proxy", **up1), req("app", 320, 1980, kind="pod", **up1),
+        req("envoy-out", 2500, 8500, kind="proxy", **up2), req("app", 2520, 8480, kind="pod", **up2),
+    ]
+    res = stitch(records)
+    assert traces_by_points(res) == [["client", "envoy-in", "envoy-out", "app", "envoy-out", "app"]]
+    spans = spans_of(res)
+    assert spans[4]["parent_span_id"] == spans[1]["span_id"]  # the retry hangs off the inbound leg
+    assert [s["link_reason"] for s in spans] == ["origin", "l7:req_tcp_seq", "proxy:x-request-id", "l7:req_tcp_seq",
+                                                  "proxy:x-request-id", "l7:req_tcp_seq"]
