@@ -11,10 +11,11 @@ first, the link from the previous hop gets:
   direction loses ``max(0, retrans(prev) - retrans(here))`` and the response direction
   ``max(0, retrans(here) - retrans(prev))`` on this link.
 
-Ids are deterministic: the trace id is blake2b of the root segment's matcher key, its merged anchors
-and its earliest raw request time; the span id mixes the trace id with the hop's name, the record's
-ids and its position. Replaying the same records yields the same ids, so a ReplacingMergeTree keeps
-one row. Everything but the walk over the segment forest is numpy over all hops at once.
+Ids are deterministic: the trace id is 128 bits mixed (splitmix64) from the root segment's matcher
+key, its merged anchors and its earliest raw request time; the span id mixes the trace id with the
+hop's name (blake2b of point and interface), the record's ids and its position. Replaying the same
+records yields the same ids, so a ReplacingMergeTree keeps one row. Everything but the walk over
+trees that branch is numpy over all hops at once.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def _mix(x: U64) -> U64:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+_SEED_L7 = (0x6A09E667F3BCC908, 0xBB67AE8584CAA73B)
+_SEED_L4 = (0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1)
 
 
 def _hex16(values: U64) -> list[str]:
@@ -209,17 +214,21 @@ class Assembler:
         self._trace_rows(w, trace_ids)
 
     def _trace_ids(self, w: Walk) -> tuple[list[str], U64]:
-        """blake2b of each root segment's key, merged anchors and earliest raw request time."""
+        """128 bits mixed (splitmix64, two seeds) from each root segment's matcher key, merged
+        anchors and earliest raw request time: the same records always give the same id."""
         obs, order = self.obs, self.order
         rows = order.rows
-        anchors = np.maximum.reduceat(obs.anchors[rows], order.starts, axis=0)[w.roots].tolist()
-        t_min = np.minimum.reduceat(obs.t_req[rows], order.starts)[w.roots].tolist()
-        keys = obs.key[rows[order.starts[w.roots]]].tolist()
-        kind = "l4" if self.is_l4 else "l7"
-        digests = [_blake(f"{kind}|{k}|{'|'.join(map(str, a))}|{t}", 16)
-                   for k, a, t in zip(keys, anchors, t_min, strict=True)]
-        trace_h = np.frombuffer(b"".join(d[:8] for d in digests), dtype="<u8").astype(np.uint64)
-        return [d.hex() for d in digests], trace_h
+        anchors = np.maximum.reduceat(obs.anchors[rows], order.starts, axis=0)[w.roots]
+        t_min = np.minimum.reduceat(obs.t_req[rows], order.starts)[w.roots].astype(np.uint64)
+        keys = obs.key[rows[order.starts[w.roots]]]
+        halves = []
+        for seed in (_SEED_L4 if self.is_l4 else _SEED_L7):
+            h = _mix(keys ^ np.uint64(seed))
+            for k in range(anchors.shape[1]):
+                h = _mix(h ^ anchors[:, k])
+            halves.append(_mix(h ^ t_min))
+        text = np.stack(halves, axis=1).astype(">u8").tobytes().hex()
+        return [text[i : i + 32] for i in range(0, len(text), 32)], halves[0]
 
     def _reasons(self, w: Walk) -> tuple[list[str], npt.NDArray[np.float64]]:
         obs, links = self.obs, self.links

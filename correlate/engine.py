@@ -234,7 +234,9 @@ def _flows_without_l7(flows: Batch, requests: Batch) -> npt.NDArray[np.int64]:
 
 
 def _flow_close(flows: Batch) -> dict[tuple[str, int], str]:
-    """close_type of each flow by (point, flow_id), to mark requests on reset connections."""
+    """close_type of each flow closed by a reset, by (point, flow_id): marks requests on reset connections."""
     cols = flows.columns
-    fids = np.asarray(cols["flow_id"]).tolist()
-    return {(p, f): c for p, f, c in zip(cols["point"], fids, cols["close_type"], strict=True) if c}
+    close = cols["close_type"]
+    rows = [i for i, c in enumerate(close) if "rst" in c]
+    fids = np.asarray(cols["flow_id"])
+    return {(cols["point"][i], int(fids[i])): close[i] for i in rows}

@@ -61,21 +61,35 @@ class ObsTable:
         return len(self.batch)
 
 
+def runs(values: list[str]) -> npt.NDArray[np.int64]:
+    """Start of every run of equal values (records arrive in batches per point: few, long runs)."""
+    if not values:
+        return np.zeros(0, np.int64)
+    arr = np.asarray(values, dtype=object)
+    return np.flatnonzero(np.r_[True, arr[1:] != arr[:-1]]).astype(np.int64)
+
+
 def index_labels(
     points: list[str], ifaces: list[str], hosts: list[str], kinds: list[str], overrides: dict[str, str]
 ) -> tuple[list[tuple[str, str]], npt.NDArray[np.int64], list[str], list[str]]:
-    """Number the distinct (point, iface) pairs; returns labels, index per row, kind and host per label."""
+    """Number the distinct (point, iface) pairs; returns labels, index per row, kind and host per label.
+
+    Only the first row of each run of equal (point, iface) is looked up (numpy finds the runs)."""
+    n = len(points)
+    starts = np.union1d(runs(points), runs(ifaces)) if n else np.zeros(0, np.int64)
     index: dict[tuple[str, str], int] = {}
-    label = np.empty(len(points), dtype=np.int64)
     label_kind: list[str] = []
     label_host: list[str] = []
-    for i, pair in enumerate(zip(points, ifaces, strict=True)):
+    codes = np.empty(len(starts), dtype=np.int64)
+    for k, i in enumerate(starts.tolist()):
+        pair = (points[i], ifaces[i])
         j = index.get(pair)
         if j is None:
             j = index[pair] = len(index)
             label_kind.append(overrides.get(pair[0], kinds[i]))
             label_host.append(hosts[i])
-        label[i] = j
+        codes[k] = j
+    label = np.repeat(codes, np.diff(np.r_[starts, n])) if n else np.zeros(0, np.int64)
     return list(index), label, label_kind, label_host
 
 
