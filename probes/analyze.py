@@ -61,7 +61,8 @@ class CaptureAnalyzer:
         for raw in self.reader.blocks():
             block = self.decoder.decode(raw)
             yield block, self.meter.process_batch(block)
-        yield PacketBlock.empty(0), self.meter.flush_batch()
+        for batch in self.meter.flush_batches():
+            yield PacketBlock.empty(0), batch
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {
@@ -81,7 +82,7 @@ def iter_capture(
 ) -> Iterator[tuple[PacketBlock, Batch]]:  # fmt: skip
     """Yield each decoded block (flow ids filled) with a ``FlowRecord`` batch of the records it closed.
 
-    The last pair has an empty block and the records flushed at the end of the file.
+    The last pairs have empty blocks and the records flushed at the end of the file (in chunks).
     """
     yield from CaptureAnalyzer(path, points, config).run()
 

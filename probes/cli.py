@@ -144,7 +144,8 @@ def _print(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
         if not args.interim:
             batch = batch.take(np.flatnonzero(batch.columns["final"]))
         if args.format == "jsonl":
-            out.writelines(jsonl_lines(batch))
+            for start in range(0, len(batch), 4096):  # bounded memory for big flushes
+                out.writelines(jsonl_lines(batch.slice(start, start + 4096)))
         else:
             table_rows.extend(json.loads(line) for line in jsonl_lines(batch))
     if args.format == "table":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -154,11 +155,22 @@ class FlowMeter:
 
     def flush_batch(self) -> Batch:
         """Emit a final record for every flow still in the table (end of capture)."""
+        parts = [b for b in self.flush_batches() if len(b)]
+        if not parts:
+            return Batch(FlowRecord, {}, 0)
+        return parts[0] if len(parts) == 1 else Batch.concat(parts)
+
+    def flush_batches(self, chunk: int = 8192) -> Iterator[Batch]:
+        """``flush_batch`` in batches of at most ``chunk`` records (bounded memory for big tables)."""
         slots = np.flatnonzero(self.table.cols["key"] != 0)
-        closed = self.table.cols["closed_ns"][slots] != 0
-        self._finish(slots[closed], "")
-        self._finish(slots[~closed], "unfinished")
-        return self._take_pending()
+        for start in range(0, len(slots), chunk):
+            part = slots[start : start + chunk]
+            closed = self.table.cols["closed_ns"][part] != 0
+            self._finish(part[closed], "")
+            self._finish(part[~closed], "unfinished")
+            yield self._take_pending()
+        if self._pending:
+            yield self._take_pending()
 
     def _take_pending(self) -> Batch:
         pending, self._pending = self._pending, []
