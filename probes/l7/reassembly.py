@@ -8,8 +8,12 @@ A segment whose bytes were all delivered already is a retransmission; one that o
 is a partial retransmission (its new tail is delivered). Both are remembered as offset ranges
 (``retrans_ranges``) so the message parser can charge them to the request or response they belong to,
 even when they arrive after that message was complete. A segment ahead of the next expected offset waits
-in a bounded buffer; when the buffer is full, or when the stream is flushed, the missing bytes become a
-``Gap`` event and the parser above resynchronises.
+in a bounded buffer; when the buffer is full, when the peer ACKs past the hole while later data waits
+(the receiver has the bytes, so the capture will never see them: ``acked``), or when the stream is
+flushed, the missing bytes become a ``GAP`` event and the parser above keeps framing across it (inside
+a body of known length) or resynchronises. Caveat: a capture that reorders packets across CPUs (``-i
+any`` on a multi-queue NIC) can show an ACK before the data it acknowledges; the hole is then given up
+early and the late bytes count as a retransmission.
 
 Events are plain tuples for speed: ``(DATA, offset, ts_ns, payload)``, ``(GAP, offset, ts_ns, length)``,
 ``(FIN, offset, ts_ns, 0)``.
