@@ -63,6 +63,10 @@ class Evaluation:
     delays: list[DelayCheck] = field(default_factory=list)
     impaired_loss_links: list[str] = field(default_factory=list)
     lossy_links: list[str] = field(default_factory=list)
+    #: data segments of requests the delayer dropped (the lab's per-packet ground truth) ...
+    dropped_request_segments: int = 0
+    #: ... whose trace pins a loss on the hop right after the impairment
+    dropped_pinned: int = 0
 
     @property
     def recall(self) -> float:
@@ -132,6 +136,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
     ev.shared_hops = len(seen) - len(set(seen))
     _evaluate_other(manifest, doc, ev)
     _evaluate_links(manifest, result, ev)
+    _evaluate_drops(manifest, result, requests, ev)
     return ev
 
 
@@ -149,14 +154,50 @@ def _evaluate_other(manifest: dict[str, Any], doc: dict[str, Any], ev: Evaluatio
     ev.traces_5xx = sum(1 for t in traces if t["request"]["status"] >= 500 and t["error"])
 
 
+def _clean_request_latency(result: StitchResult) -> dict[str, list[int]]:
+    """Request latency per link 'a>b' over hops whose request was not retransmitted (a
+    retransmission adds the sender's timeout, not the link's delay)."""
+    cols = result.spans.columns
+    point_of = dict(zip(cols["span_id"], cols["point"], strict=True))
+    req_us, lost, retrans = (np.asarray(cols[n]).tolist() for n in ("req_link_us", "lost_pkts", "retrans_pkts"))
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, (parent, point) in enumerate(zip(cols["parent_span_id"], cols["point"], strict=True)):
+        if parent and not lost[i] and not retrans[i]:
+            out[f"{point_of[parent]}>{point}"].append(req_us[i])
+    return out
+
+
 def _evaluate_links(manifest: dict[str, Any], result: StitchResult, ev: Evaluation) -> None:
     overhead = float((manifest.get("delayer_overhead") or {}).get("overhead_us", 0.0))
-    links = link_latencies(result)
+    clean = _clean_request_latency(result)
     for imp in manifest.get("impairments", []):
         pairs = [f"{u}>{d}" for u in imp["between"]["upstream"] for d in imp["between"]["downstream"]]
         if imp.get("loss"):
             ev.impaired_loss_links += pairs
         if imp.get("delay_ms") and imp.get("flow_direction") == "client->server":
             for link in pairs:
-                ev.delays.append(DelayCheck(link, imp["delay_ms"] * 1000, overhead, links.get(link, ([], [], 0))[0]))
-    ev.lossy_links = sorted(k for k, v in links.items() if v[2])
+                ev.delays.append(DelayCheck(link, imp["delay_ms"] * 1000, overhead, clean.get(link, [])))
+    ev.lossy_links = sorted(k for k, v in link_latencies(result).items() if v[2])
+
+
+def _evaluate_drops(manifest: dict[str, Any], result: StitchResult, requests: Batch, ev: Evaluation) -> None:
+    """Every request data segment the delayer dropped must show as loss on the next hop's span."""
+    drops = [(imp["between"]["downstream"], d) for imp in manifest.get("impairments", [])
+             for d in (imp.get("delayer_stats") or {}).get("dropped_packets", [])
+             if d.get("proto") == 6 and d.get("ack") and d.get("ip_len", 0) > 52]
+    if not drops:
+        return
+    cols = requests.columns
+    seq = np.asarray(cols["req_tcp_seq"]).astype(np.int64)
+    end = seq + np.asarray(cols["req_bytes"]).astype(np.int64)
+    rid = np.asarray(cols["request_id"]).tolist()
+    span_cols = result.spans.columns
+    lost_at = {(p, r): n for p, r, n in zip(span_cols["point"], np.asarray(span_cols["request_id"]).tolist(),
+                                            np.asarray(span_cols["lost_pkts"]).tolist(), strict=True)}
+    points = cols["point"]
+    for downstream, d in drops:
+        hit = [i for i in np.flatnonzero((seq <= d["seq"]) & (d["seq"] < end)).tolist() if points[i] in downstream]
+        if not hit:
+            continue  # not a request segment (a response ACK with data, a body segment)
+        ev.dropped_request_segments += 1
+        ev.dropped_pinned += any(lost_at.get((points[i], rid[i]), 0) > 0 for i in hit)

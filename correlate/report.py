@@ -120,9 +120,10 @@ def evaluation_text(ev: dict[str, Any]) -> str:
         f"5xx {ev['traces_5xx']}/{ev['status_5xx']}",
     ]
     for d in ev["delays"]:
-        lines.append(f"  delay {d['link']}: injected {d['injected_us']:.0f} us + overhead "
-                     f"{d['overhead_us']:.0f} us, {d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
+        lines.append(f"  delay {d['link']} (hops without retransmission): injected {d['injected_us']:.0f} us"
+                     f" + overhead {d['overhead_us']:.0f} us, {d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
                      f"(median error {d['median_error_us']} us)")
     lines.append(f"  loss injected on {ev['impaired_loss_links'] or 'no link'}; "
-                 f"attributed to {ev['lossy_links'] or 'none'}")
+                 f"attributed to {ev['lossy_links'] or 'none'}; dropped request segments pinned to their "
+                 f"link {ev['dropped_pinned']}/{ev['dropped_request_segments']}")
     return "\n".join(lines) + "\n"
