@@ -42,6 +42,9 @@ class _Fanout:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from hopscope.probes.l7 import cli as l7_cli
+
+    l7_cli.register(sub)  # ``hopscope requests FILE``: the same L7 stage on a capture file
     p = sub.add_parser("probe", help="capture live on an interface and publish flow/request records")
     p.add_argument(
         "--iface",
