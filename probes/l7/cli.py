@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "table":
         write_table(records, sys.stdout)
     else:
-        sys.stdout.writelines(json.dumps(asdict(r)) + "\n" for r in records)  # type: ignore[call-overload]
+        sys.stdout.writelines(json.dumps(asdict(r)) + "\n" for r in records)
     if args.stats:
         print(json.dumps(stats, sort_keys=True), file=sys.stderr)
     return 0
