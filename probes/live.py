@@ -11,7 +11,9 @@ Capture
     read and accumulated by ``stats``. VLAN tags that the NIC or veth strips into packet metadata are not
     re-inserted (the decoder sees the untagged frame). ``iface="any"`` captures every interface of the
     namespace through a cooked socket; frames get a Linux SLL2 header naming their interface, and the
-    probe reports one capture point per interface, ``POINT:IFNAME`` (for the ``nat`` hop kind).
+    probe reports one capture point per interface, ``POINT:IFNAME`` (for the ``nat`` hop kind). With a
+    ``fanout`` group, several probes (processes, one per core) share an interface's traffic by flow
+    hash, both directions of a connection reaching the same probe.
 
 Namespaces
     With ``netns``, the socket is opened inside ``/var/run/netns/NAME`` (``setns``), then the thread
@@ -63,6 +65,8 @@ SOL_PACKET: Final = 263
 PACKET_RX_RING: Final = 5
 PACKET_STATISTICS: Final = 6
 PACKET_VERSION: Final = 10
+PACKET_FANOUT: Final = 18
+PACKET_FANOUT_HASH: Final = 0  # by flow hash: both directions of a connection go to the same socket
 TPACKET_V3: Final = 2
 SO_ATTACH_FILTER: Final = 26
 ETH_P_ALL: Final = 0x0003
@@ -163,9 +167,16 @@ class PacketRing:
     """
 
     def __init__(
-        self, iface: str, *, bpf: str = "", netns: str | None = None, settings: RingSettings | None = None
+        self,
+        iface: str,
+        *,
+        bpf: str = "",
+        netns: str | None = None,
+        settings: RingSettings | None = None,
+        fanout: int | None = None,
     ) -> None:
         self.iface = iface
+        self.fanout = fanout  # PACKET_FANOUT group: sockets of one group share the traffic by flow hash
         self.bpf = bpf
         self.netns = netns
         self.settings = settings or RingSettings()
@@ -199,6 +210,8 @@ class PacketRing:
                                       mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
                 if not self.cooked:
                     sock.bind((self.iface, ETH_P_ALL))
+                if self.fanout is not None:
+                    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, self.fanout | (PACKET_FANOUT_HASH << 16))
             except OSError as exc:
                 sock.close()
                 raise CaptureError(f"cannot capture on {self.iface!r}: {exc}") from exc
@@ -393,6 +406,7 @@ class ProbeSettings:
     publish_interval_s: float = 1.0
     report_interval_s: float = 10.0
     read_timeout_ms: int = 100
+    fanout: int | None = None  # PACKET_FANOUT group id: run several probes that share the traffic
 
 
 @dataclass(slots=True)
@@ -425,7 +439,9 @@ class LiveProbe:
     def __init__(self, settings: ProbeSettings, sink: RecordSink) -> None:
         self.settings = settings
         self.sink = sink
-        self.ring = PacketRing(settings.iface, bpf=settings.bpf, netns=settings.netns, settings=settings.ring)
+        self.ring = PacketRing(
+            settings.iface, bpf=settings.bpf, netns=settings.netns, settings=settings.ring, fanout=settings.fanout
+        )
         resolve = self._point_of_interface if self.ring.cooked else None
         self.decoder = Decoder(default_point=settings.point, resolve_point=resolve)
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)

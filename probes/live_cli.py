@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--filter", default="", metavar="BPF", help="tcpdump filter expression")
     p.add_argument("--host", help="host name recorded with the capture point (default: this host)")
     p.add_argument("--hop-kind", default="", choices=[k.value for k in HopKind], help="kind of hop observed")
+    p.add_argument(
+        "--fanout",
+        type=int,
+        metavar="GROUP",
+        help="PACKET_FANOUT group (0-65535): probes with the same group share the traffic by flow",
+    )
     p.add_argument("--no-l7", action="store_true", help="meter flows only, no HTTP/DNS parsing")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until signalled)")
     p.add_argument("--report-interval", type=float, default=10.0, help="seconds between status log lines")
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         bpf=args.filter,
         hop_kind=args.hop_kind,
         l7=not args.no_l7,
+        fanout=args.fanout,
         report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
         meter=MeterConfig(max_flows=args.max_flows),

@@ -262,3 +262,37 @@ def test_live_probe_on_any_interface_names_points_by_interface(netns_pair: None)
     _check_records(flows, requests)  # type: ignore[arg-type]
     assert {(r.point, r.iface) for r in requests} == {(f"nodeA:{VETH_A}", VETH_A)}
     assert {(f.point, f.iface) for f in flows} == {(f"nodeA:{VETH_A}", VETH_A)}  # type: ignore[attr-defined]
+
+
+def test_two_probes_in_a_fanout_group_share_the_traffic_by_connection(netns_pair: None) -> None:
+    from hopscope.probes.live import LiveProbe, ProbeSettings
+    from hopscope.transport import InProcessTransport
+
+    transports = [InProcessTransport(), InProcessTransport()]
+    probes = [
+        LiveProbe(ProbeSettings(iface=VETH_A, point="fan", netns=NS_A, bpf="tcp or udp", fanout=4242), t)
+        for t in transports
+    ]
+    runners = [threading.Thread(target=p.run, args=(60,)) for p in probes]
+    for runner in runners:
+        runner.start()
+    try:
+        assert all(p.started.wait(30) for p in probes), "a probe did not open its ring"
+        _client()
+    finally:
+        for p in probes:
+            p.stop()
+        for runner in runners:
+            runner.join(30)
+    per_probe = []
+    for t in transports:
+        batches = [d.batch for d in t.poll(timeout_s=0.1, max_records=10**6)]
+        per_probe.append([r for b in batches for r in b.records()])
+    everything = [r for records in per_probe for r in records]
+    flows = [r for r in everything if isinstance(r, FlowRecord)]
+    requests = [r for r in everything if isinstance(r, RequestRecord)]
+    _check_records(flows, requests)  # each request once, paired: no connection was split
+    http_owners = {
+        i for i, records in enumerate(per_probe) if any(getattr(r, "l7_proto", "") == "http" for r in records)
+    }
+    assert len(http_owners) == 1
