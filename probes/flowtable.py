@@ -14,8 +14,6 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.probes.tcpstate import TcpConn
-
 I64 = npt.NDArray[np.int64]
 
 #: Scalar columns: name -> dtype.
@@ -40,10 +38,20 @@ SCALARS: Final[dict[str, Any]] = {
     "orig_ep": np.uint64,  # endpoint hash of the originator (decides from_orig per packet)
     "flipped": np.bool_,
     "evicted": np.bool_,
+    # TCP handshake anchors (0: not seen)
+    "syn_seq": np.int64,
+    "syn_ip_id": np.int64,
+    "syn_ns": np.int64,
+    "synack_seq": np.int64,
+    "synack_ns": np.int64,
+    "rtt_client_us": np.int64,
+    "rtt_server_us": np.int64,
 }
-#: Two-column (originator, responder) and twelve-column arrays.
-PAIRS: Final = ("seq_base", "max_end")
 NO_SEQ: Final = -(1 << 62)
+#: Two-column (originator, responder) arrays and the value a free slot holds.
+PAIRS: Final[dict[str, int]] = {
+    "seq_base": -1, "max_end": NO_SEQ, "first_seq": -1, "last_syn": -1, "last_fin": -1, "last_rst": -1,
+}  # fmt: skip
 STAT_NAMES: Final = (
     "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
     "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win",
@@ -58,8 +66,8 @@ class FlowTable:
         self.capacity = 0
         self.cols: dict[str, np.ndarray[Any, Any]] = {}
         self.stats: I64 = np.zeros((0, 12), np.int64)
-        self.tcp: list[TcpConn | None] = []
-        self.payload_hash: list[list[int]] = []
+        self.tcp: list[Any] = []  # None, a shared template (anchors in the arrays) or the flow's TcpConn
+        self.payload_hash = np.zeros((0, 2), np.uint64)  # first payload bytes hashed, per direction
         self.udp_history: list[str] = []
         self.community_id: list[str] = []
         self.free: list[int] = []
@@ -73,17 +81,19 @@ class FlowTable:
             if old:
                 arr[:old] = self.cols[name]
             self.cols[name] = arr
-        for name in PAIRS:
-            arr = np.full((capacity, 2), NO_SEQ if name == "max_end" else -1, np.int64)
+        for name, empty in PAIRS.items():
+            arr = np.full((capacity, 2), empty, np.int64)
             if old:
                 arr[:old] = self.cols[name]
             self.cols[name] = arr
         stats = np.zeros((capacity, 12), np.int64)
         stats[:old] = self.stats
         self.stats = stats
+        hashes = np.zeros((capacity, 2), np.uint64)
+        hashes[:old] = self.payload_hash
+        self.payload_hash = hashes
         extra = capacity - old
         self.tcp.extend([None] * extra)
-        self.payload_hash.extend([0, 0] for _ in range(extra))
         self.udp_history.extend([""] * extra)
         self.community_id.extend([""] * extra)
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -104,13 +114,13 @@ class FlowTable:
             return
         for name, arr in self.cols.items():
             if name in PAIRS:
-                arr[slots] = NO_SEQ if name == "max_end" else -1
+                arr[slots] = PAIRS[name]
             else:
                 arr[slots] = 0
         self.stats[slots] = 0
+        self.payload_hash[slots] = 0
         for s in slots.tolist():
             self.tcp[s] = None
-            self.payload_hash[s] = [0, 0]
             self.udp_history[s] = ""
             self.community_id[s] = ""
             self.free.append(s)

@@ -34,7 +34,7 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -382,7 +382,9 @@ class FlowMeter:
             st = tcp_states[slot]
             if st is None:
                 st = tcp_states[slot] = TcpConn()
-            elif fl & (SYN | ACK) == SYN and _is_reuse(st, sq):
+            elif type(st) is _Template:
+                st = self._materialize(slot, st)
+            if fl & (SYN | ACK) == SYN and self._is_reuse(slot, sq):
                 walked.add(g)
                 self._walk(block, rows, p, int(ends[g]), src_ep, from_orig, seg, seg_slots, per_row)
                 continue
@@ -423,59 +425,101 @@ class FlowMeter:
         codes = (fo.astype(np.int64) | ((flags & SYN) != 0) << 1 | ((flags & ACK) != 0) << 2
                  | ((flags & FIN) != 0) << 3 | ((flags & RST) != 0) << 4 | (plen > 0) << 5 | letters << 6)  # fmt: skip
         sigs = codes.astype(np.uint8).tobytes()
-        bounds = np.searchsorted(ev_group, np.array(cand), side="left").tolist()
-        ends = np.searchsorted(ev_group, np.array(cand), side="right").tolist()
-        ev_rows = rows[ev]
-        values = _EventValues(
-            block.seq[ev_rows].tolist(), plen.tolist(), block.ts_ns[ev_rows].tolist(), ev_rows.tolist()
-        )
-        for g, a, b in zip(cand, bounds, ends, strict=True):
+        bounds = np.searchsorted(ev_group, np.array(cand), side="left")
+        ends = np.searchsorted(ev_group, np.array(cand), side="right")
+        templates = self._templates
+        chosen: list[_Template] = []
+        for a, b in zip(bounds.tolist(), ends.tolist(), strict=True):
             sig = sigs[a:b]
-            template = self._templates.get(sig)
+            template = templates.get(sig)
             if template is None:
-                template = self._templates[sig] = _Template(sig)
-            slot = seg_slots[g]
-            tcp_states[slot] = self._instantiate(template, slot, block, values, a)
+                template = templates[sig] = _Template(sig)
+            chosen.append(template)
+        cand_slots = np.array([seg_slots[g] for g in cand], np.int64)
+        for slot, template in zip(cand_slots.tolist(), chosen, strict=True):
+            tcp_states[slot] = template
+        offsets = np.array([t.offsets for t in chosen], np.int64).reshape(len(chosen), len(_Template.OFFSETS))
+        at = np.where(offsets >= 0, offsets + bounds[:, None], -1)
+        self._template_anchors(block, rows[ev], plen, cand_slots, at)
+        self._template_hashes(block, rows[ev], cand_slots, at)
         return set(cand)
 
-    def _instantiate(self, t: _Template, slot: int, block: PacketBlock, v: _EventValues, a: int) -> TcpConn:
+    def _template_anchors(self, block: PacketBlock, ev_rows: I64, plen: I64, slots: I64, at: I64) -> None:
+        """Write the per-flow anchors of template flows (event indices ``at``) into the table."""
+        c = self.table.cols
+        seq = block.seq[ev_rows].astype(np.int64)
+        ts = block.ts_ns[ev_rows]
+        col = {name: k for k, name in enumerate(_Template.OFFSETS)}
+
+        def pick(name: str, values: I64, missing: int) -> I64:
+            idx = at[:, col[name]]
+            return np.where(idx >= 0, values[np.maximum(idx, 0)], missing)
+
+        for d in (0, 1):
+            c["first_seq"][slots, d] = pick(f"first{d}", seq, -1)
+            c["last_syn"][slots, d] = pick(f"syn{d}", seq, -1)
+            c["last_fin"][slots, d] = pick(f"fin{d}", (seq + plen) & 0xFFFFFFFF, -1)
+            c["last_rst"][slots, d] = pick(f"rst{d}", seq, -1)
+        syn_ns, synack_ns, ack_ns = pick("syn", ts, 0), pick("synack", ts, 0), pick("ack", ts, 0)
+        c["syn_seq"][slots] = pick("syn", seq, 0)
+        c["syn_ip_id"][slots] = pick("syn", block.ip_id[ev_rows].astype(np.int64), 0)
+        c["syn_ns"][slots] = syn_ns
+        c["synack_seq"][slots] = pick("synack", seq, 0)
+        c["synack_ns"][slots] = synack_ns
+        syn_first = (at[:, col["syn"]] >= 0) & (at[:, col["syn"]] < at[:, col["synack"]])
+        c["rtt_server_us"][slots] = np.where(syn_first, np.maximum((synack_ns - syn_ns) // 1000, 0), 0)
+        has_ack = at[:, col["ack"]] >= 0
+        c["rtt_client_us"][slots] = np.where(has_ack, np.maximum((ack_ns - synack_ns) // 1000, 1), 0)
+        closed = at[:, col["closed"]]
+        closing = slots[closed >= 0]
+        c["closed_ns"][closing] = ts[closed[closed >= 0]]
+        self._closing.update(closing.tolist())
+
+    def _template_hashes(self, block: PacketBlock, ev_rows: I64, slots: I64, at: I64) -> None:
+        """Payload hashes of the first payload of each direction of template flows."""
+        limit = self.config.payload_hash_bytes
+        hashes = self.table.payload_hash
+        for d in (0, 1):
+            idx = at[:, _Template.OFFSETS.index(f"data{d}")]
+            has = np.flatnonzero(idx >= 0)
+            rows = ev_rows[idx[has]]
+            keep = block.payload_caplen[rows] > 0
+            for slot, i in zip(slots[has][keep].tolist(), rows[keep].tolist(), strict=True):
+                hashes[slot, d] = payload_hash(block.payload(i)[:limit])
+
+    def _materialize(self, slot: int, template: _Template) -> TcpConn:
+        """A flow's own TcpConn from its template and the last SYN/FIN/RST seqs kept in the table."""
+        c = self.table.cols
         st = TcpConn()
-        t.copy_states(st)
-        seq, ts = v.seq, v.ts
+        template.copy_states(st)
         for d, ep in ((0, st.orig), (1, st.resp)):
-            if t.first[d] >= 0:
-                st.first_seq[d] = seq[a + t.first[d]]
-            if t.last_syn[d] >= 0:
-                ep.last_syn = seq[a + t.last_syn[d]]
-            if t.last_fin[d] >= 0:
-                ep.last_fin = (seq[a + t.last_fin[d]] + v.length[a + t.last_fin[d]]) & 0xFFFFFFFF
-            if t.last_rst[d] >= 0:
-                ep.last_rst = seq[a + t.last_rst[d]]
-            if t.data[d] >= 0:
-                i = v.row[a + t.data[d]]
-                if block.payload_caplen[i]:
-                    self.table.payload_hash[slot][d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
-        if t.syn >= 0:
-            st.syn_seq, st.syn_ns = seq[a + t.syn], ts[a + t.syn]
-            st.syn_ip_id = int(block.ip_id[v.row[a + t.syn]])
-        if t.synack >= 0:
-            st.synack_seq, st.synack_ns = seq[a + t.synack], ts[a + t.synack]
-            if 0 <= t.syn < t.synack:
-                st.rtt_server_us = max((st.synack_ns - st.syn_ns) // 1000, 0)
-            if t.ack >= 0:
-                st.rtt_client_us = max((ts[a + t.ack] - st.synack_ns) // 1000, 1)
-        if t.closed_at >= 0:
-            self.table.cols["closed_ns"][slot] = ts[a + t.closed_at]
-            self._closing.add(slot)
+            ep.last_syn, ep.last_fin = int(c["last_syn"][slot, d]), int(c["last_fin"][slot, d])
+            ep.last_rst = int(c["last_rst"][slot, d])
+        self.table.tcp[slot] = st
         return st
+
+    def _is_reuse(self, slot: int, seq: int) -> bool:
+        """Zeek's reuse rule for a pure SYN: its ISN differs from the originator's start of sequence."""
+        c = self.table.cols
+        first_orig, first_resp = int(c["first_seq"][slot, 0]), int(c["first_seq"][slot, 1])
+        if first_orig < 0 and first_resp < 0:
+            return False
+        syn_seq = int(c["syn_seq"][slot])
+        if syn_seq:
+            orig_start = syn_seq
+        elif first_orig >= 0:
+            orig_start = (first_orig - 1) & 0xFFFFFFFF
+        else:
+            orig_start = 0
+        return seq != orig_start
 
     def _first_data(self, block: PacketBlock, slot: int, i: int, fo: bool) -> None:
         """The first payload of a non-TCP flow in one direction: payload hash and UDP history letter."""
         d = 0 if fo else 1
-        hashes = self.table.payload_hash[slot]
-        if hashes[d]:
+        hashes = self.table.payload_hash
+        if hashes[slot, d]:
             return
-        hashes[d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes]) or 1
+        hashes[slot, d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes]) or 1
         if block.proto[i] == UDP:
             self.table.udp_history[slot] += "D" if fo else "d"
 
@@ -483,13 +527,15 @@ class FlowMeter:
         self, slot: int, st: TcpConn, block: PacketBlock, i: int, fo: bool, flags: int, seq: int,
         length: int, ts: int, letters: int,
     ) -> None:  # fmt: skip
+        """One packet through the state machine (the slow path: flows not handled by templates)."""
+        c = self.table.cols
         d = 0 if fo else 1
-        if st.first_seq[d] < 0:
-            st.first_seq[d] = seq
+        if c["first_seq"][slot, d] < 0:
+            c["first_seq"][slot, d] = seq
         if length and not flags & RST:
-            hashes = self.table.payload_hash[slot]
-            if not hashes[d] and block.payload_caplen[i]:
-                hashes[d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
+            hashes = self.table.payload_hash
+            if not hashes[slot, d] and block.payload_caplen[i]:
+                hashes[slot, d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
         was_closed = st.closed
         st.packet(fo, flags, seq, length)
         if letters & 1:
@@ -498,18 +544,18 @@ class FlowMeter:
             st.add(fo, "T")
         if flags & (SYN | ACK | RST | FIN) == SYN:
             if fo:
-                if not st.syn_seq:
-                    st.syn_seq, st.syn_ip_id = seq, int(block.ip_id[i])
-                st.syn_ns = ts
+                if not c["syn_seq"][slot]:
+                    c["syn_seq"][slot], c["syn_ip_id"][slot] = seq, int(block.ip_id[i])
+                c["syn_ns"][slot] = ts
         elif flags & (SYN | ACK | RST) == SYN | ACK:
-            if not fo and not st.synack_seq:
-                st.synack_seq, st.synack_ns = seq, ts
-                if st.syn_ns:
-                    st.rtt_server_us = max((ts - st.syn_ns) // 1000, 0)
-        elif fo and flags & ACK and st.synack_ns and not st.rtt_client_us:
-            st.rtt_client_us = max((ts - st.synack_ns) // 1000, 1)
+            if not fo and not c["synack_seq"][slot]:
+                c["synack_seq"][slot], c["synack_ns"][slot] = seq, ts
+                if c["syn_ns"][slot]:
+                    c["rtt_server_us"][slot] = max((ts - int(c["syn_ns"][slot])) // 1000, 0)
+        elif fo and flags & ACK and c["synack_ns"][slot] and not c["rtt_client_us"][slot]:
+            c["rtt_client_us"][slot] = max((ts - int(c["synack_ns"][slot])) // 1000, 1)
         if not was_closed and st.closed:
-            self.table.cols["closed_ns"][slot] = ts
+            c["closed_ns"][slot] = ts
             self._closing.add(slot)
 
     def _walk(
@@ -524,7 +570,9 @@ class FlowMeter:
             i = int(rows[q])
             flags, seq, length = int(block.tcp_flags[i]), int(block.seq[i]), int(block.payload_len[i])
             st = self.table.tcp[slot]
-            if q == p or (flags & (SYN | ACK) == SYN and st is not None and _is_reuse(st, seq)):
+            if type(st) is _Template:
+                st = self._materialize(slot, st)
+            if q == p or (flags & (SYN | ACK) == SYN and st is not None and self._is_reuse(slot, seq)):
                 self._retiring.append(slot)
                 one = np.array([i], np.int64)
                 slot = int(self._create(block, one, np.array([key], np.uint64), src_ep[q : q + 1],
@@ -669,36 +717,41 @@ class FlowMeter:
         stats = t.stats[slots]
         for k, name in enumerate(STAT_NAMES):
             cols[name] = stats[:, k]
-        hashes = [t.payload_hash[s] for s in slots.tolist()]
-        cols["orig_payload_hash"] = np.array([h[0] for h in hashes], np.uint64)
-        cols["resp_payload_hash"] = np.array([h[1] for h in hashes], np.uint64)
+        cols["orig_payload_hash"] = t.payload_hash[slots, 0]
+        cols["resp_payload_hash"] = t.payload_hash[slots, 1]
         cols.update(self._tcp_columns(slots, proto, stats, reasons, final))
         cols["community_id"] = self._community_ids(slots, proto, orig_raw, resp_raw)
         return Batch(FlowRecord, cols, n)
 
     def _tcp_columns(self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool) -> dict[str, Any]:
-        t = self.table
-        flipped = t.cols["flipped"][slots].tolist()
+        """conn_state, history, close_type and the handshake anchors of the flows in ``slots``."""
+        t, c = self.table, self.table.cols
         anchors = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
-        values: dict[str, list[int]] = {a: [] for a in anchors}
+        values = {a: c[a][slots] for a in anchors}
+        sized = ((stats[:, 2] > 0) | (stats[:, 3] > 0)).tolist()
         states, histories, closes = [], [], []
-        for j, (s, pr, flip) in enumerate(zip(slots.tolist(), proto.tolist(), flipped, strict=True)):
+        rows = zip(slots.tolist(), proto.tolist(), c["flipped"][slots].tolist(), sized, reasons, strict=True)
+        for j, (s, pr, flip, any_bytes, reason) in enumerate(rows):
             st = t.tcp[s]
-            if pr == TCP and st is not None:
+            if type(st) is _Template:
+                history = st.histories[flip]
+                state = st.conn_states[flip][any_bytes]
+                close = close_type(state, reason, final, pr, int(values["synack_seq"][j]),
+                                   int(values["rtt_client_us"][j]))  # fmt: skip
+            elif pr == TCP and st is not None:
                 history = st.history_text(flip)
                 state = st.conn_state(int(stats[j, 2]), int(stats[j, 3]), history)
-                for a in anchors:
-                    values[a].append(min(getattr(st, a), 0xFFFFFFFF))
-                close = close_type(state, reasons[j], final, pr, st.synack_seq, st.rtt_client_us)
+                close = close_type(state, reason, final, pr, int(values["synack_seq"][j]),
+                                   int(values["rtt_client_us"][j]))  # fmt: skip
             else:
                 history = t.udp_history[s]
                 state = tcpstate.udp_conn_state(int(stats[j, 0]), int(stats[j, 1])) if pr == UDP else "OTH"
-                for a in anchors:
-                    values[a].append(0)
-                close = close_type(state, reasons[j], final, pr, 0, 0)
+                close = close_type(state, reason, final, pr, 0, 0)
             states.append(state)
             histories.append(history)
             closes.append(close)
+        for a in anchors:
+            values[a] = np.minimum(values[a], 0xFFFFFFFF)
         return {"conn_state": states, "history": histories, "close_type": closes, **values}
 
     def _community_ids(self, slots: I64, proto: I64, orig_h: list[bytes], resp_h: list[bytes]) -> list[str]:
@@ -714,33 +767,30 @@ class FlowMeter:
         return out
 
 
-@dataclass(slots=True)
-class _EventValues:
-    """Per-event values of one block, as Python lists (indexed like the event arrays)."""
-
-    seq: list[int]
-    length: list[int]
-    ts: list[int]
-    row: list[int]
-
-
 class _Template:
-    """The result of replaying one sequence of event kinds through ``TcpConn`` from a fresh state."""
+    """The result of replaying one sequence of event kinds through ``TcpConn`` from a fresh state.
 
-    __slots__ = ("ack", "closed_at", "data", "first", "history", "last_fin", "last_rst", "last_syn", "states",
-                 "syn", "synack")  # fmt: skip
+    ``offsets`` gives, per name in ``OFFSETS``, the index of the event (within the sequence) that sets
+    that anchor, or -1: the first event per direction, the last SYN/FIN/RST per direction, the first
+    payload per direction, the originator's SYN, the responder's SYN-ACK, the originator's first ACK
+    after it, and the event that closed the connection.
+    """
+
+    OFFSETS: ClassVar[tuple[str, ...]] = (
+        "first0", "first1", "syn0", "syn1", "fin0", "fin1", "rst0", "rst1", "data0", "data1", "syn", "synack",
+        "ack", "closed",
+    )  # fmt: skip
+    __slots__ = ("conn_states", "histories", "offsets", "states", "tcp")
 
     def __init__(self, sig: bytes) -> None:
         st = TcpConn()
-        self.first, self.data = [-1, -1], [-1, -1]
-        self.last_syn, self.last_fin, self.last_rst = [-1, -1], [-1, -1], [-1, -1]
-        self.syn = self.synack = self.ack = self.closed_at = -1
+        at = dict.fromkeys(self.OFFSETS, -1)
         for k, code in enumerate(sig):
             fo = bool(code & 1)
             flags = (SYN if code & 2 else 0) | (ACK if code & 4 else 0) | (FIN if code & 8 else 0)
             flags |= RST if code & 16 else 0
             length = 1 if code & 32 else 0
-            self._note(k, 0 if fo else 1, flags, length, st)
+            _note(at, k, 0 if fo else 1, flags, length)
             was_closed = st.closed
             st.packet(fo, flags, 0, length)
             if code & 64:
@@ -748,46 +798,39 @@ class _Template:
             if code & 128:
                 st.add(fo, "T")
             if not was_closed and st.closed:
-                self.closed_at = k
+                at["closed"] = k
+        self.offsets = [at[name] for name in self.OFFSETS]
         self.states = tuple((ep.state, ep.prev, ep.seen, ep.did_close) for ep in (st.orig, st.resp))
-        self.history = tuple(st.history)
-
-    def _note(self, k: int, d: int, flags: int, length: int, st: TcpConn) -> None:
-        if self.first[d] < 0:
-            self.first[d] = k
-        if length and not flags & RST and self.data[d] < 0:
-            self.data[d] = k
-        single = flags & (SYN | FIN | RST)
-        if single == SYN:
-            self.last_syn[d] = k
-        elif single == FIN:
-            self.last_fin[d] = k
-        elif single == RST:
-            self.last_rst[d] = k
-        if flags & (SYN | ACK | RST | FIN) == SYN and d == 0:
-            self.syn = k if self.syn < 0 else self.syn
-        elif flags & (SYN | ACK | RST) == SYN | ACK and d == 1 and self.synack < 0:
-            self.synack = k
-        elif d == 0 and flags & ACK and not flags & SYN and self.synack >= 0 and self.ack < 0:
-            self.ack = k
+        self.histories = (st.history_text(False), st.history_text(True))  # indexed by "flipped"
+        # conn_state per (flipped, any payload bytes): the sizes only matter for REJ
+        self.conn_states = tuple(
+            (st.conn_state(0, 0, h), st.conn_state(1, 1, h)) for h in self.histories
+        )  # fmt: skip
+        self.tcp = st
 
     def copy_states(self, st: TcpConn) -> None:
         for ep, (state, prev, seen, did_close) in zip((st.orig, st.resp), self.states, strict=True):
             ep.state, ep.prev, ep.seen, ep.did_close = state, prev, seen, did_close
-        st.history = list(self.history)
+        st.history = list(self.tcp.history)
 
 
-def _is_reuse(st: TcpConn, seq: int) -> bool:
-    """Zeek's reuse rule for a pure SYN: its ISN differs from the originator's start of sequence."""
-    if st.first_seq[0] < 0 and st.first_seq[1] < 0:
-        return False
-    if st.syn_seq:
-        orig_start = st.syn_seq
-    elif st.first_seq[0] >= 0:
-        orig_start = (st.first_seq[0] - 1) & 0xFFFFFFFF
-    else:
-        orig_start = 0
-    return seq != orig_start
+def _note(at: dict[str, int], k: int, d: int, flags: int, length: int) -> None:
+    """Record which anchors event ``k`` (direction ``d``) sets, as ``FlowMeter._tcp_event`` does."""
+    if at[f"first{d}"] < 0:
+        at[f"first{d}"] = k
+    if length and not flags & RST and at[f"data{d}"] < 0:
+        at[f"data{d}"] = k
+    single = flags & (SYN | FIN | RST)
+    if single in (SYN, FIN, RST):
+        at[{SYN: "syn", FIN: "fin", RST: "rst"}[single] + str(d)] = k
+    if flags & (SYN | ACK | RST | FIN) == SYN:
+        if d == 0 and at["syn"] < 0:
+            at["syn"] = k
+    elif flags & (SYN | ACK | RST) == SYN | ACK:
+        if d == 1 and at["synack"] < 0:
+            at["synack"] = k
+    elif d == 0 and flags & ACK and not flags & SYN and at["synack"] >= 0 and at["ack"] < 0:
+        at["ack"] = k
 
 
 def close_type(state: str, reason: str, final: bool, proto: int, synack_seq: int, rtt_client_us: int) -> str:

@@ -68,22 +68,14 @@ class Endpoint:
 
 
 class TcpConn:
-    """The TCP state of one flow: two endpoints, the history letters so far, and the handshake anchors
-    the meter records alongside (first seq per direction, SYN/SYN-ACK seq and times, RTTs)."""
+    """The TCP state of one flow: two endpoints and the history letters so far."""
 
-    __slots__ = (
-        "first_seq", "history", "orig", "resp", "rtt_client_us", "rtt_server_us", "syn_ip_id", "syn_ns",
-        "syn_seq", "synack_ns", "synack_seq",
-    )  # fmt: skip
+    __slots__ = ("history", "orig", "resp")
 
     def __init__(self) -> None:
         self.orig = Endpoint()
         self.resp = Endpoint()
         self.history: list[str] = []
-        self.first_seq = [-1, -1]  # per direction (0 originator, 1 responder)
-        self.syn_seq = self.synack_seq = self.syn_ip_id = 0
-        self.syn_ns = self.synack_ns = 0
-        self.rtt_client_us = self.rtt_server_us = 0
 
     def packet(self, from_orig: bool, flags: int, seq: int, payload_len: int) -> None:
         """Account one packet: history letters first, then the state machine (Zeek's order)."""
