@@ -206,6 +206,8 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
         http_host=[cols["http_host"][r].lower() for r in pick[0]],
         ids=ids, req_first_ns=times.req_first[first], resp_first_ns=times.resp_first[first],
         req_last_ns=times.req_first[last], resp_last_ns=times.resp_first[last],
+        resp_end_first_ns=times.resp_last[first], resp_end_last_ns=times.resp_last[last],
+        status=np.asarray(cols["status"]).astype(np.int64)[first],
         first_proxy=kinds[obs.label[first]], last_proxy=kinds[obs.label[last]],
         first_host=[hosts[x] for x in first_l], last_host=[hosts[x] for x in last_l],
         labels=[tuple(label_rows[a:b]) for a, b in zip(order.starts.tolist(), order.ends.tolist(), strict=True)],

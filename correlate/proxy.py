@@ -10,8 +10,11 @@ Two matchers, in this order:
   upstream leg, so the downstream leg has none. A segment ending at a hop is linked to one starting
   at a hop on the same host (one of the two hops of kind ``proxy``: the proxy's listener or its
   upstream side) with the same method, path and HTTP host, whose exchange
-  nests inside it and begins within ``proxy_gap_us``; pairs are assigned one-to-one, the pair in
-  which the proxy added the least time (request plus response turnaround) first.
+  nests inside it (request after request, response first *and last* byte before the downstream
+  response's), has the same status, and begins within ``proxy_gap_us``; pairs are assigned
+  one-to-one, those closest to the proxy's typical request and response turnaround first (the sum
+  of turnarounds over a complete matching is the same for every matching, so only the deviation
+  from the typical can tell pairs apart).
   Confidence is lower, and lower still when another candidate arrived within
   ``proxy_order_jitter_us`` of the chosen one (the proxy may have served them in either order).
 """
@@ -51,6 +54,11 @@ class SegmentView:
     resp_first_ns: I64
     req_last_ns: I64
     resp_last_ns: I64
+    #: HTTP status of each segment (0: none seen); a proxy passes the upstream status on
+    status: I64
+    #: corrected time the response's *last* byte passed the first and the last hop
+    resp_end_first_ns: I64
+    resp_end_last_ns: I64
     first_proxy: npt.NDArray[np.bool_]
     last_proxy: npt.NDArray[np.bool_]
     first_host: list[str]
@@ -282,10 +290,16 @@ def _runner_up_close(costs: list[int], cost: int, jitter_ns: int) -> bool:
 def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
     if p == s or not (view.last_proxy[p] or view.first_proxy[s]):
         return False  # one of the two legs must touch a proxy hop
+    sp, ss = int(view.status[p]), int(view.status[s])
+    if sp and ss and sp != ss:
+        return False  # the proxy answers with the upstream's status
     if view.last_label[p] in view.labels[s]:
         return False  # the upstream leg never passes where the downstream leg ended
     rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
-    return rp == 0 or rs == 0 or rs <= rp + slack_ns
+    if rp and rs and rs > rp + slack_ns:
+        return False  # the upstream response must reach the proxy before it answers downstream
+    ep, es = int(view.resp_end_last_ns[p]), int(view.resp_end_first_ns[s])
+    return ep == 0 or es == 0 or es <= ep + slack_ns  # ... and so must its last byte
 
 
 def is_proxy_kind(kind: str) -> bool:

@@ -347,3 +347,27 @@ def test_proxy_retry_upstream_is_a_branch_of_one_trace() -> None:
     assert spans[4]["parent_span_id"] == spans[1]["span_id"]  # the retry hangs off the inbound leg
     assert [s["link_reason"] for s in spans] == ["origin", "l7:req_tcp_seq", "proxy:x-request-id", "l7:req_tcp_seq",
                                                   "proxy:x-request-id", "l7:req_tcp_seq"]
+
+
+@pytest.mark.parametrize("swap_status", [False, True])
+def test_nested_proxy_out_of_order_resolved_by_response_end_or_status(swap_status: bool) -> None:
+    """Seen in the lab: envoy forwarded the later of two concurrent requests first. Turnaround alone
+    cannot tell (every matching adds up to the same total); the last byte of a response (or its
+    status) must come from upstream before the proxy's answer ends."""
+    def leg(i: int, syn: int, point: str, kind: str, t: int, t_resp: int, t_end: int, status: int) -> RequestRecord:
+        seqs = dict(syn_seq=syn, synack_seq=syn + 1, req_tcp_seq=syn + 1, resp_tcp_seq=syn + 2)
+        r = req(point, t, t_resp, kind=kind, host="server2", request_id=100 * i + syn % 100, status=status, **seqs)
+        return dataclasses.replace(r, resp_last_ns=T0 + t_end * US)
+
+    status_a, status_b = (500, 200) if swap_status else (200, 200)
+    end_a = 43_300 if not swap_status else 1_300
+    records = [
+        leg(1, 1000, "pod", "pod", 0, 1_070, 1_070, status_b),  # B arrives first, answered early
+        leg(2, 2000, "pod", "pod", 115, 1_340, end_a + 160, status_a),  # A arrives second, long response
+        leg(2, 3000, "app", "proxy", 444, 711, end_a, status_a),  # envoy forwards A first ...
+        leg(1, 4000, "app", "proxy", 803, 910, 925, status_b),  # ... and B second
+    ]
+    res = stitch(records)
+    groups = sorted(tuple(sorted(s["request_id"] // 100 for s in spans_of(res) if s["trace_id"] == t))
+                    for t in res.traces.columns["trace_id"])
+    assert groups == [(1, 1), (2, 2)]
