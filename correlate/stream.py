@@ -148,6 +148,7 @@ class StreamStats:
     relay_records_out: int = 0
     relay_messages_out: int = 0
     relay_forced: int = 0
+    relay_late_records: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     #: wall time from a trace's first byte to its trace being in the store (ms), recent values
     emit_delay_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
@@ -344,26 +345,40 @@ class RowBuffer:
 
 
 class Watermark:
-    """Event-time watermark: newest record time seen minus the lateness; FOREVER once idle."""
+    """Event-time watermark over the partitions a stage reads: the least, over partitions that got
+    input within ``idle_s``, of the newest record time seen there, minus the lateness (a consumer
+    reads partitions unevenly, so one partition's newest says nothing of another's). FOREVER once no
+    partition got input for ``idle_s``: the input ran dry."""
 
     def __init__(self, lateness_us: int, idle_s: float, max_future_us: int) -> None:
         self.lateness_ns = lateness_us * 1000
         self.idle_s = idle_s
         self.max_future_ns = max_future_us * 1000
-        self.newest_ns = 0
+        self.newest_ns = 0  # over all partitions
         self.last_input = time.monotonic()
+        self._newest: dict[TP, int] = {}
+        self._last: dict[TP, float] = {}
 
-    def saw(self, times: I64) -> None:
-        self.last_input = time.monotonic()
+    def saw(self, times: I64, tp: TP) -> None:
+        now = self.last_input = time.monotonic()
+        self._last[tp] = now
         if len(times):
             newest = min(int(times.max()), time.time_ns() + self.max_future_ns)
+            self._newest[tp] = max(self._newest.get(tp, 0), newest)
             self.newest_ns = max(self.newest_ns, newest)
+
+    def forget(self, tps: set[TP]) -> None:
+        for tp in tps:
+            self._newest.pop(tp, None)
+            self._last.pop(tp, None)
 
     def idle(self) -> bool:
         return time.monotonic() - self.last_input >= self.idle_s
 
     def value(self) -> int:
-        return FOREVER if self.idle() else self.newest_ns - self.lateness_ns
+        now = time.monotonic()
+        active = [n for tp, n in self._newest.items() if now - self._last[tp] < self.idle_s]
+        return min(active) - self.lateness_ns if active else FOREVER
 
 
 def oldest_excess(times: list[I64], limit: int) -> list[Bools]:
@@ -402,8 +417,15 @@ class GroupConsumer:
     def __init__(self, bootstrap: str, group: str, tables: Iterable[str], prefix: str) -> None:
         from hopscope.transport.kafka import KafkaRecordConsumer
 
-        self.inner = KafkaRecordConsumer(bootstrap, group, tables=list(tables), prefix=prefix)
+        tables = list(tables)
+        self.inner = KafkaRecordConsumer(bootstrap, group, tables=tables, prefix=prefix)
         self.stats = self.inner.stats
+        # A group leader without the topics' metadata assigns nothing (until the next metadata
+        # refresh, minutes later): fetch it before the first poll joins the group.
+        deadline = time.monotonic() + 15
+        for topic in (topic_of(t, prefix) for t in tables):
+            while not self.inner._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.1)
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
         return self.inner.poll(timeout_s=timeout_s, max_records=max_records)
@@ -458,7 +480,7 @@ def with_retry(action: Callable[[], Any], settings: StreamSettings, stats: Strea
 
 
 def _check_assignment(consumer: Any, known: set[TP], buffers: Iterable[RowBuffer], book: OffsetBook,
-                      stats: StreamStats) -> tuple[set[TP], bool]:
+                      stats: StreamStats, watermark: Watermark) -> tuple[set[TP], bool]:
     """The consumer's assignment now, and whether partitions were added; drops what was revoked."""
     get = getattr(consumer, "assignment", None)
     if get is None:
@@ -469,6 +491,7 @@ def _check_assignment(consumer: Any, known: set[TP], buffers: Iterable[RowBuffer
         for buf in buffers:
             stats.dropped_on_revoke += buf.drop_partitions(revoked)
         book.forget(revoked)
+        watermark.forget(revoked)
     return now, bool(now - known)
 
 
@@ -540,14 +563,15 @@ class Relay:
     def step(self) -> int:
         deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
         self._assignment, _ = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
-                                                self.book, self.stats)
+                                                self.book, self.stats, self.watermark)
         for d in deliveries:
             buf = self.buffers.get(d.batch.record_type.TABLE)
             if buf is None or not len(d.batch):
                 self.book.add(d, 0)
                 continue
             times = event_times(d.batch)
-            self.watermark.saw(times)
+            self.watermark.saw(times, (d.topic, d.partition))
+            self.stats.relay_late_records += int((times < self.watermark.value()).sum())
             mid = self.book.add(d, len(d.batch))
             buf.add(d.batch, times, np.zeros(len(d.batch), np.uint64), mid, (d.topic, d.partition))
             self.stats.relay_records_in += len(d.batch)
@@ -575,13 +599,10 @@ class Relay:
                                                                                               strict=True))
         if any(m.any() for m in masks):
             self._decide(bufs, masks)
-            done = []
-            for table, b, m in zip(RECORD_TABLES, bufs, masks, strict=True):
-                batch, mids, _ = b.split(m)
-                self._publish(table, batch)
-                done.append(mids)
+            out = {t: b.split(m) for t, b, m in zip(RECORD_TABLES, bufs, masks, strict=True)}
+            self._publish({t: (batch, times) for t, (batch, _, times) in out.items()})
             self.publisher.flush()
-            for mids in done:
+            for _, mids, _ in out.values():
                 self.book.done(mids)
         commit(self.consumer, self.book, self.stats)
         self._prune()
@@ -599,21 +620,38 @@ class Relay:
         for k, host in hosts.items():
             self.decisions[k] = (host, newest)
 
-    def _publish(self, table: str, batch: Batch) -> None:
-        if not len(batch):
+    def _publish(self, released: dict[str, tuple[Batch, I64]]) -> None:
+        """Publish in event-time slices of half the stage-2 lateness (each slice: requests, then flows;
+        per host), so every stage-2 partition receives records in time order to within a slice and
+        its watermark never passes records still to come from this release."""
+        step = max(1, self.settings.relay_lateness_us * 500)
+        firsts = [int(t.min()) for b, t in released.values() if len(b)]
+        if not firsts:
             return
-        own: list[str] = batch.columns["host"]  # type: ignore[assignment]
-        groups: dict[str, list[int]] = {}
-        for i, (k, h) in enumerate(zip(correlation_keys(batch).tolist(), own, strict=True)):
-            groups.setdefault(self.decisions.get(k, (h, 0))[0], []).append(i)
-        topic = topic_of(f"s2.{table}", self.prefix)
+        t0 = min(firsts)
+        sends: list[tuple[int, int, str, str, Batch, I64]] = []
+        for ti, (table, (batch, times)) in enumerate(released.items()):
+            if not len(batch):
+                continue
+            own: list[str] = batch.columns["host"]  # type: ignore[assignment]
+            keys = correlation_keys(batch).tolist()
+            hosts = [self.decisions.get(k, (h, 0))[0] for k, h in zip(keys, own, strict=True)]
+            names = sorted(set(hosts))
+            index = {h: i for i, h in enumerate(names)}
+            hid = np.fromiter((index[h] for h in hosts), dtype=np.int64, count=len(hosts))
+            sl = (times - t0) // step
+            order = np.lexsort((hid, sl))
+            key = sl[order] * len(names) + hid[order]
+            for rows in np.split(order, np.flatnonzero(np.diff(key)) + 1):
+                sends.append((int(sl[rows[0]]), ti, table, names[hid[rows[0]]], batch, rows))
+            self.stats.relay_records_out += len(batch)
         chunk = self.settings.relay_chunk_records
-        for host, rows in sorted(groups.items()):
+        for _, _, table, host, batch, rows in sorted(sends, key=lambda x: (x[0], x[1], x[3])):
+            topic = topic_of(f"s2.{table}", self.prefix)
             for lo in range(0, len(rows), chunk):
-                part = batch.take(np.asarray(rows[lo : lo + chunk], dtype=np.intp))
+                part = batch.take(rows[lo : lo + chunk])
                 self.publisher.publish_raw(topic, encode_batch(part), key=host.encode())
                 self.stats.relay_messages_out += 1
-        self.stats.relay_records_out += len(batch)
 
     def _prune(self) -> None:
         if len(self.decisions) > self.settings.max_buffer_records:
@@ -683,7 +721,7 @@ class StreamCorrelator:
     def poll_once(self) -> int:
         deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
         self._assignment, added = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
-                                                    self.book, self.stats)
+                                                    self.book, self.stats, self.watermark)
         if added:
             self._guard_from = None  # replays ahead: read back what the store already has
         records = 0
@@ -705,7 +743,7 @@ class StreamCorrelator:
             idx = np.flatnonzero(keep)
             batch, rids = batch.take(idx), rids[idx]
         times = event_times(batch)
-        self.watermark.saw(times)
+        self.watermark.saw(times, (d.topic, d.partition))
         self.stats.late_records += int((times < self.watermark.value()).sum())
         if batch.record_type is RequestRecord and len(batch):
             for k, t in zip(conn_keys(batch).tolist(), times.tolist(), strict=True):
@@ -984,7 +1022,8 @@ class StreamPipeline:
             while not stop.is_set():
                 got = self.relay.step() + self.stitcher.poll_once()
                 self.stitcher.maybe_stitch(stop)
-                if got or self.held():
+                joining = not self.relay._assignment  # after a crash: until the dead member expired
+                if got or self.held() or joining:
                     idle_since = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                     break

@@ -1,0 +1,250 @@
+"""``hopscope correlate --kafka`` for real: records through Kafka (4 partitions) into the two-stage
+streaming correlator and ClickHouse 18.16, compared with the offline engine on the same records.
+
+Synthetic load: several copies of the synthetic path (client pod, NAT, hypervisor, switch, node, envoy
+sidecar in and out, app), each on its own hosts, with keep-alive connections, raw TCP connections
+without L7, and envoy putting x-request-id only on the upstream leg (proxy links by nesting), published
+in event-time order with neighbouring chunks swapped (out of order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from clickhouse_driver import Client
+from kafka import KafkaAdminClient
+
+from hopscope.correlate import Correlator
+from hopscope.correlate.stream import StreamPipeline, StreamSettings, ensure_relay_topics, event_times
+from hopscope.correlate.synthetic import Scenario, generate
+from hopscope.records import Batch
+from hopscope.store import store_from_url
+from hopscope.transport.kafka import KafkaPublisher
+from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service
+from tests.tcpproxy import TcpProxy
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+HOPSCOPE = [sys.executable, "-m", "hopscope"]
+FOREVER = 2**63 - 1
+#: How long ClickHouse stays unreachable in the outage test (the issue's figure is 30 s; see the report).
+OUTAGE_S = float(os.environ.get("HOPSCOPE_OUTAGE_S", "4"))
+WINDOWS = ["--lateness-ms", "300", "--relay-lateness-ms", "200", "--idle-flush-ms", "1500"]
+SETTINGS = StreamSettings(lateness_us=300_000, relay_lateness_us=200_000, idle_flush_s=1.5, poll_timeout_s=0.05)
+
+
+def load(hosts: int = 3, requests: int = 600, seed: int = 1) -> tuple[Batch, Batch]:
+    """``hosts`` copies of the synthetic path, copy k on hosts and points suffixed k."""
+    reqs, flows = [], []
+    for k in range(hosts):
+        path = tuple(dataclasses.replace(h, point=f"{h.point}-{k}", host=f"{h.host}-{k}") for h in Scenario().path)
+        syn = generate(Scenario(requests=requests, per_connection=4, conn_spacing_us=4000, l4_connections=10,
+                                request_id_mode="generated", path=path, seed=seed + k))
+        ids: list[str] = syn.requests.columns["x_request_id"]  # type: ignore[assignment]
+        syn.requests.columns["x_request_id"] = [f"{k}-{x}" if x else "" for x in ids]  # unique per copy
+        reqs.append(syn.requests)
+        flows.append(syn.flows)
+    return Batch.concat(reqs), Batch.concat(flows)
+
+
+def chunks(requests: Batch, flows: Batch, n: int) -> list[Batch]:
+    """Both tables in event-time order, cut into about ``n`` chunks each, neighbours swapped."""
+    parts: list[tuple[int, Batch]] = []
+    for batch in (requests, flows):
+        times = event_times(batch)
+        order = np.argsort(times, kind="stable")
+        parts += [(int(times[i[0]]), batch.take(i)) for i in np.array_split(order, n) if len(i)]
+    parts.sort(key=lambda p: p[0])
+    for i in range(0, len(parts) - 1, 2):
+        parts[i], parts[i + 1] = parts[i + 1], parts[i]
+    return [b for _, b in parts]
+
+
+def publish(prefix: str, batches: list[Batch], pause_s: float = 0.0) -> None:
+    publisher = KafkaPublisher(KAFKA_BOOTSTRAP, prefix=prefix)
+    try:
+        for b in batches:
+            publisher.publish(b)
+            if pause_s:
+                publisher.flush()
+                time.sleep(pause_s)
+        publisher.flush()
+    finally:
+        publisher.close()
+
+
+def offline(requests: Batch, flows: Batch) -> dict[str, str]:
+    res = Correlator().stitch(requests, flows)
+    return dict(zip(res.traces.columns["trace_id"], res.traces.columns["points"], strict=True))
+
+
+def stored(url: str) -> dict[str, str]:
+    store = store_from_url(url)
+    try:
+        return {t.trace_id: t.points for t in store.query_traces(0, FOREVER, limit=1_000_000)}
+    finally:
+        store.close()
+
+
+def final_and_distinct(url: str) -> tuple[int, int]:
+    """count() FINAL and count(DISTINCT trace_id) of the traces table."""
+    db = url.rsplit("/", 1)[1]
+    client = Client("127.0.0.1", 9000)
+    try:
+        rows = client.execute(f"SELECT count(), uniqExact(trace_id) FROM `{db}`.traces FINAL")
+        return int(rows[0][0]), int(rows[0][1])
+    finally:
+        client.disconnect()
+
+
+def correlate(prefix: str, url: str, group: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*HOPSCOPE, "correlate", "--kafka", KAFKA_BOOTSTRAP, "--store", url, "--topic-prefix", prefix,
+         "--group", group, *WINDOWS, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 90) -> str:
+    _, err = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, err
+    return err
+
+
+@pytest.fixture
+def db() -> Iterator[str]:
+    require_service("Kafka", KAFKA_BOOTSTRAP)
+    require_service("ClickHouse", "127.0.0.1:9000")
+    url = CLICKHOUSE_URL.rsplit("/", 1)[0] + f"/hs_stream_{uuid.uuid4().hex[:8]}"
+    store = store_from_url(url)
+    store.ensure_schema()
+    store.close()
+    yield url
+    store = store_from_url(url)
+    store.drop_schema()
+    store.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    name = f"st{uuid.uuid4().hex[:8]}"
+    ensure_relay_topics(KAFKA_BOOTSTRAP, name)
+    return name
+
+
+def run_pipeline(prefix: str, url: str, group: str, stop: threading.Event, idle_exit_s: float) -> Any:
+    store = store_from_url(url)
+    pipeline = StreamPipeline(KAFKA_BOOTSTRAP, store, group=group, prefix=prefix, stream=SETTINGS)
+    try:
+        return pipeline.run(stop, idle_exit_s=idle_exit_s)
+    finally:
+        pipeline.close()
+        store.close()
+
+
+def test_one_correlator_equals_offline(db: str, prefix: str) -> None:
+    requests, flows = load()
+    publish(prefix, chunks(requests, flows, 12))
+    stats = run_pipeline(prefix, db, prefix, threading.Event(), idle_exit_s=4)
+    want = offline(requests, flows)
+    got = stored(db)
+    assert got == want  # same trace ids, same hops in the same order
+    assert final_and_distinct(db) == (len(want), len(want))
+    assert stats.relay_records_out == len(requests) + len(flows)
+    assert stats.passes > 2 and stats.late_records == 0
+    assert stats.relay_messages_out >= 3  # three rendezvous hosts
+
+
+def test_two_correlators_in_one_group_equal_one(db: str, prefix: str) -> None:
+    requests, flows = load(seed=5)
+    procs = [correlate(prefix, db, prefix, "--idle-exit", "6") for _ in range(2)]
+    time.sleep(4)  # both join the groups before any record arrives
+    publish(prefix, chunks(requests, flows, 16), pause_s=0.15)
+    errs = [finish(p) for p in procs]
+    relayed = [int(e.split("hopscope correlate: ")[1].split(" records relayed")[0]) for e in errs]
+    assert all(n > 0 for n in relayed), errs  # both processes took part
+    assert stored(db) == offline(requests, flows)
+    count, distinct = final_and_distinct(db)
+    assert count == distinct
+
+
+def test_kill_9_mid_stream_and_restart(db: str, prefix: str) -> None:
+    requests, flows = load(seed=9)
+    batches = chunks(requests, flows, 20)
+    proc = correlate(prefix, db, prefix)
+    publisher = threading.Thread(target=publish, args=(prefix, batches, 0.25))
+    publisher.start()
+    store = store_from_url(db)
+    try:
+        deadline = time.monotonic() + 60
+        while store.count("traces") < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.count("traces") >= 200
+    finally:
+        store.close()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    publisher.join(timeout=60)
+    written_before = len(stored(db))
+    assert 0 < written_before < len(offline(requests, flows))  # killed mid-stream
+    finish(correlate(prefix, db, prefix, "--idle-exit", "5"))
+    assert stored(db) == offline(requests, flows)
+    count, distinct = final_and_distinct(db)
+    assert count == distinct
+
+
+def committed(group: str) -> dict[tuple[str, int], int]:
+    admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    try:
+        offsets = admin.list_group_offsets({group: None})[group]
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): om.offset for tp, om in offsets.items()}
+
+
+def test_clickhouse_down_holds_offsets_and_loses_nothing(db: str, prefix: str) -> None:
+    requests, flows = load(hosts=2, seed=13)
+    batches = chunks(requests, flows, 12)
+    proxy = TcpProxy(("127.0.0.1", 9000))
+    url = db.replace("127.0.0.1:9000", f"127.0.0.1:{proxy.port}")
+    stop = threading.Event()
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(run_pipeline(prefix, url, prefix, stop, 6)))
+    try:
+        publish(prefix, batches[: len(batches) // 2])
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not stored(db) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stored(db), "nothing written before the outage"
+        proxy.cut()
+        publish(prefix, batches[len(batches) // 2 :])
+        time.sleep(1.0)  # what was in flight when the store went away
+        before = committed(f"{prefix}-s2")
+        time.sleep(OUTAGE_S)
+        assert committed(f"{prefix}-s2") == before  # nothing committed while the store is down
+        written_during = len(stored(db))
+        proxy.restore()
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+    finally:
+        stop.set()
+        proxy.close()
+    stats = result[0]
+    assert stats.store_retries >= 2
+    assert written_during < len(offline(requests, flows))
+    assert stored(db) == offline(requests, flows)
+    assert final_and_distinct(db)[0] == final_and_distinct(db)[1]
+    after = committed(f"{prefix}-s2")
+    assert all(after[tp] >= off for tp, off in before.items()) and after != before
