@@ -1,10 +1,11 @@
 """Read, decode and meter one capture file: the entry points for the CLI, the L7 parsers and the correlator.
 
 ``iter_capture`` streams (``PacketBlock``, records closed so far) pairs; ``analyze_capture`` collects
-everything. Capture points: ``points`` maps an interface name (pcapng ``if_name``), an SLL2 interface
-index written ``"if<N>"``, or ``"*"`` (every interface) to a point name; an interface not mapped is
-named after itself (``if_name``, ``if<N>`` for SLL2) or, when the file names no interface, after the
-file stem. ``"*"`` alone folds all interfaces into one point.
+everything. Capture points: ``points`` maps an interface label (an SLL2 interface index written
+``"if<N>"``, which wins over the pcapng ``if_name`` because a ``tcpdump -i any`` capture calls its one
+pcapng interface "any"), a pcapng ``if_name``, or ``"*"`` (every interface) to a point name; an
+interface not mapped is named after its label or, when the file names no interface, after the file
+stem. ``"*"`` alone folds all interfaces into one point.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hopscope.probes.decode import Decoder
+from hopscope.probes.decode import Decoder, interface_label
 from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import DEFAULT_CHUNK_BYTES, open_capture
@@ -35,8 +36,8 @@ def point_resolver(stem: str, points: Mapping[str, str] | None) -> object:
     mapping = dict(points or {})
 
     def resolve(index: int, name: str, ifindex: int) -> str:
-        label = name or (f"if{ifindex}" if ifindex else "")
-        for candidate in (label, name, f"if{index}", "*"):
+        label = interface_label(name, ifindex)
+        for candidate in (label, name, "*"):
             if candidate and candidate in mapping:
                 return mapping[candidate]
         return label or stem

@@ -83,6 +83,7 @@ class Decoder:
         self.skips: Counter[str] = Counter()
         self.slow_packets = 0
         self.point_names: list[str] = [default_point]
+        self.point_ifaces: list[str] = [""]
         self._point_ids: dict[tuple[int, str, int], int] = {}
 
     def decode(self, raw: RawBlock) -> PacketBlock:
@@ -245,7 +246,7 @@ class Decoder:
 
     def _assign_points(self, block: PacketBlock, raw: RawBlock, ifindex: I64) -> None:
         if self.resolve_point is None:
-            block.point_names = tuple(self.point_names)
+            block.point_names, block.point_ifaces = tuple(self.point_names), tuple(self.point_ifaces)
             return
         keys = raw.iface.astype(np.int64) << 32 | ifindex
         uniq, inv = np.unique(keys, return_inverse=True)
@@ -255,7 +256,7 @@ class Decoder:
             name = raw.interfaces[idx].name
             ids[j] = self._point_id((idx, name, ifx))
         block.point[:] = ids[inv]
-        block.point_names = tuple(self.point_names)
+        block.point_names, block.point_ifaces = tuple(self.point_names), tuple(self.point_ifaces)
 
     def _point_id(self, key: tuple[int, str, int]) -> int:
         pid = self._point_ids.get(key)
@@ -267,8 +268,15 @@ class Decoder:
             else:
                 pid = len(self.point_names)
                 self.point_names.append(name)
+                self.point_ifaces.append(interface_label(key[1], key[2]))
             self._point_ids[key] = pid
         return pid
+
+
+def interface_label(name: str, ifindex: int) -> str:
+    """How a packet's interface is called: the SLL2 interface index if the link header has one (a
+    ``tcpdump -i any`` capture, whose pcapng interface is just "any"), else the pcapng ``if_name``."""
+    return f"if{ifindex}" if ifindex else name
 
 
 _ROW_FIELDS: Final = (
@@ -306,9 +314,7 @@ _LINK_HEADER_LEN: Final[Mapping[int, int]] = {
 _LINK_HEADER_LEN_KEYS: Final = np.array(list(_LINK_HEADER_LEN), np.int64)
 
 
-def _link_layer(
-    raw: RawBlock, linktypes: I64
-) -> tuple[I64, I64, I64, I64, npt.NDArray[np.bool_]]:
+def _link_layer(raw: RawBlock, linktypes: I64) -> tuple[I64, I64, I64, I64, npt.NDArray[np.bool_]]:
     """Per frame: L3 offset, ethertype, outer VLAN id, SLL2 ifindex, and whether the link layer decoded."""
     n, buf, off = raw.count, raw.buf, raw.offset
     caplen = raw.caplen.astype(np.int64)

@@ -105,6 +105,7 @@ class FlowMeter:
         self.table = FlowTable()
         self.index: dict[int, int] = {}  # flow key -> slot
         self.point_names: list[str] = []
+        self.point_ifaces: list[str] = []
         self.tunnel_names: list[str] = [""]
         self._name_ids: dict[tuple[int, str], int] = {(1, ""): 0}
         self._name_hash: dict[str, int] = {}
@@ -198,7 +199,7 @@ class FlowMeter:
         if self.table.used > self.config.max_flows:
             self._evict()
 
-    def _name_id(self, kind: int, name: str) -> int:
+    def _name_id(self, kind: int, name: str, iface: str = "") -> int:
         """Meter-wide id of a point name (kind 0) or tunnel description (kind 1)."""
         key = (kind, name)
         nid = self._name_ids.get(key)
@@ -206,6 +207,8 @@ class FlowMeter:
             names = self.point_names if kind == 0 else self.tunnel_names
             nid = len(names)
             names.append(name)
+            if kind == 0:
+                self.point_ifaces.append(iface)
             self._name_ids[key] = nid
         return nid
 
@@ -263,7 +266,8 @@ class FlowMeter:
         if keep_direction:
             flip[:] = False
         ts = block.ts_ns[first]
-        pmap = np.array([self._name_id(0, p) for p in block.point_names], np.int64)
+        ifaces = block.point_ifaces if len(block.point_ifaces) == len(block.point_names) else block.point_names
+        pmap = np.array([self._name_id(0, p, f) for p, f in zip(block.point_names, ifaces, strict=True)], np.int64)
         tmap = np.array([self._name_id(1, t) for t in block.tunnels], np.int64)
         c["key"][slots] = keys
         c["flow_id"][slots] = _mix(keys ^ _mix(ts.astype(np.uint64))) | np.uint64(1)
@@ -706,10 +710,12 @@ class FlowMeter:
         proto = c["proto"][slots]
         orig_h, orig_raw = self._addresses(c["orig_hi"][slots], c["orig_lo"][slots])
         resp_h, resp_raw = self._addresses(c["resp_hi"][slots], c["resp_lo"][slots])
-        points = [self.point_names[p] for p in c["point"][slots].tolist()]
+        point_ids = c["point"][slots].tolist()
         cols: dict[str, Any] = {
-            "point": points, "iface": points, "host": [self.host] * n, "hop_kind": [self.hop_kind] * n,
-            "final": np.full(n, int(final)), "orig_h": orig_h, "resp_h": resp_h,
+            "point": [self.point_names[p] for p in point_ids],
+            "iface": [self.point_ifaces[p] for p in point_ids],
+            "host": [self.host] * n, "hop_kind": [self.hop_kind] * n, "final": np.full(n, int(final)),
+            "orig_h": orig_h, "resp_h": resp_h,
             "tunnel": [self.tunnel_names[x] for x in c["tunnel"][slots].tolist()],
         }  # fmt: skip
         for name in ("flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan"):

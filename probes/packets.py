@@ -129,6 +129,7 @@ class PacketBlock:
     flow_id: U64  # filled by the meter: FlowRecord.flow_id of the packet's flow (0: none)
     from_orig: Bool  # filled by the meter: True when originator -> responder
     point_names: tuple[str, ...] = ("",)
+    point_ifaces: tuple[str, ...] = ("",)  # interface label of each point (pcapng if_name, "if<N>" for SLL2)
     tunnels: list[str] = field(default_factory=lambda: [""])
 
     @classmethod
@@ -205,7 +206,12 @@ class PacketBlock:
         """A block of the given rows (same ``buf``, ``point_names`` and ``tunnels``)."""
         cols = {name: getattr(self, name)[rows] for name in COLUMN_NAMES}
         return PacketBlock(
-            buf=self.buf, count=len(rows), point_names=self.point_names, tunnels=self.tunnels, **cols
+            buf=self.buf,
+            count=len(rows),
+            point_names=self.point_names,
+            point_ifaces=self.point_ifaces,
+            tunnels=self.tunnels,
+            **cols,
         )
 
 
@@ -263,6 +269,7 @@ def concat_blocks(blocks: Sequence[PacketBlock]) -> PacketBlock:
         buf=np.concatenate(bufs),
         count=sum(b.count for b in blocks),
         point_names=blocks[0].point_names,
+        point_ifaces=blocks[0].point_ifaces,
         tunnels=tunnels,
         **merged,  # type: ignore[arg-type]
     )

@@ -158,13 +158,12 @@ class CaptureReader:
         iface = Interface(0, linktype & 0x0FFFFFFF, snaplen, "", 1_000_000_000 // ns_per_unit)
         self.interfaces = [iface]
         interfaces = (iface,)
-        caplen_at = struct.Struct(endian + "I").unpack_from
         file_pos, carry = 24, b""
         while True:
             data, size = _read_chunk(fh, carry, self.chunk_bytes)
             if size == len(carry):
                 break
-            offs, end = self._walk_pcap(data, size, caplen_at, file_pos)
+            offs, end = self._walk_pcap(data, size, endian, file_pos)
             if offs:
                 yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
             file_pos += end
@@ -172,23 +171,32 @@ class CaptureReader:
         if carry:
             self.stats.truncated_tail = len(carry)
 
-    def _walk_pcap(self, data: bytearray, n: int, caplen_at: object, file_pos: int) -> tuple[list[int], int]:
-        unpack = caplen_at  # struct.Struct.unpack_from bound method
+    def _walk_pcap(self, data: bytearray, n: int, endian: str, file_pos: int) -> tuple[list[int], int]:
+        """Offsets of the complete records in ``data[:n]`` and where the first incomplete one starts.
+
+        The loop only chains the length fields (the one per-packet Python loop of the pipeline); the
+        lengths are checked afterwards, vectorised.
+        """
+        unpack = struct.Struct(endian + "8xI").unpack_from
         offs: list[int] = []
         append = offs.append
-        pos = 0
-        while pos + 16 <= n:
-            (incl,) = unpack(data, pos + 8)  # type: ignore[operator]
-            if incl > MAX_RECORD_BYTES:
-                raise CaptureError(
-                    f"{self.path}: corrupt pcap record at offset {file_pos + pos}: "
-                    f"captured length {incl} exceeds {MAX_RECORD_BYTES}"
-                )
-            end = pos + 16 + incl
-            if end > n:
-                break
+        pos, last = 0, n - 16
+        while pos <= last:
             append(pos)
-            pos = end
+            pos += 16 + unpack(data, pos)[0]
+        if not offs:
+            return offs, 0
+        starts = np.asarray(offs, np.int64)
+        caplen = np.frombuffer(data, np.uint8)[starts[:, None] + np.arange(8, 12)].view(endian + "u4")[:, 0]
+        bad = np.flatnonzero(caplen > MAX_RECORD_BYTES)
+        if len(bad):
+            at = int(starts[bad[0]])
+            raise CaptureError(
+                f"{self.path}: corrupt pcap record at offset {file_pos + at}: "
+                f"captured length {int(caplen[bad[0]])} exceeds {MAX_RECORD_BYTES}"
+            )
+        if pos > n:  # the last record continues in the next chunk (or the file is cut there)
+            pos = offs.pop()
         return offs, pos
 
     def _pcap_block(

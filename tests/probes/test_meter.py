@@ -168,3 +168,22 @@ def test_template_fast_path_equals_the_packet_by_packet_state_machine(tmp_path: 
     assert len(fast) == len(slow) > 500
     for name in fast.columns:
         assert list(fast.columns[name]) == list(slow.columns[name]), name
+
+
+def test_pcapng_any_interface_uses_the_sll2_ifindex(tmp_path: Path) -> None:
+    def block(btype: int, body: bytes) -> bytes:
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    data = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    data += block(1, struct.pack("<HHI", 276, 0, 0) + struct.pack("<HH", 2, 3) + b"any\x00" + b"\x00" * 4)
+    for n, pkt in enumerate(conversation([">S", "<SA", ">A"])):
+        for ifindex in (2, 5):
+            frame = bytes(CookedLinuxV2(proto=0x0800, ifindex=ifindex) / pkt[IP])
+            pad = b"\x00" * (-len(frame) % 4)
+            ts = 1_700_000_000_000_000 + n
+            data += block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame + pad)
+    path = tmp_path / "any.pcapng"
+    path.write_bytes(data)
+    records = analyze_capture(path, points={"if5": "nodeA-post-nat"}).flows.records()
+    got = sorted((r.point, r.iface, r.orig_pkts + r.resp_pkts) for r in records)  # type: ignore[attr-defined]
+    assert got == [("if2", "if2", 3), ("nodeA-post-nat", "if5", 3)]
