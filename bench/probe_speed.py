@@ -28,6 +28,10 @@ VAR = Path(os.environ.get("HOPSCOPE_VAR", Path(__file__).resolve().parents[1] / 
 ETH = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 MSS = 1448
+BODY = random.Random(7).randbytes(1 << 16)
+REQUEST = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 99999\r\n\r\n"
+TSHARK = ["tshark", "-r"]
 
 
 def _ip4(a: int) -> bytes:
@@ -48,10 +52,12 @@ class Writer:
         self.ip_id = 1
 
     def tcp(self, ts: float, src: tuple[int, int], dst: tuple[int, int], flags: int, seq: int, ack: int,
-            payload_len: int = 0, window: int = 64240) -> None:  # fmt: skip
+            payload_len: int = 0, window: int = 64240, head: bytes = b"") -> None:  # fmt: skip
         tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
                           window, 0, 0)  # fmt: skip
-        self._ip(ts, src[0], dst[0], 6, tcp + b"\x00" * payload_len)
+        start = (seq * 7919) % (len(BODY) - MSS)  # body bytes: a slice of a random pool
+        payload = (head + BODY[start : start + payload_len])[:payload_len]
+        self._ip(ts, src[0], dst[0], 6, tcp + payload)
 
     def udp(self, ts: float, src: tuple[int, int], dst: tuple[int, int], payload: bytes) -> None:
         self._ip(ts, src[0], dst[0], 17, struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload)
@@ -92,16 +98,17 @@ def tcp_conversation(w: Writer, rng: random.Random, t0: float, client: tuple[int
     cseq, sseq = cseq + 1, sseq + 1
     w.tcp(t, client, server, ACK, cseq, sseq)
     req = rng.randint(80, 600)
-    w.tcp(t + 0.00001, client, server, ACK | PSH, cseq, sseq, req)
+    w.tcp(t + 0.00001, client, server, ACK | PSH, cseq, sseq, req, head=REQUEST)
     cseq += req
     t += rtt
     w.tcp(t, server, client, ACK, sseq, cseq)
     for k in range(rng.choice((1, 1, 2, 3, 5, 8, 13, 30))):
         t += 0.00005
         seg = MSS if rng.random() < 0.8 else rng.randint(100, MSS)
-        w.tcp(t, server, client, ACK | PSH, sseq, cseq, seg)
+        head = RESPONSE if k == 0 else b""
+        w.tcp(t, server, client, ACK | PSH, sseq, cseq, seg, head=head)
         if rng.random() < 0.01:  # a retransmission
-            w.tcp(t + rtt * 3, server, client, ACK | PSH, sseq, cseq, seg)
+            w.tcp(t + rtt * 3, server, client, ACK | PSH, sseq, cseq, seg, head=head)
         sseq += seg
         if k % 2:
             w.tcp(t + rtt / 2, client, server, ACK, cseq, sseq)
@@ -187,11 +194,11 @@ def timed(cmd: list[str], repeat: int, cwd: Path | None = None) -> tuple[float, 
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
-    """Peak RSS of a child process, MB (from getrusage of the waited child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024
+    """Peak RSS of ``cmd`` in MB, from GNU time's %M (getrusage's children maximum would include
+    every earlier child of this script, tshark among them)."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, check=True)  # fmt: skip
+    return int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent-flows", type=int, default=100_000)
     args = parser.parse_args(argv)
     VAR.mkdir(parents=True, exist_ok=True)
-    capture = VAR / f"probe_mix_{args.packets}.pcap"
+    capture = VAR / f"probe_mix_v2_{args.packets}.pcap"
     if not capture.exists():
         print(f"generating {capture} ...", flush=True)
         generate(capture, args.packets)
@@ -214,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_peers:
             tools += [
                 ("tcpdump -nn -r", ["tcpdump", "-nn", "-r", str(capture)]),
-                ("tshark -T fields -e frame.number", ["tshark", "-r", str(capture), "-T", "fields",
-                                                      "-e", "frame.number"]),  # fmt: skip
+                # tcpdump tracks every TCP connection in a small chained hash table to print relative
+                # sequence numbers; with tens of thousands of connections that dominates. -S skips it.
+                ("tcpdump -nn -S -r", ["tcpdump", "-nn", "-S", "-r", str(capture)]),
+                ("tshark -T fields -e frame.number", [*TSHARK, str(capture), "-T", "fields", "-e", "frame.number"]),
                 ("nfpcapd -r -w (nfdump 1.7)", ["nfpcapd", "-r", str(capture), "-w", tmp]),
                 ("argus -r -w /dev/null", ["argus", "-r", str(capture), "-w", "/dev/null"]),
             ]
