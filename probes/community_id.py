@@ -34,9 +34,7 @@ def icmp_ports(proto: int, icmp_type: int, code: int) -> tuple[int, int, bool]:
     return icmp_type, code, True
 
 
-def community_id(
-    proto: int, src: str | bytes, dst: str | bytes, sport: int = 0, dport: int = 0, seed: int = 0
-) -> str:
+def community_id(proto: int, src: str | bytes, dst: str | bytes, sport: int = 0, dport: int = 0, seed: int = 0) -> str:
     """Community ID v1 ("1:" + base64 SHA-1) of one flow tuple."""
     saddr = src if isinstance(src, bytes) else ipaddress.ip_address(src).packed
     daddr = dst if isinstance(dst, bytes) else ipaddress.ip_address(dst).packed

@@ -62,12 +62,14 @@ def _be16(buf: U8, idx: I64) -> I64:
 
 def _be32(buf: U8, idx: I64) -> I64:
     raw = buf[idx[:, None] + np.arange(4)]
-    return raw.view(">u4")[:, 0].astype(np.int64)
+    out: I64 = raw.view(">u4")[:, 0].astype(np.int64)
+    return out
 
 
 def _be64(buf: U8, idx: I64) -> npt.NDArray[np.uint64]:
     raw = buf[idx[:, None] + np.arange(8)]
-    return raw.view(">u8")[:, 0].astype(np.uint64)
+    out: npt.NDArray[np.uint64] = raw.view(">u8")[:, 0].astype(np.uint64)
+    return out
 
 
 class Decoder:
@@ -156,7 +158,7 @@ class Decoder:
         block.dst_lo[rows] = _be32(buf, l3 + 16).astype(np.uint64) | np.uint64(V4_MAPPED)
         block.ip_len[rows] = np.maximum(total, 0)
         slow_l4 = self._l4(block, buf, rows[go], proto[go], l3[go] + ihl[go], l3[go] + total[go], end[go])
-        slow = ~short & ~bad & (fragmented | tunnel)
+        slow: npt.NDArray[np.bool_] = ~short & ~bad & (fragmented | tunnel)
         slow[np.flatnonzero(go)[slow_l4]] = True
         return slow
 
@@ -181,7 +183,7 @@ class Decoder:
         block.ip_len[rows] = np.maximum(plen + 40, 0)
         l4 = l3[go] + 40
         slow_l4 = self._l4(block, buf, rows[go], nxt[go], l4, l4 + plen[go], end[go])
-        slow = ~short & ~bad & ~simple
+        slow: npt.NDArray[np.bool_] = ~short & ~bad & ~simple
         slow[np.flatnonzero(go)[slow_l4]] = True
         return slow
 
@@ -214,7 +216,8 @@ class Decoder:
         block.payload_off[rows] = np.minimum(pay, end)  # snaplen may cut inside the L4 header options
         block.payload_len[rows] = plen
         block.payload_caplen[rows] = np.clip(np.minimum(end, ip_end) - pay, 0, plen)
-        return is_udp & ~short & (np.isin(dport, TUNNEL_UDP_PORTS))
+        tunnels: npt.NDArray[np.bool_] = is_udp & ~short & np.isin(dport, TUNNEL_UDP_PORTS)
+        return tunnels
 
     @staticmethod
     def _mark(block: PacketBlock, rows: I64, mask: npt.NDArray[np.bool_], status: PacketStatus) -> None:

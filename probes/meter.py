@@ -421,9 +421,9 @@ class FlowMeter:
             dup = np.r_[False, k[order][1:] == k[order][:-1]]
             bad[typed[order][dup]] = True
         bad_groups = np.unique(ev_group[bad])
-        cand = np.setdiff1d(ev_group[first_ev], bad_groups, assume_unique=True)
+        groups = np.setdiff1d(ev_group[first_ev], bad_groups, assume_unique=True)
         tcp_states = self.table.tcp
-        cand = [g for g in cand.tolist() if tcp_states[seg_slots[g]] is None]
+        cand = [g for g in groups.tolist() if tcp_states[seg_slots[g]] is None]
         if not cand:
             return set()
         codes = (fo.astype(np.int64) | ((flags & SYN) != 0) << 1 | ((flags & ACK) != 0) << 2
@@ -887,6 +887,6 @@ def _scaled_marks(mask: npt.NDArray[np.bool_], run: I64, init: I64) -> npt.NDArr
         return np.zeros(len(mask), np.bool_)
     cs = np.cumsum(mask)
     first = np.r_[True, run[1:] != run[:-1]]
-    before = (cs - mask)[first]
+    before: I64 = (cs - mask)[first]
     count = cs - before[run] + init[run]
     return mask & np.isin(count, _POWERS_OF_TEN)

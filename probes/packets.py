@@ -173,7 +173,8 @@ class PacketBlock:
     @property
     def ok(self) -> Bool:
         """Mask of the rows that decoded down to L4."""
-        return self.status == PacketStatus.OK
+        mask: Bool = self.status == PacketStatus.OK
+        return mask
 
     def payload(self, i: int) -> bytes:
         """The captured L4 payload of row ``i`` (possibly shorter than ``payload_len[i]``)."""
@@ -271,7 +272,7 @@ def concat_blocks(blocks: Sequence[PacketBlock]) -> PacketBlock:
         point_names=blocks[0].point_names,
         point_ifaces=blocks[0].point_ifaces,
         tunnels=tunnels,
-        **merged,  # type: ignore[arg-type]
+        **merged,
     )
 
 

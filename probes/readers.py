@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -252,8 +252,7 @@ class CaptureReader:
                 btype, blen = head(data, pos)
             if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES + 4096:
                 raise CaptureError(
-                    f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: "
-                    f"type {btype:#x}, length {blen}"
+                    f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: type {btype:#x}, length {blen}"
                 )
             if pos + blen > n:
                 break
@@ -267,7 +266,7 @@ class CaptureReader:
             pos += blen
         return frames, pos
 
-    def _section_header(self, data: bytearray, pos: int, file_pos: int) -> object:
+    def _section_header(self, data: bytearray, pos: int, file_pos: int) -> Callable[..., tuple[Any, ...]]:
         if pos + 12 > len(data):
             raise CaptureError(f"{self.path}: pcapng section header truncated at offset {file_pos + pos}")
         bom = data[pos + 8 : pos + 12]
