@@ -12,9 +12,8 @@ Two matchers, in this order:
   upstream side) with the same method, path and HTTP host, whose exchange
   nests inside it (request after request, response first *and last* byte before the downstream
   response's), has the same status, and begins within ``proxy_gap_us``; pairs are assigned
-  one-to-one, those closest to the proxy's typical request and response turnaround first (the sum
-  of turnarounds over a complete matching is the same for every matching, so only the deviation
-  from the typical can tell pairs apart).
+  one-to-one in arrival order (a proxy forwards first come, first served; the nesting checks catch
+  its exceptions), leftovers placed by moving one earlier pair.
   Confidence is lower, and lower still when another candidate arrived within
   ``proxy_order_jitter_us`` of the chosen one (the proxy may have served them in either order).
 """
@@ -212,79 +211,156 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
 
 def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[tuple[int, int]],
                    kids: list[tuple[int, int]], links: Links, groups: _UnionFind) -> int:
-    """One-to-one assignment of children to parents at one proxy, most typical turnaround first.
+    """One-to-one, in arrival order: each upstream leg (in the order it left the proxy) takes the
+    oldest open downstream leg it fits in; then legs left over are placed by moving one earlier pair.
 
-    A candidate parent received the request at most ``proxy_gap_us`` before the child left (the
-    ``NESTED_CANDIDATES`` nearest such) and sent its response after the child's came back. A proxy
-    adds a fairly constant time each way, so true pairs pile up at one request turnaround and one
-    response turnaround while wrong pairs spread out: the cost of a pair is its distance from the
-    most common turnarounds (histogram modes over all candidates). A link is ambiguous when the
-    runner-up of its parent or child costs less than ``proxy_order_jitter_us`` more.
+    A proxy forwards in the order it received unless something holds a request back; the nesting
+    checks (``_child_fits``: request after request, response first and last byte before the
+    downstream's, same status) catch the exceptions seen in the lab. No sum of turnarounds can
+    decide: over a complete matching every such sum is the same. A downstream leg answered before an
+    upstream leg left is closed for it and every later one, so a leg the proxy answered itself does
+    not shift every later pair. When two requests reached the proxy within ``proxy_order_jitter_us``
+    of each other, or a pair had to be moved, the link gets the ambiguous confidence.
     """
     slack = settings.nesting_slack_us * 1000
-    gap = settings.proxy_gap_us * 1000
+    window = (settings.proxy_gap_us * 1000, slack, settings.proxy_order_jitter_us * 1000)
     times = [t for t, _ in plist]
-    cands: list[tuple[int, int, int, int]] = []  # (req turnaround, resp turnaround or -1, p, s)
+    free = _NextFree(len(plist))
+    owner: dict[int, int] = {}  # plist index -> child segment
+    left: list[tuple[int, int]] = []
+    made = 0
     for t, s in kids:
-        i = bisect.bisect_right(times, t + slack) - 1
-        found = 0
-        while i >= 0 and times[i] >= t - gap and found < NESTED_CANDIDATES:
+        i = free.find(bisect.bisect_left(times, t - window[0]))
+        hi = bisect.bisect_right(times, t + slack)
+        chosen, skipped = -1, 0
+        while i < hi and skipped < NESTED_CANDIDATES:
             p = plist[i][1]
-            if _child_fits(view, p, s, slack) and groups.find(p) != groups.find(s):
-                rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
-                cands.append((t - times[i], rp - rs if rp and rs else -1, p, s))
-                found += 1
-            i -= 1
-    if not cands:
-        return 0
-    bin_ns = max(1, settings.proxy_order_jitter_us * 1000 // 4)
-    mode_req = _mode([c[0] for c in cands], bin_ns)
-    mode_resp = _mode([c[1] for c in cands if c[1] >= 0], bin_ns)
-    pairs = [(abs(rq - mode_req) + (abs(rs - mode_resp) if rs >= 0 else abs(rq - mode_req)), p, s)
-             for rq, rs, p, s in cands]
-    return _assign_cheapest(pairs, links, groups, settings.proxy_order_jitter_us * 1000)
+            answered_ns = int(view.resp_last_ns[p])
+            if answered_ns and answered_ns < t - slack:
+                free.take(i)  # closed for this leg and every later one
+            elif _child_fits(view, p, s, slack) and groups.find(p) != groups.find(s):
+                chosen = i
+                break
+            else:
+                skipped += 1
+            i = free.find(i + 1)
+        if chosen < 0:
+            left.append((t, s))
+            continue
+        chosen = _tightest_among_ties(view, plist, times, free, chosen, s, window)
+        free.take(chosen)
+        owner[chosen] = s
+        _link_nested(links, groups, plist[chosen][1], s, _has_rival(view, plist, times, chosen, s, window))
+        made += 1
+    return made + _place_left(view, plist, times, left, owner, links, groups, window)
+
+
+def _tightest_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: list[int], free: _NextFree,
+                         chosen: int, s: int, window: tuple[int, int, int]) -> int:
+    """Among open legs that reached the proxy within the jitter of the oldest fitting one (their
+    order is noise), the one whose response left soonest after the upstream response came back."""
+    _, slack, jitter = window
+    rs = int(view.resp_first_ns[s])
+    if not rs:
+        return chosen
+    best, best_gap = chosen, int(view.resp_last_ns[plist[chosen][1]]) - rs
+    i = free.find(chosen + 1)
+    while i < len(times) and times[i] - times[chosen] <= jitter:
+        p = plist[i][1]
+        gap_ns = int(view.resp_last_ns[p]) - rs
+        if (0 <= gap_ns < best_gap or best_gap < 0 <= gap_ns) and _child_fits(view, p, s, slack):
+            best, best_gap = i, gap_ns
+        i = free.find(i + 1)
+    return best
+
+
+def _has_rival(view: SegmentView, plist: list[tuple[int, int]], times: list[int], chosen: int, s: int,
+               window: tuple[int, int, int]) -> bool:
+    """Another downstream leg that ``s`` fits in reached the proxy within the jitter of the chosen one
+    (taken or not): the proxy may have served the two in either order."""
+    _, slack, jitter = window
+    lo = bisect.bisect_left(times, times[chosen] - jitter)
+    hi = bisect.bisect_right(times, times[chosen] + jitter)
+    return any(i != chosen and _child_fits(view, plist[i][1], s, slack) for i in range(lo, min(hi, lo + 64)))
+
+
+def _open_candidates(view: SegmentView, plist: list[tuple[int, int]], times: list[int], t: int, s: int,
+                     window: tuple[int, int, int]) -> list[int]:
+    """plist indexes of downstream legs (taken or not) still open when ``s`` left and that it fits in."""
+    gap, slack, _ = window
+    out: list[int] = []
+    i = bisect.bisect_right(times, t + slack) - 1
+    stop = max(-1, i - 4 * NESTED_CANDIDATES)
+    while i > stop and times[i] >= t - gap and len(out) < NESTED_CANDIDATES:
+        p = plist[i][1]
+        answered_ns = int(view.resp_last_ns[p])
+        if not (answered_ns and answered_ns < t - slack) and _child_fits(view, p, s, slack):
+            out.append(i)
+        i -= 1
+    return out[::-1]
+
+
+def _place_left(view: SegmentView, plist: list[tuple[int, int]], times: list[int], left: list[tuple[int, int]],
+                owner: dict[int, int], links: Links, groups: _UnionFind, window: tuple[int, int, int]) -> int:
+    """An upstream leg that found no open downstream leg takes one from an earlier pair whose upstream
+    leg fits another free downstream leg (an augmenting path of length one); both become ambiguous."""
+    made = 0
+    for t, s in left:
+        for i in _open_candidates(view, plist, times, t, s, window):
+            other = owner.get(i)
+            if other is None or _descends(links, plist[i][1], s):
+                continue
+            t_other = int(view.req_first_ns[other])
+            spare = [j for j in _open_candidates(view, plist, times, t_other, other, window)
+                     if j not in owner and not _descends(links, plist[j][1], other)]
+            if not spare:
+                continue
+            j = spare[0]
+            _link_nested(links, groups, plist[j][1], other, True)
+            _link_nested(links, groups, plist[i][1], s, True)
+            owner[j], owner[i] = other, s
+            made += 1
+            break
+    return made
+
+
+def _descends(links: Links, p: int, s: int) -> bool:
+    """``p`` is ``s`` or below it: linking ``s`` under ``p`` would close a cycle."""
+    seen = 0
+    while p >= 0 and seen < 64:
+        if p == s:
+            return True
+        p = int(links.parent[p])
+        seen += 1
+    return False
+
+
+def _link_nested(links: Links, groups: _UnionFind, p: int, s: int, ambiguous: bool) -> None:
+    groups.union(s, p)
+    links.parent[s] = p
+    links.reason[s] = Reason.PROXY_NESTED.value
+    links.confidence[s] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[Reason.PROXY_NESTED]
 
 
 NESTED_CANDIDATES = 64
 
 
-def _mode(values: list[int], bin_ns: int) -> int:
-    """The most common value, to within a fraction of ``bin_ns`` (0 for no values)."""
-    if not values:
-        return 0
-    arr = np.asarray(values, dtype=np.int64)
-    counts = np.bincount((arr - arr.min()) // bin_ns)
-    centre = int(arr.min()) + int(np.argmax(counts)) * bin_ns + bin_ns // 2
-    near = arr[np.abs(arr - centre) <= bin_ns]  # refine: the median of the peak
-    return int(np.median(near))
+class _NextFree:
+    """Index of the next free slot at or after i (taken slots are skipped in near-constant time)."""
 
+    def __init__(self, n: int) -> None:
+        self.next = list(range(n + 1))
 
-def _assign_cheapest(pairs: list[tuple[int, int, int]], links: Links, groups: _UnionFind,
-                     jitter_ns: int) -> int:
-    costs_p: dict[int, list[int]] = defaultdict(list)
-    costs_s: dict[int, list[int]] = defaultdict(list)
-    for cost, p, s in pairs:
-        costs_p[p].append(cost)
-        costs_s[s].append(cost)
-    taken: set[int] = set()
-    made = 0
-    for cost, p, s in sorted(pairs):
-        if p in taken or links.parent[s] >= 0 or groups.find(p) == groups.find(s):
-            continue
-        taken.add(p)
-        groups.union(s, p)
-        links.parent[s] = p
-        links.reason[s] = Reason.PROXY_NESTED.value
-        ambiguous = _runner_up_close(costs_p[p], cost, jitter_ns) or _runner_up_close(costs_s[s], cost, jitter_ns)
-        base = BASE_CONFIDENCE[Reason.PROXY_NESTED]
-        links.confidence[s] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else base
-        made += 1
-    return made
+    def find(self, i: int) -> int:
+        root = i
+        while self.next[root] != root:
+            root = self.next[root]
+        while self.next[i] != root:
+            self.next[i], i = root, self.next[i]
+        return root
 
-
-def _runner_up_close(costs: list[int], cost: int, jitter_ns: int) -> bool:
-    """Another candidate cost within ``jitter_ns`` of the chosen ``cost``."""
-    return sum(1 for c in costs if c - cost <= jitter_ns) > 1
+    def take(self, i: int) -> None:
+        self.next[i] = i + 1
 
 
 def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:

@@ -58,7 +58,7 @@ class Scenario:
     #: "client": every hop carries x-request-id; "generated": only the upstream leg; "none": no id
     request_id_mode: str = "client"
     spacing_us: int = 500  # between requests on one connection
-    conn_spacing_us: int = 37  # between the starts of consecutive connections
+    conn_spacing_us: int = 37  # mean gap between connection starts (exponential: Poisson arrivals)
     service_us: int = 2_000  # app's mean time to answer (exponential, plus 100 µs)
     #: clock shift (µs) added to every timestamp of a point
     clock_shift_us: dict[str, int] = field(default_factory=dict)
@@ -94,8 +94,8 @@ def generate(sc: Scenario) -> Synthetic:
     nth = np.arange(n) % sc.per_connection
     syn = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
     synack = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
-    conn_start = (sc.start_ns + np.arange(conns, dtype=np.int64) * sc.conn_spacing_us * 1000
-                  + rng.integers(0, 1000, conns))
+    gaps = rng.exponential(sc.conn_spacing_us * 1000, conns).astype(np.int64)  # Poisson arrivals
+    conn_start = sc.start_ns + np.cumsum(gaps)
     t0 = conn_start[conn] + 1_000_000 + nth * sc.spacing_us * 1000
     fwd = _cum([h.fwd_delay_us for h in path])
     jitter = rng.integers(0, 3000, (n, len(path)), dtype=np.int64).cumsum(axis=1)
