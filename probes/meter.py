@@ -489,7 +489,7 @@ class FlowMeter:
             rows = ev_rows[idx[has]]
             keep = block.payload_caplen[rows] > 0
             for slot, i in zip(slots[has][keep].tolist(), rows[keep].tolist(), strict=True):
-                hashes[slot, d] = payload_hash(block.payload(i)[:limit])
+                hashes[slot, d] = payload_hash(block.payload_view(i, limit))
 
     def _materialize(self, slot: int, template: _Template) -> TcpConn:
         """A flow's own TcpConn from its template and the last SYN/FIN/RST seqs kept in the table."""
@@ -523,7 +523,7 @@ class FlowMeter:
         hashes = self.table.payload_hash
         if hashes[slot, d]:
             return
-        hashes[slot, d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes]) or 1
+        hashes[slot, d] = payload_hash(block.payload_view(i, self.config.payload_hash_bytes)) or 1
         if block.proto[i] == UDP:
             self.table.udp_history[slot] += "D" if fo else "d"
 
@@ -539,7 +539,7 @@ class FlowMeter:
         if length and not flags & RST:
             hashes = self.table.payload_hash
             if not hashes[slot, d] and block.payload_caplen[i]:
-                hashes[slot, d] = payload_hash(block.payload(i)[: self.config.payload_hash_bytes])
+                hashes[slot, d] = payload_hash(block.payload_view(i, self.config.payload_hash_bytes))
         was_closed = st.closed
         st.packet(fo, flags, seq, length)
         if letters & 1:
@@ -867,9 +867,12 @@ _CLOSE_BY_STATE: Final = {
 }  # fmt: skip
 
 
-def payload_hash(data: bytes) -> int:
-    """64-bit hash of payload bytes (the first ``payload_hash_bytes`` of a direction); 0 means none."""
-    if not data:
+def payload_hash(data: bytes | memoryview) -> int:
+    """64-bit hash of payload bytes (the first ``payload_hash_bytes`` of a direction); 0 means none.
+
+    blake2b with an 8-byte digest read big-endian, never 0 for non-empty data.
+    """
+    if not len(data):
         return 0
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") or 1
 

@@ -181,6 +181,11 @@ class PacketBlock:
         off = int(self.payload_off[i])
         return self.buf[off : off + int(self.payload_caplen[i])].tobytes()
 
+    def payload_view(self, i: int, limit: int) -> memoryview:
+        """At most ``limit`` captured payload bytes of row ``i`` as a view into ``buf`` (no copy)."""
+        off = int(self.payload_off[i])
+        return self.buf[off : off + min(int(self.payload_caplen[i]), limit)].data
+
     def src_str(self, i: int) -> str:
         """Source address of row ``i`` as text (dotted quad for IPv4)."""
         return format_addr(int(self.src_hi[i]), int(self.src_lo[i]))

@@ -102,16 +102,18 @@ class ReadStats:
     skipped_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not carrying frames
 
 
-def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[bytearray, int]:
+def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[npt.NDArray[np.uint8], int]:
     """``carry`` followed by up to ``size`` bytes of ``fh`` and PAD_BYTES zeros; returns (buffer, data length)."""
-    buf = bytearray(len(carry) + size + PAD_BYTES)
-    buf[: len(carry)] = carry
-    got = fh.readinto(memoryview(buf)[len(carry) : len(carry) + size])  # type: ignore[attr-defined]
-    return buf, len(carry) + (got or 0)
+    buf = np.empty(len(carry) + size + PAD_BYTES, np.uint8)  # not zeroed: only the padding must be
+    buf[: len(carry)] = np.frombuffer(carry, np.uint8)
+    got = fh.readinto(buf.data[len(carry) : len(carry) + size])  # type: ignore[attr-defined]
+    end = len(carry) + (got or 0)
+    buf[end : end + PAD_BYTES] = 0
+    return buf, end
 
 
-def _padded(data: bytearray) -> npt.NDArray[np.uint8]:
-    return np.frombuffer(data, dtype=np.uint8)
+def _padded(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    return data
 
 
 class CaptureReader:
@@ -167,11 +169,11 @@ class CaptureReader:
             if offs:
                 yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
             file_pos += end
-            carry = bytes(data[end:size])
+            carry = data[end:size].tobytes()
         if carry:
             self.stats.truncated_tail = len(carry)
 
-    def _walk_pcap(self, data: bytearray, n: int, endian: str, file_pos: int) -> tuple[list[int], int]:
+    def _walk_pcap(self, data: npt.NDArray[np.uint8], n: int, endian: str, file_pos: int) -> tuple[list[int], int]:
         """Offsets of the complete records in ``data[:n]`` and where the first incomplete one starts.
 
         The loop only chains the length fields (the one per-packet Python loop of the pipeline); the
@@ -180,14 +182,14 @@ class CaptureReader:
         unpack = struct.Struct(endian + "8xI").unpack_from
         offs: list[int] = []
         append = offs.append
-        pos, last = 0, n - 16
+        pos, last, raw = 0, n - 16, data.data
         while pos <= last:
             append(pos)
-            pos += 16 + unpack(data, pos)[0]
+            pos += 16 + unpack(raw, pos)[0]
         if not offs:
             return offs, 0
         starts = np.asarray(offs, np.int64)
-        caplen = np.frombuffer(data, np.uint8)[starts[:, None] + np.arange(8, 12)].view(endian + "u4")[:, 0]
+        caplen = data[starts[:, None] + np.arange(8, 12)].view(endian + "u4")[:, 0]
         bad = np.flatnonzero(caplen > MAX_RECORD_BYTES)
         if len(bad):
             at = int(starts[bad[0]])
@@ -200,7 +202,7 @@ class CaptureReader:
         return offs, pos
 
     def _pcap_block(
-        self, data: bytearray, offs: list[int], endian: str, ns_per_unit: int,
+        self, data: npt.NDArray[np.uint8], offs: list[int], endian: str, ns_per_unit: int,
         interfaces: tuple[Interface, ...], file_pos: int,
     ) -> RawBlock:  # fmt: skip
         buf = _padded(data)
@@ -235,21 +237,24 @@ class CaptureReader:
             if frames:
                 yield self._pcapng_block(data, frames, file_pos)
             file_pos += end
-            carry = bytes(data[end:size])
+            carry = data[end:size].tobytes()
         if carry:
             self.stats.truncated_tail = len(carry)
 
-    def _walk_pcapng(self, data: bytearray, n: int, file_pos: int) -> tuple[list[tuple[int, int, int]], int]:
+    def _walk_pcapng(
+        self, data: npt.NDArray[np.uint8], n: int, file_pos: int
+    ) -> tuple[list[tuple[int, int, int]], int]:
         """Walk the blocks of ``data[:n]``: (offset, block type, section base) per frame block."""
         frames: list[tuple[int, int, int]] = []
         append = frames.append
         pos = 0
         head = struct.Struct(self._endian + "II").unpack_from
+        raw = data.data
         while pos + 12 <= n:
-            btype, blen = head(data, pos)
+            btype, blen = head(raw, pos)
             if btype == _PCAPNG_SHB:
                 head = self._section_header(data, pos, file_pos)
-                btype, blen = head(data, pos)
+                btype, blen = head(raw, pos)
             if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES + 4096:
                 raise CaptureError(
                     f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: type {btype:#x}, length {blen}"
@@ -266,10 +271,10 @@ class CaptureReader:
             pos += blen
         return frames, pos
 
-    def _section_header(self, data: bytearray, pos: int, file_pos: int) -> Callable[..., tuple[Any, ...]]:
+    def _section_header(self, data: npt.NDArray[np.uint8], pos: int, file_pos: int) -> Callable[..., tuple[Any, ...]]:
         if pos + 12 > len(data):
             raise CaptureError(f"{self.path}: pcapng section header truncated at offset {file_pos + pos}")
-        bom = data[pos + 8 : pos + 12]
+        bom = data[pos + 8 : pos + 12].tobytes()
         if bom == struct.pack("<I", _PCAPNG_BOM):
             self._endian = "<"
         elif bom == struct.pack(">I", _PCAPNG_BOM):
@@ -279,16 +284,16 @@ class CaptureReader:
         self._section_base = len(self.interfaces)
         return struct.Struct(self._endian + "II").unpack_from
 
-    def _interface(self, data: bytearray, pos: int, blen: int, file_pos: int) -> None:
+    def _interface(self, data: npt.NDArray[np.uint8], pos: int, blen: int, file_pos: int) -> None:
         e = self._endian
         if blen < 20:
             raise CaptureError(f"{self.path}: pcapng interface block too short at offset {file_pos + pos}")
-        linktype, _res, snaplen = struct.unpack_from(e + "HHI", data, pos + 8)
+        linktype, _res, snaplen = struct.unpack_from(e + "HHI", data.data, pos + 8)
         name, tsresol, tsoffset = "", 1_000_000, 0
         opt, end = pos + 16, pos + blen - 4
         while opt + 4 <= end:
-            code, olen = struct.unpack_from(e + "HH", data, opt)
-            value = data[opt + 4 : opt + 4 + olen]
+            code, olen = struct.unpack_from(e + "HH", data.data, opt)
+            value = data[opt + 4 : opt + 4 + olen].tobytes()
             if code == 0:
                 break
             if code == 2:
@@ -303,7 +308,7 @@ class CaptureReader:
             opt += 4 + ((olen + 3) & ~3)
         self.interfaces.append(Interface(len(self.interfaces), linktype, snaplen, name, tsresol, tsoffset))
 
-    def _pcapng_block(self, data: bytearray, frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
+    def _pcapng_block(self, data: npt.NDArray[np.uint8], frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
         buf = _padded(data)
         arr = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
         starts, btype, base = arr[:, 0], arr[:, 1], arr[:, 2]
