@@ -187,3 +187,18 @@ def test_pcapng_any_interface_uses_the_sll2_ifindex(tmp_path: Path) -> None:
     records = analyze_capture(path, points={"if5": "nodeA-post-nat"}).flows.records()
     got = sorted((r.point, r.iface, r.orig_pkts + r.resp_pkts) for r in records)  # type: ignore[attr-defined]
     assert got == [("if2", "if2", 3), ("nodeA-post-nat", "if5", 3)]
+
+
+def test_packet_block_flow_ids_directions_and_payload_rows(tmp_path: Path) -> None:
+    path = tmp_path / "l7.pcap"
+    wrpcap(str(path), conversation([">S", "<SA", ">A", ">PA:11", "<PA:22", ">FA", "<FA", ">A"], client_isn=500))
+    result = analyze_capture(path, keep_blocks=True)
+    (rec,) = result.flows.records()
+    (block,) = result.blocks
+    assert set(block.flow_id.tolist()) == {rec.flow_id}  # type: ignore[attr-defined]
+    assert [block.src_str(i) == "10.0.0.1" for i in range(block.count)] == block.from_orig.tolist()
+    rows = block.payload_rows_by_flow()[rec.flow_id]  # type: ignore[attr-defined]
+    assert [(bool(block.from_orig[i]), int(block.seq[i]), block.payload(i)) for i in rows] == [
+        (True, 501, b"x" * 11),
+        (False, 5001, b"x" * 22),
+    ]
