@@ -365,16 +365,18 @@ class FlowMeter:
         seg = group.copy()
         seg_slots = slots.tolist()
         ev = np.flatnonzero(interesting)
+        ends = np.r_[starts[1:], n]
+        tcp_states = self.table.tcp
+        walked = self._replayed(block, rows, ev, group[ev], from_orig[ev], flags[ev], plen[ev], letters[ev],
+                                is_tcp[ev], seg_slots)  # fmt: skip
+        if walked:  # the rest goes packet by packet
+            ev = ev[~np.isin(group[ev], np.fromiter(walked, np.int64, len(walked)))]
         ev_rows = rows[ev]
         cols = zip(
             ev.tolist(), group[ev].tolist(), from_orig[ev].tolist(), flags[ev].tolist(),
             block.seq[ev_rows].tolist(), plen[ev].tolist(), block.ts_ns[ev_rows].tolist(),
             letters[ev].tolist(), is_tcp[ev].tolist(), ev_rows.tolist(), strict=True,
         )  # fmt: skip
-        ends = np.r_[starts[1:], n]
-        tcp_states = self.table.tcp
-        walked = self._replayed(block, rows, ev, group[ev], from_orig[ev], flags[ev], plen[ev], letters[ev],
-                                is_tcp[ev], seg_slots)  # fmt: skip
         for p, g, fo, fl, sq, ln, ts, lt, tcp, i in cols:
             if g in walked:
                 continue
