@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from hopscope.errors import ConfigError
-from hopscope.records import Batch, FlowRecord, _as_list
+from hopscope.records import Batch, FlowRecord, HopKind, _as_list
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 TABLE_COLUMNS = (
@@ -38,6 +38,10 @@ def register(sub: Any) -> None:
         help="capture point name, or IFACE=NAME to map an interface (pcapng if_name, SLL2 ifN); repeatable",
     )  # fmt: skip
     parser.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+    parser.add_argument("--host", default="", help="host the capture was taken on (FlowRecord.host)")
+    parser.add_argument(
+        "--hop-kind", default="", choices=[k.value for k in HopKind], help="kind of hop of the capture point"
+    )
     parser.add_argument("--interim", action="store_true", help="also print interim (final=0) records")
     parser.add_argument("--stats", action="store_true", help="print reader/decoder/meter counters to stderr")
     parser.set_defaults(func=run)
@@ -125,7 +129,7 @@ def write_table(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     from hopscope.probes.analyze import CaptureAnalyzer
 
-    analyzer = CaptureAnalyzer(args.file, parse_points(args.point))
+    analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind)
     try:
         _print(analyzer, args, sys.stdout)
     except BrokenPipeError:  # `hopscope flows x.pcap | head`: the reader left, not an error
