@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from hopscope.correlate.settings import ClockMode, CorrelateSettings
+from hopscope.correlate.settings import ClockDomain, ClockMode, CorrelateSettings
 from hopscope.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--store", help="store URL (default: the embedded chDB store, $HOPSCOPE_STORE)")
     p.add_argument("--no-store", action="store_true", help="do not store records and traces")
-    p.add_argument("--clock-mode", choices=[m.value for m in ClockMode], default=ClockMode.AUTO.value)
+    p.add_argument("--clock-mode", choices=[m.value for m in ClockMode], default=ClockMode.AUTO.value,
+                   help="auto: correct a point's clock only when causality demands (default); ntp; none")
+    p.add_argument("--clock-domain", choices=[m.value for m in ClockDomain], default=ClockDomain.POINT.value,
+                   help="point: every capture its own clock (default); host: the points of one --host share one")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: for inputs over 20 MB on a terminal)")
     p.set_defaults(func=run)
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     flow_batch = Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0)
     req_batch = Batch.concat(requests) if requests else Batch(RequestRecord, {}, 0)
-    settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode))
+    settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
     result = Correlator(settings, {n: k for n, _, k, _ in plan if k}).stitch(req_batch, flow_batch)
     if not args.no_store:
         _store(args.store, {"flows": flow_batch, "requests": req_batch, "spans": result.spans,

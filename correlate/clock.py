@@ -7,8 +7,8 @@ With ``theta`` the offset of b's clock against a's, the measured one-way delays 
 queueing, as NTP does). The estimate is that interval's midpoint, the NTP estimate. In ``auto`` mode an
 offset is applied only when the interval excludes zero (a negative one-way delay: the clocks disagree
 for sure), so points that share a clock keep their timestamps even under asymmetric delay. Offsets
-spread from a reference point (the one that most often is a segment's first hop) along the pairs with
-the most evidence.
+spread along the pairs with the most evidence from the median point of each connected group (so the
+few points whose clocks are off get the correction).
 """
 
 from __future__ import annotations
@@ -68,14 +68,51 @@ def pair_evidence(
 def solve_offsets(
     evidence: list[PairEvidence], first_hop_votes: dict[str, int], settings: CorrelateSettings
 ) -> dict[str, int]:
-    """Offset (ns) to subtract from each point's timestamps; points without evidence are absent (0)."""
+    """Offset (ns) to subtract from each point's timestamps; points without evidence are absent (0).
+
+    Solved twice: the first pass spreads offsets from the point that most often is a segment's first
+    hop; the second starts each connected group of points from its median point, so the correction
+    goes to the few points whose clocks are off, not to the many that agree (and groups that only
+    proxy links join, e.g. a sidecar's upstream side, keep a common base)."""
     edges: dict[str, list[tuple[int, str, tuple[int, int]]]] = defaultdict(list)
     for ev in evidence:
         lo, hi = ev.interval_ns()
         edges[ev.a].append((ev.count, ev.b, (lo, hi)))
         edges[ev.b].append((ev.count, ev.a, (-hi, -lo)))
-    offsets: dict[str, int] = {}
     nodes = sorted(edges, key=lambda n: (-first_hop_votes.get(n, 0), n))
+    first = _spread(edges, nodes, settings)
+    if settings.clock_mode is ClockMode.NONE:
+        return first
+    roots = []
+    for group in _components(edges, nodes):
+        ranked = sorted(group, key=lambda n: (first[n], n))
+        roots.append(ranked[(len(ranked) - 1) // 2])
+    return _spread(edges, roots + [n for n in nodes if n not in roots], settings)
+
+
+def _components(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes: list[str]) -> list[list[str]]:
+    seen: set[str] = set()
+    out = []
+    for start in nodes:
+        if start in seen:
+            continue
+        group, stack = [], [start]
+        seen.add(start)
+        while stack:
+            n = stack.pop()
+            group.append(n)
+            for _, m, _ in edges[n]:
+                if m not in seen:
+                    seen.add(m)
+                    stack.append(m)
+        out.append(group)
+    return out
+
+
+def _spread(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes: list[str],
+            settings: CorrelateSettings) -> dict[str, int]:
+    """Offsets from each still unreached node in ``nodes`` order, along the pairs with most evidence."""
+    offsets: dict[str, int] = {}
     for root in nodes:
         if root in offsets:
             continue
@@ -84,7 +121,7 @@ def solve_offsets(
         while frontier:  # widest evidence first: a small Prim over the counts
             frontier.sort(key=lambda n: -max((c for c, m, _ in edges[n] if m not in offsets), default=0))
             node = frontier[0]
-            nxt = [(c, m, th) for c, m, th in edges[node] if m not in offsets]
+            nxt = [(c, m, iv) for c, m, iv in edges[node] if m not in offsets]
             if not nxt:
                 frontier.pop(0)
                 continue

@@ -29,7 +29,7 @@ from hopscope.correlate.observations import ObsTable
 from hopscope.correlate.order import SegmentOrder, adjacent_pairs, order_segments
 from hopscope.correlate.relations import Reason
 from hopscope.correlate.segments import cluster
-from hopscope.correlate.settings import CorrelateSettings
+from hopscope.correlate.settings import ClockDomain, CorrelateSettings
 from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
 
 I64 = npt.NDArray[np.int64]
@@ -76,8 +76,9 @@ class Correlator:
         flows = all_flows.take(latest)
         stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(all_flows)}
         l4_rows = _flows_without_l7(flows, requests)
-        req = self._segment(request_table(requests, self.kinds), stats, "requests")
-        l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds), stats, "flows")
+        by_host = self.settings.clock_domain is ClockDomain.HOST
+        req = self._segment(request_table(requests, self.kinds, by_host), stats, "requests")
+        l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds, by_host), stats, "flows")
         offsets, raw_orders = self._clock([req, l4])
         version = version_ns if version_ns is not None else time.time_ns()
         close = _flow_close(flows)

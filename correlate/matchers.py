@@ -78,13 +78,13 @@ def request_keys(batch: Batch) -> npt.NDArray[np.uint64]:
     return keys
 
 
-def request_table(batch: Batch, kinds: Mapping[str, str]) -> ObsTable:
+def request_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False) -> ObsTable:
     """Observations of requests: one per RequestRecord."""
     cols = batch.columns
     labels, label, label_kind, label_host = index_labels(
         cols["point"], cols["iface"], cols["host"], cols["hop_kind"], dict(kinds)  # type: ignore[arg-type]
     )
-    domains, domain = index_domains(labels, label)
+    domains, domain = index_domains(labels, label, label_host if clock_by_host else None)
     anchors = np.stack(
         [_u64(cols[c]) for c in ("syn_seq", "synack_seq", "resp_tcp_seq", "req_payload_hash")], axis=1
     ) if len(batch) else np.zeros((0, 4), np.uint64)
@@ -119,13 +119,13 @@ def latest_flows(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.in
     return np.sort(keep_sorted).astype(np.int64), superseded_by
 
 
-def flow_table(batch: Batch, kinds: Mapping[str, str]) -> ObsTable:
+def flow_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False) -> ObsTable:
     """Observations of TCP connections: one per (newest) FlowRecord; SYN and SYN-ACK are the anchors."""
     cols = batch.columns
     labels, label, label_kind, label_host = index_labels(
         cols["point"], cols["iface"], cols["host"], cols["hop_kind"], dict(kinds)  # type: ignore[arg-type]
     )
-    domains, domain = index_domains(labels, label)
+    domains, domain = index_domains(labels, label, label_host if clock_by_host else None)
     syn = _u64(cols["syn_seq"])
     tcp = _u64(cols["proto"]) == 6
     keys = np.where(tcp & (syn != 0), (np.uint64(TAG_FLOW) << np.uint64(TAG_SHIFT)) | syn, np.uint64(0))

@@ -93,8 +93,11 @@ def index_labels(
     return list(index), label, label_kind, label_host
 
 
-def index_domains(labels: list[tuple[str, str]], label: npt.NDArray[np.int64]) -> tuple[list[str], I64]:
-    """Clock domain of each row: its capture point (one capture file, one clock)."""
+def index_domains(labels: list[tuple[str, str]], label: npt.NDArray[np.int64],
+                  hosts: list[str] | None = None) -> tuple[list[str], I64]:
+    """Clock domain of each row: its capture point (one capture file, one clock), or with ``hosts``
+    (one per label) its host when known (every capture on one machine shares its clock)."""
     names: dict[str, int] = {}
-    per_label = np.array([names.setdefault(p, len(names)) for p, _ in labels], dtype=np.int64)
+    keys = [h or p for (p, _), h in zip(labels, hosts, strict=True)] if hosts is not None else [p for p, _ in labels]
+    per_label = np.array([names.setdefault(k, len(names)) for k in keys], dtype=np.int64)
     return list(names), per_label[label] if len(label) else np.zeros(0, np.int64)

@@ -24,6 +24,16 @@ class ClockMode(enum.StrEnum):
     NONE = "none"
 
 
+class ClockDomain(enum.StrEnum):
+    """Which captures share a clock: each capture point its own (``point``, the default: a capture
+    file shifted on its own is found and corrected), or all points of one host (``host``: a point
+    tied to the rest only through a proxy, such as a sidecar's loopback, then shares the host's
+    correction)."""
+
+    POINT = "point"
+    HOST = "host"
+
+
 @dataclass(frozen=True, slots=True)
 class CorrelateSettings:
     """Tolerances bounding every match; all durations in microseconds."""
@@ -46,6 +56,8 @@ class CorrelateSettings:
     proxy_id_window_us: int = 60_000_000
     #: Clock correction strategy.
     clock_mode: ClockMode = ClockMode.AUTO
+    #: Which capture points share one clock.
+    clock_domain: ClockDomain = ClockDomain.POINT
     #: A negative one-way delay smaller than this is timestamp jitter, not a clock offset.
     clock_jitter_us: int = 20
 
@@ -57,6 +69,8 @@ class CorrelateSettings:
         for name in ("nesting_slack_us", "clock_jitter_us", "proxy_order_jitter_us"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"correlate setting {name} must not be negative")
+        if not isinstance(self.clock_domain, ClockDomain):
+            raise ConfigError(f"clock_domain must be one of {[m.value for m in ClockDomain]}")
         if not isinstance(self.clock_mode, ClockMode):
             raise ConfigError(f"clock_mode must be one of {[m.value for m in ClockMode]}")
 

@@ -172,7 +172,7 @@ def _flow_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArray[
     l4_ack = rng.integers(1, 2**32, extra, dtype=np.uint64)
     l4_start = sc.start_ns + np.arange(extra, dtype=np.int64) * 51_000
     fwd = _cum([h.fwd_delay_us for h in sc.path])
-    back_total = int(sum(h.back_delay_us for h in sc.path if h.leg == 0)) * 1000
+    last_leg0 = max(i for i, h in enumerate(sc.path) if h.leg == 0)
     rows: list[Batch] = []
     for hi, hop in enumerate(sc.path):
         shift = sc.clock_shift_us.get(hop.point, 0) * 1000
@@ -188,7 +188,8 @@ def _flow_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArray[
             "proto": np.full(n_all, 6), "ip_version": np.full(n_all, 4), "resp_p": np.full(n_all, hop.resp_p),
         }
         if hop.leg == 0:
-            l4_rtt = np.full(extra, max(0, back_total // 1000 - int(fwd[hi]) // 1000) + 50)
+            # the SYN-ACK comes back as fast as the SYN went: symmetric, like the other connections
+            l4_rtt = np.full(extra, 2 * int(fwd[last_leg0] - fwd[hi]) // 1000 + 50)
             cols.update(syn_seq=np.r_[leg_syn, l4_syn], synack_seq=np.r_[leg_ack, l4_ack],
                         start_ns=np.r_[start, l4_start + fwd[hi] + shift],
                         rtt_server_us=np.r_[rtt_server, l4_rtt])
