@@ -58,9 +58,11 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -83,7 +85,10 @@ TP = tuple[str, int]
 FOREVER = np.iinfo(np.int64).max
 RECORD_TABLES: tuple[str, ...] = ("requests", "flows")
 _RECORD_TYPES: dict[str, type[Record]] = {"requests": RequestRecord, "flows": FlowRecord}
-_GUARD_LIMIT = 1_000_000  # spans read back from the store after a restart, at most
+_GUARD_LIMIT = 1_000_000
+#: A partition (or a stage) is idle only after this many polls without input, however long they
+#: took: a process that paused (stitching, waiting for the store) has not seen its input run dry.
+IDLE_POLLS = 3  # spans read back from the store after a restart, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +98,12 @@ class StreamSettings:
     #: How far behind the newest record a record may arrive and still join its trace (stage 1 and a
     #: single-stage correlator).
     lateness_us: int = 2_000_000
-    #: Stage 2 of the pipeline: how far the relays of different processes may lag each other.
+    #: Stage 2 of the pipeline, when it hears no relay watermark markers: how far relays may lag.
     relay_lateness_us: int = 1_000_000
+    #: Largest spread of the record times of one trace (a record's time is its latest timestamp, so
+    #: about the response's way back to the client): a trace is complete when its newest record is
+    #: this much older than the watermark, so its records still to come are older than the watermark.
+    trace_spread_us: int = 500_000
     #: Records a stage may hold; beyond, the oldest are forced out (counted).
     max_buffer_records: int = 2_000_000
     poll_timeout_s: float = 0.05
@@ -171,6 +180,23 @@ def _mix(x: U64) -> U64:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+def take(batch: Batch, rows: Any) -> Batch:
+    """``Batch.take`` with text columns gathered by ``itemgetter`` (several times faster than the
+    list comprehension of ``Batch.take``, which stitching calls on every buffered row each pass)."""
+    idx = np.asarray(rows, dtype=np.intp)
+    n = len(idx)
+    get = itemgetter(*idx.tolist()) if n > 1 else None
+    cols: dict[str, Any] = {}
+    for name, data in batch.columns.items():
+        if not isinstance(data, list):
+            cols[name] = data[idx]
+        elif get is not None:
+            cols[name] = list(get(data))
+        else:
+            cols[name] = [data[int(i)] for i in idx]
+    return Batch(batch.record_type, cols, n)
 
 
 def _u64(data: Any) -> U64:
@@ -328,10 +354,10 @@ class RowBuffer:
     def split(self, leave: Bools) -> tuple[Batch, I64, I64]:
         """Remove the rows where ``leave`` holds; returns them (batch, message ids, times)."""
         go, stay = np.flatnonzero(leave), np.flatnonzero(~leave)
-        out = (self.batch.take(go), self.mid[go], self.time[go])
+        out = (take(self.batch, go), self.mid[go], self.time[go])
         if len(go):
             self.ids.difference_update(self.rid[go].tolist())
-            self.batch = self.batch.take(stay)
+            self.batch = take(self.batch, stay)
             self.time, self.rid, self.mid = self.time[stay], self.rid[stay], self.mid[stay]
             tps = self.tp
             self.tp = [tps[i] for i in stay.tolist()]
@@ -345,10 +371,11 @@ class RowBuffer:
 
 
 class Watermark:
-    """Event-time watermark over the partitions a stage reads: the least, over partitions that got
-    input within ``idle_s``, of the newest record time seen there, minus the lateness (a consumer
-    reads partitions unevenly, so one partition's newest says nothing of another's). FOREVER once no
-    partition got input for ``idle_s``: the input ran dry."""
+    """Event-time watermark over the partitions a stage reads: the least, over partitions that are
+    not idle, of the newest record time seen there, minus the lateness (a consumer reads partitions
+    unevenly, so one partition's newest says nothing of another's). A partition is idle when it got
+    no input for ``idle_s`` and ``IDLE_POLLS`` polls and has nothing left to fetch. FOREVER once every
+    partition is: the input ran dry."""
 
     def __init__(self, lateness_us: int, idle_s: float, max_future_us: int) -> None:
         self.lateness_ns = lateness_us * 1000
@@ -358,10 +385,26 @@ class Watermark:
         self.last_input = time.monotonic()
         self._newest: dict[TP, int] = {}
         self._last: dict[TP, float] = {}
+        #: partitions with records not yet polled (never idle); set after each poll by the stage
+        self.lagging: set[TP] = set()
+        self.polls = 0
+        self._input_poll = 0
+        self._last_poll: dict[TP, int] = {}
+        #: partitions the stage reads (where relays' marks are expected; empty: unknown)
+        self.assigned: set[TP] = set()
+        #: (partition, relay) -> (promised watermark, wall time and poll when read)
+        self._marks: dict[tuple[TP, str], tuple[int, float, int]] = {}
+        self.expiry_s = 4 * idle_s
+
+    def polled(self, lagging: set[TP]) -> None:
+        """A poll of the stage happened; ``lagging``: partitions with records not yet polled."""
+        self.polls += 1
+        self.lagging = lagging
 
     def saw(self, times: I64, tp: TP) -> None:
         now = self.last_input = time.monotonic()
         self._last[tp] = now
+        self._last_poll[tp] = self._input_poll = self.polls
         if len(times):
             newest = min(int(times.max()), time.time_ns() + self.max_future_ns)
             self._newest[tp] = max(self._newest.get(tp, 0), newest)
@@ -371,13 +414,51 @@ class Watermark:
         for tp in tps:
             self._newest.pop(tp, None)
             self._last.pop(tp, None)
+            self._last_poll.pop(tp, None)
+        for key in [k for k in self._marks if k[0] in tps]:
+            del self._marks[key]
+
+    def mark(self, tp: TP, relay: str, watermark_ns: int) -> None:
+        """A relay's promise, read on partition ``tp``: it sent everything older than ``watermark_ns``."""
+        self.last_input = time.monotonic()
+        self._input_poll = self.polls
+        self._marks[(tp, relay)] = (watermark_ns, self.last_input, self.polls)
+
+    def _marked(self) -> int | None:
+        """The least promise over the relays heard from lately and the partitions assigned (a relay
+        marks every partition, each after its records there: a partition whose mark was not read yet
+        holds everything back). None: no relay heard from."""
+        now = time.monotonic()
+        newest: dict[str, tuple[float, int]] = {}
+        for (_, relay), (_, seen, poll) in self._marks.items():
+            last = newest.get(relay, (0.0, 0))
+            newest[relay] = (max(last[0], seen), max(last[1], poll))
+        dead = {r for r, (seen, poll) in newest.items()
+                if now - seen >= self.expiry_s and self.polls - poll >= IDLE_POLLS}
+        for key in [k for k in self._marks if k[1] in dead]:
+            del self._marks[key]  # a relay that died (or went quiet after saying "everything")
+        relays = set(newest) - dead
+        if not relays:
+            return None
+        tps = self.assigned or {tp for tp, _ in self._marks}
+        return min(self._marks.get((tp, r), (-FOREVER, 0.0, 0))[0] for r in relays for tp in tps)
 
     def idle(self) -> bool:
-        return time.monotonic() - self.last_input >= self.idle_s
+        """No input for ``idle_s`` and nothing left to fetch: the input ran dry (a long pause of this
+        process, waiting for the store, is not idleness)."""
+        return (time.monotonic() - self.last_input >= self.idle_s and self.polls - self._input_poll >= IDLE_POLLS
+                and not self.lagging)
 
     def value(self) -> int:
+        marked = self._marked()
+        if marked is not None and not self.idle():
+            return marked
+        if self.lagging - self._newest.keys():
+            return -FOREVER  # a partition with records to fetch has delivered none yet: hold everything
         now = time.monotonic()
-        active = [n for tp, n in self._newest.items() if now - self._last[tp] < self.idle_s]
+        active = [n for tp, n in self._newest.items()
+                  if now - self._last[tp] < self.idle_s or self.polls - self._last_poll[tp] < IDLE_POLLS
+                  or tp in self.lagging]
         return min(active) - self.lateness_ns if active else FOREVER
 
 
@@ -417,7 +498,7 @@ class GroupConsumer:
     def __init__(self, bootstrap: str, group: str, tables: Iterable[str], prefix: str) -> None:
         from hopscope.transport.kafka import KafkaRecordConsumer
 
-        tables = list(tables)
+        tables = self.tables = list(tables)
         self.inner = KafkaRecordConsumer(bootstrap, group, tables=tables, prefix=prefix)
         self.stats = self.inner.stats
         # A group leader without the topics' metadata assigns nothing (until the next metadata
@@ -436,6 +517,31 @@ class GroupConsumer:
     def assignment(self) -> set[TP]:
         # KafkaRecordConsumer has no public assignment() yet (asked of the transport's owner).
         return {(tp.topic, tp.partition) for tp in self.inner._consumer.assignment()}
+
+    def partitions(self, prefix: str) -> dict[str, int]:
+        """Partition count of each table's topic this consumer reads."""
+        out: dict[str, int] = {}
+        for table in self.tables:
+            parts = self.inner._consumer.partitions_for_topic(topic_of(table, prefix))
+            if not parts:
+                raise UnavailableError(f"Kafka topic {topic_of(table, prefix)} has no partitions")
+            out[table.removeprefix("s2.")] = len(parts)
+        return out
+
+    def lagging(self) -> set[TP]:
+        """Assigned partitions whose position is behind their high watermark (records to come)."""
+        from kafka.errors import KafkaError
+
+        consumer = self.inner._consumer
+        out: set[TP] = set()
+        for tp in consumer.assignment():
+            try:
+                position, highwater = consumer.position(tp, timeout_ms=100), consumer.highwater(tp)
+            except KafkaError:
+                position, highwater = None, None
+            if position is None or highwater is None or position < highwater:
+                out.add((tp.topic, tp.partition))
+        return out
 
     def close(self) -> None:
         self.inner.close()
@@ -479,6 +585,43 @@ def with_retry(action: Callable[[], Any], settings: StreamSettings, stats: Strea
             delay = min(delay * 2, settings.retry_max_s)
 
 
+#: Capture point name of a watermark marker (a one-row request batch no probe emits): its ``host``
+#: names the relay, its ``req_first_ns`` is the relay's watermark.
+MARKER_POINT = "\x00hopscope.watermark"
+
+
+def marker_batch(relay: str, watermark_ns: int) -> Batch:
+    w = min(max(watermark_ns, 0), FOREVER)
+    return Batch(RequestRecord, {"point": [MARKER_POINT], "host": [relay],
+                                 "req_first_ns": np.array([w], np.uint64)}, 1)
+
+
+def read_marker(batch: Batch) -> tuple[str, int] | None:
+    """(relay, watermark) when ``batch`` is a watermark marker."""
+    if len(batch) != 1 or batch.record_type is not RequestRecord or batch.columns["point"][0] != MARKER_POINT:
+        return None
+    return str(batch.columns["host"][0]), int(np.asarray(batch.columns["req_first_ns"])[0])
+
+
+def partition_keys(partitions: int) -> list[bytes]:
+    """A message key for each partition under Kafka's default (murmur2) partitioner."""
+    from kafka.partitioner.default import murmur2
+
+    keys: dict[int, bytes] = {}
+    i = 0
+    while len(keys) < partitions:
+        key = b"hopscope.watermark.%d" % i
+        keys.setdefault((murmur2(key) & 0x7FFFFFFF) % partitions, key)
+        i += 1
+    return [keys[p] for p in range(partitions)]
+
+
+def _polled(consumer: Any, watermark: Watermark) -> None:
+    """After a poll: which partitions still have records to fetch (consumers that cannot tell: none)."""
+    lagging = getattr(consumer, "lagging", None)
+    watermark.polled(lagging() if lagging is not None else set())
+
+
 def _check_assignment(consumer: Any, known: set[TP], buffers: Iterable[RowBuffer], book: OffsetBook,
                       stats: StreamStats, watermark: Watermark) -> tuple[set[TP], bool]:
     """The consumer's assignment now, and whether partitions were added; drops what was revoked."""
@@ -486,6 +629,7 @@ def _check_assignment(consumer: Any, known: set[TP], buffers: Iterable[RowBuffer
     if get is None:
         return known, False
     now: set[TP] = get()
+    watermark.assigned = now
     revoked = known - now
     if revoked:
         for buf in buffers:
@@ -543,8 +687,12 @@ class Relay:
     """Stage 1: hold records per connection, choose its rendezvous host, republish keyed by it."""
 
     def __init__(self, consumer: Any, publisher: Any, prefix: str, settings: StreamSettings,
-                 stats: StreamStats) -> None:
+                 stats: StreamStats, s2_partitions: dict[str, int] | None = None) -> None:
         self.consumer = consumer
+        #: this relay's name in its watermark markers (a restarted relay is a new one)
+        self.name = uuid.uuid4().hex[:12]
+        self.marker_keys = {t: partition_keys(n) for t, n in (s2_partitions or {}).items()}
+        self._last_mark = -1
         self.publisher = publisher
         self.prefix = prefix
         self.settings = settings
@@ -562,6 +710,7 @@ class Relay:
 
     def step(self) -> int:
         deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+        _polled(self.consumer, self.watermark)
         self._assignment, _ = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
                                                 self.book, self.stats, self.watermark)
         for d in deliveries:
@@ -581,11 +730,12 @@ class Relay:
         return len(deliveries)
 
     def _due(self) -> bool:
-        if not self.held():
-            return bool(self.book.commit_points())
-        if self.watermark.idle() or self.held() > self.settings.max_buffer_records:
-            return True
-        return self._since > 0 and time.monotonic() - self._last >= self.settings.stitch_every_s
+        if self._since or self.held():  # releases, and watermark markers, every stitch_every_s
+            return (self.watermark.idle() or self.held() > self.settings.max_buffer_records
+                    or time.monotonic() - self._last >= self.settings.stitch_every_s)
+        if self._assignment and self.watermark.idle() and self._last_mark != FOREVER:
+            return True  # announce that everything was sent
+        return bool(self.book.commit_points())
 
     def release(self, watermark_ns: int) -> None:
         """Republish every record older than the watermark (and the oldest beyond the bound), commit."""
@@ -601,11 +751,27 @@ class Relay:
             self._decide(bufs, masks)
             out = {t: b.split(m) for t, b, m in zip(RECORD_TABLES, bufs, masks, strict=True)}
             self._publish({t: (batch, times) for t, (batch, _, times) in out.items()})
+            self._mark(watermark_ns)
             self.publisher.flush()
             for _, mids, _ in out.values():
                 self.book.done(mids)
+        elif self._assignment:
+            self._mark(watermark_ns)
+            self.publisher.flush()
         commit(self.consumer, self.book, self.stats)
         self._prune()
+
+    def _mark(self, watermark_ns: int) -> None:
+        """Tell every stage-2 partition: everything older than ``watermark_ns`` was sent (after it, in
+        each partition's order). A relay without partitions says nothing (it holds nothing)."""
+        if not self._assignment:
+            return
+        value = encode_batch(marker_batch(self.name, watermark_ns))
+        for table, keys in self.marker_keys.items():
+            topic = topic_of(f"s2.{table}", self.prefix)
+            for key in keys:
+                self.publisher.publish_raw(topic, value, key=key)
+        self._last_mark = watermark_ns
 
     def _decide(self, bufs: list[RowBuffer], masks: list[Bools]) -> None:
         """Decide connections about to be released, from all their records held."""
@@ -615,7 +781,7 @@ class Relay:
         if len(new) == 0:
             return
         sel = [np.flatnonzero(np.isin(k, new)) for k in keys]
-        hosts = rendezvous_hosts(bufs[0].batch.take(sel[0]), bufs[1].batch.take(sel[1]))
+        hosts = rendezvous_hosts(take(bufs[0].batch, sel[0]), take(bufs[1].batch, sel[1]))
         newest = self.watermark.newest_ns
         for k, host in hosts.items():
             self.decisions[k] = (host, newest)
@@ -649,7 +815,7 @@ class Relay:
         for _, _, table, host, batch, rows in sorted(sends, key=lambda x: (x[0], x[1], x[3])):
             topic = topic_of(f"s2.{table}", self.prefix)
             for lo in range(0, len(rows), chunk):
-                part = batch.take(rows[lo : lo + chunk])
+                part = take(batch, rows[lo : lo + chunk])
                 self.publisher.publish_raw(topic, encode_batch(part), key=host.encode())
                 self.stats.relay_messages_out += 1
 
@@ -706,6 +872,7 @@ class StreamCorrelator:
         self.l7_conns: dict[int, int] = {}  # connection keys that carried requests -> newest time
         self._assignment: set[TP] = set()
         self._guard_from: int | None = None  # spans stored since then were read back (None: not yet)
+        self._last_watermark = -FOREVER
         self._stop = threading.Event()
         self._since = 0
         self._last = time.monotonic()
@@ -720,6 +887,7 @@ class StreamCorrelator:
 
     def poll_once(self) -> int:
         deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+        _polled(self.consumer, self.watermark)
         self._assignment, added = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
                                                     self.book, self.stats, self.watermark)
         if added:
@@ -732,7 +900,10 @@ class StreamCorrelator:
     def _admit(self, d: Delivery) -> int:
         batch = d.batch
         buf = self.buffers.get(batch.record_type.TABLE)
-        if buf is None or not len(batch):
+        marker = read_marker(batch)
+        if marker is not None:
+            self.watermark.mark((d.topic, d.partition), *marker)
+        if buf is None or not len(batch) or marker is not None:
             self.book.add(d, 0)
             return 0
         self.stats.records_in += len(batch)
@@ -741,7 +912,7 @@ class StreamCorrelator:
         keep = self._fresh(batch, rids, buf)
         if not keep.all():
             idx = np.flatnonzero(keep)
-            batch, rids = batch.take(idx), rids[idx]
+            batch, rids = take(batch, idx), rids[idx]
         times = event_times(batch)
         self.watermark.saw(times, (d.topic, d.partition))
         self.stats.late_records += int((times < self.watermark.value()).sum())
@@ -808,13 +979,15 @@ class StreamCorrelator:
             return 0
         if force:
             return self.stitch_pass(FOREVER)
+        watermark = self.watermark.value()
         due = self.watermark.idle() or self.held() > self.settings.max_buffer_records or (
-            self._since > 0 and time.monotonic() - self._last >= self.settings.stitch_every_s)
-        return self.stitch_pass(self.watermark.value()) if due else 0
+            (self._since > 0 or watermark != self._last_watermark)
+            and time.monotonic() - self._last >= self.settings.stitch_every_s)
+        return self.stitch_pass(watermark) if due else 0
 
     def stitch_pass(self, watermark_ns: int) -> int:
         """Stitch everything held; write the complete traces and what retires; commit."""
-        self._since, self._last = 0, time.monotonic()
+        self._since, self._last, self._last_watermark = 0, time.monotonic(), watermark_ns
         for b in self.buffers.values():
             b.settle()
         self.stats.passes += 1
@@ -841,7 +1014,7 @@ class StreamCorrelator:
         fkeys = flow_keys(flows.batch, self.h)
         engine = self._engine_flows(req, flows, fkeys)
         eidx = np.flatnonzero(engine)
-        res = self.correlator.stitch(req.batch, flows.batch.take(eidx), version_ns=time.time_ns())
+        res = self.correlator.stitch(req.batch, take(flows.batch, eidx), version_ns=time.time_ns())
         index = {t: i for i, t in enumerate(res.traces.columns["trace_id"])}
         n = len(index)
         req_tr = np.fromiter((index.get(t, -1) for t in res.request_trace), dtype=np.int64, count=len(req.time))
@@ -857,7 +1030,9 @@ class StreamCorrelator:
         hit = np.zeros(n + 1, bool)
         np.logical_or.at(hit, np.where(req_tr >= 0, req_tr, n), forced[0])
         np.logical_or.at(hit, np.where(flow_tr >= 0, flow_tr, n), forced[1])
-        emit = (((newest < watermark_ns) & ~open_) | hit)[:n]
+        spread = self.settings.trace_spread_us * 1000
+        complete = FOREVER if watermark_ns == FOREVER else max(watermark_ns - spread, -FOREVER)
+        emit = (((newest < complete) & ~open_) | hit)[:n]
         return self._outcome(res, emit, hit[:n], req_tr, flow_tr, fkeys, closed, forced, watermark_ns)
 
     def _outcome(self, res: StitchResult, emit: Bools, hit: Bools, req_tr: I64, flow_tr: I64, fkeys: U64,
@@ -876,10 +1051,10 @@ class StreamCorrelator:
         emitted = {trace_ids[i] for i in np.flatnonzero(emit).tolist()}
         span_rows = np.fromiter((t in emitted for t in res.spans.columns["trace_id"]), dtype=bool,
                                 count=len(res.spans))
-        spans = res.spans.take(np.flatnonzero(span_rows))
+        spans = take(res.spans, np.flatnonzero(span_rows))
         l7 = _l7_spans(spans, dict(zip(trace_ids, res.traces.columns["kind"], strict=True)))
         span_fk = flow_keys(spans, self.h)
-        return _Pass(spans, res.traces.take(np.flatnonzero(emit)),
+        return _Pass(spans, take(res.traces, np.flatnonzero(emit)),
                      {"requests": used_req | unstitched, "flows": used_flow | retire},
                      l7_spans=l7, l4_flow_keys=span_fk[~l7], carrier_keys=span_fk[l7],
                      consumed=int(used_req.sum() + used_flow.sum()), forced_traces=int((hit & emit).sum()),
@@ -887,8 +1062,9 @@ class StreamCorrelator:
 
     def _write(self, p: _Pass) -> None:
         """Raw records first, then spans, then traces (a crash in between re-stitches the same)."""
-        leaving = {t: self.buffers[t].batch.take(np.flatnonzero(m)) for t, m in p.leave.items()}
-        for table, batch in (*leaving.items(), ("spans", p.spans), ("traces", p.traces)):
+        # Out of the buffer first (a stop while the store is down commits nothing: a restart replays).
+        leaving = {t: self.buffers[t].split(m) for t, m in p.leave.items()}
+        for table, batch in (*((t, b) for t, (b, _, _) in leaving.items()), ("spans", p.spans), ("traces", p.traces)):
             if len(batch):
                 self._insert(table, batch)
                 self.stats.rows[table] = self.stats.rows.get(table, 0) + len(batch)
@@ -896,8 +1072,7 @@ class StreamCorrelator:
         self.written_requests.add(request_keys(p.spans, self.h)[p.l7_spans], newest)
         self.written_flows.add(p.l4_flow_keys, newest)
         self.carriers.add(p.carrier_keys, newest)
-        for table, mask in p.leave.items():
-            _, mids, _ = self.buffers[table].split(mask)
+        for _, mids, _ in leaving.values():
             self.book.done(mids)
         if len(p.traces):
             starts = np.asarray(p.traces.columns["start_ns"]).astype(np.int64)
@@ -1005,7 +1180,7 @@ class StreamPipeline:
         self.publisher = KafkaPublisher(bootstrap, prefix=prefix)
         s1 = GroupConsumer(bootstrap, f"{group}-s1", RECORD_TABLES, prefix)
         s2 = GroupConsumer(bootstrap, f"{group}-s2", [f"s2.{t}" for t in RECORD_TABLES], prefix)
-        self.relay = Relay(s1, self.publisher, prefix, self.settings, self.stats)
+        self.relay = Relay(s1, self.publisher, prefix, self.settings, self.stats, s2.partitions(prefix))
         self.stitcher = StreamCorrelator(s2, store, settings, self.settings, kinds,
                                          lateness_us=self.settings.relay_lateness_us,
                                          idle_flush_s=2 * self.settings.idle_flush_s, stats=self.stats)

@@ -26,8 +26,10 @@ def register(sub: Any) -> None:
     p.add_argument("--topic-prefix", default="hopscope", help="topics are PREFIX.requests, ... (default hopscope)")
     p.add_argument("--lateness-ms", type=int, default=2000,
                    help="event time a record may arrive behind the newest and still be stitched (default 2000)")
+    p.add_argument("--trace-spread-ms", type=int, default=500,
+                   help="largest spread of the record times of one trace (default 500)")
     p.add_argument("--relay-lateness-ms", type=int, default=1000,
-                   help="event time the relays of different processes may lag each other (default 1000)")
+                   help="stage 2 without relay watermark markers: how far relays may lag (default 1000)")
     p.add_argument("--idle-flush-ms", type=int, default=2000,
                    help="wall time without input after which held records are stitched as they are (default 2000)")
     p.add_argument("--max-buffered", type=int, default=2_000_000,
@@ -44,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.errors import ConfigError
     from hopscope.store import store_from_url
 
-    if min(args.lateness_ms, args.relay_lateness_ms, args.idle_flush_ms) < 0 or args.max_buffered < 1:
-        raise ConfigError("--lateness-ms, --relay-lateness-ms and --idle-flush-ms must not be negative, "
-                          "--max-buffered at least 1")
+    if min(args.lateness_ms, args.relay_lateness_ms, args.trace_spread_ms, args.idle_flush_ms) < 0 \
+            or args.max_buffered < 1:
+        raise ConfigError("--lateness-ms, --relay-lateness-ms, --trace-spread-ms and --idle-flush-ms must not be "
+                          "negative, --max-buffered at least 1")
     stream = StreamSettings(
         lateness_us=args.lateness_ms * 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
+        trace_spread_us=args.trace_spread_ms * 1000,
         idle_flush_s=args.idle_flush_ms / 1000, max_buffer_records=args.max_buffered,
     )
     store = store_from_url(args.store)

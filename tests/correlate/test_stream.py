@@ -86,7 +86,8 @@ def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
         s.close()
 
 
-SETTINGS = StreamSettings(lateness_us=30_000, stitch_every_s=0.0, idle_flush_s=0.2, poll_timeout_s=0.0)
+SETTINGS = StreamSettings(lateness_us=30_000, trace_spread_us=5_000, stitch_every_s=0.0, idle_flush_s=0.2,
+                          poll_timeout_s=0.0)
 SCENARIO = Scenario(requests=1500, l4_connections=20, conn_spacing_us=200)
 
 
