@@ -8,14 +8,21 @@ first seen as a SYN-ACK is flipped, history ``^``).
 Per block the meter works on columns, not packets:
 
 1. a 64-bit key per packet (hash of the normalised tuple), grouped with one stable argsort;
-2. one dict lookup per flow of the block (not per packet);
-3. the TCP state machine (``tcpstate.TcpConn``) runs in Python over the few packets that can change
-   state or history: SYN/FIN/RST packets, and per direction the first packet, first pure ACK and first
-   data packet. A pure SYN with a new ISN on an existing flow starts a new flow (Zeek's reuse rule);
-   the rest of that flow's packets in the block are then walked one by one.
+2. one dict lookup per flow of the block (not per packet); new flows are created column-wise in the
+   flow table (``flowtable.FlowTable``: one slot per flow, numpy columns);
+3. the TCP state machine (``tcpstate.TcpConn``) only sees the packets that can change state or
+   history ("events"): SYN/FIN/RST packets, T/W letter packets, and per direction the first packet,
+   first pure ACK and first data packet. For a flow that starts in the block, whose events repeat no
+   SYN/FIN/RST in one direction and carry no late pure SYN, the result depends only on the sequence of
+   event kinds: each distinct sequence is replayed once (``_Template``) and shared, and the flow's own
+   anchors (ISNs, times, RTTs) are gathered column-wise. Other flows get their own ``TcpConn`` and
+   their events are walked one by one. A pure SYN with a new ISN on an existing flow starts a new flow
+   (Zeek's reuse rule); the rest of that flow's packets in the block are then walked one by one.
 4. counters (packets, IP and payload bytes per direction, retransmissions, out-of-order segments, zero
    windows) with ``np.bincount`` over (flow, direction); retransmission and out-of-order detection use a
    running maximum of the sequence space per (flow, direction) (``np.maximum.accumulate``).
+5. records are built column-wise into a ``FlowRecord`` ``Batch`` (per-flow Python only for text:
+   addresses, Community ID, conn_state/history).
 
 Definitions: a retransmission is a segment with payload whose end does not advance the highest sequence
 number seen in its direction (Zeek's rule); an out-of-order segment is one with payload that starts
@@ -24,7 +31,12 @@ beyond it (data before it is missing or late). Zero windows are counted on non-R
 Records are emitted when a flow ends (FIN both ways or RST, after ``linger_s`` of capture time so late
 ACKs and retransmissions are counted), after ``idle_timeout_s`` without packets, every
 ``interval_s`` for long flows (``final`` = 0, cumulative counters), when the flow table is full
-(``evicted``, the least recently active tenth goes), and at ``flush()`` (end of capture).
+(``evicted``, the least recently active tenth goes), and at ``flush()`` (end of capture). Blocks are
+metered in slices of ``sweep_every_s`` of capture time, so these rules follow capture time.
+
+Measured (bench/probe_speed.py, 1M packets, 63k flows, one core): about 0.4 s reading, 0.3 s decoding
+and 1.0 s metering of CPU time; the pcap record walk (one Python iteration per packet) and the per-flow
+Python above are what is left.
 """
 
 from __future__ import annotations
