@@ -2,8 +2,9 @@
 
 A flow is bidirectional and keyed by (capture point, outer VLAN, tunnel, protocol, the two endpoints
 as seen at that point), direction-normalised, so both directions of a connection meet in one flow.
-The originator is the sender of the first SYN (or of the first packet when no handshake is seen; a flow
-first seen as a SYN-ACK is flipped, history ``^``).
+The originator is the sender of the first SYN, else the sender of the flow's first packet, with roles
+flipped (history ``^``) when that packet is a SYN-ACK or, as Zeek's heuristic does, when it comes from a
+likely server port to a port that is not (``_flip_roles``).
 
 Per block the meter works on columns, not packets:
 
@@ -274,7 +275,7 @@ class FlowMeter:
         c = self.table.cols
         proto = block.proto[first].astype(np.int64)
         flags = block.tcp_flags[first].astype(np.int64)
-        flip = (proto == TCP) & ((flags & (SYN | ACK | RST)) == (SYN | ACK))
+        flip = _flip_roles(proto, flags, block.sport[first].astype(np.int64), block.dport[first].astype(np.int64))
         if keep_direction:
             flip[:] = False
         ts = block.ts_ns[first]
@@ -764,7 +765,7 @@ class FlowMeter:
                 close = close_type(state, reason, final, pr, int(values["synack_seq"][j]),
                                    int(values["rtt_client_us"][j]))  # fmt: skip
             else:
-                history = t.udp_history[s]
+                history = ("^" if flip and pr == UDP else "") + t.udp_history[s]
                 state = tcpstate.udp_conn_state(int(stats[j, 0]), int(stats[j, 1])) if pr == UDP else "OTH"
                 close = close_type(state, reason, final, pr, 0, 0)
             states.append(state)
@@ -851,6 +852,41 @@ def _note(at: dict[str, int], k: int, d: int, flags: int, length: int) -> None:
             at["synack"] = k
     elif d == 0 and flags & ACK and not flags & SYN and at["synack"] >= 0 and at["ack"] < 0:
         at["ack"] = k
+
+
+def _likely_server_ports() -> npt.NDArray[np.bool_]:
+    """An approximation of Zeek's ``likely_server_ports``: the well-known ports and common service ports."""
+    table = np.zeros(65536, np.bool_)
+    table[1:1024] = True
+    table[list(_SERVICE_PORTS)] = True
+    return table
+
+
+_SERVICE_PORTS: Final = (
+    1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 2379, 2380, 3128, 3306, 3389, 4789, 5060, 5061, 5222,
+    5432, 5672, 5900, 6081, 6379, 6443, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9042, 9090, 9092, 9200,
+    9418, 10250, 11211, 15000, 15001, 15006, 27017,
+)  # fmt: skip
+LIKELY_SERVER: Final = _likely_server_ports()
+
+
+def _flip_roles(proto: I64, flags: I64, sport: I64, dport: I64) -> npt.NDArray[np.bool_]:
+    """Whether a new flow's first packet came from its responder, so the roles flip (history ``^``).
+
+    TCP: a SYN-ACK first means the handshake names the roles (its sender is the server); another
+    first packet other than a pure SYN flips as Zeek's ``TCPAnalyzer::WantConnection`` does: when its
+    source port is a likely server port and its destination port is not (both likely: when the
+    source port is the lower one). UDP: source port likely, destination port not (Zeek's UDP rule).
+    """
+    src_likely, dst_likely = LIKELY_SERVER[sport], LIKELY_SERVER[dport]
+    tcp = proto == TCP
+    synack = (flags & (SYN | ACK | RST)) == (SYN | ACK)
+    pure_syn = (flags & (SYN | ACK)) == SYN
+    by_port = src_likely & (~dst_likely | (sport < dport))
+    tcp_flip = tcp & (synack | (~pure_syn & ((flags & SYN) == 0) & by_port))
+    udp_flip = (proto == UDP) & src_likely & ~dst_likely
+    flip: npt.NDArray[np.bool_] = tcp_flip | udp_flip
+    return flip
 
 
 def close_type(state: str, reason: str, final: bool, proto: int, synack_seq: int, rtt_client_us: int) -> str:

@@ -26,8 +26,8 @@ Tunnels and VLANs
 Per-packet flow membership (filled by the meter)
     ``flow_id[i]`` is the ``FlowRecord.flow_id`` of the flow packet ``i`` belongs to (0 for rows that are
     not ``ok``); ``from_orig[i]`` is True when the packet went originator -> responder (the originator is
-    the side that sent the first SYN, else the sender of the flow's first packet; a flow first seen as
-    a SYN-ACK is flipped so its originator is the SYN-ACK's receiver, as Zeek does). For one packet::
+    the side that sent the first SYN, else the receiver of a first SYN-ACK, else the sender of the flow's
+    first packet unless that came from a likely server port, as in Zeek). For one packet::
 
         fid = int(block.flow_id[i])          # the flow it belongs to
         orig_to_resp = bool(block.from_orig[i])

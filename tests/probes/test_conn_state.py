@@ -19,10 +19,8 @@ CASES = [
     ("rejected", [">S", "<RA"], "REJ", "Sr", "server_rst"),
     ("established", [">S", "<SA", ">A"], "S1", "ShA", "unfinished"),
     ("ack-missing", [">S", "<SA"], "S1", "Sh", "client_ack_miss"),
-    ("normal", [">S", "<SA", ">A", ">PA:100", "<A", "<PA:500", ">A", ">FA", "<FA", ">A"], "SF", "ShADadFf",
-     "normal"),
-    ("server-closes-first", [">S", "<SA", ">A", ">PA:10", "<PA:20", "<FA", ">FA", "<A"], "SF", "ShADdfFa",
-     "normal"),
+    ("normal", [">S", "<SA", ">A", ">PA:100", "<A", "<PA:500", ">A", ">FA", "<FA", ">A"], "SF", "ShADadFf", "normal"),
+    ("server-closes-first", [">S", "<SA", ">A", ">PA:10", "<PA:20", "<FA", ">FA", "<A"], "SF", "ShADdfFa", "normal"),
     ("orig-abort", [">S", "<SA", ">A", ">PA:10", ">R"], "RSTO", "ShADR", "client_rst"),
     ("resp-abort", [">S", "<SA", ">A", ">PA:10", "<R"], "RSTR", "ShADr", "server_rst"),
     ("syn-then-orig-rst", [">S", ">R"], "RSTOS0", "SR", "client_rst"),
@@ -33,6 +31,7 @@ CASES = [
     ("resp-fin-only", [">S", "<SA", ">A", "<FA"], "S3", "ShAf", "half_close"),
     ("midstream", [">PA:10", "<PA:10"], "OTH", "Dd", "unfinished"),
     ("midstream-acks", [">A", "<A"], "OTH", "Aa", "unfinished"),
+    ("midstream-server-first", ["<PA:10", ">PA:10"], "OTH", "^dD", "unfinished"),
     ("synack-first-then-ack", ["<SA", ">A", ">PA:5", "<FA", ">FA"], "SF", "^hADfF", "normal"),
     ("retransmission", [">S", "<SA", ">A", ">PA:100", ">PA!", "<A"], "S1", "ShADTa", "unfinished"),
     ("fin-rst", [">S", "<SA", ">A", ">FA", "<RA"], "RSTR", "ShAFr", "server_rst"),
@@ -96,8 +95,11 @@ def test_reused_tuple_starts_a_new_flow(tmp_path: Path) -> None:
     assert records[0].flow_id != records[1].flow_id
 
 
-@pytest.mark.parametrize(("orig", "resp", "state", "history"), [(2, 3, "SF", "Dd"), (3, 0, "S0", "D")])
+@pytest.mark.parametrize(
+    ("orig", "resp", "state", "history"), [(2, 3, "SF", "Dd"), (3, 0, "S0", "D"), (0, 2, "SHR", "^d")]
+)
 def test_udp_conn_state(tmp_path: Path, orig: int, resp: int, state: str, history: str) -> None:
     rec = meter(tmp_path, udp_packets(orig, resp))[0]
     assert (rec.conn_state, rec.history, rec.orig_pkts, rec.resp_pkts) == (state, history, orig, resp)
+    assert (rec.orig_h, rec.orig_p, rec.resp_p) == ("10.0.0.1", 5353, 53)  # the DNS server is the responder
     assert rec.orig_bytes == orig and rec.resp_bytes == 3 * resp
