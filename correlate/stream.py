@@ -88,7 +88,10 @@ _RECORD_TYPES: dict[str, type[Record]] = {"requests": RequestRecord, "flows": Fl
 _GUARD_LIMIT = 1_000_000
 #: A partition (or a stage) is idle only after this many polls without input, however long they
 #: took: a process that paused (stitching, waiting for the store) has not seen its input run dry.
-IDLE_POLLS = 3  # spans read back from the store after a restart, at most
+IDLE_POLLS = 3
+#: Kafka group session of the correlator's consumers (the broker's minimum): how long a group waits
+#: for a member that died without leaving before it hands the member's partitions to the others.
+SESSION_TIMEOUT_MS = 6000  # spans read back from the store after a restart, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +397,7 @@ class Watermark:
         self.assigned: set[TP] = set()
         #: (partition, relay) -> (promised watermark, wall time and poll when read)
         self._marks: dict[tuple[TP, str], tuple[int, float, int]] = {}
-        self.expiry_s = 4 * idle_s
+        self.expiry_s = 2 * idle_s
 
     def polled(self, lagging: set[TP]) -> None:
         """A poll of the stage happened; ``lagging``: partitions with records not yet polled."""
@@ -496,11 +499,23 @@ class GroupConsumer:
     """A ``KafkaRecordConsumer`` that also reports its partition assignment (rebalances)."""
 
     def __init__(self, bootstrap: str, group: str, tables: Iterable[str], prefix: str) -> None:
-        from hopscope.transport.kafka import KafkaRecordConsumer
+        from kafka import KafkaConsumer
+
+        from hopscope.transport.kafka import MAX_MESSAGE_BYTES, KafkaRecordConsumer
 
         tables = self.tables = list(tables)
         self.inner = KafkaRecordConsumer(bootstrap, group, tables=tables, prefix=prefix)
         self.stats = self.inner.stats
+        # The same consumer with a short session: a member killed with -9 is replaced after
+        # SESSION_TIMEOUT_MS, not kafka-python's 45 s. (KafkaRecordConsumer takes no consumer
+        # settings yet; asked of the transport's owner. The first consumer never joined the group.)
+        self.inner._consumer.close(autocommit=False)
+        self.inner._consumer = KafkaConsumer(
+            *[topic_of(t, prefix) for t in tables], bootstrap_servers=bootstrap, group_id=group,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=4 * MAX_MESSAGE_BYTES, session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+        )
         # A group leader without the topics' metadata assigns nothing (until the next metadata
         # refresh, minutes later): fetch it before the first poll joins the group.
         deadline = time.monotonic() + 15
@@ -708,8 +723,9 @@ class Relay:
     def held(self) -> int:
         return sum(len(b) for b in self.buffers.values())
 
-    def step(self) -> int:
-        deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+    def step(self, timeout_s: float | None = None) -> int:
+        timeout = self.settings.poll_timeout_s if timeout_s is None else timeout_s
+        deliveries = self.consumer.poll(timeout, self.settings.max_poll_records)
         _polled(self.consumer, self.watermark)
         self._assignment, _ = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
                                                 self.book, self.stats, self.watermark)
@@ -885,8 +901,9 @@ class StreamCorrelator:
 
     # --- input -----------------------------------------------------------------------------------
 
-    def poll_once(self) -> int:
-        deliveries = self.consumer.poll(self.settings.poll_timeout_s, self.settings.max_poll_records)
+    def poll_once(self, timeout_s: float | None = None) -> int:
+        timeout = self.settings.poll_timeout_s if timeout_s is None else timeout_s
+        deliveries = self.consumer.poll(timeout, self.settings.max_poll_records)
         _polled(self.consumer, self.watermark)
         self._assignment, added = _check_assignment(self.consumer, self._assignment, self.buffers.values(),
                                                     self.book, self.stats, self.watermark)

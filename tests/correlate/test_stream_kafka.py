@@ -187,7 +187,7 @@ def test_kill_9_mid_stream_and_restart(db: str, prefix: str) -> None:
     requests, flows = load(seed=9)
     batches = chunks(requests, flows, 20)
     proc = correlate(prefix, db, prefix)
-    publisher = threading.Thread(target=publish, args=(prefix, batches, 0.25))
+    publisher = threading.Thread(target=publish, args=(prefix, batches, 0.1))
     publisher.start()
     store = store_from_url(db)
     try:
