@@ -191,7 +191,9 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
     has_child = np.zeros(len(view.method), dtype=bool)
     has_child[links.parent[links.parent >= 0]] = True
     parents: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
-    for p in np.flatnonzero(~has_child).tolist():
+    # an upstream leg that ends at a non-proxy hop (sidecar -> app) never carries a request onwards
+    upstream_end = view.first_proxy & ~view.last_proxy
+    for p in np.flatnonzero(~has_child & ~upstream_end).tolist():
         key = (view.last_host[p], view.method[p], view.path[p], view.http_host[p])
         parents[key].append((int(view.req_last_ns[p]), p))
     children: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
@@ -219,18 +221,41 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
     downstream's, same status) catch the exceptions seen in the lab. No sum of turnarounds can
     decide: over a complete matching every such sum is the same. A downstream leg answered before an
     upstream leg left is closed for it and every later one, so a leg the proxy answered itself does
-    not shift every later pair. When two requests reached the proxy within ``proxy_order_jitter_us``
-    of each other, or a pair had to be moved, the link gets the ambiguous confidence.
+    not shift every later pair. Legs that reached the proxy within ``proxy_order_jitter_us`` of each
+    other are in no reliable order: among them the one whose response hand-over (downstream response
+    out minus upstream response in) is nearest this proxy's usual one wins, and the link gets the
+    ambiguous confidence (so does a pair that had to be moved).
     """
     slack = settings.nesting_slack_us * 1000
     window = (settings.proxy_gap_us * 1000, slack, settings.proxy_order_jitter_us * 1000)
     times = [t for t, _ in plist]
-    free = _NextFree(len(plist))
+    first_pass = _fifo(view, plist, times, kids, groups, window, None)
+    handovers = [h for _, _, h in first_pass if h is not None]
+    usual = int(np.median(handovers)) if handovers else None
     owner: dict[int, int] = {}  # plist index -> child segment
+    chosen_of = {s: i for s, i, _ in _fifo(view, plist, times, kids, groups, window, usual)}
     left: list[tuple[int, int]] = []
     made = 0
     for t, s in kids:
-        i = free.find(bisect.bisect_left(times, t - window[0]))
+        i = chosen_of.get(s, -1)
+        if i < 0 or groups.find(plist[i][1]) == groups.find(s):
+            left.append((t, s))
+            continue
+        owner[i] = s
+        _link_nested(links, groups, plist[i][1], s, _has_rival(view, plist, times, i, s, window))
+        made += 1
+    return made + _place_left(view, plist, times, left, owner, links, groups, window)
+
+
+def _fifo(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kids: list[tuple[int, int]],
+          groups: _UnionFind, window: tuple[int, int, int], usual: int | None) -> list[tuple[int, int, int | None]]:
+    """(child, plist index, response hand-over ns) of the arrival-order assignment; ties within the
+    jitter go to the hand-over nearest ``usual`` (when known)."""
+    gap, slack, _ = window
+    free = _NextFree(len(plist))
+    out: list[tuple[int, int, int | None]] = []
+    for t, s in kids:
+        i = free.find(bisect.bisect_left(times, t - gap))
         hi = bisect.bisect_right(times, t + slack)
         chosen, skipped = -1, 0
         while i < hi and skipped < NESTED_CANDIDATES:
@@ -245,31 +270,33 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
                 skipped += 1
             i = free.find(i + 1)
         if chosen < 0:
-            left.append((t, s))
             continue
-        chosen = _tightest_among_ties(view, plist, times, free, chosen, s, window)
+        if usual is not None:
+            chosen = _usual_among_ties(view, plist, times, free, chosen, s, window, usual)
         free.take(chosen)
-        owner[chosen] = s
-        _link_nested(links, groups, plist[chosen][1], s, _has_rival(view, plist, times, chosen, s, window))
-        made += 1
-    return made + _place_left(view, plist, times, left, owner, links, groups, window)
+        out.append((s, chosen, _handover(view, plist[chosen][1], s)))
+    return out
 
 
-def _tightest_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: list[int], free: _NextFree,
-                         chosen: int, s: int, window: tuple[int, int, int]) -> int:
+def _handover(view: SegmentView, p: int, s: int) -> int | None:
+    rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])
+    return rp - rs if rp and rs else None
+
+
+def _usual_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: list[int], free: _NextFree,
+                      chosen: int, s: int, window: tuple[int, int, int], usual: int) -> int:
     """Among open legs that reached the proxy within the jitter of the oldest fitting one (their
-    order is noise), the one whose response left soonest after the upstream response came back."""
+    order is noise), the one whose response hand-over is nearest the proxy's usual one."""
     _, slack, jitter = window
-    rs = int(view.resp_first_ns[s])
-    if not rs:
+    h = _handover(view, plist[chosen][1], s)
+    if h is None:
         return chosen
-    best, best_gap = chosen, int(view.resp_last_ns[plist[chosen][1]]) - rs
+    best, best_dev = chosen, abs(h - usual)
     i = free.find(chosen + 1)
     while i < len(times) and times[i] - times[chosen] <= jitter:
-        p = plist[i][1]
-        gap_ns = int(view.resp_last_ns[p]) - rs
-        if (0 <= gap_ns < best_gap or best_gap < 0 <= gap_ns) and _child_fits(view, p, s, slack):
-            best, best_gap = i, gap_ns
+        h = _handover(view, plist[i][1], s)
+        if h is not None and abs(h - usual) < best_dev and _child_fits(view, plist[i][1], s, slack):
+            best, best_dev = i, abs(h - usual)
         i = free.find(i + 1)
     return best
 
@@ -290,8 +317,8 @@ def _open_candidates(view: SegmentView, plist: list[tuple[int, int]], times: lis
     gap, slack, _ = window
     out: list[int] = []
     i = bisect.bisect_right(times, t + slack) - 1
-    stop = max(-1, i - 4 * NESTED_CANDIDATES)
-    while i > stop and times[i] >= t - gap and len(out) < NESTED_CANDIDATES:
+    stop = max(-1, i - NESTED_CANDIDATES)
+    while i > stop and times[i] >= t - gap and len(out) < REPAIR_CANDIDATES:
         p = plist[i][1]
         answered_ns = int(view.resp_last_ns[p])
         if not (answered_ns and answered_ns < t - slack) and _child_fits(view, p, s, slack):
@@ -342,7 +369,8 @@ def _link_nested(links: Links, groups: _UnionFind, p: int, s: int, ambiguous: bo
     links.confidence[s] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[Reason.PROXY_NESTED]
 
 
-NESTED_CANDIDATES = 64
+NESTED_CANDIDATES = 64  # open downstream legs tried per upstream leg
+REPAIR_CANDIDATES = 8  # pairs considered for moving when an upstream leg found none
 
 
 class _NextFree:
