@@ -63,3 +63,11 @@ def test_analyze_summary_names_links_and_failures(tmp_path: Path, capsys: pytest
 def test_analyze_rejects_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@needs_lab
+def test_analyze_draws_a_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["analyze", str(LAB / "client1-pod.pcap"), str(LAB / "nodeB.pcap"), "--no-store", "--progress", "on"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "100.0%" in err and "MB/s" in err
