@@ -9,7 +9,13 @@ The engine (``Correlator``) takes record batches from any number of capture poin
 - ``proxy``: links segments across L7 proxies (``proxy:x-request-id``, ``proxy:traceparent``,
   ``proxy:b3``, ``proxy:nested``).
 - ``clock``: estimates clock offsets between capture points from the same packets seen both ways.
-- ``assemble``: orders hops along the path, computes per-link latency and pins loss to links.
+- ``order``: puts each segment's hops in path order by residence time (no clock needed).
+- ``assemble``: walks the proxy tree, computes per-link latency, pins loss to links, makes ids.
+
+Around it: ``capture`` (a capture file through the probes into records), ``report`` (the analyze
+JSON and summary), ``evaluate`` (precision and recall against a lab manifest), ``synthetic`` (a
+multi-hop load with ground truth), ``cli`` (``hopscope analyze``). Settings with units:
+``CorrelateSettings``. Streaming (``stream``, ``stream_cli``) belongs to its own owner.
 """
 
 from hopscope.correlate.engine import Correlator, StitchResult
