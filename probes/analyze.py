@@ -90,10 +90,10 @@ def iter_capture(
 
 def analyze_capture(
     path: str | os.PathLike[str], points: Mapping[str, str] | None = None, config: MeterConfig | None = None,
-    keep_blocks: bool = False, host: str = "", hop_kind: str = "",
+    keep_blocks: bool = False, host: str = "", hop_kind: str = "", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> CaptureResult:  # fmt: skip
     """Read, decode and meter a whole file; ``keep_blocks`` keeps the decoded blocks (memory!)."""
-    analyzer = CaptureAnalyzer(path, points, config, host=host, hop_kind=hop_kind)
+    analyzer = CaptureAnalyzer(path, points, config, host=host, hop_kind=hop_kind, chunk_bytes=chunk_bytes)
     batches: list[Batch] = []
     blocks: list[PacketBlock] = []
     for block, closed in analyzer.run():

@@ -102,6 +102,10 @@ class MeterConfig:
 
 
 PerRow = tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
+#: A flow's event sequence is replayed from a shared template while it is shorter than this (beyond,
+#: the flow gets its own state machine), and the template cache is emptied beyond MAX_TEMPLATES.
+MAX_SIG: Final = 48
+MAX_TEMPLATES: Final = 200_000
 
 
 class FlowMeter:
@@ -438,57 +442,79 @@ class FlowMeter:
         bad_groups = np.unique(ev_group[bad])
         groups = np.setdiff1d(ev_group[first_ev], bad_groups, assume_unique=True)
         tcp_states = self.table.tcp
-        cand = [g for g in groups.tolist() if tcp_states[seg_slots[g]] is None]
+        prior = {g: tcp_states[seg_slots[g]] for g in groups.tolist()}
+        cand = [g for g, st in prior.items() if st is None or (type(st) is _Template and len(st.sig) < MAX_SIG)]
         if not cand:
             return set()
         codes = (fo.astype(np.int64) | ((flags & SYN) != 0) << 1 | ((flags & ACK) != 0) << 2
                  | ((flags & FIN) != 0) << 3 | ((flags & RST) != 0) << 4 | (plen > 0) << 5 | letters << 6)  # fmt: skip
         sigs = codes.astype(np.uint8).tobytes()
-        bounds = np.searchsorted(ev_group, np.array(cand), side="left")
-        ends = np.searchsorted(ev_group, np.array(cand), side="right")
+        bounds = np.searchsorted(ev_group, np.array(cand), side="left").tolist()
+        ends = np.searchsorted(ev_group, np.array(cand), side="right").tolist()
         templates = self._templates
+        if len(templates) > MAX_TEMPLATES:
+            templates.clear()
+        taken: list[int] = []
         chosen: list[_Template] = []
-        for a, b in zip(bounds.tolist(), ends.tolist(), strict=True):
-            sig = sigs[a:b]
+        shift: list[int] = []
+        known: list[int] = []  # events of the sequence seen in earlier blocks
+        for g, a, b in zip(cand, bounds, ends, strict=True):
+            part, before = sigs[a:b], prior[g]
+            if before is not None and not before.continues(part):
+                continue  # a SYN or a repeated SYN/FIN/RST: the packet-by-packet path decides
+            sig = part if before is None else before.sig + part
             template = templates.get(sig)
             if template is None:
                 template = templates[sig] = _Template(sig)
+            taken.append(g)
             chosen.append(template)
-        cand_slots = np.array([seg_slots[g] for g in cand], np.int64)
+            known.append(0 if before is None else len(before.sig))
+            shift.append(a - known[-1])
+        if not taken:
+            return set()
+        cand_slots = np.array([seg_slots[g] for g in taken], np.int64)
         for slot, template in zip(cand_slots.tolist(), chosen, strict=True):
             tcp_states[slot] = template
         offsets = np.array([t.offsets for t in chosen], np.int64).reshape(len(chosen), len(_Template.OFFSETS))
-        at = np.where(offsets >= 0, offsets + bounds[:, None], -1)
-        self._template_anchors(block, rows[ev], plen, cand_slots, at)
+        new = offsets >= np.array(known, np.int64)[:, None]  # set by this block's events (-1 never is)
+        at = np.where(new, offsets + np.array(shift, np.int64)[:, None], -1)
+        self._template_anchors(block, rows[ev], plen, cand_slots, at, offsets)
         self._template_hashes(block, rows[ev], cand_slots, at)
-        return set(cand)
+        return set(taken)
 
-    def _template_anchors(self, block: PacketBlock, ev_rows: I64, plen: I64, slots: I64, at: I64) -> None:
-        """Write the per-flow anchors of template flows (event indices ``at``) into the table."""
+    def _template_anchors(self, block: PacketBlock, ev_rows: I64, plen: I64, slots: I64, at: I64, offsets: I64) -> None:
+        """Write the anchors of template flows that this block's events set (event indices ``at``, -1:
+        not set here; ``offsets``: their place in the whole sequence) into the table."""
         c = self.table.cols
         seq = block.seq[ev_rows].astype(np.int64)
         ts = block.ts_ns[ev_rows]
         col = {name: k for k, name in enumerate(_Template.OFFSETS)}
 
-        def pick(name: str, values: I64, missing: int) -> I64:
+        def put(column: str, name: str, values: I64, d: int | None = None) -> npt.NDArray[np.bool_]:
             idx = at[:, col[name]]
-            return np.where(idx >= 0, values[np.maximum(idx, 0)], missing)
+            has = idx >= 0
+            if d is None:
+                c[column][slots[has]] = values[idx[has]]
+            else:
+                c[column][slots[has], d] = values[idx[has]]
+            return has
 
         for d in (0, 1):
-            c["first_seq"][slots, d] = pick(f"first{d}", seq, -1)
-            c["last_syn"][slots, d] = pick(f"syn{d}", seq, -1)
-            c["last_fin"][slots, d] = pick(f"fin{d}", (seq + plen) & 0xFFFFFFFF, -1)
-            c["last_rst"][slots, d] = pick(f"rst{d}", seq, -1)
-        syn_ns, synack_ns, ack_ns = pick("syn", ts, 0), pick("synack", ts, 0), pick("ack", ts, 0)
-        c["syn_seq"][slots] = pick("syn", seq, 0)
-        c["syn_ip_id"][slots] = pick("syn", block.ip_id[ev_rows].astype(np.int64), 0)
-        c["syn_ns"][slots] = syn_ns
-        c["synack_seq"][slots] = pick("synack", seq, 0)
-        c["synack_ns"][slots] = synack_ns
-        syn_first = (at[:, col["syn"]] >= 0) & (at[:, col["syn"]] < at[:, col["synack"]])
-        c["rtt_server_us"][slots] = np.where(syn_first, np.maximum((synack_ns - syn_ns) // 1000, 0), 0)
-        has_ack = at[:, col["ack"]] >= 0
-        c["rtt_client_us"][slots] = np.where(has_ack, np.maximum((ack_ns - synack_ns) // 1000, 1), 0)
+            put("first_seq", f"first{d}", seq, d)
+            put("last_syn", f"syn{d}", seq, d)
+            put("last_fin", f"fin{d}", (seq + plen) & 0xFFFFFFFF, d)
+            put("last_rst", f"rst{d}", seq, d)
+        put("syn_seq", "syn", seq)
+        put("syn_ip_id", "syn", block.ip_id[ev_rows].astype(np.int64))
+        put("syn_ns", "syn", ts)
+        put("synack_seq", "synack", seq)
+        new_synack = put("synack_ns", "synack", ts)
+        syn_before = (offsets[:, col["syn"]] >= 0) & (offsets[:, col["syn"]] < offsets[:, col["synack"]])
+        server = slots[new_synack & syn_before]
+        c["rtt_server_us"][server] = np.maximum((c["synack_ns"][server] - c["syn_ns"][server]) // 1000, 0)
+        ack = at[:, col["ack"]]
+        client = slots[ack >= 0]
+        c["rtt_client_us"][client] = np.maximum((ts[ack[ack >= 0]] - c["synack_ns"][client]) // 1000, 1)
         closed = at[:, col["closed"]]
         closing = slots[closed >= 0]
         c["closed_ns"][closing] = ts[closed[closed >= 0]]
@@ -801,9 +827,11 @@ class _Template:
         "first0", "first1", "syn0", "syn1", "fin0", "fin1", "rst0", "rst1", "data0", "data1", "syn", "synack",
         "ack", "closed",
     )  # fmt: skip
-    __slots__ = ("conn_states", "histories", "offsets", "states", "tcp")
+    __slots__ = ("conn_states", "histories", "offsets", "sig", "states", "tcp", "typed")
 
     def __init__(self, sig: bytes) -> None:
+        self.sig = sig
+        self.typed = _typed(sig)
         st = TcpConn()
         at = dict.fromkeys(self.OFFSETS, -1)
         for k, code in enumerate(sig):
@@ -829,10 +857,25 @@ class _Template:
         )  # fmt: skip
         self.tcp = st
 
+    def continues(self, part: bytes) -> bool:
+        """Whether ``sig + part`` still qualifies: no pure SYN and no SYN/FIN/RST repeated per direction."""
+        if any(code & 0b110 == 0b010 for code in part):
+            return False
+        added = _typed(part)
+        return not (added & self.typed) and len(added) == sum(1 for c in part if c & 0b11010 in _SINGLE)
+
     def copy_states(self, st: TcpConn) -> None:
         for ep, (state, prev, seen, did_close) in zip((st.orig, st.resp), self.states, strict=True):
             ep.state, ep.prev, ep.seen, ep.did_close = state, prev, seen, did_close
         st.history = list(self.tcp.history)
+
+
+_SINGLE: Final = (0b00010, 0b01000, 0b10000)  # event code bits of a lone SYN, FIN, RST
+
+
+def _typed(sig: bytes) -> frozenset[int]:
+    """The (direction, lone SYN/FIN/RST) kinds in an event sequence, as ``code & 0b11011``."""
+    return frozenset(code & 0b11011 for code in sig if code & 0b11010 in _SINGLE)
 
 
 def _note(at: dict[str, int], k: int, d: int, flags: int, length: int) -> None:
