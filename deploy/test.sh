@@ -12,12 +12,13 @@ bash deploy/setup.sh
 bash deploy/kafka/start.sh
 bash deploy/clickhouse/start.sh
 
+failed=()
 echo "test: ruff"
-.venv/bin/ruff check .
+.venv/bin/ruff check . || failed+=(ruff)
 echo "test: mypy"
 # Checked as installed (setup.sh's strict editable install links every module into one tree), from
 # outside the repository, so probes/, store/, ... are seen under their real names hopscope.probes, ...
-(cd / && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" -p hopscope)
+(cd / && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" -p hopscope) || failed+=(mypy)
 echo "test: pytest"
 # Services were started above: a test that cannot reach one fails instead of skipping.
 export HOPSCOPE_REQUIRE_SERVICES=1
@@ -28,4 +29,9 @@ set -e
 if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests" >&2
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || failed+=(pytest)
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "test: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test: all passed (ruff, mypy, pytest)"

@@ -44,7 +44,8 @@ def _drain(consumer: KafkaRecordConsumer, want: int, deadline_s: float = 30.0) -
 def test_split_keeps_a_connection_on_one_partition() -> None:
     batch = _flows(1000, seed=1)
     # The same ISN observed at three points (NAT changed everything else) lands on one partition.
-    same = Batch.from_records(FlowRecord, [FlowRecord(point=p, syn_seq=1234567, flow_id=i) for i, p in enumerate("abc")])
+    observations = [FlowRecord(point=p, syn_seq=1234567, flow_id=i) for i, p in enumerate("abc")]
+    same = Batch.from_records(FlowRecord, observations)
     assert len(set(partition_of(correlation_keys(same), 4).tolist())) == 1
     parts = split_by_partition(batch, 4)
     assert sorted(p for p, _ in parts) == [0, 1, 2, 3]
