@@ -96,31 +96,13 @@ def plan_points(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hopscope.correlate.capture import read_point
     from hopscope.correlate.engine import Correlator
-    from hopscope.correlate.progress import Progress
     from hopscope.correlate.report import evaluation_text, summary_text, traces_json
-    from hopscope.records import Batch, FlowRecord, RequestRecord
 
     plan = plan_points(args)
-    total = sum(os.path.getsize(f) for _, f, _, _ in plan)
-    bar = Progress(total, args.progress)
-    flows, requests = [], []
-    for name, path, kind, host in plan:
-        bar.label = name
-        got = read_point(path, name, kind, host, progress=bar.advance)
-        log.info("point %s: %d packets, %d flow and %d request records", name, got.packets,
-                 len(got.flows), len(got.requests))
-        flows.append(got.flows)
-        requests.append(got.requests)
-    bar.close()
-    flow_batch = Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0)
-    req_batch = Batch.concat(requests) if requests else Batch(RequestRecord, {}, 0)
+    flow_batch, req_batch = _read_all(plan, args.progress)
     settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
     result = Correlator(settings, {n: k for n, _, k, _ in plan if k}).stitch(req_batch, flow_batch)
-    if not args.no_store:
-        _store(args.store, {"flows": flow_batch, "requests": req_batch, "spans": result.spans,
-                            "traces": result.traces})
     evaluation = _evaluate(args.manifest, result, req_batch) if args.manifest else None
     if args.format == "json":
         doc = traces_json(result)
@@ -134,7 +116,31 @@ def run(args: argparse.Namespace) -> int:
             fh.write(text)
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()
+    if not args.no_store:  # after the output: a store that cannot be opened does not cost the result
+        _store(args.store, {"flows": flow_batch, "requests": req_batch, "spans": result.spans,
+                            "traces": result.traces})
     return 0
+
+
+def _read_all(plan: list[tuple[str, str, str, str]], progress: str) -> tuple[Any, Any]:
+    """Flow and request records of every capture, with a progress bar over their bytes."""
+    from hopscope.correlate.capture import read_point
+    from hopscope.correlate.progress import Progress
+    from hopscope.records import Batch, FlowRecord, RequestRecord
+
+    bar = Progress(sum(os.path.getsize(f) for _, f, _, _ in plan), progress)
+    flows, requests = [], []
+    for name, path, kind, host in plan:
+        bar.label = name
+        got = read_point(path, name, kind, host, progress=bar.advance)
+        log.info("point %s: %d packets, %d flow and %d request records", name, got.packets,
+                 len(got.flows), len(got.requests))
+        flows.append(got.flows)
+        requests.append(got.requests)
+    bar.close()
+    return (Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0),
+            Batch.concat(requests) if requests else Batch(RequestRecord, {}, 0))
 
 
 def _store(url: str | None, tables: dict[str, Any]) -> None:
