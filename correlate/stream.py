@@ -1,14 +1,20 @@
 """Streaming correlation over Kafka (``hopscope correlate --kafka``): windows, two stages, at least once.
 
 **Windows** (``StreamCorrelator``). Records are buffered; each pass runs the offline engine
-(``Correlator.stitch``) on everything buffered. A trace is *complete* when every record it used is
-older than the event-time watermark (newest record time seen, capped at ``max_future_us`` past the
-wall clock, minus ``lateness_us``); an L4 trace also needs each of its flows reported final, or
-quiet for ``flow_idle_us``, so a connection that may still carry requests never becomes an L4
-trace. Complete traces are written, their records leave the buffer, the rest waits for late and
-out-of-order records. A record time is its latest timestamp (``resp_last_ns``, a flow's ``end_ns``):
-the probe cannot have reported it earlier. When no record arrived for ``idle_flush_s`` of wall time
-the input is taken to have ended and everything is written.
+(``Correlator.stitch``) on everything buffered. A record's time is its latest timestamp
+(``resp_last_ns``, a flow's ``end_ns``): the probe cannot have reported it earlier. A trace is
+*complete* when its newest record is ``trace_spread_us`` older than the watermark (the records of
+one trace lie within that spread, so those still to come are older than the watermark: already
+sent); an L4 trace also needs each of its flows reported final, or quiet for ``flow_idle_us``, so a
+connection that may still carry requests never becomes an L4 trace. Complete traces are written,
+their records leave the buffer, the rest waits. The watermark is event time: per partition, the
+newest record time read there (capped at ``max_future_us`` past the wall clock); the stage's
+watermark is the least over partitions that are not idle, minus ``lateness_us`` (a consumer reads
+partitions unevenly: one partition's newest says nothing of another's; a partition with records
+still to fetch and none read holds everything back). A partition, or the whole stage, is idle after
+``idle_flush_s`` and ``IDLE_POLLS`` polls without input and with nothing left to fetch (position =
+high watermark), so a long pass or a store outage is never taken for the end of the input; an idle
+stage writes everything.
 
 **Two stages** (``StreamPipeline``, what ``hopscope correlate`` runs). The probes key every record by
 its NAT-invariant key (the client ISN), so all observations of one TCP connection reach one
@@ -21,11 +27,19 @@ partition; but a sidecar proxy's two legs are two connections, on two partitions
   without requests the smallest ``rtt_server_us``, else the latest start). The decision is cached per
   connection, so every request of a keep-alive connection follows the first. Records go on unchanged
   to ``<prefix>.s2.requests|flows`` keyed by that host (Kafka's murmur2 partitioner: one host, one
-  partition, in every process); the relay commits its input only after the publish was flushed
-  (acks=all).
-- Stage 2 is a ``StreamCorrelator`` (group ``<group>-s2``) on the stage-2 topics with a shorter
-  lateness (``relay_lateness_us``: the skew between relays of different processes; the relays
-  release in event-time order already). Both legs of a proxy end on the proxy's host: they meet.
+  partition, in every process), in event-time slices; then the relay writes a *watermark marker* to
+  every stage-2 partition (a one-row request batch, point ``MARKER_POINT``, host = the relay's
+  name, ``req_first_ns`` = its watermark: "everything older was sent, before this marker"), flushes
+  (acks=all) and only then commits its input.
+- Stage 2 is a ``StreamCorrelator`` (group ``<group>-s2``) on the stage-2 topics whose watermark is
+  the least marker over the relays heard from and the partitions it reads: exact, however the relays
+  of several processes lag each other (a relay silent for twice the idle time is dropped: it died,
+  or said "everything"). Both legs of a proxy end on the proxy's host: they meet.
+
+The lead's design had stage 2 use its own record-time watermark; under load that passed records a
+slower relay (or an unread partition) had still to deliver, and wrote partial traces. Markers are the
+usual cure for a shuffle (watermarks flow with the data); ``relay_lateness_us`` remains only for
+input without markers.
 
 **Delivery.** Stage 2 writes the raw requests and flows that leave its buffer, then the spans, then
 the traces, and only then commits, per partition, up to the oldest message with a record still
@@ -37,7 +51,9 @@ republishes what it released but had not committed). So a record is dropped when
 stored span: those this process wrote are remembered (``dedup_horizon_us`` of event time); after
 (re)gaining partitions, the spans stored since shortly before the first replayed record are read
 once from the store. Duplicates within the buffer are dropped too (the engine would take a record
-seen twice at one hop for two requests).
+seen twice at one hop for two requests). Partitions taken away by a rebalance are dropped from the
+buffers (their new owner replays them). The consumers' group session is ``SESSION_TIMEOUT_MS``, so a
+correlator killed with -9 hands its partitions over within seconds.
 
 **Bounds.** Beyond ``max_buffer_records`` per stage the oldest records are forced out (stage 1
 releases them with the best decision so far; stage 2 writes their traces as they are). Nothing leaves
@@ -46,10 +62,16 @@ counted in ``StreamStats``.
 
 **Limitations.** Proxies chained across hosts are linked only where their legs share a rendezvous
 host (A -> envoy@B -> envoy@C -> app@C links at C only). All traffic to one server host goes through
-one stage-2 partition. A record later than the lateness makes a trace of its own. A request written
-before its flow's reset report arrived misses the reset mark the offline engine gives it. After a
-restart, flows of connections whose requests were written before the crash, seen at points without
-request records, can become L4 traces.
+one stage-2 partition (a refinement: key by host, method and path, which both proxy matchers require
+to agree, once flows can follow every request of their connection). A record later than the
+lateness, or a trace spreading wider than ``trace_spread_us`` (a hop that never saw a long request's
+response), can make a trace of its own. Proxy links by timing (``proxy:nested``, no shared id) pick
+among candidates by the most common turnaround of what is buffered, so near a window's edge they can
+pair differently from the offline engine. A request written before its flow's reset report arrived
+misses the reset mark the offline engine gives it. After a restart, flows of connections whose
+requests were written before the crash, seen at points without request records, can become L4
+traces. Interleaving both stages in one loop keeps them on one core; a thread per stage would gain
+little under the GIL.
 """
 
 from __future__ import annotations
@@ -110,7 +132,8 @@ class StreamSettings:
     #: Records a stage may hold; beyond, the oldest are forced out (counted).
     max_buffer_records: int = 2_000_000
     poll_timeout_s: float = 0.05
-    max_poll_records: int = 200_000
+    #: Records asked of one poll (the transport counts 500 records a message; messages often hold more)
+    max_poll_records: int = 10_000
     #: Wall time between two stitch passes (or relay releases) while input keeps arriving.
     stitch_every_s: float = 0.5
     #: Wall time without input after which everything held is written (end of stream); stage 2 of
@@ -1212,7 +1235,11 @@ class StreamPipeline:
         idle_since = time.monotonic()
         try:
             while not stop.is_set():
-                got = self.relay.step() + self.stitcher.poll_once()
+                # Stage 2 first: the relay reads on only when stage 2 has fetched what it was sent
+                # (one core: a relay far ahead only fills buffers).
+                got = self.stitcher.poll_once()
+                if not self.stitcher.watermark.lagging or not got:
+                    got += self.relay.step()
                 self.stitcher.maybe_stitch(stop)
                 joining = not self.relay._assignment  # after a crash: until the dead member expired
                 if got or self.held() or joining:
