@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hopscope.probes import tcpstate
-from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_id
+from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_ids
 from hopscope.probes.flowtable import NO_SEQ, STAT_NAMES, FlowTable
 from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
 from hopscope.probes.tcpstate import TcpConn
@@ -130,7 +130,7 @@ class FlowMeter:
         self._pending: list[Batch] = []
         self._closing: set[int] = set()
         self._retiring: list[int] = []
-        self._addr_text: dict[tuple[int, int], tuple[str, bytes]] = {}
+        self._addr_text: dict[tuple[int, int], str] = {}
         self._templates: dict[bytes, _Template] = {}
         self._now_ns = 0
         self._next_sweep_ns = 0
@@ -523,14 +523,15 @@ class FlowMeter:
     def _template_hashes(self, block: PacketBlock, ev_rows: I64, slots: I64, at: I64) -> None:
         """Payload hashes of the first payload of each direction of template flows."""
         limit = self.config.payload_hash_bytes
-        hashes = self.table.payload_hash
         for d in (0, 1):
             idx = at[:, _Template.OFFSETS.index(f"data{d}")]
             has = np.flatnonzero(idx >= 0)
             rows = ev_rows[idx[has]]
-            keep = block.payload_caplen[rows] > 0
-            for slot, i in zip(slots[has][keep].tolist(), rows[keep].tolist(), strict=True):
-                hashes[slot, d] = payload_hash(block.payload_view(i, limit))
+            caplen = block.payload_caplen[rows].astype(np.int64)
+            keep = caplen > 0
+            rows = rows[keep]
+            hashes = payload_hashes(block.buf, block.payload_off[rows], np.minimum(caplen[keep], limit))
+            self.table.payload_hash[slots[has][keep], d] = hashes
 
     def _materialize(self, slot: int, template: _Template) -> TcpConn:
         """A flow's own TcpConn from its template and the last SYN/FIN/RST seqs kept in the table."""
@@ -729,28 +730,37 @@ class FlowMeter:
             self._closing.discard(s)
         self.table.release(slots)
 
-    def _addresses(self, hi: U64, lo: U64) -> tuple[list[str], list[bytes]]:
-        """Text and packed forms of addresses (cached: a capture repeats its addresses)."""
+    def _addresses(self, hi: U64, lo: U64) -> list[str]:
+        """Text form of addresses, each distinct address formatted once (cached: a capture repeats them)."""
         cache = self._addr_text
         if len(cache) > 1_000_000:
             cache.clear()
-        text, packed = [], []
-        for pair in zip(hi.tolist(), lo.tolist(), strict=True):
+        if len(hi) == 0:
+            return []
+        if hi.any():  # IPv6 present: distinct (hi, lo) pairs
+            pairs = np.empty(len(hi), [("hi", np.uint64), ("lo", np.uint64)])
+            pairs["hi"], pairs["lo"] = hi, lo
+            uniq, inverse = np.unique(pairs, return_inverse=True)
+            keys = list(zip(uniq["hi"].tolist(), uniq["lo"].tolist(), strict=True))
+        else:  # IPv4-mapped (or IPv6 with a zero upper half): distinct lower halves
+            low, inverse = np.unique(lo, return_inverse=True)
+            keys = [(0, v) for v in low.tolist()]
+        texts = []
+        for pair in keys:
             known = cache.get(pair)
             if known is None:
                 raw = packed_addr(*pair)
-                addr = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-                known = cache[pair] = (addr, raw)
-            text.append(known[0])
-            packed.append(known[1])
-        return text, packed
+                known = cache[pair] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+            texts.append(known)
+        out: list[str] = np.array(texts, object)[inverse.reshape(-1)].tolist()
+        return out
 
     def _batch(self, slots: I64, final: bool, reasons: list[str]) -> Batch:
         """A FlowRecord batch of the flows in ``slots``."""
         t, c, n = self.table, self.table.cols, len(slots)
         proto = c["proto"][slots]
-        orig_h, orig_raw = self._addresses(c["orig_hi"][slots], c["orig_lo"][slots])
-        resp_h, resp_raw = self._addresses(c["resp_hi"][slots], c["resp_lo"][slots])
+        orig_h = self._addresses(c["orig_hi"][slots], c["orig_lo"][slots])
+        resp_h = self._addresses(c["resp_hi"][slots], c["resp_lo"][slots])
         point_ids = c["point"][slots].tolist()
         cols: dict[str, Any] = {
             "point": [self.point_names[p] for p in point_ids],
@@ -767,7 +777,7 @@ class FlowMeter:
         cols["orig_payload_hash"] = t.payload_hash[slots, 0]
         cols["resp_payload_hash"] = t.payload_hash[slots, 1]
         cols.update(self._tcp_columns(slots, proto, stats, reasons, final))
-        cols["community_id"] = self._community_ids(slots, proto, orig_raw, resp_raw)
+        cols["community_id"] = self._community_ids(slots, proto)
         return Batch(FlowRecord, cols, n)
 
     def _tcp_columns(self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool) -> dict[str, Any]:
@@ -776,42 +786,47 @@ class FlowMeter:
         anchors = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
         values = {a: c[a][slots] for a in anchors}
         sized = ((stats[:, 2] > 0) | (stats[:, 3] > 0)).tolist()
-        states, histories, closes = [], [], []
-        rows = zip(slots.tolist(), proto.tolist(), c["flipped"][slots].tolist(), sized, reasons, strict=True)
-        for j, (s, pr, flip, any_bytes, reason) in enumerate(rows):
-            st = t.tcp[s]
+        states, histories = [], []
+        tcp = [t.tcp[s] for s in slots.tolist()]
+        rows = zip(slots.tolist(), proto.tolist(), c["flipped"][slots].tolist(), sized, tcp, strict=True)
+        for j, (s, pr, flip, any_bytes, st) in enumerate(rows):
             if type(st) is _Template:
                 history = st.histories[flip]
                 state = st.conn_states[flip][any_bytes]
-                close = close_type(state, reason, final, pr, int(values["synack_seq"][j]),
-                                   int(values["rtt_client_us"][j]))  # fmt: skip
             elif pr == TCP and st is not None:
                 history = st.history_text(flip)
                 state = st.conn_state(int(stats[j, 2]), int(stats[j, 3]), history)
-                close = close_type(state, reason, final, pr, int(values["synack_seq"][j]),
-                                   int(values["rtt_client_us"][j]))  # fmt: skip
             else:
                 history = ("^" if flip and pr == UDP else "") + t.udp_history[s]
                 state = tcpstate.udp_conn_state(int(stats[j, 0]), int(stats[j, 1])) if pr == UDP else "OTH"
-                close = close_type(state, reason, final, pr, 0, 0)
             states.append(state)
             histories.append(history)
+        ack_miss = (values["synack_seq"] != 0) & (values["rtt_client_us"] == 0)
+        keys = zip(states, reasons, (proto == TCP).tolist(), ack_miss.tolist(), strict=True)
+        memo: dict[tuple[str, str, bool, bool], str] = {}
+        closes = []
+        for key in keys:
+            close = memo.get(key)
+            if close is None:
+                state, reason, is_tcp, miss = key
+                close = memo[key] = close_type(state, reason, final, TCP if is_tcp else 0, int(miss), 0)
             closes.append(close)
         for a in anchors:
             values[a] = np.minimum(values[a], 0xFFFFFFFF)
         return {"conn_state": states, "history": histories, "close_type": closes, **values}
 
-    def _community_ids(self, slots: I64, proto: I64, orig_h: list[bytes], resp_h: list[bytes]) -> list[str]:
+    def _community_ids(self, slots: I64, proto: I64) -> list[str]:
+        """Community IDs of the flows in ``slots``, computed once per flow (interim records reuse them)."""
         t, c = self.table, self.table.cols
-        out = []
-        ports = zip(slots.tolist(), proto.tolist(), c["orig_p"][slots].tolist(), c["resp_p"][slots].tolist(),
-                    orig_h, resp_h, strict=True)  # fmt: skip
-        for s, pr, op, rp, oh, rh in ports:
-            cid = t.community_id[s]
-            if not cid:
-                cid = t.community_id[s] = community_id(pr, oh, rh, op, rp)
-            out.append(cid)
-        return out
+        cached = [t.community_id[s] for s in slots.tolist()]
+        todo = np.flatnonzero(np.array([not v for v in cached], np.bool_))
+        if len(todo):
+            sel = slots[todo]
+            fresh = community_ids(proto[todo], c["orig_hi"][sel], c["orig_lo"][sel], c["resp_hi"][sel],
+                                  c["resp_lo"][sel], c["orig_p"][sel], c["resp_p"][sel])  # fmt: skip
+            for j, s, cid in zip(todo.tolist(), sel.tolist(), fresh, strict=True):
+                cached[j] = t.community_id[s] = cid
+        return cached
 
 
 class _Template:
@@ -968,6 +983,21 @@ def payload_hash(data: bytes | memoryview) -> int:
     if not len(data):
         return 0
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") or 1
+
+
+def payload_hashes(buf: npt.NDArray[np.uint8], offsets: I64, lengths: I64) -> U64:
+    """``payload_hash`` of ``buf[offsets[k] : offsets[k] + lengths[k]]`` for every k (one call per slice)."""
+    out = np.zeros(len(offsets), np.uint64)
+    has = np.flatnonzero(lengths > 0)
+    if len(has) == 0:
+        return out
+    raw, blake = buf.data, hashlib.blake2b
+    digests = b"".join([blake(raw[o : o + n], digest_size=8).digest()
+                        for o, n in zip(offsets[has].tolist(), lengths[has].tolist(), strict=True)])  # fmt: skip
+    values = np.frombuffer(digests, ">u8").astype(np.uint64)
+    values[values == 0] = 1
+    out[has] = values
+    return out
 
 
 _POWERS_OF_TEN: Final = np.array([10**k for k in range(19)], np.int64)

@@ -7,6 +7,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.l2 import CookedLinuxV2, Ether
@@ -15,8 +16,9 @@ from scapy.utils import wrpcap
 
 from hopscope.cli import main
 from hopscope.probes.analyze import analyze_capture
-from hopscope.probes.community_id import community_id
+from hopscope.probes.community_id import community_id, community_ids
 from hopscope.probes.meter import MeterConfig
+from hopscope.probes.packets import addr_halves
 from tests.probes.crafting import MAC_A, MAC_B, conversation
 
 DATA = Path(__file__).parent / "data"
@@ -29,6 +31,22 @@ def test_community_id_spec_vectors(fixture: str, seed: int) -> None:
     for v in vectors:
         got = community_id(v["proto"], v["saddr"], v["daddr"], v["sport"] or 0, v["dport"] or 0, seed)
         assert got == v["communityid"], v
+
+
+def test_community_ids_column_wise_match_the_spec_vectors() -> None:
+    """The batch form (packed column-wise, used at emission) gives the spec's IDs, both orders."""
+    vectors = json.loads((DATA / "community_id_seed0.json").read_text())
+    for swap in (False, True):
+        ends = [(v["daddr"], v["saddr"]) if swap and v["proto"] in (6, 17) else (v["saddr"], v["daddr"])
+                for v in vectors]  # fmt: skip
+        ports = [(v["dport"] or 0, v["sport"] or 0) if swap and v["proto"] in (6, 17) else
+                 (v["sport"] or 0, v["dport"] or 0) for v in vectors]  # fmt: skip
+        src = np.array([addr_halves(s) for s, _ in ends], np.uint64)
+        dst = np.array([addr_halves(d) for _, d in ends], np.uint64)
+        got = community_ids(np.array([v["proto"] for v in vectors], np.int64), src[:, 0], src[:, 1], dst[:, 0],
+                            dst[:, 1], np.array([p for p, _ in ports], np.int64),
+                            np.array([p for _, p in ports], np.int64))  # fmt: skip
+        assert got == [v["communityid"] for v in vectors]
 
 
 def test_flow_community_id_is_the_tuples(tmp_path: Path) -> None:
