@@ -208,6 +208,28 @@ def test_kill_9_mid_stream_and_restart(db: str, prefix: str) -> None:
     assert count == distinct
 
 
+def test_sigterm_writes_what_is_complete_commits_and_exits_0(db: str, prefix: str) -> None:
+    requests, flows = load(hosts=2, seed=17)
+    publisher = threading.Thread(target=publish, args=(prefix, chunks(requests, flows, 20), 0.1))
+    proc = correlate(prefix, db, prefix)
+    publisher.start()
+    store = store_from_url(db)
+    try:
+        deadline = time.monotonic() + 60
+        while store.count("traces") < 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        store.close()
+    proc.send_signal(signal.SIGTERM)
+    err = finish(proc, timeout_s=30)
+    assert "stitched into" in err and "Traceback" not in err
+    assert committed(f"{prefix}-s1") and committed(f"{prefix}-s2")  # committed on the way out
+    publisher.join(timeout=60)
+    finish(correlate(prefix, db, prefix, "--idle-exit", "4"))
+    assert stored(db) == offline(requests, flows)
+    assert final_and_distinct(db)[0] == final_and_distinct(db)[1]
+
+
 def committed(group: str) -> dict[tuple[str, int], int]:
     admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
     try:
