@@ -140,3 +140,19 @@ def _choose(base_ns: int, interval: tuple[int, int], settings: CorrelateSettings
     if settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter:
         return 0  # its own clock is consistent with causality: keep it
     return (lo + hi) // 2
+
+
+def clock_groups(evidence: list[PairEvidence], names: list[str]) -> dict[str, int]:
+    """Group number of every point: points joined by shared connections share a group; a point
+    with no evidence is a group of its own."""
+    edges: dict[str, list[tuple[int, str, tuple[int, int]]]] = defaultdict(list)
+    for ev in evidence:
+        edges[ev.a].append((ev.count, ev.b, (0, 0)))
+        edges[ev.b].append((ev.count, ev.a, (0, 0)))
+    out: dict[str, int] = {}
+    for gid, group in enumerate(_components(edges, sorted(edges))):
+        for n in group:
+            out[n] = gid
+    for n in names:
+        out.setdefault(n, len(out) + 1_000_000)
+    return out

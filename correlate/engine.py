@@ -29,7 +29,7 @@ from hopscope.correlate.observations import ObsTable
 from hopscope.correlate.order import SegmentOrder, adjacent_pairs, order_segments
 from hopscope.correlate.relations import Reason
 from hopscope.correlate.segments import cluster
-from hopscope.correlate.settings import ClockDomain, CorrelateSettings
+from hopscope.correlate.settings import ClockDomain, ClockMode, CorrelateSettings
 from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
 
 I64 = npt.NDArray[np.int64]
@@ -79,7 +79,9 @@ class Correlator:
         by_host = self.settings.clock_domain is ClockDomain.HOST
         req = self._segment(request_table(requests, self.kinds, by_host), stats, "requests")
         l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds, by_host), stats, "flows")
-        offsets, raw_orders = self._clock([req, l4])
+        evidence, votes, raw_orders = self._clock_evidence([req, l4])
+        offsets = clock.solve_offsets(evidence, votes, self.settings) if evidence else {}
+        groups = clock.clock_groups(evidence, [d for st in (req, l4) for d in st.obs.domains])
         version = version_ns if version_ns is not None else time.time_ns()
         close = _flow_close(flows)
         spans: list[Batch] = []
@@ -92,7 +94,16 @@ class Correlator:
             shifted = any(offsets.get(d, 0) for d in stage.obs.domains)
             stage.order = (order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
                            if shifted or raw is None else raw)
-            links = _links(stage, times, self.settings, stats, with_proxies)
+            links = _links(stage, times, self.settings, stats, with_proxies, groups)
+            if with_proxies and self.settings.clock_mode is not ClockMode.NONE:
+                extra = _proxy_evidence(stage, links, groups)  # proxy links across clock groups
+                again = clock.solve_offsets(evidence + extra, votes, self.settings) if extra else offsets
+                if again != offsets:  # proxy links showed an offset no connection could: redo with it
+                    offsets = again
+                    groups = clock.clock_groups(evidence + extra, list(groups))
+                    times = _times(stage.obs, offsets)
+                    stage.order = order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
+                    links = _links(stage, times, self.settings, stats, with_proxies, groups)
             asm = Assembler(stage.obs, stage.order, times, links, version, close)
             asm.run()
             if stage is req:
@@ -122,9 +133,10 @@ class Correlator:
         stats[f"{name}_split_buckets"] = cstats.split_buckets
         return _Stage(obs, seg, nseg)
 
-    def _clock(self, stages: list[_Stage]) -> tuple[dict[str, int], list[SegmentOrder | None]]:
-        """Offsets (ns) per capture point from segments whose every hop saw the response, and each
-        stage's clock-free ordering (reused when no offset applies)."""
+    def _clock_evidence(self, stages: list[_Stage]) -> tuple[list[clock.PairEvidence], dict[str, int],
+                                                             list[SegmentOrder | None]]:
+        """Clock evidence between points from segments whose every hop saw the response, the votes
+        for the reference point, and each stage's clock-free ordering (reused when no offset applies)."""
         names: dict[str, int] = {}
         parts: list[tuple[I64, I64, I64, I64]] = []
         votes: dict[str, int] = {}
@@ -143,10 +155,31 @@ class Correlator:
             for d, n in enumerate(firsts.tolist()):
                 votes[st.obs.domains[d]] = votes.get(st.obs.domains[d], 0) + n
         if not parts:
-            return {}, raws
+            return [], votes, raws
         cat = [np.concatenate([p[i] for p in parts]) for i in range(4)]
-        evidence = clock.pair_evidence(list(names), cat[0], cat[1], cat[2], cat[3])
-        return clock.solve_offsets(evidence, votes, self.settings), raws
+        return clock.pair_evidence(list(names), cat[0], cat[1], cat[2], cat[3]), votes, raws
+
+
+def _proxy_evidence(stage: _Stage, links: proxy.Links, groups: dict[str, int]) -> list[clock.PairEvidence]:
+    """Clock evidence from proxy links between points in different clock groups: the upstream
+    exchange nests in the downstream one (request after request, response before response), which
+    bounds the offset between the proxy's two sides as a network link bounds its two ends."""
+    if stage.order is None:
+        return []
+    obs = stage.obs
+    child = np.flatnonzero(links.parent >= 0)
+    if len(child) == 0:
+        return []
+    a = stage.order.last()[links.parent[child]]
+    b = stage.order.first()[child]
+    names = obs.domains
+    group_of = np.array([groups.get(d, -1) for d in names], dtype=np.int64)
+    keep = (group_of[obs.domain[a]] != group_of[obs.domain[b]]) & (obs.t_resp[a] > 0) & (obs.t_resp[b] > 0)
+    a, b = a[keep], b[keep]
+    if len(a) == 0:
+        return []
+    return clock.pair_evidence(list(names), obs.domain[a], obs.domain[b], obs.t_req[b] - obs.t_req[a],
+                               obs.t_resp[a] - obs.t_resp[b])
 
 
 def _times(obs: ObsTable, offsets: dict[str, int]) -> Times:
@@ -166,12 +199,15 @@ def _times(obs: ObsTable, offsets: dict[str, int]) -> Times:
 
 
 def _links(stage: _Stage, times: Times, settings: CorrelateSettings, stats: dict[str, int],
-           with_proxies: bool) -> proxy.Links:
+           with_proxies: bool, groups: dict[str, int]) -> proxy.Links:
     links = proxy.Links(parent=np.full(stage.nseg, -1, np.int64), reason=[Reason.ORIGIN.value] * stage.nseg,
                         confidence=np.ones(stage.nseg))
     if not with_proxies or stage.order is None:
         return links
     view = _segment_view(stage.obs, stage.order, times)
+    group_of = np.array([groups.get(d, -1) for d in stage.obs.domains] or [0], dtype=np.int64)
+    first_groups = group_of[stage.obs.domain[stage.order.first()]]
+    view.clock_group = first_groups if len(np.unique(first_groups)) > 1 else None
     stats["proxy_id_links"] = proxy.link_by_id(view, settings, links)
     stats["proxy_nested_links"] = proxy.link_nested(view, settings, links)
     return links

@@ -65,6 +65,10 @@ class SegmentView:
     #: hops (labels) of each segment, and the last one
     labels: list[tuple[int, ...]]
     last_label: list[int]
+    #: clock group of each segment's first hop (points tied by shared connections); two segments in
+    #: different groups have no trustworthy relative timing yet, so an id link between them skips the
+    #: nesting check (``None``: one group)
+    clock_group: I64 | None = None
 
 
 @dataclass(slots=True)
@@ -96,7 +100,19 @@ class _UnionFind:
         self.up[self.find(a)] = self.find(b)
 
 
+def _cross_clock(view: SegmentView, p: int, s: int) -> bool:
+    return view.clock_group is not None and bool(view.clock_group[p] != view.clock_group[s])
+
+
+def _proxy_shape(view: SegmentView, p: int, s: int) -> bool:
+    """``s`` starts at a proxy hop on the host where ``p`` ends: the shape of a proxy's two legs."""
+    return bool(view.first_proxy[s]) and view.last_host[p] == view.first_host[s]
+
+
 def _nests(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
+    if _cross_clock(view, p, s):
+        # no common clock yet: the shared id, the same request and the proxy's shape decide
+        return _proxy_shape(view, p, s)
     if view.req_first_ns[s] + slack_ns < view.req_first_ns[p]:
         return False
     rp, rs = int(view.resp_first_ns[p]), int(view.resp_first_ns[s])
@@ -138,11 +154,21 @@ def _link_pairs(view: SegmentView, settings: CorrelateSettings, links: Links, pa
     a, b = pairs[:, 0], pairs[:, 1]
     ta, tb = view.req_first_ns[a], view.req_first_ns[b]
     later = (tb > ta) | ((tb == ta) & (b > a))  # (time, index) order, as in _chain_group: no cycles
+    cross = (view.clock_group[a] != view.clock_group[b]) if view.clock_group is not None else np.zeros(len(a), bool)
+    # without a common clock, the leg that starts at a proxy hop is the upstream one
+    by_kind = cross & (view.first_proxy[a] != view.first_proxy[b])
+    later = np.where(by_kind, view.first_proxy[b], later)
     p, s = np.where(later, a, b), np.where(later, b, a)
     slack = settings.nesting_slack_us * 1000
     rp, rs = view.resp_first_ns[p], view.resp_first_ns[s]
-    ok = (links.parent[s] < 0) & (view.req_first_ns[s] - view.req_first_ns[p] <= settings.proxy_id_window_us * 1000)
-    ok &= (rp == 0) | (rs == 0) | (rs <= rp + slack)
+    ok = (links.parent[s] < 0) & (cross | (np.abs(view.req_first_ns[s] - view.req_first_ns[p])
+                                           <= settings.proxy_id_window_us * 1000))
+    ok &= cross | (rp == 0) | (rs == 0) | (rs <= rp + slack)
+    if cross.any():
+        shape = np.fromiter((not c or _proxy_shape(view, x, y) for c, x, y in zip(cross.tolist(), p.tolist(),
+                                                                                    s.tolist(), strict=True)),
+                            dtype=bool, count=len(p))
+        ok &= shape
     method, path = view.method, view.path
     same = np.fromiter((method[x] == method[y] and path[x] == path[y] for x, y in zip(p.tolist(), s.tolist(),
                                                                                      strict=True)),

@@ -131,3 +131,21 @@ def test_shifted_capture_clocks_are_corrected(lab: Lab, result: StitchResult, sh
     for link in a:
         assert abs(float(np.median(a[link][0])) - float(np.median(b[link][0]))) <= 50, link
     assert len(shifted.traces) == len(result.traces)
+
+
+@pytest.mark.parametrize("shift_us", [3_000, -2_000])
+def test_shifted_loopback_capture_behind_the_proxy_is_corrected(lab: Lab, result: StitchResult,
+                                                                 shift_us: int) -> None:
+    """The envoy-to-app captures (lo) share no connection with any other point: only the proxy links
+    bound their clocks (the upstream exchange nests in the downstream one)."""
+    req, flows = lab.requests, lab.flows
+    for point in ("server1-app", "server2-app"):
+        req, flows = _shift(req, point, shift_us * 1000), _shift(flows, point, shift_us * 1000)
+    shifted = Correlator().stitch(req, flows, version_ns=1)
+    for point in ("server1-app", "server2-app"):
+        assert abs(shifted.clock_offsets_us.get(point, 0) - shift_us) <= 150, shifted.clock_offsets_us
+    assert len(shifted.traces) == len(result.traces)
+    a, b = link_latencies(result), link_latencies(shifted)
+    for link in ("server1-pod>server1-app", "server2-pod>server2-app"):
+        assert abs(float(np.median(a[link][0])) - float(np.median(b[link][0]))) <= 150, link
+    assert evaluate(lab.manifest, shifted, req).precision == 1.0
