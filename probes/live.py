@@ -506,7 +506,7 @@ class LiveProbe:
 
     def _process(self, raw: RawBlock) -> None:
         block = self.decoder.decode(raw)
-        self._add_flows(self.meter.process(block))
+        self._add_flows(self.meter.process_batch(block))
         if not self.settings.l7 or not block.count:
             return
         if not self.ring.cooked:
@@ -552,7 +552,8 @@ class LiveProbe:
             self.summary.request_records += len(requests)
 
     def _final_flush(self) -> None:
-        self._add_flows(self.meter.flush())
+        for batch in self.meter.flush_batches():
+            self._add_flows(batch)
         for feeder in self.l7.values():
             feeder.tracker.flush()
         self._publish(time.time_ns())
