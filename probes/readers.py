@@ -112,6 +112,11 @@ def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[npt.NDArray[np.u
     return buf, end
 
 
+def _words(buf: npt.NDArray[np.uint8], endian: str) -> npt.NDArray[np.uint32]:
+    """A u4 starting at every byte of ``buf`` (unaligned view): ``_words(buf, e)[offsets]`` gathers fields."""
+    return np.ndarray(shape=(max(len(buf) - 3, 0),), dtype=endian + "u4", buffer=buf, strides=(1,))
+
+
 def _padded(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return data
 
@@ -189,7 +194,7 @@ class CaptureReader:
         if not offs:
             return offs, 0
         starts = np.asarray(offs, np.int64)
-        caplen = data[starts[:, None] + np.arange(8, 12)].view(endian + "u4")[:, 0]
+        caplen = _words(data, endian)[starts + 8]
         bad = np.flatnonzero(caplen > MAX_RECORD_BYTES)
         if len(bad):
             at = int(starts[bad[0]])
@@ -207,16 +212,16 @@ class CaptureReader:
     ) -> RawBlock:  # fmt: skip
         buf = _padded(data)
         starts = np.asarray(offs, dtype=np.int64)
-        hdr = buf[starts[:, None] + np.arange(16)].view(endian + "u4")
-        sec, frac = hdr[:, 0].astype(np.int64), hdr[:, 1].astype(np.int64)
-        caplen = hdr[:, 2].astype(np.uint32)
+        words = _words(buf, endian)
+        sec, frac = words[starts].astype(np.int64), words[starts + 4].astype(np.int64)
+        caplen = words[starts + 8].astype(np.uint32)
         self.stats.frames += len(starts)
         self.stats.bytes += int(caplen.sum())
         return RawBlock(
             buf=buf,
             offset=starts + 16,
             caplen=caplen,
-            origlen=hdr[:, 3].astype(np.uint32),
+            origlen=words[starts + 12].astype(np.uint32),
             ts_ns=sec * 1_000_000_000 + frac * ns_per_unit,
             iface=np.zeros(len(starts), np.uint16),
             interfaces=interfaces,
@@ -313,7 +318,8 @@ class CaptureReader:
         arr = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
         starts, btype, base = arr[:, 0], arr[:, 1], arr[:, 2]
         e = self._endian
-        hdr = buf[starts[:, None] + np.arange(28)].view(e + "u4")  # 7 words from the block start
+        words = _words(buf, e)
+        hdr = np.stack([words[starts + 4 * k] for k in range(7)], axis=1)  # 7 words from the block start
         epb = btype == _EPB
         pb = btype == _PB
         iface_local = np.where(epb, hdr[:, 2], 0).astype(np.int64)
