@@ -442,24 +442,83 @@ class FlowMeter:
         bad_groups = np.unique(ev_group[bad])
         groups = np.setdiff1d(ev_group[first_ev], bad_groups, assume_unique=True)
         tcp_states = self.table.tcp
-        prior = {g: tcp_states[seg_slots[g]] for g in groups.tolist()}
-        cand = [g for g, st in prior.items() if st is None or (type(st) is _Template and len(st.sig) < MAX_SIG)]
-        if not cand:
-            return set()
+        group_slots = np.array(seg_slots, np.int64)[groups]
+        prior = [tcp_states[s] for s in group_slots.tolist()]
+        fresh = np.array([st is None for st in prior], np.bool_)
         codes = (fo.astype(np.int64) | ((flags & SYN) != 0) << 1 | ((flags & ACK) != 0) << 2
                  | ((flags & FIN) != 0) << 3 | ((flags & RST) != 0) << 4 | (plen > 0) << 5 | letters << 6)  # fmt: skip
-        sigs = codes.astype(np.uint8).tobytes()
-        bounds = np.searchsorted(ev_group, np.array(cand), side="left").tolist()
-        ends = np.searchsorted(ev_group, np.array(cand), side="right").tolist()
+        codes8 = codes.astype(np.uint8)
+        bounds = np.searchsorted(ev_group, groups, side="left")
+        ends = np.searchsorted(ev_group, groups, side="right")
         templates = self._templates
         if len(templates) > MAX_TEMPLATES:
             templates.clear()
+        short = fresh & (ends - bounds <= MAX_SIG)
+        taken, chosen, offsets = self._fresh_templates(groups[short], bounds[short], ends[short], codes8)
+        shift, known = [bounds[short]], [np.zeros(len(taken), np.int64)]
+        rest = [st for st, f in zip(prior, short.tolist(), strict=True) if not f]
+        more = self._continued_templates(groups[~short], bounds[~short], ends[~short], codes8.tobytes(), rest)
+        taken = np.r_[taken, more[0]].astype(np.int64)
+        chosen += more[1]
+        if len(taken) == 0:
+            return set()
+        offsets = np.concatenate([offsets, more[2]])
+        shift.append(more[3])
+        known.append(more[4])
+        cand_slots = np.array(seg_slots, np.int64)[taken]
+        for slot, template in zip(cand_slots.tolist(), chosen, strict=True):
+            tcp_states[slot] = template
+        known_all, shift_all = np.concatenate(known), np.concatenate(shift) - np.concatenate(known)
+        new = offsets >= known_all[:, None]  # set by this block's events (-1 never is)
+        at = np.where(new, offsets + shift_all[:, None], -1)
+        self._template_anchors(block, rows[ev], plen, cand_slots, at, offsets)
+        self._template_hashes(block, rows[ev], cand_slots, at)
+        return set(taken.tolist())
+
+    def _fresh_templates(self, groups: I64, bounds: I64, ends: I64, codes: npt.NDArray[np.uint8]
+                         ) -> tuple[I64, list[_Template], I64]:  # fmt: skip
+        """Templates of flows new in this block, column-wise: each distinct event sequence looked up once.
+
+        Returns the groups, their templates and the templates' event offsets (one row per group)."""
+        width = len(_Template.OFFSETS)
+        if len(groups) == 0:
+            return groups, [], np.zeros((0, width), np.int64)
+        lengths = ends - bounds
+        cols = int(lengths.max()) + 1
+        total = int(lengths.sum())
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        mat = np.zeros((len(groups), cols), np.uint8)
+        mat[:, 0] = lengths
+        mat[np.repeat(np.arange(len(groups)), lengths), 1 + within] = codes[np.repeat(bounds, lengths) + within]
+        keys = mat.view(np.dtype((np.void, cols))).ravel()
+        _uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        templates = self._templates
+        distinct = []
+        for g in first.tolist():
+            sig = codes[bounds[g] : ends[g]].tobytes()
+            template = templates.get(sig)
+            if template is None:
+                template = templates[sig] = _Template(sig)
+            distinct.append(template)
+        table = np.array([t.offsets for t in distinct], np.int64).reshape(len(distinct), width)
+        inverse = inverse.reshape(-1)
+        return groups, [distinct[k] for k in inverse.tolist()], table[inverse]
+
+    def _continued_templates(self, groups: I64, bounds: I64, ends: I64, sigs: bytes, prior: list[Any]
+                             ) -> tuple[I64, list[_Template], I64, I64, I64]:  # fmt: skip
+        """Templates of flows whose sequence continues one from earlier blocks (or is long), one by one.
+
+        Returns the groups taken, their templates, event offsets, first event index in this block and
+        the number of events seen before."""
+        templates = self._templates
         taken: list[int] = []
         chosen: list[_Template] = []
         shift: list[int] = []
         known: list[int] = []  # events of the sequence seen in earlier blocks
-        for g, a, b in zip(cand, bounds, ends, strict=True):
-            part, before = sigs[a:b], prior[g]
+        for g, a, b, before in zip(groups.tolist(), bounds.tolist(), ends.tolist(), prior, strict=True):
+            if before is not None and (type(before) is not _Template or len(before.sig) >= MAX_SIG):
+                continue  # the flow has its own state machine
+            part = sigs[a:b]
             if before is not None and not before.continues(part):
                 continue  # a SYN or a repeated SYN/FIN/RST: the packet-by-packet path decides
             sig = part if before is None else before.sig + part
@@ -469,18 +528,10 @@ class FlowMeter:
             taken.append(g)
             chosen.append(template)
             known.append(0 if before is None else len(before.sig))
-            shift.append(a - known[-1])
-        if not taken:
-            return set()
-        cand_slots = np.array([seg_slots[g] for g in taken], np.int64)
-        for slot, template in zip(cand_slots.tolist(), chosen, strict=True):
-            tcp_states[slot] = template
-        offsets = np.array([t.offsets for t in chosen], np.int64).reshape(len(chosen), len(_Template.OFFSETS))
-        new = offsets >= np.array(known, np.int64)[:, None]  # set by this block's events (-1 never is)
-        at = np.where(new, offsets + np.array(shift, np.int64)[:, None], -1)
-        self._template_anchors(block, rows[ev], plen, cand_slots, at, offsets)
-        self._template_hashes(block, rows[ev], cand_slots, at)
-        return set(taken)
+            shift.append(a)
+        width = len(_Template.OFFSETS)
+        offsets = np.array([t.offsets for t in chosen], np.int64).reshape(len(chosen), width)
+        return np.array(taken, np.int64), chosen, offsets, np.array(shift, np.int64), np.array(known, np.int64)
 
     def _template_anchors(self, block: PacketBlock, ev_rows: I64, plen: I64, slots: I64, at: I64, offsets: I64) -> None:
         """Write the anchors of template flows that this block's events set (event indices ``at``, -1:
