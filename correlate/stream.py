@@ -550,7 +550,19 @@ class GroupConsumer:
         return self.inner.poll(timeout_s=timeout_s, max_records=max_records)
 
     def commit(self, deliveries: list[Delivery]) -> None:
-        self.inner.commit(deliveries)
+        """Commit up to the given deliveries. KafkaRecordConsumer would also commit past dead-lettered
+        messages, which here may lie beyond records still buffered: those wait for a later commit."""
+        from kafka import TopicPartition
+
+        upto = {TopicPartition(d.topic, d.partition): d.offset for d in deliveries}
+        pending: dict[Any, int] = self.inner._pending_bad
+        later = {tp: off for tp, off in pending.items() if off > upto.get(tp, -1)}
+        for tp in later:
+            del pending[tp]
+        try:
+            self.inner.commit(deliveries)
+        finally:
+            pending.update(later)
 
     def assignment(self) -> set[TP]:
         # KafkaRecordConsumer has no public assignment() yet (asked of the transport's owner).
