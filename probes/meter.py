@@ -388,20 +388,19 @@ class FlowMeter:
                                 is_tcp[ev], seg_slots)  # fmt: skip
         if walked:  # the rest goes packet by packet
             ev = ev[~np.isin(group[ev], np.fromiter(walked, np.int64, len(walked)))]
+        other = ev[~is_tcp[ev]]
+        self._first_data(block, rows[other], np.array(seg_slots, np.int64)[group[other]], from_orig[other])
+        ev = ev[is_tcp[ev]]
         ev_rows = rows[ev]
         cols = zip(
             ev.tolist(), group[ev].tolist(), from_orig[ev].tolist(), flags[ev].tolist(),
             block.seq[ev_rows].tolist(), plen[ev].tolist(), block.ts_ns[ev_rows].tolist(),
-            letters[ev].tolist(), is_tcp[ev].tolist(), ev_rows.tolist(), strict=True,
+            letters[ev].tolist(), ev_rows.tolist(), strict=True,
         )  # fmt: skip
-        for p, g, fo, fl, sq, ln, ts, lt, tcp, i in cols:
+        for p, g, fo, fl, sq, ln, ts, lt, i in cols:
             if g in walked:
                 continue
             slot = seg_slots[g]
-            if not tcp:
-                if ln:
-                    self._first_data(block, slot, i, fo)
-                continue
             st = tcp_states[slot]
             if st is None:
                 st = tcp_states[slot] = TcpConn()
@@ -610,15 +609,21 @@ class FlowMeter:
             orig_start = 0
         return seq != orig_start
 
-    def _first_data(self, block: PacketBlock, slot: int, i: int, fo: bool) -> None:
-        """The first payload of a non-TCP flow in one direction: payload hash and UDP history letter."""
-        d = 0 if fo else 1
+    def _first_data(self, block: PacketBlock, rows: I64, slots: I64, fo: npt.NDArray[np.bool_]) -> None:
+        """Events of non-TCP flows: the first payload per direction sets its payload hash and UDP history
+        letter (``rows`` in capture order per flow, at most one per flow and direction)."""
+        d = (~fo).astype(np.int64)
         hashes = self.table.payload_hash
-        if hashes[slot, d]:
-            return
-        hashes[slot, d] = payload_hash(block.payload_view(i, self.config.payload_hash_bytes)) or 1
-        if block.proto[i] == UDP:
-            self.table.udp_history[slot] += "D" if fo else "d"
+        first = (block.payload_len[rows] > 0) & (hashes[slots, d] == 0)
+        rows, slots, d = rows[first], slots[first], d[first]
+        caplen = np.minimum(block.payload_caplen[rows].astype(np.int64), self.config.payload_hash_bytes)
+        values = payload_hashes(block.buf, block.payload_off[rows], caplen)
+        values[values == 0] = 1  # payload beyond the snaplen: known, not hashed
+        hashes[slots, d] = values
+        udp = block.proto[rows] == UDP
+        history = self.table.udp_history
+        for slot, letter in zip(slots[udp].tolist(), np.where(d[udp] == 0, "D", "d").tolist(), strict=True):
+            history[slot] += letter
 
     def _tcp_event(
         self, slot: int, st: TcpConn, block: PacketBlock, i: int, fo: bool, flags: int, seq: int,
