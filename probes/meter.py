@@ -801,6 +801,8 @@ class FlowMeter:
         else:  # IPv4-mapped (or IPv6 with a zero upper half): distinct lower halves
             low, inverse = np.unique(lo, return_inverse=True)
             keys = [(0, v) for v in low.tolist()]
+            missing = [v for _, v in keys if (0, v) not in cache]
+            cache.update(zip([(0, v) for v in missing], _v4_texts(np.array(missing, np.uint64)), strict=True))
         texts = []
         for pair in keys:
             known = cache.get(pair)
@@ -1053,6 +1055,22 @@ def payload_hashes(buf: npt.NDArray[np.uint8], offsets: I64, lengths: I64) -> U6
     values = np.frombuffer(digests, ">u8").astype(np.uint64)
     values[values == 0] = 1
     out[has] = values
+    return out
+
+
+_OCTETS: Final = np.array([str(k) for k in range(256)], object)
+
+
+def _v4_texts(lo: U64) -> list[str]:
+    """Dotted quads of lower halves (IPv4-mapped ones; others get None, formatted by the caller)."""
+    v4 = (lo >> np.uint64(32)) == 0xFFFF
+    out: list[Any] = [None] * len(lo)
+    rows = np.flatnonzero(v4)
+    if len(rows):
+        a = lo[rows].astype(np.int64)
+        text = _OCTETS[(a >> 24) & 255] + "." + _OCTETS[(a >> 16) & 255] + "." + _OCTETS[(a >> 8) & 255]
+        for r, t in zip(rows.tolist(), (text + "." + _OCTETS[a & 255]).tolist(), strict=True):
+            out[r] = t
     return out
 
 

@@ -17,8 +17,8 @@ from scapy.utils import wrpcap
 from hopscope.cli import main
 from hopscope.probes.analyze import analyze_capture
 from hopscope.probes.community_id import community_id, community_ids
-from hopscope.probes.meter import MeterConfig
-from hopscope.probes.packets import addr_halves
+from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.packets import addr_halves, format_addr
 from tests.probes.crafting import MAC_A, MAC_B, conversation
 
 DATA = Path(__file__).parent / "data"
@@ -221,3 +221,16 @@ def test_packet_block_flow_ids_directions_and_payload_rows(tmp_path: Path) -> No
         (True, 501, b"x" * 11),
         (False, 5001, b"x" * 22),
     ]
+
+
+@pytest.mark.parametrize("texts", [
+    ["10.0.0.1", "0.0.0.0", "255.255.255.255", "10.0.0.1", "192.168.1.20"],
+    ["10.0.0.1", "::1", "fe80::1", "::ffff:0:1", "2001:db8::7", "10.0.0.1", "::"],
+])  # fmt: skip
+def test_record_addresses_match_format_addr(texts: list[str]) -> None:
+    """Address text at emission (column-wise, cached) equals the per-address formatting."""
+    halves = np.array([addr_halves(t) for t in texts], np.uint64)
+    meter = FlowMeter()
+    for _ in range(2):  # the second round is served from the cache
+        got = meter._addresses(halves[:, 0], halves[:, 1])
+        assert got == [format_addr(int(h), int(lo)) for h, lo in halves.tolist()]
