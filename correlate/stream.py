@@ -1031,10 +1031,10 @@ class StreamCorrelator:
             return 0
         if force:
             return self.stitch_pass(FOREVER)
+        # A pass can complete a trace only when the watermark moved: new records alone never do.
         watermark = self.watermark.value()
         due = self.watermark.idle() or self.held() > self.settings.max_buffer_records or (
-            (self._since > 0 or watermark != self._last_watermark)
-            and time.monotonic() - self._last >= self.settings.stitch_every_s)
+            watermark > self._last_watermark and time.monotonic() - self._last >= self.settings.stitch_every_s)
         return self.stitch_pass(watermark) if due else 0
 
     def stitch_pass(self, watermark_ns: int) -> int:
