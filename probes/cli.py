@@ -74,23 +74,24 @@ def row_keys() -> list[str]:
 
 
 def _text(name: str, values: list[str]) -> list[str]:
+    """JSON string literals of a text column (safe columns are quoted by the line template instead)."""
     if name in _SAFE_TEXT:
-        return ['"' + v + '"' for v in values]
+        return values
     cache = {v: json.dumps(v) for v in set(values)}
     return [cache[v] for v in values]
 
 
 def batch_columns(batch: Batch) -> dict[str, list[Any]]:
-    """Output columns of a FlowRecord batch (Zeek names added), values ready for ``%`` formatting."""
+    """Output columns of a FlowRecord batch (Zeek names added), values ready for ``%`` formatting with
+    the specs of ``_spec`` (``uid`` as an int, safe text columns unquoted)."""
     cols = {name: _as_list(data) for name, data in batch.columns.items()}
-    start = cols["start_ns"]
+    start = np.asarray(batch.columns["start_ns"], np.int64)
     out: dict[str, list[Any]] = {
-        "ts": [v / 1e9 for v in start],
-        "uid": [f'"{v:016x}"' for v in cols["flow_id"]],
+        "ts": (start / 1e9).tolist(),
+        "uid": cols["flow_id"],
         "proto": [PROTO_NAMES.get(v, str(v)) for v in cols["proto"]],
-        "duration": [(e - s) / 1e9 for s, e in zip(start, cols["end_ns"], strict=True)],
+        "duration": ((np.asarray(batch.columns["end_ns"], np.int64) - start) / 1e9).tolist(),
     }
-    out["proto"] = _text("proto", out["proto"])
     for col in FlowRecord.columns():
         if col.name in out:
             continue
@@ -99,20 +100,39 @@ def batch_columns(batch: Batch) -> dict[str, list[Any]]:
     return out
 
 
+def _spec(key: str, text_keys: set[str]) -> str:
+    if key in ("ts", "duration"):
+        return "%.6f"
+    if key == "uid":
+        return '"%016x"'
+    if key in _SAFE_TEXT:
+        return '"%s"'
+    return "%s" if key in text_keys else "%d"
+
+
 def jsonl_lines(batch: Batch) -> list[str]:
-    """One JSON object per record (``conn_row`` order), built column-wise."""
+    """One JSON object per record (``conn_row`` order), built column-wise.
+
+    A column whose value is the same in every record of the batch (the capture point, host, VLAN,
+    most counters of short flows) is written into the line template once instead of per record.
+    """
     if not len(batch):
         return []
     keys = row_keys()
     cols = batch_columns(batch)
-    float_keys = {"ts", "duration"}
-    text_keys = {"uid", "proto"} | {c.name for c in FlowRecord.columns() if c.type.is_text}
-    parts = []
+    text_keys = {c.name for c in FlowRecord.columns() if c.type.is_text}
+    parts, varying = [], []
     for k in keys:
-        spec = "%.6f" if k in float_keys else "%s" if k in text_keys else "%d"
-        parts.append(f'"{k}":{spec}')
+        spec, values = _spec(k, text_keys), cols[k]
+        if values.count(values[0]) == len(values):
+            parts.append(f'"{k}":' + (spec % (values[0],)).replace("%", "%%"))
+        else:
+            parts.append(f'"{k}":{spec}')
+            varying.append(values)
     template = "{" + ",".join(parts) + "}\n"
-    return [template % row for row in zip(*(cols[k] for k in keys), strict=True)]
+    if not varying:
+        return [template % ()] * len(batch)
+    return [template % row for row in zip(*varying, strict=True)]
 
 
 def conn_row(batch: Batch, i: int) -> dict[str, Any]:

@@ -164,6 +164,26 @@ def test_flows_command_jsonl_and_points(tmp_path: Path, capsys: pytest.CaptureFi
     assert table[0].split()[0] == "point" and "ShADdFf" in table[1]
 
 
+@pytest.mark.parametrize("flows", [1, 3])
+def test_flows_command_escapes_text_written_into_the_line_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flows: int
+) -> None:
+    """Columns equal in every record go into the line template: '%', quotes and backslashes survive."""
+    path = tmp_path / "pct.pcap"
+    packets = []
+    for k in range(flows):
+        for pkt in conversation([">S", "<SA", ">A"]):
+            tcp = pkt[TCP]
+            tcp.sport, tcp.dport = [40000 + k if port == 40000 else port for port in (tcp.sport, tcp.dport)]
+            packets.append(pkt)
+    wrpcap(str(path), packets)
+    name = 'edge %d "1" \\ %%s'
+    assert main(["flows", str(path), "--point", name, "--host", "h%s"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["point"], r["host"]) for r in rows] == [(name, "h%s")] * flows
+    assert sorted(r["orig_p"] for r in rows) == [40000 + k for k in range(flows)]
+
+
 def test_flows_command_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "x.pcap"
     path.write_bytes(b"not a capture at all")
