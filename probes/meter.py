@@ -131,6 +131,7 @@ class FlowMeter:
         self._closing: set[int] = set()
         self._retiring: list[int] = []
         self._addr_text: dict[tuple[int, int], str] = {}
+        self._v4_text: dict[int, str] = {}  # keyed by the lower half of IPv4-mapped addresses
         self._templates: dict[bytes, _Template] = {}
         self._now_ns = 0
         self._next_sweep_ns = 0
@@ -779,39 +780,45 @@ class FlowMeter:
             return
         self._pending.append(self._batch(slots, final=True, reasons=[reason] * len(slots)))
         self.counters["records"] += len(slots)
-        keys = self.table.cols["key"][slots].tolist()
-        for k, s in zip(keys, slots.tolist(), strict=True):
-            if self.index.get(k) == s:
-                del self.index[k]
-            self._closing.discard(s)
+        keys, slot_list = self.table.cols["key"][slots].tolist(), slots.tolist()
+        index = self.index
+        for k, s in zip(keys, slot_list, strict=True):
+            if index.get(k) == s:
+                del index[k]
+        self._closing.difference_update(slot_list)
         self.table.release(slots)
 
     def _addresses(self, hi: U64, lo: U64) -> list[str]:
         """Text form of addresses, each distinct address formatted once (cached: a capture repeats them)."""
-        cache = self._addr_text
-        if len(cache) > 1_000_000:
-            cache.clear()
+        if len(self._addr_text) + len(self._v4_text) > 1_000_000:
+            self._addr_text.clear()
+            self._v4_text.clear()
         if len(hi) == 0:
             return []
         if hi.any():  # IPv6 present: distinct (hi, lo) pairs
             pairs = np.empty(len(hi), [("hi", np.uint64), ("lo", np.uint64)])
             pairs["hi"], pairs["lo"] = hi, lo
             uniq, inverse = np.unique(pairs, return_inverse=True)
-            keys = list(zip(uniq["hi"].tolist(), uniq["lo"].tolist(), strict=True))
-        else:  # IPv4-mapped (or IPv6 with a zero upper half): distinct lower halves
+            texts = [self._address(pair) for pair in zip(uniq["hi"].tolist(), uniq["lo"].tolist(), strict=True)]
+        else:  # IPv4-mapped (or IPv6 with a zero upper half): distinct lower halves, cached by them
             low, inverse = np.unique(lo, return_inverse=True)
-            keys = [(0, v) for v in low.tolist()]
-            missing = [v for _, v in keys if (0, v) not in cache]
-            cache.update(zip([(0, v) for v in missing], _v4_texts(np.array(missing, np.uint64)), strict=True))
-        texts = []
-        for pair in keys:
-            known = cache.get(pair)
-            if known is None:
-                raw = packed_addr(*pair)
-                known = cache[pair] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-            texts.append(known)
+            cache = self._v4_text
+            lows = low.tolist()
+            missing = [v for v in lows if v not in cache]
+            if missing:
+                fresh = _v4_texts(np.array(missing, np.uint64))
+                cache.update((v, t if t is not None else self._address((0, v)))
+                             for v, t in zip(missing, fresh, strict=True))  # fmt: skip
+            texts = [cache[v] for v in lows]
         out: list[str] = np.array(texts, object)[inverse.reshape(-1)].tolist()
         return out
+
+    def _address(self, pair: tuple[int, int]) -> str:
+        known = self._addr_text.get(pair)
+        if known is None:
+            raw = packed_addr(*pair)
+            known = self._addr_text[pair] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+        return known
 
     def _batch(self, slots: I64, final: bool, reasons: list[str]) -> Batch:
         """A FlowRecord batch of the flows in ``slots``."""
