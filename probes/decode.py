@@ -143,12 +143,16 @@ class Decoder:
 
     def _ipv4(self, block: PacketBlock, buf: U8, rows: I64, l3: I64, end: I64) -> npt.NDArray[np.bool_]:
         short = l3 + 20 > end
-        vihl = _u8(buf, l3)
+        words = unaligned(buf, ">u4")  # fields gathered four bytes at a time, then split
+        head = words[l3].astype(np.int64)  # version/IHL, DSCP, total length
+        vihl = head >> 24
         ihl = (vihl & 15) * 4
-        total = _be16(buf, l3 + 2)
+        total = head & 0xFFFF
         total = np.where(total == 0, end - l3, total)  # TSO/GSO captures carry a 0 length
-        frag = _be16(buf, l3 + 6)
-        proto = _u8(buf, l3 + 9)
+        ident_frag = words[l3 + 4].astype(np.int64)  # identification, flags + fragment offset
+        frag = ident_frag & 0xFFFF
+        ttl_proto = words[l3 + 8].astype(np.int64) >> 16  # TTL, protocol
+        proto = ttl_proto & 255
         bad = ~short & (((vihl >> 4) != 4) | (ihl < 20) | (total < ihl) | (l3 + ihl > end))
         fragmented = (frag & 0x3FFF) != 0
         tunnel = np.isin(proto, TUNNEL_PROTOS)
@@ -157,10 +161,10 @@ class Decoder:
         self._mark(block, rows, bad, PacketStatus.BAD_IP_HEADER)
         block.ip_version[rows] = 4
         block.proto[rows] = proto
-        block.ttl[rows] = _u8(buf, l3 + 8)
-        block.ip_id[rows] = _be16(buf, l3 + 4)
-        block.src_lo[rows] = _be32(buf, l3 + 12).astype(np.uint64) | np.uint64(V4_MAPPED)
-        block.dst_lo[rows] = _be32(buf, l3 + 16).astype(np.uint64) | np.uint64(V4_MAPPED)
+        block.ttl[rows] = ttl_proto >> 8
+        block.ip_id[rows] = ident_frag >> 16
+        block.src_lo[rows] = words[l3 + 12].astype(np.uint64) | np.uint64(V4_MAPPED)
+        block.dst_lo[rows] = words[l3 + 16].astype(np.uint64) | np.uint64(V4_MAPPED)
         block.ip_len[rows] = np.maximum(total, 0)
         slow_l4 = self._l4(block, buf, rows[go], proto[go], l3[go] + ihl[go], l3[go] + total[go], end[go])
         slow: npt.NDArray[np.bool_] = ~short & ~bad & (fragmented | tunnel)
@@ -203,16 +207,19 @@ class Decoder:
         self._mark(block, rows, short & (l4 + hlen > ip_end), PacketStatus.BAD_L4_HEADER)
         self._mark(block, rows, short & (l4 + hlen <= ip_end), PacketStatus.TRUNCATED_L4)
         ports = is_tcp | is_udp
-        sport, dport = _be16(buf, l4), _be16(buf, l4 + 2)
-        block.sport[rows] = np.where(ports, sport, np.where(is_icmp, _u8(buf, l4), 0))
-        block.dport[rows] = np.where(ports, dport, np.where(is_icmp, _u8(buf, l4 + 1), 0))
+        words = unaligned(buf, ">u4")
+        both = words[l4].astype(np.int64)  # source and destination port (ICMP: type, code, checksum)
+        sport, dport = both >> 16, both & 0xFFFF
+        block.sport[rows] = np.where(ports, sport, np.where(is_icmp, sport >> 8, 0))
+        block.dport[rows] = np.where(ports, dport, np.where(is_icmp, sport & 255, 0))
         tcp = np.flatnonzero(is_tcp & ~short)
         t_rows, t_l4 = rows[tcp], l4[tcp]
-        doff = (_u8(buf, t_l4 + 12) >> 4) * 4
-        block.seq[t_rows] = _be32(buf, t_l4 + 4)
-        block.ack[t_rows] = _be32(buf, t_l4 + 8)
-        block.tcp_flags[t_rows] = _u8(buf, t_l4 + 13)
-        block.window[t_rows] = _be16(buf, t_l4 + 14)
+        control = words[t_l4 + 12].astype(np.int64)  # data offset, flags, window
+        doff = (control >> 28) * 4
+        block.seq[t_rows] = words[t_l4 + 4]
+        block.ack[t_rows] = words[t_l4 + 8]
+        block.tcp_flags[t_rows] = (control >> 16) & 255
+        block.window[t_rows] = control & 0xFFFF
         hlen[tcp] = doff
         bad_doff = (doff < 20) | (t_l4 + doff > ip_end[tcp])
         self._mark(block, t_rows, bad_doff, PacketStatus.BAD_L4_HEADER)
