@@ -18,13 +18,15 @@ ClickHouse 18.16 on this machine.
 Run after deploy/kafka/start.sh and deploy/clickhouse/start.sh:
     .venv/bin/python bench/correlate_stream.py [--records N] [--live-seconds S]
 
-Measured here (2 cores shared with Kafka, ClickHouse 18.16 and another engineer's benchmark, load ~2.3):
-    1,006,260 records -> 89,780 traces: 52.6 s from start (19,131 records/s; 44.6 s from the first
-    trace stored); offline engine on the same records and core: 4.8 s (211,445 records/s).
-    Live at 10,000 records/s for 30 s: publish -> queryable median 3.8 s, p99 6.1 s (lateness 2 s +
-    trace spread 0.5 s + release/pass cadence and the store insert).
-    get_trace over 1,000 ids after both runs (1M spans): median 78 ms, p99 176 ms; on a quieter
-    machine with merged parts, 300k records: median 12 ms, p99 30 ms (two FINAL point queries).
+Measured here (2 cores shared with Kafka, ClickHouse 18.16 and other engineers' work; load 1-2.5):
+    1,006,260 records -> 89,780 traces: 33.9 s from start, 29,714 records/s (21.3 s from the first
+    trace stored to the last); the offline engine on the same records and core: 3.7 s (274,942/s).
+    (An earlier run on a busier machine: 52.6 s, 19,131 records/s.)
+    Live at 10,000 records/s for 30 s: publish -> queryable median 3.3 s, p99 5.2 s (lateness 2 s +
+    trace spread 0.5 s + release and pass cadence + the store insert).
+    get_trace after both runs: 1M spans, median 78-112 ms, p99 140-176 ms; 320k spans, median 47 ms
+    as written (6 + 4 parts), 27 ms after OPTIMIZE FINAL (2 + 2 parts); 240k spans, merged, on a quiet
+    machine: 12 ms. Two FINAL queries on 18.16: their cost grows with the table.
 """
 
 from __future__ import annotations
@@ -204,19 +206,33 @@ def trace_delays(res: object, requests: Batch, flows: Batch, publish_ns: dict[in
 
 
 def lookups(db: str, ids: list[str], count: int = 1000) -> None:
+    """get_trace latency as the streaming writes left the tables, then after the parts were merged."""
+    from clickhouse_driver import Client
+
+    name = db.rsplit("/", 1)[1]
+    client = Client("127.0.0.1", 9000)
+    parts_sql = ("SELECT table, count() FROM system.parts WHERE database = %(db)s AND active "
+                 "AND table IN ('traces', 'spans') GROUP BY table ORDER BY table")
     store = store_from_url(db)
     rng = np.random.default_rng(3)
     picks = [ids[i] for i in rng.integers(0, len(ids), count)]
     store.get_trace(picks[0])  # connect
-    times = []
-    for tid in picks:
-        t = time.perf_counter()
-        trace, spans = store.get_trace(tid)
-        times.append((time.perf_counter() - t) * 1000)
-        assert trace is not None and spans
+    for label in ("as written", "after OPTIMIZE ... FINAL"):
+        if label != "as written":
+            for table in ("traces", "spans"):
+                client.execute(f"OPTIMIZE TABLE `{name}`.`{table}` FINAL")
+        parts = dict(client.execute(parts_sql, {"db": name}))
+        times = []
+        for tid in picks:
+            t = time.perf_counter()
+            trace, spans = store.get_trace(tid)
+            times.append((time.perf_counter() - t) * 1000)
+            assert trace is not None and spans
+        print(f"\n== trace lookup, {label} ({parts.get('traces', 0)} + {parts.get('spans', 0)} active parts in "
+              f"traces + spans): store.get_trace (trace row + spans, FINAL) over {count} stored ids: "
+              f"median {np.median(times):.1f} ms, p99 {np.percentile(times, 99):.1f} ms (goal < 50 ms)")
     store.close()
-    print(f"\n== trace lookup (store.get_trace: trace row + spans, FINAL) over {count} stored ids: "
-          f"median {np.median(times):.1f} ms, p99 {np.percentile(times, 99):.1f} ms (goal < 50 ms)")
+    client.disconnect()
 
 
 def main() -> None:
