@@ -21,8 +21,8 @@ from hopscope.store.query import (
     Filters,
     count_rows,
     rows_to_records,
+    select_latest,
     select_range,
-    select_where,
 )
 from hopscope.store.schema import (
     TABLES,
@@ -213,10 +213,10 @@ class SqlStore(abc.ABC):
         """One trace and its spans in hop order (``None`` and [] when unknown)."""
         traces_spec, spans_spec = table_spec("traces"), table_spec("spans")
         trace_rows = self._select(
-            select_where(self.database, traces_spec, {"trace_id": trace_id}, ["trace_id"])
+            select_latest(self.database, traces_spec, {"trace_id": trace_id}, ["trace_id"])
         )
         span_rows = self._select(
-            select_where(self.database, spans_spec, {"trace_id": trace_id}, ["hop_index", "span_id"])
+            select_latest(self.database, spans_spec, {"trace_id": trace_id}, ["hop_index", "span_id"])
         )
         traces: Sequence[Trace] = rows_to_records(Trace, trace_rows)
         return (traces[0] if traces else None), rows_to_records(Span, span_rows)
