@@ -166,7 +166,9 @@ def _print(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
         if not len(batch):
             continue
         if not args.interim:
-            batch = batch.take(np.flatnonzero(batch.columns["final"]))
+            final = np.flatnonzero(batch.columns["final"])
+            if len(final) < len(batch):  # take() copies the text columns element by element
+                batch = batch.take(final)
         if args.format == "jsonl":
             for start in range(0, len(batch), 4096):  # bounded memory for big flushes
                 out.writelines(jsonl_lines(batch.slice(start, start + 4096)))
