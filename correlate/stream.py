@@ -519,79 +519,37 @@ class Seen:
 
 
 class GroupConsumer:
-    """A ``KafkaRecordConsumer`` that also reports its partition assignment (rebalances)."""
+    """A ``KafkaRecordConsumer`` with a short group session (a member killed with -9 is replaced
+    after ``SESSION_TIMEOUT_MS``), and partition counts keyed by record table."""
 
     def __init__(self, bootstrap: str, group: str, tables: Iterable[str], prefix: str) -> None:
-        from kafka import KafkaConsumer
+        from hopscope.transport.kafka import KafkaRecordConsumer
 
-        from hopscope.transport.kafka import MAX_MESSAGE_BYTES, KafkaRecordConsumer
-
-        tables = self.tables = list(tables)
-        self.inner = KafkaRecordConsumer(bootstrap, group, tables=tables, prefix=prefix)
-        self.stats = self.inner.stats
-        # The same consumer with a short session: a member killed with -9 is replaced after
-        # SESSION_TIMEOUT_MS, not kafka-python's 45 s. (KafkaRecordConsumer takes no consumer
-        # settings yet; asked of the transport's owner. The first consumer never joined the group.)
-        self.inner._consumer.close(autocommit=False)
-        self.inner._consumer = KafkaConsumer(
-            *[topic_of(t, prefix) for t in tables], bootstrap_servers=bootstrap, group_id=group,
-            enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=4 * MAX_MESSAGE_BYTES, session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 3,
+        self.tables = list(tables)
+        self.prefix = prefix
+        self.inner = KafkaRecordConsumer(
+            bootstrap, group, tables=self.tables, prefix=prefix, session_timeout_ms=SESSION_TIMEOUT_MS
         )
-        # A group leader without the topics' metadata assigns nothing (until the next metadata
-        # refresh, minutes later): fetch it before the first poll joins the group.
-        deadline = time.monotonic() + 15
-        for topic in (topic_of(t, prefix) for t in tables):
-            while not self.inner._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        self.stats = self.inner.stats
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
         return self.inner.poll(timeout_s=timeout_s, max_records=max_records)
 
     def commit(self, deliveries: list[Delivery]) -> None:
-        """Commit up to the given deliveries. KafkaRecordConsumer would also commit past dead-lettered
-        messages, which here may lie beyond records still buffered: those wait for a later commit."""
-        from kafka import TopicPartition
-
-        upto = {TopicPartition(d.topic, d.partition): d.offset for d in deliveries}
-        pending: dict[Any, int] = self.inner._pending_bad
-        later = {tp: off for tp, off in pending.items() if off > upto.get(tp, -1)}
-        for tp in later:
-            del pending[tp]
-        try:
-            self.inner.commit(deliveries)
-        finally:
-            pending.update(later)
+        """Commit up to the given deliveries (dead letters beyond buffered records wait: the
+        transport commits past a dead letter only once the records before it are committed)."""
+        self.inner.commit(deliveries)
 
     def assignment(self) -> set[TP]:
-        # KafkaRecordConsumer has no public assignment() yet (asked of the transport's owner).
-        return {(tp.topic, tp.partition) for tp in self.inner._consumer.assignment()}
+        return self.inner.assignment()
 
     def partitions(self, prefix: str) -> dict[str, int]:
         """Partition count of each table's topic this consumer reads."""
-        out: dict[str, int] = {}
-        for table in self.tables:
-            parts = self.inner._consumer.partitions_for_topic(topic_of(table, prefix))
-            if not parts:
-                raise UnavailableError(f"Kafka topic {topic_of(table, prefix)} has no partitions")
-            out[table.removeprefix("s2.")] = len(parts)
-        return out
+        return {table.removeprefix("s2."): self.inner.partition_count(table) for table in self.tables}
 
     def lagging(self) -> set[TP]:
         """Assigned partitions whose position is behind their high watermark (records to come)."""
-        from kafka.errors import KafkaError
-
-        consumer = self.inner._consumer
-        out: set[TP] = set()
-        for tp in consumer.assignment():
-            try:
-                position, highwater = consumer.position(tp, timeout_ms=100), consumer.highwater(tp)
-            except KafkaError:
-                position, highwater = None, None
-            if position is None or highwater is None or position < highwater:
-                out.add((tp.topic, tp.partition))
-        return out
+        return self.inner.lagging()
 
     def close(self) -> None:
         self.inner.close()

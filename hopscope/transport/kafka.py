@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -139,7 +140,11 @@ class KafkaPublisher:
 
 
 class KafkaRecordConsumer:
-    """Consumes record batches as a member of ``group``; commits only what ``commit`` is given."""
+    """Consumes record batches as a member of ``group``; commits only what ``commit`` is given.
+
+    ``session_timeout_ms`` bounds how long the partitions of a member that died (kill -9) stay
+    unread before the group hands them to another member.
+    """
 
     def __init__(
         self,
@@ -147,25 +152,70 @@ class KafkaRecordConsumer:
         group: str,
         tables: Iterable[str] = ("flows", "requests"),
         prefix: str = DEFAULT_TOPIC_PREFIX,
+        *,
+        session_timeout_ms: int = 10_000,
+        metadata_wait_s: float = 15.0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.tables = list(tables)
         self.dead_letter_topic = topic_of("deadletter", prefix)
         self.stats = TransportStats()
-        self._pending_bad: dict[TopicPartition, int] = {}
+        #: per partition: dead-lettered offsets not yet committed, each with the offset of the last
+        #: good message delivered before it (-1: none this session)
+        self._pending_bad: dict[TopicPartition, list[tuple[int, int]]] = {}
+        self._last_good: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
         check_reachable(bootstrap)
         try:
             self._consumer = KafkaConsumer(
-                *[topic_of(t, prefix) for t in tables],
+                *[topic_of(t, prefix) for t in self.tables],
                 bootstrap_servers=bootstrap,
                 group_id=group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=max(100, session_timeout_ms // 3),
             )
         except (KafkaError, OSError) as exc:
             raise _unavailable(bootstrap, exc) from exc
         self._dead_letter: KafkaProducer | None = None
+        self._wait_for_metadata(metadata_wait_s)
+
+    def _wait_for_metadata(self, wait_s: float) -> None:
+        """A group leader without its topics' metadata assigns nothing until the next metadata
+        refresh (minutes later): fetch it before the first poll joins the group."""
+        deadline = time.monotonic() + wait_s
+        for topic in (topic_of(t, self.prefix) for t in self.tables):
+            while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs this member holds now (they change on a rebalance)."""
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def partition_count(self, table: str) -> int:
+        """Partitions of a table's topic; ``UnavailableError`` when the topic has none."""
+        topic = topic_of(table, self.prefix)
+        parts = self._consumer.partitions_for_topic(topic)
+        if not parts:
+            raise UnavailableError(f"Kafka topic {topic} has no partitions at {self.bootstrap}")
+        return len(parts)
+
+    def lagging(self) -> set[tuple[str, int]]:
+        """Assigned partitions whose position is behind their high watermark (records to come);
+        a partition whose position is unknown counts as lagging."""
+        out: set[tuple[str, int]] = set()
+        for tp in self._consumer.assignment():
+            try:
+                position, highwater = self._consumer.position(tp, timeout_ms=100), self._consumer.highwater(tp)
+            except KafkaError:
+                position, highwater = None, None
+            if position is None or highwater is None or position < highwater:
+                out.add((tp.topic, tp.partition))
+        return out
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
         polled: dict[Any, list[Any]] = self._consumer.poll(
@@ -182,6 +232,7 @@ class KafkaRecordConsumer:
                     self._reject(tp, msg, str(exc))
                     continue
                 self.stats.records_in += len(batch)
+                self._last_good[tp] = msg.offset
                 out.append(Delivery(batch, tp.topic, tp.partition, msg.offset))
         return out
 
@@ -197,19 +248,30 @@ class KafkaRecordConsumer:
         self._dead_letter.send(self.dead_letter_topic, value=msg.value, key=msg.key, headers=headers)
         self._dead_letter.flush(timeout=30)
         self.stats.dead_lettered += 1
-        self._pending_bad[tp] = max(self._pending_bad.get(tp, -1), msg.offset)
+        self._pending_bad.setdefault(tp, []).append((msg.offset, self._last_good.get(tp, -1)))
 
     def commit(self, deliveries: list[Delivery]) -> None:
-        """Commit, per partition, past the last delivery given (and past dead-lettered messages)."""
-        upto: dict[TopicPartition, int] = dict(self._pending_bad)
+        """Commit, per partition, past the last delivery given, and past a dead-lettered message
+        once every good message delivered before it is committed (a caller that buffers records
+        commits only up to its oldest buffered delivery: a dead letter after it must wait)."""
+        upto: dict[TopicPartition, int] = {}
         for d in deliveries:
             tp = TopicPartition(d.topic, d.partition)
             upto[tp] = max(upto.get(tp, -1), d.offset)
+        for tp, bad in list(self._pending_bad.items()):
+            mark = max(upto.get(tp, -1), self._committed.get(tp, -1))
+            while bad and bad[0][1] <= mark:  # the last good message before it is committed
+                mark = max(mark, bad.pop(0)[0])
+            if mark > upto.get(tp, -1):
+                upto[tp] = mark
+            if not bad:
+                del self._pending_bad[tp]
+        upto = {tp: off for tp, off in upto.items() if off > self._committed.get(tp, -1)}
         if not upto:
             return
         offsets = {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in upto.items()}
         self._consumer.commit(offsets=offsets)
-        self._pending_bad.clear()
+        self._committed.update(upto)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -113,3 +113,40 @@ def test_bad_message_is_dead_lettered_not_fatal(kafka_bootstrap: str, prefix: st
 def test_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(UnavailableError, match=r"Kafka broker at 127\.0\.0\.1:1 is unreachable"):
         KafkaPublisher("127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    ("layout", "commit_upto", "redelivered"),
+    [
+        # good 0, bad 1, good 2: committing 0 also commits past the dead letter right after it.
+        ("GBG", 0, [2]),
+        # good 0, good 1, bad 2, good 3: committing 0 must not skip 1, nor the dead letter after it.
+        ("GGBG", 0, [1, 3]),
+        # committing 1 covers the dead letter at 2 as well.
+        ("GGBG", 1, [3]),
+    ],
+)
+def test_dead_letters_are_committed_only_behind_committed_records(
+    kafka_bootstrap: str, layout: str, commit_upto: int, redelivered: list[int]
+) -> None:
+    """A caller that buffers commits only up to its oldest buffered record: a dead-lettered
+    message later in the partition must not be committed past records still buffered."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    ensure_topics(kafka_bootstrap, partitions=1, prefix=prefix)
+    publisher = KafkaPublisher(kafka_bootstrap, prefix=prefix)
+    for kind in layout:  # one message each, in this order, on the one partition
+        if kind == "G":
+            publisher.publish(_flows(1, seed=len(kind)))
+        else:
+            publisher.publish_raw(f"{prefix}.flows", b"garbage", key=b"1")
+        publisher.flush()
+    publisher.close()
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
+    got = _drain(consumer, want=layout.count("G"))
+    assert [d.offset for d in got] == [i for i, k in enumerate(layout) if k == "G"]
+    consumer.commit([d for d in got if d.offset == commit_upto])
+    consumer.close()
+    again = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
+    assert [d.offset for d in _drain(again, want=10**6, deadline_s=4)] == redelivered
+    again.close()
