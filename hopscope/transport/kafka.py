@@ -7,8 +7,8 @@ correlation key of the message's first record, its partition is set explicitly.
 
 The consumer belongs to a consumer group, never auto-commits, and commits a partition's offset only
 when ``commit`` is called with the deliveries the caller has stored. A message that fails to decode
-is counted, logged with topic, partition and offset, and copied to ``hopscope.deadletter`` with the
-error in its headers; its offset is committed with the next commit.
+is counted, logged with topic, partition and offset, and copied to ``<prefix>.deadletter`` with the
+error in its headers; its offset is committed once every good message before it is committed.
 """
 
 from __future__ import annotations
