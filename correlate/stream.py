@@ -76,7 +76,6 @@ little under the GIL.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -1154,26 +1153,10 @@ def _flows_closed(fkeys: U64, flows: RowBuffer, watermark_ns: int, idle_ns: int)
 
 def ensure_relay_topics(bootstrap: str, prefix: str = DEFAULT_TOPIC_PREFIX, partitions: int = 4) -> None:
     """Create the input topics and the stage-2 topics ``<prefix>.s2.requests|flows`` if missing."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
     from hopscope.transport.kafka import ensure_topics
 
     ensure_topics(bootstrap, partitions=partitions, prefix=prefix)
-    names = [topic_of(f"s2.{t}", prefix) for t in RECORD_TABLES]
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    except (KafkaError, OSError) as exc:
-        raise UnavailableError(f"Kafka broker at {bootstrap} is unreachable ({exc})") from exc
-    try:
-        existing = set(admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name in names if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another process
-                admin.create_topics(missing)
-    finally:
-        admin.close()
+    ensure_topics(bootstrap, partitions=partitions, prefix=prefix, tables=[f"s2.{t}" for t in RECORD_TABLES])
 
 
 class StreamPipeline:

@@ -62,10 +62,15 @@ def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
     raise _unavailable(bootstrap, errors[-1])
 
 
-def ensure_topics(bootstrap: str, partitions: int = 4, prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
-    """Create hopscope's topics (one per table, and the dead-letter topic) if they do not exist
-    (one replica: a single-node broker)."""
-    names = [topic_of(t, prefix) for t in (*TABLES, "deadletter")]
+def ensure_topics(
+    bootstrap: str,
+    partitions: int = 4,
+    prefix: str = DEFAULT_TOPIC_PREFIX,
+    tables: Iterable[str] = (*TABLES, "deadletter"),
+) -> None:
+    """Create the topics of ``tables`` (default: one per record table, and the dead-letter topic)
+    if they do not exist (one replica: a single-node broker)."""
+    names = [topic_of(t, prefix) for t in tables]
     check_reachable(bootstrap)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
