@@ -110,6 +110,25 @@ def final_and_distinct(url: str) -> tuple[int, int]:
         client.disconnect()
 
 
+def wait_for_members(groups: list[str], members: int, timeout_s: float = 60) -> None:
+    """Until every group is Stable with ``members`` members (a sleep is too short on a busy machine)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = admin.describe_groups(groups)
+            if all(
+                described[g]["group_state"] == "Stable" and len(described[g]["members"]) == members for g in groups
+            ):
+                return
+            assert time.monotonic() < deadline, f"groups did not reach {members} members: {described}"
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def correlate(prefix: str, url: str, group: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*HOPSCOPE, "correlate", "--kafka", KAFKA_BOOTSTRAP, "--store", url, "--topic-prefix", prefix,
@@ -173,7 +192,7 @@ def test_one_correlator_equals_offline(db: str, prefix: str, ids: str) -> None:
 def test_two_correlators_in_one_group_equal_one(db: str, prefix: str) -> None:
     requests, flows = load(seed=5)
     procs = [correlate(prefix, db, prefix, "--idle-exit", "6") for _ in range(2)]
-    time.sleep(4)  # both join the groups before any record arrives
+    wait_for_members([f"{prefix}-s1", f"{prefix}-s2"], 2)  # both join before any record arrives
     publish(prefix, chunks(requests, flows, 16), pause_s=0.15)
     errs = [finish(p) for p in procs]
     relayed = [int(e.split("hopscope correlate: ")[1].split(" records relayed")[0]) for e in errs]
