@@ -57,6 +57,9 @@ setup_venv() {
   fi
   echo "setup: pip install -e \".[dev,lab]\" (editable, strict)"
   "$venv/bin/pip" install -q -e "$ROOT[dev,lab]" --config-settings editable_mode=strict
+  # The compiled kernels (setup.py) also in place, for Python run from the checkout (hopscope/ symlinks).
+  echo "setup: build_ext --inplace (probes/csrc kernels)"
+  (cd "$ROOT" && "$venv/bin/python" setup.py -q build_ext --inplace)
 }
 
 install_debs "${DEB_PACKAGES[@]}"

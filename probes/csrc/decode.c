@@ -1,0 +1,7 @@
+/* STUB — replaced by its owner. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyMethodDef methods[] = {{NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decode", "stub", -1, methods};
+PyMODINIT_FUNC PyInit__decode(void) { return PyModule_Create(&module); }
