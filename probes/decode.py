@@ -22,7 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.probes import layers
+from hopscope.probes import kernels, layers
 from hopscope.probes.packets import ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketBlock, PacketStatus
 from hopscope.probes.readers import (
     LINKTYPE_ETHERNET,
@@ -92,9 +92,12 @@ class Decoder:
         self.point_names: list[str] = [default_point]
         self.point_ifaces: list[str] = [""]
         self._point_ids: dict[tuple[int, str, int], int] = {}
+        self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the numpy fast path below
 
     def decode(self, raw: RawBlock) -> PacketBlock:
         """Decode every frame of ``raw``; the result has one row per frame, in order."""
+        if self._kernel is not None:
+            return self._decode_native(raw)
         n = raw.count
         block = PacketBlock.empty(n, raw.buf)
         block.ts_ns[:] = raw.ts_ns
@@ -108,7 +111,8 @@ class Decoder:
             PacketStatus.UNKNOWN_LINKTYPE,
         )  # fmt: skip
         if slow.any():
-            self._slow_path(block, raw, np.flatnonzero(slow), linktypes)
+            rows = np.flatnonzero(slow)
+            self._slow_path(block, raw, rows, linktypes[rows])
         self._assign_points(block, raw, ifindex)
         bad_rows = np.flatnonzero(block.status != PacketStatus.OK)
         bad = block.status[bad_rows]
@@ -117,6 +121,30 @@ class Decoder:
                 getattr(block, name)[bad_rows] = 0
             for code, cnt in zip(*np.unique(bad, return_counts=True), strict=True):
                 self.skips[PacketStatus(int(code)).name.lower()] += int(cnt)
+        return block
+
+    def _decode_native(self, raw: RawBlock) -> PacketBlock:
+        """``decode`` with link layer and fast path in C (``_decode.decode_fast``); same rows, same skips."""
+        assert self._kernel is not None
+        n = raw.count
+        block = PacketBlock.empty(n, raw.buf)
+        block.ts_ns[:] = raw.ts_ns
+        block.iface[:] = raw.iface
+        table = np.array([i.linktype for i in raw.interfaces], np.int64)
+        ifindex, slow = np.empty(n, np.int64), np.empty(n, np.uint8)
+        counts = np.zeros(16, np.int64)  # rows per PacketStatus, fast-path skips first
+        cols = tuple(getattr(block, name) for name in _NATIVE_COLUMNS)
+        offset, caplen, iface = (np.ascontiguousarray(a) for a in (raw.offset, raw.caplen, raw.iface))
+        if self._kernel.decode_fast(raw.buf, offset, caplen, iface, table, (*cols, ifindex, slow), counts):
+            rows = np.flatnonzero(slow)
+            self._slow_path(block, raw, rows, table[iface[rows]])
+            bad_rows = rows[block.status[rows] != PacketStatus.OK]
+            for name in (*_ROW_FIELDS, "payload_off", "tunnel"):
+                getattr(block, name)[bad_rows] = 0
+            counts += np.bincount(block.status[bad_rows], minlength=16)
+        self._assign_points(block, raw, ifindex)
+        for code in np.flatnonzero(counts).tolist():
+            self.skips[PacketStatus(code).name.lower()] += int(counts[code])
         return block
 
     # --- fast path ----------------------------------------------------------------------------
@@ -239,10 +267,11 @@ class Decoder:
     # --- slow path and points -----------------------------------------------------------------
 
     def _slow_path(self, block: PacketBlock, raw: RawBlock, rows: I64, linktypes: I64) -> None:
+        """Decode ``rows`` one by one with ``layers.decode_frame``; ``linktypes`` has one entry per row."""
         self.slow_packets += len(rows)
         tunnels: dict[str, int] = {t: i for i, t in enumerate(block.tunnels)}
         buf = raw.buf
-        for i, lt in zip(rows.tolist(), linktypes[rows].tolist(), strict=True):
+        for i, lt in zip(rows.tolist(), linktypes.tolist(), strict=True):
             start = int(raw.offset[i])
             frame = memoryview(buf[start : start + int(raw.caplen[i])])  # type: ignore[arg-type]
             result = layers.decode_frame(frame, lt)
@@ -297,6 +326,13 @@ def interface_label(name: str, ifindex: int) -> str:
 _ROW_FIELDS: Final = (
     "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "tcp_flags", "seq",
     "ack", "window", "ip_id", "ttl", "ip_len", "payload_len", "payload_caplen",
+)  # fmt: skip
+
+
+#: The ``PacketBlock`` columns ``_decode.decode_fast`` fills, in its argument order (decode.c: C_STATUS...).
+_NATIVE_COLUMNS: Final = (
+    "status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "tcp_flags", "seq",
+    "ack", "window", "ip_id", "ttl", "ip_len", "payload_off", "payload_len", "payload_caplen", "vlan",
 )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hopscope.errors import CaptureError
+from hopscope.probes import kernels
 
 #: Link types (LINKTYPE_* from tcpdump.org/linktypes.html) that hopscope decodes.
 LINKTYPE_NULL: Final = 0
@@ -45,6 +46,8 @@ LINKTYPE_LINUX_SLL2: Final = 276
 
 #: Largest record accepted; larger length fields mean a corrupt file (libpcap's limit is 256 KiB).
 MAX_RECORD_BYTES: Final = 1 << 20
+#: Largest pcapng block accepted (a record plus room for its header and options).
+MAX_BLOCK_BYTES: Final = MAX_RECORD_BYTES + 4096
 #: Zero bytes appended after every chunk so the decoder may gather a few bytes past a frame's end.
 PAD_BYTES: Final = 512
 DEFAULT_CHUNK_BYTES: Final = 8 << 20
@@ -132,6 +135,7 @@ class CaptureReader:
         self.chunk_bytes = max(chunk_bytes, 1 << 16)
         self.stats = ReadStats()
         self.interfaces: list[Interface] = []
+        self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the Python walks below
         try:
             with self.path.open("rb") as fh:
                 self._head = fh.read(64)
@@ -173,9 +177,14 @@ class CaptureReader:
             data, size = _read_chunk(fh, carry, self.chunk_bytes)
             if size == len(carry):
                 break
-            offs, end = self._walk_pcap(data, size, endian, file_pos)
-            if offs:
-                yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
+            if self._kernel is not None:
+                block, end = self._walk_pcap_native(data, size, endian, ns_per_unit, interfaces, file_pos)
+                if block is not None:
+                    yield block
+            else:
+                offs, end = self._walk_pcap(data, size, endian, file_pos)
+                if offs:
+                    yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
             file_pos += end
             carry = data[end:size].tobytes()
         if carry:
@@ -209,6 +218,33 @@ class CaptureReader:
             pos = offs.pop()
         return offs, pos
 
+    def _walk_pcap_native(
+        self, data: npt.NDArray[np.uint8], n: int, endian: str, ns_per_unit: int,
+        interfaces: tuple[Interface, ...], file_pos: int,
+    ) -> tuple[RawBlock | None, int]:  # fmt: skip
+        """``_walk_pcap`` and ``_pcap_block`` in one C call (``_decode.walk_pcap``): same block, same errors."""
+        assert self._kernel is not None
+        cap = n // 16 + 1  # records are at least 16 bytes; pages never written are never touched
+        offset, ts_ns = np.empty(cap, np.int64), np.empty(cap, np.int64)
+        caplen, origlen = np.empty(cap, np.uint32), np.empty(cap, np.uint32)
+        count, end, nbytes, bad_pos, bad_caplen = self._kernel.walk_pcap(
+            data, n, endian == ">", ns_per_unit, MAX_RECORD_BYTES, offset, caplen, origlen, ts_ns
+        )
+        if bad_pos >= 0:
+            raise CaptureError(
+                f"{self.path}: corrupt pcap record at offset {file_pos + bad_pos}: "
+                f"captured length {bad_caplen} exceeds {MAX_RECORD_BYTES}"
+            )
+        if count == 0:
+            return None, end
+        self.stats.frames += count
+        self.stats.bytes += nbytes
+        block = RawBlock(
+            buf=data, offset=offset[:count], caplen=caplen[:count], origlen=origlen[:count], ts_ns=ts_ns[:count],
+            iface=np.zeros(count, np.uint16), interfaces=interfaces, file_offset=file_pos,
+        )  # fmt: skip
+        return block, end
+
     def _pcap_block(
         self, data: npt.NDArray[np.uint8], offs: list[int], endian: str, ns_per_unit: int,
         interfaces: tuple[Interface, ...], file_pos: int,
@@ -236,14 +272,19 @@ class CaptureReader:
     def _pcapng_blocks(self, fh: BinaryIO) -> Iterator[RawBlock]:
         file_pos, carry = 0, b""
         self._endian = "<"
+        self._block_head: Callable[..., tuple[Any, ...]] = struct.Struct("<II").unpack_from
         self._section_base = 0
         while True:
             data, size = _read_chunk(fh, carry, self.chunk_bytes)
             if size == len(carry):
                 break
-            frames, end = self._walk_pcapng(data, size, file_pos)
-            if frames:
-                yield self._pcapng_block(data, frames, file_pos)
+            if self._kernel is not None:
+                starts, btypes, bases, end = self._walk_pcapng_native(data, size, file_pos)
+            else:
+                frames, end = self._walk_pcapng(data, size, file_pos)
+                starts, btypes, bases = np.asarray(frames, dtype=np.int64).reshape(-1, 3).T
+            if len(starts):
+                yield self._pcapng_block(data, starts, btypes, bases, file_pos)
             file_pos += end
             carry = data[end:size].tobytes()
         if carry:
@@ -254,30 +295,64 @@ class CaptureReader:
     ) -> tuple[list[tuple[int, int, int]], int]:
         """Walk the blocks of ``data[:n]``: (offset, block type, section base) per frame block."""
         frames: list[tuple[int, int, int]] = []
-        append = frames.append
         pos = 0
-        head = struct.Struct(self._endian + "II").unpack_from
-        raw = data.data
         while pos + 12 <= n:
-            btype, blen = head(raw, pos)
-            if btype == _PCAPNG_SHB:
-                head = self._section_header(data, pos, file_pos)
-                btype, blen = head(raw, pos)
-            if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES + 4096:
-                raise CaptureError(
-                    f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: type {btype:#x}, length {blen}"
-                )
-            if pos + blen > n:
+            step = self._pcapng_step(data, n, pos, file_pos, frames)
+            if step is None:
                 break
-            if btype in (_EPB, _SPB, _PB):
-                append((pos, btype, self._section_base))
-            elif btype == _IDB:
-                self._interface(data, pos, blen, file_pos)
-            elif btype != _PCAPNG_SHB:
-                key = f"pcapng_block_{btype:#x}"
-                self.stats.skipped_blocks[key] = self.stats.skipped_blocks.get(key, 0) + 1
-            pos += blen
+            pos = step
         return frames, pos
+
+    def _walk_pcapng_native(
+        self, data: npt.NDArray[np.uint8], n: int, file_pos: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[np.int64], int]:
+        """``_walk_pcapng`` with the packet blocks walked in C (``_decode.walk_pcapng``); every other block
+        (section and interface headers, skipped blocks, damage) goes through ``_pcapng_step``."""
+        assert self._kernel is not None
+        cap = n // 12 + 1  # blocks are at least 12 bytes
+        starts, btypes = np.empty(cap, np.int64), np.empty(cap, np.uint8)
+        segments: list[tuple[int, int]] = []  # (frames so far, section base of the frames that follow)
+        count, pos, extra = 0, 0, list[tuple[int, int, int]]()
+        while True:
+            segments.append((count, self._section_base))
+            got, pos, more = self._kernel.walk_pcapng(
+                data, n, pos, self._endian == ">", MAX_BLOCK_BYTES, starts, btypes, count
+            )
+            count += got
+            if not more:
+                break
+            step = self._pcapng_step(data, n, pos, file_pos, extra)
+            if extra:  # a packet block C declined cannot be well-formed: _pcapng_step raised for it
+                raise AssertionError("walk_pcapng stopped at a well-formed packet block")
+            if step is None:
+                break
+            pos = step
+        firsts = np.array([c for c, _ in segments] + [count], np.int64)
+        bases = np.repeat(np.array([b for _, b in segments], np.int64), np.diff(firsts))
+        return starts[:count], btypes[:count], bases, pos
+
+    def _pcapng_step(
+        self, data: npt.NDArray[np.uint8], n: int, pos: int, file_pos: int, frames: list[tuple[int, int, int]]
+    ) -> int | None:
+        """Handle the block at ``pos``: returns where the next one starts, None when it is incomplete."""
+        btype, blen = self._block_head(data.data, pos)
+        if btype == _PCAPNG_SHB:
+            self._block_head = self._section_header(data, pos, file_pos)
+            btype, blen = self._block_head(data.data, pos)
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK_BYTES:
+            raise CaptureError(
+                f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: type {btype:#x}, length {blen}"
+            )
+        if pos + blen > n:
+            return None
+        if btype in (_EPB, _SPB, _PB):
+            frames.append((pos, btype, self._section_base))
+        elif btype == _IDB:
+            self._interface(data, pos, blen, file_pos)
+        elif btype != _PCAPNG_SHB:
+            key = f"pcapng_block_{btype:#x}"
+            self.stats.skipped_blocks[key] = self.stats.skipped_blocks.get(key, 0) + 1
+        return int(pos + blen)
 
     def _section_header(self, data: npt.NDArray[np.uint8], pos: int, file_pos: int) -> Callable[..., tuple[Any, ...]]:
         if pos + 12 > len(data):
@@ -316,10 +391,12 @@ class CaptureReader:
             opt += 4 + ((olen + 3) & ~3)
         self.interfaces.append(Interface(len(self.interfaces), linktype, snaplen, name, tsresol, tsoffset))
 
-    def _pcapng_block(self, data: npt.NDArray[np.uint8], frames: list[tuple[int, int, int]], file_pos: int) -> RawBlock:
+    def _pcapng_block(
+        self, data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
+        base: npt.NDArray[np.int64], file_pos: int,
+    ) -> RawBlock:  # fmt: skip
+        """Frame columns of the packet blocks starting at ``starts`` (block types ``btype``, section bases ``base``)."""
         buf = _padded(data)
-        arr = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
-        starts, btype, base = arr[:, 0], arr[:, 1], arr[:, 2]
         e = self._endian
         words = _words(buf, e)
         hdr = np.stack([words[starts + 4 * k] for k in range(7)], axis=1)  # 7 words from the block start

@@ -1,7 +1,567 @@
-/* STUB — replaced by its owner. */
+/* hopscope.probes._decode: the capture record walk and the decoder's fast path, in C.
+ *
+ * Three kernels, each the twin of reference code that stays in Python/numpy (and runs when this
+ * module is missing or HOPSCOPE_NATIVE=0; tests/probes/test_decode_native.py compares them):
+ *
+ *   walk_pcap     probes/readers.py CaptureReader._walk_pcap + _pcap_block: the records of one chunk
+ *                 of a pcap file -> frame offset, caplen, origlen, ts_ns columns.
+ *   walk_pcapng   probes/readers.py CaptureReader._walk_pcapng (the loop over packet blocks): the
+ *                 EPB/SPB/PB blocks of one chunk; stops at any other block for Python to handle.
+ *   decode_fast   probes/decode.py _link_layer + Decoder._fast_path/_ipv4/_ipv6/_l4: link layer ->
+ *                 IPv4/IPv6 -> TCP/UDP/ICMP columns of a PacketBlock; rows the fast path declines
+ *                 (VLAN stacks, fragments, extension headers, tunnels) are flagged for the Python
+ *                 slow path exactly where the numpy code flags them.
+ *
+ * Columns cross as buffers (no numpy headers): Python allocates every output array, C fills it.
+ * Packets are untrusted: every read is checked against the frame's captured end (and frames against
+ * the buffer) before it happens. The loops run without the GIL. No global mutable state.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
-static PyMethodDef methods[] = {{NULL, NULL, 0, NULL}};
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decode", "stub", -1, methods};
+/* --- byte access (unaligned, explicit byte order) ------------------------------------------- */
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static inline uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+
+static inline uint64_t be64(const uint8_t *p) { return ((uint64_t)be32(p) << 32) | be32(p + 4); }
+
+static inline uint32_t rd32(const uint8_t *p, int big) { return big ? be32(p) : le32(p); }
+
+/* --- buffer arguments ------------------------------------------------------------------------ */
+
+/* Get a C-contiguous buffer of `n` items of `itemsize` bytes (n < 0: any length). */
+static int get_buf(PyObject *obj, Py_buffer *view, Py_ssize_t n, Py_ssize_t itemsize, int writable,
+                   const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (view->itemsize != itemsize || (n >= 0 && view->len != n * itemsize)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes of %zd-byte items",
+                     name, n, itemsize, view->len, view->itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_all(Py_buffer *views, int count)
+{
+    for (int i = 0; i < count; i++)
+        PyBuffer_Release(&views[i]);
+}
+
+/* --- walk_pcap -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    Py_ssize_t n;          /* bytes of data in buf (records must end by n) */
+    int big;               /* file byte order */
+    int64_t ns_per_unit;   /* 1000 for µs files, 1 for ns files */
+    int64_t max_record;    /* caplen above this: corrupt file */
+    Py_ssize_t capacity;   /* rows the output columns hold */
+    int64_t *offset, *ts_ns;
+    uint32_t *caplen, *origlen;
+    /* results */
+    Py_ssize_t count, end, bad_pos;
+    int64_t bad_caplen, bytes;
+} PcapWalk;
+
+/* Chain the 16-byte record headers; stop at the first incomplete record or an absurd caplen. */
+static void pcap_walk(PcapWalk *w)
+{
+    Py_ssize_t pos = 0, count = 0;
+    int64_t bytes = 0;
+    w->bad_pos = -1;
+    while (pos + 16 <= w->n && count < w->capacity) {
+        const uint8_t *h = w->buf + pos;
+        uint32_t cap = rd32(h + 8, w->big);
+        if ((int64_t)cap > w->max_record) {
+            w->bad_pos = pos;
+            w->bad_caplen = cap;
+            break;
+        }
+        if (pos + 16 + (Py_ssize_t)cap > w->n)
+            break; /* continues in the next chunk, or the file is cut here */
+        w->offset[count] = pos + 16;
+        w->caplen[count] = cap;
+        w->origlen[count] = rd32(h + 12, w->big);
+        w->ts_ns[count] = (int64_t)rd32(h, w->big) * 1000000000 + (int64_t)rd32(h + 4, w->big) * w->ns_per_unit;
+        bytes += cap;
+        count++;
+        pos += 16 + (Py_ssize_t)cap;
+    }
+    w->count = count;
+    w->end = pos;
+    w->bytes = bytes;
+}
+
+static PyObject *walk_pcap(PyObject *self, PyObject *args)
+{
+    PyObject *o_buf, *o_off, *o_cap, *o_orig, *o_ts;
+    Py_ssize_t n;
+    int big;
+    long long ns_per_unit, max_record;
+    if (!PyArg_ParseTuple(args, "OnpLLOOOO:walk_pcap", &o_buf, &n, &big, &ns_per_unit, &max_record, &o_off, &o_cap,
+                          &o_orig, &o_ts))
+        return NULL;
+    Py_buffer v[5];
+    int held = 0;
+    if (get_buf(o_buf, &v[held], -1, 1, 0, "buf") < 0)
+        goto fail;
+    held++;
+    if (get_buf(o_off, &v[held], -1, 8, 1, "offset") < 0)
+        goto fail;
+    Py_ssize_t cap = v[held++].len / 8;
+    if (get_buf(o_cap, &v[held], cap, 4, 1, "caplen") < 0)
+        goto fail;
+    held++;
+    if (get_buf(o_orig, &v[held], cap, 4, 1, "origlen") < 0)
+        goto fail;
+    held++;
+    if (get_buf(o_ts, &v[held], cap, 8, 1, "ts_ns") < 0)
+        goto fail;
+    held++;
+    if (n < 0 || n > v[0].len) {
+        PyErr_Format(PyExc_ValueError, "walk_pcap: n=%zd outside the buffer (%zd bytes)", n, v[0].len);
+        goto fail;
+    }
+    PcapWalk w = {.buf = v[0].buf, .n = n, .big = big, .ns_per_unit = ns_per_unit, .max_record = max_record,
+                  .capacity = cap, .offset = v[1].buf, .ts_ns = v[4].buf, .caplen = v[2].buf, .origlen = v[3].buf};
+    Py_BEGIN_ALLOW_THREADS
+    pcap_walk(&w);
+    Py_END_ALLOW_THREADS
+    release_all(v, held);
+    return Py_BuildValue("nnLnL", w.count, w.end, (long long)w.bytes, w.bad_pos, (long long)w.bad_caplen);
+fail:
+    release_all(v, held);
+    return NULL;
+}
+
+/* --- walk_pcapng ------------------------------------------------------------------------------ */
+
+enum { PCAPNG_PB = 2, PCAPNG_SPB = 3, PCAPNG_EPB = 6 };
+
+/* Packet blocks (EPB/SPB/PB) from `pos` on: their starts and types. Returns where it stopped: at the
+ * first block that is not a well-formed packet block (Python handles it), at an incomplete block, or
+ * when fewer than 12 bytes are left. `*more` is 1 when it stopped at a block Python must look at. */
+static Py_ssize_t pcapng_walk(const uint8_t *buf, Py_ssize_t n, Py_ssize_t pos, int big, int64_t max_block,
+                              int64_t *starts, uint8_t *btypes, Py_ssize_t capacity, Py_ssize_t *count, int *more)
+{
+    Py_ssize_t k = 0;
+    *more = 0;
+    while (pos + 12 <= n) {
+        uint32_t btype = rd32(buf + pos, big), blen = rd32(buf + pos + 4, big);
+        if (btype != PCAPNG_EPB && btype != PCAPNG_SPB && btype != PCAPNG_PB) {
+            *more = 1;
+            break;
+        }
+        if (blen < 12 || blen % 4 || (int64_t)blen > max_block || k >= capacity) {
+            *more = 1; /* Python raises the error (or, for a full output, continues) */
+            break;
+        }
+        if (pos + (Py_ssize_t)blen > n)
+            break;
+        starts[k] = pos;
+        btypes[k] = (uint8_t)btype;
+        k++;
+        pos += blen;
+    }
+    *count = k;
+    return pos;
+}
+
+static PyObject *walk_pcapng(PyObject *self, PyObject *args)
+{
+    PyObject *o_buf, *o_starts, *o_types;
+    Py_ssize_t n, pos, first;
+    int big;
+    long long max_block;
+    if (!PyArg_ParseTuple(args, "OnnpLOOn:walk_pcapng", &o_buf, &n, &pos, &big, &max_block, &o_starts, &o_types,
+                          &first))
+        return NULL;
+    Py_buffer v[3];
+    int held = 0;
+    if (get_buf(o_buf, &v[held], -1, 1, 0, "buf") < 0)
+        goto fail;
+    held++;
+    if (get_buf(o_starts, &v[held], -1, 8, 1, "starts") < 0)
+        goto fail;
+    Py_ssize_t cap = v[held++].len / 8;
+    if (get_buf(o_types, &v[held], cap, 1, 1, "btypes") < 0)
+        goto fail;
+    held++;
+    if (n < 0 || n > v[0].len || pos < 0 || first < 0 || first > cap) {
+        PyErr_Format(PyExc_ValueError, "walk_pcapng: n=%zd, pos=%zd or first=%zd out of range", n, pos, first);
+        goto fail;
+    }
+    Py_ssize_t count = 0;
+    int more = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pos = pcapng_walk(v[0].buf, n, pos, big, max_block, (int64_t *)v[1].buf + first, (uint8_t *)v[2].buf + first,
+                      cap - first, &count, &more);
+    Py_END_ALLOW_THREADS
+    release_all(v, held);
+    return Py_BuildValue("nnO", count, pos, more ? Py_True : Py_False);
+fail:
+    release_all(v, held);
+    return NULL;
+}
+
+/* --- decode_fast: per-row decoding ------------------------------------------------------------- */
+
+/* PacketStatus values (probes/packets.py). */
+enum { ST_OK = 0, ST_NOT_IP, ST_TRUNCATED_LINK, ST_TRUNCATED_IP, ST_BAD_IP_HEADER, ST_TRUNCATED_L4,
+       ST_BAD_L4_HEADER, ST_STATUS_COUNT = 16 };
+enum { ETH_IPV4 = 0x0800, ETH_IPV6 = 0x86DD, ETH_VLAN = 0x8100 };
+enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
+#define V4_MAPPED 0xFFFF00000000ULL
+
+/* One decoded row before it is stored. */
+typedef struct {
+    uint8_t status, ip_version, proto, tcp_flags, ttl;
+    uint64_t src_hi, src_lo, dst_hi, dst_lo;
+    uint16_t sport, dport, window, ip_id;
+    uint32_t seq, ack, ip_len, payload_len, payload_caplen;
+    int64_t payload_off;
+} Row;
+
+/* What the link layer gave: where L3 starts, its ethertype, the outer VLAN id, the SLL2 ifindex. */
+typedef struct {
+    int64_t l3, ethertype, vlan, ifindex;
+    int ok;    /* the link header was captured */
+    int known; /* the link type is one hopscope decodes */
+} Link;
+
+/* _link_layer for one frame of `caplen` bytes at buf+o (reads only inside the frame). */
+static Link link_layer(const uint8_t *f, int64_t o, int64_t caplen, int64_t linktype)
+{
+    Link k = {0, 0, 0, 0, 0, 1};
+    switch (linktype) {
+    case 1: /* Ethernet, at most one 802.1Q tag */
+        k.ok = caplen >= 14;
+        if (k.ok) {
+            k.ethertype = be16(f + 12);
+            int tagged = k.ethertype == ETH_VLAN && caplen >= 18;
+            k.vlan = tagged ? (be16(f + 14) & 0xFFF) : 0;
+            k.ethertype = tagged ? be16(f + 16) : k.ethertype;
+            k.l3 = o + (tagged ? 18 : 14);
+        }
+        break;
+    case 113: /* Linux SLL */
+        k.ok = caplen >= 16;
+        if (k.ok) {
+            k.ethertype = be16(f + 14);
+            k.l3 = o + 16;
+        }
+        break;
+    case 276: /* Linux SLL2 */
+        k.ok = caplen >= 20;
+        if (k.ok) {
+            k.ethertype = be16(f);
+            k.ifindex = be32(f + 4);
+            k.l3 = o + 20;
+        }
+        break;
+    case 0:   /* BSD NULL: host order, either accepted */
+    case 108: /* BSD LOOP: network order */
+        k.ok = caplen >= 4;
+        if (k.ok) {
+            uint32_t fam = linktype == 0 ? le32(f) : be32(f);
+            if (fam > 0xFFFF)
+                fam = __builtin_bswap32(fam);
+            k.ethertype = fam == 2 ? ETH_IPV4 : (fam == 10 || fam == 24 || fam == 28 || fam == 30) ? ETH_IPV6 : 0;
+            k.l3 = o + 4;
+        }
+        break;
+    case 101: /* raw IP */
+    case 12:
+    case 228:
+    case 229:
+        k.ok = caplen >= 1;
+        if (k.ok) {
+            int version = f[0] >> 4;
+            k.ethertype = version == 4 ? ETH_IPV4 : version == 6 ? ETH_IPV6 : 0;
+            k.l3 = o;
+        }
+        break;
+    default:
+        k.known = 0;
+    }
+    return k;
+}
+
+/* Decoder._l4: TCP/UDP/ICMP header at l4; returns 1 for a UDP tunnel the slow path opens. */
+static int decode_l4(const uint8_t *b, Row *r, int64_t l4, int64_t ip_end, int64_t end)
+{
+    int tcp = r->proto == P_TCP, udp = r->proto == P_UDP, icmp = r->proto == P_ICMP || r->proto == P_ICMP6;
+    int64_t hlen = tcp ? 20 : (udp || icmp) ? 8 : 0;
+    if (l4 + hlen > ip_end) {
+        r->status = ST_BAD_L4_HEADER;
+        return 0;
+    }
+    if (l4 + hlen > end) {
+        r->status = ST_TRUNCATED_L4;
+        return 0;
+    }
+    if (tcp || udp) {
+        r->sport = be16(b + l4);
+        r->dport = be16(b + l4 + 2);
+    } else if (icmp) {
+        r->sport = b[l4];
+        r->dport = b[l4 + 1];
+    }
+    if (tcp) {
+        uint32_t control = be32(b + l4 + 12); /* data offset, flags, window */
+        r->seq = be32(b + l4 + 4);
+        r->ack = be32(b + l4 + 8);
+        r->tcp_flags = (control >> 16) & 255;
+        r->window = control & 0xFFFF;
+        hlen = (control >> 28) * 4;
+        if (hlen < 20 || l4 + hlen > ip_end) {
+            r->status = ST_BAD_L4_HEADER;
+            return 0;
+        }
+    }
+    int64_t pay = l4 + hlen;
+    int64_t plen = ip_end - pay > 0 ? ip_end - pay : 0;
+    int64_t got = (end < ip_end ? end : ip_end) - pay;
+    r->payload_off = pay < end ? pay : end; /* snaplen may cut inside the L4 header options */
+    r->payload_len = (uint32_t)plen;
+    r->payload_caplen = (uint32_t)(got < 0 ? 0 : got > plen ? plen : got);
+    return udp && (r->dport == 4789 || r->dport == 6081);
+}
+
+/* Decoder._ipv4: returns 1 when the row goes to the slow path (fragment, IP tunnel, UDP tunnel). */
+static int decode_ipv4(const uint8_t *b, Row *r, int64_t l3, int64_t end)
+{
+    if (l3 + 20 > end) {
+        r->status = ST_TRUNCATED_IP;
+        return 0;
+    }
+    uint32_t head = be32(b + l3), ident_frag = be32(b + l3 + 4);
+    int64_t vihl = head >> 24, ihl = (vihl & 15) * 4, total = head & 0xFFFF;
+    if (total == 0)
+        total = end - l3; /* TSO/GSO captures carry a 0 length */
+    if ((vihl >> 4) != 4 || ihl < 20 || total < ihl || l3 + ihl > end) {
+        r->status = ST_BAD_IP_HEADER;
+        return 0;
+    }
+    r->ip_version = 4;
+    r->ttl = b[l3 + 8];
+    r->proto = b[l3 + 9];
+    r->ip_id = ident_frag >> 16;
+    r->src_lo = be32(b + l3 + 12) | V4_MAPPED;
+    r->dst_lo = be32(b + l3 + 16) | V4_MAPPED;
+    r->ip_len = (uint32_t)total;
+    if ((ident_frag & 0x3FFF) || r->proto == 4 || r->proto == 41 || r->proto == 47)
+        return 1;
+    return decode_l4(b, r, l3 + ihl, l3 + total, end);
+}
+
+/* Decoder._ipv6: returns 1 when the row goes to the slow path (extension headers, UDP tunnel). */
+static int decode_ipv6(const uint8_t *b, Row *r, int64_t l3, int64_t end)
+{
+    if (l3 + 40 > end) {
+        r->status = ST_TRUNCATED_IP;
+        return 0;
+    }
+    if ((b[l3] >> 4) != 6) {
+        r->status = ST_BAD_IP_HEADER;
+        return 0;
+    }
+    int64_t plen = be16(b + l3 + 4);
+    r->ip_version = 6;
+    r->proto = b[l3 + 6];
+    r->ttl = b[l3 + 7];
+    r->src_hi = be64(b + l3 + 8);
+    r->src_lo = be64(b + l3 + 16);
+    r->dst_hi = be64(b + l3 + 24);
+    r->dst_lo = be64(b + l3 + 32);
+    if (plen == 0)
+        plen = end - l3 - 40; /* jumbogram or GSO: take what was captured */
+    r->ip_len = (uint32_t)(plen + 40);
+    if (r->proto != P_TCP && r->proto != P_UDP && r->proto != P_ICMP6)
+        return 1;
+    return decode_l4(b, r, l3 + 40, l3 + 40 + plen, end);
+}
+
+/* --- decode_fast: the block loop --------------------------------------------------------------- */
+
+/* The PacketBlock columns decode_fast fills, in the order Python passes them (COLUMNS in decode.py). */
+enum { C_STATUS, C_IP_VERSION, C_PROTO, C_SRC_HI, C_SRC_LO, C_DST_HI, C_DST_LO, C_SPORT, C_DPORT, C_TCP_FLAGS,
+       C_SEQ, C_ACK, C_WINDOW, C_IP_ID, C_TTL, C_IP_LEN, C_PAYLOAD_OFF, C_PAYLOAD_LEN, C_PAYLOAD_CAPLEN, C_VLAN,
+       C_IFINDEX, C_SLOW, NCOLS };
+static const Py_ssize_t col_size[NCOLS] = {1, 1, 1, 8, 8, 8, 8, 2, 2, 1, 4, 4, 2, 2, 1, 4, 8, 4, 4, 2, 8, 1};
+static const char *col_name[NCOLS] = {"status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo",
+                                      "sport", "dport", "tcp_flags", "seq", "ack", "window", "ip_id", "ttl",
+                                      "ip_len", "payload_off", "payload_len", "payload_caplen", "vlan", "ifindex",
+                                      "slow"};
+
+typedef struct {
+    const uint8_t *buf;
+    Py_ssize_t buflen, n, n_linktypes;
+    const int64_t *offset, *linktypes;
+    const uint32_t *caplen;
+    const uint16_t *iface;
+    void *col[NCOLS];
+    int64_t counts[ST_STATUS_COUNT]; /* rows per bad status (fast path only) */
+    Py_ssize_t slow, bad_row;        /* rows for the slow path; first row with an impossible frame */
+} Decode;
+
+static void store_row(Decode *d, Py_ssize_t i, const Row *r)
+{
+    ((uint8_t *)d->col[C_STATUS])[i] = r->status;
+    ((uint8_t *)d->col[C_IP_VERSION])[i] = r->ip_version;
+    ((uint8_t *)d->col[C_PROTO])[i] = r->proto;
+    ((uint64_t *)d->col[C_SRC_HI])[i] = r->src_hi;
+    ((uint64_t *)d->col[C_SRC_LO])[i] = r->src_lo;
+    ((uint64_t *)d->col[C_DST_HI])[i] = r->dst_hi;
+    ((uint64_t *)d->col[C_DST_LO])[i] = r->dst_lo;
+    ((uint16_t *)d->col[C_SPORT])[i] = r->sport;
+    ((uint16_t *)d->col[C_DPORT])[i] = r->dport;
+    ((uint8_t *)d->col[C_TCP_FLAGS])[i] = r->tcp_flags;
+    ((uint32_t *)d->col[C_SEQ])[i] = r->seq;
+    ((uint32_t *)d->col[C_ACK])[i] = r->ack;
+    ((uint16_t *)d->col[C_WINDOW])[i] = r->window;
+    ((uint16_t *)d->col[C_IP_ID])[i] = r->ip_id;
+    ((uint8_t *)d->col[C_TTL])[i] = r->ttl;
+    ((uint32_t *)d->col[C_IP_LEN])[i] = r->ip_len;
+    ((int64_t *)d->col[C_PAYLOAD_OFF])[i] = r->payload_off;
+    ((uint32_t *)d->col[C_PAYLOAD_LEN])[i] = r->payload_len;
+    ((uint32_t *)d->col[C_PAYLOAD_CAPLEN])[i] = r->payload_caplen;
+}
+
+/* Decode row i: link layer, then IPv4/IPv6 and L4. Returns 1 when the row goes to the slow path. */
+static int decode_one(Decode *d, Py_ssize_t i, Row *r)
+{
+    int64_t o = d->offset[i], caplen = d->caplen[i];
+    int64_t lt = d->linktypes[d->iface[i]];
+    Link k = link_layer(d->buf + o, o, caplen, lt);
+    ((uint16_t *)d->col[C_VLAN])[i] = (uint16_t)k.vlan;
+    ((int64_t *)d->col[C_IFINDEX])[i] = k.ifindex;
+    if (!k.ok) {
+        r->status = k.known ? ST_TRUNCATED_LINK : 10; /* 10: PacketStatus.UNKNOWN_LINKTYPE */
+        return 0;
+    }
+    if (k.ethertype == ETH_IPV4)
+        return decode_ipv4(d->buf, r, k.l3, o + caplen);
+    if (k.ethertype == ETH_IPV6)
+        return decode_ipv6(d->buf, r, k.l3, o + caplen);
+    switch (k.ethertype) {
+    case 0x8100: /* layers.SLOW_ETHERTYPES: a second VLAN tag (QinQ) and 802.1ad */
+    case 0x88A8:
+    case 0x9100:
+    case 0x9200:
+        return 1;
+    }
+    r->status = ST_NOT_IP;
+    return 0;
+}
+
+static void decode_block(Decode *d)
+{
+    static const Row zero;
+    for (Py_ssize_t i = 0; i < d->n; i++) {
+        int64_t o = d->offset[i];
+        if (o < 0 || o + (int64_t)d->caplen[i] > d->buflen || d->iface[i] >= d->n_linktypes) {
+            d->bad_row = i;
+            return;
+        }
+        Row r = zero;
+        int slow = decode_one(d, i, &r);
+        ((uint8_t *)d->col[C_SLOW])[i] = (uint8_t)slow;
+        d->slow += slow;
+        if (r.status != ST_OK) {
+            d->counts[r.status]++;
+            r = (Row){.status = r.status}; /* skipped rows carry zeros (Decoder.decode) */
+        }
+        store_row(d, i, &r);
+    }
+}
+
+/* decode_fast(buf, offset, caplen, iface, linktypes, columns, counts) -> rows for the slow path. */
+static PyObject *decode_fast(PyObject *self, PyObject *args)
+{
+    PyObject *o_buf, *o_off, *o_cap, *o_iface, *o_lt, *o_cols, *o_counts;
+    if (!PyArg_ParseTuple(args, "OOOOOO!O:decode_fast", &o_buf, &o_off, &o_cap, &o_iface, &o_lt, &PyTuple_Type,
+                          &o_cols, &o_counts))
+        return NULL;
+    if (PyTuple_GET_SIZE(o_cols) != C_SLOW + 1)
+        return PyErr_Format(PyExc_ValueError, "decode_fast: expected %d columns", C_SLOW + 1);
+    Py_buffer v[5 + NCOLS + 1];
+    int held = 0;
+    Decode d;
+    memset(&d, 0, sizeof d);
+    d.bad_row = -1;
+    if (get_buf(o_buf, &v[held], -1, 1, 0, "buf") < 0)
+        goto fail;
+    d.buf = v[held].buf, d.buflen = v[held++].len;
+    if (get_buf(o_off, &v[held], -1, 8, 0, "offset") < 0)
+        goto fail;
+    d.offset = v[held].buf, d.n = v[held++].len / 8;
+    if (get_buf(o_cap, &v[held], d.n, 4, 0, "caplen") < 0)
+        goto fail;
+    d.caplen = v[held++].buf;
+    if (get_buf(o_iface, &v[held], d.n, 2, 0, "iface") < 0)
+        goto fail;
+    d.iface = v[held++].buf;
+    if (get_buf(o_lt, &v[held], -1, 8, 0, "linktypes") < 0)
+        goto fail;
+    d.linktypes = v[held].buf, d.n_linktypes = v[held++].len / 8;
+    for (int c = 0; c < NCOLS; c++) {
+        if (get_buf(PyTuple_GET_ITEM(o_cols, c), &v[held], d.n, col_size[c], 1, col_name[c]) < 0)
+            goto fail;
+        d.col[c] = v[held++].buf;
+    }
+    if (get_buf(o_counts, &v[held], ST_STATUS_COUNT, 8, 1, "counts") < 0)
+        goto fail;
+    int64_t *counts = v[held++].buf;
+    Py_BEGIN_ALLOW_THREADS
+    decode_block(&d);
+    Py_END_ALLOW_THREADS
+    for (int s = 0; s < ST_STATUS_COUNT; s++)
+        counts[s] += d.counts[s];
+    release_all(v, held);
+    if (d.bad_row >= 0)
+        return PyErr_Format(PyExc_ValueError, "decode_fast: frame %zd lies outside the buffer or names an unknown "
+                            "interface", d.bad_row);
+    return PyLong_FromSsize_t(d.slow);
+fail:
+    release_all(v, held);
+    return NULL;
+}
+
+/* --- module ---------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"walk_pcap", walk_pcap, METH_VARARGS,
+     "walk_pcap(buf, n, big_endian, ns_per_unit, max_record, offset, caplen, origlen, ts_ns)\n"
+     "-> (count, end, caplen_sum, bad_pos, bad_caplen): the complete pcap records of buf[:n]."},
+    {"walk_pcapng", walk_pcapng, METH_VARARGS,
+     "walk_pcapng(buf, n, pos, big_endian, max_block, starts, btypes, first) -> (count, pos, more):\n"
+     "packet blocks from pos on, written from index `first`; more: stopped at a block for Python."},
+    {"decode_fast", decode_fast, METH_VARARGS,
+     "decode_fast(buf, offset, caplen, iface, linktypes, columns, counts) -> rows for the slow path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_decode",
+    "Capture record walk and the decoder's fast path (twins of probes/readers.py and probes/decode.py).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
 PyMODINIT_FUNC PyInit__decode(void) { return PyModule_Create(&module); }

@@ -1,0 +1,19 @@
+"""Type stub of the compiled kernel probes/csrc/decode.c (capture record walk, decoder fast path)."""
+
+from typing import Any
+
+def walk_pcap(
+    buf: Any, n: int, big_endian: bool, ns_per_unit: int, max_record: int,
+    offset: Any, caplen: Any, origlen: Any, ts_ns: Any,
+) -> tuple[int, int, int, int, int]:  # fmt: skip
+    """The complete pcap records of ``buf[:n]`` into the columns: (count, end, caplen sum, bad pos, bad caplen)."""
+
+def walk_pcapng(
+    buf: Any, n: int, pos: int, big_endian: bool, max_block: int, starts: Any, btypes: Any, first: int
+) -> tuple[int, int, bool]:
+    """Packet blocks from ``pos``, stored from index ``first``: (count, stop position, stopped at another block)."""
+
+def decode_fast(
+    buf: Any, offset: Any, caplen: Any, iface: Any, linktypes: Any, columns: tuple[Any, ...], counts: Any
+) -> int:
+    """Fill the fast-path columns of every row; returns the number of rows flagged for the slow path."""

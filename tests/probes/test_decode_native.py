@@ -1,0 +1,257 @@
+"""The compiled read + decode kernel (probes/csrc/decode.c) against its reference twins in Python/numpy.
+
+Every test runs the same input through the reference path (``HOPSCOPE_NATIVE=0`` when the reader or
+decoder is constructed) and the kernel, and asserts identical output: every RawBlock column, the read
+counters and errors, every PacketBlock column, the skip counters and the slow-path count. Inputs: the
+lab captures, literal pcap/pcapng files, crafted packets of every kind on every link type cut at every
+length, and hypothesis-mutated frames and files.
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from hopscope.errors import CaptureError
+from hopscope.probes.decode import Decoder, PointResolver
+from hopscope.probes.packets import COLUMN_NAMES, PacketBlock
+from hopscope.probes.readers import RawBlock, ReadStats, open_capture
+from tests.probes.test_fuzz import BASE_FRAMES, FILES, M, mutate, raw_block
+from tests.probes.test_readers import pcapng_bytes
+
+pytest.importorskip("hopscope.probes._decode", reason="the C kernel is not built (python setup.py build_ext)")
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").rglob("*.pcap"))
+RAW_FIELDS = ("offset", "caplen", "origlen", "ts_ns", "iface")
+#: Link header (for an IPv4 payload) of every link type the decoder knows, plus one it does not.
+LINK_HEADERS = {
+    1: b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00",
+    113: b"\x00" * 14 + b"\x08\x00",
+    276: b"\x08\x00\x00\x00" + struct.pack(">I", 7) + b"\x00" * 12,  # ifindex 7
+    101: b"",
+    12: b"",
+    228: b"",
+    229: b"",
+    0: struct.pack("<I", 2),
+    108: struct.pack(">I", 2),
+    147: b"\x00" * 4,  # LINKTYPE_USER0: not decoded
+}
+EXTRA_FRAMES = [
+    bytes(p)
+    for p in (
+        Ether(**M) / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=1, dport=2, seq=7, flags="SA") / b"abc",
+        Ether(**M) / IPv6() / UDP(sport=53, dport=4789) / b"not vxlan",
+        Ether(**M) / IPv6() / ICMPv6EchoRequest() / b"ping6",
+        Ether(**M) / IP(flags="MF", frag=0) / UDP() / b"first fragment",
+        Ether(**M) / IP(frag=3) / b"later fragment",
+        Ether(**M) / IP(proto=50) / b"esp payload",
+        Ether(**M) / IP(len=0) / TCP(dataofs=4) / b"bad offset",
+        Ether(**M) / IP(len=30) / TCP() / b"ip length shorter than TCP",
+        Ether(**M) / IP(ihl=4) / TCP(),
+        Ether(**M) / IP(version=5) / UDP(),
+        Ether(**M) / IP() / ICMP(type=3, code=1) / IP() / UDP(),
+        Ether(**M) / Dot1Q(vlan=9) / IPv6() / UDP(dport=6081) / b"g",
+        Ether(**M) / ARP(),
+        Ether(src=M["src"], dst=M["dst"], type=0x88A8) / (b"\x00\x05\x08\x00" + bytes(IP() / UDP())),
+    )
+]
+
+
+def decoders(monkeypatch: pytest.MonkeyPatch) -> tuple[Decoder, Decoder]:
+    """A decoder constructed on the reference path and one with the kernel."""
+    monkeypatch.setenv("HOPSCOPE_NATIVE", "0")
+    reference = Decoder("x")
+    monkeypatch.setenv("HOPSCOPE_NATIVE", "1")
+    native = Decoder("x")
+    assert reference._kernel is None and native._kernel is not None
+    return reference, native
+
+
+def assert_same_raw(a: RawBlock, b: RawBlock) -> None:
+    assert (a.file_offset, a.interfaces, len(a.buf)) == (b.file_offset, b.interfaces, len(b.buf))
+    for name in RAW_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def assert_same_block(a: PacketBlock, b: PacketBlock) -> None:
+    assert (a.count, a.tunnels, a.point_names, a.point_ifaces) == (b.count, b.tunnels, b.point_names, b.point_ifaces)
+    for name in COLUMN_NAMES:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype, name
+        diff = np.flatnonzero(x != y)
+        assert len(diff) == 0, f"column {name} differs in rows {diff[:10].tolist()}: {x[diff[:3]]} vs {y[diff[:3]]}"
+
+
+def assert_same_decoders(a: Decoder, b: Decoder) -> None:
+    assert list(a.skips.items()) == list(b.skips.items())
+    assert a.slow_packets == b.slow_packets
+
+
+@dataclass
+class Run:
+    """Everything the reader and decoder produced for one file, or the error they raised."""
+
+    error: str
+    blocks: list[tuple[RawBlock, PacketBlock]]
+    stats: ReadStats
+    decoder: Decoder
+
+
+def read_and_decode(path: Path, chunk_bytes: int, resolve: PointResolver | None) -> Run:
+    reader = open_capture(path, chunk_bytes)
+    run = Run("", [], reader.stats, Decoder(path.stem, resolve))
+    try:
+        for raw in reader.blocks():
+            run.blocks.append((raw, run.decoder.decode(raw)))
+    except CaptureError as exc:
+        run.error = str(exc)
+    return run
+
+
+def compare_file(monkeypatch: pytest.MonkeyPatch, path: Path, chunk_bytes: int = 1 << 16,
+                 resolve: PointResolver | None = None) -> int:  # fmt: skip
+    """Assert the reference and native read + decode of ``path`` agree; return the frames compared."""
+    monkeypatch.setenv("HOPSCOPE_NATIVE", "0")
+    ref = read_and_decode(path, chunk_bytes, resolve)
+    monkeypatch.setenv("HOPSCOPE_NATIVE", "1")
+    nat = read_and_decode(path, chunk_bytes, resolve)
+    assert ref.decoder._kernel is None and nat.decoder._kernel is not None
+    assert ref.error == nat.error
+    assert len(ref.blocks) == len(nat.blocks)
+    for (raw_a, pb_a), (raw_b, pb_b) in zip(ref.blocks, nat.blocks, strict=True):
+        assert_same_raw(raw_a, raw_b)
+        assert_same_block(pb_a, pb_b)
+    assert ref.stats == nat.stats
+    assert_same_decoders(ref.decoder, nat.decoder)
+    return sum(raw.count for raw, _ in ref.blocks)
+
+
+def compare_frames(monkeypatch: pytest.MonkeyPatch, frames: list[bytes], linktype: int) -> PacketBlock:
+    raw = raw_block(frames, linktype)
+    ref, nat = decoders(monkeypatch)
+    a, b = ref.decode(raw), nat.decode(raw)
+    assert_same_block(a, b)
+    assert_same_decoders(ref, nat)
+    return b
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_lab_captures(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    assert compare_file(monkeypatch, path) > 50
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize("nanos", [False, True])
+def test_pcap_split_records_both_orders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endian: str,
+                                        nanos: bool) -> None:  # fmt: skip
+    frames = [bytes(range(256)) * (1 + i % 7) for i in range(1500)]
+    out = struct.pack(endian + "IHHiIII", 0xA1B23C4D if nanos else 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, f in enumerate(frames):
+        out += struct.pack(endian + "IIII", 1_700_000_000 + i, i * 997, len(f), len(f) + i % 3) + f
+    path = tmp_path / "split.pcap"
+    path.write_bytes(out[:-5])  # the last record is cut: truncated_tail
+    assert compare_file(monkeypatch, path) == 1499
+
+
+def test_pcapng_interfaces_and_points(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(pcapng_bytes() + pcapng_bytes()[28:] * 3)  # more sections' worth of blocks
+    assert compare_file(monkeypatch, path, resolve=lambda idx, name, ifindex: f"{name}:{ifindex}") == 12
+
+
+def test_pcapng_many_blocks_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = pcapng_bytes()
+    head = 28  # the section header block, then two interface blocks
+    for _ in range(2):
+        head += struct.unpack_from("<I", data, head + 4)[0]
+    packets = data[head:]  # a name resolution block and three packet blocks
+    path = tmp_path / "many.pcapng"
+    path.write_bytes(data[:head] + packets * 700 + data + packets * 300)  # a second section in the middle
+    assert compare_file(monkeypatch, path) == 3 * 1001
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+def test_damaged_files_same_error_or_same_blocks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str) -> None:
+    data = FILES[kind]
+    cases = [data[:cut] for cut in range(0, len(data), 7)]
+    bad_len = bytearray(data)
+    bad_len[24 + 8 if kind == "pcap" else 28 + 4 : 24 + 12 if kind == "pcap" else 28 + 8] = b"\xff\xff\xff\x7f"
+    cases.append(bytes(bad_len))
+    for n, case in enumerate(cases):
+        path = tmp_path / f"{n}.{kind}"
+        path.write_bytes(case)
+        try:
+            compare_file(monkeypatch, path)
+        except CaptureError:  # raised when opening: the same code opens both
+            continue
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(FILES)), seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 40))
+def test_mutated_files(monkeypatch: pytest.MonkeyPatch, kind: str, seed: int, flips: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = bytearray(FILES[kind])
+    for pos in rng.integers(0, len(data), flips).tolist():
+        data[pos] = int(rng.integers(0, 256))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"f.{kind}"
+        path.write_bytes(bytes(data))
+        try:
+            compare_file(monkeypatch, path)
+        except CaptureError:
+            return
+
+
+@pytest.mark.parametrize("linktype", sorted(LINK_HEADERS))
+def test_every_frame_kind_cut_at_every_length(monkeypatch: pytest.MonkeyPatch, linktype: int) -> None:
+    frames = []
+    for frame in BASE_FRAMES + EXTRA_FRAMES:
+        whole = LINK_HEADERS[linktype] + frame[14:] if linktype != 1 else frame
+        frames += [whole[:cut] for cut in range(len(whole) + 1)]
+    block = compare_frames(monkeypatch, frames, linktype)
+    if linktype != 147:
+        assert block.ok.sum() > len(BASE_FRAMES)  # the whole frames decode
+
+
+def test_ipv6_over_null_and_raw(monkeypatch: pytest.MonkeyPatch) -> None:
+    v6 = bytes(IPv6() / UDP(sport=5, dport=6) / b"x")
+    for linktype, head in ((0, 24), (0, 0x1C000000), (108, 30), (108, 10), (0, 7)):
+        compare_frames(monkeypatch, [struct.pack("<I" if linktype == 0 else ">I", head) + v6], linktype)
+    compare_frames(monkeypatch, [v6, bytes(IP() / TCP())], 229)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rate=st.sampled_from([0.002, 0.02, 0.1]),
+    linktype=st.sampled_from([1, 113, 276, 101, 0, 108]),
+)
+def test_mutated_frames(monkeypatch: pytest.MonkeyPatch, seed: int, rate: float, linktype: int) -> None:
+    """40 examples x 1,000 mutated frames: 40,000 frames through both paths."""
+    rng = np.random.default_rng(seed)
+    kinds = BASE_FRAMES + EXTRA_FRAMES
+    frames = []
+    for _ in range(1000):
+        base = kinds[int(rng.integers(0, len(kinds)))]
+        base = LINK_HEADERS[linktype] + base[14:] if linktype != 1 else base
+        frames.append(mutate(rng, base, rate) if rng.random() < 0.9 else base)
+    compare_frames(monkeypatch, frames, linktype)
+
+
+def test_frame_outside_the_buffer_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = raw_block([BASE_FRAMES[0]], 1)
+    raw.caplen[0] = len(raw.buf) + 1
+    monkeypatch.setenv("HOPSCOPE_NATIVE", "1")
+    with pytest.raises(ValueError, match="outside the buffer"):
+        Decoder("x").decode(raw)
