@@ -1,63 +1,70 @@
-"""Live probe throughput: `hopscope probe` vs tcpdump capturing the same flood between two namespaces.
+"""Live probe throughput at rising packet rates: `hopscope probe` (and tcpdump) on a flood between two namespaces.
 
-Run (root): .venv/bin/python bench/probe_live.py [--seconds 5] [--payload 18]
+Run (root): .venv/bin/python bench/probe_live.py [--rates 400000,600000,800000,1000000,0] [--seconds 5]
+            [--frames 1000000] [--ring-mb 128] [--rps] [--profile] [--skip-tcpdump]
 
-Lab: two network namespaces joined by a veth pair, made here and always removed. The flood is
-generated in namespace A on CPU 0 by ``sendmmsg`` on an AF_PACKET socket (1024 pre-built UDP frames per
-system call, 256 source ports, qdisc bypassed; Python only issues the calls), addressed to a MAC that is
-not B's, so B's stack drops each frame right after the packet taps. The capturer runs on CPU 1 in
-namespace B on B's veth end:
+Lab: two network namespaces joined by a veth pair, made here and always removed. The traffic is the
+realistic mix of bench/probe_speed.py (var/bench/probe_mix_v2_1000000.pcap, generated if missing: many
+concurrent TCP connections with handshakes, HTTP-like requests, multi-segment responses, FIN/RST closes,
+plus DNS over UDP; 613 bytes per frame on average), replayed in namespace A on CPU 0 by ``lab/flood.c``
+(C; sendmmsg on a packet socket with the qdisc bypassed, 256 frames per call; paced to the rate asked,
+0 = flat out; each replay cycle renumbers the IPv4 addresses so every cycle is new connections). The
+frames are addressed to a MAC that is not B's, so B's stack drops each one right after the packet taps.
+The probe runs on CPU 1 in namespace B on B's veth end (TPACKET_V3 ring -> decoder -> flow meter -> L7),
+records to a file.
 
-1. ``hopscope probe`` (TPACKET_V3 ring -> decoder -> flow meter -> L7 selection), records to a file;
-2. ``tcpdump -i IF -w /dev/null`` on the same flood (libpcap, TPACKET_V3 ring).
+Printed per rate: offered pps (what the generator sent per second), captured pps (frames the probe read
+per second of flood), kernel drops (PACKET_STATISTICS), the probe's CPU % during the flood (its process's
+user + system time over the flood's wall time, from /proc), and records emitted. On a veth pair the
+receive path (the kernel copying each frame into the probe's ring) runs in the sender's softirq on
+CPU 0, so the generator's core bounds the offered rate. ``--rps`` steers B's receive work to CPU 1 (the
+probe's core) instead: the generator then offers more, and the probe shares its core with that kernel
+work (reported as CPU 1's softirq %).
 
-Printed per capturer: frames the generator sent, frames captured, kernel drops, and for the probe the
-CPU seconds it used and so the rate one core sustains (frames / CPU seconds). On a veth pair the
-receive path runs in the sender's softirq, so the generator's CPU bounds the offered rate; the probe's
-capacity is the figure that does not depend on it.
+``--profile`` runs the probe at the last rate under cProfile (var/bench/probe_live.prof) and prints the
+top functions.
 
-Measured on the 2-core development VM (2026-11-27; other sessions kept the load at 2 to 7):
-  quiet: steady 589k pps offered, 2,945,036 frames captured, 0 kernel drops; a backlog of 1,934,338
-  frames drained at 1.63M frames per wall second of capture work, 0 drops; tcpdump at 537k pps: 0 drops.
-  load 6.6: steady 232k pps offered, 0 drops, 1.17M frames per CPU second of capture work; a backlog of
-  1,080,322 frames drained at 1.12M frames per wall second (1.71M per CPU second), 0 drops.
-  tcpdump dropped 640 frames of a 400k pps flood and 2,848 of a 290k pps flood under load.
-The generator never offered 800k pps here (the veth receive path runs on its CPU); the backlog runs
-are the evidence that one core captures and meters more than 800k frames/s without drops.
+Measured figures: see the commit messages of this file and the README.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from hopscope.lab.flood import FloodResult, build_flood, run_flood
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = Path(os.environ.get("HOPSCOPE_VAR", ROOT / "var"))
 NS_A, NS_B = f"hsbench{os.getpid()}a", f"hsbench{os.getpid()}b"
 VETH_A, VETH_B = f"hbva{os.getpid() % 10000}", f"hbvb{os.getpid() % 10000}"
-ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-BATCH = 1024
+GEN_CPU, PROBE_CPU = "0", "1"
+MIX_PACKETS = 1_000_000
 
 
 def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def setup() -> None:
+def setup(rps: bool) -> None:
     _sh("ip", "netns", "add", NS_A)
     _sh("ip", "netns", "add", NS_B)
     _sh("ip", "link", "add", VETH_A, "netns", NS_A, "type", "veth", "peer", "name", VETH_B, "netns", NS_B)
     _sh("ip", "-n", NS_A, "link", "set", VETH_A, "up")
     _sh("ip", "-n", NS_B, "link", "set", VETH_B, "up")
+    if rps:  # B's receive work (taps, ring copy, IP drop) on the probe's CPU instead of the sender's
+        mask = f"{1 << int(PROBE_CPU):x}"
+        _sh("ip", "netns", "exec", NS_B, "sh", "-c", f"echo {mask} > /sys/class/net/{VETH_B}/queues/rx-0/rps_cpus")
 
 
 def teardown() -> None:
@@ -65,106 +72,88 @@ def teardown() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-# --- the generator (runs in namespace A) -------------------------------------------------------------
+def traffic() -> Path:
+    """The probe_speed mix capture (generated once, cached under var/bench/)."""
+    capture = VAR / "bench" / f"probe_mix_v2_{MIX_PACKETS}.pcap"
+    if not capture.exists():
+        sys.path.insert(0, str(ROOT / "bench"))
+        from probe_speed import generate
+
+        capture.parent.mkdir(parents=True, exist_ok=True)
+        print(f"generating {capture} ...", flush=True)
+        generate(capture, MIX_PACKETS)
+    return capture
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+def flood(capture: Path, pps: int, args: argparse.Namespace) -> FloodResult:
+    return run_flood(VETH_A, capture, pps=pps, seconds=args.seconds, netns=NS_A, cpu=GEN_CPU, max_frames=args.frames)
 
 
-class _Msghdr(ctypes.Structure):
-    _fields_ = [
-        ("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32), ("msg_iov", ctypes.POINTER(_Iovec)),
-        ("msg_iovlen", ctypes.c_size_t), ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    ]  # fmt: skip
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+def _softirq_s(cpu: str) -> float:
+    """Softirq seconds CPU ``cpu`` has spent since boot."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return int(line.split()[7]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
-def _frames(payload: int) -> list[bytes]:
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
+def _start_probe(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # the in-tree package and kernels
+    lines: list[str] = []
+    ready = threading.Event()
 
-    return [
-        bytes(
-            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:09")
-            / IP(src="10.251.0.1", dst="10.251.0.2")
-            / UDP(sport=10000 + i % 256, dport=5201)
-            / (b"x" * payload)
-        )
-        for i in range(BATCH)
-    ]
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "capturing on" in line:
+                ready.set()
 
-
-def generate(iface: str, seconds: float, payload: int) -> None:
-    """Send the flood for ``seconds``; print {"sent": N, "seconds": S} as JSON."""
-    frames = _frames(payload)
-    bufs = [ctypes.create_string_buffer(f, len(f)) for f in frames]
-    iovs = (_Iovec * BATCH)(
-        *[_Iovec(ctypes.cast(b, ctypes.c_void_p), len(f)) for b, f in zip(bufs, frames, strict=True)]
-    )
-    msgs = (_Mmsghdr * BATCH)()
-    for i in range(BATCH):
-        msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i])
-        msgs[i].msg_hdr.msg_iovlen = 1
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    sock.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS
-    sock.bind((iface, 0))
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    sent, start = 0, time.monotonic()
-    end = start + seconds
-    while time.monotonic() < end:
-        done = libc.sendmmsg(sock.fileno(), msgs, BATCH, 0)
-        if done > 0:
-            sent += done
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - start}))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise SystemExit("the probe did not start:\n" + "".join(lines))
+    return proc, lines, reader
 
 
-def run_generator(seconds: float, payload: int) -> dict[str, float]:
-    cmd = ["ip", "netns", "exec", NS_A, "taskset", "-c", "0", PYTHON, __file__, "--generate", VETH_A,
-           "--seconds", str(seconds), "--payload", str(payload)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
-# --- the capturers (run in namespace B on CPU 1) -------------------------------------------------------
-
-
-def bench_probe(seconds: float, payload: int, out_dir: str, backlog: bool = False) -> dict[str, object]:
-    """Run the probe during a flood. With ``backlog``, the probe is stopped (SIGSTOP) while the flood
-    fills its ring and continued afterwards, so it drains a full ring at its own top speed."""
-    out = os.path.join(out_dir, "probe.hsrb")
-    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", "1", PYTHON, "-m", "hopscope", "-v", "probe",
+def bench_probe(capture: Path, pps: int, args: argparse.Namespace, profile: str = "") -> dict[str, object]:
+    """The probe on CPU 1 during one flood at ``pps`` (0: flat out)."""
+    out = os.path.join(args.tmp, "probe.hsrb")
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, PYTHON, *prof, "-m", "hopscope", "-v", "probe",
            "--iface", VETH_B, "--point", "bench", "--out", out, "--report-interval", "2",
-           "--ring-mb", "512" if backlog else "64"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
+           "--ring-mb", str(args.ring_mb), *([] if args.l7 else ["--no-l7"])]  # fmt: skip
+    proc, lines, reader = _start_probe(cmd)
     try:
-        time.sleep(3.0)  # interpreter start, imports and ring set-up
-        if backlog:
-            proc.send_signal(signal.SIGSTOP)
-        gen = run_generator(seconds, payload)
-        if backlog:
-            proc.send_signal(signal.SIGCONT)
-        time.sleep(2.0 if backlog else 1.0)
+        time.sleep(0.5)
+        cpu_before, softirq_before = _proc_cpu_s(proc.pid), _softirq_s(PROBE_CPU)
+        gen = flood(capture, pps, args)
+        cpu_s, softirq_s = _proc_cpu_s(proc.pid) - cpu_before, _softirq_s(PROBE_CPU) - softirq_before
+        time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(300)
+        reader.join(10)
     if proc.returncode != 0:
-        raise SystemExit(f"probe failed ({proc.returncode}):\n{stderr}")
-    summary = json.loads(stderr.strip().splitlines()[-1])
-    return {"generator": gen, "summary": summary}
+        raise SystemExit(f"probe failed ({proc.returncode}):\n{''.join(lines)}")
+    summary = json.loads(lines[-1])
+    return {"target": pps, "generator": gen, "summary": summary, "cpu_s": cpu_s, "softirq_s": softirq_s}
 
 
-def bench_tcpdump(seconds: float, payload: int) -> dict[str, object]:
-    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", "1", "tcpdump", "-i", VETH_B, "-w", "/dev/null", "-n"]
+def bench_tcpdump(capture: Path, args: argparse.Namespace) -> dict[str, object]:
+    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, "tcpdump", "-i", VETH_B, "-w", "/dev/null", "-n",
+           "-B", str(args.ring_mb * 1024)]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         time.sleep(1.5)
-        gen = run_generator(seconds, payload)
+        gen = flood(capture, 0, args)
         time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -178,53 +167,73 @@ def bench_tcpdump(seconds: float, payload: int) -> dict[str, object]:
     }
 
 
-def report_probe(title: str, probe: dict[str, object]) -> None:
-    gen: dict[str, float] = probe["generator"]  # type: ignore[assignment]
-    sm: dict[str, object] = probe["summary"]  # type: ignore[assignment]
-    offered = gen["sent"] / gen["seconds"]
-    frames, cpu, busy = int(sm["frames_read"]), float(sm["cpu_s"]), float(sm["busy_s"])  # type: ignore[call-overload, arg-type]
-    print(f"{title}: flood of {gen['sent']:,.0f} frames in {gen['seconds']:.1f} s = {offered:,.0f} pps offered")
-    print("  hopscope probe (TPACKET_V3 ring, decode + meter + L7 selection, CPU 1):")
-    print(f"  captured {frames:,} frames, kernel drops {sm['kernel_drops']}, decode skips {sm['decode_skips']}")
-    print(
-        f"  flow records {sm['flow_records']}, CPU {cpu:.2f} s, busy {busy:.2f} s over {float(sm['elapsed_s']):.1f} s"
-    )  # type: ignore[arg-type]
-    busy_cpu = float(sm["busy_cpu_s"])  # type: ignore[arg-type]
-    print(
-        f"  one core: {frames / busy_cpu:,.0f} frames per CPU second of capture work "
-        f"({frames / busy:,.0f} per wall second of it, {frames / cpu:,.0f} per CPU second of the process)"
+HEADER = (
+    f"{'target pps':>11} {'offered pps':>12} {'captured pps':>13} {'kernel drops':>13} {'probe CPU':>10} "
+    f"{'CPU1 softirq':>12} {'flow recs':>10} {'req recs':>9}  frames/CPU-s of capture work"
+)
+
+
+def row(result: dict[str, object]) -> str:
+    gen: FloodResult = result["generator"]  # type: ignore[assignment]
+    sm: dict[str, float] = result["summary"]  # type: ignore[assignment]
+    secs = gen.seconds
+    target = int(result["target"])  # type: ignore[call-overload]
+    cpu, softirq = float(result["cpu_s"]), float(result["softirq_s"])  # type: ignore[arg-type]
+    per_cpu = sm["frames_read"] / sm["busy_cpu_s"] if sm["busy_cpu_s"] else 0.0
+    return (
+        f"{target or 'flat out':>11} {gen.pps:>12,.0f} {sm['frames_read'] / secs:>13,.0f} "
+        f"{sm['kernel_drops']:>13,} {100 * cpu / secs:>9.0f}% {100 * softirq / secs:>11.0f}% "
+        f"{sm['flow_records']:>10,} {sm['request_records']:>9,}  {per_cpu:,.0f}"
     )
 
 
-def report(probe: dict[str, object], drain: dict[str, object], dump: dict[str, object]) -> None:
-    report_probe("steady", probe)
-    report_probe("backlog (probe stopped while the ring filled, then drained)", drain)
-    dgen: dict[str, float] = dump["generator"]  # type: ignore[assignment]
-    print(f"tcpdump -w /dev/null (CPU 1), flood of {dgen['sent'] / dgen['seconds']:,.0f} pps:")
-    print(f"  captured {dump['captured']:,} of {dgen['sent']:,.0f} frames, kernel drops {dump['dropped']}")
+def print_profile(path: str) -> None:
+    import pstats
+
+    print(f"\nprofile of the probe at the last rate ({path}), by internal time:")
+    pstats.Stats(path).sort_stats("tottime").print_stats(25)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--payload", type=int, default=18, help="UDP payload bytes (18: 64-byte frames)")
-    ap.add_argument("--backlog-seconds", type=float, default=2.0, help="flood length while the probe is stopped")
-    ap.add_argument("--generate", metavar="IFACE", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--rates", default="400000,600000,800000,1000000,0", help="pps per run, comma-separated; 0 = flat out"
+    )
+    ap.add_argument("--seconds", type=float, default=5.0, help="flood length per rate")
+    ap.add_argument("--frames", type=int, default=MIX_PACKETS, help="frames of the mix replayed per cycle")
+    ap.add_argument("--ring-mb", type=int, default=128, help="the probe's ring (and tcpdump's buffer), MiB")
+    ap.add_argument("--rps", action="store_true", help="receive work of B's veth on the probe's CPU (RPS)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the probe at the last rate")
+    ap.add_argument("--l7", action="store_true", help="also run the HTTP/DNS stage (default: capture + meter)")
+    ap.add_argument("--skip-tcpdump", action="store_true")
     args = ap.parse_args()
-    if args.generate:
-        generate(args.generate, args.seconds, args.payload)
-        return
     if os.geteuid() != 0:
         raise SystemExit("bench/probe_live.py needs root (network namespaces, packet sockets)")
-    setup()
+    build_flood()
+    capture = traffic()
+    rates = [int(r) for r in args.rates.split(",")]
+    results: list[dict[str, object]] = []
+    profile = str(VAR / "bench" / "probe_live.prof")
+    setup(args.rps)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            probe = bench_probe(args.seconds, args.payload, tmp)
-            drain = bench_probe(args.backlog_seconds, args.payload, tmp, backlog=True)
-        dump = bench_tcpdump(args.seconds, args.payload)
+        with tempfile.TemporaryDirectory() as args.tmp:
+            for n, pps in enumerate(rates):
+                last = n == len(rates) - 1
+                results.append(bench_probe(capture, pps, args, profile if args.profile and last else ""))
+                print(("" if n else HEADER + "\n") + row(results[-1]), flush=True)
+        dump = None if args.skip_tcpdump else bench_tcpdump(capture, args)
     finally:
         teardown()
-    report(probe, drain, dump)
+    native, load = os.environ.get("HOPSCOPE_NATIVE", "1"), os.getloadavg()[0]
+    print(f"(probe on CPU {PROBE_CPU}, generator on CPU {GEN_CPU}, rps={args.rps}, l7={args.l7}, "
+          f"HOPSCOPE_NATIVE={native}, {args.seconds:g} s per rate, "
+          f"ring {args.ring_mb} MiB; load average {load:.1f})")  # fmt: skip
+    if dump is not None:
+        dgen: FloodResult = dump["generator"]  # type: ignore[assignment]
+        print(f"tcpdump -w /dev/null (CPU {PROBE_CPU}), flat out: {dgen.pps:,.0f} pps offered, "
+              f"captured {dump['captured']:,} of {dgen.sent:,} frames, kernel drops {dump['dropped']}")  # fmt: skip
+    if args.profile:
+        print_profile(profile)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import numpy.typing as npt
 
 from hopscope.codec import decode_batch, encode_batch
 from hopscope.errors import CaptureError, ConfigError
+from hopscope.probes import kernels
 from hopscope.probes.decode import Decoder
 from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from hopscope.probes.l7.feed import BlockFeeder
@@ -83,9 +84,9 @@ _STATS3 = struct.Struct("=3I")  # tp_packets, tp_drops, tp_freeze_q_cnt
 # tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
 # offset_to_first_pkt, blk_len, ...   (all u32, read through a u32 view: indices 2, 3, 4)
 _BLK_STATUS, _BLK_NUM_PKTS, _BLK_FIRST = 2, 3, 4
-# tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status (u32), tp_mac (u16)
-_HDR_SEC, _HDR_NSEC, _HDR_SNAPLEN, _HDR_LEN, _HDR_MAC_BYTE, _HDR_NET_BYTE = 1, 2, 3, 4, 24, 26
+_HDR_BYTES = 28  # tpacket3_hdr up to tp_net (a frame's mac offset is past it)
 _SOCKADDR_LL = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): where the frame's sockaddr_ll starts
+_SOCKADDR_LL_BYTES = 20
 _SLL2_LEN = 20
 
 
@@ -110,6 +111,7 @@ class RingStats:
     freezes: int = 0  # times the queue froze (ring full)
     frames_read: int = 0  # frames handed to the decoder
     blocks_read: int = 0
+    bad_blocks: int = 0  # blocks whose walk stopped at a frame header, offset or length outside the block
     wait_s: float = 0.0  # time spent waiting in poll() for the kernel to retire a block
 
 
@@ -185,6 +187,7 @@ class PacketRing:
         self._map: mmap.mmap | None = None
         self._words: memoryview | None = None  # the ring as u32 words
         self._next_block = 0
+        self._kernel = kernels.load("_ring")  # the C block walk, or None: gather_reference
         self.cooked = iface == ANY
         linktype = LINKTYPE_LINUX_SLL2 if self.cooked else LINKTYPE_ETHERNET
         self._interfaces = (Interface(0, linktype, self.settings.snaplen, name=iface),)
@@ -275,50 +278,93 @@ class PacketRing:
         return raw
 
     def _gather(self, ready: list[int]) -> RawBlock:
+        """Copy the ready blocks out of the ring and gather their frames' columns (C kernel or reference)."""
         assert self._map is not None and self._words is not None
-        s, words = self.settings, self._words
+        s, words, cooked = self.settings, self._words, self.cooked
         block_words = s.block_bytes // 4
-        buf = np.zeros(len(ready) * s.block_bytes + PAD_BYTES, np.uint8)
-        positions: list[int] = []
-        for n, index in enumerate(ready):
-            start = index * s.block_bytes
-            buf[n * s.block_bytes : (n + 1) * s.block_bytes] = np.frombuffer(self._map, np.uint8, s.block_bytes, start)
-            base = index * block_words
-            count = words[base + _BLK_NUM_PKTS]
-            pos = words[base + _BLK_FIRST]
-            out_base = n * s.block_bytes
-            append = positions.append
-            for _ in range(count):
-                append(out_base + pos)
-                pos += words[base + (pos >> 2)]
-        return self._raw_block(buf, np.array(positions, np.int64), len(ready))
-
-    def _raw_block(self, buf: npt.NDArray[np.uint8], hdr: npt.NDArray[np.int64], nblocks: int) -> RawBlock:
-        view32 = buf[: nblocks * self.settings.block_bytes].view(np.uint32)
-        view16 = buf[: nblocks * self.settings.block_bytes].view(np.uint16)
-        words = hdr >> 2
-        ts_ns = view32[words + _HDR_SEC].astype(np.int64) * 1_000_000_000 + view32[words + _HDR_NSEC]
-        caplen = view32[words + _HDR_SNAPLEN].copy()
-        origlen = view32[words + _HDR_LEN].copy()
-        if self.cooked:
-            net = view16[(hdr + _HDR_NET_BYTE) >> 1].astype(np.int64)
-            start = hdr + net - _SLL2_LEN
-            _write_sll2(buf, hdr + _SOCKADDR_LL, start)
-            caplen += _SLL2_LEN
-            origlen += _SLL2_LEN
-        else:
-            start = hdr + view16[(hdr + _HDR_MAC_BYTE) >> 1].astype(np.int64)
-        self.stats.frames_read += len(hdr)
-        self.stats.blocks_read += nblocks
+        total = sum(min(words[i * block_words + _BLK_NUM_PKTS], block_words) for i in ready)
+        buf = np.empty(len(ready) * s.block_bytes + PAD_BYTES, np.uint8)
+        offset, ts_ns = np.empty(total, np.int64), np.empty(total, np.int64)
+        caplen, origlen = np.empty(total, np.uint32), np.empty(total, np.uint32)
+        walk = self._kernel.gather if self._kernel is not None else gather_reference
+        count, bad = walk(self._map, s.block_bytes, ready, buf, offset, ts_ns, caplen, origlen, cooked)
+        self.stats.frames_read += count
+        self.stats.blocks_read += len(ready)
+        self.stats.bad_blocks += bad
         return RawBlock(
             buf=buf,
-            offset=start,
-            caplen=caplen,
-            origlen=origlen,
-            ts_ns=ts_ns,
-            iface=np.zeros(len(hdr), np.uint16),
+            offset=offset[:count],
+            caplen=caplen[:count],
+            origlen=origlen[:count],
+            ts_ns=ts_ns[:count],
+            iface=np.zeros(count, np.uint16),
             interfaces=self._interfaces,
         )
+
+
+_FRAME = struct.Struct("=6I2H")  # tpacket3_hdr up to tp_net: next, sec, nsec, snaplen, len, status, mac, net
+_BLOCK_HEAD = struct.Struct("=12x2I")  # tpacket_block_desc: version, priv, block_status; num_pkts, first
+
+
+def gather_reference(
+    ring: mmap.mmap | bytes | bytearray,
+    block_bytes: int,
+    blocks: list[int],
+    out: npt.NDArray[np.uint8],
+    offset: npt.NDArray[np.int64],
+    ts_ns: npt.NDArray[np.int64],
+    caplen: npt.NDArray[np.uint32],
+    origlen: npt.NDArray[np.uint32],
+    cooked: bool,
+) -> tuple[int, int]:
+    """The reference twin of the C kernel ``_ring.gather`` (probes/csrc/ring.c), same arguments and result.
+
+    Copies ring blocks ``blocks`` into ``out`` (zeroing the rest), follows each block's ``tp_next_offset``
+    chain in Python and fills the columns; returns (frames gathered, blocks whose walk stopped early
+    because a header, offset or length did not fit the block). At most ``block_bytes // 4`` frames per
+    block. Cooked frames get an SLL2 header (``_write_sll2``) and 20 bytes more in both lengths.
+    """
+    src = np.frombuffer(ring, np.uint8)
+    cap = min(len(offset), len(ts_ns), len(caplen), len(origlen))
+    frames: list[tuple[int, int, int, int, int, int]] = []  # header position, start, sec, nsec, snaplen, len
+    bad = 0
+    for n, index in enumerate(blocks):
+        out[n * block_bytes : (n + 1) * block_bytes] = src[index * block_bytes : (index + 1) * block_bytes]
+        bad += _walk_block(ring, index * block_bytes, block_bytes, n * block_bytes, cooked, cap, frames)
+    out[len(blocks) * block_bytes :] = 0
+    count = len(frames)
+    if count:
+        cols = np.array(frames, np.int64).T
+        offset[:count], caplen[:count], origlen[:count] = cols[1], cols[4], cols[5]
+        ts_ns[:count] = cols[2] * 1_000_000_000 + cols[3]
+        if cooked:
+            _write_sll2(out, cols[0] + _SOCKADDR_LL, cols[1])
+            caplen[:count] += _SLL2_LEN
+            origlen[:count] += _SLL2_LEN
+    return count, bad
+
+
+def _walk_block(
+    ring: mmap.mmap | bytes | bytearray, at: int, size: int, base: int, cooked: bool, cap: int,
+    frames: list[tuple[int, int, int, int, int, int]],
+) -> int:  # fmt: skip
+    """Append the frames of the block at ``at`` in ``ring`` (copied to ``base``); 1 if the walk stopped early."""
+    count, pos = _BLOCK_HEAD.unpack_from(ring, at)
+    limit = min(count, size // 4)
+    for k in range(limit):
+        if len(frames) >= cap or pos < 20 or pos > size or size - pos < _SOCKADDR_LL + _SOCKADDR_LL_BYTES:
+            return 1
+        nxt, sec, nsec, snap, wire, _, mac, net = _FRAME.unpack_from(ring, at + pos)
+        if (net < _SOCKADDR_LL + _SOCKADDR_LL_BYTES + _SLL2_LEN) if cooked else (mac < _HDR_BYTES):
+            return 1
+        start = pos + (net - _SLL2_LEN if cooked else mac)
+        if start > size or size - start < snap + (_SLL2_LEN if cooked else 0):
+            return 1
+        frames.append((base + pos, base + start, sec, nsec, snap, wire))
+        if k + 1 < limit and (nxt == 0 or nxt % 4):
+            return 1
+        pos += nxt
+    return int(limit < count)
 
 
 def _write_sll2(buf: npt.NDArray[np.uint8], sll: npt.NDArray[np.int64], at: npt.NDArray[np.int64]) -> None:
