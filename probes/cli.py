@@ -8,16 +8,16 @@ Keys follow Zeek's conn.log where Zeek has the field (``ts``, ``uid``, ``orig_h`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
 from hopscope.errors import ConfigError
-from hopscope.records import Batch, FlowRecord, HopKind, _as_list
+from hopscope.probes import kernels
+from hopscope.records import Batch, ColumnType, FlowRecord, HopKind, _as_list
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 TABLE_COLUMNS = (
@@ -64,7 +64,8 @@ ZEEK_KEYS: tuple[str, ...] = (
     "ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "duration", "orig_pkts", "resp_pkts",
     "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes", "conn_state", "history", "community_id",
 )  # fmt: skip
-#: Text columns whose values never need JSON escaping (addresses, codes, base64).
+#: Text columns whose values need no JSON escaping (addresses, codes, base64) when the meter made them:
+#: quoted by the line template, after one check over the whole column (``_plain``).
 _SAFE_TEXT = frozenset(("orig_h", "resp_h", "conn_state", "history", "community_id", "close_type", "proto"))
 
 
@@ -73,11 +74,23 @@ def row_keys() -> list[str]:
     return [*ZEEK_KEYS, *(c.name for c in FlowRecord.columns() if c.name not in ZEEK_KEYS)]
 
 
+def _plain(values: list[str]) -> bool:
+    """True when every value is printable ASCII without ``"`` or ``\\``: JSON needs no escape in it."""
+    joined = "".join(values)
+    return joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined
+
+
 def _text(name: str, values: list[str]) -> list[str]:
-    """JSON string literals of a text column (safe columns are quoted by the line template instead)."""
+    """JSON string literals of a text column; for safe columns (quoted by the line template) the
+    literals without their quotes, and the values themselves when they need no escape (the usual case)."""
+    import json
+
     if name in _SAFE_TEXT:
-        return values
-    cache = {v: json.dumps(v) for v in set(values)}
+        if _plain(values):
+            return values
+        cache = {v: json.dumps(v)[1:-1] for v in set(values)}
+    else:
+        cache = {v: json.dumps(v) for v in set(values)}
     return [cache[v] for v in values]
 
 
@@ -135,8 +148,112 @@ def jsonl_lines(batch: Batch) -> list[str]:
     return [template % row for row in zip(*varying, strict=True)]
 
 
+class JsonLines:
+    """JSON lines of FlowRecord batches as bytes: the ``_jsonl`` kernel (probes/csrc/jsonl.c) when it
+    is built and on, else ``jsonl_lines``, its reference twin (byte-identical output).
+
+    As in ``jsonl_lines``, a column equal in every record of a batch is formatted once (by the kernel)
+    and joined to the key text around it; the kernel writes into one reused output buffer.
+    """
+
+    def __init__(self) -> None:
+        self.kernel = kernels.load("_jsonl")
+        if any(c.type is ColumnType.F32 for c in FlowRecord.columns()):  # "%d" of a float: not in C
+            self.kernel = None
+        self.keys = row_keys()
+        self.text_keys = {c.name for c in FlowRecord.columns() if c.type.is_text}
+        self.prefixes = [(("{" if i == 0 else ",") + f'"{k}":').encode() for i, k in enumerate(self.keys)]
+        self.buffer = bytearray()
+        if self.kernel is not None:
+            import json
+
+            names = (PROTO_NAMES.get(v, str(v)) for v in range(256))
+            self.proto_table = tuple(json.dumps(name).encode() for name in names)
+
+    def format(self, batch: Batch) -> bytes:
+        """All records of ``batch``, one JSON object per line (``row_keys`` order)."""
+        if self.kernel is None:
+            return "".join(jsonl_lines(batch)).encode()
+        with self._view(batch) as view:
+            return bytes(view)
+
+    def write(self, batch: Batch, out: BinaryIO) -> None:
+        """``format(batch)`` written to ``out`` without a copy."""
+        if self.kernel is None:
+            out.write(self.format(batch))
+            return
+        with self._view(batch) as view:
+            out.write(view)
+
+    def _view(self, batch: Batch) -> memoryview:
+        assert self.kernel is not None
+        size = self.kernel.format_rows(len(batch), self._fields(batch), self.buffer) if len(batch) else 0
+        return memoryview(self.buffer)[:size]
+
+    def _fields(self, batch: Batch) -> list[tuple[bytes, int, Any]]:
+        """(prefix, kind, column) for the kernel; constant columns folded into the next prefix."""
+        k = self.kernel
+        assert k is not None
+        fields: list[tuple[bytes, int, Any]] = []
+        literal = b""
+        for prefix, (kind, data) in zip(self.prefixes, self._columns(batch), strict=True):
+            if _constant(data):
+                first = data[:1] if kind != k.TABLE else (data[0][:1], data[1])
+                literal += prefix + self._render_one(kind, first)
+            else:
+                fields.append((literal + prefix, kind, data))
+                literal = b""
+        fields.append((literal, k.LITERAL, None))
+        return fields
+
+    def _columns(self, batch: Batch) -> list[tuple[int, Any]]:
+        """(kind, column) per output key."""
+        k, cols = self.kernel, batch.columns
+        assert k is not None
+        start = np.asarray(cols["start_ns"], np.int64)
+        derived: dict[str, tuple[int, Any]] = {
+            "ts": (k.FLOAT6, start / 1e9),
+            "uid": (k.HEX16, _native(cols["flow_id"])),
+            "proto": (k.TABLE, (_native(cols["proto"]), self.proto_table)),
+            "duration": (k.FLOAT6, (np.asarray(cols["end_ns"], np.int64) - start) / 1e9),
+        }
+        out = []
+        for key in self.keys:
+            if key in derived:
+                out.append(derived[key])
+            elif key in self.text_keys:
+                out.append((k.TEXT, cols[key]))
+            else:
+                out.append((k.INT, _native(cols[key])))
+        return out
+
+    def _render_one(self, kind: int, column: Any) -> bytes:
+        """One value as the kernel writes it (one row, empty prefix, without the closing ``}\\n``)."""
+        assert self.kernel is not None
+        scratch = bytearray()
+        size = self.kernel.format_rows(1, [(b"", kind, column)], scratch)
+        return bytes(scratch[: size - 2])
+
+
+def _constant(data: Any) -> bool:
+    """True when every value of a column (a TABLE column: its index array) equals the first."""
+    if isinstance(data, tuple):
+        data = data[0]
+    if isinstance(data, list):
+        return data.count(data[0]) == len(data)
+    return bool((data == data[0]).all())
+
+
+def _native(data: Any) -> Any:
+    """A numeric column as a C-contiguous array in native byte order (what the kernel reads)."""
+    arr = np.ascontiguousarray(data)
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
 def conn_row(batch: Batch, i: int) -> dict[str, Any]:
     """Record ``i`` of a FlowRecord batch as a conn.log-style dict (for the table and for tests)."""
+    import json
+
     return dict(json.loads(jsonl_lines(batch.slice(i, i + 1))[0]))
 
 
@@ -151,17 +268,23 @@ def run(args: argparse.Namespace) -> int:
 
     analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind)
     try:
-        _print(analyzer, args, sys.stdout)
+        if args.format == "jsonl":
+            sys.stdout.flush()  # JSON lines go to the binary layer, in one write per 4096 records
+            _print_jsonl(analyzer, args, sys.stdout.buffer)
+        else:
+            _print_table(analyzer, args, sys.stdout)
     except BrokenPipeError:  # `hopscope flows x.pcap | head`: the reader left, not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until exit
     if args.stats:
+        import json
+
         json.dump(analyzer.stats(), sys.stderr, indent=1)
         sys.stderr.write("\n")
     return 0
 
 
-def _print(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
-    table_rows: list[dict[str, Any]] = []
+def _batches(analyzer: Any, args: argparse.Namespace) -> Iterable[Batch]:
+    """The non-empty record batches to print (final records only unless ``--interim``)."""
     for _block, batch in analyzer.run():
         if not len(batch):
             continue
@@ -169,10 +292,21 @@ def _print(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
             final = np.flatnonzero(batch.columns["final"])
             if len(final) < len(batch):  # take() copies the text columns element by element
                 batch = batch.take(final)
-        if args.format == "jsonl":
-            for start in range(0, len(batch), 4096):  # bounded memory for big flushes
-                out.writelines(jsonl_lines(batch.slice(start, start + 4096)))
-        else:
-            table_rows.extend(json.loads(line) for line in jsonl_lines(batch))
-    if args.format == "table":
-        write_table(table_rows, out)
+        yield batch
+
+
+def _print_jsonl(analyzer: Any, args: argparse.Namespace, out: BinaryIO) -> None:
+    lines = JsonLines()
+    for batch in _batches(analyzer, args):
+        for start in range(0, len(batch), 4096):  # bounded memory for big flushes
+            lines.write(batch.slice(start, start + 4096), out)
+    out.flush()
+
+
+def _print_table(analyzer: Any, args: argparse.Namespace, out: TextIO) -> None:
+    import json
+
+    table_rows: list[dict[str, Any]] = []
+    for batch in _batches(analyzer, args):
+        table_rows.extend(json.loads(line) for line in jsonl_lines(batch))
+    write_table(table_rows, out)
