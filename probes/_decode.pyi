@@ -3,10 +3,11 @@
 from typing import Any
 
 def walk_pcap(
-    buf: Any, n: int, big_endian: bool, ns_per_unit: int, max_record: int,
+    buf: Any, n: int, pos: int, first: int, big_endian: bool, ns_per_unit: int, max_record: int,
     offset: Any, caplen: Any, origlen: Any, ts_ns: Any,
 ) -> tuple[int, int, int, int, int]:  # fmt: skip
-    """The complete pcap records of ``buf[:n]`` into the columns: (count, end, caplen sum, bad pos, bad caplen)."""
+    """The complete pcap records of ``buf[pos:n]`` into the columns from row ``first`` on:
+    (count, end, caplen sum, bad record position or -1, its caplen)."""
 
 def walk_pcapng(
     buf: Any, n: int, pos: int, big_endian: bool, max_block: int, starts: Any, btypes: Any, first: int
