@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ def register(sub: Any) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    import signal
+
     from hopscope.errors import ConfigError
     from hopscope.pipeline import Ingestor
     from hopscope.store import store_from_url

@@ -164,11 +164,8 @@ class JsonLines:
         self.text_keys = {c.name for c in FlowRecord.columns() if c.type.is_text}
         self.prefixes = [(("{" if i == 0 else ",") + f'"{k}":').encode() for i, k in enumerate(self.keys)]
         self.buffer = bytearray()
-        if self.kernel is not None:
-            import json
-
-            names = (PROTO_NAMES.get(v, str(v)) for v in range(256))
-            self.proto_table = tuple(json.dumps(name).encode() for name in names)
+        names = (PROTO_NAMES.get(v, str(v)) for v in range(256))  # plain: quoted as the template does
+        self.proto_table = tuple(f'"{name}"'.encode() for name in names)
 
     def format(self, batch: Batch) -> bytes:
         """All records of ``batch``, one JSON object per line (``row_keys`` order)."""
