@@ -86,7 +86,25 @@ def traffic() -> Path:
 
 
 def flood(capture: Path, pps: int, args: argparse.Namespace) -> FloodResult:
-    return run_flood(VETH_A, capture, pps=pps, seconds=args.seconds, netns=NS_A, cpu=GEN_CPU, max_frames=args.frames)
+    """The flood from CPU 0; with ``--idle-generator`` also from the probe's CPU as SCHED_IDLE (half the
+    rate each, addresses of their own), so the probe's idle time sends too. Returns the sum."""
+    kw = {"seconds": args.seconds, "netns": NS_A, "max_frames": args.frames}
+    if not args.idle_generator:
+        return run_flood(VETH_A, capture, pps=pps, cpu=GEN_CPU, priority=args.nice, **kw)  # type: ignore[arg-type]
+    results: list[FloodResult] = []
+    second = threading.Thread(
+        target=lambda: results.append(
+            run_flood(VETH_A, capture, pps=pps // 2, cpu=PROBE_CPU, priority="idle", tag=1, **kw)  # type: ignore[arg-type]
+        )
+    )
+    second.start()
+    first = run_flood(VETH_A, capture, pps=pps - pps // 2, cpu=GEN_CPU, priority=args.nice, **kw)  # type: ignore[arg-type]
+    second.join()
+    both = [first, *results]
+    return FloodResult(
+        sent=sum(r.sent for r in both), seconds=max(r.seconds for r in both), frames=first.frames,
+        cycles=sum(r.cycles for r in both), errors=sum(r.errors for r in both),
+    )  # fmt: skip
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -127,7 +145,9 @@ def bench_probe(capture: Path, pps: int, args: argparse.Namespace, profile: str 
     """The probe on CPU 1 during one flood at ``pps`` (0: flat out)."""
     out = os.path.join(args.tmp, "probe.hsrb")
     prof = ["-m", "cProfile", "-o", profile] if profile else []
-    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, PYTHON, *prof, "-m", "hopscope", "-v", "probe",
+    nice = ["nice", "-n", args.nice] if args.nice else []
+    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, *nice, PYTHON, *prof, "-m", "hopscope", "-v",
+           "probe",
            "--iface", VETH_B, "--point", "bench", "--out", out, "--report-interval", "2",
            "--ring-mb", str(args.ring_mb), *([] if args.l7 else ["--no-l7"])]  # fmt: skip
     proc, lines, reader = _start_probe(cmd)
@@ -203,6 +223,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=MIX_PACKETS, help="frames of the mix replayed per cycle")
     ap.add_argument("--ring-mb", type=int, default=128, help="the probe's ring (and tcpdump's buffer), MiB")
     ap.add_argument("--rps", action="store_true", help="receive work of B's veth on the probe's CPU (RPS)")
+    ap.add_argument("--idle-generator", action="store_true", help="a second generator on the probe's CPU as SCHED_IDLE")
+    ap.add_argument("--nice", default="", help="nice level of the probe and the CPU 0 generator (e.g. -15)")
     ap.add_argument("--profile", action="store_true", help="cProfile the probe at the last rate")
     ap.add_argument("--l7", action="store_true", help="also run the HTTP/DNS stage (default: capture + meter)")
     ap.add_argument("--skip-tcpdump", action="store_true")
@@ -226,6 +248,7 @@ def main() -> None:
         teardown()
     native, load = os.environ.get("HOPSCOPE_NATIVE", "1"), os.getloadavg()[0]
     print(f"(probe on CPU {PROBE_CPU}, generator on CPU {GEN_CPU}, rps={args.rps}, l7={args.l7}, "
+          f"idle generator on CPU {PROBE_CPU}={args.idle_generator}, nice={args.nice or 0}, "
           f"HOPSCOPE_NATIVE={native}, {args.seconds:g} s per rate, "
           f"ring {args.ring_mb} MiB; load average {load:.1f})")  # fmt: skip
     if dump is not None:

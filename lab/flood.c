@@ -8,7 +8,10 @@
  * IPv4 address with the cycle number (IP and TCP/UDP checksums updated incrementally, RFC 1624), so each
  * cycle is a fresh set of connections with the same handshakes, requests and closes.
  *
- *   flood IFACE PCAP [--pps N] [--seconds S] [--max-frames N] [--batch N] [--mode mmsg|ring]
+ *   flood IFACE PCAP [--pps N] [--seconds S] [--max-frames N] [--batch N] [--mode mmsg|ring] [--tag T]
+ *
+ * --tag T (1-255) XORs the third octet of every IPv4 address with T once at load: generators running
+ * side by side with different tags send distinct connections.
  *
  * Prints one JSON line: {"sent": frames, "seconds": s, "frames": loaded, "cycles": n, "errors": n}.
  * Only classic pcap files (either byte order, us or ns timestamps) with Ethernet frames are read.
@@ -88,8 +91,8 @@ static void csum_replace(uint8_t *field, uint16_t old_word, uint16_t new_word) {
     field[1] = (uint8_t)sum;
 }
 
-/* XOR the second octet of both IPv4 addresses of an IPv4 frame with x, fixing the checksums. */
-static void remap_frame(uint8_t *f, uint32_t len, uint8_t x) {
+/* XOR octet `octet` (0-3) of both IPv4 addresses of an IPv4 frame with x, fixing the checksums. */
+static void remap_frame(uint8_t *f, uint32_t len, uint8_t x, int octet) {
     if (!x || len < 34 || f[12] != 0x08 || f[13] != 0x00) return;
     uint8_t *ip = f + 14;
     size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
@@ -100,9 +103,9 @@ static void remap_frame(uint8_t *f, uint32_t len, uint8_t x) {
     int frag = (ip[6] & 0x1f) | ip[7];
     if (!frag && ip[9] == 6 && l4_len >= 20) l4_csum = l4 + 16;
     if (!frag && ip[9] == 17 && l4_len >= 8 && (l4[6] | l4[7])) l4_csum = l4 + 6;
-    for (int a = 12; a <= 16; a += 4) {  /* source, then destination: the word holding octets 0-1 */
+    for (int a = 12 + (octet & 2); a <= 16 + (octet & 2); a += 4) {  /* the 16-bit word holding the octet */
         uint16_t old_word = (uint16_t)(ip[a] << 8 | ip[a + 1]);
-        ip[a + 1] ^= x;
+        ip[a + (octet & 1)] ^= x;
         uint16_t new_word = (uint16_t)(ip[a] << 8 | ip[a + 1]);
         csum_replace(ip + 10, old_word, new_word);
         if (l4_csum) csum_replace(l4_csum, old_word, new_word);
@@ -144,7 +147,7 @@ static uint8_t *next_frame(struct run *r, size_t *pos, uint32_t *len) {
         r->cycles++;
         uint8_t change = (uint8_t)((r->cycles - 1) ^ r->cycles);  /* from the old cycle's XOR to the new */
         for (size_t i = 0; i < r->fr->count; i++)
-            remap_frame(r->fr->data + r->fr->offset[i], r->fr->length[i], change);
+            remap_frame(r->fr->data + r->fr->offset[i], r->fr->length[i], change, 1);
     }
     *len = r->fr->length[*pos];
     return r->fr->data + r->fr->offset[(*pos)++];
@@ -226,11 +229,12 @@ static int open_socket(const char *iface) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: flood IFACE PCAP [--pps N] [--seconds S] [--max-frames N] [--batch N] [--mode mmsg|ring]\n");
+        fprintf(stderr, "usage: flood IFACE PCAP [--pps N] [--seconds S] [--max-frames N] [--batch N] [--mode mmsg|ring] [--tag T]\n");
         return 2;
     }
     struct run r = {.pps = 0, .seconds = 5, .batch = 256};
     size_t max_frames = (size_t)-1;
+    unsigned tag = 0;
     int ring = 0;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--pps")) r.pps = atof(argv[i + 1]);
@@ -238,11 +242,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--max-frames")) max_frames = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--batch")) r.batch = (unsigned)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--mode")) ring = !strcmp(argv[i + 1], "ring");
+        else if (!strcmp(argv[i], "--tag")) tag = (unsigned)atoi(argv[i + 1]);
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
     }
     if (r.batch < 1 || r.batch > 4096) { fprintf(stderr, "--batch must be 1..4096\n"); return 2; }
     struct frames fr;
     if (load_pcap(argv[2], max_frames, &fr) < 0) return 1;
+    for (size_t i = 0; tag && i < fr.count; i++)  /* another generator's address space */
+        remap_frame(fr.data + fr.offset[i], fr.length[i], (uint8_t)tag, 2);
     r.fr = &fr;
     r.fd = open_socket(argv[1]);
     if (ring) run_ring(&r); else run_mmsg(&r);

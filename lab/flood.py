@@ -56,12 +56,25 @@ def run_flood(
     netns: str | None = None,
     cpu: str | None = None,
     max_frames: int | None = None,
+    tag: int = 0,
+    priority: str = "",
     binary: Path | None = None,
 ) -> FloodResult:
-    """Replay ``capture`` on ``iface`` (in ``netns``, pinned to ``cpu``) at ``pps`` (0: flat out)."""
+    """Replay ``capture`` on ``iface`` (in ``netns``, pinned to ``cpu``) at ``pps`` (0: flat out).
+
+    ``tag`` (1-255) moves the addresses to a space of their own (generators side by side); ``priority``
+    ``"idle"`` runs the generator as SCHED_IDLE (it only gets what the CPU's other tasks leave), a number
+    runs it at that nice level.
+    """
     cmd = [str(binary or build_flood()), iface, str(capture), "--pps", str(pps), "--seconds", str(seconds)]
     if max_frames is not None:
         cmd += ["--max-frames", str(max_frames)]
+    if tag:
+        cmd += ["--tag", str(tag)]
+    if priority == "idle":
+        cmd = ["chrt", "--idle", "0", *cmd]
+    elif priority:
+        cmd = ["nice", "-n", priority, *cmd]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
     if netns:

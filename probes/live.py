@@ -5,15 +5,17 @@ Capture
     fills blocks of many frames; user space hands a block back by writing its status word), attaches a
     BPF filter compiled by libpcap (through pcapy-ng's ``compile``; the filter's accept length is the
     snaplen), and binds to the interface. One ``read`` returns every block the kernel has retired as one
-    ``RawBlock`` (the reader/decoder interface of ``hopscope.probes.readers``): the only per-packet
-    Python work is following each frame's ``tp_next_offset``; timestamps, lengths and frame offsets are
-    gathered with numpy. Kernel counters (``PACKET_STATISTICS``: packets, drops, queue freezes) are
-    read and accumulated by ``stats``. VLAN tags that the NIC or veth strips into packet metadata are not
-    re-inserted (the decoder sees the untagged frame). ``iface="any"`` captures every interface of the
-    namespace through a cooked socket; frames get a Linux SLL2 header naming their interface, and the
-    probe reports one capture point per interface, ``POINT:IFNAME`` (for the ``nat`` hop kind). With a
-    ``fanout`` group, several probes (processes, one per core) share an interface's traffic by flow
-    hash, both directions of a connection reaching the same probe.
+    ``RawBlock`` (the reader/decoder interface of ``hopscope.probes.readers``), whose buffer is the ring
+    itself (blocks handed back to the kernel by the next ``read``) or, for the ring's last block, a copy.
+    The block walk (following each frame's ``tp_next_offset``, gathering offsets, timestamps and
+    lengths) is the C kernel ``_ring.gather`` (probes/csrc/ring.c), or its reference twin
+    ``gather_reference`` when kernels are off. Kernel counters (``PACKET_STATISTICS``: packets, drops,
+    queue freezes) are read and accumulated by ``stats``. VLAN tags that the NIC or veth strips into
+    packet metadata are not re-inserted (the decoder sees the untagged frame). ``iface="any"`` captures
+    every interface of the namespace through a cooked socket; frames get a Linux SLL2 header naming
+    their interface, and the probe reports one capture point per interface, ``POINT:IFNAME`` (for the
+    ``nat`` hop kind). With a ``fanout`` group, several probes (processes, one per core) share an
+    interface's traffic by flow hash, both directions of a connection reaching the same probe.
 
 Namespaces
     With ``netns``, the socket is opened inside ``/var/run/netns/NAME`` (``setns``), then the thread
@@ -100,6 +102,7 @@ class RingSettings:
     retire_ms: int = 50  # the kernel hands over a partly filled block after this long (latency bound)
     snaplen: int = 262_144  # bytes kept per frame (the BPF filter's accept length)
     max_blocks_per_read: int = 16  # blocks joined into one RawBlock at most
+    zero_copy: bool = True  # RawBlocks point into the ring (valid until the next read) instead of a copy
 
 
 @dataclass(slots=True)
@@ -187,6 +190,8 @@ class PacketRing:
         self._map: mmap.mmap | None = None
         self._words: memoryview | None = None  # the ring as u32 words
         self._next_block = 0
+        self._held: list[int] = []  # blocks of the last read, handed back to the kernel by the next one
+        self._poller: select.poll | None = None
         self._kernel = kernels.load("_ring")  # the C block walk, or None: gather_reference
         self.cooked = iface == ANY
         linktype = LINKTYPE_LINUX_SLL2 if self.cooked else LINKTYPE_ETHERNET
@@ -220,9 +225,14 @@ class PacketRing:
                 raise CaptureError(f"cannot capture on {self.iface!r}: {exc}") from exc
         self._sock = sock
         self._words = memoryview(self._map).cast("I")
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
         return self
 
     def close(self) -> None:
+        """Close the socket and unmap the ring (once the last RawBlock pointing into it is gone)."""
+        self._release()
+        self._poller = None
         if self._sock is not None:
             self.read_kernel_stats()
             self._sock.close()
@@ -231,7 +241,10 @@ class PacketRing:
             self._words.release()
             self._words = None
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # a zero-copy RawBlock still refers to it: unmapped when it goes away
+                log.debug("ring of %s still referenced at close; unmapped when released", self.iface)
             self._map = None
 
     def __enter__(self) -> PacketRing:
@@ -251,43 +264,65 @@ class PacketRing:
         return self.stats
 
     def read(self, timeout_ms: int = 100) -> RawBlock | None:
-        """Frames of every block the kernel has handed over (waiting up to ``timeout_ms``), or None."""
+        """Frames of every block the kernel has handed over (waiting up to ``timeout_ms``), or None.
+
+        With ``RingSettings.zero_copy`` the RawBlock's buffer is the ring itself: it stays valid until the
+        next ``read`` or ``close``, which hand its blocks back to the kernel (consumers that keep bytes
+        beyond that must copy them, as the L7 stage does). Otherwise the blocks are copied out and handed
+        back at once. A read never wraps past the ring's end; the ring's last block is read alone and
+        copied (the decoder needs PAD_BYTES of readable memory after the frames).
+        """
         words = self._words
-        if words is None or self._sock is None:
+        if words is None or self._sock is None or self._poller is None:
             raise CaptureError("the ring is not open")
+        self._release()
         s = self.settings
         block_words = s.block_bytes // 4
         if words[self._next_block * block_words + _BLK_STATUS] & TP_STATUS_USER == 0:
-            poller = select.poll()
-            poller.register(self._sock.fileno(), select.POLLIN | select.POLLERR)
             waited = time.perf_counter()
-            poller.poll(timeout_ms)
+            self._poller.poll(timeout_ms)
             self.stats.wait_s += time.perf_counter() - waited
-        ready: list[int] = []
-        while len(ready) < s.max_blocks_per_read:
-            index = (self._next_block + len(ready)) % s.block_count
-            if words[index * block_words + _BLK_STATUS] & TP_STATUS_USER == 0 or index in ready:
+        last = s.block_count - 1
+        end = min(self._next_block + s.max_blocks_per_read, last if self._next_block < last else s.block_count)
+        ready = list(range(self._next_block, end))
+        for n, index in enumerate(ready):
+            if words[index * block_words + _BLK_STATUS] & TP_STATUS_USER == 0:
+                ready = ready[:n]
                 break
-            ready.append(index)
         if not ready:
             return None
-        raw = self._gather(ready)
-        for index in ready:
-            words[index * block_words + _BLK_STATUS] = TP_STATUS_KERNEL
+        in_place = s.zero_copy and ready[-1] != last
+        raw = self._gather(ready, in_place)
+        self._held = ready
+        if not in_place:
+            self._release()
         self._next_block = (ready[-1] + 1) % s.block_count
         return raw
 
-    def _gather(self, ready: list[int]) -> RawBlock:
-        """Copy the ready blocks out of the ring and gather their frames' columns (C kernel or reference)."""
+    def _release(self) -> None:
+        """Hand the blocks of the last read back to the kernel."""
+        if self._words is not None:
+            block_words = self.settings.block_bytes // 4
+            for index in self._held:
+                self._words[index * block_words + _BLK_STATUS] = TP_STATUS_KERNEL
+        self._held = []
+
+    def _gather(self, ready: list[int], in_place: bool) -> RawBlock:
+        """Gather the ready blocks' frame columns (C kernel or reference), in the ring or from a copy."""
         assert self._map is not None and self._words is not None
         s, words, cooked = self.settings, self._words, self.cooked
         block_words = s.block_bytes // 4
         total = sum(min(words[i * block_words + _BLK_NUM_PKTS], block_words) for i in ready)
-        buf = np.empty(len(ready) * s.block_bytes + PAD_BYTES, np.uint8)
+        size = len(ready) * s.block_bytes + PAD_BYTES
+        if in_place:  # the ring from the first block on; PAD_BYTES of the next block (not the last) after it
+            buf = np.frombuffer(self._map, np.uint8, size, ready[0] * s.block_bytes)
+        else:
+            buf = np.empty(size, np.uint8)
         offset, ts_ns = np.empty(total, np.int64), np.empty(total, np.int64)
         caplen, origlen = np.empty(total, np.uint32), np.empty(total, np.uint32)
         walk = self._kernel.gather if self._kernel is not None else gather_reference
-        count, bad = walk(self._map, s.block_bytes, ready, buf, offset, ts_ns, caplen, origlen, cooked)
+        out = None if in_place else buf
+        count, bad = walk(self._map, s.block_bytes, ready, out, offset, ts_ns, caplen, origlen, cooked)
         self.stats.frames_read += count
         self.stats.blocks_read += len(ready)
         self.stats.bad_blocks += bad
@@ -307,10 +342,10 @@ _BLOCK_HEAD = struct.Struct("=12x2I")  # tpacket_block_desc: version, priv, bloc
 
 
 def gather_reference(
-    ring: mmap.mmap | bytes | bytearray,
+    ring: mmap.mmap | bytearray,
     block_bytes: int,
     blocks: list[int],
-    out: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.uint8] | None,
     offset: npt.NDArray[np.int64],
     ts_ns: npt.NDArray[np.int64],
     caplen: npt.NDArray[np.uint32],
@@ -319,33 +354,40 @@ def gather_reference(
 ) -> tuple[int, int]:
     """The reference twin of the C kernel ``_ring.gather`` (probes/csrc/ring.c), same arguments and result.
 
-    Copies ring blocks ``blocks`` into ``out`` (zeroing the rest), follows each block's ``tp_next_offset``
-    chain in Python and fills the columns; returns (frames gathered, blocks whose walk stopped early
-    because a header, offset or length did not fit the block). At most ``block_bytes // 4`` frames per
-    block. Cooked frames get an SLL2 header (``_write_sll2``) and 20 bytes more in both lengths.
+    Copies ring blocks ``blocks`` into ``out`` (zeroing the rest), or with ``out=None`` leaves them where
+    they are (they must be consecutive; offsets count from the first one), follows each block's
+    ``tp_next_offset`` chain in Python and fills the columns; returns (frames gathered, blocks whose walk
+    stopped early because a header, offset or length did not fit the block). At most
+    ``block_bytes // 4`` frames per block. Cooked frames get an SLL2 header (``_write_sll2``, in ``out``
+    or in the ring) and 20 bytes more in both lengths.
     """
     src = np.frombuffer(ring, np.uint8)
+    if out is None and any(b != blocks[0] + n for n, b in enumerate(blocks)):
+        raise ValueError("in place, the blocks must be consecutive")
+    target = src[blocks[0] * block_bytes :] if out is None and blocks else out
     cap = min(len(offset), len(ts_ns), len(caplen), len(origlen))
     frames: list[tuple[int, int, int, int, int, int]] = []  # header position, start, sec, nsec, snaplen, len
     bad = 0
     for n, index in enumerate(blocks):
-        out[n * block_bytes : (n + 1) * block_bytes] = src[index * block_bytes : (index + 1) * block_bytes]
+        if out is not None:
+            out[n * block_bytes : (n + 1) * block_bytes] = src[index * block_bytes : (index + 1) * block_bytes]
         bad += _walk_block(ring, index * block_bytes, block_bytes, n * block_bytes, cooked, cap, frames)
-    out[len(blocks) * block_bytes :] = 0
+    if out is not None:
+        out[len(blocks) * block_bytes :] = 0
     count = len(frames)
     if count:
         cols = np.array(frames, np.int64).T
         offset[:count], caplen[:count], origlen[:count] = cols[1], cols[4], cols[5]
         ts_ns[:count] = cols[2] * 1_000_000_000 + cols[3]
-        if cooked:
-            _write_sll2(out, cols[0] + _SOCKADDR_LL, cols[1])
+        if cooked and target is not None:
+            _write_sll2(target, cols[0] + _SOCKADDR_LL, cols[1])
             caplen[:count] += _SLL2_LEN
             origlen[:count] += _SLL2_LEN
     return count, bad
 
 
 def _walk_block(
-    ring: mmap.mmap | bytes | bytearray, at: int, size: int, base: int, cooked: bool, cap: int,
+    ring: mmap.mmap | bytearray, at: int, size: int, base: int, cooked: bool, cap: int,
     frames: list[tuple[int, int, int, int, int, int]],
 ) -> int:  # fmt: skip
     """Append the frames of the block at ``at`` in ``ring`` (copied to ``base``); 1 if the walk stopped early."""

@@ -369,17 +369,36 @@ def test_c_ring_walk_equals_the_reference_on_a_live_ring(netns_pair: None, tmp_p
     assert all(np.array_equal(a, b) for a, b in zip(cols, ref_cols, strict=True))
 
 
-def test_probe_meters_every_frame_of_a_flood_without_drops(netns_pair: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "ring",
+    [
+        {},  # 64 blocks of 1 MiB: the flood fits, blocks read in place
+        {"block_bytes": 1 << 16, "block_count": 32},  # the ring wraps: its last block is copied
+        {"block_bytes": 1 << 16, "block_count": 32, "zero_copy": False},  # every block copied
+    ],
+    ids=["big-ring", "wrapping", "copying"],
+)
+def test_probe_meters_every_frame_of_a_flood_without_drops(
+    netns_pair: None, tmp_path: Path, ring: dict[str, int]
+) -> None:
     """The flood generator's frames (a capture replayed in cycles, each cycle renumbered) all reach the
     probe's meter: as many frames read as sent, no kernel drops, every cycle's conversations as flows."""
     from hopscope.lab.flood import run_flood
-    from hopscope.probes.live import LiveProbe, ProbeSettings
+    from hopscope.probes.live import LiveProbe, ProbeSettings, RingSettings
     from hopscope.transport import InProcessTransport
 
     capture = tmp_path / "flood.pcap"
     per_cycle = _flood_capture(capture)
     transport = InProcessTransport()
-    probe = LiveProbe(ProbeSettings(iface=VETH_B, point="flood", netns=NS_B, bpf="ip", l7=False), transport)
+    settings = ProbeSettings(
+        iface=VETH_B,
+        point="flood",
+        netns=NS_B,
+        bpf="ip",
+        l7=False,
+        ring=RingSettings(**ring),  # type: ignore[arg-type]
+    )
+    probe = LiveProbe(settings, transport)
     summaries = []
     runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
     runner.start()

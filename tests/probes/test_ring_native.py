@@ -63,20 +63,25 @@ def build_ring(blocks: list[list[bytes]], cooked: bool, block_bytes: int = BLOCK
 Walk = Callable[..., tuple[int, int]]
 
 
-def walk(fn: Walk, ring: bytearray | bytes, ready: list[int], cooked: bool, block_bytes: int = BLOCK) -> tuple:
-    """Run one walk as PacketRing._gather does; returns (count, bad, buf, columns)."""
+def walk(
+    fn: Walk, ring: bytearray, ready: list[int], cooked: bool, block_bytes: int = BLOCK, in_place: bool = False
+) -> tuple:
+    """Run one walk as PacketRing._gather does, on a copy of ``ring``; returns (count, bad, buf, columns),
+    ``buf`` being the output buffer or, in place, the ring after the walk."""
+    ring = bytearray(ring)
     words = memoryview(bytes(ring)).cast("I")
     total = sum(min(words[i * block_bytes // 4 + 3], block_bytes // 4) for i in ready)
     buf = np.full(len(ready) * block_bytes + PAD_BYTES, 0xAA, np.uint8)  # the walk must write every byte
     cols = [np.zeros(total, np.int64), np.zeros(total, np.int64), np.zeros(total, np.uint32)]
     cols.append(np.zeros(total, np.uint32))
-    count, bad = fn(ring, block_bytes, ready, buf, *cols, cooked)
-    return count, bad, buf, [c[:count] for c in cols]
+    count, bad = fn(ring, block_bytes, ready, None if in_place else buf, *cols, cooked)
+    return count, bad, np.frombuffer(ring, np.uint8).copy() if in_place else buf, [c[:count] for c in cols]
 
 
-def assert_same(ring: bytearray | bytes, ready: list[int], cooked: bool) -> tuple:
+def assert_same(ring: bytearray, ready: list[int], cooked: bool, in_place: bool = False) -> tuple:
     assert _ring is not None
-    native, reference = walk(_ring.gather, ring, ready, cooked), walk(gather_reference, ring, ready, cooked)
+    native = walk(_ring.gather, ring, ready, cooked, in_place=in_place)
+    reference = walk(gather_reference, ring, ready, cooked, in_place=in_place)
     assert native[:2] == reference[:2]
     assert np.array_equal(native[2], reference[2])
     for a, b in zip(native[3], reference[3], strict=True):
@@ -104,6 +109,22 @@ def test_walk_gives_every_frame_with_its_columns(cooked: bool) -> None:
 
 
 @pytest.mark.parametrize("cooked", [False, True])
+def test_walk_in_place_gives_the_frames_where_the_copy_has_them(cooked: bool) -> None:
+    """out=None: no copy, offsets count from the first block; the same frames as the copying walk."""
+    blocks = [FRAMES[:4], FRAMES[4:], FRAMES[::-1]]
+    ring = build_ring(blocks, cooked)
+    count, bad, after, cols = assert_same(ring, [1, 2], cooked, in_place=True)
+    copied = walk(gather_reference, ring, [1, 2], cooked)
+    assert (count, bad) == (len(blocks[1]) + len(blocks[2]), 0) and (count, bad) == copied[:2]
+    for got, want in zip(cols, copied[3], strict=True):
+        assert np.array_equal(got, want)
+    frames_at = after[BLOCK:]  # the ring from block 1 on
+    for i in range(count):
+        start, length = int(cols[0][i]), int(cols[2][i])
+        assert frames_at[start : start + length].tobytes() == copied[2][start : start + length].tobytes()
+
+
+@pytest.mark.parametrize("cooked", [False, True])
 @pytest.mark.parametrize(
     ("where", "value", "frames"),
     [
@@ -124,6 +145,7 @@ def test_hostile_headers_stop_the_block_walk(cooked: bool, where: int, value: in
     if where == 48 + 24:
         struct.pack_into("=H", ring, where + 2, value)
     count, bad, *_ = assert_same(ring, [0, 1], cooked)
+    assert (count, bad) == assert_same(ring, [0, 1], cooked, in_place=True)[:2]
     assert bad == 1
     if where == 12 and value == 10**9:  # the four real frames, then garbage headers fail the checks
         assert count >= frames + len(FRAMES[4:])
@@ -136,16 +158,17 @@ def test_hostile_headers_stop_the_block_walk(cooked: bool, where: int, value: in
     cooked=st.booleans(),
     smashes=st.lists(st.tuples(st.integers(0, 2 * BLOCK - 1), st.integers(0, 255)), min_size=1, max_size=12),
     words=st.lists(st.tuples(st.integers(0, 2 * BLOCK // 4 - 1), st.integers(0, 2**32 - 1)), max_size=4),
+    in_place=st.booleans(),
 )
 def test_mutated_rings_give_the_same_result_both_ways(
-    cooked: bool, smashes: list[tuple[int, int]], words: list[tuple[int, int]]
+    cooked: bool, smashes: list[tuple[int, int]], words: list[tuple[int, int]], in_place: bool
 ) -> None:
     ring = build_ring([FRAMES[:4], FRAMES[3:]], cooked)
     for at, byte in smashes:
         ring[at] = byte
     for at, word in words:
         struct.pack_into("=I", ring, 4 * at, word)
-    assert_same(ring, [1, 0], cooked)
+    assert_same(ring, [0, 1] if in_place else [1, 0], cooked, in_place)
 
 
 def test_bad_arguments_raise() -> None:
@@ -158,5 +181,7 @@ def test_bad_arguments_raise() -> None:
         _ring.gather(ring, BLOCK, [0], np.zeros(BLOCK - 1, np.uint8), *cols, False)
     with pytest.raises(ValueError, match="whole number"):
         _ring.gather(ring, BLOCK - 4, [0], np.zeros(BLOCK, np.uint8), *cols, False)
-    with pytest.raises(TypeError):
+    with pytest.raises(BufferError):
         _ring.gather(ring, BLOCK, [0], bytes(BLOCK), *cols, False)  # read-only output
+    with pytest.raises(ValueError, match="consecutive"):
+        _ring.gather(build_ring([FRAMES, FRAMES, FRAMES], False), BLOCK, [0, 2], None, *cols, False)
