@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +204,43 @@ def test_flows_command_same_output_native_and_reference(
     assert outputs[0] == outputs[1]
     rows = [json.loads(line) for line in outputs[0].splitlines()]
     assert len(rows) == count and {(r["point"], r["host"], r["proto"]) for r in rows} == {('p "1" \\ %s', "é", "udp")}
+
+
+def test_empty_batch(native: JsonLines) -> None:
+    empty = flow_batch({}, 0)
+    assert native.format(empty) == reference(empty) == b""
+
+
+def test_column_changed_while_the_gil_is_released_never_overruns(native: JsonLines) -> None:
+    """Another thread rewriting a float column between short and 300-digit values while the kernel
+    runs without the GIL: each call writes whole rows within its buffer, or raises RuntimeError when
+    the values outgrew the bound (the room check), instead of writing past the buffer."""
+    k = native.kernel
+    assert k is not None
+    column = np.zeros(200_000)
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            column[:] = 1e300
+            column[:] = 0.0
+
+    writer = threading.Thread(target=flip)
+    writer.start()
+    outcomes = set()
+    try:
+        for _ in range(20):
+            out = bytearray()
+            try:
+                size = k.format_rows(len(column), [(b"", k.FLOAT6, column)], out)
+            except RuntimeError:
+                outcomes.add("error")
+            else:
+                rows = bytes(out[:size]).split(b"}\n")
+                assert size <= len(out) and len(rows) == len(column) + 1 and rows[-1] == b""
+                assert all(float(row) in (0.0, 1e300) for row in rows[:-1])
+                outcomes.add("rows")
+    finally:
+        stop.set()
+        writer.join()
+    assert outcomes <= {"rows", "error"}
