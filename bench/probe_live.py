@@ -141,22 +141,31 @@ def _start_probe(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str], thre
     return proc, lines, reader
 
 
-def bench_probe(capture: Path, pps: int, args: argparse.Namespace, profile: str = "") -> dict[str, object]:
-    """The probe on CPU 1 during one flood at ``pps`` (0: flat out)."""
+def bench_probe(
+    capture: Path, pps: int, args: argparse.Namespace, profile: str = "", backlog: bool = False
+) -> dict[str, object]:
+    """The probe on CPU 1 during one flood at ``pps`` (0: flat out). With ``backlog`` the probe is stopped
+    (SIGSTOP) while the flood fills its ring (``--backlog-mb``) and continued afterwards: it drains a full
+    ring at its own top speed, whatever rate the generator reached."""
     out = os.path.join(args.tmp, "probe.hsrb")
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     nice = ["nice", "-n", args.nice] if args.nice else []
     cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, *nice, PYTHON, *prof, "-m", "hopscope", "-v",
            "probe",
            "--iface", VETH_B, "--point", "bench", "--out", out, "--report-interval", "2",
-           "--ring-mb", str(args.ring_mb), *([] if args.l7 else ["--no-l7"])]  # fmt: skip
+           "--ring-mb", str(args.backlog_mb if backlog else args.ring_mb),
+           *([] if args.l7 else ["--no-l7"])]  # fmt: skip
     proc, lines, reader = _start_probe(cmd)
     try:
         time.sleep(0.5)
+        if backlog:
+            proc.send_signal(signal.SIGSTOP)
         cpu_before, softirq_before = _proc_cpu_s(proc.pid), _softirq_s(PROBE_CPU)
         gen = flood(capture, pps, args)
         cpu_s, softirq_s = _proc_cpu_s(proc.pid) - cpu_before, _softirq_s(PROBE_CPU) - softirq_before
-        time.sleep(1.0)
+        if backlog:
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(4.0 if backlog else 1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(300)
@@ -207,6 +216,17 @@ def row(result: dict[str, object]) -> str:
     )
 
 
+def backlog_row(result: dict[str, object]) -> str:
+    gen: FloodResult = result["generator"]  # type: ignore[assignment]
+    sm: dict[str, float] = result["summary"]  # type: ignore[assignment]
+    frames, busy, busy_cpu = sm["frames_read"], sm["busy_s"], sm["busy_cpu_s"]
+    return (
+        f"backlog: {frames:,.0f} frames queued while the probe was stopped ({gen.pps:,.0f} pps offered), "
+        f"kernel drops {sm['kernel_drops']:,.0f}; drained at {frames / busy:,.0f} frames per wall second of "
+        f"capture work ({frames / busy_cpu:,.0f} per CPU second), {sm['flow_records']:,.0f} flow records"
+    )
+
+
 def print_profile(path: str) -> None:
     import pstats
 
@@ -225,6 +245,8 @@ def main() -> None:
     ap.add_argument("--rps", action="store_true", help="receive work of B's veth on the probe's CPU (RPS)")
     ap.add_argument("--idle-generator", action="store_true", help="a second generator on the probe's CPU as SCHED_IDLE")
     ap.add_argument("--nice", default="", help="nice level of the probe and the CPU 0 generator (e.g. -15)")
+    ap.add_argument("--backlog-seconds", type=float, default=0.0, help="flood length of the backlog run (0: none)")
+    ap.add_argument("--backlog-mb", type=int, default=1024, help="the probe's ring in the backlog run, MiB")
     ap.add_argument("--profile", action="store_true", help="cProfile the probe at the last rate")
     ap.add_argument("--l7", action="store_true", help="also run the HTTP/DNS stage (default: capture + meter)")
     ap.add_argument("--skip-tcpdump", action="store_true")
@@ -243,6 +265,10 @@ def main() -> None:
                 last = n == len(rates) - 1
                 results.append(bench_probe(capture, pps, args, profile if args.profile and last else ""))
                 print(("" if n else HEADER + "\n") + row(results[-1]), flush=True)
+            if args.backlog_seconds:
+                seconds, args.seconds = args.seconds, args.backlog_seconds
+                print(backlog_row(bench_probe(capture, 0, args, backlog=True)), flush=True)
+                args.seconds = seconds
         dump = None if args.skip_tcpdump else bench_tcpdump(capture, args)
     finally:
         teardown()

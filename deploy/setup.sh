@@ -91,3 +91,14 @@ chromium --version >/dev/null 2>&1 \
   || { echo "setup: topology: chromium does not run (apt-get install -y chromium)" >&2; exit 1; }
 echo "setup: topology block done ($(chromium --version 2>/dev/null))"
 # --------------------------------- end of topology block -------------------------------------
+
+# ---------------------------------------------------------------------------------------------
+# Block: the live probe's flood generator (lab/flood.c; bench/probe_live.py, tests/probes/test_live.py).
+# gcc builds it into var/bin/flood (hopscope.lab.flood.build_flood rebuilds it when the source is
+# newer); taskset and chrt (util-linux) pin the generator and the probe to their cores.
+# ---------------------------------------------------------------------------------------------
+install_debs gcc libc6-dev util-linux
+(cd "$ROOT" && "$ROOT/.venv/bin/python" -c "from hopscope.lab.flood import build_flood; print(build_flood())") \
+  || { echo "setup: flood: cannot build lab/flood.c (gcc)" >&2; exit 1; }
+echo "setup: flood block done"
+# --------------------------------- end of flood block ----------------------------------------
