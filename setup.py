@@ -11,13 +11,15 @@ from setuptools import Extension, setup
 FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
-def kernel(name: str, *sources: str) -> Extension:
-    return Extension(f"hopscope.probes.{name}", [f"probes/csrc/{s}" for s in sources], extra_compile_args=FLAGS)
+def kernel(name: str, *sources: str, depends: tuple[str, ...] = ()) -> Extension:
+    return Extension(f"hopscope.probes.{name}", [f"probes/csrc/{s}" for s in sources], extra_compile_args=FLAGS,
+                     depends=[f"probes/csrc/{d}" for d in depends])  # fmt: skip
 
 
 setup(
     ext_modules=[
-        kernel("_meter", "meter.c"),  # flow metering: flow table, TCP state machine, records (probes/meter.py)
+        # flow metering: flow table, TCP state machine, records (probes/meter.py)
+        kernel("_meter", "meter.c", depends=("hashes.h",)),
         kernel("_decode", "decode.c"),  # pcap/pcapng record walk and the decoder's fast path (probes/decode.py)
         kernel("_jsonl", "jsonl.c"),  # `hopscope flows --format jsonl` lines from record columns
         kernel("_ring", "ring.c"),  # TPACKET_V3 ring block walk for live capture (probes/live.py)

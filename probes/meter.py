@@ -55,9 +55,10 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.probes import tcpstate
+from hopscope.probes import kernels, tcpstate
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_ids
 from hopscope.probes.flowtable import NO_SEQ, STAT_NAMES, FlowTable
+from hopscope.probes.meter_native import NativeMeter
 from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
 from hopscope.probes.tcpstate import TcpConn
 from hopscope.records import Batch, FlowRecord
@@ -69,6 +70,8 @@ _M1: Final = np.uint64(0xBF58476D1CE4E5B9)
 _M2: Final = np.uint64(0x94D049BB133111EB)
 _GOLD: Final = np.uint64(0x9E3779B97F4A7C15)
 _NS: Final = 1_000_000_000
+#: A running sequence end below this is a sentinel (none yet, or only RSTs seen): real ends are >= -2^31.
+_SEQ_KNOWN: Final = -(1 << 32)
 
 
 def _mix(x: U64) -> U64:
@@ -118,7 +121,9 @@ class FlowMeter:
     evictions and reused tuples.
     """
 
-    def __init__(self, config: MeterConfig | None = None, host: str = "", hop_kind: str = "") -> None:
+    def __init__(
+        self, config: MeterConfig | None = None, host: str = "", hop_kind: str = "", native: bool = True
+    ) -> None:
         self.config = config or MeterConfig()
         self.host = host
         self.hop_kind = hop_kind
@@ -138,6 +143,8 @@ class FlowMeter:
         self._templates: dict[bytes, _Template] = {}
         self._now_ns = 0
         self._next_sweep_ns = 0
+        kernel = kernels.load("_meter") if native else None
+        self.native: NativeMeter | None = NativeMeter(kernel, self) if kernel is not None else None
 
     # --- the per-block pipeline ---------------------------------------------------------------
 
@@ -155,6 +162,10 @@ class FlowMeter:
         The rows are metered in slices of ``sweep_every_s`` of capture time, each followed by the
         idle/linger/interim sweep, so emission follows capture time however big the block is.
         """
+        if self.native is not None:
+            batch = self.native.process(block)
+            self._sync_counters()
+            return batch
         rows = np.flatnonzero(block.ok)
         if len(rows) == 0:
             return self._take_pending()
@@ -184,6 +195,12 @@ class FlowMeter:
 
     def flush_batches(self, chunk: int = 8192) -> Iterator[Batch]:
         """``flush_batch`` in batches of at most ``chunk`` records (bounded memory for big tables)."""
+        if self.native is not None:
+            for batch in self.native.flush_batches(chunk):
+                self._sync_counters()
+                yield batch
+            self._sync_counters()
+            return
         slots = np.flatnonzero(self.table.cols["key"] != 0)
         for start in range(0, len(slots), chunk):
             part = slots[start : start + chunk]
@@ -193,6 +210,12 @@ class FlowMeter:
             yield self._take_pending()
         if self._pending:
             yield self._take_pending()
+
+    def _sync_counters(self) -> None:
+        assert self.native is not None
+        for name, value in self.native.counters().items():
+            if value and name != "table_flows":
+                self.counters[name] = value
 
     def _take_pending(self) -> Batch:
         pending, self._pending = self._pending, []
@@ -353,7 +376,7 @@ class FlowMeter:
             cm = np.maximum.accumulate(end + run * big) - run * big
             prev = np.where(first, NO_SEQ, np.r_[NO_SEQ, cm[:-1]])
             prev = np.maximum(prev, init[run])
-            data = (plen[idx] > 0) & ~rst[idx] & (prev > -(1 << 41))
+            data = (plen[idx] > 0) & ~rst[idx] & (prev >= _SEQ_KNOWN)
             rtx[idx] = data & (end <= prev)
             ooo[idx] = data & (rel > prev)
             last = np.r_[np.flatnonzero(first)[1:] - 1, len(idx) - 1]
@@ -709,7 +732,7 @@ class FlowMeter:
         rst = bool(flags & RST)
         seglen = (0 if rst else length) + bool(flags & SYN) + bool(flags & FIN)
         prev = int(max_end[slot, d])
-        data = length > 0 and not rst and prev > -(1 << 41)
+        data = length > 0 and not rst and prev >= _SEQ_KNOWN
         rtx[q] = data and rel + seglen <= prev
         ooo[q] = data and rel > prev
         zw[q] = not rst and int(block.window[i]) == 0
@@ -743,10 +766,8 @@ class FlowMeter:
         )
         add = np.stack([c.astype(np.int64).reshape(nseg, 2) for c in columns], axis=1).reshape(nseg, 12)
         self.table.stats[seg_slots] += add
-        last_pos = np.zeros(nseg, np.int64)
-        last_pos[seg] = np.arange(len(seg))  # the last write wins: the latest row of each segment
-        end_ns = self.table.cols["end_ns"]
-        end_ns[seg_slots] = np.maximum(end_ns[seg_slots], block.ts_ns[rows][last_pos])
+        # the latest packet time per flow (a segment left without rows by a reused tuple keeps its own)
+        np.maximum.at(self.table.cols["end_ns"], seg_slots[seg], block.ts_ns[rows])
 
     # --- emission -----------------------------------------------------------------------------------
 
@@ -772,7 +793,8 @@ class FlowMeter:
 
     def _evict(self) -> None:
         active = np.flatnonzero(self.table.cols["key"] != 0)
-        oldest = active[np.argsort(self.table.cols["end_ns"][active], kind="stable")]
+        c = self.table.cols  # least recently active first; ties by flow_id (independent of slot numbers)
+        oldest = active[np.lexsort((c["flow_id"][active], c["end_ns"][active]))]
         victims = oldest[: max(1, len(active) // 10)]
         self.counters["evictions"] += len(victims)
         self._finish(victims, "evicted")

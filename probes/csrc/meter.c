@@ -1,7 +1,1108 @@
-/* STUB — replaced by its owner. */
+/* meter.c: hopscope.probes._meter, the compiled flow meter.
+ *
+ * Reference twin: probes/meter.py (FlowMeter's numpy path) and probes/tcpstate.py (the Zeek state machine).
+ * This kernel meters every ok packet of a PacketBlock one by one, in capture order, with the same rules:
+ *
+ *   - flow key: the 64-bit hash of (capture point, tunnel, VLAN, protocol, the two endpoints) that
+ *     meter.py's _keys computes, so flow_id values are identical; one open-addressing index key -> slot;
+ *   - roles: meter._flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse rule
+ *     for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
+ *   - per packet: counters per direction, sequence analysis (retransmission: payload whose end does not
+ *     advance the highest sequence end seen; out of order: payload starting beyond it), zero windows,
+ *     T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
+ *     letters, handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload hashes (BLAKE2b-64 of the
+ *     first payload bytes per direction), UDP history letters;
+ *   - emission: FIN both ways or RST closes a flow, finished after linger; idle timeouts; interim records
+ *     every interval; eviction of the least recently active tenth when the table is over its limit; all
+ *     checked at sweeps every sweep_every_s of capture time (the block-local running maximum of packet
+ *     times, exactly where meter.py slices blocks); the reason, conn_state and close_type of records.
+ *
+ * Records are appended to an output buffer (RECORD_FIELDS int64 words each, plus history text and the
+ * 30-byte Community ID) that Python takes with take() and turns into a FlowRecord batch column-wise.
+ * The GIL is released while packets are metered; one Engine must not be used by two threads at once
+ * (a busy flag turns that into a RuntimeError).
+ *
+ * Deliberate difference from the numpy path: every packet goes through the TCP state machine (Zeek
+ * does the same); the numpy path sends only packets that can change state, which differs only for an
+ * endpoint that stays INACTIVE after its first packet (see tests/probes/test_meter_native.py).
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
-static PyMethodDef methods[] = {{NULL, NULL, 0, NULL}};
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_meter", "stub", -1, methods};
-PyMODINIT_FUNC PyInit__meter(void) { return PyModule_Create(&module); }
+#include "hashes.h"
+
+/* ---- constants shared with meter.py / tcpstate.py ------------------------------------------ */
+
+enum { INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET };
+enum { T_FIN = 0x01, T_SYN = 0x02, T_RST = 0x04, T_ACK = 0x10 };
+enum { H_SYN = 1, H_FIN = 2, H_RST = 4, H_FIN_RST = 8, H_DATA = 16, H_ACK = 32, H_MULTI = 64 };
+enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_SCTP = 132, P_ICMP6 = 58 };
+
+static const char *STATE_NAMES[] = {"S0", "S1", "SF", "REJ", "S2", "S3", "RSTO",
+                                    "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"};
+enum { CS_S0, CS_S1, CS_SF, CS_REJ, CS_S2, CS_S3, CS_RSTO, CS_RSTR, CS_RSTOS0, CS_RSTRH, CS_SH, CS_SHR, CS_OTH };
+static const char *CLOSE_NAMES[] = {"normal",     "client_rst", "server_rst", "server_syn_miss", "client_ack_miss",
+                                    "half_close", "timeout",    "evicted",    "unfinished",      "open"};
+enum { CT_NORMAL, CT_CLIENT_RST, CT_SERVER_RST, CT_SYN_MISS, CT_ACK_MISS, CT_HALF, CT_TIMEOUT, CT_EVICTED,
+       CT_UNFINISHED, CT_OPEN };
+/* why a record is emitted (meter.py's "reason" strings) */
+enum { WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED, WHY_OPEN };
+
+#define NO_SEQ (-(INT64_C(1) << 62))
+#define SEQ_NONE_BELOW (-(INT64_C(1) << 32)) /* max_end below this: no sequence end known yet */
+#define HIST_INLINE 32
+#define HIST_MAX 65535
+#define CID_LEN 30 /* "1:" + 28 base64 characters */
+
+static const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL, GOLD = 0x9E3779B97F4A7C15ULL;
+
+/* splitmix64's finaliser: meter._mix */
+static inline uint64_t mix(uint64_t x) {
+    x = (x ^ (x >> 30)) * M1;
+    x = (x ^ (x >> 27)) * M2;
+    return x ^ (x >> 31);
+}
+
+/* ---- record layout (RECORD_FIELDS in Python, one int64 word each) --------------------------- */
+
+enum {
+    R_FLOW_ID, R_START, R_END, R_IPVER, R_PROTO, R_ORIG_P, R_RESP_P, R_VLAN, R_POINT, R_TUNNEL,
+    R_ORIG_HI, R_ORIG_LO, R_RESP_HI, R_RESP_LO, R_STATS, /* 12 words, meter.STAT_NAMES order */
+    R_OHASH = R_STATS + 12, R_RHASH, R_SYN_SEQ, R_SYNACK_SEQ, R_SYN_IP_ID, R_RTT_C, R_RTT_S, R_FINAL,
+    R_STATE, R_CLOSE, R_HIST_OFF, R_HIST_LEN, NF
+};
+static const char *FIELD_NAMES[NF] = {
+    "flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "point", "tunnel",
+    "orig_hi", "orig_lo", "resp_hi", "resp_lo",
+    "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
+    "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win", "resp_zero_win",
+    "orig_payload_hash", "resp_payload_hash", "syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us",
+    "rtt_server_us", "final", "conn_state", "close_type", "hist_off", "hist_len",
+};
+/* stats word = 2 * kind + direction */
+enum { S_PKTS = 0, S_BYTES = 2, S_IP_BYTES = 4, S_RTX = 6, S_OOO = 8, S_ZW = 10 };
+
+/* ---- flows ------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t state, prev, seen;
+    int64_t last_syn, last_fin, last_rst;
+} endpoint_t;
+
+typedef struct {
+    uint64_t key, flow_id, orig_ep;
+    uint64_t orig_hi, orig_lo, resp_hi, resp_lo;
+    int64_t start_ns, end_ns, last_report_ns, closed_ns;
+    int64_t syn_seq, syn_ip_id, syn_ns, synack_seq, synack_ns, rtt_client_us, rtt_server_us;
+    int64_t seq_base[2], max_end[2], first_seq[2];
+    int64_t stats[12];
+    uint64_t payload_hash[2];
+    endpoint_t ep[2]; /* originator, responder */
+    int32_t point, tunnel;
+    uint16_t orig_p, resp_p, vlan;
+    uint8_t proto, ip_version, flipped, used, closing;
+    uint16_t hist_len, hist_cap; /* hist_cap 0: the letters are in hist_inline */
+    char *hist_heap;
+    char hist_inline[HIST_INLINE];
+} flow_t;
+
+static inline char *hist_text(flow_t *f) { return f->hist_cap ? f->hist_heap : f->hist_inline; }
+
+/* ---- the engine object --------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    /* configuration (ns, flows, bytes) */
+    int64_t tcp_idle_ns, udp_idle_ns, linger_ns, interval_ns, sweep_ns;
+    int64_t max_flows, hash_bytes;
+    uint8_t likely_server[65536];
+    uint8_t icmp_pair[2][256], icmp_two_way[2][256]; /* [0] ICMP, [1] ICMPv6 */
+    /* flow table: slots, a free stack, an open-addressing index key -> slot */
+    flow_t *flows;
+    int64_t nslots, used;
+    int32_t *free_stack;
+    int64_t nfree;
+    uint64_t *ix_keys;
+    int32_t *ix_slots;
+    int64_t ix_cap; /* power of two; empty entry: key 0 */
+    /* slice state */
+    int64_t now_ns, next_sweep_ns;
+    int32_t *retiring;
+    int64_t nretiring, retiring_cap;
+    /* output */
+    int64_t *out;
+    int64_t nout, out_cap;
+    char *hist_out;
+    int64_t hist_len, hist_cap;
+    char *cid_out;
+    /* counters */
+    int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused;
+    int busy, oom;
+} Engine;
+
+/* ---- index ---------------------------------------------------------------------------------- */
+
+static int ix_grow(Engine *e);
+
+static int32_t ix_get(Engine *e, uint64_t key) {
+    uint64_t mask = (uint64_t)e->ix_cap - 1;
+    for (uint64_t i = key & mask;; i = (i + 1) & mask) {
+        if (e->ix_keys[i] == key) return e->ix_slots[i];
+        if (e->ix_keys[i] == 0) return -1;
+    }
+}
+
+static int ix_put(Engine *e, uint64_t key, int32_t slot) {
+    if ((e->used + 1) * 2 > e->ix_cap && ix_grow(e) < 0) return -1;
+    uint64_t mask = (uint64_t)e->ix_cap - 1;
+    uint64_t i = key & mask;
+    while (e->ix_keys[i] != 0 && e->ix_keys[i] != key) i = (i + 1) & mask;
+    e->ix_keys[i] = key;
+    e->ix_slots[i] = slot;
+    return 0;
+}
+
+/* Remove key when it maps to slot (backward-shift deletion keeps linear probing valid). */
+static void ix_del(Engine *e, uint64_t key, int32_t slot) {
+    uint64_t mask = (uint64_t)e->ix_cap - 1;
+    uint64_t i = key & mask;
+    while (e->ix_keys[i] != key) {
+        if (e->ix_keys[i] == 0) return;
+        i = (i + 1) & mask;
+    }
+    if (e->ix_slots[i] != slot) return;
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (e->ix_keys[j] == 0) break;
+        uint64_t home = e->ix_keys[j] & mask;
+        /* move j back to i when its home is not in the (cyclic) range (i, j] */
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            e->ix_keys[i] = e->ix_keys[j];
+            e->ix_slots[i] = e->ix_slots[j];
+            i = j;
+        }
+    }
+    e->ix_keys[i] = 0;
+}
+
+static int ix_grow(Engine *e) {
+    int64_t old_cap = e->ix_cap, cap = old_cap ? old_cap * 2 : 1 << 15;
+    uint64_t *keys = calloc((size_t)cap, sizeof *keys);
+    int32_t *slots = malloc((size_t)cap * sizeof *slots);
+    if (!keys || !slots) {
+        free(keys);
+        free(slots);
+        e->oom = 1;
+        return -1;
+    }
+    uint64_t *old_keys = e->ix_keys;
+    int32_t *old_slots = e->ix_slots;
+    e->ix_keys = keys;
+    e->ix_slots = slots;
+    e->ix_cap = cap;
+    for (int64_t i = 0; i < old_cap; i++) {
+        if (old_keys[i] == 0) continue;
+        uint64_t k = (old_keys[i] & (uint64_t)(cap - 1));
+        while (keys[k] != 0) k = (k + 1) & (uint64_t)(cap - 1);
+        keys[k] = old_keys[i];
+        slots[k] = old_slots[i];
+    }
+    free(old_keys);
+    free(old_slots);
+    return 0;
+}
+
+/* ---- slots ---------------------------------------------------------------------------------- */
+
+static int32_t slot_alloc(Engine *e) {
+    if (e->nfree == 0) {
+        int64_t old = e->nslots, n = old ? old * 2 : 1 << 14;
+        if (n > INT32_MAX) {
+            e->oom = 1;
+            return -1;
+        }
+        flow_t *flows = realloc(e->flows, (size_t)n * sizeof *flows);
+        if (!flows) {
+            e->oom = 1;
+            return -1;
+        }
+        e->flows = flows;
+        int32_t *stack = realloc(e->free_stack, (size_t)n * sizeof *stack);
+        if (!stack) {
+            e->oom = 1;
+            return -1;
+        }
+        e->free_stack = stack;
+        memset(flows + old, 0, (size_t)(n - old) * sizeof *flows);
+        for (int64_t s = n - 1; s >= old; s--) e->free_stack[e->nfree++] = (int32_t)s;
+        e->nslots = n;
+    }
+    int32_t slot = e->free_stack[--e->nfree];
+    e->used++;
+    return slot;
+}
+
+static void slot_release(Engine *e, int32_t slot) {
+    flow_t *f = &e->flows[slot];
+    free(f->hist_heap);
+    memset(f, 0, sizeof *f);
+    e->free_stack[e->nfree++] = slot;
+    e->used--;
+}
+
+/* ---- history letters --------------------------------------------------------------------- */
+
+static void hist_add(flow_t *f, char letter) {
+    if (f->hist_len >= HIST_MAX) return; /* pathological flows: history capped at 65535 letters */
+    if (f->hist_cap == 0 && f->hist_len >= HIST_INLINE) {
+        char *heap = malloc(HIST_INLINE * 4);
+        if (!heap) return;
+        memcpy(heap, f->hist_inline, HIST_INLINE);
+        f->hist_heap = heap;
+        f->hist_cap = HIST_INLINE * 4;
+    } else if (f->hist_cap && f->hist_len >= f->hist_cap) {
+        uint32_t cap = (uint32_t)f->hist_cap * 2;
+        if (cap > HIST_MAX) cap = HIST_MAX;
+        char *heap = realloc(f->hist_heap, cap);
+        if (!heap) return;
+        f->hist_heap = heap;
+        f->hist_cap = (uint16_t)cap;
+    }
+    hist_text(f)[f->hist_len++] = letter;
+}
+
+static inline void add_letter(flow_t *f, int fo, char upper) { hist_add(f, fo ? upper : (char)(upper + 32)); }
+
+/* ---- the TCP state machine (tcpstate.TcpConn) ------------------------------------------------ */
+
+static inline void set_state(endpoint_t *ep, uint8_t state) {
+    ep->prev = ep->state;
+    ep->state = state;
+}
+
+/* Zeek's CheckHistory: add the letter the first time; 1 when it was seen before. */
+static int check(flow_t *f, endpoint_t *ep, int fo, uint8_t bit, char letter) {
+    if (ep->seen & bit) return 1;
+    ep->seen |= bit;
+    add_letter(f, fo, letter);
+    return 0;
+}
+
+static void tcp_history(flow_t *f, endpoint_t *ep, int fo, int flags, int64_t seq, int64_t len) {
+    int syn = flags & T_SYN, fin = flags & T_FIN, rst = flags & T_RST;
+    int bits = !!syn + !!fin + !!rst;
+    if (bits > 1) {
+        if (fin && rst)
+            check(f, ep, fo, H_FIN_RST, 'I');
+        else
+            check(f, ep, fo, H_MULTI, 'Q');
+    } else if (syn) {
+        char code = (flags & T_ACK) ? 'H' : 'S';
+        if (check(f, ep, fo, H_SYN, code) && seq != ep->last_syn) add_letter(f, fo, code);
+        ep->last_syn = seq;
+    } else if (fin) {
+        int64_t end = (seq + len) & 0xFFFFFFFF;
+        if (check(f, ep, fo, H_FIN, 'F') && end != ep->last_fin) add_letter(f, fo, 'F');
+        ep->last_fin = end;
+    } else if (rst) {
+        if (check(f, ep, fo, H_RST, 'R') && seq != ep->last_rst) add_letter(f, fo, 'R');
+        ep->last_rst = seq;
+    } else if (len) {
+        check(f, ep, fo, H_DATA, 'D');
+    } else if (flags & T_ACK) {
+        check(f, ep, fo, H_ACK, 'A');
+    }
+}
+
+static void tcp_inactive(flow_t *f, endpoint_t *ep, endpoint_t *peer, int fo, int flags, int64_t len) {
+    if (flags & T_SYN) {
+        if (fo) {
+            set_state(ep, (flags & T_ACK) ? SYN_ACK_SENT : SYN_SENT);
+        } else {
+            if (peer->state == SYN_SENT) set_state(peer, ESTABLISHED);
+            set_state(ep, ESTABLISHED);
+        }
+    }
+    if (flags & T_FIN) set_state(ep, CLOSED);
+    if (flags & T_RST) set_state(ep, RESET);
+    if (ep->state == INACTIVE) { /* no control flag changed the state */
+        if (!fo && len == 0 && f->ep[0].state == SYN_SENT) {
+            /* an ACK of the SYN before the SYN-ACK: not a partial connection */
+        } else if ((flags & T_ACK) && peer->state == ESTABLISHED) {
+            set_state(ep, ESTABLISHED); /* SYN-ACK seen, SYN missed: establish */
+        } else {
+            set_state(ep, PARTIAL);
+        }
+    }
+}
+
+static void tcp_established(endpoint_t *ep, endpoint_t *peer, int flags) {
+    if ((flags & T_SYN) && ep->state == PARTIAL && peer->state == INACTIVE && !(flags & T_ACK))
+        set_state(ep, SYN_SENT);
+    if ((flags & T_FIN) && !(flags & T_RST)) {
+        set_state(ep, CLOSED);
+        if (peer->state == RESET && peer->prev == CLOSED) set_state(peer, CLOSED);
+    }
+    if (flags & T_RST) set_state(ep, RESET);
+}
+
+/* One packet: history letters first, then the state machine (Zeek's order). */
+static void tcp_packet(flow_t *f, int fo, int flags, int64_t seq, int64_t len) {
+    endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
+    tcp_history(f, ep, fo, flags, seq, len);
+    switch (ep->state) {
+    case INACTIVE:
+        tcp_inactive(f, ep, peer, fo, flags, len);
+        break;
+    case SYN_SENT:
+    case SYN_ACK_SENT:
+        if (flags & T_FIN) set_state(ep, CLOSED);
+        if (flags & T_RST) set_state(ep, RESET);
+        break;
+    case ESTABLISHED:
+    case PARTIAL:
+        tcp_established(ep, peer, flags);
+        break;
+    case CLOSED:
+        if ((flags & T_RST) && peer->state != CLOSED) set_state(ep, RESET);
+        break;
+    default:
+        break;
+    }
+}
+
+static inline int tcp_closed(const flow_t *f) {
+    int o = f->ep[0].state, r = f->ep[1].state;
+    return o == RESET || r == RESET || (o == CLOSED && r == CLOSED);
+}
+
+/* /^\^?S[^HAFGIQ]*R.* / on the letters (without the '^'). */
+static int rstos0(const char *h, int n) {
+    if (n == 0 || h[0] != 'S') return 0;
+    for (int i = 1; i < n; i++) {
+        if (h[i] == 'R') return 1;
+        if (strchr("HAFGIQ", h[i])) return 0;
+    }
+    return 0;
+}
+
+/* Zeek's conn_state (tcpstate.TcpConn.conn_state, tcpstate.udp_conn_state). */
+static int conn_state(flow_t *f) {
+    if (f->proto == P_UDP) {
+        if (f->stats[S_PKTS]) return f->stats[S_PKTS + 1] ? CS_SF : CS_S0;
+        return f->stats[S_PKTS + 1] ? CS_SHR : CS_OTH;
+    }
+    if (f->proto != P_TCP) return CS_OTH;
+    int os = f->ep[0].state, rs = f->ep[1].state;
+    int o_inactive = os == INACTIVE || os == PARTIAL, r_inactive = rs == INACTIVE || rs == PARTIAL;
+    if (rs == RESET) {
+        if (os == SYN_SENT || os == SYN_ACK_SENT ||
+            (os == RESET && f->stats[S_BYTES] == 0 && f->stats[S_BYTES + 1] == 0))
+            return CS_REJ;
+        return o_inactive ? CS_RSTRH : CS_RSTR;
+    }
+    if (os == RESET) {
+        if (r_inactive) return rstos0(hist_text(f), f->hist_len) ? CS_RSTOS0 : CS_OTH;
+        return CS_RSTO;
+    }
+    if (rs == CLOSED && os == CLOSED) return CS_SF;
+    if (os == CLOSED) return r_inactive ? CS_SH : CS_S2;
+    if (rs == CLOSED) return o_inactive ? CS_SHR : CS_S3;
+    if (os == SYN_SENT && rs == INACTIVE) return CS_S0;
+    if (os == ESTABLISHED && rs == ESTABLISHED) return CS_S1;
+    return CS_OTH;
+}
+
+/* meter.close_type */
+static int close_type(int state, int why, int final, int proto, int ack_miss) {
+    if (!final) return CT_OPEN;
+    if (why == WHY_EVICTED) return CT_EVICTED;
+    if (proto == P_TCP) {
+        switch (state) {
+        case CS_SF: return CT_NORMAL;
+        case CS_REJ: case CS_RSTR: case CS_RSTRH: return CT_SERVER_RST;
+        case CS_RSTO: case CS_RSTOS0: return CT_CLIENT_RST;
+        case CS_S0: return CT_SYN_MISS;
+        case CS_S2: case CS_S3: case CS_SH: case CS_SHR: return CT_HALF;
+        default: break;
+        }
+        if (state == CS_S1 && ack_miss) return CT_ACK_MISS;
+    }
+    return why == WHY_TIMEOUT ? CT_TIMEOUT : CT_UNFINISHED;
+}
+
+/* ---- Community ID v1 (community_id.community_id), seed 0 --------------------------------- */
+
+static int pack_addr(uint64_t hi, uint64_t lo, uint8_t *out) {
+    if (hi == 0 && (lo >> 32) == 0xFFFF) {
+        for (int i = 0; i < 4; i++) out[i] = (uint8_t)(lo >> (24 - 8 * i));
+        return 4;
+    }
+    for (int i = 0; i < 8; i++) {
+        out[i] = (uint8_t)(hi >> (56 - 8 * i));
+        out[8 + i] = (uint8_t)(lo >> (56 - 8 * i));
+    }
+    return 16;
+}
+
+static void community_id(Engine *e, const flow_t *f, char out[CID_LEN]) {
+    uint8_t sa[16], da[16], data[64], digest[20];
+    int ls = pack_addr(f->orig_hi, f->orig_lo, sa), ld = pack_addr(f->resp_hi, f->resp_lo, da);
+    int sport = f->orig_p, dport = f->resp_p, one_way = 0;
+    if (f->proto == P_ICMP || f->proto == P_ICMP6) {
+        int fam = f->proto == P_ICMP ? 0 : 1, type = sport & 255;
+        if (sport < 256 && e->icmp_two_way[fam][type]) {
+            dport = e->icmp_pair[fam][type];
+        } else {
+            one_way = 1;
+        }
+    }
+    int m = ls < ld ? ls : ld, cmp = memcmp(sa, da, (size_t)m);
+    if (cmp == 0) cmp = ls - ld;
+    const uint8_t *a = sa, *b = da;
+    int la = ls, lb = ld;
+    if (!one_way && (cmp > 0 || (cmp == 0 && sport > dport))) {
+        a = da, b = sa, la = ld, lb = ls;
+        int t = sport;
+        sport = dport;
+        dport = t;
+    }
+    size_t n = 0;
+    data[n++] = 0;
+    data[n++] = 0;
+    memcpy(data + n, a, (size_t)la);
+    n += (size_t)la;
+    memcpy(data + n, b, (size_t)lb);
+    n += (size_t)lb;
+    data[n++] = f->proto;
+    data[n++] = 0;
+    if (f->proto == P_TCP || f->proto == P_UDP || f->proto == P_SCTP || f->proto == P_ICMP || f->proto == P_ICMP6) {
+        data[n++] = (uint8_t)(sport >> 8);
+        data[n++] = (uint8_t)sport;
+        data[n++] = (uint8_t)(dport >> 8);
+        data[n++] = (uint8_t)dport;
+    }
+    hs_sha1(data, n, digest);
+    out[0] = '1';
+    out[1] = ':';
+    hs_base64(digest, 20, out + 2);
+}
+
+/* ---- emission ------------------------------------------------------------------------------ */
+
+static int out_reserve(Engine *e, int64_t hist_extra) {
+    if (e->nout >= e->out_cap) {
+        int64_t cap = e->out_cap ? e->out_cap * 2 : 4096;
+        int64_t *out = realloc(e->out, (size_t)cap * NF * sizeof *out);
+        char *cid = realloc(e->cid_out, (size_t)cap * CID_LEN);
+        if (out) e->out = out;
+        if (cid) e->cid_out = cid;
+        if (!out || !cid) {
+            e->oom = 1;
+            return -1;
+        }
+        e->out_cap = cap;
+    }
+    if (e->hist_len + hist_extra > e->hist_cap) {
+        int64_t cap = e->hist_cap ? e->hist_cap : 1 << 16;
+        while (cap < e->hist_len + hist_extra) cap *= 2;
+        char *h = realloc(e->hist_out, (size_t)cap);
+        if (!h) {
+            e->oom = 1;
+            return -1;
+        }
+        e->hist_out = h;
+        e->hist_cap = cap;
+    }
+    return 0;
+}
+
+/* Append the record of flow f (final or interim) to the output. */
+static void emit(Engine *e, flow_t *f, int final, int why) {
+    if (out_reserve(e, (int64_t)f->hist_len + 1) < 0) return;
+    int64_t *r = e->out + e->nout * NF;
+    r[R_FLOW_ID] = (int64_t)f->flow_id;
+    r[R_START] = f->start_ns;
+    r[R_END] = f->end_ns;
+    r[R_IPVER] = f->ip_version;
+    r[R_PROTO] = f->proto;
+    r[R_ORIG_P] = f->orig_p;
+    r[R_RESP_P] = f->resp_p;
+    r[R_VLAN] = f->vlan;
+    r[R_POINT] = f->point;
+    r[R_TUNNEL] = f->tunnel;
+    r[R_ORIG_HI] = (int64_t)f->orig_hi;
+    r[R_ORIG_LO] = (int64_t)f->orig_lo;
+    r[R_RESP_HI] = (int64_t)f->resp_hi;
+    r[R_RESP_LO] = (int64_t)f->resp_lo;
+    memcpy(r + R_STATS, f->stats, sizeof f->stats);
+    r[R_OHASH] = (int64_t)f->payload_hash[0];
+    r[R_RHASH] = (int64_t)f->payload_hash[1];
+    r[R_SYN_SEQ] = f->syn_seq;
+    r[R_SYNACK_SEQ] = f->synack_seq;
+    r[R_SYN_IP_ID] = f->syn_ip_id;
+    r[R_RTT_C] = f->rtt_client_us;
+    r[R_RTT_S] = f->rtt_server_us;
+    r[R_FINAL] = final;
+    int state = conn_state(f);
+    int ack_miss = f->synack_seq != 0 && f->rtt_client_us == 0;
+    r[R_STATE] = state;
+    r[R_CLOSE] = close_type(state, why, final, f->proto, ack_miss);
+    char *h = e->hist_out + e->hist_len;
+    int64_t n = 0;
+    if (f->flipped && (f->proto == P_TCP || f->proto == P_UDP)) h[n++] = '^';
+    memcpy(h + n, hist_text(f), f->hist_len);
+    n += f->hist_len;
+    r[R_HIST_OFF] = e->hist_len;
+    r[R_HIST_LEN] = n;
+    e->hist_len += n;
+    community_id(e, f, e->cid_out + e->nout * CID_LEN);
+    e->nout++;
+}
+
+/* A final record for the flow in slot, then free the slot. */
+static void finish(Engine *e, int32_t slot, int why) {
+    flow_t *f = &e->flows[slot];
+    emit(e, f, 1, why);
+    e->c_records++;
+    ix_del(e, f->key, slot);
+    slot_release(e, slot);
+}
+
+/* ---- sweeps, eviction, retiring ------------------------------------------------------------ */
+
+/* meter._sweep: lingering closed flows, idle flows, interim records of long flows. */
+static void sweep(Engine *e) {
+    int64_t now = e->now_ns;
+    for (int64_t s = 0; s < e->nslots; s++) {
+        flow_t *f = &e->flows[s];
+        if (!f->used) continue;
+        if (f->closing && f->end_ns + e->linger_ns <= now) {
+            finish(e, (int32_t)s, WHY_NONE);
+            continue;
+        }
+        int64_t idle = f->proto == P_TCP ? e->tcp_idle_ns : e->udp_idle_ns;
+        if (f->end_ns + idle <= now) {
+            finish(e, (int32_t)s, WHY_TIMEOUT);
+        } else if (e->interval_ns && f->last_report_ns + e->interval_ns <= now) {
+            f->last_report_ns = now;
+            emit(e, f, 0, WHY_OPEN);
+            e->c_interim++;
+        }
+    }
+}
+
+typedef struct {
+    int64_t end_ns;
+    uint64_t flow_id;
+    int32_t slot;
+} age_t;
+
+/* least recently active first; ties by flow_id, as meter.py (independent of slot numbers) */
+static int age_cmp(const void *a, const void *b) {
+    const age_t *x = a, *y = b;
+    if (x->end_ns != y->end_ns) return x->end_ns < y->end_ns ? -1 : 1;
+    return x->flow_id < y->flow_id ? -1 : x->flow_id > y->flow_id;
+}
+
+/* meter._evict: the least recently active tenth of the flows goes. */
+static void evict(Engine *e) {
+    age_t *ages = malloc((size_t)e->used * sizeof *ages);
+    if (!ages) {
+        e->oom = 1;
+        return;
+    }
+    int64_t n = 0;
+    for (int64_t s = 0; s < e->nslots && n < e->used; s++)
+        if (e->flows[s].used) ages[n++] = (age_t){e->flows[s].end_ns, e->flows[s].flow_id, (int32_t)s};
+    qsort(ages, (size_t)n, sizeof *ages, age_cmp);
+    int64_t victims = n / 10 > 0 ? n / 10 : 1;
+    for (int64_t k = 0; k < victims && k < n; k++) finish(e, ages[k].slot, WHY_EVICTED);
+    e->c_evictions += victims < n ? victims : n;
+    free(ages);
+}
+
+/* What meter.py does after each slice: finish reused tuples' old flows, evict when over the limit. */
+static void end_of_slice(Engine *e) {
+    for (int64_t k = 0; k < e->nretiring; k++) {
+        int32_t s = e->retiring[k];
+        if (e->flows[s].used) finish(e, s, WHY_NONE);
+    }
+    e->nretiring = 0;
+    if (e->used > e->max_flows) evict(e);
+}
+
+/* ---- the per-packet path ---------------------------------------------------------------------- */
+
+enum {
+    C_TS, C_PROTO, C_IPVER, C_VLAN, C_POINT, C_TUNNEL, C_SRC_HI, C_SRC_LO, C_DST_HI, C_DST_LO, C_SPORT,
+    C_DPORT, C_FLAGS, C_SEQ, C_WINDOW, C_IP_ID, C_IP_LEN, C_PAYLOAD_OFF, C_PAYLOAD_LEN, C_PAYLOAD_CAPLEN,
+    C_FLOW_ID, C_FROM_ORIG, NCOLS
+};
+static const int COL_SIZES[NCOLS] = {8, 1, 1, 2, 2, 2, 8, 8, 8, 8, 2, 2, 1, 4, 2, 2, 4, 8, 4, 4, 8, 1};
+static const char *COL_NAMES[NCOLS] = {
+    "ts_ns", "proto", "ip_version", "vlan", "point", "tunnel", "src_hi", "src_lo", "dst_hi", "dst_lo",
+    "sport", "dport", "tcp_flags", "seq", "window", "ip_id", "ip_len", "payload_off", "payload_len",
+    "payload_caplen", "flow_id", "from_orig",
+};
+
+typedef struct {
+    const int64_t *ts;
+    const uint8_t *proto, *ipver;
+    const uint16_t *vlan, *point, *tunnel;
+    const uint64_t *src_hi, *src_lo, *dst_hi, *dst_lo;
+    const uint16_t *sport, *dport;
+    const uint8_t *flags;
+    const uint32_t *seq;
+    const uint16_t *window, *ip_id;
+    const uint32_t *ip_len;
+    const int64_t *payload_off;
+    const uint32_t *payload_len, *payload_caplen;
+    uint64_t *flow_id;
+    uint8_t *from_orig;
+    const uint8_t *buf;
+    int64_t buf_len;
+    const uint64_t *pt_hash, *tun_hash;
+    const int64_t *pt_id, *tun_id;
+    int64_t npoints, ntunnels;
+} block_t;
+
+/* meter._flip_roles */
+static int flip_roles(Engine *e, int proto, int flags, int sport, int dport) {
+    int src_likely = e->likely_server[sport], dst_likely = e->likely_server[dport];
+    if (proto == P_TCP) {
+        int synack = (flags & (T_SYN | T_ACK | T_RST)) == (T_SYN | T_ACK);
+        int pure_syn = (flags & (T_SYN | T_ACK)) == T_SYN;
+        int by_port = src_likely && (!dst_likely || sport < dport);
+        return synack || (!pure_syn && !(flags & T_SYN) && by_port);
+    }
+    return proto == P_UDP && src_likely && !dst_likely;
+}
+
+/* meter._create for the packet in row i. */
+static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep,
+                      int keep_direction) {
+    int32_t slot = slot_alloc(e);
+    if (slot < 0) return -1;
+    flow_t *f = &e->flows[slot];
+    int proto = b->proto[i], sport = b->sport[i], dport = b->dport[i];
+    int flip = keep_direction ? 0 : flip_roles(e, proto, b->flags[i], sport, dport);
+    int64_t ts = b->ts[i];
+    f->used = 1;
+    f->key = key;
+    f->flow_id = mix(key ^ mix((uint64_t)ts)) | 1;
+    f->start_ns = f->end_ns = f->last_report_ns = ts;
+    f->proto = (uint8_t)proto;
+    f->ip_version = b->ipver[i];
+    f->vlan = b->vlan[i];
+    f->point = (int32_t)b->pt_id[b->point[i]];
+    f->tunnel = (int32_t)b->tun_id[b->tunnel[i]];
+    f->orig_hi = flip ? b->dst_hi[i] : b->src_hi[i];
+    f->orig_lo = flip ? b->dst_lo[i] : b->src_lo[i];
+    f->resp_hi = flip ? b->src_hi[i] : b->dst_hi[i];
+    f->resp_lo = flip ? b->src_lo[i] : b->dst_lo[i];
+    f->orig_p = (uint16_t)(flip ? dport : sport);
+    f->resp_p = (uint16_t)(flip ? sport : dport);
+    f->orig_ep = flip ? dst_ep : src_ep;
+    f->flipped = (uint8_t)flip;
+    for (int d = 0; d < 2; d++) {
+        f->seq_base[d] = -1;
+        f->max_end[d] = NO_SEQ;
+        f->first_seq[d] = -1;
+        f->ep[d].last_syn = f->ep[d].last_fin = f->ep[d].last_rst = -1;
+    }
+    e->c_flows++;
+    if (ix_put(e, key, slot) < 0) return -1;
+    return slot;
+}
+
+/* meter._is_reuse: a pure SYN whose ISN differs from the originator's start of sequence. */
+static int is_reuse(const flow_t *f, int64_t seq) {
+    if (f->first_seq[0] < 0 && f->first_seq[1] < 0) return 0;
+    int64_t orig_start = f->syn_seq ? f->syn_seq : f->first_seq[0] >= 0 ? ((f->first_seq[0] - 1) & 0xFFFFFFFF) : 0;
+    return seq != orig_start;
+}
+
+static inline int is_power_of_ten(int64_t n) {
+    for (int64_t p = 1; p <= n && p > 0; p *= 10)
+        if (p == n) return 1;
+    return 0;
+}
+
+/* BLAKE2b-64 of the first payload_hash_bytes captured payload bytes of row i; 0 when none are hashed. */
+static uint64_t hash_payload(Engine *e, const block_t *b, int64_t i) {
+    int64_t off = b->payload_off[i], n = b->payload_caplen[i];
+    if (n > e->hash_bytes) n = e->hash_bytes;
+    if (off < 0 || off > b->buf_len) return 0;
+    if (n > b->buf_len - off) n = b->buf_len - off;
+    if (n <= 0) return 0;
+    uint64_t h = hs_blake2b64(b->buf + off, (size_t)n);
+    return h ? h : 1;
+}
+
+/* meter._walk_seq + meter._tcp_event for one TCP packet of flow f. */
+static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, int fo) {
+    int d = fo ? 0 : 1, flags = b->flags[i];
+    int64_t seq = b->seq[i], len = b->payload_len[i], ts = b->ts[i];
+    int rst = flags & T_RST;
+    /* sequence analysis */
+    if (f->seq_base[d] < 0) f->seq_base[d] = seq;
+    int64_t rel = ((seq - f->seq_base[d] + (INT64_C(1) << 31)) & 0xFFFFFFFF) - (INT64_C(1) << 31);
+    int64_t seglen = (rst ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
+    int64_t prev = f->max_end[d];
+    int data = len > 0 && !rst && prev >= SEQ_NONE_BELOW;
+    int rtx = data && rel + seglen <= prev, ooo = data && rel > prev;
+    int zw = !rst && b->window[i] == 0;
+    if (!rst && rel + seglen > prev) f->max_end[d] = rel + seglen;
+    int letters = 0;
+    if (zw && is_power_of_ten(++f->stats[S_ZW + d])) letters |= 1;
+    if (rtx && is_power_of_ten(++f->stats[S_RTX + d])) letters |= 2;
+    f->stats[S_OOO + d] += ooo;
+    /* the state machine and its anchors */
+    if (f->first_seq[d] < 0) f->first_seq[d] = seq;
+    if (len && !rst && !f->payload_hash[d] && b->payload_caplen[i]) f->payload_hash[d] = hash_payload(e, b, i);
+    int was_closed = tcp_closed(f);
+    tcp_packet(f, fo, flags, seq, len);
+    if (letters & 1) add_letter(f, fo, 'W');
+    if (letters & 2) add_letter(f, fo, 'T');
+    if ((flags & (T_SYN | T_ACK | T_RST | T_FIN)) == T_SYN) {
+        if (fo) {
+            if (!f->syn_seq) {
+                f->syn_seq = seq;
+                f->syn_ip_id = b->ip_id[i];
+            }
+            f->syn_ns = ts;
+        }
+    } else if ((flags & (T_SYN | T_ACK | T_RST)) == (T_SYN | T_ACK)) {
+        if (!fo && !f->synack_seq) {
+            f->synack_seq = seq;
+            f->synack_ns = ts;
+            if (f->syn_ns) {
+                int64_t us = (ts - f->syn_ns) / 1000;
+                f->rtt_server_us = us > 0 ? us : 0;
+            }
+        }
+    } else if (fo && (flags & T_ACK) && f->synack_ns && !f->rtt_client_us) {
+        int64_t us = (ts - f->synack_ns) / 1000;
+        f->rtt_client_us = us > 1 ? us : 1;
+    }
+    if (!was_closed && tcp_closed(f)) {
+        f->closed_ns = ts;
+        f->closing = 1;
+    }
+}
+
+/* Key, lookup (or creation, or reuse) and metering of one ok packet. */
+static void meter_packet(Engine *e, const block_t *b, int64_t i) {
+    int proto = b->proto[i], flags = b->flags[i];
+    uint64_t sp = b->sport[i], dp = b->dport[i];
+    if (proto == P_ICMP || proto == P_ICMP6) {
+        int fam = proto == P_ICMP ? 0 : 1, t = (int)(sp & 255);
+        if (e->icmp_two_way[fam][t]) dp = e->icmp_pair[fam][t];
+    }
+    uint64_t ea = mix(mix(b->src_hi[i] ^ GOLD) ^ b->src_lo[i]) ^ mix(sp + GOLD);
+    uint64_t eb = mix(mix(b->dst_hi[i] ^ GOLD) ^ b->dst_lo[i]) ^ mix(dp + GOLD);
+    uint64_t ctx = (uint64_t)proto << 56 | (uint64_t)b->vlan[i] << 24;
+    ctx = ctx ^ mix(b->tun_hash[b->tunnel[i]]) ^ mix(b->pt_hash[b->point[i]] + GOLD);
+    uint64_t lo = ea < eb ? ea : eb, hi = ea < eb ? eb : ea;
+    uint64_t key = mix(mix(lo ^ mix(ctx)) + hi);
+    if (key == 0) key = 1;
+    int32_t slot = ix_get(e, key);
+    if (slot < 0) {
+        slot = create(e, b, i, key, ea, eb, 0);
+    } else if (proto == P_TCP && (flags & (T_SYN | T_ACK)) == T_SYN && is_reuse(&e->flows[slot], b->seq[i])) {
+        if (e->nretiring >= e->retiring_cap) {
+            int64_t cap = e->retiring_cap ? e->retiring_cap * 2 : 64;
+            int32_t *r = realloc(e->retiring, (size_t)cap * sizeof *r);
+            if (!r) {
+                e->oom = 1;
+                return;
+            }
+            e->retiring = r;
+            e->retiring_cap = cap;
+        }
+        e->retiring[e->nretiring++] = slot;
+        slot = create(e, b, i, key, ea, ea, 1);
+        e->c_reused++;
+    }
+    if (slot < 0) return;
+    flow_t *f = &e->flows[slot];
+    int fo = ea == f->orig_ep, d = fo ? 0 : 1;
+    int64_t ts = b->ts[i], len = b->payload_len[i];
+    f->stats[S_PKTS + d]++;
+    f->stats[S_BYTES + d] += len;
+    f->stats[S_IP_BYTES + d] += b->ip_len[i];
+    if (ts > f->end_ns) f->end_ns = ts;
+    if (proto == P_TCP) {
+        tcp_packet_meter(e, b, i, f, fo);
+    } else if (len > 0 && f->payload_hash[d] == 0) { /* meter._first_data */
+        uint64_t h = hash_payload(e, b, i); /* 1: payload seen, nothing hashed (beyond snaplen) */
+        f->payload_hash[d] = h ? h : 1;
+        if (proto == P_UDP) add_letter(f, fo, 'D');
+    }
+    b->flow_id[i] = f->flow_id;
+    b->from_orig[i] = (uint8_t)fo;
+    e->c_packets++;
+}
+
+/* meter.process_batch: the rows in slices of sweep_every_s of capture time (the block-local running
+ * maximum), each slice followed by end_of_slice and, at a slice boundary, the sweep. Mirrors the Python
+ * loop step by step (including its "at least one row per slice" rule), so sweeps see the same clock. */
+static void meter_rows(Engine *e, const block_t *b, const int64_t *rows, int64_t n) {
+    int64_t *clock = malloc((size_t)(n > 0 ? n : 1) * sizeof *clock);
+    if (!clock) {
+        e->oom = 1;
+        return;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        int64_t t = b->ts[rows[k]];
+        clock[k] = (k && clock[k - 1] > t) ? clock[k - 1] : t;
+    }
+    int64_t start = 0;
+    while (start < n && !e->oom) {
+        if (e->next_sweep_ns == 0) e->next_sweep_ns = clock[start] + e->sweep_ns;
+        int64_t stop = start;
+        while (stop < n && clock[stop] < e->next_sweep_ns) meter_packet(e, b, rows[stop++]);
+        if (stop == start) meter_packet(e, b, rows[stop++]);
+        if (clock[stop - 1] > e->now_ns) e->now_ns = clock[stop - 1];
+        end_of_slice(e);
+        if (stop < n || e->now_ns >= e->next_sweep_ns) {
+            int64_t c = clock[stop < n ? stop : n - 1];
+            if (c > e->now_ns) e->now_ns = c;
+            sweep(e);
+            e->next_sweep_ns = e->now_ns + e->sweep_ns;
+        }
+        start = stop;
+    }
+    free(clock);
+}
+
+/* ---- Python interface ------------------------------------------------------------------------ */
+
+static void Engine_dealloc(Engine *e) {
+    for (int64_t s = 0; s < e->nslots; s++) free(e->flows[s].hist_heap);
+    free(e->flows);
+    free(e->free_stack);
+    free(e->ix_keys);
+    free(e->ix_slots);
+    free(e->retiring);
+    free(e->out);
+    free(e->hist_out);
+    free(e->cid_out);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static int copy_table(Py_buffer *view, uint8_t *dst, Py_ssize_t n, const char *what) {
+    if (view->len != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes expected, got %zd", what, n, view->len);
+        return -1;
+    }
+    memcpy(dst, view->buf, (size_t)n);
+    return 0;
+}
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
+    static char *names[] = {"tcp_idle_ns", "udp_idle_ns", "linger_ns", "interval_ns", "sweep_ns", "max_flows",
+                            "payload_hash_bytes", "likely_server", "icmp4_pair", "icmp4_two_way", "icmp6_pair",
+                            "icmp6_two_way", NULL};
+    Py_buffer ls, p4, t4, p6, t6;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLy*y*y*y*y*", names, &e->tcp_idle_ns, &e->udp_idle_ns,
+                                     &e->linger_ns, &e->interval_ns, &e->sweep_ns, &e->max_flows, &e->hash_bytes,
+                                     &ls, &p4, &t4, &p6, &t6))
+        return -1;
+    int rc = copy_table(&ls, e->likely_server, 65536, "likely_server");
+    rc = rc ? rc : copy_table(&p4, e->icmp_pair[0], 256, "icmp4_pair");
+    rc = rc ? rc : copy_table(&t4, e->icmp_two_way[0], 256, "icmp4_two_way");
+    rc = rc ? rc : copy_table(&p6, e->icmp_pair[1], 256, "icmp6_pair");
+    rc = rc ? rc : copy_table(&t6, e->icmp_two_way[1], 256, "icmp6_two_way");
+    PyBuffer_Release(&ls);
+    PyBuffer_Release(&p4);
+    PyBuffer_Release(&t4);
+    PyBuffer_Release(&p6);
+    PyBuffer_Release(&t6);
+    if (rc) return -1;
+    if (e->sweep_ns < 1) e->sweep_ns = 1;
+    if (e->hash_bytes < 0) e->hash_bytes = 0;
+    if (e->ix_cap == 0 && ix_grow(e) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Borrow a column: a contiguous buffer of at least `count` items of `size` bytes. */
+static int get_col(PyObject *obj, Py_buffer *view, int writable, int size, Py_ssize_t count, const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (view->itemsize != size || view->len < count * size) {
+        PyErr_Format(PyExc_ValueError, "column %s: %d-byte items x %zd expected (got %zd-byte, %zd bytes)", name,
+                     size, count, view->itemsize, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Engine_process(Engine *e, PyObject *args) {
+    PyObject *cols, *buf_obj, *rows_obj, *pth, *ptid, *tuh, *tuid;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "O!nOOOOOO", &PyTuple_Type, &cols, &count, &buf_obj, &rows_obj, &pth, &ptid, &tuh,
+                          &tuid))
+        return NULL;
+    if (PyTuple_GET_SIZE(cols) != NCOLS) return PyErr_Format(PyExc_ValueError, "%d columns expected", NCOLS);
+    if (e->busy) return PyErr_Format(PyExc_RuntimeError, "Engine used by two threads at once");
+    Py_buffer views[NCOLS + 6];
+    int nviews = 0, ok = 1;
+    for (int c = 0; c < NCOLS && ok; c++) {
+        ok = get_col(PyTuple_GET_ITEM(cols, c), &views[c], c >= C_FLOW_ID, COL_SIZES[c], count, COL_NAMES[c]) == 0;
+        nviews += ok;
+    }
+    Py_buffer *vbuf = &views[NCOLS], *vrows = &views[NCOLS + 1], *vpth = &views[NCOLS + 2];
+    Py_buffer *vptid = &views[NCOLS + 3], *vtuh = &views[NCOLS + 4], *vtuid = &views[NCOLS + 5];
+    ok = ok && get_col(buf_obj, vbuf, 0, 1, 0, "buf") == 0 && ++nviews;
+    ok = ok && get_col(rows_obj, vrows, 0, 8, 0, "rows") == 0 && ++nviews;
+    ok = ok && get_col(pth, vpth, 0, 8, 1, "point hashes") == 0 && ++nviews;
+    ok = ok && get_col(ptid, vptid, 0, 8, vpth->len / 8, "point ids") == 0 && ++nviews;
+    ok = ok && get_col(tuh, vtuh, 0, 8, 1, "tunnel hashes") == 0 && ++nviews;
+    ok = ok && get_col(tuid, vtuid, 0, 8, vtuh->len / 8, "tunnel ids") == 0 && ++nviews;
+    block_t b;
+    const int64_t *rows = NULL;
+    int64_t nrows = 0;
+    if (ok) {
+        b = (block_t){
+            views[C_TS].buf, views[C_PROTO].buf, views[C_IPVER].buf, views[C_VLAN].buf, views[C_POINT].buf,
+            views[C_TUNNEL].buf, views[C_SRC_HI].buf, views[C_SRC_LO].buf, views[C_DST_HI].buf,
+            views[C_DST_LO].buf, views[C_SPORT].buf, views[C_DPORT].buf, views[C_FLAGS].buf, views[C_SEQ].buf,
+            views[C_WINDOW].buf, views[C_IP_ID].buf, views[C_IP_LEN].buf, views[C_PAYLOAD_OFF].buf,
+            views[C_PAYLOAD_LEN].buf, views[C_PAYLOAD_CAPLEN].buf, views[C_FLOW_ID].buf, views[C_FROM_ORIG].buf,
+            vbuf->buf, vbuf->len, vpth->buf, vtuh->buf, vptid->buf, vtuid->buf, vpth->len / 8, vtuh->len / 8,
+        };
+        rows = vrows->buf;
+        nrows = vrows->len / 8;
+        /* hostile indices never reach the loop: rows in range, point/tunnel indices known */
+        for (int64_t k = 0; k < nrows && ok; k++) {
+            int64_t i = rows[k];
+            ok = i >= 0 && i < count && b.point[i] < b.npoints && b.tunnel[i] < b.ntunnels;
+        }
+        if (!ok) PyErr_SetString(PyExc_ValueError, "row, point or tunnel index out of range");
+    }
+    if (ok) {
+        e->busy = 1;
+        Py_BEGIN_ALLOW_THREADS meter_rows(e, &b, rows, nrows);
+        Py_END_ALLOW_THREADS e->busy = 0;
+        if (e->oom) {
+            PyErr_NoMemory();
+            ok = 0;
+        }
+    }
+    for (int v = 0; v < nviews; v++) PyBuffer_Release(&views[v < NCOLS ? v : v]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flush(chunk): final records for up to `chunk` flows still in the table; returns how many. */
+static PyObject *Engine_flush(Engine *e, PyObject *args) {
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "n", &chunk)) return NULL;
+    if (e->busy) return PyErr_Format(PyExc_RuntimeError, "Engine used by two threads at once");
+    Py_ssize_t done = 0;
+    for (int64_t s = 0; s < e->nslots && done < chunk; s++) {
+        if (!e->flows[s].used) continue;
+        finish(e, (int32_t)s, e->flows[s].closed_ns ? WHY_NONE : WHY_UNFINISHED);
+        done++;
+    }
+    if (e->oom) return PyErr_NoMemory();
+    return PyLong_FromSsize_t(done);
+}
+
+/* take() -> (records: bytes of n * NF int64, n, history text: bytes, community ids: bytes of n * 30) */
+static PyObject *Engine_take(Engine *e, PyObject *noargs) {
+    PyObject *res = Py_BuildValue("(y#ny#y#)", (const char *)e->out, (Py_ssize_t)(e->nout * NF * 8),
+                                  (Py_ssize_t)e->nout, e->hist_out ? e->hist_out : "", (Py_ssize_t)e->hist_len,
+                                  e->cid_out ? e->cid_out : "", (Py_ssize_t)(e->nout * CID_LEN));
+    if (res) e->nout = e->hist_len = 0;
+    return res;
+}
+
+static PyObject *Engine_counters(Engine *e, PyObject *noargs) {
+    return Py_BuildValue("{sLsLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
+                         "records", (long long)e->c_records, "interim_records", (long long)e->c_interim,
+                         "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused,
+                         "table_flows", (long long)e->used);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"process", (PyCFunction)Engine_process, METH_VARARGS,
+     "process(columns, count, buf, rows, point_hashes, point_ids, tunnel_hashes, tunnel_ids): meter rows"},
+    {"flush", (PyCFunction)Engine_flush, METH_VARARGS, "flush(chunk) -> number of flows finished"},
+    {"take", (PyCFunction)Engine_take, METH_NOARGS, "take() -> (records, n, history, community_ids)"},
+    {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "counters() -> dict"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hopscope.probes._meter.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The compiled flow meter (see probes/csrc/meter.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
+static PyObject *py_blake2b64(PyObject *self, PyObject *args) {
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "y*", &v)) return NULL;
+    uint64_t h = v.len ? hs_blake2b64(v.buf, (size_t)v.len) : 0;
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_sha1(PyObject *self, PyObject *args) {
+    Py_buffer v;
+    uint8_t out[20];
+    if (!PyArg_ParseTuple(args, "y*", &v)) return NULL;
+    if (v.len > 119) {
+        PyBuffer_Release(&v);
+        return PyErr_Format(PyExc_ValueError, "at most 119 bytes");
+    }
+    hs_sha1(v.buf, (size_t)v.len, out);
+    PyBuffer_Release(&v);
+    return PyBytes_FromStringAndSize((const char *)out, 20);
+}
+
+static PyMethodDef module_methods[] = {
+    {"blake2b64", py_blake2b64, METH_VARARGS, "blake2b64(data) -> the meter's payload hash (0 for empty data)"},
+    {"sha1", py_sha1, METH_VARARGS, "sha1(data) -> 20-byte digest (data of at most 119 bytes; for tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_meter", "The compiled flow meter.", -1, module_methods,
+                                    NULL, NULL, NULL, NULL};
+
+static PyObject *names_tuple(const char **names, int n) {
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t && i < n; i++) PyTuple_SET_ITEM(t, i, PyUnicode_FromString(names[i]));
+    return t;
+}
+
+PyMODINIT_FUNC PyInit__meter(void) {
+    if (PyType_Ready(&EngineType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddObject(m, "RECORD_FIELDS", names_tuple(FIELD_NAMES, NF)) < 0 ||
+        PyModule_AddObject(m, "COLUMNS", names_tuple(COL_NAMES, NCOLS)) < 0 ||
+        PyModule_AddObject(m, "CONN_STATES", names_tuple(STATE_NAMES, 13)) < 0 ||
+        PyModule_AddObject(m, "CLOSE_TYPES", names_tuple(CLOSE_NAMES, 10)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,183 @@
+/* hashes.h: the three hash functions the flow meter needs, header-only (static, inlined into meter.c).
+ *
+ *   hs_blake2b64   BLAKE2b with an 8-byte digest and no key (RFC 7693), returned as the digest read
+ *                  big-endian: the same value as Python's
+ *                  int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+ *                  (meter.payload_hash, l7.http.payload_hash).
+ *   hs_sha1        SHA-1 (FIPS 180-4), for Community ID v1 (community_id.community_id).
+ *   hs_base64      standard base64 with padding.
+ *
+ * Written from the RFC/FIPS text; tests/probes/test_meter_native.py checks them against hashlib.
+ */
+#ifndef HOPSCOPE_HASHES_H
+#define HOPSCOPE_HASHES_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* ---- BLAKE2b ------------------------------------------------------------------------------- */
+
+static const uint64_t hs_b2b_iv[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL, 0xA54FF53A5F1D36F1ULL,
+    0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL, 0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL,
+};
+
+static const uint8_t hs_b2b_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4}, {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13}, {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11}, {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5}, {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t hs_rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t hs_load64le(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+#define HS_G(a, b, c, d, x, y)                    \
+    do {                                          \
+        v[a] = v[a] + v[b] + (x);                 \
+        v[d] = hs_rotr64(v[d] ^ v[a], 32);        \
+        v[c] = v[c] + v[d];                       \
+        v[b] = hs_rotr64(v[b] ^ v[c], 24);        \
+        v[a] = v[a] + v[b] + (y);                 \
+        v[d] = hs_rotr64(v[d] ^ v[a], 16);        \
+        v[c] = v[c] + v[d];                       \
+        v[b] = hs_rotr64(v[b] ^ v[c], 63);        \
+    } while (0)
+
+/* One compression of a 128-byte block; t is the byte count so far (inputs here stay far below 2^64). */
+static void hs_b2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = hs_b2b_iv[i];
+    }
+    v[12] ^= t;
+    if (last) v[14] = ~v[14];
+    for (int i = 0; i < 16; i++) m[i] = hs_load64le(block + 8 * i);
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = hs_b2b_sigma[r];
+        HS_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        HS_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        HS_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        HS_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        HS_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        HS_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        HS_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        HS_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* BLAKE2b-64 of data[0:n] (n > 0), as the big-endian reading of the 8 digest bytes. */
+static uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
+    uint64_t h[8];
+    uint8_t block[128];
+    memcpy(h, hs_b2b_iv, sizeof h);
+    h[0] ^= 0x01010000ULL ^ 8; /* depth 1, fanout 1, no key, 8-byte digest */
+    size_t done = 0;
+    while (n - done > 128) {
+        hs_b2b_compress(h, data + done, done + 128, 0);
+        done += 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, data + done, n - done);
+    hs_b2b_compress(h, block, n, 1);
+    /* digest bytes are h[0] little-endian; read them big-endian */
+    return __builtin_bswap64(h[0]);
+}
+
+/* ---- SHA-1 --------------------------------------------------------------------------------- */
+
+static inline uint32_t hs_rotl32(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
+
+static void hs_sha1_block(uint32_t st[5], const uint8_t *p) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 80; i++) w[i] = hs_rotl32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = st[0], b = st[1], c = st[2], d = st[3], e = st[4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDC;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6;
+        }
+        uint32_t t = hs_rotl32(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = hs_rotl32(b, 30);
+        b = a;
+        a = t;
+    }
+    st[0] += a;
+    st[1] += b;
+    st[2] += c;
+    st[3] += d;
+    st[4] += e;
+}
+
+/* SHA-1 of data[0:n] for n <= 119 (two blocks at most: Community ID inputs are at most 42 bytes). */
+static void hs_sha1(const uint8_t *data, size_t n, uint8_t out[20]) {
+    uint32_t st[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    uint8_t buf[128];
+    size_t total = (n + 9 <= 64) ? 64 : 128;
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, data, n);
+    buf[n] = 0x80;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int i = 0; i < 8; i++) buf[total - 1 - i] = (uint8_t)(bits >> (8 * i));
+    for (size_t off = 0; off < total; off += 64) hs_sha1_block(st, buf + off);
+    for (int i = 0; i < 5; i++) {
+        out[4 * i] = (uint8_t)(st[i] >> 24);
+        out[4 * i + 1] = (uint8_t)(st[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(st[i] >> 8);
+        out[4 * i + 3] = (uint8_t)st[i];
+    }
+}
+
+/* ---- base64 -------------------------------------------------------------------------------- */
+
+/* Standard base64 of in[0:n] with '=' padding into out (4 * ceil(n / 3) bytes, not NUL-terminated). */
+static size_t hs_base64(const uint8_t *in, size_t n, char *out) {
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = tbl[v >> 18];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = tbl[(v >> 6) & 63];
+        out[o++] = tbl[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = tbl[v >> 18];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = '=';
+        out[o++] = '=';
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = tbl[v >> 18];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = tbl[(v >> 6) & 63];
+        out[o++] = '=';
+    }
+    return o;
+}
+
+#endif

@@ -1,0 +1,211 @@
+"""The compiled flow meter (probes/csrc/meter.c) against the numpy reference (probes/meter.py).
+
+Both meter the same blocks; every record (all FlowRecord columns), every packet's ``flow_id`` and
+``from_orig``, and the counters must be equal. Inputs: the committed lab captures, the 1M-packet-style
+benchmark traffic in miniature, and hypothesis-generated packet sequences with random flags, sequence
+numbers, windows, payloads, out-of-order times, ICMP types, VLANs, points and tunnels, metered under
+random timeouts, linger, interim interval and flow-table limits (so sweeps, interim records, reuse and
+eviction all run). The hash primitives of the kernel are checked against hashlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hopscope.probes import kernels
+from hopscope.probes.decode import Decoder
+from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.packets import PacketBlock, PacketStatus
+from hopscope.probes.readers import open_capture
+from hopscope.records import Batch
+
+_meter = kernels.load("_meter")
+# CI (HOPSCOPE_REQUIRE_SERVICES=1) builds the kernels: there a missing kernel fails instead of skipping
+pytestmark = pytest.mark.skipif(
+    _meter is None and (os.environ.get("HOPSCOPE_REQUIRE_SERVICES") != "1" or not kernels.enabled()),
+    reason="the _meter kernel is not built (or HOPSCOPE_NATIVE=0)",
+)
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").rglob("*.pcap"))
+
+
+def _rows(batches: list[Batch]) -> list[tuple[Any, ...]]:
+    """Records as sorted tuples of all columns (the two meters may emit one sweep's records in another order)."""
+    out: list[tuple[Any, ...]] = []
+    for batch in batches:
+        names = sorted(batch.columns)
+        cols = [batch.columns[n] for n in names]
+        lists = [c if isinstance(c, list) else c.tolist() for c in cols]
+        out.extend(zip(*lists, strict=True))
+    return sorted(out)
+
+
+def _run(blocks: list[PacketBlock], config: MeterConfig, native: bool) -> tuple[list[tuple[Any, ...]], Any, Any]:
+    meter = FlowMeter(config, host="h", hop_kind="pod", native=native)
+    assert (meter.native is not None) == native
+    batches, fids, fos = [], [], []
+    for block in blocks:
+        block.flow_id[:] = 0
+        block.from_orig[:] = False
+        batches.append(meter.process_batch(block))
+        fids.append(block.flow_id.copy())
+        fos.append(block.from_orig.copy())
+    batches.extend(meter.flush_batches(chunk=7))
+    return _rows(batches), dict(meter.counters), (fids, fos)
+
+
+def _compare(blocks: list[PacketBlock], config: MeterConfig) -> int:
+    native = _run(blocks, config, True)
+    reference = _run(blocks, config, False)
+    assert native[1] == reference[1]  # counters
+    for got, want in zip(native[2][0], reference[2][0], strict=True):
+        np.testing.assert_array_equal(got, want)  # flow_id per packet
+    for got, want in zip(native[2][1], reference[2][1], strict=True):
+        np.testing.assert_array_equal(got, want)  # from_orig per packet
+    assert len(native[0]) == len(reference[0])
+    for got, want in zip(native[0], reference[0], strict=True):
+        assert got == want
+    return len(native[0])
+
+
+def _decoded(path: Path, chunk_bytes: int = 1 << 16) -> list[PacketBlock]:
+    decoder = Decoder(path.stem)
+    return [decoder.decode(raw) for raw in open_capture(path, chunk_bytes).blocks()]
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(64)), bytes(range(256)) * 3, os.urandom(129)])
+def test_hash_primitives_equal_hashlib(data: bytes) -> None:
+    assert _meter is not None
+    want = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") if data else 0
+    assert _meter.blake2b64(data) == want
+    if len(data) <= 119:
+        assert _meter.sha1(data) == hashlib.sha1(data).digest()
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
+def test_lab_captures_meter_identically(path: Path) -> None:
+    blocks = _decoded(path)
+    assert _compare(blocks, MeterConfig()) > 0
+    # short timeouts and an interim interval: sweeps, interim records and timeouts on real traffic
+    assert _compare(blocks, MeterConfig(tcp_idle_timeout_s=0.05, udp_idle_timeout_s=0.02, linger_s=0.01,
+                                        interval_s=0.03, sweep_every_s=0.01)) > 0  # fmt: skip
+
+
+def test_eviction_meters_identically() -> None:
+    blocks = _decoded(SAMPLES[0], chunk_bytes=1 << 12)
+    assert _compare(blocks, MeterConfig(max_flows=3)) > 0
+
+
+def test_kernel_rejects_bad_columns() -> None:
+    """Hostile calls into the kernel raise instead of reading out of bounds."""
+    meter = FlowMeter(native=True)
+    assert meter.native is not None
+    block = PacketBlock.empty(2)
+    block.proto[:] = 6
+    block.point[1] = 5  # no such point name
+    with pytest.raises(ValueError, match="out of range"):
+        meter.native.process(block)
+    engine, cols = meter.native.engine, tuple(getattr(block, n) for n in meter.native.columns)
+    rows, ids = np.array([0, 7], np.int64), np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="out of range"):
+        engine.process(cols, 2, block.buf, rows, np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids)
+    bad = list(cols)
+    bad[0] = np.zeros(2, np.int32)  # ts_ns of the wrong width
+    with pytest.raises(ValueError, match="ts_ns"):
+        engine.process(tuple(bad), 2, block.buf, rows[:1], np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids)
+
+
+# --- generated traffic -----------------------------------------------------------------------------
+
+_FLAGS = [0x02, 0x12, 0x10, 0x18, 0x11, 0x01, 0x04, 0x14, 0x06, 0x03, 0x05, 0x00, 0x19, 0x16]
+_ENDPOINTS = [(0x0A000001, 40000), (0x0A000002, 80), (0x0A000003, 53), (0x0A000001, 40001), (0x0A000002, 8080)]
+
+packet = st.tuples(
+    st.integers(0, len(_ENDPOINTS) - 1), st.integers(0, len(_ENDPOINTS) - 1),  # src, dst endpoint
+    st.sampled_from([6, 6, 6, 17, 1, 58]),  # protocol
+    st.sampled_from(_FLAGS),
+    st.sampled_from([1000, 1001, 2000, 5000, 0, 4294967295, 3000]),  # seq
+    st.sampled_from([0, 0, 1, 100, 1448]),  # payload length
+    st.integers(-3, 40),  # time step in ms (negative: out of order)
+    st.sampled_from([0, 65535, 512]),  # window
+    st.integers(0, 2),  # vlan / point / tunnel selector
+    st.sampled_from([0, 3, 8, 128, 129]),  # ICMP type
+)
+
+
+def _block(packets: list[tuple[int, ...]]) -> PacketBlock:
+    n = len(packets)
+    block = PacketBlock.empty(n, np.frombuffer(bytes(range(256)) * 8, np.uint8).copy())
+    block.point_names = ("p0", "p1")
+    block.point_ifaces = ("eth0", "eth1")
+    block.tunnels = ["", "vxlan vni=7 192.0.2.1>192.0.2.2"]
+    ts = 1_700_000_000_000_000_000
+    for i, (s, d, proto, flags, seq, plen, step, window, sel, itype) in enumerate(packets):
+        ts += step * 1_000_000
+        (sa, sp), (da, dp) = _ENDPOINTS[s], _ENDPOINTS[d]
+        block.ts_ns[i] = ts
+        block.status[i] = PacketStatus.OK if i % 17 != 16 else PacketStatus.NOT_IP
+        block.ip_version[i] = 4
+        block.proto[i] = proto
+        block.src_lo[i], block.dst_lo[i] = 0xFFFF_0000_0000 | sa, 0xFFFF_0000_0000 | da
+        block.sport[i], block.dport[i] = (itype, 0) if proto in (1, 58) else (sp, dp)
+        block.tcp_flags[i] = flags if proto == 6 else 0
+        block.seq[i] = seq if proto == 6 else 0
+        block.window[i] = window if proto == 6 else 0
+        block.ip_len[i] = 40 + plen
+        block.payload_len[i] = plen
+        block.payload_caplen[i] = min(plen, 60) if sel != 2 else 0
+        block.payload_off[i] = (i * 13) % 1800
+        block.vlan[i] = 7 if sel == 1 else 0
+        block.point[i] = 1 if sel == 2 else 0
+        block.tunnel[i] = 1 if sel == 1 else 0
+    return block
+
+
+def _split(block: PacketBlock, cuts: list[int]) -> list[PacketBlock]:
+    """The same packets as several blocks (block boundaries must not change the result)."""
+    cuts = sorted({c for c in cuts if 0 < c < block.count})
+    parts, start = [], 0
+    for stop in [*cuts, block.count]:
+        part = PacketBlock.empty(stop - start, block.buf)
+        for name in ("ts_ns", "status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport",
+                     "dport", "tcp_flags", "seq", "window", "ip_id", "ip_len", "payload_off", "payload_len",
+                     "payload_caplen", "vlan", "point", "tunnel"):  # fmt: skip
+            getattr(part, name)[:] = getattr(block, name)[start:stop]
+        part.point_names, part.point_ifaces, part.tunnels = block.point_names, block.point_ifaces, block.tunnels
+        parts.append(part)
+        start = stop
+    return parts
+
+
+EXAMPLES = int(os.environ.get("HOPSCOPE_METER_EXAMPLES", "300"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    packets=st.lists(packet, min_size=1, max_size=120),
+    cuts=st.lists(st.integers(1, 119), max_size=3),
+    config=st.builds(
+        MeterConfig,
+        tcp_idle_timeout_s=st.sampled_from([0.05, 0.3, 300.0]),
+        udp_idle_timeout_s=st.sampled_from([0.02, 0.2, 60.0]),
+        linger_s=st.sampled_from([0.0, 0.01, 1.0]),
+        interval_s=st.sampled_from([0.0, 0.04, 60.0]),
+        max_flows=st.sampled_from([2, 5, 1_000_000]),
+        sweep_every_s=st.sampled_from([0.005, 0.02, 1.0]),
+        payload_hash_bytes=st.sampled_from([0, 16, 64]),
+    ),
+)
+def test_generated_traffic_meters_identically(packets: list[tuple[int, ...]], cuts: list[int],
+                                              config: MeterConfig) -> None:  # fmt: skip
+    packets = [p for p in packets if p[0] != p[1]]  # a packet to itself has no direction
+    if not packets:
+        return
+    _compare(_split(_block(packets), cuts), config)
