@@ -627,7 +627,12 @@ class LiveProbe:
     def _publish(self, now_ns: int) -> None:
         if self._flows:
             flows = Batch.concat(self._flows)
-            flows.columns["iface"] = [self._iface_of(p) for p in flows.columns["point"]]
+            points = flows.columns["point"]
+            if self.ring.cooked:  # one interface per point: look each distinct point up once
+                names = {p: self._iface_of(p) for p in set(points)}
+                flows.columns["iface"] = [names[p] for p in points]
+            else:
+                flows.columns["iface"] = [self.settings.iface] * len(points)
             self.sink.publish(flows)
             self.summary.flow_records += len(flows)
             self._flows = []
