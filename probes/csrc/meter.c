@@ -796,9 +796,9 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
     }
 }
 
-/* Key, lookup (or creation, or reuse) and metering of one ok packet. */
-static void meter_packet(Engine *e, const block_t *b, int64_t i) {
-    int proto = b->proto[i], flags = b->flags[i];
+/* meter._keys for row i: the direction-normalised flow key and the two endpoint hashes. */
+static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, uint64_t *src_ep, uint64_t *dst_ep) {
+    int proto = b->proto[i];
     uint64_t sp = b->sport[i], dp = b->dport[i];
     if (proto == P_ICMP || proto == P_ICMP6) {
         int fam = proto == P_ICMP ? 0 : 1, t = (int)(sp & 255);
@@ -810,7 +810,14 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i) {
     ctx = ctx ^ mix(b->tun_hash[b->tunnel[i]]) ^ mix(b->pt_hash[b->point[i]] + GOLD);
     uint64_t lo = ea < eb ? ea : eb, hi = ea < eb ? eb : ea;
     uint64_t key = mix(mix(lo ^ mix(ctx)) + hi);
-    if (key == 0) key = 1;
+    *src_ep = ea;
+    *dst_ep = eb;
+    return key ? key : 1;
+}
+
+/* Lookup (or creation, or reuse) and metering of one ok packet whose key and endpoint hashes are known. */
+static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t ea, uint64_t eb) {
+    int proto = b->proto[i], flags = b->flags[i];
     int32_t slot = ix_get(e, key);
     if (slot < 0) {
         slot = create(e, b, i, key, ea, eb, 0);
@@ -853,21 +860,28 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i) {
  * maximum), each slice followed by end_of_slice and, at a slice boundary, the sweep. Mirrors the Python
  * loop step by step (including its "at least one row per slice" rule), so sweeps see the same clock. */
 static void meter_rows(Engine *e, const block_t *b, const int64_t *rows, int64_t n) {
+    /* per row: running clock, flow key, source and destination endpoint hashes */
     int64_t *clock = malloc((size_t)(n > 0 ? n : 1) * sizeof *clock);
-    if (!clock) {
+    uint64_t *keys = malloc((size_t)(n > 0 ? n : 1) * 3 * sizeof *keys);
+    if (!clock || !keys) {
+        free(clock);
+        free(keys);
         e->oom = 1;
         return;
     }
     for (int64_t k = 0; k < n; k++) {
         int64_t t = b->ts[rows[k]];
         clock[k] = (k && clock[k - 1] > t) ? clock[k - 1] : t;
+        keys[3 * k] = flow_key(e, b, rows[k], &keys[3 * k + 1], &keys[3 * k + 2]);
     }
     int64_t start = 0;
     while (start < n && !e->oom) {
         if (e->next_sweep_ns == 0) e->next_sweep_ns = clock[start] + e->sweep_ns;
         int64_t stop = start;
-        while (stop < n && clock[stop] < e->next_sweep_ns) meter_packet(e, b, rows[stop++]);
-        if (stop == start) meter_packet(e, b, rows[stop++]);
+        while (stop < n && (clock[stop] < e->next_sweep_ns || stop == start)) {
+            meter_packet(e, b, rows[stop], keys[3 * stop], keys[3 * stop + 1], keys[3 * stop + 2]);
+            stop++;
+        }
         if (clock[stop - 1] > e->now_ns) e->now_ns = clock[stop - 1];
         end_of_slice(e);
         if (stop < n || e->now_ns >= e->next_sweep_ns) {
@@ -879,6 +893,7 @@ static void meter_rows(Engine *e, const block_t *b, const int64_t *rows, int64_t
         start = stop;
     }
     free(clock);
+    free(keys);
 }
 
 /* ---- Python interface ------------------------------------------------------------------------ */
