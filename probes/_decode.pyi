@@ -18,3 +18,10 @@ def decode_fast(
     buf: Any, offset: Any, caplen: Any, iface: Any, linktypes: Any, columns: tuple[Any, ...], counts: Any
 ) -> int:
     """Fill the fast-path columns of every row; returns the number of rows flagged for the slow path."""
+
+def pcapng_frames(
+    buf: Any, starts: Any, btypes: Any, bases: Any, bigs: Any, snaplens: Any,
+    offset: Any, caplen: Any, origlen: Any, iface: Any, raw_ts: Any,
+) -> tuple[int, int]:  # fmt: skip
+    """Columns of the packet blocks at ``starts``: (first frame naming an undeclared interface, first frame
+    longer than its block), -1 when none."""

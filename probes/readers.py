@@ -25,6 +25,7 @@ records how many bytes were dropped.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -38,6 +39,8 @@ import numpy.typing as npt
 
 from hopscope.errors import CaptureError
 from hopscope.probes import kernels
+
+I64 = npt.NDArray[np.int64]
 
 #: Link types (LINKTYPE_* from tcpdump.org/linktypes.html) that hopscope decodes.
 LINKTYPE_NULL: Final = 0
@@ -320,12 +323,12 @@ class CaptureReader:
             if size == len(carry):
                 break
             if self._kernel is not None:
-                starts, btypes, bases, end = self._walk_pcapng_native(data, size, file_pos)
+                starts, btypes, bases, bigs, end = self._walk_pcapng_native(data, size, file_pos)
             else:
                 frames, end = self._walk_pcapng(data, size, file_pos)
-                starts, btypes, bases = np.asarray(frames, dtype=np.int64).reshape(-1, 3).T
+                starts, btypes, bases, bigs = np.asarray(frames, dtype=np.int64).reshape(-1, 4).T
             if len(starts):
-                yield self._pcapng_block(data, starts, btypes, bases, file_pos)
+                yield self._pcapng_block(data, starts, btypes, bases, bigs, file_pos)
             file_pos += end
             carry = data[end:size].tobytes()
         if carry:
@@ -333,9 +336,9 @@ class CaptureReader:
 
     def _walk_pcapng(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
-    ) -> tuple[list[tuple[int, int, int]], int]:
-        """Walk the blocks of ``data[:n]``: (offset, block type, section base) per frame block."""
-        frames: list[tuple[int, int, int]] = []
+    ) -> tuple[list[tuple[int, int, int, int]], int]:
+        """Walk the blocks of ``data[:n]``: (offset, block type, section base, big-endian) per frame block."""
+        frames: list[tuple[int, int, int, int]] = []
         pos = 0
         while pos + 12 <= n:
             step = self._pcapng_step(data, n, pos, file_pos, frames)
@@ -346,16 +349,16 @@ class CaptureReader:
 
     def _walk_pcapng_native(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[np.int64], int]:
+    ) -> tuple[I64, npt.NDArray[Any], I64, npt.NDArray[Any], int]:
         """``_walk_pcapng`` with the packet blocks walked in C (``_decode.walk_pcapng``); every other block
         (section and interface headers, skipped blocks, damage) goes through ``_pcapng_step``."""
         assert self._kernel is not None
         cap = n // 12 + 1  # blocks are at least 12 bytes
         starts, btypes = np.empty(cap, np.int64), np.empty(cap, np.uint8)
-        segments: list[tuple[int, int]] = []  # (frames so far, section base of the frames that follow)
-        count, pos, extra = 0, 0, list[tuple[int, int, int]]()
+        segments: list[tuple[int, int, bool]] = []  # (frames so far, section base and byte order of the next)
+        count, pos, extra = 0, 0, list[tuple[int, int, int, int]]()
         while True:
-            segments.append((count, self._section_base))
+            segments.append((count, self._section_base, self._endian == ">"))
             got, pos, more = self._kernel.walk_pcapng(
                 data, n, pos, self._endian == ">", MAX_BLOCK_BYTES, starts, btypes, count
             )
@@ -368,12 +371,14 @@ class CaptureReader:
             if step is None:
                 break
             pos = step
-        firsts = np.array([c for c, _ in segments] + [count], np.int64)
-        bases = np.repeat(np.array([b for _, b in segments], np.int64), np.diff(firsts))
-        return starts[:count], btypes[:count], bases, pos
+        firsts = [c for c, _, _ in segments] + [count]
+        runs = [b - a for a, b in itertools.pairwise(firsts)]
+        bases = np.repeat(np.array([b for _, b, _ in segments], np.int64), runs)
+        bigs = np.repeat(np.array([e for _, _, e in segments], np.uint8), runs)
+        return starts[:count], btypes[:count], bases, bigs, pos
 
     def _pcapng_step(
-        self, data: npt.NDArray[np.uint8], n: int, pos: int, file_pos: int, frames: list[tuple[int, int, int]]
+        self, data: npt.NDArray[np.uint8], n: int, pos: int, file_pos: int, frames: list[tuple[int, int, int, int]]
     ) -> int | None:
         """Handle the block at ``pos``: returns where the next one starts, None when it is incomplete."""
         btype, blen = self._block_head(data.data, pos)
@@ -387,7 +392,7 @@ class CaptureReader:
         if pos + blen > n:
             return None
         if btype in (_EPB, _SPB, _PB):
-            frames.append((pos, btype, self._section_base))
+            frames.append((pos, btype, self._section_base, self._endian == ">"))
         elif btype == _IDB:
             self._interface(data, pos, blen, file_pos)
         elif btype != _PCAPNG_SHB:
@@ -417,38 +422,54 @@ class CaptureReader:
         opt, end = pos + 16, pos + blen - 4
         while opt + 4 <= end:
             code, olen = struct.unpack_from(e + "HH", data.data, opt)
-            value = data[opt + 4 : opt + 4 + olen].tobytes()
+            value = data[opt + 4 : min(opt + 4 + olen, end)].tobytes()  # a corrupt length stops at the block end
             if code == 0:
                 break
             if code == 2:
                 name = value.decode("utf-8", "replace").rstrip("\x00")
-            elif code == 9 and olen >= 1:
+            elif code == 9 and len(value) >= 1:
                 tsresol = 10 ** (value[0] & 0x7F) if value[0] < 0x80 else 2 ** (value[0] & 0x7F)
                 if tsresol >= 1 << 63:
                     raise CaptureError(f"{self.path}: pcapng if_tsresol {value[0]:#x} out of range at offset "
                                        f"{file_pos + opt}")  # fmt: skip
-            elif code == 14 and olen >= 8:
+            elif code == 14 and len(value) >= 8:
                 (tsoffset,) = struct.unpack(e + "q", value[:8])
             opt += 4 + ((olen + 3) & ~3)
         self.interfaces.append(Interface(len(self.interfaces), linktype, snaplen, name, tsresol, tsoffset))
 
     def _pcapng_block(
         self, data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
-        base: npt.NDArray[np.int64], file_pos: int,
+        base: I64, big: npt.NDArray[Any], file_pos: int,
     ) -> RawBlock:  # fmt: skip
-        """Frame columns of the packet blocks starting at ``starts`` (block types ``btype``, section bases ``base``)."""
+        """Frame columns of the packet blocks starting at ``starts`` (block types ``btype``, section bases
+        ``base``, byte orders ``big``: 1 for a big-endian section)."""
         buf = _padded(data)
-        e = self._endian
-        words = _words(buf, e)
-        hdr = np.stack([words[starts + 4 * k] for k in range(7)], axis=1)  # 7 words from the block start
+        if not self.interfaces:
+            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
+                               f"{file_pos + int(starts[0])}")  # fmt: skip
+        columns = self._pcapng_columns_native if self._kernel is not None else self._pcapng_columns
+        offset, caplen, origlen, iface, raw_ts = columns(buf, starts, btype, base, big, file_pos)
+        ts_ns = self._pcapng_times(raw_ts, iface)
+        self.stats.frames += len(starts)
+        self.stats.bytes += int(caplen.sum())
+        return RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
+                        iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
+
+    def _pcapng_columns(
+        self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
+        base: I64, big: npt.NDArray[Any], file_pos: int,
+    ) -> tuple[I64, I64, I64, I64, npt.NDArray[np.uint64]]:  # fmt: skip
+        """Per frame: offset, caplen, origlen, interface and raw timestamp (0 for SPB), checked."""
+        big = big.astype(np.bool_)
+        hdr = _block_words(buf, starts, big)
         epb = btype == _EPB
         pb = btype == _PB
         iface_local = np.where(epb, hdr[:, 2], 0).astype(np.int64)
         if pb.any():
-            iface_local[pb] = buf[starts[pb] + (8 if e == "<" else 9)]  # PB's u16 interface id
+            iface_local[pb] = buf[starts[pb] + np.where(big[pb], 9, 8)]  # PB's u16 interface id
         iface = base + iface_local
-        if len(self.interfaces) == 0 or int(iface.max()) >= len(self.interfaces):
-            bad = int(starts[np.argmax(iface >= len(self.interfaces))]) if self.interfaces else int(starts[0])
+        if int(iface.max()) >= len(self.interfaces):
+            bad = int(starts[np.argmax(iface >= len(self.interfaces))])
             raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
                                f"{file_pos + bad}")  # fmt: skip
         spb = btype == _SPB
@@ -458,29 +479,63 @@ class CaptureReader:
         blen = hdr[:, 1].astype(np.int64)
         if spb.any():
             snap = np.array([i.snaplen or MAX_RECORD_BYTES for i in self.interfaces], np.int64)[iface[spb]]
-            caplen[spb] = np.minimum(np.minimum(origlen[spb], snap), blen[spb] - 16)
+            caplen[spb] = np.maximum(np.minimum(np.minimum(origlen[spb], snap), blen[spb] - 16), 0)
         over = caplen > blen - (offset - starts) - 4
         if over.any():
             bad = int(starts[np.argmax(over)])
             raise CaptureError(f"{self.path}: pcapng packet block at offset {file_pos + bad}: captured "
                                f"length exceeds the block")  # fmt: skip
-        ts_ns = self._pcapng_times(hdr, iface, epb | pb)
-        self.stats.frames += len(starts)
-        self.stats.bytes += int(caplen.sum())
-        return RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
-                        iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
-
-    def _pcapng_times(
-        self, hdr: npt.NDArray[np.uint32], iface: npt.NDArray[np.int64], has_ts: npt.NDArray[np.bool_]
-    ) -> npt.NDArray[np.int64]:
         raw = (hdr[:, 3].astype(np.uint64) << np.uint64(32)) | hdr[:, 4].astype(np.uint64)
-        raw = np.where(has_ts, raw, 0)
+        return offset, caplen, origlen, iface, np.where(epb | pb, raw, 0)
+
+    def _pcapng_columns_native(
+        self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
+        base: I64, big: npt.NDArray[Any], file_pos: int,
+    ) -> tuple[I64, I64, I64, I64, npt.NDArray[np.uint64]]:  # fmt: skip
+        """``_pcapng_columns`` in one C call (``_decode.pcapng_frames``): same columns, same errors."""
+        assert self._kernel is not None
+        n = len(starts)
+        offset, caplen, origlen, iface = (np.empty(n, np.int64) for _ in range(4))
+        raw_ts = np.empty(n, np.uint64)
+        snap = np.array([i.snaplen or MAX_RECORD_BYTES for i in self.interfaces], np.int64)
+        bad_iface, over = self._kernel.pcapng_frames(
+            buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(btype, np.uint8),
+            np.ascontiguousarray(base, np.int64), np.ascontiguousarray(big, np.uint8), snap,
+            offset, caplen, origlen, iface, raw_ts,
+        )  # fmt: skip
+        if bad_iface >= 0:
+            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
+                               f"{file_pos + int(starts[bad_iface])}")  # fmt: skip
+        if over >= 0:
+            raise CaptureError(f"{self.path}: pcapng packet block at offset {file_pos + int(starts[over])}: "
+                               f"captured length exceeds the block")  # fmt: skip
+        return offset, caplen, origlen, iface, raw_ts
+
+    def _pcapng_times(self, raw: npt.NDArray[np.uint64], iface: I64) -> I64:
+        """ns since the epoch from raw timestamps in each frame's interface units (if_tsresol, if_tsoffset)."""
+        if len(iface) and (iface == iface[0]).all():  # one interface (the usual case): no masks
+            info = self.interfaces[int(iface[0])]
+            same: I64 = _units_to_ns(raw, info.tsresol) + info.tsoffset_s * 1_000_000_000
+            return same
         out = np.zeros(len(raw), np.int64)
         for idx in np.unique(iface).tolist():
             sel = iface == idx
             info = self.interfaces[idx]
             out[sel] = _units_to_ns(raw[sel], info.tsresol) + info.tsoffset_s * 1_000_000_000
         return out
+
+
+def _block_words(buf: npt.NDArray[np.uint8], starts: I64, big: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint32]:
+    """The first 7 words of each block, in its section's byte order (sections of a file may differ)."""
+    index = starts[:, None] + 4 * np.arange(7)
+    words: npt.NDArray[np.uint32]
+    if not big.any():
+        words = _words(buf, "<")[index]
+    elif big.all():
+        words = _words(buf, ">")[index]
+    else:
+        words = np.where(big[:, None], _words(buf, ">")[index], _words(buf, "<")[index])
+    return words
 
 
 def _units_to_ns(raw: npt.NDArray[np.uint64], per_second: int) -> npt.NDArray[np.int64]:

@@ -7,6 +7,8 @@
  *                 of a pcap file -> frame offset, caplen, origlen, ts_ns columns.
  *   walk_pcapng   probes/readers.py CaptureReader._walk_pcapng (the loop over packet blocks): the
  *                 EPB/SPB/PB blocks of one chunk; stops at any other block for Python to handle.
+ *   pcapng_frames probes/readers.py CaptureReader._pcapng_columns: offset, caplen, origlen, interface
+ *                 and raw timestamp of each packet block, with the same checks.
  *   decode_fast   probes/decode.py _link_layer + Decoder._fast_path/_ipv4/_ipv6/_l4: link layer ->
  *                 IPv4/IPv6 -> TCP/UDP/ICMP columns of a PacketBlock; rows the fast path declines
  *                 (VLAN stacks, fragments, extension headers, tunnels) are flagged for the Python
@@ -170,9 +172,11 @@ enum { PCAPNG_PB = 2, PCAPNG_SPB = 3, PCAPNG_EPB = 6 };
 static Py_ssize_t pcapng_walk(const uint8_t *buf, Py_ssize_t n, Py_ssize_t pos, int big, int64_t max_block,
                               int64_t *starts, uint8_t *btypes, Py_ssize_t capacity, Py_ssize_t *count, int *more)
 {
-    Py_ssize_t k = 0;
+    Py_ssize_t k = 0, ahead = pos;
     *more = 0;
     while (pos + 12 <= n) {
+        for (; ahead < pos + WALK_PREFETCH_BYTES && ahead < n; ahead += 64) /* as in pcap_walk */
+            __builtin_prefetch(buf + ahead);
         uint32_t btype = rd32(buf + pos, big), blen = rd32(buf + pos + 4, big);
         if (btype != PCAPNG_EPB && btype != PCAPNG_SPB && btype != PCAPNG_PB) {
             *more = 1;
@@ -225,6 +229,125 @@ static PyObject *walk_pcapng(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     release_all(v, held);
     return Py_BuildValue("nnO", count, pos, more ? Py_True : Py_False);
+fail:
+    release_all(v, held);
+    return NULL;
+}
+
+/* --- pcapng_frames ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    Py_ssize_t buflen, n, n_ifaces;
+    const int64_t *starts, *bases, *snaplens;
+    const uint8_t *btypes, *bigs; /* block type, 1 for a big-endian section */
+    int64_t *offset, *caplen, *origlen, *iface;
+    uint64_t *raw_ts;
+    Py_ssize_t bad_iface, over; /* first frame naming an undeclared interface / longer than its block */
+} PcapngFrames;
+
+/* Word `i` of the block at `s` when it lies inside the block, else 0 (such a block fails the length
+ * check: an EPB/PB shorter than its 32 header and trailer bytes always "exceeds the block"). */
+static inline uint32_t block_word(const PcapngFrames *p, int64_t s, int64_t blen, int big, int i)
+{
+    return 4 * i + 4 <= blen ? rd32(p->buf + s + 4 * i, big) : 0;
+}
+
+/* CaptureReader._pcapng_columns for frame k (its block was checked by the walk: 12 <= blen, in buf). */
+static void pcapng_frame(PcapngFrames *p, Py_ssize_t k)
+{
+    int big = p->bigs[k];
+    int64_t s = p->starts[k], blen = rd32(p->buf + s + 4, big);
+    int epb = p->btypes[k] == PCAPNG_EPB, pb = p->btypes[k] == PCAPNG_PB, spb = p->btypes[k] == PCAPNG_SPB;
+    int64_t local = epb ? block_word(p, s, blen, big, 2) : pb ? p->buf[s + (big ? 9 : 8)] : 0;
+    int64_t iface = p->bases[k] + local, caplen, origlen, offset;
+    if (iface < 0 || iface >= p->n_ifaces) {
+        if (p->bad_iface < 0)
+            p->bad_iface = k;
+        iface = 0; /* the block is an error; its other columns are not used */
+    }
+    if (spb) {
+        origlen = block_word(p, s, blen, big, 2);
+        caplen = origlen < p->snaplens[iface] ? origlen : p->snaplens[iface];
+        caplen = caplen < blen - 16 ? caplen : blen - 16;
+        caplen = caplen > 0 ? caplen : 0;
+        offset = s + 12;
+    } else {
+        caplen = block_word(p, s, blen, big, 5);
+        origlen = block_word(p, s, blen, big, 6);
+        offset = s + 28;
+    }
+    if (caplen > blen - (offset - s) - 4 && p->over < 0)
+        p->over = k;
+    p->offset[k] = offset;
+    p->caplen[k] = caplen;
+    p->origlen[k] = origlen;
+    p->iface[k] = p->bases[k] + local;
+    p->raw_ts[k] = (epb || pb) ? ((uint64_t)block_word(p, s, blen, big, 3) << 32) | block_word(p, s, blen, big, 4) : 0;
+}
+
+static void pcapng_frames_all(PcapngFrames *p)
+{
+    for (Py_ssize_t k = 0; k < p->n; k++) {
+        if (p->starts[k] < 0 || p->starts[k] + 12 > p->buflen) { /* not a block the walk returned */
+            p->bad_iface = p->over = -2;
+            return;
+        }
+        pcapng_frame(p, k);
+    }
+}
+
+/* pcapng_frames(buf, starts, btypes, bases, bigs, snaplens, offset, caplen, origlen, iface, raw_ts)
+ * -> (first frame with an undeclared interface or -1, first frame longer than its block or -1). */
+static PyObject *pcapng_frames(PyObject *self, PyObject *args)
+{
+    PyObject *o[11];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO:pcapng_frames", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &o[8], &o[9], &o[10]))
+        return NULL;
+    Py_buffer v[11];
+    int held = 0;
+    PcapngFrames p;
+    memset(&p, 0, sizeof p);
+    p.bad_iface = -1, p.over = -1;
+    if (get_buf(o[0], &v[held], -1, 1, 0, "buf") < 0)
+        goto fail;
+    p.buf = v[held].buf, p.buflen = v[held++].len;
+    if (get_buf(o[1], &v[held], -1, 8, 0, "starts") < 0)
+        goto fail;
+    p.starts = v[held].buf, p.n = v[held++].len / 8;
+    if (get_buf(o[2], &v[held], p.n, 1, 0, "btypes") < 0)
+        goto fail;
+    p.btypes = v[held++].buf;
+    if (get_buf(o[3], &v[held], p.n, 8, 0, "bases") < 0)
+        goto fail;
+    p.bases = v[held++].buf;
+    if (get_buf(o[4], &v[held], p.n, 1, 0, "bigs") < 0)
+        goto fail;
+    p.bigs = v[held++].buf;
+    if (get_buf(o[5], &v[held], -1, 8, 0, "snaplens") < 0)
+        goto fail;
+    p.snaplens = v[held].buf, p.n_ifaces = v[held++].len / 8;
+    int64_t **outs[4] = {&p.offset, &p.caplen, &p.origlen, &p.iface};
+    for (int c = 0; c < 5; c++) {
+        if (get_buf(o[6 + c], &v[held], p.n, 8, 1, "output column") < 0)
+            goto fail;
+        if (c < 4)
+            *outs[c] = v[held++].buf;
+        else
+            p.raw_ts = v[held++].buf;
+    }
+    if (p.n_ifaces == 0 && p.n > 0) {
+        PyErr_SetString(PyExc_ValueError, "pcapng_frames: no interfaces");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pcapng_frames_all(&p);
+    Py_END_ALLOW_THREADS
+    release_all(v, held);
+    if (p.over == -2)
+        return PyErr_Format(PyExc_ValueError, "pcapng_frames: a block start lies outside the buffer");
+    return Py_BuildValue("nn", p.bad_iface, p.over);
 fail:
     release_all(v, held);
     return NULL;
@@ -572,6 +695,9 @@ static PyMethodDef methods[] = {
     {"walk_pcapng", walk_pcapng, METH_VARARGS,
      "walk_pcapng(buf, n, pos, big_endian, max_block, starts, btypes, first) -> (count, pos, more):\n"
      "packet blocks from pos on, written from index `first`; more: stopped at a block for Python."},
+    {"pcapng_frames", pcapng_frames, METH_VARARGS,
+     "pcapng_frames(buf, starts, btypes, bases, bigs, snaplens, offset, caplen, origlen, iface, raw_ts)\n"
+     "-> (first frame naming an undeclared interface, first frame longer than its block), -1 for none."},
     {"decode_fast", decode_fast, METH_VARARGS,
      "decode_fast(buf, offset, caplen, iface, linktypes, columns, counts) -> rows for the slow path."},
     {NULL, NULL, 0, NULL},

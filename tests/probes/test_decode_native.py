@@ -200,6 +200,47 @@ def test_pcapng_many_blocks_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert compare_file(monkeypatch, path) == 3 * 1001
 
 
+def _pcapng_section(endian: str, body_blocks: list[tuple[int, bytes]]) -> bytes:
+    def blk(btype: int, body: bytes) -> bytes:
+        body += b"\x00" * (-len(body) % 4)
+        return struct.pack(endian + "II", btype, 12 + len(body)) + body + struct.pack(endian + "I", 12 + len(body))
+
+    out = blk(0x0A0D0D0A, struct.pack(endian + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    return out + b"".join(blk(t, b) for t, b in body_blocks)
+
+
+def _pcapng_blocks(endian: str, damage: str) -> list[tuple[int, bytes]]:
+    """An IDB, then EPB, SPB, PB and EPB blocks 50 times, with one kind of damage."""
+    frame = EXTRA_FRAMES[0]
+    tsresol = b"\x86" if damage == "tsresol" else b"\x06"  # 2**6 or 10**6 units per second
+    idb = struct.pack(endian + "HHI", 1, 0, 40 if damage == "spb_snaplen" else 0)
+    idb += struct.pack(endian + "HH", 9, 1) + tsresol + b"\x00" * 3
+    iface = 5 if damage == "undeclared_epb" else 0
+    caplen = 4000 if damage == "epb_caplen" else len(frame)
+    epb = struct.pack(endian + "IIIII", iface, 1, 123_456_789, caplen, len(frame)) + frame
+    pb_iface = struct.pack(endian + "HH", 3 if damage == "undeclared_pb" else 0, 0)
+    pb = pb_iface + struct.pack(endian + "IIII", 0, 99, len(frame), len(frame)) + frame
+    spb = struct.pack(endian + "I", len(frame)) + frame
+    return [(1, idb)] + [(6, epb), (3, spb), (2, pb), (6, epb[:12] if damage == "short_epb" else epb)] * 50
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize(
+    "damage", ["none", "undeclared_epb", "undeclared_pb", "epb_caplen", "short_epb", "spb_snaplen", "tsresol"]
+)
+def test_pcapng_block_kinds_and_damage(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endian: str,
+                                       damage: str) -> None:  # fmt: skip
+    """EPB, SPB and (obsolete) PB in both byte orders, then a section in the other byte order; each damage
+    gives the same error, or the same blocks."""
+    other = "<" if endian == ">" else ">"
+    path = tmp_path / "kinds.pcapng"
+    path.write_bytes(
+        _pcapng_section(endian, _pcapng_blocks(endian, damage)) + _pcapng_section(other, _pcapng_blocks(other, "none"))
+    )
+    frames = compare_file(monkeypatch, path)
+    assert frames == (0 if damage in ("undeclared_epb", "undeclared_pb", "epb_caplen", "short_epb") else 400)
+
+
 @pytest.mark.parametrize("kind", sorted(FILES))
 def test_damaged_files_same_error_or_same_blocks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str) -> None:
     data = FILES[kind]

@@ -141,3 +141,44 @@ def test_corrupt_pcapng_block_length(tmp_path: Path) -> None:
     path.write_bytes(bad)
     with pytest.raises(CaptureError, match="corrupt pcapng block at offset"):
         read_all(path)
+
+
+def test_pcapng_simple_packet_block_without_length_word_is_an_error(tmp_path: Path) -> None:
+    """A 12-byte SPB has no original-length word (it used to decode with caplen 2**32 - 4)."""
+    data = pcapng_bytes()
+    path = tmp_path / "spb.pcapng"
+    path.write_bytes(data + struct.pack("<III", 3, 12, 12))
+    with pytest.raises(CaptureError, match=f"block at offset {len(data)}: captured length exceeds the block"):
+        read_all(path)
+
+
+def test_pcapng_option_longer_than_its_block_stops_at_the_block_end(tmp_path: Path) -> None:
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 2, 200) + b"eth0")
+    epb = _block(6, struct.pack("<IIIII", 0, 0, 0, len(FRAME_A), len(FRAME_A)) + FRAME_A)
+    path = tmp_path / "opt.pcapng"
+    path.write_bytes(shb + idb + epb)
+    reader = open_capture(path)
+    (block,) = list(reader.blocks())
+    assert [i.name for i in reader.interfaces] == ["eth0"] and block.frame(0) == FRAME_A
+
+
+def test_pcapng_sections_of_both_byte_orders_in_one_chunk(tmp_path: Path) -> None:
+    """Each packet block is read in its own section's byte order (``cat be.pcapng le.pcapng``)."""
+
+    def section(e: str, ts: int) -> bytes:
+        def blk(btype: int, body: bytes) -> bytes:
+            return struct.pack(e + "II", btype, 12 + len(body)) + body + struct.pack(e + "I", 12 + len(body))
+
+        epb = struct.pack(e + "IIIII", 0, 0, ts, len(FRAME_A), len(FRAME_A)) + FRAME_A
+        return (
+            blk(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+            + blk(1, struct.pack(e + "HHI", 1, 0, 0))
+            + blk(6, epb)
+        )
+
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(section(">", 1_000_000) + section("<", 2_000_000))
+    (block,) = read_all(path)
+    assert block.caplen.tolist() == [60, 60] and block.iface.tolist() == [0, 1]
+    assert block.ts_ns.tolist() == [1_000_000_000, 2_000_000_000] and block.frame(0) == block.frame(1) == FRAME_A
