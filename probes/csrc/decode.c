@@ -289,7 +289,8 @@ static void pcapng_frame(PcapngFrames *p, Py_ssize_t k)
 static void pcapng_frames_all(PcapngFrames *p)
 {
     for (Py_ssize_t k = 0; k < p->n; k++) {
-        if (p->starts[k] < 0 || p->starts[k] + 12 > p->buflen) { /* not a block the walk returned */
+        int64_t s = p->starts[k];
+        if (s < 0 || s + 12 > p->buflen || s + rd32(p->buf + s + 4, p->bigs[k]) > p->buflen) { /* not from the walk */
             p->bad_iface = p->over = -2;
             return;
         }

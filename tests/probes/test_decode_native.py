@@ -315,3 +315,18 @@ def test_frame_outside_the_buffer_is_rejected(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HOPSCOPE_NATIVE", "1")
     with pytest.raises(ValueError, match="outside the buffer"):
         Decoder("x").decode(raw)
+
+
+def test_kernel_rejects_arguments_outside_its_buffers() -> None:
+    from hopscope.probes import _decode
+
+    buf = np.zeros(64, np.uint8)
+    i64, u32 = np.zeros(8, np.int64), np.zeros(8, np.uint32)
+    with pytest.raises(ValueError, match="out of range"):
+        _decode.walk_pcap(buf, 65, 0, 0, False, 1000, 1 << 20, i64, u32, u32.copy(), i64.copy())
+    with pytest.raises(ValueError, match="expected 8 items"):
+        _decode.walk_pcap(buf, 64, 0, 0, False, 1000, 1 << 20, i64, u32[:4], u32, i64.copy())
+    starts, one = np.array([60], np.int64), np.ones(1, np.uint8)
+    outs = [np.zeros(1, np.int64) for _ in range(4)] + [np.zeros(1, np.uint64)]
+    with pytest.raises(ValueError, match="outside the buffer"):
+        _decode.pcapng_frames(buf, starts, one * 6, starts * 0, one, np.zeros(1, np.int64), *outs)
