@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from hopscope.lab.flood import FloodResult, build_flood, run_flood
+from hopscope.lab.flood import FloodResult, build_flood, prioritized, run_flood
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("HOPSCOPE_VAR", ROOT / "var"))
@@ -86,15 +86,16 @@ def traffic() -> Path:
 
 
 def flood(capture: Path, pps: int, args: argparse.Namespace) -> FloodResult:
-    """The flood from CPU 0; with ``--idle-generator`` also from the probe's CPU as SCHED_IDLE (half the
-    rate each, addresses of their own), so the probe's idle time sends too. Returns the sum."""
+    """The flood from CPU 0; with ``--second-generator PRIORITY`` also from the probe's CPU (half the rate
+    each, addresses of their own) at a lower priority than the probe ("idle": SCHED_IDLE; a number: that
+    nice level in an autogroup of its own), so the probe's idle time sends too. Returns the sum."""
     kw = {"seconds": args.seconds, "netns": NS_A, "max_frames": args.frames}
-    if not args.idle_generator:
+    if not args.second_generator:
         return run_flood(VETH_A, capture, pps=pps, cpu=GEN_CPU, priority=args.nice, **kw)  # type: ignore[arg-type]
     results: list[FloodResult] = []
     second = threading.Thread(
         target=lambda: results.append(
-            run_flood(VETH_A, capture, pps=pps // 2, cpu=PROBE_CPU, priority="idle", tag=1, **kw)  # type: ignore[arg-type]
+            run_flood(VETH_A, capture, pps=pps // 2, cpu=PROBE_CPU, priority=args.second_generator, tag=1, **kw)  # type: ignore[arg-type]
         )
     )
     second.start()
@@ -149,9 +150,9 @@ def bench_probe(
     ring at its own top speed, whatever rate the generator reached."""
     out = os.path.join(args.tmp, "probe.hsrb")
     prof = ["-m", "cProfile", "-o", profile] if profile else []
-    nice = ["nice", "-n", args.nice] if args.nice else []
-    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, *nice, PYTHON, *prof, "-m", "hopscope", "-v",
-           "probe",
+    probe = [PYTHON, *prof, "-m", "hopscope", "-v", "probe"]
+    cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU,
+           *(prioritized(args.nice, probe) if args.nice else probe),
            "--iface", VETH_B, "--point", "bench", "--out", out, "--report-interval", "2",
            "--ring-mb", str(args.backlog_mb if backlog else args.ring_mb),
            *([] if args.l7 else ["--no-l7"])]  # fmt: skip
@@ -243,8 +244,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=MIX_PACKETS, help="frames of the mix replayed per cycle")
     ap.add_argument("--ring-mb", type=int, default=128, help="the probe's ring (and tcpdump's buffer), MiB")
     ap.add_argument("--rps", action="store_true", help="receive work of B's veth on the probe's CPU (RPS)")
-    ap.add_argument("--idle-generator", action="store_true", help="a second generator on the probe's CPU as SCHED_IDLE")
-    ap.add_argument("--nice", default="", help="nice level of the probe and the CPU 0 generator (e.g. -15)")
+    ap.add_argument(
+        "--second-generator",
+        default="",
+        metavar="PRIORITY",
+        help="a second generator on the probe's CPU: 'idle' (SCHED_IDLE) or a nice level above --nice",
+    )
+    ap.add_argument(
+        "--nice", default="", help="nice level of the probe and the CPU 0 generator, each in an autogroup of its own"
+    )
     ap.add_argument("--backlog-seconds", type=float, default=0.0, help="flood length of the backlog run (0: none)")
     ap.add_argument("--backlog-mb", type=int, default=1024, help="the probe's ring in the backlog run, MiB")
     ap.add_argument("--profile", action="store_true", help="cProfile the probe at the last rate")
@@ -274,7 +282,7 @@ def main() -> None:
         teardown()
     native, load = os.environ.get("HOPSCOPE_NATIVE", "1"), os.getloadavg()[0]
     print(f"(probe on CPU {PROBE_CPU}, generator on CPU {GEN_CPU}, rps={args.rps}, l7={args.l7}, "
-          f"idle generator on CPU {PROBE_CPU}={args.idle_generator}, nice={args.nice or 0}, "
+          f"second generator on CPU {PROBE_CPU}: {args.second_generator or 'none'}, nice={args.nice or 0}, "
           f"HOPSCOPE_NATIVE={native}, {args.seconds:g} s per rate, "
           f"ring {args.ring_mb} MiB; load average {load:.1f})")  # fmt: skip
     if dump is not None:

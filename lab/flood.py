@@ -47,6 +47,14 @@ def build_flood(out_dir: Path | None = None) -> Path:
     return binary
 
 
+def prioritized(nice: str, cmd: list[str]) -> list[str]:
+    """``cmd`` in a session of its own whose scheduler autogroup runs at ``nice`` (with autogroups on,
+    a plain ``nice`` only weighs a process against its own session's; this weighs it against the
+    machine's other sessions). Root needed for a negative value."""
+    script = 'echo "$0" > /proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"'
+    return ["setsid", "sh", "-c", script, nice, *cmd]
+
+
 def run_flood(
     iface: str,
     capture: Path,
@@ -64,7 +72,7 @@ def run_flood(
 
     ``tag`` (1-255) moves the addresses to a space of their own (generators side by side); ``priority``
     ``"idle"`` runs the generator as SCHED_IDLE (it only gets what the CPU's other tasks leave), a number
-    runs it at that nice level.
+    runs it at that nice level in an autogroup of its own (``prioritized``).
     """
     cmd = [str(binary or build_flood()), iface, str(capture), "--pps", str(pps), "--seconds", str(seconds)]
     if max_frames is not None:
@@ -74,7 +82,7 @@ def run_flood(
     if priority == "idle":
         cmd = ["chrt", "--idle", "0", *cmd]
     elif priority:
-        cmd = ["nice", "-n", priority, *cmd]
+        cmd = prioritized(priority, cmd)
     if cpu is not None:
         cmd = ["taskset", "-c", cpu, *cmd]
     if netns:
