@@ -24,7 +24,22 @@ work (reported as CPU 1's softirq %).
 ``--profile`` runs the probe at the last rate under cProfile (var/bench/probe_live.prof) and prints the
 top functions.
 
-Measured figures: see the commit messages of this file and the README.
+``--nice N`` runs the probe and the CPU 0 generator each in a session of its own whose scheduler
+autogroup gets nice N (with autogroups, a plain nice only weighs a process against its own session's,
+and other sessions' work on this shared VM starved both). ``--second-generator P`` adds a generator on
+the probe's CPU below the probe's priority: one core cannot both send and receive more than ~530k of
+these frames per second (the veth receive path runs in the sender's context).
+
+Measured 2026-11-27 on the 2-vCPU VM, load average 2.3-2.9 from other sessions, meter only (the issue's
+live target: capture + decode + meter), --nice -10:
+  one generator:   400k -> 399,355 pps captured, 0 drops, probe CPU 17%; flat out 527k, 0 drops, 21%.
+  + second at -5:  1M target -> 874-891k pps offered and captured, 0 drops, probe CPU 29-32%; flat out
+                   841-929k pps, 0 drops in 6 of 7 runs (1 frame dropped once with the 128 MiB ring).
+  backlog:         930,304 frames drained at 3.38M frames per wall second of capture work, 0 drops.
+  HOPSCOPE_NATIVE=0 (the numpy/Python reference paths): 0 drops up to 452k pps, then drops (captures
+                   ~500k pps at 81-85% CPU; 600k frames per CPU s; backlog drained at 615k/s).
+  with --l7 (HTTP/DNS stage, this mix is mostly HTTP): 0 drops at 150k pps, drops from 200k
+                   (~165k frames per CPU s; the L7 stage takes ~85% of the probe's time).
 """
 
 from __future__ import annotations
