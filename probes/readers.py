@@ -188,8 +188,9 @@ class CaptureReader:
         file_pos, carry = 24, b""
         if self._kernel is not None and self.map_file:
             file_pos, carry_len = yield from self._pcap_mapped(fh, endian, ns_per_unit, interfaces)
-            fh.seek(file_pos)
-            carry = fh.read(carry_len)
+            if file_pos + carry_len > 24:  # windows were mapped: the read loop goes on after them
+                fh.seek(file_pos)
+                carry = fh.read(carry_len)
         while True:
             data, size = _read_chunk(fh, carry, self.chunk_bytes)
             if size == len(carry):
