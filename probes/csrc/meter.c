@@ -122,6 +122,7 @@ typedef struct {
     uint8_t icmp_pair[2][256], icmp_two_way[2][256]; /* [0] ICMP, [1] ICMPv6 */
     /* flow table: slots, a free stack, an open-addressing index key -> slot */
     flow_t *flows;
+    int64_t *due; /* per slot: the capture time from which a sweep has work on it (INT64_MAX: none, free) */
     int64_t nslots, used;
     int32_t *free_stack;
     int64_t nfree;
@@ -237,6 +238,13 @@ static int32_t slot_alloc(Engine *e) {
             return -1;
         }
         e->free_stack = stack;
+        int64_t *due = realloc(e->due, (size_t)n * sizeof *due);
+        if (!due) {
+            e->oom = 1;
+            return -1;
+        }
+        e->due = due;
+        for (int64_t s = old; s < n; s++) due[s] = INT64_MAX;
         memset(flows + old, 0, (size_t)(n - old) * sizeof *flows);
         for (int64_t s = n - 1; s >= old; s--) e->free_stack[e->nfree++] = (int32_t)s;
         e->nslots = n;
@@ -250,6 +258,7 @@ static void slot_release(Engine *e, int32_t slot) {
     flow_t *f = &e->flows[slot];
     free(f->hist_heap);
     memset(f, 0, sizeof *f);
+    e->due[slot] = INT64_MAX;
     e->free_stack[e->nfree++] = slot;
     e->used--;
 }
@@ -575,10 +584,22 @@ static void finish(Engine *e, int32_t slot, int why) {
 
 /* ---- sweeps, eviction, retiring ------------------------------------------------------------ */
 
+/* When the sweep next has work on flow f: the earliest of its linger end (closed flows), idle timeout
+ * and interim report time. A sweep only looks at slots whose time has come (a dense array walk), so a
+ * table of a million flows costs 8 MB of reads per sweep, not the flows themselves. */
+static void set_due(Engine *e, int32_t slot) {
+    const flow_t *f = &e->flows[slot];
+    int64_t due = f->end_ns + (f->proto == P_TCP ? e->tcp_idle_ns : e->udp_idle_ns);
+    if (f->closing && f->end_ns + e->linger_ns < due) due = f->end_ns + e->linger_ns;
+    if (e->interval_ns && f->last_report_ns + e->interval_ns < due) due = f->last_report_ns + e->interval_ns;
+    e->due[slot] = due;
+}
+
 /* meter._sweep: lingering closed flows, idle flows, interim records of long flows. */
 static void sweep(Engine *e) {
     int64_t now = e->now_ns;
     for (int64_t s = 0; s < e->nslots; s++) {
+        if (e->due[s] > now) continue;
         flow_t *f = &e->flows[s];
         if (!f->used) continue;
         if (f->closing && f->end_ns + e->linger_ns <= now) {
@@ -593,6 +614,7 @@ static void sweep(Engine *e) {
             emit(e, f, 0, WHY_OPEN);
             e->c_interim++;
         }
+        if (f->used) set_due(e, (int32_t)s);
     }
 }
 
@@ -851,6 +873,7 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
         f->payload_hash[d] = h ? h : 1;
         if (proto == P_UDP) add_letter(f, fo, 'D');
     }
+    set_due(e, slot);
     b->flow_id[i] = f->flow_id;
     b->from_orig[i] = (uint8_t)fo;
     e->c_packets++;
@@ -901,6 +924,7 @@ static void meter_rows(Engine *e, const block_t *b, const int64_t *rows, int64_t
 static void Engine_dealloc(Engine *e) {
     for (int64_t s = 0; s < e->nslots; s++) free(e->flows[s].hist_heap);
     free(e->flows);
+    free(e->due);
     free(e->free_stack);
     free(e->ix_keys);
     free(e->ix_slots);
