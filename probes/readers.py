@@ -10,11 +10,13 @@ in C (``_decode.walk_pcap``/``walk_pcapng``, probes/csrc/decode.c) when the kern
 walks below are its reference twins (``HOPSCOPE_NATIVE=0``), about 0.16 s CPU per 1M pcap records plus
 numpy gathers through unaligned stride-1 views (``_words``).
 
-With the C walk, a pcap file is mapped window by window (``mmap``, read-only, ``MAP_POPULATE``) instead
-of copied into buffers: per 1M records (613 MB) read + decode cost 0.14 s CPU instead of 0.18 s (the
-copy alone is about 0.10 s). The last window's worth of the file is read as before, so a capture still
-being written and a truncated last record behave the same. Caveat of any mapping: a file cut short by
-another process *while* it is read ends this process with SIGBUS (``map_file=False`` avoids it).
+With the C walks, the file is mapped window by window (``_Chunks``: ``mmap``, read-only,
+``MAP_POPULATE``) instead of copied into buffers; the windows are exactly the chunks the reads would
+give. Per 1M packets (bench/probe_read_decode.py, 613 MB pcap) read + decode cost 0.13 s CPU mapped,
+0.16 s read into buffers (the copy alone is about 0.10 s), 0.6-0.7 s on the reference path. The last
+window's worth of the file is read as before, so a capture still being written and a truncated last
+record behave the same. Caveat of any mapping: a file cut short by another process *while* it is read
+ends this process with SIGBUS (``map_file=False`` avoids it).
 
 Errors: a file that is not a capture, or whose structure is broken (bad magic, a record length beyond
 any sane snaplen, a block whose length field is impossible), raises ``CaptureError`` naming the file and
@@ -25,11 +27,12 @@ records how many bytes were dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
 import struct
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -128,6 +131,55 @@ def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[npt.NDArray[np.u
     return buf, end
 
 
+class _Chunks:
+    """The chunks of a capture file from ``start`` on, as the walks consume them: each is the bytes the
+    previous walk left (the carry) plus ``chunk_bytes`` more, followed by PAD_BYTES readable bytes.
+
+    With ``map_file`` the chunks are windows of the file mapped read-only (mmap, no copy) as long as a
+    whole chunk and its padding are left; the rest is read into buffers (``_read_chunk``), so a file
+    cut short or still growing is read as before. Both give the same chunks, hence the same blocks.
+    """
+
+    def __init__(self, fh: BinaryIO, start: int, chunk_bytes: int, map_file: bool) -> None:
+        self.fh, self.chunk_bytes = fh, chunk_bytes
+        self.file_pos = start  # file offset of the next chunk's first byte
+        self.carry = b""  # unconsumed bytes of a read chunk
+        self.carry_len = 0  # unconsumed bytes of the last chunk (read or mapped)
+        self.mapped = False  # the last chunk was a mapped window
+        self.map_until = 0  # file size when mapping (0: read only)
+        if map_file:
+            with contextlib.suppress(OSError):  # not a file with a size: read it
+                self.map_until = os.fstat(fh.fileno()).st_size
+
+    def next(self) -> tuple[npt.NDArray[np.uint8], int] | None:
+        """The next chunk (buffer, data length), None once nothing new follows the carry."""
+        n = self.carry_len + self.chunk_bytes
+        if self.map_until - self.file_pos >= n + PAD_BYTES:
+            base = self.file_pos - self.file_pos % mmap.ALLOCATIONGRANULARITY
+            try:
+                window = mmap.mmap(self.fh.fileno(), self.file_pos - base + n + PAD_BYTES,
+                                   mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ, offset=base)  # fmt: skip
+            except OSError:  # a file system without mmap: read instead
+                self.map_until = 0
+            else:
+                self.mapped = True
+                return np.frombuffer(window, np.uint8)[self.file_pos - base :], n  # lives as long as the array
+        if self.mapped:  # switching from windows to reads: read the carry again
+            self.mapped, self.map_until = False, 0
+            self.fh.seek(self.file_pos)
+            self.carry = self.fh.read(self.carry_len)
+            self.carry_len = len(self.carry)
+        data, size = _read_chunk(self.fh, self.carry, self.chunk_bytes)
+        return None if size == len(self.carry) else (data, size)
+
+    def consumed(self, data: npt.NDArray[np.uint8], size: int, end: int) -> None:
+        """The walk used ``data[:end]`` of the chunk ``next`` returned (``size`` bytes)."""
+        self.file_pos += end
+        self.carry_len = size - end
+        if not self.mapped:
+            self.carry = data[end:size].tobytes()
+
+
 def _words(buf: npt.NDArray[np.uint8], endian: str) -> npt.NDArray[np.uint32]:
     """A u4 starting at every byte of ``buf`` (unaligned view): ``_words(buf, e)[offsets]`` gathers fields."""
     return np.ndarray(shape=(max(len(buf) - 3, 0),), dtype=endian + "u4", buffer=buf, strides=(1,))
@@ -145,7 +197,7 @@ class CaptureReader:
     ) -> None:
         self.path = Path(path)
         self.chunk_bytes = max(chunk_bytes, 1 << 16)
-        self.map_file = map_file  # pcap with the C walk: map windows of the file instead of reading them
+        self.map_file = map_file  # with the C walks: map windows of the file instead of reading them
         self.stats = ReadStats()
         self.interfaces: list[Interface] = []
         self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the Python walks below
@@ -185,16 +237,10 @@ class CaptureReader:
         iface = Interface(0, linktype & 0x0FFFFFFF, snaplen, "", 1_000_000_000 // ns_per_unit)
         self.interfaces = [iface]
         interfaces = (iface,)
-        file_pos, carry = 24, b""
-        if self._kernel is not None and self.map_file:
-            file_pos, carry_len = yield from self._pcap_mapped(fh, endian, ns_per_unit, interfaces)
-            if file_pos + carry_len > 24:  # windows were mapped: the read loop goes on after them
-                fh.seek(file_pos)
-                carry = fh.read(carry_len)
-        while True:
-            data, size = _read_chunk(fh, carry, self.chunk_bytes)
-            if size == len(carry):
-                break
+        chunks = _Chunks(fh, 24, self.chunk_bytes, self._kernel is not None and self.map_file)
+        while (chunk := chunks.next()) is not None:
+            data, size = chunk
+            file_pos = chunks.file_pos
             if self._kernel is not None:
                 block, end = self._walk_pcap_native(data, size, endian, ns_per_unit, interfaces, file_pos)
                 if block is not None:
@@ -203,10 +249,8 @@ class CaptureReader:
                 offs, end = self._walk_pcap(data, size, endian, file_pos)
                 if offs:
                     yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
-            file_pos += end
-            carry = data[end:size].tobytes()
-        if carry:
-            self.stats.truncated_tail = len(carry)
+            chunks.consumed(data, size, end)
+        self.stats.truncated_tail = chunks.carry_len
 
     def _walk_pcap(self, data: npt.NDArray[np.uint8], n: int, endian: str, file_pos: int) -> tuple[list[int], int]:
         """Offsets of the complete records in ``data[:n]`` and where the first incomplete one starts.
@@ -235,33 +279,6 @@ class CaptureReader:
         if pos > n:  # the last record continues in the next chunk (or the file is cut there)
             pos = offs.pop()
         return offs, pos
-
-    def _pcap_mapped(
-        self, fh: BinaryIO, endian: str, ns_per_unit: int, interfaces: tuple[Interface, ...]
-    ) -> Generator[RawBlock, None, tuple[int, int]]:
-        """Blocks from windows of the file mapped read-only (no copy into a buffer) while a whole window
-        and its padding are left. Windows cover exactly the bytes the read loop's chunks would (carry
-        plus ``chunk_bytes``), so the blocks are the same. Returns (offset, carry length) where the read
-        loop takes over: the tail, read as before (a file cut short or still growing)."""
-        pos, carry = 24, 0
-        try:
-            size = os.fstat(fh.fileno()).st_size
-        except OSError:
-            return pos, carry
-        while size - pos >= carry + self.chunk_bytes + PAD_BYTES:
-            n = carry + self.chunk_bytes
-            base = pos - pos % mmap.ALLOCATIONGRANULARITY
-            try:
-                window = mmap.mmap(fh.fileno(), pos - base + n + PAD_BYTES, mmap.MAP_SHARED | _POPULATE,
-                                   mmap.PROT_READ, offset=base)  # fmt: skip
-            except OSError:  # a file system without mmap: the read loop reads it
-                break
-            data = np.frombuffer(window, np.uint8)[pos - base :]  # the mapping lives as long as the block
-            block, end = self._walk_pcap_native(data, n, endian, ns_per_unit, interfaces, pos)
-            if block is not None:
-                yield block
-            pos, carry = pos + end, n - end
-        return pos, carry
 
     def _walk_pcap_native(
         self, data: npt.NDArray[np.uint8], n: int, endian: str, ns_per_unit: int,
@@ -315,14 +332,13 @@ class CaptureReader:
     # --- pcapng -----------------------------------------------------------------------------
 
     def _pcapng_blocks(self, fh: BinaryIO) -> Iterator[RawBlock]:
-        file_pos, carry = 0, b""
         self._endian = "<"
         self._block_head: Callable[..., tuple[Any, ...]] = struct.Struct("<II").unpack_from
         self._section_base = 0
-        while True:
-            data, size = _read_chunk(fh, carry, self.chunk_bytes)
-            if size == len(carry):
-                break
+        chunks = _Chunks(fh, 0, self.chunk_bytes, self._kernel is not None and self.map_file)
+        while (chunk := chunks.next()) is not None:
+            data, size = chunk
+            file_pos = chunks.file_pos
             if self._kernel is not None:
                 starts, btypes, bases, bigs, end = self._walk_pcapng_native(data, size, file_pos)
             else:
@@ -330,10 +346,8 @@ class CaptureReader:
                 starts, btypes, bases, bigs = np.asarray(frames, dtype=np.int64).reshape(-1, 4).T
             if len(starts):
                 yield self._pcapng_block(data, starts, btypes, bases, bigs, file_pos)
-            file_pos += end
-            carry = data[end:size].tobytes()
-        if carry:
-            self.stats.truncated_tail = len(carry)
+            chunks.consumed(data, size, end)
+        self.stats.truncated_tail = chunks.carry_len
 
     def _walk_pcapng(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
@@ -554,7 +568,7 @@ def open_capture(
 ) -> CaptureReader:
     """Open a pcap or pcapng file; raises ``CaptureError`` when it is neither or cannot be read.
 
-    ``map_file=False`` reads a pcap file into buffers even when the C walk could map it (see the module
+    ``map_file=False`` reads the file into buffers even when the C walks could map it (see the module
     docstring: a mapped file cut short by another process while it is read ends this one with SIGBUS).
     """
     return CaptureReader(path, chunk_bytes, map_file)

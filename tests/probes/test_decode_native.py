@@ -189,7 +189,8 @@ def test_pcapng_interfaces_and_points(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert compare_file(monkeypatch, path, resolve=lambda idx, name, ifindex: f"{name}:{ifindex}") == 12
 
 
-def test_pcapng_many_blocks_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("map_file", [True, False])
+def test_pcapng_many_blocks_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, map_file: bool) -> None:
     data = pcapng_bytes()
     head = 28  # the section header block, then two interface blocks
     for _ in range(2):
@@ -197,7 +198,9 @@ def test_pcapng_many_blocks_across_chunks(monkeypatch: pytest.MonkeyPatch, tmp_p
     packets = data[head:]  # a name resolution block and three packet blocks
     path = tmp_path / "many.pcapng"
     path.write_bytes(data[:head] + packets * 700 + data + packets * 300)  # a second section in the middle
-    assert compare_file(monkeypatch, path) == 3 * 1001
+    assert compare_file(monkeypatch, path, map_file=map_file) == 3 * 1001
+    writeable = {raw.buf.flags.writeable for raw in open_capture(path, 1 << 16, map_file).blocks()}
+    assert writeable == ({False, True} if map_file else {True})  # mapped windows, then the tail read
 
 
 def _pcapng_section(endian: str, body_blocks: list[tuple[int, bytes]]) -> bytes:
