@@ -492,6 +492,8 @@ class ProbeSettings:
     meter: MeterConfig = field(default_factory=MeterConfig)
     l7_settings: L7Settings = field(default_factory=L7Settings)
     publish_interval_s: float = 1.0
+    publish_max_records: int = 8192  # flow records held at most: more are published at once (the capture
+    # loop stalls while a batch is encoded and sent; ~2 us per record, so this bounds the stall to ~20 ms)
     report_interval_s: float = 10.0
     read_timeout_ms: int = 100
     fanout: int | None = None  # PACKET_FANOUT group id: run several probes that share the traffic
@@ -536,6 +538,7 @@ class LiveProbe:
         self.l7: dict[str, BlockFeeder] = {}  # capture point name -> its L7 stage
         self.summary = ProbeSummary()
         self._flows: list[Batch] = []
+        self._pending_flows = 0  # records in self._flows
         self._stop = threading.Event()
         self.started = threading.Event()  # set once the ring is open (capturing)
 
@@ -579,6 +582,8 @@ class LiveProbe:
                 if now >= next_publish:
                     self._publish(time.time_ns())
                     next_publish = now + s.publish_interval_s
+                elif self._pending_flows >= s.publish_max_records:
+                    self._publish_flows()
                 if now >= next_report:
                     self._report(now - started)
                     next_report = now + s.report_interval_s
@@ -609,6 +614,7 @@ class LiveProbe:
         batch = records if isinstance(records, Batch) else Batch.from_records(FlowRecord, records)
         if len(batch):
             self._flows.append(batch)
+            self._pending_flows += len(batch)
 
     def _drain(self) -> None:
         """Before flushing, take what the kernel holds, waiting long enough for it to retire the block
@@ -624,7 +630,7 @@ class LiveProbe:
                 return
             self._process(raw)
 
-    def _publish(self, now_ns: int) -> None:
+    def _publish_flows(self) -> None:
         if self._flows:
             flows = Batch.concat(self._flows)
             points = flows.columns["point"]
@@ -635,7 +641,10 @@ class LiveProbe:
                 flows.columns["iface"] = [self.settings.iface] * len(points)
             self.sink.publish(flows)
             self.summary.flow_records += len(flows)
-            self._flows = []
+            self._flows, self._pending_flows = [], 0
+
+    def _publish(self, now_ns: int) -> None:
+        self._publish_flows()
         requests: list[RequestRecord] = []
         for feeder in self.l7.values():
             feeder.tracker.expire(now_ns)
