@@ -293,13 +293,14 @@ class Decoder:
             block.point_names, block.point_ifaces = tuple(self.point_names), tuple(self.point_ifaces)
             return
         keys = raw.iface.astype(np.int64) << 32 | ifindex
-        uniq, inv = np.unique(keys, return_inverse=True)
+        one = len(keys) > 0 and bool((keys == keys[0]).all())  # one interface (the usual case): no sort
+        uniq, inv = (keys[:1], None) if one else np.unique(keys, return_inverse=True)
         ids = np.empty(len(uniq), np.uint16)
         for j, key in enumerate(uniq.tolist()):
             idx, ifx = key >> 32, key & 0xFFFFFFFF
             name = raw.interfaces[idx].name
             ids[j] = self._point_id((idx, name, ifx))
-        block.point[:] = ids[inv]
+        block.point[:] = ids[0] if inv is None else ids[inv]
         block.point_names, block.point_ifaces = tuple(self.point_names), tuple(self.point_ifaces)
 
     def _point_id(self, key: tuple[int, str, int]) -> int:
