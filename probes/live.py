@@ -492,8 +492,8 @@ class ProbeSettings:
     meter: MeterConfig = field(default_factory=MeterConfig)
     l7_settings: L7Settings = field(default_factory=L7Settings)
     publish_interval_s: float = 1.0
-    publish_max_records: int = 8192  # flow records held at most: more are published at once (the capture
-    # loop stalls while a batch is encoded and sent; ~2 us per record, so this bounds the stall to ~20 ms)
+    publish_max_records: int = 8192  # flow records held before they are published, in batches of this
+    # size between ring reads (the capture loop stalls while a batch is encoded and sent: ~2 us a record)
     report_interval_s: float = 10.0
     read_timeout_ms: int = 100
     fanout: int | None = None  # PACKET_FANOUT group id: run several probes that share the traffic
@@ -583,7 +583,7 @@ class LiveProbe:
                     self._publish(time.time_ns())
                     next_publish = now + s.publish_interval_s
                 elif self._pending_flows >= s.publish_max_records:
-                    self._publish_flows()
+                    self._publish_flows(s.publish_max_records)
                 if now >= next_report:
                     self._report(now - started)
                     next_report = now + s.report_interval_s
@@ -630,18 +630,26 @@ class LiveProbe:
                 return
             self._process(raw)
 
-    def _publish_flows(self) -> None:
-        if self._flows:
-            flows = Batch.concat(self._flows)
-            points = flows.columns["point"]
-            if self.ring.cooked:  # one interface per point: look each distinct point up once
-                names = {p: self._iface_of(p) for p in set(points)}
-                flows.columns["iface"] = [names[p] for p in points]
-            else:
-                flows.columns["iface"] = [self.settings.iface] * len(points)
-            self.sink.publish(flows)
-            self.summary.flow_records += len(flows)
+    def _publish_flows(self, limit: int | None = None) -> None:
+        """Publish the flow records held (at most ``limit`` of them: the rest stay for the next call, so a
+        burst of records, e.g. a meter sweep's, is sent in slices between ring reads)."""
+        if not self._flows:
+            return
+        flows = Batch.concat(self._flows)
+        if limit is not None and len(flows) > limit:
+            rest = flows.slice(limit, len(flows))
+            flows = flows.slice(0, limit)
+            self._flows, self._pending_flows = [rest], len(rest)
+        else:
             self._flows, self._pending_flows = [], 0
+        points = flows.columns["point"]
+        if self.ring.cooked:  # one interface per point: look each distinct point up once
+            names = {p: self._iface_of(p) for p in set(points)}
+            flows.columns["iface"] = [names[p] for p in points]
+        else:
+            flows.columns["iface"] = [self.settings.iface] * len(points)
+        self.sink.publish(flows)
+        self.summary.flow_records += len(flows)
 
     def _publish(self, now_ns: int) -> None:
         self._publish_flows()
