@@ -44,6 +44,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -537,7 +538,7 @@ class LiveProbe:
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
         self.l7: dict[str, BlockFeeder] = {}  # capture point name -> its L7 stage
         self.summary = ProbeSummary()
-        self._flows: list[Batch] = []
+        self._flows: deque[Batch] = deque()  # flow records not yet published, oldest first
         self._pending_flows = 0  # records in self._flows
         self._stop = threading.Event()
         self.started = threading.Event()  # set once the ring is open (capturing)
@@ -633,15 +634,21 @@ class LiveProbe:
     def _publish_flows(self, limit: int | None = None) -> None:
         """Publish the flow records held (at most ``limit`` of them: the rest stay for the next call, so a
         burst of records, e.g. a meter sweep's, is sent in slices between ring reads)."""
-        if not self._flows:
+        taken: list[Batch] = []
+        count = 0
+        while self._flows and (limit is None or count < limit):
+            batch = self._flows[0]
+            if limit is not None and len(batch) > limit - count:  # split the batch crossing the limit
+                taken.append(batch.slice(0, limit - count))
+                self._flows[0] = batch.slice(limit - count, len(batch))
+                count = limit
+            else:
+                taken.append(self._flows.popleft())
+                count += len(batch)
+        self._pending_flows -= count
+        if not taken:
             return
-        flows = Batch.concat(self._flows)
-        if limit is not None and len(flows) > limit:
-            rest = flows.slice(limit, len(flows))
-            flows = flows.slice(0, limit)
-            self._flows, self._pending_flows = [rest], len(rest)
-        else:
-            self._flows, self._pending_flows = [], 0
+        flows = Batch.concat(taken)
         points = flows.columns["point"]
         if self.ring.cooked:  # one interface per point: look each distinct point up once
             names = {p: self._iface_of(p) for p in set(points)}
