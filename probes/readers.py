@@ -32,6 +32,7 @@ import itertools
 import mmap
 import os
 import struct
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ MAX_BLOCK_BYTES: Final = MAX_RECORD_BYTES + 4096
 PAD_BYTES: Final = 512
 DEFAULT_CHUNK_BYTES: Final = 8 << 20
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)  # Linux: map the whole window in one system call
+#: Mapped windows alive at once (a caller keeping every block of a big file): beyond, chunks are read.
+MAX_MAPPED_WINDOWS = 64
 
 _PCAP_MAGICS: Final = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000),  # µs, little-endian
@@ -147,6 +150,7 @@ class _Chunks:
         self.carry_len = 0  # unconsumed bytes of the last chunk (read or mapped)
         self.mapped = False  # the last chunk was a mapped window
         self.map_until = 0  # file size when mapping (0: read only)
+        self.windows: list[weakref.ref[mmap.mmap]] = []  # mappings handed out (alive while a block uses one)
         if map_file:
             with contextlib.suppress(OSError):  # not a file with a size: read it
                 self.map_until = os.fstat(fh.fileno()).st_size
@@ -155,22 +159,32 @@ class _Chunks:
         """The next chunk (buffer, data length), None once nothing new follows the carry."""
         n = self.carry_len + self.chunk_bytes
         if self.map_until - self.file_pos >= n + PAD_BYTES:
-            base = self.file_pos - self.file_pos % mmap.ALLOCATIONGRANULARITY
-            try:
-                window = mmap.mmap(self.fh.fileno(), self.file_pos - base + n + PAD_BYTES,
-                                   mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ, offset=base)  # fmt: skip
-            except OSError:  # a file system without mmap: read instead
-                self.map_until = 0
-            else:
+            data = self._map(n)
+            if data is not None:
                 self.mapped = True
-                return np.frombuffer(window, np.uint8)[self.file_pos - base :], n  # lives as long as the array
+                return data, n
         if self.mapped:  # switching from windows to reads: read the carry again
-            self.mapped, self.map_until = False, 0
+            self.mapped = False
             self.fh.seek(self.file_pos)
             self.carry = self.fh.read(self.carry_len)
             self.carry_len = len(self.carry)
         data, size = _read_chunk(self.fh, self.carry, self.chunk_bytes)
         return None if size == len(self.carry) else (data, size)
+
+    def _map(self, n: int) -> npt.NDArray[np.uint8] | None:
+        """The window of ``n`` bytes (and padding) at ``file_pos``; None to read this chunk instead."""
+        self.windows = [w for w in self.windows if w() is not None]
+        if len(self.windows) >= MAX_MAPPED_WINDOWS:  # the caller keeps many blocks: each mapping holds an fd
+            return None
+        base = self.file_pos - self.file_pos % mmap.ALLOCATIONGRANULARITY
+        try:
+            window = mmap.mmap(self.fh.fileno(), self.file_pos - base + n + PAD_BYTES, mmap.MAP_SHARED | _POPULATE,
+                               mmap.PROT_READ, offset=base)  # fmt: skip
+        except OSError:  # a file system without mmap, or no file descriptor left: read from now on
+            self.map_until = 0
+            return None
+        self.windows.append(weakref.ref(window))
+        return np.frombuffer(window, np.uint8)[self.file_pos - base :]  # unmapped when no view is left
 
     def consumed(self, data: npt.NDArray[np.uint8], size: int, end: int) -> None:
         """The walk used ``data[:end]`` of the chunk ``next`` returned (``size`` bytes)."""

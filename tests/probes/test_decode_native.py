@@ -23,6 +23,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from hopscope.errors import CaptureError
+from hopscope.probes import readers
 from hopscope.probes.decode import Decoder, PointResolver
 from hopscope.probes.packets import COLUMN_NAMES, PacketBlock
 from hopscope.probes.readers import PAD_BYTES, RawBlock, ReadStats, open_capture
@@ -333,3 +334,18 @@ def test_kernel_rejects_arguments_outside_its_buffers() -> None:
     outs = [np.zeros(1, np.int64) for _ in range(4)] + [np.zeros(1, np.uint64)]
     with pytest.raises(ValueError, match="outside the buffer"):
         _decode.pcapng_frames(buf, starts, one * 6, starts * 0, one, np.zeros(1, np.int64), *outs)
+
+
+def test_mapped_windows_are_capped_while_blocks_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A caller keeping every block holds every mapping (each with a file descriptor): past the cap,
+    chunks are read into buffers, and the blocks stay the same."""
+    monkeypatch.setattr(readers, "MAX_MAPPED_WINDOWS", 3)
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i in range(3000):
+        frame = EXTRA_FRAMES[i % len(EXTRA_FRAMES)] + bytes(i % 900)
+        out += struct.pack("<IIII", i, 0, len(frame), len(frame)) + frame
+    path = tmp_path / "kept.pcap"
+    path.write_bytes(out)
+    assert compare_file(monkeypatch, path) == 3000
+    kept = list(open_capture(path, 1 << 16).blocks())
+    assert len(kept) > 6 and sum(not raw.buf.flags.writeable for raw in kept) == 3
