@@ -1,6 +1,6 @@
 /* hopscope.probes._decode: the capture record walk and the decoder's fast path, in C.
  *
- * Three kernels, each the twin of reference code that stays in Python/numpy (and runs when this
+ * Four kernels, each the twin of reference code that stays in Python/numpy (and runs when this
  * module is missing or HOPSCOPE_NATIVE=0; tests/probes/test_decode_native.py compares them):
  *
  *   walk_pcap     probes/readers.py CaptureReader._walk_pcap + _pcap_block: the records of one chunk
@@ -17,6 +17,11 @@
  * Columns cross as buffers (no numpy headers): Python allocates every output array, C fills it.
  * Packets are untrusted: every read is checked against the frame's captured end (and frames against
  * the buffer) before it happens. The loops run without the GIL. No global mutable state.
+ *
+ * Speed (bench/probe_read_decode.py, 1M packets of a 613 MB pcap, one core): walk_pcap 0.016-0.03 s
+ * and decode_fast 0.02 s, against 0.33 s and 0.25 s for the reference code. Both prefetch: the record
+ * walk is a chain of dependent loads (each length gives the next header), so it asks for the bytes
+ * WALK_PREFETCH_BYTES ahead; the decoder asks for the headers of the row PREFETCH_ROWS ahead.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
