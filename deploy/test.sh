@@ -19,6 +19,8 @@ echo "test: mypy"
 # Checked as installed (setup.sh's strict editable install links every module into one tree), from
 # outside the repository, so probes/, store/, ... are seen under their real names hopscope.probes, ...
 (cd / && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" -p hopscope) || failed+=(mypy)
+echo "test: compiled kernels import (probes/csrc, built by setup.sh)"
+.venv/bin/python -c "from hopscope.probes import _decode, _jsonl, _meter, _ring" || failed+=(kernels)
 echo "test: pytest"
 # Services were started above: a test that cannot reach one fails instead of skipping.
 export HOPSCOPE_REQUIRE_SERVICES=1
@@ -30,8 +32,13 @@ if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests" >&2
 fi
 [ "$rc" -eq 0 ] || failed+=(pytest)
+if [ "$#" -eq 0 ]; then
+  # The probe's Python/numpy reference paths (the kernels' specification and fallback), end to end.
+  echo "test: pytest tests/probes on the reference paths (HOPSCOPE_NATIVE=0)"
+  HOPSCOPE_NATIVE=0 .venv/bin/python -m pytest -q tests/probes || failed+=(pytest-reference)
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "test: FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "test: all passed (ruff, mypy, pytest)"
+echo "test: all passed (ruff, mypy, kernels, pytest, pytest on the reference paths)"
