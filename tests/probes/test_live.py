@@ -420,3 +420,33 @@ def test_probe_meters_every_frame_of_a_flood_without_drops(
     tcp_sf = {(f.orig_h, f.orig_p) for f in final if f.proto == 6 and f.conn_state == "SF"}
     assert len(tcp_sf) >= complete * FLOOD_CLIENTS
     assert len({f.orig_h.split(".")[1] for f in final}) == min(sent.cycles + 1, 256)  # renumbered per cycle
+
+
+def test_flood_renumbers_each_cycle_with_valid_checksums(netns_pair: None, tmp_path: Path) -> None:
+    """Every replayed frame keeps correct IPv4, TCP and UDP checksums after the per-cycle renumbering
+    (RFC 1624 incremental updates in lab/flood.c), and cycles differ only in the addresses' second octet."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    from hopscope.lab.flood import run_flood
+    from hopscope.probes.live import PacketRing, RingSettings
+
+    capture = tmp_path / "flood.pcap"
+    per_cycle = _flood_capture(capture)
+    frames: list[bytes] = []
+    with PacketRing(VETH_B, bpf="ip", netns=NS_B, settings=RingSettings(retire_ms=10, zero_copy=False)) as ring:
+        sent = run_flood(VETH_A, capture, pps=20_000, seconds=0.1, netns=NS_A)
+        time.sleep(0.1)
+        while (raw := ring.read(50)) is not None:
+            frames += [raw.frame(i) for i in range(raw.count)]
+    assert len(frames) == sent.sent > 2 * per_cycle
+    for n, frame in enumerate(frames):
+        packet = Ether(frame)
+        ip = packet[IP]
+        cycle = n // per_cycle  # client addresses 10.0.1.x become 10.C.1.x, the server 10.100.0.1 10.(100^C).0.1
+        assert sorted(int(a.split(".")[1]) for a in (ip.src, ip.dst)) == sorted((cycle, cycle ^ 100))
+        l4 = packet[TCP] if TCP in packet else packet[UDP]
+        wire = (ip.chksum, l4.chksum)
+        del ip.chksum, l4.chksum
+        rebuilt = Ether(bytes(packet))
+        assert wire == (rebuilt[IP].chksum, (rebuilt[TCP] if TCP in rebuilt else rebuilt[UDP]).chksum), n
