@@ -30,16 +30,21 @@ and other sessions' work on this shared VM starved both). ``--second-generator P
 the probe's CPU below the probe's priority: one core cannot both send and receive more than ~530k of
 these frames per second (the veth receive path runs in the sender's context).
 
-Measured 2026-11-27 on the 2-vCPU VM, load average 2.3-2.9 from other sessions, meter only (the issue's
-live target: capture + decode + meter), --nice -10:
-  one generator:   400k -> 399,355 pps captured, 0 drops, probe CPU 17%; flat out 527k, 0 drops, 21%.
-  + second at -5:  1M target -> 874-891k pps offered and captured, 0 drops, probe CPU 29-32%; flat out
-                   841-929k pps, 0 drops in 6 of 7 runs (1 frame dropped once with the 128 MiB ring).
-  backlog:         930,304 frames drained at 3.38M frames per wall second of capture work, 0 drops.
-  HOPSCOPE_NATIVE=0 (the numpy/Python reference paths): 0 drops up to 452k pps, then drops (captures
-                   ~500k pps at 81-85% CPU; 600k frames per CPU s; backlog drained at 615k/s).
-  with --l7 (HTTP/DNS stage, this mix is mostly HTTP): 0 drops at 150k pps, drops from 200k
+Measured 2026-11-27 14:47 UTC on the 2-vCPU VM (load average 0.8-1.8), meter only (the issue's live
+target: capture + decode + meter), --nice -10, 128 MiB ring, 5 s per rate:
+  one generator:   400k -> 400,001 pps captured, 0 drops, probe CPU 21%; the generator tops out at
+                   547-571k pps (it also carries the veth receive path): 0 drops, probe CPU 26-33%;
+                   tcpdump -w /dev/null at 547k: 0 drops. Backlog: 560,129 frames drained at 3.49M
+                   frames per wall second of capture work, 0 drops.
+  + second at -5:  800k target -> 778,262 pps offered and captured, 0 drops, probe CPU 32%; 1M target
+                   -> 867,525, 0 drops, 36%; flat out 859,464, 0 drops, 41% (earlier runs: 841-939k, 0
+                   drops in all but two, 1 and 3 frames, at 776k under cProfile and at 939k).
+  HOPSCOPE_NATIVE=0 (the numpy/Python reference paths), same set-up: 0 drops at 341k pps (78% CPU),
+                   drops from 448k on; at most ~458k pps captured; backlog drained at 513k frames/s.
+  with --l7 (HTTP/DNS stage; this mix is mostly HTTP): 0 drops at 150k pps, drops from 200k
                    (~165k frames per CPU s; the L7 stage takes ~85% of the probe's time).
+  A 64 MiB ring (~100 ms of 800k pps of these frames) drops 9k-80k frames per run at 780-900k pps: the
+  meter's once-a-second sweep is one 80-120 ms process_batch call.
 """
 
 from __future__ import annotations
