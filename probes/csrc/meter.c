@@ -1038,7 +1038,7 @@ static PyObject *Engine_process(Engine *e, PyObject *args) {
             ok = 0;
         }
     }
-    for (int v = 0; v < nviews; v++) PyBuffer_Release(&views[v < NCOLS ? v : v]);
+    for (int v = 0; v < nviews; v++) PyBuffer_Release(&views[v]); /* acquired in order: 0 .. nviews-1 */
     if (!ok) return NULL;
     Py_RETURN_NONE;
 }
