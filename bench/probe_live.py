@@ -43,6 +43,10 @@ target: capture + decode + meter), --nice -10, 128 MiB ring, 5 s per rate:
                    drops from 448k on; at most ~458k pps captured; backlog drained at 513k frames/s.
   with --l7 (HTTP/DNS stage; this mix is mostly HTTP): 0 drops at 150k pps, drops from 200k
                    (~165k frames per CPU s; the L7 stage takes ~85% of the probe's time).
+  Re-runs 15:00-15:22 UTC (load 0.0-2.4): two generators flat out 958,708 pps (0 drops, probe CPU 34%;
+  tcpdump 965,583, 0 drops) and 869,536 (0 drops, 32%); 800k target 754-778k offered, 0 drops; one
+  generator 565-579k, 0 drops, 25-27%; backlogs of 1,165,824 and 594,432 frames drained at 2.97M and
+  3.75M frames/s; --l7: 0 drops at 200k pps, probe CPU 100% (170k frames per CPU s).
   A 64 MiB ring (~100 ms of 800k pps of these frames) drops 9k-80k frames per run at 780-900k pps: the
   meter's once-a-second sweep is one 80-120 ms process_batch call.
 """
