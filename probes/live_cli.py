@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from hopscope.probes.l7 import L7Settings
-    from hopscope.probes.live import FileSink, LiveProbe, ProbeSettings, RingSettings
+    from hopscope.probes.live import LIVE_SWEEP_S, FileSink, LiveProbe, ProbeSettings, RingSettings
     from hopscope.probes.meter import MeterConfig
 
     if not args.kafka and not args.out:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         fanout=args.fanout,
         report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
-        meter=MeterConfig(max_flows=args.max_flows),
+        meter=MeterConfig(max_flows=args.max_flows, sweep_every_s=LIVE_SWEEP_S),
         l7_settings=L7Settings(max_connections=args.max_connections),
         **({"host": args.host} if args.host else {}),
     )
