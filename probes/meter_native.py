@@ -4,8 +4,9 @@
 (``hopscope.probes.kernels``). Per block, Python only maps the block's point and tunnel names to the
 meter-wide ids and name hashes (a handful per block) and hands the columns to the kernel, which meters
 every ok row in C (flow table, TCP state machine, counters, payload hashes, Community IDs, sweeps) and
-fills ``flow_id``/``from_orig``. Records come back as one int64 matrix plus history text and Community
-IDs, and are turned into a ``FlowRecord`` batch column-wise here (addresses through the owner's cache).
+fills ``flow_id``/``from_orig``. Records come back as one int64 matrix plus one text buffer (per record
+the two addresses, history and Community ID, NUL-separated: one ``str.split`` yields all four text
+columns), turned into a ``FlowRecord`` batch column-wise here.
 
 The numpy path in ``meter.py`` stays the reference: tests/probes/test_meter_native.py runs both on the
 same captures and compares every record.
@@ -89,36 +90,30 @@ class NativeMeter:
 
     def take(self) -> Batch:
         """The records the engine emitted since the last call, as a FlowRecord batch."""
-        raw, n, history, cids = self.engine.take()
+        raw, n, text = self.engine.take()
         if n == 0:
             return Batch(FlowRecord, {}, 0)
         words = np.frombuffer(raw, np.int64).reshape(n, len(self.field))
         unsigned = words.view(np.uint64)
         f, o = self.field, self.owner
         points = words[:, f["point"]]
+        texts = text.decode("ascii").split("\0")  # 4 per record (and an empty one after the last NUL)
         cols: dict[str, Any] = {
             "point": np.array(o.point_names, object)[points].tolist(),
             "iface": np.array(o.point_ifaces, object)[points].tolist(),
             "tunnel": np.array(o.tunnel_names, object)[words[:, f["tunnel"]]].tolist(),
             "host": [o.host] * n, "hop_kind": [o.hop_kind] * n,
-            "orig_h": o._addresses(unsigned[:, f["orig_hi"]].copy(), unsigned[:, f["orig_lo"]].copy()),
-            "resp_h": o._addresses(unsigned[:, f["resp_hi"]].copy(), unsigned[:, f["resp_lo"]].copy()),
+            "orig_h": texts[0 : 4 * n : 4], "resp_h": texts[1 : 4 * n : 4],
+            "history": texts[2 : 4 * n : 4], "community_id": texts[3 : 4 * n : 4],
             "flow_id": unsigned[:, f["flow_id"]],
             "orig_payload_hash": unsigned[:, f["orig_payload_hash"]],
             "resp_payload_hash": unsigned[:, f["resp_payload_hash"]],
             "conn_state": self.conn_states[words[:, f["conn_state"]]].tolist(),
             "close_type": self.close_types[words[:, f["close_type"]]].tolist(),
-            "history": _slices(history.decode("ascii"), words[:, f["hist_off"]], words[:, f["hist_len"]]),
-            "community_id": cids.decode("ascii"),
         }  # fmt: skip
-        cid = cols["community_id"]
-        cols["community_id"] = [cid[k : k + 30] for k in range(0, 30 * n, 30)]
         for name in _INTS:
             cols[name] = words[:, f[name]]
         for name in _ANCHORS:
             cols[name] = np.minimum(words[:, f[name]], 0xFFFFFFFF)
         return Batch(FlowRecord, cols, n)
 
-
-def _slices(text: str, offsets: Any, lengths: Any) -> list[str]:
-    return [text[a : a + m] for a, m in zip(offsets.tolist(), lengths.tolist(), strict=True)]

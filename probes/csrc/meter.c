@@ -17,8 +17,9 @@
  *     checked at sweeps every sweep_every_s of capture time (the block-local running maximum of packet
  *     times, exactly where meter.py slices blocks); the reason, conn_state and close_type of records.
  *
- * Records are appended to an output buffer (RECORD_FIELDS int64 words each, plus history text and the
- * 30-byte Community ID) that Python takes with take() and turns into a FlowRecord batch column-wise.
+ * Records are appended to an output buffer (RECORD_FIELDS int64 words each, plus their text: the two
+ * addresses, history and Community ID, NUL-separated) that Python takes with take() and turns into a
+ * FlowRecord batch column-wise.
  * The GIL is released while packets are metered; one Engine must not be used by two threads at once
  * (a busy flag turns that into a RuntimeError).
  *
@@ -28,9 +29,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "hashes.h"
 
@@ -72,7 +75,7 @@ enum {
     R_FLOW_ID, R_START, R_END, R_IPVER, R_PROTO, R_ORIG_P, R_RESP_P, R_VLAN, R_POINT, R_TUNNEL,
     R_ORIG_HI, R_ORIG_LO, R_RESP_HI, R_RESP_LO, R_STATS, /* 12 words, meter.STAT_NAMES order */
     R_OHASH = R_STATS + 12, R_RHASH, R_SYN_SEQ, R_SYNACK_SEQ, R_SYN_IP_ID, R_RTT_C, R_RTT_S, R_FINAL,
-    R_STATE, R_CLOSE, R_HIST_OFF, R_HIST_LEN, NF
+    R_STATE, R_CLOSE, NF
 };
 static const char *FIELD_NAMES[NF] = {
     "flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "point", "tunnel",
@@ -80,7 +83,7 @@ static const char *FIELD_NAMES[NF] = {
     "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
     "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win", "resp_zero_win",
     "orig_payload_hash", "resp_payload_hash", "syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us",
-    "rtt_server_us", "final", "conn_state", "close_type", "hist_off", "hist_len",
+    "rtt_server_us", "final", "conn_state", "close_type",
 };
 /* stats word = 2 * kind + direction */
 enum { S_PKTS = 0, S_BYTES = 2, S_IP_BYTES = 4, S_RTX = 6, S_OOO = 8, S_ZW = 10 };
@@ -136,9 +139,8 @@ typedef struct {
     /* output */
     int64_t *out;
     int64_t nout, out_cap;
-    char *hist_out;
-    int64_t hist_len, hist_cap;
-    char *cid_out;
+    char *text; /* per record: orig_h NUL resp_h NUL history NUL community_id NUL */
+    int64_t text_len, text_cap;
     /* counters */
     int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused;
     int busy, oom;
@@ -503,36 +505,43 @@ static void community_id(Engine *e, const flow_t *f, char out[CID_LEN]) {
 
 /* ---- emission ------------------------------------------------------------------------------ */
 
-static int out_reserve(Engine *e, int64_t hist_extra) {
+static int out_reserve(Engine *e, int64_t text_extra) {
     if (e->nout >= e->out_cap) {
         int64_t cap = e->out_cap ? e->out_cap * 2 : 4096;
         int64_t *out = realloc(e->out, (size_t)cap * NF * sizeof *out);
-        char *cid = realloc(e->cid_out, (size_t)cap * CID_LEN);
-        if (out) e->out = out;
-        if (cid) e->cid_out = cid;
-        if (!out || !cid) {
+        if (!out) {
             e->oom = 1;
             return -1;
         }
+        e->out = out;
         e->out_cap = cap;
     }
-    if (e->hist_len + hist_extra > e->hist_cap) {
-        int64_t cap = e->hist_cap ? e->hist_cap : 1 << 16;
-        while (cap < e->hist_len + hist_extra) cap *= 2;
-        char *h = realloc(e->hist_out, (size_t)cap);
-        if (!h) {
+    if (e->text_len + text_extra > e->text_cap) {
+        int64_t cap = e->text_cap ? e->text_cap : 1 << 18;
+        while (cap < e->text_len + text_extra) cap *= 2;
+        char *t = realloc(e->text, (size_t)cap);
+        if (!t) {
             e->oom = 1;
             return -1;
         }
-        e->hist_out = h;
-        e->hist_cap = cap;
+        e->text = t;
+        e->text_cap = cap;
     }
     return 0;
 }
 
+/* The text of an address (halves as in packets.py; IPv4-mapped as a dotted quad, like
+ * socket.inet_ntop on packets.packed_addr) at t, NUL-terminated; returns its length. */
+static int64_t address_text(uint64_t hi, uint64_t lo, char *t) {
+    uint8_t raw[16];
+    int n = pack_addr(hi, lo, raw);
+    if (!inet_ntop(n == 4 ? AF_INET : AF_INET6, raw, t, INET6_ADDRSTRLEN)) t[0] = 0;
+    return (int64_t)strlen(t);
+}
+
 /* Append the record of flow f (final or interim) to the output. */
 static void emit(Engine *e, flow_t *f, int final, int why) {
-    if (out_reserve(e, (int64_t)f->hist_len + 1) < 0) return;
+    if (out_reserve(e, (int64_t)f->hist_len + 2 * INET6_ADDRSTRLEN + CID_LEN + 8) < 0) return;
     int64_t *r = e->out + e->nout * NF;
     r[R_FLOW_ID] = (int64_t)f->flow_id;
     r[R_START] = f->start_ns;
@@ -561,15 +570,17 @@ static void emit(Engine *e, flow_t *f, int final, int why) {
     int ack_miss = f->synack_seq != 0 && f->rtt_client_us == 0;
     r[R_STATE] = state;
     r[R_CLOSE] = close_type(state, why, final, f->proto, ack_miss);
-    char *h = e->hist_out + e->hist_len;
-    int64_t n = 0;
-    if (f->flipped && (f->proto == P_TCP || f->proto == P_UDP)) h[n++] = '^';
-    memcpy(h + n, hist_text(f), f->hist_len);
+    char *t = e->text + e->text_len;
+    int64_t n = address_text(f->orig_hi, f->orig_lo, t) + 1;
+    n += address_text(f->resp_hi, f->resp_lo, t + n) + 1;
+    if (f->flipped && (f->proto == P_TCP || f->proto == P_UDP)) t[n++] = '^';
+    memcpy(t + n, hist_text(f), f->hist_len);
     n += f->hist_len;
-    r[R_HIST_OFF] = e->hist_len;
-    r[R_HIST_LEN] = n;
-    e->hist_len += n;
-    community_id(e, f, e->cid_out + e->nout * CID_LEN);
+    t[n++] = 0;
+    community_id(e, f, t + n);
+    n += CID_LEN;
+    t[n++] = 0;
+    e->text_len += n;
     e->nout++;
 }
 
@@ -930,8 +941,7 @@ static void Engine_dealloc(Engine *e) {
     free(e->ix_slots);
     free(e->retiring);
     free(e->out);
-    free(e->hist_out);
-    free(e->cid_out);
+    free(e->text);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1058,12 +1068,12 @@ static PyObject *Engine_flush(Engine *e, PyObject *args) {
     return PyLong_FromSsize_t(done);
 }
 
-/* take() -> (records: bytes of n * NF int64, n, history text: bytes, community ids: bytes of n * 30) */
+/* take() -> (records: bytes of n * NF int64, n, text: bytes, per record orig_h, resp_h, history and
+ * community_id, each followed by a NUL) */
 static PyObject *Engine_take(Engine *e, PyObject *noargs) {
-    PyObject *res = Py_BuildValue("(y#ny#y#)", (const char *)e->out, (Py_ssize_t)(e->nout * NF * 8),
-                                  (Py_ssize_t)e->nout, e->hist_out ? e->hist_out : "", (Py_ssize_t)e->hist_len,
-                                  e->cid_out ? e->cid_out : "", (Py_ssize_t)(e->nout * CID_LEN));
-    if (res) e->nout = e->hist_len = 0;
+    PyObject *res = Py_BuildValue("(y#ny#)", e->out ? (const char *)e->out : "", (Py_ssize_t)(e->nout * NF * 8),
+                                  (Py_ssize_t)e->nout, e->text ? e->text : "", (Py_ssize_t)e->text_len);
+    if (res) e->nout = e->text_len = 0;
     return res;
 }
 

@@ -125,7 +125,13 @@ def test_kernel_rejects_bad_columns() -> None:
 # --- generated traffic -----------------------------------------------------------------------------
 
 _FLAGS = [0x02, 0x12, 0x10, 0x18, 0x11, 0x01, 0x04, 0x14, 0x06, 0x03, 0x05, 0x00, 0x19, 0x16]
-_ENDPOINTS = [(0x0A000001, 40000), (0x0A000002, 80), (0x0A000003, 53), (0x0A000001, 40001), (0x0A000002, 8080)]
+_V4 = 0xFFFF_0000_0000
+# (address hi, address lo, port): IPv4-mapped, IPv6 (text form by inet_ntop in both meters), IPv4-compatible
+_ENDPOINTS = [
+    (0, _V4 | 0x0A000001, 40000), (0, _V4 | 0x0A000002, 80), (0, _V4 | 0x0A000003, 53), (0, _V4 | 0x0A000001, 40001),
+    (0, _V4 | 0x0A000002, 8080), (0x20010DB8_00000000, 1, 443), (0x20010DB8_00000000, 0xAB, 50000),
+    (0, 0x0A000009, 9999), (0xFE800000_00000000, 0x0211_22FF_FE33_4455, 22),
+]  # fmt: skip
 
 packet = st.tuples(
     st.integers(0, len(_ENDPOINTS) - 1), st.integers(0, len(_ENDPOINTS) - 1),  # src, dst endpoint
@@ -149,12 +155,12 @@ def _block(packets: list[tuple[int, ...]]) -> PacketBlock:
     ts = 1_700_000_000_000_000_000
     for i, (s, d, proto, flags, seq, plen, step, window, sel, itype) in enumerate(packets):
         ts += step * 1_000_000
-        (sa, sp), (da, dp) = _ENDPOINTS[s], _ENDPOINTS[d]
+        (sh, sl, sp), (dh, dl, dp) = _ENDPOINTS[s], _ENDPOINTS[d]
         block.ts_ns[i] = ts
         block.status[i] = PacketStatus.OK if i % 17 != 16 else PacketStatus.NOT_IP
-        block.ip_version[i] = 4
+        block.ip_version[i] = 4 if sh == 0 and sl >> 32 == 0xFFFF else 6
         block.proto[i] = proto
-        block.src_lo[i], block.dst_lo[i] = 0xFFFF_0000_0000 | sa, 0xFFFF_0000_0000 | da
+        block.src_hi[i], block.src_lo[i], block.dst_hi[i], block.dst_lo[i] = sh, sl, dh, dl
         block.sport[i], block.dport[i] = (itype, 0) if proto in (1, 58) else (sp, dp)
         block.tcp_flags[i] = flags if proto == 6 else 0
         block.seq[i] = seq if proto == 6 else 0
