@@ -52,6 +52,8 @@ NO_SEQ: Final = -(1 << 62)
 PAIRS: Final[dict[str, int]] = {
     "seq_base": -1, "max_end": NO_SEQ, "first_seq": -1, "last_syn": -1, "last_fin": -1, "last_rst": -1,
 }  # fmt: skip
+#: The TCP handshake anchors a FlowRecord carries (columns above, clamped to 32 bits on output).
+ANCHOR_NAMES: Final = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
 STAT_NAMES: Final = (
     "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
     "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win",

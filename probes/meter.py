@@ -57,7 +57,7 @@ import numpy.typing as npt
 
 from hopscope.probes import kernels, tcpstate
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_ids
-from hopscope.probes.flowtable import NO_SEQ, STAT_NAMES, FlowTable
+from hopscope.probes.flowtable import ANCHOR_NAMES, NO_SEQ, STAT_NAMES, FlowTable
 from hopscope.probes.meter_native import NativeMeter
 from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
 from hopscope.probes.tcpstate import TcpConn
@@ -214,7 +214,7 @@ class FlowMeter:
     def _sync_counters(self) -> None:
         assert self.native is not None
         for name, value in self.native.counters().items():
-            if value and name != "table_flows":
+            if value:
                 self.counters[name] = value
 
     def _take_pending(self) -> Batch:
@@ -873,8 +873,7 @@ class FlowMeter:
     def _tcp_columns(self, slots: I64, proto: I64, stats: I64, reasons: list[str], final: bool) -> dict[str, Any]:
         """conn_state, history, close_type and the handshake anchors of the flows in ``slots``."""
         t, c = self.table, self.table.cols
-        anchors = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
-        values = {a: c[a][slots] for a in anchors}
+        values = {a: c[a][slots] for a in ANCHOR_NAMES}
         sized = ((stats[:, 2] > 0) | (stats[:, 3] > 0)).tolist()
         states, histories = [], []
         tcp = [t.tcp[s] for s in slots.tolist()]
@@ -901,7 +900,7 @@ class FlowMeter:
                 state, reason, is_tcp, miss = key
                 close = memo[key] = close_type(state, reason, final, TCP if is_tcp else 0, int(miss), 0)
             closes.append(close)
-        for a in anchors:
+        for a in ANCHOR_NAMES:
             values[a] = np.minimum(values[a], 0xFFFFFFFF)
         return {"conn_state": states, "history": histories, "close_type": closes, **values}
 

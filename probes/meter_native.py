@@ -20,35 +20,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS
-from hopscope.probes.flowtable import STAT_NAMES
+from hopscope.probes.flowtable import ANCHOR_NAMES, STAT_NAMES
 from hopscope.probes.packets import PacketBlock
 from hopscope.records import Batch, FlowRecord
 
 if TYPE_CHECKING:
     from hopscope.probes.meter import FlowMeter
 
-_NS: Final = 1_000_000_000
-_ANCHORS: Final = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
 _INTS: Final = ("start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "final", *STAT_NAMES)
-
-
-def _pair_tables(pairs: dict[int, int]) -> tuple[bytes, bytes]:
-    counterpart, two_way = bytearray(256), bytearray(256)
-    for t, c in pairs.items():
-        counterpart[t], two_way[t] = c, 1
-    return bytes(counterpart), bytes(two_way)
 
 
 class NativeMeter:
     """One ``_meter.Engine`` and the glue between it and its owning ``FlowMeter``."""
 
     def __init__(self, module: ModuleType, owner: FlowMeter) -> None:
-        from hopscope.probes.meter import LIKELY_SERVER
+        from hopscope.probes.meter import _ICMP4, _ICMP6, _NS, LIKELY_SERVER
 
         cfg = owner.config
-        p4, t4 = _pair_tables(ICMP4_PAIRS)
-        p6, t6 = _pair_tables(ICMP6_PAIRS)
+        p4, t4, p6, t6 = (table.astype(np.uint8).tobytes() for table in (*_ICMP4, *_ICMP6))
         self.engine = module.Engine(
             int(cfg.tcp_idle_timeout_s * _NS), int(cfg.udp_idle_timeout_s * _NS), int(cfg.linger_s * _NS),
             int(cfg.interval_s * _NS), max(int(cfg.sweep_every_s * _NS), 1), int(cfg.max_flows),
@@ -113,7 +102,7 @@ class NativeMeter:
         }  # fmt: skip
         for name in _INTS:
             cols[name] = words[:, f[name]]
-        for name in _ANCHORS:
+        for name in ANCHOR_NAMES:
             cols[name] = np.minimum(words[:, f[name]], 0xFFFFFFFF)
         return Batch(FlowRecord, cols, n)
 

@@ -134,6 +134,7 @@ typedef struct {
     int64_t ix_cap; /* power of two; empty entry: key 0 */
     /* slice state */
     int64_t now_ns, next_sweep_ns;
+    int64_t flush_from; /* flush(): the slot its next call starts at (0 after a pass ends) */
     int32_t *retiring;
     int64_t nretiring, retiring_cap;
     /* output */
@@ -1053,17 +1054,21 @@ static PyObject *Engine_process(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* flush(chunk): final records for up to `chunk` flows still in the table; returns how many. */
+/* flush(chunk): final records for up to `chunk` flows still in the table; returns how many. Successive
+ * calls make one pass over the slots (a pass ends with a call returning fewer than `chunk`), so
+ * flushing a big table in chunks reads it once, not once per chunk. */
 static PyObject *Engine_flush(Engine *e, PyObject *args) {
     Py_ssize_t chunk;
     if (!PyArg_ParseTuple(args, "n", &chunk)) return NULL;
     if (e->busy) return PyErr_Format(PyExc_RuntimeError, "Engine used by two threads at once");
     Py_ssize_t done = 0;
-    for (int64_t s = 0; s < e->nslots && done < chunk; s++) {
+    int64_t s = e->flush_from; /* each call goes on where the last stopped: one pass over the table */
+    for (; s < e->nslots && done < chunk; s++) {
         if (!e->flows[s].used) continue;
         finish(e, (int32_t)s, e->flows[s].closed_ns ? WHY_NONE : WHY_UNFINISHED);
         done++;
     }
+    e->flush_from = done < chunk ? 0 : s;
     if (e->oom) return PyErr_NoMemory();
     return PyLong_FromSsize_t(done);
 }
@@ -1078,10 +1083,9 @@ static PyObject *Engine_take(Engine *e, PyObject *noargs) {
 }
 
 static PyObject *Engine_counters(Engine *e, PyObject *noargs) {
-    return Py_BuildValue("{sLsLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
+    return Py_BuildValue("{sLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
                          "records", (long long)e->c_records, "interim_records", (long long)e->c_interim,
-                         "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused,
-                         "table_flows", (long long)e->used);
+                         "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused);
 }
 
 static PyMethodDef Engine_methods[] = {

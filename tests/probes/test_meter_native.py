@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hopscope.probes import kernels
 from hopscope.probes.decode import Decoder
 from hopscope.probes.meter import FlowMeter, MeterConfig
-from hopscope.probes.packets import PacketBlock, PacketStatus
+from hopscope.probes.packets import COLUMN_NAMES, PacketBlock, PacketStatus
 from hopscope.probes.readers import open_capture
 from hopscope.records import Batch
 
@@ -181,9 +181,7 @@ def _split(block: PacketBlock, cuts: list[int]) -> list[PacketBlock]:
     parts, start = [], 0
     for stop in [*cuts, block.count]:
         part = PacketBlock.empty(stop - start, block.buf)
-        for name in ("ts_ns", "status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport",
-                     "dport", "tcp_flags", "seq", "window", "ip_id", "ip_len", "payload_off", "payload_len",
-                     "payload_caplen", "vlan", "point", "tunnel"):  # fmt: skip
+        for name in COLUMN_NAMES:
             getattr(part, name)[:] = getattr(block, name)[start:stop]
         part.point_names, part.point_ifaces, part.tunnels = block.point_names, block.point_ifaces, block.tunnels
         parts.append(part)
