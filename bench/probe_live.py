@@ -66,6 +66,7 @@ import time
 from pathlib import Path
 
 from hopscope.lab.flood import FloodResult, build_flood, prioritized, run_flood
+from hopscope.lab.services import start_watched
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("HOPSCOPE_VAR", ROOT / "var"))
@@ -146,26 +147,6 @@ def _softirq_s(cpu: str) -> float:
     return 0.0
 
 
-def _start_probe(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # the in-tree package and kernels
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "capturing on" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    if not ready.wait(60):
-        proc.kill()
-        raise SystemExit("the probe did not start:\n" + "".join(lines))
-    return proc, lines, reader
-
-
 def bench_probe(
     capture: Path, pps: int, args: argparse.Namespace, profile: str = "", backlog: bool = False
 ) -> dict[str, object]:
@@ -180,7 +161,8 @@ def bench_probe(
            "--iface", VETH_B, "--point", "bench", "--out", out, "--report-interval", "2",
            "--ring-mb", str(args.backlog_mb if backlog else args.ring_mb),
            *([] if args.l7 else ["--no-l7"])]  # fmt: skip
-    proc, lines, reader = _start_probe(cmd)
+    watched = start_watched(cmd, "capturing on", cwd=ROOT)  # cwd: the in-tree package and kernels
+    proc = watched.proc
     try:
         time.sleep(0.5)
         if backlog:
@@ -193,11 +175,10 @@ def bench_probe(
         time.sleep(4.0 if backlog else 1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(300)
-        reader.join(10)
+        watched.finish(300)
     if proc.returncode != 0:
-        raise SystemExit(f"probe failed ({proc.returncode}):\n{''.join(lines)}")
-    summary = json.loads(lines[-1])
+        raise SystemExit(f"probe failed ({proc.returncode}):\n{''.join(watched.lines)}")
+    summary = json.loads(watched.lines[-1])
     return {"target": pps, "generator": gen, "summary": summary, "cpu_s": cpu_s, "softirq_s": softirq_s}
 
 

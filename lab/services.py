@@ -14,6 +14,7 @@ import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,43 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+
+@dataclass
+class Watched:
+    """A foreground process whose stderr lines a thread collects into ``lines`` as they come."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str]
+    reader: threading.Thread
+
+    def finish(self, timeout: float = 60.0) -> str:
+        """Wait until the process exited (signal it first); return its whole stderr."""
+        self.proc.wait(timeout)
+        self.reader.join(10)  # stderr is closed once the process exited
+        return "".join(self.lines)
+
+
+def start_watched(argv: list[str], ready: str, cwd: str | Path | None = None, timeout: float = 60.0) -> Watched:
+    """Start ``argv`` and return once a line of its stderr contains ``ready``; on ``timeout`` kill it and
+    raise LabError with what it printed (the live probe logs "capturing on" when its ring is bound)."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if ready in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not seen.wait(timeout):
+        proc.kill()
+        raise LabError(f"{argv[0]} did not print {ready!r} within {timeout} s:\n" + "".join(lines))
+    return Watched(proc, lines, reader)
 
 
 def start_daemon(name: str, netns: str, argv: list[str], log: Path, ready: str | None, timeout: float = 20.0) -> Daemon:

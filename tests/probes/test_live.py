@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from hopscope.lab.services import Watched, start_watched
 from hopscope.records import FlowRecord, RequestRecord
 
 pytestmark = pytest.mark.lab
@@ -121,32 +122,9 @@ def _client() -> None:
     )
 
 
-def _start_probe(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+def _start_probe(cmd: list[str]) -> Watched:
     """Start ``hopscope -v probe ...`` and return once it logged that it is capturing."""
-    cmd = [*cmd[:3], "-v", *cmd[3:]]  # python -m hopscope -v probe ...
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd="/")
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "capturing on" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    if not ready.wait(60):
-        proc.kill()
-        raise AssertionError("the probe did not start capturing:\n" + "".join(lines))
-    return proc, lines, reader
-
-
-def _finish_probe(proc: subprocess.Popen[str], lines: list[str], reader: threading.Thread) -> str:
-    proc.wait(60)
-    reader.join(10)  # stderr is closed once the probe exited
-    return "".join(lines)
+    return start_watched([*cmd[:3], "-v", *cmd[3:]], "capturing on", cwd="/")  # python -m hopscope -v probe ...
 
 
 def _check_records(flows: list[FlowRecord], requests: list[RequestRecord]) -> None:
@@ -193,13 +171,13 @@ def test_probe_command_flushes_on_sigterm_and_exits_zero(netns_pair: None, tmp_p
     out = tmp_path / "records.jsonl"
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "cli-point",
            "--netns", NS_A, "--out", str(out), "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
-    proc, lines, reader = _start_probe(cmd)
+    probe = _start_probe(cmd)
     try:
         _client()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        stderr = _finish_probe(proc, lines, reader)
-    assert proc.returncode == 0, stderr
+        probe.proc.send_signal(signal.SIGTERM)
+        stderr = probe.finish()
+    assert probe.proc.returncode == 0, stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     flows = [FlowRecord(**{k: v for k, v in r.items() if k != "table"}) for r in rows if r["table"] == "flows"]
     requests = [RequestRecord(**{k: v for k, v in r.items() if k != "table"}) for r in rows if r["table"] == "requests"]
@@ -219,13 +197,13 @@ def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str
     consumer = KafkaRecordConsumer(kafka_bootstrap, f"probe-{prefix}", tables=["flows", "requests"], prefix=prefix)
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "kafka-point", "--netns", NS_A,
            "--kafka", kafka_bootstrap, "--topic", prefix, "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
-    proc, lines, reader = _start_probe(cmd)
+    probe = _start_probe(cmd)
     try:
         _client()
     finally:
-        proc.send_signal(signal.SIGINT)
-        stderr = _finish_probe(proc, lines, reader)
-    assert proc.returncode == 0, stderr
+        probe.proc.send_signal(signal.SIGINT)
+        stderr = probe.finish()
+    assert probe.proc.returncode == 0, stderr
     flows: list[FlowRecord] = []
     requests: list[RequestRecord] = []
     deadline = time.monotonic() + 30
