@@ -285,14 +285,16 @@ class CaptureReader:
         caplen = _words(data, endian)[starts + 8]
         bad = np.flatnonzero(caplen > MAX_RECORD_BYTES)
         if len(bad):
-            at = int(starts[bad[0]])
-            raise CaptureError(
-                f"{self.path}: corrupt pcap record at offset {file_pos + at}: "
-                f"captured length {int(caplen[bad[0]])} exceeds {MAX_RECORD_BYTES}"
-            )
+            raise self._oversized(file_pos + int(starts[bad[0]]), int(caplen[bad[0]]))
         if pos > n:  # the last record continues in the next chunk (or the file is cut there)
             pos = offs.pop()
         return offs, pos
+
+    def _oversized(self, offset: int, caplen: int) -> CaptureError:
+        """The error for a pcap record whose captured length is beyond any real frame (both walks)."""
+        return CaptureError(
+            f"{self.path}: corrupt pcap record at offset {offset}: captured length {caplen} exceeds {MAX_RECORD_BYTES}"
+        )
 
     def _walk_pcap_native(
         self, data: npt.NDArray[np.uint8], n: int, endian: str, ns_per_unit: int,
@@ -307,10 +309,7 @@ class CaptureReader:
             data, n, 0, 0, endian == ">", ns_per_unit, MAX_RECORD_BYTES, offset, caplen, origlen, ts_ns
         )
         if bad_pos >= 0:
-            raise CaptureError(
-                f"{self.path}: corrupt pcap record at offset {file_pos + bad_pos}: "
-                f"captured length {bad_caplen} exceeds {MAX_RECORD_BYTES}"
-            )
+            raise self._oversized(file_pos + bad_pos, bad_caplen)
         if count == 0:
             return None, end
         self.stats.frames += count
