@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 import warnings
 from collections.abc import Iterator
 
@@ -38,40 +39,36 @@ def kafka_bootstrap() -> str:
     return KAFKA_BOOTSTRAP
 
 
+_PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this session
+
+
+def topic_prefix(stem: str) -> str:
+    """A fresh Kafka topic prefix for one test (``stem`` + 10 hex digits). Its topics (``PREFIX.*``) are
+    deleted when the test session ends."""
+    name = f"{stem}{uuid.uuid4().hex[:10]}"
+    _PREFIXES.append(name)
+    return name
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _kafka_topics_cleaned_up() -> Iterator[None]:
-    """Delete the Kafka topics this test session created (each test makes its own prefix), so runs do
-    not pile up partitions on the broker: thousands of old test topics made a restart recover for
-    minutes. Topics that existed before the session are left alone."""
-    before = _topics()
+    """Delete the topics of the prefixes this session handed out (``topic_prefix``), so runs do not pile
+    up partitions on the broker: thousands of old test topics made a restart recover for minutes. Only
+    this session's prefixes: a test session running at the same time keeps its topics."""
     yield
-    if before is None:
+    if not _PREFIXES or not _listening(KAFKA_BOOTSTRAP):
         return
-    after = _topics()
-    created = sorted((after or set()) - before)
-    if created:
-        from kafka.admin import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
-            try:
-                for start in range(0, len(created), 100):
-                    admin.delete_topics(created[start : start + 100], timeout_ms=30_000)
-            finally:
-                admin.close()
-        except (KafkaError, OSError) as exc:  # a clean-up problem is not a test failure: say it
-            warnings.warn(f"could not delete {len(created)} test topics: {exc}", stacklevel=1)
-
-
-def _topics() -> set[str] | None:
-    """The broker's topics, or None when Kafka is not running."""
-    if not _listening(KAFKA_BOOTSTRAP):
-        return None
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=10_000)
     try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
+        admin = KafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
+        try:
+            ours = tuple(f"{p}." for p in _PREFIXES)
+            created = sorted(t for t in admin.list_topics() if t.startswith(ours))
+            for start in range(0, len(created), 100):
+                admin.delete_topics(created[start : start + 100], timeout_ms=30_000)
+        finally:
+            admin.close()
+    except (KafkaError, OSError) as exc:  # a clean-up problem is not a test failure: say it
+        warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)

@@ -25,7 +25,7 @@ from hopscope.records import Batch, FlowRecord
 from hopscope.store import store_from_url
 from hopscope.transport import InProcessTransport
 from hopscope.transport.kafka import KafkaPublisher, ensure_topics
-from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service
+from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service, topic_prefix
 from tests.tcpproxy import TcpProxy
 
 HOPSCOPE = [sys.executable, "-m", "hopscope"]
@@ -65,7 +65,7 @@ def server_db() -> Iterator[str]:
 @pytest.mark.clickhouse
 def test_kafka_to_clickhouse_to_api(server_db: str) -> None:
     require_service("Kafka", KAFKA_BOOTSTRAP)
-    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    prefix = topic_prefix("e2e")
     ensure_topics(KAFKA_BOOTSTRAP, prefix=prefix)
     sent = _flows(3000, point=f"e2e-{prefix}")
     publisher = KafkaPublisher(KAFKA_BOOTSTRAP, prefix=prefix)

@@ -188,11 +188,10 @@ def test_probe_command_flushes_on_sigterm_and_exits_zero(netns_pair: None, tmp_p
 
 @pytest.mark.kafka
 def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str) -> None:
-    import uuid
-
     from hopscope.transport.kafka import KafkaRecordConsumer, ensure_topics
+    from tests.conftest import topic_prefix
 
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = topic_prefix("t")
     ensure_topics(kafka_bootstrap, prefix=prefix)
     consumer = KafkaRecordConsumer(kafka_bootstrap, f"probe-{prefix}", tables=["flows", "requests"], prefix=prefix)
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "kafka-point", "--netns", NS_A,

@@ -12,6 +12,7 @@ from hopscope.errors import UnavailableError
 from hopscope.records import Batch, FlowRecord
 from hopscope.transport.base import correlation_keys, partition_of, split_by_partition
 from hopscope.transport.kafka import KafkaPublisher, KafkaRecordConsumer, ensure_topics
+from tests.conftest import topic_prefix
 
 pytestmark = pytest.mark.kafka
 
@@ -28,7 +29,7 @@ def _flows(n: int, seed: int) -> Batch:
 @pytest.fixture
 def prefix(kafka_bootstrap: str) -> str:
     """Topics of this test alone, so nothing earlier on the broker is read again."""
-    name = f"t{uuid.uuid4().hex[:10]}"
+    name = topic_prefix("t")
     ensure_topics(kafka_bootstrap, prefix=name)
     return name
 
@@ -131,7 +132,7 @@ def test_dead_letters_are_committed_only_behind_committed_records(
 ) -> None:
     """A caller that buffers commits only up to its oldest buffered record: a dead-lettered
     message later in the partition must not be committed past records still buffered."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
+    prefix = topic_prefix("t")
     ensure_topics(kafka_bootstrap, partitions=1, prefix=prefix)
     publisher = KafkaPublisher(kafka_bootstrap, prefix=prefix)
     for kind in layout:  # one message each, in this order, on the one partition
