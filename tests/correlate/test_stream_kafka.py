@@ -191,8 +191,17 @@ def test_one_correlator_equals_offline(db: str, prefix: str, ids: str) -> None:
 
 def test_two_correlators_in_one_group_equal_one(db: str, prefix: str) -> None:
     requests, flows = load(seed=5)
-    procs = [correlate(prefix, db, prefix, "--idle-exit", "6") for _ in range(2)]
-    wait_for_members([f"{prefix}-s1", f"{prefix}-s2"], 2)  # both join before any record arrives
+    # --idle-exit counts from a process's partition assignment: it must outlast the other member's start,
+    # the rebalance and the publisher's start on a loaded machine (6 s did not: one member left idle
+    # before any record came, the other relayed everything)
+    procs = [correlate(prefix, db, prefix, "--idle-exit", "20") for _ in range(2)]
+    try:
+        wait_for_members([f"{prefix}-s1", f"{prefix}-s2"], 2)  # both join before any record arrives
+    except AssertionError as exc:
+        for p in procs:
+            p.kill()
+        logs = [p.communicate(timeout=10)[1].strip().splitlines()[-8:] for p in procs]
+        raise AssertionError(f"{exc}\ncorrelator logs: {logs}") from None
     publish(prefix, chunks(requests, flows, 16), pause_s=0.15)
     errs = [finish(p) for p in procs]
     relayed = [int(e.split("hopscope correlate: ")[1].split(" records relayed")[0]) for e in errs]
