@@ -45,7 +45,6 @@ template path.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -55,6 +54,8 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.ids import GOLDEN, payload_hash, payload_hashes, text_hash64
+from hopscope.ids import mix64_array as _mix
 from hopscope.probes import kernels, tcpstate
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS, community_ids
 from hopscope.probes.flowtable import ANCHOR_NAMES, NO_SEQ, STAT_NAMES, FlowTable
@@ -66,19 +67,10 @@ from hopscope.records import Batch, FlowRecord
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 
-_M1: Final = np.uint64(0xBF58476D1CE4E5B9)
-_M2: Final = np.uint64(0x94D049BB133111EB)
-_GOLD: Final = np.uint64(0x9E3779B97F4A7C15)
+_GOLD: Final = np.uint64(GOLDEN)
 _NS: Final = 1_000_000_000
 #: A running sequence end below this is a sentinel (none yet, or only RSTs seen): real ends are >= -2^31.
 _SEQ_KNOWN: Final = -(1 << 32)
-
-
-def _mix(x: U64) -> U64:
-    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def _icmp_pair_table(pairs: dict[int, int]) -> tuple[I64, npt.NDArray[np.bool_]]:
@@ -259,7 +251,7 @@ class FlowMeter:
     def _stable_hash(self, text: str) -> int:
         value = self._name_hash.get(text)
         if value is None:
-            value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            value = text_hash64(text)
             self._name_hash[text] = value
         return value
 
@@ -1062,31 +1054,6 @@ _CLOSE_BY_STATE: Final = {
     "RSTOS0": "client_rst", "S0": "server_syn_miss", "S2": "half_close", "S3": "half_close",
     "SH": "half_close", "SHR": "half_close",
 }  # fmt: skip
-
-
-def payload_hash(data: bytes | memoryview) -> int:
-    """64-bit hash of payload bytes (the first ``payload_hash_bytes`` of a direction); 0 means none.
-
-    blake2b with an 8-byte digest read big-endian, never 0 for non-empty data.
-    """
-    if not len(data):
-        return 0
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") or 1
-
-
-def payload_hashes(buf: npt.NDArray[np.uint8], offsets: I64, lengths: I64) -> U64:
-    """``payload_hash`` of ``buf[offsets[k] : offsets[k] + lengths[k]]`` for every k (one call per slice)."""
-    out = np.zeros(len(offsets), np.uint64)
-    has = np.flatnonzero(lengths > 0)
-    if len(has) == 0:
-        return out
-    raw, blake = buf.data, hashlib.blake2b
-    digests = b"".join([blake(raw[o : o + n], digest_size=8).digest()
-                        for o, n in zip(offsets[has].tolist(), lengths[has].tolist(), strict=True)])  # fmt: skip
-    values = np.frombuffer(digests, ">u8").astype(np.uint64)
-    values[values == 0] = 1
-    out[has] = values
-    return out
 
 
 _OCTETS: Final = np.array([str(k) for k in range(256)], object)
