@@ -35,7 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "hashes.h"
+#include "ids.h"
 
 /* ---- constants shared with meter.py / tcpstate.py ------------------------------------------ */
 
@@ -59,15 +59,6 @@ enum { WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED, WHY_OPEN };
 #define HIST_INLINE 32
 #define HIST_MAX 65535
 #define CID_LEN 30 /* "1:" + 28 base64 characters */
-
-static const uint64_t M1 = 0xBF58476D1CE4E5B9ULL, M2 = 0x94D049BB133111EBULL, GOLD = 0x9E3779B97F4A7C15ULL;
-
-/* splitmix64's finaliser: meter._mix */
-static inline uint64_t mix(uint64_t x) {
-    x = (x ^ (x >> 30)) * M1;
-    x = (x ^ (x >> 27)) * M2;
-    return x ^ (x >> 31);
-}
 
 /* ---- record layout (RECORD_FIELDS in Python, one int64 word each) --------------------------- */
 
@@ -728,7 +719,7 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     int64_t ts = b->ts[i];
     f->used = 1;
     f->key = key;
-    f->flow_id = mix(key ^ mix((uint64_t)ts)) | 1;
+    f->flow_id = hs_flow_id(key, ts);
     f->start_ns = f->end_ns = f->last_report_ns = ts;
     f->proto = (uint8_t)proto;
     f->ip_version = b->ipver[i];
@@ -774,8 +765,7 @@ static uint64_t hash_payload(Engine *e, const block_t *b, int64_t i) {
     if (off < 0 || off > b->buf_len) return 0;
     if (n > b->buf_len - off) n = b->buf_len - off;
     if (n <= 0) return 0;
-    uint64_t h = hs_blake2b64(b->buf + off, (size_t)n);
-    return h ? h : 1;
+    return hs_payload_hash(b->buf + off, (size_t)n);
 }
 
 /* meter._walk_seq + meter._tcp_event for one TCP packet of flow f. */
@@ -838,15 +828,11 @@ static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, ui
         int fam = proto == P_ICMP ? 0 : 1, t = (int)(sp & 255);
         if (e->icmp_two_way[fam][t]) dp = e->icmp_pair[fam][t];
     }
-    uint64_t ea = mix(mix(b->src_hi[i] ^ GOLD) ^ b->src_lo[i]) ^ mix(sp + GOLD);
-    uint64_t eb = mix(mix(b->dst_hi[i] ^ GOLD) ^ b->dst_lo[i]) ^ mix(dp + GOLD);
-    uint64_t ctx = (uint64_t)proto << 56 | (uint64_t)b->vlan[i] << 24;
-    ctx = ctx ^ mix(b->tun_hash[b->tunnel[i]]) ^ mix(b->pt_hash[b->point[i]] + GOLD);
-    uint64_t lo = ea < eb ? ea : eb, hi = ea < eb ? eb : ea;
-    uint64_t key = mix(mix(lo ^ mix(ctx)) + hi);
+    uint64_t ea = hs_endpoint_hash(b->src_hi[i], b->src_lo[i], sp);
+    uint64_t eb = hs_endpoint_hash(b->dst_hi[i], b->dst_lo[i], dp);
     *src_ep = ea;
     *dst_ep = eb;
-    return key ? key : 1;
+    return hs_flow_key(ea, eb, (uint64_t)proto, b->vlan[i], b->tun_hash[b->tunnel[i]], b->pt_hash[b->point[i]]);
 }
 
 /* Lookup (or creation, or reuse) and metering of one ok packet whose key and endpoint hashes are known. */
@@ -1129,9 +1115,48 @@ static PyObject *py_sha1(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)out, 20);
 }
 
+/* Test hooks: the identity hashes of ids.h, checked against tests/test_ids.py's vectors. */
+static PyObject *py_payload_hash(PyObject *self, PyObject *args) {
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "y*", &v)) return NULL;
+    uint64_t h = hs_payload_hash(v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *py_mix64(PyObject *self, PyObject *args) {
+    unsigned long long x;
+    if (!PyArg_ParseTuple(args, "K", &x)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_mix64(x));
+}
+
+static PyObject *py_endpoint_hash(PyObject *self, PyObject *args) {
+    unsigned long long hi, lo, port;
+    if (!PyArg_ParseTuple(args, "KKK", &hi, &lo, &port)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_endpoint_hash(hi, lo, port));
+}
+
+static PyObject *py_flow_key(PyObject *self, PyObject *args) {
+    unsigned long long ea, eb, proto, vlan, tun, pt;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &ea, &eb, &proto, &vlan, &tun, &pt)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_flow_key(ea, eb, proto, vlan, tun, pt));
+}
+
+static PyObject *py_flow_id(PyObject *self, PyObject *args) {
+    unsigned long long key;
+    long long start_ns;
+    if (!PyArg_ParseTuple(args, "KL", &key, &start_ns)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_flow_id(key, start_ns));
+}
+
 static PyMethodDef module_methods[] = {
     {"blake2b64", py_blake2b64, METH_VARARGS, "blake2b64(data) -> the meter's payload hash (0 for empty data)"},
     {"sha1", py_sha1, METH_VARARGS, "sha1(data) -> 20-byte digest (data of at most 119 bytes; for tests)"},
+    {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> ids.h's hs_payload_hash (for tests)"},
+    {"mix64", py_mix64, METH_VARARGS, "mix64(x) -> ids.h's hs_mix64 (for tests)"},
+    {"endpoint_hash", py_endpoint_hash, METH_VARARGS, "endpoint_hash(hi, lo, port) -> hs_endpoint_hash (for tests)"},
+    {"flow_key", py_flow_key, METH_VARARGS, "flow_key(src_ep, dst_ep, proto, vlan, tun, pt) -> hs_flow_key (tests)"},
+    {"flow_id", py_flow_id, METH_VARARGS, "flow_id(key, start_ns) -> ids.h's hs_flow_id (for tests)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,16 +1,23 @@
-/* hashes.h: the three hash functions the flow meter needs, header-only (static, inlined into meter.c).
+/* ids.h: the C definition of hopscope's identity hashes, header-only (static, inlined into meter.c).
  *
- *   hs_blake2b64   BLAKE2b with an 8-byte digest and no key (RFC 7693), returned as the digest read
- *                  big-endian: the same value as Python's
- *                  int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
- *                  (meter.payload_hash, l7.http.payload_hash).
- *   hs_sha1        SHA-1 (FIPS 180-4), for Community ID v1 (community_id.community_id).
- *   hs_base64      standard base64 with padding.
+ * The Python definition is hopscope/ids.py, whose docstrings state each one byte for byte; the
+ * two are checked against one table of frozen vectors (tests/test_ids.py). Values are uint64_t with
+ * wrapping arithmetic; "never 0" means a result of 0 becomes 1.
  *
- * Written from the RFC/FIPS text; tests/probes/test_meter_native.py checks them against hashlib.
+ *   hs_blake2b64      BLAKE2b with an 8-byte digest and no key (RFC 7693), the digest read big-endian
+ *                     (ids.blake2b64).
+ *   hs_payload_hash   0 for no data, else hs_blake2b64, never 0 (ids.payload_hash).
+ *   hs_mix64          splitmix64's finaliser (ids.mix64).
+ *   hs_endpoint_hash  hash of (address halves, port) (ids.endpoint_hash).
+ *   hs_flow_key       direction-normalised flow key, never 0 (ids.flow_key).
+ *   hs_flow_id        flow id from key and start time, odd (ids.flow_id).
+ *   hs_sha1           SHA-1 (FIPS 180-4), for Community ID v1 (hopscope.probes.community_id).
+ *   hs_base64         standard base64 with padding.
+ *
+ * BLAKE2b and SHA-1 are written from the RFC/FIPS text.
  */
-#ifndef HOPSCOPE_HASHES_H
-#define HOPSCOPE_HASHES_H
+#ifndef HOPSCOPE_IDS_H
+#define HOPSCOPE_IDS_H
 
 #include <stdint.h>
 #include <string.h>
@@ -91,6 +98,46 @@ static uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
     hs_b2b_compress(h, block, n, 1);
     /* digest bytes are h[0] little-endian; read them big-endian */
     return __builtin_bswap64(h[0]);
+}
+
+/* 0 for no data, else hs_blake2b64 of data[0:n] with 0 replaced by 1. */
+static inline uint64_t hs_payload_hash(const uint8_t *data, size_t n) {
+    if (n == 0) return 0;
+    uint64_t h = hs_blake2b64(data, n);
+    return h ? h : 1;
+}
+
+/* ---- splitmix finaliser, flow keys and flow ids ---------------------------------------------- */
+
+#define HS_GOLDEN 0x9E3779B97F4A7C15ULL
+#define HS_MIX_M1 0xBF58476D1CE4E5B9ULL
+#define HS_MIX_M2 0x94D049BB133111EBULL
+
+/* splitmix64's finaliser. */
+static inline uint64_t hs_mix64(uint64_t x) {
+    x = (x ^ (x >> 30)) * HS_MIX_M1;
+    x = (x ^ (x >> 27)) * HS_MIX_M2;
+    return x ^ (x >> 31);
+}
+
+/* One endpoint: the two big-endian halves of its 16-byte address (IPv4 mapped) and its port. */
+static inline uint64_t hs_endpoint_hash(uint64_t addr_hi, uint64_t addr_lo, uint64_t port) {
+    return hs_mix64(hs_mix64(addr_hi ^ HS_GOLDEN) ^ addr_lo) ^ hs_mix64(port + HS_GOLDEN);
+}
+
+/* Direction-normalised key of a flow at one point, never 0; tunnel_hash and point_hash are the
+ * BLAKE2b-64 (big-endian) of the tunnel description and the point name in UTF-8. */
+static inline uint64_t hs_flow_key(uint64_t src_ep, uint64_t dst_ep, uint64_t proto, uint64_t vlan,
+                                   uint64_t tunnel_hash, uint64_t point_hash) {
+    uint64_t ctx = (proto << 56 | vlan << 24) ^ hs_mix64(tunnel_hash) ^ hs_mix64(point_hash + HS_GOLDEN);
+    uint64_t lo = src_ep < dst_ep ? src_ep : dst_ep, hi = src_ep < dst_ep ? dst_ep : src_ep;
+    uint64_t key = hs_mix64(hs_mix64(lo ^ hs_mix64(ctx)) + hi);
+    return key ? key : 1;
+}
+
+/* Id of a flow from its key and first packet time (ns; a negative time as its two's complement). */
+static inline uint64_t hs_flow_id(uint64_t key, int64_t start_ns) {
+    return hs_mix64(key ^ hs_mix64((uint64_t)start_ns)) | 1;
 }
 
 /* ---- SHA-1 --------------------------------------------------------------------------------- */
