@@ -6,6 +6,7 @@
  *
  *   hs_blake2b64      BLAKE2b with an 8-byte digest and no key (RFC 7693), the digest read big-endian
  *                     (ids.blake2b64).
+ *   hs_text_hash64    hs_blake2b64 of UTF-8 text (ids.text_hash64).
  *   hs_payload_hash   0 for no data, else hs_blake2b64, never 0 (ids.payload_hash).
  *   hs_mix64          splitmix64's finaliser (ids.mix64).
  *   hs_endpoint_hash  hash of (address halves, port) (ids.endpoint_hash).
@@ -82,7 +83,7 @@ static void hs_b2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t,
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
-/* BLAKE2b-64 of data[0:n] (n > 0), as the big-endian reading of the 8 digest bytes. */
+/* BLAKE2b-64 of data[0:n] (n may be 0), as the big-endian reading of the 8 digest bytes. */
 static uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
     uint64_t h[8];
     uint8_t block[128];
@@ -98,6 +99,11 @@ static uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
     hs_b2b_compress(h, block, n, 1);
     /* digest bytes are h[0] little-endian; read them big-endian */
     return __builtin_bswap64(h[0]);
+}
+
+/* Hash of a point name or tunnel description: hs_blake2b64 of its UTF-8 bytes (n may be 0). */
+static inline uint64_t hs_text_hash64(const char *utf8, size_t n) {
+    return hs_blake2b64((const uint8_t *)utf8, n);
 }
 
 /* 0 for no data, else hs_blake2b64 of data[0:n] with 0 replaced by 1. */

@@ -1124,6 +1124,13 @@ static PyObject *py_payload_hash(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
+static PyObject *py_text_hash64(PyObject *self, PyObject *args) {
+    const char *text;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "s#", &text, &n)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_text_hash64(text, (size_t)n));
+}
+
 static PyObject *py_mix64(PyObject *self, PyObject *args) {
     unsigned long long x;
     if (!PyArg_ParseTuple(args, "K", &x)) return NULL;
@@ -1153,6 +1160,7 @@ static PyMethodDef module_methods[] = {
     {"blake2b64", py_blake2b64, METH_VARARGS, "blake2b64(data) -> the meter's payload hash (0 for empty data)"},
     {"sha1", py_sha1, METH_VARARGS, "sha1(data) -> 20-byte digest (data of at most 119 bytes; for tests)"},
     {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> ids.h's hs_payload_hash (for tests)"},
+    {"text_hash64", py_text_hash64, METH_VARARGS, "text_hash64(text) -> ids.h's hs_text_hash64 (for tests)"},
     {"mix64", py_mix64, METH_VARARGS, "mix64(x) -> ids.h's hs_mix64 (for tests)"},
     {"endpoint_hash", py_endpoint_hash, METH_VARARGS, "endpoint_hash(hi, lo, port) -> hs_endpoint_hash (for tests)"},
     {"flow_key", py_flow_key, METH_VARARGS, "flow_key(src_ep, dst_ep, proto, vlan, tun, pt) -> hs_flow_key (tests)"},
