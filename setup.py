@@ -1,14 +1,40 @@
-"""Compiled kernels of hopscope.probes (everything else is configured in pyproject.toml).
+"""The parts of hopscope's build that are code: the package list and the compiled kernels.
 
-Each kernel is a plain CPython extension in C (no numpy headers: columns cross as buffers), built by
-``pip install -e .`` and, for Python run from the checkout, in place by ``deploy/setup.sh``
-(``python setup.py build_ext --inplace``). The pure-Python/numpy paths stay as the reference
-implementation and the fallback when a kernel is missing or ``HOPSCOPE_NATIVE=0``.
+Everything else (metadata, dependencies, the folder of each subpackage) is in pyproject.toml.
+
+Packages: every folder below a ``package-dir`` root of pyproject.toml is a package, with Python code
+or with package data only (``api/static``, ``probes/csrc``, ``samples/lab``), so adding a subpackage
+needs no list to be kept in step.
+
+Kernels: plain CPython extensions in C (no numpy headers: columns cross as buffers). ``pip install``
+builds them; an editable install puts them beside their Python modules (``probes/_meter...so``). The
+pure-Python paths stay as the reference implementation and the fallback when a kernel is missing or
+``HOPSCOPE_NATIVE=0``.
 """
+
+import tomllib
+from pathlib import Path
 
 from setuptools import Extension, setup
 
+ROOT = Path(__file__).parent
 FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+SKIP = {"__pycache__", "build"}
+
+
+def packages() -> list[str]:
+    """Each package-dir root and every folder below it (hidden, cache and build folders excepted)."""
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        roots: dict[str, str] = tomllib.load(fh)["tool"]["setuptools"]["package-dir"]
+    found = []
+    for name, folder in roots.items():
+        base = ROOT / folder
+        found.append(name)
+        for sub in sorted(p for p in base.rglob("*") if p.is_dir()):
+            rel = sub.relative_to(base).parts
+            if not any(part in SKIP or part.startswith(".") or part.endswith(".egg-info") for part in rel):
+                found.append(".".join((name, *rel)))
+    return found
 
 
 def kernel(name: str, *sources: str, depends: tuple[str, ...] = ()) -> Extension:
@@ -17,9 +43,10 @@ def kernel(name: str, *sources: str, depends: tuple[str, ...] = ()) -> Extension
 
 
 setup(
+    packages=packages(),
     ext_modules=[
         # flow metering: flow table, TCP state machine, records (probes/meter.py)
-        kernel("_meter", "meter.c", depends=("hashes.h",)),
+        kernel("_meter", "meter.c", depends=("ids.h",)),
         kernel("_decode", "decode.c"),  # pcap/pcapng record walk and the decoder's fast path (probes/decode.py)
         kernel("_jsonl", "jsonl.c"),  # `hopscope flows --format jsonl` lines from record columns
         kernel("_ring", "ring.c"),  # TPACKET_V3 ring block walk for live capture (probes/live.py)

@@ -19,9 +19,7 @@ from hopscope.store import QueryError, Store
 from hopscope.topology.inventory import Inventory
 
 log = logging.getLogger(__name__)
-# resolve(): in the strict editable install app.py and static/* are symlinks into the tree, and
-# StaticFiles refuses files whose real path lies outside its directory (every asset was a 404).
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(

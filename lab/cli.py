@@ -12,6 +12,7 @@ from hopscope.errors import ConfigError
 from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites, down_all, down_prefix, record, state_root
 from hopscope.lab.netns import lab_prefixes
 from hopscope.lab.plan import PlanSettings
+from hopscope.paths import lab_samples
 
 #: What ``lab samples`` records: small enough to commit (a few MB of pcaps), every case present.
 SAMPLE_SETTINGS = {
@@ -22,7 +23,7 @@ SAMPLE_SETTINGS = {
     "dns_lookups": 3,
 }
 SAMPLE_IMPAIRMENT = "nodeB-ingress=5"
-DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples" / "lab"
+DEFAULT_SAMPLES_DIR = lab_samples()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

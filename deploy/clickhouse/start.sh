@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start Debian's ClickHouse server (18.16) for hopscope on 127.0.0.1 (native :9000, HTTP :8123).
 # Config: deploy/clickhouse/{config,users}.xml rendered into $HOPSCOPE_VAR/clickhouse/etc
-# (default /work/main/var/clickhouse); data/, log/, tmp/ live there too. Runs as the `clickhouse`
+# (default: var/clickhouse of the checkout); data/, log/, tmp/ live there too. Runs as the `clickhouse`
 # user when started as root (the data dir is chowned to it), else as the calling user.
 # Idempotent: returns at once when the server is already running and answering.
 set -euo pipefail

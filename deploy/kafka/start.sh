@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start Apache Kafka 4.1.1 (KRaft, broker+controller, single node) on 127.0.0.1:9092 (controller :9093).
 # Jars come from Maven Central via pom.xml into deploy/kafka/lib (cached: skipped when complete).
-# State: $HOPSCOPE_VAR/kafka (default /work/main/var/kafka): data/, logs/server.log, kafka.pid.
+# State: $HOPSCOPE_VAR/kafka (default: var/kafka of the checkout): data/, logs/server.log, kafka.pid.
 # Idempotent: returns at once when the broker is already running and answering.
 set -euo pipefail
 
