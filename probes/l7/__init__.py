@@ -8,6 +8,7 @@
 - ``tshark``: optional deep dissection (HTTP/2, gRPC) through tshark.
 """
 
-from hopscope.probes.l7.tracker import CapturePoint, L7Settings, L7Stats, L7Tracker, request_id
+from hopscope.ids import request_id
+from hopscope.probes.l7.tracker import CapturePoint, L7Settings, L7Stats, L7Tracker
 
 __all__ = ["CapturePoint", "L7Settings", "L7Stats", "L7Tracker", "request_id"]

@@ -17,12 +17,12 @@ chunked`` wins over ``Content-Length``; a response with neither is read until th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
+from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
 from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, StreamReassembler
 
 # parser modes
@@ -38,7 +38,6 @@ CLOSED: Final = 7  # after FIN
 MAX_HEAD_BYTES: Final = 64 * 1024
 #: In SEEK mode this many trailing bytes are kept, so a start line split across segments is found.
 SEEK_KEEP_BYTES: Final = 8 * 1024
-PAYLOAD_HASH_BYTES: Final = 64
 
 _METHODS = rb"GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|CONNECT|TRACE"
 _REQUEST_LINE = re.compile(rb"(" + _METHODS + rb") (\S+) HTTP/1\.([01])")
@@ -75,18 +74,6 @@ def looks_like_request(payload: bytes) -> bool:
 
 def looks_like_response(payload: bytes) -> bool:
     return payload.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
-
-
-def payload_hash(data: bytes) -> int:
-    """64-bit hash of the first ``PAYLOAD_HASH_BYTES`` of a message (tie-breaker across points).
-
-    The same function as the flow meter's ``payload_hash`` (blake2b-64, big-endian, never 0), so the
-    first request of a connection hashes like its flow's ``orig_payload_hash``.
-    """
-    if not data:
-        return 0
-    digest = hashlib.blake2b(data[:PAYLOAD_HASH_BYTES], digest_size=8).digest()
-    return int.from_bytes(digest, "big") or 1
 
 
 class HttpMessage:

@@ -15,10 +15,10 @@ response, when a connection closes or is evicted, and on ``flush()``. Everything
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
+from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash, request_id
 from hopscope.probes.l7.dns import DnsDecodeError, DnsMessage, DnsTcpFramer, parse_dns
 from hopscope.probes.l7.http import (
     TCP_FIN,
@@ -28,7 +28,6 @@ from hopscope.probes.l7.http import (
     HttpExchange,
     looks_like_request,
     looks_like_response,
-    payload_hash,
 )
 from hopscope.probes.l7.reassembly import StreamReassembler
 from hopscope.records import Batch, RequestRecord
@@ -125,12 +124,6 @@ class _DnsQuery:
     synack_seq: int = 0
 
 
-def request_id(point: str, flow_id: int, req_tcp_seq: int, req_first_ns: int, dns_id: int) -> int:
-    """Deterministic 64-bit id of one request at one point (same inputs, same id, on any host)."""
-    key = f"{point}|{flow_id}|{req_tcp_seq}|{req_first_ns}|{dns_id}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
 @dataclass(slots=True)
 class _Tables:
     tcp: dict[int, _TcpState] = field(default_factory=dict)
@@ -205,7 +198,7 @@ class L7Tracker:
             ends = FlowEnds(flow_id, _UDP, dst[0], dst[1], src[0], src[1])
         else:
             ends = FlowEnds(flow_id, _UDP, src[0], src[1], dst[0], dst[1])
-        self._dns_message(ends, msg, ts_ns, ts_ns, len(payload), payload_hash(payload), 0, None)
+        self._dns_message(ends, msg, ts_ns, ts_ns, len(payload), payload_hash(payload[:PAYLOAD_HASH_BYTES]), 0, None)
 
     # --- output -----------------------------------------------------------------------------------
 
@@ -451,7 +444,7 @@ class L7Tracker:
                 first_ns,
                 last_ns,
                 len(data) + 2,
-                payload_hash(data),
+                payload_hash(data[:PAYLOAD_HASH_BYTES]),
                 stream.seq_of(start),
                 state,
             )

@@ -20,7 +20,6 @@ modest size; the fast path (``L7Tracker``) is for everything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -29,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hopscope.errors import CaptureError
-from hopscope.probes.l7.tracker import CapturePoint, request_id
+from hopscope.ids import request_id, tuple_flow_id
+from hopscope.probes.l7.tracker import CapturePoint
 from hopscope.records import RequestRecord
 
 Pairs = list[tuple[str, Any]]
@@ -159,7 +159,7 @@ def tshark_requests(
     """HTTP/2 and gRPC request records of the capture ``path`` as seen at ``point``.
 
     ``flow_id_of`` maps a connection to the ``flow_id`` the flow meter gave it (so records join their
-    FlowRecord); without it the id is a hash of the point and the 5-tuple.
+    FlowRecord); without it the id is ``ids.tuple_flow_id`` of the point and the 5-tuple.
     """
     syns: dict[int, list[int]] = {}
     frames = [f for packet in run_tshark(path, http2_ports, tshark) for f in _packet_frames(packet, syns)]
@@ -172,14 +172,9 @@ def tshark_requests(
     return records
 
 
-def _flow_hash(point: str, client: tuple[str, int], server: tuple[str, int]) -> int:
-    key = f"{point}|6|{client[0]}|{client[1]}|{server[0]}|{server[1]}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
 def _record(point: CapturePoint, s: _Stream, n: int, syn: list[int], flow_id_of: FlowIdOf | None) -> RequestRecord:
     (ch, cp), (sh, sp) = s.client, s.server
-    flow_id = flow_id_of(6, ch, cp, sh, sp) if flow_id_of else _flow_hash(point.point, s.client, s.server)
+    flow_id = flow_id_of(6, ch, cp, sh, sp) if flow_id_of else tuple_flow_id(point.point, 6, ch, cp, sh, sp)
     h, resp = s.headers, s.resp
     b3 = h.get("b3", "").split("-")
     grpc = h.get("content-type", "").startswith("application/grpc")
