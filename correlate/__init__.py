@@ -15,7 +15,7 @@ The engine (``Correlator``) takes record batches from any number of capture poin
 Around it: ``capture`` (a capture file through the probes into records), ``report`` (the analyze
 JSON and summary), ``evaluate`` (precision and recall against a lab manifest), ``synthetic`` (a
 multi-hop load with ground truth), ``cli`` (``hopscope analyze``). Settings with units:
-``CorrelateSettings``. Streaming (``stream``, ``stream_cli``) belongs to its own owner.
+``CorrelateSettings``. ``stream`` runs the same engine over Kafka, in two stages (``hopscope correlate``).
 """
 
 from hopscope.correlate.engine import Correlator, StitchResult

@@ -1,4 +1,4 @@
-"""The issue's "done when": a live lab run with 5 ms injected, verified from its pcaps with scapy."""
+"""A live lab run with 5 ms injected at nodeB-ingress, verified from its pcaps with scapy (root)."""
 
 from __future__ import annotations
 

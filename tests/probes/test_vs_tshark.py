@@ -104,7 +104,7 @@ def test_crafted_ipv6_and_vlan_match_tshark(tmp_path: Path) -> None:
 LAB = sorted((ROOT / "samples" / "lab").glob("*.pcap*")) if (ROOT / "samples" / "lab").is_dir() else []
 
 
-@pytest.mark.skipif(not LAB, reason="no lab captures under samples/lab/ yet (the lab engineer adds them)")
+@pytest.mark.skipif(not LAB, reason="no lab captures under samples/lab/ (`hopscope lab samples` records them)")
 @pytest.mark.parametrize("path", LAB, ids=[p.name for p in LAB])
 def test_lab_captures_match_tshark(path: Path) -> None:
     assert_same(path)
