@@ -11,16 +11,16 @@ first, the link from the previous hop gets:
   direction loses ``max(0, retrans(prev) - retrans(here))`` and the response direction
   ``max(0, retrans(here) - retrans(prev))`` on this link.
 
-Ids are deterministic: the trace id is 128 bits mixed (splitmix64) from the root segment's matcher
-key, its merged anchors and its earliest raw request time; the span id mixes the trace id with the
-hop's name (blake2b of point and interface), the record's ids and its position. Replaying the same
-records yields the same ids, so a ReplacingMergeTree keeps one row. Everything but the walk over
+Ids are deterministic (``hopscope.ids``: ``trace_id_halves``, ``span_id_array``): the trace id is 128
+bits mixed (splitmix64) from the root segment's matcher key, its merged anchors and its earliest raw
+request time; the span id mixes the trace id with the hop's name (``hop_hash`` of point and interface),
+the record's ids and its position. Replaying the same records yields the same ids, so a
+ReplacingMergeTree keeps one row. Everything but the walk over
 trees that branch is numpy over all hops at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,15 @@ from hopscope.correlate.observations import ObsTable
 from hopscope.correlate.order import SegmentOrder
 from hopscope.correlate.proxy import Links
 from hopscope.correlate.relations import BASE_CONFIDENCE, MISSING_ANCHOR_FACTOR, Reason
+from hopscope.ids import (
+    TRACE_SEEDS_L4,
+    TRACE_SEEDS_L7,
+    hop_hash,
+    span_id_array,
+    span_id_texts,
+    trace_id_halves,
+    trace_id_texts,
+)
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -57,27 +66,6 @@ class Times:
 
 def correct(raw: I64, offset_ns: I64) -> I64:
     return np.where(raw != 0, raw - offset_ns, 0)
-
-
-def _blake(text: str, size: int) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=size).digest()
-
-
-def _mix(x: U64) -> U64:
-    """splitmix64 finaliser, vectorised (wrapping uint64 arithmetic)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-_SEED_L7 = (0x6A09E667F3BCC908, 0xBB67AE8584CAA73B)
-_SEED_L4 = (0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1)
-
-
-def _hex16(values: U64) -> list[str]:
-    text = values.astype(">u8").tobytes().hex()
-    return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
 def display_names(labels: list[tuple[str, str]]) -> list[str]:
@@ -221,14 +209,8 @@ class Assembler:
         anchors = np.maximum.reduceat(obs.anchors[rows], order.starts, axis=0)[w.roots]
         t_min = np.minimum.reduceat(obs.t_req[rows], order.starts)[w.roots].astype(np.uint64)
         keys = obs.key[rows[order.starts[w.roots]]]
-        halves = []
-        for seed in (_SEED_L4 if self.is_l4 else _SEED_L7):
-            h = _mix(keys ^ np.uint64(seed))
-            for k in range(anchors.shape[1]):
-                h = _mix(h ^ anchors[:, k])
-            halves.append(_mix(h ^ t_min))
-        text = np.stack(halves, axis=1).astype(">u8").tobytes().hex()
-        return [text[i : i + 32] for i in range(0, len(text), 32)], halves[0]
+        first, second = trace_id_halves(keys, anchors, t_min, TRACE_SEEDS_L4 if self.is_l4 else TRACE_SEEDS_L7)
+        return trace_id_texts(first, second), first
 
     def _reasons(self, w: Walk) -> tuple[list[str], npt.NDArray[np.float64]]:
         obs, links = self.obs, self.links
@@ -262,16 +244,12 @@ class Assembler:
         lost = np.where(w.same_conn, np.maximum(0, rr[prow] - rr[rows]) + np.maximum(0, sr[rows] - sr[prow]), 0)
         reasons, conf = self._reasons(w)
         label = obs.label[rows]
-        label_h = np.array([int.from_bytes(_blake(f"{p}|{i}", 8), "little") for p, i in obs.labels],
-                           dtype=np.uint64)
+        label_h = np.array([hop_hash(p, i) for p, i in obs.labels], dtype=np.uint64)
         request_id = (np.zeros(len(rows), np.uint64) if self.is_l4
                       else np.asarray(cols["request_id"]).astype(np.uint64)[rows])
         flow_id = np.asarray(cols["flow_id"]).astype(np.uint64)[rows]
         hop_index = np.arange(len(rows)) - w.trace_start[w.trace]
-        h = _mix(trace_h[w.trace] ^ label_h[label])
-        h = _mix(h ^ request_id)
-        h = _mix(h ^ flow_id)
-        span_ids = _hex16(_mix(h ^ hop_index.astype(np.uint64)))
+        span_ids = span_id_texts(span_id_array(trace_h[w.trace], label_h[label], request_id, flow_id, hop_index))
         self.hop_lost, self.hop_latency = lost, np.where(has_prev, req_us + resp_us, np.iinfo(np.int64).min)
         self.hop_conf = conf
         row_list, prev_list = rows.tolist(), prev.tolist()

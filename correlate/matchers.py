@@ -21,7 +21,6 @@ resolved with vectorised numpy; only the rest goes through the per-observation l
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,6 +28,7 @@ import numpy.typing as npt
 
 from hopscope.correlate.observations import ObsTable, index_domains, index_labels
 from hopscope.correlate.relations import Reason
+from hopscope.ids import dns_key
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 #: Tag in the top bits of a bucket key: which matcher made it.
@@ -53,12 +53,6 @@ def _i64(data: object) -> npt.NDArray[np.int64]:
     return np.asarray(data).astype(np.int64)
 
 
-def stable_hash64(*parts: object) -> int:
-    """A 64-bit hash that is the same in every process (Python's ``hash`` of str is not)."""
-    text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogateescape")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
-
-
 def request_keys(batch: Batch) -> npt.NDArray[np.uint64]:
     """Bucket keys of request records: TCP requests by req_tcp_seq, DNS by id, name and type."""
     cols = batch.columns
@@ -73,7 +67,7 @@ def request_keys(batch: Batch) -> npt.NDArray[np.uint64]:
         names = cols["dns_qname"]
         for i in dns_rows:
             if seq[i] == 0:
-                low = stable_hash64(ids[i], names[i].lower().rstrip("."), qtypes[i]) & _LOW_MASK
+                low = dns_key(ids[i], names[i], qtypes[i]) & _LOW_MASK
                 keys[i] = (TAG_DNS << TAG_SHIFT) | (low or 1)
     return keys
 

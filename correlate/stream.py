@@ -91,9 +91,9 @@ import numpy.typing as npt
 
 from hopscope.codec import encode_batch
 from hopscope.correlate.engine import Correlator, StitchResult
-from hopscope.correlate.matchers import stable_hash64
 from hopscope.correlate.settings import CorrelateSettings
 from hopscope.errors import ConfigError, UnavailableError
+from hopscope.ids import mix64_array, parts_hash64
 from hopscope.records import Batch, FlowRecord, Record, RequestRecord
 from hopscope.transport.base import DEFAULT_TOPIC_PREFIX, Delivery, correlation_keys, topic_of
 
@@ -199,14 +199,6 @@ class StreamStats:
 # --- record identity and time --------------------------------------------------------------------
 
 
-def _mix(x: U64) -> U64:
-    """splitmix64 finaliser over uint64 arrays (wrapping)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def take(batch: Batch, rows: Any) -> Batch:
     """``Batch.take`` with text columns gathered by ``itemgetter`` (several times faster than the
     list comprehension of ``Batch.take``, which stitching calls on every buffered row each pass)."""
@@ -237,9 +229,9 @@ class PointHashes:
     def key(self, points: list[str], ids: Any) -> U64:
         cache = self._cache
         for p in set(points) - cache.keys():
-            cache[p] = stable_hash64("point", p)
+            cache[p] = parts_hash64("point", p)
         ph = np.fromiter((cache[p] for p in points), dtype=np.uint64, count=len(points))
-        return _mix(ph ^ _mix(_u64(ids)))
+        return mix64_array(ph ^ mix64_array(_u64(ids)))
 
 
 def request_keys(batch: Batch, h: PointHashes) -> U64:
@@ -256,7 +248,7 @@ def report_ids(batch: Batch, h: PointHashes) -> U64:
     """One record's identity: a request at a point, or one report (end_ns) of a flow at a point."""
     if batch.record_type is RequestRecord:
         return request_keys(batch, h)
-    return _mix(flow_keys(batch, h) ^ _u64(batch.columns["end_ns"]))
+    return mix64_array(flow_keys(batch, h) ^ _u64(batch.columns["end_ns"]))
 
 
 def conn_keys(batch: Batch) -> U64:
