@@ -14,11 +14,7 @@ Compared in the same run, same input, same core:
 With --store-lookup: inserts spans and traces into an embedded chDB store in a temporary directory and
 times point lookups of a trace (``Store.get_trace``), median and p99 over 200 random trace ids.
 
-Measured here (2-core VM shared with other builds; the naive baseline shows the load of the moment):
-1,257,010 records in 4.4-4.6 s = 272-285k records/s on one core (naive grouping 0.6-1.06M/s in the
-same runs); --ids none (every proxy link by nesting, 27k requests/s through one proxy): 5.7 s =
-222k records/s, 111,112 of 111,112 requests complete, 228 swapped pairs (0.2%), every one of them
-with the ambiguous confidence; trace lookup on chDB: median 13.5 ms, p99 46 ms over 112,112 traces.
+Figures: docs/DESIGN.md, "Measured figures".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The streaming correlator (``hopscope correlate --kafka``) on one core, for real: Kafka 4.1 and
-ClickHouse 18.16 on this machine.
+"""The streaming correlator (``hopscope correlate --kafka``) on one core, for real: the Kafka 4.1
+broker and the ClickHouse 18.16 server that deploy/ starts on the local machine.
 
 1. Throughput: ``--records`` (default 1,000,000) synthetic flow and request records (several server
    hosts, each with the synthetic path: client pod, NAT, hypervisor, switch, node, envoy sidecar in and
@@ -18,15 +18,7 @@ ClickHouse 18.16 on this machine.
 Run after deploy/kafka/start.sh and deploy/clickhouse/start.sh:
     .venv/bin/python bench/correlate_stream.py [--records N] [--live-seconds S]
 
-Measured here (2 cores shared with Kafka, ClickHouse 18.16 and other engineers' work; load 1-2.5):
-    1,006,260 records -> 89,780 traces: 33.9 s from start, 29,714 records/s (21.3 s from the first
-    trace stored to the last); the offline engine on the same records and core: 3.7 s (274,942/s).
-    (An earlier run on a busier machine: 52.6 s, 19,131 records/s.)
-    Live at 10,000 records/s for 30 s: publish -> queryable median 3.3 s, p99 5.2 s (lateness 2 s +
-    trace spread 0.5 s + release and pass cadence + the store insert).
-    get_trace after both runs: 1M spans, median 78-112 ms, p99 140-176 ms; 320k spans, median 47 ms
-    as written (6 + 4 parts), 27 ms after OPTIMIZE FINAL (2 + 2 parts); 240k spans, merged, on a quiet
-    machine: 12 ms. Two FINAL queries on 18.16: their cost grows with the table.
+Figures: docs/DESIGN.md, "Measured figures".
 """
 
 from __future__ import annotations

@@ -26,29 +26,11 @@ top functions.
 
 ``--nice N`` runs the probe and the CPU 0 generator each in a session of its own whose scheduler
 autogroup gets nice N (with autogroups, a plain nice only weighs a process against its own session's,
-and other sessions' work on this shared VM starved both). ``--second-generator P`` adds a generator on
+and other sessions' work on a shared machine starved both). ``--second-generator P`` adds a generator on
 the probe's CPU below the probe's priority: one core cannot both send and receive more than ~530k of
 these frames per second (the veth receive path runs in the sender's context).
 
-Measured 2026-11-27 14:47 UTC on the 2-vCPU VM (load average 0.8-1.8), meter only (the issue's live
-target: capture + decode + meter), --nice -10, 128 MiB ring, 5 s per rate:
-  one generator:   400k -> 400,001 pps captured, 0 drops, probe CPU 21%; the generator tops out at
-                   547-571k pps (it also carries the veth receive path): 0 drops, probe CPU 26-33%;
-                   tcpdump -w /dev/null at 547k: 0 drops. Backlog: 560,129 frames drained at 3.49M
-                   frames per wall second of capture work, 0 drops.
-  + second at -5:  800k target -> 778,262 pps offered and captured, 0 drops, probe CPU 32%; 1M target
-                   -> 867,525, 0 drops, 36%; flat out 859,464, 0 drops, 41% (earlier runs: 841-939k, 0
-                   drops in all but two, 1 and 3 frames, at 776k under cProfile and at 939k).
-  HOPSCOPE_NATIVE=0 (the numpy/Python reference paths), same set-up: 0 drops at 341k pps (78% CPU),
-                   drops from 448k on; at most ~458k pps captured; backlog drained at 513k frames/s.
-  with --l7 (HTTP/DNS stage; this mix is mostly HTTP): 0 drops at 150k pps, drops from 200k
-                   (~165k frames per CPU s; the L7 stage takes ~85% of the probe's time).
-  Re-runs 15:00-15:22 UTC (load 0.0-2.4): two generators flat out 958,708 pps (0 drops, probe CPU 34%;
-  tcpdump 965,583, 0 drops) and 869,536 (0 drops, 32%); 800k target 754-778k offered, 0 drops; one
-  generator 565-579k, 0 drops, 25-27%; backlogs of 1,165,824 and 594,432 frames drained at 2.97M and
-  3.75M frames/s; --l7: 0 drops at 200k pps, probe CPU 100% (170k frames per CPU s).
-  A 64 MiB ring (~100 ms of 800k pps of these frames) drops 9k-80k frames per run at 780-900k pps: the
-  meter's once-a-second sweep is one 80-120 ms process_batch call.
+Figures: docs/DESIGN.md, "Measured figures".
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ and chDB, with the same synthetic batch of FlowRecords (all 39 columns).
 
 Run after deploy/clickhouse/start.sh:  .venv/bin/python bench/store_insert.py [--rows N] [--batch B]
 
-Measured paths (rows/s, higher is better; each insert is one batch of B rows, as the correlator sends):
+Paths timed (rows/s, higher is better; each insert is one batch of B rows, as the correlator sends):
   - server  ServerStore.insert (clickhouse-driver, native protocol, columnar, use_numpy)
   - server  the same, all rows in one INSERT (the peer below also sends one INSERT)
   - server  clickhouse-driver columnar with Python lists (the driver's default path, no numpy)

@@ -4,11 +4,11 @@
  * gcc into var/bin/flood; deploy/setup.sh builds it too). Frames are sent from a packet socket with the
  * qdisc bypassed (PACKET_QDISC_BYPASS), either by sendmmsg (--batch frames per system call, default
  * 256) or through a memory-mapped TX ring (PACKET_TX_RING, TPACKET_V2: frames copied into ring slots,
- * one send() flushes them; measured slower here: 430-450k frames/s against sendmmsg's 560-617k on one
- * core with a capture attached, so sendmmsg is the default). The capture is replayed in cycles; every
- * cycle after the first XORs the second octet of every IPv4 address with the cycle number (IP and
- * TCP/UDP checksums updated incrementally, RFC 1624), so each cycle is a fresh set of connections with
- * the same handshakes, requests and closes.
+ * one send() flushes them; slower on one core with a capture attached, so sendmmsg is the default;
+ * figures in docs/DESIGN.md). The capture is replayed in cycles; every cycle after the first XORs the
+ * second octet of every IPv4 address with the cycle number (IP and TCP/UDP checksums updated
+ * incrementally, RFC 1624), so each cycle is a fresh set of connections with the same handshakes,
+ * requests and closes.
  *
  *   flood IFACE PCAP [--pps N] [--seconds S] [--max-frames N] [--batch N] [--mode mmsg|ring] [--tag T]
  *

@@ -10,9 +10,9 @@ Two paths fill the same columns:
   ERSPAN II/III, IP-in-IP. It decodes the inner packet of a tunnel and describes the tunnel.
 
 The fast path runs in C when the kernel is built (``_decode.decode_fast``, probes/csrc/decode.c: one
-call per block, about 0.02 s CPU per 1M packets against 0.25 s for the numpy code); the numpy code below
-stays its reference twin (``HOPSCOPE_NATIVE=0``), and tests/probes/test_decode_native.py checks that
-both give the same columns, statuses, skip counters and slow-path rows.
+call per block); the numpy code below stays its reference twin (``HOPSCOPE_NATIVE=0``), and
+tests/probes/test_decode_native.py checks that both give the same columns, statuses, skip counters
+and slow-path rows.
 
 A frame that does not decode gets a ``PacketStatus`` reason and is counted in ``Decoder.skips``; it
 never stops the decoder.

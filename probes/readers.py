@@ -7,13 +7,12 @@ looks inside a frame (dpkt style); decoding is ``hopscope.probes.decode``'s job.
 The file is read in big chunks (``chunk_bytes``, 8 MiB by default); a record cut by a chunk boundary is
 carried into the next chunk. Walking the record headers is sequential (record lengths chain). It runs
 in C (``_decode.walk_pcap``/``walk_pcapng``, probes/csrc/decode.c) when the kernel is built; the Python
-walks below are its reference twins (``HOPSCOPE_NATIVE=0``), about 0.16 s CPU per 1M pcap records plus
-numpy gathers through unaligned stride-1 views (``_words``).
+walks below are its reference twins (``HOPSCOPE_NATIVE=0``): a loop over the record headers, then numpy
+gathers of the columns through unaligned stride-1 views (``_words``).
 
 With the C walks, the file is mapped window by window (``_Chunks``: ``mmap``, read-only,
 ``MAP_POPULATE``) instead of copied into buffers; the windows are exactly the chunks the reads would
-give. Per 1M packets (bench/probe_read_decode.py, 613 MB pcap) read + decode cost 0.13 s CPU mapped,
-0.16 s read into buffers (the copy alone is about 0.10 s), 0.6-0.7 s on the reference path. The last
+give, and the copy into buffers is saved (bench/probe_read_decode.py times both). The last
 window's worth of the file is read as before, so a capture still being written and a truncated last
 record behave the same. Caveat of any mapping: a file cut short by another process *while* it is read
 ends this process with SIGBUS (``map_file=False`` avoids it).

@@ -5,10 +5,8 @@ store on another directory in the same process is refused until the first is clo
 
 Inserts send the batch as one Arrow IPC stream through chDB's streaming insert
 (``send_insert("INSERT INTO t (...)", "ArrowStream")``). The alternative, a pyarrow table read in
-place through the ``Python()`` table function, wins on a narrow 100,000-row table but loses at the
-batch sizes the correlator sends: best of 7 with 39-column FlowRecord batches, 1,000 rows per
-insert: ~80-100 k rows/s as a stream against ~43-50 k rows/s through Python(); 5,000 rows:
-~132 k against ~88 k (bench/store_insert.py prints both). Reads bind every value in the engine
+place through the ``Python()`` table function, wins on a narrow table but loses at the batch sizes
+the correlator sends (bench/store_insert.py times both; figures in docs/DESIGN.md). Reads bind every value in the engine
 (``{name:Type}`` parameters) and come back as Arrow tables.
 """
 

@@ -18,8 +18,7 @@
  * Packets are untrusted: every read is checked against the frame's captured end (and frames against
  * the buffer) before it happens. The loops run without the GIL. No global mutable state.
  *
- * Speed (bench/probe_read_decode.py, 1M packets of a 613 MB pcap, one core): walk_pcap 0.016-0.03 s
- * and decode_fast 0.02 s, against 0.33 s and 0.25 s for the reference code. Both prefetch: the record
+ * Both loops prefetch (bench/probe_read_decode.py times them against the reference code): the record
  * walk is a chain of dependent loads (each length gives the next header), so it asks for the bytes
  * WALK_PREFETCH_BYTES ahead; the decoder asks for the headers of the row PREFETCH_ROWS ahead.
  */
