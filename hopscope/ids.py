@@ -213,6 +213,26 @@ def dns_key(dns_id: int, qname: str, qtype: int) -> int:
     return parts_hash64(dns_id, qname.lower().rstrip("."), qtype)
 
 
+# --- partitioning --------------------------------------------------------------------------------
+
+
+def dns_correlation_key(dns_id: int, qname: str, qtype: int) -> int:
+    """Correlation (Kafka message) key of a DNS request seen without a TCP handshake.
+
+    ``dns_key(dns_id, qname, qtype) | 2**32``: bit 32 set, so it is never 0 and never equal to a
+    TCP ISN (``syn_seq``, below 2^32), the key of TCP observations.
+    """
+    return dns_key(dns_id, qname, qtype) | (1 << 32)
+
+
+def trace_key(trace_id: str) -> int:
+    """Correlation (Kafka message) key of a span or trace: the first 64 bits of its trace id.
+
+    The integer value of the first 16 hex digits of ``trace_id`` (0 for an empty id).
+    """
+    return int(trace_id[:16] or "0", 16)
+
+
 # --- traces and spans ----------------------------------------------------------------------------
 
 

@@ -106,6 +106,14 @@ VECTORS: dict[str, list[tuple[tuple[Any, ...], int]]] = {
         ((0, "", 0), 0x3B6B4663A1B3CEF7),
         ((65535, "bücher.example.", 28), 0xF673C1EC4F6FFAD1),
     ],
+    "dns_correlation_key": [
+        ((4660, "Example.COM.", 1), 0x6C16D243DF0761AA),
+        ((0, "api.shop.svc.cluster.local", 28), 0x60AD2811506BA7C9),  # dns_key 0x60AD2810506BA7C9, bit 32 set
+    ],
+    "trace_key": [
+        (("c5d747ae53fd5ebec985f9019d61114c",), 0xC5D747AE53FD5EBE),
+        (("",), 0x0),
+    ],
     "tuple_flow_id": [
         (("edge-pod", 6, "10.0.0.1", 51234, "10.0.0.2", 443), 0x13920E636119F389),
     ],
@@ -138,6 +146,7 @@ PYTHON: dict[str, Callable[..., int]] = {
     "mix64": ids.mix64, "payload_hash": ids.payload_hash, "text_hash64": ids.text_hash64,
     "endpoint_hash": ids.endpoint_hash, "flow_key": ids.flow_key, "flow_id": ids.flow_id, "sha1": _sha1,
     "parts_hash64": ids.parts_hash64, "request_id": ids.request_id, "dns_key": ids.dns_key,
+    "dns_correlation_key": ids.dns_correlation_key, "trace_key": ids.trace_key,
     "tuple_flow_id": ids.tuple_flow_id, "hop_hash": ids.hop_hash, "span_id": ids.span_id,
 }  # fmt: skip
 
@@ -147,8 +156,7 @@ def _c_functions() -> dict[str, Callable[..., int]]:
     m: Any = _meter
     return {
         "mix64": m.mix64, "payload_hash": m.payload_hash, "endpoint_hash": m.endpoint_hash,
-        "flow_key": m.flow_key, "flow_id": m.flow_id,
-        "text_hash64": m.text_hash64,
+        "flow_key": m.flow_key, "flow_id": m.flow_id, "text_hash64": m.text_hash64,
         "sha1": lambda data: int.from_bytes(m.sha1(data), "big"),
     }  # fmt: skip
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.ids import dns_correlation_key, trace_key
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 #: Default topic prefix; a record table's topic is ``f"{prefix}.{table}"``.
@@ -77,9 +77,10 @@ def correlation_keys(batch: Batch) -> npt.NDArray[np.uint64]:
     """The NAT-invariant key of every record of ``batch`` (DESIGN.md, "Partitioning for scale").
 
     TCP observations key on the client ISN (``syn_seq``), which routing, bridging and NAT leave
-    alone. DNS requests key on their transaction id and name. Records with neither (UDP flows, TCP
-    caught mid-connection) fall back to their own ``flow_id``: they cannot be stitched across NAT
-    by key anyway. Spans and traces key on their trace id.
+    alone. DNS requests key on their transaction id, name and type (``ids.dns_correlation_key``).
+    Records with neither (UDP flows, TCP caught mid-connection) fall back to their own ``flow_id``:
+    they cannot be stitched across NAT by key anyway. Spans and traces key on their trace id
+    (``ids.trace_key``).
     """
     cols = batch.columns
     n = len(batch)
@@ -90,16 +91,17 @@ def correlation_keys(batch: Batch) -> npt.NDArray[np.uint64]:
         if batch.record_type is RequestRecord:
             names: Any = cols["dns_qname"]
             ids: Any = cols["dns_id"]
-            pairs = zip(ids.tolist(), names, strict=True)
+            qtypes: Any = cols["dns_qtype"]
+            rows = zip(ids.tolist(), names, qtypes.tolist(), strict=True)
             dns = np.fromiter(
-                (zlib.crc32(f"{i}/{q}".encode()) if q else 0 for i, q in pairs),
+                (dns_correlation_key(i, q, t) if q else 0 for i, q, t in rows),
                 dtype=np.uint64,
                 count=n,
             )
-            keys = np.where(keys == 0, dns | np.uint64(1 << 40), keys)
+            keys = np.where(keys == 0, dns, keys)
         return np.where(keys == 0, fallback, keys)
     trace_ids: Any = cols["trace_id"]
-    return np.fromiter((zlib.crc32(t.encode()) for t in trace_ids), dtype=np.uint64, count=n)
+    return np.fromiter((trace_key(t) for t in trace_ids), dtype=np.uint64, count=n)
 
 
 def partition_of(keys: npt.NDArray[np.uint64], partitions: int) -> npt.NDArray[np.intp]:
