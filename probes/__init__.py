@@ -38,7 +38,7 @@ Entry points::
 ``FlowMeter.process``/``flush`` return ``list[FlowRecord]`` for callers that want objects; the batch
 forms are several times faster. For an L7 parser, ``PacketBlock.payload_rows_by_flow()`` gives the
 payload-bearing rows of each flow in capture order (see ``hopscope.probes.packets``), and
-``meter.payload_hash`` is the hash used for ``orig_payload_hash``/``resp_payload_hash``.
+``hopscope.ids.payload_hash`` is the hash used for ``orig_payload_hash``/``resp_payload_hash``.
 
 ``points`` maps interface labels to capture point names: ``"if<N>"`` (the interface index an SLL2
 header carries: a ``tcpdump -i any`` capture, whose pcapng interface is just "any"), a pcapng

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.ids import dns_correlation_key, trace_key
+from hopscope.ids import GOLDEN, dns_correlation_key, trace_key
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 #: Default topic prefix; a record table's topic is ``f"{prefix}.{table}"``.
@@ -23,7 +23,7 @@ def topic_of(table: str, prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
     """The topic of a record table (``flows`` -> ``hopscope.flows``)."""
     return f"{prefix}.{table}"
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(GOLDEN)
 
 
 @dataclass(frozen=True, slots=True)
