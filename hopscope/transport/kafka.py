@@ -167,7 +167,7 @@ class KafkaRecordConsumer:
         self.dead_letter_topic = topic_of("deadletter", prefix)
         self.stats = TransportStats()
         #: per partition: dead-lettered offsets not yet committed, each with the offset of the last
-        #: good message delivered before it (-1: none this session)
+        #: good message delivered before it (-1: none since this consumer started)
         self._pending_bad: dict[TopicPartition, list[tuple[int, int]]] = {}
         self._last_good: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
