@@ -36,10 +36,10 @@ partition; but a sidecar proxy's two legs are two connections, on two partitions
   of several processes lag each other (a relay silent for twice the idle time is dropped: it died,
   or said "everything"). Both legs of a proxy end on the proxy's host: they meet.
 
-The lead's design had stage 2 use its own record-time watermark; under load that passed records a
-slower relay (or an unread partition) had still to deliver, and wrote partial traces. Markers are the
-usual cure for a shuffle (watermarks flow with the data); ``relay_lateness_us`` remains only for
-input without markers.
+Why markers: a stage-2 watermark taken from the record times stage 2 has read would, under load, pass
+records a slower relay (or an unread partition) has still to deliver, and write partial traces.
+Markers are the usual cure for a shuffle (watermarks flow with the data); ``relay_lateness_us``
+remains only for input without markers.
 
 **Delivery.** Stage 2 writes the raw requests and flows that leave its buffer, then the spans, then
 the traces, and only then commits, per partition, up to the oldest message with a record still
