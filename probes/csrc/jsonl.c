@@ -13,7 +13,7 @@
  *   TABLE    (uint8 buffer, tuple of 256 bytes) -> the bytes at the value's index, verbatim
  *   LITERAL  no column: the prefix alone (Python folds columns constant in a batch into prefixes)
  *
- * Reference twin: probes/cli.py jsonl_lines (Python %-formatting of batch_columns); JsonLines in the
+ * Reference twin: probes/output.py jsonl_lines (Python %-formatting of batch_columns); JsonLines in the
  * same file builds the fields, and tests/probes/test_jsonl_native.py compares both byte for byte.
  * The output size is bounded with the GIL held (text lengths, float magnitudes) and `out` grown to it
  * (it is never shrunk, so one buffer serves every batch); the rows are written without the GIL, and
