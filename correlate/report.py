@@ -1,14 +1,16 @@
-"""What ``hopscope analyze`` prints: the traces as JSON (schema in docs/TRACE_SCHEMA.md) or a summary."""
+"""What ``hopscope analyze`` and ``hopscope demo`` print: the traces as JSON (schema in
+docs/TRACE_SCHEMA.md) or a summary, and one stored trace hop by hop."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from hopscope.correlate.engine import StitchResult
-from hopscope.records import Batch
+from hopscope.records import Batch, Span, Trace
 
 SCHEMA = "hopscope.traces/1"
 _HOP_FIELDS = (
@@ -127,3 +129,36 @@ def evaluation_text(ev: dict[str, Any]) -> str:
                  f"attributed to {ev['lossy_links'] or 'none'}; dropped request segments pinned to their "
                  f"link {ev['dropped_pinned']}/{ev['dropped_request_segments']}")
     return "\n".join(lines) + "\n"
+
+
+#: ``render`` formats: text (``summary_text`` and ``evaluation_text``) or json (``traces_json``).
+FORMATS = ("text", "json")
+
+
+def render(result: StitchResult, evaluation: dict[str, Any] | None = None, fmt: str = "text") -> str:
+    """The analyze output in one of ``FORMATS``; the evaluation, when given, is in it."""
+    if fmt == "json":
+        import json
+
+        doc = traces_json(result)
+        if evaluation is not None:
+            doc["evaluation"] = evaluation
+        return json.dumps(doc, indent=1) + "\n"
+    if fmt == "text":
+        return summary_text(result) + (evaluation_text(evaluation) if evaluation is not None else "")
+    raise ValueError(f"analyze format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def trace_hops_text(trace: Trace, spans: Sequence[Span]) -> list[str]:
+    """One stored trace and its spans (in path order), hop by hop: the request, then per hop the point,
+    its kind, the addresses seen there, the link latencies and why the correlator linked it."""
+    lines = [
+        f"{trace.method} {trace.http_host}{trace.path} -> {trace.status}, {trace.duration_us} us, "
+        f"x-request-id {trace.x_request_id or '-'}",
+        f"{'#':>2}  {'point':<16}{'kind':<11}{'seen as':<42}{'req link':>10}{'resp link':>10}  linked by",
+    ]
+    for s in spans:
+        seen = f"{s.orig_h}:{s.orig_p} > {s.resp_h}:{s.resp_p}"
+        lines.append(f"{s.hop_index:>2}  {s.point:<16}{s.hop_kind:<11}{seen:<42}{s.req_link_us:>8}us"
+                     f"{s.resp_link_us:>8}us  {s.link_reason} ({s.link_confidence:.2f})")
+    return lines

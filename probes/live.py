@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Final, Protocol
@@ -465,6 +465,25 @@ class FileSink:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class FanoutSink:
+    """Publishes every batch to each of several sinks (Kafka and a file, say), in order."""
+
+    def __init__(self, sinks: Sequence[RecordSink]) -> None:
+        self.sinks = list(sinks)
+
+    def publish(self, batch: Batch) -> None:
+        for sink in self.sinks:
+            sink.publish(batch)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 def read_file_sink(path: str) -> Iterator[Batch]:

@@ -1,0 +1,131 @@
+"""Stitch the capture files of several points at once (``hopscope analyze``, ``hopscope demo``).
+
+A plan names each point's capture file, hop kind and host, from a lab manifest and from points named
+one by one; the files go through the probes' stages (``correlate.capture``), the ``Correlator``
+stitches the records, and a manifest's ground truth scores the traces (``correlate.evaluate``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hopscope.correlate.settings import CorrelateSettings
+from hopscope.errors import ConfigError
+from hopscope.records import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPoint:
+    """One capture point to read."""
+
+    name: str
+    file: str
+    hop_kind: str = ""  # empty: the correlator infers it
+    host: str = ""  # clock and proxy host; empty: the point name
+
+
+@dataclass(slots=True)
+class Analysis:
+    """The records read from every point, the traces stitched from them, and the score against the
+    manifest's ground truth (``None`` without a manifest)."""
+
+    flows: Batch
+    requests: Batch
+    result: Any  # correlate.engine.StitchResult
+    evaluation: dict[str, Any] | None = None
+
+    def tables(self) -> dict[str, Batch]:
+        """Everything to store, by store table."""
+        return {"flows": self.flows, "requests": self.requests, "spans": self.result.spans,
+                "traces": self.result.traces}
+
+
+def plan_points(
+    files: Sequence[str] = (), points: Mapping[str, str] | None = None, hop_kinds: Mapping[str, str] | None = None,
+    hosts: Mapping[str, str] | None = None, manifest: str | None = None,
+) -> list[PlannedPoint]:  # fmt: skip
+    """Every capture to read, by point name: the manifest's capture points, then ``files`` (the point
+    is the file name without extension), then ``points`` (name -> file); ``hop_kinds`` and ``hosts``
+    override the manifest's. Raises ``ConfigError`` for no capture, a missing file, or a kind or host
+    given for a point that has no capture."""
+    kinds, host_of = dict(hop_kinds or {}), dict(hosts or {})
+    found: dict[str, str] = {}
+    if manifest:
+        for cp in _load_manifest(manifest).get("capture_points", []):
+            found[cp["name"]] = os.path.join(os.path.dirname(manifest), cp["file"])
+            kinds.setdefault(cp["name"], cp.get("kind", ""))
+            host_of.setdefault(cp["name"], cp.get("host", ""))
+    for f in files:
+        found[os.path.splitext(os.path.basename(f))[0]] = f
+    found.update(points or {})
+    if not found:
+        raise ConfigError("no captures: give --point NAME=FILE, files, or --manifest")
+    unknown = (set(kinds) | set(host_of)) - set(found)
+    if unknown:
+        raise ConfigError(f"--hop-kind/--host name points that have no capture: {', '.join(sorted(unknown))}")
+    for name, path in found.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"capture of point {name}: no file {path}")
+    return [PlannedPoint(n, f, kinds.get(n, ""), host_of.get(n, "")) for n, f in sorted(found.items())]
+
+
+def read_points(plan: Sequence[PlannedPoint], progress: str = "off") -> tuple[Batch, Batch]:
+    """Flow and request records of every capture, with a progress bar over their bytes
+    (``progress``: auto, on or off, see ``correlate.progress``)."""
+    from hopscope.correlate.capture import read_point
+    from hopscope.correlate.progress import Progress
+    from hopscope.records import FlowRecord, RequestRecord
+
+    bar = Progress(sum(os.path.getsize(p.file) for p in plan), progress)
+    flows, requests = [], []
+    for p in plan:
+        bar.label = p.name
+        got = read_point(p.file, p.name, p.hop_kind, p.host, progress=bar.advance)
+        log.info("point %s: %d packets, %d flow and %d request records", p.name, got.packets,
+                 len(got.flows), len(got.requests))
+        flows.append(got.flows)
+        requests.append(got.requests)
+    bar.close()
+    return (Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0),
+            Batch.concat(requests) if requests else Batch(RequestRecord, {}, 0))
+
+
+def analyze_points(
+    plan: Sequence[PlannedPoint], settings: CorrelateSettings | None = None, manifest: str | None = None,
+    progress: str = "off",
+) -> Analysis:  # fmt: skip
+    """Read every planned capture and stitch; with ``manifest``, score the traces against its ground truth."""
+    from hopscope.correlate.engine import Correlator
+    from hopscope.correlate.evaluate import evaluate
+
+    flows, requests = read_points(plan, progress)
+    result = Correlator(settings, {p.name: p.hop_kind for p in plan if p.hop_kind}).stitch(requests, flows)
+    evaluation = evaluate(_load_manifest(manifest), result, requests).as_dict() if manifest else None
+    return Analysis(flows, requests, result, evaluation)
+
+
+def store_tables(url: str, tables: Mapping[str, Batch]) -> None:
+    """Insert every non-empty batch into its table of the store at ``url`` (schema created first)."""
+    from hopscope.store import store_from_url
+
+    store = store_from_url(url)
+    try:
+        store.ensure_schema()
+        for table, batch in tables.items():
+            if len(batch):
+                store.insert(table, batch)
+        log.info("stored %s in %s", ", ".join(f"{len(b)} {t}" for t, b in tables.items()), store.url)
+    finally:
+        store.close()
+
+
+def _load_manifest(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return dict(json.load(fh))

@@ -1,0 +1,32 @@
+"""What the lab commands print about a run: its traffic and the manifest of a recorded run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def traffic_summary(truth: Sequence[dict[str, Any]]) -> str:
+    """One line: HTTP requests (with errors) and DNS lookups of a traffic run's ground truth."""
+    http = [r for r in truth if r["type"] == "http"]
+    errors = sum(1 for r in http if r["error"])
+    return f"{len(http)} HTTP requests ({errors} errors), {len(truth) - len(http)} DNS lookups"
+
+
+def manifest_summary(path: Path) -> list[str]:
+    """The lines describing a recorded run's ``manifest.json``: counts, impairments, delayer overhead."""
+    m = json.loads(path.read_text())
+    c = m["counts"]
+    lines = [
+        f"{path}: {c['requests']} requests ({c['without_client_request_id']} without a client id, "
+        f"{c['status_5xx']} 5xx, {c['errors']} errors), {c['dns']} DNS, "
+        f"{len(m['capture_points'])} capture points"
+    ]
+    for imp in m["impairments"]:
+        stats = imp["delayer_stats"]
+        lines.append(f"  impairment {imp['site']}: delay {imp['delay_ms']} ms, loss {imp['loss']}: {stats}")
+    if m.get("delayer_overhead"):
+        lines.append(f"  delayer overhead: {m['delayer_overhead']['overhead_us']} us per packet")
+    return lines
