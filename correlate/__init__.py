@@ -12,9 +12,10 @@ The engine (``Correlator``) takes record batches from any number of capture poin
 - ``order``: puts each segment's hops in path order by residence time (no clock needed).
 - ``assemble``: walks the proxy tree, computes per-link latency, pins loss to links, makes ids.
 
-Around it: ``capture`` (a capture file through the probes into records), ``report`` (the analyze
-JSON and summary), ``evaluate`` (precision and recall against a lab manifest), ``synthetic`` (a
-multi-hop load with ground truth), ``cli`` (``hopscope analyze``). Settings with units:
+Around it: ``capture`` (a capture file through the probes into records), ``offline`` (the captures
+of several points read and stitched at once: ``hopscope analyze``), ``report`` (the analyze JSON and
+summary), ``evaluate`` (precision and recall against a lab manifest), ``synthetic`` (a multi-hop load
+with ground truth). Settings with units:
 ``CorrelateSettings``. ``stream`` runs the same engine over Kafka, in two stages (``hopscope correlate``).
 """
 

@@ -15,7 +15,8 @@ Stages (each its own module and tests, STYLE.md habit 2):
   in ``tcpstate``), close type, handshake anchors and RTTs, retransmissions, out-of-order, zero windows,
   Community ID v1, payload hashes; final records at flow end (+ linger), idle timeout, flow-table
   eviction and end of capture, interim records (``final`` = 0) every ``interval_s`` for long flows.
-- ``analyze``: the entry points below, wiring the stages for one file; ``cli``: ``hopscope flows``.
+- ``analyze``: the entry points below, wiring the stages for one file; ``output``: flow and request
+  records as JSON lines and tables (``hopscope flows``, ``hopscope requests``).
 
 Entry points::
 

@@ -575,7 +575,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_jsonl",
-    "JSON lines of record columns (twin of hopscope.probes.cli.jsonl_lines). Field kinds: FLOAT6 "
+    "JSON lines of record columns (twin of hopscope.probes.output.jsonl_lines). Field kinds: FLOAT6 "
     "(float64, %.6f), HEX16 (8-byte int, quoted %016x), INT (int buffer, %d), TEXT (list of str, "
     "json.dumps), TABLE ((uint8 buffer, tuple of 256 bytes), entry verbatim), LITERAL (no column: "
     "the prefix alone).",

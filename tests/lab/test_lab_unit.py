@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP
 
+from hopscope.cli import command_parser
+from hopscope.cli.lab import ACTIONS, parse_impairments
 from hopscope.errors import ConfigError
 from hopscope.lab import netns
 from hopscope.lab.build import _interfaces, nat_ruleset
-from hopscope.lab.cli import parse_impairments, register
 from hopscope.lab.delayer import Delayer, describe
 from hopscope.lab.dns_server import answer, build_query, parse_answer
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
@@ -149,12 +149,11 @@ def test_cli_parses_impairments() -> None:
     assert [(s.site, s.delay_ms, s.loss) for s in specs] == [("nodeB-ingress", 5.0, 0.01), ("nodeA-egress", 2.0, 0.0)]
     with pytest.raises(ConfigError):
         parse_impairments(["nodeB-ingress"], [])
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["lab", "run", "--out", "x", "--delay", "nodeB-ingress=5"])
-    assert callable(args.func) and args.delay == ["nodeB-ingress=5"]
+    parser = command_parser("lab")
+    args = parser.parse_args(["run", "--out", "x", "--delay", "nodeB-ingress=5"])
+    assert args.action == "run" and args.delay == ["nodeB-ingress=5"]
     for action in ("up", "traffic", "down", "samples", "status", "check"):
-        assert callable(parser.parse_args(["lab", action]).func)
+        assert parser.parse_args([action]).action in ACTIONS
 
 
 def test_missing_prerequisites_are_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from hopscope.cli import main
 from hopscope.probes.analyze import analyze_capture
-from hopscope.probes.cli import JsonLines, jsonl_lines, row_keys
+from hopscope.probes.output import JsonLines, jsonl_lines, row_keys
 from hopscope.records import Batch, FlowRecord
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples" / "lab").glob("*.pcap"))

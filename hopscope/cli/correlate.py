@@ -13,17 +13,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+from hopscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hopscope.correlate.stream import StreamSettings
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("correlate", help="stitch records from Kafka into traces, streaming, into a store",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("--kafka", required=True, metavar="BOOTSTRAP", help="Kafka bootstrap, e.g. 127.0.0.1:9092")
     p.add_argument("--store", required=True, metavar="URL", help="clickhouse://host:port/db or chdb:///dir")
     p.add_argument("--group", default="hopscope-correlate",
                    help="consumer group prefix: GROUP-s1 and GROUP-s2 (default hopscope-correlate)")
-    p.add_argument("--topic-prefix", default="hopscope", help="topics are PREFIX.requests, ... (default hopscope)")
+    p.add_argument("--topic-prefix", default="hopscope", metavar="PREFIX",
+                   help="topics are PREFIX.requests, ... (default hopscope)")
     p.add_argument("--lateness-ms", type=int, default=2000,
                    help="event time a record may arrive behind the newest and still be stitched (default 2000)")
     p.add_argument("--trace-spread-ms", type=int, default=500,
@@ -36,25 +41,15 @@ def register(sub: Any) -> None:
                    help="records each stage may hold; the oldest beyond are forced out (default 2000000)")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="exit when no record arrived for SECONDS and nothing is held")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import threading
 
-    from hopscope.correlate.stream import StreamPipeline, StreamSettings
-    from hopscope.errors import ConfigError
+    from hopscope.correlate.stream import StreamPipeline
     from hopscope.store import store_from_url
 
-    if min(args.lateness_ms, args.relay_lateness_ms, args.trace_spread_ms, args.idle_flush_ms) < 0 \
-            or args.max_buffered < 1:
-        raise ConfigError("--lateness-ms, --relay-lateness-ms, --trace-spread-ms and --idle-flush-ms must not be "
-                          "negative, --max-buffered at least 1")
-    stream = StreamSettings(
-        lateness_us=args.lateness_ms * 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
-        trace_spread_us=args.trace_spread_ms * 1000,
-        idle_flush_s=args.idle_flush_ms / 1000, max_buffer_records=args.max_buffered,
-    )
+    stream = _settings(args)
     store = store_from_url(args.store)
     store.ensure_schema()  # fails fast, with the address, when the store is down
     stop = threading.Event()
@@ -76,3 +71,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _settings(args: argparse.Namespace) -> StreamSettings:
+    """The stream settings of the options, checked."""
+    from hopscope.correlate.stream import StreamSettings
+
+    if min(args.lateness_ms, args.relay_lateness_ms, args.trace_spread_ms, args.idle_flush_ms) < 0 \
+            or args.max_buffered < 1:
+        raise ConfigError("--lateness-ms, --relay-lateness-ms, --trace-spread-ms and --idle-flush-ms must not be "
+                          "negative, --max-buffered at least 1")
+    return StreamSettings(
+        lateness_us=args.lateness_ms * 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
+        trace_spread_us=args.trace_spread_ms * 1000,
+        idle_flush_s=args.idle_flush_ms / 1000, max_buffer_records=args.max_buffered,
+    )

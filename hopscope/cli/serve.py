@@ -1,25 +1,20 @@
-"""``hopscope serve``: the API and the trace lookup page."""
+"""``hopscope serve``: the REST API and the trace lookup page of a store."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from hopscope.store import DEFAULT_URL
 
 
-def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "serve", help="serve the REST API and the trace lookup UI"
-    )
-    parser.add_argument("--store", default=DEFAULT_URL, help=f"store URL (default {DEFAULT_URL})")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=DEFAULT_URL, metavar="URL", help=f"store URL (default {DEFAULT_URL})")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     parser.add_argument("--inventory", help="YAML inventory or kubectl JSON naming pods/Services/nodes by IP")
-    parser.set_defaults(func=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hopscope.api.app import create_app
@@ -31,6 +26,6 @@ def serve(args: argparse.Namespace) -> int:
     store = store_from_url(args.store)
     store.ensure_schema()
     app = create_app(store, ApiSettings(store_url=args.store), close_store=True, inventory=inventory)
-    print(f"hopscope: serving {args.store} on http://{args.host}:{args.port}/")
+    print(f"hopscope: serving {args.store} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

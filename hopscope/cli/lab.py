@@ -1,62 +1,37 @@
-"""``hopscope lab up | traffic | down | run | samples | status``: the namespaces lab from the command line."""
+"""``hopscope lab up|traffic|down|run|samples|status|check``: the namespaces lab (needs root)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hopscope.errors import ConfigError
-from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites, down_all, down_prefix, record, state_root
-from hopscope.lab.netns import lab_prefixes
-from hopscope.lab.plan import PlanSettings
-from hopscope.paths import lab_samples
+from hopscope.lab.lab import ImpairSpec
 
-#: What ``lab samples`` records: small enough to commit (a few MB of pcaps), every case present.
-SAMPLE_SETTINGS = {
-    "requests_per_session": 8,
-    "sessions": 1,
-    "big_bytes": 60_000,
-    "dead_attempts": 1,
-    "dns_lookups": 3,
-}
-SAMPLE_IMPAIRMENT = "nodeB-ingress=5"
-DEFAULT_SAMPLES_DIR = lab_samples()
+if TYPE_CHECKING:
+    from hopscope.lab.plan import PlanSettings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lab = sub.add_parser("lab", help="the multi-hop namespaces lab (root): up, traffic, down, run, samples")
-    acts = lab.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
-
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    acts = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = acts.add_parser("up", help="build the lab and leave it running")
     p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
-    p.set_defaults(func=cmd_up)
-
     p = acts.add_parser("traffic", help="drive traffic through a running lab (capture with --out)")
     p.add_argument("--prefix", help="the lab's prefix (default: the only one running)")
     _traffic_args(p, out_required=False)
-    p.set_defaults(func=cmd_traffic)
-
     p = acts.add_parser("down", help="remove a lab, or every lab leftover (crashed runs too)")
     p.add_argument("--prefix", help="only this lab (default: all)")
-    p.set_defaults(func=cmd_down)
-
     p = acts.add_parser("run", help="up, traffic with captures into OUT, down")
     p.add_argument("--overlay", choices=["vxlan"])
     _traffic_args(p, out_required=True)
-    p.set_defaults(func=cmd_run)
-
-    p = acts.add_parser("samples", help="regenerate the committed sample captures (samples/lab)")
-    p.add_argument("--out", type=Path, default=DEFAULT_SAMPLES_DIR)
-    p.set_defaults(func=cmd_samples)
-
-    p = acts.add_parser("status", help="list running labs")
-    p.set_defaults(func=cmd_status)
-
-    p = acts.add_parser("check", help="check the lab's prerequisites")
-    p.set_defaults(func=cmd_check)
+    p = acts.add_parser("samples", help="regenerate the shipped sample captures")
+    p.add_argument("--out", type=Path, help="directory for pcaps and manifest.json (default: the shipped samples)")
+    acts.add_parser("status", help="list running labs")
+    acts.add_parser("check", help="check the lab's prerequisites")
 
 
 def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
@@ -85,65 +60,76 @@ def parse_impairments(delays: list[str], losses: list[str]) -> list[ImpairSpec]:
     return [ImpairSpec(site, **vals) for site, vals in found.items()]
 
 
-def _settings(args: argparse.Namespace) -> PlanSettings:
+def run(args: argparse.Namespace) -> int:
+    ACTIONS[args.action](args)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> PlanSettings:
+    from hopscope.lab.plan import PlanSettings
+
     return PlanSettings(requests_per_session=args.requests, sessions=args.sessions, big_bytes=args.big_bytes)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def _up(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import Lab
+
     lab = Lab(overlay=args.overlay).up()
     lab.detach()
     print(f"lab {lab.prefix} up in {lab.up_seconds} s (namespaces: {' '.join(lab.ns.all())})")
     print("next: hopscope lab traffic --out DIR   |   hopscope lab down")
-    return 0
 
 
-def cmd_traffic(args: argparse.Namespace) -> int:
+def _traffic(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import Lab, record
+    from hopscope.lab.summary import manifest_summary, traffic_summary
+
     lab = Lab.attach(args.prefix)
     impairments = parse_impairments(args.delay, args.loss)
-    if args.out is None:
-        for spec in impairments:
-            lab.impair(spec.site, spec.delay_ms, spec.loss, args.seed)
-        try:
-            truth = lab.traffic(_settings(args))
-        finally:
-            lab.clear_impairments()
-        _print_summary(truth)
-        return 0
-    path = record(lab, args.out, impairments, _settings(args), args.seed, not args.no_overhead)
-    _print_manifest(path)
-    return 0
+    if args.out is not None:
+        path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
+        print("\n".join(manifest_summary(path)))
+        return
+    for spec in impairments:
+        lab.impair(spec.site, spec.delay_ms, spec.loss, args.seed)
+    try:
+        truth = lab.traffic(_plan(args))
+    finally:
+        lab.clear_impairments()
+    print(traffic_summary(truth))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import Lab, record
+    from hopscope.lab.summary import manifest_summary
+
     impairments = parse_impairments(args.delay, args.loss)
     with Lab(overlay=args.overlay) as lab:
-        path = record(lab, args.out, impairments, _settings(args), args.seed, not args.no_overhead)
-    _print_manifest(path)
-    return 0
+        path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
+    print("\n".join(manifest_summary(path)))
 
 
-def cmd_samples(args: argparse.Namespace) -> int:
+def _samples(args: argparse.Namespace) -> None:
+    from hopscope.lab.samples import record_samples
+    from hopscope.lab.summary import manifest_summary
+    from hopscope.paths import lab_samples
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.pcap"):
-        old.unlink()
-    with Lab() as lab:
-        path = record(lab, out, parse_impairments([SAMPLE_IMPAIRMENT], []), PlanSettings(**SAMPLE_SETTINGS))
-    _print_manifest(path)
+    out: Path = args.out or lab_samples()
+    print("\n".join(manifest_summary(record_samples(out))))
     total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"{out}: {total / 1e6:.2f} MB")
-    return 0
 
 
-def cmd_down(args: argparse.Namespace) -> int:
+def _down(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import down_all, down_prefix
 
     removed = down_prefix(args.prefix) if args.prefix else down_all()
     print(f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else ""))
-    return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import state_root
+    from hopscope.lab.netns import lab_prefixes
 
     prefixes = lab_prefixes()
     for prefix in prefixes:
@@ -154,31 +140,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{prefix}  {note}")
     if not prefixes:
         print("no lab running")
-    return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> None:
+    from hopscope.lab.lab import check_prerequisites
+
     check_prerequisites()
     print("lab prerequisites: all present")
-    return 0
 
 
-def _print_summary(truth: list[dict[str, Any]]) -> None:
-    http = [r for r in truth if r["type"] == "http"]
-    errors = sum(1 for r in http if r["error"])
-    print(f"{len(http)} HTTP requests ({errors} errors), {len(truth) - len(http)} DNS lookups")
-
-
-def _print_manifest(path: Path) -> None:
-    m = json.loads(path.read_text())
-    c = m["counts"]
-    print(
-        f"{path}: {c['requests']} requests ({c['without_client_request_id']} without a client id, "
-        f"{c['status_5xx']} 5xx, {c['errors']} errors), {c['dns']} DNS, "
-        f"{len(m['capture_points'])} capture points"
-    )
-    for imp in m["impairments"]:
-        stats = imp["delayer_stats"]
-        print(f"  impairment {imp['site']}: delay {imp['delay_ms']} ms, loss {imp['loss']}: {stats}")
-    if m.get("delayer_overhead"):
-        print(f"  delayer overhead: {m['delayer_overhead']['overhead_us']} us per packet")
+#: action -> what it does
+ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "up": _up, "traffic": _traffic, "down": _down, "run": _run, "samples": _samples, "status": _status,
+    "check": _check,
+}  # fmt: skip

@@ -1,0 +1,72 @@
+"""``hopscope analyze``: read captures from several points, stitch, store, print traces.
+
+    hopscope analyze --point client=c.pcap --point node=n.pcap --hop-kind node=nat --format json
+    hopscope analyze --manifest samples/lab/manifest.json          # points, kinds and hosts from the lab
+    hopscope analyze a.pcap b.pcap                                  # point names from the file names
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hopscope.cli import add_alias
+from hopscope.correlate.settings import ClockDomain, ClockMode
+from hopscope.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
+    p.add_argument("files", nargs="*", help="capture files; the point is the file name without extension")
+    p.add_argument("--point", action="append", default=[], metavar="NAME=FILE", help="a capture point's file")
+    kind = p.add_argument("--hop-kind", action="append", default=[], metavar="NAME=KIND",
+                          help="hop kind of a point: pod, node, nat, hypervisor, switch, gateway, proxy")
+    add_alias(p, kind, "--kind")
+    p.add_argument("--host", action="append", default=[], metavar="NAME=HOST",
+                   help="host (clock and proxy host) of a point; default: the point name")
+    p.add_argument("--manifest", help="a lab manifest.json: its capture points, kinds, hosts and files; "
+                   "the output then also scores the traces against its ground truth (precision, recall)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    out = p.add_argument("-o", "--out", metavar="FILE", help="write to this file instead of stdout")
+    add_alias(p, out, "--output")
+    p.add_argument("--store", metavar="URL", help="store URL (default: the embedded chDB store, $HOPSCOPE_STORE)")
+    p.add_argument("--no-store", action="store_true", help="do not store records and traces")
+    p.add_argument("--clock-mode", choices=[m.value for m in ClockMode], default=ClockMode.AUTO.value,
+                   help="auto: correct a point's clock only when causality demands (default); ntp; none")
+    p.add_argument("--clock-domain", choices=[m.value for m in ClockDomain], default=ClockDomain.POINT.value,
+                   help="point: every capture its own clock (default); host: the points of one --host share one")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar on stderr (auto: for inputs over 20 MB on a terminal)")
+
+
+def pairs(values: list[str], option: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; anything else is a ``ConfigError`` naming ``option``."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{option} expects NAME=VALUE, got {v!r}")
+        out[name] = rest
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from hopscope.correlate.offline import analyze_points, plan_points, store_tables
+    from hopscope.correlate.report import render
+    from hopscope.correlate.settings import CorrelateSettings
+    from hopscope.store import DEFAULT_URL
+
+    plan = plan_points(args.files, pairs(args.point, "--point"), pairs(args.hop_kind, "--hop-kind"),
+                       pairs(args.host, "--host"), args.manifest)
+    settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
+    analysis = analyze_points(plan, settings, args.manifest, args.progress)
+    text = render(analysis.result, analysis.evaluation, args.format)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if not args.no_store:  # after the output: a store that cannot be opened does not cost the result
+        store_tables(args.store or DEFAULT_URL, analysis.tables())
+    return 0
