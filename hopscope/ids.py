@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+Ints = npt.NDArray[np.integer[Any]]
 
 MASK64: Final = (1 << 64) - 1
 #: 2^64 / golden ratio: added to inputs of ``mix64`` so that 0 does not map to 0.
@@ -287,7 +288,7 @@ def span_id(trace_first: int, hop: int, request_id: int, flow_id: int, hop_index
     return mix64(h ^ hop_index)
 
 
-def span_id_array(trace_first: U64, hop: U64, request_id: U64, flow_id: U64, hop_index: U64) -> U64:
+def span_id_array(trace_first: U64, hop: U64, request_id: U64, flow_id: U64, hop_index: Ints) -> U64:
     """``span_id`` column-wise."""
     h = mix64_array(np.asarray(trace_first, np.uint64) ^ np.asarray(hop, np.uint64))
     h = mix64_array(h ^ np.asarray(request_id, np.uint64))
