@@ -44,7 +44,7 @@ def test_analyze_json_is_stored_and_follows_the_schema(tmp_path: Path) -> None:
 @needs_lab
 def test_analyze_summary_names_links_and_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     points = [f"--point={name}={LAB / (name + '.pcap')}" for name in ("client1-pod", "nodeA-pre-nat", "nodeB")]
-    rc = main(["analyze", *points, "--kind", "nodeA-pre-nat=nat", "--no-store"])
+    rc = main(["analyze", *points, "--hop-kind", "nodeA-pre-nat=nat", "--no-store"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "slowest" in text and "failed:" in text and "per-link latency" in text
@@ -57,7 +57,7 @@ def test_analyze_summary_names_links_and_failures(tmp_path: Path, capsys: pytest
         (["analyze"], "no captures"),
         (["analyze", "--point", "x"], "NAME=VALUE"),
         (["analyze", "--point", "x=/nonexistent.pcap"], "no file"),
-        (["analyze", "--point", f"x={os.devnull}", "--kind", "y=nat"], "no capture"),
+        (["analyze", "--point", f"x={os.devnull}", "--hop-kind", "y=nat"], "no capture"),
     ],
 )
 def test_analyze_rejects_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

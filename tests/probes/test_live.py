@@ -195,7 +195,8 @@ def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str
     ensure_topics(kafka_bootstrap, prefix=prefix)
     consumer = KafkaRecordConsumer(kafka_bootstrap, f"probe-{prefix}", tables=["flows", "requests"], prefix=prefix)
     cmd = [sys.executable, "-m", "hopscope", "probe", "--iface", VETH_A, "--point", "kafka-point", "--netns", NS_A,
-           "--kafka", kafka_bootstrap, "--topic", prefix, "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
+           "--kafka", kafka_bootstrap, "--topic-prefix", prefix,
+           "--filter", "tcp port 8080 or udp port 53"]  # fmt: skip
     probe = _start_probe(cmd)
     try:
         _client()
