@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
-from hopscope.probes import kernels
+from hopscope.probes.kernels import load as load_kernel
 from hopscope.records import Batch, ColumnType, FlowRecord, RequestRecord, _as_list
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
@@ -128,7 +128,7 @@ class JsonLines:
     """
 
     def __init__(self) -> None:
-        self.kernel = kernels.load("_jsonl")
+        self.kernel = load_kernel("_jsonl")
         if any(c.type is ColumnType.F32 for c in FlowRecord.columns()):  # "%d" of a float: not in C
             self.kernel = None
         self.keys = row_keys()
