@@ -46,6 +46,8 @@ _H_SYN, _H_FIN, _H_RST, _H_FIN_RST, _H_DATA, _H_ACK, _H_MULTI = 1, 2, 4, 8, 16, 
 
 #: Sentinel for "no sequence number remembered yet" (sequence numbers are 0..2^32-1).
 _NONE: Final = -1
+#: At most this many history letters are kept (a bound for pathological flows; meter.c: HIST_MAX).
+HIST_MAX: Final = 65535
 
 
 class Endpoint:
@@ -95,7 +97,8 @@ class TcpConn:
             ep.set_state(RESET)
 
     def add(self, from_orig: bool, letter: str) -> None:
-        self.history.append(letter if from_orig else letter.lower())
+        if len(self.history) < HIST_MAX:
+            self.history.append(letter if from_orig else letter.lower())
 
     def _check(self, ep: Endpoint, from_orig: bool, bit: int, letter: str) -> bool:
         """Zeek's CheckHistory: add the letter the first time; True when it was seen before."""

@@ -1,31 +1,30 @@
 /* meter.c: hopscope.probes._meter, the compiled flow meter.
  *
- * Reference twin: probes/meter.py (FlowMeter's numpy path) and probes/tcpstate.py (the Zeek state machine).
- * This kernel meters every ok packet of a PacketBlock one by one, in capture order, with the same rules:
+ * Reference twin: probes/meter_reference.py (ReferenceMeter, the specification) and probes/tcpstate.py
+ * (the Zeek state machine). This kernel follows the reference function for function: meter_rows,
+ * meter_packet, create, tcp_packet_meter (seq_analysis, tcp_packet, anchors), end_of_slice, sweep, evict,
+ * finish, emit, in the same order of operations, and its flow table hands out slots in the same order,
+ * so both emit identical records in the same order on every input (tests/probes/test_meter_native.py):
  *
- *   - flow key: the 64-bit hash of (capture point, tunnel, VLAN, protocol, the two endpoints) that
- *     meter.py's _keys computes, so flow_id values are identical; one open-addressing index key -> slot;
- *   - roles: meter._flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse rule
- *     for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
+ *   - flow key: hopscope.ids.flow_key over endpoint hashes (ids.h), so flow_id values are identical; one
+ *     open-addressing index key -> slot;
+ *   - roles: meter_common.flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse
+ *     rule for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
  *   - per packet: counters per direction, sequence analysis (retransmission: payload whose end does not
  *     advance the highest sequence end seen; out of order: payload starting beyond it), zero windows,
  *     T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
- *     letters, handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload hashes (BLAKE2b-64 of the
- *     first payload bytes per direction), UDP history letters;
+ *     letters (every packet, as Zeek), handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload
+ *     hashes (BLAKE2b-64 of the first payload bytes per direction), UDP history letters;
  *   - emission: FIN both ways or RST closes a flow, finished after linger; idle timeouts; interim records
  *     every interval; eviction of the least recently active tenth when the table is over its limit; all
  *     checked at sweeps every sweep_every_s of capture time (the block-local running maximum of packet
- *     times, exactly where meter.py slices blocks); the reason, conn_state and close_type of records.
+ *     times, where the reference slices blocks); the reason, conn_state and close_type of records.
  *
  * Records are appended to an output buffer (RECORD_FIELDS int64 words each, plus their text: the two
  * addresses, history and Community ID, NUL-separated) that Python takes with take() and turns into a
- * FlowRecord batch column-wise.
+ * FlowRecord batch (meter_common.record_batch).
  * The GIL is released while packets are metered; one Engine must not be used by two threads at once
  * (a busy flag turns that into a RuntimeError).
- *
- * Deliberate difference from the numpy path: every packet goes through the TCP state machine (Zeek
- * does the same); the numpy path sends only packets that can change state, which differs only for an
- * endpoint that stays INACTIVE after its first packet (see tests/probes/test_meter_native.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,7 +36,7 @@
 
 #include "ids.h"
 
-/* ---- constants shared with meter.py / tcpstate.py ------------------------------------------ */
+/* ---- constants shared with meter_common.py / tcpstate.py ------------------------------------------ */
 
 enum { INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET };
 enum { T_FIN = 0x01, T_SYN = 0x02, T_RST = 0x04, T_ACK = 0x10 };
@@ -51,7 +50,7 @@ static const char *CLOSE_NAMES[] = {"normal",     "client_rst", "server_rst", "s
                                     "half_close", "timeout",    "evicted",    "unfinished",      "open"};
 enum { CT_NORMAL, CT_CLIENT_RST, CT_SERVER_RST, CT_SYN_MISS, CT_ACK_MISS, CT_HALF, CT_TIMEOUT, CT_EVICTED,
        CT_UNFINISHED, CT_OPEN };
-/* why a record is emitted (meter.py's "reason" strings) */
+/* why a record is emitted (meter_reference's WHY_ strings) */
 enum { WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED, WHY_OPEN };
 
 #define NO_SEQ (-(INT64_C(1) << 62))
@@ -598,7 +597,7 @@ static void set_due(Engine *e, int32_t slot) {
     e->due[slot] = due;
 }
 
-/* meter._sweep: lingering closed flows, idle flows, interim records of long flows. */
+/* ReferenceMeter._sweep: lingering closed flows, idle flows, interim records of long flows. */
 static void sweep(Engine *e) {
     int64_t now = e->now_ns;
     for (int64_t s = 0; s < e->nslots; s++) {
@@ -627,14 +626,14 @@ typedef struct {
     int32_t slot;
 } age_t;
 
-/* least recently active first; ties by flow_id, as meter.py (independent of slot numbers) */
+/* least recently active first; ties by flow_id, as ReferenceMeter._evict */
 static int age_cmp(const void *a, const void *b) {
     const age_t *x = a, *y = b;
     if (x->end_ns != y->end_ns) return x->end_ns < y->end_ns ? -1 : 1;
     return x->flow_id < y->flow_id ? -1 : x->flow_id > y->flow_id;
 }
 
-/* meter._evict: the least recently active tenth of the flows goes. */
+/* ReferenceMeter._evict: the least recently active tenth of the flows goes. */
 static void evict(Engine *e) {
     age_t *ages = malloc((size_t)e->used * sizeof *ages);
     if (!ages) {
@@ -651,7 +650,7 @@ static void evict(Engine *e) {
     free(ages);
 }
 
-/* What meter.py does after each slice: finish reused tuples' old flows, evict when over the limit. */
+/* ReferenceMeter._end_of_slice: finish reused tuples' old flows, evict when over the limit. */
 static void end_of_slice(Engine *e) {
     for (int64_t k = 0; k < e->nretiring; k++) {
         int32_t s = e->retiring[k];
@@ -696,7 +695,7 @@ typedef struct {
     int64_t npoints, ntunnels;
 } block_t;
 
-/* meter._flip_roles */
+/* meter_common.flip_roles */
 static int flip_roles(Engine *e, int proto, int flags, int sport, int dport) {
     int src_likely = e->likely_server[sport], dst_likely = e->likely_server[dport];
     if (proto == P_TCP) {
@@ -708,7 +707,7 @@ static int flip_roles(Engine *e, int proto, int flags, int sport, int dport) {
     return proto == P_UDP && src_likely && !dst_likely;
 }
 
-/* meter._create for the packet in row i. */
+/* ReferenceMeter._create for the packet in row i. */
 static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep,
                       int keep_direction) {
     int32_t slot = slot_alloc(e);
@@ -745,7 +744,7 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     return slot;
 }
 
-/* meter._is_reuse: a pure SYN whose ISN differs from the originator's start of sequence. */
+/* Flow.is_reuse: a pure SYN whose ISN differs from the originator's start of sequence. */
 static int is_reuse(const flow_t *f, int64_t seq) {
     if (f->first_seq[0] < 0 && f->first_seq[1] < 0) return 0;
     int64_t orig_start = f->syn_seq ? f->syn_seq : f->first_seq[0] >= 0 ? ((f->first_seq[0] - 1) & 0xFFFFFFFF) : 0;
@@ -768,38 +767,36 @@ static uint64_t hash_payload(Engine *e, const block_t *b, int64_t i) {
     return hs_payload_hash(b->buf + off, (size_t)n);
 }
 
-/* meter._walk_seq + meter._tcp_event for one TCP packet of flow f. */
-static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, int fo) {
-    int d = fo ? 0 : 1, flags = b->flags[i];
-    int64_t seq = b->seq[i], len = b->payload_len[i], ts = b->ts[i];
+/* Retransmission, out-of-order and zero-window counts of one packet; returns its letters (1: W, 2: T, on
+ * the 1st, 10th, 100th ... occurrence in the direction). ReferenceMeter._seq_analysis. */
+static int seq_analysis(flow_t *f, int d, int flags, int64_t seq, int64_t len, int64_t window) {
     int rst = flags & T_RST;
-    /* sequence analysis */
     if (f->seq_base[d] < 0) f->seq_base[d] = seq;
     int64_t rel = ((seq - f->seq_base[d] + (INT64_C(1) << 31)) & 0xFFFFFFFF) - (INT64_C(1) << 31);
     int64_t seglen = (rst ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
     int64_t prev = f->max_end[d];
     int data = len > 0 && !rst && prev >= SEQ_NONE_BELOW;
-    int rtx = data && rel + seglen <= prev, ooo = data && rel > prev;
-    int zw = !rst && b->window[i] == 0;
+    int rtx = data && rel + seglen <= prev; /* Zeek: payload that does not advance the sequence space */
+    int ooo = data && rel > prev;
+    int zw = !rst && window == 0;
     if (!rst && rel + seglen > prev) f->max_end[d] = rel + seglen;
     int letters = 0;
     if (zw && is_power_of_ten(++f->stats[S_ZW + d])) letters |= 1;
     if (rtx && is_power_of_ten(++f->stats[S_RTX + d])) letters |= 2;
     f->stats[S_OOO + d] += ooo;
-    /* the state machine and its anchors */
-    if (f->first_seq[d] < 0) f->first_seq[d] = seq;
-    if (len && !rst && !f->payload_hash[d] && b->payload_caplen[i]) f->payload_hash[d] = hash_payload(e, b, i);
-    int was_closed = tcp_closed(f);
-    tcp_packet(f, fo, flags, seq, len);
-    if (letters & 1) add_letter(f, fo, 'W');
-    if (letters & 2) add_letter(f, fo, 'T');
+    return letters;
+}
+
+/* The originator's SYN (ISN, IP id, time), the responder's SYN-ACK and the two handshake RTTs.
+ * ReferenceMeter._anchors. */
+static void anchors(const block_t *b, int64_t i, flow_t *f, int fo, int flags, int64_t seq, int64_t ts) {
     if ((flags & (T_SYN | T_ACK | T_RST | T_FIN)) == T_SYN) {
         if (fo) {
             if (!f->syn_seq) {
                 f->syn_seq = seq;
                 f->syn_ip_id = b->ip_id[i];
             }
-            f->syn_ns = ts;
+            f->syn_ns = ts; /* the last SYN sent: a retransmitted SYN restarts the server RTT */
         }
     } else if ((flags & (T_SYN | T_ACK | T_RST)) == (T_SYN | T_ACK)) {
         if (!fo && !f->synack_seq) {
@@ -810,17 +807,34 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
                 f->rtt_server_us = us > 0 ? us : 0;
             }
         }
-    } else if (fo && (flags & T_ACK) && f->synack_ns && !f->rtt_client_us) {
+    } else if (fo && (flags & T_ACK) && !(flags & T_SYN) && f->synack_ns && !f->rtt_client_us) {
+        /* the handshake's third packet: the originator's first ACK without SYN after the SYN-ACK */
         int64_t us = (ts - f->synack_ns) / 1000;
-        f->rtt_client_us = us > 1 ? us : 1;
+        f->rtt_client_us = us > 1 ? us : 1; /* 1 at least: 0 means not seen */
     }
+}
+
+/* Sequence analysis, the state machine and history, and the handshake anchors of one TCP packet of
+ * flow f. ReferenceMeter._tcp_packet. */
+static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, int fo) {
+    int d = fo ? 0 : 1, flags = b->flags[i];
+    int64_t seq = b->seq[i], len = b->payload_len[i], ts = b->ts[i];
+    int letters = seq_analysis(f, d, flags, seq, len, b->window[i]);
+    if (f->first_seq[d] < 0) f->first_seq[d] = seq;
+    if (len && !(flags & T_RST) && !f->payload_hash[d] && b->payload_caplen[i])
+        f->payload_hash[d] = hash_payload(e, b, i);
+    int was_closed = tcp_closed(f);
+    tcp_packet(f, fo, flags, seq, len); /* history letters, then Zeek's endpoint state machine */
+    if (letters & 1) add_letter(f, fo, 'W');
+    if (letters & 2) add_letter(f, fo, 'T');
+    anchors(b, i, f, fo, flags, seq, ts);
     if (!was_closed && tcp_closed(f)) {
         f->closed_ns = ts;
         f->closing = 1;
     }
 }
 
-/* meter._keys for row i: the direction-normalised flow key and the two endpoint hashes. */
+/* _Rows (meter_reference.py) for row i: the direction-normalised flow key and the two endpoint hashes. */
 static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, uint64_t *src_ep, uint64_t *dst_ep) {
     int proto = b->proto[i];
     uint64_t sp = b->sport[i], dp = b->dport[i];
@@ -866,7 +880,7 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
     if (ts > f->end_ns) f->end_ns = ts;
     if (proto == P_TCP) {
         tcp_packet_meter(e, b, i, f, fo);
-    } else if (len > 0 && f->payload_hash[d] == 0) { /* meter._first_data */
+    } else if (len > 0 && f->payload_hash[d] == 0) { /* first payload of the direction */
         uint64_t h = hash_payload(e, b, i); /* 1: payload seen, nothing hashed (beyond snaplen) */
         f->payload_hash[d] = h ? h : 1;
         if (proto == P_UDP) add_letter(f, fo, 'D');

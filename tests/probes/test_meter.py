@@ -17,7 +17,8 @@ from scapy.utils import wrpcap
 from hopscope.cli import main
 from hopscope.probes.analyze import analyze_capture
 from hopscope.probes.community_id import community_id, community_ids
-from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.meter import MeterConfig
+from hopscope.probes.meter_common import address_text
 from hopscope.probes.packets import addr_halves, format_addr
 from tests.probes.crafting import MAC_A, MAC_B, conversation
 
@@ -191,24 +192,6 @@ def test_flows_command_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert "offset 0" in capsys.readouterr().err
 
 
-def test_template_fast_path_equals_the_packet_by_packet_state_machine(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    try:
-        import probe_speed
-    finally:
-        sys.path.pop(0)
-    path = tmp_path / "mix.pcap"
-    probe_speed.generate(path, 20000, seed=3)
-    for chunk in (8 << 20, 1 << 16):  # one block; flows spread over ~200 blocks
-        slow = analyze_capture(path, config=MeterConfig(replay_templates=False), chunk_bytes=chunk).flows
-        fast = analyze_capture(path, config=MeterConfig(replay_templates=True), chunk_bytes=chunk).flows
-        assert len(fast) == len(slow) > 500
-        for name in fast.columns:
-            assert list(fast.columns[name]) == list(slow.columns[name]), (chunk, name)
-
-
 def test_pcapng_any_interface_uses_the_sll2_ifindex(tmp_path: Path) -> None:
     def block(btype: int, body: bytes) -> bytes:
         return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
@@ -248,9 +231,6 @@ def test_packet_block_flow_ids_directions_and_payload_rows(tmp_path: Path) -> No
     ["10.0.0.1", "::1", "fe80::1", "::ffff:0:1", "2001:db8::7", "10.0.0.1", "::"],
 ])  # fmt: skip
 def test_record_addresses_match_format_addr(texts: list[str]) -> None:
-    """Address text at emission (column-wise, cached) equals the per-address formatting."""
-    halves = np.array([addr_halves(t) for t in texts], np.uint64)
-    meter = FlowMeter()
-    for _ in range(2):  # the second round is served from the cache
-        got = meter._addresses(halves[:, 0], halves[:, 1])
-        assert got == [format_addr(int(h), int(lo)) for h, lo in halves.tolist()]
+    """Address text of records (``inet_ntop``'s form) equals the per-address formatting."""
+    halves = [addr_halves(t) for t in texts]
+    assert [address_text(h, lo) for h, lo in halves] == [format_addr(h, lo) for h, lo in halves]

@@ -1,4 +1,4 @@
-"""The compiled flow meter (probes/csrc/meter.c) against the numpy reference (probes/meter.py).
+"""The compiled flow meter (probes/csrc/meter.c) against the reference meter (probes/meter_reference.py).
 
 Both meter the same blocks; every record (all FlowRecord columns), every packet's ``flow_id`` and
 ``from_orig``, and the counters must be equal. Inputs: the committed lab captures, the 1M-packet-style
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.utils import wrpcap
 
 from hopscope.probes import kernels
 from hopscope.probes.decode import Decoder
@@ -26,6 +27,7 @@ from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packets import COLUMN_NAMES, PacketBlock, PacketStatus
 from hopscope.probes.readers import open_capture
 from hopscope.records import Batch
+from tests.probes.crafting import conversation
 
 _meter = kernels.load("_meter")
 # CI (HOPSCOPE_REQUIRE_SERVICES=1) builds the kernels: there a missing kernel fails instead of skipping
@@ -37,14 +39,14 @@ SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples").rglob("*.pcap
 
 
 def _rows(batches: list[Batch]) -> list[tuple[Any, ...]]:
-    """Records as sorted tuples of all columns (the two meters may emit one sweep's records in another order)."""
+    """Records as tuples of all columns, in emission order (both meters emit in flow-table slot order)."""
     out: list[tuple[Any, ...]] = []
     for batch in batches:
         names = sorted(batch.columns)
         cols = [batch.columns[n] for n in names]
         lists = [c if isinstance(c, list) else c.tolist() for c in cols]
         out.extend(zip(*lists, strict=True))
-    return sorted(out)
+    return out
 
 
 def _run(blocks: list[PacketBlock], config: MeterConfig, native: bool) -> tuple[list[tuple[Any, ...]], Any, Any]:
@@ -213,3 +215,53 @@ def test_generated_traffic_meters_identically(packets: list[tuple[int, ...]], cu
     if not packets:
         return
     _compare(_split(_block(packets), cuts), config)
+
+
+# --- cases where the meters once disagreed, with the value Zeek's rules give ------------------------
+
+
+def _records_of(tmp_path: Path, steps: list[str], native: bool) -> list[Any]:
+    path = tmp_path / "case.pcap"
+    wrpcap(str(path), conversation(steps))
+    meter = FlowMeter(MeterConfig(), native=native)
+    batches = [meter.process_batch(block) for block in _decoded(path)]
+    batches.extend(meter.flush_batches())
+    return [record for batch in batches for record in batch.records()]
+
+
+@pytest.mark.parametrize(
+    ("steps", "field", "want"),
+    [
+        # The responder's first packet (no flags, no payload, an answer to the SYN) leaves it INACTIVE
+        # (Zeek's rule for an ACK of a SYN before the SYN-ACK); its pure ACK after that still goes
+        # through the history and state machine, as every packet does in Zeek: "Sa", not "S".
+        ([">S", "<", "<A"], "history", "Sa"),
+        ([">S", "<", "<A"], "conn_state", "S0"),
+        # The client RTT ends at the originator's first ACK without SYN after the SYN-ACK (the third
+        # packet of the handshake); an originator's SYN-ACK (or SYN+RST+ACK) is not that packet.
+        ([">S", "<SA", ">SA", ">A"], "rtt_client_us", 2000),
+        ([">S", "<SA", ">SRA", ">A"], "rtt_client_us", 2000),
+        ([">S", "<SA", ">A"], "rtt_client_us", 1000),
+    ],
+    ids=["inactive-endpoint-history", "inactive-endpoint-state", "rtt-not-at-orig-synack", "rtt-not-at-syn-rst-ack",
+         "rtt-at-ack"],
+)  # fmt: skip
+def test_disagreements_resolved_as_zeek(tmp_path: Path, steps: list[str], field: str, want: object) -> None:
+    native, reference = _records_of(tmp_path, steps, True), _records_of(tmp_path, steps, False)
+    assert native == reference
+    (record,) = reference
+    assert getattr(record, field) == want
+
+
+def test_history_is_bounded_on_both_meters() -> None:
+    """A flow whose every packet adds a letter (RSTs with new sequence numbers) keeps at most 65,535."""
+    packets = [(0, 1, 6, 0x04, seq, 0, 0, 512, 0, 0) for seq in range(65_600)]
+    block = _block(packets)
+    block.status[:] = PacketStatus.OK
+    block.seq[:] = np.arange(65_600)
+    for native in (True, False):
+        meter = FlowMeter(MeterConfig(), native=native)
+        meter.process_batch(block)
+        (history,) = meter.flush_batch().columns["history"]
+        assert history == "R" * 65_535
+    assert _compare([block], MeterConfig()) == 1

@@ -1,0 +1,221 @@
+"""What the two flow meters share: configuration, role and ICMP tables, names, the record layout.
+
+The reference meter (``meter_reference.ReferenceMeter``) and the compiled one (``probes/csrc/meter.c``
+behind ``meter_native.NativeMeter``) take the same ``MeterConfig`` and the same tables
+(``LIKELY_SERVER``, ``ICMP4_TABLE``/``ICMP6_TABLE``), map point and tunnel names through one
+``FlowNames``, and hand their records over in one layout: integer columns named by
+``RECORD_FIELDS`` (``conn_state`` and ``close_type`` as indices into ``CONN_STATES`` and
+``CLOSE_TYPES``) plus four text values per record, turned into a ``FlowRecord`` batch by
+``record_batch``. The compiled kernel exports its own copies of these names; the tests check that
+they are equal.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from hopscope.ids import text_hash64
+from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS
+from hopscope.probes.packets import ACK, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.records import Batch, FlowRecord
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+NS: Final = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """Timeouts in seconds of capture time, sizes in flows and bytes."""
+
+    tcp_idle_timeout_s: float = 300.0  # Zeek's tcp_inactivity_timeout
+    udp_idle_timeout_s: float = 60.0  # Zeek's udp_inactivity_timeout (also ICMP and others)
+    linger_s: float = 1.0  # after FIN/FIN or RST, wait this long for stragglers before the final record
+    interval_s: float = 60.0  # interim record period for long flows (0: never)
+    max_flows: int = 1_000_000  # flow table limit; beyond it the least recently active are evicted
+    payload_hash_bytes: int = 64  # first payload bytes hashed per direction
+    sweep_every_s: float = 1.0  # how often (capture time) idle/linger/interim checks run
+
+
+def _likely_server_ports() -> npt.NDArray[np.bool_]:
+    """An approximation of Zeek's ``likely_server_ports``: the well-known ports and common service ports."""
+    table = np.zeros(65536, np.bool_)
+    table[1:1024] = True
+    table[list(SERVICE_PORTS)] = True
+    return table
+
+
+SERVICE_PORTS: Final = (
+    1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 2379, 2380, 3128, 3306, 3389, 4789, 5060, 5061, 5222,
+    5432, 5672, 5900, 6081, 6379, 6443, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9042, 9090, 9092, 9200,
+    9418, 10250, 11211, 15000, 15001, 15006, 27017,
+)  # fmt: skip
+#: Per port: True for a likely server port.
+LIKELY_SERVER: Final = _likely_server_ports()
+
+
+def flip_roles(proto: int, flags: int, sport: int, dport: int) -> bool:
+    """Whether a new flow's first packet came from its responder, so the roles flip (history ``^``).
+
+    TCP: a SYN-ACK first means the handshake names the roles (its sender is the server); a first packet
+    without SYN flips as Zeek's ``TCPAnalyzer::WantConnection`` does: when its source port is a likely
+    server port and its destination port is not (both likely: when the source port is the lower one).
+    UDP: source port likely, destination port not (Zeek's UDP rule).
+    """
+    src_likely, dst_likely = bool(LIKELY_SERVER[sport]), bool(LIKELY_SERVER[dport])
+    if proto == TCP:
+        if flags & (SYN | ACK | RST) == SYN | ACK:
+            return True
+        return not flags & SYN and src_likely and (not dst_likely or sport < dport)
+    return proto == UDP and src_likely and not dst_likely
+
+
+def _icmp_pair_table(pairs: dict[int, int]) -> tuple[I64, npt.NDArray[np.bool_]]:
+    counterpart = np.zeros(256, np.int64)
+    two_way = np.zeros(256, np.bool_)
+    for t, c in pairs.items():
+        counterpart[t], two_way[t] = c, True
+    return counterpart, two_way
+
+
+#: Per ICMP (ICMPv6) type: the type of its counterpart, and whether it has one (two-way message pairs).
+ICMP4_TABLE: Final = _icmp_pair_table(ICMP4_PAIRS)
+ICMP6_TABLE: Final = _icmp_pair_table(ICMP6_PAIRS)
+
+#: Per-direction counters of a flow record, in the order both meters keep them (2 * kind + direction).
+STAT_NAMES: Final = (
+    "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
+    "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win",
+    "resp_zero_win",
+)  # fmt: skip
+#: The TCP handshake anchors a FlowRecord carries (clamped to 32 bits on output).
+ANCHOR_NAMES: Final = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "rtt_server_us")
+#: The integer columns of a record as the meters hand them over (meter.c: FIELD_NAMES).
+RECORD_FIELDS: Final = (
+    "flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "point", "tunnel",
+    "orig_hi", "orig_lo", "resp_hi", "resp_lo", *STAT_NAMES, "orig_payload_hash", "resp_payload_hash",
+    *ANCHOR_NAMES, "final", "conn_state", "close_type",
+)  # fmt: skip
+_UNSIGNED: Final = ("flow_id", "orig_payload_hash", "resp_payload_hash")
+_INTS: Final = ("start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "final", *STAT_NAMES)
+#: conn_state codes (tcpstate), indexed by the record's conn_state column (meter.c: STATE_NAMES).
+CONN_STATES: Final = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH")
+#: close_type values (``close_type``), indexed by the record's close_type column (meter.c: CLOSE_NAMES).
+CLOSE_TYPES: Final = (
+    "normal", "client_rst", "server_rst", "server_syn_miss", "client_ack_miss", "half_close", "timeout",
+    "evicted", "unfinished", "open",
+)  # fmt: skip
+
+
+def close_type(state: str, reason: str, final: bool, proto: int, ack_miss: bool) -> str:
+    """How a flow ended, from its conn_state and what ended the record (``reason``).
+
+    ``normal`` FIN both ways; ``client_rst``/``server_rst`` a RST from the originator/responder (REJ is
+    ``server_rst``); ``server_syn_miss`` SYN(s) never answered; ``client_ack_miss`` SYN-ACK never
+    acknowledged (``ack_miss``); ``half_close`` a FIN from one side only; ``timeout`` idle; ``evicted``
+    flow table full; ``unfinished`` still open at the end of the capture; ``open`` interim record of a
+    live flow. ``reason`` is ``""``, ``timeout``, ``evicted`` or ``unfinished``.
+    """
+    if not final:
+        return "open"
+    if reason == "evicted":
+        return reason
+    if proto == TCP:
+        by_state = _CLOSE_BY_STATE.get(state)
+        if by_state:
+            return by_state
+        if state == "S1" and ack_miss:
+            return "client_ack_miss"
+    return reason or "unfinished"
+
+
+_CLOSE_BY_STATE: Final = {
+    "SF": "normal", "REJ": "server_rst", "RSTR": "server_rst", "RSTRH": "server_rst", "RSTO": "client_rst",
+    "RSTOS0": "client_rst", "S0": "server_syn_miss", "S2": "half_close", "S3": "half_close",
+    "SH": "half_close", "SHR": "half_close",
+}  # fmt: skip
+
+
+def address_text(hi: int, lo: int) -> str:
+    """Text of an address stored as halves (IPv4-mapped as a dotted quad), as ``inet_ntop`` writes it."""
+    raw = packed_addr(hi, lo)
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+class FlowNames:
+    """Meter-wide ids of capture point names and tunnel descriptions, and their text hashes.
+
+    Blocks number their points and tunnels locally; records carry the meter-wide id, and flow keys
+    hash the text (``hopscope.ids.text_hash64``), so a flow keeps its key across blocks.
+    """
+
+    def __init__(self) -> None:
+        self.point_names: list[str] = []
+        self.point_ifaces: list[str] = []
+        self.tunnel_names: list[str] = [""]
+        self._ids: dict[tuple[int, str], int] = {(1, ""): 0}
+        self._hashes: dict[str, int] = {}
+
+    def name_id(self, kind: int, name: str, iface: str = "") -> int:
+        """Meter-wide id of a point name (kind 0) or tunnel description (kind 1)."""
+        nid = self._ids.get((kind, name))
+        if nid is None:
+            names = self.point_names if kind == 0 else self.tunnel_names
+            nid = len(names)
+            names.append(name)
+            if kind == 0:
+                self.point_ifaces.append(iface)
+            self._ids[kind, name] = nid
+        return nid
+
+    def text_hash(self, text: str) -> int:
+        value = self._hashes.get(text)
+        if value is None:
+            value = self._hashes[text] = text_hash64(text)
+        return value
+
+    def of_block(self, block: PacketBlock) -> tuple[U64, I64, U64, I64]:
+        """Per block-local point and tunnel index: (point hashes, point ids, tunnel hashes, tunnel ids)."""
+        names, tunnels = block.point_names, block.tunnels
+        ifaces = block.point_ifaces if len(block.point_ifaces) == len(names) else names
+        pt_hash = np.array([self.text_hash(p) for p in names], np.uint64)
+        pt_id = np.array([self.name_id(0, p, f) for p, f in zip(names, ifaces, strict=True)], np.int64)
+        tun_hash = np.array([self.text_hash(t) for t in tunnels], np.uint64)
+        tun_id = np.array([self.name_id(1, t) for t in tunnels], np.int64)
+        return pt_hash, pt_id, tun_hash, tun_id
+
+
+def record_batch(
+    ints: Mapping[str, npt.NDArray[Any]], texts: Sequence[str], n: int, names: FlowNames, host: str, hop_kind: str
+) -> Batch:
+    """A FlowRecord batch of ``n`` records from their ``RECORD_FIELDS`` columns and texts.
+
+    ``texts`` holds four values per record: originator address, responder address, history and
+    Community ID.
+    """
+    if n == 0:
+        return Batch(FlowRecord, {}, 0)
+    points = ints["point"]
+    cols: dict[str, Any] = {
+        "point": np.array(names.point_names, object)[points].tolist(),
+        "iface": np.array(names.point_ifaces, object)[points].tolist(),
+        "tunnel": np.array(names.tunnel_names, object)[ints["tunnel"]].tolist(),
+        "host": [host] * n, "hop_kind": [hop_kind] * n,
+        "orig_h": texts[0 : 4 * n : 4], "resp_h": texts[1 : 4 * n : 4],
+        "history": texts[2 : 4 * n : 4], "community_id": texts[3 : 4 * n : 4],
+        "conn_state": np.array(CONN_STATES, object)[ints["conn_state"]].tolist(),
+        "close_type": np.array(CLOSE_TYPES, object)[ints["close_type"]].tolist(),
+    }  # fmt: skip
+    for name in _UNSIGNED:
+        cols[name] = np.asarray(ints[name]).view(np.uint64)
+    for name in _INTS:
+        cols[name] = ints[name]
+    for name in ANCHOR_NAMES:
+        cols[name] = np.minimum(ints[name], 0xFFFFFFFF)
+    return Batch(FlowRecord, cols, n)

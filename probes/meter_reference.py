@@ -1,0 +1,453 @@
+"""The reference flow meter: one plain loop over the packets of a block, in capture order.
+
+This is the specification of flow metering; the compiled kernel (``probes/csrc/meter.c``) follows it
+function for function (same names, same order of operations) and must give identical records on
+every input (tests/probes/test_meter_native.py). It is also the fallback when the kernel is not built.
+
+A flow is bidirectional and keyed by (capture point, outer VLAN, tunnel, protocol, the two endpoints
+as seen at that point), direction-normalised, so both directions of a connection meet in one flow
+(``hopscope.ids.flow_key``). Per packet (``_meter_packet``):
+
+1. find the flow by key, or create it: the originator is the sender of the first packet unless
+   ``meter_common.flip_roles`` says it came from the responder (history ``^``); a pure SYN whose ISN
+   differs from the originator's on a known TCP flow starts a new flow (Zeek's tuple-reuse rule), the
+   old one is finished at the end of the slice;
+2. count packets, payload and IP bytes per direction; the flow's end time;
+3. TCP (``_tcp_packet``): sequence analysis, then the Zeek state machine and history letters
+   (``tcpstate.TcpConn``, every packet, as Zeek does), then the handshake anchors; other protocols:
+   the payload hash and UDP history letter of the first payload per direction.
+
+Definitions: a retransmission is a segment with payload whose end does not advance the highest sequence
+end seen in its direction (Zeek's rule); an out-of-order segment is one with payload that starts
+beyond it (data before it is missing or late). Zero windows are counted on non-RST TCP packets. The
+``T`` and ``W`` history letters are added on the 1st, 10th, 100th, ... retransmission and zero window
+of a direction (Zeek's ``HistoryThresholdEvent`` scaling).
+
+Records are emitted when a flow ends (FIN both ways or RST, after ``linger_s`` of capture time so late
+ACKs and retransmissions are counted), after ``idle_timeout_s`` without packets, every ``interval_s``
+for long flows (``final`` = 0, cumulative counters), when the flow table is full (``evicted``, the
+least recently active tenth goes), and at ``flush`` (end of capture). A block is metered in slices of
+``sweep_every_s`` of capture time (the block's running maximum of packet times); after each slice the
+reused tuples' old flows are finished and the table is evicted when over its limit, and at a slice
+boundary the sweep finishes lingering and idle flows and emits interim records.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Final
+
+import numpy as np
+
+from hopscope.ids import endpoint_hash_array, flow_id, flow_key_array, payload_hash
+from hopscope.probes import tcpstate
+from hopscope.probes.community_id import community_id
+from hopscope.probes.meter_common import (
+    CLOSE_TYPES,
+    CONN_STATES,
+    ICMP4_TABLE,
+    ICMP6_TABLE,
+    NS,
+    RECORD_FIELDS,
+    FlowNames,
+    MeterConfig,
+    address_text,
+    close_type,
+    flip_roles,
+    record_batch,
+)  # fmt: skip
+from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.tcpstate import TcpConn
+from hopscope.records import Batch
+
+#: No sequence end known yet in a direction (meter.c: NO_SEQ).
+NO_SEQ: Final = -(1 << 62)
+#: A running sequence end below this is a sentinel (none yet, or only RSTs seen): real ends are >= -2^31.
+SEQ_KNOWN: Final = -(1 << 32)
+#: Indices into ``Flow.stats`` (``meter_common.STAT_NAMES``): 2 * kind + direction.
+S_PKTS, S_BYTES, S_IP_BYTES, S_RTX, S_OOO, S_ZW = 0, 2, 4, 6, 8, 10
+#: Why a final record is emitted (``close_type``'s ``reason``).
+WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED = "", "timeout", "evicted", "unfinished"
+_STATE_INDEX: Final = {name: k for k, name in enumerate(CONN_STATES)}
+_CLOSE_INDEX: Final = {name: k for k, name in enumerate(CLOSE_TYPES)}
+
+
+class Flow:
+    """The state of one flow (meter.c: ``flow_t``). Directions: 0 originator, 1 responder."""
+
+    __slots__ = (
+        "closed_ns", "closing", "community_id", "end_ns", "first_seq", "flipped", "flow_id", "ip_version", "key",
+        "last_report_ns", "max_end", "orig_ep", "orig_hi", "orig_lo", "orig_p", "payload_hash", "point", "proto",
+        "resp_hi", "resp_lo", "resp_p", "rtt_client_us", "rtt_server_us", "seq_base", "slot", "start_ns", "stats",
+        "syn_ip_id", "syn_ns", "syn_seq", "synack_ns", "synack_seq", "tcp", "tunnel", "udp_history", "vlan",
+    )  # fmt: skip
+
+    def __init__(self, key: int, start_ns: int, slot: int) -> None:
+        self.key = key
+        self.slot = slot  # place in the flow table: sweeps, eviction ties and flush go in slot order
+        self.flow_id = flow_id(key, start_ns)
+        self.start_ns = self.end_ns = self.last_report_ns = start_ns
+        self.closed_ns = 0  # capture time the flow closed (FIN both ways or RST), 0 while open
+        self.closing = False
+        self.proto = self.ip_version = self.vlan = self.point = self.tunnel = 0
+        self.orig_hi = self.orig_lo = self.resp_hi = self.resp_lo = self.orig_p = self.resp_p = 0
+        self.orig_ep = 0  # endpoint hash of the originator (decides the direction of each packet)
+        self.flipped = False
+        # TCP handshake anchors (0: not seen)
+        self.syn_seq = self.syn_ip_id = self.syn_ns = self.synack_seq = self.synack_ns = 0
+        self.rtt_client_us = self.rtt_server_us = 0
+        self.seq_base = [-1, -1]  # per direction: the first sequence number, origin of relative ones
+        self.max_end = [NO_SEQ, NO_SEQ]  # per direction: the highest relative sequence end
+        self.first_seq = [-1, -1]  # per direction: sequence number of the first packet (reuse rule)
+        self.stats = [0] * 12
+        self.payload_hash = [0, 0]  # per direction: hash of the first payload bytes (1: not captured)
+        self.tcp: TcpConn | None = None
+        self.udp_history = ""
+        self.community_id = ""
+
+    def is_reuse(self, seq: int) -> bool:
+        """Zeek's tuple-reuse rule (``TCPSessionAdapter::IsReuse``) as hopscope applies it to a pure SYN:
+        a SYN whose sequence number is not the originator's start of sequence starts a new connection.
+        (Zeek also treats any SYN on a closed connection as a reuse; hopscope keeps a retransmitted SYN
+        with the same ISN in its flow.)"""
+        if self.first_seq[0] < 0 and self.first_seq[1] < 0:
+            return False
+        if self.syn_seq:
+            orig_start = self.syn_seq
+        elif self.first_seq[0] >= 0:
+            orig_start = (self.first_seq[0] - 1) & 0xFFFFFFFF
+        else:
+            orig_start = 0
+        return seq != orig_start
+
+    def history(self) -> str:
+        """The history letters, ``^`` first when the roles were flipped (TCP and UDP)."""
+        flip = "^" if self.flipped and self.proto in (TCP, UDP) else ""
+        letters = "".join(self.tcp.history) if self.tcp is not None else self.udp_history
+        return flip + letters
+
+    def conn_state(self, history: str) -> str:
+        """Zeek's conn_state (main.zeek): ``tcpstate`` for TCP and UDP, OTH for other protocols."""
+        if self.proto == TCP and self.tcp is not None:
+            return self.tcp.conn_state(self.stats[S_BYTES], self.stats[S_BYTES + 1], history)
+        if self.proto == UDP:
+            return tcpstate.udp_conn_state(self.stats[S_PKTS], self.stats[S_PKTS + 1])
+        return "OTH"
+
+
+class _Rows:
+    """The ok rows of a block as Python lists (one ``tolist`` per column, read in the packet loop)."""
+
+    __slots__ = (
+        "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "seq", "src_ep",
+        "ts", "window",
+    )  # fmt: skip
+
+    def __init__(self, block: PacketBlock, rows: Any, pt_hash: Any, tun_hash: Any) -> None:
+        proto = block.proto[rows]
+        sport = block.sport[rows].astype(np.uint64)
+        dport = block.dport[rows].astype(np.uint64)
+        for number, (counterpart, two_way) in ((ICMP, ICMP4_TABLE), (ICMP6, ICMP6_TABLE)):
+            icmp = np.flatnonzero(proto == number)  # an ICMP message and its reply meet in one flow
+            t = sport[icmp].astype(np.int64) & 255
+            dport[icmp] = np.where(two_way[t], counterpart[t], dport[icmp]).astype(np.uint64)
+        src_ep = endpoint_hash_array(block.src_hi[rows], block.src_lo[rows], sport)
+        dst_ep = endpoint_hash_array(block.dst_hi[rows], block.dst_lo[rows], dport)
+        key = flow_key_array(src_ep, dst_ep, proto.astype(np.uint64), block.vlan[rows].astype(np.uint64),
+                             tun_hash[block.tunnel[rows]], pt_hash[block.point[rows]])  # fmt: skip
+        self.row = rows.tolist()
+        self.key, self.src_ep, self.dst_ep = key.tolist(), src_ep.tolist(), dst_ep.tolist()
+        self.ts = block.ts_ns[rows].tolist()
+        self.clock = np.maximum.accumulate(block.ts_ns[rows]).tolist()
+        self.proto, self.flags = proto.tolist(), block.tcp_flags[rows].tolist()
+        self.seq, self.plen = block.seq[rows].tolist(), block.payload_len[rows].tolist()
+        self.ip_len, self.window = block.ip_len[rows].tolist(), block.window[rows].tolist()
+        self.flow_id = [0] * len(self.row)  # per packet: its flow's id and direction (the meter's output)
+        self.from_orig = [False] * len(self.row)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    return n > 0 and 10 ** (len(str(n)) - 1) == n
+
+
+class ReferenceMeter:
+    """Meters blocks one packet at a time; see the module docstring. Same interface as ``NativeMeter``."""
+
+    def __init__(self, config: MeterConfig, names: FlowNames, host: str = "", hop_kind: str = "") -> None:
+        self.config = config
+        self.names = names
+        self.host = host
+        self.hop_kind = hop_kind
+        self.flows: dict[int, Flow] = {}  # flow key -> the flow's state (the index of the flow table)
+        self.slots: list[Flow | None] = []  # the flow table (meter.c: flows); None: free
+        self.free: list[int] = []  # free slots, the next one last
+        self.retiring: list[Flow] = []  # flows replaced by a reused tuple, finished at the end of the slice
+        self.counts: Counter[str] = Counter()
+        self.now_ns = 0
+        self.next_sweep_ns = 0
+        self._out: list[tuple[int, ...]] = []  # emitted records (RECORD_FIELDS), until take()
+        self._texts: list[str] = []  # four per emitted record
+        self._addresses: dict[tuple[int, int], str] = {}
+        self._tcp_idle_ns, self._udp_idle_ns = int(config.tcp_idle_timeout_s * NS), int(config.udp_idle_timeout_s * NS)
+        self._linger_ns, self._interval_ns = int(config.linger_s * NS), int(config.interval_s * NS)
+        self._sweep_ns = max(int(config.sweep_every_s * NS), 1)
+        self._block: PacketBlock = PacketBlock.empty(0)
+        self._ids: tuple[Any, ...] = ()
+
+    # --- the per-block loop (meter.c: meter_rows) ------------------------------------------------
+
+    def process(self, block: PacketBlock) -> Batch:
+        """Meter the ok rows of ``block`` (filling ``flow_id``/``from_orig``); return the records due.
+
+        Slices of ``sweep_every_s`` of capture time: each slice takes at least one row; after it, the
+        end-of-slice work; at a slice boundary (or when the clock has passed the next sweep) the sweep.
+        """
+        rows = np.flatnonzero(block.ok)
+        if len(rows) == 0:
+            return self.take()
+        ids = self.names.of_block(block)
+        self._block, self._ids = block, ids
+        r = _Rows(block, rows, ids[0], ids[2])
+        n, start, clock = len(r.row), 0, r.clock
+        while start < n:
+            if self.next_sweep_ns == 0:
+                self.next_sweep_ns = clock[start] + self._sweep_ns
+            stop = start
+            while stop < n and (clock[stop] < self.next_sweep_ns or stop == start):
+                self._meter_packet(r, stop)
+                stop += 1
+            self.now_ns = max(self.now_ns, clock[stop - 1])
+            self._end_of_slice()
+            if stop < n or self.now_ns >= self.next_sweep_ns:
+                self.now_ns = max(self.now_ns, clock[min(stop, n - 1)])
+                self._sweep()
+                self.next_sweep_ns = self.now_ns + self._sweep_ns
+            start = stop
+        block.flow_id[rows] = np.array(r.flow_id, np.uint64)
+        block.from_orig[rows] = r.from_orig
+        self.counts["packets"] += n
+        return self.take()
+
+    def _meter_packet(self, r: _Rows, k: int) -> None:
+        """Lookup (or creation, or reuse) and metering of the k-th ok packet (meter.c: meter_packet)."""
+        key, proto, flags = r.key[k], r.proto[k], r.flags[k]
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = self._create(r, k, keep_direction=False)
+        elif proto == TCP and flags & (SYN | ACK) == SYN and flow.is_reuse(r.seq[k]):
+            self.retiring.append(flow)  # Zeek: the old connection ends, the SYN starts a new one
+            flow = self._create(r, k, keep_direction=True)
+            self.counts["reused_tuples"] += 1
+        fo = r.src_ep[k] == flow.orig_ep
+        d = 0 if fo else 1
+        ts, length = r.ts[k], r.plen[k]
+        stats = flow.stats
+        stats[S_PKTS + d] += 1
+        stats[S_BYTES + d] += length
+        stats[S_IP_BYTES + d] += r.ip_len[k]
+        if ts > flow.end_ns:
+            flow.end_ns = ts
+        i = r.row[k]
+        if proto == TCP:
+            self._tcp_packet(r, k, flow, fo)
+        elif length > 0 and flow.payload_hash[d] == 0:  # first payload of the direction
+            flow.payload_hash[d] = self._hash_payload(i) or 1  # 1: payload seen, not captured
+            if proto == UDP:
+                flow.udp_history += "D" if fo else "d"
+        r.flow_id[k] = flow.flow_id
+        r.from_orig[k] = fo
+
+    def _create(self, r: _Rows, k: int, keep_direction: bool) -> Flow:
+        """A new flow whose first packet is the k-th ok packet (meter.c: create)."""
+        b, i = self._block, r.row[k]
+        proto, sport, dport = r.proto[k], int(b.sport[i]), int(b.dport[i])
+        flip = False if keep_direction else flip_roles(proto, r.flags[k], sport, dport)
+        flow = Flow(r.key[k], r.ts[k], self._slot_alloc())
+        flow.proto, flow.ip_version, flow.vlan = proto, int(b.ip_version[i]), int(b.vlan[i])
+        flow.point, flow.tunnel = int(self._ids[1][b.point[i]]), int(self._ids[3][b.tunnel[i]])
+        src, dst = (int(b.src_hi[i]), int(b.src_lo[i])), (int(b.dst_hi[i]), int(b.dst_lo[i]))
+        (flow.orig_hi, flow.orig_lo), (flow.resp_hi, flow.resp_lo) = (dst, src) if flip else (src, dst)
+        flow.orig_p, flow.resp_p = (dport, sport) if flip else (sport, dport)
+        flow.orig_ep = r.dst_ep[k] if flip else r.src_ep[k]
+        flow.flipped = flip
+        if proto == TCP:
+            flow.tcp = TcpConn()
+        self.slots[flow.slot] = flow
+        self.flows[flow.key] = flow
+        self.counts["flows"] += 1
+        return flow
+
+    def _slot_alloc(self) -> int:
+        """A free slot of the flow table, the lowest of a fresh table first; the table doubles when full."""
+        if not self.free:
+            old = len(self.slots)
+            new = old * 2 if old else 1 << 14
+            self.slots.extend([None] * (new - old))
+            self.free.extend(range(new - 1, old - 1, -1))
+        return self.free.pop()
+
+    def _hash_payload(self, i: int) -> int:
+        """``payload_hash`` of the first ``payload_hash_bytes`` captured payload bytes of row i (0: none)."""
+        return payload_hash(self._block.payload_view(i, max(self.config.payload_hash_bytes, 0)))
+
+    # --- TCP (meter.c: tcp_packet_meter) ----------------------------------------------------------
+
+    def _tcp_packet(self, r: _Rows, k: int, flow: Flow, fo: bool) -> None:
+        """Sequence analysis, the state machine and history, and the handshake anchors of one packet."""
+        d, flags, seq, length, ts = 0 if fo else 1, r.flags[k], r.seq[k], r.plen[k], r.ts[k]
+        letters = self._seq_analysis(flow, d, flags, seq, length, r.window[k])
+        if flow.first_seq[d] < 0:
+            flow.first_seq[d] = seq
+        if length and not flags & RST and not flow.payload_hash[d] and self._block.payload_caplen[r.row[k]]:
+            flow.payload_hash[d] = self._hash_payload(r.row[k])
+        tcp = flow.tcp
+        assert tcp is not None
+        was_closed = tcp.closed
+        tcp.packet(fo, flags, seq, length)  # history letters, then Zeek's endpoint state machine
+        if letters & 1:
+            tcp.add(fo, "W")
+        if letters & 2:
+            tcp.add(fo, "T")
+        self._anchors(r, k, flow, fo, flags, seq, ts)
+        if not was_closed and tcp.closed:
+            flow.closed_ns = ts
+            flow.closing = True
+
+    @staticmethod
+    def _seq_analysis(flow: Flow, d: int, flags: int, seq: int, length: int, window: int) -> int:
+        """Retransmission, out-of-order and zero-window counts of one packet; returns its letters
+        (1: ``W``, 2: ``T``, on the 1st, 10th, 100th ... occurrence in the direction)."""
+        rst = flags & RST
+        if flow.seq_base[d] < 0:
+            flow.seq_base[d] = seq
+        rel = ((seq - flow.seq_base[d] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        seglen = (0 if rst else length) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        prev = flow.max_end[d]
+        data = length > 0 and not rst and prev >= SEQ_KNOWN
+        rtx = data and rel + seglen <= prev  # Zeek: payload that does not advance the sequence space
+        ooo = data and rel > prev
+        zw = not rst and window == 0
+        if not rst and rel + seglen > prev:
+            flow.max_end[d] = rel + seglen
+        stats, letters = flow.stats, 0
+        if zw:
+            stats[S_ZW + d] += 1
+            letters |= 1 if _is_power_of_ten(stats[S_ZW + d]) else 0
+        if rtx:
+            stats[S_RTX + d] += 1
+            letters |= 2 if _is_power_of_ten(stats[S_RTX + d]) else 0
+        if ooo:
+            stats[S_OOO + d] += 1
+        return letters
+
+    def _anchors(self, r: _Rows, k: int, flow: Flow, fo: bool, flags: int, seq: int, ts: int) -> None:
+        """The originator's SYN (ISN, IP id, time), the responder's SYN-ACK and the two handshake RTTs."""
+        if flags & (SYN | ACK | RST | FIN) == SYN:
+            if fo:
+                if not flow.syn_seq:
+                    flow.syn_seq, flow.syn_ip_id = seq, int(self._block.ip_id[r.row[k]])
+                flow.syn_ns = ts  # the last SYN sent: a retransmitted SYN restarts the server RTT
+        elif flags & (SYN | ACK | RST) == SYN | ACK:
+            if not fo and not flow.synack_seq:
+                flow.synack_seq, flow.synack_ns = seq, ts
+                if flow.syn_ns:
+                    flow.rtt_server_us = max((ts - flow.syn_ns) // 1000, 0)
+        elif fo and flags & ACK and not flags & SYN and flow.synack_ns and not flow.rtt_client_us:
+            # the handshake's third packet: the originator's first ACK without SYN after the SYN-ACK
+            flow.rtt_client_us = max((ts - flow.synack_ns) // 1000, 1)  # 1 at least: 0 means not seen
+
+    # --- emission (meter.c: end_of_slice, sweep, evict, finish, emit) ------------------------------
+
+    def _end_of_slice(self) -> None:
+        """Finish reused tuples' old flows; evict when the table is over its limit."""
+        retiring, self.retiring = self.retiring, []
+        for flow in retiring:
+            self._finish(flow, WHY_NONE)
+        if len(self.flows) > self.config.max_flows:
+            self._evict()
+
+    def _sweep(self) -> None:
+        """Finish lingering closed flows and idle flows; emit interim records of long flows."""
+        now = self.now_ns
+        for flow in self.slots:
+            if flow is None:
+                continue
+            idle_ns = self._tcp_idle_ns if flow.proto == TCP else self._udp_idle_ns
+            if flow.closing and flow.end_ns + self._linger_ns <= now:
+                self._finish(flow, WHY_NONE)
+            elif flow.end_ns + idle_ns <= now:
+                self._finish(flow, WHY_TIMEOUT)
+            elif self._interval_ns and flow.last_report_ns + self._interval_ns <= now:
+                flow.last_report_ns = now
+                self._emit(flow, False, "open")
+                self.counts["interim_records"] += 1
+
+    def _evict(self) -> None:
+        """The least recently active tenth of the flows goes (ties by flow_id)."""
+        oldest = sorted((f for f in self.slots if f is not None), key=lambda f: (f.end_ns, f.flow_id))
+        victims = oldest[: max(1, len(oldest) // 10)]
+        self.counts["evictions"] += len(victims)
+        for flow in victims:
+            self._finish(flow, WHY_EVICTED)
+
+    def _finish(self, flow: Flow, why: str) -> None:
+        """A final record for ``flow``, which leaves the table."""
+        self._emit(flow, True, why)
+        self.counts["records"] += 1
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        self.slots[flow.slot] = None
+        self.free.append(flow.slot)
+
+    def flush_batches(self, chunk: int) -> Iterator[Batch]:
+        """Final records of every flow still in the table, ``chunk`` flows per batch."""
+        flows = [f for f in self.slots if f is not None]
+        for start in range(0, len(flows), chunk):
+            for flow in flows[start : start + chunk]:
+                self._finish(flow, WHY_NONE if flow.closed_ns else WHY_UNFINISHED)
+            yield self.take()
+
+    def _emit(self, flow: Flow, final: bool, why: str) -> None:
+        """Append the record of ``flow`` (final or interim) to the output."""
+        history = flow.history()
+        state = flow.conn_state(history[1:] if history.startswith("^") else history)
+        ack_miss = flow.synack_seq != 0 and flow.rtt_client_us == 0
+        close = close_type(state, why, final, flow.proto, ack_miss)
+        self._out.append((
+            flow.flow_id, flow.start_ns, flow.end_ns, flow.ip_version, flow.proto, flow.orig_p, flow.resp_p,
+            flow.vlan, flow.point, flow.tunnel, flow.orig_hi, flow.orig_lo, flow.resp_hi, flow.resp_lo,
+            *flow.stats, *flow.payload_hash, flow.syn_seq, flow.synack_seq, flow.syn_ip_id, flow.rtt_client_us,
+            flow.rtt_server_us, int(final), _STATE_INDEX[state], _CLOSE_INDEX[close],
+        ))  # fmt: skip
+        if not flow.community_id:
+            orig, resp = packed_addr(flow.orig_hi, flow.orig_lo), packed_addr(flow.resp_hi, flow.resp_lo)
+            flow.community_id = community_id(flow.proto, orig, resp, flow.orig_p, flow.resp_p)
+        self._texts += (self._address(flow.orig_hi, flow.orig_lo), self._address(flow.resp_hi, flow.resp_lo),
+                        history, flow.community_id)  # fmt: skip
+
+    def _address(self, hi: int, lo: int) -> str:
+        text = self._addresses.get((hi, lo))
+        if text is None:
+            if len(self._addresses) > 1_000_000:
+                self._addresses.clear()
+            text = self._addresses[hi, lo] = address_text(hi, lo)
+        return text
+
+    def take(self) -> Batch:
+        """The records emitted since the last call, as a FlowRecord batch."""
+        out, texts, self._out, self._texts = self._out, self._texts, [], []
+        n = len(out)
+        if n == 0:
+            return record_batch({}, [], 0, self.names, self.host, self.hop_kind)
+        columns = list(zip(*out, strict=True))
+        ints = {name: _int_column(values) for name, values in zip(RECORD_FIELDS, columns, strict=True)}
+        return record_batch(ints, texts, n, self.names, self.host, self.hop_kind)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def _int_column(values: tuple[int, ...]) -> Any:
+    """A record column as int64 (values of 2^63 and more, hashes and ids, as their two's complement)."""
+    return np.array(values, np.uint64).view(np.int64) if max(values) >= 1 << 63 else np.array(values, np.int64)
