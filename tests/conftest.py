@@ -39,7 +39,7 @@ def kafka_bootstrap() -> str:
     return KAFKA_BOOTSTRAP
 
 
-_PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this session
+_PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this pytest session
 
 
 def topic_prefix(stem: str) -> str:
@@ -52,7 +52,7 @@ def topic_prefix(stem: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _kafka_topics_cleaned_up() -> Iterator[None]:
-    """Delete the topics of the prefixes this session handed out (``topic_prefix``), so runs do not pile
+    """Delete the topics of the prefixes this test session handed out (``topic_prefix``), so runs do not pile
     up partitions on the broker: thousands of old test topics made a restart recover for minutes. Only
     this session's prefixes: a test session running at the same time keeps its topics."""
     yield
