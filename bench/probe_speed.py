@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = {"HOPSCOPE_NATIVE": "0"}
     tools: list[tuple[str, list[str], dict[str, str] | None]] = [
         ("hopscope flows (read+decode+meter+JSON)", [exe, "flows", "{capture}"], None),
-        ("  same, reference numpy path (no C)", [exe, "flows", "{capture}"], reference),
+        ("  same, reference path (HOPSCOPE_NATIVE=0)", [exe, "flows", "{capture}"], reference),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_peers:

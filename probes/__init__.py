@@ -10,11 +10,13 @@ Stages (each its own module and tests, STYLE.md habit 2):
   IPv4 options, IPv6 extension headers, fragments, TCP/UDP/ICMP/ICMPv6; tunnels VXLAN, Geneve, GRE,
   ERSPAN I/II/III, IP-in-IP (the inner packet is decoded, the tunnel described). Skips are counted by
   ``PacketStatus`` reason (``Decoder.skips``).
-- ``meter`` (+ ``flowtable``, ``tcpstate``, ``community_id``): ``PacketBlock`` -> ``FlowRecord`` batches;
-  fills ``PacketBlock.flow_id``/``from_orig``. Zeek-compatible ``conn_state``/``history`` (computed only
-  in ``tcpstate``), close type, handshake anchors and RTTs, retransmissions, out-of-order, zero windows,
-  Community ID v1, payload hashes; final records at flow end (+ linger), idle timeout, flow-table
-  eviction and end of capture, interim records (``final`` = 0) every ``interval_s`` for long flows.
+- ``meter`` (+ ``meter_reference``, ``meter_native``, ``meter_common``, ``tcpstate``, ``community_id``):
+  ``PacketBlock`` -> ``FlowRecord`` batches; fills ``PacketBlock.flow_id``/``from_orig``. Zeek-compatible
+  ``conn_state``/``history`` (computed only in ``tcpstate``), close type, handshake anchors and RTTs,
+  retransmissions, out-of-order, zero windows, Community ID v1, payload hashes; final records at flow
+  end (+ linger), idle timeout, flow-table eviction and end of capture, interim records (``final`` = 0)
+  every ``interval_s`` for long flows. ``meter_reference`` is the specification (a per-packet loop),
+  the compiled ``_meter`` kernel its fast twin.
 - ``analyze``: the entry points below, wiring the stages for one file; ``output``: flow and request
   records as JSON lines and tables (``hopscope flows``, ``hopscope requests``).
 
