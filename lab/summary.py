@@ -1,4 +1,4 @@
-"""What the lab commands print about a run: its traffic and the manifest of a recorded run."""
+"""What the lab commands print: a run's traffic, the manifest of a recorded run, the running labs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,20 @@ def manifest_summary(path: Path) -> list[str]:
     if m.get("delayer_overhead"):
         lines.append(f"  delayer overhead: {m['delayer_overhead']['overhead_us']} us per packet")
     return lines
+
+
+def running_labs() -> list[str]:
+    """One line per running lab (its prefix, age and overlay, from its state file), or that none runs."""
+    import time
+
+    from hopscope.lab.lab import state_root
+    from hopscope.lab.netns import lab_prefixes
+
+    lines = []
+    for prefix in lab_prefixes():
+        state_file = state_root() / prefix / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
+        note = f"up {age:.0f} s, overlay {state.get('overlay')}" if age is not None else "no state (crashed run?)"
+        lines.append(f"{prefix}  {note}")
+    return lines or ["no lab running"]

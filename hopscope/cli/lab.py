@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,18 +126,9 @@ def _down(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from hopscope.lab.lab import state_root
-    from hopscope.lab.netns import lab_prefixes
+    from hopscope.lab.summary import running_labs
 
-    prefixes = lab_prefixes()
-    for prefix in prefixes:
-        state_file = state_root() / prefix / "state.json"
-        state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
-        note = f"up {age:.0f} s, overlay {state.get('overlay')}" if age is not None else "no state (crashed run?)"
-        print(f"{prefix}  {note}")
-    if not prefixes:
-        print("no lab running")
+    print("\n".join(running_labs()))
 
 
 def _check(args: argparse.Namespace) -> None:
