@@ -187,6 +187,16 @@ class StreamStats:
     #: wall time from a trace's first byte to its trace being in the store (ms), recent values
     emit_delay_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
+    def summary(self) -> str:
+        """One line for the end of a ``hopscope correlate`` run: where every record went."""
+        return (
+            f"{self.relay_records_in} records relayed, {self.records_stitched} stitched into {self.traces_out} "
+            f"traces ({self.spans_out} spans); {self.duplicates} duplicates and {self.replayed_skipped} replayed "
+            f"records skipped, {self.late_records} late, {self.forced_traces} forced traces, "
+            f"{self.unstitched_dropped} unstitched, {self.retired_flows} flows retired; {self.store_retries} store "
+            f"retries, {self.commits} commits"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "emit_delay_ms"}
         if self.emit_delay_ms:

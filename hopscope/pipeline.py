@@ -33,6 +33,13 @@ class IngestStats:
     commits: int = 0
     store_retries: int = 0
 
+    def summary(self, bad_messages: int = 0) -> str:
+        """One line for the end of a ``hopscope ingest`` run; ``bad_messages``: those the consumer
+        dead-lettered (its own count)."""
+        rows = ", ".join(f"{n} {t}" for t, n in sorted(self.rows.items())) or "no rows"
+        return (f"{rows} stored from {self.deliveries} messages; {bad_messages} bad messages dead-lettered; "
+                f"{self.store_retries} store retries")
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:

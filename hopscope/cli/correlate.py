@@ -62,14 +62,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         pipeline.close()
         store.close()
-    print(
-        f"hopscope correlate: {stats.relay_records_in} records relayed, {stats.records_stitched} stitched into "
-        f"{stats.traces_out} traces ({stats.spans_out} spans); {stats.duplicates} duplicates and "
-        f"{stats.replayed_skipped} replayed records skipped, {stats.late_records} late, {stats.forced_traces} "
-        f"forced traces, {stats.unstitched_dropped} unstitched, {stats.retired_flows} flows retired; "
-        f"{stats.store_retries} store retries, {stats.commits} commits",
-        file=sys.stderr,
-    )
+    print(f"hopscope correlate: {stats.summary()}", file=sys.stderr)
     return 0
 
 

@@ -54,10 +54,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
         store.close()
-    rows = ", ".join(f"{n} {t}" for t, n in sorted(stats.rows.items())) or "no rows"
-    print(
-        f"hopscope ingest: {rows} stored from {stats.deliveries} messages; "
-        f"{consumer.stats.bad_messages} bad messages dead-lettered; {stats.store_retries} store retries",
-        file=sys.stderr,
-    )
+    print(f"hopscope ingest: {stats.summary(consumer.stats.bad_messages)}", file=sys.stderr)
     return 0
