@@ -310,9 +310,9 @@ class ReferenceMeter:
         if letters & 2:
             tcp.add(fo, "T")
         self._anchors(r, k, flow, fo, flags, seq, ts)
-        if not was_closed and tcp.closed:
+        if not was_closed and tcp.closed:  # both sides closed or one reset: Zeek's connection_finished/_reset
             flow.closed_ns = ts
-            flow.closing = True
+            flow.closing = True  # its final record waits linger_s for stragglers
 
     @staticmethod
     def _seq_analysis(flow: Flow, d: int, flags: int, seq: int, length: int, window: int) -> int:
@@ -330,7 +330,7 @@ class ReferenceMeter:
         zw = not rst and window == 0
         if not rst and rel + seglen > prev:
             flow.max_end[d] = rel + seglen
-        stats, letters = flow.stats, 0
+        stats, letters = flow.stats, 0  # Zeek adds T and W at thresholds 1, 10, 100, ... (ScaledHistoryEntry)
         if zw:
             stats[S_ZW + d] += 1
             letters |= 1 if _is_power_of_ten(stats[S_ZW + d]) else 0
@@ -376,7 +376,7 @@ class ReferenceMeter:
             idle_ns = self._tcp_idle_ns if flow.proto == TCP else self._udp_idle_ns
             if flow.closing and flow.end_ns + self._linger_ns <= now:
                 self._finish(flow, WHY_NONE)
-            elif flow.end_ns + idle_ns <= now:
+            elif flow.end_ns + idle_ns <= now:  # Zeek's tcp_/udp_inactivity_timeout
                 self._finish(flow, WHY_TIMEOUT)
             elif self._interval_ns and flow.last_report_ns + self._interval_ns <= now:
                 flow.last_report_ns = now

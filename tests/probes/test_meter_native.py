@@ -24,6 +24,7 @@ from scapy.utils import wrpcap
 from hopscope.probes import kernels
 from hopscope.probes.decode import Decoder
 from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.meter_common import CLOSE_TYPES, CONN_STATES, RECORD_FIELDS
 from hopscope.probes.packets import COLUMN_NAMES, PacketBlock, PacketStatus
 from hopscope.probes.readers import open_capture
 from hopscope.records import Batch
@@ -89,6 +90,14 @@ def test_hash_primitives_equal_hashlib(data: bytes) -> None:
     assert _meter.blake2b64(data) == want
     if len(data) <= 119:
         assert _meter.sha1(data) == hashlib.sha1(data).digest()
+
+
+def test_kernel_record_layout_is_meter_common() -> None:
+    """The kernel hands records over in the layout the reference and the batch builder use."""
+    assert _meter is not None
+    assert tuple(_meter.RECORD_FIELDS) == RECORD_FIELDS
+    assert tuple(_meter.CONN_STATES) == CONN_STATES
+    assert tuple(_meter.CLOSE_TYPES) == CLOSE_TYPES
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
