@@ -45,7 +45,7 @@ def kernel(name: str, *sources: str, depends: tuple[str, ...] = ()) -> Extension
 setup(
     packages=packages(),
     ext_modules=[
-        # flow metering: flow table, TCP state machine, records (probes/meter.py)
+        # flow metering, one packet at a time as probes/meter_reference.py specifies
         kernel("_meter", "meter.c", depends=("ids.h",)),
         kernel("_decode", "decode.c"),  # pcap/pcapng record walk and the decoder's fast path (probes/decode.py)
         kernel("_jsonl", "jsonl.c"),  # `hopscope flows --format jsonl` lines from record columns
