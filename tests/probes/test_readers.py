@@ -144,7 +144,7 @@ def test_corrupt_pcapng_block_length(tmp_path: Path) -> None:
 
 
 def test_pcapng_simple_packet_block_without_length_word_is_an_error(tmp_path: Path) -> None:
-    """A 12-byte SPB has no original-length word (it used to decode with caplen 2**32 - 4)."""
+    """A 12-byte SPB has no original-length word: an error, not a frame with caplen 2**32 - 4."""
     data = pcapng_bytes()
     path = tmp_path / "spb.pcapng"
     path.write_bytes(data + struct.pack("<III", 3, 12, 12))
