@@ -218,6 +218,12 @@ class RequestRecord(Record):
     dns_qtype: int = _col(U16, "DNS query type")
     dns_rcode: int = _col(U8, "DNS response code (0 with resp_first_ns=0: no response)")
     dns_answers: str = _col(STR, "DNS answers, comma-separated")
+    req_body_bytes: int = _col(
+        U64, "request body bytes as framed (Content-Length, the sum of chunk sizes, or bytes to FIN)"
+    )
+    resp_body_bytes: int = _col(
+        U64, "response body bytes as framed (survive a proxy that rewrites headers; 0: none or no response)"
+    )
 
 
 # --- stitched traces ---------------------------------------------------------------------------

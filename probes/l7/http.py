@@ -82,6 +82,8 @@ class HttpMessage:
     __slots__ = (
         "b3_span_id",
         "b3_trace_id",
+        "body_bytes",
+        "body_start",
         "close",
         "complete",
         "end_offset",
@@ -115,6 +117,10 @@ class HttpMessage:
         self.complete = False
         self.truncated = False  # bytes of it were lost (capture gap)
         self.payload_hash = 0
+        #: body bytes as framed: Content-Length, the sum of chunk sizes, or bytes up to FIN; a proxy
+        #: that rewrites the header block (and the chunking) passes this on unchanged
+        self.body_bytes = 0
+        self.body_start = -1  # stream offset of the first body byte of a body read until FIN
 
 
 class _Head:
@@ -458,9 +464,10 @@ class HttpStreamParser:
             self.mode = CHUNK_SIZE
         elif head.content_length is not None:
             self._chunked = False
-            self.remaining = head.content_length
+            self.remaining = msg.body_bytes = head.content_length
             self.mode = BODY
         else:
+            msg.body_start = msg.end_offset
             self.mode = UNTIL_CLOSE
 
     def _body(self) -> bool:
@@ -505,6 +512,8 @@ class HttpStreamParser:
             self.mode = CHUNK_TRAILER
         else:
             self.remaining = size + 2  # chunk data and its CRLF
+            if self.msg is not None:
+                self.msg.body_bytes += size
             self.mode = BODY
         return True
 
@@ -540,6 +549,8 @@ class HttpStreamParser:
         self.remaining = 0
         self.mode = self._next_mode
         if msg is not None:
+            if msg.body_start >= 0:
+                msg.body_bytes = msg.end_offset - msg.body_start
             msg.complete = True
             self.on_done(msg)
 

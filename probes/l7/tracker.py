@@ -410,6 +410,8 @@ class L7Tracker:
             traceparent=req.traceparent,
             b3_trace_id=req.b3_trace_id,
             b3_span_id=req.b3_span_id,
+            req_body_bytes=req.body_bytes,
+            resp_body_bytes=resp.body_bytes if resp is not None else 0,
         )
 
     # --- DNS --------------------------------------------------------------------------------------
