@@ -167,6 +167,10 @@ class FlowRecord(Record):
     tunnel: str = _col(STR, "enclosing tunnel, e.g. 'vxlan vni=42 10.0.0.1>10.0.0.2' ('' if none)")
     orig_payload_hash: int = _col(U64, "hash of the originator's first payload bytes (0: no payload)")
     resp_payload_hash: int = _col(U64, "hash of the responder's first payload bytes (0: no payload)")
+    service: str = _col(
+        STR, "Zeek's service: protocols found in the content, not the port (http, http2, ssl, ssh, dns), "
+        "lower case, comma-separated in the order found ('' if none; hopscope.probes.service)"
+    )
 
 
 # --- L7 requests -------------------------------------------------------------------------------
