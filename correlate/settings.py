@@ -25,10 +25,15 @@ class ClockMode(enum.StrEnum):
 
 
 class ClockDomain(enum.StrEnum):
-    """Which captures share a clock: each capture point its own (``point``, the default: a capture
-    file shifted on its own is found and corrected), or all points of one host (``host``: a point
-    tied to the rest only through a proxy, such as a sidecar's loopback, then shares the host's
-    correction)."""
+    """Which captures share a clock.
+
+    ``host`` (the default): every point of one host shares that host's clock, so one offset is
+    estimated per host and applied to all its captures, including a point tied to the rest only
+    through a proxy (a sidecar's loopback leg). A point whose host is not known (its records carry
+    the point name as host) is a domain of its own. ``point``: every capture point its own clock,
+    for captures whose clocks differ although they name one host (a capture file shifted on its
+    own, a capture card with its own clock); it cannot tie a sidecar's loopback leg to its pod when
+    the host's clock is off (docs/DESIGN.md, "Clock domains")."""
 
     POINT = "point"
     HOST = "host"
@@ -57,7 +62,7 @@ class CorrelateSettings:
     #: Clock correction strategy.
     clock_mode: ClockMode = ClockMode.AUTO
     #: Which capture points share one clock.
-    clock_domain: ClockDomain = ClockDomain.POINT
+    clock_domain: ClockDomain = ClockDomain.HOST
     #: A negative one-way delay smaller than this is timestamp jitter, not a clock offset.
     clock_jitter_us: int = 20
 

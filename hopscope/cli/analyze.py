@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-store", action="store_true", help="do not store records and traces")
     p.add_argument("--clock-mode", choices=[m.value for m in ClockMode], default=ClockMode.AUTO.value,
                    help="auto: correct a point's clock only when causality demands (default); ntp; none")
-    p.add_argument("--clock-domain", choices=[m.value for m in ClockDomain], default=ClockDomain.POINT.value,
-                   help="point: every capture its own clock (default); host: the points of one --host share one")
+    p.add_argument("--clock-domain", choices=[m.value for m in ClockDomain], default=ClockDomain.HOST.value,
+                   help="host: the points of one host (--host, the manifest) share its clock, a point without "
+                   "a host is its own (default); point: every capture its own clock")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: for inputs over 20 MB on a terminal)")
 

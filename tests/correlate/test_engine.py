@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hopscope.correlate import CorrelateSettings, Correlator, StitchResult
-from hopscope.correlate.settings import ClockMode
+from hopscope.correlate.settings import ClockDomain, ClockMode
 from hopscope.correlate.synthetic import HOP_STRIDE, Scenario, generate
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
@@ -175,10 +175,12 @@ def test_nested_proxy_links_one_to_one_with_concurrent_requests() -> None:
 
 
 def test_proxy_not_linked_across_different_paths() -> None:
+    """Each point its own clock: the two legs share no clock group, so nothing but the request's
+    own fields can tie them, and a different path keeps them apart."""
     records = _proxy_records("", "")
     records = [dataclasses.replace(r, path="/other") if r.point in ("envoy-out", "app") else r
                for r in records]
-    res = stitch(records)
+    res = stitch(records, clock_domain=ClockDomain.POINT)
     assert traces_by_points(res) == [["client", "envoy-in"], ["envoy-out", "app"]]
 
 
@@ -194,8 +196,9 @@ def test_same_x_request_id_on_sequential_retries_stays_separate() -> None:
 # --- clocks ----------------------------------------------------------------------------------
 
 def _shifted(sc: Scenario) -> StitchResult:
+    """The scenarios shift single capture points, not whole hosts: each point is its own clock."""
     syn = generate(sc)
-    return Correlator().stitch(syn.requests, syn.flows, version_ns=1)
+    return Correlator(CorrelateSettings(clock_domain=ClockDomain.POINT)).stitch(syn.requests, syn.flows, version_ns=1)
 
 
 @pytest.mark.parametrize("shifts", [{"switch": 5_000}, {"node-b": -40_000, "hypervisor": 700}, {}])

@@ -22,6 +22,7 @@ import pytest
 from hopscope.correlate import Correlator, StitchResult
 from hopscope.correlate.evaluate import Evaluation, evaluate, match_requests
 from hopscope.correlate.report import link_latencies, traces_json
+from hopscope.correlate.settings import ClockDomain, CorrelateSettings
 from hopscope.records import Batch
 
 LAB = os.path.join(os.path.dirname(__file__), "..", "..", "samples", "lab")
@@ -118,12 +119,16 @@ def _shift(batch: Batch, point: str, delta_ns: int) -> Batch:
     return Batch(batch.record_type, cols, len(batch))
 
 
+#: These tests shift one capture file, not a whole host: every point is its own clock domain.
+BY_POINT = CorrelateSettings(clock_domain=ClockDomain.POINT)
+
+
 @pytest.mark.parametrize("shifts_us", [{"nodeA-post-nat": 3_000, "switch-mirror": -2_000}, {"hv-tap": 700}])
 def test_shifted_capture_clocks_are_corrected(lab: Lab, result: StitchResult, shifts_us: dict[str, int]) -> None:
     req, flows = lab.requests, lab.flows
     for point, us in shifts_us.items():
         req, flows = _shift(req, point, us * 1000), _shift(flows, point, us * 1000)
-    shifted = Correlator().stitch(req, flows, version_ns=1)
+    shifted = Correlator(BY_POINT).stitch(req, flows, version_ns=1)
     for point, us in shifts_us.items():
         assert abs(shifted.clock_offsets_us.get(point, 0) - us) <= 50, shifted.clock_offsets_us
     a, b = link_latencies(result), link_latencies(shifted)
@@ -141,7 +146,7 @@ def test_shifted_loopback_capture_behind_the_proxy_is_corrected(lab: Lab, result
     req, flows = lab.requests, lab.flows
     for point in ("server1-app", "server2-app"):
         req, flows = _shift(req, point, shift_us * 1000), _shift(flows, point, shift_us * 1000)
-    shifted = Correlator().stitch(req, flows, version_ns=1)
+    shifted = Correlator(BY_POINT).stitch(req, flows, version_ns=1)
     for point in ("server1-app", "server2-app"):
         assert abs(shifted.clock_offsets_us.get(point, 0) - shift_us) <= 150, shifted.clock_offsets_us
     assert len(shifted.traces) == len(result.traces)
