@@ -210,6 +210,7 @@ def _links(stage: _Stage, times: Times, settings: CorrelateSettings, stats: dict
     view.clock_group = first_groups if len(np.unique(first_groups)) > 1 else None
     stats["proxy_id_links"] = proxy.link_by_id(view, settings, links)
     stats["proxy_nested_links"] = proxy.link_nested(view, settings, links)
+    stats["proxy_retry_links"] = proxy.link_retries(view, settings, links)
     return links
 
 
@@ -245,6 +246,8 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
         req_last_ns=times.req_first[last], resp_last_ns=times.resp_first[last],
         resp_end_first_ns=times.resp_last[first], resp_end_last_ns=times.resp_last[last],
         status=np.asarray(cols["status"]).astype(np.int64)[first],
+        req_body=np.asarray(cols["req_body_bytes"]).astype(np.int64)[first],
+        resp_body=np.asarray(cols["resp_body_bytes"]).astype(np.int64)[first],
         first_proxy=kinds[obs.label[first]], last_proxy=kinds[obs.label[last]],
         first_host=[hosts[x] for x in first_l], last_host=[hosts[x] for x in last_l],
         labels=[tuple(label_rows[a:b]) for a, b in zip(order.starts.tolist(), order.ends.tolist(), strict=True)],

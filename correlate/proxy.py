@@ -1,21 +1,33 @@
 """Link segments across L7 proxies: a sidecar terminates TCP, so its two legs are two connections.
 
-Two matchers, in this order:
+A proxy rewrites Host (nginx sends the upstream's name), strips or adds path prefixes, adds and
+removes headers (its own X-Request-ID upstream only), pools upstream keep-alive connections, retries,
+and answers errors itself. So no matcher here requires Host or path to agree; what survives a proxy
+is: the method, the upstream exchange nested in the downstream one in time, the status (unless the
+proxy answered itself), the body lengths (``req_body_bytes``, ``resp_body_bytes``: the proxy rewrites
+the header block, not the body), and ids where the proxy passes them on. Path agreement (equal, or
+one a suffix of the other: a stripped or added prefix) is a hint that breaks ties and raises
+confidence, never a requirement. Three matchers, in this order:
 
 - **by id** (``proxy:x-request-id``, ``proxy:traceparent``, ``proxy:b3``): segments sharing a request
   id, the trace id of a W3C traceparent or a B3 trace id form a group; within a group each segment's
   parent is the latest-starting earlier segment that encloses it in time (request later, response
-  earlier, ``nesting_slack_us``) and carries the same method and path.
+  earlier, ``nesting_slack_us``), carries the same method and does not pass where the candidate
+  parent ended (two attempts of a retry are siblings, not parent and child).
 - **by nesting** (``proxy:nested``): a proxy that generates the request id itself puts it only on the
   upstream leg, so the downstream leg has none. A segment ending at a hop is linked to one starting
   at a hop on the same host (one of the two hops of kind ``proxy``: the proxy's listener or its
-  upstream side) with the same method, path and HTTP host, whose exchange
-  nests inside it (request after request, response first *and last* byte before the downstream
-  response's), has the same status, and begins within ``proxy_gap_us``; pairs are assigned
-  one-to-one in arrival order (a proxy forwards first come, first served; the nesting checks catch
-  its exceptions), leftovers placed by moving one earlier pair.
-  Confidence is lower, and lower still when another candidate arrived within
-  ``proxy_order_jitter_us`` of the chosen one (the proxy may have served them in either order).
+  upstream side) with the same method, whose exchange nests inside it (request after request,
+  response first *and last* byte before the downstream response's), whose status and body lengths
+  agree (``_child_fits``), and that begins within ``proxy_gap_us``; pairs are assigned one-to-one in
+  arrival order (a proxy forwards first come, first served; the nesting checks catch its
+  exceptions), leftovers placed by moving one earlier pair. Confidence is lower, and lower still
+  when another candidate arrived within ``proxy_order_jitter_us`` of the chosen one (the proxy may
+  have served them in either order) or the paths disagree.
+- **retries** (``proxy:retry``): an upstream leg left over after both, that failed (no response, or
+  a 5xx) or followed a failed one, joins the downstream leg whose linked upstream leg it runs beside
+  one after the other (one attempt ended before the other began), both inside the downstream
+  exchange.
 """
 
 from __future__ import annotations
@@ -27,7 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.correlate.relations import AMBIGUOUS_NESTED_CONFIDENCE, BASE_CONFIDENCE, Reason
+from hopscope.correlate.relations import (
+    AMBIGUOUS_NESTED_CONFIDENCE,
+    BASE_CONFIDENCE,
+    PATH_DISAGREES_FACTOR,
+    Reason,
+)
 from hopscope.correlate.settings import CorrelateSettings
 from hopscope.records import HopKind
 
@@ -65,6 +82,9 @@ class SegmentView:
     #: hops (labels) of each segment, and the last one
     labels: list[tuple[int, ...]]
     last_label: list[int]
+    #: body lengths of the request and the response (0: none, or a probe that does not count them)
+    req_body: I64 | None = None
+    resp_body: I64 | None = None
     #: clock group of each segment's first hop (points tied by shared connections); two segments in
     #: different groups have no trustworthy relative timing yet, so an id link between them skips the
     #: nesting check (``None``: one group)
@@ -120,7 +140,18 @@ def _nests(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
 
 
 def _same_request(view: SegmentView, p: int, s: int) -> bool:
-    return view.method[p] == view.method[s] and view.path[p] == view.path[s]
+    """Same method, and ``s`` does not pass where ``p`` ended (a retry's two attempts both end at the
+    app: siblings). Host and path may differ: proxies rewrite both."""
+    return view.method[p] == view.method[s] and view.last_label[p] not in view.labels[s]
+
+
+def path_agrees(down: str, up: str) -> bool:
+    """The upstream path is the downstream one, or one is the other with a prefix stripped or added
+    (query strings kept): a hint, never a requirement."""
+    if down == up:
+        return True
+    longer, shorter = (down, up) if len(down) > len(up) else (up, down)
+    return shorter.startswith("/") and longer.endswith(shorter) and longer[: len(longer) - len(shorter)].startswith("/")
 
 
 def link_by_id(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
@@ -169,9 +200,7 @@ def _link_pairs(view: SegmentView, settings: CorrelateSettings, links: Links, pa
                                                                                     s.tolist(), strict=True)),
                             dtype=bool, count=len(p))
         ok &= shape
-    method, path = view.method, view.path
-    same = np.fromiter((method[x] == method[y] and path[x] == path[y] for x, y in zip(p.tolist(), s.tolist(),
-                                                                                     strict=True)),
+    same = np.fromiter((_same_request(view, x, y) for x, y in zip(p.tolist(), s.tolist(), strict=True)),
                        dtype=bool, count=len(p))
     ok &= same
     chosen_s, chosen_p = s[ok], p[ok]
@@ -216,15 +245,15 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
     """Link downstream legs without an id to upstream legs at the same proxy; returns links made."""
     has_child = np.zeros(len(view.method), dtype=bool)
     has_child[links.parent[links.parent >= 0]] = True
-    parents: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
+    parents: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     # an upstream leg that ends at a non-proxy hop (sidecar -> app) never carries a request onwards
     upstream_end = view.first_proxy & ~view.last_proxy
     for p in np.flatnonzero(~has_child & ~upstream_end).tolist():
-        key = (view.last_host[p], view.method[p], view.path[p], view.http_host[p])
+        key = (view.last_host[p], view.method[p])  # Host and path: proxies rewrite them
         parents[key].append((int(view.req_last_ns[p]), p))
-    children: dict[tuple[str, str, str, str], list[tuple[int, int]]] = defaultdict(list)
+    children: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for s in np.flatnonzero(links.parent < 0).tolist():
-        key = (view.first_host[s], view.method[s], view.path[s], view.http_host[s])
+        key = (view.first_host[s], view.method[s])
         if key in parents:
             children[key].append((int(view.req_first_ns[s]), s))
     groups = _UnionFind(len(links.parent))
@@ -268,7 +297,7 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
             left.append((t, s))
             continue
         owner[i] = s
-        _link_nested(links, groups, plist[i][1], s, _has_rival(view, plist, times, i, s, window))
+        _link_nested(view, links, groups, plist[i][1], s, _has_rival(view, plist, times, i, s, window))
         made += 1
     return made + _place_left(view, plist, times, left, owner, links, groups, window)
 
@@ -297,8 +326,7 @@ def _fifo(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kid
             i = free.find(i + 1)
         if chosen < 0:
             continue
-        if usual is not None:
-            chosen = _usual_among_ties(view, plist, times, free, chosen, s, window, usual)
+        chosen = _best_among_ties(view, plist, times, free, chosen, s, window, usual)
         free.take(chosen)
         out.append((s, chosen, _handover(view, plist[chosen][1], s)))
     return out
@@ -309,20 +337,25 @@ def _handover(view: SegmentView, p: int, s: int) -> int | None:
     return rp - rs if rp and rs else None
 
 
-def _usual_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: list[int], free: _NextFree,
-                      chosen: int, s: int, window: tuple[int, int, int], usual: int) -> int:
+def _best_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: list[int], free: _NextFree,
+                     chosen: int, s: int, window: tuple[int, int, int], usual: int | None) -> int:
     """Among open legs that reached the proxy within the jitter of the oldest fitting one (their
-    order is noise), the one whose response hand-over is nearest the proxy's usual one."""
+    order is noise), the one whose path agrees with the upstream leg's (``path_agrees``), then the
+    one whose response hand-over is nearest the proxy's usual one (when known)."""
     _, slack, jitter = window
-    h = _handover(view, plist[chosen][1], s)
-    if h is None:
-        return chosen
-    best, best_dev = chosen, abs(h - usual)
+
+    def rank(i: int) -> tuple[bool, int]:
+        p = plist[i][1]
+        h = _handover(view, p, s)
+        return (not path_agrees(view.path[p], view.path[s]),
+                abs(h - usual) if h is not None and usual is not None else 0)
+
+    best, best_rank = chosen, rank(chosen)
     i = free.find(chosen + 1)
     while i < len(times) and times[i] - times[chosen] <= jitter:
-        h = _handover(view, plist[i][1], s)
-        if h is not None and abs(h - usual) < best_dev and _child_fits(view, plist[i][1], s, slack):
-            best, best_dev = i, abs(h - usual)
+        r = rank(i)
+        if r < best_rank and _child_fits(view, plist[i][1], s, slack):
+            best, best_rank = i, r
         i = free.find(i + 1)
     return best
 
@@ -369,12 +402,72 @@ def _place_left(view: SegmentView, plist: list[tuple[int, int]], times: list[int
             if not spare:
                 continue
             j = spare[0]
-            _link_nested(links, groups, plist[j][1], other, True)
-            _link_nested(links, groups, plist[i][1], s, True)
+            _link_nested(view, links, groups, plist[j][1], other, True)
+            _link_nested(view, links, groups, plist[i][1], s, True)
             owner[j], owner[i] = other, s
             made += 1
             break
     return made
+
+
+def link_retries(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
+    """Attach upstream legs left over to the downstream leg they retried; returns links made.
+
+    A leftover ``s`` starting at a proxy hop joins the downstream leg ``p`` (same host and method)
+    whose upstream leg ``c`` it ran beside one after the other, the earlier of the two failed (no
+    response or a 5xx), the later one answered ``p`` (``_statuses_fit``), and both nest in ``p``.
+    Among several such ``p`` the latest-arriving wins, with the ambiguous confidence."""
+    slack = settings.nesting_slack_us * 1000
+    children: dict[int, list[int]] = defaultdict(list)
+    for c, p in enumerate(links.parent.tolist()):
+        if p >= 0 and view.first_proxy[c] and links.reason[c].startswith("proxy:"):
+            children[p].append(c)
+    by_key: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for p in children:
+        by_key[(view.last_host[p], view.method[p])].append((int(view.req_last_ns[p]), p))
+    for kids in by_key.values():
+        kids.sort()
+    made = 0
+    for s in np.flatnonzero((links.parent < 0) & view.first_proxy).tolist():
+        plist = by_key.get((view.first_host[s], view.method[s]), [])
+        t = int(view.req_first_ns[s])
+        hi = bisect.bisect_right(plist, (t + slack, len(links.parent)))
+        lo = bisect.bisect_left(plist, (t - settings.proxy_gap_us * 1000, -1))
+        fits = [p for _, p in plist[lo:hi] if _retry_fits(view, p, children[p][0], s, slack)]
+        if not fits:
+            continue
+        p = fits[-1]
+        links.parent[s] = p
+        links.reason[s] = Reason.PROXY_RETRY.value
+        links.confidence[s] = BASE_CONFIDENCE[Reason.PROXY_RETRY] if len(fits) == 1 else AMBIGUOUS_NESTED_CONFIDENCE
+        made += 1
+    return made
+
+
+def _failed(view: SegmentView, s: int) -> bool:
+    return int(view.status[s]) == 0 or int(view.status[s]) >= 500
+
+
+def _retry_fits(view: SegmentView, p: int, c: int, s: int, slack_ns: int) -> bool:
+    """``s`` and ``c`` are two attempts of ``p``'s request: one after the other, the first failed."""
+    if view.last_label[p] in view.labels[s] or not _nested_in(view, p, s, slack_ns):
+        return False
+    first, later = (c, s) if view.req_first_ns[c] <= view.req_first_ns[s] else (s, c)
+    if not _failed(view, first) or view.last_label[first] not in view.labels[later]:
+        return False  # a retry goes to the same upstream hop after a failed attempt
+    first_end = int(view.resp_end_first_ns[first]) or int(view.req_first_ns[first])
+    if int(view.req_first_ns[later]) + slack_ns < first_end:
+        return False
+    return _statuses_fit(view, p, later) and (
+        view.req_body is None or view.req_body[p] == view.req_body[first])
+
+
+def _nested_in(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
+    """``s``'s exchange lies inside ``p``'s as seen at the proxy."""
+    if view.req_first_ns[s] + slack_ns < view.req_last_ns[p]:
+        return False
+    ep, es = int(view.resp_end_last_ns[p]), int(view.resp_end_first_ns[s])
+    return ep == 0 or es == 0 or es <= ep + slack_ns
 
 
 def _descends(links: Links, p: int, s: int) -> bool:
@@ -388,14 +481,19 @@ def _descends(links: Links, p: int, s: int) -> bool:
     return False
 
 
-def _link_nested(links: Links, groups: _UnionFind, p: int, s: int, ambiguous: bool) -> None:
+def _link_nested(view: SegmentView, links: Links, groups: _UnionFind, p: int, s: int, ambiguous: bool) -> None:
     groups.union(s, p)
     links.parent[s] = p
     links.reason[s] = Reason.PROXY_NESTED.value
-    links.confidence[s] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[Reason.PROXY_NESTED]
+    confidence = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[Reason.PROXY_NESTED]
+    if not path_agrees(view.path[p], view.path[s]):
+        confidence *= PATH_DISAGREES_FACTOR
+    links.confidence[s] = confidence
 
 
 NESTED_CANDIDATES = 64  # open downstream legs tried per upstream leg
+#: statuses a proxy sends when it answers a request itself (bad gateway, unavailable, timeout)
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 REPAIR_CANDIDATES = 8  # pairs considered for moving when an upstream leg found none
 
 
@@ -417,12 +515,29 @@ class _NextFree:
         self.next[i] = i + 1
 
 
+def proxy_answered(down_status: int, up_status: int) -> bool:
+    """The proxy answered the downstream leg itself: a gateway error (502, 503, 504) after an
+    upstream leg that got no response or an error of its own."""
+    return down_status in GATEWAY_ERRORS and (up_status == 0 or up_status >= 500)
+
+
+def _statuses_fit(view: SegmentView, p: int, s: int) -> bool:
+    """Status and body lengths: the proxy passes the upstream's answer on, unless it answered itself."""
+    sp, ss = int(view.status[p]), int(view.status[s])
+    if view.req_body is not None and view.req_body[p] != view.req_body[s]:
+        return False  # the request body the proxy received is the one it forwards
+    if sp and ss and sp != ss:
+        return proxy_answered(sp, ss)
+    if sp and ss and view.resp_body is not None:
+        return bool(view.resp_body[p] == view.resp_body[s])  # ... and so is the response body
+    return True
+
+
 def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
     if p == s or not (view.last_proxy[p] or view.first_proxy[s]):
         return False  # one of the two legs must touch a proxy hop
-    sp, ss = int(view.status[p]), int(view.status[s])
-    if sp and ss and sp != ss:
-        return False  # the proxy answers with the upstream's status
+    if not _statuses_fit(view, p, s):
+        return False
     if view.last_label[p] in view.labels[s]:
         return False  # the upstream leg never passes where the downstream leg ended
     rp, rs = int(view.resp_last_ns[p]), int(view.resp_first_ns[s])

@@ -20,7 +20,8 @@ class Reason(enum.StrEnum):
     PROXY_X_REQUEST_ID = "proxy:x-request-id"
     PROXY_TRACEPARENT = "proxy:traceparent"
     PROXY_B3 = "proxy:b3"
-    PROXY_NESTED = "proxy:nested"  # same method and path, nested in time, one-to-one
+    PROXY_NESTED = "proxy:nested"  # same method, status and body lengths, nested in time, one-to-one
+    PROXY_RETRY = "proxy:retry"  # another attempt of a request whose downstream leg is linked already
 
 
 #: Base confidence of each reason when every anchor agreed.
@@ -33,9 +34,13 @@ BASE_CONFIDENCE: Final[dict[Reason, float]] = {
     Reason.PROXY_TRACEPARENT: 0.98,
     Reason.PROXY_B3: 0.97,
     Reason.PROXY_NESTED: 0.8,
+    Reason.PROXY_RETRY: 0.7,
 }
 
 #: Multiplier per missing confirming anchor (e.g. syn_seq or resp_tcp_seq not seen at one side).
 MISSING_ANCHOR_FACTOR: Final = 0.95
 #: Confidence of a nested proxy link when more than one candidate competed for it.
 AMBIGUOUS_NESTED_CONFIDENCE: Final = 0.6
+#: Multiplier of a nested proxy link whose paths disagree (neither equal nor one a prefix-stripped
+#: form of the other): a proxy that rewrites paths beyond prefixes, or a wrong pair.
+PATH_DISAGREES_FACTOR: Final = 0.9

@@ -62,8 +62,8 @@ counted in ``StreamStats``.
 
 **Limitations.** Proxies chained across hosts are linked only where their legs share a rendezvous
 host (A -> envoy@B -> envoy@C -> app@C links at C only). All traffic to one server host goes through
-one stage-2 partition (a refinement: key by host, method and path, which both proxy matchers require
-to agree, once flows can follow every request of their connection). A record later than the
+one stage-2 partition (a refinement: key by host and method, which every proxy matcher requires to
+agree, once flows can follow every request of their connection). A record later than the
 lateness, or a trace spreading wider than ``trace_spread_us`` (a hop that never saw a long request's
 response), can make a trace of its own. Proxy links by timing (``proxy:nested``, no shared id) pick
 among candidates by the most common turnaround of what is buffered, so near a window's edge they can

@@ -174,11 +174,12 @@ def test_nested_proxy_links_one_to_one_with_concurrent_requests() -> None:
     assert reasons == ["proxy:nested"] * 3
 
 
-def test_proxy_not_linked_across_different_paths() -> None:
+def test_proxy_not_linked_across_different_statuses() -> None:
     """Each point its own clock: the two legs share no clock group, so nothing but the request's
-    own fields can tie them, and a different path keeps them apart."""
+    own fields can tie them, and a different status keeps them apart (Host and path may differ
+    across a proxy: tests/correlate/test_proxy.py)."""
     records = _proxy_records("", "")
-    records = [dataclasses.replace(r, path="/other") if r.point in ("envoy-out", "app") else r
+    records = [dataclasses.replace(r, status=404) if r.point in ("envoy-out", "app") else r
                for r in records]
     res = stitch(records, clock_domain=ClockDomain.POINT)
     assert traces_by_points(res) == [["client", "envoy-in"], ["envoy-out", "app"]]
