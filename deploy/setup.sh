@@ -25,7 +25,7 @@ DEB_PACKAGES=(
   # decoders and peers for tests and benchmarks
   tshark tcpdump nfdump argus-client argus-server
   # the lab (hopscope.lab): namespaces, NAT, the sidecars, pinning the flood generator
-  iptables iproute2 ethtool procps util-linux nginx
+  iptables iproute2 ethtool procps util-linux nginx haproxy
   # the UI's browser test (tests/api/test_ui_browser.py); fonts give its screenshots readable text
   chromium fonts-dejavu-core
 )
