@@ -147,25 +147,25 @@ def endpoint_hash_array(addr_hi: U64, addr_lo: U64, port: U64) -> U64:
     return mix64_array(mix64_array(hi ^ _GOLD) ^ lo) ^ mix64_array(np.asarray(port, np.uint64) + _GOLD)
 
 
-def flow_key(src_ep: int, dst_ep: int, proto: int, vlan: int, tunnel_hash: int, point_hash: int) -> int:
+def flow_key(src_ep: int, dst_ep: int, proto: int, point_hash: int) -> int:
     """Direction-normalised 64-bit key of a flow at one capture point, never 0.
 
-    ``ctx = (proto << 56 | vlan << 24) ^ mix64(tunnel_hash) ^ mix64(point_hash + GOLDEN)``;
+    ``ctx = proto << 56 ^ mix64(point_hash + GOLDEN)``;
     ``key = mix64(mix64(min(src_ep, dst_ep) ^ mix64(ctx)) + max(src_ep, dst_ep))``.
-    ``src_ep``/``dst_ep`` are ``endpoint_hash`` values, ``proto`` the IP protocol number, ``vlan``
-    the outer VLAN id (0: none), ``tunnel_hash`` and ``point_hash`` the ``text_hash64`` of the
-    tunnel description ("" for none) and of the capture point name. Both directions give one key.
+    ``src_ep``/``dst_ep`` are ``endpoint_hash`` values, ``proto`` the IP protocol number and
+    ``point_hash`` the ``text_hash64`` of the capture point name. Both directions give one key.
+    As Zeek's default ``fivetuple`` connection key (``IPBasedConnKey::InitTuple``), neither the
+    enclosing tunnel nor the VLAN is part of it: a connection is its own 5-tuple, at one capture point.
     """
-    ctx = ((proto << 56) | (vlan << 24)) ^ mix64(tunnel_hash) ^ mix64(point_hash + GOLDEN)
+    ctx = (proto << 56) ^ mix64(point_hash + GOLDEN)
     lo, hi = min(src_ep, dst_ep), max(src_ep, dst_ep)
     return mix64(mix64(lo ^ mix64(ctx)) + hi) or 1
 
 
-def flow_key_array(src_ep: U64, dst_ep: U64, proto: U64, vlan: U64, tunnel_hash: U64, point_hash: U64) -> U64:
+def flow_key_array(src_ep: U64, dst_ep: U64, proto: U64, point_hash: U64) -> U64:
     """``flow_key`` column-wise (all arguments uint64 arrays of one length, or broadcastable)."""
     ea, eb = np.asarray(src_ep, np.uint64), np.asarray(dst_ep, np.uint64)
-    ctx = np.asarray(proto, np.uint64) << np.uint64(56) | np.asarray(vlan, np.uint64) << np.uint64(24)
-    ctx = ctx ^ mix64_array(tunnel_hash) ^ mix64_array(np.asarray(point_hash, np.uint64) + _GOLD)
+    ctx = np.asarray(proto, np.uint64) << np.uint64(56) ^ mix64_array(np.asarray(point_hash, np.uint64) + _GOLD)
     key = mix64_array(mix64_array(np.minimum(ea, eb) ^ mix64_array(ctx)) + np.maximum(ea, eb))
     key[key == 0] = 1
     return key

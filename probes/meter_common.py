@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from hopscope.ids import text_hash64
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS
-from hopscope.probes.packets import ACK, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.packets import ACK, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
 from hopscope.records import Batch, FlowRecord
 
 I64 = npt.NDArray[np.int64]
@@ -87,6 +87,30 @@ def _icmp_pair_table(pairs: dict[int, int]) -> tuple[I64, npt.NDArray[np.bool_]]
 #: Per ICMP (ICMPv6) type: the type of its counterpart, and whether it has one (two-way message pairs).
 ICMP4_TABLE: Final = _icmp_pair_table(ICMP4_PAIRS)
 ICMP6_TABLE: Final = _icmp_pair_table(ICMP6_PAIRS)
+
+#: Added to the destination "port" of a one-way ICMP message in its flow key (meter.c: ONE_WAY_TAG).
+ONE_WAY_TAG: Final = 1 << 16
+
+
+def icmp_key_ports(proto: npt.NDArray[Any], sport: U64, dport: U64) -> tuple[U64, U64]:
+    """Per packet: the responder port of a flow it starts, and the port its destination is keyed by.
+
+    Zeek's ``ICMPAnalyzer::BuildConnTuple`` with ``ICMP4_counterpart``/``ICMP6_counterpart`` (ICMP.cc):
+    an ICMP/ICMPv6 type with a counterpart (``ICMP4_TABLE``/``ICMP6_TABLE``) has the counterpart type as
+    ``resp_p``, and request and reply share one direction-independent connection; any other type is
+    one-way: ``resp_p`` is the code, and the key keeps source -> destination order (Zeek's
+    ``is_one_way``), so each direction and each (type, code) is its own connection (the destination
+    port is tagged with ``ONE_WAY_TAG``, which no type can equal). TCP/UDP: the destination port.
+    """
+    rport, kport = dport.copy(), dport.copy()
+    for number, (counterpart, two_way) in ((ICMP, ICMP4_TABLE), (ICMP6, ICMP6_TABLE)):
+        icmp = np.flatnonzero(proto == number)
+        t = sport[icmp].astype(np.int64) & 255
+        pair, code = two_way[t], dport[icmp]
+        rport[icmp] = np.where(pair, counterpart[t], code).astype(np.uint64)
+        kport[icmp] = np.where(pair, counterpart[t], code | np.uint64(ONE_WAY_TAG)).astype(np.uint64)
+    return rport, kport
+
 
 #: Per-direction counters of a flow record, in the order both meters keep them (2 * kind + direction).
 STAT_NAMES: Final = (

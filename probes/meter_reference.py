@@ -4,9 +4,11 @@ This is the specification of flow metering; the compiled kernel (``probes/csrc/m
 function for function (same names, same order of operations) and must give identical records on
 every input (tests/probes/test_meter_native.py). It is also the fallback when the kernel is not built.
 
-A flow is bidirectional and keyed by (capture point, outer VLAN, tunnel, protocol, the two endpoints
-as seen at that point), direction-normalised, so both directions of a connection meet in one flow
-(``hopscope.ids.flow_key``). Per packet (``_meter_packet``):
+A flow is bidirectional and keyed by (capture point, protocol, the two endpoints as seen at that
+point), direction-normalised, so both directions of a connection meet in one flow
+(``hopscope.ids.flow_key``). As in Zeek's default ``fivetuple`` key, neither the enclosing tunnel nor
+the VLAN is part of the key (the record reports those its first packet had); one-way ICMP messages
+keep their direction (``meter_common.icmp_key_ports``). Per packet (``_meter_packet``):
 
 1. find the flow by key, or create it: the originator is the sender of the first packet unless
    ``meter_common.flip_roles`` says it came from the responder (history ``^``); a pure SYN whose ISN
@@ -46,8 +48,6 @@ from hopscope.probes.community_id import community_id
 from hopscope.probes.meter_common import (
     CLOSE_TYPES,
     CONN_STATES,
-    ICMP4_TABLE,
-    ICMP6_TABLE,
     NS,
     RECORD_FIELDS,
     FlowNames,
@@ -55,9 +55,10 @@ from hopscope.probes.meter_common import (
     address_text,
     close_type,
     flip_roles,
+    icmp_key_ports,
     record_batch,
 )  # fmt: skip
-from hopscope.probes.packets import ACK, FIN, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.packets import ACK, FIN, RST, SYN, TCP, UDP, PacketBlock, packed_addr
 from hopscope.probes.tcpstate import TcpConn
 from hopscope.records import Batch
 
@@ -140,22 +141,19 @@ class _Rows:
     """The ok rows of a block as Python lists (one ``tolist`` per column, read in the packet loop)."""
 
     __slots__ = (
-        "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "seq", "src_ep",
-        "ts", "window",
+        "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "rport", "seq",
+        "src_ep", "ts", "window",
     )  # fmt: skip
 
-    def __init__(self, block: PacketBlock, rows: Any, pt_hash: Any, tun_hash: Any) -> None:
+    def __init__(self, block: PacketBlock, rows: Any, pt_hash: Any) -> None:
         proto = block.proto[rows]
         sport = block.sport[rows].astype(np.uint64)
-        dport = block.dport[rows].astype(np.uint64)
-        for number, (counterpart, two_way) in ((ICMP, ICMP4_TABLE), (ICMP6, ICMP6_TABLE)):
-            icmp = np.flatnonzero(proto == number)  # an ICMP message and its reply meet in one flow
-            t = sport[icmp].astype(np.int64) & 255
-            dport[icmp] = np.where(two_way[t], counterpart[t], dport[icmp]).astype(np.uint64)
+        rport, dport = icmp_key_ports(proto, sport, block.dport[rows].astype(np.uint64))
         src_ep = endpoint_hash_array(block.src_hi[rows], block.src_lo[rows], sport)
         dst_ep = endpoint_hash_array(block.dst_hi[rows], block.dst_lo[rows], dport)
-        key = flow_key_array(src_ep, dst_ep, proto.astype(np.uint64), block.vlan[rows].astype(np.uint64),
-                             tun_hash[block.tunnel[rows]], pt_hash[block.point[rows]])  # fmt: skip
+        # Zeek's default fivetuple key: no tunnel, no VLAN; hopscope adds the capture point
+        key = flow_key_array(src_ep, dst_ep, proto.astype(np.uint64), pt_hash[block.point[rows]])
+        self.rport = rport.tolist()
         self.row = rows.tolist()
         self.key, self.src_ep, self.dst_ep = key.tolist(), src_ep.tolist(), dst_ep.tolist()
         self.ts = block.ts_ns[rows].tolist()
@@ -208,7 +206,7 @@ class ReferenceMeter:
             return self.take()
         ids = self.names.of_block(block)
         self._block, self._ids = block, ids
-        r = _Rows(block, rows, ids[0], ids[2])
+        r = _Rows(block, rows, ids[0])
         n, start, clock = len(r.row), 0, r.clock
         while start < n:
             if self.next_sweep_ns == 0:
@@ -261,7 +259,7 @@ class ReferenceMeter:
     def _create(self, r: _Rows, k: int, keep_direction: bool) -> Flow:
         """A new flow whose first packet is the k-th ok packet (meter.c: create)."""
         b, i = self._block, r.row[k]
-        proto, sport, dport = r.proto[k], int(b.sport[i]), int(b.dport[i])
+        proto, sport, dport = r.proto[k], int(b.sport[i]), r.rport[k]
         flip = False if keep_direction else flip_roles(proto, r.flags[k], sport, dport)
         flow = Flow(r.key[k], r.ts[k], self._slot_alloc())
         flow.proto, flow.ip_version, flow.vlan = proto, int(b.ip_version[i]), int(b.vlan[i])

@@ -131,11 +131,10 @@ static inline uint64_t hs_endpoint_hash(uint64_t addr_hi, uint64_t addr_lo, uint
     return hs_mix64(hs_mix64(addr_hi ^ HS_GOLDEN) ^ addr_lo) ^ hs_mix64(port + HS_GOLDEN);
 }
 
-/* Direction-normalised key of a flow at one point, never 0; tunnel_hash and point_hash are the
- * BLAKE2b-64 (big-endian) of the tunnel description and the point name in UTF-8. */
-static inline uint64_t hs_flow_key(uint64_t src_ep, uint64_t dst_ep, uint64_t proto, uint64_t vlan,
-                                   uint64_t tunnel_hash, uint64_t point_hash) {
-    uint64_t ctx = (proto << 56 | vlan << 24) ^ hs_mix64(tunnel_hash) ^ hs_mix64(point_hash + HS_GOLDEN);
+/* Direction-normalised key of a flow at one point, never 0; point_hash is the BLAKE2b-64 (big-endian)
+ * of the point name in UTF-8. Neither tunnel nor VLAN is in it (Zeek's default fivetuple key). */
+static inline uint64_t hs_flow_key(uint64_t src_ep, uint64_t dst_ep, uint64_t proto, uint64_t point_hash) {
+    uint64_t ctx = (proto << 56) ^ hs_mix64(point_hash + HS_GOLDEN);
     uint64_t lo = src_ep < dst_ep ? src_ep : dst_ep, hi = src_ep < dst_ep ? dst_ep : src_ep;
     uint64_t key = hs_mix64(hs_mix64(lo ^ hs_mix64(ctx)) + hi);
     return key ? key : 1;

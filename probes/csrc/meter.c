@@ -7,7 +7,8 @@
  * so both emit identical records in the same order on every input (tests/probes/test_meter_native.py):
  *
  *   - flow key: hopscope.ids.flow_key over endpoint hashes (ids.h), so flow_id values are identical; one
- *     open-addressing index key -> slot;
+ *     open-addressing index key -> slot; no tunnel or VLAN in it (Zeek's fivetuple), one-way ICMP types
+ *     keyed in their direction (meter_common.icmp_key_ports);
  *   - roles: meter_common.flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse
  *     rule for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
  *   - per packet: counters per direction, sequence analysis (retransmission: payload whose end does not
@@ -695,6 +696,27 @@ typedef struct {
     int64_t npoints, ntunnels;
 } block_t;
 
+/* meter_common.icmp_key_ports for row i: the responder port of a flow it starts (returned) and the port
+ * its destination endpoint is keyed by (*key_port). Zeek's ICMPAnalyzer::BuildConnTuple (ICMP.cc): a
+ * two-way ICMP type has its counterpart type as resp_p and a direction-independent key; any other type is
+ * one-way: resp_p is the code, the key keeps src -> dst order (destination port tagged with ONE_WAY_TAG). */
+#define ONE_WAY_TAG (UINT64_C(1) << 16)
+static inline uint64_t resp_port(const Engine *e, const block_t *b, int64_t i, uint64_t *key_port) {
+    int proto = b->proto[i];
+    uint64_t dp = b->dport[i];
+    *key_port = dp;
+    if (proto == P_ICMP || proto == P_ICMP6) {
+        int fam = proto == P_ICMP ? 0 : 1, t = b->sport[i] & 255;
+        if (e->icmp_two_way[fam][t]) {
+            dp = e->icmp_pair[fam][t];
+            *key_port = dp;
+        } else {
+            *key_port = dp | ONE_WAY_TAG;
+        }
+    }
+    return dp;
+}
+
 /* meter_common.flip_roles */
 static int flip_roles(Engine *e, int proto, int flags, int sport, int dport) {
     int src_likely = e->likely_server[sport], dst_likely = e->likely_server[dport];
@@ -713,7 +735,8 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     int32_t slot = slot_alloc(e);
     if (slot < 0) return -1;
     flow_t *f = &e->flows[slot];
-    int proto = b->proto[i], sport = b->sport[i], dport = b->dport[i];
+    uint64_t key_port;
+    int proto = b->proto[i], sport = b->sport[i], dport = (int)resp_port(e, b, i, &key_port);
     int flip = keep_direction ? 0 : flip_roles(e, proto, b->flags[i], sport, dport);
     int64_t ts = b->ts[i];
     f->used = 1;
@@ -834,19 +857,16 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
     }
 }
 
-/* _Rows (meter_reference.py) for row i: the direction-normalised flow key and the two endpoint hashes. */
+/* _Rows (meter_reference.py) for row i: the flow key and the two endpoint hashes. Zeek's default
+ * fivetuple key: neither tunnel nor VLAN is in it; hopscope adds the capture point. */
 static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, uint64_t *src_ep, uint64_t *dst_ep) {
-    int proto = b->proto[i];
-    uint64_t sp = b->sport[i], dp = b->dport[i];
-    if (proto == P_ICMP || proto == P_ICMP6) {
-        int fam = proto == P_ICMP ? 0 : 1, t = (int)(sp & 255);
-        if (e->icmp_two_way[fam][t]) dp = e->icmp_pair[fam][t];
-    }
-    uint64_t ea = hs_endpoint_hash(b->src_hi[i], b->src_lo[i], sp);
-    uint64_t eb = hs_endpoint_hash(b->dst_hi[i], b->dst_lo[i], dp);
+    uint64_t kp;
+    resp_port(e, b, i, &kp);
+    uint64_t ea = hs_endpoint_hash(b->src_hi[i], b->src_lo[i], b->sport[i]);
+    uint64_t eb = hs_endpoint_hash(b->dst_hi[i], b->dst_lo[i], kp);
     *src_ep = ea;
     *dst_ep = eb;
-    return hs_flow_key(ea, eb, (uint64_t)proto, b->vlan[i], b->tun_hash[b->tunnel[i]], b->pt_hash[b->point[i]]);
+    return hs_flow_key(ea, eb, (uint64_t)b->proto[i], b->pt_hash[b->point[i]]);
 }
 
 /* Lookup (or creation, or reuse) and metering of one ok packet whose key and endpoint hashes are known. */
@@ -1158,9 +1178,9 @@ static PyObject *py_endpoint_hash(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_flow_key(PyObject *self, PyObject *args) {
-    unsigned long long ea, eb, proto, vlan, tun, pt;
-    if (!PyArg_ParseTuple(args, "KKKKKK", &ea, &eb, &proto, &vlan, &tun, &pt)) return NULL;
-    return PyLong_FromUnsignedLongLong(hs_flow_key(ea, eb, proto, vlan, tun, pt));
+    unsigned long long ea, eb, proto, pt;
+    if (!PyArg_ParseTuple(args, "KKKK", &ea, &eb, &proto, &pt)) return NULL;
+    return PyLong_FromUnsignedLongLong(hs_flow_key(ea, eb, proto, pt));
 }
 
 static PyObject *py_flow_id(PyObject *self, PyObject *args) {
@@ -1177,7 +1197,7 @@ static PyMethodDef module_methods[] = {
     {"text_hash64", py_text_hash64, METH_VARARGS, "text_hash64(text) -> ids.h's hs_text_hash64 (for tests)"},
     {"mix64", py_mix64, METH_VARARGS, "mix64(x) -> ids.h's hs_mix64 (for tests)"},
     {"endpoint_hash", py_endpoint_hash, METH_VARARGS, "endpoint_hash(hi, lo, port) -> hs_endpoint_hash (for tests)"},
-    {"flow_key", py_flow_key, METH_VARARGS, "flow_key(src_ep, dst_ep, proto, vlan, tun, pt) -> hs_flow_key (tests)"},
+    {"flow_key", py_flow_key, METH_VARARGS, "flow_key(src_ep, dst_ep, proto, point_hash) -> hs_flow_key (for tests)"},
     {"flow_id", py_flow_id, METH_VARARGS, "flow_id(key, start_ns) -> ids.h's hs_flow_id (for tests)"},
     {NULL, NULL, 0, NULL},
 };

@@ -153,7 +153,7 @@ packet = st.tuples(
     st.integers(-3, 40),  # time step in ms (negative: out of order)
     st.sampled_from([0, 65535, 512]),  # window
     st.integers(0, 2),  # vlan / point / tunnel selector
-    st.sampled_from([0, 3, 8, 128, 129]),  # ICMP type
+    st.sampled_from([0, 3, 8, 11, 13, 14, 128, 129, 135, 136, 137]),  # ICMP type (code: seq % 4)
 )
 
 
@@ -172,7 +172,7 @@ def _block(packets: list[tuple[int, ...]]) -> PacketBlock:
         block.ip_version[i] = 4 if sh == 0 and sl >> 32 == 0xFFFF else 6
         block.proto[i] = proto
         block.src_hi[i], block.src_lo[i], block.dst_hi[i], block.dst_lo[i] = sh, sl, dh, dl
-        block.sport[i], block.dport[i] = (itype, 0) if proto in (1, 58) else (sp, dp)
+        block.sport[i], block.dport[i] = (itype, seq % 4) if proto in (1, 58) else (sp, dp)
         block.tcp_flags[i] = flags if proto == 6 else 0
         block.seq[i] = seq if proto == 6 else 0
         block.window[i] = window if proto == 6 else 0

@@ -1,0 +1,146 @@
+"""Conformance of the flow meter to Zeek's conn.log rules, on both meters (reference and compiled).
+
+Each case is a scapy-crafted capture and the conn.log rows Zeek's rules give for it (uid-free:
+orig_h, orig_p, resp_h, resp_p, proto, conn_state, history, orig_pkts, resp_pkts, orig_bytes,
+resp_bytes, duration in ms), written from the rules of Zeek's source as the meter cites them:
+keying (``IPBasedConnKey``, default ``fivetuple``), tuple reuse (``TCPSessionAdapter::IsReuse``),
+sizes (``TCP_Endpoint::Size``, UDP length), duration (``SetLastTime``), the originator
+(``likely_server_ports``) and ICMP (``ICMP4_counterpart``/``ICMP6_counterpart``). Rows are compared
+as a sorted list, so the cases say nothing about emission order (the differential tests do).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import GRE, ICMP, IP, UDP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Packet
+from scapy.utils import wrpcap
+
+from hopscope.probes import kernels
+from hopscope.probes.decode import Decoder
+from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.readers import open_capture
+from tests.probes.crafting import MAC_A, MAC_B, T0, conversation
+
+Row = tuple[Any, ...]
+_NATIVE = [False] + ([True] if kernels.load("_meter") is not None and kernels.enabled() else [])
+if os.environ.get("HOPSCOPE_REQUIRE_SERVICES") == "1" and kernels.enabled():
+    _NATIVE = [False, True]  # CI builds the kernel: a missing one fails
+
+
+def _rows(tmp_path: Path, packets: list[Packet], native: bool) -> list[Row]:
+    path = tmp_path / "case.pcap"
+    wrpcap(str(path), packets)
+    meter = FlowMeter(MeterConfig(), native=native)
+    decoder = Decoder("p")
+    batches = [meter.process_batch(decoder.decode(raw)) for raw in open_capture(path).blocks()]
+    batches.extend(meter.flush_batches())
+    rows = [
+        (r.orig_h, r.orig_p, r.resp_h, r.resp_p, r.proto, r.conn_state, r.history, r.orig_pkts, r.resp_pkts,
+         r.orig_bytes, r.resp_bytes, round((r.end_ns - r.start_ns) / 1e6, 3))
+        for batch in batches for r in batch.records() if r.final
+    ]  # fmt: skip
+    return sorted(rows)
+
+
+def _timed(packets: list[Packet], step_s: float = 0.001) -> list[Packet]:
+    for n, pkt in enumerate(packets):
+        pkt.time = T0 + n * step_s
+    return packets
+
+
+# --- keying: the connection's own 5-tuple, no tunnel, no VLAN ---------------------------------------
+
+C, S = "10.0.0.1", "10.0.0.2"
+HANDSHAKE = [">S", "<SA", ">A", ">PA:20", "<PA:30", ">FA", "<FA"]
+HANDSHAKE_ROW = (C, 40000, S, 80, 6, "SF", "ShADdFf", 4, 3, 20, 30, 6.0)
+
+
+def _outer(direction: bool, kind: str) -> Packet:
+    """The encapsulation of one direction: outer addresses (and VXLAN source port) follow the direction."""
+    a, b = ("192.0.2.1", "192.0.2.2") if direction else ("192.0.2.2", "192.0.2.1")
+    eth = Ether(src=MAC_A, dst=MAC_B)
+    if kind == "vxlan":
+        return eth / IP(src=a, dst=b) / UDP(sport=49152 if direction else 51000, dport=4789) / VXLAN(vni=9) / Ether()
+    if kind == "gre":
+        return eth / IP(src=a, dst=b) / GRE(proto=0x0800)
+    return Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=10 if direction else 20)
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "gre", "vlan"])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_keying_ignores_tunnel_and_vlan(tmp_path: Path, kind: str, native: bool) -> None:
+    """Both directions of the inner connection meet in one row though each arrives in its own outer
+    connection (Zeek keys by the inner 5-tuple; VLAN is only in the opt-in vlan_fivetuple key)."""
+    packets = []
+    for pkt, step in zip(conversation(HANDSHAKE), HANDSHAKE, strict=True):
+        wrapped = _outer(step[0] == ">", kind) / pkt[IP]
+        wrapped.time = pkt.time
+        packets.append(wrapped)
+    assert _rows(tmp_path, packets, native) == [HANDSHAKE_ROW]
+
+
+@pytest.mark.parametrize("native", _NATIVE)
+def test_record_keeps_the_first_tunnel_and_vlan(tmp_path: Path, native: bool) -> None:
+    packets = []
+    for pkt, step in zip(conversation(HANDSHAKE), HANDSHAKE, strict=True):
+        wrapped = _outer(step[0] == ">", "vlan") / pkt[IP]
+        wrapped.time = pkt.time
+        packets.append(wrapped)
+    path = tmp_path / "v.pcap"
+    wrpcap(str(path), packets)
+    meter = FlowMeter(MeterConfig(), native=native)
+    for raw in open_capture(path).blocks():
+        meter.process_batch(Decoder("p").decode(raw))
+    (record,) = [r for batch in meter.flush_batches() for r in batch.records()]
+    assert record.vlan == 10  # type: ignore[attr-defined]
+
+
+# --- ICMP / ICMPv6: counterpart types share a connection, one-way types keep their direction -------
+
+
+def _icmp(src: str, dst: str, icmp_type: int, code: int = 0) -> Packet:
+    return Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst=dst) / ICMP(type=icmp_type, code=code) / (b"p" * 16)
+
+
+ICMP_CASES = [
+    # echo request and reply: one connection, resp_p the counterpart type; sizes are the bytes of the
+    # ICMP message after its 8-byte header (Zeek: IP payload length - 8)
+    ("echo", [_icmp(C, S, 8), _icmp(S, C, 0), _icmp(C, S, 8), _icmp(S, C, 0)],
+     [(C, 8, S, 0, 1, "OTH", "", 2, 2, 32, 32, 3.0)]),
+    # a reply seen first: its sender is the originator (no flip for ICMP)
+    ("reply-first", [_icmp(S, C, 0), _icmp(C, S, 8)], [(S, 0, C, 8, 1, "OTH", "", 1, 1, 16, 16, 1.0)]),
+    # timestamp request/reply (13 <-> 14); their 12 timestamp bytes count as message bytes
+    ("timestamp", [_icmp(C, S, 13), _icmp(S, C, 14)], [(C, 13, S, 14, 1, "OTH", "", 1, 1, 28, 28, 1.0)]),
+    # one-way: resp_p is the code; each direction and each (type, code) its own connection
+    ("unreachable", [_icmp(S, C, 3, 3), _icmp(S, C, 3, 3), _icmp(C, S, 3, 3), _icmp(S, C, 3, 1)],
+     [(C, 3, S, 3, 1, "OTH", "", 1, 0, 16, 0, 0.0), (S, 3, C, 1, 1, "OTH", "", 1, 0, 16, 0, 0.0),
+      (S, 3, C, 3, 1, "OTH", "", 2, 0, 32, 0, 1.0)]),
+    ("time-exceeded", [_icmp(S, C, 11, 0), _icmp(S, C, 11, 1)],
+     [(S, 11, C, 0, 1, "OTH", "", 1, 0, 16, 0, 0.0), (S, 11, C, 1, 1, "OTH", "", 1, 0, 16, 0, 0.0)]),
+]  # fmt: skip
+
+A6, B6 = "2001:db8::1", "2001:db8::2"
+V6_OUT, V6_BACK = Ether() / IPv6(src=A6, dst=B6), Ether() / IPv6(src=B6, dst=A6)
+ICMP6_CASES = [
+    ("echo6", [V6_OUT / ICMPv6EchoRequest(), V6_BACK / ICMPv6EchoReply()],
+     [(A6, 128, B6, 129, 58, "OTH", "", 1, 1, 0, 0, 1.0)]),
+    ("neighbour", [V6_OUT / ICMPv6ND_NS(tgt=B6), V6_BACK / ICMPv6ND_NA(tgt=B6)],
+     [(A6, 135, B6, 136, 58, "OTH", "", 1, 1, 16, 16, 1.0)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "packets", "want"), ICMP_CASES + ICMP6_CASES, ids=[c[0] for c in ICMP_CASES + ICMP6_CASES]
+)
+@pytest.mark.parametrize("native", _NATIVE)
+def test_icmp_counterparts_and_one_way_types(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
+                                             native: bool) -> None:  # fmt: skip
+    assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == want
