@@ -9,16 +9,24 @@ offset is applied only when the interval excludes zero (a negative one-way delay
 for sure), so points that share a clock keep their timestamps even under asymmetric delay. Offsets
 spread along the pairs with the most evidence from the median point of each connected group (so the
 few points whose clocks are off get the correction).
+
+A clock domain is the set of captures stamped by one clock: by default the points of one host
+(``ClockDomain``). Each domain's ``ClockEstimate`` says how sure the offset is: the interval the
+pair it came from allows, and the uncertainty accumulated along the pairs from its group's reference
+(an asymmetric delay on those pairs is indistinguishable from an offset within that uncertainty).
 """
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.correlate.observations import ObsTable
 from hopscope.correlate.settings import ClockMode, CorrelateSettings
 
 I64 = npt.NDArray[np.int64]
@@ -37,6 +45,46 @@ class PairEvidence:
     def interval_ns(self) -> tuple[int, int]:
         """Offsets of b's clock against a's that keep both one-way delays non-negative."""
         return -self.min_back_ns, self.min_fwd_ns
+
+
+class ClockDecision(enum.StrEnum):
+    """What became of a clock domain's timestamps."""
+
+    REFERENCE = "reference"  # the base of its group: kept as it is, the others are measured against it
+    CORRECTED = "corrected"  # shifted by the estimated offset
+    KEPT = "kept"  # consistent with causality against its neighbour (auto mode): not shifted
+    NO_EVIDENCE = "no evidence"  # no packet seen both here and elsewhere: nothing to compare
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEstimate:
+    """The offset of one clock domain and how sure it is."""
+
+    domain: str
+    #: what the domain is: "host" (the points of one host) or "point" (one capture)
+    domain_kind: str
+    #: the capture points stamped by this clock
+    points: tuple[str, ...]
+    #: subtracted from the domain's timestamps
+    offset_ns: int
+    decision: ClockDecision
+    #: the domain it was measured against ('' for a reference or without evidence)
+    measured_from: str = ""
+    #: offsets the pair it was measured over allows (non-negative one-way delays), absolute
+    low_ns: int = 0
+    high_ns: int = 0
+    #: how far the true offset may lie from ``offset_ns``, accumulated from the group's reference
+    uncertainty_ns: int = 0
+    #: requests and connections seen by both ends of that pair
+    evidence: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """The estimate in µs, as the analyze JSON carries it."""
+        return {"domain": self.domain, "domain_kind": self.domain_kind, "points": list(self.points),
+                "offset_us": round(self.offset_ns / 1000, 1), "decision": self.decision.value,
+                "measured_from": self.measured_from, "low_us": round(self.low_ns / 1000, 1),
+                "high_us": round(self.high_ns / 1000, 1), "uncertainty_us": round(self.uncertainty_ns / 1000, 1),
+                "evidence": self.evidence}
 
 
 def pair_evidence(
@@ -68,13 +116,36 @@ def pair_evidence(
 def solve_offsets(
     evidence: list[PairEvidence], first_hop_votes: dict[str, int], settings: CorrelateSettings
 ) -> dict[str, int]:
-    """Offset (ns) to subtract from each point's timestamps; points without evidence are absent (0).
+    """Offset (ns) to subtract from each point's timestamps; points without evidence are absent (0)."""
+    return {d: step.offset_ns for d, step in solve(evidence, first_hop_votes, settings).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """How one domain's offset was reached (``ClockEstimate`` without the domain's description)."""
+
+    offset_ns: int
+    decision: ClockDecision
+    measured_from: str = ""
+    low_ns: int = 0
+    high_ns: int = 0
+    uncertainty_ns: int = 0
+    evidence: int = 0
+
+
+_Edges = dict[str, list[tuple[int, str, tuple[int, int]]]]
+
+
+def solve(
+    evidence: list[PairEvidence], first_hop_votes: dict[str, int], settings: CorrelateSettings
+) -> dict[str, _Step]:
+    """Each domain's offset and how it was reached; domains without evidence are absent.
 
     Solved twice: the first pass spreads offsets from the point that most often is a segment's first
     hop; the second starts each connected group of points from its median point, so the correction
     goes to the few points whose clocks are off, not to the many that agree (and groups that only
     proxy links join, e.g. a sidecar's upstream side, keep a common base)."""
-    edges: dict[str, list[tuple[int, str, tuple[int, int]]]] = defaultdict(list)
+    edges: _Edges = defaultdict(list)
     for ev in evidence:
         lo, hi = ev.interval_ns()
         edges[ev.a].append((ev.count, ev.b, (lo, hi)))
@@ -85,7 +156,7 @@ def solve_offsets(
         return first
     roots = []
     for group in _components(edges, nodes):
-        ranked = sorted(group, key=lambda n: (first[n], n))
+        ranked = sorted(group, key=lambda n: (first[n].offset_ns, n))
         roots.append(ranked[(len(ranked) - 1) // 2])
     return _spread(edges, roots + [n for n in nodes if n not in roots], settings)
 
@@ -109,37 +180,60 @@ def _components(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes:
     return out
 
 
-def _spread(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes: list[str],
-            settings: CorrelateSettings) -> dict[str, int]:
+def _spread(edges: _Edges, nodes: list[str], settings: CorrelateSettings) -> dict[str, _Step]:
     """Offsets from each still unreached node in ``nodes`` order, along the pairs with most evidence."""
-    offsets: dict[str, int] = {}
+    steps: dict[str, _Step] = {}
     for root in nodes:
-        if root in offsets:
+        if root in steps:
             continue
-        offsets[root] = 0
+        steps[root] = _Step(0, ClockDecision.REFERENCE)
         frontier = [root]
         while frontier:  # widest evidence first: a small Prim over the counts
-            frontier.sort(key=lambda n: -max((c for c, m, _ in edges[n] if m not in offsets), default=0))
+            frontier.sort(key=lambda n: -max((c for c, m, _ in edges[n] if m not in steps), default=0))
             node = frontier[0]
-            nxt = [(c, m, iv) for c, m, iv in edges[node] if m not in offsets]
+            nxt = [(c, m, iv) for c, m, iv in edges[node] if m not in steps]
             if not nxt:
                 frontier.pop(0)
                 continue
-            _, m, interval = max(nxt)
-            offsets[m] = _choose(offsets[node], interval, settings)
+            count, m, interval = max(nxt)
+            steps[m] = _choose(steps[node], node, count, interval, settings)
             frontier.append(m)
-    return offsets
+    return steps
 
 
-def _choose(base_ns: int, interval: tuple[int, int], settings: CorrelateSettings) -> int:
-    """Offset of a point reached from one with offset ``base_ns`` over a pair with ``interval``."""
-    if settings.clock_mode is ClockMode.NONE:
-        return 0
-    lo, hi = base_ns + interval[0], base_ns + interval[1]
+def _choose(base: _Step, name: str, count: int, interval: tuple[int, int], settings: CorrelateSettings) -> _Step:
+    """The step to a point reached from ``base`` (named ``name``) over a pair with ``interval``."""
+    lo, hi = base.offset_ns + interval[0], base.offset_ns + interval[1]
     jitter = settings.clock_jitter_us * 1000
-    if settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter:
-        return 0  # its own clock is consistent with causality: keep it
-    return (lo + hi) // 2
+    if settings.clock_mode is ClockMode.NONE or (
+            settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter):
+        # its own clock is consistent with causality: keep it (the truth lies anywhere in [lo, hi])
+        return _Step(0, ClockDecision.KEPT, name, lo, hi, base.uncertainty_ns + max(-lo, hi, 0), count)
+    return _Step((lo + hi) // 2, ClockDecision.CORRECTED, name, lo, hi, base.uncertainty_ns + (hi - lo) // 2, count)
+
+
+def estimates(steps: Mapping[str, _Step], points_of: Mapping[str, Iterable[str]],
+              domain_kind: str) -> list[ClockEstimate]:
+    """One estimate per domain of ``points_of`` (domain -> its capture points), in domain order."""
+    out = []
+    for domain in sorted(points_of):
+        step = steps.get(domain, _Step(0, ClockDecision.NO_EVIDENCE))
+        out.append(ClockEstimate(domain, domain_kind, tuple(sorted(points_of[domain])), step.offset_ns,
+                                 step.decision, step.measured_from, step.low_ns, step.high_ns,
+                                 step.uncertainty_ns, step.evidence))
+    return out
+
+
+def domain_points(tables: Iterable[ObsTable]) -> dict[str, set[str]]:
+    """The capture points of every clock domain of the observation tables."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for t in tables:
+        if len(t) == 0:
+            continue
+        pairs = np.unique(np.stack([t.label, t.domain], axis=1), axis=0)
+        for label, domain in pairs.tolist():
+            out[t.domains[domain]].add(t.labels[label][0])
+    return dict(out)
 
 
 def clock_groups(evidence: list[PairEvidence], names: list[str]) -> dict[str, int]:

@@ -48,6 +48,8 @@ class StitchResult:
     request_trace: list[str] = field(default_factory=list)
     #: trace id of each input flow record ('' when none; interim reports share their flow's)
     flow_trace: list[str] = field(default_factory=list)
+    #: each clock domain's offset, what it is (host or point) and how sure the estimate is
+    clocks: list[clock.ClockEstimate] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class Correlator:
         evidence, votes, raw_orders = self._clock_evidence([req, l4])
         offsets = clock.solve_offsets(evidence, votes, self.settings) if evidence else {}
         groups = clock.clock_groups(evidence, [d for st in (req, l4) for d in st.obs.domains])
+        used = evidence
         version = version_ns if version_ns is not None else time.time_ns()
         close = _flow_close(flows)
         spans: list[Batch] = []
@@ -99,7 +102,7 @@ class Correlator:
                 extra = _proxy_evidence(stage, links, groups)  # proxy links across clock groups
                 again = clock.solve_offsets(evidence + extra, votes, self.settings) if extra else offsets
                 if again != offsets:  # proxy links showed an offset no connection could: redo with it
-                    offsets = again
+                    offsets, used = again, evidence + extra
                     groups = clock.clock_groups(evidence + extra, list(groups))
                     times = _times(stage.obs, offsets)
                     stage.order = order_segments(stage.obs, stage.seg, stage.nseg, times.req_first)
@@ -123,6 +126,8 @@ class Correlator:
             stats=stats,
             request_trace=row_traces[0],
             flow_trace=[row_traces[1][i] for i in superseded_by.tolist()],
+            clocks=clock.estimates(clock.solve(used, votes, self.settings), clock.domain_points([req.obs, l4.obs]),
+                                   "host" if by_host else "point"),
         )
 
     def _segment(self, obs: ObsTable, stats: dict[str, int], name: str) -> _Stage:

@@ -53,7 +53,7 @@ def traces_json(result: StitchResult) -> dict[str, Any]:
         trace["hops"] = sorted(hops_of[row["trace_id"]], key=lambda h: h["hop_index"])
         traces.append(trace)
     return {"schema": SCHEMA, "traces": traces, "clock_offsets_us": result.clock_offsets_us,
-            "stats": result.stats}
+            "clocks": [c.as_dict() for c in result.clocks], "stats": result.stats}
 
 
 def link_latencies(result: StitchResult) -> dict[str, tuple[list[int], list[int], int]]:
@@ -108,7 +108,22 @@ def summary_text(result: StitchResult, top: int = 10) -> str:
     lines.append("\nper-link latency, us (p50/p90/p99)          request          response      n")
     for k, (a, b, _) in sorted(links.items()):
         lines.append(f"  {k:<40} {_pct(a):>16} {_pct(b):>16} {len(a):>6}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + clock_lines(doc["clocks"])) + "\n"
+
+
+def clock_lines(clocks: list[dict[str, Any]]) -> list[str]:
+    """One line per clock domain: its points, the offset subtracted, how sure, against what."""
+    if not clocks:
+        return []
+    lines = [f"\nclock domains ({'/'.join(sorted({c['domain_kind'] for c in clocks}))}), offset subtracted, us:"]
+    for c in clocks:
+        how = c["decision"]
+        if c["measured_from"]:
+            how += (f" against {c['measured_from']} over {c['evidence']} shared requests/connections,"
+                    f" causal range {c['low_us']:.0f}..{c['high_us']:.0f}")
+        lines.append(f"  {c['domain']:<12} {c['offset_us']:>9.0f} +-{c['uncertainty_us']:<7.0f} {how}"
+                     f"  [{' '.join(c['points'])}]")
+    return lines
 
 
 def evaluation_text(ev: dict[str, Any]) -> str:
