@@ -6,6 +6,11 @@ the impairments (delay and loss between named points) and the delayer's own over
 *recalled* when one trace starts on its client socket at its time and crosses every hop of its path
 in order; a trace is *precise* when its upstream leg is the one envoy sent for that very request (the
 upstream x-request-id matches) and its status is the one the client got.
+
+A run whose captures were skewed per host after the fact (``hopscope.lab.skew``) records the skew as
+``clock_skew_ns``; each host's offset found by the correlator is scored against it (``ClockCheck``).
+Link latencies need no such adjustment: the correlator reports them clock-corrected, so they are
+compared to the injected delays as they are, and a skew it failed to find shows up there too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import numpy as np
 from hopscope.correlate.engine import StitchResult
 from hopscope.correlate.report import link_latencies, traces_json
 from hopscope.records import Batch
+
+#: Offsets of one host's points that differ by no more than this are one offset found for the host
+#: (with a clock domain per point, each point's estimate carries its own few µs of noise).
+SAME_CLOCK_US = 20.0
 
 #: The lab's fixed path between a client pod and a server pod.
 CLIENT_SIDE = ("nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB")
@@ -47,6 +56,19 @@ class DelayCheck:
 
 
 @dataclass(slots=True)
+class ClockCheck:
+    """One host's clock: the skew applied to its captures against the offset the correlator found."""
+
+    host: str
+    applied_us: float
+    #: offset found for the host's points (None: they got offsets more than SAME_CLOCK_US apart)
+    found_us: float | None
+    uncertainty_us: float
+    #: found - applied, less the shift common to every host (offsets are relative to a reference)
+    error_us: float | None = None
+
+
+@dataclass(slots=True)
 class Evaluation:
     requests: int = 0  # HTTP requests that reached a server
     recalled: int = 0  # of those, stitched across every hop in path order
@@ -67,6 +89,7 @@ class Evaluation:
     dropped_request_segments: int = 0
     #: ... whose trace pins a loss on the hop right after the impairment
     dropped_pinned: int = 0
+    clocks: list[ClockCheck] = field(default_factory=list)
 
     @property
     def recall(self) -> float:
@@ -77,7 +100,8 @@ class Evaluation:
         return self.precise / self.matched if self.matched else 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "delays"}
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("delays", "clocks")}
+        out["clocks"] = [{k: getattr(c, k) for k in c.__dataclass_fields__} for c in self.clocks]
         out["recall"], out["precision"] = round(self.recall, 5), round(self.precision, 5)
         out["delays"] = [
             {"link": d.link, "injected_us": d.injected_us, "overhead_us": d.overhead_us, "n": len(d.measured_us),
@@ -137,7 +161,29 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
     _evaluate_other(manifest, doc, ev)
     _evaluate_links(manifest, result, ev)
     _evaluate_drops(manifest, result, requests, ev)
+    ev.clocks = check_clocks(manifest, result)
     return ev
+
+
+def check_clocks(manifest: dict[str, Any], result: StitchResult) -> list[ClockCheck]:
+    """Every host of the run: the recorded skew (0 when none) against the offset found."""
+    skew = manifest.get("clock_skew_ns") or {}
+    host_of = {cp["name"]: cp.get("host", cp["name"]) for cp in manifest.get("capture_points", [])}
+    found: dict[str, set[float]] = defaultdict(set)
+    uncertainty: dict[str, float] = defaultdict(float)
+    for est in result.clocks:
+        for point in est.points:
+            host = host_of.get(point, point)
+            found[host].add(est.offset_ns / 1000)
+            uncertainty[host] = max(uncertainty[host], est.uncertainty_ns / 1000)
+    checks = [ClockCheck(h, skew.get(h, 0) / 1000, (min(v) + max(v)) / 2 if max(v) - min(v) <= SAME_CLOCK_US
+                         else None, uncertainty[h]) for h, v in sorted(found.items())]
+    diffs = [c.found_us - c.applied_us for c in checks if c.found_us is not None]
+    common = float(np.median(diffs)) if diffs else 0.0
+    for c in checks:
+        if c.found_us is not None:
+            c.error_us = round(c.found_us - c.applied_us - common, 1)
+    return checks
 
 
 def _evaluate_other(manifest: dict[str, Any], doc: dict[str, Any], ev: Evaluation) -> None:

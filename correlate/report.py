@@ -127,7 +127,10 @@ def clock_lines(clocks: list[dict[str, Any]]) -> list[str]:
 
 
 def evaluation_text(ev: dict[str, Any]) -> str:
-    """The ground-truth score (``hopscope.correlate.evaluate``) as summary lines."""
+    """The ground-truth score (``hopscope.correlate.evaluate``) as summary lines; a host's clock is
+    shown when it was skewed or its offset came out wrong."""
+    from hopscope.correlate.evaluate import SAME_CLOCK_US
+
     lines = [
         "\nagainst the manifest:",
         f"  recall    {ev['recalled']}/{ev['requests']} = {ev['recall']:.4f} (requests stitched across every hop)",
@@ -140,6 +143,12 @@ def evaluation_text(ev: dict[str, Any]) -> str:
         lines.append(f"  delay {d['link']} (hops without retransmission): injected {d['injected_us']:.0f} us"
                      f" + overhead {d['overhead_us']:.0f} us, {d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
                      f"(median error {d['median_error_us']} us)")
+    skewed = [c for c in ev.get("clocks", []) if c["applied_us"] or c["error_us"] is None
+              or abs(c["error_us"]) > SAME_CLOCK_US]
+    for c in skewed:
+        found = "different offsets on its points" if c["found_us"] is None else (
+            f"found {c['found_us']:.0f} us (error {c['error_us']:.0f} us, +-{c['uncertainty_us']:.0f} us)")
+        lines.append(f"  clock of {c['host']}: skewed {c['applied_us']:.0f} us, {found}")
     lines.append(f"  loss injected on {ev['impaired_loss_links'] or 'no link'}; "
                  f"attributed to {ev['lossy_links'] or 'none'}; dropped request segments pinned to their "
                  f"link {ev['dropped_pinned']}/{ev['dropped_request_segments']}")
