@@ -43,37 +43,84 @@ class MeterConfig:
     sweep_every_s: float = 1.0  # how often (capture time) idle/linger/interim checks run
 
 
-def _likely_server_ports() -> npt.NDArray[np.bool_]:
-    """An approximation of Zeek's ``likely_server_ports``: the well-known ports and common service ports."""
-    table = np.zeros(65536, np.bool_)
-    table[1:1024] = True
-    table[list(SERVICE_PORTS)] = True
+#: Zeek's ``likely_server_ports``: the union of the server ports the protocol scripts of
+#: ``base/protocols/*`` and ``base/packet-protocols/*`` register (``Analyzer::register_for_ports`` and
+#: ``PacketAnalyzer::register_for_ports`` add them; older versions ``redef likely_server_ports``),
+#: per transport. Ports are per transport in Zeek (53/tcp and 53/udp are two entries).
+ZEEK_SERVER_PORTS_TCP: Final = (
+    21, 2811,  # ftp
+    22,  # ssh
+    25, 587,  # smtp
+    53,  # dns
+    80, 81, 631, 1080, 3128, 8000, 8080, 8888,  # http (1080 also socks)
+    88, 750,  # krb (tcp)
+    110,  # pop3
+    139, 445,  # smb
+    143,  # imap
+    389, 3268,  # ldap
+    443, 563, 585, 614, 636, 989, 990, 992, 993, 995, 5223,  # ssl
+    502,  # modbus
+    1434, 3306,  # mysql
+    1883,  # mqtt
+    3389,  # rdp
+    5222, 5269,  # xmpp
+    5432,  # postgresql
+    6379,  # redis
+    6666, 6667, 6668, 6669,  # irc
+    20000,  # dnp3
+)  # fmt: skip
+ZEEK_SERVER_PORTS_UDP: Final = (
+    53, 137, 5353, 5355,  # dns, netbios name service, mdns, llmnr
+    67,  # dhcp (68 is an analyzer port, not a server port)
+    88, 750,  # krb
+    123,  # ntp
+    161, 162,  # snmp
+    389,  # ldap
+    443,  # dtls, quic
+    514,  # syslog
+    1812,  # radius
+    3389,  # rdp
+    5060,  # sip
+    20000,  # dnp3
+    3544, 5072, 4789, 6081, 2152, 2123, 4754,  # teredo, ayiya, vxlan, geneve, gtpv1 (u and c), gre-in-udp
+)  # fmt: skip
+#: ``LIKELY_SERVER`` bits: the port is a likely server port of TCP, of UDP.
+LIKELY_TCP, LIKELY_UDP = 1, 2
+
+
+def _likely_server_ports() -> npt.NDArray[np.uint8]:
+    table = np.zeros(65536, np.uint8)
+    table[list(ZEEK_SERVER_PORTS_TCP)] |= LIKELY_TCP
+    table[list(ZEEK_SERVER_PORTS_UDP)] |= LIKELY_UDP
     return table
 
 
-SERVICE_PORTS: Final = (
-    1080, 1194, 1433, 1521, 1723, 1883, 2049, 2181, 2379, 2380, 3128, 3306, 3389, 4789, 5060, 5061, 5222,
-    5432, 5672, 5900, 6081, 6379, 6443, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9042, 9090, 9092, 9200,
-    9418, 10250, 11211, 15000, 15001, 15006, 27017,
-)  # fmt: skip
-#: Per port: True for a likely server port.
+#: Per port: ``LIKELY_TCP | LIKELY_UDP`` bits (meter.c: likely_server).
 LIKELY_SERVER: Final = _likely_server_ports()
+_BROADCAST: Final = 0xFFFF_FFFF_FFFF  # 255.255.255.255 as the low half of an IPv4-mapped address
 
 
-def flip_roles(proto: int, flags: int, sport: int, dport: int) -> bool:
+def flip_roles(proto: int, flags: int, sport: int, dport: int, dst_hi: int = 0, dst_lo: int = 0) -> bool:
     """Whether a new flow's first packet came from its responder, so the roles flip (history ``^``).
 
-    TCP: a SYN-ACK first means the handshake names the roles (its sender is the server); a first packet
-    without SYN flips as Zeek's ``TCPAnalyzer::WantConnection`` does: when its source port is a likely
-    server port and its destination port is not (both likely: when the source port is the lower one).
-    UDP: source port likely, destination port not (Zeek's UDP rule).
+    Zeek's ``IPBasedAnalyzer::NewConn``: never towards a broadcast destination (255.255.255.255).
+    UDP (``UDPAnalyzer::WantConnection``): the source port is a likely server port of UDP and the
+    destination port is not (both likely, e.g. NTP 123 -> 123: no flip). TCP
+    (``TCPAnalyzer::WantConnection``): a first packet that is a pure SYN never flips; otherwise the
+    source port likely and the destination port not, or both likely, no SYN and the source port the
+    lower. hopscope also flips a first SYN-ACK (its sender is the server: Zeek flips such a connection
+    once the ACK or data follows). Other protocols: no flip.
     """
-    src_likely, dst_likely = bool(LIKELY_SERVER[sport]), bool(LIKELY_SERVER[dport])
+    if dst_hi == 0 and dst_lo == _BROADCAST:
+        return False
     if proto == TCP:
+        src_likely, dst_likely = bool(LIKELY_SERVER[sport] & LIKELY_TCP), bool(LIKELY_SERVER[dport] & LIKELY_TCP)
         if flags & (SYN | ACK | RST) == SYN | ACK:
             return True
         return not flags & SYN and src_likely and (not dst_likely or sport < dport)
-    return proto == UDP and src_likely and not dst_likely
+    if proto == UDP:
+        return bool(LIKELY_SERVER[sport] & LIKELY_UDP) and not LIKELY_SERVER[dport] & LIKELY_UDP
+    return False
 
 
 def _icmp_pair_table(pairs: dict[int, int]) -> tuple[I64, npt.NDArray[np.bool_]]:

@@ -260,11 +260,11 @@ class ReferenceMeter:
         """A new flow whose first packet is the k-th ok packet (meter.c: create)."""
         b, i = self._block, r.row[k]
         proto, sport, dport = r.proto[k], int(b.sport[i]), r.rport[k]
-        flip = False if keep_direction else flip_roles(proto, r.flags[k], sport, dport)
+        src, dst = (int(b.src_hi[i]), int(b.src_lo[i])), (int(b.dst_hi[i]), int(b.dst_lo[i]))
+        flip = False if keep_direction else flip_roles(proto, r.flags[k], sport, dport, *dst)
         flow = Flow(r.key[k], r.ts[k], self._slot_alloc())
         flow.proto, flow.ip_version, flow.vlan = proto, int(b.ip_version[i]), int(b.vlan[i])
         flow.point, flow.tunnel = int(self._ids[1][b.point[i]]), int(self._ids[3][b.tunnel[i]])
-        src, dst = (int(b.src_hi[i]), int(b.src_lo[i])), (int(b.dst_hi[i]), int(b.dst_lo[i]))
         (flow.orig_hi, flow.orig_lo), (flow.resp_hi, flow.resp_lo) = (dst, src) if flip else (src, dst)
         flow.orig_p, flow.resp_p = (dport, sport) if flip else (sport, dport)
         flow.orig_ep = r.dst_ep[k] if flip else r.src_ep[k]

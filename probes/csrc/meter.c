@@ -717,16 +717,18 @@ static inline uint64_t resp_port(const Engine *e, const block_t *b, int64_t i, u
     return dp;
 }
 
-/* meter_common.flip_roles */
-static int flip_roles(Engine *e, int proto, int flags, int sport, int dport) {
-    int src_likely = e->likely_server[sport], dst_likely = e->likely_server[dport];
+/* meter_common.flip_roles: Zeek's IPBasedAnalyzer::NewConn (no flip towards 255.255.255.255),
+ * UDPAnalyzer::WantConnection and TCPAnalyzer::WantConnection with likely_server_ports per transport. */
+enum { LIKELY_TCP = 1, LIKELY_UDP = 2 };
+static int flip_roles(Engine *e, int proto, int flags, int sport, int dport, uint64_t dst_hi, uint64_t dst_lo) {
+    if (dst_hi == 0 && dst_lo == UINT64_C(0xFFFFFFFFFFFF)) return 0;
     if (proto == P_TCP) {
-        int synack = (flags & (T_SYN | T_ACK | T_RST)) == (T_SYN | T_ACK);
-        int pure_syn = (flags & (T_SYN | T_ACK)) == T_SYN;
-        int by_port = src_likely && (!dst_likely || sport < dport);
-        return synack || (!pure_syn && !(flags & T_SYN) && by_port);
+        int src_likely = e->likely_server[sport] & LIKELY_TCP, dst_likely = e->likely_server[dport] & LIKELY_TCP;
+        if ((flags & (T_SYN | T_ACK | T_RST)) == (T_SYN | T_ACK)) return 1;
+        return !(flags & T_SYN) && src_likely && (!dst_likely || sport < dport);
     }
-    return proto == P_UDP && src_likely && !dst_likely;
+    if (proto == P_UDP) return (e->likely_server[sport] & LIKELY_UDP) && !(e->likely_server[dport] & LIKELY_UDP);
+    return 0;
 }
 
 /* ReferenceMeter._create for the packet in row i. */
@@ -737,7 +739,7 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     flow_t *f = &e->flows[slot];
     uint64_t key_port;
     int proto = b->proto[i], sport = b->sport[i], dport = (int)resp_port(e, b, i, &key_port);
-    int flip = keep_direction ? 0 : flip_roles(e, proto, b->flags[i], sport, dport);
+    int flip = keep_direction ? 0 : flip_roles(e, proto, b->flags[i], sport, dport, b->dst_hi[i], b->dst_lo[i]);
     int64_t ts = b->ts[i];
     f->used = 1;
     f->key = key;

@@ -50,11 +50,12 @@ def conversation(steps: Sequence[str], client_isn: int = 1000, server_isn: int =
 def udp_packets(count_orig: int, count_resp: int) -> list[Packet]:
     out: list[Packet] = []
     for n in range(count_orig):
-        out.append(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.53") / UDP(sport=5353, dport=53) / b"q")
+        query = Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.53") / UDP(sport=40053, dport=53) / b"q"
+        out.append(query)
         out[-1].time = T0 + n * 0.001
     for n in range(count_resp):
         out.append(
-            Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.53", dst="10.0.0.1") / UDP(sport=53, dport=5353) / b"ans"
+            Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.53", dst="10.0.0.1") / UDP(sport=53, dport=40053) / b"ans"
         )
         out[-1].time = T0 + 0.5 + n * 0.001
     return out

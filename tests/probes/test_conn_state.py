@@ -101,5 +101,5 @@ def test_reused_tuple_starts_a_new_flow(tmp_path: Path) -> None:
 def test_udp_conn_state(tmp_path: Path, orig: int, resp: int, state: str, history: str) -> None:
     rec = meter(tmp_path, udp_packets(orig, resp))[0]
     assert (rec.conn_state, rec.history, rec.orig_pkts, rec.resp_pkts) == (state, history, orig, resp)
-    assert (rec.orig_h, rec.orig_p, rec.resp_p) == ("10.0.0.1", 5353, 53)  # the DNS server is the responder
+    assert (rec.orig_h, rec.orig_p, rec.resp_p) == ("10.0.0.1", 40053, 53)  # the DNS server is the responder
     assert rec.orig_bytes == orig and rec.resp_bytes == 3 * resp
