@@ -279,7 +279,9 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
     not shift every later pair. Legs that reached the proxy within ``proxy_order_jitter_us`` of each
     other are in no reliable order: among them the one whose response hand-over (downstream response
     out minus upstream response in) is nearest this proxy's usual one wins, and the link gets the
-    ambiguous confidence (so does a pair that had to be moved).
+    ambiguous confidence (so does a pair that had to be moved). Upstream legs that left the proxy
+    within the jitter of each other (a proxy that stalled and then forwarded a burst) are in no
+    reliable order either: their downstream legs are re-paired by response order (``_uncross``).
     """
     slack = settings.nesting_slack_us * 1000
     window = (settings.proxy_gap_us * 1000, slack, settings.proxy_order_jitter_us * 1000)
@@ -289,6 +291,7 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
     usual = int(np.median(handovers)) if handovers else None
     owner: dict[int, int] = {}  # plist index -> child segment
     chosen_of = {s: i for s, i, _ in _fifo(view, plist, times, kids, groups, window, usual)}
+    moved = _uncross(view, plist, kids, chosen_of, window)
     left: list[tuple[int, int]] = []
     made = 0
     for t, s in kids:
@@ -297,9 +300,50 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
             left.append((t, s))
             continue
         owner[i] = s
-        _link_nested(view, links, groups, plist[i][1], s, _has_rival(view, plist, times, i, s, window))
+        _link_nested(view, links, groups, plist[i][1], s,
+                     s in moved or _has_rival(view, plist, times, i, s, window))
         made += 1
     return made + _place_left(view, plist, times, left, owner, links, groups, window)
+
+
+def _uncross(view: SegmentView, plist: list[tuple[int, int]], kids: list[tuple[int, int]],
+             chosen_of: dict[int, int], window: tuple[int, int, int]) -> set[int]:
+    """Re-pair bursts of upstream legs that left within the jitter of each other by response order.
+
+    After a stall a proxy forwards the requests it read in one go, in an order of its own; it relays
+    each response as it comes, so within such a burst the upstream leg answered first belongs to the
+    downstream leg answered first. When that pairing differs from the arrival-order one and every
+    pair of it fits, it replaces it; the legs it moved are returned (ambiguous confidence)."""
+    _, slack, jitter = window
+    moved: set[int] = set()
+    burst: list[int] = []
+    for n, (t, s) in enumerate(kids):
+        if s in chosen_of:
+            burst.append(s)
+        nxt = kids[n + 1][0] if n + 1 < len(kids) else None
+        if nxt is None or nxt - t > jitter:
+            if len(burst) > 1:
+                moved |= _pair_by_response(view, plist, burst, chosen_of, slack)
+            burst = []
+    return moved
+
+
+def _pair_by_response(view: SegmentView, plist: list[tuple[int, int]], burst: list[int],
+                      chosen_of: dict[int, int], slack: int) -> set[int]:
+    owned = [chosen_of[s] for s in burst]
+    up_resp = [int(view.resp_first_ns[s]) for s in burst]
+    down_resp = [int(view.resp_last_ns[plist[i][1]]) for i in owned]
+    if 0 in up_resp or 0 in down_resp:
+        return set()  # an exchange without a response: no response order to go by
+    by_up = sorted(range(len(burst)), key=lambda k: up_resp[k])
+    by_down = sorted(owned, key=lambda i: int(view.resp_last_ns[plist[i][1]]))
+    pairing = {burst[k]: i for k, i in zip(by_up, by_down, strict=True)}
+    if all(pairing[s] == chosen_of[s] for s in burst):
+        return set()
+    if not all(_child_fits(view, plist[i][1], s, slack) for s, i in pairing.items()):
+        return set()
+    chosen_of.update(pairing)
+    return set(burst)
 
 
 def _fifo(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kids: list[tuple[int, int]],
