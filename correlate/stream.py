@@ -886,9 +886,22 @@ class StreamCorrelator:
         self._stop = threading.Event()
         self._since = 0
         self._last = time.monotonic()
+        self._clocks: dict[str, int] = {}  # offset (ns) of each corrected clock domain, as last logged
 
     def held(self) -> int:
         return sum(len(b) for b in self.buffers.values())
+
+    def _note_clocks(self, res: StitchResult) -> None:
+        """Log each clock domain (a host by default) whose correction appeared, went or moved by more
+        than the clock jitter since the last pass, with how sure its estimate is."""
+        jitter_ns = self.correlator.settings.clock_jitter_us * 1000
+        now = {c.domain: c.offset_ns for c in res.clocks if c.offset_ns}
+        for c in res.clocks:
+            if abs(now.get(c.domain, 0) - self._clocks.get(c.domain, 0)) > jitter_ns:
+                log.info("clock of %s %s (%s): offset %.0f us +-%.0f us, %s against %s over %d requests",
+                         c.domain_kind, c.domain, " ".join(c.points), c.offset_ns / 1000, c.uncertainty_ns / 1000,
+                         c.decision.value, c.measured_from or "-", c.evidence)
+                self._clocks[c.domain] = now.get(c.domain, 0)
 
     def idle(self) -> bool:
         return self.watermark.idle()
@@ -1026,6 +1039,7 @@ class StreamCorrelator:
         engine = self._engine_flows(req, flows, fkeys)
         eidx = np.flatnonzero(engine)
         res = self.correlator.stitch(req.batch, take(flows.batch, eidx), version_ns=time.time_ns())
+        self._note_clocks(res)
         index = {t: i for i, t in enumerate(res.traces.columns["trace_id"])}
         n = len(index)
         req_tr = np.fromiter((index.get(t, -1) for t in res.request_trace), dtype=np.int64, count=len(req.time))

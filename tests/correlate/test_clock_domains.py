@@ -141,3 +141,22 @@ def test_cli_default_is_the_host(tmp_path_factory: pytest.TempPathFactory, capsy
     assert node_b["domain_kind"] == "host" and node_b["decision"] == "corrected"
     assert abs(node_b["offset_us"] - 1_500) <= OFFSET_TOLERANCE_US
     assert doc["evaluation"]["recall"] == 1.0
+
+
+def test_the_streaming_correlator_logs_the_domains_it_corrects(
+        tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """The streaming correlator estimates clocks every pass with the same default (the host) and
+    logs a domain when its correction appears or moves, not on every pass."""
+    import logging
+
+    from hopscope.correlate.stream import StreamCorrelator
+
+    result = _analyze(_skewed(tmp_path_factory, {"nodeB": 1_500})).result
+    stream = StreamCorrelator(consumer=None, store=None)
+    assert stream.correlator.settings.clock_domain is ClockDomain.HOST
+    with caplog.at_level(logging.INFO, logger="hopscope.correlate.stream"):
+        stream._note_clocks(result)
+        stream._note_clocks(result)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("clock of")]
+    assert len(lines) == 1 and lines[0].startswith("clock of host nodeB (nodeB): offset "), lines
+    assert abs(float(lines[0].split("offset ")[1].split()[0]) - 1_500) <= OFFSET_TOLERANCE_US, lines
