@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from hopscope import __version__
 from hopscope.api.config import ApiSettings
 from hopscope.api.routes import flows, requests, topology, traces
+from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
 from hopscope.errors import ConfigError, UnavailableError
 from hopscope.store import QueryError, Store
 from hopscope.topology.inventory import Inventory
@@ -38,14 +39,21 @@ def create_app(
         if close_store:
             store.close()
 
-    app = FastAPI(title="hopscope", version=__version__, lifespan=lifespan)
+    settings = settings or ApiSettings()
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN into the API's origin.
+    # The schema itself is at /openapi.json.
+    app = FastAPI(title="hopscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store = store
-    app.state.settings = settings or ApiSettings()
+    app.state.settings = settings
     app.state.inventory = inventory
     for module in (flows, requests, traces, topology):
         app.include_router(module.router)
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The last added runs first: security headers on every answer, Host checked before anything else.
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hopscope.api.security import LOOPBACK_HOSTS, valid_host_name
 from hopscope.errors import ConfigError
 
 
@@ -14,7 +15,12 @@ class ApiSettings:
     store_url: str = "chdb://var/hopscope.chdb"
     #: Most rows one list request may return; larger ``limit`` values are refused with 422.
     max_limit: int = 10_000
+    #: Host header names the API answers (any port); anything else gets 400 (DNS rebinding guard).
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
         if self.max_limit < 1:
             raise ConfigError(f"max_limit must be positive, not {self.max_limit}")
+        for name in self.allowed_hosts:
+            if not valid_host_name(name):
+                raise ConfigError(f"allowed host {name!r} is not a host name or address (no port, no scheme)")

@@ -119,7 +119,7 @@ def test_embedded_default_in_process_to_chdb(tmp_path: Path) -> None:
         stats = Ingestor(transport, store).run(idle_exit_s=0.5)
         assert stats.rows == {"flows": 500}
         assert transport.committed == {"hopscope.flows": 0}
-        r = TestClient(create_app(store)).get("/api/v1/flows", params={"limit": 1000})
+        r = TestClient(create_app(store), base_url="http://127.0.0.1").get("/api/v1/flows", params={"limit": 1000})
         assert [FlowRecord(**f) for f in r.json()["flows"]] == sent
     finally:
         store.close()

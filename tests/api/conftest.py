@@ -32,4 +32,4 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
 
 @pytest.fixture
 def client(store: SqlStore) -> TestClient:
-    return TestClient(create_app(store))
+    return TestClient(create_app(store), base_url="http://127.0.0.1")

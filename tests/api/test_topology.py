@@ -24,7 +24,7 @@ def _seed(store: SqlStore) -> list[Trace]:
 
 @pytest.fixture
 def inv_client(store: SqlStore) -> TestClient:
-    return TestClient(create_app(store, inventory=from_data(INVENTORY)))
+    return TestClient(create_app(store, inventory=from_data(INVENTORY)), base_url="http://127.0.0.1")
 
 
 def _links(body: dict[str, object]) -> dict[tuple[str, str], dict[str, object]]:
