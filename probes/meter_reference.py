@@ -14,10 +14,18 @@ keep their direction (``meter_common.icmp_key_ports``). Per packet (``_meter_pac
    ``meter_common.flip_roles`` says it came from the responder (history ``^``); a pure SYN whose ISN
    differs from the originator's on a known TCP flow starts a new flow (Zeek's tuple-reuse rule), the
    old one is finished at the end of the slice;
-2. count packets, payload and IP bytes per direction; the flow's end time;
-3. TCP (``_tcp_packet``): sequence analysis, then the Zeek state machine and history letters
-   (``tcpstate.TcpConn``, every packet, as Zeek does), then the handshake anchors; other protocols:
-   the payload hash and UDP history letter of the first payload per direction.
+2. count packets, payload and IP bytes per direction; the flow's end time (Zeek's ``SetLastTime``:
+   for TCP only until both sides have closed, so the last ACK and later stragglers are counted but
+   do not lengthen the flow);
+3. TCP (``_tcp_packet``): sequence analysis, then Zeek's sequence numbers, history letters and state
+   machine (``tcpstate.TcpConn``, every packet, as Zeek does), then the handshake anchors; other
+   protocols: the UDP history letter of the first datagram per direction (with or without payload)
+   and the payload hash of the first payload.
+
+Sizes: a TCP record's ``orig_bytes``/``resp_bytes`` are Zeek's ``TCP_Endpoint::Size``: the sequence
+range from the start to the highest sequence end or the peer's highest ACK, less SYN and FIN, so
+retransmitted and overlapping data count once and data acknowledged but not captured counts; UDP and
+ICMP sizes are the payload bytes per the IP header (UDP: the UDP length less its header).
 
 Definitions: a retransmission is a segment with payload whose end does not advance the highest sequence
 end seen in its direction (Zeek's rule); an out-of-order segment is one with payload that starts
@@ -131,7 +139,7 @@ class Flow:
     def conn_state(self, history: str) -> str:
         """Zeek's conn_state (main.zeek): ``tcpstate`` for TCP and UDP, OTH for other protocols."""
         if self.proto == TCP and self.tcp is not None:
-            return self.tcp.conn_state(self.stats[S_BYTES], self.stats[S_BYTES + 1], history)
+            return self.tcp.conn_state(*self.tcp.sizes(), history)
         if self.proto == UDP:
             return tcpstate.udp_conn_state(self.stats[S_PKTS], self.stats[S_PKTS + 1])
         return "OTH"
@@ -141,8 +149,8 @@ class _Rows:
     """The ok rows of a block as Python lists (one ``tolist`` per column, read in the packet loop)."""
 
     __slots__ = (
-        "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "rport", "seq",
-        "src_ep", "ts", "window",
+        "ack", "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "rport",
+        "seq", "src_ep", "ts", "window",
     )  # fmt: skip
 
     def __init__(self, block: PacketBlock, rows: Any, pt_hash: Any) -> None:
@@ -160,6 +168,7 @@ class _Rows:
         self.clock = np.maximum.accumulate(block.ts_ns[rows]).tolist()
         self.proto, self.flags = proto.tolist(), block.tcp_flags[rows].tolist()
         self.seq, self.plen = block.seq[rows].tolist(), block.payload_len[rows].tolist()
+        self.ack = block.ack[rows].tolist()
         self.ip_len, self.window = block.ip_len[rows].tolist(), block.window[rows].tolist()
         self.flow_id = [0] * len(self.row)  # per packet: its flow's id and direction (the meter's output)
         self.from_orig = [False] * len(self.row)
@@ -244,15 +253,18 @@ class ReferenceMeter:
         stats[S_PKTS + d] += 1
         stats[S_BYTES + d] += length
         stats[S_IP_BYTES + d] += r.ip_len[k]
-        if ts > flow.end_ns:
+        # duration (Zeek's SetLastTime): TCP packets once both sides closed (the last ACK, stragglers)
+        # no longer move it (TCPSessionAdapter::Process); UDP and ICMP: every packet
+        if ts > flow.end_ns and (flow.tcp is None or not flow.tcp.both_closed):
             flow.end_ns = ts
         i = r.row[k]
         if proto == TCP:
             self._tcp_packet(r, k, flow, fo)
-        elif length > 0 and flow.payload_hash[d] == 0:  # first payload of the direction
-            flow.payload_hash[d] = self._hash_payload(i) or 1  # 1: payload seen, not captured
-            if proto == UDP:
+        else:
+            if proto == UDP and stats[S_PKTS + d] == 1:  # UDP.cc: D/d for the first datagram, payload or not
                 flow.udp_history += "D" if fo else "d"
+            if length > 0 and flow.payload_hash[d] == 0:  # first payload of the direction
+                flow.payload_hash[d] = self._hash_payload(i) or 1  # 1: payload seen, not captured
         r.flow_id[k] = flow.flow_id
         r.from_orig[k] = fo
 
@@ -302,7 +314,7 @@ class ReferenceMeter:
         tcp = flow.tcp
         assert tcp is not None
         was_closed = tcp.closed
-        tcp.packet(fo, flags, seq, length)  # history letters, then Zeek's endpoint state machine
+        tcp.packet(fo, flags, seq, r.ack[k], length)  # sequence numbers, history letters, state machine
         if letters & 1:
             tcp.add(fo, "W")
         if letters & 2:
@@ -412,10 +424,13 @@ class ReferenceMeter:
         state = flow.conn_state(history[1:] if history.startswith("^") else history)
         ack_miss = flow.synack_seq != 0 and flow.rtt_client_us == 0
         close = close_type(state, why, final, flow.proto, ack_miss)
+        stats = flow.stats
+        if flow.tcp is not None:  # TCP bytes: TCP_Endpoint::Size (sequence range), not the payload sum
+            stats = [*stats[:S_BYTES], *flow.tcp.sizes(), *stats[S_BYTES + 2 :]]
         self._out.append((
             flow.flow_id, flow.start_ns, flow.end_ns, flow.ip_version, flow.proto, flow.orig_p, flow.resp_p,
             flow.vlan, flow.point, flow.tunnel, flow.orig_hi, flow.orig_lo, flow.resp_hi, flow.resp_lo,
-            *flow.stats, *flow.payload_hash, flow.syn_seq, flow.synack_seq, flow.syn_ip_id, flow.rtt_client_us,
+            *stats, *flow.payload_hash, flow.syn_seq, flow.synack_seq, flow.syn_ip_id, flow.rtt_client_us,
             flow.rtt_server_us, int(final), _STATE_INDEX[state], _CLOSE_INDEX[close],
         ))  # fmt: skip
         if not flow.community_id:

@@ -28,9 +28,14 @@ ACK, ``D`` data, ``F`` FIN, ``R`` RST, ``I`` FIN+RST, ``Q`` SYN+FIN or SYN+RST, 
 ``S``, ``H``, ``F``, ``R`` again when their sequence number differs from the last one of that kind;
 ``T`` and ``W`` on their 1st, 10th, 100th, ... occurrence (the meter computes those two).
 
-Departures from Zeek, all deliberate: no checksum (``C``) or content-gap (``G``) letters (hopscope does
-not verify checksums or reassemble); the SYN/SYN-ACK reversal flip inside Zeek's state machine is not
-modelled (hopscope flips a flow whose first packet is a SYN-ACK, as Zeek's ``^`` heuristic does).
+Sizes (``TcpConn.sizes``) are Zeek's ``TCP_Endpoint::Size`` from the endpoint sequence numbers kept
+as ``TCP_Analyzer::DeliverPacket`` keeps them (``init_endpoint``, ``init_peer``, ``update_ack_seq``,
+``update_last_seq``); ``did_close`` (a FIN or RST processed) ends the duration.
+
+Departures from Zeek, all deliberate: no checksum (``C``) or content-gap (``G``) letters and no
+``missed_bytes`` (hopscope does not verify checksums or reassemble); the SYN/SYN-ACK reversal flip
+inside Zeek's state machine is not modelled (hopscope flips a flow whose first packet is a SYN-ACK, as
+Zeek's ``^`` heuristic does); a size below the start of sequence is 0, not Zeek's unsigned wrap.
 """
 
 from __future__ import annotations
@@ -50,10 +55,24 @@ _NONE: Final = -1
 HIST_MAX: Final = 65535
 
 
-class Endpoint:
-    """One side of a TCP connection as Zeek models it."""
+#: Zeek's TOO_LARGE_SEQ_DELTA: a SYN or RST sequence jump beyond this does not move ``last_seq``.
+TOO_LARGE_SEQ_DELTA: Final = 1_048_576
+_M32: Final = 0xFFFFFFFF
 
-    __slots__ = ("did_close", "last_fin", "last_rst", "last_syn", "prev", "seen", "state")
+
+def seq_delta(a: int, b: int) -> int:
+    """Zeek's ``seq_delta``: ``a - b`` as a signed 32-bit number."""
+    return ((a - b + (1 << 31)) & _M32) - (1 << 31)
+
+
+class Endpoint:
+    """One side of a TCP connection as Zeek models it (``TCP_Endpoint``): state, history bits, and the
+    sequence numbers ``Size`` is computed from (start, highest sequence end, highest ACK of the peer)."""
+
+    __slots__ = (
+        "ack", "ack_wraps", "did_close", "fin_cnt", "last", "last_fin", "last_rst", "last_syn", "last_wraps",
+        "prev", "seen", "start", "state",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.state = INACTIVE
@@ -63,10 +82,52 @@ class Endpoint:
         self.last_fin = _NONE
         self.last_rst = _NONE
         self.did_close = False
+        self.start = self.last = self.ack = self.last_wraps = self.ack_wraps = self.fin_cnt = 0
 
     def set_state(self, state: int) -> None:
         self.prev = self.state
         self.state = state
+
+    def init_seq(self, start: int, last: int) -> None:
+        """Zeek's ``InitStartSeq``/``InitAckSeq``/``InitLastSeq`` (wrap counts are kept, as Zeek does)."""
+        self.start = self.ack = start & _M32
+        self.last = last & _M32
+
+    def update_last(self, seq: int) -> None:
+        """``TCP_Endpoint::UpdateLastSeq``."""
+        if seq < self.last:
+            self.last_wraps += 1
+        self.last = seq
+
+    def update_ack(self, seq: int) -> None:
+        """``TCP_Endpoint::UpdateAckSeq``."""
+        if seq < self.ack:
+            self.ack_wraps += 1
+        self.ack = seq
+
+    def ack_underflow(self, ack: int) -> bool:
+        """``get_relative_seq`` of an ACK for this endpoint's data: below its start of sequence."""
+        delta, wraps = seq_delta(ack, self.ack), self.ack_wraps
+        if delta < 0 and wraps and ack > self.ack:
+            wraps -= 1
+        elif delta > 0 and ack < self.ack:
+            wraps += 1
+        return wraps == 0 and seq_delta(ack, self.start) < 0
+
+    def size(self, peer: Endpoint) -> int:
+        """``TCP_Endpoint::Size``: bytes of sequence space from the start to the highest sequence end
+        or the peer's highest ACK, whichever is higher, less the SYN and the FIN (0, not Zeek's
+        unsigned wrap, when below the start)."""
+        last, ack = self.last_wraps << 32 | self.last, self.ack_wraps << 32 | self.ack
+        attempt_reset = self.prev == SYN_SENT and self.state == RESET and peer.state == INACTIVE
+        if attempt_reset and ack - self.start not in (0, 1):  # ... and ! NoDataAcked()
+            return 0
+        size = max(max(last, ack) - self.start, 0)
+        if size:
+            size -= 1
+        if self.fin_cnt and size:
+            size -= 1
+        return size
 
 
 class TcpConn:
@@ -79,10 +140,26 @@ class TcpConn:
         self.resp = Endpoint()
         self.history: list[str] = []
 
-    def packet(self, from_orig: bool, flags: int, seq: int, payload_len: int) -> None:
-        """Account one packet: history letters first, then the state machine (Zeek's order)."""
+    def packet(self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int) -> None:
+        """Account one packet in Zeek's order (``TCP_Analyzer::DeliverPacket``): ``init_endpoint``, the
+        history letters, the FIN count, the peer's ACK (``init_peer``/``update_ack_seq``),
+        ``update_last_seq``, the state machine, and ``did_close`` (``ConnectionClosed``)."""
         ep, peer = (self.orig, self.resp) if from_orig else (self.resp, self.orig)
+        seg_end = (
+            seq + (0 if flags & RST else payload_len) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        ) & _M32
+        _init_endpoint(ep, flags, seq, seg_end)
         self._history(ep, from_orig, flags, seq, payload_len)
+        if flags & FIN:
+            ep.fin_cnt += 1
+        if flags & ACK:
+            if peer.state == INACTIVE:
+                peer.init_seq(ack - 1, ack - 1)  # init_peer: as if the peer's SYN had been seen
+            elif not peer.ack_underflow(ack) and not flags & RST:  # ACKs in RSTs are not trusted
+                delta = seq_delta(ack, peer.ack)
+                if delta > 0 and not (ack == 0 and delta > TOO_LARGE_SEQ_DELTA):
+                    peer.update_ack(ack)
+        _update_last_seq(ep, seg_end, flags)
         state = ep.state
         if state == INACTIVE:
             self._inactive(ep, peer, from_orig, flags, payload_len)
@@ -95,6 +172,17 @@ class TcpConn:
             self._established(ep, peer, flags)
         elif state == CLOSED and flags & RST and peer.state != CLOSED:
             ep.set_state(RESET)
+        if flags & (FIN | RST):
+            ep.did_close = True  # every FIN or RST that changes the state closes (do_close); later ones repeat it
+
+    @property
+    def both_closed(self) -> bool:
+        """Both endpoints ``did_close``: Zeek's ``SetLastTime`` is no longer called (duration ends)."""
+        return self.orig.did_close and self.resp.did_close
+
+    def sizes(self) -> tuple[int, int]:
+        """``orig_bytes`` and ``resp_bytes`` as Zeek's ``TCP_Endpoint::Size`` gives them."""
+        return self.orig.size(self.resp), self.resp.size(self.orig)
 
     def add(self, from_orig: bool, letter: str) -> None:
         if len(self.history) < HIST_MAX:
@@ -199,6 +287,33 @@ class TcpConn:
         if os_ == ESTABLISHED and rs == ESTABLISHED:
             return "S1"
         return "OTH"
+
+
+def _init_endpoint(ep: Endpoint, flags: int, seq: int, seg_end: int) -> None:
+    """Zeek's ``init_endpoint``: the sequence numbers of an endpoint, by its state before the packet."""
+    state = ep.state
+    if state == INACTIVE:
+        if flags & SYN:
+            ep.init_seq(seq, seg_end)
+        else:
+            ep.init_seq(seq - 1, seq)  # a partial connection: numbered as if the SYN had been seen
+    elif flags & SYN and (
+        (state in (SYN_SENT, SYN_ACK_SENT) and seq != ep.start)
+        or state in (ESTABLISHED, PARTIAL)
+        or (state == RESET and ep.prev == INACTIVE)
+    ):
+        ep.init_seq(seq, seg_end)
+
+
+def _update_last_seq(ep: Endpoint, seg_end: int, flags: int) -> None:
+    """Zeek's ``update_last_seq``: the highest sequence end only moves forward (retransmissions never
+    add), with its exceptions for SYN/RST jumps, a FIN right after the SYN, and a reset endpoint."""
+    delta = seq_delta(seg_end, ep.last)
+    if flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA:
+        return
+    fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32  # even when delta < 0
+    if fin_after_syn or (ep.state != RESET and delta > 0):
+        ep.update_last(seg_end)
 
 
 def _rstos0(history: str) -> bool:

@@ -11,7 +11,8 @@
  *     keyed in their direction (meter_common.icmp_key_ports);
  *   - roles: meter_common.flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse
  *     rule for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
- *   - per packet: counters per direction, sequence analysis (retransmission: payload whose end does not
+ *   - per packet: counters per direction, the end time (TCP: until both sides closed, Zeek's SetLastTime),
+ *     Zeek's endpoint sequence numbers (TCP bytes are TCP_Endpoint::Size at emission), sequence analysis (retransmission: payload whose end does not
  *     advance the highest sequence end seen; out of order: payload starting beyond it), zero windows,
  *     T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
  *     letters (every packet, as Zeek), handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload
@@ -82,8 +83,11 @@ enum { S_PKTS = 0, S_BYTES = 2, S_IP_BYTES = 4, S_RTX = 6, S_OOO = 8, S_ZW = 10 
 /* ---- flows ------------------------------------------------------------------------------- */
 
 typedef struct {
-    uint8_t state, prev, seen;
+    uint8_t state, prev, seen, did_close;
     int64_t last_syn, last_fin, last_rst;
+    /* Zeek's TCP_Endpoint sequence numbers (tcpstate.Endpoint): start, highest sequence end, highest
+     * ACK of the peer, with their wrap counts; FINs sent */
+    uint32_t start, last, ack, last_wraps, ack_wraps, fin_cnt;
 } endpoint_t;
 
 typedef struct {
@@ -353,10 +357,90 @@ static void tcp_established(endpoint_t *ep, endpoint_t *peer, int flags) {
     if (flags & T_RST) set_state(ep, RESET);
 }
 
-/* One packet: history letters first, then the state machine (Zeek's order). */
-static void tcp_packet(flow_t *f, int fo, int flags, int64_t seq, int64_t len) {
+#define TOO_LARGE_SEQ_DELTA 1048576
+static inline int32_t seq_delta(uint32_t a, uint32_t b) { return (int32_t)(a - b); }
+
+static inline void init_seq(endpoint_t *ep, uint32_t start, uint32_t last) {
+    ep->start = ep->ack = start;
+    ep->last = last;
+}
+
+/* TCP_Endpoint::UpdateLastSeq / UpdateAckSeq */
+static inline void update_last(endpoint_t *ep, uint32_t seq) {
+    if (seq < ep->last) ep->last_wraps++;
+    ep->last = seq;
+}
+
+static inline void update_ack(endpoint_t *ep, uint32_t seq) {
+    if (seq < ep->ack) ep->ack_wraps++;
+    ep->ack = seq;
+}
+
+/* tcpstate.Endpoint.ack_underflow (get_relative_seq of an ACK) */
+static int ack_underflow(const endpoint_t *ep, uint32_t ack) {
+    int32_t delta = seq_delta(ack, ep->ack);
+    uint32_t wraps = ep->ack_wraps;
+    if (delta < 0 && wraps && ack > ep->ack)
+        wraps--;
+    else if (delta > 0 && ack < ep->ack)
+        wraps++;
+    return wraps == 0 && seq_delta(ack, ep->start) < 0;
+}
+
+/* tcpstate.Endpoint.size: TCP_Endpoint::Size (0 instead of Zeek's unsigned wrap below the start). */
+static int64_t ep_size(const endpoint_t *ep, const endpoint_t *peer) {
+    int64_t last = (int64_t)ep->last_wraps << 32 | ep->last, ack = (int64_t)ep->ack_wraps << 32 | ep->ack;
+    if (ep->prev == SYN_SENT && ep->state == RESET && peer->state == INACTIVE && ack - ep->start != 0 &&
+        ack - ep->start != 1)
+        return 0;
+    int64_t size = (last > ack ? last : ack) - (int64_t)ep->start;
+    if (size < 0) size = 0;
+    if (size) size--;
+    if (ep->fin_cnt && size) size--;
+    return size;
+}
+
+/* tcpstate._init_endpoint: Zeek's init_endpoint, by the endpoint's state before the packet. */
+static void init_endpoint(endpoint_t *ep, int flags, uint32_t seq, uint32_t seg_end) {
+    int st = ep->state;
+    if (st == INACTIVE) {
+        if (flags & T_SYN)
+            init_seq(ep, seq, seg_end);
+        else
+            init_seq(ep, seq - 1, seq); /* a partial connection: numbered as if the SYN had been seen */
+    } else if ((flags & T_SYN) && (((st == SYN_SENT || st == SYN_ACK_SENT) && seq != ep->start) ||
+                                   st == ESTABLISHED || st == PARTIAL || (st == RESET && ep->prev == INACTIVE))) {
+        init_seq(ep, seq, seg_end);
+    }
+}
+
+/* tcpstate._update_last_seq: Zeek's update_last_seq. */
+static void update_last_seq(endpoint_t *ep, uint32_t seg_end, int flags) {
+    int32_t delta = seq_delta(seg_end, ep->last);
+    if ((flags & (T_SYN | T_RST)) && (delta > TOO_LARGE_SEQ_DELTA || delta < -TOO_LARGE_SEQ_DELTA)) return;
+    int fin_after_syn = (flags & T_FIN) && ep->last == ep->start + 1;
+    if (fin_after_syn || (ep->state != RESET && delta > 0)) update_last(ep, seg_end);
+}
+
+/* One packet in Zeek's order (TcpConn.packet, TCP_Analyzer::DeliverPacket): init_endpoint, history
+ * letters, FIN count, the peer's ACK (init_peer / update_ack_seq), update_last_seq, the state machine,
+ * did_close. */
+static void tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, int64_t len) {
     endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
+    uint32_t seglen = (uint32_t)((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
+    uint32_t seg_end = seq + seglen;
+    init_endpoint(ep, flags, seq, seg_end);
     tcp_history(f, ep, fo, flags, seq, len);
+    if (flags & T_FIN) ep->fin_cnt++;
+    if (flags & T_ACK) {
+        if (peer->state == INACTIVE) {
+            init_seq(peer, ack - 1, ack - 1); /* init_peer */
+        } else if (!ack_underflow(peer, ack) && !(flags & T_RST)) {
+            int32_t delta = seq_delta(ack, peer->ack);
+            if (delta > 0 && !(ack == 0 && delta > TOO_LARGE_SEQ_DELTA)) update_ack(peer, ack);
+        }
+    }
+    update_last_seq(ep, seg_end, flags);
     switch (ep->state) {
     case INACTIVE:
         tcp_inactive(f, ep, peer, fo, flags, len);
@@ -376,6 +460,7 @@ static void tcp_packet(flow_t *f, int fo, int flags, int64_t seq, int64_t len) {
     default:
         break;
     }
+    if (flags & (T_FIN | T_RST)) ep->did_close = 1;
 }
 
 static inline int tcp_closed(const flow_t *f) {
@@ -404,7 +489,7 @@ static int conn_state(flow_t *f) {
     int o_inactive = os == INACTIVE || os == PARTIAL, r_inactive = rs == INACTIVE || rs == PARTIAL;
     if (rs == RESET) {
         if (os == SYN_SENT || os == SYN_ACK_SENT ||
-            (os == RESET && f->stats[S_BYTES] == 0 && f->stats[S_BYTES + 1] == 0))
+            (os == RESET && ep_size(&f->ep[0], &f->ep[1]) == 0 && ep_size(&f->ep[1], &f->ep[0]) == 0))
             return CS_REJ;
         return o_inactive ? CS_RSTRH : CS_RSTR;
     }
@@ -550,6 +635,10 @@ static void emit(Engine *e, flow_t *f, int final, int why) {
     r[R_RESP_HI] = (int64_t)f->resp_hi;
     r[R_RESP_LO] = (int64_t)f->resp_lo;
     memcpy(r + R_STATS, f->stats, sizeof f->stats);
+    if (f->proto == P_TCP) { /* TCP bytes: TCP_Endpoint::Size (sequence range), not the payload sum */
+        r[R_STATS + S_BYTES] = ep_size(&f->ep[0], &f->ep[1]);
+        r[R_STATS + S_BYTES + 1] = ep_size(&f->ep[1], &f->ep[0]);
+    }
     r[R_OHASH] = (int64_t)f->payload_hash[0];
     r[R_RHASH] = (int64_t)f->payload_hash[1];
     r[R_SYN_SEQ] = f->syn_seq;
@@ -665,13 +754,13 @@ static void end_of_slice(Engine *e) {
 
 enum {
     C_TS, C_PROTO, C_IPVER, C_VLAN, C_POINT, C_TUNNEL, C_SRC_HI, C_SRC_LO, C_DST_HI, C_DST_LO, C_SPORT,
-    C_DPORT, C_FLAGS, C_SEQ, C_WINDOW, C_IP_ID, C_IP_LEN, C_PAYLOAD_OFF, C_PAYLOAD_LEN, C_PAYLOAD_CAPLEN,
+    C_DPORT, C_FLAGS, C_SEQ, C_ACK, C_WINDOW, C_IP_ID, C_IP_LEN, C_PAYLOAD_OFF, C_PAYLOAD_LEN, C_PAYLOAD_CAPLEN,
     C_FLOW_ID, C_FROM_ORIG, NCOLS
 };
-static const int COL_SIZES[NCOLS] = {8, 1, 1, 2, 2, 2, 8, 8, 8, 8, 2, 2, 1, 4, 2, 2, 4, 8, 4, 4, 8, 1};
+static const int COL_SIZES[NCOLS] = {8, 1, 1, 2, 2, 2, 8, 8, 8, 8, 2, 2, 1, 4, 4, 2, 2, 4, 8, 4, 4, 8, 1};
 static const char *COL_NAMES[NCOLS] = {
     "ts_ns", "proto", "ip_version", "vlan", "point", "tunnel", "src_hi", "src_lo", "dst_hi", "dst_lo",
-    "sport", "dport", "tcp_flags", "seq", "window", "ip_id", "ip_len", "payload_off", "payload_len",
+    "sport", "dport", "tcp_flags", "seq", "ack", "window", "ip_id", "ip_len", "payload_off", "payload_len",
     "payload_caplen", "flow_id", "from_orig",
 };
 
@@ -682,7 +771,7 @@ typedef struct {
     const uint64_t *src_hi, *src_lo, *dst_hi, *dst_lo;
     const uint16_t *sport, *dport;
     const uint8_t *flags;
-    const uint32_t *seq;
+    const uint32_t *seq, *ack;
     const uint16_t *window, *ip_id;
     const uint32_t *ip_len;
     const int64_t *payload_off;
@@ -849,7 +938,7 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
     if (len && !(flags & T_RST) && !f->payload_hash[d] && b->payload_caplen[i])
         f->payload_hash[d] = hash_payload(e, b, i);
     int was_closed = tcp_closed(f);
-    tcp_packet(f, fo, flags, seq, len); /* history letters, then Zeek's endpoint state machine */
+    tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len); /* sequence numbers, history, state machine */
     if (letters & 1) add_letter(f, fo, 'W');
     if (letters & 2) add_letter(f, fo, 'T');
     anchors(b, i, f, fo, flags, seq, ts);
@@ -899,13 +988,17 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
     f->stats[S_PKTS + d]++;
     f->stats[S_BYTES + d] += len;
     f->stats[S_IP_BYTES + d] += b->ip_len[i];
-    if (ts > f->end_ns) f->end_ns = ts;
+    /* duration (Zeek's SetLastTime): TCP packets once both sides closed no longer move it
+     * (TCPSessionAdapter::Process); UDP and ICMP: every packet */
+    if (ts > f->end_ns && !(proto == P_TCP && f->ep[0].did_close && f->ep[1].did_close)) f->end_ns = ts;
     if (proto == P_TCP) {
         tcp_packet_meter(e, b, i, f, fo);
-    } else if (len > 0 && f->payload_hash[d] == 0) { /* first payload of the direction */
-        uint64_t h = hash_payload(e, b, i); /* 1: payload seen, nothing hashed (beyond snaplen) */
-        f->payload_hash[d] = h ? h : 1;
-        if (proto == P_UDP) add_letter(f, fo, 'D');
+    } else {
+        if (proto == P_UDP && f->stats[S_PKTS + d] == 1) add_letter(f, fo, 'D'); /* UDP.cc: payload or not */
+        if (len > 0 && f->payload_hash[d] == 0) { /* first payload of the direction */
+            uint64_t h = hash_payload(e, b, i); /* 1: payload seen, nothing hashed (beyond snaplen) */
+            f->payload_hash[d] = h ? h : 1;
+        }
     }
     set_due(e, slot);
     b->flow_id[i] = f->flow_id;
@@ -1049,7 +1142,7 @@ static PyObject *Engine_process(Engine *e, PyObject *args) {
             views[C_TS].buf, views[C_PROTO].buf, views[C_IPVER].buf, views[C_VLAN].buf, views[C_POINT].buf,
             views[C_TUNNEL].buf, views[C_SRC_HI].buf, views[C_SRC_LO].buf, views[C_DST_HI].buf,
             views[C_DST_LO].buf, views[C_SPORT].buf, views[C_DPORT].buf, views[C_FLAGS].buf, views[C_SEQ].buf,
-            views[C_WINDOW].buf, views[C_IP_ID].buf, views[C_IP_LEN].buf, views[C_PAYLOAD_OFF].buf,
+            views[C_ACK].buf, views[C_WINDOW].buf, views[C_IP_ID].buf, views[C_IP_LEN].buf, views[C_PAYLOAD_OFF].buf,
             views[C_PAYLOAD_LEN].buf, views[C_PAYLOAD_CAPLEN].buf, views[C_FLOW_ID].buf, views[C_FROM_ORIG].buf,
             vbuf->buf, vbuf->len, vpth->buf, vtuh->buf, vptid->buf, vtuid->buf, vpth->len / 8, vtuh->len / 8,
         };

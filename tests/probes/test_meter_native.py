@@ -155,6 +155,7 @@ packet = st.tuples(
     st.sampled_from([0, 65535, 512]),  # window
     st.integers(0, 2),  # vlan / point / tunnel selector
     st.sampled_from([0, 3, 8, 11, 13, 14, 128, 129, 135, 136, 137]),  # ICMP type (code: seq % 4)
+    st.sampled_from([0, 1001, 1101, 2000, 2501, 5001, 4294967295, 3001]),  # ack
 )
 
 
@@ -165,7 +166,7 @@ def _block(packets: list[tuple[int, ...]]) -> PacketBlock:
     block.point_ifaces = ("eth0", "eth1")
     block.tunnels = ["", "vxlan vni=7 192.0.2.1>192.0.2.2"]
     ts = 1_700_000_000_000_000_000
-    for i, (s, d, proto, flags, seq, plen, step, window, sel, itype) in enumerate(packets):
+    for i, (s, d, proto, flags, seq, plen, step, window, sel, itype, ack) in enumerate(packets):
         ts += step * 1_000_000
         (sh, sl, sp), (dh, dl, dp) = _ENDPOINTS[s], _ENDPOINTS[d]
         block.ts_ns[i] = ts
@@ -176,6 +177,7 @@ def _block(packets: list[tuple[int, ...]]) -> PacketBlock:
         block.sport[i], block.dport[i] = (itype, seq % 4) if proto in (1, 58) else (sp, dp)
         block.tcp_flags[i] = flags if proto == 6 else 0
         block.seq[i] = seq if proto == 6 else 0
+        block.ack[i] = ack if proto == 6 else 0
         block.window[i] = window if proto == 6 else 0
         block.ip_len[i] = 40 + plen
         block.payload_len[i] = plen
@@ -265,7 +267,7 @@ def test_disagreements_resolved_as_zeek(tmp_path: Path, steps: list[str], field:
 
 def test_history_is_bounded_on_both_meters() -> None:
     """A flow whose every packet adds a letter (RSTs with new sequence numbers) keeps at most 65,535."""
-    packets = [(0, 1, 6, 0x04, seq, 0, 0, 512, 0, 0) for seq in range(65_600)]
+    packets = [(0, 1, 6, 0x04, seq, 0, 0, 512, 0, 0, 0) for seq in range(65_600)]
     block = _block(packets)
     block.status[:] = PacketStatus.OK
     block.seq[:] = np.arange(65_600)

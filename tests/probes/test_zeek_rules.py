@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scapy.layers.inet import GRE, ICMP, IP, UDP
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
@@ -179,4 +179,60 @@ FLIP_CASES = [
 def test_udp_originator_by_likely_server_ports(
     tmp_path: Path, name: str, packets: list[Packet], want: list[Row], native: bool
 ) -> None:
+    assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == want
+
+
+# --- counting and timing: sizes by sequence range, duration up to the close --------------------------
+
+
+def _seg(to_server: bool, flags: str, seq: int, ack: int = 0, size: int = 0) -> Packet:
+    src, dst = ((C, 40000), (S, 80)) if to_server else ((S, 80), (C, 40000))
+    tcp = TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+    return Ether(src=MAC_A, dst=MAC_B) / IP(src=src[0], dst=dst[0]) / tcp / (b"x" * size)
+
+
+OPEN = [_seg(True, "S", 1000), _seg(False, "SA", 5000, 1001), _seg(True, "A", 1001, 5001)]
+COUNT_CASES = [
+    # the final ACK after both FINs counts as a packet but not in the duration (SetLastTime stops once
+    # both sides did_close)
+    ("final-ack", conversation([*HANDSHAKE, ">A"]), [(C, 40000, S, 80, 6, "SF", "ShADdFf", 5, 3, 20, 30, 6.0)]),
+    # ... nor does anything later (a retransmitted FIN, another ACK)
+    ("after-close", conversation([*HANDSHAKE, ">A", "<FA!", ">A"]),
+     [(C, 40000, S, 80, 6, "SF", "ShADdFf", 6, 4, 20, 30, 6.0)]),
+    # a retransmission does not add to the size (last_seq only moves forward)
+    ("retransmission", conversation([">S", "<SA", ">A", ">PA:100", ">PA!", "<A"]),
+     [(C, 40000, S, 80, 6, "S1", "ShADTa", 4, 2, 100, 0, 5.0)]),
+    # overlapping segments: bytes 1001-1100 then 1051-1150 count 150 (the second advances: no T)
+    ("overlap", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(True, "PA", 1051, 5001, 100),
+                 _seg(False, "A", 5001, 1151)],
+     [(C, 40000, S, 80, 6, "S1", "ShADa", 4, 2, 150, 0, 5.0)]),
+    # data the peer acknowledged but the capture missed (1101-1200) is in the size (max(last, ack))
+    ("acked-not-seen", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "A", 5001, 1301)],
+     [(C, 40000, S, 80, 6, "S1", "ShADa", 3, 2, 300, 0, 4.0)]),
+    # a connection seen midstream is numbered as if its SYN had been seen (start = first seq - 1)
+    ("midstream", [_seg(True, "PA", 7000, 9000, 10), _seg(False, "PA", 9000, 7010, 20)],
+     [(C, 40000, S, 80, 6, "OTH", "Dd", 1, 1, 10, 20, 1.0)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "packets", "want"), COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_tcp_sizes_and_duration(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
+                                native: bool) -> None:  # fmt: skip
+    assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == want
+
+
+UDP_CASES = [
+    # UDP.cc: D/d for the first datagram of each direction, with or without payload
+    ("empty-datagrams", [_udp((C, 40000), (S, 53), b""), _udp((S, 53), (C, 40000), b"")],
+     [(C, 40000, S, 53, 17, "SF", "Dd", 1, 1, 0, 0, 1.0)]),
+    ("empty-then-data", [_udp((C, 40000), (S, 53), b""), _udp((C, 40000), (S, 53), b"abc")],
+     [(C, 40000, S, 53, 17, "S0", "D", 2, 0, 3, 0, 1.0)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "packets", "want"), UDP_CASES, ids=[c[0] for c in UDP_CASES])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_udp_history_and_sizes(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
+                               native: bool) -> None:  # fmt: skip
     assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == want
