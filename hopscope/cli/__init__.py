@@ -53,6 +53,7 @@ COMMANDS: tuple[Command, ...] = (
             "gRPC) of a capture file"),
     Command("probe", "hopscope.cli.probe", "capture live on an interface and publish flow/request records"),
     Command("analyze", "hopscope.cli.analyze", "stitch captures from several points into per-request traces"),
+    Command("replay", "hopscope.cli.replay", "publish the records of capture files to Kafka as live probes would"),
     Command("correlate", "hopscope.cli.correlate", "stitch records from Kafka into traces, streaming, into a store"),
     Command("ingest", "hopscope.cli.ingest", "consume flow and request records from Kafka into a store"),
     Command("store", "hopscope.cli.store", "create and inspect the store (ClickHouse server or chDB)"),
