@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from hopscope.errors import HopscopeError
+from hopscope.errors import ConfigError, HopscopeError
 from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
 from hopscope.store.features import ServerFeatures
 from hopscope.store.query import (
@@ -42,6 +42,10 @@ class QueryError(HopscopeError):
     """The store rejected a statement (the message carries the server's first line)."""
 
 
+class StoreMissingError(ConfigError):
+    """A store opened for reading lacks its database, a table or a column (``store init`` makes them)."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the correlator, the API and the CLI use; ``ServerStore`` and ``EmbeddedStore`` implement it."""
@@ -53,6 +57,8 @@ class Store(Protocol):
     def features(self) -> ServerFeatures: ...
 
     def ensure_schema(self) -> None: ...
+
+    def check_schema(self) -> None: ...
 
     def degradations(self) -> list[str]: ...
 
@@ -86,10 +92,14 @@ class Store(Protocol):
 class SqlStore(abc.ABC):
     """Shared implementation of ``Store`` over four backend primitives."""
 
-    def __init__(self, database: str = DEFAULT_DATABASE, ttl_days: int | None = None) -> None:
+    def __init__(
+        self, database: str = DEFAULT_DATABASE, ttl_days: int | None = None, read_only: bool = False
+    ) -> None:
         quote_identifier(database)  # fail early on a bad name
         self.database = database
         self.ttl_days = ttl_days
+        #: Opened for reading: the backend refuses DDL and inserts (ClickHouse's readonly=2).
+        self.read_only = read_only
         self._features: ServerFeatures | None = None
         self._degradations_logged = False
 
@@ -134,6 +144,8 @@ class SqlStore(abc.ABC):
 
     def ensure_schema(self) -> None:
         """Create the database and tables if missing, and add record fields a table lacks."""
+        if self.read_only:
+            raise ConfigError(f"store {self.url} is open read-only: its schema cannot be created here")
         features = self.features
         degradations = self.degradations()
         if degradations and not self._degradations_logged:
@@ -153,6 +165,32 @@ class SqlStore(abc.ABC):
                     log.info("adding column %s.%s", spec.name, col.name)
                     self._command(add_column_sql(self.database, spec, col, features))
 
+    def check_schema(self) -> None:
+        """What a reader needs: the database, every table, every record column; else
+        ``StoreMissingError`` naming what is missing and the command that creates it."""
+        init = f"hopscope store init --store {self.url}"
+        databases = self._select(
+            BoundQuery("SELECT name FROM system.databases WHERE name = {db:String}", {"db": self.database})
+        )
+        if not databases:
+            raise StoreMissingError(f"database {self.database} does not exist (create it with: {init})")
+        columns: dict[str, set[str]] = {}
+        for table, name in self._select(
+            BoundQuery("SELECT table, name FROM system.columns WHERE database = {db:String}", {"db": self.database})
+        ):
+            columns.setdefault(str(table), set()).add(str(name))
+        missing = [t for t in TABLES if t not in columns]
+        if missing:
+            raise StoreMissingError(
+                f"database {self.database} has no table {', '.join(missing)} (create it with: {init})"
+            )
+        for spec in TABLES.values():
+            lacking = [c.name for c in spec.columns() if c.name not in columns[spec.name]]
+            if lacking:
+                raise StoreMissingError(
+                    f"table {self.database}.{spec.name} lacks column {', '.join(lacking)} (add it with: {init})"
+                )
+
     def _existing_columns(self, table: str) -> set[str]:
         rows = self._select(
             BoundQuery(
@@ -164,6 +202,8 @@ class SqlStore(abc.ABC):
 
     def drop_schema(self) -> None:
         """Drop the database and everything in it (tests, ``hopscope store reset``)."""
+        if self.read_only:
+            raise ConfigError(f"store {self.url} is open read-only: it cannot be dropped here")
         self._command(f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}")
 
     # --- writes and reads ----------------------------------------------------------------------

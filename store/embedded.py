@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, ColumnType
-from hopscope.store.base import DEFAULT_DATABASE, QueryError, SqlStore
+from hopscope.store.base import DEFAULT_DATABASE, QueryError, SqlStore, StoreMissingError
 from hopscope.store.query import BoundQuery
 from hopscope.store.schema import quote_identifier
 
@@ -69,12 +69,20 @@ def _first_line(exc: BaseException) -> str:
 class EmbeddedStore(SqlStore):
     """The store in a chDB directory (``chdb:///path/to/dir``)."""
 
-    def __init__(self, path: str, database: str = DEFAULT_DATABASE, ttl_days: int | None = None) -> None:
-        super().__init__(database, ttl_days)
+    def __init__(
+        self, path: str, database: str = DEFAULT_DATABASE, ttl_days: int | None = None, read_only: bool = False
+    ) -> None:
+        super().__init__(database, ttl_days, read_only)
         self.path = os.path.abspath(path)
+        if read_only and not os.path.isdir(self.path):
+            raise StoreMissingError(
+                f"chDB directory {self.path} does not exist (create it with: hopscope store init --store {self.url})"
+            )
         os.makedirs(self.path, exist_ok=True)
+        # readonly=2 (a setting of this connection only): the engine refuses DDL and inserts.
+        target = f"{self.path}?readonly=2" if read_only else self.path
         try:
-            self._conn: Any = chdb.connect(self.path)  # type: ignore[no-untyped-call]
+            self._conn: Any = chdb.connect(target)  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot open chDB at {self.path}: {_first_line(exc)} (one chDB directory per process)"
@@ -83,7 +91,8 @@ class EmbeddedStore(SqlStore):
 
     @property
     def url(self) -> str:
-        return f"chdb://{self.path}"
+        suffix = "" if self.database == DEFAULT_DATABASE else f"?database={self.database}"
+        return f"chdb://{self.path}{suffix}"
 
     def _query(self, sql: str, fmt: str = "CSV", params: dict[str, Any] | None = None) -> Any:
         if self._conn is None:

@@ -33,8 +33,11 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The server's message without its stack trace (18.16 puts "Code: N." on a line of its own)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Code:") and lines[0].endswith("."):
+        return f"{lines[0]} {lines[1].removesuffix(' Stack trace:')}"
+    return lines[0] if lines else type(exc).__name__
 
 
 class ServerStore(SqlStore):
@@ -48,8 +51,9 @@ class ServerStore(SqlStore):
         ttl_days: int | None = None,
         connect_timeout_s: float = 3.0,
         timeout_s: float = 60.0,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(database, ttl_days)
+        super().__init__(database, ttl_days, read_only)
         self.host = host
         self.port = port
         self._connect_timeout_s = connect_timeout_s
@@ -64,6 +68,8 @@ class ServerStore(SqlStore):
             send_receive_timeout=timeout_s,
             sync_request_timeout=timeout_s,
             client_name="hopscope",
+            # readonly=2: the server refuses DDL and writes, per-query settings still apply.
+            settings={"readonly": 2} if read_only else {},
         )
 
     @property

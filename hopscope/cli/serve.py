@@ -3,7 +3,8 @@
 Start-up is checked before anything is announced: the port at parse time, then the listening socket is
 bound here and handed to uvicorn, and only then does the ``serving`` line appear. A port in use, an
 address this host does not have or a name that does not resolve is one line on stderr and exit
-status 2."""
+status 2. The store is opened read-only and must exist (``hopscope store init`` creates it): a typo in
+a database name is an error, not an empty UI."""
 
 from __future__ import annotations
 
@@ -93,14 +94,13 @@ def run(args: argparse.Namespace) -> int:
 
     from hopscope.api.app import create_app
     from hopscope.api.config import ApiSettings
-    from hopscope.store import store_from_url
+    from hopscope.store import open_for_reading
     from hopscope.topology.inventory import load_inventory
 
     settings = ApiSettings(store_url=args.store, allowed_hosts=allowed_hosts(args.host, args.allowed_host))
     inventory = load_inventory(args.inventory) if args.inventory else None
-    store = store_from_url(args.store)
+    store = open_for_reading(args.store)  # read-only: serving never creates a database or table
     try:
-        store.ensure_schema()
         sock = listen_socket(args.host, args.port)
     except BaseException:
         store.close()

@@ -37,7 +37,7 @@ def _status(store: SqlStore) -> None:
     print(f"store {store.url}: ClickHouse {store.features.version}")
     for line in store.degradations():
         print(f"  degraded: {line}")
-    store.ensure_schema()
+    store.check_schema()
     for table in TABLES:
         print(f"  {table:<10} {store.count(table):>12,} rows")
 

@@ -23,15 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hopscope.store import store_from_url
+    from hopscope.store import open_for_reading
     from hopscope.topology.inventory import EMPTY, load_inventory
     from hopscope.topology.source import load_point_topology, load_service_map
     from hopscope.topology.text import render
 
     inventory = load_inventory(args.inventory) if args.inventory else EMPTY
-    store = store_from_url(args.store)
+    store = open_for_reading(args.store)
     try:
-        store.ensure_schema()
         services = load_service_map(store, args.start_ns, args.end_ns, args.limit, inventory, args.flows)
         points = load_point_topology(store, args.start_ns, args.end_ns, args.limit)
     finally:
