@@ -6,6 +6,9 @@ everything. Capture points: ``points`` maps an interface label (an SLL2 interfac
 pcapng interface "any"), a pcapng ``if_name``, or ``"*"`` (every interface) to a point name; an
 interface not mapped is named after its label or, when the file names no interface, after the file
 stem. ``"*"`` alone folds all interfaces into one point.
+
+The flow records carry ``service`` (the protocols their payloads show, ``hopscope.probes.service``):
+each block is checked after the meter processed it, before its records are handed on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hopscope.probes.decode import Decoder, interface_label
 from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import DEFAULT_CHUNK_BYTES, open_capture
+from hopscope.probes.service import ServiceDetector
 from hopscope.records import Batch, FlowRecord
 
 
@@ -46,7 +50,7 @@ def point_resolver(stem: str, points: Mapping[str, str] | None) -> object:
 
 
 class CaptureAnalyzer:
-    """Decoder plus meter for one capture source; ``stats()`` merges their counters."""
+    """Decoder, meter and service detection for one capture source; ``stats()`` merges their counters."""
 
     def __init__(
         self, path: str | os.PathLike[str], points: Mapping[str, str] | None = None,
@@ -57,13 +61,16 @@ class CaptureAnalyzer:
         self.reader = open_capture(self.path, chunk_bytes)
         self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points))  # type: ignore[arg-type]
         self.meter = FlowMeter(config, host=host, hop_kind=hop_kind)
+        self.services = ServiceDetector()
 
     def run(self) -> Iterator[tuple[PacketBlock, Batch]]:
         for raw in self.reader.blocks():
             block = self.decoder.decode(raw)
-            yield block, self.meter.process_batch(block)
+            closed = self.meter.process_batch(block)
+            self.services.observe(block)
+            yield block, self.services.fill(closed)
         for batch in self.meter.flush_batches():
-            yield PacketBlock.empty(0), batch
+            yield PacketBlock.empty(0), self.services.fill(batch)
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {
@@ -75,6 +82,7 @@ class CaptureAnalyzer:
         out.update({f"skip_{k}": v for k, v in sorted(self.decoder.skips.items())})
         out.update(self.reader.stats.skipped_blocks)
         out.update(self.meter.counters)
+        out["service_flows_evicted"] = self.services.evicted
         return out
 
 

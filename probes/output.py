@@ -1,8 +1,8 @@
 """Flow and request records as text: JSON lines and fixed-width tables.
 
 Flow keys follow Zeek's conn.log where Zeek has the field (``ts``, ``uid``, ``orig_h``, ``orig_p``,
-``resp_h``, ``resp_p``, ``proto``, ``duration``, ``orig_pkts`` ... ``conn_state``, ``history``,
-``community_id``); every other ``FlowRecord`` field follows under its own name. Flow JSON lines come
+``resp_h``, ``resp_p``, ``proto``, ``service``, ``duration``, ``orig_pkts`` ... ``conn_state``,
+``history``, ``community_id``); every other ``FlowRecord`` field follows under its own name. Flow JSON lines come
 from the ``_jsonl`` kernel (probes/csrc/jsonl.c) when it is built, else from ``jsonl_lines``, its
 reference twin; both give the same bytes. Request records print as ``dataclasses.asdict`` JSON.
 """
@@ -21,7 +21,7 @@ from hopscope.records import Batch, ColumnType, FlowRecord, RequestRecord, _as_l
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 FLOW_TABLE_COLUMNS = (
     ("point", 14), ("orig_h", 15), ("orig_p", 6), ("resp_h", 15), ("resp_p", 6), ("proto", 5),
-    ("orig_pkts", 9), ("resp_pkts", 9), ("orig_bytes", 10), ("resp_bytes", 10), ("conn_state", 6),
+    ("service", 8), ("orig_pkts", 9), ("resp_pkts", 9), ("orig_bytes", 10), ("resp_bytes", 10), ("conn_state", 6),
     ("history", 12), ("close_type", 15), ("rtt_server_us", 8), ("rtt_client_us", 8),
 )  # fmt: skip
 REQUEST_TABLE_COLUMNS = (
@@ -32,12 +32,14 @@ REQUEST_TABLE_COLUMNS = (
 JSONL_CHUNK_RECORDS = 4096
 
 ZEEK_KEYS: tuple[str, ...] = (
-    "ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "duration", "orig_pkts", "resp_pkts",
-    "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes", "conn_state", "history", "community_id",
+    "ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "service", "duration", "orig_pkts",
+    "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes", "conn_state", "history", "community_id",
 )  # fmt: skip
-#: Text columns whose values need no JSON escaping (addresses, codes, base64) when the meter made them:
-#: quoted by the line template, after one check over the whole column (``_plain``).
-_SAFE_TEXT = frozenset(("orig_h", "resp_h", "conn_state", "history", "community_id", "close_type", "proto"))
+#: Text columns whose values need no JSON escaping (addresses, codes, base64, service names) when
+#: hopscope made them: quoted by the line template, after one check over the whole column (``_plain``).
+_SAFE_TEXT = frozenset(
+    ("orig_h", "resp_h", "conn_state", "history", "community_id", "close_type", "proto", "service")
+)
 
 
 def row_keys() -> list[str]:

@@ -103,8 +103,8 @@ def test_sll2_any_capture_gives_one_flow_per_interface(tmp_path: Path) -> None:
 
 def test_interim_records_for_long_flows_and_idle_timeout(tmp_path: Path) -> None:
     pkts = conversation([">S", "<SA", ">A"] + [">PA:10", "<A"] * 10)
-    for n, p in enumerate(pkts):
-        p.time = 1_700_000_000 + n * 10.0  # 10 s apart: 2 minutes in all
+    for n, p in enumerate(pkts):  # the handshake within a millisecond, then packets 10 s apart
+        p.time = 1_700_000_000 + max(n - 2, 0) * 10.0 + n * 0.001
     late = conversation([">S"])[0]
     late.time = pkts[-1].time + 1000  # long after: the first flow idles out
     late[TCP].sport = 50000
@@ -157,7 +157,7 @@ def test_flows_command_jsonl_and_points(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["flows", str(path), "--point", "edge-1"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     row = json.loads(line)
-    assert list(row)[:8] == ["ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "duration"]
+    assert list(row)[:9] == ["ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "proto", "service", "duration"]
     assert (row["proto"], row["conn_state"], row["history"], row["point"]) == ("tcp", "SF", "ShADdFf", "edge-1")
     assert (row["orig_bytes"], row["resp_bytes"], row["close_type"]) == (5, 7, "normal")
     assert main(["flows", str(path), "--format", "table"]) == 0
