@@ -29,7 +29,7 @@ EVENT_TIME = "event_time"
 #: Text columns with few distinct values: LowCardinality(String) where the server has it.
 LOW_CARDINALITY: frozenset[str] = frozenset(
     {"point", "host", "iface", "hop_kind", "l7_proto", "conn_state", "close_type", "method", "side",
-     "kind", "link_reason"}
+     "kind", "link_reason", "service"}
 )
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -33,13 +33,14 @@ def list_flows(
     resp_p: Port = None,
     proto: Annotated[int | None, Query(ge=0, le=255)] = None,
     conn_state: Text = None,
+    service: Annotated[str | None, Query(max_length=256, description="FlowRecord.service, whole ('http,ssl')")] = None,
     community_id: Text = None,
     syn_seq: Annotated[int | None, Query(ge=0, le=2**32 - 1)] = None,
 ) -> FlowsOut:
     """Flows that started in ``[start_ns, end_ns)`` (newest report of each), oldest first."""
     filters = filters_of(
         point=point, host=host, orig_h=orig_h, resp_h=resp_h, orig_p=orig_p, resp_p=resp_p,
-        proto=proto, conn_state=conn_state, community_id=community_id, syn_seq=syn_seq,
+        proto=proto, conn_state=conn_state, service=service, community_id=community_id, syn_seq=syn_seq,
     )  # fmt: skip
     flows = store.query_flows(window.start_ns, window.end_ns, filters, window.limit)
     return FlowsOut(count=len(flows), flows=flows)
