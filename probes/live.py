@@ -23,7 +23,8 @@ Namespaces
     capturing in the other namespace.
 
 The probe
-    ``LiveProbe`` runs capture -> decode -> meter -> L7 in one thread until ``stop()`` (the CLI wires
+    ``LiveProbe`` runs capture -> decode -> meter (and the flow records' ``service``, probes/service.py)
+    -> L7 in one thread until ``stop()`` (the CLI wires
     SIGINT/SIGTERM to it), publishes FlowRecord and RequestRecord batches through a ``Publisher`` every
     ``publish_interval_s``, logs kernel drops, decode skips, evictions and table sizes every
     ``report_interval_s``, and on stop flushes the meter and the L7 tracker, publishes the rest and
@@ -61,6 +62,7 @@ from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from hopscope.probes.l7.feed import BlockFeeder
 from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.readers import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PAD_BYTES, Interface, RawBlock
+from hopscope.probes.service import ServiceDetector
 from hopscope.records import Batch, FlowRecord, RequestRecord
 
 log = logging.getLogger(__name__)
@@ -560,6 +562,7 @@ class LiveProbe:
         resolve = self._point_of_interface if self.ring.cooked else None
         self.decoder = Decoder(default_point=settings.point, resolve_point=resolve)
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
+        self.services = ServiceDetector()  # FlowRecord.service, from the payloads of every block
         self.l7: dict[str, BlockFeeder] = {}  # capture point name -> its L7 stage
         self.summary = ProbeSummary()
         self._flows: deque[Batch] = deque()  # flow records not yet published, oldest first
@@ -624,7 +627,9 @@ class LiveProbe:
 
     def _process(self, raw: RawBlock) -> None:
         block = self.decoder.decode(raw)
-        self._add_flows(self.meter.process_batch(block))
+        closed = self.meter.process_batch(block)
+        self.services.observe(block)
+        self._add_flows(closed)
         if not self.settings.l7 or not block.count:
             return
         if not self.ring.cooked:
@@ -637,6 +642,7 @@ class LiveProbe:
     def _add_flows(self, records: Batch | list[FlowRecord]) -> None:
         """Keep the meter's output (a FlowRecord batch; a list from older meters) until published."""
         batch = records if isinstance(records, Batch) else Batch.from_records(FlowRecord, records)
+        self.services.fill(batch)
         if len(batch):
             self._flows.append(batch)
             self._pending_flows += len(batch)

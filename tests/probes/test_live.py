@@ -138,6 +138,8 @@ def _check_records(flows: list[FlowRecord], requests: list[RequestRecord]) -> No
     conn = [f for f in flows if f.proto == 6 and f.resp_p == PORT]
     assert conn and conn[-1].syn_seq == http[0].syn_seq
     assert {r.flow_id for r in http} == {conn[-1].flow_id}
+    assert conn[-1].service == "http"  # from the payloads, as hopscope flows finds it
+    assert [f.service for f in flows if f.flow_id == dns.flow_id][-1] == "dns"
 
 
 def test_live_probe_in_namespace_sees_http_and_dns(netns_pair: None) -> None:
