@@ -6,8 +6,17 @@ Two paths fill the same columns:
   802.1Q tag, Linux SLL/SLL2, raw IP, BSD loopback; IPv4 (with options) that is not a fragment, IPv6
   whose next header is TCP/UDP/ICMPv6; TCP, UDP, ICMP; not a tunnel.
 - the **slow path** (``hopscope.probes.layers``, one packet at a time) for everything the fast path
-  declines: VLAN stacks (QinQ), IPv6 extension headers, IPv4/IPv6 fragments, VXLAN, Geneve, GRE,
-  ERSPAN II/III, IP-in-IP. It decodes the inner packet of a tunnel and describes the tunnel.
+  declines: the link types PPP and 802.11, MPLS, PPPoE, PBB, VNTag, FabricPath, VLAN stacks (QinQ),
+  IPv6 extension headers, IPv4/IPv6 fragments (reassembled across blocks by ``fragments.Reassembler``),
+  the tunnels of ``layers`` (UDP tunnels by port, Teredo and AYIYA also by content). It decodes the
+  inner packet of a tunnel and describes the tunnel.
+
+A block has one row per frame, in capture order, with one exception that follows Zeek: the outer
+datagram of a UDP tunnel (VXLAN, Geneve, Teredo, AYIYA, GTP, GRE over UDP) is a packet of its own, so
+such a frame has two rows (more when tunnels nest), the outer datagram first, then the inner packet,
+with the same timestamp and capture point. ``Decoder.added_rows`` counts these extra rows. A
+fragmented datagram is one row, at the fragment that completed it; the other fragments are
+``FRAGMENT`` rows, and a reassembled payload lies in bytes appended to the block's ``buf``.
 
 The fast path runs in C when the kernel is built (``_decode.decode_fast``, probes/csrc/decode.c: one
 call per block); the numpy code below stays its reference twin (``HOPSCOPE_NATIVE=0``), and
@@ -15,19 +24,22 @@ tests/probes/test_decode_native.py checks that both give the same columns, statu
 and slow-path rows.
 
 A frame that does not decode gets a ``PacketStatus`` reason and is counted in ``Decoder.skips``; it
-never stops the decoder.
+never stops the decoder. An inner packet that does not decode behind a decoded outer datagram is
+counted there too.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from hopscope.probes import kernels, layers
+from hopscope.probes.fragments import Reassembler
 from hopscope.probes.packets import ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketBlock, PacketStatus
 from hopscope.probes.readers import (
     LINKTYPE_ETHERNET,
@@ -48,8 +60,10 @@ U8 = npt.NDArray[np.uint8]
 ETH_IPV4: Final = 0x0800
 ETH_IPV6: Final = 0x86DD
 ETH_VLAN: Final = 0x8100
-#: UDP ports of the tunnels the slow path opens.
-TUNNEL_UDP_PORTS: Final = (layers.VXLAN_PORT, layers.GENEVE_PORT)
+#: UDP ports of the tunnels the slow path opens (as source or destination port).
+TUNNEL_UDP_PORTS: Final = tuple(layers.UDP_TUNNELS)
+#: Ethertype the link layer gives the frames of link types the slow path decodes entirely.
+SLOW_LINK: Final = -1
 #: IP protocols the slow path opens (IPIP, IPv6-in-IP, GRE).
 TUNNEL_PROTOS: Final = (4, 41, 47)
 
@@ -86,18 +100,23 @@ class Decoder:
     """Decodes raw blocks; keeps skip counters (``skips``, by ``PacketStatus`` name) across blocks.
 
     ``resolve_point`` names the capture point of a packet from its interface (see ``PointResolver``);
-    by default every packet is at point ``default_point``.
+    by default every packet is at point ``default_point``. ``fragments`` holds IP fragments across
+    blocks until their datagram is complete (a default ``Reassembler`` when not given).
     """
 
-    def __init__(self, default_point: str = "", resolve_point: PointResolver | None = None) -> None:
+    def __init__(
+        self, default_point: str = "", resolve_point: PointResolver | None = None, fragments: Reassembler | None = None
+    ) -> None:
         self.default_point = default_point
         self.resolve_point = resolve_point
         self.skips: Counter[str] = Counter()
         self.slow_packets = 0
+        self.added_rows = 0  # rows beyond one per frame: the inner packets of UDP tunnels
         self.point_names: list[str] = [default_point]
         self.point_ifaces: list[str] = [""]
         self._point_ids: dict[tuple[int, str, int], int] = {}
         self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the numpy fast path below
+        self.fragments = fragments if fragments is not None else Reassembler()
 
     def decode(self, raw: RawBlock) -> PacketBlock:
         """Decode every frame of ``raw``; the result has one row per frame, in order."""
@@ -115,9 +134,10 @@ class Decoder:
             np.isin(linktypes[~link_ok], _LINK_HEADER_LEN_KEYS), PacketStatus.TRUNCATED_LINK,
             PacketStatus.UNKNOWN_LINKTYPE,
         )  # fmt: skip
+        extra = None
         if slow.any():
             rows = np.flatnonzero(slow)
-            self._slow_path(block, raw, rows, linktypes[rows])
+            extra = self._slow_path(block, raw, rows, linktypes[rows], ifindex)
         self._assign_points(block, raw, ifindex)
         bad_rows = np.flatnonzero(block.status != PacketStatus.OK)
         bad = block.status[bad_rows]
@@ -126,7 +146,7 @@ class Decoder:
                 getattr(block, name)[bad_rows] = 0
             for code, cnt in zip(*np.unique(bad, return_counts=True), strict=True):
                 self.skips[PacketStatus(int(code)).name.lower()] += int(cnt)
-        return block
+        return self._with_extra(block, extra)
 
     def _decode_native(self, raw: RawBlock) -> PacketBlock:
         """``decode`` with link layer and fast path in C (``_decode.decode_fast``); same rows, same skips."""
@@ -140,9 +160,10 @@ class Decoder:
         counts = np.zeros(16, np.int64)  # rows per PacketStatus, fast-path skips first
         cols = tuple(getattr(block, name) for name in _NATIVE_COLUMNS)
         offset, caplen, iface = (np.ascontiguousarray(a) for a in (raw.offset, raw.caplen, raw.iface))
+        extra = None
         if self._kernel.decode_fast(raw.buf, offset, caplen, iface, table, (*cols, ifindex, slow), counts):
             rows = np.flatnonzero(slow)
-            self._slow_path(block, raw, rows, table[iface[rows]])
+            extra = self._slow_path(block, raw, rows, table[iface[rows]], ifindex)
             bad_rows = rows[block.status[rows] != PacketStatus.OK]
             for name in (*_ROW_FIELDS, "payload_off", "tunnel"):
                 getattr(block, name)[bad_rows] = 0
@@ -150,7 +171,14 @@ class Decoder:
         self._assign_points(block, raw, ifindex)
         for code in np.flatnonzero(counts).tolist():
             self.skips[PacketStatus(code).name.lower()] += int(counts[code])
-        return block
+        return self._with_extra(block, extra)
+
+    def _with_extra(self, block: PacketBlock, extra: _Extra | None) -> PacketBlock:
+        if extra is None:
+            return block
+        out = extra.insert_rows(block)
+        self.added_rows += out.count - block.count
+        return out
 
     # --- fast path ----------------------------------------------------------------------------
 
@@ -164,7 +192,7 @@ class Decoder:
         is4 = link_ok & (ethertype == ETH_IPV4)
         is6 = link_ok & (ethertype == ETH_IPV6)
         block.status[link_ok & ~is4 & ~is6] = PacketStatus.NOT_IP
-        slow &= np.isin(ethertype, layers.SLOW_ETHERTYPES)
+        slow &= np.isin(ethertype, (*layers.SLOW_ETHERTYPES, SLOW_LINK))
         block.status[slow] = PacketStatus.OK
         rows4 = np.flatnonzero(is4)
         rows6 = np.flatnonzero(is6)
@@ -261,7 +289,10 @@ class Decoder:
         block.payload_off[rows] = np.minimum(pay, end)  # snaplen may cut inside the L4 header options
         block.payload_len[rows] = plen
         block.payload_caplen[rows] = np.clip(np.minimum(end, ip_end) - pay, 0, plen)
-        tunnels: npt.NDArray[np.bool_] = is_udp & ~short & np.isin(dport, TUNNEL_UDP_PORTS)
+        udp = is_udp & ~short
+        tunnels: npt.NDArray[np.bool_] = udp & (np.isin(dport, TUNNEL_UDP_PORTS) | np.isin(sport, TUNNEL_UDP_PORTS))
+        maybe = np.flatnonzero(udp & ~tunnels)
+        tunnels[maybe] = _maybe_detected_tunnel(buf, pay[maybe], block.payload_caplen[rows[maybe]].astype(np.int64))
         return tunnels
 
     @staticmethod
@@ -271,27 +302,30 @@ class Decoder:
 
     # --- slow path and points -----------------------------------------------------------------
 
-    def _slow_path(self, block: PacketBlock, raw: RawBlock, rows: I64, linktypes: I64) -> None:
-        """Decode ``rows`` one by one with ``layers.decode_frame``; ``linktypes`` has one entry per row."""
+    def _slow_path(self, block: PacketBlock, raw: RawBlock, rows: I64, linktypes: I64, ifindex: I64) -> _Extra:
+        """Decode ``rows`` one by one with ``layers.decode_frame`` (``linktypes`` has one entry per row).
+
+        A row gets the frame's first packet; the frame's further packets (the inner packets of UDP
+        tunnels) are returned, to become rows of their own after it (``_insert_rows``). An inner packet
+        that does not decode behind a decoded outer datagram is counted in ``skips`` by its reason."""
         self.slow_packets += len(rows)
-        tunnels: dict[str, int] = {t: i for i, t in enumerate(block.tunnels)}
-        buf = raw.buf
-        for i, lt in zip(rows.tolist(), linktypes.tolist(), strict=True):
+        extra = _Extra(base=len(block.buf))
+        scopes = (raw.iface[rows].astype(np.int64) << 32) | ifindex[rows]
+        for i, lt, scope in zip(rows.tolist(), linktypes.tolist(), scopes.tolist(), strict=True):
             start = int(raw.offset[i])
-            frame = memoryview(buf[start : start + int(raw.caplen[i])])  # type: ignore[arg-type]
-            result = layers.decode_frame(frame, lt)
-            if isinstance(result, PacketStatus):
+            frame = memoryview(raw.buf[start : start + int(raw.caplen[i])])  # type: ignore[arg-type]
+            result = layers.decode_frame(frame, lt, self.fragments, scope)
+            if not result.packets:
                 _clear_row(block, i)
-                block.status[i] = result
+                block.status[i] = result.status
                 continue
-            tid = 0
-            if result.tunnel:
-                tid = tunnels.get(result.tunnel, -1)
-                if tid < 0:
-                    tid = len(block.tunnels)
-                    tunnels[result.tunnel] = tid
-                    block.tunnels.append(result.tunnel)
-            _fill_row(block, i, result, start, tid)
+            if result.status != PacketStatus.OK:
+                self.skips[result.status.name.lower()] += 1
+            first, *rest = result.packets
+            _fill_row(block, i, first, extra.offset(first, start), extra.tunnel_id(block, first.tunnel))
+            if rest:
+                extra.rows[i] = [(p, extra.offset(p, start), extra.tunnel_id(block, p.tunnel)) for p in rest]
+        return extra
 
     def _assign_points(self, block: PacketBlock, raw: RawBlock, ifindex: I64) -> None:
         if self.resolve_point is None:
@@ -342,16 +376,86 @@ _NATIVE_COLUMNS: Final = (
 )  # fmt: skip
 
 
+@dataclass(slots=True)
+class _Extra:
+    """What the slow path adds to a block: rows for the further packets of a frame (inserted after the
+    frame's row, in order) and the reassembled datagrams their payloads lie in (appended to ``buf``)."""
+
+    base: int  # len(block.buf): where appended datagrams start
+    #: row -> its frame's further packets: (packet, payload offset, tunnel id)
+    rows: dict[int, list[tuple[layers.Decoded, int, int]]] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
+    _buffer_off: dict[int, int] = field(default_factory=dict)  # id(buffer) -> its offset past ``base``
+    _tunnels: dict[str, int] | None = None
+    _size: int = 0
+
+    def offset(self, pkt: layers.Decoded, frame_start: int) -> int:
+        """The payload offset of ``pkt`` in the block's (extended) buffer."""
+        if pkt.buffer is None:
+            return frame_start + pkt.payload_off
+        at = self._buffer_off.get(id(pkt.buffer))
+        if at is None:
+            at = self._buffer_off[id(pkt.buffer)] = self._size
+            self.buffers.append(pkt.buffer)
+            self._size += len(pkt.buffer)
+        return self.base + at + pkt.payload_off
+
+    def tunnel_id(self, block: PacketBlock, tunnel: str) -> int:
+        if not tunnel:
+            return 0
+        if self._tunnels is None:
+            self._tunnels = {t: i for i, t in enumerate(block.tunnels)}
+        tid = self._tunnels.get(tunnel)
+        if tid is None:
+            tid = self._tunnels[tunnel] = len(block.tunnels)
+            block.tunnels.append(tunnel)
+        return tid
+
+    def insert_rows(self, block: PacketBlock) -> PacketBlock:
+        """``block`` with the added rows and datagrams (itself when there are none)."""
+        if self.buffers:
+            block.buf = np.concatenate([block.buf, np.frombuffer(b"".join(self.buffers), np.uint8)])
+        if not self.rows:
+            return block
+        counts = np.ones(block.count, np.int64)
+        for i, packets in self.rows.items():
+            counts[i] += len(packets)
+        firsts = np.cumsum(counts) - counts  # where each original row lands
+        out = block.take(np.repeat(np.arange(block.count), counts))
+        out.buf, out.tunnels = block.buf, block.tunnels
+        for i, packets in self.rows.items():
+            for k, (pkt, payload_off, tid) in enumerate(packets, start=int(firsts[i]) + 1):
+                _fill_row(out, k, pkt, payload_off, tid)
+        return out
+
+
+def _maybe_detected_tunnel(buf: U8, pay: I64, cap: I64) -> npt.NDArray[np.bool_]:
+    """UDP payloads that may be Teredo or AYIYA on another port (``layers.UDP_DETECTORS``): the cheap
+    first checks of Zeek's detectors, exactly as decode.c makes them; the slow path decides."""
+    out = np.zeros(len(pay), np.bool_)
+    some = np.flatnonzero(cap >= 3)
+    p = pay[some]
+    b0, b1, b2 = _u8(buf, p), _u8(buf, p + 1), _u8(buf, p + 2)
+    ayiya = (b1 == 0x52) & (b2 == 0x11)
+    v6 = (b0 >> 4) == 6
+    teredo = (cap[some] >= 40) & ((v6 & (b1 <= 1)) | ((b0 == 0) & (b1 <= 1)))
+    check = np.flatnonzero((cap[some] >= 40) & v6 & ~teredo)
+    prefix = 0x20010000
+    teredo[check] = (_be32(buf, p[check] + 8) == prefix) | (_be32(buf, p[check] + 24) == prefix)
+    out[some] = ayiya | teredo
+    return out
+
+
 def _clear_row(block: PacketBlock, i: int) -> None:
     for name in _ROW_FIELDS:
         getattr(block, name)[i] = 0
 
 
-def _fill_row(block: PacketBlock, i: int, pkt: layers.Decoded, frame_start: int, tunnel_id: int) -> None:
+def _fill_row(block: PacketBlock, i: int, pkt: layers.Decoded, payload_off: int, tunnel_id: int) -> None:
     block.status[i] = PacketStatus.OK
     for name in _ROW_FIELDS:
         getattr(block, name)[i] = getattr(pkt, name)
-    block.payload_off[i] = frame_start + pkt.payload_off
+    block.payload_off[i] = payload_off
     if pkt.vlan:
         block.vlan[i] = pkt.vlan
     block.tunnel[i] = tunnel_id
@@ -383,6 +487,9 @@ def _link_layer(raw: RawBlock, linktypes: I64) -> tuple[I64, I64, I64, I64, npt.
     for lt in np.unique(linktypes).tolist():
         sel = np.flatnonzero(linktypes == lt)
         hlen = _LINK_HEADER_LEN.get(lt)
+        if lt in layers.SLOW_LINKTYPES:
+            et[sel], ok[sel] = SLOW_LINK, True
+            continue
         if hlen is None:
             continue
         o = off[sel]

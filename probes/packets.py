@@ -1,7 +1,9 @@
 """Decoded packets as columns: the interface between the decoder, the flow meter and the L7 parsers.
 
 A ``PacketBlock`` holds up to some tens of thousands of packets of one capture file (or of one live
-capture batch) as numpy columns, one row per captured frame, in capture order. It is produced by
+capture batch) as numpy columns, one row per packet, in capture order: one row per frame, except
+that a frame carrying a UDP tunnel has a row for its outer datagram and one for its inner packet
+(see Tunnels). It is produced by
 ``hopscope.probes.decode.decode_block`` from a ``RawBlock`` (``hopscope.probes.readers``) and then
 completed by the flow meter (``hopscope.probes.meter.FlowMeter.process``), which fills ``flow_id`` and
 ``from_orig``. Nothing in a block is a Python object per packet; to touch one packet use its row index.
@@ -19,9 +21,14 @@ Addresses
     ``ip_version == 4``. ``block.src_str(i)`` / ``block.dst_str(i)`` format one address.
 
 Tunnels and VLANs
-    For tunnelled traffic (VXLAN, Geneve, GRE, ERSPAN II/III, IP-in-IP) the row describes the INNER
-    packet (addresses, ports, payload); ``tunnel`` indexes ``block.tunnels`` (0 = not tunnelled), a
-    description such as ``"vxlan vni=42 10.0.0.1>10.0.0.2"``. ``vlan`` is the outer 802.1Q id (0: none).
+    For tunnelled traffic the row describes the INNER packet (addresses, ports, payload); ``tunnel``
+    indexes ``block.tunnels`` (0 = not tunnelled), a description of the encapsulations around the
+    packet, outermost first, such as ``"vxlan vni=42 10.0.0.1>10.0.0.2"``. As in Zeek, the outer
+    datagram of a UDP tunnel (VXLAN, Geneve, Teredo, AYIYA, GTP, GRE over UDP) is a row of its own,
+    just before its inner packet's row, with the same timestamp: a plain UDP packet whose ``tunnel``
+    describes only what is around it. GRE and IP-in-IP have no outer row. A flow key that should match
+    Zeek's leaves ``tunnel`` out: Zeek keys an inner connection by its own 5-tuple only. ``vlan`` is the
+    outer 802.1Q id (0: none).
 
 Per-packet flow membership (filled by the meter)
     ``flow_id[i]`` is the ``FlowRecord.flow_id`` of the flow packet ``i`` belongs to (0 for rows that are
@@ -86,7 +93,7 @@ class PacketStatus(enum.IntEnum):
     BAD_IP_HEADER = 4  # IPv4 IHL < 5, version mismatch, total length < header length
     TRUNCATED_L4 = 5  # captured bytes end inside the TCP/UDP/ICMP header
     BAD_L4_HEADER = 6  # TCP data offset < 5 or beyond the IP payload, UDP length < 8
-    FRAGMENT = 7  # a non-first IPv4/IPv6 fragment (counted; its bytes are not metered)
+    FRAGMENT = 7  # an IPv4/IPv6 fragment held for reassembly (its datagram is the row of the last one)
     BAD_TUNNEL = 8  # a tunnel header that does not decode
     TOO_DEEP = 9  # more nested encapsulations than the decoder follows
     UNKNOWN_LINKTYPE = 10  # the capture's link type is not one hopscope decodes

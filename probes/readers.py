@@ -48,10 +48,14 @@ I64 = npt.NDArray[np.int64]
 #: Link types (LINKTYPE_* from tcpdump.org/linktypes.html) that hopscope decodes.
 LINKTYPE_NULL: Final = 0
 LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_PPP: Final = 9  # PPP, with or without HDLC-like framing (ff 03)
+LINKTYPE_PPP_HDLC: Final = 50  # PPP in HDLC-like framing (DLT_PPP_SERIAL)
 LINKTYPE_RAW: Final = 101
 LINKTYPE_RAW_OLD: Final = 12  # OpenBSD's DLT_RAW number, seen in some files
+LINKTYPE_IEEE802_11: Final = 105  # 802.11 frames without radio header
 LINKTYPE_LOOP: Final = 108
 LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IEEE802_11_RADIOTAP: Final = 127  # 802.11 frames after a radiotap header
 LINKTYPE_IPV4: Final = 228
 LINKTYPE_IPV6: Final = 229
 LINKTYPE_LINUX_SLL2: Final = 276

@@ -11,8 +11,10 @@
  *                 and raw timestamp of each packet block, with the same checks.
  *   decode_fast   probes/decode.py _link_layer + Decoder._fast_path/_ipv4/_ipv6/_l4: link layer ->
  *                 IPv4/IPv6 -> TCP/UDP/ICMP columns of a PacketBlock; rows the fast path declines
- *                 (VLAN stacks, fragments, extension headers, tunnels) are flagged for the Python
- *                 slow path exactly where the numpy code flags them.
+ *                 (the link types and ethertypes of layers.SLOW_LINKTYPES/SLOW_ETHERTYPES, VLAN stacks,
+ *                 fragments, extension headers, IP tunnels, UDP tunnel ports and payloads that may be
+ *                 Teredo or AYIYA) are flagged for the Python slow path exactly where the numpy code
+ *                 flags them.
  *
  * Columns cross as buffers (no numpy headers): Python allocates every output array, C fills it.
  * Packets are untrusted: every read is checked against the frame's captured end (and frames against
@@ -364,6 +366,7 @@ fail:
 enum { ST_OK = 0, ST_NOT_IP, ST_TRUNCATED_LINK, ST_TRUNCATED_IP, ST_BAD_IP_HEADER, ST_TRUNCATED_L4,
        ST_BAD_L4_HEADER, ST_STATUS_COUNT = 16 };
 enum { ETH_IPV4 = 0x0800, ETH_IPV6 = 0x86DD, ETH_VLAN = 0x8100 };
+#define SLOW_LINK (-1) /* decode.py SLOW_LINK: the ethertype of frames whose link type the slow path decodes */
 enum { P_ICMP = 1, P_TCP = 6, P_UDP = 17, P_ICMP6 = 58 };
 #define V4_MAPPED 0xFFFF00000000ULL
 
@@ -435,10 +438,48 @@ static Link link_layer(const uint8_t *f, int64_t o, int64_t caplen, int64_t link
             k.l3 = o;
         }
         break;
+    case 9:   /* layers.SLOW_LINKTYPES: PPP, PPP in HDLC framing, 802.11, radiotap: all to the slow path */
+    case 50:
+    case 105:
+    case 127:
+        k.ok = 1;
+        k.ethertype = SLOW_LINK;
+        break;
     default:
         k.known = 0;
     }
     return k;
+}
+
+/* layers.UDP_TUNNELS: the UDP ports of tunnels the slow path opens, as source or destination port. */
+static inline int tunnel_port(uint16_t port)
+{
+    switch (port) {
+    case 4789: /* VXLAN */
+    case 6081: /* Geneve */
+    case 3544: /* Teredo */
+    case 5072: /* AYIYA */
+    case 2152: /* GTP-U */
+    case 2123: /* GTP-C */
+    case 4754: /* GRE over UDP */
+        return 1;
+    }
+    return 0;
+}
+
+/* decode.py _maybe_detected_tunnel: a UDP payload of `cap` captured bytes that may be Teredo or AYIYA
+ * on another port (the first checks of Zeek's TeredoAnalyzer/AYIYAAnalyzer::DetectProtocol). */
+static int maybe_detected_tunnel(const uint8_t *p, int64_t cap)
+{
+    if (cap < 3)
+        return 0;
+    if (p[1] == 0x52 && p[2] == 0x11) /* AYIYA */
+        return 1;
+    if (cap < 40)
+        return 0;
+    if (p[1] <= 1 && ((p[0] >> 4) == 6 || p[0] == 0)) /* Teredo authentication or origin indication */
+        return 1;
+    return (p[0] >> 4) == 6 && (be32(p + 8) == 0x20010000 || be32(p + 24) == 0x20010000); /* 2001:0000::/32 */
 }
 
 /* Decoder._l4: TCP/UDP/ICMP header at l4; returns 1 for a UDP tunnel the slow path opens. */
@@ -479,7 +520,9 @@ static int decode_l4(const uint8_t *b, Row *r, int64_t l4, int64_t ip_end, int64
     r->payload_off = pay < end ? pay : end; /* snaplen may cut inside the L4 header options */
     r->payload_len = (uint32_t)plen;
     r->payload_caplen = (uint32_t)(got < 0 ? 0 : got > plen ? plen : got);
-    return udp && (r->dport == 4789 || r->dport == 6081);
+    if (!udp)
+        return 0;
+    return tunnel_port(r->dport) || tunnel_port(r->sport) || maybe_detected_tunnel(b + pay, r->payload_caplen);
 }
 
 /* Decoder._ipv4: returns 1 when the row goes to the slow path (fragment, IP tunnel, UDP tunnel). */
@@ -603,6 +646,12 @@ static int decode_one(Decode *d, Py_ssize_t i, Row *r)
     case 0x88A8:
     case 0x9100:
     case 0x9200:
+    case 0x8847: /* MPLS unicast */
+    case 0x8864: /* PPPoE session */
+    case 0x88E7: /* PBB 802.1ah */
+    case 0x8926: /* VNTag */
+    case 0x8903: /* Cisco FabricPath */
+    case SLOW_LINK:
         return 1;
     }
     r->status = ST_NOT_IP;

@@ -94,10 +94,15 @@ TUNNEL_CASES = [
 @pytest.mark.parametrize(("name", "frame", "tunnel", "vlan"), TUNNEL_CASES, ids=[c[0] for c in TUNNEL_CASES])
 def test_tunnels_yield_the_inner_packet(tmp_path: Path, name: str, frame: Packet, tunnel: str, vlan: int) -> None:
     block, _ = decode(tmp_path, [frame])
-    assert block.status[0] == PacketStatus.OK
-    assert inner_tuple(block) == EXPECTED
-    assert block.tunnels[block.tunnel[0]] == tunnel
-    assert block.vlan[0] == vlan
+    inner = block.count - 1  # a UDP tunnel's outer datagram comes first, as a packet of its own
+    assert block.count == (2 if UDP in frame else 1)
+    assert block.ok.all()
+    assert inner_tuple(block, inner) == EXPECTED
+    assert block.tunnels[block.tunnel[inner]] == tunnel
+    assert block.vlan.tolist() == [vlan] * block.count
+    if block.count == 2:
+        assert (block.src_str(0), block.proto[0], block.dport[0], block.tunnel[0]) == ("192.168.0.1", 17,
+                                                                                     frame[UDP].dport, 0)
 
 
 def test_ipv4_options_and_payload(tmp_path: Path) -> None:
@@ -143,10 +148,12 @@ def test_skips_are_counted_by_reason(tmp_path: Path) -> None:
     assert inner_tuple(block, 7) == EXPECTED
 
 
-def test_first_fragment_is_decoded(tmp_path: Path) -> None:
-    pkt = Ether() / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP(sport=1, dport=2) / (b"z" * 32)
-    block, _ = decode(tmp_path, [pkt])
-    assert (block.status[0], block.sport[0], block.dport[0]) == (PacketStatus.OK, 1, 2)
+def test_first_fragment_is_held_unless_cut_by_the_snaplen(tmp_path: Path) -> None:
+    pkt = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP(sport=1, dport=2) / (b"z" * 32))
+    block, decoder = decode(tmp_path, [pkt, pkt[:-1]])  # Zeek: an incomplete first fragment is not reassembled
+    assert block.status.tolist() == [PacketStatus.FRAGMENT, PacketStatus.OK]
+    assert (block.sport[1], block.dport[1]) == (1, 2)
+    assert decoder.fragments.pending == 1
 
 
 def test_snaplen_cut_payload(tmp_path: Path) -> None:
