@@ -6,17 +6,18 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from hopscope import __version__
 from hopscope.api.config import ApiSettings
+from hopscope.api.errors import add_error_handlers
 from hopscope.api.routes import flows, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
-from hopscope.errors import ConfigError, UnavailableError
-from hopscope.store import QueryError, Store
+from hopscope.store import Store
 from hopscope.topology.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def create_app(
     app.state.inventory = inventory
     for module in (flows, requests, traces, topology):
         app.include_router(module.router)
-    _add_error_handlers(app)
+    add_error_handlers(app)
+    _state_max_limit(app, settings.max_limit)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The last added runs first: security headers on every answer, Host checked before anything else.
     app.add_middleware(HeadAsGet)
@@ -66,17 +68,17 @@ def create_app(
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ConfigError)
-    async def bad_filter(_: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+def _state_max_limit(app: FastAPI, max_limit: int) -> None:
+    """The schema's maximum of every ``limit`` parameter is this server's ``max_limit``."""
+    build = app.openapi
 
-    @app.exception_handler(UnavailableError)
-    async def store_down(_: Request, exc: UnavailableError) -> JSONResponse:
-        log.warning("store unavailable: %s", exc)
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                for param in operation.get("parameters", []):
+                    if param["name"] == "limit":
+                        param["schema"]["maximum"] = max_limit
+        return app.openapi_schema or build()
 
-    @app.exception_handler(QueryError)
-    async def store_error(_: Request, exc: QueryError) -> JSONResponse:
-        log.error("store query failed: %s", exc)
-        return JSONResponse({"detail": "the store rejected the query"}, status_code=502)
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from hopscope.api.security import LOOPBACK_HOSTS, valid_host_name
 from hopscope.errors import ConfigError
+from hopscope.store.query import MAX_LIMIT
+
+#: The largest ``max_limit`` a server may be configured with: the most rows one store query returns.
+LIMIT_CEILING = MAX_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +23,8 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
     def __post_init__(self) -> None:
-        if self.max_limit < 1:
-            raise ConfigError(f"max_limit must be positive, not {self.max_limit}")
+        if not 1 <= self.max_limit <= LIMIT_CEILING:
+            raise ConfigError(f"max_limit must be in 1..{LIMIT_CEILING}, not {self.max_limit}")
         for name in self.allowed_hosts:
             if not valid_host_name(name):
                 raise ConfigError(f"allowed host {name!r} is not a host name or address (no port, no scheme)")

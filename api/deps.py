@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
-from hopscope.api.config import ApiSettings
+from hopscope.api.config import LIMIT_CEILING, ApiSettings
 from hopscope.store import Store
 from hopscope.store.query import FilterValue
 
@@ -26,17 +26,22 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 
 NS_MAX = 2**63 - 1
+START_HELP = "range start, ns since the epoch (inclusive)"
+END_HELP = "range end, ns since the epoch (exclusive); must be greater than start_ns, else 422"
+LIMIT_HELP = "most rows to return; at most the server's max_limit (the schema's maximum), else 422"
 
 
 class TimeRange:
-    """``start_ns``/``end_ns`` query parameters, validated: non-negative, ordered, bounded width."""
+    """``start_ns``/``end_ns``/``limit`` query parameters, validated: ``0 <= start_ns < end_ns``,
+    ``1 <= limit <= max_limit``. The schema states the bounds (``create_app`` writes the server's
+    ``max_limit`` into it); the order of the two times, which a schema cannot say, is in END_HELP."""
 
     def __init__(
         self,
         settings: SettingsDep,
-        start_ns: Annotated[int, Query(ge=0, le=NS_MAX, description="range start, ns since epoch")] = 0,
-        end_ns: Annotated[int, Query(ge=0, le=NS_MAX, description="range end (exclusive), ns")] = NS_MAX,
-        limit: Annotated[int, Query(ge=1, description="most rows to return")] = 100,
+        start_ns: Annotated[int, Query(ge=0, lt=NS_MAX, description=START_HELP)] = 0,
+        end_ns: Annotated[int, Query(gt=0, le=NS_MAX, description=END_HELP)] = NS_MAX,
+        limit: Annotated[int, Query(ge=1, le=LIMIT_CEILING, description=LIMIT_HELP)] = 100,
     ) -> None:
         if end_ns <= start_ns:
             raise HTTPException(422, f"end_ns ({end_ns}) must be after start_ns ({start_ns})")
@@ -51,5 +56,10 @@ TimeRangeDep = Annotated[TimeRange, Depends()]
 
 
 def filters_of(**values: FilterValue | None) -> dict[str, FilterValue]:
-    """The store filters for the query parameters that were given (``None`` means not given)."""
-    return {name: value for name, value in values.items() if value is not None}
+    """The store filters for the query parameters that were given: ``None`` (absent) and blank text
+    (``?path=``, ``?point=%20``) mean no filter."""
+    return {name: value for name, value in values.items() if value is not None and not _blank(value)}
+
+
+def _blank(value: FilterValue) -> bool:
+    return isinstance(value, str) and not value.strip()

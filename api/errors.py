@@ -17,10 +17,33 @@ Validation errors add ``details``: FastAPI's list of what was wrong, where.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from hopscope.errors import ConfigError, UnavailableError
+from hopscope.store import QueryError
+
+log = logging.getLogger(__name__)
+
+#: The ``code`` of an HTTP error raised without one, by status.
+CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    422: "invalid_request",
+    429: "busy",
+    502: "store_error",
+    503: "store_unavailable",
+    504: "store_timeout",
+}
 
 
 class ErrorBody(BaseModel):
@@ -41,9 +64,56 @@ def error_response(
     message: str,
     *,
     details: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+#: The error responses every API route can give, for the OpenAPI schema (``responses=``).
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("bad_host: the Host header is not one this server answers"),
+    422: _doc("invalid_request: a parameter is malformed or out of range (details say which)"),
+    429: _doc("busy: too many heavy queries running; retry after Retry-After seconds"),
+    502: _doc("store_error: the store rejected the query"),
+    503: _doc("store_unavailable: the store cannot be reached"),
+    504: _doc("store_timeout: the query ran past the per-query time limit"),
+}
+
+#: Added to routes that look one thing up.
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _doc("not_found: no such trace")}
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the app raises, answered in the one shape."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        code = CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error_response(422, "invalid_request", message, details=details)
+
+    @app.exception_handler(ConfigError)
+    async def bad_filter(_: Request, exc: ConfigError) -> JSONResponse:
+        return error_response(422, "invalid_request", str(exc))
+
+    @app.exception_handler(UnavailableError)
+    async def store_down(_: Request, exc: UnavailableError) -> JSONResponse:
+        log.warning("store unavailable: %s", exc)
+        return error_response(503, "store_unavailable", str(exc))
+
+    @app.exception_handler(QueryError)
+    async def store_error(_: Request, exc: QueryError) -> JSONResponse:
+        log.error("store query failed: %s", exc)
+        return error_response(502, "store_error", "the store rejected the query")

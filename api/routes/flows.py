@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.records import FlowRecord
 
-router = APIRouter(prefix="/api/v1/flows", tags=["flows"])
+router = APIRouter(prefix="/api/v1/flows", tags=["flows"], responses=COMMON_RESPONSES)
 
 Text = Annotated[str | None, Query(max_length=256)]
 Port = Annotated[int | None, Query(ge=0, le=65535)]

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.records import RequestRecord
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"])
+router = APIRouter(prefix="/api/v1/requests", tags=["requests"], responses=COMMON_RESPONSES)
 
 Text = Annotated[str | None, Query(max_length=1024)]
 

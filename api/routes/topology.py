@@ -11,12 +11,13 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep
+from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.api.routes.traces import TRACE_ID
 from hopscope.topology.graph import to_node_link
 from hopscope.topology.inventory import EMPTY, Inventory
 from hopscope.topology.source import load_point_topology, load_service_map, load_trace_path
 
-router = APIRouter(prefix="/api/v1/topology", tags=["topology"])
+router = APIRouter(prefix="/api/v1/topology", tags=["topology"], responses=COMMON_RESPONSES)
 
 
 def get_inventory(request: Request) -> Inventory:
@@ -55,7 +56,7 @@ def point_topology(store: StoreDep, window: TimeRangeDep) -> dict[str, Any]:
     return to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit))
 
 
-@router.get("/traces/{trace_id}", response_model=GraphOut)
+@router.get("/traces/{trace_id}", response_model=GraphOut, responses=NOT_FOUND)
 def trace_path(
     store: StoreDep,
     trace_id: Annotated[str, Path(pattern=TRACE_ID.pattern, description="32 lower-case hex digits")],

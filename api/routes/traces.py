@@ -11,10 +11,11 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.records import Span, Trace
 from hopscope.store.query import FilterValue
 
-router = APIRouter(prefix="/api/v1/traces", tags=["traces"])
+router = APIRouter(prefix="/api/v1/traces", tags=["traces"], responses=COMMON_RESPONSES)
 
 Text = Annotated[str | None, Query(max_length=1024)]
 SEARCH_HELP = "a trace id, a path, a client address or an x-request-id"
@@ -65,7 +66,7 @@ def list_traces(
         kind=kind, method=method, path=path, status=status, error=error, x_request_id=x_request_id,
         client_h=client_h, duration_us__gte=min_duration_us, lost_pkts__gte=min_lost_pkts,
     )  # fmt: skip
-    if q:
+    if q and q.strip():
         filters.update(_free_text(q))
     traces = store.query_traces(window.start_ns, window.end_ns, filters, window.limit)
     if order == "slowest":
@@ -73,7 +74,7 @@ def list_traces(
     return TracesOut(count=len(traces), traces=traces)
 
 
-@router.get("/{trace_id}", response_model=TraceOut)
+@router.get("/{trace_id}", response_model=TraceOut, responses=NOT_FOUND)
 def get_trace(
     store: StoreDep,
     trace_id: Annotated[str, Path(pattern=TRACE_ID.pattern, description="32 lower-case hex digits")],

@@ -1,7 +1,7 @@
 // hopscope trace lookup: lists traces, shows one trace's hop path, per-link latency and loss.
 "use strict";
 const api = (path) => fetch(path).then(async (r) => {
-  if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).detail ?? r.statusText}`);
+  if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).error?.message ?? r.statusText}`);
   return r.json();
 });
 const $ = (sel) => document.querySelector(sel);

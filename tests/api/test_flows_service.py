@@ -30,7 +30,9 @@ def test_flows_carry_service(client: TestClient, store: SqlStore) -> None:
     assert [FlowRecord(**f) for f in r.json()["flows"]] == flows
 
 
-@pytest.mark.parametrize(("service", "flow_ids"), [("http", [1]), ("http,ssl", [3]), ("", [4]), ("dns", [])])
+@pytest.mark.parametrize(
+    ("service", "flow_ids"), [("http", [1]), ("http,ssl", [3]), ("", [1, 2, 3, 4]), (" ", [1, 2, 3, 4]), ("dns", [])]
+)  # a blank filter is no filter
 def test_filter_on_service(client: TestClient, store: SqlStore, service: str, flow_ids: list[int]) -> None:
     _seed(store)
     r = client.get("/api/v1/flows", params={"start_ns": T0, "end_ns": T0 + 10, "service": service})
