@@ -156,6 +156,7 @@ class _Candidates:
         self.off = off[keep]
         self.caplen = block.payload_caplen[self.rows]
         self.tcp = proto[keep] == TCP
+        self.dns_like = ~self.tcp | (first[keep] < 16)  # UDP, or TCP whose length prefix is below 4 KiB
         self.words = np.ndarray((max(len(self.buf) - 7, 0),), ">u8", buffer=self.buf, strides=(1,))
         self.w0 = self.word(self.off)
 
@@ -187,23 +188,25 @@ def tcp_signature_hits(p: _Candidates) -> tuple[npt.NDArray[np.intp], npt.NDArra
 
 def dns_hits(p: _Candidates) -> npt.NDArray[np.intp]:
     """Positions into ``p.rows`` of the payloads holding a DNS message start (see the module table)."""
-    header = p.w0 >> np.where(p.tcp, np.uint64(0), np.uint64(16))  # TCP: after the length prefix
+    cand: npt.NDArray[np.intp] = np.flatnonzero(p.dns_like)
+    header = p.w0[cand] >> np.where(p.tcp[cand], np.uint64(0), np.uint64(16))  # TCP: after the length prefix
     questions = header & np.uint64(0xFFFF)
     flags = header >> np.uint64(16)  # and the id above it on UDP: masked below
     ok = (questions - np.uint64(1) < np.uint64(DNS_MAX_QUESTIONS)) & ((flags & np.uint64(0x40)) == 0)
-    cand = np.flatnonzero(ok)
+    cand, flags = np.asarray(cand[ok], np.intp), flags[ok]
     if not len(cand):
         return cand
-    ok = _OPCODE_OK[((flags[cand] >> np.uint64(11)) & np.uint64(0xF)).astype(np.intp)]
+    ok = _OPCODE_OK[((flags >> np.uint64(11)) & np.uint64(0xF)).astype(np.intp)]
     tcp = p.tcp[cand]
     length = (p.w0[cand] >> np.uint64(48)).astype(np.int64)  # TCP: the length prefix
     base = tcp.astype(np.int64) * 2
     ok &= (p.caplen[cand] >= base + _DNS_MIN_BYTES) & (~tcp | (length >= _DNS_MIN_BYTES))
-    cand, base, length, tcp = cand[ok], base[ok], length[ok], tcp[ok]
+    cand, base, length, tcp = np.asarray(cand[ok], np.intp), base[ok], length[ok], tcp[ok]
     start = p.off[cand] + base
     end = p.off[cand] + p.caplen[cand]
     end = np.where(tcp, np.minimum(end, start + length), end)  # the question lies inside the message
-    return cand[_question_parses(p, start + 12, end)]
+    hits: npt.NDArray[np.intp] = cand[_question_parses(p, start + 12, end)]
+    return hits
 
 
 def _question_parses(p: _Candidates, pos: npt.NDArray[np.int64], end: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -268,16 +271,17 @@ class ServiceDetector:
 
     Call ``observe(block)`` for each block after the meter processed it and before ``fill`` on the
     records the meter emitted for it (a flow's record then reflects every packet metered so far).
-    State is three sorted columns (flow id, services, age), so both steps are a few numpy passes per
-    block; a flow's services are a ``code``: service codes in the order found, 3 bits each, the first
-    in the lowest bits.
+    State is two columns sorted by flow id, so both steps are a few numpy passes per block: the flow
+    ids, and ``age << 16 | code`` (age: the block count when the flow was found; code: its service
+    codes in the order found, 3 bits each, the first in the lowest bits; 0: forgotten, dropped at the
+    next ``observe``).
     """
 
     def __init__(self, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
         self.max_flows = max_flows
         self._ids = np.zeros(0, np.uint64)  # sorted
-        self._codes = np.zeros(0, np.uint64)
-        self._ages = np.zeros(0, np.uint64)  # block counter when the flow was first found
+        self._state = np.zeros(0, np.uint64)  # age << 16 | code
+        self._forgotten = 0  # entries whose state is 0
         self._blocks = 0
         self.evicted = 0  # flows forgotten before their final record (table full)
 
@@ -287,48 +291,62 @@ class ServiceDetector:
         flow_ids, codes = block_hits(block)
         if not len(flow_ids):
             return
+        if self._forgotten:
+            keep = self._state != 0
+            self._ids, self._state, self._forgotten = self._ids[keep], self._state[keep], 0
         ids, found = _codes_by_flow(flow_ids, codes)
         pos = np.searchsorted(self._ids, ids)
         known = pos < len(self._ids)
         known[known] = self._ids[pos[known]] == ids[known]
         if known.any():
             at = pos[known]
-            self._codes[at] = _merge_codes(self._codes[at], found[known])
+            old = self._state[at]
+            self._state[at] = (old & ~_CODE_MASK) | _merge_codes(old & _CODE_MASK, found[known])
         fresh = ~known
-        self._ids = np.insert(self._ids, pos[fresh], ids[fresh])
-        self._codes = np.insert(self._codes, pos[fresh], found[fresh])
-        self._ages = np.insert(self._ages, pos[fresh], np.uint64(self._blocks))
+        self._insert(pos[fresh], ids[fresh], found[fresh] | np.uint64(self._blocks << 16))
         if len(self._ids) > self.max_flows:
             self._evict(len(self._ids) - self.max_flows)
 
     def fill(self, batch: Batch) -> Batch:
         """Set the ``service`` column of a FlowRecord batch (in place; returns it) and forget the flows
         whose final record it holds."""
-        if not len(self._ids) or not len(batch):
+        if len(self._ids) == self._forgotten or not len(batch):
             return batch
         ids = np.asarray(batch.columns["flow_id"], np.uint64)
         pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
-        match = self._ids[pos] == ids
-        if not match.any():
+        codes = np.where(self._ids[pos] == ids, self._state[pos] & _CODE_MASK, np.uint64(0))
+        if not codes.any():
             return batch
-        batch.columns["service"] = service_names(np.where(match, self._codes[pos], np.uint64(0)))
-        done = match & (np.asarray(batch.columns["final"]) != 0)
-        if done.any():
-            self._drop(np.unique(pos[done]))
+        batch.columns["service"] = service_names(codes)
+        done = pos[(codes != 0) & (np.asarray(batch.columns["final"]) != 0)]
+        self._state[done] = 0
+        self._forgotten = int(np.count_nonzero(self._state == 0))
         return batch
 
     def pending(self) -> int:
         """Flows remembered with a service whose final record has not been filled yet."""
-        return len(self._ids)
+        return len(self._ids) - self._forgotten
 
-    def _drop(self, positions: npt.NDArray[np.intp]) -> None:
-        self._ids = np.delete(self._ids, positions)
-        self._codes = np.delete(self._codes, positions)
-        self._ages = np.delete(self._ages, positions)
+    def _insert(self, pos: npt.NDArray[np.intp], ids: npt.NDArray[np.uint64], state: npt.NDArray[np.uint64]) -> None:
+        """Insert entries before the positions ``pos`` (ascending, as ``searchsorted`` gives them)."""
+        at = pos + np.arange(len(pos))
+        size = len(self._ids) + len(pos)
+        old = np.ones(size, np.bool_)
+        old[at] = False
+        out_ids, out_state = np.empty(size, np.uint64), np.empty(size, np.uint64)
+        out_ids[at], out_state[at] = ids, state
+        out_ids[old], out_state[old] = self._ids, self._state
+        self._ids, self._state = out_ids, out_state
 
     def _evict(self, count: int) -> None:
-        self._drop(np.sort(np.argsort(self._ages, kind="stable")[:count]))
+        oldest = np.argsort(self._state >> np.uint64(16), kind="stable")[:count]
+        self._state[oldest] = 0
+        keep = self._state != 0
+        self._ids, self._state, self._forgotten = self._ids[keep], self._state[keep], 0
         self.evicted += count
+
+
+_CODE_MASK: Final = np.uint64(0xFFFF)
 
 
 def encode(services: Iterable[int]) -> int:
