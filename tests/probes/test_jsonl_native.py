@@ -95,7 +95,7 @@ def test_generated_batches_byte_identical_and_valid_json(native: JsonLines, batc
     assert_round_trip(out, batch)
 
 
-@pytest.mark.parametrize("name", ["orig_h", "resp_h", "conn_state", "history", "community_id", "close_type"])
+@pytest.mark.parametrize("name", ["orig_h", "resp_h", "conn_state", "history", "community_id", "close_type", "service"])
 @pytest.mark.parametrize("value", ['a"b', "a\\b", "\n", "\x00", "\x7f", "é", "\U0001f600", "\ud800"])
 def test_hostile_text_in_columns_the_template_quotes(native: JsonLines, name: str, value: str) -> None:
     """Columns the meter fills with addresses and codes stay valid JSON whatever they hold."""
