@@ -11,10 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # the dev extra: Kubernetes' JSON schemas, per version
 import pytest
 import yaml
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
