@@ -1,11 +1,14 @@
 """Score a stitch against the lab's ground truth (samples/lab/manifest.json): precision and recall.
 
 The manifest lists what the traffic generator sent (client, socket, method, path, the request id it
-sent and the one envoy forwarded upstream, status, server), the capture points (name, host, kind),
-the impairments (delay and loss between named points) and the delayer's own overhead. A request is
-*recalled* when one trace starts on its client socket at its time and crosses every hop of its path
-in order; a trace is *precise* when its upstream leg is the one envoy sent for that very request (the
-upstream x-request-id matches) and its status is the one the client got.
+sent), what the app received on the sidecar's upstream leg (``upstream_request_id``, and with newer
+manifests ``upstream_path`` and ``upstream_host``: the app echoes them), status, server; the server
+sidecar (envoy, nginx or haproxy), the capture points (name, host, kind), the impairments (delay and
+loss between named points) and the delayer's own overhead. A request is *recalled* when one trace
+starts on its client socket at its time and crosses every hop of its path in order; a trace is
+*precise* when its upstream leg is the one the sidecar sent for that very request (the upstream
+x-request-id matches, and the path the app got where the manifest has it) and its status is the one
+the client got.
 
 A run whose captures were skewed per host after the fact (``hopscope.lab.skew``) records the skew as
 ``clock_skew_ns``; each host's offset found by the correlator is scored against it (``ClockCheck``).
@@ -113,10 +116,16 @@ class Evaluation:
         return out
 
 
-def _xrid_of(requests: Batch) -> dict[tuple[str, int], str]:
+def _xrid_of(requests: Batch, column: str = "x_request_id") -> dict[tuple[str, int], str]:
     cols = requests.columns
     ids = np.asarray(cols["request_id"]).tolist()
-    return {(p, i): x for p, i, x in zip(cols["point"], ids, cols["x_request_id"], strict=True)}
+    return {(p, i): x for p, i, x in zip(cols["point"], ids, cols[column], strict=True)}
+
+
+def _upstream_is(r: dict[str, Any], hop: tuple[str, int], xrid: dict[tuple[str, int], str],
+                 path: dict[tuple[str, int], str]) -> bool:
+    """The app's hop carried the id (and the path, where the manifest has it) the app got for ``r``."""
+    return xrid.get(hop) == r["upstream_request_id"] and r.get("upstream_path") in (None, path.get(hop))
 
 
 def expected_points(r: dict[str, Any]) -> list[str]:
@@ -124,27 +133,39 @@ def expected_points(r: dict[str, Any]) -> list[str]:
 
 
 def match_requests(manifest: dict[str, Any], doc: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-    """Each answered HTTP request of the manifest with the trace that starts on its socket nearest
-    its send time (None when there is none)."""
+    """Each answered HTTP request of the manifest with the trace of it on its socket (None when
+    there is none).
+
+    The requests of one socket (a keep-alive connection carries several) pair with its traces in
+    order when both count the same; otherwise each takes the trace starting nearest its send time.
+    Order first: the generator stamps ``sent_ns`` after the send returned, which a busy machine can
+    delay past the next request's first byte on the wire."""
     by_socket: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in doc["traces"]:
         if t["kind"] == "l7" and t["request"]["l7_proto"] == "http":
             first = t["hops"][0]
             by_socket[f"{first['point']}|{first['orig_h']}:{first['orig_p']}"].append(t)
-    pairs = []
+    sent: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in manifest.get("requests", []):
-        if r.get("type") != "http" or r.get("status") is None:
-            continue
-        cands = by_socket.get(f"{r['client']}-pod|{r['local']}", [])
-        pairs.append((r, min(cands, key=lambda t: abs(t["start_ns"] - r["sent_ns"]), default=None)))
-    return pairs
+        if r.get("type") == "http" and r.get("local"):
+            sent[f"{r['client']}-pod|{r['local']}"].append(r)
+    trace_of: dict[int, Any] = {}
+    for key, rs in sent.items():
+        cands = sorted(by_socket.get(key, []), key=lambda t: t["start_ns"])
+        rs.sort(key=lambda r: r["start_ns"])
+        for r, t in zip(rs, cands, strict=False) if len(rs) == len(cands) else ():
+            trace_of[id(r)] = t
+        for r in rs if len(rs) != len(cands) else ():
+            trace_of[id(r)] = min(cands, key=lambda t: abs(t["start_ns"] - r["sent_ns"]), default=None)
+    return [(r, trace_of.get(id(r))) for r in manifest.get("requests", [])
+            if r.get("type") == "http" and r.get("status") is not None]
 
 
 def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) -> Evaluation:
     doc = traces_json(result)
     ev = Evaluation()
     pairs = match_requests(manifest, doc)
-    xrid = _xrid_of(requests)
+    xrid, path = _xrid_of(requests), _xrid_of(requests, "path")
     ev.requests = len(pairs)
     used = [t["trace_id"] for _, t in pairs if t is not None]
     ev.duplicate_traces = len(used) - len(set(used))
@@ -154,7 +175,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
         ev.matched += 1
         ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r)
         app = [h for h in t["hops"] if h["point"].endswith("-app")]
-        ev.precise += (len(app) == 1 and xrid.get((app[0]["point"], app[0]["request_id"])) == r["upstream_request_id"]
+        ev.precise += (len(app) == 1 and _upstream_is(r, (app[0]["point"], app[0]["request_id"]), xrid, path)
                        and t["request"]["status"] == r["status"])
     seen = [(h["point"], h["request_id"]) for t in doc["traces"] if t["kind"] == "l7" for h in t["hops"]]
     ev.shared_hops = len(seen) - len(set(seen))

@@ -279,9 +279,10 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
     not shift every later pair. Legs that reached the proxy within ``proxy_order_jitter_us`` of each
     other are in no reliable order: among them the one whose response hand-over (downstream response
     out minus upstream response in) is nearest this proxy's usual one wins, and the link gets the
-    ambiguous confidence (so does a pair that had to be moved). Upstream legs that left the proxy
-    within the jitter of each other (a proxy that stalled and then forwarded a burst) are in no
-    reliable order either: their downstream legs are re-paired by response order (``_uncross``).
+    ambiguous confidence (so does a pair that had to be moved). An upstream leg takes the oldest
+    open downstream leg whose path agrees before an older one whose path does not: after a stall a
+    proxy forwards what it read in an order of its own, and requests that differ in their paths are
+    then still paired right.
     """
     slack = settings.nesting_slack_us * 1000
     window = (settings.proxy_gap_us * 1000, slack, settings.proxy_order_jitter_us * 1000)
@@ -291,7 +292,7 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
     usual = int(np.median(handovers)) if handovers else None
     owner: dict[int, int] = {}  # plist index -> child segment
     chosen_of = {s: i for s, i, _ in _fifo(view, plist, times, kids, groups, window, usual)}
-    moved = _uncross(view, plist, kids, chosen_of, window)
+    queued = _queued(view, plist, times, kids, chosen_of, window)
     left: list[tuple[int, int]] = []
     made = 0
     for t, s in kids:
@@ -300,74 +301,38 @@ def _assign_nested(view: SegmentView, settings: CorrelateSettings, plist: list[t
             left.append((t, s))
             continue
         owner[i] = s
-        _link_nested(view, links, groups, plist[i][1], s,
-                     s in moved or _has_rival(view, plist, times, i, s, window))
+        _link_nested(view, links, groups, plist[i][1], s, s in queued or _has_rival(view, plist, times, i, s, window))
         made += 1
     return made + _place_left(view, plist, times, left, owner, links, groups, window)
 
 
-def _uncross(view: SegmentView, plist: list[tuple[int, int]], kids: list[tuple[int, int]],
-             chosen_of: dict[int, int], window: tuple[int, int, int]) -> set[int]:
-    """Re-pair bursts of upstream legs that left within the jitter of each other by response order.
-
-    After a stall a proxy forwards the requests it read in one go, in an order of its own; it relays
-    each response as it comes, so within such a burst the upstream leg answered first belongs to the
-    downstream leg answered first. When that pairing differs from the arrival-order one and every
-    pair of it fits, it replaces it; the legs it moved are returned (ambiguous confidence)."""
-    _, slack, jitter = window
-    moved: set[int] = set()
-    burst: list[int] = []
-    for n, (t, s) in enumerate(kids):
-        if s in chosen_of:
-            burst.append(s)
-        nxt = kids[n + 1][0] if n + 1 < len(kids) else None
-        if nxt is None or nxt - t > jitter:
-            if len(burst) > 1:
-                moved |= _pair_by_response(view, plist, burst, chosen_of, slack)
-            burst = []
-    return moved
-
-
-def _pair_by_response(view: SegmentView, plist: list[tuple[int, int]], burst: list[int],
-                      chosen_of: dict[int, int], slack: int) -> set[int]:
-    owned = [chosen_of[s] for s in burst]
-    up_resp = [int(view.resp_first_ns[s]) for s in burst]
-    down_resp = [int(view.resp_last_ns[plist[i][1]]) for i in owned]
-    if 0 in up_resp or 0 in down_resp:
-        return set()  # an exchange without a response: no response order to go by
-    by_up = sorted(range(len(burst)), key=lambda k: up_resp[k])
-    by_down = sorted(owned, key=lambda i: int(view.resp_last_ns[plist[i][1]]))
-    pairing = {burst[k]: i for k, i in zip(by_up, by_down, strict=True)}
-    if all(pairing[s] == chosen_of[s] for s in burst):
-        return set()
-    if not all(_child_fits(view, plist[i][1], s, slack) for s, i in pairing.items()):
-        return set()
-    chosen_of.update(pairing)
-    return set(burst)
-
-
 def _fifo(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kids: list[tuple[int, int]],
           groups: _UnionFind, window: tuple[int, int, int], usual: int | None) -> list[tuple[int, int, int | None]]:
-    """(child, plist index, response hand-over ns) of the arrival-order assignment; ties within the
-    jitter go to the hand-over nearest ``usual`` (when known)."""
+    """(child, plist index, response hand-over ns) of the arrival-order assignment: the oldest open
+    downstream leg that fits and whose path agrees (``path_agrees``), else the oldest that fits; ties
+    within the jitter go to the hand-over nearest ``usual`` (when known)."""
     gap, slack, _ = window
     free = _NextFree(len(plist))
     out: list[tuple[int, int, int | None]] = []
     for t, s in kids:
         i = free.find(bisect.bisect_left(times, t - gap))
         hi = bisect.bisect_right(times, t + slack)
-        chosen, skipped = -1, 0
+        chosen, first_fit, skipped = -1, -1, 0
         while i < hi and skipped < NESTED_CANDIDATES:
             p = plist[i][1]
             answered_ns = int(view.resp_last_ns[p])
             if answered_ns and answered_ns < t - slack:
                 free.take(i)  # closed for this leg and every later one
             elif _child_fits(view, p, s, slack) and groups.find(p) != groups.find(s):
-                chosen = i
-                break
+                if path_agrees(view.path[p], view.path[s]):
+                    chosen = i
+                    break
+                first_fit = i if first_fit < 0 else first_fit
+                skipped += 1
             else:
                 skipped += 1
             i = free.find(i + 1)
+        chosen = chosen if chosen >= 0 else first_fit
         if chosen < 0:
             continue
         chosen = _best_among_ties(view, plist, times, free, chosen, s, window, usual)
@@ -412,6 +377,34 @@ def _has_rival(view: SegmentView, plist: list[tuple[int, int]], times: list[int]
     lo = bisect.bisect_left(times, times[chosen] - jitter)
     hi = bisect.bisect_right(times, times[chosen] + jitter)
     return any(i != chosen and _child_fits(view, plist[i][1], s, slack) for i in range(lo, min(hi, lo + 64)))
+
+
+def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kids: list[tuple[int, int]],
+            chosen_of: dict[int, int], window: tuple[int, int, int]) -> set[int]:
+    """Upstream legs paired by a guess: when one left, another downstream leg it fits in was waiting
+    at the proxy (arrived, not yet forwarded, not answered) and the paths cannot tell the two apart.
+    A proxy that holds two requests forwards them in an order of its own. Both legs whose downstream
+    legs could be swapped are returned."""
+    gap, slack, _ = window
+    forwarded_ns = {i: int(view.req_first_ns[k]) for k, i in chosen_of.items()}
+    owner = {i: k for k, i in chosen_of.items()}
+    out: set[int] = set()
+    for t, s in kids:
+        chosen = chosen_of.get(s, -1)
+        if chosen < 0:
+            continue
+        agrees = path_agrees(view.path[plist[chosen][1]], view.path[s])
+        hi = bisect.bisect_right(times, t + slack)
+        for i in range(max(bisect.bisect_left(times, t - gap), hi - NESTED_CANDIDATES), hi):
+            p = plist[i][1]
+            answered_ns = int(view.resp_last_ns[p])
+            if i == chosen or forwarded_ns.get(i, t + 1) < t or (answered_ns and answered_ns < t - slack):
+                continue
+            if path_agrees(view.path[p], view.path[s]) == agrees and _child_fits(view, p, s, slack):
+                out.add(s)
+                if i in owner:
+                    out.add(owner[i])
+    return out
 
 
 def _open_candidates(view: SegmentView, plist: list[tuple[int, int]], times: list[int], t: int, s: int,
