@@ -134,11 +134,13 @@ class _SignatureTable:
 
 
 _TABLE = _SignatureTable(SIGNATURES)
-_OPCODE_OK = np.isin(np.arange(16), DNS_OPCODES)
-_CLASS_OK = np.isin(np.arange(1 << 15), DNS_CLASSES)
+_OPCODE_OK = np.zeros(16, np.bool_)
+_OPCODE_OK[list(DNS_OPCODES)] = True
+_CLASS_OK = np.zeros(1 << 15, np.bool_)
+_CLASS_OK[list(DNS_CLASSES)] = True
 #: First payload bytes worth a closer look on TCP: a signature's, or a DNS length prefix below 4 KiB.
 _TCP_FIRST = np.zeros(256, np.bool_)
-_TCP_FIRST[np.unique(np.flatnonzero(_TABLE.of_key) >> 8)] = True
+_TCP_FIRST[np.flatnonzero(_TABLE.of_key) >> 8] = True  # (np.unique would import numpy.ma: 20 ms of start-up)
 _TCP_FIRST[:16] = True
 
 
