@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,7 +70,8 @@ def create_app(
 
 
 def _state_max_limit(app: FastAPI, max_limit: int) -> None:
-    """The schema's maximum of every ``limit`` parameter is this server's ``max_limit``."""
+    """The schema's maximum of every ``limit`` parameter is this server's ``max_limit``; component
+    schemas nothing refers to (the records' input forms, never sent) are left out."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -79,6 +81,14 @@ def _state_max_limit(app: FastAPI, max_limit: int) -> None:
                 for param in operation.get("parameters", []):
                     if param["name"] == "limit":
                         param["schema"]["maximum"] = max_limit
+            _drop_unreferenced(schema)
         return app.openapi_schema or build()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_unreferenced(schema: dict[str, Any]) -> None:
+    components = schema.get("components", {}).get("schemas", {})
+    text = json.dumps(schema["paths"]) + json.dumps(components)
+    for name in [n for n in components if f'"#/components/schemas/{n}"' not in text]:
+        del components[name]

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hopscope.api.app import create_app
+from hopscope.api.models import record_from_json
 from hopscope.pipeline import Ingestor, RetryPolicy
 from hopscope.records import Batch, FlowRecord
 from hopscope.store import store_from_url
@@ -102,7 +103,7 @@ def test_kafka_to_clickhouse_to_api(server_db: str) -> None:
             timeout=30,
         )
         assert r.status_code == 200, r.text
-        got = [FlowRecord(**f) for f in r.json()["flows"]]
+        got = [record_from_json(FlowRecord, f) for f in r.json()["flows"]]
         assert got == sent
     finally:
         serve.terminate()
@@ -120,7 +121,7 @@ def test_embedded_default_in_process_to_chdb(tmp_path: Path) -> None:
         assert stats.rows == {"flows": 500}
         assert transport.committed == {"hopscope.flows": 0}
         r = TestClient(create_app(store), base_url="http://127.0.0.1").get("/api/v1/flows", params={"limit": 1000})
-        assert [FlowRecord(**f) for f in r.json()["flows"]] == sent
+        assert [record_from_json(FlowRecord, f) for f in r.json()["flows"]] == sent
     finally:
         store.close()
 

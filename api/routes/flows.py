@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
-from hopscope.records import FlowRecord
+from hopscope.api.models import FlowJson
 
 router = APIRouter(prefix="/api/v1/flows", tags=["flows"], responses=COMMON_RESPONSES)
 
@@ -19,7 +19,7 @@ Port = Annotated[int | None, Query(ge=0, le=65535)]
 
 class FlowsOut(BaseModel):
     count: int
-    flows: list[FlowRecord]
+    flows: list[FlowJson]
 
 
 @router.get("", response_model=FlowsOut)

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
-from hopscope.records import RequestRecord
+from hopscope.api.models import RequestJson
 
 router = APIRouter(prefix="/api/v1/requests", tags=["requests"], responses=COMMON_RESPONSES)
 
@@ -18,7 +18,7 @@ Text = Annotated[str | None, Query(max_length=1024)]
 
 class RequestsOut(BaseModel):
     count: int
-    requests: list[RequestRecord]
+    requests: list[RequestJson]
 
 
 @router.get("", response_model=RequestsOut)

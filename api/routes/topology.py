@@ -12,10 +12,22 @@ from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
+from hopscope.api.models import wide_as_strings
 from hopscope.api.routes.traces import TRACE_ID
 from hopscope.topology.graph import to_node_link
 from hopscope.topology.inventory import EMPTY, Inventory
 from hopscope.topology.source import load_point_topology, load_service_map, load_trace_path
+
+
+def node_link_json(graph: dict[str, Any]) -> dict[str, Any]:
+    """Node-link JSON with ids and ns times as strings (``hopscope.api.models``' rule)."""
+    return {
+        **graph,
+        "graph": wide_as_strings(graph["graph"]),
+        "nodes": [wide_as_strings(n) for n in graph["nodes"]],
+        "links": [wide_as_strings(link) for link in graph["links"]],
+    }
+
 
 router = APIRouter(prefix="/api/v1/topology", tags=["topology"], responses=COMMON_RESPONSES)
 
@@ -47,13 +59,13 @@ def service_map(
 ) -> dict[str, Any]:
     """The service map of the first ``limit`` traces that started in ``[start_ns, end_ns)``."""
     graph = load_service_map(store, window.start_ns, window.end_ns, window.limit, inventory, flows)
-    return to_node_link(graph)
+    return node_link_json(to_node_link(graph))
 
 
 @router.get("/points", response_model=GraphOut)
 def point_topology(store: StoreDep, window: TimeRangeDep) -> dict[str, Any]:
     """Capture points of the first ``limit`` traces of the window: which follows which, per-link stats."""
-    return to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit))
+    return node_link_json(to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit)))
 
 
 @router.get("/traces/{trace_id}", response_model=GraphOut, responses=NOT_FOUND)
@@ -65,4 +77,4 @@ def trace_path(
     graph = load_trace_path(store, trace_id)
     if graph is None:
         raise HTTPException(404, f"no trace {trace_id}")
-    return to_node_link(graph)
+    return node_link_json(to_node_link(graph))

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
-from hopscope.records import Span, Trace
+from hopscope.api.models import SpanJson, TraceJson
 from hopscope.store.query import FilterValue
 
 router = APIRouter(prefix="/api/v1/traces", tags=["traces"], responses=COMMON_RESPONSES)
@@ -24,12 +24,12 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 class TracesOut(BaseModel):
     count: int
-    traces: list[Trace]
+    traces: list[TraceJson]
 
 
 class TraceOut(BaseModel):
-    trace: Trace
-    spans: list[Span]
+    trace: TraceJson
+    spans: list[SpanJson]
 
 
 def _free_text(q: str) -> dict[str, FilterValue]:

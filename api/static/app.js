@@ -7,6 +7,7 @@ const api = (path) => fetch(path).then(async (r) => {
 const $ = (sel) => document.querySelector(sel);
 const text = (tag, content, cls) => { const e = document.createElement(tag); e.textContent = content; if (cls) e.className = cls; return e; };
 const us = (v) => v === null || v === undefined ? "" : (Math.abs(v) >= 1000 ? `${(v / 1000).toFixed(2)} ms` : `${v} µs`);
+// ns times are decimal strings (64 bits): BigInt keeps them exact; the ms part becomes a Date.
 const when = (ns) => new Date(Number(BigInt(ns) / 1000000n)).toISOString().replace("T", " ").replace("Z", "");
 
 function showError(err) { const e = $("#error"); e.hidden = !err; e.textContent = err ? String(err.message ?? err) : ""; }
@@ -31,7 +32,9 @@ async function listTraces(event) {
       tr.className = "clickable";
       tr.onclick = () => showTrace(t.trace_id);
       const req = t.kind === "l7" ? `${t.method || t.l7_proto} ${t.http_host}${t.path || t.dns_qname}` : `L4 ${t.client_h}:${t.client_p} → ${t.server_h}:${t.server_p}`;
-      tr.append(text("td", when(t.start_ns)), text("td", req), text("td", t.status || "", t.error ? "err" : ""),
+      const start = text("td", when(t.start_ns));
+      start.title = `${t.start_ns} ns`;  // ids and ns times arrive as strings: exact, never rounded to a double
+      tr.append(start, text("td", req), text("td", t.status || "", t.error ? "err" : ""),
         text("td", us(t.duration_us), "num"), text("td", t.hop_count, "num"),
         text("td", t.slowest_link ? `${t.slowest_link} (${us(t.slowest_link_us)})` : ""),
         text("td", t.lost_pkts ? `${t.lost_pkts} on ${t.loss_link}` : "", t.lost_pkts ? "err" : ""));
@@ -85,7 +88,7 @@ function drawWaterfall(spans) {
   const box = $("#waterfall");
   box.replaceChildren();
   const starts = spans.map((s) => Number(BigInt(s.request_first_ns) / 1000n));
-  const ends = spans.map((s, i) => s.response_last_ns !== "0" && s.response_last_ns !== 0 ? Number(BigInt(s.response_last_ns) / 1000n) : starts[i]);
+  const ends = spans.map((s, i) => s.response_last_ns !== "0" ? Number(BigInt(s.response_last_ns) / 1000n) : starts[i]);
   const lo = Math.min(...starts), hi = Math.max(...ends, lo + 1);
   spans.forEach((s, i) => {
     const row = document.createElement("div"); row.className = "bar-row";

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from hopscope.api.models import record_from_json
 from hopscope.records import Batch, FlowRecord
 from hopscope.store import SqlStore
 
@@ -30,7 +31,7 @@ def test_time_range_and_round_trip(client: TestClient, store: SqlStore) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["count"] == 2
-    assert [FlowRecord(**f) for f in body["flows"]] == flows[:2]
+    assert [record_from_json(FlowRecord, f) for f in body["flows"]] == flows[:2]
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_filters(client: TestClient, store: SqlStore, params: dict[str, object],
     _seed(store)
     r = client.get("/api/v1/flows", params={"start_ns": T0, "end_ns": T0 + 10**6, **params})
     assert r.status_code == 200, r.text
-    assert [f["flow_id"] for f in r.json()["flows"]] == flow_ids
+    assert [int(f["flow_id"]) for f in r.json()["flows"]] == flow_ids
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from hopscope.api.models import record_from_json
 from hopscope.records import Batch, FlowRecord
 from hopscope.store import SqlStore
 
@@ -27,7 +28,7 @@ def test_flows_carry_service(client: TestClient, store: SqlStore) -> None:
     r = client.get("/api/v1/flows", params={"start_ns": T0, "end_ns": T0 + 10})
     assert r.status_code == 200, r.text
     assert [f["service"] for f in r.json()["flows"]] == ["http", "ssh", "http,ssl", ""]
-    assert [FlowRecord(**f) for f in r.json()["flows"]] == flows
+    assert [record_from_json(FlowRecord, f) for f in r.json()["flows"]] == flows
 
 
 @pytest.mark.parametrize(
@@ -37,4 +38,4 @@ def test_filter_on_service(client: TestClient, store: SqlStore, service: str, fl
     _seed(store)
     r = client.get("/api/v1/flows", params={"start_ns": T0, "end_ns": T0 + 10, "service": service})
     assert r.status_code == 200, r.text
-    assert [f["flow_id"] for f in r.json()["flows"]] == flow_ids
+    assert [int(f["flow_id"]) for f in r.json()["flows"]] == flow_ids

@@ -213,6 +213,8 @@ def test_trace_list_and_topology(served: str) -> None:
     assert len(rows) == len(traces)
     assert dom.by_id("count").text() == f"({len(traces)})"
     first_cells = [c.text() for c in rows[0].children if isinstance(c, Element)]
+    start_cell = next(c for c in rows[0].children if isinstance(c, Element))
+    assert start_cell.attrs["title"] == f"{traces[0]['start_ns']} ns"  # the exact string, not a rounded double
     t0 = traces[0]
     assert (t0["path"] or t0["dns_qname"] or t0["client_h"]) in first_cells[1]
     failed = [r for r in rows if any("err" in c.classes() for c in r.children if isinstance(c, Element))]
