@@ -1,4 +1,4 @@
-"""The lab's HTTP app: a threaded HTTP/1.1 server that sits behind the envoy sidecar in a server pod.
+"""The lab's HTTP app: a threaded HTTP/1.1 server that sits behind the sidecar in a server pod.
 
 Run as a script (``python app.py --port 8080 --name server1 --log app.jsonl``), standalone: it
 imports nothing from hopscope, so it runs in a namespace with any Python 3.
@@ -8,8 +8,11 @@ Paths:
   ``/status/<code>``         that status (500, 503 ...)
   ``/bytes/<n>``             200 with an n-byte body (the long transfer)
   ``/delay/<ms>``            200 after sleeping ms milliseconds (server-side delay)
-Every response carries ``x-hs-upstream-request-id``: the x-request-id the app received (envoy's,
-when the client sent none), and the app logs one JSON line per request with it.
+Every response carries what the app received on the sidecar's upstream leg, so the client's ground
+truth covers both legs: ``x-hs-upstream-request-id`` (the x-request-id: envoy's when the client sent
+none, nginx's and haproxy's always), ``x-hs-upstream-path`` (the path after the sidecar's rewrite)
+and ``x-hs-upstream-host`` (the Host header, which nginx rewrites). The app logs one JSON line per
+request with them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ CHUNK = bytes(range(256)) * 256  # 64 KiB of a recognisable pattern
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: without it the body waits for an ACK
     server_version = "hopscope-lab-app/1"
     log_lock = threading.Lock()
     log_file: TextIO | None = None
@@ -40,6 +44,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream" if len(body) > 1024 else "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("x-hs-upstream-request-id", rid)
+        self.send_header("x-hs-upstream-path", self.path)
+        self.send_header("x-hs-upstream-host", self.headers.get("host", ""))
         self.send_header("x-hs-server", self.name)
         self.end_headers()
         if self.command != "HEAD":
@@ -82,6 +88,7 @@ class Handler(BaseHTTPRequestHandler):
             "status": status,
             "bytes": nbytes,
             "x_request_id": rid,
+            "host": self.headers.get("host", ""),
             "peer": f"{self.client_address[0]}:{self.client_address[1]}",
         }
         with self.log_lock:

