@@ -230,24 +230,14 @@ def _point_count(ticks: Sequence[Tick]) -> int:
 
 
 class AckedPublisher:
-    """A ``KafkaPublisher`` whose ``flush`` fails unless every message sent since the last flush
-    was acknowledged by the broker. kafka-python's ``flush`` only waits: a message whose delivery
-    failed (the broker went away, retries ran out) completes its future with an error, unreported."""
+    """``transport.kafka.KafkaPublisher`` as replay uses it: a send the client refuses at once becomes
+    ``UnavailableError`` like a message the broker did not acknowledge (``flush``), and closing after a
+    failure is best effort."""
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         from hopscope.transport.kafka import KafkaPublisher
 
         self._inner = KafkaPublisher(bootstrap, prefix=prefix)
-        self._futures: list[Any] = []
-        producer = self._inner._producer
-        send = producer.send
-
-        def send_kept(*args: Any, **kwargs: Any) -> Any:
-            future = send(*args, **kwargs)
-            self._futures.append(future)
-            return future
-
-        producer.send = send_kept
 
     @property
     def messages(self) -> int:
@@ -264,21 +254,7 @@ class AckedPublisher:
 
     def flush(self) -> None:
         """Wait for every message sent; raise ``UnavailableError`` unless the broker acknowledged all."""
-        try:
-            self._inner.flush()
-        except UnavailableError as exc:
-            waited: UnavailableError | None = exc
-        else:
-            waited = None
-        failed = [f.exception for f in self._futures if f.is_done and f.exception is not None]
-        unanswered = sum(1 for f in self._futures if not f.is_done)
-        self._futures.clear()
-        if failed:
-            raise UnavailableError(f"Kafka broker at {self._inner.bootstrap} did not acknowledge {len(failed)} "
-                                   f"messages ({type(failed[0]).__name__}: {failed[0]})")  # fmt: skip
-        if waited is not None or unanswered:
-            raise waited or UnavailableError(f"Kafka broker at {self._inner.bootstrap} did not answer "
-                                             f"{unanswered} messages")  # fmt: skip
+        self._inner.flush()
 
     def close(self) -> None:
         from kafka.errors import KafkaError

@@ -43,6 +43,7 @@ class TransportStats:
     messages_out: int = 0
     records_out: int = 0
     bytes_out: int = 0
+    messages_failed: int = 0  # sent, but the broker never acknowledged them
     messages_in: int = 0
     records_in: int = 0
     bytes_in: int = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -87,7 +88,12 @@ def ensure_topics(
 
 
 class KafkaPublisher:
-    """Publishes batches to the topic of their record type."""
+    """Publishes batches to the topic of their record type.
+
+    ``flush`` waits for every message sent and raises ``UnavailableError`` when the broker did not
+    acknowledge one of them: kafka-python's own flush only waits, and a send whose retries ran out
+    completes with an error nobody reads. Failed messages are counted in ``stats.messages_failed``.
+    """
 
     def __init__(
         self, bootstrap: str, *, compress: bool = False, linger_ms: int = 5, prefix: str = DEFAULT_TOPIC_PREFIX
@@ -108,6 +114,9 @@ class KafkaPublisher:
         except (KafkaError, OSError) as exc:
             raise _unavailable(bootstrap, exc) from exc
         self._partitions: dict[str, int] = {}
+        self._lock = threading.Lock()  # delivery callbacks run on the producer's I/O thread
+        self._failed_since_flush = 0
+        self._first_failure: BaseException | None = None
 
     def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
@@ -125,7 +134,8 @@ class KafkaPublisher:
         for partition, part in split_by_partition(batch, self._partition_count(topic)):
             key = b"%d" % int(correlation_keys(part.slice(0, 1))[0])
             value = encode_batch(part, compress=self.compress)
-            self._producer.send(topic, value=value, key=key, partition=partition)
+            future = self._producer.send(topic, value=value, key=key, partition=partition)
+            future.add_errback(self._delivery_failed)
             self.stats.messages_out += 1
             self.stats.records_out += len(part)
             self.stats.bytes_out += len(value)
@@ -134,11 +144,27 @@ class KafkaPublisher:
         """Send bytes as they are (tests and tools that need a malformed message)."""
         self._producer.send(topic, value=value, key=key)
 
+    def _delivery_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failed_since_flush += 1
+            self.stats.messages_failed += 1
+            self._first_failure = self._first_failure or exc
+
     def flush(self) -> None:
+        """Wait for every message sent; raise ``UnavailableError`` unless the broker acknowledged all
+        of those sent since the previous flush."""
         try:
             self._producer.flush(timeout=60)
         except KafkaError as exc:
             raise _unavailable(self.bootstrap, exc) from exc
+        with self._lock:
+            failed, first = self._failed_since_flush, self._first_failure
+            self._failed_since_flush, self._first_failure = 0, None
+        if failed:
+            raise UnavailableError(
+                f"Kafka broker at {self.bootstrap} did not acknowledge {failed} messages "
+                f"({type(first).__name__}: {first})"
+            )
 
     def close(self) -> None:
         self._producer.close(timeout=10)

@@ -151,3 +151,27 @@ def test_dead_letters_are_committed_only_behind_committed_records(
     again = KafkaRecordConsumer(kafka_bootstrap, group, tables=["flows"], prefix=prefix)
     assert [d.offset for d in _drain(again, want=10**6, deadline_s=4)] == redelivered
     again.close()
+
+
+def test_flush_fails_when_the_broker_refuses_messages(kafka_bootstrap: str) -> None:
+    """A topic that takes only small messages: the broker refuses every batch. kafka-python's own flush
+    returns as if all were delivered; the publisher's flush says how many were not, and counts them."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    name = topic_prefix("refused")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(f"{name}.flows", 4, 1, topic_configs={"max.message.bytes": "200"})])
+    finally:
+        admin.close()
+    publisher = KafkaPublisher(kafka_bootstrap, prefix=name)
+    try:
+        publisher.publish(_flows(400, seed=7))
+        sent = publisher.stats.messages_out
+        with pytest.raises(UnavailableError, match=rf"did not acknowledge {sent} messages"):
+            publisher.flush()
+        assert publisher.stats.messages_failed == sent
+        publisher.flush()  # nothing sent since: the failures were reported once
+    finally:
+        publisher.close()
