@@ -359,8 +359,12 @@ def _best_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: lis
         return (not path_agrees(view.path[p], view.path[s]),
                 abs(h - usual) if h is not None and usual is not None else 0)
 
-    best, best_rank = chosen, rank(chosen)
     i = free.find(chosen + 1)
+    if i >= len(times) or times[i] - times[chosen] > jitter:
+        return chosen  # no tie: the common case
+    best, best_rank = chosen, rank(chosen)
+    if best_rank == (False, 0):
+        return chosen  # the path agrees and no usual hand-over to go by (the first pass)
     while i < len(times) and times[i] - times[chosen] <= jitter:
         r = rank(i)
         if r < best_rank and _child_fits(view, plist[i][1], s, slack):
@@ -385,7 +389,7 @@ def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], k
     at the proxy (arrived, not yet forwarded, not answered) and the paths cannot tell the two apart.
     A proxy that holds two requests forwards them in an order of its own. Both legs whose downstream
     legs could be swapped are returned."""
-    gap, slack, _ = window
+    _, slack, _ = window
     forwarded_ns = {i: int(view.req_first_ns[k]) for k, i in chosen_of.items()}
     owner = {i: k for k, i in chosen_of.items()}
     out: set[int] = set()
@@ -395,7 +399,8 @@ def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], k
             continue
         agrees = path_agrees(view.path[plist[chosen][1]], view.path[s])
         hi = bisect.bisect_right(times, t + slack)
-        for i in range(max(bisect.bisect_left(times, t - gap), hi - NESTED_CANDIDATES), hi):
+        # an equal leg that arrived before the chosen one and was still free would have been chosen
+        for i in range(chosen + 1, min(hi, chosen + 1 + NESTED_CANDIDATES)):
             p = plist[i][1]
             answered_ns = int(view.resp_last_ns[p])
             if i == chosen or forwarded_ns.get(i, t + 1) < t or (answered_ns and answered_ns < t - slack):
@@ -404,6 +409,7 @@ def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], k
                 out.add(s)
                 if i in owner:
                     out.add(owner[i])
+                break
     return out
 
 
