@@ -52,6 +52,9 @@ def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
     p.add_argument("--sessions", type=int, default=1, help="concurrent keep-alive + close sessions per client")
     p.add_argument("--big-bytes", type=int, default=2_000_000, help="size of the long transfer (0: none)")
     p.add_argument("--no-overhead", action="store_true", help="skip measuring the delayer's overhead")
+    p.add_argument("--clock-skew", action="append", default=[], metavar="HOST=US",
+                   help="shift every capture of HOST by US microseconds after the run, as if its clock were "
+                   "off (recorded in the manifest as clock_skew_ns; repeatable)")
 
 
 def parse_impairments(delays: list[str], losses: list[str]) -> list[ImpairSpec]:
@@ -101,7 +104,7 @@ def _traffic(args: argparse.Namespace) -> None:
     impairments = parse_impairments(args.delay, args.loss)
     if args.out is not None:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
-        print("\n".join(manifest_summary(path)))
+        print("\n".join(manifest_summary(_skewed(args, path))))
         return
     for spec in impairments:
         lab.impair(spec.site, spec.delay_ms, spec.loss, args.seed)
@@ -119,7 +122,19 @@ def _run(args: argparse.Namespace) -> None:
     impairments = parse_impairments(args.delay, args.loss)
     with Lab(overlay=args.overlay, sidecar=args.server_sidecar) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
-    print("\n".join(manifest_summary(path)))
+    print("\n".join(manifest_summary(_skewed(args, path))))
+
+
+def _skewed(args: argparse.Namespace, manifest: Path) -> Path:
+    """The run's manifest after shifting the captures of every ``--clock-skew`` host in place."""
+    from hopscope.lab import skew
+
+    skews = skew.parse_skews(args.clock_skew)
+    if not skews:
+        return manifest
+    path = skew.apply(manifest.parent, skews, manifest.parent)
+    print("clock skew applied: " + ", ".join(f"{h} {ns / 1000:+.1f} us" for h, ns in skews.items()))
+    return path
 
 
 def _samples(args: argparse.Namespace) -> None:
