@@ -132,7 +132,7 @@ def _skewed(args: argparse.Namespace, manifest: Path) -> Path:
     skews = skew.parse_skews(args.clock_skew)
     if not skews:
         return manifest
-    path = skew.apply(manifest.parent, skews, manifest.parent)
+    path: Path = skew.apply(manifest.parent, skews, manifest.parent)
     print("clock skew applied: " + ", ".join(f"{h} {ns / 1000:+.1f} us" for h, ns in skews.items()))
     return path
 
