@@ -57,6 +57,9 @@ class Scenario:
     path: tuple[Hop, ...] = DEFAULT_PATH
     #: "client": every hop carries x-request-id; "generated": only the upstream leg; "none": no id
     request_id_mode: str = "client"
+    #: the proxy rewrites as nginx and haproxy do: Host (shop.example -> cart-svc:8080) and a path
+    #: prefix (/shop/cart -> /cart) on the upstream leg
+    upstream_rewrite: bool = False
     spacing_us: int = 500  # between requests on one connection
     conn_spacing_us: int = 37  # mean gap between connection starts (exponential: Poisson arrivals)
     service_us: int = 2_000  # app's mean time to answer (exponential, plus 100 µs)
@@ -152,9 +155,11 @@ def _request_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArr
         for k, v in numeric.items():
             parts.setdefault(k, []).append(np.asarray(v))
         has_id = sc.request_id_mode == "client" or (sc.request_id_mode == "generated" and leg == 1)
+        rewritten = sc.upstream_rewrite and leg == 1
         text = {"point": hop.point, "host": hop.host, "iface": "eth0", "hop_kind": hop.kind,
                 "l7_proto": "http", "orig_h": hop.orig_h, "resp_h": hop.resp_h, "method": "GET",
-                "http_host": "shop.example", "path": "/cart"}
+                "http_host": "cart-svc:8080" if rewritten else "shop.example",
+                "path": "/cart" if rewritten or not sc.upstream_rewrite else "/shop/cart"}
         for name, value in text.items():
             cols[name].extend([value] * n)
         cols["x_request_id"].extend(xrid if has_id else [""] * n)
