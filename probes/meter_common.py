@@ -36,7 +36,8 @@ class MeterConfig:
 
     tcp_idle_timeout_s: float = 300.0  # Zeek's tcp_inactivity_timeout
     udp_idle_timeout_s: float = 60.0  # Zeek's udp_inactivity_timeout (also ICMP and others)
-    linger_s: float = 1.0  # after FIN/FIN or RST, wait this long for stragglers before the final record
+    linger_s: float = 5.0  # Zeek's tcp_close_delay: after the close, stragglers still join the flow this long
+    tcp_attempt_delay_s: float = 5.0  # Zeek's tcp_attempt_delay: an unanswered SYN's connection ends (0: never)
     interval_s: float = 60.0  # interim record period for long flows (0: never)
     max_flows: int = 1_000_000  # flow table limit; beyond it the least recently active are evicted
     payload_hash_bytes: int = 64  # first payload bytes hashed per direction

@@ -43,7 +43,8 @@ class NativeMeter:
         self.engine = module.Engine(
             int(cfg.tcp_idle_timeout_s * NS), int(cfg.udp_idle_timeout_s * NS), int(cfg.linger_s * NS),
             int(cfg.interval_s * NS), max(int(cfg.sweep_every_s * NS), 1), int(cfg.max_flows),
-            int(cfg.payload_hash_bytes), LIKELY_SERVER.astype(np.uint8).tobytes(), p4, t4, p6, t6,
+            int(cfg.payload_hash_bytes), int(cfg.tcp_attempt_delay_s * NS), LIKELY_SERVER.astype(np.uint8).tobytes(),
+            p4, t4, p6, t6,
         )  # fmt: skip
         if tuple(module.RECORD_FIELDS) != RECORD_FIELDS:
             raise RuntimeError("the _meter kernel's record layout differs from meter_common.RECORD_FIELDS: rebuild it")

@@ -11,9 +11,11 @@ the VLAN is part of the key (the record reports those its first packet had); one
 keep their direction (``meter_common.icmp_key_ports``). Per packet (``_meter_packet``):
 
 1. find the flow by key, or create it: the originator is the sender of the first packet unless
-   ``meter_common.flip_roles`` says it came from the responder (history ``^``); a pure SYN whose ISN
-   differs from the originator's on a known TCP flow starts a new flow (Zeek's tuple-reuse rule), the
-   old one is finished at the end of the slice;
+   ``meter_common.flip_roles`` says it came from the responder (history ``^``). A TCP packet on a known
+   flow starts a new one (the old one is finished at the end of the slice) when Zeek would: a tuple
+   reuse (``tcpstate.TcpConn.is_reuse``: any SYN once either side closed, a SYN with a new sequence
+   number on an open connection), or an attempt whose SYN went unanswered for ``tcp_attempt_delay_s``
+   (Zeek's ``AttemptTimer``). UDP and ICMP flows are never reused;
 2. count packets, payload and IP bytes per direction; the flow's end time (Zeek's ``SetLastTime``:
    for TCP only until both sides have closed, so the last ACK and later stragglers are counted but
    do not lengthen the flow);
@@ -33,13 +35,14 @@ beyond it (data before it is missing or late). Zero windows are counted on non-R
 ``T`` and ``W`` history letters are added on the 1st, 10th, 100th, ... retransmission and zero window
 of a direction (Zeek's ``HistoryThresholdEvent`` scaling).
 
-Records are emitted when a flow ends (FIN both ways or RST, after ``linger_s`` of capture time so late
-ACKs and retransmissions are counted), after ``idle_timeout_s`` without packets, every ``interval_s``
-for long flows (``final`` = 0, cumulative counters), when the flow table is full (``evicted``, the
-least recently active tenth goes), and at ``flush`` (end of capture). A block is metered in slices of
-``sweep_every_s`` of capture time (the block's running maximum of packet times); after each slice the
-reused tuples' old flows are finished and the table is evicted when over its limit, and at a slice
-boundary the sweep finishes lingering and idle flows and emits interim records.
+Records are emitted when a flow ends (``tcpstate.TcpConn.closed``, after ``linger_s`` of capture time,
+Zeek's ``tcp_close_delay``, so late ACKs and retransmissions are counted; later packets start a new
+flow), after ``idle_timeout_s`` without packets, every ``interval_s`` for long flows (``final`` = 0,
+cumulative counters), when the flow table is full (``evicted``, the least recently active tenth goes),
+and at ``flush`` (end of capture). A block is metered in slices of ``sweep_every_s`` of capture time
+(the block's running maximum of packet times); after each slice the reused tuples' old flows are
+finished and the table is evicted when over its limit, and at a slice boundary the sweep finishes
+lingering and idle flows and emits interim records.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Flow:
     """The state of one flow (meter.c: ``flow_t``). Directions: 0 originator, 1 responder."""
 
     __slots__ = (
-        "closed_ns", "closing", "community_id", "end_ns", "first_seq", "flipped", "flow_id", "ip_version", "key",
+        "attempt_ns", "closed_ns", "closing", "community_id", "end_ns", "flipped", "flow_id", "ip_version", "key",
         "last_report_ns", "max_end", "orig_ep", "orig_hi", "orig_lo", "orig_p", "payload_hash", "point", "proto",
         "resp_hi", "resp_lo", "resp_p", "rtt_client_us", "rtt_server_us", "seq_base", "slot", "start_ns", "stats",
         "syn_ip_id", "syn_ns", "syn_seq", "synack_ns", "synack_seq", "tcp", "tunnel", "udp_history", "vlan",
@@ -108,27 +111,22 @@ class Flow:
         self.rtt_client_us = self.rtt_server_us = 0
         self.seq_base = [-1, -1]  # per direction: the first sequence number, origin of relative ones
         self.max_end = [NO_SEQ, NO_SEQ]  # per direction: the highest relative sequence end
-        self.first_seq = [-1, -1]  # per direction: sequence number of the first packet (reuse rule)
+        self.attempt_ns = 0  # capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none
         self.stats = [0] * 12
         self.payload_hash = [0, 0]  # per direction: hash of the first payload bytes (1: not captured)
         self.tcp: TcpConn | None = None
         self.udp_history = ""
         self.community_id = ""
 
-    def is_reuse(self, seq: int) -> bool:
-        """Zeek's tuple-reuse rule (``TCPSessionAdapter::IsReuse``) as hopscope applies it to a pure SYN:
-        a SYN whose sequence number is not the originator's start of sequence starts a new connection.
-        (Zeek also treats any SYN on a closed connection as a reuse; hopscope keeps a retransmitted SYN
-        with the same ISN in its flow.)"""
-        if self.first_seq[0] < 0 and self.first_seq[1] < 0:
-            return False
-        if self.syn_seq:
-            orig_start = self.syn_seq
-        elif self.first_seq[0] >= 0:
-            orig_start = (self.first_seq[0] - 1) & 0xFFFFFFFF
-        else:
-            orig_start = 0
-        return seq != orig_start
+    def ends_at(self, flags: int, seq: int, ts: int, attempt_ns: int) -> str:
+        """Why this TCP packet starts a new connection on the flow's tuple ("" if it does not): Zeek's
+        ``AttemptTimer`` removed an unanswered attempt ``tcp_attempt_delay`` after its SYN
+        (``attempt_ns``, 0: never), or ``TcpConn.is_reuse``."""
+        tcp = self.tcp
+        assert tcp is not None
+        if attempt_ns and self.attempt_ns and ts >= self.attempt_ns + attempt_ns and tcp.attempt:
+            return "expired_attempts"
+        return "reused_tuples" if tcp.is_reuse(flags, seq) else ""
 
     def history(self) -> str:
         """The history letters, ``^`` first when the roles were flipped (TCP and UDP)."""
@@ -136,10 +134,11 @@ class Flow:
         letters = "".join(self.tcp.history) if self.tcp is not None else self.udp_history
         return flip + letters
 
-    def conn_state(self, history: str) -> str:
-        """Zeek's conn_state (main.zeek): ``tcpstate`` for TCP and UDP, OTH for other protocols."""
+    def conn_state(self, history: str, sizes: tuple[int, int]) -> str:
+        """Zeek's conn_state (main.zeek): ``tcpstate`` for TCP (``sizes``: ``TcpConn.sizes``) and UDP,
+        OTH for other protocols."""
         if self.proto == TCP and self.tcp is not None:
-            return self.tcp.conn_state(*self.tcp.sizes(), history)
+            return self.tcp.conn_state(*sizes, history)
         if self.proto == UDP:
             return tcpstate.udp_conn_state(self.stats[S_PKTS], self.stats[S_PKTS + 1])
         return "OTH"
@@ -198,6 +197,7 @@ class ReferenceMeter:
         self._addresses: dict[tuple[int, int], str] = {}
         self._tcp_idle_ns, self._udp_idle_ns = int(config.tcp_idle_timeout_s * NS), int(config.udp_idle_timeout_s * NS)
         self._linger_ns, self._interval_ns = int(config.linger_s * NS), int(config.interval_s * NS)
+        self._attempt_ns = int(config.tcp_attempt_delay_s * NS)
         self._sweep_ns = max(int(config.sweep_every_s * NS), 1)
         self._block: PacketBlock = PacketBlock.empty(0)
         self._ids: tuple[Any, ...] = ()
@@ -241,11 +241,13 @@ class ReferenceMeter:
         key, proto, flags = r.key[k], r.proto[k], r.flags[k]
         flow = self.flows.get(key)
         if flow is None:
-            flow = self._create(r, k, keep_direction=False)
-        elif proto == TCP and flags & (SYN | ACK) == SYN and flow.is_reuse(r.seq[k]):
-            self.retiring.append(flow)  # Zeek: the old connection ends, the SYN starts a new one
-            flow = self._create(r, k, keep_direction=True)
-            self.counts["reused_tuples"] += 1
+            flow = self._create(r, k)
+        elif proto == TCP and (flags & SYN or (flow.attempt_ns and r.ts[k] - flow.attempt_ns >= self._attempt_ns)):
+            why = flow.ends_at(flags, r.seq[k], r.ts[k], self._attempt_ns)
+            if why:
+                self.retiring.append(flow)  # Zeek: the old connection ends, this packet starts a new one
+                flow = self._create(r, k)
+                self.counts[why] += 1
         fo = r.src_ep[k] == flow.orig_ep
         d = 0 if fo else 1
         ts, length = r.ts[k], r.plen[k]
@@ -255,7 +257,8 @@ class ReferenceMeter:
         stats[S_IP_BYTES + d] += r.ip_len[k]
         # duration (Zeek's SetLastTime): TCP packets once both sides closed (the last ACK, stragglers)
         # no longer move it (TCPSessionAdapter::Process); UDP and ICMP: every packet
-        if ts > flow.end_ns and (flow.tcp is None or not flow.tcp.both_closed):
+        tcp = flow.tcp
+        if ts > flow.end_ns and (tcp is None or not (tcp.orig.did_close and tcp.resp.did_close)):
             flow.end_ns = ts
         i = r.row[k]
         if proto == TCP:
@@ -268,12 +271,12 @@ class ReferenceMeter:
         r.flow_id[k] = flow.flow_id
         r.from_orig[k] = fo
 
-    def _create(self, r: _Rows, k: int, keep_direction: bool) -> Flow:
+    def _create(self, r: _Rows, k: int) -> Flow:
         """A new flow whose first packet is the k-th ok packet (meter.c: create)."""
         b, i = self._block, r.row[k]
         proto, sport, dport = r.proto[k], int(b.sport[i]), r.rport[k]
         src, dst = (int(b.src_hi[i]), int(b.src_lo[i])), (int(b.dst_hi[i]), int(b.dst_lo[i]))
-        flip = False if keep_direction else flip_roles(proto, r.flags[k], sport, dport, *dst)
+        flip = flip_roles(proto, r.flags[k], sport, dport, *dst)
         flow = Flow(r.key[k], r.ts[k], self._slot_alloc())
         flow.proto, flow.ip_version, flow.vlan = proto, int(b.ip_version[i]), int(b.vlan[i])
         flow.point, flow.tunnel = int(self._ids[1][b.point[i]]), int(self._ids[3][b.tunnel[i]])
@@ -307,20 +310,19 @@ class ReferenceMeter:
         """Sequence analysis, the state machine and history, and the handshake anchors of one packet."""
         d, flags, seq, length, ts = 0 if fo else 1, r.flags[k], r.seq[k], r.plen[k], r.ts[k]
         letters = self._seq_analysis(flow, d, flags, seq, length, r.window[k])
-        if flow.first_seq[d] < 0:
-            flow.first_seq[d] = seq
         if length and not flags & RST and not flow.payload_hash[d] and self._block.payload_caplen[r.row[k]]:
             flow.payload_hash[d] = self._hash_payload(r.row[k])
         tcp = flow.tcp
         assert tcp is not None
-        was_closed = tcp.closed
+        if fo and flags & SYN and tcp.orig.state == tcpstate.INACTIVE:
+            flow.attempt_ns = ts  # UpdateInactiveState schedules the AttemptTimer
         tcp.packet(fo, flags, seq, r.ack[k], length)  # sequence numbers, history letters, state machine
         if letters & 1:
             tcp.add(fo, "W")
         if letters & 2:
             tcp.add(fo, "T")
         self._anchors(r, k, flow, fo, flags, seq, ts)
-        if not was_closed and tcp.closed:  # both sides closed or one reset: Zeek's connection_finished/_reset
+        if flags & (FIN | RST) and not flow.closing and tcp.closed:  # only a FIN or RST closes (TcpConn.closed)
             flow.closed_ns = ts
             flow.closing = True  # its final record waits linger_s for stragglers
 
@@ -421,12 +423,14 @@ class ReferenceMeter:
     def _emit(self, flow: Flow, final: bool, why: str) -> None:
         """Append the record of ``flow`` (final or interim) to the output."""
         history = flow.history()
-        state = flow.conn_state(history[1:] if history.startswith("^") else history)
+        stats = flow.stats
+        sizes = (stats[S_BYTES], stats[S_BYTES + 1])
+        if flow.tcp is not None:  # TCP bytes: TCP_Endpoint::Size (sequence range), not the payload sum
+            sizes = flow.tcp.sizes()
+            stats = [*stats[:S_BYTES], *sizes, *stats[S_BYTES + 2 :]]
+        state = flow.conn_state(history[1:] if history.startswith("^") else history, sizes)
         ack_miss = flow.synack_seq != 0 and flow.rtt_client_us == 0
         close = close_type(state, why, final, flow.proto, ack_miss)
-        stats = flow.stats
-        if flow.tcp is not None:  # TCP bytes: TCP_Endpoint::Size (sequence range), not the payload sum
-            stats = [*stats[:S_BYTES], *flow.tcp.sizes(), *stats[S_BYTES + 2 :]]
         self._out.append((
             flow.flow_id, flow.start_ns, flow.end_ns, flow.ip_version, flow.proto, flow.orig_p, flow.resp_p,
             flow.vlan, flow.point, flow.tunnel, flow.orig_hi, flow.orig_lo, flow.resp_hi, flow.resp_lo,

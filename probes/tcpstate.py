@@ -105,14 +105,21 @@ class Endpoint:
             self.ack_wraps += 1
         self.ack = seq
 
-    def ack_underflow(self, ack: int) -> bool:
-        """``get_relative_seq`` of an ACK for this endpoint's data: below its start of sequence."""
-        delta, wraps = seq_delta(ack, self.ack), self.ack_wraps
-        if delta < 0 and wraps and ack > self.ack:
-            wraps -= 1
-        elif delta > 0 and ack < self.ack:
-            wraps += 1
-        return wraps == 0 and seq_delta(ack, self.start) < 0
+    def ack_received(self, ack: int, flags: int) -> None:
+        """An ACK from the peer for this endpoint's data (``TCP_Analyzer::DeliverPacket``): ``init_peer``
+        while this endpoint is INACTIVE (numbered as if its SYN had been seen), else ``update_ack_seq``
+        unless the ACK is in a RST (not trusted), does not advance, looks broken (0 after a huge jump)
+        or falls below the start of sequence (``get_relative_seq``'s underflow)."""
+        if self.state == INACTIVE:
+            self.init_seq(ack - 1, ack - 1)
+            return
+        delta = ((ack - self.ack + (1 << 31)) & _M32) - (1 << 31)  # seq_delta(ack, self.ack)
+        if flags & RST or delta <= 0 or (ack == 0 and delta > TOO_LARGE_SEQ_DELTA):
+            return
+        wraps = self.ack_wraps + (1 if ack < self.ack else 0)
+        if wraps == 0 and seq_delta(ack, self.start) < 0:
+            return
+        self.update_ack(ack)
 
     def size(self, peer: Endpoint) -> int:
         """``TCP_Endpoint::Size``: bytes of sequence space from the start to the highest sequence end
@@ -145,21 +152,29 @@ class TcpConn:
         history letters, the FIN count, the peer's ACK (``init_peer``/``update_ack_seq``),
         ``update_last_seq``, the state machine, and ``did_close`` (``ConnectionClosed``)."""
         ep, peer = (self.orig, self.resp) if from_orig else (self.resp, self.orig)
-        seg_end = (
-            seq + (0 if flags & RST else payload_len) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        ) & _M32
-        _init_endpoint(ep, flags, seq, seg_end)
+        # get_segment_len: the payload (none in a RST), one for a SYN (0x02), one for a FIN (0x01)
+        seg_end = (seq + (0 if flags & RST else payload_len) + (flags & FIN) + ((flags & SYN) >> 1)) & _M32
+        if flags & SYN or ep.state == INACTIVE:
+            _init_endpoint(ep, flags, seq, seg_end)
         self._history(ep, from_orig, flags, seq, payload_len)
         if flags & FIN:
             ep.fin_cnt += 1
-        if flags & ACK:
-            if peer.state == INACTIVE:
-                peer.init_seq(ack - 1, ack - 1)  # init_peer: as if the peer's SYN had been seen
-            elif not peer.ack_underflow(ack) and not flags & RST:  # ACKs in RSTs are not trusted
-                delta = seq_delta(ack, peer.ack)
-                if delta > 0 and not (ack == 0 and delta > TOO_LARGE_SEQ_DELTA):
-                    peer.update_ack(ack)
-        _update_last_seq(ep, seg_end, flags)
+        if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):  # an unchanged ACK changes nothing
+            peer.ack_received(ack, flags)
+        # Zeek's update_last_seq: the highest sequence end only moves forward (retransmissions never add),
+        # except that SYN/RST jumps beyond TOO_LARGE_SEQ_DELTA are ignored, a FIN right after the SYN
+        # moves it even backwards, and a reset endpoint's sequence numbers are not trusted
+        # moves it even backwards, and a reset endpoint's sequence numbers are not trusted (an unchanged
+        # end changes nothing)
+        if seg_end != ep.last:
+            delta = ((seg_end - ep.last + (1 << 31)) & _M32) - (1 << 31)  # seq_delta(seg_end, ep.last)
+            if not flags & (SYN | RST | FIN):
+                if delta > 0 and ep.state != RESET:
+                    ep.update_last(seg_end)
+            elif not (flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA):
+                fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32
+                if fin_after_syn or (ep.state != RESET and delta > 0):
+                    ep.update_last(seg_end)
         state = ep.state
         if state == INACTIVE:
             self._inactive(ep, peer, from_orig, flags, payload_len)
@@ -174,11 +189,6 @@ class TcpConn:
             ep.set_state(RESET)
         if flags & (FIN | RST):
             ep.did_close = True  # every FIN or RST that changes the state closes (do_close); later ones repeat it
-
-    @property
-    def both_closed(self) -> bool:
-        """Both endpoints ``did_close``: Zeek's ``SetLastTime`` is no longer called (duration ends)."""
-        return self.orig.did_close and self.resp.did_close
 
     def sizes(self) -> tuple[int, int]:
         """``orig_bytes`` and ``resp_bytes`` as Zeek's ``TCP_Endpoint::Size`` gives them."""
@@ -256,9 +266,37 @@ class TcpConn:
 
     @property
     def closed(self) -> bool:
-        """Both sides closed, or either side reset: the connection is over (a linger may follow)."""
-        o, r = self.orig.state, self.resp.state
-        return o == RESET or r == RESET or (o == CLOSED and r == CLOSED)
+        """The connection is over and Zeek removes it after a delay: at least one side ``did_close``,
+        and both did, or one side is RESET or INACTIVE (``ConnectionClosed``'s complete close, and
+        ``ExpireTimer``'s removal after ``tcp_connection_linger``)."""
+        o, r = self.orig, self.resp
+        if not (o.did_close or r.did_close):
+            return False
+        return (o.did_close and r.did_close) or RESET in (o.state, r.state) or INACTIVE in (o.state, r.state)
+
+    def is_reuse(self, flags: int, seq: int) -> bool:
+        """Zeek's ``TCPSessionAdapter::IsReuse``: whether a packet ends this connection and starts a new one
+        on the same tuple. Only a SYN (a SYN-ACK only while the originator is INACTIVE, compared with the
+        responder); once either side closed, any such SYN; on an open connection, a SYN whose sequence
+        number is not the endpoint's start (not a retransmission, nor a SYN/SYN-ACK reversal)."""
+        if not flags & SYN:
+            return False
+        conn_orig = self.orig
+        if flags & ACK:
+            if self.orig.state != INACTIVE:
+                return False
+            conn_orig = self.resp
+        if self.orig.did_close or self.resp.did_close:
+            return True
+        if seq == conn_orig.start:
+            return False
+        reversal = conn_orig.state == SYN_ACK_SENT and self.resp.state == INACTIVE and seq == self.resp.start
+        return not (reversal and not flags & ACK)
+
+    @property
+    def attempt(self) -> bool:
+        """Zeek's ``AttemptTimer`` condition: the originator's SYN unanswered (the responder INACTIVE)."""
+        return self.orig.state in (SYN_SENT, SYN_ACK_SENT) and self.resp.state == INACTIVE
 
     def history_text(self, flipped: bool = False) -> str:
         return ("^" if flipped else "") + "".join(self.history)
@@ -303,17 +341,6 @@ def _init_endpoint(ep: Endpoint, flags: int, seq: int, seg_end: int) -> None:
         or (state == RESET and ep.prev == INACTIVE)
     ):
         ep.init_seq(seq, seg_end)
-
-
-def _update_last_seq(ep: Endpoint, seg_end: int, flags: int) -> None:
-    """Zeek's ``update_last_seq``: the highest sequence end only moves forward (retransmissions never
-    add), with its exceptions for SYN/RST jumps, a FIN right after the SYN, and a reset endpoint."""
-    delta = seq_delta(seg_end, ep.last)
-    if flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA:
-        return
-    fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32  # even when delta < 0
-    if fin_after_syn or (ep.state != RESET and delta > 0):
-        ep.update_last(seg_end)
 
 
 def _rstos0(history: str) -> bool:

@@ -9,8 +9,9 @@
  *   - flow key: hopscope.ids.flow_key over endpoint hashes (ids.h), so flow_id values are identical; one
  *     open-addressing index key -> slot; no tunnel or VLAN in it (Zeek's fivetuple), one-way ICMP types
  *     keyed in their direction (meter_common.icmp_key_ports);
- *   - roles: meter_common.flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's reuse
- *     rule for a pure SYN with a new ISN on a known tuple (the old flow is finished at the end of the slice);
+ *   - roles: meter_common.flip_roles (SYN-ACK first, Zeek's likely-server-port heuristic); Zeek's tuple
+ *     reuse (TCPSessionAdapter::IsReuse) and attempt timeout (AttemptTimer) start a new flow on a known
+ *     tuple (the old flow is finished at the end of the slice);
  *   - per packet: counters per direction, the end time (TCP: until both sides closed, Zeek's SetLastTime),
  *     Zeek's endpoint sequence numbers (TCP bytes are TCP_Endpoint::Size at emission), sequence analysis (retransmission: payload whose end does not
  *     advance the highest sequence end seen; out of order: payload starting beyond it), zero windows,
@@ -84,7 +85,7 @@ enum { S_PKTS = 0, S_BYTES = 2, S_IP_BYTES = 4, S_RTX = 6, S_OOO = 8, S_ZW = 10 
 
 typedef struct {
     uint8_t state, prev, seen, did_close;
-    int64_t last_syn, last_fin, last_rst;
+    uint32_t last_syn, last_fin, last_rst; /* valid once their letter's bit is in seen */
     /* Zeek's TCP_Endpoint sequence numbers (tcpstate.Endpoint): start, highest sequence end, highest
      * ACK of the peer, with their wrap counts; FINs sent */
     uint32_t start, last, ack, last_wraps, ack_wraps, fin_cnt;
@@ -95,7 +96,8 @@ typedef struct {
     uint64_t orig_hi, orig_lo, resp_hi, resp_lo;
     int64_t start_ns, end_ns, last_report_ns, closed_ns;
     int64_t syn_seq, syn_ip_id, syn_ns, synack_seq, synack_ns, rtt_client_us, rtt_server_us;
-    int64_t seq_base[2], max_end[2], first_seq[2];
+    int64_t seq_base[2], max_end[2];
+    int64_t attempt_ns; /* capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none */
     int64_t stats[12];
     uint64_t payload_hash[2];
     endpoint_t ep[2]; /* originator, responder */
@@ -114,7 +116,7 @@ static inline char *hist_text(flow_t *f) { return f->hist_cap ? f->hist_heap : f
 typedef struct {
     PyObject_HEAD
     /* configuration (ns, flows, bytes) */
-    int64_t tcp_idle_ns, udp_idle_ns, linger_ns, interval_ns, sweep_ns;
+    int64_t tcp_idle_ns, udp_idle_ns, linger_ns, interval_ns, sweep_ns, attempt_ns;
     int64_t max_flows, hash_bytes;
     uint8_t likely_server[65536];
     uint8_t icmp_pair[2][256], icmp_two_way[2][256]; /* [0] ICMP, [1] ICMPv6 */
@@ -138,7 +140,7 @@ typedef struct {
     char *text; /* per record: orig_h NUL resp_h NUL history NUL community_id NUL */
     int64_t text_len, text_cap;
     /* counters */
-    int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused;
+    int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused, c_expired;
     int busy, oom;
 } Engine;
 
@@ -299,7 +301,7 @@ static int check(flow_t *f, endpoint_t *ep, int fo, uint8_t bit, char letter) {
     return 0;
 }
 
-static void tcp_history(flow_t *f, endpoint_t *ep, int fo, int flags, int64_t seq, int64_t len) {
+static void tcp_history(flow_t *f, endpoint_t *ep, int fo, int flags, uint32_t seq, int64_t len) {
     int syn = flags & T_SYN, fin = flags & T_FIN, rst = flags & T_RST;
     int bits = !!syn + !!fin + !!rst;
     if (bits > 1) {
@@ -312,7 +314,7 @@ static void tcp_history(flow_t *f, endpoint_t *ep, int fo, int flags, int64_t se
         if (check(f, ep, fo, H_SYN, code) && seq != ep->last_syn) add_letter(f, fo, code);
         ep->last_syn = seq;
     } else if (fin) {
-        int64_t end = (seq + len) & 0xFFFFFFFF;
+        uint32_t end = seq + (uint32_t)len;
         if (check(f, ep, fo, H_FIN, 'F') && end != ep->last_fin) add_letter(f, fo, 'F');
         ep->last_fin = end;
     } else if (rst) {
@@ -376,15 +378,18 @@ static inline void update_ack(endpoint_t *ep, uint32_t seq) {
     ep->ack = seq;
 }
 
-/* tcpstate.Endpoint.ack_underflow (get_relative_seq of an ACK) */
-static int ack_underflow(const endpoint_t *ep, uint32_t ack) {
+/* tcpstate.Endpoint.ack_received: init_peer while INACTIVE, else update_ack_seq unless the ACK is in a RST,
+ * does not advance, looks broken or underflows the start of sequence (get_relative_seq). */
+static inline void ack_received(endpoint_t *ep, uint32_t ack, int flags) {
+    if (ep->state == INACTIVE) {
+        init_seq(ep, ack - 1, ack - 1);
+        return;
+    }
     int32_t delta = seq_delta(ack, ep->ack);
-    uint32_t wraps = ep->ack_wraps;
-    if (delta < 0 && wraps && ack > ep->ack)
-        wraps--;
-    else if (delta > 0 && ack < ep->ack)
-        wraps++;
-    return wraps == 0 && seq_delta(ack, ep->start) < 0;
+    if ((flags & T_RST) || delta <= 0 || (ack == 0 && delta > TOO_LARGE_SEQ_DELTA)) return;
+    uint32_t wraps = ep->ack_wraps + (ack < ep->ack);
+    if (wraps == 0 && seq_delta(ack, ep->start) < 0) return;
+    update_ack(ep, ack);
 }
 
 /* tcpstate.Endpoint.size: TCP_Endpoint::Size (0 instead of Zeek's unsigned wrap below the start). */
@@ -429,17 +434,10 @@ static void tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack,
     endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
     uint32_t seglen = (uint32_t)((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
     uint32_t seg_end = seq + seglen;
-    init_endpoint(ep, flags, seq, seg_end);
+    if ((flags & T_SYN) || ep->state == INACTIVE) init_endpoint(ep, flags, seq, seg_end);
     tcp_history(f, ep, fo, flags, seq, len);
     if (flags & T_FIN) ep->fin_cnt++;
-    if (flags & T_ACK) {
-        if (peer->state == INACTIVE) {
-            init_seq(peer, ack - 1, ack - 1); /* init_peer */
-        } else if (!ack_underflow(peer, ack) && !(flags & T_RST)) {
-            int32_t delta = seq_delta(ack, peer->ack);
-            if (delta > 0 && !(ack == 0 && delta > TOO_LARGE_SEQ_DELTA)) update_ack(peer, ack);
-        }
-    }
+    if (flags & T_ACK) ack_received(peer, ack, flags);
     update_last_seq(ep, seg_end, flags);
     switch (ep->state) {
     case INACTIVE:
@@ -463,9 +461,27 @@ static void tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack,
     if (flags & (T_FIN | T_RST)) ep->did_close = 1;
 }
 
+/* TcpConn.closed: at least one side did_close, and both did, or one side is RESET or INACTIVE (Zeek's
+ * ConnectionClosed complete close, ExpireTimer's removal). */
 static inline int tcp_closed(const flow_t *f) {
-    int o = f->ep[0].state, r = f->ep[1].state;
-    return o == RESET || r == RESET || (o == CLOSED && r == CLOSED);
+    const endpoint_t *o = &f->ep[0], *r = &f->ep[1];
+    if (!o->did_close && !r->did_close) return 0;
+    return (o->did_close && r->did_close) || o->state == RESET || r->state == RESET || o->state == INACTIVE ||
+           r->state == INACTIVE;
+}
+
+/* TcpConn.is_reuse: Zeek's TCPSessionAdapter::IsReuse. */
+static int tcp_is_reuse(const flow_t *f, int flags, uint32_t seq) {
+    if (!(flags & T_SYN)) return 0;
+    const endpoint_t *conn_orig = &f->ep[0];
+    if (flags & T_ACK) {
+        if (f->ep[0].state != INACTIVE) return 0;
+        conn_orig = &f->ep[1];
+    }
+    if (f->ep[0].did_close || f->ep[1].did_close) return 1;
+    if (seq == conn_orig->start) return 0;
+    int reversal = conn_orig->state == SYN_ACK_SENT && f->ep[1].state == INACTIVE && seq == f->ep[1].start;
+    return !(reversal && !(flags & T_ACK));
 }
 
 /* /^\^?S[^HAFGIQ]*R.* / on the letters (without the '^'). */
@@ -821,14 +837,13 @@ static int flip_roles(Engine *e, int proto, int flags, int sport, int dport, uin
 }
 
 /* ReferenceMeter._create for the packet in row i. */
-static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep,
-                      int keep_direction) {
+static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep) {
     int32_t slot = slot_alloc(e);
     if (slot < 0) return -1;
     flow_t *f = &e->flows[slot];
     uint64_t key_port;
     int proto = b->proto[i], sport = b->sport[i], dport = (int)resp_port(e, b, i, &key_port);
-    int flip = keep_direction ? 0 : flip_roles(e, proto, b->flags[i], sport, dport, b->dst_hi[i], b->dst_lo[i]);
+    int flip = flip_roles(e, proto, b->flags[i], sport, dport, b->dst_hi[i], b->dst_lo[i]);
     int64_t ts = b->ts[i];
     f->used = 1;
     f->key = key;
@@ -850,19 +865,19 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     for (int d = 0; d < 2; d++) {
         f->seq_base[d] = -1;
         f->max_end[d] = NO_SEQ;
-        f->first_seq[d] = -1;
-        f->ep[d].last_syn = f->ep[d].last_fin = f->ep[d].last_rst = -1;
     }
     e->c_flows++;
     if (ix_put(e, key, slot) < 0) return -1;
     return slot;
 }
 
-/* Flow.is_reuse: a pure SYN whose ISN differs from the originator's start of sequence. */
-static int is_reuse(const flow_t *f, int64_t seq) {
-    if (f->first_seq[0] < 0 && f->first_seq[1] < 0) return 0;
-    int64_t orig_start = f->syn_seq ? f->syn_seq : f->first_seq[0] >= 0 ? ((f->first_seq[0] - 1) & 0xFFFFFFFF) : 0;
-    return seq != orig_start;
+/* Flow.ends_at: 1 when Zeek's AttemptTimer removed the unanswered attempt tcp_attempt_delay after its SYN,
+ * 2 when the packet is a reuse of the tuple (tcp_is_reuse), 0 otherwise. */
+static inline int ends_at(const Engine *e, const flow_t *f, int flags, uint32_t seq, int64_t ts) {
+    if (e->attempt_ns && f->attempt_ns && ts >= f->attempt_ns + e->attempt_ns &&
+        (f->ep[0].state == SYN_SENT || f->ep[0].state == SYN_ACK_SENT) && f->ep[1].state == INACTIVE)
+        return 1;
+    return (flags & T_SYN) && tcp_is_reuse(f, flags, seq) ? 2 : 0;
 }
 
 static inline int is_power_of_ten(int64_t n) {
@@ -934,15 +949,14 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
     int d = fo ? 0 : 1, flags = b->flags[i];
     int64_t seq = b->seq[i], len = b->payload_len[i], ts = b->ts[i];
     int letters = seq_analysis(f, d, flags, seq, len, b->window[i]);
-    if (f->first_seq[d] < 0) f->first_seq[d] = seq;
     if (len && !(flags & T_RST) && !f->payload_hash[d] && b->payload_caplen[i])
         f->payload_hash[d] = hash_payload(e, b, i);
-    int was_closed = tcp_closed(f);
+    if (fo && (flags & T_SYN) && f->ep[0].state == INACTIVE) f->attempt_ns = ts; /* the AttemptTimer starts */
     tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len); /* sequence numbers, history, state machine */
     if (letters & 1) add_letter(f, fo, 'W');
     if (letters & 2) add_letter(f, fo, 'T');
     anchors(b, i, f, fo, flags, seq, ts);
-    if (!was_closed && tcp_closed(f)) {
+    if ((flags & (T_FIN | T_RST)) && !f->closing && tcp_closed(f)) { /* only a FIN or RST closes */
         f->closed_ns = ts;
         f->closing = 1;
     }
@@ -964,9 +978,10 @@ static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, ui
 static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t ea, uint64_t eb) {
     int proto = b->proto[i], flags = b->flags[i];
     int32_t slot = ix_get(e, key);
+    int why = 0;
     if (slot < 0) {
-        slot = create(e, b, i, key, ea, eb, 0);
-    } else if (proto == P_TCP && (flags & (T_SYN | T_ACK)) == T_SYN && is_reuse(&e->flows[slot], b->seq[i])) {
+        slot = create(e, b, i, key, ea, eb);
+    } else if (proto == P_TCP && (why = ends_at(e, &e->flows[slot], flags, b->seq[i], b->ts[i])) != 0) {
         if (e->nretiring >= e->retiring_cap) {
             int64_t cap = e->retiring_cap ? e->retiring_cap * 2 : 64;
             int32_t *r = realloc(e->retiring, (size_t)cap * sizeof *r);
@@ -978,8 +993,11 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
             e->retiring_cap = cap;
         }
         e->retiring[e->nretiring++] = slot;
-        slot = create(e, b, i, key, ea, ea, 1);
-        e->c_reused++;
+        slot = create(e, b, i, key, ea, eb); /* Zeek: the old connection ends, this packet starts a new one */
+        if (why == 1)
+            e->c_expired++;
+        else
+            e->c_reused++;
     }
     if (slot < 0) return;
     flow_t *f = &e->flows[slot];
@@ -1072,12 +1090,12 @@ static int copy_table(Py_buffer *view, uint8_t *dst, Py_ssize_t n, const char *w
 
 static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     static char *names[] = {"tcp_idle_ns", "udp_idle_ns", "linger_ns", "interval_ns", "sweep_ns", "max_flows",
-                            "payload_hash_bytes", "likely_server", "icmp4_pair", "icmp4_two_way", "icmp6_pair",
+                            "payload_hash_bytes", "attempt_ns", "likely_server", "icmp4_pair", "icmp4_two_way", "icmp6_pair",
                             "icmp6_two_way", NULL};
     Py_buffer ls, p4, t4, p6, t6;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLy*y*y*y*y*", names, &e->tcp_idle_ns, &e->udp_idle_ns,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLy*y*y*y*y*", names, &e->tcp_idle_ns, &e->udp_idle_ns,
                                      &e->linger_ns, &e->interval_ns, &e->sweep_ns, &e->max_flows, &e->hash_bytes,
-                                     &ls, &p4, &t4, &p6, &t6))
+                                     &e->attempt_ns, &ls, &p4, &t4, &p6, &t6))
         return -1;
     int rc = copy_table(&ls, e->likely_server, 65536, "likely_server");
     rc = rc ? rc : copy_table(&p4, e->icmp_pair[0], 256, "icmp4_pair");
@@ -1198,9 +1216,10 @@ static PyObject *Engine_take(Engine *e, PyObject *noargs) {
 }
 
 static PyObject *Engine_counters(Engine *e, PyObject *noargs) {
-    return Py_BuildValue("{sLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
+    return Py_BuildValue("{sLsLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
                          "records", (long long)e->c_records, "interim_records", (long long)e->c_interim,
-                         "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused);
+                         "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused,
+                         "expired_attempts", (long long)e->c_expired);
 }
 
 static PyMethodDef Engine_methods[] = {

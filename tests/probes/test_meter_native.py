@@ -219,6 +219,7 @@ EXAMPLES = int(os.environ.get("HOPSCOPE_METER_EXAMPLES", "300"))
         max_flows=st.sampled_from([2, 5, 1_000_000]),
         sweep_every_s=st.sampled_from([0.005, 0.02, 1.0]),
         payload_hash_bytes=st.sampled_from([0, 16, 64]),
+        tcp_attempt_delay_s=st.sampled_from([0.0, 0.02, 5.0]),
     ),
 )
 def test_generated_traffic_meters_identically(packets: list[tuple[int, ...]], cuts: list[int],

@@ -236,3 +236,44 @@ UDP_CASES = [
 def test_udp_history_and_sizes(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
                                native: bool) -> None:  # fmt: skip
     assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == want
+
+
+# --- tuple reuse: when a packet on a known 5-tuple starts a new connection ---------------------------
+
+
+def _at(packets: list[Packet], times: list[float]) -> list[Packet]:
+    for pkt, t in zip(packets, times, strict=True):
+        pkt.time = T0 + t
+    return packets
+
+
+SECOND = conversation([">S", "<SA", ">A"], client_isn=90000, server_isn=70000)
+REJ_ROW = (C, 40000, S, 80, 6, "REJ", "Sr", 1, 1, 0, 0, 1.0)
+REUSE_CASES = [
+    # a retry after a RST (either side did_close): a new connection, even with the same ISN
+    ("rej-retry", _timed(conversation([">S", "<RA", ">S!", "<RA!"])), [REJ_ROW, REJ_ROW]),
+    # port reuse after a complete close
+    ("reuse-after-fin", _timed(conversation(HANDSHAKE) + SECOND),
+     [HANDSHAKE_ROW, (C, 40000, S, 80, 6, "S1", "ShA", 2, 1, 0, 0, 2.0)]),
+    # a SYN retransmission (same ISN) on an open connection is not a reuse
+    ("syn-retransmission", _timed(conversation([">S", ">S!"])), [(C, 40000, S, 80, 6, "S0", "S", 2, 0, 0, 0, 1.0)]),
+    # a SYN with another ISN on an open connection is (Zeek's SYN_seq_jump)
+    ("syn-new-isn", _timed(conversation([">S"]) + conversation([">S"], client_isn=2000)),
+     [(C, 40000, S, 80, 6, "S0", "S", 1, 0, 0, 0, 0.0)] * 2),
+    # tcp_attempt_delay (5 s): the unanswered attempt is removed; a retransmission later starts a new one
+    ("attempt-expires", _at(conversation([">S", ">S!", ">S!"]), [0.0, 3.0, 8.0]),
+     [(C, 40000, S, 80, 6, "S0", "S", 1, 0, 0, 0, 0.0), (C, 40000, S, 80, 6, "S0", "S", 2, 0, 0, 0, 3000.0)]),
+    # a straggler after the close delay (5 s) is a connection of its own
+    ("straggler", _at(conversation([*HANDSHAKE, ">A"]), [0.001 * n for n in range(7)] + [10.0]),
+     [HANDSHAKE_ROW, (C, 40000, S, 80, 6, "OTH", "A", 1, 0, 0, 0, 0.0)]),
+    # UDP is never reused: one connection while it is active
+    ("udp", _at([_udp((C, 40000), (S, 53)), _udp((S, 53), (C, 40000)), _udp((C, 40000), (S, 53))], [0.0, 0.001, 30.0]),
+     [(C, 40000, S, 53, 17, "SF", "Dd", 2, 1, 2, 1, 30000.0)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "packets", "want"), REUSE_CASES, ids=[c[0] for c in REUSE_CASES])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_tuple_reuse_and_attempts(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
+                                  native: bool) -> None:  # fmt: skip
+    assert _rows(tmp_path, [p.copy() for p in packets], native) == sorted(want)
