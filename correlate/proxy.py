@@ -6,8 +6,8 @@ and answers errors itself. So no matcher here requires Host or path to agree; wh
 is: the method, the upstream exchange nested in the downstream one in time, the status (unless the
 proxy answered itself), the body lengths (``req_body_bytes``, ``resp_body_bytes``: the proxy rewrites
 the header block, not the body), and ids where the proxy passes them on. Path agreement (equal, or
-one a suffix of the other: a stripped or added prefix) is a hint that breaks ties and raises
-confidence, never a requirement. Three matchers, in this order:
+one a suffix of the other: a stripped or added prefix) is a preference that orders candidates and
+raises confidence, never a requirement. Three matchers, in this order:
 
 - **by id** (``proxy:x-request-id``, ``proxy:traceparent``, ``proxy:b3``): segments sharing a request
   id, the trace id of a W3C traceparent or a B3 trace id form a group; within a group each segment's
@@ -21,9 +21,11 @@ confidence, never a requirement. Three matchers, in this order:
   response first *and last* byte before the downstream response's), whose status and body lengths
   agree (``_child_fits``), and that begins within ``proxy_gap_us``; pairs are assigned one-to-one in
   arrival order (a proxy forwards first come, first served; the nesting checks catch its
-  exceptions), leftovers placed by moving one earlier pair. Confidence is lower, and lower still
-  when another candidate arrived within ``proxy_order_jitter_us`` of the chosen one (the proxy may
-  have served them in either order) or the paths disagree.
+  exceptions), a downstream leg whose path agrees before an older one whose path does not,
+  leftovers placed by moving one earlier pair. Confidence is lower, and lower still when the order
+  was a guess (another candidate arrived within ``proxy_order_jitter_us`` of the chosen one, or one
+  as good was waiting at the proxy when the upstream leg left: a busy proxy forwards what it holds in
+  an order of its own) or the paths disagree.
 - **retries** (``proxy:retry``): an upstream leg left over after both, that failed (no response, or
   a 5xx) or followed a failed one, joins the downstream leg whose linked upstream leg it runs beside
   one after the other (one attempt ended before the other began), both inside the downstream
