@@ -7,8 +7,8 @@ With ``theta`` the offset of b's clock against a's, the measured one-way delays 
 queueing, as NTP does). The estimate is that interval's midpoint, the NTP estimate. In ``auto`` mode an
 offset is applied only when the interval excludes zero (a negative one-way delay: the clocks disagree
 for sure), so points that share a clock keep their timestamps even under asymmetric delay. Offsets
-spread along the pairs with the most evidence from the median point of each connected group (so the
-few points whose clocks are off get the correction).
+spread along the pairs with the most evidence from a reference in each connected group, a point with
+the median offset (so the few points whose clocks are off get the correction).
 
 A clock domain is the set of captures stamped by one clock: by default the points of one host
 (``ClockDomain``). Each domain's ``ClockEstimate`` says how sure the offset is: the interval the
@@ -142,9 +142,10 @@ def solve(
     """Each domain's offset and how it was reached; domains without evidence are absent.
 
     Solved twice: the first pass spreads offsets from the point that most often is a segment's first
-    hop; the second starts each connected group of points from its median point, so the correction
-    goes to the few points whose clocks are off, not to the many that agree (and groups that only
-    proxy links join, e.g. a sidecar's upstream side, keep a common base)."""
+    hop; the second starts each connected group of points from its reference (``_reference``: the
+    median clock), so the correction goes to the few points whose clocks are off, not to the many
+    that agree (and groups that only proxy links join, e.g. a sidecar's upstream side, keep a common
+    base)."""
     edges: _Edges = defaultdict(list)
     for ev in evidence:
         lo, hi = ev.interval_ns()
@@ -154,11 +155,20 @@ def solve(
     first = _spread(edges, nodes, settings)
     if settings.clock_mode is ClockMode.NONE:
         return first
-    roots = []
-    for group in _components(edges, nodes):
-        ranked = sorted(group, key=lambda n: (first[n].offset_ns, n))
-        roots.append(ranked[(len(ranked) - 1) // 2])
+    roots = [_reference(edges, group, first, settings) for group in _components(edges, nodes)]
     return _spread(edges, roots + [n for n in nodes if n not in roots], settings)
+
+
+def _reference(edges: _Edges, group: list[str], first: dict[str, _Step], settings: CorrelateSettings) -> str:
+    """The base of one group: a domain with the median offset of the first pass (the clock most
+    domains agree with), and among those that agree with it, the one measured most tightly against
+    a neighbour (its narrowest causal range), so the spread does not start behind a link whose
+    delay in one direction hides offsets."""
+    ranked = sorted(group, key=lambda n: (first[n].offset_ns, n))
+    median = first[ranked[(len(ranked) - 1) // 2]].offset_ns
+    jitter = settings.clock_jitter_us * 1000
+    agree = [n for n in group if abs(first[n].offset_ns - median) <= jitter]
+    return min(agree, key=lambda n: (min((hi - lo for _, _, (lo, hi) in edges[n]), default=0), n))
 
 
 def _components(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes: list[str]) -> list[list[str]]:
