@@ -317,11 +317,14 @@ class ReferenceMeter:
         if fo and flags & SYN and tcp.orig.state == tcpstate.INACTIVE:
             flow.attempt_ns = ts  # UpdateInactiveState schedules the AttemptTimer
         tcp.packet(fo, flags, seq, r.ack[k], length)  # sequence numbers, history letters, state machine
+        if flow.attempt_ns and not tcp.attempt:
+            flow.attempt_ns = 0  # answered (or closed): the AttemptTimer will find nothing to end, ever
         if letters & 1:
             tcp.add(fo, "W")
         if letters & 2:
             tcp.add(fo, "T")
-        self._anchors(r, k, flow, fo, flags, seq, ts)
+        if flags & SYN or (flow.synack_ns and not flow.rtt_client_us):  # else no anchor can change
+            self._anchors(r, k, flow, fo, flags, seq, ts)
         if flags & (FIN | RST) and not flow.closing and tcp.closed:  # only a FIN or RST closes (TcpConn.closed)
             flow.closed_ns = ts
             flow.closing = True  # its final record waits linger_s for stragglers

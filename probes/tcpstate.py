@@ -99,12 +99,6 @@ class Endpoint:
             self.last_wraps += 1
         self.last = seq
 
-    def update_ack(self, seq: int) -> None:
-        """``TCP_Endpoint::UpdateAckSeq``."""
-        if seq < self.ack:
-            self.ack_wraps += 1
-        self.ack = seq
-
     def ack_received(self, ack: int, flags: int) -> None:
         """An ACK from the peer for this endpoint's data (``TCP_Analyzer::DeliverPacket``): ``init_peer``
         while this endpoint is INACTIVE (numbered as if its SYN had been seen), else ``update_ack_seq``
@@ -116,10 +110,12 @@ class Endpoint:
         delta = ((ack - self.ack + (1 << 31)) & _M32) - (1 << 31)  # seq_delta(ack, self.ack)
         if flags & RST or delta <= 0 or (ack == 0 and delta > TOO_LARGE_SEQ_DELTA):
             return
-        wraps = self.ack_wraps + (1 if ack < self.ack else 0)
-        if wraps == 0 and seq_delta(ack, self.start) < 0:
-            return
-        self.update_ack(ack)
+        wrapped = ack < self.ack  # UpdateAckSeq counts a wrap
+        if not (wrapped or self.ack_wraps) and ((ack - self.start + (1 << 31)) & _M32) - (1 << 31) < 0:
+            return  # get_relative_seq's underflow: below the start of sequence
+        if wrapped:
+            self.ack_wraps += 1
+        self.ack = ack
 
     def size(self, peer: Endpoint) -> int:
         """``TCP_Endpoint::Size``: bytes of sequence space from the start to the highest sequence end
@@ -150,8 +146,26 @@ class TcpConn:
     def packet(self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int) -> None:
         """Account one packet in Zeek's order (``TCP_Analyzer::DeliverPacket``): ``init_endpoint``, the
         history letters, the FIN count, the peer's ACK (``init_peer``/``update_ack_seq``),
-        ``update_last_seq``, the state machine, and ``did_close`` (``ConnectionClosed``)."""
+        ``update_last_seq``, the state machine, and ``did_close`` (``ConnectionClosed``).
+
+        A plain segment (no SYN, FIN or RST) of an endpoint past INACTIVE takes a short path: for it
+        ``init_endpoint`` and the state machine change nothing, and ``update_last_seq`` only moves
+        the sequence end forward."""
         ep, peer = (self.orig, self.resp) if from_orig else (self.resp, self.orig)
+        if flags & (SYN | FIN | RST) or ep.state == INACTIVE:
+            self._control(ep, peer, from_orig, flags, seq, ack, payload_len)
+            return
+        self._history(ep, from_orig, flags, seq, payload_len)
+        if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):  # an unchanged ACK changes nothing
+            peer.ack_received(ack, flags)
+        end = (seq + payload_len) & _M32
+        if 0 < (end - ep.last) & _M32 < 1 << 31 and ep.state != RESET:  # seq_delta(end, last) > 0
+            ep.update_last(end)
+
+    def _control(
+        self, ep: Endpoint, peer: Endpoint, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int
+    ) -> None:
+        """``packet`` for a SYN, FIN or RST, or a segment of an INACTIVE endpoint."""
         # get_segment_len: the payload (none in a RST), one for a SYN (0x02), one for a FIN (0x01)
         seg_end = (seq + (0 if flags & RST else payload_len) + (flags & FIN) + ((flags & SYN) >> 1)) & _M32
         if flags & SYN or ep.state == INACTIVE:
@@ -159,22 +173,16 @@ class TcpConn:
         self._history(ep, from_orig, flags, seq, payload_len)
         if flags & FIN:
             ep.fin_cnt += 1
-        if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):  # an unchanged ACK changes nothing
+        if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):
             peer.ack_received(ack, flags)
         # Zeek's update_last_seq: the highest sequence end only moves forward (retransmissions never add),
         # except that SYN/RST jumps beyond TOO_LARGE_SEQ_DELTA are ignored, a FIN right after the SYN
         # moves it even backwards, and a reset endpoint's sequence numbers are not trusted
-        # moves it even backwards, and a reset endpoint's sequence numbers are not trusted (an unchanged
-        # end changes nothing)
-        if seg_end != ep.last:
-            delta = ((seg_end - ep.last + (1 << 31)) & _M32) - (1 << 31)  # seq_delta(seg_end, ep.last)
-            if not flags & (SYN | RST | FIN):
-                if delta > 0 and ep.state != RESET:
-                    ep.update_last(seg_end)
-            elif not (flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA):
-                fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32
-                if fin_after_syn or (ep.state != RESET and delta > 0):
-                    ep.update_last(seg_end)
+        delta = seq_delta(seg_end, ep.last)
+        if not (flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA):
+            fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32
+            if fin_after_syn or (ep.state != RESET and delta > 0):
+                ep.update_last(seg_end)
         state = ep.state
         if state == INACTIVE:
             self._inactive(ep, peer, from_orig, flags, payload_len)

@@ -470,6 +470,11 @@ static inline int tcp_closed(const flow_t *f) {
            r->state == INACTIVE;
 }
 
+/* TcpConn.attempt: Zeek's AttemptTimer condition, the originator's SYN unanswered. */
+static inline int tcp_attempt(const flow_t *f) {
+    return (f->ep[0].state == SYN_SENT || f->ep[0].state == SYN_ACK_SENT) && f->ep[1].state == INACTIVE;
+}
+
 /* TcpConn.is_reuse: Zeek's TCPSessionAdapter::IsReuse. */
 static int tcp_is_reuse(const flow_t *f, int flags, uint32_t seq) {
     if (!(flags & T_SYN)) return 0;
@@ -874,9 +879,7 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
 /* Flow.ends_at: 1 when Zeek's AttemptTimer removed the unanswered attempt tcp_attempt_delay after its SYN,
  * 2 when the packet is a reuse of the tuple (tcp_is_reuse), 0 otherwise. */
 static inline int ends_at(const Engine *e, const flow_t *f, int flags, uint32_t seq, int64_t ts) {
-    if (e->attempt_ns && f->attempt_ns && ts >= f->attempt_ns + e->attempt_ns &&
-        (f->ep[0].state == SYN_SENT || f->ep[0].state == SYN_ACK_SENT) && f->ep[1].state == INACTIVE)
-        return 1;
+    if (e->attempt_ns && f->attempt_ns && ts >= f->attempt_ns + e->attempt_ns && tcp_attempt(f)) return 1;
     return (flags & T_SYN) && tcp_is_reuse(f, flags, seq) ? 2 : 0;
 }
 
@@ -953,9 +956,10 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
         f->payload_hash[d] = hash_payload(e, b, i);
     if (fo && (flags & T_SYN) && f->ep[0].state == INACTIVE) f->attempt_ns = ts; /* the AttemptTimer starts */
     tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len); /* sequence numbers, history, state machine */
+    if (f->attempt_ns && !tcp_attempt(f)) f->attempt_ns = 0; /* answered or closed: never an attempt again */
     if (letters & 1) add_letter(f, fo, 'W');
     if (letters & 2) add_letter(f, fo, 'T');
-    anchors(b, i, f, fo, flags, seq, ts);
+    if ((flags & T_SYN) || (f->synack_ns && !f->rtt_client_us)) anchors(b, i, f, fo, flags, seq, ts);
     if ((flags & (T_FIN | T_RST)) && !f->closing && tcp_closed(f)) { /* only a FIN or RST closes */
         f->closed_ns = ts;
         f->closing = 1;
