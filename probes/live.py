@@ -141,11 +141,12 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
 
 @contextmanager
 def in_netns(name: str | None) -> Iterator[None]:
-    """Run the body with this thread in network namespace ``name`` (``ip netns`` name), then return."""
+    """Run the body with this thread in network namespace ``name`` (an ``ip netns`` name, or the absolute
+    path of a namespace file such as ``/proc/PID/ns/net``), then return."""
     if not name:
         yield
         return
-    path = os.path.join(NETNS_DIR, name)
+    path = name if os.path.isabs(name) else os.path.join(NETNS_DIR, name)
     if not os.path.exists(path):
         raise ConfigError(f"network namespace {name!r} not found ({path} does not exist)")
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -200,6 +201,7 @@ class PacketRing:
         linktype = LINKTYPE_LINUX_SLL2 if self.cooked else LINKTYPE_ETHERNET
         self._interfaces = (Interface(0, linktype, self.settings.snaplen, name=iface),)
         self.if_names: dict[int, str] = {}  # ifindex -> name in the capture's namespace (filled by open)
+        self.last_error = 0  # errno the socket last reported (ENETDOWN: the interface went away)
 
     def open(self) -> PacketRing:
         s = self.settings
@@ -283,7 +285,9 @@ class PacketRing:
         block_words = s.block_bytes // 4
         if words[self._next_block * block_words + _BLK_STATUS] & TP_STATUS_USER == 0:
             waited = time.perf_counter()
-            self._poller.poll(timeout_ms)
+            events = self._poller.poll(timeout_ms)
+            if events and events[0][1] & select.POLLERR:  # reading SO_ERROR clears it: poll() waits again
+                self.last_error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             self.stats.wait_s += time.perf_counter() - waited
         last = s.block_count - 1
         end = min(self._next_block + s.max_blocks_per_read, last if self._next_block < last else s.block_count)
