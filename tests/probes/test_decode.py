@@ -1,5 +1,6 @@
 """The decoder on real bytes: link types, VLAN stacks, IP options and extension headers, tunnels (the
-inner flow is decoded, the tunnel described), and the skip reasons for damaged packets."""
+inner flow is decoded, the tunnel described, a UDP tunnel's outer datagram kept), and the skip reasons
+for damaged packets and undecodable encapsulations."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE
+from scapy.contrib.gtp import GTP_U_Header
+from scapy.layers.dot11 import Dot11
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
@@ -18,6 +21,7 @@ from scapy.packet import Packet
 from hopscope.probes.decode import Decoder
 from hopscope.probes.packets import PacketBlock, PacketStatus
 from hopscope.probes.readers import open_capture
+from tests.probes import encap_frames as E
 
 INNER = IP(src="10.1.0.1", dst="10.2.0.2", id=77) / TCP(sport=33000, dport=8080, flags="S", seq=4242)
 OUTER = IP(src="192.168.0.1", dst="192.168.0.2")
@@ -161,3 +165,67 @@ def test_snaplen_cut_payload(tmp_path: Path) -> None:
     block, _ = decode(tmp_path, [full[:70]])
     assert block.status[0] == PacketStatus.OK
     assert block.payload_len[0] == 100 and block.payload_caplen[0] == 70 - 54
+
+
+# The inner packet of a UDP tunnel that does not decode: the outer datagram stays (Zeek counts it before
+# the tunnel analyzer runs), the reason is counted. Tunnel messages without a packet are no skip.
+T = IP(src="10.1.0.1", dst="10.2.0.2") / TCP()
+INNER_FAILURES = [
+    ("vxlan-without-i-flag", Ether() / OUTER / UDP(dport=4789) / VXLAN(flags=0) / Ether() / T, "bad_tunnel"),
+    ("vxlan-arp", Ether() / OUTER / UDP(dport=4789) / VXLAN() / Ether() / ARP(), "not_ip"),
+    ("teredo-length-mismatch", bytes(E.teredo(IPv6() / TCP()))[:-4], "bad_tunnel"),
+    ("ayiya-next-header-17", E.ayiya(T)[:45] + b"\x11" + E.ayiya(T)[46:], "bad_tunnel"),
+    ("ayiya-empty", E.ayiya(T)[: 14 + 28 + 44], "bad_tunnel"),
+    ("gtp-version-2", E.gtpu(T)[:42] + b"\x50" + E.gtpu(T)[43:], "bad_tunnel"),
+    ("gtp-padding", Ether() / OUTER / UDP(dport=2152) / GTP_U_Header(gtp_type=255) / (bytes(T) + b"\x00\x00"),
+     "bad_tunnel"),  # the inner IP must fill the datagram
+    ("gtp-in-gtp", E.gtpu(IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=2152, dport=2152)
+                          / GTP_U_Header(gtp_type=255) / T), "bad_tunnel"),
+    ("ayiya-opcode-2", E.ayiya(T, opcode=2), None),
+    ("gtp-echo-request", Ether() / OUTER / UDP(dport=2152) / GTP_U_Header(gtp_type=1), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "frame", "skip"), INNER_FAILURES, ids=[c[0] for c in INNER_FAILURES])
+def test_udp_tunnel_outer_datagram_stays_when_its_inside_does_not_decode(
+    tmp_path: Path, name: str, frame: Packet | bytes, skip: str | None
+) -> None:
+    block, decoder = decode(tmp_path, [frame])
+    outer_rows = 2 if name == "gtp-in-gtp" else 1  # the first GTP datagram's inside is the second one
+    assert block.count == outer_rows and block.ok.all()
+    assert block.proto[outer_rows - 1] == 17 and block.tunnel[0] == 0
+    assert dict(decoder.skips) == ({skip: 1} if skip else {})
+
+
+LINK_FAILURES = [
+    ("802.11-management", bytes(Dot11(type=0, subtype=8)) + bytes(40), 105, "not_ip"),
+    ("802.11-null-data", bytes(Dot11(type=2, subtype=4)) + bytes(40), 105, "not_ip"),
+    ("802.11-amsdu", E.dot11(T, qos=True)[:24] + b"\x80\x00" + E.dot11(T, qos=True)[26:], 105, "not_ip"),
+    ("802.11-encrypted", E.dot11(T)[:24] + bytes(40), 105, "not_ip"),
+    ("802.11-short", E.dot11(T)[:24], 105, "truncated_link"),
+    ("radiotap-length-past-frame", b"\x00\x00\xff\x00" + E.dot11(T), 127, "truncated_link"),
+    ("ppp-lcp", b"\xff\x03\xc0\x21" + bytes(20), 9, "not_ip"),
+    ("ppp-short", b"\xff\x03", 9, "truncated_link"),
+    ("pppoe-discovery", E.pppoe(T)[:12] + b"\x88\x63" + E.pppoe(T)[14:], 1, "not_ip"),
+    ("pppoe-lcp", E.pppoe(T)[:20] + b"\xc0\x21" + E.pppoe(T)[22:], 1, "not_ip"),
+    ("vntag-then-ip", bytes(Ether(type=0x8926)) + b"\x00" * 4 + b"\x08\x00" + bytes(T), 1, "not_ip"),
+    ("mpls-no-bottom", bytes(Ether(type=0x8847)) + b"\x00\x01\x00\x40" * 3, 1, "truncated_link"),
+    ("pbb-short", bytes(Ether(type=0x88E7)) + bytes(18), 1, "truncated_link"),
+    ("gre-routing-flag", Ether() / OUTER / GRE(routing_present=1, proto=0x0800) / T, 1, "bad_tunnel"),
+    ("pptp-lcp", E.pptp(T)[:-len(T) - 2] + b"\xc0\x21" + bytes(T), 1, "bad_tunnel"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "frame", "linktype", "skip"), LINK_FAILURES, ids=[c[0] for c in LINK_FAILURES])
+def test_undecodable_encapsulations_are_counted(
+    tmp_path: Path, name: str, frame: Packet | bytes, linktype: int, skip: str
+) -> None:
+    block, decoder = decode(tmp_path, [frame], linktype)
+    assert block.count == 1 and not block.ok.any()
+    assert dict(decoder.skips) == {skip: 1}
+
+
+def test_nested_link_layers_stop_at_zeeks_depth(tmp_path: Path) -> None:
+    frame = bytes(Ether(type=0x88E7)) + (b"\x00" * 4 + bytes(Ether(type=0x88E7))) * 40 + bytes(T)
+    block, decoder = decode(tmp_path, [frame])
+    assert dict(decoder.skips) == {"too_deep": 1} and not block.ok.any()

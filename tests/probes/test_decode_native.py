@@ -18,15 +18,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
 
 from hopscope.errors import CaptureError
 from hopscope.probes import readers
 from hopscope.probes.decode import Decoder, PointResolver
 from hopscope.probes.packets import COLUMN_NAMES, PacketBlock
 from hopscope.probes.readers import PAD_BYTES, RawBlock, ReadStats, open_capture
+from tests.probes import encap_frames as E
 from tests.probes.test_fuzz import BASE_FRAMES, FILES, M, mutate, raw_block
 from tests.probes.test_readers import pcapng_bytes
 
@@ -46,7 +48,13 @@ LINK_HEADERS = {
     0: struct.pack("<I", 2),
     108: struct.pack(">I", 2),
     147: b"\x00" * 4,  # LINKTYPE_USER0: not decoded
+    9: b"\xff\x03\x00\x21",  # PPP, HDLC framing, IPv4
+    50: b"\xff\x03\x00\x21",  # PPP in HDLC framing, IPv4
+    105: E.dot11(IP())[:32],  # 802.11 data, LLC/SNAP, IPv4
+    127: E.radiotap(IP())[:44],
 }
+_FRAGMENTED_VXLAN = fragment(IP(src="192.0.2.1", dst="192.0.2.2", id=4) / UDP(sport=9, dport=4789) / VXLAN()
+                             / Ether(**M) / IP() / UDP() / (b"f" * 900), fragsize=400)  # fmt: skip
 EXTRA_FRAMES = [
     bytes(p)
     for p in (
@@ -64,6 +72,16 @@ EXTRA_FRAMES = [
         Ether(**M) / Dot1Q(vlan=9) / IPv6() / UDP(dport=6081) / b"g",
         Ether(**M) / ARP(),
         Ether(src=M["src"], dst=M["dst"], type=0x88A8) / (b"\x00\x05\x08\x00" + bytes(IP() / UDP())),
+        *(Ether(**M) / part for part in _FRAGMENTED_VXLAN),
+        *(Ether(**M) / part for part in reversed(_FRAGMENTED_VXLAN)),
+        Ether(**M) / IP() / UDP(sport=5000, dport=53) / (b"\x00\x01" + bytes(60)),  # passes Teredo's first checks only
+        Ether(**M) / IP() / UDP(sport=5000, dport=53) / (b"\x60\x00" + bytes(60)),  # IPv6-looking, no Teredo prefix
+        Ether(**M) / IP() / UDP(sport=5000, dport=53) / (b"\x60\x05" + bytes(60)),  # the fast path keeps it
+        Ether(**M) / IP() / UDP(sport=5000, dport=53) / b"\x41\x52\x11",  # AYIYA by content, too short
+        Ether(**M) / IP() / UDP(sport=4789, dport=40000) / VXLAN() / Ether(**M) / IP() / UDP(),  # tunnel port as source
+        Ether(**M) / IP() / UDP(sport=2123, dport=2123) / (b"\x32\x10\x00\x04" + bytes(8)),  # GTP-C: no packet inside
+        Ether(src=M["src"], dst=M["dst"], type=0x8848) / (b"\x00\x01\x01\x40" + bytes(IP() / UDP())),  # MPLS mcast
+        Ether(src=M["src"], dst=M["dst"], type=0x8926) / (b"\x00" * 4 + b"\x08\x00" + bytes(IP() / UDP())),
     )
 ]
 
@@ -99,6 +117,7 @@ def assert_same_block(a: PacketBlock, b: PacketBlock) -> None:
 def assert_same_decoders(a: Decoder, b: Decoder) -> None:
     assert list(a.skips.items()) == list(b.skips.items())
     assert a.slow_packets == b.slow_packets
+    assert a.added_rows == b.added_rows
 
 
 @dataclass
@@ -299,7 +318,7 @@ def test_ipv6_over_null_and_raw(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(
     seed=st.integers(0, 2**32 - 1),
     rate=st.sampled_from([0.002, 0.02, 0.1]),
-    linktype=st.sampled_from([1, 113, 276, 101, 0, 108]),
+    linktype=st.sampled_from([1, 113, 276, 101, 0, 108, 9, 50, 105, 127]),
 )
 def test_mutated_frames(monkeypatch: pytest.MonkeyPatch, seed: int, rate: float, linktype: int) -> None:
     """40 examples x 1,000 mutated frames: 40,000 frames through both paths."""
