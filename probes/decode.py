@@ -325,6 +325,10 @@ class Decoder:
             _fill_row(block, i, first, extra.offset(first, start), extra.tunnel_id(block, first.tunnel))
             if rest:
                 extra.rows[i] = [(p, extra.offset(p, start), extra.tunnel_id(block, p.tunnel)) for p in rest]
+        given_up = {"fragment_evicted": self.fragments.evicted, "fragment_oversized": self.fragments.oversized}
+        for name, dropped in given_up.items():
+            if dropped:  # datagrams the reassembler gave up on (its limits), counted like skips
+                self.skips[name] = dropped
         return extra
 
     def _assign_points(self, block: PacketBlock, raw: RawBlock, ifindex: I64) -> None:
