@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from hopscope import __version__
 from hopscope.api.config import ApiSettings
+from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
 from hopscope.api.routes import flows, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
@@ -47,6 +48,7 @@ def create_app(
     app = FastAPI(title="hopscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store = store
     app.state.settings = settings
+    app.state.heavy_gate = HeavyQueryGate(settings.max_heavy_queries)
     app.state.inventory = inventory
     for module in (flows, requests, traces, topology):
         app.include_router(module.router)

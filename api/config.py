@@ -21,10 +21,17 @@ class ApiSettings:
     max_limit: int = 10_000
     #: Host header names the API answers (any port); anything else gets 400 (DNS rebinding guard).
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: Heavy queries (the list and topology routes: range scans) running at once; one more gets 429.
+    #: Trace lookups are never refused: the store keeps connections beyond these for them.
+    max_heavy_queries: int = 4
+    #: The Retry-After of a 429, seconds.
+    retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_limit <= LIMIT_CEILING:
             raise ConfigError(f"max_limit must be in 1..{LIMIT_CEILING}, not {self.max_limit}")
+        if self.max_heavy_queries < 1 or self.retry_after_s < 1:
+            raise ConfigError("max_heavy_queries and retry_after_s must be at least 1")
         for name in self.allowed_hosts:
             if not valid_host_name(name):
                 raise ConfigError(f"allowed host {name!r} is not a host name or address (no port, no scheme)")

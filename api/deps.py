@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
@@ -23,6 +25,40 @@ def get_settings(request: Request) -> ApiSettings:
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+
+class HeavyQueryGate:
+    """At most ``limit`` heavy queries at once. One more is refused, not queued: a queue would hold a
+    worker thread per waiting request, and trace lookups would wait behind them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def try_enter(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+async def heavy_query_slot(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
+    """Holds one of the heavy-query slots for the request, or answers 429 with Retry-After."""
+    gate: HeavyQueryGate = request.app.state.heavy_gate
+    if not gate.try_enter():
+        raise HTTPException(
+            429,
+            f"{gate.limit} heavy queries are running; retry in {settings.retry_after_s} s",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+    try:
+        yield
+    finally:
+        gate.leave()
+
+
+#: Add to a route's ``dependencies`` when it scans a time range (lists, topology views).
+HEAVY = Depends(heavy_query_slot)
 
 
 NS_MAX = 2**63 - 1

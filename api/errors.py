@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from hopscope.errors import ConfigError, UnavailableError
-from hopscope.store import QueryError
+from hopscope.store import QueryError, QueryTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def store_down(_: Request, exc: UnavailableError) -> JSONResponse:
         log.warning("store unavailable: %s", exc)
         return error_response(503, "store_unavailable", str(exc))
+
+    @app.exception_handler(QueryTimeoutError)
+    async def store_timeout(_: Request, exc: QueryTimeoutError) -> JSONResponse:
+        log.warning("store query timed out: %s", exc)
+        return error_response(504, "store_timeout", "the query ran past the time limit; narrow the range or filter")
 
     @app.exception_handler(QueryError)
     async def store_error(_: Request, exc: QueryError) -> JSONResponse:

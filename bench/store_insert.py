@@ -75,7 +75,7 @@ def driver_lists_insert(store: ServerStore, parts: list[Batch]) -> None:
     sql = f"INSERT INTO {quote_identifier(store.database)}.`flows` ({', '.join(names)}) VALUES"
     for part in parts:
         data = [c if isinstance(c, list) else c.tolist() for c in (part.columns[n] for n in names)]
-        store._client.execute(sql, data, columnar=True)
+        store._execute(sql, data, columnar=True)
 
 
 def python_function_insert(store: EmbeddedStore, parts: list[Batch]) -> None:
@@ -84,7 +84,8 @@ def python_function_insert(store: EmbeddedStore, parts: list[Batch]) -> None:
     sql = f"INSERT INTO `{store.database}`.`flows` ({names}) SELECT {names} FROM Python(arrow_batch)"
     for part in parts:
         arrow_batch = batch_to_arrow(part)  # noqa: F841 (resolved by name from this frame by chDB)
-        store._conn.query(sql)
+        with store._pool.lease() as conn:
+            conn.query(sql)
 
 
 def client_insert_prepared(store: ServerStore, batch: Batch) -> Callable[[], None]:

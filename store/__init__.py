@@ -19,12 +19,20 @@ import os
 from urllib.parse import parse_qs, urlsplit
 
 from hopscope.errors import ConfigError
-from hopscope.store.base import DEFAULT_DATABASE, QueryError, SqlStore, Store, StoreMissingError
+from hopscope.store.base import (
+    DEFAULT_DATABASE,
+    DEFAULT_POOL_SIZE,
+    QueryError,
+    QueryTimeoutError,
+    SqlStore,
+    Store,
+    StoreMissingError,
+)
 from hopscope.store.features import ServerFeatures
 
 __all__ = ["DEFAULT_DATABASE", "QueryError", "ServerFeatures", "SqlStore", "Store", "store_from_url"]
 
-__all__ += ["DEFAULT_URL", "StoreMissingError", "default_url", "open_for_reading"]
+__all__ += ["DEFAULT_URL", "QueryTimeoutError", "StoreMissingError", "default_url", "open_for_reading"]
 
 
 def default_url() -> str:
@@ -54,10 +62,14 @@ def _ttl_days(query: dict[str, list[str]], url: str) -> int | None:
     return days
 
 
-def store_from_url(url: str, *, read_only: bool = False) -> SqlStore:
+def store_from_url(
+    url: str, *, read_only: bool = False, pool_size: int = DEFAULT_POOL_SIZE, query_timeout_s: float | None = None
+) -> SqlStore:
     """Open a store: ``clickhouse://host:port/database[?ttl_days=N]`` or
     ``chdb:///absolute/dir[?database=name&ttl_days=N]``. Nothing is created until ``ensure_schema``.
-    ``read_only``: the backend refuses DDL and inserts, and a chDB directory must exist already."""
+    ``read_only``: the backend refuses DDL and inserts, and a chDB directory must exist already.
+    ``pool_size``: most connections, one per thread at a time; ``query_timeout_s``: the engine ends a
+    query that runs longer (``QueryTimeoutError``)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     ttl_days = _ttl_days(query, url)
@@ -69,7 +81,10 @@ def store_from_url(url: str, *, read_only: bool = False) -> SqlStore:
             port = parts.port or 9000
         except ValueError as exc:
             raise ConfigError(f"bad port in {url!r}") from exc
-        return ServerStore(parts.hostname or "127.0.0.1", port, database, ttl_days, read_only=read_only)
+        return ServerStore(
+            parts.hostname or "127.0.0.1", port, database, ttl_days,
+            read_only=read_only, pool_size=pool_size, query_timeout_s=query_timeout_s,
+        )  # fmt: skip
     if parts.scheme == "chdb":
         from hopscope.store.embedded import EmbeddedStore
 
@@ -77,14 +92,18 @@ def store_from_url(url: str, *, read_only: bool = False) -> SqlStore:
         if not path:
             raise ConfigError(f"chdb URL {url!r} names no directory (chdb:///path/to/dir)")
         database = query.get("database", [DEFAULT_DATABASE])[-1]
-        return EmbeddedStore(path, database, ttl_days, read_only=read_only)
+        return EmbeddedStore(
+            path, database, ttl_days, read_only=read_only, pool_size=pool_size, query_timeout_s=query_timeout_s
+        )
     raise ConfigError(f"unknown store URL {url!r}: use clickhouse://host:port/db or chdb:///path/to/dir")
 
 
-def open_for_reading(url: str) -> SqlStore:
+def open_for_reading(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, query_timeout_s: float | None = None
+) -> SqlStore:
     """A store for readers (``serve``, ``topology``): opened read-only, its schema checked; a missing
     database, table or column is ``StoreMissingError`` naming ``hopscope store init``."""
-    store = store_from_url(url, read_only=True)
+    store = store_from_url(url, read_only=True, pool_size=pool_size, query_timeout_s=query_timeout_s)
     try:
         store.check_schema()
     except BaseException:

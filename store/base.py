@@ -36,10 +36,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "hopscope"
 DEFAULT_LIMIT = 1000
+#: Connections a store keeps at most, each used by one thread at a time (``store/pool.py``).
+DEFAULT_POOL_SIZE = 4
 
 
 class QueryError(HopscopeError):
     """The store rejected a statement (the message carries the server's first line)."""
+
+
+class QueryTimeoutError(QueryError):
+    """A query ran past the store's per-query time limit (ClickHouse's ``max_execution_time``)."""
 
 
 class StoreMissingError(ConfigError):

@@ -8,12 +8,17 @@ Inserts send the batch as one Arrow IPC stream through chDB's streaming insert
 place through the ``Python()`` table function, wins on a narrow table but loses at the batch sizes
 the correlator sends (bench/store_insert.py times both; figures in docs/DESIGN.md). Reads bind every value in the engine
 (``{name:Type}`` parameters) and come back as Arrow tables.
+
+Several connections to the one directory run their queries in parallel (chDB releases the GIL), each
+one query at a time: threads borrow one of up to ``pool_size`` (``store/pool.py``) rather than share
+one behind a lock. A query that runs past ``query_timeout_s`` raises ``QueryTimeoutError``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import chdb
@@ -21,7 +26,15 @@ import pyarrow as pa
 
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, ColumnType
-from hopscope.store.base import DEFAULT_DATABASE, QueryError, SqlStore, StoreMissingError
+from hopscope.store.base import (
+    DEFAULT_DATABASE,
+    DEFAULT_POOL_SIZE,
+    QueryError,
+    QueryTimeoutError,
+    SqlStore,
+    StoreMissingError,
+)
+from hopscope.store.pool import ConnectionPool, PoolClosedError
 from hopscope.store.query import BoundQuery
 from hopscope.store.schema import quote_identifier
 
@@ -61,6 +74,10 @@ def engine_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v.translate(_TSV_ESCAPES) if isinstance(v, str) else v for k, v in params.items()}
 
 
+def _disconnect(conn: Any) -> None:
+    conn.close()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -70,7 +87,13 @@ class EmbeddedStore(SqlStore):
     """The store in a chDB directory (``chdb:///path/to/dir``)."""
 
     def __init__(
-        self, path: str, database: str = DEFAULT_DATABASE, ttl_days: int | None = None, read_only: bool = False
+        self,
+        path: str,
+        database: str = DEFAULT_DATABASE,
+        ttl_days: int | None = None,
+        read_only: bool = False,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        query_timeout_s: float | None = None,
     ) -> None:
         super().__init__(database, ttl_days, read_only)
         self.path = os.path.abspath(path)
@@ -79,29 +102,44 @@ class EmbeddedStore(SqlStore):
                 f"chDB directory {self.path} does not exist (create it with: hopscope store init --store {self.url})"
             )
         os.makedirs(self.path, exist_ok=True)
-        # readonly=2 (a setting of this connection only): the engine refuses DDL and inserts.
-        target = f"{self.path}?readonly=2" if read_only else self.path
-        try:
-            self._conn: Any = chdb.connect(target)  # type: ignore[no-untyped-call]
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot open chDB at {self.path}: {_first_line(exc)} (one chDB directory per process)"
-            ) from exc
-        self._lock = threading.Lock()
+        # Settings of each connection only: readonly=2, the engine refuses DDL and inserts;
+        # max_execution_time, it ends a query that runs longer (TIMEOUT_EXCEEDED).
+        settings = ["readonly=2"] if read_only else []
+        if query_timeout_s is not None:
+            settings.append(f"max_execution_time={max(1, round(query_timeout_s))}")
+        self._target = self.path + ("?" + "&".join(settings) if settings else "")
+        # Connections to the one directory run queries in parallel, one query per connection at a
+        # time: the API's worker threads each borrow one. The first opens now, to fail early.
+        self._pool: ConnectionPool[Any] = ConnectionPool(self._connect, _disconnect, pool_size, self._connect())
 
     @property
     def url(self) -> str:
         suffix = "" if self.database == DEFAULT_DATABASE else f"?database={self.database}"
         return f"chdb://{self.path}{suffix}"
 
-    def _query(self, sql: str, fmt: str = "CSV", params: dict[str, Any] | None = None) -> Any:
-        if self._conn is None:
-            raise QueryError(f"chDB store {self.path} is closed")
+    def _connect(self) -> Any:
         try:
-            with self._lock:
-                return self._conn.query(sql, fmt, params=params)
+            return chdb.connect(self._target)  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot open chDB at {self.path}: {_first_line(exc)} (one chDB directory per process)"
+            ) from exc
+
+    @contextmanager
+    def _connection(self, what: str = "") -> Iterator[Any]:
+        """A connection for this thread alone; the engine's errors as ``QueryError``."""
+        try:
+            with self._pool.lease() as conn:
+                yield conn
+        except PoolClosedError as exc:
+            raise QueryError(f"chDB store {self.path} is closed") from exc
         except (RuntimeError, chdb.ChdbError) as exc:
-            raise QueryError(f"chDB at {self.path}: {_first_line(exc)}") from exc
+            error = QueryTimeoutError if "TIMEOUT_EXCEEDED" in str(exc) else QueryError
+            raise error(f"chDB at {self.path}: {what}{_first_line(exc)}") from exc
+
+    def _query(self, sql: str, fmt: str = "CSV", params: dict[str, Any] | None = None) -> Any:
+        with self._connection() as conn:
+            return conn.query(sql, fmt, params=params)
 
     def _command(self, sql: str) -> None:
         self._query(sql)
@@ -117,20 +155,13 @@ class EmbeddedStore(SqlStore):
         payload = arrow_stream(batch_to_arrow(batch))
         names = ", ".join(quote_identifier(c.name) for c in batch.record_type.columns())
         sql = f"INSERT INTO {quote_identifier(self.database)}.{quote_identifier(table)} ({names})"
-        if self._conn is None:
-            raise QueryError(f"chDB store {self.path} is closed")
-        try:
-            with self._lock, self._conn.send_insert(sql, "ArrowStream") as inserter:
-                inserter.append(payload)
-                inserter.finish()
-        except (RuntimeError, chdb.ChdbError) as exc:
-            raise QueryError(f"chDB at {self.path}: insert into {table}: {_first_line(exc)}") from exc
+        with self._connection(f"insert into {table}: ") as conn, conn.send_insert(sql, "ArrowStream") as inserter:
+            inserter.append(payload)
+            inserter.finish()
 
     def _server_version(self) -> str:
         rows = self._select(BoundQuery("SELECT version()", {}))
         return str(rows[0][0])
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._pool.close()

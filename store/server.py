@@ -3,13 +3,14 @@
 Inserts are columnar (``INSERT ... VALUES`` with ``columnar=True`` and ``use_numpy``: the batch's
 numpy arrays go to the wire without a per-value Python loop). Reads bind every value client-side
 with the driver's escaping (``%(name)s``), since the Debian server (18.16) has no server-side
-query parameters. A server that cannot be reached raises ``UnavailableError`` naming host:port.
+query parameters. A server that cannot be reached raises ``UnavailableError`` naming host:port; a query
+that runs past ``query_timeout_s`` (the server's ``max_execution_time``) raises ``QueryTimeoutError``.
+Callers on several threads each borrow one of up to ``pool_size`` connections (``store/pool.py``).
 """
 
 from __future__ import annotations
 
 import socket
-import threading
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,8 @@ from clickhouse_driver import errors as ch_errors
 
 from hopscope.errors import UnavailableError
 from hopscope.records import Batch
-from hopscope.store.base import DEFAULT_DATABASE, QueryError, SqlStore
+from hopscope.store.base import DEFAULT_DATABASE, DEFAULT_POOL_SIZE, QueryError, QueryTimeoutError, SqlStore
+from hopscope.store.pool import ConnectionPool, PoolClosedError
 from hopscope.store.query import BoundQuery, to_pyformat
 from hopscope.store.schema import quote_identifier
 
@@ -30,6 +32,10 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     socket.timeout,
 )
+
+
+#: The server's error code for a query that ran past max_execution_time.
+_TIMEOUT_EXCEEDED = 159
 
 
 def _first_line(exc: BaseException) -> str:
@@ -52,33 +58,43 @@ class ServerStore(SqlStore):
         connect_timeout_s: float = 3.0,
         timeout_s: float = 60.0,
         read_only: bool = False,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        query_timeout_s: float | None = None,
     ) -> None:
         super().__init__(database, ttl_days, read_only)
         self.host = host
         self.port = port
         self._connect_timeout_s = connect_timeout_s
-        # One native connection, which carries one query at a time: callers on several threads
-        # (the API's worker pool) take turns.
-        self._lock = threading.Lock()
-        # Connects lazily on the first statement; no database selected, so ensure_schema can create it.
-        self._client = Client(
-            host=host,
-            port=port,
-            connect_timeout=connect_timeout_s,
-            send_receive_timeout=timeout_s,
-            sync_request_timeout=timeout_s,
+        # readonly=2: the server refuses DDL and writes, per-query settings still apply.
+        # max_execution_time: the server ends a query that runs longer (TIMEOUT_EXCEEDED).
+        self._settings: dict[str, Any] = {"readonly": 2} if read_only else {}
+        if query_timeout_s is not None:
+            self._settings["max_execution_time"] = max(1, round(query_timeout_s))
+            timeout_s = max(timeout_s, query_timeout_s + 5)  # the server's own limit ends it first
+        self._timeout_s = timeout_s
+        # A native connection carries one query at a time: the API's worker threads each borrow one.
+        self._pool: ConnectionPool[Client] = ConnectionPool(self._new_client, Client.disconnect, pool_size)
+
+    def _new_client(self) -> Client:
+        """A client that connects on its first statement (no database selected, so ensure_schema can
+        create it)."""
+        return Client(
+            host=self.host,
+            port=self.port,
+            connect_timeout=self._connect_timeout_s,
+            send_receive_timeout=self._timeout_s,
+            sync_request_timeout=self._timeout_s,
             client_name="hopscope",
-            # readonly=2: the server refuses DDL and writes, per-query settings still apply.
-            settings={"readonly": 2} if read_only else {},
+            settings=dict(self._settings),
         )
 
     @property
     def url(self) -> str:
         return f"clickhouse://{self.host}:{self.port}/{self.database}"
 
-    def _check_reachable(self) -> None:
+    def _check_reachable(self, client: Client) -> None:
         """A TCP connect before the driver's first connect: the driver would log a traceback first."""
-        if self._client.connection.connected:
+        if client.connection.connected:
             return
         try:
             socket.create_connection((self.host, self.port), timeout=self._connect_timeout_s).close()
@@ -88,18 +104,24 @@ class ServerStore(SqlStore):
             ) from exc
 
     def _execute(self, sql: str, params: Any = None, **kwargs: Any) -> Any:
-        with self._lock:
-            return self._execute_locked(sql, params, **kwargs)
-
-    def _execute_locked(self, sql: str, params: Any = None, **kwargs: Any) -> Any:
-        self._check_reachable()
         try:
-            return self._client.execute(sql, params, **kwargs)
+            with self._pool.lease() as client:
+                return self._execute_on(client, sql, params, **kwargs)
+        except PoolClosedError as exc:
+            raise QueryError(f"ClickHouse store {self.url} is closed") from exc
+
+    def _execute_on(self, client: Client, sql: str, params: Any = None, **kwargs: Any) -> Any:
+        self._check_reachable(client)
+        try:
+            return client.execute(sql, params, **kwargs)
         except _NETWORK_ERRORS as exc:
-            self._client.disconnect()
+            client.disconnect()
             raise UnavailableError(
                 f"ClickHouse server at {self.host}:{self.port} is unreachable ({_first_line(exc)})"
             ) from exc
+        except ch_errors.ServerException as exc:
+            error = QueryTimeoutError if exc.code == _TIMEOUT_EXCEEDED else QueryError
+            raise error(f"ClickHouse server at {self.host}:{self.port}: {_first_line(exc)}") from exc
         except ch_errors.Error as exc:
             raise QueryError(f"ClickHouse server at {self.host}:{self.port}: {_first_line(exc)}") from exc
 
@@ -126,5 +148,4 @@ class ServerStore(SqlStore):
         return str(rows[0][0])
 
     def close(self) -> None:
-        with self._lock:
-            self._client.disconnect()
+        self._pool.close()

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.api.models import FlowJson
 
@@ -22,7 +22,7 @@ class FlowsOut(BaseModel):
     flows: list[FlowJson]
 
 
-@router.get("", response_model=FlowsOut)
+@router.get("", response_model=FlowsOut, dependencies=[HEAVY])
 def list_flows(
     store: StoreDep,
     window: TimeRangeDep,

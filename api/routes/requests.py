@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.api.models import RequestJson
 
@@ -21,7 +21,7 @@ class RequestsOut(BaseModel):
     requests: list[RequestJson]
 
 
-@router.get("", response_model=RequestsOut)
+@router.get("", response_model=RequestsOut, dependencies=[HEAVY])
 def list_requests(
     store: StoreDep,
     window: TimeRangeDep,

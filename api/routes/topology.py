@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from hopscope.api.deps import StoreDep, TimeRangeDep
+from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.api.models import wide_as_strings
 from hopscope.api.routes.traces import TRACE_ID
@@ -50,7 +50,7 @@ class GraphOut(BaseModel):
     links: list[dict[str, Any]]
 
 
-@router.get("/services", response_model=GraphOut)
+@router.get("/services", response_model=GraphOut, dependencies=[HEAVY])
 def service_map(
     store: StoreDep,
     window: TimeRangeDep,
@@ -62,7 +62,7 @@ def service_map(
     return node_link_json(to_node_link(graph))
 
 
-@router.get("/points", response_model=GraphOut)
+@router.get("/points", response_model=GraphOut, dependencies=[HEAVY])
 def point_topology(store: StoreDep, window: TimeRangeDep) -> dict[str, Any]:
     """Capture points of the first ``limit`` traces of the window: which follows which, per-link stats."""
     return node_link_json(to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit)))

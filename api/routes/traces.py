@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
-from hopscope.api.deps import StoreDep, TimeRangeDep, filters_of
+from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.api.models import SpanJson, TraceJson
 from hopscope.store.query import FilterValue
@@ -45,7 +45,7 @@ def _free_text(q: str) -> dict[str, FilterValue]:
         return {"x_request_id": q}
 
 
-@router.get("", response_model=TracesOut)
+@router.get("", response_model=TracesOut, dependencies=[HEAVY])
 def list_traces(
     store: StoreDep,
     window: TimeRangeDep,

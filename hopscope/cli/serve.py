@@ -35,6 +35,21 @@ def port_number(text: str) -> int:
     return port
 
 
+#: Store connections kept beyond the heavy queries' share, so trace lookups never wait behind a scan.
+LOOKUP_CONNECTIONS = 4
+
+
+def positive(text: str) -> float:
+    """A number above zero (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=DEFAULT_URL, metavar="URL", help=f"store URL (default {DEFAULT_URL})")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -45,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Host name browsers may use to reach the API, besides loopback and the listen address "
         "(repeatable; any other Host header gets 400, against DNS rebinding)",
     )  # fmt: skip
+    parser.add_argument("--query-timeout", type=positive, default=30.0, metavar="SECONDS",
+                        help="the store ends a query running longer; the API answers 504 (default 30)")
+    parser.add_argument("--max-heavy-queries", type=lambda t: int(positive(t)), default=4, metavar="N",
+                        help="list and topology queries running at once; more get 429 with Retry-After "
+                        f"(default 4; trace lookups have {LOOKUP_CONNECTIONS} store connections of their own)")
+    parser.add_argument("--store-connections", type=lambda t: int(positive(t)), metavar="N",
+                        help=f"store connections, one per running query (default: max heavy queries + "
+                        f"{LOOKUP_CONNECTIONS})")
 
 
 def allowed_hosts(listen_host: str, extra: list[str]) -> tuple[str, ...]:
@@ -97,9 +120,17 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.store import open_for_reading
     from hopscope.topology.inventory import load_inventory
 
-    settings = ApiSettings(store_url=args.store, allowed_hosts=allowed_hosts(args.host, args.allowed_host))
+    settings = ApiSettings(
+        store_url=args.store,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_host),
+        max_heavy_queries=args.max_heavy_queries,
+    )
     inventory = load_inventory(args.inventory) if args.inventory else None
-    store = open_for_reading(args.store)  # read-only: serving never creates a database or table
+    store = open_for_reading(  # read-only: serving never creates a database or table
+        args.store,
+        pool_size=args.store_connections or args.max_heavy_queries + LOOKUP_CONNECTIONS,
+        query_timeout_s=args.query_timeout,
+    )
     try:
         sock = listen_socket(args.host, args.port)
     except BaseException:

@@ -95,3 +95,13 @@ def test_serving_line_names_the_bound_url_and_store(chdb_url: str) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn shuts down, then re-raises the signal
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--max-heavy-queries", "0", "must be above 0"), ("--query-timeout", "-1", "must be above 0"),
+     ("--query-timeout", "soon", "not a number")],
+)  # fmt: skip
+def test_bad_load_options(chdb_url: str, option: str, value: str, message: str) -> None:
+    r = serve("--store", chdb_url, option, value)
+    assert r.returncode == 2 and r.stdout == "" and message in r.stderr
