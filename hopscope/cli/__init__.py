@@ -52,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("requests", "hopscope.cli.requests", "print the L7 request records (HTTP/1.x, DNS; --deep: HTTP/2, "
             "gRPC) of a capture file"),
     Command("probe", "hopscope.cli.probe", "capture live on an interface and publish flow/request records"),
+    Command("agent", "hopscope.cli.agent", "capture every interface of this host its config selects, into Kafka"),
     Command("analyze", "hopscope.cli.analyze", "stitch captures from several points into per-request traces"),
     Command("replay", "hopscope.cli.replay", "publish the records of capture files to Kafka as live probes would"),
     Command("correlate", "hopscope.cli.correlate", "stitch records from Kafka into traces, streaming, into a store"),

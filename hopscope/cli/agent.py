@@ -1,0 +1,52 @@
+"""``hopscope agent``: capture every interface the configuration selects, on this host, into Kafka.
+
+    hopscope agent --config FILE [--seconds N] [--buffer-batches N]
+
+The configuration file is documented in deploy/k8s/README.md ("Agent configuration"). The agent runs
+until SIGINT or SIGTERM (or ``--seconds``), then stops every capture, sends what it holds for a few
+seconds, prints its summary as one JSON line on standard error and exits 0. Kafka being unreachable is
+not an error: records wait in a bounded buffer (``--buffer-batches``), the oldest dropped and counted
+beyond it, until the broker returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import asdict
+from types import FrameType
+
+from hopscope.probes.agent_buffer import DEFAULT_MAX_BATCHES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
+    p.add_argument("--config", required=True, metavar="FILE", help="the agent's YAML configuration")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until signalled)")
+    p.add_argument("--buffer-batches", type=int, default=DEFAULT_MAX_BATCHES, metavar="N",
+                   help=f"record batches held while Kafka is unreachable (default: {DEFAULT_MAX_BATCHES}); "
+                   "beyond, the oldest are dropped and counted")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from hopscope.errors import ConfigError
+    from hopscope.probes.agent import Agent
+    from hopscope.probes.agent_config import load_config
+
+    if args.buffer_batches < 1:
+        raise ConfigError("--buffer-batches: must be at least 1")
+    agent = Agent(load_config(args.config), max_batches=args.buffer_batches)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = agent.run(args.seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(json.dumps({"agent": agent.config.host, **asdict(summary)}, sort_keys=True), file=sys.stderr)
+    return 0
