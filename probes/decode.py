@@ -369,7 +369,7 @@ def interface_label(name: str, ifindex: int) -> str:
 
 _ROW_FIELDS: Final = (
     "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "tcp_flags", "seq",
-    "ack", "window", "ip_id", "ttl", "ip_len", "payload_len", "payload_caplen",
+    "ack", "window", "ip_id", "ttl", "ip_len", "payload_len", "payload_caplen", "encap",
 )  # fmt: skip
 
 

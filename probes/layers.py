@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hopscope.probes.fragments import Reassembler
-from hopscope.probes.packets import ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketStatus
+from hopscope.probes.packets import ENCAP_NAMES, ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketStatus
 
 VXLAN_PORT: Final = 4789
 GENEVE_PORT: Final = 6081
@@ -90,6 +90,7 @@ class Decoded:
     payload_len: int = 0
     payload_caplen: int = 0
     vlan: int = 0
+    encap: int = 0  # ENCAP_NAMES index: the tunnel this UDP datagram's payload decoded as
     tunnel: str = ""
     tunnels: list[str] = field(default_factory=list)
     depth: int = 0  # tunnels entered
@@ -486,7 +487,7 @@ def udp(frame: Buf, off: int, end: int, out: Decoded) -> None:
     opener = udp_tunnel(frame, off + 8, min(end, len(frame)), out.sport, out.dport)
     if opener is None:
         return
-    out.outers.append(dataclasses.replace(out, tunnel=" / ".join(out.tunnels), tunnels=[], outers=[]))
+    out.outers.append(dataclasses.replace(out, tunnel=" / ".join(out.tunnels), tunnels=[], outers=[], encap=0))
     _enter(out)
     opener(frame, off + 8, end, out)
 
@@ -504,6 +505,12 @@ def _enter(out: Decoded) -> None:
     if out.depth > MAX_DEPTH:
         raise Stop(PacketStatus.TOO_DEEP)
     out.sport = out.dport = out.tcp_flags = out.seq = out.ack = out.window = 0
+
+
+def _confirm(out: Decoded, name: str) -> None:
+    """The UDP tunnel header decoded: name the tunnel on its outer datagram (Zeek's analyzer
+    confirmation, which gives the outer connection its ``service``)."""
+    out.outers[-1].encap = ENCAP_NAMES.index(name)
 
 
 def _inner_ethernet(frame: Buf, off: int, out: Decoded) -> None:
@@ -541,6 +548,7 @@ def vxlan(frame: Buf, off: int, end: int, out: Decoded) -> None:
     if not frame[off] & 0x08:
         raise Stop(PacketStatus.BAD_TUNNEL)
     vni = int.from_bytes(frame[off + 4 : off + 7], "big")
+    _confirm(out, "vxlan")
     out.tunnels.append(f"vxlan vni={vni} {_outer(out)}")
     _inner_ethernet(frame, off + 8, out)
 
@@ -553,6 +561,7 @@ def geneve(frame: Buf, off: int, end: int, out: Decoded) -> None:
     opt_len = (frame[off] & 0x3F) * 4
     proto = _be16(frame, off + 2)
     vni = int.from_bytes(frame[off + 4 : off + 7], "big")
+    _confirm(out, "geneve")
     out.tunnels.append(f"geneve vni={vni} {_outer(out)}")
     inner = off + 8 + opt_len
     if proto == ETH_TEB:
@@ -611,6 +620,7 @@ def teredo(frame: Buf, off: int, end: int, out: Decoded) -> None:
     declared, bubble = 40 + _be16(frame, pos + 4), frame[pos + 6] == 59 and _be16(frame, pos + 4) == 0
     if declared > cap_end - pos or (declared < cap_end - pos and not bubble):
         raise Stop(PacketStatus.BAD_TUNNEL)
+    _confirm(out, "teredo")  # Zeek confirms once both directions were valid: the service's decision
     out.tunnels.append(f"teredo {_outer(out)}")
     ipv6(frame, pos, out)
 
@@ -631,6 +641,7 @@ def ayiya(frame: Buf, off: int, end: int, out: Decoded) -> None:
         raise Stop(PacketStatus.BAD_TUNNEL)
     if frame[off + 2] & 0x0F != 1:
         raise Stop(PacketStatus.OK)  # not a forwarded packet: nothing inside, nothing wrong
+    _confirm(out, "ayiya")
     if frame[off + 3] not in (4, 41) or off + header == cap_end:
         raise Stop(PacketStatus.BAD_TUNNEL)
     out.tunnels.append(f"ayiya {_outer(out)}")
@@ -661,6 +672,7 @@ def gtpv1(frame: Buf, off: int, end: int, out: Decoded) -> None:
                 break
     if pos > cap_end or _inner_ip_length(frame, pos, cap_end) != cap_end - pos:
         raise Stop(PacketStatus.BAD_TUNNEL)
+    _confirm(out, "gtpv1")
     out.tunnels.append(f"gtpv1 teid={teid} {_outer(out)}")
     _inner_ip(frame, pos, out)
 
@@ -712,6 +724,10 @@ def pptp(frame: Buf, off: int, proto: int, outer: str, out: Decoded) -> None:
 
 def gre_udp(frame: Buf, off: int, end: int, out: Decoded) -> None:
     """GRE over UDP (RFC 8086, UDP 4754): the GRE header follows the UDP header (gre/main.zeek)."""
+    _need(frame, off + 4, PacketStatus.BAD_TUNNEL)
+    if _be16(frame, off) & 0x4078 or _be16(frame, off) & 0x7 > 1:  # what gre() refuses first
+        raise Stop(PacketStatus.BAD_TUNNEL)
+    _confirm(out, "gre")
     gre(frame, off, end, out)
 
 

@@ -26,9 +26,10 @@ Tunnels and VLANs
     packet, outermost first, such as ``"vxlan vni=42 10.0.0.1>10.0.0.2"``. As in Zeek, the outer
     datagram of a UDP tunnel (VXLAN, Geneve, Teredo, AYIYA, GTP, GRE over UDP) is a row of its own,
     just before its inner packet's row, with the same timestamp: a plain UDP packet whose ``tunnel``
-    describes only what is around it. GRE and IP-in-IP have no outer row. A flow key that should match
-    Zeek's leaves ``tunnel`` out: Zeek keys an inner connection by its own 5-tuple only. ``vlan`` is the
-    outer 802.1Q id (0: none).
+    describes only what is around it, and whose ``encap`` names the tunnel its payload decoded as
+    (``ENCAP_NAMES``: Zeek's service of the outer connection). GRE and IP-in-IP have no outer row.
+    A flow key that should match Zeek's leaves ``tunnel`` out: Zeek keys an inner connection by its
+    own 5-tuple only. ``vlan`` is the outer 802.1Q id (0: none).
 
 Per-packet flow membership (filled by the meter)
     ``flow_id[i]`` is the ``FlowRecord.flow_id`` of the flow packet ``i`` belongs to (0 for rows that are
@@ -133,6 +134,7 @@ class PacketBlock:
     payload_caplen: U32  # L4 payload bytes actually captured (<= payload_len)
     vlan: U16  # outer 802.1Q VLAN id, 0 when untagged
     tunnel: U16  # index into ``tunnels``, 0 = not tunnelled
+    encap: U8  # index into ``ENCAP_NAMES``: the tunnel this UDP datagram's payload was decoded as (0: none)
     flow_id: U64  # filled by the meter: FlowRecord.flow_id of the packet's flow (0: none)
     from_orig: Bool  # filled by the meter: True when originator -> responder
     point_names: tuple[str, ...] = ("",)
@@ -170,6 +172,7 @@ class PacketBlock:
             payload_caplen=z(count, np.uint32),
             vlan=z(count, np.uint16),
             tunnel=z(count, np.uint16),
+            encap=z(count, np.uint8),
             flow_id=z(count, np.uint64),
             from_orig=z(count, np.bool_),
         )
@@ -232,8 +235,13 @@ class PacketBlock:
 COLUMN_NAMES: tuple[str, ...] = (
     "ts_ns", "iface", "point", "status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo",
     "sport", "dport", "tcp_flags", "seq", "ack", "window", "ip_id", "ttl", "ip_len", "payload_off",
-    "payload_len", "payload_caplen", "vlan", "tunnel", "flow_id", "from_orig",
+    "payload_len", "payload_caplen", "vlan", "tunnel", "encap", "flow_id", "from_orig",
 )  # fmt: skip
+
+#: ``encap`` values: the tunnel a UDP datagram carries, named as Zeek's analyzer, whose confirmation
+#: puts the name in the outer connection's ``service`` (scripts/base/frameworks/analyzer/dpd.zeek).
+#: Set on the outer row when the tunnel header decoded, whatever became of the packet inside.
+ENCAP_NAMES: tuple[str, ...] = ("", "vxlan", "geneve", "teredo", "ayiya", "gtpv1", "gre")
 
 
 def format_addr(hi: int, lo: int) -> str:

@@ -19,7 +19,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet
 
 from hopscope.probes.decode import Decoder
-from hopscope.probes.packets import PacketBlock, PacketStatus
+from hopscope.probes.packets import ENCAP_NAMES, PacketBlock, PacketStatus
 from hopscope.probes.readers import open_capture
 from tests.probes import encap_frames as E
 
@@ -104,9 +104,11 @@ def test_tunnels_yield_the_inner_packet(tmp_path: Path, name: str, frame: Packet
     assert inner_tuple(block, inner) == EXPECTED
     assert block.tunnels[block.tunnel[inner]] == tunnel
     assert block.vlan.tolist() == [vlan] * block.count
+    assert block.encap[inner] == 0
     if block.count == 2:
         assert (block.src_str(0), block.proto[0], block.dport[0], block.tunnel[0]) == ("192.168.0.1", 17,
                                                                                      frame[UDP].dport, 0)
+        assert ENCAP_NAMES[block.encap[0]] == name.split("-")[0]  # the outer connection's service in Zeek
 
 
 def test_ipv4_options_and_payload(tmp_path: Path) -> None:
@@ -195,6 +197,8 @@ def test_udp_tunnel_outer_datagram_stays_when_its_inside_does_not_decode(
     assert block.count == outer_rows and block.ok.all()
     assert block.proto[outer_rows - 1] == 17 and block.tunnel[0] == 0
     assert dict(decoder.skips) == ({skip: 1} if skip else {})
+    confirmed = name in ("vxlan-arp", "ayiya-next-header-17", "ayiya-empty", "gtp-in-gtp")  # the header decoded
+    assert bool(block.encap[0]) == confirmed
 
 
 LINK_FAILURES = [
