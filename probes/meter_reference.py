@@ -19,8 +19,9 @@ keep their direction (``meter_common.icmp_key_ports``). Per packet (``_meter_pac
 2. count packets, payload and IP bytes per direction; the flow's end time (Zeek's ``SetLastTime``:
    for TCP only until both sides have closed, so the last ACK and later stragglers are counted but
    do not lengthen the flow);
-3. TCP (``_tcp_packet``): sequence analysis, then Zeek's sequence numbers, history letters and state
-   machine (``tcpstate.TcpConn``, every packet, as Zeek does), then the handshake anchors; other
+3. TCP (``_tcp_packet``): Zeek's sequence numbers, history letters and state machine
+   (``tcpstate.TcpConn``, every packet, as Zeek does), the counts of its events, then the handshake
+   anchors; other
    protocols: the UDP history letter of the first datagram per direction (with or without payload)
    and the payload hash of the first payload.
 
@@ -29,11 +30,12 @@ range from the start to the highest sequence end or the peer's highest ACK, less
 retransmitted and overlapping data count once and data acknowledged but not captured counts; UDP and
 ICMP sizes are the payload bytes per the IP header (UDP: the UDP length less its header).
 
-Definitions: a retransmission is a segment with payload whose end does not advance the highest sequence
-end seen in its direction (Zeek's rule); an out-of-order segment is one with payload that starts
-beyond it (data before it is missing or late). Zero windows are counted on non-RST TCP packets. The
+Definitions: a retransmission is a segment with payload that does not advance the highest sequence
+end of its direction (Zeek's ``update_last_seq`` calling ``DidRxmit``, with its exceptions); an
+out-of-order segment is one with payload that starts beyond it (data before it is missing or late). A
+zero window is Zeek's ``update_window`` rule: no RST, the peer not CLOSED, the sender not RESET. The
 ``T`` and ``W`` history letters are added on the 1st, 10th, 100th, ... retransmission and zero window
-of a direction (Zeek's ``HistoryThresholdEvent`` scaling).
+of a direction (Zeek's ``ScaledHistoryEntry``).
 
 Records are emitted when a flow ends (``tcpstate.TcpConn.closed``, after ``linger_s`` of capture time,
 Zeek's ``tcp_close_delay``, so late ACKs and retransmissions are counted; later packets start a new
@@ -73,10 +75,6 @@ from hopscope.probes.packets import ACK, FIN, RST, SYN, TCP, UDP, PacketBlock, p
 from hopscope.probes.tcpstate import TcpConn
 from hopscope.records import Batch
 
-#: No sequence end known yet in a direction (meter.c: NO_SEQ).
-NO_SEQ: Final = -(1 << 62)
-#: A running sequence end below this is a sentinel (none yet, or only RSTs seen): real ends are >= -2^31.
-SEQ_KNOWN: Final = -(1 << 32)
 #: Indices into ``Flow.stats`` (``meter_common.STAT_NAMES``): 2 * kind + direction.
 S_PKTS, S_BYTES, S_IP_BYTES, S_RTX, S_OOO, S_ZW = 0, 2, 4, 6, 8, 10
 #: Why a final record is emitted (``close_type``'s ``reason``).
@@ -90,8 +88,8 @@ class Flow:
 
     __slots__ = (
         "attempt_ns", "closed_ns", "closing", "community_id", "end_ns", "flipped", "flow_id", "ip_version", "key",
-        "last_report_ns", "max_end", "orig_ep", "orig_hi", "orig_lo", "orig_p", "payload_hash", "point", "proto",
-        "resp_hi", "resp_lo", "resp_p", "rtt_client_us", "rtt_server_us", "seq_base", "slot", "start_ns", "stats",
+        "last_report_ns", "orig_ep", "orig_hi", "orig_lo", "orig_p", "payload_hash", "point", "proto",
+        "resp_hi", "resp_lo", "resp_p", "rtt_client_us", "rtt_server_us", "slot", "start_ns", "stats",
         "syn_ip_id", "syn_ns", "syn_seq", "synack_ns", "synack_seq", "tcp", "tunnel", "udp_history", "vlan",
     )  # fmt: skip
 
@@ -109,8 +107,6 @@ class Flow:
         # TCP handshake anchors (0: not seen)
         self.syn_seq = self.syn_ip_id = self.syn_ns = self.synack_seq = self.synack_ns = 0
         self.rtt_client_us = self.rtt_server_us = 0
-        self.seq_base = [-1, -1]  # per direction: the first sequence number, origin of relative ones
-        self.max_end = [NO_SEQ, NO_SEQ]  # per direction: the highest relative sequence end
         self.attempt_ns = 0  # capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none
         self.stats = [0] * 12
         self.payload_hash = [0, 0]  # per direction: hash of the first payload bytes (1: not captured)
@@ -307,22 +303,20 @@ class ReferenceMeter:
     # --- TCP (meter.c: tcp_packet_meter) ----------------------------------------------------------
 
     def _tcp_packet(self, r: _Rows, k: int, flow: Flow, fo: bool) -> None:
-        """Sequence analysis, the state machine and history, and the handshake anchors of one packet."""
+        """Zeek's sequence numbers, history letters and state machine, the retransmission, out-of-order
+        and zero-window counts, and the handshake anchors of one packet."""
         d, flags, seq, length, ts = 0 if fo else 1, r.flags[k], r.seq[k], r.plen[k], r.ts[k]
-        letters = self._seq_analysis(flow, d, flags, seq, length, r.window[k])
         if length and not flags & RST and not flow.payload_hash[d] and self._block.payload_caplen[r.row[k]]:
             flow.payload_hash[d] = self._hash_payload(r.row[k])
         tcp = flow.tcp
         assert tcp is not None
         if fo and flags & SYN and tcp.orig.state == tcpstate.INACTIVE:
             flow.attempt_ns = ts  # UpdateInactiveState schedules the AttemptTimer
-        tcp.packet(fo, flags, seq, r.ack[k], length)  # sequence numbers, history letters, state machine
+        events = tcp.packet(fo, flags, seq, r.ack[k], length, r.window[k])
+        if events:
+            self._count_events(flow, tcp, fo, events)
         if flow.attempt_ns and not tcp.attempt:
             flow.attempt_ns = 0  # answered (or closed): the AttemptTimer will find nothing to end, ever
-        if letters & 1:
-            tcp.add(fo, "W")
-        if letters & 2:
-            tcp.add(fo, "T")
         if flags & SYN or (flow.synack_ns and not flow.rtt_client_us):  # else no anchor can change
             self._anchors(r, k, flow, fo, flags, seq, ts)
         if flags & (FIN | RST) and not flow.closing and tcp.closed:  # only a FIN or RST closes (TcpConn.closed)
@@ -330,31 +324,20 @@ class ReferenceMeter:
             flow.closing = True  # its final record waits linger_s for stragglers
 
     @staticmethod
-    def _seq_analysis(flow: Flow, d: int, flags: int, seq: int, length: int, window: int) -> int:
-        """Retransmission, out-of-order and zero-window counts of one packet; returns its letters
-        (1: ``W``, 2: ``T``, on the 1st, 10th, 100th ... occurrence in the direction)."""
-        rst = flags & RST
-        if flow.seq_base[d] < 0:
-            flow.seq_base[d] = seq
-        rel = ((seq - flow.seq_base[d] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-        seglen = (0 if rst else length) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        prev = flow.max_end[d]
-        data = length > 0 and not rst and prev >= SEQ_KNOWN
-        rtx = data and rel + seglen <= prev  # Zeek: payload that does not advance the sequence space
-        ooo = data and rel > prev
-        zw = not rst and window == 0
-        if not rst and rel + seglen > prev:
-            flow.max_end[d] = rel + seglen
-        stats, letters = flow.stats, 0  # Zeek adds T and W at thresholds 1, 10, 100, ... (ScaledHistoryEntry)
-        if zw:
+    def _count_events(flow: Flow, tcp: TcpConn, fo: bool, events: int) -> None:
+        """Zero-window, retransmission and out-of-order counts; ``W`` and ``T`` on the 1st, 10th, 100th
+        ... of a direction (Zeek's ``ScaledHistoryEntry``), after the packet's other letters."""
+        stats, d = flow.stats, 0 if fo else 1
+        if events & tcpstate.EV_ZERO_WINDOW:
             stats[S_ZW + d] += 1
-            letters |= 1 if _is_power_of_ten(stats[S_ZW + d]) else 0
-        if rtx:
+            if _is_power_of_ten(stats[S_ZW + d]):
+                tcp.add(fo, "W")
+        if events & tcpstate.EV_RXMIT:
             stats[S_RTX + d] += 1
-            letters |= 2 if _is_power_of_ten(stats[S_RTX + d]) else 0
-        if ooo:
+            if _is_power_of_ten(stats[S_RTX + d]):
+                tcp.add(fo, "T")
+        if events & tcpstate.EV_OOO:
             stats[S_OOO + d] += 1
-        return letters
 
     def _anchors(self, r: _Rows, k: int, flow: Flow, fo: bool, flags: int, seq: int, ts: int) -> None:
         """The originator's SYN (ISN, IP id, time), the responder's SYN-ACK and the two handshake RTTs."""

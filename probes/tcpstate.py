@@ -49,6 +49,9 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 # hist_seen bits (per endpoint)
 _H_SYN, _H_FIN, _H_RST, _H_FIN_RST, _H_DATA, _H_ACK, _H_MULTI = 1, 2, 4, 8, 16, 32, 64
 
+#: ``TcpConn.packet`` events: a zero window (Zeek's ``ZeroWindow``), a retransmission (``DidRxmit``), and
+#: data starting beyond the highest sequence end (hopscope's out-of-order count).
+EV_ZERO_WINDOW, EV_RXMIT, EV_OOO = 1, 2, 4
 #: Sentinel for "no sequence number remembered yet" (sequence numbers are 0..2^32-1).
 _NONE: Final = -1
 #: At most this many history letters are kept (a bound for pathological flows; meter.c: HIST_MAX).
@@ -143,46 +146,69 @@ class TcpConn:
         self.resp = Endpoint()
         self.history: list[str] = []
 
-    def packet(self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int) -> None:
+    def packet(self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int, window: int) -> int:
         """Account one packet in Zeek's order (``TCP_Analyzer::DeliverPacket``): ``init_endpoint``, the
-        history letters, the FIN count, the peer's ACK (``init_peer``/``update_ack_seq``),
-        ``update_last_seq``, the state machine, and ``did_close`` (``ConnectionClosed``).
+        history letters, ``update_window``, the FIN count, the peer's ACK (``init_peer``/
+        ``update_ack_seq``), ``update_last_seq``, the state machine, and ``did_close``
+        (``ConnectionClosed``). Returns its ``EV_`` events; the meter counts them and adds the scaled
+        ``W`` and ``T`` letters.
 
         A plain segment (no SYN, FIN or RST) of an endpoint past INACTIVE takes a short path: for it
         ``init_endpoint`` and the state machine change nothing, and ``update_last_seq`` only moves
-        the sequence end forward."""
+        the sequence end forward or notes a retransmission."""
         ep, peer = (self.orig, self.resp) if from_orig else (self.resp, self.orig)
         if flags & (SYN | FIN | RST) or ep.state == INACTIVE:
-            self._control(ep, peer, from_orig, flags, seq, ack, payload_len)
-            return
+            return self._control(ep, peer, from_orig, flags, seq, ack, payload_len, window)
         self._history(ep, from_orig, flags, seq, payload_len)
+        events = EV_ZERO_WINDOW if window == 0 and peer.state != CLOSED and ep.state != RESET else 0
         if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):  # an unchanged ACK changes nothing
             peer.ack_received(ack, flags)
-        end = (seq + payload_len) & _M32
-        if 0 < (end - ep.last) & _M32 < 1 << 31 and ep.state != RESET:  # seq_delta(end, last) > 0
-            ep.update_last(end)
+        if payload_len and 0 < (seq - ep.last) & _M32 < 1 << 31:  # starts beyond the highest end
+            events |= EV_OOO
+        if ep.state != RESET:
+            end = (seq + payload_len) & _M32
+            if 0 < (end - ep.last) & _M32 < 1 << 31:  # seq_delta(end, last) > 0
+                ep.update_last(end)
+            elif payload_len:
+                events |= EV_RXMIT
+        return events
 
     def _control(
-        self, ep: Endpoint, peer: Endpoint, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int
-    ) -> None:
+        self,
+        ep: Endpoint,
+        peer: Endpoint,
+        from_orig: bool,
+        flags: int,
+        seq: int,
+        ack: int,
+        payload_len: int,
+        window: int,
+    ) -> int:
         """``packet`` for a SYN, FIN or RST, or a segment of an INACTIVE endpoint."""
         # get_segment_len: the payload (none in a RST), one for a SYN (0x02), one for a FIN (0x01)
         seg_end = (seq + (0 if flags & RST else payload_len) + (flags & FIN) + ((flags & SYN) >> 1)) & _M32
         if flags & SYN or ep.state == INACTIVE:
             _init_endpoint(ep, flags, seq, seg_end)
         self._history(ep, from_orig, flags, seq, payload_len)
+        zero = window == 0 and not flags & RST and peer.state != CLOSED and ep.state != RESET  # update_window
+        events = EV_ZERO_WINDOW if zero else 0
         if flags & FIN:
             ep.fin_cnt += 1
         if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):
             peer.ack_received(ack, flags)
-        # Zeek's update_last_seq: the highest sequence end only moves forward (retransmissions never add),
-        # except that SYN/RST jumps beyond TOO_LARGE_SEQ_DELTA are ignored, a FIN right after the SYN
-        # moves it even backwards, and a reset endpoint's sequence numbers are not trusted
+        if payload_len and not flags & RST and seq_delta(seq, ep.last) > 0:
+            events |= EV_OOO
+        # Zeek's update_last_seq: the highest sequence end only moves forward (a segment with payload
+        # that does not move it is a retransmission), except that SYN/RST jumps beyond
+        # TOO_LARGE_SEQ_DELTA are ignored, a FIN right after the SYN moves it even backwards, and a
+        # reset endpoint's sequence numbers are not trusted
         delta = seq_delta(seg_end, ep.last)
-        if not (flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA):
-            fin_after_syn = flags & FIN and ep.last == (ep.start + 1) & _M32
-            if fin_after_syn or (ep.state != RESET and delta > 0):
-                ep.update_last(seg_end)
+        if flags & (SYN | RST) and abs(delta) > TOO_LARGE_SEQ_DELTA:
+            pass
+        elif (flags & FIN and ep.last == (ep.start + 1) & _M32) or (ep.state != RESET and delta > 0):
+            ep.update_last(seg_end)
+        elif ep.state != RESET and payload_len:
+            events |= EV_RXMIT
         state = ep.state
         if state == INACTIVE:
             self._inactive(ep, peer, from_orig, flags, payload_len)
@@ -197,6 +223,7 @@ class TcpConn:
             ep.set_state(RESET)
         if flags & (FIN | RST):
             ep.did_close = True  # every FIN or RST that changes the state closes (do_close); later ones repeat it
+        return events
 
     def sizes(self) -> tuple[int, int]:
         """``orig_bytes`` and ``resp_bytes`` as Zeek's ``TCP_Endpoint::Size`` gives them."""

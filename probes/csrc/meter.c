@@ -2,7 +2,7 @@
  *
  * Reference twin: probes/meter_reference.py (ReferenceMeter, the specification) and probes/tcpstate.py
  * (the Zeek state machine). This kernel follows the reference function for function: meter_rows,
- * meter_packet, create, tcp_packet_meter (seq_analysis, tcp_packet, anchors), end_of_slice, sweep, evict,
+ * meter_packet, create, tcp_packet_meter (tcp_packet, event counts, anchors), end_of_slice, sweep, evict,
  * finish, emit, in the same order of operations, and its flow table hands out slots in the same order,
  * so both emit identical records in the same order on every input (tests/probes/test_meter_native.py):
  *
@@ -13,9 +13,9 @@
  *     reuse (TCPSessionAdapter::IsReuse) and attempt timeout (AttemptTimer) start a new flow on a known
  *     tuple (the old flow is finished at the end of the slice);
  *   - per packet: counters per direction, the end time (TCP: until both sides closed, Zeek's SetLastTime),
- *     Zeek's endpoint sequence numbers (TCP bytes are TCP_Endpoint::Size at emission), sequence analysis (retransmission: payload whose end does not
- *     advance the highest sequence end seen; out of order: payload starting beyond it), zero windows,
- *     T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
+ *     Zeek's endpoint sequence numbers (TCP bytes are TCP_Endpoint::Size at emission), retransmissions
+ *     (Zeek's DidRxmit: payload that does not advance the highest sequence end), out of order (payload
+ *     starting beyond it), zero windows (Zeek's update_window), T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
  *     letters (every packet, as Zeek), handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload
  *     hashes (BLAKE2b-64 of the first payload bytes per direction), UDP history letters;
  *   - emission: FIN both ways or RST closes a flow, finished after linger; idle timeouts; interim records
@@ -56,8 +56,6 @@ enum { CT_NORMAL, CT_CLIENT_RST, CT_SERVER_RST, CT_SYN_MISS, CT_ACK_MISS, CT_HAL
 /* why a record is emitted (meter_reference's WHY_ strings) */
 enum { WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED, WHY_OPEN };
 
-#define NO_SEQ (-(INT64_C(1) << 62))
-#define SEQ_NONE_BELOW (-(INT64_C(1) << 32)) /* max_end below this: no sequence end known yet */
 #define HIST_INLINE 32
 #define HIST_MAX 65535
 #define CID_LEN 30 /* "1:" + 28 base64 characters */
@@ -96,7 +94,6 @@ typedef struct {
     uint64_t orig_hi, orig_lo, resp_hi, resp_lo;
     int64_t start_ns, end_ns, last_report_ns, closed_ns;
     int64_t syn_seq, syn_ip_id, syn_ns, synack_seq, synack_ns, rtt_client_us, rtt_server_us;
-    int64_t seq_base[2], max_end[2];
     int64_t attempt_ns; /* capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none */
     int64_t stats[12];
     uint64_t payload_hash[2];
@@ -419,26 +416,30 @@ static void init_endpoint(endpoint_t *ep, int flags, uint32_t seq, uint32_t seg_
     }
 }
 
-/* tcpstate._update_last_seq: Zeek's update_last_seq. */
-static void update_last_seq(endpoint_t *ep, uint32_t seg_end, int flags) {
-    int32_t delta = seq_delta(seg_end, ep->last);
-    if ((flags & (T_SYN | T_RST)) && (delta > TOO_LARGE_SEQ_DELTA || delta < -TOO_LARGE_SEQ_DELTA)) return;
-    int fin_after_syn = (flags & T_FIN) && ep->last == ep->start + 1;
-    if (fin_after_syn || (ep->state != RESET && delta > 0)) update_last(ep, seg_end);
-}
+/* TcpConn.packet events */
+enum { EV_ZERO_WINDOW = 1, EV_RXMIT = 2, EV_OOO = 4 };
 
-/* One packet in Zeek's order (TcpConn.packet, TCP_Analyzer::DeliverPacket): init_endpoint, history
- * letters, FIN count, the peer's ACK (init_peer / update_ack_seq), update_last_seq, the state machine,
- * did_close. */
-static void tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, int64_t len) {
-    endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
-    uint32_t seglen = (uint32_t)((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
-    uint32_t seg_end = seq + seglen;
+/* TcpConn._control: a SYN, FIN or RST, or a segment of an INACTIVE endpoint. */
+static int tcp_control(flow_t *f, endpoint_t *ep, endpoint_t *peer, int fo, int flags, uint32_t seq, uint32_t ack,
+                       int64_t len, int64_t window) {
+    /* get_segment_len: the payload (none in a RST), one for a SYN, one for a FIN */
+    uint32_t seg_end = seq + (uint32_t)((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
     if ((flags & T_SYN) || ep->state == INACTIVE) init_endpoint(ep, flags, seq, seg_end);
     tcp_history(f, ep, fo, flags, seq, len);
+    int zero = window == 0 && !(flags & T_RST) && peer->state != CLOSED && ep->state != RESET; /* update_window */
+    int events = zero ? EV_ZERO_WINDOW : 0;
     if (flags & T_FIN) ep->fin_cnt++;
-    if (flags & T_ACK) ack_received(peer, ack, flags);
-    update_last_seq(ep, seg_end, flags);
+    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) ack_received(peer, ack, flags);
+    if (len && !(flags & T_RST) && seq_delta(seq, ep->last) > 0) events |= EV_OOO;
+    /* Zeek's update_last_seq, DidRxmit for a segment with payload that does not advance */
+    int32_t delta = seq_delta(seg_end, ep->last);
+    if ((flags & (T_SYN | T_RST)) && (delta > TOO_LARGE_SEQ_DELTA || delta < -TOO_LARGE_SEQ_DELTA)) {
+        /* SYN/RST jumps are ignored */
+    } else if (((flags & T_FIN) && ep->last == ep->start + 1) || (ep->state != RESET && delta > 0)) {
+        update_last(ep, seg_end);
+    } else if (ep->state != RESET && len) {
+        events |= EV_RXMIT;
+    }
     switch (ep->state) {
     case INACTIVE:
         tcp_inactive(f, ep, peer, fo, flags, len);
@@ -459,6 +460,29 @@ static void tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack,
         break;
     }
     if (flags & (T_FIN | T_RST)) ep->did_close = 1;
+    return events;
+}
+
+/* One packet in Zeek's order (TcpConn.packet, TCP_Analyzer::DeliverPacket): init_endpoint, history
+ * letters, update_window, FIN count, the peer's ACK (init_peer / update_ack_seq), update_last_seq, the
+ * state machine, did_close; returns its EV_ events. A plain segment of an endpoint past INACTIVE takes
+ * the short path. */
+static int tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, int64_t len, int64_t window) {
+    endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
+    if ((flags & (T_SYN | T_FIN | T_RST)) || ep->state == INACTIVE)
+        return tcp_control(f, ep, peer, fo, flags, seq, ack, len, window);
+    tcp_history(f, ep, fo, flags, seq, len);
+    int events = (window == 0 && peer->state != CLOSED && ep->state != RESET) ? EV_ZERO_WINDOW : 0;
+    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) ack_received(peer, ack, flags);
+    if (len && seq_delta(seq, ep->last) > 0) events |= EV_OOO;
+    if (ep->state != RESET) {
+        uint32_t end = seq + (uint32_t)len;
+        if (seq_delta(end, ep->last) > 0)
+            update_last(ep, end);
+        else if (len)
+            events |= EV_RXMIT;
+    }
+    return events;
 }
 
 /* TcpConn.closed: at least one side did_close, and both did, or one side is RESET or INACTIVE (Zeek's
@@ -867,10 +891,6 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     f->resp_p = (uint16_t)(flip ? sport : dport);
     f->orig_ep = flip ? dst_ep : src_ep;
     f->flipped = (uint8_t)flip;
-    for (int d = 0; d < 2; d++) {
-        f->seq_base[d] = -1;
-        f->max_end[d] = NO_SEQ;
-    }
     e->c_flows++;
     if (ix_put(e, key, slot) < 0) return -1;
     return slot;
@@ -897,26 +917,6 @@ static uint64_t hash_payload(Engine *e, const block_t *b, int64_t i) {
     if (n > b->buf_len - off) n = b->buf_len - off;
     if (n <= 0) return 0;
     return hs_payload_hash(b->buf + off, (size_t)n);
-}
-
-/* Retransmission, out-of-order and zero-window counts of one packet; returns its letters (1: W, 2: T, on
- * the 1st, 10th, 100th ... occurrence in the direction). ReferenceMeter._seq_analysis. */
-static int seq_analysis(flow_t *f, int d, int flags, int64_t seq, int64_t len, int64_t window) {
-    int rst = flags & T_RST;
-    if (f->seq_base[d] < 0) f->seq_base[d] = seq;
-    int64_t rel = ((seq - f->seq_base[d] + (INT64_C(1) << 31)) & 0xFFFFFFFF) - (INT64_C(1) << 31);
-    int64_t seglen = (rst ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
-    int64_t prev = f->max_end[d];
-    int data = len > 0 && !rst && prev >= SEQ_NONE_BELOW;
-    int rtx = data && rel + seglen <= prev; /* Zeek: payload that does not advance the sequence space */
-    int ooo = data && rel > prev;
-    int zw = !rst && window == 0;
-    if (!rst && rel + seglen > prev) f->max_end[d] = rel + seglen;
-    int letters = 0;
-    if (zw && is_power_of_ten(++f->stats[S_ZW + d])) letters |= 1;
-    if (rtx && is_power_of_ten(++f->stats[S_RTX + d])) letters |= 2;
-    f->stats[S_OOO + d] += ooo;
-    return letters;
 }
 
 /* The originator's SYN (ISN, IP id, time), the responder's SYN-ACK and the two handshake RTTs.
@@ -951,14 +951,16 @@ static void anchors(const block_t *b, int64_t i, flow_t *f, int fo, int flags, i
 static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, int fo) {
     int d = fo ? 0 : 1, flags = b->flags[i];
     int64_t seq = b->seq[i], len = b->payload_len[i], ts = b->ts[i];
-    int letters = seq_analysis(f, d, flags, seq, len, b->window[i]);
     if (len && !(flags & T_RST) && !f->payload_hash[d] && b->payload_caplen[i])
         f->payload_hash[d] = hash_payload(e, b, i);
     if (fo && (flags & T_SYN) && f->ep[0].state == INACTIVE) f->attempt_ns = ts; /* the AttemptTimer starts */
-    tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len); /* sequence numbers, history, state machine */
+    int events = tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len, b->window[i]);
+    if (events) { /* counts, and W and T on the 1st, 10th, 100th ... (ReferenceMeter._count_events) */
+        if ((events & EV_ZERO_WINDOW) && is_power_of_ten(++f->stats[S_ZW + d])) add_letter(f, fo, 'W');
+        if ((events & EV_RXMIT) && is_power_of_ten(++f->stats[S_RTX + d])) add_letter(f, fo, 'T');
+        if (events & EV_OOO) f->stats[S_OOO + d]++;
+    }
     if (f->attempt_ns && !tcp_attempt(f)) f->attempt_ns = 0; /* answered or closed: never an attempt again */
-    if (letters & 1) add_letter(f, fo, 'W');
-    if (letters & 2) add_letter(f, fo, 'T');
     if ((flags & T_SYN) || (f->synack_ns && !f->rtt_client_us)) anchors(b, i, f, fo, flags, seq, ts);
     if ((flags & (T_FIN | T_RST)) && !f->closing && tcp_closed(f)) { /* only a FIN or RST closes */
         f->closed_ns = ts;

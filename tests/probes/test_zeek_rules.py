@@ -185,9 +185,9 @@ def test_udp_originator_by_likely_server_ports(
 # --- counting and timing: sizes by sequence range, duration up to the close --------------------------
 
 
-def _seg(to_server: bool, flags: str, seq: int, ack: int = 0, size: int = 0) -> Packet:
+def _seg(to_server: bool, flags: str, seq: int, ack: int = 0, size: int = 0, window: int = 8192) -> Packet:
     src, dst = ((C, 40000), (S, 80)) if to_server else ((S, 80), (C, 40000))
-    tcp = TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+    tcp = TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack, window=window)
     return Ether(src=MAC_A, dst=MAC_B) / IP(src=src[0], dst=dst[0]) / tcp / (b"x" * size)
 
 
@@ -209,6 +209,14 @@ COUNT_CASES = [
     # data the peer acknowledged but the capture missed (1101-1200) is in the size (max(last, ack))
     ("acked-not-seen", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "A", 5001, 1301)],
      [(C, 40000, S, 80, 6, "S1", "ShADa", 3, 2, 300, 0, 4.0)]),
+    # a zero window is W (update_window) ... but not once the peer has closed
+    ("zero-window", [*OPEN, _seg(False, "PA", 5001, 1001, 10), _seg(True, "A", 1001, 5011, window=0)],
+     [(C, 40000, S, 80, 6, "S1", "ShAdW", 3, 2, 0, 10, 4.0)]),
+    ("zero-window-after-fin", [*OPEN, _seg(False, "FA", 5001, 1001), _seg(True, "A", 1001, 5002, window=0)],
+     [(C, 40000, S, 80, 6, "S3", "ShAf", 3, 2, 0, 0, 4.0)]),
+    # a retransmission is a segment with payload that does not advance the sequence end (DidRxmit)
+    ("partial-retransmission", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(True, "PA", 1001, 5001, 50)],
+     [(C, 40000, S, 80, 6, "S1", "ShADT", 4, 1, 100, 0, 4.0)]),
     # a connection seen midstream is numbered as if its SYN had been seen (start = first seq - 1)
     ("midstream", [_seg(True, "PA", 7000, 9000, 10), _seg(False, "PA", 9000, 7010, 20)],
      [(C, 40000, S, 80, 6, "OTH", "Dd", 1, 1, 10, 20, 1.0)]),
