@@ -63,6 +63,8 @@ class PointHealth:
     state: str = "starting"  # starting, capturing, stopping, stopped, failed
     kernel_packets: int = 0  # frames that passed the filter (kernel count)
     kernel_drops: int = 0  # frames the kernel dropped (ring full)
+    decode_skips: int = 0  # frames the decoder skipped (not IP, truncated, ...: the probe's summary says why)
+    evictions: int = 0  # flows and L7 connections or DNS queries evicted from full tables
     records: int = 0  # flow and request records handed to the buffer
     records_sent: int = 0  # of those, acknowledged by the broker
     publish_lag_s: float = 0.0  # age of the point's oldest batch not yet acknowledged
@@ -119,6 +121,8 @@ class PointCapture:
             state = "stopping" if self.stopping else "capturing" if self.probe.started.is_set() else "starting"
         return PointHealth(
             s.point, s.iface, s.netns.name, s.hop_kind, state, summary.kernel_packets, summary.kernel_drops,
+            sum(summary.decode_skips.values()), summary.meter.get("evictions", 0)
+            + summary.l7.get("evicted_connections", 0) + summary.l7.get("evicted_dns_queries", 0),
             summary.flow_records + summary.request_records, buffer.stats.records_sent_by_point.get(s.point, 0),
             round(buffer.lag_s(s.point), 3), self.error,
         )  # fmt: skip
@@ -237,12 +241,13 @@ class Agent:
         return s
 
     def report(self) -> None:
-        """The health line: points, Kafka, buffer; per point packets, drops, records, lag."""
+        """The health line: points, Kafka, buffer; per point packets, drops, skips, evictions, records, lag."""
         s, points = self.summary, self.points()
         kafka = "up" if self.sender.state.connected else f"down ({self.sender.state.last_error})"
         per_point = "; ".join(
             f"{p.point} [{p.hop_kind or '-'} {p.state}] packets {p.kernel_packets} drops {p.kernel_drops} "
-            f"records {p.records} sent {p.records_sent} lag {p.publish_lag_s:.1f}s"
+            f"skips {p.decode_skips} evictions {p.evictions} records {p.records} sent {p.records_sent} "
+            f"lag {p.publish_lag_s:.1f}s"
             for p in points if p.state != "stopped"
         )  # fmt: skip
         stats = self.buffer.stats

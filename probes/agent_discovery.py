@@ -117,6 +117,7 @@ def discover_namespaces(config: NamespacesConfig) -> list[NetNamespace]:
 
 def namespace_interfaces(ns: NetNamespace) -> list[tuple[int, str]]:
     """(index, name) of the interfaces of ``ns``; empty when the namespace went away meanwhile."""
+    own = _namespace_id(OWN_NAMESPACE)
     try:
         with in_netns(ns.path):
             return socket.if_nameindex()
@@ -124,6 +125,8 @@ def namespace_interfaces(ns: NetNamespace) -> list[tuple[int, str]]:
         log.debug("namespace %s (%s) gone while listing its interfaces: %s", ns.name, ns.path, exc)
         return []
     except CaptureError as exc:  # setns failed: a namespace of a process that just exited, or no rights
+        if _namespace_id(OWN_NAMESPACE) != own:  # stranded in the other namespace: nothing is safe now
+            raise
         log.debug("cannot enter namespace %s: %s", ns.name, exc)
         return []
 
