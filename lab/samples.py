@@ -13,12 +13,13 @@ SAMPLE_SETTINGS = PlanSettings(requests_per_session=8, sessions=1, big_bytes=60_
 SAMPLE_IMPAIRMENTS = (ImpairSpec("nodeB-ingress", delay_ms=5.0),)
 
 
-def record_samples(out: Path, sidecar: str = "envoy") -> Path:
-    """Build a lab (its server pods behind ``sidecar``), record the sample run into ``out`` (its old
+def record_samples(out: Path, sidecar: str = "envoy", client_sidecar: str = "none") -> Path:
+    """Build a lab (its server pods behind ``sidecar``, its client pods' egress through
+    ``client_sidecar``), record the sample run into ``out`` (its old
     pcaps removed first), tear the lab down; return the path of the new ``manifest.json``."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.pcap"):
         old.unlink()
-    with Lab(sidecar=sidecar) as lab:
+    with Lab(sidecar=sidecar, client_sidecar=client_sidecar) as lab:
         manifest: Path = record(lab, out, list(SAMPLE_IMPAIRMENTS), SAMPLE_SETTINGS)
     return manifest

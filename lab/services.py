@@ -5,6 +5,11 @@ The server pods' sidecar is Envoy (the default), Debian's nginx or Debian's hapr
 an X-Request-ID upstream that the app echoes back (``x-hs-upstream-request-id``), so the manifest
 holds, per request, the id its upstream leg carried.
 
+The client pods can run an egress sidecar too (``CLIENT_SIDECARS``: Envoy or haproxy): the client app
+sends to 127.0.0.1:``EGRESS_PORT``, the sidecar forwards to the web Service's ClusterIP over its
+upstream keep-alive pool and answers with what its upstream leg carried (``x-hs-egress-request-id``,
+``x-hs-egress-local``).
+
 Long-lived ones are started detached (their own session, output to a log file in the run
 directory) so that ``hopscope lab up`` can return and leave the lab running; ``lab down`` ends them
 by namespace (``ip netns pids``). Readiness is a line in the log file.
@@ -213,6 +218,33 @@ def start_sidecar(kind: str, binary: str, netns: str, pod: str, pod_ip: str, run
     cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir))
     argv = [binary, "-c", str(cfg)] if kind == "nginx" else [binary, "-f", str(cfg), "-db"]
     return start_daemon(f"{kind}-{pod}", netns, argv, run_dir / f"{kind}-{pod}.log", ready=None)
+
+
+#: The client pods' egress sidecars (``none``: the client app sends to the Service itself).
+CLIENT_SIDECARS = ("none", "envoy", "haproxy")
+#: Where the client app reaches its egress sidecar (127.0.0.1, as a mesh's outbound capture port).
+EGRESS_PORT = 15001
+_EGRESS_TEMPLATES = {"envoy": "envoy-egress.yaml", "haproxy": "haproxy-egress.cfg"}
+
+
+def egress_config(kind: str, pod: str, service_ip: str, service_port: int) -> str:
+    """The config of a client pod's egress sidecar: 127.0.0.1:EGRESS_PORT -> the Service's ClusterIP."""
+    template = string.Template((HERE / _EGRESS_TEMPLATES[kind]).read_text())
+    return template.substitute(pod=pod, egress_port=EGRESS_PORT, admin_port=ENVOY_ADMIN_PORT,
+                               service_ip=service_ip, service_port=service_port)
+
+
+def start_egress(kind: str, binary: str, netns: str, pod: str, service: tuple[str, int], run_dir: Path) -> Daemon:
+    """Start a client pod's egress sidecar of ``kind`` (envoy or haproxy) in its namespace (not waited for)."""
+    if kind not in _EGRESS_TEMPLATES:
+        raise LabError(f"unknown client sidecar {kind!r} (known: {', '.join(CLIENT_SIDECARS)})")
+    cfg = run_dir / f"{kind}-{pod}-egress{Path(_EGRESS_TEMPLATES[kind]).suffix}"
+    cfg.write_text(egress_config(kind, pod, *service))
+    if kind == "envoy":
+        argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
+    else:
+        argv = [binary, "-f", str(cfg), "-db"]
+    return start_daemon(f"{kind}-{pod}-egress", netns, argv, run_dir / f"{kind}-{pod}-egress.log", ready=None)
 
 
 def wait_listening(daemon: Daemon, port: int, timeout: float) -> None:

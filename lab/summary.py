@@ -27,6 +27,9 @@ def manifest_summary(path: Path) -> list[str]:
     sidecar = m.get("server_sidecar")
     if sidecar:
         lines.append(f"  server sidecar: {sidecar['kind']} ({sidecar['version']})")
+    egress = m.get("client_sidecar")
+    if egress and egress["kind"] != "none":
+        lines.append(f"  client sidecar: {egress['kind']} ({egress['version']}) on {egress['listen']}")
     for imp in m["impairments"]:
         stats = imp["delayer_stats"]
         lines.append(f"  impairment {imp['site']}: delay {imp['delay_ms']} ms, loss {imp['loss']}: {stats}")

@@ -200,11 +200,12 @@ VXLAN_ID = 42
 VXLAN_PORT = 4789
 
 
-def default_topology(overlay: str | None = None) -> Topology:
+def default_topology(overlay: str | None = None, client_sidecar: bool = False) -> Topology:
     """Two client pods on node A, two envoy-fronted server pods and a DNS pod on node B.
 
     overlay ``"vxlan"`` routes pod traffic between the nodes through a VXLAN device (flannel-like)
-    instead of plain routing on the underlay; pod MTU drops to 1450 then.
+    instead of plain routing on the underlay; pod MTU drops to 1450 then. ``client_sidecar``: the
+    client pods run an egress sidecar, captured on their loopback (``<client>-egress``, kind proxy).
     """
     if overlay not in (None, "vxlan"):
         raise ValueError(f"unknown overlay {overlay!r} (known: vxlan)")
@@ -292,9 +293,13 @@ def default_topology(overlay: str | None = None) -> Topology:
         CapturePoint("server2-pod", "server2", "eth0", "pod", "server", "server pod 2 NIC: client -> envoy leg"),
         CapturePoint("server2-app", "server2", "lo", "proxy", "server", "server pod 2 loopback: envoy -> app leg"),
     ]
+    if client_sidecar:
+        captures[0:0] = [CapturePoint(f"{c}-egress", c, "lo", "proxy", "client",
+                                      f"client pod {c[-1]} loopback: app -> egress sidecar leg")
+                         for c in ("client1", "client2")]
     if overlay == "vxlan":
         captures.insert(
-            4,
+            4 + (2 if client_sidecar else 0),
             CapturePoint("nodeA-underlay", "nodeA", "eth0", "node", "client", "node A NIC: VXLAN-encapsulated"),
         )
     sites = (

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _sidecar_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-sidecar", choices=["envoy", "nginx", "haproxy"], default="envoy",
                    help="the server pods' proxy in front of the app (default: envoy; nginx and haproxy from Debian)")
+    p.add_argument("--client-sidecar", choices=["none", "envoy", "haproxy"], default="none",
+                   help="an egress proxy in each client pod: the client app sends to it on 127.0.0.1, it forwards "
+                   "to the Service (default: none)")
 
 
 def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
@@ -86,9 +89,10 @@ def _plan(args: argparse.Namespace) -> PlanSettings:
 def _up(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import Lab
 
-    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar).up()
+    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar).up()
     lab.detach()
-    print(f"lab {lab.prefix} up in {lab.up_seconds} s, server sidecar {lab.sidecar} "
+    print(f"lab {lab.prefix} up in {lab.up_seconds} s, server sidecar {lab.sidecar}, "
+          f"client sidecar {lab.client_sidecar} "
           f"(namespaces: {' '.join(lab.ns.all())})")
     print("next: hopscope lab traffic --out DIR   |   hopscope lab down")
 
@@ -120,7 +124,7 @@ def _run(args: argparse.Namespace) -> None:
     from hopscope.lab.summary import manifest_summary
 
     impairments = parse_impairments(args.delay, args.loss)
-    with Lab(overlay=args.overlay, sidecar=args.server_sidecar) as lab:
+    with Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
     print("\n".join(manifest_summary(_skewed(args, path))))
 
@@ -143,7 +147,8 @@ def _samples(args: argparse.Namespace) -> None:
     from hopscope.paths import lab_samples
 
     out: Path = args.out or lab_samples()
-    print("\n".join(manifest_summary(record_samples(out, sidecar=args.server_sidecar))))
+    print("\n".join(manifest_summary(record_samples(out, sidecar=args.server_sidecar,
+                                                                client_sidecar=args.client_sidecar))))
     total = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"{out}: {total / 1e6:.2f} MB")
 
@@ -164,8 +169,9 @@ def _status(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import check_prerequisites
 
-    check_prerequisites(args.server_sidecar)
-    print(f"lab prerequisites (server sidecar {args.server_sidecar}): all present")
+    check_prerequisites(args.server_sidecar, args.client_sidecar)
+    print(f"lab prerequisites (server sidecar {args.server_sidecar}, client sidecar {args.client_sidecar}): "
+          "all present")
 
 
 #: action -> what it does
