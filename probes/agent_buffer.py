@@ -104,9 +104,11 @@ class BatchBuffer:
             return taken
 
     def sent(self, entries: list[_Entry]) -> None:
-        """The broker acknowledged ``entries``."""
+        """The broker acknowledged ``entries`` (those ``drop_all`` counted meanwhile stay counted as dropped)."""
         with self._changed:
             for entry in entries:
+                if entry not in self._in_flight:
+                    continue
                 self._in_flight.remove(entry)
                 self.stats.batches_sent += 1
                 self.stats.records_sent += len(entry.batch)
@@ -117,6 +119,7 @@ class BatchBuffer:
     def failed(self, entries: list[_Entry]) -> None:
         """``entries`` were not acknowledged: back to the front, to be sent again."""
         with self._changed:
+            entries = [e for e in entries if e in self._in_flight]
             for entry in entries:
                 self._in_flight.remove(entry)
             self._waiting.extendleft(reversed(entries))

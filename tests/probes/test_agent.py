@@ -152,3 +152,13 @@ def test_what_cannot_be_sent_at_exit_is_counted_as_dropped() -> None:
     buffer.put("a", flows(2))
     assert sender.close(timeout_s=0.2) == 1
     assert (buffer.stats.batches_dropped, buffer.stats.records_dropped, buffer.held()) == (1, 2, 0)
+
+
+def test_batches_dropped_at_exit_stay_counted_when_a_late_send_returns() -> None:
+    buffer = BatchBuffer(max_batches=8)
+    buffer.put("a", flows(2))
+    taken = buffer.take(8, timeout_s=0)
+    assert buffer.drop_all() == 1  # the sender was stuck in a flush when the agent gave up on it
+    buffer.sent(taken)
+    buffer.failed(taken)
+    assert (buffer.stats.batches_dropped, buffer.stats.batches_sent, buffer.held()) == (1, 0, 0)
