@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
 from hopscope.api.routes import flows, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
+from hopscope.api.tokens import TokenVerifier
+from hopscope.errors import ConfigError
 from hopscope.store import Store
 from hopscope.topology.inventory import Inventory
 
@@ -32,21 +34,30 @@ def create_app(
     *,
     close_store: bool = False,
     inventory: Inventory | None = None,
+    tokens: TokenVerifier | None = None,
+    tenant_stores: Mapping[str, Store] | None = None,
 ) -> FastAPI:
-    """An app serving ``store``. The caller owns the store unless ``close_store`` is set. ``inventory``
-    names the pods, Services and nodes behind addresses in the topology views (None: addresses only)."""
+    """An app serving ``store``. The caller owns the stores unless ``close_store`` is set. ``inventory``
+    names the pods, Services and nodes behind addresses in the topology views (None: addresses only).
+    ``tokens``: the API needs a bearer token of these (None: it is open, ``hopscope.api.auth``);
+    ``tenant_stores``: the store of each tenant the tokens name (a token without a tenant reads ``store``)."""
+    tenant_stores = dict(tenant_stores or {})
+    _check_tenants(tokens, tenant_stores)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if close_store:
-            store.close()
+            for each in (store, *tenant_stores.values()):
+                each.close()
 
     settings = settings or ApiSettings()
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN into the API's origin.
     # The schema itself is at /openapi.json.
     app = FastAPI(title="hopscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.store = store
+    app.state.tenant_stores = tenant_stores
+    app.state.tokens = tokens
     app.state.settings = settings
     app.state.heavy_gate = HeavyQueryGate(settings.max_heavy_queries)
     app.state.inventory = inventory
@@ -69,6 +80,17 @@ def create_app(
         return {"status": "ok", "store": store.url, "degradations": store.degradations()}
 
     return app
+
+
+def _check_tenants(tokens: TokenVerifier | None, tenant_stores: Mapping[str, Store]) -> None:
+    """Every tenant a token names has a store; tenant stores come with tokens."""
+    if tokens is None:
+        if tenant_stores:
+            raise ConfigError("tenant stores need a token file: tokens say which tenant a request is")
+        return
+    missing = sorted(tokens.tenants - set(tenant_stores))
+    if missing:
+        raise ConfigError(f"tokens name tenants without a store: {', '.join(missing)} (give --tenant-store TENANT=URL)")
 
 
 def _state_max_limit(app: FastAPI, max_limit: int) -> None:

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the store and the settings live on ``app.state``, set by ``create_app``."""
+"""FastAPI dependencies: the stores and the settings live on ``app.state``, set by ``create_app``.
+
+``StoreDep`` is the store of the request's principal: its tenant's store, or the server's own store
+for a token without a tenant (and for every request of a server without a token file)."""
 
 from __future__ import annotations
 
@@ -8,14 +11,18 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
+from hopscope.api.auth import PrincipalDep
 from hopscope.api.config import LIMIT_CEILING, ApiSettings
 from hopscope.store import Store
 from hopscope.store.query import FilterValue
 
 
-def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+def get_store(request: Request, principal: PrincipalDep) -> Store:
+    if principal.tenant is None:
+        store: Store = request.app.state.store
+        return store
+    tenant_store: Store = request.app.state.tenant_stores[principal.tenant]  # create_app checked it exists
+    return tenant_store
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -6,6 +6,8 @@ Validation errors add ``details``: FastAPI's list of what was wrong, where.
 | code | status | when |
 | --- | --- | --- |
 | ``bad_host`` | 400 | the Host header is not an allowed name (DNS rebinding guard) |
+| ``unauthorized`` | 401 | no bearer token, or one the server does not know (``WWW-Authenticate: Bearer``) |
+| ``forbidden`` | 403 | the token lacks the route's scope |
 | ``invalid_request`` | 422 | a query or path parameter is malformed or out of range |
 | ``not_found`` | 404 | no such trace, or no such route |
 | ``method_not_allowed`` | 405 | the route exists for another method |
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 #: The ``code`` of an HTTP error raised without one, by status.
 CODES: dict[int, str] = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     422: "invalid_request",
@@ -79,6 +83,8 @@ def _doc(description: str) -> dict[str, Any]:
 #: The error responses every API route can give, for the OpenAPI schema (``responses=``).
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _doc("bad_host: the Host header is not one this server answers"),
+    401: _doc("unauthorized: no bearer token, or an unknown one (the server has a token file)"),
+    403: _doc("forbidden: the token lacks the scope this route needs"),
     422: _doc("invalid_request: a parameter is malformed or out of range (details say which)"),
     429: _doc("busy: too many heavy queries running; retry after Retry-After seconds"),
     502: _doc("store_error: the store rejected the query"),

@@ -7,11 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from hopscope.api.auth import TRACES_READ_SCOPE
 from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.api.models import FlowJson
 
-router = APIRouter(prefix="/api/v1/flows", tags=["flows"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/flows", tags=["flows"], responses=COMMON_RESPONSES, dependencies=[TRACES_READ_SCOPE]
+)
 
 Text = Annotated[str | None, Query(max_length=256)]
 Port = Annotated[int | None, Query(ge=0, le=65535)]

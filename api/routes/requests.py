@@ -7,11 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from hopscope.api.auth import TRACES_READ_SCOPE
 from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES
 from hopscope.api.models import RequestJson
 
-router = APIRouter(prefix="/api/v1/requests", tags=["requests"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/requests", tags=["requests"], responses=COMMON_RESPONSES, dependencies=[TRACES_READ_SCOPE]
+)
 
 Text = Annotated[str | None, Query(max_length=1024)]
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
+from hopscope.api.auth import TRACES_READ_SCOPE
 from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.api.models import wide_as_strings
@@ -29,7 +30,9 @@ def node_link_json(graph: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-router = APIRouter(prefix="/api/v1/topology", tags=["topology"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/topology", tags=["topology"], responses=COMMON_RESPONSES, dependencies=[TRACES_READ_SCOPE]
+)
 
 
 def get_inventory(request: Request) -> Inventory:

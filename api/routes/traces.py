@@ -10,12 +10,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
+from hopscope.api.auth import TRACES_READ_SCOPE
 from hopscope.api.deps import HEAVY, StoreDep, TimeRangeDep, filters_of
 from hopscope.api.errors import COMMON_RESPONSES, NOT_FOUND
 from hopscope.api.models import SpanJson, TraceJson
 from hopscope.store.query import FilterValue
 
-router = APIRouter(prefix="/api/v1/traces", tags=["traces"], responses=COMMON_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/traces", tags=["traces"], responses=COMMON_RESPONSES, dependencies=[TRACES_READ_SCOPE]
+)
 
 Text = Annotated[str | None, Query(max_length=1024)]
 SEARCH_HELP = "a trace id, a path, a client address or an x-request-id"

@@ -71,7 +71,7 @@ def test_port_in_use(chdb_url: str) -> None:
 )
 def test_bad_listen_address(chdb_url: str, host: str, reason: str) -> None:
     port = _free_port()
-    r = serve("--store", chdb_url, "--host", host, "--port", str(port))
+    r = serve("--store", chdb_url, "--host", host, "--port", str(port), "--insecure")
     assert r.returncode == 2
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
