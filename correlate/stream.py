@@ -34,7 +34,13 @@ partition; but a sidecar proxy's two legs are two connections, on two partitions
 - Stage 2 is a ``StreamCorrelator`` (group ``<group>-s2``) on the stage-2 topics whose watermark is
   the least marker over the relays heard from and the partitions it reads: exact, however the relays
   of several processes lag each other (a relay silent for twice the idle time is dropped: it died,
-  or said "everything"). Both legs of a proxy end on the proxy's host: they meet.
+  or said "everything"). Both legs of a server-side proxy end on the proxy's host: they meet.
+  Proxies chained across hosts (an egress sidecar on the client's host, a sidecar on the server's):
+  the client app's leg stays on its host while the egress sidecar's upstream leg goes to the server's
+  host, so the relay keys stage 2 by *host group* (``HostGroups``): a connection that leaves a host
+  where it has seen proxy records joins that host to its rendezvous host, and every record goes to
+  its rendezvous host's group (the least host name in it). All legs of the chain meet there and are
+  linked as offline, through the NAT-invariant hops of the middle leg.
 
 Why markers: a stage-2 watermark taken from the record times stage 2 has read would, under load, pass
 records a slower relay (or an unread partition) has still to deliver, and write partial traces.
@@ -60,8 +66,12 @@ releases them with the best decision so far; stage 2 writes their traces as they
 silently: duplicates, replays, late records, forced traces, unmatchable records and retired flows are
 counted in ``StreamStats``.
 
-**Limitations.** Proxies chained across hosts are linked only where their legs share a rendezvous
-host (A -> envoy@B -> envoy@C -> app@C links at C only). All traffic to one server host goes through
+**Limitations.** Host groups trade partitions for whole chains: every host a chain of proxies touches
+shares one stage-2 partition (a mesh with egress sidecars on every pod is one group). Each relay learns
+its groups from the records it holds: a chain whose first connection is released before the relay
+saw a proxy record of the client's host, or whose legs several relays decide before each saw such a
+connection, can be split while the group forms; a group that grows later moves the hosts' records to
+its new representative from then on. All traffic to one server host goes through
 one stage-2 partition (a refinement: key by host and method, which every proxy matcher requires to
 agree, once flows can follow every request of their connection). A record later than the
 lateness, or a trace spreading wider than ``trace_spread_us`` (a hop that never saw a long request's
@@ -94,7 +104,7 @@ from hopscope.correlate.engine import Correlator, StitchResult
 from hopscope.correlate.settings import CorrelateSettings
 from hopscope.errors import ConfigError, UnavailableError
 from hopscope.ids import mix64_array, parts_hash64
-from hopscope.records import Batch, FlowRecord, Record, RequestRecord
+from hopscope.records import Batch, FlowRecord, HopKind, Record, RequestRecord
 from hopscope.transport.base import DEFAULT_TOPIC_PREFIX, Delivery, correlation_keys, topic_of
 
 log = logging.getLogger(__name__)
@@ -663,6 +673,13 @@ def _group_all(keys: U64, flag: Bools) -> Bools:
 def rendezvous_hosts(requests: Batch, flows: Batch) -> dict[int, str]:
     """Rendezvous host per correlation key: the host of the connection's observation nearest the
     server. Requests decide when the connection has any, flows otherwise."""
+    return connection_ends(requests, flows)[0]
+
+
+def connection_ends(requests: Batch, flows: Batch) -> tuple[dict[int, str], dict[int, str]]:
+    """Per correlation key, the host of the connection's observation nearest the server (its
+    rendezvous host) and that of the one nearest the client (where it left: a proxy's upstream leg
+    leaves the proxy's host). Requests decide when the connection has any, flows otherwise."""
     keys, prio, score, hosts = [], [], [], []
     if len(requests):
         rc = requests.columns
@@ -684,12 +701,56 @@ def rendezvous_hosts(requests: Batch, flows: Batch) -> dict[int, str]:
         score.append(np.where(full, rtt, -np.asarray(fc["start_ns"]).astype(np.int64)))
         hosts += list(fc["host"])
     if not keys:
-        return {}
-    all_keys = np.concatenate(keys)
-    order = np.lexsort((np.concatenate(score), np.concatenate(prio), all_keys))
-    ks = all_keys[order]
-    first = order[np.r_[True, ks[1:] != ks[:-1]]]
-    return {int(k): str(hosts[i]) for k, i in zip(all_keys[first].tolist(), first.tolist(), strict=True)}
+        return {}, {}
+    all_keys, all_prio, all_score = np.concatenate(keys), np.concatenate(prio), np.concatenate(score)
+    ends = []
+    for sign in (1, -1):  # the smallest score (nearest the server), then the largest (nearest the client)
+        order = np.lexsort((sign * all_score, all_prio, all_keys))
+        ks = all_keys[order]
+        first = order[np.r_[True, ks[1:] != ks[:-1]]]
+        ends.append({int(k): str(hosts[i]) for k, i in zip(all_keys[first].tolist(), first.tolist(), strict=True)})
+    return ends[0], ends[1]
+
+
+class HostGroups:
+    """Hosts joined by proxied connections, so that every leg of a proxy chain meets in one stage-2
+    partition (a stage-2 key is a group's representative: the least host name in it).
+
+    A proxy's two legs end (downstream leg) and start (upstream leg) on the proxy's host. Each leg
+    goes to its rendezvous host (the end nearest the server): a server-side sidecar's legs meet there
+    as they are. A client-side (egress) sidecar's upstream leg leaves its host for another one, while
+    the leg into it (the client app's, on the pod's loopback) stays on its host; so a connection that
+    leaves a host with proxy points joins that host's group to its rendezvous host's. Chains across
+    hosts then link as the offline engine links them, through the NAT-invariant hops of the middle leg.
+    The price: every host a chain touches shares one partition (a mesh with egress sidecars on every
+    pod becomes one group)."""
+
+    def __init__(self) -> None:
+        self.up: dict[str, str] = {}
+        #: hosts where a record was seen at a hop of kind ``proxy``
+        self.proxy_hosts: set[str] = set()
+
+    def saw(self, batch: Batch) -> None:
+        """Note the hosts of the batch's records seen at proxy hops."""
+        proxy = HopKind.PROXY.value
+        self.proxy_hosts.update(h for h, k in zip(batch.columns["host"], batch.columns["hop_kind"], strict=True)
+                                if k == proxy)
+
+    def find(self, host: str) -> str:
+        root = host
+        while self.up.get(root, root) != root:
+            root = self.up[root]
+        while host != root:  # path compression
+            host, self.up[host] = self.up[host], root
+        return root
+
+    def join(self, client_end: str, server_end: str) -> None:
+        """A connection left ``client_end`` for ``server_end``: one group if it left a proxy's host."""
+        if client_end == server_end or client_end not in self.proxy_hosts:
+            return
+        a, b = sorted((self.find(client_end), self.find(server_end)))
+        if a != b:
+            self.up[b] = a
 
 
 class Relay:
@@ -710,6 +771,7 @@ class Relay:
         self.buffers = {t: RowBuffer(_RECORD_TYPES[t]) for t in RECORD_TABLES}
         self.watermark = Watermark(settings.lateness_us, settings.idle_flush_s, settings.max_future_us)
         self.decisions: dict[int, tuple[str, int]] = {}  # correlation key -> (host, record time)
+        self.groups = HostGroups()
         self._assignment: set[TP] = set()
         self._since = 0
         self._last = time.monotonic()
@@ -791,10 +853,14 @@ class Relay:
         if len(new) == 0:
             return
         sel = [np.flatnonzero(np.isin(k, new)) for k in keys]
-        hosts = rendezvous_hosts(take(bufs[0].batch, sel[0]), take(bufs[1].batch, sel[1]))
+        deciding = [take(b.batch, rows) for b, rows in zip(bufs, sel, strict=True)]
+        for batch in deciding:  # once per connection: a proxy host is known before its legs are joined
+            self.groups.saw(batch)
+        hosts, client_ends = connection_ends(*deciding)
         newest = self.watermark.newest_ns
         for k, host in hosts.items():
             self.decisions[k] = (host, newest)
+            self.groups.join(client_ends[k], host)
 
     def _publish(self, released: dict[str, tuple[Batch, I64]]) -> None:
         """Publish in event-time slices of half the stage-2 lateness (each slice: requests, then flows;
@@ -811,7 +877,7 @@ class Relay:
                 continue
             own: list[str] = batch.columns["host"]  # type: ignore[assignment]
             keys = correlation_keys(batch).tolist()
-            hosts = [self.decisions.get(k, (h, 0))[0] for k, h in zip(keys, own, strict=True)]
+            hosts = [self.groups.find(self.decisions.get(k, (h, 0))[0]) for k, h in zip(keys, own, strict=True)]
             names = sorted(set(hosts))
             index = {h: i for i, h in enumerate(names)}
             hid = np.fromiter((index[h] for h in hosts), dtype=np.int64, count=len(hosts))

@@ -3,7 +3,10 @@
 One request path of a small cluster: client pod, node A before and after NAT (addresses and ports
 rewritten, sequence numbers kept), hypervisor bridge, switch mirror, node B, the envoy sidecar's
 inbound leg; then envoy's upstream leg (a new TCP connection) seen at the sidecar and at the app.
-Connections are keep-alive (several requests each). Everything is generated as numpy columns, so a
+``CHAIN_PATH`` puts an egress sidecar in the client pod before that path: the client app's leg on the
+pod's loopback, then the sidecar's upstream leg through the NAT and network hops to the server-side
+sidecar on another host (proxies chained across hosts). Connections are keep-alive (several requests
+each). Everything is generated as numpy columns, so a
 million records take a second or two. ``request_id // HOP_STRIDE`` of every record is the index of the
 request it belongs to: the ground truth.
 """
@@ -22,7 +25,8 @@ HOP_STRIDE = 16
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One capture point on the path, the leg (0: client to envoy, 1: envoy to app) it observes."""
+    """One capture point on the path, the leg (0: client to envoy, 1: envoy to app; a chain of proxies
+    has one leg more per proxy) it observes."""
 
     point: str
     host: str
@@ -46,6 +50,14 @@ DEFAULT_PATH: tuple[Hop, ...] = (
     Hop("sidecar-out", "node-b", "proxy", 1, "127.0.0.6", "10.2.0.7", 80, 150, 60),
     Hop("app", "node-b", "pod", 1, "127.0.0.6", "10.2.0.7", 80, 10, 9),
 )
+#: The client app's leg into an egress sidecar on its own host (node-a), then DEFAULT_PATH with the
+#: sidecar's upstream leg as leg 1 and the server sidecar's leg to the app as leg 2.
+CHAIN_PATH: tuple[Hop, ...] = (
+    Hop("client-app", "node-a", "proxy", 0, "127.0.0.1", "127.0.0.1", 15001, 0, 0),
+    *(Hop(h.point, h.host, h.kind, h.leg + 1, h.orig_h, h.resp_h, h.resp_p,
+          h.fwd_delay_us + (30 if i == 0 else 0), h.back_delay_us + (25 if i == 0 else 0))
+      for i, h in enumerate(DEFAULT_PATH)),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +67,7 @@ class Scenario:
     requests: int = 1000
     per_connection: int = 4  # keep-alive: requests per connection
     path: tuple[Hop, ...] = DEFAULT_PATH
-    #: "client": every hop carries x-request-id; "generated": only the upstream leg; "none": no id
+    #: "client": every hop carries x-request-id; "generated": only the legs after the first proxy; "none": no id
     request_id_mode: str = "client"
     #: the proxy rewrites as nginx and haproxy do: Host (shop.example -> cart-svc:8080) and a path
     #: prefix (/shop/cart -> /cart) on the upstream leg
@@ -84,6 +96,12 @@ class Synthetic:
     loss_link: list[str]
 
 
+def _legs(sc: Scenario) -> int:
+    """TCP connections one request crosses (at least two: the random draws of a two-leg path stay as
+    they always were)."""
+    return max(2, max(h.leg for h in sc.path) + 1)
+
+
 def _cum(values: list[int]) -> npt.NDArray[np.int64]:
     return np.cumsum(np.asarray(values, dtype=np.int64)) * 1000
 
@@ -95,8 +113,9 @@ def generate(sc: Scenario) -> Synthetic:
     conns = (n + sc.per_connection - 1) // sc.per_connection
     conn = np.arange(n) // sc.per_connection
     nth = np.arange(n) % sc.per_connection
-    syn = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
-    synack = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(2)]
+    legs = _legs(sc)
+    syn = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(legs)]
+    synack = [rng.integers(1, 2**32, conns, dtype=np.uint64) for _ in range(legs)]
     gaps = rng.exponential(sc.conn_spacing_us * 1000, conns).astype(np.int64)  # Poisson arrivals
     conn_start = sc.start_ns + np.cumsum(gaps)
     t0 = conn_start[conn] + 1_000_000 + nth * sc.spacing_us * 1000
@@ -133,7 +152,10 @@ def _request_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArr
     if sc.status_5xx_every:
         status[:: sc.status_5xx_every] = 503
     xrid = [f"{i:08x}-rid" for i in range(n)]
+    legs = _legs(sc)
     payload = rng.integers(1, 2**63, (n, 2), dtype=np.uint64)
+    if legs > 2:  # drawn after the two-leg columns, so two-leg scenarios keep their values
+        payload = np.c_[payload, rng.integers(1, 2**63, (n, legs - 2), dtype=np.uint64)]
     cols: dict[str, list[object]] = {c.name: [] for c in RequestRecord.columns()}
     parts: dict[str, list[npt.NDArray[np.int64] | npt.NDArray[np.uint64]]] = {}
     for hi, hop in enumerate(path):
@@ -141,7 +163,7 @@ def _request_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArr
         leg = hop.leg
         numeric = {
             "request_id": np.arange(n, dtype=np.uint64) * HOP_STRIDE + hi,
-            "flow_id": conn.astype(np.uint64) * 2 + leg + 1000 * hi,
+            "flow_id": conn.astype(np.uint64) * legs + leg + 1000 * hi,
             "proto": np.full(n, 6), "orig_p": 40000 + conn % 20000 + leg, "resp_p": np.full(n, hop.resp_p),
             "syn_seq": syn[leg][conn], "synack_seq": synack[leg][conn], "seq_in_flow": nth,
             "req_tcp_seq": (syn[leg][conn] + 1 + nth.astype(np.uint64) * req_len) % 2**32,
@@ -154,7 +176,7 @@ def _request_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArr
         }
         for k, v in numeric.items():
             parts.setdefault(k, []).append(np.asarray(v))
-        has_id = sc.request_id_mode == "client" or (sc.request_id_mode == "generated" and leg == 1)
+        has_id = sc.request_id_mode == "client" or (sc.request_id_mode == "generated" and leg >= 1)
         rewritten = sc.upstream_rewrite and leg == 1
         text = {"point": hop.point, "host": hop.host, "iface": "eth0", "hop_kind": hop.kind,
                 "l7_proto": "http", "orig_h": hop.orig_h, "resp_h": hop.resp_h, "method": "GET",
@@ -189,7 +211,8 @@ def _flow_columns(sc: Scenario, rng: np.random.Generator, syn: list[npt.NDArray[
             "point": [hop.point] * n_all, "host": [hop.host] * n_all, "iface": ["eth0"] * n_all,
             "hop_kind": [hop.kind] * n_all, "orig_h": [hop.orig_h] * n_all, "resp_h": [hop.resp_h] * n_all,
             "conn_state": ["SF"] * n_all, "close_type": ["normal"] * n_all,
-            "flow_id": np.arange(n_all, dtype=np.uint64) * 2 + hop.leg + 1000 * hi, "final": np.ones(n_all),
+            "flow_id": np.arange(n_all, dtype=np.uint64) * _legs(sc) + hop.leg + 1000 * hi,
+            "final": np.ones(n_all),
             "proto": np.full(n_all, 6), "ip_version": np.full(n_all, 4), "resp_p": np.full(n_all, hop.resp_p),
         }
         if hop.leg == 0:

@@ -27,11 +27,12 @@ from kafka import KafkaAdminClient
 
 from hopscope.correlate import Correlator
 from hopscope.correlate.stream import StreamPipeline, StreamSettings, ensure_relay_topics, event_times
-from hopscope.correlate.synthetic import Scenario, generate
+from hopscope.correlate.synthetic import CHAIN_PATH, Scenario, generate
 from hopscope.records import Batch
 from hopscope.store import store_from_url
 from hopscope.transport.kafka import KafkaPublisher
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service, topic_prefix
+from tests.correlate.test_stream_chain import copies
 from tests.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -308,3 +309,16 @@ def test_clickhouse_down_holds_offsets_and_loses_nothing(db: str, prefix: str) -
     assert final_and_distinct(db)[0] == final_and_distinct(db)[1]
     after = committed(f"{prefix}-s2")
     assert all(after[tp] >= off for tp, off in before.items()) and after != before
+
+
+def test_chains_across_hosts_equal_offline(db: str, prefix: str) -> None:
+    """An egress sidecar on one host and a server sidecar on another (``CHAIN_PATH``), twice, beside
+    a server-side-only path: the relay's host groups bring every leg of a chain to one stage-2
+    partition, and the stored traces are the offline engine's."""
+    requests, flows = copies([CHAIN_PATH, CHAIN_PATH, Scenario().path], ids="generated")
+    publish(prefix, chunks(requests, flows, 12))
+    stats = run_pipeline(prefix, db, prefix, threading.Event(), idle_exit_s=4)
+    want = offline(requests, flows)
+    assert stored(db) == want
+    assert sum(1 for p in want.values() if len(p.split(",")) == len(CHAIN_PATH)) == 600
+    assert stats.relay_records_out == len(requests) + len(flows) and stats.late_records == 0
