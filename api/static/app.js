@@ -1,16 +1,43 @@
 // hopscope trace lookup: lists traces, shows one trace's hop path, per-link latency and loss.
 "use strict";
-const api = (path) => fetch(path).then(async (r) => {
-  if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).error?.message ?? r.statusText}`);
-  return r.json();
-});
+// A server with a token file answers /api with 401 until the page sends a token: the page then asks for
+// one, keeps it in sessionStorage (this tab only, gone when it closes) and sends it as a bearer token.
+const TOKEN_KEY = "hopscope.token";
+class AuthRequired extends Error {}
+const api = (path) => {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return fetch(path, { headers: token ? { Authorization: `Bearer ${token}` } : {} }).then(async (r) => {
+    if (r.status === 401) { askToken(token ? "the token was not accepted" : ""); throw new AuthRequired(); }
+    if (!r.ok) throw new Error(`${r.status}: ${(await r.json()).error?.message ?? r.statusText}`);
+    return r.json();
+  });
+};
 const $ = (sel) => document.querySelector(sel);
 const text = (tag, content, cls) => { const e = document.createElement(tag); e.textContent = content; if (cls) e.className = cls; return e; };
 const us = (v) => v === null || v === undefined ? "" : (Math.abs(v) >= 1000 ? `${(v / 1000).toFixed(2)} ms` : `${v} µs`);
 // ns times are decimal strings (64 bits): BigInt keeps them exact; the ms part becomes a Date.
 const when = (ns) => new Date(Number(BigInt(ns) / 1000000n)).toISOString().replace("T", " ").replace("Z", "");
 
-function showError(err) { const e = $("#error"); e.hidden = !err; e.textContent = err ? String(err.message ?? err) : ""; }
+function showError(err) {
+  if (err instanceof AuthRequired) return;  // the token form says it
+  const e = $("#error"); e.hidden = !err; e.textContent = err ? String(err.message ?? err) : "";
+}
+
+function askToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#login").hidden = false;
+  $("#login-error").textContent = message;
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const token = $("#token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#token").value = "";
+  $("#login").hidden = true;
+  loadAll();
+}
 
 async function listTraces(event) {
   if (event) event.preventDefault();
@@ -222,8 +249,13 @@ async function drawTraceGraph(id) {
   } catch (err) { showError(err); }
 }
 
+function loadAll() {
+  const initial = new URLSearchParams(location.search).get("trace");
+  listTraces();
+  if (initial) showTrace(initial);
+  loadTopology();
+}
+
 $("#search").addEventListener("submit", listTraces);
-const initial = new URLSearchParams(location.search).get("trace");
-listTraces();
-if (initial) showTrace(initial);
-loadTopology();
+$("#login").addEventListener("submit", useToken);
+loadAll();
