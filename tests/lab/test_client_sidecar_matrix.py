@@ -8,22 +8,32 @@ sidecar's leg to the app. Each cell must stitch >= 99.9% of the requests across 
 hops in order with no false link (the client pod NIC hop on the egress sidecar's own upstream socket
 for that request, the app's leg the one the server sidecar sent for it), and measure the injected
 delay as the server matrix does: the median error over the link's requests within
-max(100 us, 5%) of the delay.
+max(100 us, 5%) of the delay. The streaming correlator's two stages, run in-process on the cell's
+captures, store the same traces as the offline engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hopscope.correlate.offline import plan_points, read_points
+from hopscope.correlate.stream import Relay, StreamCorrelator, StreamSettings, StreamStats
 from hopscope.lab.lab import ImpairSpec, Lab, record
+from hopscope.store.embedded import EmbeddedStore
+from tests.correlate.test_stream import Log, LogConsumer, offline, stored
+from tests.correlate.test_stream_chain import FOREVER, Published, input_log
 from tests.lab.conftest import DELAY_SITE, require_lab
 from tests.lab.test_sidecar_matrix import CELL_DELAY_MS, CELL_SETTINGS
 
@@ -31,6 +41,10 @@ pytestmark = pytest.mark.lab
 
 #: (client sidecar, server sidecar)
 CELLS = (("envoy", "envoy"), ("envoy", "nginx"), ("haproxy", "envoy"))
+#: Windows wide enough for the lab's slowest request (a 20 ms server delay behind 5 ms of link delay);
+#: the relay publishes in 10 ms slices, so stage 2 really gets its input in many messages.
+STREAM = StreamSettings(lateness_us=300_000, trace_spread_us=100_000, stitch_every_s=0.0, idle_flush_s=0.2,
+                        poll_timeout_s=0.0, relay_lateness_us=20_000, relay_chunk_records=300)
 
 
 @dataclass
@@ -39,6 +53,7 @@ class ChainCell:
     server_sidecar: str
     manifest: dict[str, Any]
     analysis: dict[str, Any]
+    out: Path
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -66,7 +81,7 @@ def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             "--format", "json", "--no-store", "--progress", "off", "-o", str(report)]
     subprocess.run(argv, check=True, timeout=300)
     c = ChainCell(client_sidecar, server_sidecar, json.loads((out / "manifest.json").read_text()),
-                  json.loads(report.read_text()))
+                  json.loads(report.read_text()), out)
     ev = c.evaluation
     delays = {d["link"]: f"{d['within']}/{d['n']} within, median {d['median_error_us']} us, "
                          f"max {d['max_abs_error_us']} us" for d in ev["delays"]}
@@ -117,3 +132,29 @@ def test_link_reasons(cell: ChainCell) -> None:
     answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
     assert client["proxy:x-request-id"] == sum(1 for r in answered if r["sent_request_id"]), client
     assert client["proxy:nested"] == sum(1 for r in answered if not r["sent_request_id"]), client
+
+
+def test_streaming_links_the_chain_as_offline(cell: ChainCell, tmp_path: Path) -> None:
+    """Stage 1 (the relay, its host groups) and one stage-2 correlator per key it published, on the
+    cell's records: the same traces as offline, every request's chain whole."""
+    flows, requests = read_points(plan_points(manifest=str(cell.out / "manifest.json")))
+    pub = Published()
+    relay = Relay(LogConsumer(input_log(requests, flows)), pub, "chain", STREAM, StreamStats())
+    while relay.step(0.0):
+        pass
+    relay.release(FOREVER)
+    store = EmbeddedStore(str(tmp_path / "chdb"), f"hs_chain_{uuid.uuid4().hex[:8]}")
+    store.ensure_schema()
+    try:
+        for batches in pub.by_key().values():
+            log = Log()
+            for b in batches:
+                log.append(b)
+            StreamCorrelator(LogConsumer(log), store, stream=dataclasses.replace(STREAM)).run(
+                threading.Event(), exit_when_idle=True)
+        got = stored(store)
+    finally:
+        store.close()
+    assert got == offline(requests, flows)
+    chains = [p for _, p in got if p.split(",")[0].endswith("-egress") and p.endswith("-app")]
+    assert len(chains) == cell.evaluation["requests"]
