@@ -3,9 +3,11 @@
 Both meter the same blocks; every record (all FlowRecord columns), every packet's ``flow_id`` and
 ``from_orig``, and the counters must be equal. Inputs: the committed lab captures, the 1M-packet-style
 benchmark traffic in miniature, and hypothesis-generated packet sequences with random flags, sequence
-numbers, windows, payloads, out-of-order times, ICMP types, VLANs, points and tunnels, metered under
-random timeouts, linger, interim interval and flow-table limits (so sweeps, interim records, reuse and
-eviction all run). The hash primitives of the kernel are checked against hashlib.
+and acknowledgement numbers (retransmitted and overlapping data, SYNs after a close), windows,
+payloads (payload-less UDP too), out-of-order times, ICMP types and codes (one-way types too),
+broadcast and server-port endpoints, VLANs, points and tunnels, metered under random timeouts, linger,
+attempt delay, interim interval and flow-table limits (so sweeps, interim records, reuse, expired
+attempts and eviction all run). The hash primitives of the kernel are checked against hashlib.
 """
 
 from __future__ import annotations
