@@ -47,9 +47,15 @@ class Principal:
 OPEN = Principal("open", frozenset(SCOPES), None)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a path from the request cannot forge log lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _refuse(request: Request, status: int, reason: str) -> HTTPException:
     client = request.client.host if request.client else "unknown"
-    log.warning("authentication failed: client %s, %s %s: %s", client, request.method, request.url.path, reason)
+    path = printable(request.url.path)
+    log.warning("authentication failed: client %s, %s %s: %s", client, request.method, path, reason)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return HTTPException(status, reason, headers=headers)
 

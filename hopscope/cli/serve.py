@@ -98,6 +98,10 @@ def tenant_store(text: str) -> tuple[str, str]:
     tenant, equals, url = text.partition("=")
     if not (equals and tenant and url):
         raise argparse.ArgumentTypeError(f"expected TENANT=URL, not {text!r}")
+    from hopscope.api.tokens import NAME
+
+    if not NAME.fullmatch(tenant):
+        raise argparse.ArgumentTypeError(f"tenant {tenant!r} must be 1-64 letters, digits, '_', '.' or '-'")
     return tenant, url
 
 

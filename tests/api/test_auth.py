@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hopscope.api.app import create_app
+from hopscope.api.auth import printable
 from hopscope.api.tokens import TokenVerifier, add_token, load_tokens, token_digest
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, Span, Trace
@@ -109,6 +110,15 @@ def test_failures_are_logged_without_the_token(
         "authentication failed: client testclient, GET /api/v1/flows: token 'pcap' lacks the scope traces:read",
     ]
     assert not any(t in line for line in lines for t in [wrong, *tokens.values()])
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [("/api/v1/flows", "/api/v1/flows"), ("/x\nauthentication succeeded", "/x\\nauthentication succeeded"),
+     ("/x\r\x1b[2J", "/x\\r\\x1b[2J"), ("/zürich", "/zürich")],
+)  # fmt: skip
+def test_a_path_cannot_forge_log_lines(path: str, logged: str) -> None:
+    assert printable(path) == logged
 
 
 def test_page_and_health_need_no_token(guarded: TestClient) -> None:

@@ -84,7 +84,8 @@ def test_open_api_off_loopback_is_refused_before_binding(chdb_url: str, host: st
     [(["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
      (["--tls-cert", "missing.pem", "--tls-key", "missing.pem"], "cannot load --tls-cert missing.pem"),
      (["--tenant-store", "acme=chdb:///x"], "--tenant-store needs --token-file"),
-     (["--tenant-store", "acme"], "expected TENANT=URL")],
+     (["--tenant-store", "acme"], "expected TENANT=URL"),
+     (["--tenant-store", "a/b=chdb:///x"], "tenant 'a/b' must be 1-64 letters")],
 )  # fmt: skip
 def test_bad_security_options(chdb_url: str, options: list[str], message: str) -> None:
     r = serve("--store", chdb_url, *options)
