@@ -19,6 +19,7 @@ never the stored traces.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +27,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -36,7 +38,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, Instr
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from hopscope.errors import ConfigError
+from hopscope.errors import ConfigError, UnavailableError
 from hopscope.records import Batch, Span, Trace
 from hopscope.topology.inventory import EMPTY, Inventory
 
@@ -259,15 +261,19 @@ class ExportStats:
 class OtlpExporter:
     """Posts ``ExportTraceServiceRequest``s to an OTLP/HTTP collector (protobuf body), each up to
     ``attempts`` times with a doubling backoff from ``backoff_s``; a request that still fails is
-    counted in ``stats`` and logged, never raised."""
+    counted in ``stats``, never raised; with ``warn``, the first failure after a success (and the
+    recovery) is logged as a warning, so a collector that stays down is one line, not one per request."""
 
     def __init__(self, endpoint: str, inventory: Inventory = EMPTY, *, timeout_s: float = 10.0,
-                 attempts: int = 3, backoff_s: float = 0.5, traces_per_request: int = 200) -> None:
+                 attempts: int = 3, backoff_s: float = 0.5, traces_per_request: int = 200,
+                 warn: bool = True) -> None:
         self.url = traces_url(endpoint)
         self.inventory = inventory
         self.timeout_s, self.attempts, self.backoff_s = timeout_s, max(1, attempts), backoff_s
         self.traces_per_request = traces_per_request
         self.stats = ExportStats(self.url)
+        self.warn = warn
+        self._failing = False
 
     def export(self, traces: Batch, spans: Batch) -> None:
         """Send ``traces`` with their ``spans``."""
@@ -285,13 +291,18 @@ class OtlpExporter:
             error, retry, body = self._post(request.SerializeToString())
             if not error:
                 self._accepted(body, spans, traces)
+                if self._failing and self.warn:
+                    log.warning("otlp: %s accepts spans again", self.url)
+                self._failing = False
                 return True
             if not retry:
                 break
         self.stats.requests_failed += 1
         self.stats.spans_failed += spans
         self.stats.last_error = error
-        log.warning("otlp: %d spans not exported to %s: %s", spans, self.url, error)
+        level = logging.WARNING if self.warn and not self._failing else logging.DEBUG
+        log.log(level, "otlp: %d spans not exported to %s: %s (failures are counted)", spans, self.url, error)
+        self._failing = True
         return False
 
     def _accepted(self, body: bytes, spans: int, traces: int) -> None:
@@ -325,3 +336,45 @@ class OtlpExporter:
         except (TimeoutError, OSError) as exc:
             return f"collector unreachable ({exc})", True, b""
 
+
+
+class ExportingStore:
+    """A store that also exports what it accepted: spans are held until the ``traces`` insert that
+    follows them (the streaming correlator writes a pass's spans, then its traces), then the traces go
+    out with their spans and the held spans are let go. Everything else is the wrapped store's."""
+
+    def __init__(self, store: Any, exporter: OtlpExporter) -> None:
+        self._store = store
+        self.exporter = exporter
+        self._spans: list[Batch] = []
+
+    def insert(self, table: str, batch: Batch) -> Any:
+        result = self._store.insert(table, batch)  # raises when the store refused: nothing exported
+        if table == "spans":
+            self._spans.append(batch)
+        elif table == "traces":
+            spans, self._spans = self._spans, []
+            if spans:
+                self.exporter.export(batch, Batch.concat(spans))
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def exporter_of(endpoint: str, inventory_path: str | None = None, warn: bool = True) -> OtlpExporter:
+    """The exporter of ``--otlp ENDPOINT`` (and ``--inventory FILE`` for service names)."""
+    from hopscope.topology.inventory import load_inventory
+
+    return OtlpExporter(endpoint, load_inventory(inventory_path) if inventory_path else EMPTY, warn=warn)
+
+
+def export_traces(endpoint: str, inventory_path: str | None, traces: Batch, spans: Batch) -> ExportStats:
+    """``hopscope analyze --otlp``: send ``traces`` with their ``spans``, say what went out on stderr in
+    one line; raises ``UnavailableError`` (that line) when some of it could not be sent."""
+    exporter = exporter_of(endpoint, inventory_path, warn=False)  # the error below is the one line
+    exporter.export(traces, spans)
+    if exporter.stats.failed:
+        raise UnavailableError(f"{exporter.stats.summary()}; what went to the store is unaffected")
+    print(f"hopscope: {exporter.stats.summary()}", file=sys.stderr)
+    return exporter.stats

@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "a host is its own (default); point: every capture its own clock")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr (auto: for inputs over 20 MB on a terminal)")
+    p.add_argument("--otlp", metavar="ENDPOINT",
+                   help="also send the traces as OpenTelemetry spans to this OTLP/HTTP endpoint, "
+                   "e.g. http://127.0.0.1:4318 (one span per hop)")
+    p.add_argument("--inventory", help="YAML inventory or kubectl JSON: the pod or Service names --otlp gives "
+                   "as service.name (default: the host)")
 
 
 def pairs(values: list[str], option: str) -> dict[str, str]:
@@ -70,4 +75,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     if not args.no_store:  # after the output: a store that cannot be opened does not cost the result
         store_tables(args.store or DEFAULT_URL, analysis.tables())
+    if args.otlp:
+        from hopscope.correlate.otlp import export_traces
+
+        export_traces(args.otlp, args.inventory, analysis.result.traces, analysis.result.spans)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hopscope.errors import ConfigError
 
@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="records each stage may hold; the oldest beyond are forced out (default 2000000)")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="exit when no record arrived for SECONDS and nothing is held")
+    p.add_argument("--otlp", metavar="ENDPOINT",
+                   help="also send every stored trace as OpenTelemetry spans to this OTLP/HTTP endpoint, "
+                   "e.g. http://127.0.0.1:4318 (one span per hop; failures are counted, not fatal)")
+    p.add_argument("--inventory", help="YAML inventory or kubectl JSON: the pod or Service names --otlp gives "
+                   "as service.name (default: the host)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
     stream = _settings(args)
     store = store_from_url(args.store)
     store.ensure_schema()  # fails fast, with the address, when the store is down
+    exporter = None
+    sink: Any = store
+    if args.otlp:  # what the store accepted also goes out as OTLP
+        from hopscope.correlate.otlp import ExportingStore, exporter_of
+
+        exporter = exporter_of(args.otlp, args.inventory)
+        sink = ExportingStore(store, exporter)
     stop = threading.Event()
-    pipeline = StreamPipeline(args.kafka, store, group=args.group, prefix=args.topic_prefix, stream=stream)
+    pipeline = StreamPipeline(args.kafka, sink, group=args.group, prefix=args.topic_prefix, stream=stream)
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
@@ -63,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline.close()
         store.close()
     print(f"hopscope correlate: {stats.summary()}", file=sys.stderr)
+    if exporter is not None:
+        print(f"hopscope correlate: {exporter.stats.summary()}", file=sys.stderr)
     return 0
 
 

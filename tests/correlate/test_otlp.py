@@ -206,3 +206,35 @@ def test_exporter_reports_a_collector_that_is_down() -> None:
     stats = exporter.stats
     assert (stats.requests_failed, stats.spans_failed, stats.retries, stats.spans_sent) == (1, 9, 1, 0)
     assert "collector unreachable" in stats.summary() and "\n" not in stats.summary()
+
+
+class _Store:
+    """Records inserts; refuses them while ``down``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.down = False
+        self.url = "memory://"
+
+    def insert(self, table: str, batch: Batch) -> int:
+        if self.down:
+            raise ConnectionError("store down")
+        self.rows[table] = self.rows.get(table, 0) + len(batch)
+        return len(batch)
+
+
+def test_exporting_store_sends_what_the_store_accepted(collector: Any) -> None:
+    from hopscope.correlate.otlp import ExportingStore
+
+    store, (traces, spans) = _Store(), _batches()
+    sink = ExportingStore(store, OtlpExporter(f"http://127.0.0.1:{collector.server_port}"))
+    sink.insert("spans", spans)
+    assert not collector.posts  # held until the pass's traces are written
+    store.down = True
+    with pytest.raises(ConnectionError):
+        sink.insert("traces", traces)
+    assert not collector.posts  # the store refused: nothing went out; the retry comes through insert again
+    store.down = False
+    sink.insert("traces", traces)
+    assert sink.exporter.stats.traces_sent == 3 and sink.exporter.stats.spans_sent == 9
+    assert sink.url == "memory://" and store.rows == {"spans": 9, "traces": 3}
