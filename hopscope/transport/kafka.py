@@ -153,10 +153,15 @@ class KafkaPublisher:
     def flush(self) -> None:
         """Wait for every message sent; raise ``UnavailableError`` unless the broker acknowledged all
         of those sent since the previous flush."""
-        try:
-            self._producer.flush(timeout=60)
-        except KafkaError as exc:
-            raise _unavailable(self.bootstrap, exc) from exc
+        waited: KafkaError | None = None
+        for _ in range(2):  # kafka-python's wait can end before a failed batch's future is done
+            try:
+                self._producer.flush(timeout=60)
+            except KafkaError as exc:  # refused messages, if any, say more than this
+                waited = exc
+            else:
+                waited = None
+                break
         with self._lock:
             failed, first = self._failed_since_flush, self._first_failure
             self._failed_since_flush, self._first_failure = 0, None
@@ -164,7 +169,9 @@ class KafkaPublisher:
             raise UnavailableError(
                 f"Kafka broker at {self.bootstrap} did not acknowledge {failed} messages "
                 f"({type(first).__name__}: {first})"
-            )
+            ) from waited
+        if waited is not None:
+            raise _unavailable(self.bootstrap, waited) from waited
 
     def close(self) -> None:
         self._producer.close(timeout=10)
