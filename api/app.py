@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from hopscope import __version__
+from hopscope.api.auth import ScopeCheck
 from hopscope.api.config import ApiSettings
 from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
@@ -61,10 +63,11 @@ def create_app(
     app.state.settings = settings
     app.state.heavy_gate = HeavyQueryGate(settings.max_heavy_queries)
     app.state.inventory = inventory
-    for module in (flows, requests, traces, topology):
-        app.include_router(module.router)
+    routers = [module.router for module in (flows, requests, traces, topology)]
+    for router in routers:
+        app.include_router(router)
     add_error_handlers(app)
-    _state_max_limit(app, settings.max_limit)
+    _state_max_limit(app, settings.max_limit, routers)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The last added runs first: security headers on every answer, Host checked before anything else.
     app.add_middleware(HeadAsGet)
@@ -93,9 +96,10 @@ def _check_tenants(tokens: TokenVerifier | None, tenant_stores: Mapping[str, Sto
         raise ConfigError(f"tokens name tenants without a store: {', '.join(missing)} (give --tenant-store TENANT=URL)")
 
 
-def _state_max_limit(app: FastAPI, max_limit: int) -> None:
+def _state_max_limit(app: FastAPI, max_limit: int, routers: list[APIRouter]) -> None:
     """The schema's maximum of every ``limit`` parameter is this server's ``max_limit``; component
-    schemas nothing refers to (the records' input forms, never sent) are left out."""
+    schemas nothing refers to (the records' input forms, never sent) are left out; each route of
+    ``routers`` names its scopes."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -106,9 +110,26 @@ def _state_max_limit(app: FastAPI, max_limit: int) -> None:
                     if param["name"] == "limit":
                         param["schema"]["maximum"] = max_limit
             _drop_unreferenced(schema)
+            _state_scopes(routers, schema)
         return app.openapi_schema or build()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _state_scopes(routers: list[APIRouter], schema: dict[str, Any]) -> None:
+    """Each route's security requirement names the scopes its ``ScopeCheck`` dependencies demand
+    (OpenAPI 3.1: the roles an HTTP scheme needs), and its 403 says which."""
+    for router in routers:
+        for route in (r for r in router.routes if isinstance(r, APIRoute)):
+            # a route's dependencies include its router's
+            checks = [d.dependency for d in route.dependencies if isinstance(d.dependency, ScopeCheck)]
+            scopes = list(dict.fromkeys(check.scope for check in checks))
+            if not scopes:
+                continue
+            for method in route.methods or ():
+                operation = schema["paths"][route.path_format][method.lower()]
+                operation["security"] = [{"token": scopes}]
+                operation["responses"]["403"]["description"] = f"forbidden: the token lacks {', '.join(scopes)}"
 
 
 def _drop_unreferenced(schema: dict[str, Any]) -> None:

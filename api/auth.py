@@ -79,15 +79,21 @@ def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
+class ScopeCheck:
+    """A dependency refusing, with 403, principals without ``scope``; ``create_app`` writes each route's
+    scope into its OpenAPI security requirement (OpenAPI 3.1: the roles an HTTP scheme needs)."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def __call__(self, request: Request, principal: PrincipalDep) -> None:
+        if not principal.allows(self.scope):
+            raise _refuse(request, 403, f"token {principal.name!r} lacks the scope {self.scope}")
+
+
 def require(scope: str) -> Any:
-    """A dependency (for ``dependencies=[...]``) refusing, with 403, principals without ``scope``."""
-
-    def check_scope(request: Request, principal: PrincipalDep) -> None:
-        if not principal.allows(scope):
-            raise _refuse(request, 403, f"token {principal.name!r} lacks the scope {scope}")
-
-    check_scope.__name__ = f"require_{scope.replace(':', '_')}"
-    return Depends(check_scope)
+    """For a router's or route's ``dependencies=[...]``: the request's token must hold ``scope``."""
+    return Depends(ScopeCheck(scope))
 
 
 #: The scope of the routes reading traces, flows, requests and topology.

@@ -134,8 +134,9 @@ def test_schema_documents_the_bearer_scheme(guarded: TestClient) -> None:
     }  # fmt: skip
     for path, item in schema["paths"].items():
         if path.startswith("/api/v1"):
-            assert item["get"]["security"] == [{"token": []}], path
+            assert item["get"]["security"] == [{"token": ["traces:read"]}], path
             assert {"401", "403"} <= set(item["get"]["responses"]), path
+            assert item["get"]["responses"]["403"]["description"] == "forbidden: the token lacks traces:read"
 
 
 def test_token_file_keeps_no_token_in_clear(token_file: Path, tokens: dict[str, str]) -> None:
