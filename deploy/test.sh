@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: install everything, start the real services the tests need
-# (Kafka 4.x, ClickHouse server), then lint, type-check and run the whole suite.
+# (Kafka 4.x, ClickHouse server, Jaeger v2), then lint, type-check and run the whole suite.
 # Root is needed (apt-get, network namespaces for the lab tests). Services keep running afterwards;
-# stop them with deploy/kafka/stop.sh and deploy/clickhouse/stop.sh.
+# stop them with deploy/kafka/stop.sh, deploy/clickhouse/stop.sh and deploy/jaeger/stop.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,6 +11,8 @@ cd "$ROOT"
 bash deploy/setup.sh
 bash deploy/kafka/start.sh
 bash deploy/clickhouse/start.sh
+bash deploy/jaeger/build.sh   # Jaeger v2 from the Go module proxy, once (minutes the first time)
+bash deploy/jaeger/start.sh
 
 failed=()
 echo "test: ruff"

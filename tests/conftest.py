@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 import warnings
@@ -12,6 +13,8 @@ import pytest
 
 KAFKA_BOOTSTRAP = os.environ.get("HOPSCOPE_KAFKA", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("HOPSCOPE_CLICKHOUSE", "clickhouse://127.0.0.1:9000/default")
+JAEGER_OTLP = os.environ.get("HOPSCOPE_JAEGER_OTLP", "http://127.0.0.1:4318")
+JAEGER_QUERY = os.environ.get("HOPSCOPE_JAEGER_QUERY", "http://127.0.0.1:16686")
 
 
 def _listening(hostport: str) -> bool:
@@ -37,6 +40,19 @@ def require_service(name: str, hostport: str) -> None:
 def kafka_bootstrap() -> str:
     require_service("Kafka", KAFKA_BOOTSTRAP)
     return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture
+def jaeger() -> tuple[str, str]:
+    """(OTLP/HTTP endpoint, query API base URL) of the Jaeger of deploy/jaeger/start.sh. Without it the
+    test skips (naming Go when Go, which builds Jaeger, is missing), or fails when CI demands services."""
+    otlp, query = (hp.split("//", 1)[-1].rstrip("/") for hp in (JAEGER_OTLP, JAEGER_QUERY))
+    if not (_listening(otlp) and _listening(query)) and shutil.which("go") is None \
+            and os.environ.get("HOPSCOPE_REQUIRE_SERVICES") != "1":
+        pytest.skip("Jaeger is not running and Go, which deploy/jaeger/build.sh builds it with, is not installed")
+    require_service("Jaeger", otlp)
+    require_service("Jaeger", query)
+    return JAEGER_OTLP, JAEGER_QUERY
 
 
 _PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this pytest session
