@@ -126,7 +126,10 @@ def save_tokens(path: str | Path, entries: tuple[TokenEntry, ...]) -> None:
         for e in entries
     ]
     target = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    except OSError as exc:
+        raise ConfigError(f"cannot write token file {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump({"version": FILE_VERSION, "tokens": rows}, fh, indent=1)

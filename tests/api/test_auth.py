@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from hopscope.api.app import create_app
 from hopscope.api.auth import printable
+from hopscope.api.config import ApiSettings
 from hopscope.api.tokens import TokenVerifier, add_token, load_tokens, token_digest
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, Span, Trace
@@ -119,6 +120,23 @@ def test_failures_are_logged_without_the_token(
 )  # fmt: skip
 def test_a_path_cannot_forge_log_lines(path: str, logged: str) -> None:
     assert printable(path) == logged
+
+
+def test_a_refused_request_takes_no_heavy_query_slot(store: SqlStore, token_file: Path) -> None:
+    token = add_token(token_file, "reader", ["traces:read"])
+    app = create_app(store, ApiSettings(max_heavy_queries=1), tokens=TokenVerifier(load_tokens(token_file)))
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert app.state.heavy_gate.try_enter()  # the only slot is taken
+    try:
+        assert client.get("/api/v1/traces", headers=bearer(token)).status_code == 429
+        assert client.get("/api/v1/traces").status_code == 401
+    finally:
+        app.state.heavy_gate.leave()
+
+
+def test_a_token_file_that_cannot_be_written(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot write token file"):
+        add_token(tmp_path / "missing" / "tokens.json", "ui", ["traces:read"])
 
 
 def test_page_and_health_need_no_token(guarded: TestClient) -> None:
