@@ -229,6 +229,21 @@ def test_container_arguments_parse_with_the_commands_parsers(kind: str, name: st
         assert parsed.store == endpoints()["STORE_URL"]
 
 
+def test_the_api_beyond_loopback_reads_tokens_from_its_secret() -> None:
+    """serve refuses a non-loopback address without a token file (or --insecure): the Deployment
+    gives it the file, mounted from the Secret the README says how to make."""
+    deployment = one("Deployment", "hopscope-api")
+    (c,) = [c for c in pod_containers(deployment) if c["name"] == "api"]
+    args = c["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0" and "--insecure" not in args
+    token_file = Path(args[args.index("--token-file") + 1])
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (name,) = [n for n, path in mounts.items() if Path(path) == token_file.parent]
+    secret = volumes[name]["secret"]["secretName"]
+    assert f"create secret generic {secret} --from-file={token_file.name}" in (K8S / "README.md").read_text()
+
+
 def test_the_correlators_share_one_consumer_group() -> None:
     deployment = one("Deployment", "hopscope-correlator")
     assert deployment["spec"]["replicas"] >= 2
