@@ -177,3 +177,47 @@ def test_a_traceparent_request_joins_the_applications_trace_under_its_span(jaege
         ("GET", "/orders/7", 200)
     services = {got["processes"][s["processID"]]["serviceName"] for s in got["spans"]}
     assert services == {"shop-frontend", "client", "server"}
+
+
+def _stored(url: str) -> dict[str, list[Any]]:
+    """Every stored trace's spans in path order, by trace id."""
+    from hopscope.store import store_from_url
+
+    store = store_from_url(url)
+    try:
+        return {t.trace_id: list(store.get_trace(t.trace_id)[1]) for t in store.query_traces(0, 2**63 - 1,
+                                                                                              limit=1_000_000)}
+    finally:
+        store.close()
+
+
+@pytest.mark.kafka
+def test_correlate_exports_what_it_stores(jaeger: tuple[str, str], kafka_bootstrap: str, tmp_path: Path) -> None:
+    from tests.conftest import topic_prefix
+
+    otlp, query = jaeger
+    prefix, url = topic_prefix("otlp"), f"chdb://{tmp_path}?database=streamed"
+    hopscope = [sys.executable, "-m", "hopscope"]
+    replayed = subprocess.run([*hopscope, "replay", "--kafka", kafka_bootstrap, "--topic-prefix", prefix,
+                               "--manifest", str(MANIFEST), "--speed", "max"], capture_output=True, text=True,
+                              timeout=300)
+    assert replayed.returncode == 0, replayed.stderr
+    # Every address of the samples a pod of a namespace of this run: its spans carry it as service.name.
+    analyzed = _analyze(tmp_path, otlp, "--manifest", str(MANIFEST))
+    addrs = {h[k] for t in analyzed for h in t["hops"] for k in ("orig_h", "resp_h")}
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"pods": [{"name": f"p{n}", "namespace": prefix, "ip": a}
+                                              for n, a in enumerate(sorted(addrs))]}))
+    correlated = subprocess.run([*hopscope, "correlate", "--kafka", kafka_bootstrap, "--store", url,
+                                 "--topic-prefix", prefix, "--group", prefix, "--idle-exit", "5", "--otlp", otlp,
+                                 "--inventory", str(inventory)], capture_output=True, text=True, timeout=300)
+    assert correlated.returncode == 0, correlated.stderr
+    stored = _stored(url)
+    assert len(stored) > 30
+    assert f"{len(stored)} traces, {sum(map(len, stored.values()))} spans sent" in correlated.stderr
+    for trace_id, spans in stored.items():
+        got = _jaeger_trace(query, trace_id, len(spans))
+        ours = {s["spanID"]: s for s in got["spans"]
+                if got["processes"][s["processID"]]["serviceName"].startswith(f"{prefix}/")}
+        assert set(ours) == {s.span_id for s in spans}, trace_id
+        assert [_parent(ours[s.span_id]) for s in spans] == [s.parent_span_id for s in spans], trace_id
