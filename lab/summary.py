@@ -50,7 +50,8 @@ def running_labs() -> list[str]:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
-        note = (f"up {age:.0f} s, overlay {state.get('overlay')}, server sidecar {state.get('sidecar', 'envoy')}"
+        note = (f"up {age:.0f} s, overlay {state.get('overlay')}, server sidecar {state.get('sidecar', 'envoy')}, "
+                f"client sidecar {state.get('client_sidecar', 'none')}"
                 if age is not None else "no state (crashed run?)")
         lines.append(f"{prefix}  {note}")
     return lines or ["no lab running"]
