@@ -12,7 +12,8 @@ dpkt ``dns.DNS`` and dnspython ``dns.message.from_wire``.
 End to end: a pcap of keep-alive HTTP conversations (handshake, 25 requests, FIN) decoded and metered
 once, then fed through ``BlockFeeder`` -> ``L7Tracker`` (reassembly, framing, pairing, records), timed
 in CPU seconds so other load on the machine does not count.
-Prints messages per second for each; higher is better.
+Prints messages per second for each; higher is better. Ends with one ``bench:`` line per figure, the
+ratio being hopscope's rate over the peer's (higher is better).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _lines import bench_line
 
 from hopscope.probes.l7.dns import parse_dns
 from hopscope.probes.l7.http import HttpConnection, HttpMessage, HttpStreamParser
@@ -138,7 +141,8 @@ def rate(name: str, func: Callable[[], int], messages: int, repeat: int = 3) -> 
     return per_s
 
 
-def end_to_end(conversations: int = 200) -> None:
+def end_to_end(conversations: int = 200) -> tuple[float, float]:
+    """Packets and requests per CPU second of ``BlockFeeder`` -> ``L7Tracker``."""
     import tempfile
 
     from scapy.layers.l2 import Ether
@@ -180,6 +184,7 @@ def end_to_end(conversations: int = 200) -> None:
         best = min(best, time.process_time() - t0)
     print(f"End to end: {packets} packets ({conversations} connections), {records} requests")
     print(f"  BlockFeeder + L7Tracker          {packets / best:>12,.0f} packets/s  {records / best:>10,.0f} requests/s")
+    return packets / best, records / best
 
 
 def main() -> None:
@@ -189,22 +194,35 @@ def main() -> None:
     segs = segments(http_stream(args.messages))
     print(f"HTTP/1.1 requests: {args.messages} pipelined, {len(segs)} segments of {MSS} bytes")
     ours = rate("hopscope HttpStreamParser", lambda: ours_framing(segs), args.messages)
-    rate("hopscope HttpConnection (+reassembly)", lambda: ours_connection(segs), args.messages)
+    connection = rate("hopscope HttpConnection (+reassembly)", lambda: ours_connection(segs), args.messages)
+    theirs = None
     try:
         theirs = rate("httptools (llhttp) with callbacks", lambda: httptools_parse(segs), args.messages)
         print(f"  hopscope framing / httptools = {ours / theirs:.2f}")
     except ImportError:
         print("  httptools not installed (pip install httptools)")
+    # ratio: hopscope's rate over the peer's, higher is better
+    http_peer = ("httptools", theirs) if theirs else None
+    lines = [bench_line(name, value, "msg/s", http_peer, value / theirs if theirs else None)
+             for name, value in (("l7_http_framing_rate", ours), ("l7_http_connection_rate", connection))]
     msgs = dns_messages() * 20
     print(f"DNS responses: {len(msgs)} (A, AAAA, CNAME+A)")
     ours_dns = rate("hopscope parse_dns", lambda: dns_ours(msgs), len(msgs))
+    dns_peers = 0
     for name, func in (("dpkt", dns_dpkt), ("dnspython", dns_dnspython)):
         try:
             peer = rate(name, lambda f=func: f(msgs), len(msgs))  # type: ignore[misc]
             print(f"  hopscope / {name} = {ours_dns / peer:.2f}")
+            lines.append(bench_line(f"l7_dns_vs_{name}_rate", ours_dns, "msg/s", (name, peer), ours_dns / peer))
+            dns_peers += 1
         except ImportError:
             print(f"  {name} not installed")
-    end_to_end()
+    if not dns_peers:
+        lines.append(bench_line("l7_dns_rate", ours_dns, "msg/s"))
+    packets_s, requests_s = end_to_end()
+    lines.append(bench_line("l7_end_to_end_rate", packets_s, "packets/s"))
+    lines.append(bench_line("l7_end_to_end_request_rate", requests_s, "requests/s"))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
