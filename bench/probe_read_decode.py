@@ -7,6 +7,10 @@ buffers (``map_file=False``), and the kernel on a mapped file (the default). The
 bench/probe_speed.py's (generate it with that script first); ``--pcapng`` also converts it with
 editcap (cached under var/bench/) and measures the pcapng reader.
 
+Ends with one ``bench:`` line per kernel variant, capture format and stage (read, decode, both), in CPU
+seconds per 1M packets beside the reference path's (ratio: reference over kernel, the speed-up; higher
+is better).
+
 Usage: ``python bench/probe_read_decode.py [--packets 1000000] [--repeat 3] [--pcapng]``
 """
 
@@ -21,12 +25,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _lines import bench_line
+
 VAR = Path(os.environ.get("HOPSCOPE_VAR", Path(__file__).resolve().parents[1] / "var")) / "bench"
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (HOPSCOPE_NATIVE, map_file)
-    "reference (numpy/Python)": ("0", False),
-    "kernel, file read into buffers": ("1", False),
-    "kernel, file mapped": ("1", True),
+VARIANTS = {  # name: (HOPSCOPE_NATIVE, map_file, token in the bench lines)
+    "reference (numpy/Python)": ("0", False, "reference"),
+    "kernel, file read into buffers": ("1", False, "kernel_buffers"),
+    "kernel, file mapped": ("1", True, "kernel_mapped"),
 }
 
 
@@ -70,14 +76,22 @@ def measure(path: Path, native: str, map_file: bool, repeat: int) -> dict[str, f
     return best
 
 
-def report(path: Path, repeat: int) -> None:
+def report(path: Path, repeat: int) -> list[str]:
+    """Print the table for ``path``; return its bench lines."""
     print(f"capture: {path} ({path.stat().st_size / 1e6:.0f} MB)")
     print(f"{'variant':34s} {'packets':>9s} {'read s/1M':>10s} {'decode s/1M':>12s} {'sum s/1M':>9s}")
-    for name, (native, map_file) in VARIANTS.items():
+    seconds: dict[str, dict[str, float]] = {}  # variant token: {stage: CPU s per 1M packets}
+    for name, (native, map_file, token) in VARIANTS.items():
         r = measure(path, native, map_file, repeat)
         per = 1e6 / r["packets"]
         read, decode = r["read_s"] * per, r["decode_s"] * per
+        seconds[token] = {"read": read, "decode": decode, "read_decode": read + decode}
         print(f"{name:34s} {int(r['packets']):9d} {read:10.3f} {decode:12.3f} {read + decode:9.3f}", flush=True)
+    fmt = path.suffix.lstrip(".")
+    reference = seconds.pop("reference")
+    return [bench_line(f"probe_{stage}_{fmt}_{token}", value, "s/Mpkt", (f"{stage}_{fmt}_reference", reference[stage]),
+                       reference[stage] / value if value else None)
+            for token, stages in seconds.items() for stage, value in stages.items()]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if not capture.exists():
         print(f"{capture} is missing: run bench/probe_speed.py --packets {args.packets} --skip-peers first")
         return 1
-    report(capture, args.repeat)
+    lines = report(capture, args.repeat)
     if args.pcapng:
         converted = capture.with_suffix(".pcapng")
         if not converted.exists():
             subprocess.run(["editcap", "-F", "pcapng", str(capture), str(converted)], check=True)
-        report(converted, args.repeat)
+        lines += report(converted, args.repeat)
+    print("\n".join(lines))
     return 0
 
 

@@ -5,7 +5,9 @@ concurrent TCP connections with handshakes, requests, multi-segment responses wi
 RST closes, a few retransmissions, unanswered and rejected SYNs, plus UDP DNS query/response pairs.
 Then times, on one core (``taskset -c 0``) and in the same run, every tool on the same file and prints
 packets/s. It also measures the peak RSS of ``hopscope flows`` on a capture with 100,000 flows open at
-once (goal: under 300 MB).
+once (goal: under 300 MB). Ends with one ``bench:`` line per figure: hopscope's packets per CPU second
+beside each peer's (ratio: hopscope's rate over the peer's, higher is better), its wall and net rates,
+start-up and peak RSS.
 
 Usage: ``python bench/probe_speed.py [--packets 1000000] [--repeat 3] [--skip-peers]``
 """
@@ -23,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_lines.py, also when imported by another script
+from _lines import bench_line
 
 VAR = Path(os.environ.get("HOPSCOPE_VAR", Path(__file__).resolve().parents[1] / "var")) / "bench"
 ETH = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
@@ -224,28 +229,30 @@ def main(argv: list[str] | None = None) -> int:
         generate(tiny, 200)
     exe = str(Path(sys.executable).with_name("hopscope"))
     reference = {"HOPSCOPE_NATIVE": "0"}
-    tools: list[tuple[str, list[str], dict[str, str] | None]] = [
-        ("hopscope flows (read+decode+meter+JSON)", [exe, "flows", "{capture}"], None),
-        ("  same, reference path (HOPSCOPE_NATIVE=0)", [exe, "flows", "{capture}"], reference),
+    #: (label, token in the bench lines, command, environment)
+    tools: list[tuple[str, str, list[str], dict[str, str] | None]] = [
+        ("hopscope flows (read+decode+meter+JSON)", "hopscope_flows", [exe, "flows", "{capture}"], None),
+        ("  same, reference path (HOPSCOPE_NATIVE=0)", "reference_path", [exe, "flows", "{capture}"], reference),
     ]
+    figures: dict[str, tuple[float, float, float, float]] = {}  # token: (wall, cpu, start-up, net pkts/s)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_peers:
             tools += [
-                ("tcpdump -nn -r", ["tcpdump", "-nn", "-r", "{capture}"], None),
+                ("tcpdump -nn -r", "tcpdump_text", ["tcpdump", "-nn", "-r", "{capture}"], None),
                 # tcpdump's text output grows quadratically with the number of TCP connections here
                 # (50k packets 0.2 s, 100k 0.8 s, 200k 3.0 s CPU; -S and -q do not help). Reading and
                 # writing the file back (-w) is libpcap's raw read speed: the floor for any reader.
-                ("tcpdump -r -w /dev/null (libpcap read only)", ["tcpdump", "-r", "{capture}", "-w", "/dev/null"],
-                 None),
-                ("tshark -T fields -e frame.number", [*TSHARK, "{capture}", "-T", "fields", "-e", "frame.number"],
-                 None),
-                ("nfpcapd -r -w (nfdump 1.7)", ["nfpcapd", "-r", "{capture}", "-w", tmp], None),
-                ("argus -r -w /dev/null", ["argus", "-r", "{capture}", "-w", "/dev/null"], None),
+                ("tcpdump -r -w /dev/null (libpcap read only)", "tcpdump_read",
+                 ["tcpdump", "-r", "{capture}", "-w", "/dev/null"], None),
+                ("tshark -T fields -e frame.number", "tshark",
+                 [*TSHARK, "{capture}", "-T", "fields", "-e", "frame.number"], None),
+                ("nfpcapd -r -w (nfdump 1.7)", "nfpcapd", ["nfpcapd", "-r", "{capture}", "-w", tmp], None),
+                ("argus -r -w /dev/null", "argus", ["argus", "-r", "{capture}", "-w", "/dev/null"], None),
             ]  # fmt: skip
         print("start-up: CPU s of the same command on a 200-packet capture; 'net' rates leave it out")
         print(f"{'tool':44s} {'wall s':>7s} {'pkts/s wall':>12s} {'CPU s':>7s} {'pkts/s CPU':>11s} "
               f"{'start-up':>8s} {'net pkts/s':>11s}")  # fmt: skip
-        for name, cmd, env in tools:
+        for name, token, cmd, env in tools:
             best = timed([a.format(capture=capture) for a in cmd], args.repeat, env=env)
             if best is None:
                 print(f"{name:44s} {'n/a':>7s}")
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = best
             startup = small[1] if small else 0.0
             net = packets / (cpu - startup) if cpu > startup else float("nan")
+            figures[token] = (wall, cpu, startup, net)
             print(f"{name:44s} {wall:7.2f} {packets / wall:12,.0f} {cpu:7.2f} {packets / cpu:11,.0f} "
                   f"{startup:8.2f} {net:11,.0f}", flush=True)  # fmt: skip
     many = VAR / f"probe_concurrent_{args.concurrent_flows}.pcap"
@@ -261,6 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         generate_concurrent(many, args.concurrent_flows)
     rss = peak_rss_mb([str(Path(sys.executable).with_name("hopscope")), "flows", str(many)])
     print(f"peak RSS of hopscope flows with {args.concurrent_flows} concurrent flows: {rss:.0f} MB (goal < 300)")
+    if "hopscope_flows" in figures:
+        wall, cpu, startup, net = figures.pop("hopscope_flows")
+        # ratio: hopscope's packets per CPU second over the peer's, higher is better
+        for token, peer in figures.items():
+            name = "probe_flows_cpu_rate" if token == "reference_path" else f"probe_flows_vs_{token}_cpu_rate"
+            print(bench_line(name, packets / cpu, "pps", (token, packets / peer[1]), peer[1] / cpu))
+        print(bench_line("probe_flows_wall_rate", packets / wall, "pps"))
+        print(bench_line("probe_flows_net_cpu_rate", net, "pps"))
+        print(bench_line("probe_flows_startup_cpu", startup, "s"))
+    print(bench_line(f"probe_flows_peak_rss_{args.concurrent_flows}_flows", rss, "MB"))
     return 0
 
 
