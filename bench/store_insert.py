@@ -11,7 +11,8 @@ Paths timed (rows/s, higher is better; each insert is one batch of B rows, as th
             TabSeparated from a file in one INSERT (TSV written beforehand, not timed)
   - chDB    EmbeddedStore.insert (an Arrow IPC stream through send_insert(..., "ArrowStream"))
   - chDB    the same batches as pyarrow tables read through the Python() table function
-Each path inserts into a fresh database that is dropped afterwards.
+Each path inserts into a fresh database that is dropped afterwards. Ends with one ``bench:`` line per
+path beside the clickhouse-client peer (ratio: the path's rows/s over the peer's, higher is better).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Callable
 
 import numpy as np
+from _lines import bench_line
 
 from hopscope.records import Batch, ColumnType, FlowRecord
 from hopscope.store import SqlStore
@@ -35,6 +37,16 @@ from hopscope.store.schema import quote_identifier
 from hopscope.store.server import ServerStore
 
 BASE_NS = 1_700_000_000_000_000_000
+PEER = "server  peer: clickhouse-client, TSV file, one INSERT"
+#: label of each path: its name in the bench lines
+TOKENS = {
+    "server  ServerStore.insert (driver, columnar numpy)": "store_insert_server",
+    "server  ServerStore.insert, all rows in one INSERT": "store_insert_server_one_insert",
+    "server  driver columnar, Python lists": "store_insert_server_driver_lists",
+    PEER: "clickhouse_client_tsv",
+    "chDB    EmbeddedStore.insert (ArrowStream)": "store_insert_chdb",
+    "chDB    Python(arrow table) table function": "store_insert_chdb_python_function",
+}
 
 
 def synthetic_flows(n: int, seed: int = 7) -> Batch:
@@ -121,10 +133,7 @@ def measure(label: str, store: SqlStore, rows: int, run: Callable[[], None]) -> 
 
 def bench_server(batch: Batch, parts: list[Batch], host: str, port: int) -> list[tuple[str, float]]:
     results = []
-    for label in ("server  ServerStore.insert (driver, columnar numpy)",
-                  "server  ServerStore.insert, all rows in one INSERT",
-                  "server  driver columnar, Python lists",
-                  "server  peer: clickhouse-client, TSV file, one INSERT"):  # fmt: skip
+    for label in [label for label in TOKENS if label.startswith("server")]:
         store = ServerStore(host, port, f"hopscope_bench_{uuid.uuid4().hex[:8]}")
         store.ensure_schema()
         try:
@@ -147,7 +156,7 @@ def bench_server(batch: Batch, parts: list[Batch], host: str, port: int) -> list
 def bench_chdb(batch: Batch, parts: list[Batch]) -> list[tuple[str, float]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="hopscope-bench-chdb-") as path:
-        for label in ("chDB    EmbeddedStore.insert (ArrowStream)", "chDB    Python(arrow table) table function"):
+        for label in [label for label in TOKENS if label.startswith("chDB")]:
             store = EmbeddedStore(path, f"bench_{uuid.uuid4().hex[:8]}")
             store.ensure_schema()
             try:
@@ -173,6 +182,10 @@ def main() -> int:
     results = bench_server(batch, parts, args.host, args.port) + bench_chdb(batch, parts)
     for label, rate in results:
         print(f"  {label:<55} {rate:>12,.0f} rows/s")
+    rates = dict(results)
+    peer = rates.pop(PEER)
+    for label, rate in rates.items():  # ratio: the path's rows/s over clickhouse-client's, higher is better
+        print(bench_line(TOKENS[label], rate, "rows/s", (TOKENS[PEER], peer), rate / peer))
     return 0
 
 

@@ -6,6 +6,8 @@ lookup with FINAL (the plain way to read a ReplacingMergeTree), on the ClickHous
 Loads synthetic traces into a scratch database (``hs_bench_lookup`` / a temp chDB directory), then
 times random lookups. DeepFlow's tracing engine assembles a trace at query time (about 1 s per
 trace in its paper); hopscope stitches at ingest, so a lookup is a point query (goal: under 50 ms).
+Ends with one ``bench:`` line per store and percentile, beside the FINAL lookup (ratio: FINAL's
+latency over get_trace's, higher is better).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import time
 
 import numpy as np
+from _lines import bench_line
 
 from hopscope.records import Batch, Span, Trace
 from hopscope.store import SqlStore, store_from_url
@@ -73,15 +76,25 @@ def main() -> None:
     scratch = tempfile.mkdtemp(prefix="hs-lookup-")
     print(f"{args.traces:,} traces x {args.hops} hops = {args.traces * args.hops:,} spans; {args.lookups} lookups")
     print(f"{'store':<12}{'lookup':<34}{'median ms':>10}{'p99 ms':>10}")
+    lines = []
     for name, url in (("clickhouse", args.clickhouse), ("chdb", f"chdb://{scratch}")):
         store = store_from_url(url)
         ids = load(store, args.traces, args.hops)
+        figures = []
         for label, fn in (("get_trace (LIMIT 1 BY)", store.get_trace),
                           ("the same with FINAL", lambda t, s=store: with_final(s, t))):  # fmt: skip
             median, p99 = timed(fn, ids, args.lookups, args.hops)
+            figures.append((median, p99))
             print(f"{name:<12}{label:<34}{median:>10.1f}{p99:>10.1f}")
+        (ours_p50, ours_p99), (final_p50, final_p99) = figures
+        # ratio: the FINAL lookup's latency over get_trace's, higher is better
+        lines.append(bench_line(f"trace_lookup_{name}_p50", ours_p50, "ms", ("final_p50", final_p50),
+                                final_p50 / ours_p50))  # fmt: skip
+        lines.append(bench_line(f"trace_lookup_{name}_p99", ours_p99, "ms", ("final_p99", final_p99),
+                                final_p99 / ours_p99))  # fmt: skip
         store.drop_schema()
         store.close()
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ versus a batch of records per message (hopscope's codec), both directions.
 
 Run after deploy/kafka/start.sh:  .venv/bin/python bench/transport_speed.py [--records N]
 Prints a table; the peer here is kafka-python itself at one record per message, the way a naive
-exporter would publish.
+exporter would publish. Ends with one ``bench:`` line per figure, each batched figure beside the same
+direction at one record per message (ratio: batched over one per message, higher is better).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import uuid
 
 import numpy as np
+from _lines import bench_line
 
 from hopscope.codec import decode_batch, encode_batch
 from hopscope.records import Batch, FlowRecord
@@ -86,20 +88,29 @@ def main() -> None:
         decode_batch(message)
     codec_s = (time.perf_counter() - t0) / 50
     print(f"codec: 1,000 flow records = {len(message):,} bytes; decode {1000 / codec_s:,.0f} records/s")
+    lines = [bench_line("transport_codec_decode_rate", 1000 / codec_s, "records/s")]
     print(f"{'mode':<32}{'records':>12}{'produce rec/s':>16}")
     small = batch.slice(0, args.unbatched_records)
     ensure_topics(args.bootstrap, prefix=f"{prefix}u")  # its own topics: consumed below separately
     secs = produce(args.bootstrap, f"{prefix}u", small, 1)
-    print(f"{'1 record per message':<32}{len(small):>12,}{len(small) / secs:>16,.0f}")
+    single = ("produce_1_per_message", len(small) / secs)
+    print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
     for per in (100, 1000, 5000):
         secs = produce(args.bootstrap, prefix, batch, per)
-        print(f"{f'{per} records per message':<32}{len(batch):>12,}{len(batch) / secs:>16,.0f}")
+        rate = len(batch) / secs
+        print(f"{f'{per} records per message':<32}{len(batch):>12,}{rate:>16,.0f}")
+        lines.append(bench_line(f"transport_produce_{per}_per_message_rate", rate, "records/s", single,
+                                rate / single[1]))  # fmt: skip
     print(f"{'mode':<32}{'records':>12}{'consume rec/s':>16}")
     secs = consume(args.bootstrap, f"{prefix}u", len(small))
-    print(f"{'1 record per message':<32}{len(small):>12,}{len(small) / secs:>16,.0f}")
+    single = ("consume_1_per_message", len(small) / secs)
+    print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
     total = 3 * len(batch)
     secs = consume(args.bootstrap, prefix, total)
-    print(f"{'100-5000 records per message':<32}{total:>12,}{total / secs:>16,.0f}")
+    rate = total / secs
+    print(f"{'100-5000 records per message':<32}{total:>12,}{rate:>16,.0f}")
+    lines.append(bench_line("transport_consume_batched_rate", rate, "records/s", single, rate / single[1]))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
