@@ -18,10 +18,11 @@ client):
   queries, the rest lookups; refused heavy queries (429, ``Retry-After``) are counted, not timed.
 
 Both run twice: ``one_connection`` serves with one store connection and no bound on heavy queries
-(what ``serve`` did before its connection pool: every query behind one lock), ``pooled`` with the
-defaults (a pool of store connections, at most 4 heavy queries, the rest 429).
+(every query waits for that one connection), ``pooled`` with the defaults (a pool of store connections,
+at most 4 heavy queries, the rest 429).
 
-Each line is ``bench: <name> <value> <unit> [peer <name> <value> <unit>] [ratio <r>]``.
+Each line is ``bench: <name> <value> <unit> [peer <name> <value> <unit>] [ratio <r>]``; the ratio is the
+concurrent latency over the same request's latency alone (lower is better: 1 means no slowdown).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from _lines import bench_line
 
 from hopscope.store import store_from_url
 
@@ -135,10 +137,8 @@ async def run_clients(
 
 
 def line(name: str, value: float, unit: str, peer: tuple[str, float] | None = None) -> str:
-    text = f"bench: {name} {value:.1f} {unit}"
-    if peer is not None:
-        text += f" peer {peer[0]} {peer[1]:.1f} {unit} ratio {value / peer[1]:.2f}"
-    return text
+    """A bench line; beside a peer, the ratio is value / peer (the slowdown under concurrency)."""
+    return bench_line(name, value, unit, peer, value / peer[1] if peer is not None else None)
 
 
 def measure(config: str, base: str, ids: list[str], clients: int, per_client: int) -> None:
@@ -154,18 +154,19 @@ def measure(config: str, base: str, ids: list[str], clients: int, per_client: in
     rate = len(crowd.ms) / (time.perf_counter() - start)
     print(line(f"{config}_lookup_{clients}_clients_p50", crowd.p50, "ms", peers["p50"]))
     print(line(f"{config}_lookup_{clients}_clients_p99", crowd.pct(0.99), "ms", peers["p99"]))
-    print(f"bench: {config}_lookup_{clients}_clients_rate {rate:.0f} lookups/s")
+    print(line(f"{config}_lookup_{clients}_clients_rate", rate, "lookups/s"))
     mixed, heavy = asyncio.run(run_clients(base, ids, clients, clients // 4, per_client))
     print(line(f"{config}_lookup_beside_heavy_{clients}_clients_p50", mixed.p50, "ms", peers["p50"]))
     print(line(f"{config}_lookup_beside_heavy_{clients}_clients_p99", mixed.pct(0.99), "ms", peers["p99"]))
     print(line(f"{config}_heavy_beside_lookup_{clients}_clients_p50", heavy.p50, "ms",
                ("heavy_alone_p50", heavy_alone.p50)))  # fmt: skip
-    print(f"bench: {config}_heavy_refused_429 {heavy.refused} requests (of {len(heavy.ms) + heavy.refused})")
-    print(f"bench: {config}_failed {crowd.failed + mixed.failed + heavy.failed} requests")
+    print(f"{config}: {heavy.refused} of {len(heavy.ms) + heavy.refused} heavy queries refused (429)")
+    print(line(f"{config}_heavy_refused_429", heavy.refused, "requests"))
+    print(line(f"{config}_failed", crowd.failed + mixed.failed + heavy.failed, "requests"))
 
 
-#: serve configurations compared: one store connection and no bound on heavy queries (what serve did
-#: before it had a pool: one connection behind a lock), then the defaults.
+#: serve configurations compared: one store connection and no bound on heavy queries (every query waits
+#: for that one connection), then the defaults.
 CONFIGS: dict[str, list[str]] = {
     "one_connection": ["--store-connections", "1", "--max-heavy-queries", "100000"],
     "pooled": [],

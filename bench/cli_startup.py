@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lines import bench_line
 from probe_speed import VAR, generate  # the 200-packet capture probe_speed times start-up with
 
 #: The environment of every run: bytecode caches written and used, as an installed package has them.
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         got = best_of([exe, *words], args.repeat)
         assert got is not None
         cpu, wall = got
-        peers = f"python_bare {python[0]:.3f}" if python else ""
         if name == "flows_200_packets" and nfpcapd:
-            peers += f" nfpcapd {nfpcapd[0]:.3f} ratio {cpu / nfpcapd[0]:.1f}"
-        print(f"bench: startup_{name}_cpu {cpu:.3f} s {peers}")
-        print(f"bench: startup_{name}_wall {wall:.3f} s")
-        print(f"bench: startup_{name}_modules {modules_imported(words)} modules")
+            # ratio: hopscope's CPU over nfpcapd's (lower is better)
+            print(bench_line(f"startup_{name}_cpu", cpu, "s", ("nfpcapd", nfpcapd[0]), cpu / nfpcapd[0]))
+        else:
+            print(bench_line(f"startup_{name}_cpu", cpu, "s", ("python_bare", python[0]) if python else None))
+        print(bench_line(f"startup_{name}_wall", wall, "s"))
+        print(bench_line(f"startup_{name}_modules", modules_imported(words), "modules"))
     return 0
 
 
