@@ -16,7 +16,10 @@ agent's rings hand over a partly filled block after 200 ms (``hopscope.probes.ag
 probe's after 50 ms, which is most of the steady-state difference at low packet rates (each block
 handed over costs a fixed ~1 ms); idle, start-up and memory figures are threads against processes.
 
-    bench: agent_points_<points>p_<pps>pps steady <cpu %> % [probes <cpu %> %] [ratio r]
+Ends with one ``bench:`` line per figure, the agent's beside the probes' (ratio: the probes' figure over
+the agent's, higher is better for the agent):
+
+    bench: agent_points_<points>p_<pps>pps_steady_cpu <cpu> % peer probes <cpu> % ratio <r>
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from _lines import bench_line
 
 PYTHON = sys.executable
 STARTUP_S = 8.0
@@ -158,10 +162,14 @@ def run_one(points: int, pps: int, seconds: float, kafka: str) -> None:
         finally:
             delete_topics(kafka, prefix)
     name = f"agent_points_{points}p_{pps}pps"
-    ratio = probes.steady_cpu_pct / agent.steady_cpu_pct if agent.steady_cpu_pct else 0.0
-    print(f"bench: {name} steady {agent.steady_cpu_pct} % probes {probes.steady_cpu_pct} % ratio {ratio:.2f}")
-    print(f"bench: {name}_startup {agent.startup_cpu_s} cpu_s probes {probes.startup_cpu_s} cpu_s")
-    print(f"bench: {name}_rss {agent.rss_mb} MB probes {probes.rss_mb} MB")
+    for mode, f in (("agent", agent), ("probes", probes)):
+        print(f"{points} points at {pps} packets/s each, {mode}: start-up {f.startup_cpu_s} CPU s, "
+              f"steady {f.steady_cpu_pct} % CPU, {f.rss_mb} MB resident")
+    for figure, unit, ours, peer in (("steady_cpu", "%", agent.steady_cpu_pct, probes.steady_cpu_pct),
+                                     ("startup_cpu", "s", agent.startup_cpu_s, probes.startup_cpu_s),
+                                     ("rss", "MB", agent.rss_mb, probes.rss_mb)):  # fmt: skip
+        # ratio: the probes' figure over the agent's, higher is better for the agent
+        print(bench_line(f"{name}_{figure}", ours, unit, ("probes", peer), peer / ours if ours else None))
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ broker and the ClickHouse 18.16 server that deploy/ starts on the local machine.
    probe adds its reporting interval). Median and p99; the floor is lateness + trace spread.
 3. Point query: ``store.get_trace(id)`` (trace row and its spans, FINAL) for 1,000 stored ids.
 
+Ends with one ``bench:`` line per figure; the throughput line is beside the offline engine (ratio:
+streaming over offline records/s, higher is better).
+
 Run after deploy/kafka/start.sh and deploy/clickhouse/start.sh:
     .venv/bin/python bench/correlate_stream.py [--records N] [--live-seconds S]
 
@@ -33,6 +36,7 @@ import time
 import uuid
 
 import numpy as np
+from _lines import bench_line
 
 from hopscope.correlate import Correlator
 from hopscope.correlate.stream import ensure_relay_topics, event_times
@@ -97,7 +101,7 @@ def wait_for_traces(url: str, want: int, proc: subprocess.Popen[str], timeout_s:
     raise SystemExit(f"not all {want} traces stored within {timeout_s} s")
 
 
-def throughput(args: argparse.Namespace, db: str) -> None:
+def throughput(args: argparse.Namespace, db: str) -> list[str]:
     prefix = f"bcs{uuid.uuid4().hex[:8]}"
     ensure_relay_topics(KAFKA, prefix)
     requests, flows = load(args.records, args.hosts, 1_700_000_000_000_000_000, 10_000)
@@ -131,9 +135,14 @@ def throughput(args: argparse.Namespace, db: str) -> None:
     print(f"{'peer: offline engine Correlator.stitch, same records, core 0, no Kafka/store':<78}"
           f"{offline_s:8.1f} s {n / offline_s:>12,.0f} records/s")
     print("correlator:", err.strip().splitlines()[-1] if err.strip() else "(no summary)")
+    # ratio: streaming over offline records/s, higher is better
+    return [bench_line("correlate_stream_rate", n / wall, "records/s", ("offline_stitch", n / offline_s),
+                       offline_s / wall),
+            bench_line("correlate_stream_first_to_all_stored", done - first, "s")]  # fmt: skip
 
 
-def live(args: argparse.Namespace, db: str) -> list[str]:
+def live(args: argparse.Namespace, db: str) -> tuple[list[str], list[str]]:
+    """The ids of the traces seen in the store, and the bench lines."""
     prefix = f"bcl{uuid.uuid4().hex[:8]}"
     ensure_relay_topics(KAFKA, prefix)
     proc = correlate(prefix, db, "--idle-exit", "6")
@@ -167,7 +176,9 @@ def live(args: argparse.Namespace, db: str) -> list[str]:
     print(f"publish of the trace's newest record -> queryable in ClickHouse: median "
           f"{np.median(delays):.0f} ms, p99 {np.percentile(delays, 99):.0f} ms, max {np.max(delays):.0f} ms")
     print("correlator:", err.strip().splitlines()[-1] if err.strip() else "(no summary)")
-    return list(seen)
+    lines = [bench_line(f"correlate_stream_delay_{name}", float(value), "ms") for name, value in
+             (("p50", np.median(delays)), ("p99", np.percentile(delays, 99)), ("max", np.max(delays)))]  # fmt: skip
+    return list(seen), lines
 
 
 def poll_store(url: str, seen: dict[str, int], every_s: float, proc: subprocess.Popen[str]) -> None:
@@ -197,7 +208,7 @@ def trace_delays(res: object, requests: Batch, flows: Batch, publish_ns: dict[in
     return np.asarray(out)
 
 
-def lookups(db: str, ids: list[str], count: int = 1000) -> None:
+def lookups(db: str, ids: list[str], count: int = 1000) -> list[str]:
     """get_trace latency as the streaming writes left the tables, then after the parts were merged."""
     from clickhouse_driver import Client
 
@@ -209,7 +220,8 @@ def lookups(db: str, ids: list[str], count: int = 1000) -> None:
     rng = np.random.default_rng(3)
     picks = [ids[i] for i in rng.integers(0, len(ids), count)]
     store.get_trace(picks[0])  # connect
-    for label in ("as written", "after OPTIMIZE ... FINAL"):
+    lines = []
+    for label, token in (("as written", "as_written"), ("after OPTIMIZE ... FINAL", "optimized")):
         if label != "as written":
             for table in ("traces", "spans"):
                 client.execute(f"OPTIMIZE TABLE `{name}`.`{table}` FINAL")
@@ -223,8 +235,11 @@ def lookups(db: str, ids: list[str], count: int = 1000) -> None:
         print(f"\n== trace lookup, {label} ({parts.get('traces', 0)} + {parts.get('spans', 0)} active parts in "
               f"traces + spans): store.get_trace (trace row + spans, FINAL) over {count} stored ids: "
               f"median {np.median(times):.1f} ms, p99 {np.percentile(times, 99):.1f} ms (goal < 50 ms)")
+        lines.append(bench_line(f"correlate_stream_lookup_{token}_p50", float(np.median(times)), "ms"))
+        lines.append(bench_line(f"correlate_stream_lookup_{token}_p99", float(np.percentile(times, 99)), "ms"))
     store.close()
     client.disconnect()
+    return lines
 
 
 def main() -> None:
@@ -239,10 +254,12 @@ def main() -> None:
     store = store_from_url(db)
     store.ensure_schema()
     try:
-        throughput(args, db)
-        ids = live(args, db)
-        lookups(db, ids or [t.trace_id for t in store.query_traces(0, FOREVER, limit=10_000)])
+        lines = throughput(args, db)
+        ids, live_lines = live(args, db)
+        lines += live_lines
+        lines += lookups(db, ids or [t.trace_id for t in store.query_traces(0, FOREVER, limit=10_000)])
         print(f"\nstore after both runs: {store.count('traces'):,} traces, {store.count('spans'):,} spans")
+        print("\n".join(lines))
     finally:
         store.drop_schema()
         store.close()
