@@ -21,6 +21,10 @@ CPU 0, so the generator's core bounds the offered rate. ``--rps`` steers B's rec
 probe's core) instead: the generator then offers more, and the probe shares its core with that kernel
 work (reported as CPU 1's softirq %).
 
+Ends with one ``bench:`` line per figure and rate (``probe_live_<rate>pps_...``, ``probe_live_flat_out_...``);
+flat out, the captured rate and kernel drops stand beside tcpdump's on the same flood (ratio: the probe's
+captured rate over tcpdump's, higher is better; for drops, tcpdump's over the probe's).
+
 ``--profile`` runs the probe at the last rate under cProfile (var/bench/probe_live.prof) and prints the
 top functions.
 
@@ -46,6 +50,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _lines import bench_line
 
 from hopscope.lab.flood import FloodResult, build_flood, prioritized, run_flood
 from hopscope.lab.services import start_watched
@@ -215,6 +221,43 @@ def backlog_row(result: dict[str, object]) -> str:
     )
 
 
+def bench_lines(result: dict[str, object], dump: dict[str, object] | None) -> list[str]:
+    """The figures of one rate's row; flat out beside tcpdump's (when it ran)."""
+    gen: FloodResult = result["generator"]  # type: ignore[assignment]
+    sm: dict[str, float] = result["summary"]  # type: ignore[assignment]
+    target = int(result["target"])  # type: ignore[call-overload]
+    name = f"probe_live_{target}pps" if target else "probe_live_flat_out"
+    captured = sm["frames_read"] / gen.seconds
+    peer_rate = peer_drops = None
+    if dump is not None and not target:
+        dgen: FloodResult = dump["generator"]  # type: ignore[assignment]
+        peer_rate = ("tcpdump", int(dump["captured"]) / dgen.seconds)  # type: ignore[call-overload]
+        peer_drops = ("tcpdump", int(dump["dropped"]))  # type: ignore[call-overload]
+    # ratios: the probe's captured rate over tcpdump's; tcpdump's drops over the probe's (higher is better)
+    return [
+        bench_line(f"{name}_offered", gen.pps, "pps"),
+        bench_line(f"{name}_captured", captured, "pps", peer_rate, captured / peer_rate[1] if peer_rate else None),
+        bench_line(f"{name}_kernel_drops", int(sm["kernel_drops"]), "frames", peer_drops,
+                   peer_drops[1] / sm["kernel_drops"] if peer_drops and sm["kernel_drops"] else None),
+        bench_line(f"{name}_probe_cpu", 100 * float(result["cpu_s"]) / gen.seconds, "%"),  # type: ignore[arg-type]
+        bench_line(f"{name}_cpu{PROBE_CPU}_softirq", 100 * float(result["softirq_s"]) / gen.seconds, "%"),  # type: ignore[arg-type]
+        bench_line(f"{name}_flow_records", int(sm["flow_records"]), "records"),
+        bench_line(f"{name}_request_records", int(sm["request_records"]), "records"),
+        bench_line(f"{name}_frames_per_cpu_s", sm["frames_read"] / sm["busy_cpu_s"] if sm["busy_cpu_s"] else 0.0,
+                   "frames/cpu_s"),
+    ]  # fmt: skip
+
+
+def backlog_lines(result: dict[str, object]) -> list[str]:
+    sm: dict[str, float] = result["summary"]  # type: ignore[assignment]
+    frames = sm["frames_read"]
+    return [
+        bench_line("probe_live_backlog_drain", frames / sm["busy_s"], "frames/s"),
+        bench_line("probe_live_backlog_drain_per_cpu_s", frames / sm["busy_cpu_s"], "frames/cpu_s"),
+        bench_line("probe_live_backlog_kernel_drops", int(sm["kernel_drops"]), "frames"),
+    ]
+
+
 def print_profile(path: str) -> None:
     import pstats
 
@@ -252,6 +295,7 @@ def main() -> None:
     capture = traffic()
     rates = [int(r) for r in args.rates.split(",")]
     results: list[dict[str, object]] = []
+    backlog: dict[str, object] | None = None
     profile = str(VAR / "bench" / "probe_live.prof")
     setup(args.rps)
     try:
@@ -262,7 +306,8 @@ def main() -> None:
                 print(("" if n else HEADER + "\n") + row(results[-1]), flush=True)
             if args.backlog_seconds:
                 seconds, args.seconds = args.seconds, args.backlog_seconds
-                print(backlog_row(bench_probe(capture, 0, args, backlog=True)), flush=True)
+                backlog = bench_probe(capture, 0, args, backlog=True)
+                print(backlog_row(backlog), flush=True)
                 args.seconds = seconds
         dump = None if args.skip_tcpdump else bench_tcpdump(capture, args)
     finally:
@@ -278,6 +323,8 @@ def main() -> None:
               f"captured {dump['captured']:,} of {dgen.sent:,} frames, kernel drops {dump['dropped']}")  # fmt: skip
     if args.profile:
         print_profile(profile)
+    lines = [line for result in results for line in bench_lines(result, dump)]
+    print("\n".join(lines + (backlog_lines(backlog) if backlog else [])))
 
 
 if __name__ == "__main__":
