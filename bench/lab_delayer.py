@@ -8,7 +8,9 @@ Brings a lab up and measures, between client1 and server1:
 - the RTT with 5 ms injected: how close the delayer holds to what it is asked (lateness);
 - the time of one long transfer (server -> client through node A's ingress) without and with the
   delayer at delay 0: the throughput the userspace path sustains.
-Prints one JSON object (and writes it to --out).
+Prints one JSON object (and writes it to --out), then one ``bench:`` line per figure; the delayer at
+delay 0 stands beside no rule (ratio: no rule's RTT over the delayer's, the delayer's throughput over no
+rule's; higher is better, 1 is no cost).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
+
+from _lines import bench_line
 
 from hopscope.lab.lab import Lab
 
@@ -34,6 +39,26 @@ def transfer_s(lab: Lab, nbytes: int) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     qs = statistics.quantiles(values, n=100)
     return {"median": round(statistics.median(values), 1), "p10": round(qs[9], 1), "p90": round(qs[89], 1)}
+
+
+def bench_lines(result: dict[str, Any]) -> list[str]:
+    rtt, transfer = result["connect_rtt_us"], result["transfer"]
+    base, zero = rtt["no_rule"]["median"], rtt["delayer_0ms"]["median"]
+    mbit_base, mbit_zero = transfer["no_rule_mbit_s"], transfer["delayer_0ms_mbit_s"]
+    lines = [
+        bench_line("lab_delayer_lab_up", result["lab_up_s"], "s"),
+        # ratios: no rule's RTT over the delayer's, the delayer's throughput over no rule's (higher is better)
+        bench_line("lab_delayer_0ms_connect_rtt_p50", zero, "us", ("no_rule", base), base / zero if zero else None),
+        bench_line("lab_delayer_overhead_per_packet", result["overhead_us_per_packet"], "us"),
+        bench_line("lab_delayer_5ms_connect_rtt_p50", rtt["delayer_5ms"]["median"], "us"),
+        bench_line("lab_delayer_5ms_error", result["delay_5ms_error_us"], "us"),
+        bench_line("lab_delayer_0ms_transfer", mbit_zero, "Mbit/s", ("no_rule", mbit_base),
+                   mbit_zero / mbit_base if mbit_base else None),
+    ]  # fmt: skip
+    for key, value in result["delayer_5ms_lateness"].items():  # late_us_p50, ...: microseconds late
+        if value is not None:
+            lines.append(bench_line(f"lab_delayer_5ms_{key.replace('_us', '')}", value, "us"))
+    return lines
 
 
 def main() -> int:
@@ -69,6 +94,7 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    print("\n".join(bench_lines(result)))
     return 0
 
 
