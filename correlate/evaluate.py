@@ -272,23 +272,41 @@ def _evaluate_links(manifest: dict[str, Any], result: StitchResult, ev: Evaluati
     ev.lossy_links = sorted(k for k, v in link_latencies(result).items() if v[2])
 
 
+def _carries_data(d: dict[str, Any]) -> bool:
+    """Whether a dropped TCP packet carried data: its ``payload_len``, or, in a manifest recorded before
+    the delayer wrote that, an IP length beyond the lab's 52 bytes of headers (IPv4, TCP, timestamps)."""
+    if d.get("proto") != 6 or not d.get("ack"):
+        return False
+    return bool(d["payload_len"]) if "payload_len" in d else d.get("ip_len", 0) > 52
+
+
 def _evaluate_drops(manifest: dict[str, Any], result: StitchResult, requests: Batch, ev: Evaluation) -> None:
-    """Every request data segment the delayer dropped must show as loss on the next hop's span."""
-    drops = [(imp["between"]["downstream"], d) for imp in manifest.get("impairments", [])
-             for d in (imp.get("delayer_stats") or {}).get("dropped_packets", [])
-             if d.get("proto") == 6 and d.get("ack") and d.get("ip_len", 0) > 52]
+    """Every request data segment the delayer dropped must show as loss on the next hop's span.
+
+    A pure ACK carries the sequence number of the next byte its sender will send, which on a keep-alive
+    connection is the first byte of the next request. An ACK with a SACK block (the D-SACK a client
+    sends for a response segment it got twice) is 64 bytes long, as a data segment of 12 bytes is, so
+    a manifest without ``payload_len`` cannot tell it from data by its length; such an ACK left before
+    the request it points into, so a drop earlier than that request's first byte at the drop site's
+    upstream point is not one of its segments."""
+    drops = [(imp["between"]["upstream"], imp["between"]["downstream"], d) for imp in manifest.get("impairments", [])
+             for d in (imp.get("delayer_stats") or {}).get("dropped_packets", []) if _carries_data(d)]
     if not drops:
         return
     cols = requests.columns
     seq = np.asarray(cols["req_tcp_seq"]).astype(np.int64)
     end = seq + np.asarray(cols["req_bytes"]).astype(np.int64)
+    first = np.asarray(cols["req_first_ns"]).astype(np.int64)
     rid = np.asarray(cols["request_id"]).tolist()
     span_cols = result.spans.columns
     lost_at = {(p, r): n for p, r, n in zip(span_cols["point"], np.asarray(span_cols["request_id"]).tolist(),
                                             np.asarray(span_cols["lost_pkts"]).tolist(), strict=True)}
     points = cols["point"]
-    for downstream, d in drops:
-        hit = [i for i in np.flatnonzero((seq <= d["seq"]) & (d["seq"] < end)).tolist() if points[i] in downstream]
+    for upstream, downstream, d in drops:
+        covering = np.flatnonzero((seq <= d["seq"]) & (d["seq"] < end)).tolist()
+        if "payload_len" not in d and any(points[i] in upstream and d["time_ns"] < first[i] for i in covering):
+            continue  # an ACK sent before the request it points into
+        hit = [i for i in covering if points[i] in downstream]
         if not hit:
             continue  # not a request segment (a response ACK with data, a body segment)
         ev.dropped_request_segments += 1

@@ -30,9 +30,12 @@ HEADER_BYTES = 64
 
 
 def describe(ip: bytes, time_ns: int) -> dict[str, Any]:
-    """An IPv4 packet's identity from its first bytes: addresses, IP id, length, TCP/UDP ports, TCP seq/ack.
+    """An IPv4 packet's identity from its first bytes: addresses, IP id, length, TCP/UDP ports, TCP seq/ack
+    and payload length.
 
-    The IP id, length and TCP seq/ack survive NAT, so a drop can be found in the captures around it.
+    The IP id, length and TCP seq/ack survive NAT, so a drop can be found in the captures around it. The
+    payload length (``payload_len``) tells a data segment from an ACK whose options (SACK blocks) make
+    it as long as a small one.
     """
     rec: dict[str, Any] = {"time_ns": time_ns}
     if len(ip) < 20 or ip[0] >> 4 != 4:
@@ -47,6 +50,8 @@ def describe(ip: bytes, time_ns: int) -> dict[str, Any]:
         rec["sport"], rec["dport"] = struct.unpack("!HH", l4[:4])
     if proto == 6 and len(l4) >= 12:
         rec["seq"], rec["ack"] = struct.unpack("!II", l4[4:12])
+    if proto == 6 and len(l4) >= 13:
+        rec["payload_len"] = max(0, total_len - ihl - (l4[12] >> 4) * 4)
     return rec
 
 

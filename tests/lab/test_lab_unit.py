@@ -135,8 +135,18 @@ def test_describe_a_dropped_packet() -> None:
     rec = describe(raw[:64], 123)
     assert rec == {
         "time_ns": 123, "src": "10.244.2.11", "dst": "172.30.0.1", "ip_id": 77, "ip_len": 140, "proto": 6,
-        "sport": 80, "dport": 4000, "seq": 5, "ack": 9,
+        "sport": 80, "dport": 4000, "seq": 5, "ack": 9, "payload_len": 100,
     }  # fmt: skip
+
+
+def test_describe_a_dropped_ack_with_a_sack_block() -> None:
+    """A D-SACK ACK is as long as a segment of 12 data bytes with timestamps: only the TCP header's
+    data offset tells them apart."""
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2)), ("NOP", None), ("NOP", None), ("SAck", (100, 186))]
+    raw = bytes(IP(src="172.30.0.1", dst="10.244.2.12", id=7) / TCP(sport=40688, dport=80, seq=5, ack=9, flags="A",
+                                                                     options=opts))
+    rec = describe(raw[:64], 1)
+    assert rec["ip_len"] == 64 and rec["payload_len"] == 0
 
 
 def test_envoy_config_fills_every_placeholder(tmp_path: Any) -> None:
