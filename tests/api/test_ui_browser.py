@@ -181,7 +181,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def chromium(url: str, *extra: str) -> str:
     """Load ``url`` in headless Chromium with a throwaway profile; its stdout (the DOM for --dump-dom)."""
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory(prefix="hopscope-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="hopscope-chromium-", ignore_cleanup_errors=True) as profile:
         r = subprocess.run(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
             capture_output=True, text=True, timeout=180,

@@ -7,9 +7,11 @@ descriptor 3 and answered on 4), types with ``Input.insertText`` and reads the p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ class DevTools:
         self._events, from_chromium = os.pipe()
 
         def give_pipes() -> None:  # in the child: the pipe ends at the descriptors Chromium reads
+            os.setsid()  # its own process group, so close() ends its helper processes too
             os.dup2(to_chromium, 3)
             os.dup2(from_chromium, 4)
 
@@ -99,12 +102,16 @@ class DevTools:
         self.call("Input.insertText", {"text": text})
 
     def close(self) -> None:
-        self.proc.terminate()
+        """End Chromium and every helper process it started (they write to the profile until they exit)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         os.close(self._commands)
         os.close(self._events)
 
@@ -139,7 +146,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
 
 @pytest.fixture
 def browser() -> Iterator[DevTools]:
-    with tempfile.TemporaryDirectory(prefix="hopscope-chromium-") as profile:
+    # a helper process that outlives the group kill may still write a file as the profile is removed
+    with tempfile.TemporaryDirectory(prefix="hopscope-chromium-", ignore_cleanup_errors=True) as profile:
         devtools = DevTools(profile)
         try:
             yield devtools

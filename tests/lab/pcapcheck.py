@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,17 @@ def http_requests(pkts: Iterable[Pkt], port: int) -> list[HttpRequest]:
 
 
 def missing_downstream(upstream: list[Pkt], downstream: list[Pkt], toward: str) -> list[Pkt]:
-    """Packets to ``toward`` (dst after NAT, as seen upstream) that never reached the downstream point."""
-    down = {p.segment_key for p in downstream}
-    return [p for p in upstream if p.dst == toward and p.segment_key not in down]
+    """Packets to ``toward`` (dst after NAT, as seen upstream) that never reached the downstream point.
+
+    Keys are counted, not just looked up: a retransmitted SYN-ACK (IP id 0 under DF) repeats its key
+    exactly, so one copy dropped and one delivered is one packet missing."""
+    down = Counter(p.segment_key for p in downstream)
+    missing = []
+    for p in upstream:
+        if p.dst != toward:
+            continue
+        if down[p.segment_key]:
+            down[p.segment_key] -= 1
+        else:
+            missing.append(p)
+    return missing
