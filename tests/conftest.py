@@ -60,7 +60,7 @@ _PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this p
 
 def topic_prefix(stem: str) -> str:
     """A fresh Kafka topic prefix for one test (``stem`` + 10 hex digits). Its topics (``PREFIX.*``) are
-    deleted when the test session ends."""
+    deleted once the last test of the pytest run has finished."""
     name = f"{stem}{uuid.uuid4().hex[:10]}"
     _PREFIXES.append(name)
     return name
