@@ -14,7 +14,7 @@ from hopscope.store import SqlStore, store_from_url
 from tests.conftest import CLICKHOUSE_URL, require_service
 
 
-@pytest.fixture(params=["clickhouse", "chdb"])
+@pytest.fixture(params=[pytest.param("clickhouse", marks=pytest.mark.clickhouse), "chdb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
     if request.param == "clickhouse":
         require_service("ClickHouse", CLICKHOUSE_URL.split("//")[1].split("/")[0])
