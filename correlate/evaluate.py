@@ -40,6 +40,9 @@ SAME_CLOCK_US = 20.0
 
 #: The lab's fixed path between a client pod and a server pod.
 CLIENT_SIDE = ("nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB")
+#: With an overlay, node A's underlay NIC (the VXLAN-encapsulated packets) follows its overlay device:
+#: a hop of the path like any other, where the probe sees the inner flow.
+OVERLAY_POINT = "nodeA-underlay"
 
 
 @dataclass(slots=True)
@@ -140,9 +143,13 @@ def first_point(r: dict[str, Any]) -> str:
     return f"{r['client']}-egress" if r.get("egress_local") else f"{r['client']}-pod"
 
 
-def expected_points(r: dict[str, Any]) -> list[str]:
+def expected_points(r: dict[str, Any], manifest: dict[str, Any] | None = None) -> list[str]:
+    """The capture points a request crosses in order; ``manifest``'s capture points add the overlay's."""
     egress = [f"{r['client']}-egress"] if r.get("egress_local") else []
-    return [*egress, f"{r['client']}-pod", *CLIENT_SIDE, f"{r['server']}-pod", f"{r['server']}-app"]
+    side = list(CLIENT_SIDE)
+    if manifest is not None and any(cp["name"] == OVERLAY_POINT for cp in manifest.get("capture_points", [])):
+        side.insert(side.index("nodeA-post-nat") + 1, OVERLAY_POINT)
+    return [*egress, f"{r['client']}-pod", *side, f"{r['server']}-pod", f"{r['server']}-app"]
 
 
 def _egress_is(r: dict[str, Any], t: dict[str, Any], xrid: dict[tuple[str, int], str]) -> bool:
@@ -198,7 +205,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
         if t is None:
             continue
         ev.matched += 1
-        ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r)
+        ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r, manifest)
         app = [h for h in t["hops"] if h["point"].endswith("-app")]
         ev.precise += (len(app) == 1 and _upstream_is(r, (app[0]["point"], app[0]["request_id"]), xrid, path)
                        and t["request"]["status"] == r["status"] and _egress_is(r, t, xrid))

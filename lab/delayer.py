@@ -26,18 +26,28 @@ import struct
 import time
 from typing import Any
 
-HEADER_BYTES = 64
+#: Bytes of each packet handed to userspace: an IPv6 TCP header with options, or a VXLAN frame's
+#: outer headers (50 bytes) and its inner IPv4 TCP header.
+HEADER_BYTES = 160
+VXLAN_PORT = 4789
 
 
 def describe(ip: bytes, time_ns: int) -> dict[str, Any]:
-    """An IPv4 packet's identity from its first bytes: addresses, IP id, length, TCP/UDP ports, TCP seq/ack
-    and payload length.
+    """A packet's identity from its first bytes: addresses, IP id (IPv4), length, TCP/UDP ports, TCP
+    seq/ack and payload length. IPv4 and IPv6 (without extension headers).
 
     The IP id, length and TCP seq/ack survive NAT, so a drop can be found in the captures around it. The
     payload length (``payload_len``) tells a data segment from an ACK whose options (SACK blocks) make
-    it as long as a small one.
+    it as long as a small one. A VXLAN datagram (UDP to 4789) is described by the packet it carries,
+    its outer addresses and ports under ``outer``, so a drop on an overlay's underlay is found in the
+    captures by the inner segment, as the correlator sees it there.
     """
     rec: dict[str, Any] = {"time_ns": time_ns}
+    if len(ip) >= 40 and ip[0] >> 4 == 6:
+        payload_len, proto = struct.unpack("!HB", ip[4:7])
+        rec.update(src=socket.inet_ntop(socket.AF_INET6, ip[8:24]), dst=socket.inet_ntop(socket.AF_INET6, ip[24:40]),
+                   ip_len=40 + payload_len, proto=proto)
+        return _l4(rec, proto, ip[40:], payload_len)
     if len(ip) < 20 or ip[0] >> 4 != 4:
         return rec
     ihl = (ip[0] & 0x0F) * 4
@@ -46,12 +56,23 @@ def describe(ip: bytes, time_ns: int) -> dict[str, Any]:
     rec.update(src=socket.inet_ntoa(ip[12:16]), dst=socket.inet_ntoa(ip[16:20]), ip_id=ip_id, ip_len=total_len)
     rec["proto"] = proto
     l4 = ip[ihl:]
+    if proto == 17 and len(l4) >= 8 and struct.unpack("!H", l4[2:4])[0] == VXLAN_PORT and len(l4) >= 8 + 8 + 14:
+        inner = describe(l4[8 + 8 + 14:], time_ns)  # UDP, VXLAN, inner Ethernet
+        if "proto" in inner:
+            outer = {k: rec[k] for k in ("src", "dst", "ip_id", "ip_len")}
+            outer["sport"], outer["dport"] = struct.unpack("!HH", l4[:4])
+            return {**inner, "encap": "vxlan", "outer": outer}
+    return _l4(rec, proto, l4, total_len - ihl)
+
+
+def _l4(rec: dict[str, Any], proto: int, l4: bytes, l4_len: int) -> dict[str, Any]:
+    rec["proto"] = proto
     if proto in (6, 17) and len(l4) >= 4:
         rec["sport"], rec["dport"] = struct.unpack("!HH", l4[:4])
     if proto == 6 and len(l4) >= 12:
         rec["seq"], rec["ack"] = struct.unpack("!II", l4[4:12])
     if proto == 6 and len(l4) >= 13:
-        rec["payload_len"] = max(0, total_len - ihl - (l4[12] >> 4) * 4)
+        rec["payload_len"] = max(0, l4_len - (l4[12] >> 4) * 4)
     return rec
 
 

@@ -6,14 +6,17 @@ import re
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
 
 from hopscope.cli import command_parser
 from hopscope.cli.lab import ACTIONS, parse_impairments
 from hopscope.errors import ConfigError
 from hopscope.lab import netns
 from hopscope.lab.build import _interfaces, nat_ruleset
-from hopscope.lab.delayer import Delayer, describe
+from hopscope.lab.delayer import HEADER_BYTES, Delayer, describe
 from hopscope.lab.dns_server import answer, build_query, parse_answer
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
 from hopscope.lab.services import envoy_config
@@ -147,6 +150,31 @@ def test_describe_a_dropped_ack_with_a_sack_block() -> None:
                                                                      options=opts))
     rec = describe(raw[:64], 1)
     assert rec["ip_len"] == 64 and rec["payload_len"] == 0
+
+
+def test_describe_a_dropped_ipv6_segment() -> None:
+    raw = bytes(IPv6(src="fd00:10:244:2::11", dst="fd00:172:30::1") / TCP(sport=80, dport=4000, seq=5, ack=9)
+                / (b"x" * 100))
+    rec = describe(raw[:HEADER_BYTES], 5)
+    assert rec == {
+        "time_ns": 5, "src": "fd00:10:244:2::11", "dst": "fd00:172:30::1", "ip_len": 160, "proto": 6,
+        "sport": 80, "dport": 4000, "seq": 5, "ack": 9, "payload_len": 100,
+    }  # fmt: skip
+
+
+def test_describe_a_dropped_vxlan_frame_by_the_segment_it_carries() -> None:
+    """Dropped on an overlay's underlay, a frame is described by its inner TCP segment (what the
+    captures on either side show as the flow), its outer headers kept beside it."""
+    inner = IP(src="10.250.0.1", dst="10.244.2.11", id=77) / TCP(sport=4000, dport=80, seq=5, ack=9) / (b"x" * 100)
+    outer = IP(src="172.30.0.1", dst="172.30.0.2", id=3) / UDP(sport=51000, dport=4789) / VXLAN(vni=42)
+    raw = bytes(outer / Ether() / inner)
+    rec = describe(raw[:HEADER_BYTES], 1)
+    assert rec["encap"] == "vxlan" and rec["src"] == "10.250.0.1" and rec["ip_id"] == 77
+    assert (rec["seq"], rec["ack"], rec["payload_len"], rec["dport"]) == (5, 9, 100, 80)
+    assert rec["outer"] == {"src": "172.30.0.1", "dst": "172.30.0.2", "ip_id": 3, "ip_len": len(raw),
+                            "sport": 51000, "dport": 4789}
+    plain_udp = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=53) / b"q")
+    assert "encap" not in describe(plain_udp, 1) and describe(plain_udp, 1)["dport"] == 53
 
 
 def test_envoy_config_fills_every_placeholder(tmp_path: Any) -> None:
