@@ -1,6 +1,6 @@
 """The record schema: what probes emit, what the correlator produces, what the store keeps.
 
-Four record types, each a frozen, slotted dataclass whose fields carry their wire and column type and
+Five record types, each a frozen, slotted dataclass whose fields carry their wire and column type and
 a description (``Column``):
 
 - ``FlowRecord``: one L4 flow (bidirectional, keyed by the 5-tuple as seen) at one capture point.
@@ -8,6 +8,7 @@ a description (``Column``):
 - ``Span``: one hop of one stitched trace: where and when a request passed one capture point, and how
   it was linked to the previous hop.
 - ``Trace``: one request end to end (or one L4 connection when it carries no L7 we parse).
+- ``PacketIndex``: where one flow's packets at one capture point lie in a capture file.
 
 On hot paths records travel as a ``Batch``: one typed column per field (numpy arrays for numbers, lists
 of ``str`` for text), which is what the codec puts on the wire and what the stores insert.
@@ -306,7 +307,35 @@ class Trace(Record):
     version: int = _col(U64, "row version for ReplacingMergeTree (stitch time, ns)")
 
 
-RECORD_TYPES: tuple[type[Record], ...] = (FlowRecord, RequestRecord, Span, Trace)
+# --- where packets are kept ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PacketIndex(Record):
+    """Where the packets of one flow at one capture point lie in one capture file (as Arkime keeps a
+    session's packet positions): the file and, per packet, its frame's byte offset, captured and
+    original length and time. A flow whose packets are spread over several files (a rolling packet
+    store's segments) has a row per file. ``hopscope.probes.packet_index`` writes and reads them.
+    """
+
+    KIND: ClassVar[int] = 5
+    TABLE: ClassVar[str] = "packet_index"
+
+    point: str = _col(STR, "capture point name")
+    flow_id: int = _col(U64, "flow_id of the FlowRecord the packets belong to")
+    host: str = _col(STR, "host whose file system holds the file")
+    file: str = _col(STR, "capture file (pcap or pcapng) holding the packets, an absolute path on that host")
+    linktype: int = _col(U16, "LINKTYPE_* of the frames (a flow seen on interfaces of two link types has a row each)")
+    start_ns: int = _col(U64, "time of the first of these packets")
+    end_ns: int = _col(U64, "time of the last of these packets")
+    pkts: int = _col(U32, "number of packets")
+    frames: str = _col(
+        STR, "per packet, in capture order: file offset of the frame's first byte, captured length, original "
+        "length and time (hopscope.probes.packet_index.FRAME_DTYPE rows, zlib-compressed, base64)"
+    )
+
+
+RECORD_TYPES: tuple[type[Record], ...] = (FlowRecord, RequestRecord, Span, Trace, PacketIndex)
 RECORD_BY_KIND: Mapping[int, type[Record]] = {t.KIND: t for t in RECORD_TYPES}
 RECORD_BY_TABLE: Mapping[str, type[Record]] = {t.TABLE: t for t in RECORD_TYPES}
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from hopscope.errors import ConfigError, HopscopeError
-from hopscope.records import Batch, FlowRecord, RequestRecord, Span, Trace
+from hopscope.records import Batch, FlowRecord, PacketIndex, RequestRecord, Span, Trace
 from hopscope.store.features import ServerFeatures
 from hopscope.store.query import (
     BoundQuery,
@@ -23,6 +23,7 @@ from hopscope.store.query import (
     rows_to_records,
     select_latest,
     select_range,
+    select_where,
 )
 from hopscope.store.schema import (
     TABLES,
@@ -87,6 +88,12 @@ class Store(Protocol):
     ) -> list[Trace]: ...
 
     def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]: ...
+
+    def query_packet_index(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[PacketIndex]: ...
+
+    def packet_index(self, point: str, flow_ids: Sequence[int]) -> list[PacketIndex]: ...
 
     def count(self, table: str) -> int: ...
 
@@ -254,6 +261,20 @@ class SqlStore(abc.ABC):
     ) -> list[Trace]:
         """Traces that started in [start_ns, end_ns), latest version of each, oldest first."""
         return self._range("traces", start_ns, end_ns, filters, limit)
+
+    def query_packet_index(
+        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+    ) -> list[PacketIndex]:
+        """Packet index rows whose first packet is in [start_ns, end_ns), oldest first."""
+        return self._range("packet_index", start_ns, end_ns, filters, limit)
+
+    def packet_index(self, point: str, flow_ids: Sequence[int]) -> list[PacketIndex]:
+        """Where the packets of these flows at ``point`` lie, oldest first ([] when none were indexed)."""
+        if not flow_ids:
+            return []
+        spec = table_spec("packet_index")
+        query = select_where(self.database, spec, {"point": point, "flow_id": list(flow_ids)}, ["start_ns", "file"])
+        return rows_to_records(PacketIndex, self._select(query))
 
     def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]:
         """One trace and its spans in hop order (``None`` and [] when unknown)."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hopscope.errors import ConfigError
-from hopscope.records import Column, ColumnType, FlowRecord, Record, RequestRecord, Span, Trace
+from hopscope.records import Column, ColumnType, FlowRecord, PacketIndex, Record, RequestRecord, Span, Trace
 from hopscope.store.features import ServerFeatures
 
 #: The partitioning column every table gets (not a record field: computed by the server on insert).
@@ -79,6 +79,8 @@ TABLES: Mapping[str, TableSpec] = {
         TableSpec(Span, "request_first_ns", ("trace_id", "span_id"), "version"),
         TableSpec(Trace, "start_ns", ("trace_id",), "version",
                   bloom_columns=("x_request_id",), minmax_columns=("start_ns", "duration_us")),
+        # Looked up by (point, flow_id); the same file indexed again replaces its rows.
+        TableSpec(PacketIndex, "start_ns", ("point", "flow_id", "start_ns", "file", "linktype"), None),
     )
 }
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from hopscope.errors import ConfigError, UnavailableError
-from hopscope.records import RECORD_TYPES, Batch, FlowRecord, Record, RequestRecord, Span, Trace
+from hopscope.records import RECORD_TYPES, Batch, FlowRecord, PacketIndex, Record, RequestRecord, Span, Trace
 from hopscope.store import SqlStore, Store, store_from_url
 from hopscope.store.base import QueryError
 from hopscope.store.schema import EVENT_TIME, TABLES, table_spec
@@ -29,6 +29,7 @@ def _read_all(store: SqlStore, record_type: type[Record]) -> list[Record]:
         RequestRecord: store.query_requests,
         Span: store.query_spans,
         Trace: store.query_traces,
+        PacketIndex: store.query_packet_index,
     }[record_type]
     return list(reader(BASE_NS, BASE_NS + 1000, None, 100))
 
