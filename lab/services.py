@@ -155,17 +155,31 @@ def envoy_version(binary: str) -> str:
     return text.split("version:")[-1].strip() if "version:" in text else text
 
 
-def envoy_config(pod_ip: str, pod: str, access_log: Path) -> str:
-    """The sidecar's YAML config (lab/envoy.yaml filled in): listener pod_ip:80 -> 127.0.0.1:8080."""
+def listen6(kind: str, pod_ip6: str | None) -> str:
+    """The config line(s) of a server sidecar's second listening address, the pod's IPv6 one, port 80
+    (empty without one): Envoy's listener additional_addresses, nginx's listen, haproxy's bind."""
+    if not pod_ip6:
+        return ""
+    if kind == "envoy":
+        return f'    additional_addresses: [{{address: {{socket_address: {{address: "{pod_ip6}", port_value: 80}}}}}}]'
+    if kind == "nginx":
+        return f"        listen [{pod_ip6}]:80;"
+    return f"    bind ipv6@{pod_ip6}:80"
+
+
+def envoy_config(pod_ip: str, pod: str, access_log: Path, pod_ip6: str | None = None) -> str:
+    """The sidecar's YAML config (lab/envoy.yaml filled in): listener pod_ip:80 (and pod_ip6:80) ->
+    127.0.0.1:8080."""
     template = string.Template((HERE / "envoy.yaml").read_text())
     return template.substitute(
-        pod=pod, pod_ip=pod_ip, access_log=access_log, admin_port=ENVOY_ADMIN_PORT, app_port=APP_PORT
+        pod=pod, pod_ip=pod_ip, access_log=access_log, admin_port=ENVOY_ADMIN_PORT, app_port=APP_PORT,
+        listen6=listen6("envoy", pod_ip6),
     )
 
 
-def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -> Daemon:
+def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path, pod_ip6: str | None = None) -> Daemon:
     cfg = run_dir / f"envoy-{pod}.yaml"
-    cfg.write_text(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log"))
+    cfg.write_text(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log", pod_ip6))
     argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
     return start_daemon(f"envoy-{pod}", netns, argv, run_dir / f"envoy-{pod}.log", ready=None)
 
@@ -199,23 +213,27 @@ def sidecar_version(kind: str, binary: str) -> str:
     return text[0].strip() if text else ""
 
 
-def sidecar_config(kind: str, pod_ip: str, pod: str, run_dir: Path) -> str:
-    """The config of an nginx or haproxy sidecar: listener pod_ip:80 -> the app on 127.0.0.1:8080."""
+def sidecar_config(kind: str, pod_ip: str, pod: str, run_dir: Path, pod_ip6: str | None = None) -> str:
+    """The config of an nginx or haproxy sidecar: listener pod_ip:80 (and pod_ip6:80) -> the app on
+    127.0.0.1:8080."""
     template = string.Template((HERE / _TEMPLATES[kind]).read_text())
     tmp_dir = run_dir / f"{kind}-{pod}-tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     return template.substitute(
         pod=pod, pod_ip=pod_ip, app_port=APP_PORT, run_dir=run_dir, tmp_dir=tmp_dir,
         access_log=run_dir / f"{kind}-{pod}-access.log", path_prefix=PATH_PREFIX[kind],
+        listen6=listen6(kind, pod_ip6),
     )
 
 
-def start_sidecar(kind: str, binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path) -> Daemon:
-    """Start the server pod's sidecar of ``kind`` in its namespace (not yet waited for)."""
+def start_sidecar(kind: str, binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path,
+                  pod_ip6: str | None = None) -> Daemon:
+    """Start the server pod's sidecar of ``kind`` in its namespace (not yet waited for); with
+    ``pod_ip6`` it listens on the pod's IPv6 address too."""
     if kind == "envoy":
-        return start_envoy(binary, netns, pod, pod_ip, run_dir)
+        return start_envoy(binary, netns, pod, pod_ip, run_dir, pod_ip6)
     cfg = run_dir / f"{kind}-{pod}{Path(_TEMPLATES[kind]).suffix}"
-    cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir))
+    cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir, pod_ip6))
     argv = [binary, "-c", str(cfg)] if kind == "nginx" else [binary, "-f", str(cfg), "-db"]
     return start_daemon(f"{kind}-{pod}", netns, argv, run_dir / f"{kind}-{pod}.log", ready=None)
 
