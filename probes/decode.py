@@ -112,6 +112,8 @@ class Decoder:
         self.skips: Counter[str] = Counter()
         self.slow_packets = 0
         self.added_rows = 0  # rows beyond one per frame: the inner packets of UDP tunnels
+        #: The frame of each row of the block last decoded (None: one row per frame, row i is frame i).
+        self.row_frames: npt.NDArray[np.int64] | None = None
         self.point_names: list[str] = [default_point]
         self.point_ifaces: list[str] = [""]
         self._point_ids: dict[tuple[int, str, int], int] = {}
@@ -174,6 +176,7 @@ class Decoder:
         return self._with_extra(block, extra)
 
     def _with_extra(self, block: PacketBlock, extra: _Extra | None) -> PacketBlock:
+        self.row_frames = None if extra is None else extra.row_frames(block.count)
         if extra is None:
             return block
         out = extra.insert_rows(block)
@@ -414,6 +417,15 @@ class _Extra:
             tid = self._tunnels[tunnel] = len(block.tunnels)
             block.tunnels.append(tunnel)
         return tid
+
+    def row_frames(self, count: int) -> npt.NDArray[np.int64] | None:
+        """The frame of each row ``insert_rows`` makes of a block of ``count`` frames (None: no rows added)."""
+        if not self.rows:
+            return None
+        counts = np.ones(count, np.int64)
+        for i, packets in self.rows.items():
+            counts[i] += len(packets)
+        return np.repeat(np.arange(count), counts)
 
     def insert_rows(self, block: PacketBlock) -> PacketBlock:
         """``block`` with the added rows and datagrams (itself when there are none)."""
