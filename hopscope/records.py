@@ -190,7 +190,7 @@ class RequestRecord(Record):
     hop_kind: str = _col(STR, "HopKind of the capture point")
     request_id: int = _col(U64, "stable id of this request at this point")
     flow_id: int = _col(U64, "flow_id of the FlowRecord that carried it")
-    l7_proto: str = _col(STR, "http, dns, ...")
+    l7_proto: str = _col(STR, "http, dns, tls (one exchange of TLS records, no HTTP fields), ...")
     proto: int = _col(U8, "IP protocol number of the carrying flow")
     orig_h: str = _col(STR, "client address as seen here")
     orig_p: int = _col(U16, "client port as seen here")

@@ -2,7 +2,7 @@
 
 Rows are selected with numpy first, so the per-packet Python work is spent only on packets the L7
 stage may parse: TCP segments with payload or SYN/FIN/RST of flows not known to be "not L7" (and, when
-``detect_http`` is off, only on HTTP/DNS ports), and UDP datagrams on DNS ports. A block of a UDP flood
+``detect_http`` is off, only on HTTP/DNS/TLS ports), and UDP datagrams on DNS ports. A block of a UDP flood
 on other ports costs a few numpy passes and no Python loop.
 """
 
@@ -25,6 +25,7 @@ class BlockFeeder:
         s = tracker.settings
         self._http_ports = np.array(sorted(s.http_ports), dtype=np.uint16)
         self._dns_ports = np.array(sorted(s.dns_ports), dtype=np.uint16)
+        self._tls_ports = np.array(sorted(s.tls_ports), dtype=np.uint16)
         self._ignored = np.zeros(0, dtype=np.uint64)
         self._ignored_len = -1
         self.rows_fed = 0  # rows handed to the tracker (cumulative)
@@ -58,7 +59,7 @@ class BlockFeeder:
         has_payload = block.payload_caplen > 0
         tcp = base & (block.proto == TCP) & (has_payload | ((block.tcp_flags & (SYN | FIN | RST)) != 0))
         if not self.tracker.settings.detect_http:
-            ports = np.concatenate([self._http_ports, self._dns_ports])
+            ports = np.concatenate([self._http_ports, self._dns_ports, self._tls_ports])
             tcp &= np.isin(block.sport, ports) | np.isin(block.dport, ports)
         if tcp.any():
             tcp &= ~np.isin(block.flow_id, self._ignored_ids())

@@ -5,7 +5,12 @@ keyed by the meter's ``flow_id``. Which flows are parsed:
 
 - HTTP/1.x: TCP flows with a port in ``L7Settings.http_ports``, or (``detect_http``) whose first
   payload starts with an HTTP method or status line;
-- DNS: UDP or TCP flows with a port in ``L7Settings.dns_ports``.
+- DNS: UDP or TCP flows with a port in ``L7Settings.dns_ports``;
+- TLS (``detect_tls``): TCP flows whose first payload is a TLS record (ClientHello, ServerHello, or
+  application data when the connection is picked up mid-stream), on any port, HTTP ports included.
+  Each request/response *exchange* of application-data records becomes a record with ``l7_proto``
+  ``tls`` (``hopscope.probes.l7.tls``): no method, path or status, only what passes a proxy's
+  encryption unchanged (TCP sequence numbers, times, byte counts).
 
 Records are produced when an exchange is complete and has lingered (``linger_ns``, so later
 retransmissions are still charged to it), when a request waited ``request_timeout_ns`` without a
@@ -30,11 +35,13 @@ from hopscope.probes.l7.http import (
     looks_like_response,
 )
 from hopscope.probes.l7.reassembly import StreamReassembler
+from hopscope.probes.l7.tls import TlsConnection, TlsExchange, looks_like_tls
 from hopscope.records import Batch, RequestRecord
 
 _TCP, _UDP = 6, 17
 _SECOND_NS = 1_000_000_000
 DEFAULT_HTTP_PORTS = frozenset({80, 3000, 5000, 8000, 8008, 8080, 8081, 8888, 9080})
+DEFAULT_TLS_PORTS = frozenset({443, 8443, 15443})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class L7Settings:
     http_ports: frozenset[int] = DEFAULT_HTTP_PORTS
     dns_ports: frozenset[int] = frozenset({53, 5353})
     detect_http: bool = True  # parse TCP flows on other ports whose first payload looks like HTTP
+    detect_tls: bool = True  # report TLS exchanges of TCP flows whose first payload is a TLS record
+    tls_ports: frozenset[int] = DEFAULT_TLS_PORTS  # fed to the stage even when detect_http is off
     linger_ns: int = 2 * _SECOND_NS  # hold a complete exchange this long for late retransmissions
     request_timeout_ns: int = 60 * _SECOND_NS  # report a request without response after this
     dns_timeout_ns: int = 5 * _SECOND_NS  # report a DNS query without response after this
@@ -74,6 +83,10 @@ class L7Stats:
     http_skipped_bytes: int = 0  # bytes passed over while searching for a start line
     http_given_up: int = 0  # connections on HTTP ports dropped: no HTTP/1 message in their first 64 KiB
     tcp_gap_bytes: int = 0  # stream bytes never captured (given up)
+    tls_exchanges: int = 0  # records emitted for TLS exchanges
+    tls_no_response: int = 0  # of which without a response
+    tls_orphan_records: int = 0  # server application data with no client data before it
+    tls_broken: int = 0  # connections whose record framing was lost (gap or bad header)
     dns_requests: int = 0  # records emitted for DNS
     dns_no_response: int = 0
     dns_orphan_responses: int = 0  # responses without a pending query
@@ -103,6 +116,7 @@ class _TcpState:
     ends: FlowEnds
     client_is_orig: bool
     http: HttpConnection | None = None
+    tls: TlsConnection | None = None
     dns_streams: tuple[DnsTcpFramer, DnsTcpFramer] | None = None
     dns_reassembly: tuple[StreamReassembler, StreamReassembler] | None = None
     syn_seq: int = 0
@@ -170,11 +184,13 @@ class L7Tracker:
                 state.syn_seq = seq
             else:
                 state.synack_seq = seq
-        if state.http is None and state.dns_streams is None:
+        if state.http is None and state.dns_streams is None and state.tls is None:
             if not payload:
                 return
             self._classify(state, from_client, src, dst, payload)
-        if state.http is not None:
+        if state.tls is not None:
+            self._tls_segment(flow_id, state, ts_ns, from_client, seq, ack, flags, payload)
+        elif state.http is not None:
             self._http_segment(flow_id, state, ts_ns, from_client, seq, ack, flags, payload)
         elif state.dns_streams is not None:
             self._dns_tcp_segment(state, ts_ns, from_client, seq, flags, payload)
@@ -211,6 +227,8 @@ class L7Tracker:
                 self._finish_tcp(flow_id, state)
             elif state.http is not None:
                 self._emit_ready(state, now, final=False)
+            elif state.tls is not None:
+                self._emit_tls(state, now, final=False)
         for key, query in list(self._tables.dns.items()):
             if query.first_ns + s.dns_timeout_ns <= now:
                 del self._tables.dns[key]
@@ -266,7 +284,7 @@ class L7Tracker:
         state = _TcpState(ends, client_is_orig=from_orig == sender_is_client)
         if payload:
             self._classify(state, sender_is_client, src, dst, payload)
-            if state.http is None and state.dns_streams is None:
+            if state.http is None and state.dns_streams is None and state.tls is None:
                 self._ignore(flow_id)
                 return None
         if len(tables.tcp) >= self.settings.max_connections:
@@ -292,7 +310,9 @@ class L7Tracker:
     ) -> None:
         s = self.settings
         ports = (state.ends.client_p, state.ends.server_p)
-        if any(p in s.dns_ports for p in ports):
+        if s.detect_tls and looks_like_tls(payload):
+            state.tls = TlsConnection()
+        elif any(p in s.dns_ports for p in ports):
             state.dns_streams = (DnsTcpFramer(), DnsTcpFramer())
             state.dns_reassembly = (StreamReassembler(), StreamReassembler())
         elif state.ends.server_p in s.http_ports or (
@@ -307,6 +327,8 @@ class L7Tracker:
         """Hand the ISNs seen before the flow was classified to the reassemblers."""
         if state.http is not None:
             pair = (state.http.client, state.http.server)
+        elif state.tls is not None:
+            pair = (state.tls.client, state.tls.server)
         elif state.dns_reassembly is not None:
             pair = state.dns_reassembly
         else:
@@ -318,7 +340,10 @@ class L7Tracker:
 
     def _finish_tcp(self, flow_id: int, state: _TcpState) -> None:
         self._tables.tcp.pop(flow_id, None)
-        if state.http is not None:
+        if state.tls is not None:
+            state.tls.flush(self.now_ns)
+            self._emit_tls(state, self.now_ns, final=True)
+        elif state.http is not None:
             state.http.flush(self.now_ns)
             self._emit_ready(state, self.now_ns, final=True)
         elif state.dns_reassembly is not None and state.dns_streams is not None:
@@ -412,6 +437,49 @@ class L7Tracker:
             b3_span_id=req.b3_span_id,
             req_body_bytes=req.body_bytes,
             resp_body_bytes=resp.body_bytes if resp is not None else 0,
+        )
+
+    # --- TLS -------------------------------------------------------------------------------------
+
+    def _tls_segment(self, flow_id: int, state: _TcpState, ts_ns: int, from_client: bool, seq: int, ack: int,
+                     flags: int, payload: bytes) -> None:
+        conn = state.tls
+        assert conn is not None
+        conn.segment(ts_ns, from_client, seq, ack, flags, payload)
+        if conn.closed:
+            self._finish_tcp(flow_id, state)
+        elif conn.due(ts_ns, self.settings.linger_ns):
+            self._emit_tls(state, ts_ns, final=False)
+
+    def _emit_tls(self, state: _TcpState, now_ns: int, final: bool) -> None:
+        conn = state.tls
+        assert conn is not None
+        for ex in conn.take(now_ns, self.settings.linger_ns, final):
+            self._out.append(self._tls_record(state, conn, ex))
+        if final:
+            self.stats.tls_orphan_records += conn.orphan_records
+            self.stats.tls_broken += conn.broken
+            self.stats.tcp_gap_bytes += conn.client.gap_bytes + conn.server.gap_bytes
+
+    def _tls_record(self, state: _TcpState, conn: TlsConnection, ex: TlsExchange) -> RequestRecord:
+        """One exchange as a request record: the correlator's keys and times, no HTTP fields."""
+        req_retrans, resp_retrans = conn.retrans_of(ex)
+        req_tcp_seq = conn.client.seq_of(ex.req_start)
+        has_resp = ex.resp_start >= 0
+        self.stats.tls_exchanges += 1
+        self.stats.tls_no_response += not has_resp
+        ends, p = state.ends, self.point
+        return RequestRecord(
+            point=p.point, host=p.host, iface=p.iface, hop_kind=p.hop_kind,
+            request_id=request_id(p.point, ends.flow_id, req_tcp_seq, ex.req_first_ns, 0),
+            flow_id=ends.flow_id, l7_proto="tls", proto=_TCP,
+            orig_h=ends.client_h, orig_p=ends.client_p, resp_h=ends.server_h, resp_p=ends.server_p,
+            syn_seq=state.syn_seq, synack_seq=state.synack_seq, seq_in_flow=ex.index,
+            req_tcp_seq=req_tcp_seq, resp_tcp_seq=conn.server.seq_of(ex.resp_start) if has_resp else 0,
+            req_payload_hash=ex.req_hash, req_first_ns=ex.req_first_ns, req_last_ns=ex.req_last_ns,
+            resp_first_ns=ex.resp_first_ns, resp_last_ns=ex.resp_last_ns,
+            req_retrans=req_retrans, resp_retrans=resp_retrans,
+            req_bytes=ex.req_end - ex.req_start, resp_bytes=ex.resp_end - ex.resp_start if has_resp else 0,
         )
 
     # --- DNS --------------------------------------------------------------------------------------
