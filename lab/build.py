@@ -38,7 +38,7 @@ def build(topo: Topology, ns: Namespaces) -> None:
     for name in ns.all():
         run(["ip", "netns", "add", name])
     for host in topo.hosts:
-        _sysctls(ns[host.name], router=host.name in topo.routers)
+        _sysctls(ns[host.name], router=host.name in topo.routers, ipv6=topo.ipv6 and host.role in ("pod", "node"))
         ip(ns[host.name], "link", "set", "lo", "up")
     for link in topo.links:
         ip(
@@ -56,9 +56,10 @@ def build(topo: Topology, ns: Namespaces) -> None:
             ip(ns[host_name], "link", "set", ifname, "mtu", str(topo.pod_mtu))
         ip(ns[host_name], "link", "set", ifname, "up")
     for addr in topo.addresses:
-        ip(ns[addr.host], "addr", "add", addr.cidr, "dev", addr.interface)
+        # nodad: an IPv6 address is usable at once, not after duplicate address detection (1 s or more)
+        ip(ns[addr.host], "addr", "add", addr.cidr, "dev", addr.interface, *(["nodad"] if ":" in addr.cidr else []))
     for route in topo.routes:
-        ip(ns[route.host], "route", "add", route.dst, "via", route.via)
+        ip(ns[route.host], *(["-6"] if ":" in route.via else []), "route", "add", route.dst, "via", route.via)
     for mirror in topo.mirrors:
         for src in mirror.sources:
             tc = ["tc", "-n", ns[mirror.host]]
@@ -66,6 +67,8 @@ def build(topo: Topology, ns: Namespaces) -> None:
             match_all = f"filter add dev {src} parent ffff: protocol all u32 match u32 0 0"
             run([*tc, *match_all.split(), "action", "mirred", "egress", "mirror", "dev", mirror.destination])
     run(["iptables-restore", "-w", "--noflush"], netns=ns[topo.nat_node], stdin=nat_ruleset(topo))
+    if topo.ipv6:
+        run(["ip6tables-restore", "-w", "--noflush"], netns=ns[topo.nat_node], stdin=nat_ruleset(topo, family=6))
     disable_offloads(topo, ns)
 
 
@@ -80,17 +83,25 @@ def _interfaces(topo: Topology) -> list[tuple[str, str]]:
     return out
 
 
-def _sysctls(netns: str, router: bool) -> None:
+def _sysctls(netns: str, router: bool, ipv6: bool = False) -> None:
+    """IPv6 stays off unless ``ipv6`` (a dual-stack lab's pods and nodes); where on, without router
+    solicitations or duplicate address detection, so the captures carry little but the lab's traffic."""
     settings = {
         # Bridged frames must not traverse iptables: node A's DNAT would otherwise happen before
         # the capture on its pod bridge sees the packet.
         "net.bridge.bridge-nf-call-iptables": "0",
         "net.bridge.bridge-nf-call-ip6tables": "0",
-        "net.ipv6.conf.all.disable_ipv6": "1",
-        "net.ipv6.conf.default.disable_ipv6": "1",
+        "net.ipv6.conf.all.disable_ipv6": "0" if ipv6 else "1",
+        "net.ipv6.conf.default.disable_ipv6": "0" if ipv6 else "1",
     }
+    if ipv6:
+        for conf in ("all", "default"):
+            settings |= {f"net.ipv6.conf.{conf}.accept_dad": "0", f"net.ipv6.conf.{conf}.accept_ra": "0",
+                         f"net.ipv6.conf.{conf}.router_solicitations": "0"}
     if router:
         settings["net.ipv4.ip_forward"] = "1"
+        if ipv6:
+            settings["net.ipv6.conf.all.forwarding"] = "1"
     args = [f"{k}={v}" for k, v in settings.items()]
     # -e: a key missing on this kernel (br_netfilter not loaded) is not an error.
     run(["sysctl", "-q", "-e", "-w", *args], netns=netns)
@@ -110,14 +121,18 @@ def iptables(netns: str, *args: str) -> None:
     run(["iptables", "-w", *args], netns=netns)
 
 
-def nat_ruleset(topo: Topology) -> str:
+def nat_ruleset(topo: Topology, family: int = 4) -> str:
     """The NAT node's ``iptables-restore`` input, as kube-proxy writes it: KUBE-SERVICES ->
     KUBE-SVC-* -> KUBE-SEP-* (DNAT, ``statistic`` random over the backends), KUBE-MARK-MASQ on
-    every Service hit, and MASQUERADE of marked traffic and of pod traffic leaving the node."""
+    every Service hit, and MASQUERADE of marked traffic and of pod traffic leaving the node.
+    ``family`` 6: the ``ip6tables-restore`` input of a dual-stack lab (the Services with an IPv6
+    ClusterIP, their backends' IPv6 addresses, the node's IPv6 pod range)."""
     chains = ["KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"]
     rules = ["-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
     for svc in topo.services:
-        svc_chains, svc_rules = _service_rules(svc)
+        if family == 6 and not svc.cluster_ip6:
+            continue
+        svc_chains, svc_rules = _service_rules(svc, family)
         chains += svc_chains
         rules += svc_rules
     rules += [
@@ -126,17 +141,19 @@ def nat_ruleset(topo: Topology) -> str:
         "-A POSTROUTING -j KUBE-POSTROUTING",
         "-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE",
         # Pod traffic leaving the node (not to its own pods) is masqueraded too, as a CNI does.
-        f"-A KUBE-POSTROUTING -s {topo.pod_cidrs[topo.nat_node]} ! -o cni0 -j MASQUERADE",
+        f"-A KUBE-POSTROUTING -s {(topo.pod_cidrs6 if family == 6 else topo.pod_cidrs)[topo.nat_node]} "
+        "! -o cni0 -j MASQUERADE",
     ]
     return "\n".join(["*nat", *(f":{c} - [0:0]" for c in chains), *rules, "COMMIT", ""])
 
 
-def _service_rules(svc: Service) -> tuple[list[str], list[str]]:
+def _service_rules(svc: Service, family: int = 4) -> tuple[list[str], list[str]]:
     tag = svc.name.upper()
     svc_chain = f"KUBE-SVC-{tag}"
     chains = [svc_chain]
+    dst = f"{svc.cluster_ip6}/128" if family == 6 else f"{svc.cluster_ip}/32"
     rules = [
-        f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {svc.protocol} --dport {svc.port} "
+        f"-A KUBE-SERVICES -d {dst} -p {svc.protocol} --dport {svc.port} "
         f'-m comment --comment "default/{svc.name} cluster IP" -j {svc_chain}'
     ]
     n = len(svc.backends)
@@ -145,7 +162,8 @@ def _service_rules(svc: Service) -> tuple[list[str], list[str]]:
         chains.append(sep)
         rules += [
             f"-A {sep} -j KUBE-MARK-MASQ",
-            f"-A {sep} -p {svc.protocol} -j DNAT --to-destination {be.ip}:{be.port}",
+            f"-A {sep} -p {svc.protocol} -j DNAT --to-destination "
+            + (f"[{be.ip6}]:{be.port}" if family == 6 else f"{be.ip}:{be.port}"),
         ]
         remaining = n - i
         # kube-proxy's scheme: 1/n, then 1/(n-1), ..., the last backend unconditional.

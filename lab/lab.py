@@ -40,6 +40,7 @@ from hopscope.lab.netns import (
     new_prefix,
     ns_cmd,
     remove_prefix,
+    run,
 )
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
 from hopscope.lab.topology import Topology, default_topology
@@ -71,7 +72,7 @@ class Lab:
     """One run of the lab: its namespaces (prefix ``hs<6 hex>-``), processes and run directory."""
 
     def __init__(self, overlay: str | None = None, prefix: str | None = None, sidecar: str = "envoy",
-                 client_sidecar: str = "none") -> None:
+                 client_sidecar: str = "none", ipv6: bool = False) -> None:
         if sidecar not in services.SIDECARS:
             raise ConfigError(f"unknown server sidecar {sidecar!r} (known: {', '.join(services.SIDECARS)})")
         if client_sidecar not in services.CLIENT_SIDECARS:
@@ -84,7 +85,11 @@ class Lab:
         self.sidecar = sidecar
         self.sidecar_binary: str | None = None
         self.sidecar_version: str | None = None
-        self.topo: Topology = default_topology(overlay, client_sidecar=client_sidecar != "none")
+        if ipv6 and overlay:
+            raise ConfigError("--ipv6 with --overlay is not built: a dual-stack lab routes on the underlay")
+        if ipv6 and client_sidecar != "none":
+            raise ConfigError("--ipv6 with a client sidecar is not built: the egress sidecars forward over IPv4")
+        self.topo: Topology = default_topology(overlay, client_sidecar=client_sidecar != "none", ipv6=ipv6)
         self.prefix = prefix or new_prefix()
         self.ns = Namespaces(self.prefix, self.topo)
         self.run_dir = state_root() / self.prefix
@@ -143,7 +148,8 @@ class Lab:
         for pod in self.topo.servers:
             app = services.start_app(self.ns[pod], pod, self.run_dir)
             sidecar = services.start_sidecar(self.sidecar, self.sidecar_binary, self.ns[pod], pod,
-                                             self.topo.address_of(pod), self.run_dir)
+                                             self.topo.address_of(pod), self.run_dir,
+                                             self.topo.address_of(pod, family=6) if self.topo.ipv6 else None)
             waits += [(app, services.READY["app"]), (sidecar, services.READY[self.sidecar])]
         waits += self._start_egress()
         self.daemons += [d for d, _ in waits]
@@ -212,6 +218,7 @@ class Lab:
         state = {
             "prefix": self.prefix,
             "overlay": self.topo.overlay,
+            "ipv6": self.topo.ipv6,
             "created_ns": time.time_ns(),
             "envoy": self.envoy_binary,
             "envoy_version": self.envoy_version,
@@ -239,7 +246,7 @@ class Lab:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         lab = cls(overlay=state.get("overlay"), prefix=prefix, sidecar=state.get("sidecar", "envoy"),
-                  client_sidecar=state.get("client_sidecar", "none"))
+                  client_sidecar=state.get("client_sidecar", "none"), ipv6=bool(state.get("ipv6")))
         lab.client_sidecar_version = state.get("client_sidecar_version")
         lab.envoy_binary = state.get("envoy")
         lab.envoy_version = state.get("envoy_version")
@@ -271,6 +278,8 @@ class Lab:
         rule = ["-t", "mangle", "-I", chain, flag, s.interface]
         rule += ["-j", "NFQUEUE", "--queue-num", str(queue_num)]
         iptables(netns, *rule)
+        if self.topo.ipv6:  # the IPv6 packets through the site too
+            run(["ip6tables", "-w", *rule], netns=netns)
         imp = Impairment(site, delay_ms, loss, seed, queue_num, rule, daemon)
         self.impairments.append(imp)
         return imp
@@ -280,6 +289,8 @@ class Lab:
         s = self.topo.site(imp.site)
         delete = ["-D" if x == "-I" else x for x in imp.rule]
         iptables(self.ns[s.host], *delete)
+        if self.topo.ipv6:
+            run(["ip6tables", "-w", *delete], netns=self.ns[s.host])
         if imp.daemon is not None:
             imp.daemon.stop()
             stats_file = self.run_dir / f"delayer-{imp.site}.json"
@@ -362,7 +373,7 @@ class Lab:
         settings = settings or PlanSettings()
         prefix = services.PATH_PREFIX[self.sidecar]
         egress = None if self.client_sidecar == "none" else ("127.0.0.1", services.EGRESS_PORT)
-        plans = {c: default_plan(i, settings, path_prefix=prefix, web_via=egress)
+        plans = {c: default_plan(i, settings, path_prefix=prefix, web_via=egress, ipv6=self.topo.ipv6)
                  for i, c in enumerate(self.topo.clients)}
         return self.run_plans(plans, tag="traffic")
 
@@ -466,6 +477,7 @@ class Lab:
 def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
     return {
         "overlay": topo.overlay,
+        "ipv6": topo.ipv6,
         "hosts": [{"name": h.name, "role": h.role, "netns": ns[h.name]} for h in topo.hosts],
         "links": [asdict(x) for x in topo.links],
         "bridges": [asdict(x) for x in topo.bridges],
@@ -477,6 +489,7 @@ def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
             "node": topo.nat_node,
             "dnat": "KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* (statistic random)",
             "snat": "MASQUERADE of marked Service traffic and of pod traffic leaving the node",
+            "families": ["ipv4", "ipv6"] if topo.ipv6 else ["ipv4"],
         },
     }
 

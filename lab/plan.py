@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hopscope.lab.topology import DEAD_CLUSTER_IP, DNS_CLUSTER_IP, WEB_CLUSTER_IP
+from hopscope.lab.topology import DEAD_CLUSTER_IP, DEAD_CLUSTER_IP6, DNS_CLUSTER_IP, WEB_CLUSTER_IP, WEB_CLUSTER_IP6
 
 WEB_HOST = "web.default.svc.cluster.local"
 DNS_ZONE = {
@@ -54,14 +54,24 @@ def _requests(n: int, offset: int, prefix: str = "", tag: str = "") -> list[dict
     return out
 
 
+def uses_ipv6(client_index: int, session: int) -> bool:
+    """Whether a session of a dual-stack plan goes over IPv6: every other one, client by client
+    (half of them: client 0's odd sessions, client 1's even ones, ...)."""
+    return (client_index + session) % 2 == 1
+
+
 def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "",
-                 web_via: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+                 web_via: tuple[str, int] | None = None, ipv6: bool = False) -> list[dict[str, Any]]:
     """The sessions of one client (index 0, 1, ...): DNS, keep-alive and close HTTP, RST, long transfer.
     ``path_prefix`` goes before the paths sent to the web Service (a sidecar that strips one);
     ``web_via`` (address, port): the web Service's requests go there instead (the client pod's egress
-    sidecar, which forwards them to the Service); the dead Service is still reached directly."""
+    sidecar, which forwards them to the Service); the dead Service is still reached directly.
+    ``ipv6`` (a dual-stack lab, without ``web_via``): the keep-alive and close sessions for which
+    ``uses_ipv6`` holds, and odd clients' attempts on the dead Service, go to the Services' IPv6
+    ClusterIPs; DNS and the long transfer stay IPv4."""
     target, port = web_via or (WEB_CLUSTER_IP, 80)
     web = {"kind": "http", "target": target, "port": port, "host": "web"}
+    web6 = {**web, "target": WEB_CLUSTER_IP6} if ipv6 and not web_via else web
     plan: list[dict[str, Any]] = []
     if settings.dns_lookups:
         names = [WEB_HOST, "nosuch.default.svc.cluster.local", "dead.default.svc.cluster.local"]
@@ -78,15 +88,16 @@ def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "
         n = settings.requests_per_session
         base = (client_index * 7 + s) * 100
         tags = (f"{client_index}.{s}.k", f"{client_index}.{s}.c") if settings.tag_requests else ("", "")
-        plan.append({**web, "keepalive": True, "requests": _requests(n, base, path_prefix, tags[0]),
+        session = web6 if uses_ipv6(client_index, s) else web
+        plan.append({**session, "keepalive": True, "requests": _requests(n, base, path_prefix, tags[0]),
                      "pause_ms": settings.pause_ms})
-        plan.append({**web, "keepalive": False, "requests": _requests(n, base + 1, path_prefix, tags[1]),
+        plan.append({**session, "keepalive": False, "requests": _requests(n, base + 1, path_prefix, tags[1]),
                      "pause_ms": settings.pause_ms})
     if settings.dead_attempts:
         plan.append(
             {
                 "kind": "http",
-                "target": DEAD_CLUSTER_IP,
+                "target": DEAD_CLUSTER_IP6 if ipv6 and client_index % 2 else DEAD_CLUSTER_IP,
                 "port": 80,
                 "host": "dead",
                 "keepalive": False,

@@ -8,6 +8,10 @@ Nothing here runs a command; :mod:`hopscope.lab.build` applies a :class:`Topolog
                                                     span0 ── mon0 [probe]           └ dns
     (server pods: envoy on pod-IP:80 -> app on 127.0.0.1:8080)
 
+Dual-stack (``ipv6``): pods, nodes and Services get IPv6 addresses beside their IPv4 ones (fd00::/8,
+the IPv4 numbers in the groups: pod fd00:10:244:<node>::x, Service fd00:10:96::x), node A's Service
+NAT is written for ip6tables too, and the hypervisor, switch and probe stay layer 2 only.
+
 Interface names are the same in every run: each lives only inside that run's namespaces (created
 there directly, never in the root namespace), and the namespace names carry the per-run prefix.
 """
@@ -47,7 +51,7 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """An IPv4 address with prefix length on ``host:interface``."""
+    """An IPv4 or IPv6 address with prefix length on ``host:interface``."""
 
     host: str
     interface: str
@@ -87,10 +91,12 @@ class Mirror:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One endpoint of a Service: pod IP and port (a port nobody listens on makes a dead backend)."""
+    """One endpoint of a Service: pod IP and port (a port nobody listens on makes a dead backend);
+    ``ip6``: the pod's IPv6 address in a dual-stack lab."""
 
     ip: str
     port: int
+    ip6: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,8 @@ class Service:
     port: int
     protocol: str  # "tcp" or "udp"
     backends: tuple[Backend, ...]
+    #: the Service's IPv6 ClusterIP in a dual-stack lab ("": IPv4 only)
+    cluster_ip6: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,9 @@ class Topology:
     dns_host: str
     overlay: str | None = None
     pod_mtu: int = 1500
+    #: dual-stack: IPv6 addresses, routes and Service NAT beside the IPv4 ones
+    ipv6: bool = False
+    pod_cidrs6: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
@@ -176,11 +187,12 @@ class Topology:
                 return s
         raise KeyError(name)
 
-    def address_of(self, host: str, interface: str = "eth0") -> str:
+    def address_of(self, host: str, interface: str = "eth0", family: int = 4) -> str:
+        """The IPv4 (``family`` 4) or IPv6 (6) address of ``host:interface``."""
         for a in self.addresses:
-            if a.host == host and a.interface == interface:
+            if a.host == host and a.interface == interface and (":" in a.cidr) == (family == 6):
                 return a.cidr.split("/")[0]
-        raise KeyError(f"{host}:{interface}")
+        raise KeyError(f"{host}:{interface} IPv{family}")
 
 
 # Addresses: pods 10.244.<node>.x/24, underlay 172.30.0.0/24, overlay 10.250.0.0/30, Services 10.96.0.x.
@@ -198,17 +210,30 @@ CLIENT_IPS = {"client1": "10.244.1.11", "client2": "10.244.1.12"}
 DNS_POD_IP = "10.244.2.53"
 VXLAN_ID = 42
 VXLAN_PORT = 4789
+# IPv6 (dual-stack): the same numbers in fd00::/8.
+POD_CIDR6_A = "fd00:10:244:1::/64"
+POD_CIDR6_B = "fd00:10:244:2::/64"
+UNDERLAY6_A = "fd00:172:30::1"
+UNDERLAY6_B = "fd00:172:30::2"
+WEB_CLUSTER_IP6 = "fd00:10:96::10"
+DEAD_CLUSTER_IP6 = "fd00:10:96::11"
+SERVER_IPS6 = {"server1": "fd00:10:244:2::11", "server2": "fd00:10:244:2::12"}
+CLIENT_IPS6 = {"client1": "fd00:10:244:1::11", "client2": "fd00:10:244:1::12"}
 
 
-def default_topology(overlay: str | None = None, client_sidecar: bool = False) -> Topology:
+def default_topology(overlay: str | None = None, client_sidecar: bool = False, ipv6: bool = False) -> Topology:
     """Two client pods on node A, two envoy-fronted server pods and a DNS pod on node B.
 
     overlay ``"vxlan"`` routes pod traffic between the nodes through a VXLAN device (flannel-like)
     instead of plain routing on the underlay; pod MTU drops to 1450 then. ``client_sidecar``: the
     client pods run an egress sidecar, captured on their loopback (``<client>-egress``, kind proxy).
+    ``ipv6``: dual-stack, every pod, node and the web and dead Services with an IPv6 address too
+    (DNS stays IPv4); not with an overlay.
     """
     if overlay not in (None, "vxlan"):
         raise ValueError(f"unknown overlay {overlay!r} (known: vxlan)")
+    if ipv6 and overlay:
+        raise ValueError("a dual-stack lab has no overlay (ipv6 with overlay vxlan is not built)")
     hosts = (
         Host("client1", "c1", "pod"),
         Host("client2", "c2", "pod"),
@@ -261,15 +286,26 @@ def default_topology(overlay: str | None = None, client_sidecar: bool = False) -
         routes += [Route("nodeA", POD_CIDR_B, OVERLAY_B), Route("nodeB", POD_CIDR_A, OVERLAY_A)]
     else:
         routes += [Route("nodeA", POD_CIDR_B, UNDERLAY_B), Route("nodeB", POD_CIDR_A, UNDERLAY_A)]
+    if ipv6:
+        addresses += [Address(c, "eth0", ip + "/64") for c, ip in CLIENT_IPS6.items()]
+        addresses += [Address(s, "eth0", ip + "/64") for s, ip in SERVER_IPS6.items()]
+        addresses += [Address("nodeA", "cni0", "fd00:10:244:1::1/64"), Address("nodeA", "eth0", UNDERLAY6_A + "/64"),
+                      Address("nodeB", "eth0", UNDERLAY6_B + "/64"), Address("nodeB", "cni0", "fd00:10:244:2::1/64")]
+        routes += [Route(c, "default", "fd00:10:244:1::1") for c in CLIENT_IPS6]
+        routes += [Route(s, "default", "fd00:10:244:2::1") for s in SERVER_IPS6]
+        routes += [Route("nodeA", POD_CIDR6_B, UNDERLAY6_B), Route("nodeB", POD_CIDR6_A, UNDERLAY6_A)]
+    v6 = SERVER_IPS6 if ipv6 else {"server1": "", "server2": ""}
     services = (
         Service(
             "web",
             WEB_CLUSTER_IP,
             80,
             "tcp",
-            (Backend(SERVER_IPS["server1"], 80), Backend(SERVER_IPS["server2"], 80)),
+            (Backend(SERVER_IPS["server1"], 80, v6["server1"]), Backend(SERVER_IPS["server2"], 80, v6["server2"])),
+            WEB_CLUSTER_IP6 if ipv6 else "",
         ),
-        Service("dead", DEAD_CLUSTER_IP, 80, "tcp", (Backend(SERVER_IPS["server2"], 81),)),
+        Service("dead", DEAD_CLUSTER_IP, 80, "tcp", (Backend(SERVER_IPS["server2"], 81, v6["server2"]),),
+                DEAD_CLUSTER_IP6 if ipv6 else ""),
         Service("dns", DNS_CLUSTER_IP, 53, "udp", (Backend(DNS_POD_IP, 53),)),
     )
     uplink = "vx0" if overlay == "vxlan" else "eth0"
@@ -342,4 +378,6 @@ def default_topology(overlay: str | None = None, client_sidecar: bool = False) -
         dns_host="dns",
         overlay=overlay,
         pod_mtu=1450 if overlay == "vxlan" else 1500,
+        ipv6=ipv6,
+        pod_cidrs6={"nodeA": POD_CIDR6_A, "nodeB": POD_CIDR6_B} if ipv6 else {},
     )

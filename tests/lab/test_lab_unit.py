@@ -23,9 +23,9 @@ from hopscope.lab.services import envoy_config
 from hopscope.lab.topology import HOP_KINDS, SIDES, default_topology
 
 
-@pytest.mark.parametrize("overlay", [None, "vxlan"])
-def test_topology_is_consistent(overlay: str | None) -> None:
-    topo = default_topology(overlay)
+@pytest.mark.parametrize(("overlay", "ipv6"), [(None, False), ("vxlan", False), (None, True)])
+def test_topology_is_consistent(overlay: str | None, ipv6: bool) -> None:
+    topo = default_topology(overlay, ipv6=ipv6)
     names = [h.name for h in topo.hosts]
     assert len(set(names)) == len(names) and len({h.short for h in topo.hosts}) == len(names)
     ifaces = set(_interfaces(topo)) | {(h.name, "lo") for h in topo.hosts}
@@ -40,8 +40,46 @@ def test_topology_is_consistent(overlay: str | None) -> None:
         assert (site.host, site.interface) in ifaces and site.host in topo.routers
         assert set(site.upstream) | set(site.downstream) <= captures
     for a in topo.addresses:
-        assert re.match(r"^(10\.|172\.(1[6-9]|2\d|3[01])\.)", a.cidr), f"not a private range: {a}"
+        assert re.match(r"^(10\.|172\.(1[6-9]|2\d|3[01])\.|fd00:)", a.cidr), f"not a private range: {a}"
     assert {c.kind for c in topo.captures} == set(HOP_KINDS)
+    v6 = [a for a in topo.addresses if ":" in a.cidr]
+    if not ipv6:
+        assert not v6 and not topo.pod_cidrs6
+        return
+    # dual-stack: every host with an IPv4 address has an IPv6 one on the same interface, but the DNS pod
+    v4 = {(a.host, a.interface) for a in topo.addresses if ":" not in a.cidr}
+    assert {(a.host, a.interface) for a in v6} == v4 - {("dns", "eth0")}
+    for r in topo.routes:
+        assert (":" in r.via) == (":" in r.dst or (r.dst == "default" and ":" in r.via))
+
+
+def test_ipv6_is_not_built_with_an_overlay() -> None:
+    with pytest.raises(ValueError, match="overlay"):
+        default_topology("vxlan", ipv6=True)
+
+
+def test_ipv6_nat_ruleset() -> None:
+    """The dual-stack NAT node gets the same chains for ip6tables: the Services with an IPv6 ClusterIP,
+    DNAT to the backends' IPv6 addresses, masquerade of the node's IPv6 pod range; IPv4's is unchanged."""
+    topo = default_topology(ipv6=True)
+    assert nat_ruleset(topo) == nat_ruleset(default_topology())
+    rules = nat_ruleset(topo, family=6)
+    assert "-A KUBE-SERVICES -d fd00:10:96::10/128 -p tcp --dport 80" in rules
+    assert "-A KUBE-SEP-WEB2 -p tcp -j DNAT --to-destination [fd00:10:244:2::12]:80" in rules
+    assert "-A KUBE-POSTROUTING -s fd00:10:244:1::/64 ! -o cni0 -j MASQUERADE" in rules
+    assert "10.96.0.53" not in rules and "KUBE-SVC-DNS" not in rules and "10.244." not in rules
+
+
+def test_dual_stack_plan_sends_half_the_web_sessions_over_ipv6() -> None:
+    settings = PlanSettings(sessions=3, dead_attempts=1)
+    web = [s for i in (0, 1) for s in default_plan(i, settings, ipv6=True) if s.get("host") == "web"]
+    v6 = [s for s in web if ":" in s["target"]]
+    assert {s["target"] for s in v6} == {"fd00:10:96::10"}
+    assert not any("/bytes/" in s["requests"][0]["path"] for s in v6)
+    assert len(v6) == 6 and len(web) == 13  # 2 clients x 3 sessions x (keep-alive + close), + the long transfer
+    dead = [s["target"] for i in (0, 1) for s in default_plan(i, settings, ipv6=True) if s.get("host") == "dead"]
+    assert dead == ["10.96.0.11", "fd00:10:96::11"]
+    assert all(":" not in s.get("target", "") for i in (0, 1) for s in default_plan(i, settings))
 
 
 def test_prefix_and_namespace_names() -> None:
@@ -180,6 +218,10 @@ def test_describe_a_dropped_vxlan_frame_by_the_segment_it_carries() -> None:
 def test_envoy_config_fills_every_placeholder(tmp_path: Any) -> None:
     text = envoy_config("10.244.2.11", "server1", tmp_path / "a.log")
     assert "$" not in text and "10.244.2.11" in text and "generate_request_id: true" in text
+    assert "additional_addresses" not in text
+    text6 = envoy_config("10.244.2.11", "server1", tmp_path / "a.log", "fd00:10:244:2::11")
+    listener6 = '{address: {socket_address: {address: "fd00:10:244:2::11", port_value: 80}}}'
+    assert f"additional_addresses: [{listener6}]" in text6
 
 
 def test_cli_parses_impairments() -> None:
