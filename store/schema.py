@@ -109,8 +109,15 @@ def event_time_definition(spec: TableSpec) -> str:
     return f"{quote_identifier(EVENT_TIME)} DateTime('UTC') MATERIALIZED {expression}"
 
 
-def create_table_sql(database: str, spec: TableSpec, features: ServerFeatures, ttl_days: int | None) -> str:
-    """CREATE TABLE IF NOT EXISTS for one table on a server with these features."""
+def create_table_sql(
+    database: str, spec: TableSpec, features: ServerFeatures, ttl_days: int | None,
+    *, table: str | None = None, on_cluster: str | None = None, replication_path: str | None = None,
+) -> str:  # fmt: skip
+    """CREATE TABLE IF NOT EXISTS for one table on a server with these features.
+
+    For a cluster (``store/cluster.py``): ``table`` names the shard-local table (default: the spec's
+    name), ``on_cluster`` adds ``ON CLUSTER``, ``replication_path`` makes the engine
+    ``ReplicatedReplacingMergeTree(path, '{replica}', ...)``."""
     lines = [f"{quote_identifier(c.name)} {column_type(spec, c, features)}" for c in spec.columns()]
     lines.append(event_time_definition(spec))
     if features.skip_indexes:
@@ -119,11 +126,16 @@ def create_table_sql(database: str, spec: TableSpec, features: ServerFeatures, t
         lines += [f"INDEX mm_{c} {quote_identifier(c)} TYPE minmax GRANULARITY 4"
                   for c in spec.minmax_columns]
     version = quote_identifier(spec.version_column) if spec.version_column else ""
+    engine = f"ReplacingMergeTree({version})"
+    if replication_path is not None:
+        args = ", ".join(a for a in (_sql_string(replication_path), "'{replica}'", version) if a)
+        engine = f"ReplicatedReplacingMergeTree({args})"
     body = ",\n    ".join(lines)
-    table = f"{quote_identifier(database)}.{quote_identifier(spec.name)}"
+    name = f"{quote_identifier(database)}.{quote_identifier(table or spec.name)}"
+    cluster = f" ON CLUSTER {quote_identifier(on_cluster)}" if on_cluster else ""
     sql = (
-        f"CREATE TABLE IF NOT EXISTS {table} (\n    {body}\n)\n"
-        f"ENGINE = ReplacingMergeTree({version})\n"
+        f"CREATE TABLE IF NOT EXISTS {name}{cluster} (\n    {body}\n)\n"
+        f"ENGINE = {engine}\n"
         f"PARTITION BY toYYYYMMDD({quote_identifier(EVENT_TIME)})\n"
         f"ORDER BY ({', '.join(quote_identifier(c) for c in spec.order_by)})"
     )
@@ -132,11 +144,21 @@ def create_table_sql(database: str, spec: TableSpec, features: ServerFeatures, t
     return sql
 
 
-def add_column_sql(database: str, spec: TableSpec, col: Column, features: ServerFeatures) -> str:
+def add_column_sql(
+    database: str, spec: TableSpec, col: Column, features: ServerFeatures,
+    *, table: str | None = None, on_cluster: str | None = None,
+) -> str:  # fmt: skip
     """ALTER TABLE ADD COLUMN for a record field added after the table was created (18.16 has no
-    ADD COLUMN IF NOT EXISTS: callers add only the columns system.columns lacks)."""
-    table = f"{quote_identifier(database)}.{quote_identifier(spec.name)}"
-    return f"ALTER TABLE {table} ADD COLUMN {quote_identifier(col.name)} {column_type(spec, col, features)}"
+    ADD COLUMN IF NOT EXISTS: callers add only the columns system.columns lacks). ``table`` and
+    ``on_cluster`` as for ``create_table_sql``."""
+    name = f"{quote_identifier(database)}.{quote_identifier(table or spec.name)}"
+    cluster = f" ON CLUSTER {quote_identifier(on_cluster)}" if on_cluster else ""
+    return f"ALTER TABLE {name}{cluster} ADD COLUMN {quote_identifier(col.name)} {column_type(spec, col, features)}"
+
+
+def _sql_string(text: str) -> str:
+    """A single-quoted SQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def schema_sql(database: str, features: ServerFeatures, ttl_days: int | None = None) -> list[str]:

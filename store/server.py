@@ -60,14 +60,16 @@ class ServerStore(SqlStore):
         read_only: bool = False,
         pool_size: int = DEFAULT_POOL_SIZE,
         query_timeout_s: float | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
+        """``settings``: ClickHouse settings for every query of this store's connections."""
         super().__init__(database, ttl_days, read_only)
         self.host = host
         self.port = port
         self._connect_timeout_s = connect_timeout_s
         # readonly=2: the server refuses DDL and writes, per-query settings still apply.
         # max_execution_time: the server ends a query that runs longer (TIMEOUT_EXCEEDED).
-        self._settings: dict[str, Any] = {"readonly": 2} if read_only else {}
+        self._settings: dict[str, Any] = {**(settings or {}), **({"readonly": 2} if read_only else {})}
         if query_timeout_s is not None:
             self._settings["max_execution_time"] = max(1, round(query_timeout_s))
             timeout_s = max(timeout_s, query_timeout_s + 5)  # the server's own limit ends it first
