@@ -27,15 +27,16 @@ class PointRecords:
 
 
 def read_point(path: str, point: str, hop_kind: str = "", host: str = "",
-               progress: Callable[[int], None] | None = None) -> PointRecords:
+               progress: Callable[[int], None] | None = None, strict: bool = False) -> PointRecords:
     """Flow and request records of the capture at ``path``, all attributed to ``point``.
 
-    ``progress`` is called with the bytes read since its last call."""
+    ``progress`` is called with the bytes read since its last call. A damaged file gives the records
+    before its damage (and a warning); with ``strict`` its damage is a ``CaptureError``."""
     from hopscope.probes.analyze import CaptureAnalyzer
     from hopscope.probes.l7.feed import BlockFeeder
     from hopscope.probes.l7.tracker import CapturePoint, L7Tracker
 
-    analyzer = CaptureAnalyzer(path, {"*": point}, host=host or point, hop_kind=hop_kind)
+    analyzer = CaptureAnalyzer(path, {"*": point}, host=host or point, hop_kind=hop_kind, strict=strict)
     tracker = L7Tracker(CapturePoint(point=point, host=host or point, hop_kind=hop_kind))
     feeder = BlockFeeder(tracker)
     flows: list[Batch] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopscope.correlate.settings import CorrelateSettings
-from hopscope.errors import ConfigError
+from hopscope.errors import CaptureError, ConfigError
 from hopscope.records import Batch
 
 log = logging.getLogger(__name__)
@@ -76,36 +76,51 @@ def plan_points(
     return [PlannedPoint(n, f, kinds.get(n, ""), host_of.get(n, "")) for n, f in sorted(found.items())]
 
 
-def read_points(plan: Sequence[PlannedPoint], progress: str = "off") -> tuple[Batch, Batch]:
+def read_points(plan: Sequence[PlannedPoint], progress: str = "off", strict: bool = False) -> tuple[Batch, Batch]:
     """Flow and request records of every capture, with a progress bar over their bytes
-    (``progress``: auto, on or off, see ``correlate.progress``)."""
+    (``progress``: auto, on or off, see ``correlate.progress``).
+
+    A damaged capture gives the records before its damage (the reader warns); a point whose file is not
+    a capture at all is left out with a warning, and the other points are read. With ``strict`` either
+    is a ``CaptureError``; so is no point readable at all."""
     from hopscope.correlate.capture import read_point
     from hopscope.correlate.progress import Progress
     from hopscope.records import FlowRecord, RequestRecord
 
     bar = Progress(sum(os.path.getsize(p.file) for p in plan), progress)
     flows, requests = [], []
+    failed: list[CaptureError] = []
     for p in plan:
         bar.label = p.name
-        got = read_point(p.file, p.name, p.hop_kind, p.host, progress=bar.advance)
+        try:
+            got = read_point(p.file, p.name, p.hop_kind, p.host, progress=bar.advance, strict=strict)
+        except CaptureError as exc:
+            if strict:
+                raise
+            log.warning("point %s left out: %s", p.name, exc)
+            failed.append(exc)
+            continue
         log.info("point %s: %d packets, %d flow and %d request records", p.name, got.packets,
                  len(got.flows), len(got.requests))
         flows.append(got.flows)
         requests.append(got.requests)
     bar.close()
+    if failed and len(failed) == len(plan):
+        raise failed[0]
     return (Batch.concat(flows) if flows else Batch(FlowRecord, {}, 0),
             Batch.concat(requests) if requests else Batch(RequestRecord, {}, 0))
 
 
 def analyze_points(
     plan: Sequence[PlannedPoint], settings: CorrelateSettings | None = None, manifest: str | None = None,
-    progress: str = "off",
+    progress: str = "off", strict: bool = False,
 ) -> Analysis:  # fmt: skip
-    """Read every planned capture and stitch; with ``manifest``, score the traces against its ground truth."""
+    """Read every planned capture and stitch; with ``manifest``, score the traces against its ground truth.
+    ``strict``: a damaged capture is a ``CaptureError`` (see ``read_points``)."""
     from hopscope.correlate.engine import Correlator
     from hopscope.correlate.evaluate import evaluate
 
-    flows, requests = read_points(plan, progress)
+    flows, requests = read_points(plan, progress, strict)
     result = Correlator(settings, {p.name: p.hop_kind for p in plan if p.hop_kind}).stitch(requests, flows)
     evaluation = evaluate(_load_manifest(manifest), result, requests).as_dict() if manifest else None
     return Analysis(flows, requests, result, evaluation)

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hopscope.errors import CaptureError
 from hopscope.probes.decode import Decoder, interface_label
 from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packets import PacketBlock
@@ -55,22 +56,30 @@ class CaptureAnalyzer:
     def __init__(
         self, path: str | os.PathLike[str], points: Mapping[str, str] | None = None,
         config: MeterConfig | None = None, host: str = "", hop_kind: str = "",
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES, strict: bool = False,
     ) -> None:  # fmt: skip
         self.path = Path(path)
-        self.reader = open_capture(self.path, chunk_bytes)
+        self.reader = open_capture(self.path, chunk_bytes, strict=strict)  # strict: damage is an error
         self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points))  # type: ignore[arg-type]
         self.meter = FlowMeter(config, host=host, hop_kind=hop_kind)
         self.services = ServiceDetector()
 
     def run(self) -> Iterator[tuple[PacketBlock, Batch]]:
-        for raw in self.reader.blocks():
-            block = self.decoder.decode(raw)
-            closed = self.meter.process_batch(block)
-            self.services.observe(block)
-            yield block, self.services.fill(closed)
+        """Decoded blocks with the flow records each closed, then the records flushed at the end. A strict
+        reader's damage error is raised after the flows of the records before the damage were flushed."""
+        damage: CaptureError | None = None
+        try:
+            for raw in self.reader.blocks():
+                block = self.decoder.decode(raw)
+                closed = self.meter.process_batch(block)
+                self.services.observe(block)
+                yield block, self.services.fill(closed)
+        except CaptureError as exc:
+            damage = exc
         for batch in self.meter.flush_batches():
             yield PacketBlock.empty(0), self.services.fill(batch)
+        if damage is not None:
+            raise damage
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {
@@ -81,6 +90,9 @@ class CaptureAnalyzer:
         }
         out.update({f"skip_{k}": v for k, v in sorted(self.decoder.skips.items())})
         out.update(self.reader.stats.skipped_blocks)
+        if self.reader.stats.damage is not None:  # where reading stopped, and the bytes left unread
+            out["damage_offset"] = self.reader.stats.damage.offset
+            out["damage_bytes_unread"] = self.reader.stats.damage.bytes_after
         out.update(self.meter.counters)
         out["service_flows_evicted"] = self.services.evicted
         return out
@@ -88,20 +100,24 @@ class CaptureAnalyzer:
 
 def iter_capture(
     path: str | os.PathLike[str], points: Mapping[str, str] | None = None, config: MeterConfig | None = None,
+    strict: bool = False,
 ) -> Iterator[tuple[PacketBlock, Batch]]:  # fmt: skip
     """Yield each decoded block (flow ids filled) with a ``FlowRecord`` batch of the records it closed.
 
-    The last pairs have empty blocks and the records flushed at the end of the file (in chunks).
+    The last pairs have empty blocks and the records flushed at the end of the file (in chunks). A damaged
+    file ends at its damage (a warning; with ``strict`` a ``CaptureError`` after the records before it).
     """
-    yield from CaptureAnalyzer(path, points, config).run()
+    yield from CaptureAnalyzer(path, points, config, strict=strict).run()
 
 
 def analyze_capture(
     path: str | os.PathLike[str], points: Mapping[str, str] | None = None, config: MeterConfig | None = None,
     keep_blocks: bool = False, host: str = "", hop_kind: str = "", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    strict: bool = False,
 ) -> CaptureResult:  # fmt: skip
     """Read, decode and meter a whole file; ``keep_blocks`` keeps the decoded blocks (memory!)."""
-    analyzer = CaptureAnalyzer(path, points, config, host=host, hop_kind=hop_kind, chunk_bytes=chunk_bytes)
+    analyzer = CaptureAnalyzer(path, points, config, host=host, hop_kind=hop_kind, chunk_bytes=chunk_bytes,
+                               strict=strict)  # fmt: skip
     batches: list[Batch] = []
     blocks: list[PacketBlock] = []
     for block, closed in analyzer.run():

@@ -17,17 +17,22 @@ window's worth of the file is read as before, so a capture still being written a
 record behave the same. Caveat of any mapping: a file cut short by another process *while* it is read
 ends this process with SIGBUS (``map_file=False`` avoids it).
 
-Errors: a file that is not a capture, or whose structure is broken (bad magic, a record length beyond
-any sane snaplen, a block whose length field is impossible), raises ``CaptureError`` naming the file and
-the byte offset. A file cut in the middle of its last record (a capture still being written, or a
-copy cut short) is not an error: the records before the damage are yielded and ``truncated_tail``
-records how many bytes were dropped.
+Errors and damage: a file that is not a capture (bad magic, a pcap file header cut short) raises
+``CaptureError`` naming the file and the byte offset. Damage further in (a record length beyond any sane
+snaplen, a pcapng block whose length field is impossible, a packet block naming an undeclared
+interface, garbage after the last good record) and a last record the file ends inside (a capture still
+being written, a copy cut short) lose nothing that came before: every record before the damage is
+yielded, reading stops there, ``stats.damage`` says where and what (a ``Damage``) and one warning line
+names the file, the byte offset and the problem. With ``strict`` the same message is a ``CaptureError``
+instead, raised after the records before the damage were yielded. Reading does not resynchronise on a
+later record (as Wireshark and Arkime do not; ``pcapfix`` repairs files that way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import mmap
 import os
 import struct
@@ -44,6 +49,7 @@ from hopscope.errors import CaptureError
 from hopscope.probes import kernels
 
 I64 = npt.NDArray[np.int64]
+log = logging.getLogger(__name__)
 
 #: Link types (LINKTYPE_* from tcpdump.org/linktypes.html) that hopscope decodes.
 LINKTYPE_NULL: Final = 0
@@ -117,14 +123,42 @@ class RawBlock:
         return self.buf[start : start + int(self.caplen[i])].tobytes()
 
 
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Where a capture file stops making sense, and why; reading stopped there."""
+
+    offset: int  # byte offset in the file of the damaged record or block
+    problem: str  # what is wrong there, naming the offset ("corrupt pcap record at offset 96: ...")
+    records_before: int  # records read before it (every one of them was yielded)
+    bytes_after: int  # bytes from ``offset`` to the end of the file, not read
+    truncated: bool = False  # the file ends inside its last record (nothing after it)
+
+    def message(self, path: str | os.PathLike[str]) -> str:
+        """One line: the file, the offset and the problem, and what was kept."""
+        kept = f"kept the {self.records_before} records before it"
+        if self.truncated:
+            return f"{path}: {self.problem}; {kept}"
+        return f"{path}: {self.problem}; {kept}, did not read the {self.bytes_after} bytes from there to the end"
+
+
+class _Damaged(Exception):
+    """Raised inside a walk at the first damaged record or block; the reader turns it into a ``Damage``."""
+
+    def __init__(self, offset: int, problem: str) -> None:
+        super().__init__(problem)
+        self.offset = offset
+        self.problem = problem
+
+
 @dataclass(slots=True)
 class ReadStats:
-    """What a reader saw: frames, bytes and the damage it stepped over."""
+    """What a reader saw: frames, bytes and the damage it stopped at."""
 
     frames: int = 0
     bytes: int = 0
     truncated_tail: int = 0  # bytes of an incomplete last record, dropped
     skipped_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not carrying frames
+    damage: Damage | None = None  # where reading stopped before the end of the file, and why
 
 
 def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[npt.NDArray[np.uint8], int]:
@@ -210,13 +244,16 @@ class CaptureReader:
     """Reads one pcap or pcapng file as ``RawBlock``s. Use ``open_capture`` to get one."""
 
     def __init__(
-        self, path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES, map_file: bool = True
-    ) -> None:
+        self, path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES, map_file: bool = True,
+        strict: bool = False,
+    ) -> None:  # fmt: skip
         self.path = Path(path)
         self.chunk_bytes = max(chunk_bytes, 1 << 16)
         self.map_file = map_file  # with the C walks: map windows of the file instead of reading them
+        self.strict = strict  # damage is a CaptureError (after the records before it), not a warning
         self.stats = ReadStats()
         self.interfaces: list[Interface] = []
+        self._size = 0  # bytes in the file, when blocks() opened it
         self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the Python walks below
         try:
             with self.path.open("rb") as fh:
@@ -238,12 +275,31 @@ class CaptureReader:
         raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {magic.hex()} at offset 0)")
 
     def blocks(self) -> Iterator[RawBlock]:
-        """Yield the capture's frames chunk by chunk."""
+        """Yield the capture's frames chunk by chunk, up to the end of the file or its first damage
+        (then: a warning, or with ``strict`` a ``CaptureError``)."""
         with self.path.open("rb") as fh:
+            self._size = os.fstat(fh.fileno()).st_size
             if self.format == "pcap":
                 yield from self._pcap_blocks(fh)
             else:
                 yield from self._pcapng_blocks(fh)
+        damage = self.stats.damage
+        if damage is not None:
+            if self.strict:
+                raise CaptureError(damage.message(self.path))
+            log.warning("%s", damage.message(self.path))
+
+    def _damaged(self, exc: _Damaged) -> None:
+        """Reading stops at ``exc``: remember where, after the records read so far."""
+        self.stats.damage = Damage(exc.offset, exc.problem, self.stats.frames, max(self._size - exc.offset, 0))
+
+    def _cut_tail(self, chunks: _Chunks) -> None:
+        """The file ends inside a record: count its bytes (``truncated_tail``) and report it as damage."""
+        self.stats.truncated_tail = chunks.carry_len
+        if chunks.carry_len:
+            at = chunks.file_pos
+            problem = f"last record cut short at offset {at}: the file ends {chunks.carry_len} bytes into it"
+            self.stats.damage = Damage(at, problem, self.stats.frames, chunks.carry_len, truncated=True)
 
     # --- pcap -------------------------------------------------------------------------------
 
@@ -259,18 +315,24 @@ class CaptureReader:
             data, size = chunk
             file_pos = chunks.file_pos
             if self._kernel is not None:
-                block, end = self._walk_pcap_native(data, size, endian, ns_per_unit, interfaces, file_pos)
+                block, end, damaged = self._walk_pcap_native(data, size, endian, ns_per_unit, interfaces, file_pos)
                 if block is not None:
                     yield block
             else:
-                offs, end = self._walk_pcap(data, size, endian, file_pos)
+                offs, end, damaged = self._walk_pcap(data, size, endian, file_pos)
                 if offs:
                     yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
+            if damaged is not None:
+                self._damaged(damaged)
+                return
             chunks.consumed(data, size, end)
-        self.stats.truncated_tail = chunks.carry_len
+        self._cut_tail(chunks)
 
-    def _walk_pcap(self, data: npt.NDArray[np.uint8], n: int, endian: str, file_pos: int) -> tuple[list[int], int]:
-        """Offsets of the complete records in ``data[:n]`` and where the first incomplete one starts.
+    def _walk_pcap(
+        self, data: npt.NDArray[np.uint8], n: int, endian: str, file_pos: int
+    ) -> tuple[list[int], int, _Damaged | None]:
+        """Offsets of the complete records in ``data[:n]``, where the first incomplete one starts, and the
+        damage the walk stopped at (a record whose captured length is absurd), if any.
 
         The loop only chains the length fields (the one per-packet Python loop of the pipeline); the
         lengths are checked afterwards, vectorised.
@@ -283,27 +345,28 @@ class CaptureReader:
             append(pos)
             pos += 16 + unpack(raw, pos)[0]
         if not offs:
-            return offs, 0
+            return offs, 0, None
         starts = np.asarray(offs, np.int64)
         caplen = _words(data, endian)[starts + 8]
         bad = np.flatnonzero(caplen > MAX_RECORD_BYTES)
-        if len(bad):
-            raise self._oversized(file_pos + int(starts[bad[0]]), int(caplen[bad[0]]))
+        if len(bad):  # the records after it are chained from garbage: dropped
+            first = int(bad[0])
+            return offs[:first], offs[first], self._oversized(file_pos + offs[first], int(caplen[first]))
         if pos > n:  # the last record continues in the next chunk (or the file is cut there)
             pos = offs.pop()
-        return offs, pos
+        return offs, pos, None
 
-    def _oversized(self, offset: int, caplen: int) -> CaptureError:
-        """The error for a pcap record whose captured length is beyond any real frame (both walks)."""
-        return CaptureError(
-            f"{self.path}: corrupt pcap record at offset {offset}: captured length {caplen} exceeds {MAX_RECORD_BYTES}"
+    def _oversized(self, offset: int, caplen: int) -> _Damaged:
+        """The damage of a pcap record whose captured length is beyond any real frame (both walks)."""
+        return _Damaged(
+            offset, f"corrupt pcap record at offset {offset}: captured length {caplen} exceeds {MAX_RECORD_BYTES}"
         )
 
     def _walk_pcap_native(
         self, data: npt.NDArray[np.uint8], n: int, endian: str, ns_per_unit: int,
         interfaces: tuple[Interface, ...], file_pos: int,
-    ) -> tuple[RawBlock | None, int]:  # fmt: skip
-        """``_walk_pcap`` and ``_pcap_block`` in one C call (``_decode.walk_pcap``): same block, same errors."""
+    ) -> tuple[RawBlock | None, int, _Damaged | None]:  # fmt: skip
+        """``_walk_pcap`` and ``_pcap_block`` in one C call (``_decode.walk_pcap``): same block, same damage."""
         assert self._kernel is not None
         cap = n // 16 + 1  # records are at least 16 bytes; pages never written are never touched
         offset, ts_ns = np.empty(cap, np.int64), np.empty(cap, np.int64)
@@ -311,17 +374,16 @@ class CaptureReader:
         count, end, nbytes, bad_pos, bad_caplen = self._kernel.walk_pcap(
             data, n, 0, 0, endian == ">", ns_per_unit, MAX_RECORD_BYTES, offset, caplen, origlen, ts_ns
         )
-        if bad_pos >= 0:
-            raise self._oversized(file_pos + bad_pos, bad_caplen)
+        damaged = self._oversized(file_pos + bad_pos, bad_caplen) if bad_pos >= 0 else None
         if count == 0:
-            return None, end
+            return None, end, damaged
         self.stats.frames += count
         self.stats.bytes += nbytes
         block = RawBlock(
             buf=data, offset=offset[:count], caplen=caplen[:count], origlen=origlen[:count], ts_ns=ts_ns[:count],
             iface=np.zeros(count, np.uint16), interfaces=interfaces, file_offset=file_pos,
         )  # fmt: skip
-        return block, end
+        return block, end, damaged
 
     def _pcap_block(
         self, data: npt.NDArray[np.uint8], offs: list[int], endian: str, ns_per_unit: int,
@@ -356,31 +418,41 @@ class CaptureReader:
             data, size = chunk
             file_pos = chunks.file_pos
             if self._kernel is not None:
-                starts, btypes, bases, bigs, end = self._walk_pcapng_native(data, size, file_pos)
+                starts, btypes, bases, bigs, end, damaged = self._walk_pcapng_native(data, size, file_pos)
             else:
-                frames, end = self._walk_pcapng(data, size, file_pos)
+                frames, end, damaged = self._walk_pcapng(data, size, file_pos)
                 starts, btypes, bases, bigs = np.asarray(frames, dtype=np.int64).reshape(-1, 4).T
             if len(starts):
-                yield self._pcapng_block(data, starts, btypes, bases, bigs, file_pos)
+                block, bad_frame = self._pcapng_block(data, starts, btypes, bases, bigs, file_pos)
+                if block is not None:
+                    yield block
+                damaged = bad_frame or damaged  # a bad packet block comes before where the walk stopped
+            if damaged is not None:
+                self._damaged(damaged)
+                return
             chunks.consumed(data, size, end)
-        self.stats.truncated_tail = chunks.carry_len
+        self._cut_tail(chunks)
 
     def _walk_pcapng(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
-    ) -> tuple[list[tuple[int, int, int, int]], int]:
-        """Walk the blocks of ``data[:n]``: (offset, block type, section base, big-endian) per frame block."""
+    ) -> tuple[list[tuple[int, int, int, int]], int, _Damaged | None]:
+        """Walk the blocks of ``data[:n]``: (offset, block type, section base, big-endian) per frame block,
+        where the walk stopped, and the damaged block it stopped at, if any."""
         frames: list[tuple[int, int, int, int]] = []
         pos = 0
         while pos + 12 <= n:
-            step = self._pcapng_step(data, n, pos, file_pos, frames)
+            try:
+                step = self._pcapng_step(data, n, pos, file_pos, frames)
+            except _Damaged as exc:
+                return frames, pos, exc
             if step is None:
                 break
             pos = step
-        return frames, pos
+        return frames, pos, None
 
     def _walk_pcapng_native(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
-    ) -> tuple[I64, npt.NDArray[Any], I64, npt.NDArray[Any], int]:
+    ) -> tuple[I64, npt.NDArray[Any], I64, npt.NDArray[Any], int, _Damaged | None]:
         """``_walk_pcapng`` with the packet blocks walked in C (``_decode.walk_pcapng``); every other block
         (section and interface headers, skipped blocks, damage) goes through ``_pcapng_step``."""
         assert self._kernel is not None
@@ -388,6 +460,7 @@ class CaptureReader:
         starts, btypes = np.empty(cap, np.int64), np.empty(cap, np.uint8)
         segments: list[tuple[int, int, bool]] = []  # (frames so far, section base and byte order of the next)
         count, pos, extra = 0, 0, list[tuple[int, int, int, int]]()
+        damaged: _Damaged | None = None
         while True:
             segments.append((count, self._section_base, self._endian == ">"))
             got, pos, more = self._kernel.walk_pcapng(
@@ -396,7 +469,11 @@ class CaptureReader:
             count += got
             if not more:
                 break
-            step = self._pcapng_step(data, n, pos, file_pos, extra)
+            try:
+                step = self._pcapng_step(data, n, pos, file_pos, extra)
+            except _Damaged as exc:
+                damaged = exc
+                break
             if extra:  # a packet block C declined cannot be well-formed: _pcapng_step raised for it
                 raise AssertionError("walk_pcapng stopped at a well-formed packet block")
             if step is None:
@@ -406,7 +483,7 @@ class CaptureReader:
         runs = [b - a for a, b in itertools.pairwise(firsts)]
         bases = np.repeat(np.array([b for _, b, _ in segments], np.int64), runs)
         bigs = np.repeat(np.array([e for _, _, e in segments], np.uint8), runs)
-        return starts[:count], btypes[:count], bases, bigs, pos
+        return starts[:count], btypes[:count], bases, bigs, pos, damaged
 
     def _pcapng_step(
         self, data: npt.NDArray[np.uint8], n: int, pos: int, file_pos: int, frames: list[tuple[int, int, int, int]]
@@ -417,9 +494,8 @@ class CaptureReader:
             self._block_head = self._section_header(data, pos, file_pos)
             btype, blen = self._block_head(data.data, pos)
         if blen < 12 or blen % 4 or blen > MAX_BLOCK_BYTES:
-            raise CaptureError(
-                f"{self.path}: corrupt pcapng block at offset {file_pos + pos}: type {btype:#x}, length {blen}"
-            )
+            at = file_pos + pos
+            raise _Damaged(at, f"corrupt pcapng block at offset {at}: type {btype:#x}, length {blen}")
         if pos + blen > n:
             return None
         if btype in (_EPB, _SPB, _PB):
@@ -433,21 +509,21 @@ class CaptureReader:
 
     def _section_header(self, data: npt.NDArray[np.uint8], pos: int, file_pos: int) -> Callable[..., tuple[Any, ...]]:
         if pos + 12 > len(data):
-            raise CaptureError(f"{self.path}: pcapng section header truncated at offset {file_pos + pos}")
+            raise _Damaged(file_pos + pos, f"pcapng section header truncated at offset {file_pos + pos}")
         bom = data[pos + 8 : pos + 12].tobytes()
         if bom == struct.pack("<I", _PCAPNG_BOM):
             self._endian = "<"
         elif bom == struct.pack(">I", _PCAPNG_BOM):
             self._endian = ">"
         else:
-            raise CaptureError(f"{self.path}: bad pcapng byte-order magic at offset {file_pos + pos + 8}")
+            raise _Damaged(file_pos + pos, f"bad pcapng byte-order magic at offset {file_pos + pos + 8}")
         self._section_base = len(self.interfaces)
         return struct.Struct(self._endian + "II").unpack_from
 
     def _interface(self, data: npt.NDArray[np.uint8], pos: int, blen: int, file_pos: int) -> None:
         e = self._endian
         if blen < 20:
-            raise CaptureError(f"{self.path}: pcapng interface block too short at offset {file_pos + pos}")
+            raise _Damaged(file_pos + pos, f"pcapng interface block too short at offset {file_pos + pos}")
         linktype, _res, snaplen = struct.unpack_from(e + "HHI", data.data, pos + 8)
         name, tsresol, tsoffset = "", 1_000_000, 0
         opt, end = pos + 16, pos + blen - 4
@@ -461,8 +537,8 @@ class CaptureReader:
             elif code == 9 and len(value) >= 1:
                 tsresol = 10 ** (value[0] & 0x7F) if value[0] < 0x80 else 2 ** (value[0] & 0x7F)
                 if tsresol >= 1 << 63:
-                    raise CaptureError(f"{self.path}: pcapng if_tsresol {value[0]:#x} out of range at offset "
-                                       f"{file_pos + opt}")  # fmt: skip
+                    raise _Damaged(file_pos + pos, f"pcapng if_tsresol {value[0]:#x} out of range at offset "
+                                   f"{file_pos + opt}")  # fmt: skip
             elif code == 14 and len(value) >= 8:
                 (tsoffset,) = struct.unpack(e + "q", value[:8])
             opt += 4 + ((olen + 3) & ~3)
@@ -471,20 +547,28 @@ class CaptureReader:
     def _pcapng_block(
         self, data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
         base: I64, big: npt.NDArray[Any], file_pos: int,
-    ) -> RawBlock:  # fmt: skip
+    ) -> tuple[RawBlock | None, _Damaged | None]:  # fmt: skip
         """Frame columns of the packet blocks starting at ``starts`` (block types ``btype``, section bases
-        ``base``, byte orders ``big``: 1 for a big-endian section)."""
+        ``base``, byte orders ``big``: 1 for a big-endian section), up to the first damaged one (returned)."""
         buf = _padded(data)
-        if not self.interfaces:
-            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
-                               f"{file_pos + int(starts[0])}")  # fmt: skip
         columns = self._pcapng_columns_native if self._kernel is not None else self._pcapng_columns
-        offset, caplen, origlen, iface, raw_ts = columns(buf, starts, btype, base, big, file_pos)
+        try:
+            if not self.interfaces:
+                at = file_pos + int(starts[0])
+                raise _Damaged(at, f"packet block names an undeclared interface at offset {at}")
+            offset, caplen, origlen, iface, raw_ts = columns(buf, starts, btype, base, big, file_pos)
+        except _Damaged as exc:
+            keep = starts < exc.offset - file_pos
+            if not keep.any():
+                return None, exc
+            block, _ = self._pcapng_block(data, starts[keep], btype[keep], base[keep], big[keep], file_pos)
+            return block, exc
         ts_ns = self._pcapng_times(raw_ts, iface)
         self.stats.frames += len(starts)
         self.stats.bytes += int(caplen.sum())
-        return RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
-                        iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
+        block = RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
+                         iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
+        return block, None
 
     def _pcapng_columns(
         self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
@@ -500,9 +584,8 @@ class CaptureReader:
             iface_local[pb] = buf[starts[pb] + np.where(big[pb], 9, 8)]  # PB's u16 interface id
         iface = base + iface_local
         if int(iface.max()) >= len(self.interfaces):
-            bad = int(starts[np.argmax(iface >= len(self.interfaces))])
-            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
-                               f"{file_pos + bad}")  # fmt: skip
+            at = file_pos + int(starts[np.argmax(iface >= len(self.interfaces))])
+            raise _Damaged(at, f"packet block names an undeclared interface at offset {at}")
         spb = btype == _SPB
         caplen = np.where(spb, 0, hdr[:, 5]).astype(np.int64)
         origlen = np.where(spb, hdr[:, 2], hdr[:, 6]).astype(np.int64)
@@ -513,9 +596,8 @@ class CaptureReader:
             caplen[spb] = np.maximum(np.minimum(np.minimum(origlen[spb], snap), blen[spb] - 16), 0)
         over = caplen > blen - (offset - starts) - 4
         if over.any():
-            bad = int(starts[np.argmax(over)])
-            raise CaptureError(f"{self.path}: pcapng packet block at offset {file_pos + bad}: captured "
-                               f"length exceeds the block")  # fmt: skip
+            at = file_pos + int(starts[np.argmax(over)])
+            raise _Damaged(at, f"pcapng packet block at offset {at}: captured length exceeds the block")
         raw = (hdr[:, 3].astype(np.uint64) << np.uint64(32)) | hdr[:, 4].astype(np.uint64)
         return offset, caplen, origlen, iface, np.where(epb | pb, raw, 0)
 
@@ -535,11 +617,11 @@ class CaptureReader:
             offset, caplen, origlen, iface, raw_ts,
         )  # fmt: skip
         if bad_iface >= 0:
-            raise CaptureError(f"{self.path}: packet block names an undeclared interface at offset "
-                               f"{file_pos + int(starts[bad_iface])}")  # fmt: skip
+            at = file_pos + int(starts[bad_iface])
+            raise _Damaged(at, f"packet block names an undeclared interface at offset {at}")
         if over >= 0:
-            raise CaptureError(f"{self.path}: pcapng packet block at offset {file_pos + int(starts[over])}: "
-                               f"captured length exceeds the block")  # fmt: skip
+            at = file_pos + int(starts[over])
+            raise _Damaged(at, f"pcapng packet block at offset {at}: captured length exceeds the block")
         return offset, caplen, origlen, iface, raw_ts
 
     def _pcapng_times(self, raw: npt.NDArray[np.uint64], iface: I64) -> I64:
@@ -580,11 +662,13 @@ def _units_to_ns(raw: npt.NDArray[np.uint64], per_second: int) -> npt.NDArray[np
 
 
 def open_capture(
-    path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES, map_file: bool = True
-) -> CaptureReader:
+    path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES, map_file: bool = True,
+    strict: bool = False,
+) -> CaptureReader:  # fmt: skip
     """Open a pcap or pcapng file; raises ``CaptureError`` when it is neither or cannot be read.
 
     ``map_file=False`` reads the file into buffers even when the C walks could map it (see the module
     docstring: a mapped file cut short by another process while it is read ends this one with SIGBUS).
+    ``strict``: damage in the file (see the module docstring) is a ``CaptureError``, not a warning.
     """
-    return CaptureReader(path, chunk_bytes, map_file)
+    return CaptureReader(path, chunk_bytes, map_file, strict)

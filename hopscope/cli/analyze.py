@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otlp", metavar="ENDPOINT",
                    help="also send the traces as OpenTelemetry spans to this OTLP/HTTP endpoint, "
                    "e.g. http://127.0.0.1:4318 (one span per hop)")
+    p.add_argument("--strict", action="store_true",
+                   help="a damaged capture (corrupt record, file cut short) is an error (exit 4) instead of a "
+                   "warning; either way the records before the damage are kept")
     p.add_argument("--inventory", help="YAML inventory or kubectl JSON: the pod or Service names --otlp gives "
                    "as service.name (default: the host)")
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_points(args.files, pairs(args.point, "--point"), pairs(args.hop_kind, "--hop-kind"),
                        pairs(args.host, "--host"), args.manifest)
     settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
-    analysis = analyze_points(plan, settings, args.manifest, args.progress)
+    analysis = analyze_points(plan, settings, args.manifest, args.progress, args.strict)
     text = render(analysis.result, analysis.evaluation, args.format)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--manifest", type=Path, help="a lab manifest.json (default: the shipped lab samples)")
     parser.add_argument("--store-dir", type=Path, help="chDB directory (default: var/demo/chdb, emptied first)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a damaged capture (corrupt record, file cut short) is an error (exit 4) instead of a "
+                        "warning; either way the records before the damage are kept")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     store_dir.mkdir(parents=True, exist_ok=True)
     url = f"chdb://{store_dir.resolve()}"
     print(f"== hopscope analyze --manifest {manifest} --store {url}\n", flush=True)
-    analysis = analyze_points(plan_points(manifest=str(manifest)), manifest=str(manifest), progress="auto")
+    analysis = analyze_points(plan_points(manifest=str(manifest)), manifest=str(manifest), progress="auto",
+                              strict=args.strict)  # fmt: skip
     print(render(analysis.result, analysis.evaluation), end="")
     store_tables(url, analysis.tables())
     counts = _print_slowest(url)

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--interim", action="store_true", help="also print interim (final=0) records")
     parser.add_argument("--stats", action="store_true", help="print reader/decoder/meter counters to stderr")
+    parser.add_argument("--strict", action="store_true",
+                        help="a damaged capture (corrupt record, file cut short) is an error (exit 4) instead of a "
+                        "warning; either way the records before the damage are kept")
 
 
 def parse_points(values: Iterable[str]) -> dict[str, str]:
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.probes.analyze import CaptureAnalyzer
     from hopscope.probes.output import write_flow_jsonl, write_flow_table
 
-    analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind)
+    analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind,
+                               strict=args.strict)  # fmt: skip
     batches = _batches(analyzer.run(), args.interim)
     if args.format == "jsonl":
         sys.stdout.flush()  # JSON lines go to the binary layer, in one write per 4096 records

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     parser.add_argument("--stats", action="store_true", help="print the L7 counters to stderr")
+    parser.add_argument("--strict", action="store_true",
+                        help="a damaged capture (corrupt record, file cut short) is an error (exit 4) instead of a "
+                        "warning; either way the records before the damage are kept")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.probes.output import write_request_jsonl, write_request_table
 
     point = args.point or Path(args.file).stem
-    records, stats = capture_requests(args.file, point, args.host, args.hop_kind, args.deep, args.http2_port)
+    records, stats = capture_requests(args.file, point, args.host, args.hop_kind, args.deep, args.http2_port,
+                                      args.strict)  # fmt: skip
     records.sort(key=lambda r: (r.req_first_ns, r.flow_id, r.seq_in_flow))
     if args.format == "table":
         write_request_table(records, sys.stdout)

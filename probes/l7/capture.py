@@ -21,11 +21,12 @@ FourTuple = tuple[str, int, str, int]
 
 def capture_requests(
     path: str, point: str, host: str = "", hop_kind: str = "", deep: bool = False,
-    http2_ports: Sequence[int] = (),
+    http2_ports: Sequence[int] = (), strict: bool = False,
 ) -> tuple[list[RequestRecord], dict[str, int]]:  # fmt: skip
     """The request records of the capture at ``path``, all at ``point``, and the L7 counters.
 
     ``http2_ports``: TCP ports tshark decodes as cleartext HTTP/2 (``deep`` only; empty: its defaults).
+    ``strict``: damage in the file is a ``CaptureError`` (else a warning; the records before it count).
     """
     from hopscope.probes.analyze import iter_capture
     from hopscope.probes.l7.feed import BlockFeeder
@@ -35,7 +36,7 @@ def capture_requests(
     tracker = L7Tracker(where)
     feeder = BlockFeeder(tracker)
     flow_ids: dict[FourTuple, int] = {}
-    for block, closed in iter_capture(path, {"*": point}):
+    for block, closed in iter_capture(path, {"*": point}, strict=strict):
         feeder.feed(block)
         for rec in closed.records():
             assert isinstance(rec, FlowRecord)

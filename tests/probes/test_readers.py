@@ -115,13 +115,16 @@ def test_missing_file_is_a_capture_error(tmp_path: Path) -> None:
         open_capture(tmp_path / "nope.pcap")
 
 
-def test_absurd_record_length_is_an_error_at_its_offset(tmp_path: Path) -> None:
+def test_absurd_record_length_keeps_the_records_before(tmp_path: Path) -> None:
     data = pcap_bytes("<", False, [(1, 0, FRAME_A)])
     data += struct.pack("<IIII", 2, 0, 0x7FFFFFFF, 0x7FFFFFFF) + b"junk"
     path = tmp_path / "absurd.pcap"
     path.write_bytes(data)
+    reader = open_capture(path)
+    assert [b.frame(0) for b in reader.blocks()] == [FRAME_A]
+    assert reader.stats.damage is not None and reader.stats.damage.offset == 24 + 16 + len(FRAME_A)
     with pytest.raises(CaptureError, match=f"offset {24 + 16 + len(FRAME_A)}"):
-        read_all(path)
+        list(open_capture(path, strict=True).blocks())
 
 
 def test_truncated_last_record_keeps_the_records_before(tmp_path: Path) -> None:
@@ -139,17 +142,19 @@ def test_corrupt_pcapng_block_length(tmp_path: Path) -> None:
     bad = data[:28] + struct.pack("<II", 6, 7) + data[36:]  # block total length 7 (not a multiple of 4)
     path = tmp_path / "bad.pcapng"
     path.write_bytes(bad)
-    with pytest.raises(CaptureError, match="corrupt pcapng block at offset"):
-        read_all(path)
+    assert read_all(path) == []
+    with pytest.raises(CaptureError, match="corrupt pcapng block at offset 28"):
+        list(open_capture(path, strict=True).blocks())
 
 
-def test_pcapng_simple_packet_block_without_length_word_is_an_error(tmp_path: Path) -> None:
-    """A 12-byte SPB has no original-length word: an error, not a frame with caplen 2**32 - 4."""
+def test_pcapng_simple_packet_block_without_length_word_is_damage(tmp_path: Path) -> None:
+    """A 12-byte SPB has no original-length word: damage, not a frame with caplen 2**32 - 4."""
     data = pcapng_bytes()
     path = tmp_path / "spb.pcapng"
     path.write_bytes(data + struct.pack("<III", 3, 12, 12))
+    assert sum(b.count for b in read_all(path)) == 3
     with pytest.raises(CaptureError, match=f"block at offset {len(data)}: captured length exceeds the block"):
-        read_all(path)
+        list(open_capture(path, strict=True).blocks())
 
 
 def test_pcapng_option_longer_than_its_block_stops_at_the_block_end(tmp_path: Path) -> None:
