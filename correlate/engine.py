@@ -63,11 +63,15 @@ class _Stage:
 
 
 class Correlator:
-    """Stitches records into traces. ``kinds`` overrides the hop kind of capture points by name."""
+    """Stitches records into traces. ``kinds`` overrides the hop kind of capture points by name;
+    ``clocks`` puts capture points into clock groups by name (points of one group share a clock,
+    whatever their hosts and the clock domain setting)."""
 
-    def __init__(self, settings: CorrelateSettings | None = None, kinds: Mapping[str, str] | None = None):
+    def __init__(self, settings: CorrelateSettings | None = None, kinds: Mapping[str, str] | None = None,
+                 clocks: Mapping[str, str] | None = None):
         self.settings = settings or CorrelateSettings()
         self.kinds = dict(kinds or {})
+        self.clocks = dict(clocks or {})
 
     def stitch(self, requests: Batch | None = None, flows: Batch | None = None,
                version_ns: int | None = None) -> StitchResult:
@@ -79,8 +83,8 @@ class Correlator:
         stats: dict[str, int] = {"requests_in": len(requests), "flows_in": len(all_flows)}
         l4_rows = _flows_without_l7(flows, requests)
         by_host = self.settings.clock_domain is ClockDomain.HOST
-        req = self._segment(request_table(requests, self.kinds, by_host), stats, "requests")
-        l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds, by_host), stats, "flows")
+        req = self._segment(request_table(requests, self.kinds, by_host, self.clocks), stats, "requests")
+        l4 = self._segment(flow_table(flows.take(l4_rows), self.kinds, by_host, self.clocks), stats, "flows")
         evidence, votes, raw_orders = self._clock_evidence([req, l4])
         offsets = clock.solve_offsets(evidence, votes, self.settings) if evidence else {}
         groups = clock.clock_groups(evidence, [d for st in (req, l4) for d in st.obs.domains])

@@ -72,13 +72,14 @@ def request_keys(batch: Batch) -> npt.NDArray[np.uint64]:
     return keys
 
 
-def request_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False) -> ObsTable:
+def request_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False,
+                  clocks: Mapping[str, str] | None = None) -> ObsTable:
     """Observations of requests: one per RequestRecord."""
     cols = batch.columns
     labels, label, label_kind, label_host = index_labels(
         cols["point"], cols["iface"], cols["host"], cols["hop_kind"], dict(kinds)  # type: ignore[arg-type]
     )
-    domains, domain = index_domains(labels, label, label_host if clock_by_host else None)
+    domains, domain = index_domains(labels, label, label_host if clock_by_host else None, clocks)
     anchors = np.stack(
         [_u64(cols[c]) for c in ("syn_seq", "synack_seq", "resp_tcp_seq", "req_payload_hash")], axis=1
     ) if len(batch) else np.zeros((0, 4), np.uint64)
@@ -113,13 +114,14 @@ def latest_flows(batch: Batch) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.in
     return np.sort(keep_sorted).astype(np.int64), superseded_by
 
 
-def flow_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False) -> ObsTable:
+def flow_table(batch: Batch, kinds: Mapping[str, str], clock_by_host: bool = False,
+               clocks: Mapping[str, str] | None = None) -> ObsTable:
     """Observations of TCP connections: one per (newest) FlowRecord; SYN and SYN-ACK are the anchors."""
     cols = batch.columns
     labels, label, label_kind, label_host = index_labels(
         cols["point"], cols["iface"], cols["host"], cols["hop_kind"], dict(kinds)  # type: ignore[arg-type]
     )
-    domains, domain = index_domains(labels, label, label_host if clock_by_host else None)
+    domains, domain = index_domains(labels, label, label_host if clock_by_host else None, clocks)
     syn = _u64(cols["syn_seq"])
     tcp = _u64(cols["proto"]) == 6
     keys = np.where(tcp & (syn != 0), (np.uint64(TAG_FLOW) << np.uint64(TAG_SHIFT)) | syn, np.uint64(0))

@@ -9,6 +9,7 @@ bucket key of its matcher and the anchors that must agree for two observations t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,10 +95,13 @@ def index_labels(
 
 
 def index_domains(labels: list[tuple[str, str]], label: npt.NDArray[np.int64],
-                  hosts: list[str] | None = None) -> tuple[list[str], I64]:
+                  hosts: list[str] | None = None, clocks: Mapping[str, str] | None = None) -> tuple[list[str], I64]:
     """Clock domain of each row: its capture point (one capture file, one clock), or with ``hosts``
-    (one per label) its host when known (every capture on one machine shares its clock)."""
+    (one per label) its host when known (every capture on one machine shares its clock); a point
+    named in ``clocks`` (point -> clock group, stated by the user) is in its group's domain either way."""
     names: dict[str, int] = {}
     keys = [h or p for (p, _), h in zip(labels, hosts, strict=True)] if hosts is not None else [p for p, _ in labels]
+    if clocks:
+        keys = [clocks.get(p) or k for (p, _), k in zip(labels, keys, strict=True)]
     per_label = np.array([names.setdefault(k, len(names)) for k in keys], dtype=np.int64)
     return list(names), per_label[label] if len(label) else np.zeros(0, np.int64)
