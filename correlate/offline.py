@@ -29,6 +29,7 @@ class PlannedPoint:
     file: str
     hop_kind: str = ""  # empty: the correlator infers it
     host: str = ""  # clock and proxy host; empty: the point name
+    clock: str = ""  # clock group shared with other points; empty: the host's (or the point's)
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ class Analysis:
     requests: Batch
     result: Any  # correlate.engine.StitchResult
     evaluation: dict[str, Any] | None = None
+    inference: Any = None  # correlate.infer.Inference, when hosts or kinds were inferred
 
     def tables(self) -> dict[str, Batch]:
         """Everything to store, by store table."""
@@ -49,31 +51,42 @@ class Analysis:
 
 def plan_points(
     files: Sequence[str] = (), points: Mapping[str, str] | None = None, hop_kinds: Mapping[str, str] | None = None,
-    hosts: Mapping[str, str] | None = None, manifest: str | None = None,
+    hosts: Mapping[str, str] | None = None, manifest: str | None = None, capture_set: str | None = None,
+    clocks: Mapping[str, str] | None = None,
 ) -> list[PlannedPoint]:  # fmt: skip
-    """Every capture to read, by point name: the manifest's capture points, then ``files`` (the point
-    is the file name without extension), then ``points`` (name -> file); ``hop_kinds`` and ``hosts``
-    override the manifest's. Raises ``ConfigError`` for no capture, a missing file, or a kind or host
-    given for a point that has no capture."""
-    kinds, host_of = dict(hop_kinds or {}), dict(hosts or {})
+    """Every capture to read, by point name: the manifest's or the capture-set file's points, then
+    ``files`` (the point is the file name without extension), then ``points`` (name -> file);
+    ``hop_kinds``, ``hosts`` and ``clocks`` override the file's. Raises ``ConfigError`` for no
+    capture, a missing file, or a kind, host or clock given for a point that has no capture."""
+    kinds, host_of, clock_of = dict(hop_kinds or {}), dict(hosts or {}), dict(clocks or {})
     found: dict[str, str] = {}
+    if manifest and capture_set:
+        raise ConfigError("give --manifest or --capture-set, not both")
     if manifest:
         for cp in _load_manifest(manifest).get("capture_points", []):
             found[cp["name"]] = os.path.join(os.path.dirname(manifest), cp["file"])
             kinds.setdefault(cp["name"], cp.get("kind", ""))
             host_of.setdefault(cp["name"], cp.get("host", ""))
+    if capture_set:
+        from hopscope.correlate.capture_set import load_capture_set
+
+        for sp in load_capture_set(capture_set):
+            found[sp.point] = sp.file
+            for given, value in ((kinds, sp.kind), (host_of, sp.host), (clock_of, sp.clock)):
+                given.setdefault(sp.point, value)
     for f in files:
         found[os.path.splitext(os.path.basename(f))[0]] = f
     found.update(points or {})
     if not found:
-        raise ConfigError("no captures: give --point NAME=FILE, files, or --manifest")
-    unknown = (set(kinds) | set(host_of)) - set(found)
+        raise ConfigError("no captures: give --point NAME=FILE, files, --capture-set or --manifest")
+    unknown = (set(kinds) | set(host_of) | set(clock_of)) - set(found)
     if unknown:
-        raise ConfigError(f"--hop-kind/--host name points that have no capture: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"--hop-kind/--host/--clock name points that have no capture: {', '.join(sorted(unknown))}")
     for name, path in found.items():
         if not os.path.isfile(path):
             raise ConfigError(f"capture of point {name}: no file {path}")
-    return [PlannedPoint(n, f, kinds.get(n, ""), host_of.get(n, "")) for n, f in sorted(found.items())]
+    return [PlannedPoint(n, f, kinds.get(n, ""), host_of.get(n, ""), clock_of.get(n, ""))
+            for n, f in sorted(found.items())]
 
 
 def read_points(plan: Sequence[PlannedPoint], progress: str = "off", strict: bool = False) -> tuple[Batch, Batch]:
@@ -113,17 +126,25 @@ def read_points(plan: Sequence[PlannedPoint], progress: str = "off", strict: boo
 
 def analyze_points(
     plan: Sequence[PlannedPoint], settings: CorrelateSettings | None = None, manifest: str | None = None,
-    progress: str = "off", strict: bool = False,
+    progress: str = "off", strict: bool = False, infer: bool = False,
 ) -> Analysis:  # fmt: skip
     """Read every planned capture and stitch; with ``manifest``, score the traces against its ground truth.
-    ``strict``: a damaged capture is a ``CaptureError`` (see ``read_points``)."""
+    ``strict``: a damaged capture is a ``CaptureError`` (see ``read_points``). ``infer``: the host
+    and hop kind of points the plan lacks them for are inferred from the records (``correlate.infer``)."""
     from hopscope.correlate.engine import Correlator
     from hopscope.correlate.evaluate import evaluate
 
     flows, requests = read_points(plan, progress, strict)
-    result = Correlator(settings, {p.name: p.hop_kind for p in plan if p.hop_kind}).stitch(requests, flows)
+    inference = None
+    if infer and any(not (p.host and p.hop_kind) for p in plan):
+        from hopscope.correlate.infer import infer_points
+
+        inference = infer_points(plan, flows, requests)
+        plan, flows, requests = inference.plan(plan), inference.relabel(flows), inference.relabel(requests)
+    result = Correlator(settings, {p.name: p.hop_kind for p in plan if p.hop_kind},
+                        {p.name: p.clock for p in plan if p.clock}).stitch(requests, flows)
     evaluation = evaluate(_load_manifest(manifest), result, requests).as_dict() if manifest else None
-    return Analysis(flows, requests, result, evaluation)
+    return Analysis(flows, requests, result, evaluation, inference)
 
 
 def store_tables(url: str, tables: Mapping[str, Batch]) -> None:

@@ -2,13 +2,23 @@
 
     hopscope analyze --point client=c.pcap --point node=n.pcap --hop-kind node=nat --format json
     hopscope analyze --manifest samples/lab/manifest.json          # points, kinds and hosts from the lab
-    hopscope analyze a.pcap b.pcap                                  # point names from the file names
+    hopscope analyze a.pcap b.pcap                                  # point names from the file names,
+                                                                    # hosts and kinds inferred
+    hopscope analyze --capture-set set.yaml                         # points, files, hosts, kinds, clocks
+
+Metadata comes from the manifest or the capture-set file, then the command line: files and --point
+add points (a name already in the file takes the new file), --hop-kind, --host and --clock override
+the file's values for the points they name. Whatever is still missing (a point's host or kind) is
+inferred from the captures themselves and reported on stderr, one line per point with its evidence
+and confidence (--no-infer: a point without a host is a host of its own, its kind as the probe saw it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from hopscope.cli import add_alias
 from hopscope.correlate.settings import ClockDomain, ClockMode
@@ -24,8 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_alias(p, kind, "--kind")
     p.add_argument("--host", action="append", default=[], metavar="NAME=HOST",
                    help="host (clock and proxy host) of a point; default: the point name")
+    p.add_argument("--clock", action="append", default=[], metavar="NAME=GROUP",
+                   help="clock group of a point: points of one group share a clock (default: the host's)")
     p.add_argument("--manifest", help="a lab manifest.json: its capture points, kinds, hosts and files; "
                    "the output then also scores the traces against its ground truth (precision, recall)")
+    p.add_argument("--capture-set", metavar="FILE",
+                   help="a YAML capture-set file: its points with file, host, kind and clock (README)")
+    p.add_argument("--no-infer", action="store_true",
+                   help="do not infer missing hosts and kinds from the captures")
+    p.add_argument("--save-capture-set", metavar="FILE",
+                   help="write the points as analysed (given and inferred hosts, kinds, clocks) as a capture-set "
+                   "file, to check and reuse with --capture-set")
     p.add_argument("--format", choices=("text", "json"), default="text")
     out = p.add_argument("-o", "--out", metavar="FILE", help="write to this file instead of stdout")
     add_alias(p, out, "--output")
@@ -66,10 +85,18 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.store import DEFAULT_URL
 
     plan = plan_points(args.files, pairs(args.point, "--point"), pairs(args.hop_kind, "--hop-kind"),
-                       pairs(args.host, "--host"), args.manifest)
+                       pairs(args.host, "--host"), args.manifest, args.capture_set, pairs(args.clock, "--clock"))
     settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
-    analysis = analyze_points(plan, settings, args.manifest, args.progress, args.strict)
+    analysis = analyze_points(plan, settings, args.manifest, args.progress, args.strict, infer=not args.no_infer)
     text = render(analysis.result, analysis.evaluation, args.format)
+    if analysis.inference is not None:
+        report_inference(analysis.inference)
+        if args.format == "json":  # the inference beside the traces, as a tool reading the JSON needs it
+            doc = json.loads(text)
+            doc["inference"] = analysis.inference.as_dict()
+            text = json.dumps(doc, indent=1) + "\n"
+    if args.save_capture_set:
+        save_capture_set(args.save_capture_set, plan, analysis.inference)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -83,3 +110,19 @@ def run(args: argparse.Namespace) -> int:
 
         export_traces(args.otlp, args.inventory, analysis.result.traces, analysis.result.spans)
     return 0
+
+
+def report_inference(inference: Any) -> None:
+    """The inferred hosts and kinds on stderr, one line per point, then the path order and warnings."""
+    sys.stderr.write("inferred capture points (point, host, kind, confidence, why):\n")
+    for line in inference.lines():
+        sys.stderr.write(f"  {line}\n")
+    sys.stderr.flush()
+
+
+def save_capture_set(path: str, plan: Any, inference: Any) -> None:
+    """Write the plan, with what was inferred, as a capture-set file."""
+    from hopscope.correlate.capture_set import SetPoint, dump_capture_set
+
+    planned = inference.plan(plan) if inference is not None else plan
+    dump_capture_set([SetPoint(p.name, p.file, p.host, p.hop_kind, p.clock) for p in planned], path)
