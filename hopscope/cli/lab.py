@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acts = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = acts.add_parser("up", help="build the lab and leave it running")
     p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
+    _ipv6_arg(p)
     _sidecar_arg(p)
     p = acts.add_parser("traffic", help="drive traffic through a running lab (capture with --out)")
     p.add_argument("--prefix", help="the lab's prefix (default: the only one running)")
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", help="only this lab (default: all)")
     p = acts.add_parser("run", help="up, traffic with captures into OUT, down")
     p.add_argument("--overlay", choices=["vxlan"])
+    _ipv6_arg(p)
     _sidecar_arg(p)
     _traffic_args(p, out_required=True)
     p = acts.add_parser("samples", help="regenerate the shipped sample captures")
@@ -36,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acts.add_parser("status", help="list running labs")
     p = acts.add_parser("check", help="check the lab's prerequisites")
     _sidecar_arg(p)
+
+
+def _ipv6_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ipv6", action="store_true",
+                   help="dual-stack: pods, nodes and Services get IPv6 addresses too (ip6tables Service NAT); "
+                   "half the web sessions (every other one, client by client) and the second client's attempts "
+                   "on the dead Service go over IPv6, the rest, DNS and the long transfer over IPv4 (not with "
+                   "--overlay or a client sidecar)")
 
 
 def _sidecar_arg(p: argparse.ArgumentParser) -> None:
@@ -89,7 +99,8 @@ def _plan(args: argparse.Namespace) -> PlanSettings:
 def _up(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import Lab
 
-    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar).up()
+    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
+              ipv6=args.ipv6).up()
     lab.detach()
     print(f"lab {lab.prefix} up in {lab.up_seconds} s, server sidecar {lab.sidecar}, "
           f"client sidecar {lab.client_sidecar} "
@@ -124,7 +135,8 @@ def _run(args: argparse.Namespace) -> None:
     from hopscope.lab.summary import manifest_summary
 
     impairments = parse_impairments(args.delay, args.loss)
-    with Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar) as lab:
+    with Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
+             ipv6=args.ipv6) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
     print("\n".join(manifest_summary(_skewed(args, path))))
 

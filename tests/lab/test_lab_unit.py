@@ -232,6 +232,7 @@ def test_cli_parses_impairments() -> None:
     parser = command_parser("lab")
     args = parser.parse_args(["run", "--out", "x", "--delay", "nodeB-ingress=5"])
     assert args.action == "run" and args.delay == ["nodeB-ingress=5"]
+    assert not args.ipv6 and parser.parse_args(["up", "--ipv6"]).ipv6
     for action in ("up", "traffic", "down", "samples", "status", "check"):
         assert parser.parse_args([action]).action in ACTIONS
 
