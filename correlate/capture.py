@@ -7,10 +7,11 @@ tracker. The result is two batches whose records carry the point name, host and 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hopscope.records import Batch, FlowRecord
+from hopscope.records import Batch, FlowRecord, PacketIndex
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class PointRecords:
     requests: Batch
     packets: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    index: Batch = field(default_factory=lambda: Batch(PacketIndex, {}, 0))  # where each flow's packets lie
 
 
 def read_point(path: str, point: str, hop_kind: str = "", host: str = "",
@@ -35,8 +37,10 @@ def read_point(path: str, point: str, hop_kind: str = "", host: str = "",
     from hopscope.probes.analyze import CaptureAnalyzer
     from hopscope.probes.l7.feed import BlockFeeder
     from hopscope.probes.l7.tracker import CapturePoint, L7Tracker
+    from hopscope.probes.packet_index import PacketIndexer
 
-    analyzer = CaptureAnalyzer(path, {"*": point}, host=host or point, hop_kind=hop_kind, strict=strict)
+    index = PacketIndexer(path, host=socket.gethostname(), point=point)
+    analyzer = CaptureAnalyzer(path, {"*": point}, host=host or point, hop_kind=hop_kind, strict=strict, index=index)
     tracker = L7Tracker(CapturePoint(point=point, host=host or point, hop_kind=hop_kind))
     feeder = BlockFeeder(tracker)
     flows: list[Batch] = []
@@ -56,7 +60,7 @@ def read_point(path: str, point: str, hop_kind: str = "", host: str = "",
         point=point,
         flows=_as_point(flow_batch, point, host or point, hop_kind),
         requests=_as_point(tracker.take_batch(), point, host or point, hop_kind),
-        packets=stats.get("frames", 0), stats=stats,
+        packets=stats.get("frames", 0), stats=stats, index=index.batch(),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from hopscope.errors import CaptureError
 from hopscope.probes.decode import Decoder, interface_label
 from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.packet_index import PacketIndexer
 from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import DEFAULT_CHUNK_BYTES, open_capture
 from hopscope.probes.service import ServiceDetector
@@ -56,9 +57,10 @@ class CaptureAnalyzer:
     def __init__(
         self, path: str | os.PathLike[str], points: Mapping[str, str] | None = None,
         config: MeterConfig | None = None, host: str = "", hop_kind: str = "",
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES, strict: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES, strict: bool = False, index: PacketIndexer | None = None,
     ) -> None:  # fmt: skip
         self.path = Path(path)
+        self.index = index  # told where each metered packet lies in the file (None: nothing recorded)
         self.reader = open_capture(self.path, chunk_bytes, strict=strict)  # strict: damage is an error
         self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points))  # type: ignore[arg-type]
         self.meter = FlowMeter(config, host=host, hop_kind=hop_kind)
@@ -72,6 +74,8 @@ class CaptureAnalyzer:
             for raw in self.reader.blocks():
                 block = self.decoder.decode(raw)
                 closed = self.meter.process_batch(block)
+                if self.index is not None:
+                    self.index.add(raw, block, self.decoder.row_frames)
                 self.services.observe(block)
                 yield block, self.services.fill(closed)
         except CaptureError as exc:
