@@ -42,11 +42,15 @@ class Analysis:
     result: Any  # correlate.engine.StitchResult
     evaluation: dict[str, Any] | None = None
     inference: Any = None  # correlate.infer.Inference, when hosts or kinds were inferred
+    packet_index: Batch | None = None  # PacketIndex rows: where each flow's packets lie in its capture
 
     def tables(self) -> dict[str, Batch]:
         """Everything to store, by store table."""
-        return {"flows": self.flows, "requests": self.requests, "spans": self.result.spans,
-                "traces": self.result.traces}
+        tables = {"flows": self.flows, "requests": self.requests, "spans": self.result.spans,
+                  "traces": self.result.traces}
+        if self.packet_index is not None:
+            tables["packet_index"] = self.packet_index
+        return tables
 
 
 def plan_points(
@@ -89,9 +93,12 @@ def plan_points(
             for n, f in sorted(found.items())]
 
 
-def read_points(plan: Sequence[PlannedPoint], progress: str = "off", strict: bool = False) -> tuple[Batch, Batch]:
+def read_points(
+    plan: Sequence[PlannedPoint], progress: str = "off", strict: bool = False, index: list[Batch] | None = None
+) -> tuple[Batch, Batch]:
     """Flow and request records of every capture, with a progress bar over their bytes
-    (``progress``: auto, on or off, see ``correlate.progress``).
+    (``progress``: auto, on or off, see ``correlate.progress``); ``index`` receives each point's
+    ``PacketIndex`` batch (where its flows' packets lie in the file).
 
     A damaged capture gives the records before its damage (the reader warns); a point whose file is not
     a capture at all is left out with a warning, and the other points are read. With ``strict`` either
@@ -117,6 +124,8 @@ def read_points(plan: Sequence[PlannedPoint], progress: str = "off", strict: boo
                  len(got.flows), len(got.requests))
         flows.append(got.flows)
         requests.append(got.requests)
+        if index is not None:
+            index.append(got.index)
     bar.close()
     if failed and len(failed) == len(plan):
         raise failed[0]
@@ -134,7 +143,8 @@ def analyze_points(
     from hopscope.correlate.engine import Correlator
     from hopscope.correlate.evaluate import evaluate
 
-    flows, requests = read_points(plan, progress, strict)
+    index: list[Batch] = []
+    flows, requests = read_points(plan, progress, strict, index)
     inference = None
     if infer and any(not (p.host and p.hop_kind) for p in plan):
         from hopscope.correlate.infer import infer_points
@@ -144,7 +154,7 @@ def analyze_points(
     result = Correlator(settings, {p.name: p.hop_kind for p in plan if p.hop_kind},
                         {p.name: p.clock for p in plan if p.clock}).stitch(requests, flows)
     evaluation = evaluate(_load_manifest(manifest), result, requests).as_dict() if manifest else None
-    return Analysis(flows, requests, result, evaluation, inference)
+    return Analysis(flows, requests, result, evaluation, inference, Batch.concat(index) if index else None)
 
 
 def store_tables(url: str, tables: Mapping[str, Batch]) -> None:
