@@ -65,8 +65,9 @@ def _ttl_days(query: dict[str, list[str]], url: str) -> int | None:
 def store_from_url(
     url: str, *, read_only: bool = False, pool_size: int = DEFAULT_POOL_SIZE, query_timeout_s: float | None = None
 ) -> SqlStore:
-    """Open a store: ``clickhouse://host:port/database[?ttl_days=N]`` or
+    """Open a store: ``clickhouse://host:port/database[?ttl_days=N][&cluster=NAME]`` or
     ``chdb:///absolute/dir[?database=name&ttl_days=N]``. Nothing is created until ``ensure_schema``.
+    ``cluster=NAME``: the cluster of that name in the server's ``remote_servers`` (``store/cluster.py``).
     ``read_only``: the backend refuses DDL and inserts, and a chDB directory must exist already.
     ``pool_size``: most connections, one per thread at a time; ``query_timeout_s``: the engine ends a
     query that runs longer (``QueryTimeoutError``)."""
@@ -81,6 +82,13 @@ def store_from_url(
             port = parts.port or 9000
         except ValueError as exc:
             raise ConfigError(f"bad port in {url!r}") from exc
+        if "cluster" in query:  # local tables on every shard, Distributed tables over them
+            from hopscope.store.cluster import ClusterStore
+
+            return ClusterStore(
+                parts.hostname or "127.0.0.1", port, database, query["cluster"][-1], ttl_days,
+                read_only=read_only, pool_size=pool_size, query_timeout_s=query_timeout_s,
+            )  # fmt: skip
         return ServerStore(
             parts.hostname or "127.0.0.1", port, database, ttl_days,
             read_only=read_only, pool_size=pool_size, query_timeout_s=query_timeout_s,
