@@ -27,11 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _traffic_args(p, out_required=False)
     p = acts.add_parser("down", help="remove a lab, or every lab leftover (crashed runs too)")
     p.add_argument("--prefix", help="only this lab (default: all)")
-    p = acts.add_parser("run", help="up, traffic with captures into OUT, down")
+    p = acts.add_parser("run", help="up, traffic with captures into OUT, down (--live: the whole pipeline, scored)")
     p.add_argument("--overlay", choices=["vxlan"])
     _ipv6_arg(p)
     _sidecar_arg(p)
     _traffic_args(p, out_required=True)
+    _live_args(p)
     p = acts.add_parser("samples", help="regenerate the shipped sample captures")
     p.add_argument("--out", type=Path, help="directory for pcaps and manifest.json (default: the shipped samples)")
     _sidecar_arg(p)
@@ -70,6 +71,16 @@ def _traffic_args(p: argparse.ArgumentParser, out_required: bool) -> None:
                    "off (recorded in the manifest as clock_skew_ns; repeatable)")
 
 
+def _live_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--live", action="store_true",
+                   help="instead of pcaps: one hopscope agent per lab host into Kafka, hopscope correlate into a "
+                   "store, the stored traces scored against the manifest (exit 1 below recall 0.999 or on any "
+                   "false link); OUT gets manifest.json, score.json, the agents' configurations and the logs")
+    p.add_argument("--kafka", metavar="BOOTSTRAP",
+                   help="with --live: Kafka (default 127.0.0.1:9092, started by deploy/kafka/start.sh if silent)")
+    p.add_argument("--store", metavar="URL", help="with --live: the store (default: embedded chDB in OUT/store)")
+
+
 def parse_impairments(delays: list[str], losses: list[str]) -> list[ImpairSpec]:
     """``SITE=VALUE`` options folded into one ImpairSpec per site."""
     found: dict[str, dict[str, float]] = {}
@@ -86,8 +97,7 @@ def parse_impairments(delays: list[str], losses: list[str]) -> list[ImpairSpec]:
 
 
 def run(args: argparse.Namespace) -> int:
-    ACTIONS[args.action](args)
-    return 0
+    return ACTIONS[args.action](args) or 0
 
 
 def _plan(args: argparse.Namespace) -> PlanSettings:
@@ -130,15 +140,38 @@ def _traffic(args: argparse.Namespace) -> None:
     print(traffic_summary(truth))
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int | None:
     from hopscope.lab.lab import Lab, record
     from hopscope.lab.summary import manifest_summary
 
+    if args.live:
+        return _run_live(args)
+    if args.kafka or args.store:
+        raise ConfigError("--kafka and --store go with --live")
     impairments = parse_impairments(args.delay, args.loss)
     with Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
              ipv6=args.ipv6) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
     print("\n".join(manifest_summary(_skewed(args, path))))
+    return None
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from hopscope.lab.lab import Lab
+    from hopscope.lab.live import LiveOptions, LiveRun, score_lines
+
+    if args.clock_skew:
+        raise ConfigError("--clock-skew shifts recorded captures: it does not go with --live")
+    impairments = parse_impairments(args.delay, args.loss)
+    lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
+              ipv6=args.ipv6)
+    live = LiveRun(lab, args.out, LiveOptions(kafka=args.kafka, store=args.store))
+    # Each request's path names it: identical id-less requests are the one case no record can settle.
+    result = live.run(impairments, replace(_plan(args), tag_requests=True), args.seed, not args.no_overhead)
+    print(score_lines(result), end="")
+    return 0 if result.passed else 1
 
 
 def _skewed(args: argparse.Namespace, manifest: Path) -> Path:
@@ -186,8 +219,8 @@ def _check(args: argparse.Namespace) -> None:
           "all present")
 
 
-#: action -> what it does
-ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+#: action -> what it does (None or the exit status)
+ACTIONS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "up": _up, "traffic": _traffic, "down": _down, "run": _run, "samples": _samples, "status": _status,
     "check": _check,
 }  # fmt: skip
