@@ -129,6 +129,8 @@ PREREQUISITES: tuple[tuple[str, str], ...] = (
     ("tc", "Debian package iproute2"),
     ("iptables", "Debian package iptables"),
     ("iptables-restore", "Debian package iptables"),
+    ("ip6tables", "Debian package iptables"),
+    ("ip6tables-restore", "Debian package iptables"),
     ("sysctl", "Debian package procps"),
     ("tcpdump", "Debian package tcpdump"),
     ("ethtool", "Debian package ethtool"),
