@@ -481,7 +481,10 @@ def _apply_proxies(state: _State, nests: list[Nesting], partners: Mapping[str, s
         if n.share >= NEST_SHARE:
             by_leg[n.leg].append(n)
     for leg, cands in sorted(by_leg.items()):
-        cands.sort(key=lambda n: (n.median_gap_ns, -n.nested, n.at))
+        # a point on a network path (sharing connections) before another lone leg: every leg further
+        # along the path nests in (or around) it too, an egress leg around a server sidecar's leg
+        on_path = [c for c in cands if partners[c.at]]
+        cands = sorted(on_path or cands, key=lambda n: (n.median_gap_ns, -n.nested, n.at))
         best = cands[0]
         # the points further along the same path enclose it too, only less tightly: no rivals
         rival = next((c for c in cands[1:] if c.at != best.at and c.at not in partners[best.at]), None)
