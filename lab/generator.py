@@ -106,6 +106,10 @@ def one_request(
         # set by a client pod's egress sidecar: the id and socket of its upstream leg
         rec["egress_request_id"] = resp.getheader("x-hs-egress-request-id")
         rec["egress_local"] = resp.getheader("x-hs-egress-local")
+        # set by a server sidecar speaking mutual TLS: what its TLS leg carried
+        tls = {k: resp.getheader(f"x-hs-tls-{k}") for k in ("version", "peer", "resumed")}
+        if tls["version"]:
+            rec["tls"] = tls
         rec["server_closed"] = resp.will_close
     except ConnectionRefusedError:
         rec["error"] = "refused"  # RST in answer to the SYN

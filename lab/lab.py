@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hopscope.errors import ConfigError
-from hopscope.lab import services
+from hopscope.lab import mtls, services
 from hopscope.lab.build import Namespaces, build, iptables, offload_state
 from hopscope.lab.netns import (
     LabError,
@@ -42,6 +42,7 @@ from hopscope.lab.netns import (
     remove_prefix,
     run,
 )
+from hopscope.lab.pki import Pki, make_pki
 from hopscope.lab.plan import DNS_ZONE, PlanSettings, default_plan
 from hopscope.lab.topology import Topology, default_topology
 
@@ -72,7 +73,7 @@ class Lab:
     """One run of the lab: its namespaces (prefix ``hs<6 hex>-``), processes and run directory."""
 
     def __init__(self, overlay: str | None = None, prefix: str | None = None, sidecar: str = "envoy",
-                 client_sidecar: str = "none", ipv6: bool = False) -> None:
+                 client_sidecar: str = "none", ipv6: bool = False, mtls: bool = False) -> None:
         if sidecar not in services.SIDECARS:
             raise ConfigError(f"unknown server sidecar {sidecar!r} (known: {', '.join(services.SIDECARS)})")
         if client_sidecar not in services.CLIENT_SIDECARS:
@@ -87,6 +88,12 @@ class Lab:
         self.sidecar_version: str | None = None
         if ipv6 and overlay:
             raise ConfigError("--ipv6 with --overlay is not built: a dual-stack lab routes on the underlay")
+        if mtls and client_sidecar == "none":
+            raise ConfigError("--mtls needs a client sidecar (--client-sidecar envoy or haproxy): mutual TLS "
+                              "runs between the client pods' egress sidecars and the server sidecars")
+        #: the two sidecars speak mutual TLS to each other (certificates made at ``up``: ``lab.pki``)
+        self.mtls = mtls
+        self.pki: Pki | None = None
         if ipv6 and client_sidecar != "none":
             raise ConfigError("--ipv6 with a client sidecar is not built: the egress sidecars forward over IPv4")
         self.topo: Topology = default_topology(overlay, client_sidecar=client_sidecar != "none", ipv6=ipv6)
@@ -131,6 +138,8 @@ class Lab:
         self._is_up = True
         try:
             build(self.topo, self.ns)
+            if self.mtls:
+                self.pki = make_pki(self.run_dir / "pki", self._tls_leaves())
             self._start_services()
             self._write_state()
         except BaseException:
@@ -149,7 +158,9 @@ class Lab:
             app = services.start_app(self.ns[pod], pod, self.run_dir)
             sidecar = services.start_sidecar(self.sidecar, self.sidecar_binary, self.ns[pod], pod,
                                              self.topo.address_of(pod), self.run_dir,
-                                             self.topo.address_of(pod, family=6) if self.topo.ipv6 else None)
+                                             self.topo.address_of(pod, family=6) if self.topo.ipv6 else None,
+                                             tls=mtls.server_placeholders(self.sidecar, self.pki, pod)
+                                             if self.pki else None)
             waits += [(app, services.READY["app"]), (sidecar, services.READY[self.sidecar])]
         waits += self._start_egress()
         self.daemons += [d for d, _ in waits]
@@ -160,6 +171,11 @@ class Lab:
             else:
                 services.wait_ready(daemon, text, timeout=25)
 
+    def _tls_leaves(self) -> dict[str, tuple[str, ...]]:
+        """Every sidecar certificate's subject alt names (``--mtls``)."""
+        ips = {p: self.topo.address_of(p) for p in self.topo.servers}
+        return {**mtls.server_leaves(self.topo.servers, ips), **mtls.client_leaves(self.topo.clients)}
+
     def _start_egress(self) -> list[tuple[services.Daemon, str | None]]:
         """Each client pod's egress sidecar (none without ``client_sidecar``), with its readiness."""
         if self.client_sidecar == "none":
@@ -169,7 +185,9 @@ class Lab:
         self.client_sidecar_version = services.sidecar_version(self.client_sidecar, binary)
         web = next(s for s in self.topo.services if s.name == "web")
         return [(services.start_egress(self.client_sidecar, binary, self.ns[pod], pod, (web.cluster_ip, web.port),
-                                       self.run_dir), services.READY[self.client_sidecar])
+                                       self.run_dir, tls=mtls.egress_placeholders(self.client_sidecar, self.pki, pod)
+                                       if self.pki else None),
+                 services.READY[self.client_sidecar])
                 for pod in self.topo.clients]
 
     def down(self) -> list[str]:
@@ -226,6 +244,7 @@ class Lab:
             "sidecar_version": self.sidecar_version,
             "client_sidecar": self.client_sidecar,
             "client_sidecar_version": self.client_sidecar_version,
+            "mtls": self.mtls,
         }
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
@@ -246,7 +265,8 @@ class Lab:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         lab = cls(overlay=state.get("overlay"), prefix=prefix, sidecar=state.get("sidecar", "envoy"),
-                  client_sidecar=state.get("client_sidecar", "none"), ipv6=bool(state.get("ipv6")))
+                  client_sidecar=state.get("client_sidecar", "none"), ipv6=bool(state.get("ipv6")),
+                  mtls=bool(state.get("mtls")))
         lab.client_sidecar_version = state.get("client_sidecar_version")
         lab.envoy_binary = state.get("envoy")
         lab.envoy_version = state.get("envoy_version")
@@ -451,6 +471,7 @@ class Lab:
             "client_sidecar": {"kind": self.client_sidecar, "version": self.client_sidecar_version,
                                "listen": None if self.client_sidecar == "none"
                                else f"127.0.0.1:{services.EGRESS_PORT}"},
+            "mtls": mtls.manifest_entry(self._tls_leaves()) if self.mtls else None,
             "up_seconds": self.up_seconds,
             "topology": _topology_summary(topo, self.ns),
             "capture_points": captures,

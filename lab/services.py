@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hopscope.lab.mtls import PLAINTEXT
 from hopscope.lab.netns import LabError, ns_cmd
 
 HERE = Path(__file__).resolve().parent
@@ -167,19 +168,21 @@ def listen6(kind: str, pod_ip6: str | None) -> str:
     return f"    bind ipv6@{pod_ip6}:80"
 
 
-def envoy_config(pod_ip: str, pod: str, access_log: Path, pod_ip6: str | None = None) -> str:
+def envoy_config(pod_ip: str, pod: str, access_log: Path, pod_ip6: str | None = None,
+                 tls: dict[str, str] | None = None) -> str:
     """The sidecar's YAML config (lab/envoy.yaml filled in): listener pod_ip:80 (and pod_ip6:80) ->
-    127.0.0.1:8080."""
+    127.0.0.1:8080; ``tls``: the mutual-TLS pieces (``hopscope.lab.mtls``; default: plaintext)."""
     template = string.Template((HERE / "envoy.yaml").read_text())
     return template.substitute(
         pod=pod, pod_ip=pod_ip, access_log=access_log, admin_port=ENVOY_ADMIN_PORT, app_port=APP_PORT,
-        listen6=listen6("envoy", pod_ip6),
+        listen6=listen6("envoy", pod_ip6), **(tls or PLAINTEXT),
     )
 
 
-def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path, pod_ip6: str | None = None) -> Daemon:
+def start_envoy(binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path, pod_ip6: str | None = None,
+                tls: dict[str, str] | None = None) -> Daemon:
     cfg = run_dir / f"envoy-{pod}.yaml"
-    cfg.write_text(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log", pod_ip6))
+    cfg.write_text(envoy_config(pod_ip, pod, run_dir / f"envoy-{pod}-access.log", pod_ip6, tls))
     argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
     return start_daemon(f"envoy-{pod}", netns, argv, run_dir / f"envoy-{pod}.log", ready=None)
 
@@ -213,27 +216,28 @@ def sidecar_version(kind: str, binary: str) -> str:
     return text[0].strip() if text else ""
 
 
-def sidecar_config(kind: str, pod_ip: str, pod: str, run_dir: Path, pod_ip6: str | None = None) -> str:
+def sidecar_config(kind: str, pod_ip: str, pod: str, run_dir: Path, pod_ip6: str | None = None,
+                   tls: dict[str, str] | None = None) -> str:
     """The config of an nginx or haproxy sidecar: listener pod_ip:80 (and pod_ip6:80) -> the app on
-    127.0.0.1:8080."""
+    127.0.0.1:8080; ``tls``: the mutual-TLS pieces (``hopscope.lab.mtls``; default: plaintext)."""
     template = string.Template((HERE / _TEMPLATES[kind]).read_text())
     tmp_dir = run_dir / f"{kind}-{pod}-tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     return template.substitute(
         pod=pod, pod_ip=pod_ip, app_port=APP_PORT, run_dir=run_dir, tmp_dir=tmp_dir,
         access_log=run_dir / f"{kind}-{pod}-access.log", path_prefix=PATH_PREFIX[kind],
-        listen6=listen6(kind, pod_ip6),
+        listen6=listen6(kind, pod_ip6), **(tls or PLAINTEXT),
     )
 
 
 def start_sidecar(kind: str, binary: str, netns: str, pod: str, pod_ip: str, run_dir: Path,
-                  pod_ip6: str | None = None) -> Daemon:
+                  pod_ip6: str | None = None, tls: dict[str, str] | None = None) -> Daemon:
     """Start the server pod's sidecar of ``kind`` in its namespace (not yet waited for); with
     ``pod_ip6`` it listens on the pod's IPv6 address too."""
     if kind == "envoy":
-        return start_envoy(binary, netns, pod, pod_ip, run_dir, pod_ip6)
+        return start_envoy(binary, netns, pod, pod_ip, run_dir, pod_ip6, tls)
     cfg = run_dir / f"{kind}-{pod}{Path(_TEMPLATES[kind]).suffix}"
-    cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir, pod_ip6))
+    cfg.write_text(sidecar_config(kind, pod_ip, pod, run_dir, pod_ip6, tls))
     argv = [binary, "-c", str(cfg)] if kind == "nginx" else [binary, "-f", str(cfg), "-db"]
     return start_daemon(f"{kind}-{pod}", netns, argv, run_dir / f"{kind}-{pod}.log", ready=None)
 
@@ -245,19 +249,21 @@ EGRESS_PORT = 15001
 _EGRESS_TEMPLATES = {"envoy": "envoy-egress.yaml", "haproxy": "haproxy-egress.cfg"}
 
 
-def egress_config(kind: str, pod: str, service_ip: str, service_port: int) -> str:
-    """The config of a client pod's egress sidecar: 127.0.0.1:EGRESS_PORT -> the Service's ClusterIP."""
+def egress_config(kind: str, pod: str, service_ip: str, service_port: int, tls: dict[str, str] | None = None) -> str:
+    """The config of a client pod's egress sidecar: 127.0.0.1:EGRESS_PORT -> the Service's ClusterIP
+    (``tls``: the mutual-TLS pieces, ``hopscope.lab.mtls``; default: plaintext)."""
     template = string.Template((HERE / _EGRESS_TEMPLATES[kind]).read_text())
     return template.substitute(pod=pod, egress_port=EGRESS_PORT, admin_port=ENVOY_ADMIN_PORT,
-                               service_ip=service_ip, service_port=service_port)
+                               service_ip=service_ip, service_port=service_port, **(tls or PLAINTEXT))
 
 
-def start_egress(kind: str, binary: str, netns: str, pod: str, service: tuple[str, int], run_dir: Path) -> Daemon:
+def start_egress(kind: str, binary: str, netns: str, pod: str, service: tuple[str, int], run_dir: Path,
+                 tls: dict[str, str] | None = None) -> Daemon:
     """Start a client pod's egress sidecar of ``kind`` (envoy or haproxy) in its namespace (not waited for)."""
     if kind not in _EGRESS_TEMPLATES:
         raise LabError(f"unknown client sidecar {kind!r} (known: {', '.join(CLIENT_SIDECARS)})")
     cfg = run_dir / f"{kind}-{pod}-egress{Path(_EGRESS_TEMPLATES[kind]).suffix}"
-    cfg.write_text(egress_config(kind, pod, *service))
+    cfg.write_text(egress_config(kind, pod, *service, tls=tls))
     if kind == "envoy":
         argv = [binary, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1", "-l", "info"]
     else:

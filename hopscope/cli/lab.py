@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
     _ipv6_arg(p)
     _sidecar_arg(p)
+    _mtls_arg(p)
     p = acts.add_parser("traffic", help="drive traffic through a running lab (capture with --out)")
     p.add_argument("--prefix", help="the lab's prefix (default: the only one running)")
     p.add_argument("--server-sidecar", choices=["envoy", "nginx", "haproxy"],
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", choices=["vxlan"])
     _ipv6_arg(p)
     _sidecar_arg(p)
+    _mtls_arg(p)
     _traffic_args(p, out_required=True)
     _live_args(p)
     p = acts.add_parser("samples", help="regenerate the shipped sample captures")
@@ -47,6 +49,13 @@ def _ipv6_arg(p: argparse.ArgumentParser) -> None:
                    "half the web sessions (every other one, client by client) and the second client's attempts "
                    "on the dead Service go over IPv6, the rest, DNS and the long transfer over IPv4 (not with "
                    "--overlay or a client sidecar)")
+
+
+def _mtls_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mtls", action="store_true",
+                   help="the client and server sidecars speak mutual TLS to each other (a CA and one certificate "
+                   "per sidecar made at 'lab up', client certificates required, session tickets, the client "
+                   "sidecar's pooled upstream connections); needs --client-sidecar")
 
 
 def _sidecar_arg(p: argparse.ArgumentParser) -> None:
@@ -110,10 +119,10 @@ def _up(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import Lab
 
     lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
-              ipv6=args.ipv6).up()
+              ipv6=args.ipv6, mtls=args.mtls).up()
     lab.detach()
     print(f"lab {lab.prefix} up in {lab.up_seconds} s, server sidecar {lab.sidecar}, "
-          f"client sidecar {lab.client_sidecar} "
+          f"client sidecar {lab.client_sidecar}{', mutual TLS between them' if lab.mtls else ''} "
           f"(namespaces: {' '.join(lab.ns.all())})")
     print("next: hopscope lab traffic --out DIR   |   hopscope lab down")
 
@@ -150,7 +159,7 @@ def _run(args: argparse.Namespace) -> int | None:
         raise ConfigError("--kafka and --store go with --live")
     impairments = parse_impairments(args.delay, args.loss)
     with Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
-             ipv6=args.ipv6) as lab:
+             ipv6=args.ipv6, mtls=args.mtls) as lab:
         path = record(lab, args.out, impairments, _plan(args), args.seed, not args.no_overhead)
     print("\n".join(manifest_summary(_skewed(args, path))))
     return None
@@ -166,7 +175,7 @@ def _run_live(args: argparse.Namespace) -> int:
         raise ConfigError("--clock-skew shifts recorded captures: it does not go with --live")
     impairments = parse_impairments(args.delay, args.loss)
     lab = Lab(overlay=args.overlay, sidecar=args.server_sidecar, client_sidecar=args.client_sidecar,
-              ipv6=args.ipv6)
+              ipv6=args.ipv6, mtls=args.mtls)
     live = LiveRun(lab, args.out, LiveOptions(kafka=args.kafka, store=args.store))
     # Each request's path names it: identical id-less requests are the one case no record can settle.
     result = live.run(impairments, replace(_plan(args), tag_requests=True), args.seed, not args.no_overhead)
