@@ -19,7 +19,7 @@ from hopscope.api.auth import ScopeCheck
 from hopscope.api.config import ApiSettings
 from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
-from hopscope.api.routes import flows, requests, topology, traces
+from hopscope.api.routes import flows, packets, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
 from hopscope.api.tokens import TokenVerifier
 from hopscope.errors import ConfigError
@@ -63,7 +63,7 @@ def create_app(
     app.state.settings = settings
     app.state.heavy_gate = HeavyQueryGate(settings.max_heavy_queries)
     app.state.inventory = inventory
-    routers = [module.router for module in (flows, requests, traces, topology)]
+    routers = [module.router for module in (flows, requests, traces, topology, packets)]
     for router in routers:
         app.include_router(router)
     add_error_handlers(app)

@@ -26,6 +26,9 @@ class ApiSettings:
     max_heavy_queries: int = 4
     #: The Retry-After of a 429, seconds.
     retry_after_s: int = 1
+    #: Rolling packet store directories (agents' and probes' ``packets`` stores) whose packets the pcap
+    #: routes serve besides those the store's ``packet_index`` names.
+    packet_stores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_limit <= LIMIT_CEILING:
