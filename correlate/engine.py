@@ -217,6 +217,7 @@ def _links(stage: _Stage, times: Times, settings: CorrelateSettings, stats: dict
     group_of = np.array([groups.get(d, -1) for d in stage.obs.domains] or [0], dtype=np.int64)
     first_groups = group_of[stage.obs.domain[stage.order.first()]]
     view.clock_group = first_groups if len(np.unique(first_groups)) > 1 else None
+    stats["tls_links"] = proxy.link_tls(view, settings, links)
     stats["proxy_id_links"] = proxy.link_by_id(view, settings, links)
     stats["proxy_nested_links"] = proxy.link_nested(view, settings, links)
     stats["proxy_retry_links"] = proxy.link_retries(view, settings, links)
@@ -248,6 +249,7 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
     first_l, last_l = obs.label[first].tolist(), obs.label[last].tolist()
     label_rows = obs.label[order.rows].tolist()
     pick = [first.tolist()]
+    tls = np.array([cols["l7_proto"][r] == "tls" for r in pick[0]], dtype=bool)
     return proxy.SegmentView(
         method=[cols["method"][r] for r in pick[0]], path=[cols["path"][r] for r in pick[0]],
         http_host=[cols["http_host"][r].lower() for r in pick[0]],
@@ -261,6 +263,9 @@ def _segment_view(obs: ObsTable, order: SegmentOrder, times: Times) -> proxy.Seg
         first_host=[hosts[x] for x in first_l], last_host=[hosts[x] for x in last_l],
         labels=[tuple(label_rows[a:b]) for a, b in zip(order.starts.tolist(), order.ends.tolist(), strict=True)],
         last_label=last_l,
+        tls=tls if tls.any() else None,
+        req_bytes=np.asarray(cols["req_bytes"]).astype(np.int64)[first],
+        resp_bytes=np.asarray(cols["resp_bytes"]).astype(np.int64)[first],
     )
 
 

@@ -30,6 +30,18 @@ raises confidence, never a requirement. Three matchers, in this order:
   a 5xx) or followed a failed one, joins the downstream leg whose linked upstream leg it runs beside
   one after the other (one attempt ended before the other began), both inside the downstream
   exchange.
+
+Between two mutual-TLS sidecars the probe sees TLS exchanges (``l7_proto`` ``tls``: a client burst
+of records and the server burst answering it, ``hopscope.probes.l7.tls``), with no method, path,
+status, id or body length. ``link_tls`` runs first (so that an id shared by the plaintext legs on
+either side of the TLS hop does not join them past it) and links, by the nesting rule above
+(``tls:nested``; one-to-one in arrival order, the same ties and repairs): a TLS exchange starting on
+the host where a plaintext leg ends at a proxy hop (the client sidecar encrypting the request it
+received), then a plaintext leg starting at a proxy hop on the host where a TLS exchange ends (the
+server sidecar forwarding what it decrypted). What must hold besides the nesting: the exchange's
+bytes in each direction are at least the plaintext body lengths (encryption adds, never removes),
+and, once the client side is linked, the exchange carries its parent's request id, which must not
+differ from the server-side leg's id; where both are known and equal the link is ``tls:nested+id``.
 """
 
 from __future__ import annotations
@@ -91,6 +103,14 @@ class SegmentView:
     #: different groups have no trustworthy relative timing yet, so an id link between them skips the
     #: nesting check (``None``: one group)
     clock_group: I64 | None = None
+    #: TLS exchange segments (``l7_proto`` tls: no method, path, status, ids or body lengths), with
+    #: their request and response bytes (records included); ``None``: no TLS segment
+    tls: npt.NDArray[np.bool_] | None = None
+    req_bytes: I64 | None = None
+    resp_bytes: I64 | None = None
+    #: per TLS segment, the request id (x-request-id, else a traceparent's trace id) of the plaintext
+    #: leg it was linked under ('' unknown): what it carries encrypted (filled by ``link_tls``)
+    tls_ids: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +165,13 @@ def _same_request(view: SegmentView, p: int, s: int) -> bool:
     """Same method, and ``s`` does not pass where ``p`` ended (a retry's two attempts both end at the
     app: siblings). Host and path may differ: proxies rewrite both."""
     return view.method[p] == view.method[s] and view.last_label[p] not in view.labels[s]
+
+
+def _paths_agree(view: SegmentView, p: int, s: int) -> bool:
+    """``path_agrees`` of two segments; a TLS exchange shows no path, so nothing disagrees with it."""
+    if view.tls is not None and (view.tls[p] or view.tls[s]):
+        return True
+    return path_agrees(view.path[p], view.path[s])
 
 
 def path_agrees(down: str, up: str) -> bool:
@@ -250,11 +277,12 @@ def link_nested(view: SegmentView, settings: CorrelateSettings, links: Links) ->
     parents: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     # an upstream leg that ends at a non-proxy hop (sidecar -> app) never carries a request onwards
     upstream_end = view.first_proxy & ~view.last_proxy
-    for p in np.flatnonzero(~has_child & ~upstream_end).tolist():
+    plain = ~view.tls if view.tls is not None else np.ones(len(view.method), dtype=bool)
+    for p in np.flatnonzero(~has_child & ~upstream_end & plain).tolist():
         key = (view.last_host[p], view.method[p])  # Host and path: proxies rewrite them
         parents[key].append((int(view.req_last_ns[p]), p))
     children: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for s in np.flatnonzero(links.parent < 0).tolist():
+    for s in np.flatnonzero((links.parent < 0) & plain).tolist():
         key = (view.first_host[s], view.method[s])
         if key in parents:
             children[key].append((int(view.req_first_ns[s]), s))
@@ -326,7 +354,7 @@ def _fifo(view: SegmentView, plist: list[tuple[int, int]], times: list[int], kid
             if answered_ns and answered_ns < t - slack:
                 free.take(i)  # closed for this leg and every later one
             elif _child_fits(view, p, s, slack) and groups.find(p) != groups.find(s):
-                if path_agrees(view.path[p], view.path[s]):
+                if _paths_agree(view, p, s):
                     chosen = i
                     break
                 first_fit = i if first_fit < 0 else first_fit
@@ -358,7 +386,7 @@ def _best_among_ties(view: SegmentView, plist: list[tuple[int, int]], times: lis
     def rank(i: int) -> tuple[bool, int]:
         p = plist[i][1]
         h = _handover(view, p, s)
-        return (not path_agrees(view.path[p], view.path[s]),
+        return (not _paths_agree(view, p, s),
                 abs(h - usual) if h is not None and usual is not None else 0)
 
     i = free.find(chosen + 1)
@@ -399,7 +427,7 @@ def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], k
         chosen = chosen_of.get(s, -1)
         if chosen < 0:
             continue
-        agrees = path_agrees(view.path[plist[chosen][1]], view.path[s])
+        agrees = _paths_agree(view, plist[chosen][1], s)
         hi = bisect.bisect_right(times, t + slack)
         # an equal leg that arrived before the chosen one and was still free would have been chosen
         for i in range(chosen + 1, min(hi, chosen + 1 + NESTED_CANDIDATES)):
@@ -407,7 +435,7 @@ def _queued(view: SegmentView, plist: list[tuple[int, int]], times: list[int], k
             answered_ns = int(view.resp_last_ns[p])
             if i == chosen or forwarded_ns.get(i, t + 1) < t or (answered_ns and answered_ns < t - slack):
                 continue
-            if path_agrees(view.path[p], view.path[s]) == agrees and _child_fits(view, p, s, slack):
+            if _paths_agree(view, p, s) == agrees and _child_fits(view, p, s, slack):
                 out.add(s)
                 if i in owner:
                     out.add(owner[i])
@@ -529,9 +557,14 @@ def _descends(links: Links, p: int, s: int) -> bool:
 def _link_nested(view: SegmentView, links: Links, groups: _UnionFind, p: int, s: int, ambiguous: bool) -> None:
     groups.union(s, p)
     links.parent[s] = p
-    links.reason[s] = Reason.PROXY_NESTED.value
-    confidence = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[Reason.PROXY_NESTED]
-    if not path_agrees(view.path[p], view.path[s]):
+    reason = Reason.PROXY_NESTED
+    if view.tls is not None and (view.tls[p] or view.tls[s]):
+        reason = Reason.TLS_NESTED_ID if _tls_id_agrees(view, p, s) else Reason.TLS_NESTED
+    links.reason[s] = reason.value
+    confidence = BASE_CONFIDENCE[reason]
+    if ambiguous:
+        confidence = min(confidence, AMBIGUOUS_NESTED_CONFIDENCE)
+    if not _paths_agree(view, p, s):
         confidence *= PATH_DISAGREES_FACTOR
     links.confidence[s] = confidence
 
@@ -581,7 +614,10 @@ def _statuses_fit(view: SegmentView, p: int, s: int) -> bool:
 def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
     if p == s or not (view.last_proxy[p] or view.first_proxy[s]):
         return False  # one of the two legs must touch a proxy hop
-    if not _statuses_fit(view, p, s):
+    if view.tls is not None and (view.tls[p] or view.tls[s]):
+        if not _tls_fits(view, p, s):
+            return False
+    elif not _statuses_fit(view, p, s):
         return False
     if view.last_label[p] in view.labels[s]:
         return False  # the upstream leg never passes where the downstream leg ended
@@ -590,6 +626,67 @@ def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
         return False  # the upstream response must reach the proxy before it answers downstream
     ep, es = int(view.resp_end_last_ns[p]), int(view.resp_end_first_ns[s])
     return ep == 0 or es == 0 or es <= ep + slack_ns  # ... and so must its last byte
+
+
+def _tls_fits(view: SegmentView, p: int, s: int) -> bool:
+    """A TLS exchange and a plaintext leg on either side of it (never two exchanges): the exchange's
+    bytes hold the plaintext's bodies, and the id it carries (when known) is the plaintext leg's."""
+    assert view.tls is not None and view.req_bytes is not None and view.resp_bytes is not None
+    if view.tls[p] == view.tls[s]:
+        return False
+    exchange, plain = (p, s) if view.tls[p] else (s, p)
+    if view.req_body is not None and view.req_bytes[exchange] < view.req_body[plain]:
+        return False
+    if view.resp_body is not None and view.resp_bytes[exchange] < view.resp_body[plain]:
+        return False
+    if view.tls[p] and view.tls_ids is not None:
+        carried, own = view.tls_ids[p], _request_id(view, s)
+        return not (carried and own and carried != own)
+    return True
+
+
+def _request_id(view: SegmentView, s: int) -> str:
+    """A plaintext leg's request id: its x-request-id, else its traceparent's trace id, else ''."""
+    return view.ids["x_request_id"][s] or view.ids["traceparent"][s]
+
+
+def _tls_id_agrees(view: SegmentView, p: int, s: int) -> bool:
+    if view.tls_ids is None or view.tls is None or not view.tls[p]:
+        return False
+    carried = view.tls_ids[p]
+    return bool(carried) and carried == _request_id(view, s)
+
+
+def link_tls(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
+    """Link TLS exchanges to the plaintext legs around them (module docstring); returns links made.
+
+    Client side first (plaintext leg ending at a proxy hop -> exchange starting on that host), then
+    each linked exchange takes its parent's request id, then the server side (exchange -> plaintext
+    leg starting at a proxy hop on the host where the exchange ends)."""
+    if view.tls is None or not view.tls.any():
+        return 0
+    tls = view.tls
+    groups = _UnionFind(len(links.parent))
+    plain_end = np.flatnonzero(~tls & view.last_proxy).tolist()
+    made = _assign_by_host(view, settings, links, groups, plain_end,
+                           np.flatnonzero(tls & (links.parent < 0)).tolist())
+    view.tls_ids = [_request_id(view, int(links.parent[x])) if tls[x] and links.parent[x] >= 0 else ""
+                    for x in range(len(tls))]
+    kids = np.flatnonzero(~tls & view.first_proxy & (links.parent < 0)).tolist()
+    return made + _assign_by_host(view, settings, links, groups, np.flatnonzero(tls).tolist(), kids)
+
+
+def _assign_by_host(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,
+                    parents: list[int], children: list[int]) -> int:
+    """``_assign_nested`` per host: parents by the host they end on, children by the one they start on."""
+    by_host: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for p in parents:
+        by_host[view.last_host[p]].append((int(view.req_last_ns[p]), p))
+    kids: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for s in children:
+        if view.first_host[s] in by_host:
+            kids[view.first_host[s]].append((int(view.req_first_ns[s]), s))
+    return sum(_assign_nested(view, settings, sorted(by_host[h]), sorted(k), links, groups) for h, k in kids.items())
 
 
 def is_proxy_kind(kind: str) -> bool:

@@ -22,6 +22,9 @@ class Reason(enum.StrEnum):
     PROXY_B3 = "proxy:b3"
     PROXY_NESTED = "proxy:nested"  # same method, status and body lengths, nested in time, one-to-one
     PROXY_RETRY = "proxy:retry"  # another attempt of a request whose downstream leg is linked already
+    TLS_NESTED = "tls:nested"  # a TLS exchange nested in a plaintext leg, or a plaintext leg in one
+    #: ... and the request id of the plaintext leg before the TLS hop is the one after it
+    TLS_NESTED_ID = "tls:nested+id"
 
 
 #: Base confidence of each reason when every anchor agreed.
@@ -35,6 +38,8 @@ BASE_CONFIDENCE: Final[dict[Reason, float]] = {
     Reason.PROXY_B3: 0.97,
     Reason.PROXY_NESTED: 0.8,
     Reason.PROXY_RETRY: 0.7,
+    Reason.TLS_NESTED: 0.8,
+    Reason.TLS_NESTED_ID: 0.95,
 }
 
 #: Multiplier per missing confirming anchor (e.g. syn_seq or resp_tcp_seq not seen at one side).

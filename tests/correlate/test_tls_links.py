@@ -1,0 +1,134 @@
+"""TLS exchanges linked to the plaintext legs around them, on crafted records shaped as the mutual-TLS
+lab makes them: the client app's leg on the client pod's loopback (a proxy hop), the egress sidecar's
+TLS exchange on a pooled connection (client pod NIC, server pod NIC: no method, path, status or id,
+only seqs, times and byte counts), the server sidecar's leg to the app on the server pod's loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from hopscope.correlate import CorrelateSettings, Correlator, StitchResult
+from hopscope.records import Batch, RequestRecord
+
+T0 = 1_700_000_000_000_000_000
+US = 1_000
+_IDS = itertools.count(1)
+TLS_OVERHEAD = 29  # a TLS 1.2 AES-GCM record: 5 header + 8 nonce + 16 tag bytes
+
+
+@dataclasses.dataclass
+class Request:
+    """One request through both sidecars: times in µs after T0 at the client app's leg."""
+
+    start_us: int
+    tls_conn: int  # syn_seq of the pooled TLS connection it rides
+    tls_offset: int  # byte offset of its exchange on that connection
+    app_conn: int  # syn_seq of the client app's connection (and of the server sidecar's upstream one + 1)
+    service_us: int = 300  # time the app takes
+    resp_body: int = 16
+    xrid: str = ""  # the client app's own id (the sidecars pass it on)
+    upstream_xrid: str = ""  # the id the server sidecar's upstream leg carries ('' : xrid)
+    status: int = 200
+    forward_us: int = 10  # time the egress sidecar takes to send it on
+
+    def records(self) -> list[RequestRecord]:
+        # client app -> egress sidecar (client pod loopback) at t; its exchange leaves the client pod
+        # forward_us later and takes 40 µs to the server pod; the app leg starts 20 µs after that
+        t, e0 = self.start_us, self.start_us + self.forward_us
+        e1, c0 = e0 + 40, e0 + 60
+        c_resp = c0 + self.service_us
+        a = self._rec("client-egress", "client", "proxy", "http", self.app_conn, 0, t, c_resp + 70, self.resp_body)
+        tls = [self._rec(p, h, "pod", "tls", self.tls_conn, self.tls_offset, req, resp, 0,
+                         req_bytes=300 + TLS_OVERHEAD, resp_bytes=self.resp_body + 120 + TLS_OVERHEAD)
+               for p, h, req, resp in (("client-pod", "client", e0, c_resp + 60),
+                                       ("server-pod", "server", e1, c_resp + 20))]
+        c = self._rec("server-app", "server", "proxy", "http", self.app_conn + 1000, 0, c0, c_resp, self.resp_body,
+                      xrid=self.upstream_xrid or self.xrid)
+        return [a, *tls, c]
+
+    def _rec(self, point: str, host: str, kind: str, proto: str, conn: int, offset: int, req_us: int, resp_us: int,
+             resp_body: int, xrid: str | None = None, req_bytes: int = 300, resp_bytes: int = 0) -> RequestRecord:
+        http = proto == "http"
+        return RequestRecord(
+            point=point, host=host, hop_kind=kind, iface="eth0", l7_proto=proto, proto=6, request_id=next(_IDS),
+            method="GET" if http else "", path="/ok" if http else "", status=self.status if http else 0,
+            syn_seq=conn, synack_seq=conn + 7, req_tcp_seq=conn + 1 + offset, resp_tcp_seq=conn + 8 + offset,
+            req_first_ns=T0 + req_us * US, req_last_ns=T0 + req_us * US + 5 * US,
+            resp_first_ns=T0 + resp_us * US, resp_last_ns=T0 + resp_us * US + 5 * US,
+            x_request_id=(self.xrid if xrid is None else xrid) if http else "",
+            req_bytes=req_bytes, resp_bytes=resp_bytes or resp_body + 120, resp_body_bytes=resp_body if http else 0)
+
+
+def chains(requests: list[Request], records: list[RequestRecord] | None = None,
+           ) -> tuple[StitchResult, list[tuple[tuple[int, ...], tuple[str, ...]]]]:
+    """Stitch; per trace, the connections (syn_seq) of its hops in order and their link reasons."""
+    records = records if records is not None else [r for q in requests for r in q.records()]
+    res = Correlator(CorrelateSettings()).stitch(Batch.from_records(RequestRecord, records), version_ns=1)
+    conn_of = {r.request_id: (r.syn_seq, r.req_tcp_seq) for r in records}
+    cols = res.spans.columns
+    hops = list(zip(cols["trace_id"], cols["request_id"].tolist(), cols["link_reason"], strict=True))  # type: ignore[union-attr]
+    out = []
+    for t in res.traces.columns["trace_id"]:
+        mine = [(conn_of[r], why) for tid, r, why in hops if tid == t]
+        out.append((tuple(c[0] for c, _ in mine), tuple(w for _, w in mine)))
+    return res, sorted(out)
+
+
+CHAIN = ("origin", "tls:nested", "l7:req_tcp_seq", "tls:nested")
+
+
+def test_requests_on_one_pooled_tls_connection_are_chained_through_their_exchanges() -> None:
+    reqs = [Request(i * 2_000, tls_conn=10_000, tls_offset=i * 500, app_conn=100 + i) for i in range(4)]
+    res, got = chains(reqs)
+    assert got == [((100 + i, 10_000, 10_000, 1100 + i), CHAIN) for i in range(4)]
+    assert res.stats["tls_links"] == 8
+
+
+def test_an_id_on_both_sides_of_the_tls_hop_confirms_the_server_side_link() -> None:
+    reqs = [Request(0, 10_000, 0, 100, xrid="a1"), Request(2_000, 10_000, 500, 101)]
+    records = [r for q in reqs for r in q.records()]
+    res, got = chains(reqs, records)
+    assert got == [((100, 10_000, 10_000, 1100), ("origin", "tls:nested", "l7:req_tcp_seq", "tls:nested+id")),
+                   ((101, 10_000, 10_000, 1101), CHAIN)]
+    conf = dict(zip(res.spans.columns["request_id"].tolist(), res.spans.columns["link_confidence"], strict=True))  # type: ignore[union-attr]
+    app = [r for r in records if r.point == "server-app"]
+    assert [round(conf[r.request_id], 2) for r in app] == [0.95, 0.8]
+
+
+def test_concurrent_requests_on_two_tls_connections_pair_in_arrival_order() -> None:
+    """Two requests 100 µs apart ride two pooled connections; the second is answered first (a
+    quicker app call): each exchange still nests in its own legs only."""
+    reqs = [Request(0, 10_000, 0, 100, service_us=900), Request(100, 20_000, 0, 101, service_us=200)]
+    _, got = chains(reqs)
+    assert got == [((100, 10_000, 10_000, 1100), CHAIN), ((101, 20_000, 20_000, 1101), CHAIN)]
+
+
+def test_the_exchange_must_hold_the_plaintext_body() -> None:
+    """The egress sidecar sends a later small request on before an earlier big one: in arrival order
+    the first exchange (136 bytes of response) would pair with the big request's leg, and only moving
+    pairs would repair it (ambiguous); a 136-byte exchange cannot hold a 60,000-byte body, so the
+    bytes pair both at once."""
+    big = Request(0, 20_000, 0, 100, resp_body=60_000, service_us=900, forward_us=200)
+    small = Request(100, 10_000, 0, 101, forward_us=5)
+    res, got = chains([big, small])
+    assert got == [((100, 20_000, 20_000, 1100), CHAIN), ((101, 10_000, 10_000, 1101), CHAIN)]
+    cols = res.spans.columns
+    assert {round(float(c), 2) for c, why in zip(cols["link_confidence"], cols["link_reason"], strict=True)
+            if why == "tls:nested"} == {0.8}
+
+
+def test_a_server_leg_whose_id_differs_from_the_one_the_exchange_carries_is_not_linked_to_it() -> None:
+    """The exchange carries the client's id "a1"; the only app leg nested in it carries "zz" (it is
+    another request's): no link, the app leg stays a trace of its own."""
+    req = Request(0, 10_000, 0, 100, xrid="a1", upstream_xrid="zz")
+    _, got = chains([req])
+    assert got == [((100, 10_000, 10_000), ("origin", "tls:nested", "l7:req_tcp_seq")), ((1100,), ("origin",))]
+
+
+def test_an_exchange_with_no_plaintext_leg_around_it_stays_alone() -> None:
+    """Only the TLS hop was captured: the exchange is a trace of its own (l7_proto tls), not forced
+    onto anything."""
+    records = [r for r in Request(0, 10_000, 0, 100).records() if r.l7_proto == "tls"]
+    res = Correlator(CorrelateSettings()).stitch(Batch.from_records(RequestRecord, records), version_ns=1)
+    assert res.traces.columns["l7_proto"] == ["tls"] and res.stats["tls_links"] == 0
