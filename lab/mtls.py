@@ -73,10 +73,10 @@ def server_placeholders(kind: str, pki: Pki, pod: str) -> dict[str, str]:
                    "session_ticket_keys": {"keys": [{"filename": str(pki.ticket_key)}]},
                    "common_tls_context": _envoy_common(pki, pod, {"san_type": "URI",
                                                                   "matcher": {"prefix": "spiffe://"}})}
-        headers = [{"header": {"key": key, "value": value}} for key, value in (
+        added = [{"header": {"key": key, "value": value}} for key, value in (
             ("x-hs-tls-version", "%DOWNSTREAM_TLS_VERSION%"), ("x-hs-tls-peer", "%DOWNSTREAM_PEER_SUBJECT%"))]
         return {**PLAINTEXT, "downstream_tls": _flow("transport_socket", {"name": _TLS, "typed_config": context}),
-                "tls_response_headers": _flow("response_headers_to_add", headers)}
+                "tls_response_headers": _flow("response_headers_to_add", added)}
     if kind == "nginx":
         directives = [
             f"ssl_certificate {ident.cert};", f"ssl_certificate_key {ident.key};",
