@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Query, Request
 
 from hopscope.api.auth import PrincipalDep
 from hopscope.api.config import LIMIT_CEILING, ApiSettings
+from hopscope.api.shards import note_store
 from hopscope.store import Store
 from hopscope.store.query import FilterValue
 
@@ -20,9 +21,10 @@ from hopscope.store.query import FilterValue
 def get_store(request: Request, principal: PrincipalDep) -> Store:
     if principal.tenant is None:
         store: Store = request.app.state.store
-        return store
-    tenant_store: Store = request.app.state.tenant_stores[principal.tenant]  # create_app checked it exists
-    return tenant_store
+    else:
+        store = request.app.state.tenant_stores[principal.tenant]  # create_app checked it exists
+    note_store(request.scope.setdefault("state", {}), store)  # for X-Hopscope-Missing-Shards
+    return store
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -15,8 +15,9 @@ Capture
 Health
     Every ``report_interval_s`` one log line: the points captured, Kafka's state, the buffer, and per
     point the kernel's packets and drops, the records handed over and the publish lag (age of its oldest
-    batch not yet acknowledged). ``run`` returns the same as an ``AgentSummary``, with the points that
-    stopped during the run.
+    batch not yet acknowledged), and with the configuration's ``packets`` on, the packets its rolling
+    packet store kept and dropped (``hopscope.probes.packet_store``). ``run`` returns the same as an
+    ``AgentSummary``, with the points that stopped during the run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hopscope.probes.agent_config import AgentConfig
 from hopscope.probes.agent_discovery import PointSpec, discover_points
 from hopscope.probes.live import LIVE_SWEEP_S, LiveProbe, ProbeSettings, RingSettings, compile_filter
 from hopscope.probes.meter import MeterConfig
+from hopscope.probes.packet_store import PacketStoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class PointHealth:
     records_sent: int = 0  # of those, acknowledged by the broker
     publish_lag_s: float = 0.0  # age of the point's oldest batch not yet acknowledged
     error: str = ""
+    pcap_kept: int = 0  # packets written to the point's rolling packet store (config ``packets``)
+    pcap_dropped: int = 0  # of those, dropped again with their segments (size or age limit) or never written
 
 
 @dataclass(slots=True)
@@ -125,6 +129,8 @@ class PointCapture:
             + summary.l7.get("evicted_connections", 0) + summary.l7.get("evicted_dns_queries", 0),
             summary.flow_records + summary.request_records, buffer.stats.records_sent_by_point.get(s.point, 0),
             round(buffer.lag_s(s.point), 3), self.error,
+            pcap_kept=summary.packet_store.get("packets", 0),
+            pcap_dropped=summary.packet_store.get("dropped_packets", 0) + summary.packet_store.get("write_errors", 0),
         )  # fmt: skip
 
 
@@ -157,8 +163,16 @@ class Agent:
             netns=spec.netns.path, bpf=c.bpf, l7=c.l7,
             ring=RingSettings(block_count=max(2, c.ring_mb), retire_ms=RETIRE_MS),
             meter=MeterConfig(max_flows=c.max_flows, sweep_every_s=LIVE_SWEEP_S),
-            report_interval_s=float(self.config.report_interval_s),
+            report_interval_s=float(self.config.report_interval_s), packet_store=self.packet_store_settings(),
         )  # fmt: skip
+
+    def packet_store_settings(self) -> PacketStoreSettings | None:
+        """Each point's rolling packet store, from the configuration's ``packets`` (None: off)."""
+        p = self.config.packets
+        if not p.enabled:
+            return None
+        return PacketStoreSettings(p.dir, max_bytes=p.max_mb << 20, max_age_s=float(p.max_age_s),
+                                   segment_bytes=p.segment_mb << 20)  # fmt: skip
 
     def rescan(self) -> None:
         """Start captures of new points, stop those of gone ones, collect those that ended."""
@@ -248,6 +262,7 @@ class Agent:
             f"{p.point} [{p.hop_kind or '-'} {p.state}] packets {p.kernel_packets} drops {p.kernel_drops} "
             f"skips {p.decode_skips} evictions {p.evictions} records {p.records} sent {p.records_sent} "
             f"lag {p.publish_lag_s:.1f}s"
+            + (f" pcap kept {p.pcap_kept} dropped {p.pcap_dropped}" if self.config.packets.enabled else "")
             for p in points if p.state != "stopped"
         )  # fmt: skip
         stats = self.buffer.stats

@@ -97,6 +97,17 @@ class InventoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PacketsConfig:
+    """The rolling packet store each point keeps on disk (``hopscope.probes.packet_store``)."""
+
+    enabled: bool
+    dir: str  # one directory per point below it
+    max_mb: int  # per point: all its segments together
+    max_age_s: int  # per point: segments whose last packet is older are dropped
+    segment_mb: int  # a segment is closed at this size (at most max_mb)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """One agent's configuration (deploy/k8s/README.md, "Agent configuration")."""
 
@@ -110,6 +121,7 @@ class AgentConfig:
     kafka: KafkaConfig
     inventory: InventoryConfig
     report_interval_s: int
+    packets: PacketsConfig = PacketsConfig(False, "/var/lib/hopscope/packets", 1024, 3600, 64)
 
 
 # --- checking -----------------------------------------------------------------------------------------
@@ -196,6 +208,9 @@ SECTIONS: Final[dict[str, dict[str, tuple[Callable[[str, object], Any], object]]
                 "max_flows": (_positive_int, 1_000_000)},
     "kafka": {"bootstrap": (_STR, REQUIRED), "topic_prefix": (_STR, "hopscope")},
     "inventory": {"kubernetes": (_BOOL, False)},
+    "packets": {"enabled": (_BOOL, False), "dir": (_STR, "/var/lib/hopscope/packets"),
+                "max_mb": (_positive_int, 1024), "max_age_s": (_positive_int, 3600),
+                "segment_mb": (_positive_int, 64)},
 }  # fmt: skip
 TOP: Final[dict[str, tuple[Callable[[str, object], Any], object]]] = {
     "schema": (_schema, REQUIRED), "host": (_STR, ""), "report_interval_s": (_positive_int, 10),
@@ -203,6 +218,7 @@ TOP: Final[dict[str, tuple[Callable[[str, object], Any], object]]] = {
 SECTION_TYPES: Final[dict[str, Callable[..., Any]]] = {
     "interfaces": InterfacesConfig, "namespaces": NamespacesConfig, "points": PointsConfig,
     "hop_kinds": HopKindsConfig, "capture": CaptureConfig, "kafka": KafkaConfig, "inventory": InventoryConfig,
+    "packets": PacketsConfig,
 }  # fmt: skip
 
 
@@ -257,6 +273,9 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> AgentConfig
     top = _fields("", raw, TOP, extra=frozenset(SECTIONS))
     sections = {name: SECTION_TYPES[name](**_fields(name, raw.get(name, {}), table))
                 for name, table in SECTIONS.items()}  # fmt: skip
+    packets = sections["packets"]
+    if packets.segment_mb > packets.max_mb:
+        raise ConfigError(f"packets.segment_mb: {packets.segment_mb} exceeds packets.max_mb ({packets.max_mb})")
     return AgentConfig(
         schema=top["schema"], host=top["host"] or socket.gethostname(),
         report_interval_s=top["report_interval_s"], **sections,

@@ -28,7 +28,10 @@ The probe
     SIGINT/SIGTERM to it), publishes FlowRecord and RequestRecord batches through a ``Publisher`` every
     ``publish_interval_s``, logs kernel drops, decode skips, evictions and table sizes every
     ``report_interval_s``, and on stop flushes the meter and the L7 tracker, publishes the rest and
-    returns a ``ProbeSummary``.
+    returns a ``ProbeSummary``. With ``packet_store`` settings it also keeps every metered packet in a
+    rolling packet store per point (``hopscope.probes.packet_store``: size and age limits, indexed by
+    flow), written as each block is metered, its index flushed and its limits applied every publish
+    interval; what it kept and dropped is in the summary.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from hopscope.probes.decode import Decoder
 from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
 from hopscope.probes.l7.feed import BlockFeeder
 from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.packet_store import PacketStore, PacketStoreSettings
 from hopscope.probes.readers import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PAD_BYTES, Interface, RawBlock
 from hopscope.probes.service import ServiceDetector
 from hopscope.records import Batch, FlowRecord, RequestRecord
@@ -528,6 +532,7 @@ class ProbeSettings:
     report_interval_s: float = 10.0
     read_timeout_ms: int = 100
     fanout: int | None = None  # PACKET_FANOUT group id: run several probes that share the traffic
+    packet_store: PacketStoreSettings | None = None  # keep the packets on disk, indexed by flow (None: not kept)
 
 
 @dataclass(slots=True)
@@ -547,6 +552,7 @@ class ProbeSummary:
     request_records: int = 0  # RequestRecords published
     meter: dict[str, int] = field(default_factory=dict)  # meter counters (evictions, ...)
     l7: dict[str, int] = field(default_factory=dict)  # L7Stats
+    packet_store: dict[str, int] = field(default_factory=dict)  # PacketStoreStats: packets kept and dropped
 
     @property
     def frames_per_busy_s(self) -> float:
@@ -567,6 +573,7 @@ class LiveProbe:
         self.decoder = Decoder(default_point=settings.point, resolve_point=resolve)
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
         self.services = ServiceDetector()  # FlowRecord.service, from the payloads of every block
+        self.packets = PacketStore(settings.packet_store, settings.host) if settings.packet_store else None
         self.l7: dict[str, BlockFeeder] = {}  # capture point name -> its L7 stage
         self.summary = ProbeSummary()
         self._flows: deque[Batch] = deque()  # flow records not yet published, oldest first
@@ -632,6 +639,8 @@ class LiveProbe:
     def _process(self, raw: RawBlock) -> None:
         block = self.decoder.decode(raw)
         closed = self.meter.process_batch(block)
+        if self.packets is not None:  # before the next read hands the ring's block back to the kernel
+            self.packets.add(raw, block, self.decoder.row_frames)
         self.services.observe(block)
         self._add_flows(closed)
         if not self.settings.l7 or not block.count:
@@ -694,6 +703,8 @@ class LiveProbe:
 
     def _publish(self, now_ns: int) -> None:
         self._publish_flows()
+        if self.packets is not None:
+            self.packets.maintain(now_ns)
         requests: list[RequestRecord] = []
         for feeder in self.l7.values():
             feeder.tracker.expire(now_ns)
@@ -709,6 +720,8 @@ class LiveProbe:
             feeder.tracker.flush()
         self._publish(time.time_ns())
         self.sink.flush()
+        if self.packets is not None:
+            self.packets.close()
 
     def _update_summary(self) -> None:
         stats, summary = self.ring.read_kernel_stats(), self.summary
@@ -721,6 +734,7 @@ class LiveProbe:
             for name, value in feeder.tracker.stats.as_dict().items():
                 totals[name] = totals.get(name, 0) + value
         summary.l7 = totals
+        summary.packet_store = self.packets.stats().as_dict() if self.packets is not None else {}
 
     def _report(self, elapsed_s: float) -> None:
         self._update_summary()

@@ -405,6 +405,12 @@ class ClusterStore(SqlStore):
         for sql in statements:
             self._via_entry(lambda n: n._execute(sql, settings=settings))  # noqa: B023 (run at once)
 
+    def check_schema(self) -> None:
+        """The single-server checks on the entry server, after learning the cluster's servers (so a
+        reader can go on through another one when the entry server stops)."""
+        self.replicas()
+        super().check_schema()
+
     def drop_schema(self) -> None:
         """Drop the database on every server of the cluster (every server must answer)."""
         if self.read_only:

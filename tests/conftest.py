@@ -13,6 +13,10 @@ import pytest
 
 KAFKA_BOOTSTRAP = os.environ.get("HOPSCOPE_KAFKA", "127.0.0.1:9092")
 CLICKHOUSE_URL = os.environ.get("HOPSCOPE_CLICKHOUSE", "clickhouse://127.0.0.1:9000/default")
+#: The cluster of deploy/clickhouse-cluster/start.sh (its first server; DB is each test's database).
+CLICKHOUSE_CLUSTER_URL = os.environ.get(
+    "HOPSCOPE_CLICKHOUSE_CLUSTER", "clickhouse://127.0.0.1:9101/DB?cluster=hopscope"
+)
 JAEGER_OTLP = os.environ.get("HOPSCOPE_JAEGER_OTLP", "http://127.0.0.1:4318")
 JAEGER_QUERY = os.environ.get("HOPSCOPE_JAEGER_QUERY", "http://127.0.0.1:16686")
 
@@ -40,6 +44,14 @@ def require_service(name: str, hostport: str) -> None:
 def kafka_bootstrap() -> str:
     require_service("Kafka", KAFKA_BOOTSTRAP)
     return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture
+def clickhouse_cluster() -> str:
+    """The cluster's store URL with ``DB`` where the database goes (tests marked ``clickhouse_cluster``).
+    Skips when its first server is not running, or fails when CI demands services."""
+    require_service("ClickHouse-cluster", CLICKHOUSE_CLUSTER_URL.split("//", 1)[1].split("/", 1)[0])
+    return CLICKHOUSE_CLUSTER_URL
 
 
 @pytest.fixture
