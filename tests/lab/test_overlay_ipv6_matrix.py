@@ -10,6 +10,7 @@ each dropped frame is known by the segment it carried.
 
 ``ipv6``: a dual-stack lab; half the web sessions go to the Service's IPv6 ClusterIP, through
 ip6tables DNAT and masquerade on node A, to the server sidecars' IPv6 listeners; the rest over IPv4.
+``ipv6-nginx`` and ``ipv6-haproxy``: the same behind the Debian sidecars (their IPv6 listen/bind).
 
 Each cell must stitch >= 99.9% of the requests across every hop in order with no false link, measure
 the injected delay within max(100 us, 5%) (the median over the link's requests), and pin every
@@ -38,7 +39,13 @@ from tests.lab.test_sidecar_matrix import CELL_DELAY_MS, CELL_SETTINGS
 
 pytestmark = pytest.mark.lab
 
-CELLS = ("vxlan", "ipv6")
+#: cell name -> Lab keyword arguments
+CELLS: dict[str, dict[str, Any]] = {
+    "vxlan": {"overlay": "vxlan"},
+    "ipv6": {"ipv6": True},
+    "ipv6-nginx": {"ipv6": True, "sidecar": "nginx"},
+    "ipv6-haproxy": {"ipv6": True, "sidecar": "haproxy"},
+}
 CELL_LOSS = 0.05
 FOREVER = 2**63 - 1
 
@@ -62,13 +69,13 @@ class Cell:
         return [t for t in self.analysis["traces"] if t["kind"] == "l7"]
 
 
-@pytest.fixture(scope="module", params=CELLS)
+@pytest.fixture(scope="module", params=list(CELLS))
 def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One recorded run of the cell's lab, analysed with ``hopscope analyze --manifest`` into a chDB store."""
     require_lab()
     name: str = request.param
     out = tmp_path_factory.mktemp(f"cell-{name}")
-    lab = Lab(overlay="vxlan") if name == "vxlan" else Lab(ipv6=True)
+    lab = Lab(**CELLS[name])
     try:
         lab.up()
         record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=CELL_DELAY_MS, loss=CELL_LOSS)], CELL_SETTINGS, seed=3)
@@ -144,7 +151,7 @@ def test_overlay_hop_is_the_inner_flow(cell: Cell) -> None:
     assert drops and all(d.get("encap") == "vxlan" and d["outer"]["dport"] == 4789 for d in drops if "proto" in d)
 
 
-@pytest.mark.parametrize("cell", ["ipv6"], indirect=True)
+@pytest.mark.parametrize("cell", ["ipv6", "ipv6-nginx", "ipv6-haproxy"], indirect=True)
 def test_half_the_sessions_go_over_ipv6_and_are_stored_as_such(cell: Cell) -> None:
     """Dual-stack: the requests to the IPv6 ClusterIP are answered, their traces carry IPv6 addresses at
     every network hop (the client's before node A's NAT, node A's after it), the app's leg stays on the
