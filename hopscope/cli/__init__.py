@@ -60,6 +60,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("store", "hopscope.cli.store", "create and inspect the store (ClickHouse server or chDB)"),
     Command("serve", "hopscope.cli.serve", "serve the REST API and the trace lookup UI"),
     Command("token", "hopscope.cli.token", "add, list or remove the API tokens of a token file (serve --token-file)"),
+    Command("pcap", "hopscope.cli.pcap", "write the packets of one stored trace (each hop's request exchange) "
+            "as pcapng"),
     Command("topology", "hopscope.cli.topology", "print the service map and the capture-point (path) topology "
             "of stored traces"),
     Command("lab", "hopscope.cli.lab", "the multi-hop namespaces lab (root): up, traffic, down, run, samples"),

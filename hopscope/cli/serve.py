@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "every trace")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (needs --tls-key)")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--packet-store", action="append", default=[], metavar="DIR",
+                        help="a rolling packet store directory of live probes or agents whose packets the pcap "
+                        "routes serve, besides those the store's packet index names (repeatable)")
     parser.add_argument("--store-connections", type=lambda t: int(positive(t)), metavar="N",
                         help=f"store connections, one per running query (default: max heavy queries + "
                         f"{LOOKUP_CONNECTIONS})")
@@ -235,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         store_url=args.store,
         allowed_hosts=allowed_hosts(args.host, args.allowed_host),
         max_heavy_queries=args.max_heavy_queries,
+        packet_stores=tuple(args.packet_store),
     )
     inventory = load_inventory(args.inventory) if args.inventory else None
     store, tenant_stores = open_stores(args, access)
