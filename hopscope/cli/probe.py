@@ -3,6 +3,7 @@
     hopscope probe --iface IF --point NAME [--netns NS] [--kafka BOOTSTRAP [--topic-prefix PREFIX]]
                    [--out FILE] [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--seconds N]
                    [--ring-mb N] [--max-flows N] [--max-connections N] [--report-interval S]
+                   [--packet-store DIR [--packet-store-mb N] [--packet-store-age S]]
 
 Runs until SIGINT or SIGTERM (then flushes what it holds, prints a summary and exits 0). Records go to
 Kafka (``--kafka``, the topics of ``hopscope.transport``), or to ``--out`` (``.jsonl``: one JSON record
@@ -25,6 +26,7 @@ from hopscope.records import HopKind
 
 if TYPE_CHECKING:
     from hopscope.probes.live import ProbeSettings, RecordSink
+    from hopscope.probes.packet_store import PacketStoreSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "frames, longer than the meter's sweep)")
     p.add_argument("--max-flows", type=int, default=1_000_000, help="flow table limit (then: counted evictions)")
     p.add_argument("--max-connections", type=int, default=65_536, help="HTTP/DNS-over-TCP connections tracked")
+    p.add_argument("--packet-store", metavar="DIR", help="keep the packets in a rolling packet store here, indexed "
+                   "by flow, for hopscope pcap and serve --packet-store (default: not kept)")
+    p.add_argument("--packet-store-mb", type=int, default=1024, metavar="N",
+                   help="the packet store's size limit per point, MiB; beyond, the oldest segments are dropped")
+    p.add_argument("--packet-store-age", type=int, default=3600, metavar="SECONDS",
+                   help="segments whose last packet is older are dropped (default 3600)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +107,16 @@ def _settings(args: argparse.Namespace) -> ProbeSettings:
         l7=not args.no_l7, fanout=args.fanout, report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
         meter=MeterConfig(max_flows=args.max_flows, sweep_every_s=LIVE_SWEEP_S),
-        l7_settings=L7Settings(max_connections=args.max_connections),
+        l7_settings=L7Settings(max_connections=args.max_connections), packet_store=_packet_store(args),
         **({"host": args.host} if args.host else {}),
     )  # fmt: skip
+
+
+def _packet_store(args: argparse.Namespace) -> PacketStoreSettings | None:
+    from hopscope.probes.packet_store import PacketStoreSettings
+
+    if not args.packet_store:
+        return None
+    max_bytes = args.packet_store_mb << 20
+    return PacketStoreSettings(args.packet_store, max_bytes=max_bytes, max_age_s=float(args.packet_store_age),
+                               segment_bytes=min(64 << 20, max_bytes))  # fmt: skip
