@@ -39,9 +39,10 @@ either side of the TLS hop does not join them past it) and links, by the nesting
 the host where a plaintext leg ends at a proxy hop (the client sidecar encrypting the request it
 received), then a plaintext leg starting at a proxy hop on the host where a TLS exchange ends (the
 server sidecar forwarding what it decrypted). What must hold besides the nesting: the exchange's
-bytes in each direction are at least the plaintext body lengths (encryption adds, never removes),
-and, once the client side is linked, the exchange carries its parent's request id, which must not
-differ from the server-side leg's id; where both are known and equal the link is ``tls:nested+id``.
+bytes in each direction are at least the plaintext body lengths (encryption adds, never removes).
+Once the client side is linked, the exchange carries its parent's request id; where the server-side
+leg has the same one the link is ``tls:nested+id`` (a different id proves nothing: a server sidecar
+may replace the id, as nginx and haproxy do in the lab).
 """
 
 from __future__ import annotations
@@ -630,19 +631,14 @@ def _child_fits(view: SegmentView, p: int, s: int, slack_ns: int) -> bool:
 
 def _tls_fits(view: SegmentView, p: int, s: int) -> bool:
     """A TLS exchange and a plaintext leg on either side of it (never two exchanges): the exchange's
-    bytes hold the plaintext's bodies, and the id it carries (when known) is the plaintext leg's."""
+    bytes hold the plaintext's bodies."""
     assert view.tls is not None and view.req_bytes is not None and view.resp_bytes is not None
     if view.tls[p] == view.tls[s]:
         return False
     exchange, plain = (p, s) if view.tls[p] else (s, p)
     if view.req_body is not None and view.req_bytes[exchange] < view.req_body[plain]:
         return False
-    if view.resp_body is not None and view.resp_bytes[exchange] < view.resp_body[plain]:
-        return False
-    if view.tls[p] and view.tls_ids is not None:
-        carried, own = view.tls_ids[p], _request_id(view, s)
-        return not (carried and own and carried != own)
-    return True
+    return view.resp_body is None or bool(view.resp_bytes[exchange] >= view.resp_body[plain])
 
 
 def _request_id(view: SegmentView, s: int) -> str:
