@@ -15,13 +15,13 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from hopscope import __version__
+from hopscope.api import metrics
 from hopscope.api.auth import ScopeCheck
 from hopscope.api.config import ApiSettings
 from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
 from hopscope.api.routes import flows, packets, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
-from hopscope.api.shards import MissingShardsHeader, cluster_status
 from hopscope.api.tokens import TokenVerifier
 from hopscope.errors import ConfigError
 from hopscope.store import Store
@@ -69,12 +69,12 @@ def create_app(
         app.include_router(router)
     add_error_handlers(app)
     _state_max_limit(app, settings.max_limit, routers)
+    metrics.install(app)  # /metrics (scope metrics:read); innermost middleware: it sees the matched route
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The last added runs first: security headers on every answer, Host checked before anything else.
     app.add_middleware(HeadAsGet)
     app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(MissingShardsHeader)  # outermost: the scope's state is created before HeadAsGet copies it
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -82,11 +82,7 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, object]:
-        health: dict[str, object] = {"status": "ok", "store": store.url, "degradations": store.degradations()}
-        cluster = cluster_status(store)
-        if cluster is not None:
-            health["cluster"] = cluster
-        return health
+        return {"status": "ok", "store": store.url, "degradations": store.degradations()}
 
     return app
 

@@ -18,8 +18,9 @@ The file is JSON, written whole to a temporary file and renamed over the old one
                                "salt": "<32 hex>", "sha256": "<64 hex>"}]}
 
 Scopes (``SCOPES``): ``traces:read`` reads traces, flows, requests and topology; ``pcap:read`` will
-read packet captures; ``admin`` grants every scope. ``tenant`` names the store the token reads (the
-``--tenant-store`` of ``hopscope serve``); none reads the server's ``--store``.
+read packet captures; ``metrics:read`` reads the server's Prometheus metrics (``/metrics``: what a
+Prometheus scrape needs, nothing more); ``admin`` grants every scope. ``tenant`` names the store the
+token reads (the ``--tenant-store`` of ``hopscope serve``); none reads the server's ``--store``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from hopscope.errors import ConfigError
 
 TRACES_READ = "traces:read"
 PCAP_READ = "pcap:read"
+METRICS_READ = "metrics:read"
 ADMIN = "admin"
 #: Every scope a token may hold; ``admin`` implies the others.
-SCOPES: tuple[str, ...] = (TRACES_READ, PCAP_READ, ADMIN)
+SCOPES: tuple[str, ...] = (TRACES_READ, PCAP_READ, METRICS_READ, ADMIN)
 
 TOKEN_PREFIX = "hst_"
 TOKEN_BYTES = 32  # 256 bits
