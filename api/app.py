@@ -22,6 +22,7 @@ from hopscope.api.deps import HeavyQueryGate
 from hopscope.api.errors import add_error_handlers
 from hopscope.api.routes import flows, packets, requests, topology, traces
 from hopscope.api.security import HeadAsGet, HostGuard, SecurityHeaders
+from hopscope.api.shards import MissingShardsHeader, cluster_status
 from hopscope.api.tokens import TokenVerifier
 from hopscope.errors import ConfigError
 from hopscope.store import Store
@@ -75,6 +76,7 @@ def create_app(
     app.add_middleware(HeadAsGet)
     app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(MissingShardsHeader)  # outermost: the scope's state is created before HeadAsGet copies it
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -82,7 +84,11 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, object]:
-        return {"status": "ok", "store": store.url, "degradations": store.degradations()}
+        health: dict[str, object] = {"status": "ok", "store": store.url, "degradations": store.degradations()}
+        cluster = cluster_status(store)
+        if cluster is not None:
+            health["cluster"] = cluster
+        return health
 
     return app
 
