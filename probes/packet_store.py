@@ -314,6 +314,10 @@ class PacketStore:
         self.settings = settings
         self.host = host
         self.points: dict[str, PointPacketStore] = {}
+        try:  # a directory that cannot be made is an error at start, not in the capture loop
+            Path(settings.directory).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"packet store: cannot use {settings.directory}: {exc.strerror or exc}") from exc
 
     def add(self, raw: RawBlock, block: PacketBlock, row_frames: npt.NDArray[np.int64] | None = None) -> None:
         """Write and index the frames of ``raw`` whose rows of ``block`` are in a metered flow
