@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: install everything, start the real services the tests need
-# (Kafka 4.x, ClickHouse server, Jaeger v2), then lint, type-check and run the whole suite.
-# Root is needed (apt-get, network namespaces for the lab tests). Services keep running afterwards;
-# stop them with deploy/kafka/stop.sh, deploy/clickhouse/stop.sh and deploy/jaeger/stop.sh.
+# (Kafka 4.x, ClickHouse server, Jaeger v2, and the ClickHouse cluster when its tests run), then lint,
+# type-check and run the whole suite. Root is needed (apt-get, network namespaces for the lab tests).
+# Services keep running afterwards; stop them with deploy/kafka/stop.sh, deploy/clickhouse/stop.sh,
+# deploy/jaeger/stop.sh and deploy/clickhouse-cluster/stop.sh.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,6 +14,14 @@ bash deploy/kafka/start.sh
 bash deploy/clickhouse/start.sh
 bash deploy/jaeger/build.sh   # Jaeger v2 from the Go module proxy, once (minutes the first time)
 bash deploy/jaeger/start.sh
+# The ClickHouse cluster (two shards, ZooKeeper, a second replica of shard 1) only when the tests run
+# include the clickhouse_cluster ones: the whole suite, or arguments that select one of them.
+cluster_tests() {  # the node ids of the clickhouse_cluster tests the arguments select
+  .venv/bin/python -m pytest -q --collect-only -m clickhouse_cluster "$@" 2>/dev/null | grep "::" || true
+}
+if [ "$#" -eq 0 ] || [ -n "$(cluster_tests "$@")" ]; then
+  bash deploy/clickhouse-cluster/start.sh --replicas
+fi
 
 failed=()
 echo "test: ruff"
