@@ -363,6 +363,25 @@ class ClusterStore(SqlStore):
             for sql in self._column_statements(features, self._columns(node), on_cluster=False):
                 node._command(sql)
 
+    def schema_sql(self) -> list[str]:
+        """The statements ``ensure_schema`` runs on an empty cluster (``hopscope store ddl``): once with
+        ON CLUSTER when the servers have ZooKeeper, else on each server."""
+        replicated = self.has_coordination()
+        on_cluster = replicated if self._on_cluster is None else self._on_cluster
+        return self._schema_statements(self.features, replicated, on_cluster=on_cluster)
+
+    def describe(self) -> list[str]:
+        """Lines for ``hopscope store status``: the cluster's servers and which of them answer."""
+        status = self.status()
+        shards = sorted({r.shard for r in status.replicas})
+        kind = "replicated (ZooKeeper)" if self.has_coordination() else "not replicated (no ZooKeeper)"
+        lines = [f"cluster {self.cluster}: {len(shards)} shards, {len(status.replicas)} servers, {kind}"]
+        for replica in status.replicas:
+            lines.append(f"  {replica.describe()}: {'DOWN' if replica in status.down else 'up'}")
+        if status.missing_shards:
+            lines.append(f"  missing shards (reads lack their rows): {', '.join(map(str, status.missing_shards))}")
+        return lines
+
     def _schema_statements(self, features: ServerFeatures, replicated: bool, *, on_cluster: bool) -> list[str]:
         """CREATE DATABASE, then per table the local table and the Distributed table over it."""
         db = quote_identifier(self.database)

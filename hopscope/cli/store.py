@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from hopscope.store import DEFAULT_URL, store_from_url
 from hopscope.store.base import SqlStore
+from hopscope.store.cluster import ClusterStore
 from hopscope.store.schema import TABLES, schema_sql
 
 
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 def _init(store: SqlStore) -> None:
     store.ensure_schema()
     print(f"store {store.url}: ClickHouse {store.features.version}, tables {', '.join(TABLES)} ready")
+    if isinstance(store, ClusterStore):
+        print("\n".join(store.describe()))
     for line in store.degradations():
         print(f"  degraded: {line}")
 
@@ -37,6 +40,8 @@ def _status(store: SqlStore) -> None:
     print(f"store {store.url}: ClickHouse {store.features.version}")
     for line in store.degradations():
         print(f"  degraded: {line}")
+    if isinstance(store, ClusterStore):
+        print("\n".join(store.describe()))
     store.check_schema()
     for table in TABLES:
         print(f"  {table:<10} {store.count(table):>12,} rows")
@@ -48,7 +53,11 @@ def _reset(store: SqlStore) -> None:
 
 
 def _ddl(store: SqlStore) -> None:
-    for statement in schema_sql(store.database, store.features, store.ttl_days):
+    statements = (
+        store.schema_sql() if isinstance(store, ClusterStore)
+        else schema_sql(store.database, store.features, store.ttl_days)
+    )  # fmt: skip
+    for statement in statements:
         print(statement + ";\n")
 
 

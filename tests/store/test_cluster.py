@@ -174,6 +174,10 @@ def test_store_init_creates_local_and_distributed_tables_on_every_server(clickho
             run = subprocess.run([str(ROOT / ".venv/bin/hopscope"), "store", "init", "--store", url],
                                  capture_output=True, text=True, timeout=300)  # fmt: skip
             assert run.returncode == 0, run.stderr
+            status = subprocess.run([str(ROOT / ".venv/bin/hopscope"), "store", "status", "--store", url],
+                                    capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert status.returncode == 0, status.stderr
+            assert "cluster hopscope: 2 shards" in status.stdout, status.stdout
         else:
             ClusterStore(store.host, store.port, store.database, store.cluster, on_cluster=False).ensure_schema()
         replicated = store.has_coordination()
