@@ -32,6 +32,16 @@ def api_paths(client: TestClient) -> list[str]:
     return [p.replace("{trace_id}", ABSENT) for p in paths]
 
 
+def scope_of(path: str) -> str:
+    """The scope a route needs: pcap:read for a trace's packets, traces:read for the rest."""
+    return "pcap:read" if path.endswith(("/pcap", "/packets")) else "traces:read"
+
+
+#: The token of the fixture ``tokens`` holding each scope alone, and one lacking it.
+HOLDER = {"traces:read": "reader", "pcap:read": "pcap"}
+LACKER = {"traces:read": "pcap", "pcap:read": "reader"}
+
+
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     return tmp_path / "tokens.json"
@@ -84,17 +94,21 @@ def test_without_a_valid_token_every_route_is_401(
 
 
 def test_a_token_of_the_wrong_scope_is_403(guarded: TestClient, tokens: dict[str, str]) -> None:
-    for path in api_paths(guarded):
-        r = guarded.get(path, headers=bearer(tokens["pcap"]))
+    paths = api_paths(guarded)
+    assert {scope_of(p) for p in paths} == {"traces:read", "pcap:read"}
+    for path in paths:
+        name, scope = LACKER[scope_of(path)], scope_of(path)
+        r = guarded.get(path, headers=bearer(tokens[name]))
         assert r.status_code == 403, (path, r.text)
-        assert r.json() == {"error": {"code": "forbidden", "message": "token 'pcap' lacks the scope traces:read"}}
+        assert r.json() == {"error": {"code": "forbidden", "message": f"token {name!r} lacks the scope {scope}"}}
         assert "www-authenticate" not in r.headers
 
 
-@pytest.mark.parametrize("name", ["reader", "admin"])
+@pytest.mark.parametrize("name", ["holder", "admin"])
 def test_a_token_with_the_scope_is_served(guarded: TestClient, tokens: dict[str, str], name: str) -> None:
     for path in api_paths(guarded):
-        r = guarded.get(path, headers=bearer(tokens[name]))
+        token = tokens[HOLDER[scope_of(path)] if name == "holder" else name]
+        r = guarded.get(path, headers=bearer(token))
         assert r.status_code == (404 if ABSENT in path else 200), (path, r.text)
 
 
@@ -152,9 +166,10 @@ def test_schema_documents_the_bearer_scheme(guarded: TestClient) -> None:
     }  # fmt: skip
     for path, item in schema["paths"].items():
         if path.startswith("/api/v1"):
-            assert item["get"]["security"] == [{"token": ["traces:read"]}], path
+            scope = scope_of(path)
+            assert item["get"]["security"] == [{"token": [scope]}], path
             assert {"401", "403"} <= set(item["get"]["responses"]), path
-            assert item["get"]["responses"]["403"]["description"] == "forbidden: the token lacks traces:read"
+            assert item["get"]["responses"]["403"]["description"] == f"forbidden: the token lacks {scope}"
 
 
 def test_token_file_keeps_no_token_in_clear(token_file: Path, tokens: dict[str, str]) -> None:
