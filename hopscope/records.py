@@ -169,8 +169,17 @@ class FlowRecord(Record):
     orig_payload_hash: int = _col(U64, "hash of the originator's first payload bytes (0: no payload)")
     resp_payload_hash: int = _col(U64, "hash of the responder's first payload bytes (0: no payload)")
     service: str = _col(
-        STR, "Zeek's service: protocols found in the content, not the port (http, http2, ssl, ssh, dns), "
-        "lower case, comma-separated in the order found ('' if none; hopscope.probes.service)"
+        STR, "Zeek's service: protocols found in the content, not the port (http, http2, ssl, ssh, dns; on "
+        "the outer flow of a UDP tunnel the tunnel: vxlan, geneve, teredo, ayiya, gtpv1, gre), lower case, "
+        "comma-separated in the order found ('' if none; hopscope.probes.service)"
+    )
+    missed_bytes: int = _col(
+        U64, "Zeek's missed_bytes: TCP bytes the peer acknowledged that were never captured (content gaps), "
+        "counted only while both sides are established"
+    )
+    tunnel_parents: str = _col(
+        STR, "Zeek's tunnel_parents: flow_id (16 hex digits, as the uid is printed) of the outer UDP tunnel "
+        "flow(s) the packets came in, comma-separated ('' if none)"
     )
 
 

@@ -5,7 +5,7 @@ behind ``meter_native.NativeMeter``) take the same ``MeterConfig`` and the same 
 (``LIKELY_SERVER``, ``ICMP4_TABLE``/``ICMP6_TABLE``), map point and tunnel names through one
 ``FlowNames``, and hand their records over in one layout: integer columns named by
 ``RECORD_FIELDS`` (``conn_state`` and ``close_type`` as indices into ``CONN_STATES`` and
-``CLOSE_TYPES``) plus four text values per record, turned into a ``FlowRecord`` batch by
+``CLOSE_TYPES``) plus five text values per record, turned into a ``FlowRecord`` batch by
 ``record_batch``. The compiled kernel exports its own copies of these names; the tests check that
 they are equal.
 """
@@ -22,7 +22,19 @@ import numpy.typing as npt
 
 from hopscope.ids import text_hash64
 from hopscope.probes.community_id import ICMP4_PAIRS, ICMP6_PAIRS
-from hopscope.probes.packets import ACK, ICMP, ICMP6, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.packets import (
+    ACK,
+    ENCAP_NAMES,
+    ICMP,
+    ICMP6,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    PacketBlock,
+    PacketStatus,
+    packed_addr,
+)  # fmt: skip
 from hopscope.records import Batch, FlowRecord
 
 I64 = npt.NDArray[np.int64]
@@ -85,14 +97,23 @@ ZEEK_SERVER_PORTS_UDP: Final = (
     20000,  # dnp3
     3544, 5072, 4789, 6081, 2152, 2123, 4754,  # teredo, ayiya, vxlan, geneve, gtpv1 (u and c), gre-in-udp
 )  # fmt: skip
-#: ``LIKELY_SERVER`` bits: the port is a likely server port of TCP, of UDP.
-LIKELY_TCP, LIKELY_UDP = 1, 2
+#: ``LIKELY_SERVER`` bits: the port is a likely server port of TCP, of UDP; the responder port
+#: attaches Zeek's DNS analyzer (dns/main.zeek: 53, 137, 5353, 5355/udp), its NTP analyzer (123/udp).
+LIKELY_TCP, LIKELY_UDP, DNS_UDP, NTP_UDP = 1, 2, 4, 8
+DNS_UDP_PORTS: Final = (53, 137, 5353, 5355)
+NTP_UDP_PORT: Final = 123
+#: NTP modes (the low 3 bits of the first byte): client, server.
+NTP_CLIENT, NTP_SERVER = 3, 4
+#: Bytes of an NTP standard message (modes 1-5), which Zeek's NTP analyzer needs to parse one.
+NTP_STD_BYTES: Final = 48
 
 
 def _likely_server_ports() -> npt.NDArray[np.uint8]:
     table = np.zeros(65536, np.uint8)
     table[list(ZEEK_SERVER_PORTS_TCP)] |= LIKELY_TCP
     table[list(ZEEK_SERVER_PORTS_UDP)] |= LIKELY_UDP
+    table[list(DNS_UDP_PORTS)] |= DNS_UDP
+    table[NTP_UDP_PORT] |= NTP_UDP
     return table
 
 
@@ -101,7 +122,9 @@ LIKELY_SERVER: Final = _likely_server_ports()
 _BROADCAST: Final = 0xFFFF_FFFF_FFFF  # 255.255.255.255 as the low half of an IPv4-mapped address
 
 
-def flip_roles(proto: int, flags: int, sport: int, dport: int, dst_hi: int = 0, dst_lo: int = 0) -> bool:
+def flip_roles(
+    proto: int, flags: int, sport: int, dport: int, dst_hi: int = 0, dst_lo: int = 0, payload: bytes = b""
+) -> bool:
     """Whether a new flow's first packet came from its responder, so the roles flip (history ``^``).
 
     Zeek's ``IPBasedAnalyzer::NewConn``: never towards a broadcast destination (255.255.255.255).
@@ -111,6 +134,9 @@ def flip_roles(proto: int, flags: int, sport: int, dport: int, dst_hi: int = 0, 
     source port likely and the destination port not, or both likely, no SYN and the source port the
     lower. hopscope also flips a first SYN-ACK (its sender is the server: Zeek flips such a connection
     once the ACK or data follows). Other protocols: no flip.
+
+    Then, on UDP, the content of the first datagram (its captured ``payload``), as the analyzer the
+    responder port attaches decides it (``content_flip``).
     """
     if dst_hi == 0 and dst_lo == _BROADCAST:
         return False
@@ -120,8 +146,69 @@ def flip_roles(proto: int, flags: int, sport: int, dport: int, dst_hi: int = 0, 
             return True
         return not flags & SYN and src_likely and (not dst_likely or sport < dport)
     if proto == UDP:
-        return bool(LIKELY_SERVER[sport] & LIKELY_UDP) and not LIKELY_SERVER[dport] & LIKELY_UDP
+        flip = bool(LIKELY_SERVER[sport] & LIKELY_UDP) and not LIKELY_SERVER[dport] & LIKELY_UDP
+        return flip != content_flip(sport if flip else dport, not flip, dst_hi, dst_lo, payload)
     return False
+
+
+def content_flip(resp_p: int, from_orig: bool, dst_hi: int, dst_lo: int, payload: bytes) -> bool:
+    """Whether the analyzer the responder port ``resp_p`` attaches flips the roles on a new UDP flow's
+    first datagram (sent by the originator when ``from_orig``), as Zeek's analyzers do:
+
+    - DNS (``DNS_Interpreter::ParseMessage``): the first message (a header's 12 bytes at least) is a
+      response (QR set) from the originator, and the responder is not a multicast address (mDNS);
+    - NTP (``proc_ntp_message``): a server-mode message from the originator, or a client-mode message
+      from the responder (a standard message of 48 bytes at least).
+
+    Zeek flips after the datagram's ``D`` (history ``D^``); hopscope decides it at the first datagram,
+    as for a port flip (``^`` first, the datagram in its true direction).
+    """
+    kind = LIKELY_SERVER[resp_p]
+    if kind & DNS_UDP:
+        return from_orig and len(payload) >= 12 and bool(payload[2] & 0x80) and not _multicast(dst_hi, dst_lo)
+    if kind & NTP_UDP and len(payload) >= NTP_STD_BYTES:
+        mode = payload[0] & 7
+        return (mode == NTP_SERVER and from_orig) or (mode == NTP_CLIENT and not from_orig)
+    return False
+
+
+def _multicast(hi: int, lo: int) -> bool:
+    """224.0.0.0/4 (IPv4-mapped) or ff00::/8."""
+    if hi == 0 and lo >> 32 == 0xFFFF:
+        return (lo >> 28) & 0xF == 0xE
+    return hi >> 56 == 0xFF
+
+
+def outer_rows(block: PacketBlock) -> npt.NDArray[np.int64]:
+    """Per row, the row of the outer datagram of the UDP tunnel the packet came in (-1: none): the row
+    just before it in the same frame (same time and point), an outer row (``encap`` set), whose
+    ``tunnel`` the packet's own extends (packets.py, Tunnels). Zeek's innermost encapsulation, whose
+    connection's uid goes into ``tunnel_parents``."""
+    out = np.full(block.count, -1, np.int64)
+    inner = np.flatnonzero(block.tunnel[1:] != 0) + 1
+    if not len(inner):
+        return out
+    prev = inner - 1
+    near = (block.encap[prev] != 0) & (block.ts_ns[prev] == block.ts_ns[inner])
+    near &= block.point[prev] == block.point[inner]
+    inner, prev = inner[near], prev[near]
+    tunnels = block.tunnels
+    for i, p in zip(inner.tolist(), prev.tolist(), strict=True):
+        outer_text, inner_text = tunnels[block.tunnel[p]], tunnels[block.tunnel[i]]
+        if not outer_text or inner_text.startswith(outer_text + " / "):
+            out[i] = p
+    return out
+
+
+#: The rows a meter looks at: decoded packets, and those whose L4 checksum failed (counted in history
+#: only, as Zeek does).
+METERED_STATUSES: Final = (PacketStatus.OK, PacketStatus.BAD_L4_CHECKSUM)
+
+
+def metered_rows(block: PacketBlock) -> npt.NDArray[np.intp]:
+    """Indices of the rows a meter processes (``METERED_STATUSES``), in capture order."""
+    status = block.status
+    return np.flatnonzero((status == PacketStatus.OK) | (status == PacketStatus.BAD_L4_CHECKSUM))
 
 
 def _icmp_pair_table(pairs: dict[int, int]) -> tuple[I64, npt.NDArray[np.bool_]]:
@@ -172,10 +259,14 @@ ANCHOR_NAMES: Final = ("syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us", "r
 RECORD_FIELDS: Final = (
     "flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "point", "tunnel",
     "orig_hi", "orig_lo", "resp_hi", "resp_lo", *STAT_NAMES, "orig_payload_hash", "resp_payload_hash",
-    *ANCHOR_NAMES, "final", "conn_state", "close_type",
+    *ANCHOR_NAMES, "final", "conn_state", "close_type", "missed_bytes", "encap",
 )  # fmt: skip
 _UNSIGNED: Final = ("flow_id", "orig_payload_hash", "resp_payload_hash")
-_INTS: Final = ("start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "final", *STAT_NAMES)
+_INTS: Final = (
+    "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "final", *STAT_NAMES, "missed_bytes",
+)  # fmt: skip
+#: Text values per record, in order (meter.c: emit).
+TEXT_FIELDS: Final = ("orig_h", "resp_h", "history", "community_id", "tunnel_parents")
 #: conn_state codes (tcpstate), indexed by the record's conn_state column (meter.c: STATE_NAMES).
 CONN_STATES: Final = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH")
 #: close_type values (``close_type``), indexed by the record's close_type column (meter.c: CLOSE_NAMES).
@@ -268,22 +359,27 @@ def record_batch(
 ) -> Batch:
     """A FlowRecord batch of ``n`` records from their ``RECORD_FIELDS`` columns and texts.
 
-    ``texts`` holds four values per record: originator address, responder address, history and
-    Community ID.
+    ``texts`` holds five values per record (``TEXT_FIELDS``): originator address, responder address,
+    history, Community ID and tunnel parents. ``service`` is the tunnel a UDP flow's payload carries
+    (``encap``, Zeek's confirmation of the tunnel analyzer on the outer connection), else empty: content
+    services are added by ``hopscope.probes.service``.
     """
     if n == 0:
         return Batch(FlowRecord, {}, 0)
     points = ints["point"]
+    k = len(TEXT_FIELDS)
     cols: dict[str, Any] = {
         "point": np.array(names.point_names, object)[points].tolist(),
         "iface": np.array(names.point_ifaces, object)[points].tolist(),
         "tunnel": np.array(names.tunnel_names, object)[ints["tunnel"]].tolist(),
         "host": [host] * n, "hop_kind": [hop_kind] * n,
-        "orig_h": texts[0 : 4 * n : 4], "resp_h": texts[1 : 4 * n : 4],
-        "history": texts[2 : 4 * n : 4], "community_id": texts[3 : 4 * n : 4],
+        **{name: texts[j : k * n : k] for j, name in enumerate(TEXT_FIELDS)},
         "conn_state": np.array(CONN_STATES, object)[ints["conn_state"]].tolist(),
         "close_type": np.array(CLOSE_TYPES, object)[ints["close_type"]].tolist(),
     }  # fmt: skip
+    encap = np.asarray(ints["encap"])
+    if encap.any():
+        cols["service"] = np.array(ENCAP_NAMES, object)[encap].tolist()
     for name in _UNSIGNED:
         cols[name] = np.asarray(ints[name]).view(np.uint64)
     for name in _INTS:

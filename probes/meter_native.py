@@ -5,7 +5,7 @@
 meter-wide ids and name hashes (a handful per block) and hands the columns to the kernel, which meters
 every ok row in C (flow table, TCP state machine, counters, payload hashes, Community IDs, sweeps) and
 fills ``flow_id``/``from_orig``. Records come back as one int64 matrix plus one text buffer (per record
-the two addresses, history and Community ID, NUL-separated: one ``str.split`` yields all four text
+the two addresses, history, Community ID and tunnel parents, NUL-separated: one ``str.split`` yields all five text
 columns), turned into a ``FlowRecord`` batch by ``meter_common.record_batch``.
 
 The kernel follows the reference meter (``meter_reference.py``) function for function;
@@ -27,10 +27,14 @@ from hopscope.probes.meter_common import (
     RECORD_FIELDS,
     FlowNames,
     MeterConfig,
+    metered_rows,
+    outer_rows,
     record_batch,
 )  # fmt: skip
 from hopscope.probes.packets import PacketBlock
 from hopscope.records import Batch
+
+_NO_ROWS = np.zeros(0, np.int64)  # outer_rows of a block without tunnels: none
 
 
 class NativeMeter:
@@ -55,11 +59,12 @@ class NativeMeter:
 
     def process(self, block: PacketBlock) -> Batch:
         """Meter the ok rows of ``block`` (filling ``flow_id``/``from_orig``); return the records due."""
-        rows = np.flatnonzero(block.ok).astype(np.int64)
+        rows = metered_rows(block).astype(np.int64)
         if len(rows):
             pt_hash, pt_id, tun_hash, tun_id = self.names.of_block(block)
             cols = tuple(getattr(block, name) for name in self.columns)
-            self.engine.process(cols, block.count, block.buf, rows, pt_hash, pt_id, tun_hash, tun_id)
+            outer = outer_rows(block) if len(block.tunnels) > 1 else _NO_ROWS
+            self.engine.process(cols, block.count, block.buf, rows, pt_hash, pt_id, tun_hash, tun_id, outer)
         return self.take()
 
     def flush_batches(self, chunk: int) -> Iterator[Batch]:
@@ -83,5 +88,5 @@ class NativeMeter:
             return record_batch({}, [], 0, self.names, self.host, self.hop_kind)
         words = np.frombuffer(raw, np.int64).reshape(n, len(RECORD_FIELDS))
         ints = {name: words[:, k] for k, name in enumerate(RECORD_FIELDS)}
-        texts = text.decode("ascii").split("\0")  # 4 per record (and an empty one after the last NUL)
+        texts = text.decode("ascii").split("\0")  # 5 per record (and an empty one after the last NUL)
         return record_batch(ints, texts, n, self.names, self.host, self.hop_kind)

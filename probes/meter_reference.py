@@ -19,11 +19,22 @@ keep their direction (``meter_common.icmp_key_ports``). Per packet (``_meter_pac
 2. count packets, payload and IP bytes per direction; the flow's end time (Zeek's ``SetLastTime``:
    for TCP only until both sides have closed, so the last ACK and later stragglers are counted but
    do not lengthen the flow);
-3. TCP (``_tcp_packet``): Zeek's sequence numbers, history letters and state machine
+3. TCP (``_tcp_packet``): Zeek's sequence numbers, history letters, state machine and content gaps
    (``tcpstate.TcpConn``, every packet, as Zeek does), the counts of its events, then the handshake
    anchors; other
    protocols: the UDP history letter of the first datagram per direction (with or without payload)
    and the payload hash of the first payload.
+
+A packet whose L4 checksum failed (``PacketStatus.BAD_L4_CHECKSUM``) finds or creates its flow (step 1)
+and adds ``C``/``c`` to its history on the 1st, 10th, 100th, ... of a direction, nothing else: Zeek
+validates the checksum after the connection lookup (``TCPAnalyzer::ValidateChecksum``,
+``UDPSessionAdapter::HandleBadChecksum``, and ICMP as of Zeek 8.2) and drops the packet there.
+
+Tunnels: a UDP flow whose datagrams carry a tunnel the decoder opened (``PacketBlock.encap``) gets the
+tunnel as its ``service`` (Zeek confirms the tunnel analyzer on the outer connection; Teredo once both
+directions carried it, ``Tunnel::delay_teredo_confirmation``); a packet that came in a UDP tunnel names
+the outer datagram's flow in its flow's ``tunnel_parents`` (Zeek: the innermost encapsulation's uid at
+``new_connection`` and at each ``tunnel_changed``, at most ``MAX_TUNNEL_CHANGES`` changes).
 
 Sizes: a TCP record's ``orig_bytes``/``resp_bytes`` are Zeek's ``TCP_Endpoint::Size``: the sequence
 range from the start to the highest sequence end or the peer's highest ACK, less SYN and FIN, so
@@ -69,9 +80,11 @@ from hopscope.probes.meter_common import (
     close_type,
     flip_roles,
     icmp_key_ports,
+    metered_rows,
+    outer_rows,
     record_batch,
 )  # fmt: skip
-from hopscope.probes.packets import ACK, FIN, RST, SYN, TCP, UDP, PacketBlock, packed_addr
+from hopscope.probes.packets import ACK, ENCAP_NAMES, FIN, RST, SYN, TCP, UDP, PacketBlock, PacketStatus, packed_addr
 from hopscope.probes.tcpstate import TcpConn
 from hopscope.records import Batch
 
@@ -80,6 +93,11 @@ S_PKTS, S_BYTES, S_IP_BYTES, S_RTX, S_OOO, S_ZW = 0, 2, 4, 6, 8, 10
 #: Why a final record is emitted (``close_type``'s ``reason``).
 WHY_NONE, WHY_TIMEOUT, WHY_EVICTED, WHY_UNFINISHED = "", "timeout", "evicted", "unfinished"
 _STATE_INDEX: Final = {name: k for k, name in enumerate(CONN_STATES)}
+#: Zeek's Tunnel::max_changes_per_connection: tunnel_changed events (each may add a tunnel parent).
+MAX_TUNNEL_CHANGES: Final = 5
+#: At most this many tunnel parents are kept per flow (meter.c: MAX_PARENTS).
+MAX_PARENTS: Final = 8
+_TEREDO: Final = ENCAP_NAMES.index("teredo")
 _CLOSE_INDEX: Final = {name: k for k, name in enumerate(CLOSE_TYPES)}
 
 
@@ -87,10 +105,11 @@ class Flow:
     """The state of one flow (meter.c: ``flow_t``). Directions: 0 originator, 1 responder."""
 
     __slots__ = (
-        "attempt_ns", "closed_ns", "closing", "community_id", "end_ns", "flipped", "flow_id", "ip_version", "key",
-        "last_report_ns", "orig_ep", "orig_hi", "orig_lo", "orig_p", "payload_hash", "point", "proto",
-        "resp_hi", "resp_lo", "resp_p", "rtt_client_us", "rtt_server_us", "slot", "start_ns", "stats",
-        "syn_ip_id", "syn_ns", "syn_seq", "synack_ns", "synack_seq", "tcp", "tunnel", "udp_history", "vlan",
+        "attempt_ns", "bad_checksums", "closed_ns", "closing", "community_id", "encap", "encap_dirs", "end_ns",
+        "flipped", "flow_id", "ip_version", "key", "last_report_ns", "orig_ep", "orig_hi", "orig_lo", "orig_p",
+        "outer", "outer_changes", "parents", "payload_hash", "point", "proto", "resp_hi", "resp_lo", "resp_p",
+        "rtt_client_us", "rtt_server_us", "slot", "start_ns", "stats", "syn_ip_id", "syn_ns", "syn_seq",
+        "synack_ns", "synack_seq", "tcp", "tunnel", "udp_history", "vlan",
     )  # fmt: skip
 
     def __init__(self, key: int, start_ns: int, slot: int) -> None:
@@ -111,8 +130,14 @@ class Flow:
         self.stats = [0] * 12
         self.payload_hash = [0, 0]  # per direction: hash of the first payload bytes (1: not captured)
         self.tcp: TcpConn | None = None
-        self.udp_history = ""
+        self.udp_history = ""  # history letters of a UDP or ICMP flow
         self.community_id = ""
+        self.bad_checksums = [0, 0]  # per direction: packets with a bad L4 checksum (the C scale)
+        self.encap = 0  # ENCAP_NAMES index of the tunnel the datagrams carry (the service), 0: none
+        self.encap_dirs = 0  # Teredo: bit 1 seen from the originator, bit 2 from the responder
+        self.outer = 0  # flow_id of the outer flow of the last packet (Zeek's stored encapsulation), 0: none
+        self.outer_changes = 0
+        self.parents: list[int] = []  # tunnel_parents, in the order found
 
     def ends_at(self, flags: int, seq: int, ts: int, attempt_ns: int) -> str:
         """Why this TCP packet starts a new connection on the flow's tuple ("" if it does not): Zeek's
@@ -144,8 +169,8 @@ class _Rows:
     """The ok rows of a block as Python lists (one ``tolist`` per column, read in the packet loop)."""
 
     __slots__ = (
-        "ack", "clock", "dst_ep", "flags", "flow_id", "from_orig", "ip_len", "key", "plen", "proto", "row", "rport",
-        "seq", "src_ep", "ts", "window",
+        "ack", "bad", "captured", "clock", "dst_ep", "encap", "flags", "flow_id", "from_orig", "ip_len", "key",
+        "outer", "plen", "proto", "row", "rport", "seq", "src_ep", "ts", "window",
     )  # fmt: skip
 
     def __init__(self, block: PacketBlock, rows: Any, pt_hash: Any) -> None:
@@ -165,6 +190,14 @@ class _Rows:
         self.seq, self.plen = block.seq[rows].tolist(), block.payload_len[rows].tolist()
         self.ack = block.ack[rows].tolist()
         self.ip_len, self.window = block.ip_len[rows].tolist(), block.window[rows].tolist()
+        self.bad = (block.status[rows] == PacketStatus.BAD_L4_CHECKSUM).tolist()
+        self.captured = (block.payload_caplen[rows] >= block.payload_len[rows]).tolist()
+        self.encap = block.encap[rows].tolist()
+        # per packet: the position (in these rows) of its tunnel's outer datagram, -1: none
+        position = np.full(block.count, -1, np.int64)
+        position[rows] = np.arange(len(rows))
+        outer = outer_rows(block)[rows]
+        self.outer = np.where(outer >= 0, position[np.maximum(outer, 0)], -1).tolist()
         self.flow_id = [0] * len(self.row)  # per packet: its flow's id and direction (the meter's output)
         self.from_orig = [False] * len(self.row)
 
@@ -189,7 +222,7 @@ class ReferenceMeter:
         self.now_ns = 0
         self.next_sweep_ns = 0
         self._out: list[tuple[int, ...]] = []  # emitted records (RECORD_FIELDS), until take()
-        self._texts: list[str] = []  # four per emitted record
+        self._texts: list[str] = []  # five per emitted record (meter_common.TEXT_FIELDS)
         self._addresses: dict[tuple[int, int], str] = {}
         self._tcp_idle_ns, self._udp_idle_ns = int(config.tcp_idle_timeout_s * NS), int(config.udp_idle_timeout_s * NS)
         self._linger_ns, self._interval_ns = int(config.linger_s * NS), int(config.interval_s * NS)
@@ -206,7 +239,7 @@ class ReferenceMeter:
         Slices of ``sweep_every_s`` of capture time: each slice takes at least one row; after it, the
         end-of-slice work; at a slice boundary (or when the clock has passed the next sweep) the sweep.
         """
-        rows = np.flatnonzero(block.ok)
+        rows = metered_rows(block)
         if len(rows) == 0:
             return self.take()
         ids = self.names.of_block(block)
@@ -229,7 +262,10 @@ class ReferenceMeter:
             start = stop
         block.flow_id[rows] = np.array(r.flow_id, np.uint64)
         block.from_orig[rows] = r.from_orig
-        self.counts["packets"] += n
+        bad = sum(r.bad)
+        self.counts["packets"] += n - bad
+        if bad:
+            self.counts["bad_checksums"] += bad
         return self.take()
 
     def _meter_packet(self, r: _Rows, k: int) -> None:
@@ -246,6 +282,13 @@ class ReferenceMeter:
                 self.counts[why] += 1
         fo = r.src_ep[k] == flow.orig_ep
         d = 0 if fo else 1
+        if r.outer[k] >= 0 or flow.outer:
+            self._tunnel_parent(flow, r.flow_id[r.outer[k]] if r.outer[k] >= 0 else 0, False)
+        if r.bad[k]:  # found or created, then dropped: only the scaled C/c
+            flow.bad_checksums[d] += 1
+            if _is_power_of_ten(flow.bad_checksums[d]):
+                self._add_letter(flow, fo, "C")
+            return
         ts, length = r.ts[k], r.plen[k]
         stats = flow.stats
         stats[S_PKTS + d] += 1
@@ -262,6 +305,8 @@ class ReferenceMeter:
         else:
             if proto == UDP and stats[S_PKTS + d] == 1:  # UDP.cc: D/d for the first datagram, payload or not
                 flow.udp_history += "D" if fo else "d"
+            if r.encap[k] and not flow.encap:
+                self._confirm_tunnel(flow, r.encap[k], d)
             if length > 0 and flow.payload_hash[d] == 0:  # first payload of the direction
                 flow.payload_hash[d] = self._hash_payload(i) or 1  # 1: payload seen, not captured
         r.flow_id[k] = flow.flow_id
@@ -272,7 +317,8 @@ class ReferenceMeter:
         b, i = self._block, r.row[k]
         proto, sport, dport = r.proto[k], int(b.sport[i]), r.rport[k]
         src, dst = (int(b.src_hi[i]), int(b.src_lo[i])), (int(b.dst_hi[i]), int(b.dst_lo[i]))
-        flip = flip_roles(proto, r.flags[k], sport, dport, *dst)
+        payload = bytes(b.payload_view(i, 64)) if proto == UDP and not r.bad[k] else b""
+        flip = flip_roles(proto, r.flags[k], sport, dport, *dst, payload)
         flow = Flow(r.key[k], r.ts[k], self._slot_alloc())
         flow.proto, flow.ip_version, flow.vlan = proto, int(b.ip_version[i]), int(b.vlan[i])
         flow.point, flow.tunnel = int(self._ids[1][b.point[i]]), int(self._ids[3][b.tunnel[i]])
@@ -282,10 +328,49 @@ class ReferenceMeter:
         flow.flipped = flip
         if proto == TCP:
             flow.tcp = TcpConn()
+        if r.outer[k] >= 0 and r.flow_id[r.outer[k]]:  # Zeek's set_conn at new_connection: the innermost
+            self._tunnel_parent(flow, r.flow_id[r.outer[k]], True)  # encapsulation's uid
         self.slots[flow.slot] = flow
         self.flows[flow.key] = flow
         self.counts["flows"] += 1
         return flow
+
+    @staticmethod
+    def _add_letter(flow: Flow, fo: bool, letter: str) -> None:
+        if flow.tcp is not None:
+            flow.tcp.add(fo, letter)
+        elif len(flow.udp_history) < tcpstate.HIST_MAX:
+            flow.udp_history += letter if fo else letter.lower()
+
+    @staticmethod
+    def _tunnel_parent(flow: Flow, outer: int, new: bool) -> None:
+        """Zeek's ``Connection::CheckEncapsulation`` with the outer flow of this packet (0: none): a
+        change from one encapsulation to another raises ``tunnel_changed`` (at most
+        ``MAX_TUNNEL_CHANGES`` times), from none to one always; each adds the new parent (conn/main.zeek)."""
+        if new:
+            flow.outer, flow.parents = outer, [outer]
+            return
+        if outer == flow.outer:
+            return
+        if flow.outer and outer:
+            if flow.outer_changes >= MAX_TUNNEL_CHANGES:
+                flow.outer = outer
+                return
+            flow.outer_changes += 1
+        flow.outer = outer
+        if outer and outer not in flow.parents and len(flow.parents) < MAX_PARENTS:
+            flow.parents.append(outer)
+
+    @staticmethod
+    def _confirm_tunnel(flow: Flow, encap: int, d: int) -> None:
+        """The outer flow's service: the tunnel, confirmed at once; Teredo once both directions
+        carried it (``Tunnel::delay_teredo_confirmation``)."""
+        if encap != _TEREDO:
+            flow.encap = encap
+            return
+        flow.encap_dirs |= 1 << d
+        if flow.encap_dirs == 3:
+            flow.encap = encap
 
     def _slot_alloc(self) -> int:
         """A free slot of the flow table, the lowest of a fresh table first; the table doubles when full."""
@@ -312,9 +397,15 @@ class ReferenceMeter:
         assert tcp is not None
         if fo and flags & SYN and tcp.orig.state == tcpstate.INACTIVE:
             flow.attempt_ns = ts  # UpdateInactiveState schedules the AttemptTimer
-        events = tcp.packet(fo, flags, seq, r.ack[k], length, r.window[k])
+        events = tcp.packet(fo, flags, seq, r.ack[k], length, r.window[k], r.captured[k])
         if events:
             self._count_events(flow, tcp, fo, events)
+        if tcp.gaps:  # G/g for the peer's data, scaled (TCP_Endpoint::Gap), after W and T
+            peer = tcp.resp if fo else tcp.orig
+            for _ in range(tcp.gaps):
+                peer.gap_cnt += 1
+                if _is_power_of_ten(peer.gap_cnt):
+                    tcp.add(not fo, "G")
         if flow.attempt_ns and not tcp.attempt:
             flow.attempt_ns = 0  # answered (or closed): the AttemptTimer will find nothing to end, ever
         if flags & SYN or (flow.synack_ns and not flow.rtt_client_us):  # else no anchor can change
@@ -411,9 +502,11 @@ class ReferenceMeter:
         history = flow.history()
         stats = flow.stats
         sizes = (stats[S_BYTES], stats[S_BYTES + 1])
+        missed = 0
         if flow.tcp is not None:  # TCP bytes: TCP_Endpoint::Size (sequence range), not the payload sum
             sizes = flow.tcp.sizes()
             stats = [*stats[:S_BYTES], *sizes, *stats[S_BYTES + 2 :]]
+            missed = flow.tcp.orig.missed + flow.tcp.resp.missed
         state = flow.conn_state(history[1:] if history.startswith("^") else history, sizes)
         ack_miss = flow.synack_seq != 0 and flow.rtt_client_us == 0
         close = close_type(state, why, final, flow.proto, ack_miss)
@@ -421,13 +514,14 @@ class ReferenceMeter:
             flow.flow_id, flow.start_ns, flow.end_ns, flow.ip_version, flow.proto, flow.orig_p, flow.resp_p,
             flow.vlan, flow.point, flow.tunnel, flow.orig_hi, flow.orig_lo, flow.resp_hi, flow.resp_lo,
             *stats, *flow.payload_hash, flow.syn_seq, flow.synack_seq, flow.syn_ip_id, flow.rtt_client_us,
-            flow.rtt_server_us, int(final), _STATE_INDEX[state], _CLOSE_INDEX[close],
+            flow.rtt_server_us, int(final), _STATE_INDEX[state], _CLOSE_INDEX[close], missed, flow.encap,
         ))  # fmt: skip
         if not flow.community_id:
             orig, resp = packed_addr(flow.orig_hi, flow.orig_lo), packed_addr(flow.resp_hi, flow.resp_lo)
             flow.community_id = community_id(flow.proto, orig, resp, flow.orig_p, flow.resp_p)
+        parents = ",".join(f"{p:016x}" for p in flow.parents)
         self._texts += (self._address(flow.orig_hi, flow.orig_lo), self._address(flow.resp_hi, flow.resp_lo),
-                        history, flow.community_id)  # fmt: skip
+                        history, flow.community_id, parents)  # fmt: skip
 
     def _address(self, hi: int, lo: int) -> str:
         text = self._addresses.get((hi, lo))

@@ -98,6 +98,10 @@ class PacketStatus(enum.IntEnum):
     BAD_TUNNEL = 8  # a tunnel header that does not decode
     TOO_DEEP = 9  # more nested encapsulations than the decoder follows
     UNKNOWN_LINKTYPE = 10  # the capture's link type is not one hopscope decodes
+    BAD_IP_CHECKSUM = 11  # an IPv4 header checksum that does not verify: dropped (Zeek's bad_IP_checksum)
+    #: Decoded down to L4, but the TCP/UDP/ICMP checksum does not verify: the flow meter finds or
+    #: creates its flow and adds ``C``/``c`` to the history, nothing else sees it (as in Zeek)
+    BAD_L4_CHECKSUM = 12
 
 
 @dataclass(slots=True)

@@ -27,6 +27,9 @@ protocol started later on the connection too (CONNECT, STARTTLS). Not found: a m
 across segments (a request line cut after one byte), absolute-form proxy requests (``GET http://``;
 their responses still confirm http), DNS messages without a question (mDNS announcements).
 
+The flow meter names the tunnel on the outer flow of a UDP tunnel (``vxlan``, ``geneve``, ...: Zeek
+confirms the tunnel's packet analyzer there); ``fill`` puts content services after it.
+
 ``ServiceDetector`` runs beside the flow meter, which stays a pure L4 stage: ``observe(block)`` checks a
 metered block with numpy (the first 8 payload bytes of every packet, then fixed-offset compares on the
 few whose first two bytes can start a signature, or whose header could be DNS) and remembers the
@@ -319,7 +322,11 @@ class ServiceDetector:
         codes = np.where(self._ids[pos] == ids, self._state[pos] & _CODE_MASK, np.uint64(0))
         if not codes.any():
             return batch
-        batch.columns["service"] = service_names(codes)
+        names = service_names(codes)
+        tunnels = batch.columns.get("service")  # a UDP tunnel's outer flows already name it (meter_common)
+        if tunnels is not None and any(tunnels):
+            names = [f"{t},{n}" if t and n else t or n for t, n in zip(tunnels, names, strict=True)]
+        batch.columns["service"] = names
         done = pos[(codes != 0) & (np.asarray(batch.columns["final"]) != 0)]
         self._state[done] = 0
         self._forgotten = int(np.count_nonzero(self._state == 0))

@@ -24,18 +24,30 @@ OTH          no SYN seen, just midstream traffic
 
 History letters (upper case: originator, lower case: responder): ``S`` SYN, ``H`` SYN-ACK, ``A`` pure
 ACK, ``D`` data, ``F`` FIN, ``R`` RST, ``I`` FIN+RST, ``Q`` SYN+FIN or SYN+RST, ``T`` retransmission,
-``W`` zero window, ``^`` roles flipped. ``A``, ``D``, ``I``, ``Q`` appear at most once per direction;
-``S``, ``H``, ``F``, ``R`` again when their sequence number differs from the last one of that kind;
-``T`` and ``W`` on their 1st, 10th, 100th, ... occurrence (the meter computes those two).
+``W`` zero window, ``G`` content gap, ``C`` bad checksum, ``^`` roles flipped. ``A``, ``D``, ``I``,
+``Q`` appear at most once per direction; ``S``, ``H``, ``F``, ``R`` again when their sequence number
+differs from the last one of that kind; ``T``, ``W``, ``G`` and ``C`` on their 1st, 10th, 100th, ...
+occurrence (the meter adds those).
 
 Sizes (``TcpConn.sizes``) are Zeek's ``TCP_Endpoint::Size`` from the endpoint sequence numbers kept
 as ``TCP_Analyzer::DeliverPacket`` keeps them (``init_endpoint``, ``init_peer``, ``update_ack_seq``,
 ``update_last_seq``); ``did_close`` (a FIN or RST processed) ends the duration.
 
-Departures from Zeek, all deliberate: no checksum (``C``) or content-gap (``G``) letters and no
-``missed_bytes`` (hopscope does not verify checksums or reassemble); the SYN/SYN-ACK reversal flip
-inside Zeek's state machine is not modelled (hopscope flips a flow whose first packet is a SYN-ACK, as
-Zeek's ``^`` heuristic does); a size below the start of sequence is 0, not Zeek's unsigned wrap.
+Content gaps (``missed_bytes``, ``G``) follow Zeek's ``TCP_Reassembler`` without keeping bytes: per
+endpoint the sequence range delivered so far (``last_reassem_seq``), the blocks captured above a hole,
+and the trim point of the peer's ACKs (``Endpoint.data_sent``, ``Endpoint.ack_for_data``). An ACK from
+the peer beyond what was captured reports the holes below it as gaps (``Undelivered``), the ACK clamped
+to the FIN (``AckReceived``); a segment cut by the snaplen is not captured data (``DataSent`` needs the
+whole payload). Gaps count only while both endpoints are established or closed from established
+(``report_gaps_for_partial = F``, ``established_or_cleanly_closing``).
+
+Departures from Zeek, all deliberate: the SYN/SYN-ACK reversal flip inside Zeek's state machine is not
+modelled (hopscope flips a flow whose first packet is a SYN-ACK, as Zeek's ``^`` heuristic does); a
+size below the start of sequence is 0, not Zeek's unsigned wrap; at most ``MAX_BLOCKS`` blocks above a
+hole are kept per endpoint (a further disjoint one is dropped, so its bytes count as missed once
+acknowledged); Zeek's limits on data above a hole without ACKs (``tcp_max_above_hole_without_any_acks``,
+``tcp_excessive_data_without_further_acks``) are not applied; a close is not deferred while data is
+pending in the reassembler.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ EV_ZERO_WINDOW, EV_RXMIT, EV_OOO = 1, 2, 4
 _NONE: Final = -1
 #: At most this many history letters are kept (a bound for pathological flows; meter.c: HIST_MAX).
 HIST_MAX: Final = 65535
+#: Blocks of captured data above a hole kept per endpoint (meter.c: MAX_BLOCKS).
+MAX_BLOCKS: Final = 16
 
 
 #: Zeek's TOO_LARGE_SEQ_DELTA: a SYN or RST sequence jump beyond this does not move ``last_seq``.
@@ -73,8 +87,8 @@ class Endpoint:
     sequence numbers ``Size`` is computed from (start, highest sequence end, highest ACK of the peer)."""
 
     __slots__ = (
-        "ack", "ack_wraps", "did_close", "fin_cnt", "last", "last_fin", "last_rst", "last_syn", "last_wraps",
-        "prev", "seen", "start", "state",
+        "ack", "ack_wraps", "blocks", "did_close", "fin_cnt", "fin_seq", "gap_cnt", "last", "last_fin", "last_rst",
+        "last_syn", "last_wraps", "missed", "prev", "reassem", "seen", "start", "state", "trim",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -86,6 +100,11 @@ class Endpoint:
         self.last_rst = _NONE
         self.did_close = False
         self.start = self.last = self.ack = self.last_wraps = self.ack_wraps = self.fin_cnt = 0
+        # TCP_Reassembler, relative sequence numbers (the first data byte after a SYN is 1)
+        self.reassem = self.trim = 1  # last_reassem_seq, trim_seq
+        self.blocks: list[list[int]] = []  # captured [seq, upper) above a hole, ascending, disjoint
+        self.fin_seq = 0  # relative sequence number after this endpoint's FIN (FIN_seq)
+        self.missed = self.gap_cnt = 0  # bytes reported in content gaps; gaps reported (the G scale)
 
     def set_state(self, state: int) -> None:
         self.prev = self.state
@@ -120,6 +139,77 @@ class Endpoint:
             self.ack_wraps += 1
         self.ack = ack
 
+    def relative(self, cur: int, last: int, wraps: int) -> tuple[int, bool]:
+        """Zeek's ``get_relative_seq``: ``cur`` relative to the start of sequence, counting wraps from
+        ``last``/``wraps``; and whether it lies below the start (underflow)."""
+        delta = seq_delta(cur, last)
+        if delta < 0:
+            if wraps and cur > last:
+                wraps -= 1
+        elif delta > 0 and cur < last:
+            wraps += 1
+        if wraps == 0:
+            rel = seq_delta(cur, self.start)
+            return rel, rel < 0
+        return (wraps << 32 | cur) - self.start, False
+
+    def data_sent(self, seq: int, length: int) -> None:
+        """Captured payload at relative ``seq`` (``TCP_Reassembler::DataSent``, ``NewBlock``,
+        ``BlockInserted``): data already acknowledged or trimmed is dropped, data at the delivery point
+        is delivered (with the blocks it joins), data above a hole is kept as a block."""
+        upper = seq + length
+        acked = (self.ack_wraps << 32 | self.ack) - self.start
+        if seq < acked:
+            if upper <= acked:
+                return
+            seq = acked
+        if upper <= self.trim:
+            return
+        seq = max(seq, self.trim)
+        if seq <= self.reassem:
+            if upper > self.reassem:
+                self.reassem = upper
+                self._deliver()
+            return
+        blocks = self.blocks
+        k = 0
+        while k < len(blocks) and blocks[k][1] < seq:
+            k += 1
+        j = k
+        while j < len(blocks) and blocks[j][0] <= upper:  # overlapping or adjacent blocks merge
+            seq, upper = min(seq, blocks[j][0]), max(upper, blocks[j][1])
+            j += 1
+        if j == k and len(blocks) >= MAX_BLOCKS:
+            return  # no room: dropped, as if not captured
+        blocks[k:j] = [[seq, upper]]
+
+    def _deliver(self) -> None:
+        """Deliver the blocks that now join the delivered range (``BlockInserted``)."""
+        blocks = self.blocks
+        while blocks and blocks[0][0] <= self.reassem:
+            self.reassem = max(self.reassem, blocks.pop(0)[1])
+
+    def ack_for_data(self, seq: int, partial: bool) -> list[int]:
+        """The peer acknowledged up to relative ``seq`` (``TCP_Reassembler::AckReceived``, clamped to the
+        FIN, and ``TrimToSeq``): the content gaps this reveals (``Undelivered``), in order, lengths."""
+        if self.fin_cnt and seq >= self.fin_seq:
+            seq = self.fin_seq - 1
+        if seq <= self.trim:
+            return []
+        gaps: list[int] = []
+        if seq > self.reassem and not (seq <= 2 and partial):  # a partial connection's first ACK: ignored
+            blocks = self.blocks
+            while blocks and blocks[0][0] < seq:
+                lo, hi = blocks.pop(0)
+                gaps.append(lo - self.reassem)
+                self.reassem = hi
+                self._deliver()
+            if seq > self.reassem:
+                gaps.append(seq - self.reassem)
+                self.reassem = seq
+        self.trim = seq
+        return gaps
+
     def size(self, peer: Endpoint) -> int:
         """``TCP_Endpoint::Size``: bytes of sequence space from the start to the highest sequence end
         or the peer's highest ACK, whichever is higher, less the SYN and the FIN (0, not Zeek's
@@ -139,30 +229,41 @@ class Endpoint:
 class TcpConn:
     """The TCP state of one flow: two endpoints and the history letters so far."""
 
-    __slots__ = ("history", "orig", "resp")
+    __slots__ = ("first_seen", "gaps", "history", "orig", "partial", "resp")
 
     def __init__(self) -> None:
         self.orig = Endpoint()
         self.resp = Endpoint()
         self.history: list[str] = []
+        self.partial = False  # Zeek's is_partial (SetPartialStatus)
+        self.first_seen = 0  # bit 1: a packet of the originator seen, bit 2: of the responder
+        self.gaps = 0  # content gaps the last packet revealed on its peer's data (for the G letters)
 
-    def packet(self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int, window: int) -> int:
-        """Account one packet in Zeek's order (``TCP_Analyzer::DeliverPacket``): ``init_endpoint``, the
-        history letters, ``update_window``, the FIN count, the peer's ACK (``init_peer``/
-        ``update_ack_seq``), ``update_last_seq``, the state machine, and ``did_close``
-        (``ConnectionClosed``). Returns its ``EV_`` events; the meter counts them and adds the scaled
-        ``W`` and ``T`` letters.
+    def packet(
+        self, from_orig: bool, flags: int, seq: int, ack: int, payload_len: int, window: int, captured: bool = True
+    ) -> int:
+        """Account one packet in Zeek's order (``TCP_Analyzer::DeliverPacket``): ``SetPartialStatus``,
+        ``init_endpoint``, the history letters, ``update_window``, the FIN count and sequence, the peer's
+        ACK (``init_peer``/``update_ack_seq``), ``update_last_seq``, the state machine, ``did_close``
+        (``ConnectionClosed``), then the reassembler: the ACK's content gaps on the peer's data
+        (``AckReceived``) and this packet's data (``DataSent``: only a wholly ``captured`` payload).
+        Returns its ``EV_`` events; the meter counts them and adds the scaled ``W``, ``T`` and (for
+        ``gaps``) ``G`` letters.
 
         A plain segment (no SYN, FIN or RST) of an endpoint past INACTIVE takes a short path: for it
         ``init_endpoint`` and the state machine change nothing, and ``update_last_seq`` only moves
         the sequence end forward or notes a retransmission."""
         ep, peer = (self.orig, self.resp) if from_orig else (self.resp, self.orig)
-        if flags & (SYN | FIN | RST) or ep.state == INACTIVE:
-            return self._control(ep, peer, from_orig, flags, seq, ack, payload_len, window)
+        self.gaps = 0
+        if flags & (SYN | FIN | RST) or ep.state == INACTIVE or self.first_seen != 3:
+            return self._control(ep, peer, from_orig, flags, seq, ack, payload_len, window, captured)
         self._history(ep, from_orig, flags, seq, payload_len)
         events = EV_ZERO_WINDOW if window == 0 and peer.state != CLOSED and ep.state != RESET else 0
         if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):  # an unchanged ACK changes nothing
+            rel_ack = self._rel_ack(peer, ack)
             peer.ack_received(ack, flags)
+            self._ack_gaps(ep, peer, rel_ack)
+        rel, underflow = ep.relative(seq, ep.last, ep.last_wraps) if payload_len else (0, True)
         if payload_len and 0 < (seq - ep.last) & _M32 < 1 << 31:  # starts beyond the highest end
             events |= EV_OOO
         if ep.state != RESET:
@@ -171,7 +272,27 @@ class TcpConn:
                 ep.update_last(end)
             elif payload_len:
                 events |= EV_RXMIT
+        if payload_len and captured and not underflow:
+            ep.data_sent(rel, payload_len)
         return events
+
+    @staticmethod
+    def _rel_ack(peer: Endpoint, ack: int) -> int:
+        """The ACK relative to the peer's start of sequence, before it is applied: 1 when it initialises
+        the peer (``init_peer``), 0 on an underflow."""
+        if peer.state == INACTIVE:
+            return 1
+        rel, underflow = peer.relative(ack, peer.ack, peer.ack_wraps)
+        return 0 if underflow else rel
+
+    def _ack_gaps(self, ep: Endpoint, peer: Endpoint, rel_ack: int) -> None:
+        """``peer->AckReceived``: the gaps in the peer's data the ACK reveals count (``missed_bytes``, the
+        ``G`` letters) when both endpoints are established or closed from established
+        (``TCP_Reassembler::Gap``, ``report_gaps_for_partial = F``)."""
+        gaps = peer.ack_for_data(rel_ack, self.partial)
+        if gaps and _clean(ep) and _clean(peer):
+            peer.missed += sum(gaps)
+            self.gaps = len(gaps)
 
     def _control(
         self,
@@ -183,18 +304,31 @@ class TcpConn:
         ack: int,
         payload_len: int,
         window: int,
+        captured: bool,
     ) -> int:
-        """``packet`` for a SYN, FIN or RST, or a segment of an INACTIVE endpoint."""
+        """``packet`` for a SYN, FIN or RST, a segment of an INACTIVE endpoint, or a direction's first."""
+        bit = 1 if from_orig else 2
+        if not self.first_seen & bit:  # SetPartialStatus
+            if from_orig:
+                self.partial = not flags & SYN or bool(flags & ACK)
+            elif not self.partial:
+                self.partial = not flags & SYN
+            self.first_seen |= bit
         # get_segment_len: the payload (none in a RST), one for a SYN (0x02), one for a FIN (0x01)
-        seg_end = (seq + (0 if flags & RST else payload_len) + (flags & FIN) + ((flags & SYN) >> 1)) & _M32
+        seg_len = (0 if flags & RST else payload_len) + (flags & FIN) + ((flags & SYN) >> 1)
+        seg_end = (seq + seg_len) & _M32
         if flags & SYN or ep.state == INACTIVE:
             _init_endpoint(ep, flags, seq, seg_end)
+        rel, underflow = ep.relative(seq, ep.last, ep.last_wraps)
         self._history(ep, from_orig, flags, seq, payload_len)
         zero = window == 0 and not flags & RST and peer.state != CLOSED and ep.state != RESET  # update_window
         events = EV_ZERO_WINDOW if zero else 0
         if flags & FIN:
             ep.fin_cnt += 1
+            ep.fin_seq = rel + seg_len
+        rel_ack = -1
         if flags & ACK and (ack != peer.ack or peer.state == INACTIVE):
+            rel_ack = self._rel_ack(peer, ack)
             peer.ack_received(ack, flags)
         if payload_len and not flags & RST and seq_delta(seq, ep.last) > 0:
             events |= EV_OOO
@@ -223,6 +357,10 @@ class TcpConn:
             ep.set_state(RESET)
         if flags & (FIN | RST):
             ep.did_close = True  # every FIN or RST that changes the state closes (do_close); later ones repeat it
+        if rel_ack >= 0:
+            self._ack_gaps(ep, peer, rel_ack)
+        if payload_len and captured and not flags & RST and not underflow:
+            ep.data_sent(rel + 1 if flags & SYN else rel, payload_len)
         return events
 
     def sizes(self) -> tuple[int, int]:
@@ -376,6 +514,11 @@ def _init_endpoint(ep: Endpoint, flags: int, seq: int, seg_end: int) -> None:
         or (state == RESET and ep.prev == INACTIVE)
     ):
         ep.init_seq(seq, seg_end)
+
+
+def _clean(ep: Endpoint) -> bool:
+    """Zeek's ``is_clean``: established, or closed from established."""
+    return ep.state == ESTABLISHED or (ep.state == CLOSED and ep.prev == ESTABLISHED)
 
 
 def _rstos0(history: str) -> bool:

@@ -17,14 +17,18 @@
  *     (Zeek's DidRxmit: payload that does not advance the highest sequence end), out of order (payload
  *     starting beyond it), zero windows (Zeek's update_window), T/W history letters on the 1st, 10th, 100th ... occurrence, the TCP state machine and history
  *     letters (every packet, as Zeek), handshake anchors (syn_seq, synack_seq, syn_ip_id, RTTs), payload
- *     hashes (BLAKE2b-64 of the first payload bytes per direction), UDP history letters;
+ *     hashes (BLAKE2b-64 of the first payload bytes per direction), UDP history letters; content gaps
+ *     (Zeek's TCP_Reassembler without the bytes: missed_bytes and G letters, tcpstate.Endpoint); a bad
+ *     L4 checksum (status BAD_L4_CHECKSUM) only finds or creates the flow and adds the scaled C letter;
+ *     the tunnel a UDP flow carries (its service) and the outer flows of tunnelled packets
+ *     (tunnel_parents); the DNS/NTP content flip of a new UDP flow (meter_common.content_flip);
  *   - emission: FIN both ways or RST closes a flow, finished after linger; idle timeouts; interim records
  *     every interval; eviction of the least recently active tenth when the table is over its limit; all
  *     checked at sweeps every sweep_every_s of capture time (the block-local running maximum of packet
  *     times, where the reference slices blocks); the reason, conn_state and close_type of records.
  *
  * Records are appended to an output buffer (RECORD_FIELDS int64 words each, plus their text: the two
- * addresses, history and Community ID, NUL-separated) that Python takes with take() and turns into a
+ * addresses, history, Community ID and tunnel parents, NUL-separated) that Python takes with take() and turns into a
  * FlowRecord batch (meter_common.record_batch).
  * The GIL is released while packets are metered; one Engine must not be used by two threads at once
  * (a busy flag turns that into a RuntimeError).
@@ -66,7 +70,7 @@ enum {
     R_FLOW_ID, R_START, R_END, R_IPVER, R_PROTO, R_ORIG_P, R_RESP_P, R_VLAN, R_POINT, R_TUNNEL,
     R_ORIG_HI, R_ORIG_LO, R_RESP_HI, R_RESP_LO, R_STATS, /* 12 words, meter.STAT_NAMES order */
     R_OHASH = R_STATS + 12, R_RHASH, R_SYN_SEQ, R_SYNACK_SEQ, R_SYN_IP_ID, R_RTT_C, R_RTT_S, R_FINAL,
-    R_STATE, R_CLOSE, NF
+    R_STATE, R_CLOSE, R_MISSED, R_ENCAP, NF
 };
 static const char *FIELD_NAMES[NF] = {
     "flow_id", "start_ns", "end_ns", "ip_version", "proto", "orig_p", "resp_p", "vlan", "point", "tunnel",
@@ -74,7 +78,7 @@ static const char *FIELD_NAMES[NF] = {
     "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
     "orig_retrans_pkts", "resp_retrans_pkts", "orig_ooo_pkts", "resp_ooo_pkts", "orig_zero_win", "resp_zero_win",
     "orig_payload_hash", "resp_payload_hash", "syn_seq", "synack_seq", "syn_ip_id", "rtt_client_us",
-    "rtt_server_us", "final", "conn_state", "close_type",
+    "rtt_server_us", "final", "conn_state", "close_type", "missed_bytes", "encap",
 };
 /* stats word = 2 * kind + direction */
 enum { S_PKTS = 0, S_BYTES = 2, S_IP_BYTES = 4, S_RTX = 6, S_OOO = 8, S_ZW = 10 };
@@ -87,7 +91,17 @@ typedef struct {
     /* Zeek's TCP_Endpoint sequence numbers (tcpstate.Endpoint): start, highest sequence end, highest
      * ACK of the peer, with their wrap counts; FINs sent */
     uint32_t start, last, ack, last_wraps, ack_wraps, fin_cnt;
+    /* Zeek's TCP_Reassembler (tcpstate.Endpoint), relative sequence numbers: last_reassem_seq, trim_seq,
+     * FIN_seq; bytes in reported gaps, gaps reported; the blocks above a hole ([lo, hi) pairs, ascending) */
+    int64_t reassem, trim, fin_seq, missed;
+    int64_t *blocks;
+    uint32_t gap_cnt;
+    uint8_t nblocks;
 } endpoint_t;
+
+#define MAX_BLOCKS 16   /* tcpstate.MAX_BLOCKS */
+#define MAX_PARENTS 8   /* meter_reference.MAX_PARENTS */
+#define MAX_TUNNEL_CHANGES 5
 
 typedef struct {
     uint64_t key, flow_id, orig_ep;
@@ -96,11 +110,16 @@ typedef struct {
     int64_t syn_seq, syn_ip_id, syn_ns, synack_seq, synack_ns, rtt_client_us, rtt_server_us;
     int64_t attempt_ns; /* capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none */
     int64_t stats[12];
+    int64_t bad[2]; /* per direction: packets with a bad L4 checksum (the C scale) */
     uint64_t payload_hash[2];
+    uint64_t outer; /* flow_id of the last packet's outer flow (Zeek's stored encapsulation), 0: none */
+    uint64_t parents[MAX_PARENTS];
     endpoint_t ep[2]; /* originator, responder */
     int32_t point, tunnel;
+    uint32_t gaps; /* content gaps the last TCP packet revealed on its peer's data */
     uint16_t orig_p, resp_p, vlan;
     uint8_t proto, ip_version, flipped, used, closing;
+    uint8_t first_seen, partial, encap, encap_dirs, nparents, outer_changes;
     uint16_t hist_len, hist_cap; /* hist_cap 0: the letters are in hist_inline */
     char *hist_heap;
     char hist_inline[HIST_INLINE];
@@ -137,7 +156,7 @@ typedef struct {
     char *text; /* per record: orig_h NUL resp_h NUL history NUL community_id NUL */
     int64_t text_len, text_cap;
     /* counters */
-    int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused, c_expired;
+    int64_t c_packets, c_flows, c_records, c_interim, c_evictions, c_reused, c_expired, c_bad;
     int busy, oom;
 } Engine;
 
@@ -254,6 +273,8 @@ static int32_t slot_alloc(Engine *e) {
 static void slot_release(Engine *e, int32_t slot) {
     flow_t *f = &e->flows[slot];
     free(f->hist_heap);
+    free(f->ep[0].blocks);
+    free(f->ep[1].blocks);
     memset(f, 0, sizeof *f);
     e->due[slot] = INT64_MAX;
     e->free_stack[e->nfree++] = slot;
@@ -402,6 +423,125 @@ static int64_t ep_size(const endpoint_t *ep, const endpoint_t *peer) {
     return size;
 }
 
+/* tcpstate.Endpoint.relative: Zeek's get_relative_seq; *underflow when below the start of sequence. */
+static int64_t relative(const endpoint_t *ep, uint32_t cur, uint32_t last, uint32_t wraps, int *underflow) {
+    int32_t delta = seq_delta(cur, last);
+    if (delta < 0) {
+        if (wraps && cur > last) wraps--;
+    } else if (delta > 0 && cur < last) {
+        wraps++;
+    }
+    if (wraps == 0) {
+        int64_t rel = seq_delta(cur, ep->start);
+        *underflow = rel < 0;
+        return rel;
+    }
+    *underflow = 0;
+    return (int64_t)((uint64_t)wraps << 32 | cur) - (int64_t)ep->start;
+}
+
+/* tcpstate.Endpoint._deliver: the blocks that now join the delivered range. */
+static void deliver(endpoint_t *ep) {
+    int k = 0;
+    while (k < ep->nblocks && ep->blocks[2 * k] <= ep->reassem) {
+        if (ep->blocks[2 * k + 1] > ep->reassem) ep->reassem = ep->blocks[2 * k + 1];
+        k++;
+    }
+    if (k) {
+        memmove(ep->blocks, ep->blocks + 2 * k, (size_t)(ep->nblocks - k) * 2 * sizeof *ep->blocks);
+        ep->nblocks = (uint8_t)(ep->nblocks - k);
+    }
+}
+
+/* tcpstate.Endpoint.data_sent: TCP_Reassembler::DataSent / NewBlock / BlockInserted. */
+static void data_sent(endpoint_t *ep, int64_t seq, int64_t len) {
+    int64_t upper = seq + len;
+    int64_t acked = (int64_t)((uint64_t)ep->ack_wraps << 32 | ep->ack) - (int64_t)ep->start;
+    if (seq < acked) {
+        if (upper <= acked) return;
+        seq = acked;
+    }
+    if (upper <= ep->trim) return;
+    if (seq < ep->trim) seq = ep->trim;
+    if (seq <= ep->reassem) {
+        if (upper > ep->reassem) {
+            ep->reassem = upper;
+            deliver(ep);
+        }
+        return;
+    }
+    int n = ep->nblocks, k = 0;
+    while (k < n && ep->blocks[2 * k + 1] < seq) k++;
+    int j = k;
+    while (j < n && ep->blocks[2 * j] <= upper) { /* overlapping or adjacent blocks merge */
+        if (ep->blocks[2 * j] < seq) seq = ep->blocks[2 * j];
+        if (ep->blocks[2 * j + 1] > upper) upper = ep->blocks[2 * j + 1];
+        j++;
+    }
+    if (j == k) {
+        if (n >= MAX_BLOCKS) return; /* no room: dropped, as if not captured */
+        if (!ep->blocks) {
+            ep->blocks = malloc(MAX_BLOCKS * 2 * sizeof *ep->blocks);
+            if (!ep->blocks) return;
+        }
+        memmove(ep->blocks + 2 * (k + 1), ep->blocks + 2 * k, (size_t)(n - k) * 2 * sizeof *ep->blocks);
+        ep->nblocks++;
+    } else if (j > k + 1) {
+        memmove(ep->blocks + 2 * (k + 1), ep->blocks + 2 * j, (size_t)(n - j) * 2 * sizeof *ep->blocks);
+        ep->nblocks = (uint8_t)(n - (j - k - 1));
+    }
+    ep->blocks[2 * k] = seq;
+    ep->blocks[2 * k + 1] = upper;
+}
+
+/* tcpstate.Endpoint.ack_for_data: AckReceived (clamped to the FIN), TrimToSeq, Undelivered. Adds the gaps'
+ * bytes to *bytes and returns how many gaps. */
+static int ack_for_data(endpoint_t *ep, int64_t seq, int partial, int64_t *bytes) {
+    if (ep->fin_cnt && seq >= ep->fin_seq) seq = ep->fin_seq - 1;
+    if (seq <= ep->trim) return 0;
+    int gaps = 0;
+    if (seq > ep->reassem && !(seq <= 2 && partial)) {
+        while (ep->nblocks && ep->blocks[0] < seq) {
+            int64_t lo = ep->blocks[0], hi = ep->blocks[1];
+            memmove(ep->blocks, ep->blocks + 2, (size_t)(ep->nblocks - 1) * 2 * sizeof *ep->blocks);
+            ep->nblocks--;
+            *bytes += lo - ep->reassem;
+            gaps++;
+            ep->reassem = hi;
+            deliver(ep);
+        }
+        if (seq > ep->reassem) {
+            *bytes += seq - ep->reassem;
+            gaps++;
+            ep->reassem = seq;
+        }
+    }
+    ep->trim = seq;
+    return gaps;
+}
+
+static inline int is_clean(const endpoint_t *ep) {
+    return ep->state == ESTABLISHED || (ep->state == CLOSED && ep->prev == ESTABLISHED);
+}
+
+/* TcpConn._rel_ack: the ACK relative to the peer's start, before it is applied (1: init_peer, 0: underflow). */
+static inline int64_t rel_ack(const endpoint_t *peer, uint32_t ack) {
+    if (peer->state == INACTIVE) return 1;
+    int under;
+    int64_t rel = relative(peer, ack, peer->ack, peer->ack_wraps, &under);
+    return under ? 0 : rel;
+}
+
+/* TcpConn._ack_gaps: the gaps count when both endpoints are established or closed from established. */
+static void ack_gaps(flow_t *f, endpoint_t *ep, endpoint_t *peer, int64_t rack) {
+    int64_t bytes = 0;
+    int gaps = ack_for_data(peer, rack, f->partial, &bytes);
+    if (gaps && is_clean(ep) && is_clean(peer)) {
+        peer->missed += bytes;
+        f->gaps = (uint32_t)gaps;
+    }
+}
+
 /* tcpstate._init_endpoint: Zeek's init_endpoint, by the endpoint's state before the packet. */
 static void init_endpoint(endpoint_t *ep, int flags, uint32_t seq, uint32_t seg_end) {
     int st = ep->state;
@@ -419,17 +559,35 @@ static void init_endpoint(endpoint_t *ep, int flags, uint32_t seq, uint32_t seg_
 /* TcpConn.packet events */
 enum { EV_ZERO_WINDOW = 1, EV_RXMIT = 2, EV_OOO = 4 };
 
-/* TcpConn._control: a SYN, FIN or RST, or a segment of an INACTIVE endpoint. */
+/* TcpConn._control: a SYN, FIN or RST, a segment of an INACTIVE endpoint, or a direction's first. */
 static int tcp_control(flow_t *f, endpoint_t *ep, endpoint_t *peer, int fo, int flags, uint32_t seq, uint32_t ack,
-                       int64_t len, int64_t window) {
+                       int64_t len, int64_t window, int captured) {
+    int bit = fo ? 1 : 2;
+    if (!(f->first_seen & bit)) { /* SetPartialStatus */
+        if (fo)
+            f->partial = !(flags & T_SYN) || (flags & T_ACK);
+        else if (!f->partial)
+            f->partial = !(flags & T_SYN);
+        f->first_seen |= (uint8_t)bit;
+    }
     /* get_segment_len: the payload (none in a RST), one for a SYN, one for a FIN */
-    uint32_t seg_end = seq + (uint32_t)((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
+    int64_t seg_len = ((flags & T_RST) ? 0 : len) + !!(flags & T_SYN) + !!(flags & T_FIN);
+    uint32_t seg_end = seq + (uint32_t)seg_len;
     if ((flags & T_SYN) || ep->state == INACTIVE) init_endpoint(ep, flags, seq, seg_end);
+    int underflow;
+    int64_t rel = relative(ep, seq, ep->last, ep->last_wraps, &underflow);
     tcp_history(f, ep, fo, flags, seq, len);
     int zero = window == 0 && !(flags & T_RST) && peer->state != CLOSED && ep->state != RESET; /* update_window */
     int events = zero ? EV_ZERO_WINDOW : 0;
-    if (flags & T_FIN) ep->fin_cnt++;
-    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) ack_received(peer, ack, flags);
+    if (flags & T_FIN) {
+        ep->fin_cnt++;
+        ep->fin_seq = rel + seg_len;
+    }
+    int64_t rack = -1;
+    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) {
+        rack = rel_ack(peer, ack);
+        ack_received(peer, ack, flags);
+    }
     if (len && !(flags & T_RST) && seq_delta(seq, ep->last) > 0) events |= EV_OOO;
     /* Zeek's update_last_seq, DidRxmit for a segment with payload that does not advance */
     int32_t delta = seq_delta(seg_end, ep->last);
@@ -460,6 +618,8 @@ static int tcp_control(flow_t *f, endpoint_t *ep, endpoint_t *peer, int fo, int 
         break;
     }
     if (flags & (T_FIN | T_RST)) ep->did_close = 1;
+    if (rack >= 0) ack_gaps(f, ep, peer, rack);
+    if (len && captured && !(flags & T_RST) && !underflow) data_sent(ep, (flags & T_SYN) ? rel + 1 : rel, len);
     return events;
 }
 
@@ -467,13 +627,21 @@ static int tcp_control(flow_t *f, endpoint_t *ep, endpoint_t *peer, int fo, int 
  * letters, update_window, FIN count, the peer's ACK (init_peer / update_ack_seq), update_last_seq, the
  * state machine, did_close; returns its EV_ events. A plain segment of an endpoint past INACTIVE takes
  * the short path. */
-static int tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, int64_t len, int64_t window) {
+static int tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, int64_t len, int64_t window,
+                      int captured) {
     endpoint_t *ep = &f->ep[fo ? 0 : 1], *peer = &f->ep[fo ? 1 : 0];
-    if ((flags & (T_SYN | T_FIN | T_RST)) || ep->state == INACTIVE)
-        return tcp_control(f, ep, peer, fo, flags, seq, ack, len, window);
+    f->gaps = 0;
+    if ((flags & (T_SYN | T_FIN | T_RST)) || ep->state == INACTIVE || f->first_seen != 3)
+        return tcp_control(f, ep, peer, fo, flags, seq, ack, len, window, captured);
     tcp_history(f, ep, fo, flags, seq, len);
     int events = (window == 0 && peer->state != CLOSED && ep->state != RESET) ? EV_ZERO_WINDOW : 0;
-    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) ack_received(peer, ack, flags);
+    if ((flags & T_ACK) && (ack != peer->ack || peer->state == INACTIVE)) {
+        int64_t rack = rel_ack(peer, ack);
+        ack_received(peer, ack, flags);
+        ack_gaps(f, ep, peer, rack);
+    }
+    int underflow = 1;
+    int64_t rel = len ? relative(ep, seq, ep->last, ep->last_wraps, &underflow) : 0;
     if (len && seq_delta(seq, ep->last) > 0) events |= EV_OOO;
     if (ep->state != RESET) {
         uint32_t end = seq + (uint32_t)len;
@@ -482,6 +650,7 @@ static int tcp_packet(flow_t *f, int fo, int flags, uint32_t seq, uint32_t ack, 
         else if (len)
             events |= EV_RXMIT;
     }
+    if (len && captured && !underflow) data_sent(ep, rel, len);
     return events;
 }
 
@@ -663,7 +832,7 @@ static int64_t address_text(uint64_t hi, uint64_t lo, char *t) {
 
 /* Append the record of flow f (final or interim) to the output. */
 static void emit(Engine *e, flow_t *f, int final, int why) {
-    if (out_reserve(e, (int64_t)f->hist_len + 2 * INET6_ADDRSTRLEN + CID_LEN + 8) < 0) return;
+    if (out_reserve(e, (int64_t)f->hist_len + 2 * INET6_ADDRSTRLEN + CID_LEN + 17 * MAX_PARENTS + 8) < 0) return;
     int64_t *r = e->out + e->nout * NF;
     r[R_FLOW_ID] = (int64_t)f->flow_id;
     r[R_START] = f->start_ns;
@@ -696,6 +865,8 @@ static void emit(Engine *e, flow_t *f, int final, int why) {
     int ack_miss = f->synack_seq != 0 && f->rtt_client_us == 0;
     r[R_STATE] = state;
     r[R_CLOSE] = close_type(state, why, final, f->proto, ack_miss);
+    r[R_MISSED] = f->proto == P_TCP ? f->ep[0].missed + f->ep[1].missed : 0;
+    r[R_ENCAP] = f->encap;
     char *t = e->text + e->text_len;
     int64_t n = address_text(f->orig_hi, f->orig_lo, t) + 1;
     n += address_text(f->resp_hi, f->resp_lo, t + n) + 1;
@@ -705,6 +876,12 @@ static void emit(Engine *e, flow_t *f, int final, int why) {
     t[n++] = 0;
     community_id(e, f, t + n);
     n += CID_LEN;
+    t[n++] = 0;
+    static const char hex[] = "0123456789abcdef";
+    for (int k = 0; k < f->nparents; k++) { /* tunnel_parents: "%016x" each, comma-separated */
+        if (k) t[n++] = ',';
+        for (int d = 15; d >= 0; d--) t[n++] = hex[(f->parents[k] >> (4 * d)) & 15];
+    }
     t[n++] = 0;
     e->text_len += n;
     e->nout++;
@@ -800,14 +977,16 @@ static void end_of_slice(Engine *e) {
 enum {
     C_TS, C_PROTO, C_IPVER, C_VLAN, C_POINT, C_TUNNEL, C_SRC_HI, C_SRC_LO, C_DST_HI, C_DST_LO, C_SPORT,
     C_DPORT, C_FLAGS, C_SEQ, C_ACK, C_WINDOW, C_IP_ID, C_IP_LEN, C_PAYLOAD_OFF, C_PAYLOAD_LEN, C_PAYLOAD_CAPLEN,
-    C_FLOW_ID, C_FROM_ORIG, NCOLS
+    C_STATUS, C_ENCAP, C_FLOW_ID, C_FROM_ORIG, NCOLS
 };
-static const int COL_SIZES[NCOLS] = {8, 1, 1, 2, 2, 2, 8, 8, 8, 8, 2, 2, 1, 4, 4, 2, 2, 4, 8, 4, 4, 8, 1};
+static const int COL_SIZES[NCOLS] = {8, 1, 1, 2, 2, 2, 8, 8, 8, 8, 2, 2, 1, 4, 4, 2, 2, 4, 8, 4, 4, 1, 1, 8, 1};
 static const char *COL_NAMES[NCOLS] = {
     "ts_ns", "proto", "ip_version", "vlan", "point", "tunnel", "src_hi", "src_lo", "dst_hi", "dst_lo",
     "sport", "dport", "tcp_flags", "seq", "ack", "window", "ip_id", "ip_len", "payload_off", "payload_len",
-    "payload_caplen", "flow_id", "from_orig",
+    "payload_caplen", "status", "encap", "flow_id", "from_orig",
 };
+enum { ST_BAD_L4_CHECKSUM = 12 }; /* packets.PacketStatus.BAD_L4_CHECKSUM */
+enum { ENCAP_TEREDO = 3 };         /* packets.ENCAP_NAMES.index("teredo") */
 
 typedef struct {
     const int64_t *ts;
@@ -821,8 +1000,10 @@ typedef struct {
     const uint32_t *ip_len;
     const int64_t *payload_off;
     const uint32_t *payload_len, *payload_caplen;
+    const uint8_t *status, *encap;
     uint64_t *flow_id;
     uint8_t *from_orig;
+    const int64_t *outer; /* per row: the row of its UDP tunnel's outer datagram, -1: none (NULL: no tunnels) */
     const uint8_t *buf;
     int64_t buf_len;
     const uint64_t *pt_hash, *tun_hash;
@@ -865,6 +1046,24 @@ static int flip_roles(Engine *e, int proto, int flags, int sport, int dport, uin
     return 0;
 }
 
+/* meter_common.content_flip: Zeek's DNS (DNS_Interpreter::ParseMessage: the first message a response from
+ * the originator, the responder not multicast) and NTP (proc_ntp_message: server mode from the originator,
+ * client mode from the responder) flips, by the analyzer the responder port attaches. */
+enum { DNS_UDP = 4, NTP_UDP = 8 };
+static int content_flip(const Engine *e, int resp_p, int from_orig, uint64_t dst_hi, uint64_t dst_lo,
+                        const uint8_t *p, int64_t n) {
+    int kind = e->likely_server[resp_p];
+    if (kind & DNS_UDP) {
+        int multicast = (dst_hi == 0 && (dst_lo >> 32) == 0xFFFF) ? ((dst_lo >> 28) & 0xF) == 0xE : (dst_hi >> 56) == 0xFF;
+        return from_orig && n >= 12 && (p[2] & 0x80) && !multicast;
+    }
+    if ((kind & NTP_UDP) && n >= 48) {
+        int mode = p[0] & 7;
+        return (mode == 4 && from_orig) || (mode == 3 && !from_orig);
+    }
+    return 0;
+}
+
 /* ReferenceMeter._create for the packet in row i. */
 static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep) {
     int32_t slot = slot_alloc(e);
@@ -873,6 +1072,13 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     uint64_t key_port;
     int proto = b->proto[i], sport = b->sport[i], dport = (int)resp_port(e, b, i, &key_port);
     int flip = flip_roles(e, proto, b->flags[i], sport, dport, b->dst_hi[i], b->dst_lo[i]);
+    if (proto == P_UDP && b->status[i] != ST_BAD_L4_CHECKSUM && !(b->dst_hi[i] == 0 && b->dst_lo[i] == UINT64_C(0xFFFFFFFFFFFF))) {
+        int64_t off = b->payload_off[i], n = b->payload_caplen[i];
+        if (n > 64) n = 64;
+        if (off < 0 || off > b->buf_len) n = 0;
+        if (n > b->buf_len - off) n = b->buf_len - off;
+        flip ^= content_flip(e, flip ? sport : dport, !flip, b->dst_hi[i], b->dst_lo[i], b->buf + off, n);
+    }
     int64_t ts = b->ts[i];
     f->used = 1;
     f->key = key;
@@ -891,6 +1097,11 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     f->resp_p = (uint16_t)(flip ? sport : dport);
     f->orig_ep = flip ? dst_ep : src_ep;
     f->flipped = (uint8_t)flip;
+    for (int d = 0; d < 2; d++) f->ep[d].reassem = f->ep[d].trim = 1;
+    if (b->outer && b->outer[i] >= 0 && b->flow_id[b->outer[i]]) { /* Zeek's set_conn at new_connection */
+        f->outer = f->parents[0] = b->flow_id[b->outer[i]]; /* the innermost encapsulation's uid */
+        f->nparents = 1;
+    }
     e->c_flows++;
     if (ix_put(e, key, slot) < 0) return -1;
     return slot;
@@ -954,11 +1165,15 @@ static void tcp_packet_meter(Engine *e, const block_t *b, int64_t i, flow_t *f, 
     if (len && !(flags & T_RST) && !f->payload_hash[d] && b->payload_caplen[i])
         f->payload_hash[d] = hash_payload(e, b, i);
     if (fo && (flags & T_SYN) && f->ep[0].state == INACTIVE) f->attempt_ns = ts; /* the AttemptTimer starts */
-    int events = tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len, b->window[i]);
+    int events = tcp_packet(f, fo, flags, (uint32_t)seq, b->ack[i], len, b->window[i], b->payload_caplen[i] >= len);
     if (events) { /* counts, and W and T on the 1st, 10th, 100th ... (ReferenceMeter._count_events) */
         if ((events & EV_ZERO_WINDOW) && is_power_of_ten(++f->stats[S_ZW + d])) add_letter(f, fo, 'W');
         if ((events & EV_RXMIT) && is_power_of_ten(++f->stats[S_RTX + d])) add_letter(f, fo, 'T');
         if (events & EV_OOO) f->stats[S_OOO + d]++;
+    }
+    for (uint32_t g = 0; g < f->gaps; g++) { /* G/g for the peer's data, scaled (TCP_Endpoint::Gap) */
+        endpoint_t *peer = &f->ep[fo ? 1 : 0];
+        if (is_power_of_ten(++peer->gap_cnt)) add_letter(f, !fo, 'G');
     }
     if (f->attempt_ns && !tcp_attempt(f)) f->attempt_ns = 0; /* answered or closed: never an attempt again */
     if ((flags & T_SYN) || (f->synack_ns && !f->rtt_client_us)) anchors(b, i, f, fo, flags, seq, ts);
@@ -978,6 +1193,23 @@ static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, ui
     *src_ep = ea;
     *dst_ep = eb;
     return hs_flow_key(ea, eb, (uint64_t)b->proto[i], b->pt_hash[b->point[i]]);
+}
+
+/* ReferenceMeter._tunnel_parent: Zeek's Connection::CheckEncapsulation with this packet's outer flow. */
+static void tunnel_parent(flow_t *f, uint64_t outer) {
+    if (outer == f->outer) return;
+    if (f->outer && outer) {
+        if (f->outer_changes >= MAX_TUNNEL_CHANGES) {
+            f->outer = outer;
+            return;
+        }
+        f->outer_changes++;
+    }
+    f->outer = outer;
+    if (!outer) return;
+    for (int k = 0; k < f->nparents; k++)
+        if (f->parents[k] == outer) return;
+    if (f->nparents < MAX_PARENTS) f->parents[f->nparents++] = outer;
 }
 
 /* Lookup (or creation, or reuse) and metering of one ok packet whose key and endpoint hashes are known. */
@@ -1008,6 +1240,13 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
     if (slot < 0) return;
     flow_t *f = &e->flows[slot];
     int fo = ea == f->orig_ep, d = fo ? 0 : 1;
+    if ((b->outer && b->outer[i] >= 0) || f->outer) tunnel_parent(f, b->outer && b->outer[i] >= 0 ? b->flow_id[b->outer[i]] : 0);
+    if (b->status[i] == ST_BAD_L4_CHECKSUM) { /* found or created, then dropped: only the scaled C/c */
+        if (is_power_of_ten(++f->bad[d])) add_letter(f, fo, 'C');
+        set_due(e, slot);
+        e->c_bad++;
+        return;
+    }
     int64_t ts = b->ts[i], len = b->payload_len[i];
     f->stats[S_PKTS + d]++;
     f->stats[S_BYTES + d] += len;
@@ -1019,6 +1258,13 @@ static void meter_packet(Engine *e, const block_t *b, int64_t i, uint64_t key, u
         tcp_packet_meter(e, b, i, f, fo);
     } else {
         if (proto == P_UDP && f->stats[S_PKTS + d] == 1) add_letter(f, fo, 'D'); /* UDP.cc: payload or not */
+        if (b->encap[i] && !f->encap) { /* the tunnel: the outer flow's service; Teredo once both ways */
+            if (b->encap[i] != ENCAP_TEREDO) {
+                f->encap = b->encap[i];
+            } else if ((f->encap_dirs |= (uint8_t)(1 << d)) == 3) {
+                f->encap = b->encap[i];
+            }
+        }
         if (len > 0 && f->payload_hash[d] == 0) { /* first payload of the direction */
             uint64_t h = hash_payload(e, b, i); /* 1: payload seen, nothing hashed (beyond snaplen) */
             f->payload_hash[d] = h ? h : 1;
@@ -1137,14 +1383,14 @@ static int get_col(PyObject *obj, Py_buffer *view, int writable, int size, Py_ss
 }
 
 static PyObject *Engine_process(Engine *e, PyObject *args) {
-    PyObject *cols, *buf_obj, *rows_obj, *pth, *ptid, *tuh, *tuid;
+    PyObject *cols, *buf_obj, *rows_obj, *pth, *ptid, *tuh, *tuid, *outer_obj;
     Py_ssize_t count;
-    if (!PyArg_ParseTuple(args, "O!nOOOOOO", &PyTuple_Type, &cols, &count, &buf_obj, &rows_obj, &pth, &ptid, &tuh,
-                          &tuid))
+    if (!PyArg_ParseTuple(args, "O!nOOOOOOO", &PyTuple_Type, &cols, &count, &buf_obj, &rows_obj, &pth, &ptid, &tuh,
+                          &tuid, &outer_obj))
         return NULL;
     if (PyTuple_GET_SIZE(cols) != NCOLS) return PyErr_Format(PyExc_ValueError, "%d columns expected", NCOLS);
     if (e->busy) return PyErr_Format(PyExc_RuntimeError, "Engine used by two threads at once");
-    Py_buffer views[NCOLS + 6];
+    Py_buffer views[NCOLS + 7];
     int nviews = 0, ok = 1;
     for (int c = 0; c < NCOLS && ok; c++) {
         ok = get_col(PyTuple_GET_ITEM(cols, c), &views[c], c >= C_FLOW_ID, COL_SIZES[c], count, COL_NAMES[c]) == 0;
@@ -1158,6 +1404,8 @@ static PyObject *Engine_process(Engine *e, PyObject *args) {
     ok = ok && get_col(ptid, vptid, 0, 8, vpth->len / 8, "point ids") == 0 && ++nviews;
     ok = ok && get_col(tuh, vtuh, 0, 8, 1, "tunnel hashes") == 0 && ++nviews;
     ok = ok && get_col(tuid, vtuid, 0, 8, vtuh->len / 8, "tunnel ids") == 0 && ++nviews;
+    Py_buffer *vouter = &views[NCOLS + 6];
+    ok = ok && get_col(outer_obj, vouter, 0, 8, 0, "outer rows") == 0 && ++nviews;
     block_t b;
     const int64_t *rows = NULL;
     int64_t nrows = 0;
@@ -1167,17 +1415,25 @@ static PyObject *Engine_process(Engine *e, PyObject *args) {
             views[C_TUNNEL].buf, views[C_SRC_HI].buf, views[C_SRC_LO].buf, views[C_DST_HI].buf,
             views[C_DST_LO].buf, views[C_SPORT].buf, views[C_DPORT].buf, views[C_FLAGS].buf, views[C_SEQ].buf,
             views[C_ACK].buf, views[C_WINDOW].buf, views[C_IP_ID].buf, views[C_IP_LEN].buf, views[C_PAYLOAD_OFF].buf,
-            views[C_PAYLOAD_LEN].buf, views[C_PAYLOAD_CAPLEN].buf, views[C_FLOW_ID].buf, views[C_FROM_ORIG].buf,
+            views[C_PAYLOAD_LEN].buf, views[C_PAYLOAD_CAPLEN].buf, views[C_STATUS].buf, views[C_ENCAP].buf,
+            views[C_FLOW_ID].buf, views[C_FROM_ORIG].buf, NULL,
             vbuf->buf, vbuf->len, vpth->buf, vtuh->buf, vptid->buf, vtuid->buf, vpth->len / 8, vtuh->len / 8,
         };
-        rows = vrows->buf;
-        nrows = vrows->len / 8;
+        if (vouter->len) { /* per row, an earlier row (or -1): checked so a hostile array cannot reach out */
+            if (vouter->len < count * 8) ok = 0;
+            const int64_t *outer = vouter->buf;
+            for (int64_t i = 0; i < count && ok; i++) ok = outer[i] >= -1 && outer[i] < i;
+            if (ok) b.outer = outer;
+            else PyErr_SetString(PyExc_ValueError, "outer rows: one per row, each an earlier row or -1");
+        }
+        rows = ok ? vrows->buf : NULL;
+        nrows = ok ? vrows->len / 8 : 0;
         /* hostile indices never reach the loop: rows in range, point/tunnel indices known */
         for (int64_t k = 0; k < nrows && ok; k++) {
             int64_t i = rows[k];
             ok = i >= 0 && i < count && b.point[i] < b.npoints && b.tunnel[i] < b.ntunnels;
         }
-        if (!ok) PyErr_SetString(PyExc_ValueError, "row, point or tunnel index out of range");
+        if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "row, point or tunnel index out of range");
     }
     if (ok) {
         e->busy = 1;
@@ -1212,8 +1468,8 @@ static PyObject *Engine_flush(Engine *e, PyObject *args) {
     return PyLong_FromSsize_t(done);
 }
 
-/* take() -> (records: bytes of n * NF int64, n, text: bytes, per record orig_h, resp_h, history and
- * community_id, each followed by a NUL) */
+/* take() -> (records: bytes of n * NF int64, n, text: bytes, per record orig_h, resp_h, history,
+ * community_id and tunnel_parents, each followed by a NUL) */
 static PyObject *Engine_take(Engine *e, PyObject *noargs) {
     PyObject *res = Py_BuildValue("(y#ny#)", e->out ? (const char *)e->out : "", (Py_ssize_t)(e->nout * NF * 8),
                                   (Py_ssize_t)e->nout, e->text ? e->text : "", (Py_ssize_t)e->text_len);
@@ -1222,15 +1478,16 @@ static PyObject *Engine_take(Engine *e, PyObject *noargs) {
 }
 
 static PyObject *Engine_counters(Engine *e, PyObject *noargs) {
-    return Py_BuildValue("{sLsLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
+    return Py_BuildValue("{sLsLsLsLsLsLsLsL}", "packets", (long long)e->c_packets, "flows", (long long)e->c_flows,
                          "records", (long long)e->c_records, "interim_records", (long long)e->c_interim,
                          "evictions", (long long)e->c_evictions, "reused_tuples", (long long)e->c_reused,
-                         "expired_attempts", (long long)e->c_expired);
+                         "expired_attempts", (long long)e->c_expired, "bad_checksums", (long long)e->c_bad);
 }
 
 static PyMethodDef Engine_methods[] = {
     {"process", (PyCFunction)Engine_process, METH_VARARGS,
-     "process(columns, count, buf, rows, point_hashes, point_ids, tunnel_hashes, tunnel_ids): meter rows"},
+     "process(columns, count, buf, rows, point_hashes, point_ids, tunnel_hashes, tunnel_ids, outer_rows): meter "
+     "rows"},
     {"flush", (PyCFunction)Engine_flush, METH_VARARGS, "flush(chunk) -> number of flows finished"},
     {"take", (PyCFunction)Engine_take, METH_NOARGS, "take() -> (records, n, history, community_ids)"},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "counters() -> dict"},

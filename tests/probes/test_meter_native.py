@@ -126,13 +126,19 @@ def test_kernel_rejects_bad_columns() -> None:
     with pytest.raises(ValueError, match="out of range"):
         meter.native.process(block)
     engine, cols = meter.native.engine, tuple(getattr(block, n) for n in meter.native.columns)
-    rows, ids = np.array([0, 7], np.int64), np.zeros(1, np.int64)
+    rows, ids, none = np.array([0, 7], np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64)
     with pytest.raises(ValueError, match="out of range"):
-        engine.process(cols, 2, block.buf, rows, np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids)
+        engine.process(cols, 2, block.buf, rows, np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids, none)
     bad = list(cols)
     bad[0] = np.zeros(2, np.int32)  # ts_ns of the wrong width
     with pytest.raises(ValueError, match="ts_ns"):
-        engine.process(tuple(bad), 2, block.buf, rows[:1], np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids)
+        engine.process(tuple(bad), 2, block.buf, rows[:1], np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids,
+                       none)  # fmt: skip
+    # an outer row must be an earlier row of the block (the packet's tunnel came before it) or -1
+    for outer in (np.array([-1, 1], np.int64), np.array([-1, 5], np.int64), np.array([-2, -1], np.int64)):
+        with pytest.raises(ValueError, match="outer rows"):
+            engine.process(cols, 2, block.buf, rows[:1], np.zeros(1, np.uint64), ids, np.zeros(1, np.uint64), ids,
+                           outer)  # fmt: skip
 
 
 # --- generated traffic -----------------------------------------------------------------------------

@@ -206,9 +206,10 @@ COUNT_CASES = [
     ("overlap", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(True, "PA", 1051, 5001, 100),
                  _seg(False, "A", 5001, 1151)],
      [(C, 40000, S, 80, 6, "S1", "ShADa", 4, 2, 150, 0, 5.0)]),
-    # data the peer acknowledged but the capture missed (1101-1200) is in the size (max(last, ack))
+    # data the peer acknowledged but the capture missed (1101-1300) is in the size (max(last, ack)),
+    # and the ACK reveals it as a content gap (G: the originator's data)
     ("acked-not-seen", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "A", 5001, 1301)],
-     [(C, 40000, S, 80, 6, "S1", "ShADa", 3, 2, 300, 0, 4.0)]),
+     [(C, 40000, S, 80, 6, "S1", "ShADaG", 3, 2, 300, 0, 4.0)]),
     # a zero window is W (update_window) ... but not once the peer has closed
     ("zero-window", [*OPEN, _seg(False, "PA", 5001, 1001, 10), _seg(True, "A", 1001, 5011, window=0)],
      [(C, 40000, S, 80, 6, "S1", "ShAdW", 3, 2, 0, 10, 4.0)]),
