@@ -39,7 +39,8 @@ def manifest_summary(path: Path) -> list[str]:
 
 
 def running_labs() -> list[str]:
-    """One line per running lab (its prefix, age and overlay, from its state file), or that none runs."""
+    """One line per running lab (its prefix, age, overlay, address families and sidecars, from its state
+    file), or that none runs."""
     import time
 
     from hopscope.lab.lab import state_root
@@ -50,7 +51,8 @@ def running_labs() -> list[str]:
         state_file = state_root() / prefix / "state.json"
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         age = (time.time_ns() - state["created_ns"]) / 1e9 if "created_ns" in state else None
-        note = (f"up {age:.0f} s, overlay {state.get('overlay')}, server sidecar {state.get('sidecar', 'envoy')}, "
+        note = (f"up {age:.0f} s, overlay {state.get('overlay')}, {'dual-stack' if state.get('ipv6') else 'IPv4'}, "
+                f"server sidecar {state.get('sidecar', 'envoy')}, "
                 f"client sidecar {state.get('client_sidecar', 'none')}"
                 if age is not None else "no state (crashed run?)")
         lines.append(f"{prefix}  {note}")
