@@ -286,3 +286,129 @@ REUSE_CASES = [
 def test_tuple_reuse_and_attempts(tmp_path: Path, name: str, packets: list[Packet], want: list[Row],
                                   native: bool) -> None:  # fmt: skip
     assert _rows(tmp_path, [p.copy() for p in packets], native) == sorted(want)
+
+
+# --- content gaps: missed_bytes and G, from Zeek's TCP_Reassembler ----------------------------------
+
+
+def _final(tmp_path: Path, packets: list[Packet], native: bool) -> list[Any]:
+    path = tmp_path / "case.pcap"
+    wrpcap(str(path), packets)
+    meter = FlowMeter(MeterConfig(), native=native)
+    decoder = Decoder("p")
+    batches = [meter.process_batch(decoder.decode(raw)) for raw in open_capture(path).blocks()]
+    batches.extend(meter.flush_batches())
+    return [r for batch in batches for r in batch.records() if r.final]
+
+
+def _truncated(pkt: Packet, caplen: int) -> Packet:
+    """``pkt`` as a capture with a snaplen of ``caplen`` bytes keeps it (original length kept)."""
+    raw = bytes(pkt)
+    cut = Ether(raw[:caplen])
+    cut.wirelen = len(raw)
+    return cut
+
+
+GAP_CASES = [
+    # the responder acknowledges 200 bytes beyond what the capture holds: one gap (G, the originator's
+    # data), missed_bytes 200 (AckReceived -> TrimToSeq -> Undelivered -> Gap)
+    ("ack-beyond-capture", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "A", 5001, 1301)],
+     ("S1", "ShADaG", 300, 0, 200)),
+    # a hole below a later block: 1101-1200 missing, 1201-1300 captured; the ACK of 1301 reports the
+    # hole only (Undelivered delivers the block after the gap before it)
+    ("hole-below-block", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(True, "PA", 1201, 5001, 100),
+                          _seg(False, "A", 5001, 1301)],
+     ("S1", "ShADaG", 300, 0, 100)),
+    # the ACK of a FIN is clamped to the byte before it (FIN_seq - 1): no gap for the FIN's sequence number
+    ("fin-acked", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(True, "FA", 1101, 5001),
+                   _seg(False, "A", 5001, 1102)],
+     ("S2", "ShADFa", 100, 0, 0)),
+    # every ACK in order: nothing missed (the originator's last ACK adds no letter: A was seen)
+    ("in-order", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "PA", 5001, 1101, 50),
+                  _seg(True, "A", 1101, 5051)],
+     ("S1", "ShADd", 100, 50, 0)),
+    # a partial connection (no handshake seen): gaps are not reported (report_gaps_for_partial = F)
+    ("partial", [_seg(True, "PA", 7000, 9000, 10), _seg(False, "A", 9000, 7100)], ("OTH", "Da", 100, 0, 0)),
+    # a RST acknowledging missing data: the RESET endpoint is not established, no gap
+    ("rst", [*OPEN, _seg(True, "PA", 1001, 5001, 100), _seg(False, "RA", 5001, 1301)], ("RSTR", "ShADr", 100, 0, 0)),
+    # a segment cut by the snaplen is not captured data (DataSent needs the whole payload): once
+    # acknowledged, its bytes are missed
+    ("snaplen", [*OPEN, _truncated(_seg(True, "PA", 1001, 5001, 100), 74), _seg(False, "A", 5001, 1101)],
+     ("S1", "ShADaG", 100, 0, 100)),
+    # gaps are scaled like T and W: G on the 1st and 10th
+    ("ten-gaps", [*OPEN, *(p for n in range(10) for p in (_seg(True, "PA", 1001 + 200 * n, 5001, 100),
+                                                          _seg(False, "A", 5001, 1201 + 200 * n)))],
+     ("S1", "ShADaGG", 2000, 0, 1000)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "packets", "want"), GAP_CASES, ids=[c[0] for c in GAP_CASES])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_content_gaps(tmp_path: Path, name: str, packets: list[Packet], want: Row, native: bool) -> None:
+    (r,) = _final(tmp_path, _timed([p.copy() for p in packets]), native)
+    assert (r.conn_state, r.history, r.orig_bytes, r.resp_bytes, r.missed_bytes) == want
+
+
+# --- DNS and NTP: the originator by content --------------------------------------------------------
+
+DNS_RESPONSE = bytes.fromhex("1234818000010001000000000377777706676f6f676c6503636f6d0000010001")
+DNS_QUERY = bytes.fromhex("1234010000010000000000000377777706676f6f676c6503636f6d0000010001")
+NTP_SERVER_MSG, NTP_CLIENT_MSG = b"\x24" + bytes(47), b"\x23" + bytes(47)  # version 4, mode 4 / mode 3
+MDNS = "224.0.0.251"
+CONTENT_FLIP_CASES = [
+    # 53 -> 53 (both likely server ports: no port flip): the first message is a response from the
+    # originator, so the DNS analyzer flips the roles
+    ("dns-response-first", [_udp((S, 53), (C, 53), DNS_RESPONSE)], (C, 53, S, 53, 17, "SHR", "^d", 0, 1, 0, 32, 0.0)),
+    ("dns-query-first", [_udp((S, 53), (C, 53), DNS_QUERY)], (S, 53, C, 53, 17, "S0", "D", 1, 0, 32, 0, 0.0)),
+    # ... but not towards a multicast responder (mDNS announcements)
+    ("mdns", [_udp((S, 5353), (MDNS, 5353), DNS_RESPONSE)], (S, 5353, MDNS, 5353, 17, "S0", "D", 1, 0, 32, 0, 0.0)),
+    # a response from port 53 to a client port: the port rule already made the client the originator
+    ("dns-port-flip", [_udp((S, 53), (C, 40000), DNS_RESPONSE)],
+     (C, 40000, S, 53, 17, "SHR", "^d", 0, 1, 0, 32, 0.0)),
+    # NTP 123 -> 123: a server-mode message from the originator flips
+    ("ntp-server-first", [_udp((S, 123), (C, 123), NTP_SERVER_MSG)],
+     (C, 123, S, 123, 17, "SHR", "^d", 0, 1, 0, 48, 0.0)),
+    ("ntp-client-first", [_udp((C, 123), (S, 123), NTP_CLIENT_MSG)], (C, 123, S, 123, 17, "S0", "D", 1, 0, 48, 0, 0.0)),
+    # too short for an NTP message: no flip
+    ("ntp-short", [_udp((S, 123), (C, 123), b"\x24" + bytes(20))], (S, 123, C, 123, 17, "S0", "D", 1, 0, 21, 0, 0.0)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "packets", "want"), CONTENT_FLIP_CASES, ids=[c[0] for c in CONTENT_FLIP_CASES])
+@pytest.mark.parametrize("native", _NATIVE)
+def test_dns_and_ntp_originator_by_content(tmp_path: Path, name: str, packets: list[Packet], want: Row,
+                                           native: bool) -> None:  # fmt: skip
+    assert _rows(tmp_path, _timed([p.copy() for p in packets]), native) == [want]
+
+
+# --- tunnels: the outer flow's service, the inner flow's tunnel_parents -------------------------------
+
+
+@pytest.mark.parametrize("native", _NATIVE)
+def test_tunnel_service_and_parents(tmp_path: Path, native: bool) -> None:
+    """Each direction of the VXLAN-carried conversation arrives in its own outer UDP flow (its own
+    source port): both outer flows have service vxlan, and the inner flow names both as its
+    tunnel_parents (its first packet's, then the other one's at tunnel_changed)."""
+    packets = []
+    for pkt, step in zip(conversation(HANDSHAKE), HANDSHAKE, strict=True):
+        wrapped = _outer(step[0] == ">", "vxlan") / pkt[IP]
+        wrapped.time = pkt.time
+        packets.append(wrapped)
+    records = _final(tmp_path, packets, native)
+    outers = {r.orig_p: r for r in records if r.proto == 17}
+    (inner,) = [r for r in records if r.proto == 6]
+    assert {r.service for r in outers.values()} == {"vxlan"} and set(outers) == {49152, 51000}
+    assert inner.tunnel_parents == f"{outers[49152].flow_id:016x},{outers[51000].flow_id:016x}"
+    assert inner.service == "" and all(r.tunnel_parents == "" for r in outers.values())
+
+
+@pytest.mark.parametrize("native", _NATIVE)
+def test_ip_tunnel_has_no_outer_flow(tmp_path: Path, native: bool) -> None:
+    """GRE has no outer connection in conn.log (Zeek's IP tunnels live in tunnel.log only): no parent."""
+    packets = []
+    for pkt, step in zip(conversation(HANDSHAKE), HANDSHAKE, strict=True):
+        wrapped = _outer(step[0] == ">", "gre") / pkt[IP]
+        wrapped.time = pkt.time
+        packets.append(wrapped)
+    (inner,) = _final(tmp_path, packets, native)
+    assert inner.tunnel_parents == "" and inner.service == ""
