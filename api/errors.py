@@ -9,7 +9,7 @@ Validation errors add ``details``: FastAPI's list of what was wrong, where.
 | ``unauthorized`` | 401 | no bearer token, or one the server does not know (``WWW-Authenticate: Bearer``) |
 | ``forbidden`` | 403 | the token lacks the route's scope |
 | ``invalid_request`` | 422 | a query or path parameter is malformed or out of range |
-| ``not_found`` | 404 | no such trace, or no such route |
+| ``not_found`` | 404 | no such trace, no packets of it available (``routes/packets.py`` says why), or no such route |
 | ``method_not_allowed`` | 405 | the route exists for another method |
 | ``busy`` | 429 | too many heavy queries are running; retry after ``Retry-After`` seconds |
 | ``store_error`` | 502 | the store rejected the query |
