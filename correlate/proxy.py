@@ -109,8 +109,10 @@ class SegmentView:
     tls: npt.NDArray[np.bool_] | None = None
     req_bytes: I64 | None = None
     resp_bytes: I64 | None = None
-    #: per TLS segment, the request id (x-request-id, else a traceparent's trace id) of the plaintext
-    #: leg it was linked under ('' unknown): what it carries encrypted (filled by ``link_tls``)
+    #: per TLS segment, the plaintext leg the server sidecar sent for it (-1: none known) and that
+    #: leg's request id (x-request-id, else a traceparent's trace id; '' none): what the exchange
+    #: carried encrypted (filled by ``link_tls``)
+    tls_child: list[int] | None = None
     tls_ids: list[str] | None = None
 
 
@@ -169,10 +171,19 @@ def _same_request(view: SegmentView, p: int, s: int) -> bool:
 
 
 def _paths_agree(view: SegmentView, p: int, s: int) -> bool:
-    """``path_agrees`` of two segments; a TLS exchange shows no path, so nothing disagrees with it."""
+    """``path_agrees`` of two segments; a TLS exchange shows no path: the path of the leg it was
+    forwarded as stands for it where known, else nothing disagrees with it."""
     if view.tls is not None and (view.tls[p] or view.tls[s]):
-        return True
+        child = _carried_leg(view, s)
+        return child < 0 or view.tls[p] or path_agrees(view.path[p], view.path[child])
     return path_agrees(view.path[p], view.path[s])
+
+
+def _carried_leg(view: SegmentView, s: int) -> int:
+    """The plaintext leg the server sidecar sent for exchange ``s`` (-1: not an exchange, or unknown)."""
+    if view.tls is None or view.tls_child is None or not view.tls[s]:
+        return -1
+    return view.tls_child[s]
 
 
 def path_agrees(down: str, up: str) -> bool:
@@ -636,6 +647,9 @@ def _tls_fits(view: SegmentView, p: int, s: int) -> bool:
     if view.tls[p] == view.tls[s]:
         return False
     exchange, plain = (p, s) if view.tls[p] else (s, p)
+    carried = _carried_leg(view, s)
+    if carried >= 0 and not _statuses_fit(view, p, carried):
+        return False  # the client side answers with what the server side did (or a gateway error)
     if view.req_body is not None and view.req_bytes[exchange] < view.req_body[plain]:
         return False
     return view.resp_body is None or bool(view.resp_bytes[exchange] >= view.resp_body[plain])
@@ -647,34 +661,119 @@ def _request_id(view: SegmentView, s: int) -> str:
 
 
 def _tls_id_agrees(view: SegmentView, p: int, s: int) -> bool:
-    if view.tls_ids is None or view.tls is None or not view.tls[p]:
+    """``s`` is an exchange whose carried id (its server-side leg's) is ``p``'s own."""
+    if view.tls_ids is None or view.tls is None or not view.tls[s]:
         return False
-    carried = view.tls_ids[p]
-    return bool(carried) and carried == _request_id(view, s)
+    carried = view.tls_ids[s]
+    return bool(carried) and carried == _request_id(view, p)
 
 
 def link_tls(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
     """Link TLS exchanges to the plaintext legs around them (module docstring); returns links made.
 
-    Client side first (plaintext leg ending at a proxy hop -> exchange starting on that host), then
-    each linked exchange takes its parent's request id, then the server side (exchange -> plaintext
-    leg starting at a proxy hop on the host where the exchange ends)."""
+    The server side first (exchange -> the plaintext leg a server sidecar sent for it, starting at a
+    proxy hop on the host where the exchange ends): a sidecar forwarding over a warm pool keeps the
+    order well. Each exchange then carries that leg's request id. The client side (plaintext leg
+    ending at a proxy hop -> exchange starting on that host) pairs legs whose own id is the one an
+    exchange carries first (``tls:nested+id``), the rest by timing: a client sidecar setting up TLS
+    connections sends queued requests on in the order its handshakes finish."""
     if view.tls is None or not view.tls.any():
         return 0
     tls = view.tls
     groups = _UnionFind(len(links.parent))
-    plain_end = np.flatnonzero(~tls & view.last_proxy).tolist()
-    made = _assign_by_host(view, settings, links, groups, plain_end,
-                           np.flatnonzero(tls & (links.parent < 0)).tolist())
-    view.tls_ids = [_request_id(view, int(links.parent[x])) if tls[x] and links.parent[x] >= 0 else ""
-                    for x in range(len(tls))]
+    made = _link_id_chains(view, settings, links, groups)
     kids = np.flatnonzero(~tls & view.first_proxy & (links.parent < 0)).tolist()
-    return made + _assign_by_host(view, settings, links, groups, np.flatnonzero(tls).tolist(), kids)
+    made += _assign_by_host(view, settings, links, groups, np.flatnonzero(tls & ~_has_child(links)).tolist(), kids)
+    view.tls_child = [-1] * len(tls)
+    for c in np.flatnonzero(~tls & (links.parent >= 0)).tolist():
+        if tls[links.parent[c]]:
+            view.tls_child[int(links.parent[c])] = c
+    view.tls_ids = [_request_id(view, c) if c >= 0 else "" for c in view.tls_child]
+    made += _link_by_carried_id(view, settings, links, groups, _childless_plain_ends(view, links))
+    return made + _assign_by_host(view, settings, links, groups, _childless_plain_ends(view, links),
+                                  np.flatnonzero(tls & (links.parent < 0)).tolist())
+
+
+def _has_child(links: Links) -> npt.NDArray[np.bool_]:
+    has_child = np.zeros(len(links.parent), dtype=bool)
+    has_child[links.parent[links.parent >= 0]] = True
+    return has_child
+
+
+def _childless_plain_ends(view: SegmentView, links: Links) -> list[int]:
+    """Plaintext legs ending at a proxy hop that no segment is linked under yet."""
+    assert view.tls is not None
+    return np.flatnonzero(~view.tls & view.last_proxy & ~_has_child(links)).tolist()
+
+
+def _link_id_chains(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind) -> int:
+    """Across the TLS hop by id: a plaintext leg ending at a proxy hop and one starting at a proxy hop
+    on another host share a request id (a server sidecar that keeps the client's id), the same status
+    and bodies, and exactly one exchange between those hosts nests in the first and around the second:
+    both links are made (``tls:nested+id``). Returns links made."""
+    assert view.tls is not None
+    slack = settings.nesting_slack_us * 1000
+    tls = view.tls
+    ends: dict[str, list[int]] = defaultdict(list)
+    for p in np.flatnonzero(~tls & view.last_proxy).tolist():
+        rid = _request_id(view, p)
+        if rid:
+            ends[rid].append(p)
+    exchanges: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for b in np.flatnonzero(tls).tolist():
+        exchanges[(view.first_host[b], view.last_host[b])].append((int(view.req_first_ns[b]), b))
+    for v in exchanges.values():
+        v.sort()
+    made = 0
+    for c in np.flatnonzero(~tls & view.first_proxy & (links.parent < 0)).tolist():
+        rid = _request_id(view, c)
+        for a in ends.get(rid, []) if rid else []:
+            if view.last_host[a] == view.first_host[c] or not _statuses_fit(view, a, c):
+                continue
+            between = exchanges.get((view.last_host[a], view.first_host[c]), [])
+            lo = bisect.bisect_left(between, (int(view.req_last_ns[a]) - slack, -1))
+            hi = bisect.bisect_right(between, (int(view.req_first_ns[c]) + slack, len(tls)))
+            fits = [b for _, b in between[lo:hi][:NESTED_CANDIDATES] if links.parent[b] < 0
+                    and _child_fits(view, a, b, slack) and _child_fits(view, b, c, slack)]
+            if len(fits) == 1:
+                for parent, child in ((a, fits[0]), (fits[0], c)):
+                    _link_nested(view, links, groups, parent, child, False)
+                    links.reason[child] = Reason.TLS_NESTED_ID.value
+                    links.confidence[child] = BASE_CONFIDENCE[Reason.TLS_NESTED_ID]
+                made += 2
+                break
+    return made
+
+
+def _link_by_carried_id(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,
+                        parents: list[int]) -> int:
+    """Client side by id: an exchange whose carried id is the own id of exactly one plaintext leg on
+    its host that it fits in (nesting, bytes) is linked under it."""
+    assert view.tls is not None and view.tls_ids is not None
+    slack = settings.nesting_slack_us * 1000
+    by_id: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for p in parents:
+        rid = _request_id(view, p)
+        if rid:
+            by_id[(view.last_host[p], rid)].append(p)
+    made = 0
+    for s in np.flatnonzero(view.tls & (links.parent < 0)).tolist():
+        carried = view.tls_ids[s]
+        cands = by_id.get((view.first_host[s], carried), []) if carried else []
+        fits = [p for p in cands if groups.find(p) != groups.find(s) and _child_fits(view, p, s, slack)
+                and view.req_last_ns[p] <= view.req_first_ns[s] + slack]
+        if len(fits) == 1:
+            _link_nested(view, links, groups, fits[0], s, False)
+            cands.remove(fits[0])
+            made += 1
+    return made
 
 
 def _assign_by_host(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,
                     parents: list[int], children: list[int]) -> int:
-    """``_assign_nested`` per host: parents by the host they end on, children by the one they start on."""
+    """Per host (parents by the host they end on, children by the one they start on): first in the
+    order the responses passed the proxy (``_assign_by_response``), then what is left in the order
+    the requests did (``_assign_nested``)."""
     by_host: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for p in parents:
         by_host[view.last_host[p]].append((int(view.req_last_ns[p]), p))
@@ -682,7 +781,50 @@ def _assign_by_host(view: SegmentView, settings: CorrelateSettings, links: Links
     for s in children:
         if view.first_host[s] in by_host:
             kids[view.first_host[s]].append((int(view.req_first_ns[s]), s))
-    return sum(_assign_nested(view, settings, sorted(by_host[h]), sorted(k), links, groups) for h, k in kids.items())
+    made = 0
+    for h, k in kids.items():
+        plist = sorted(by_host[h])
+        made += _assign_by_response(view, settings, plist, sorted(k), links, groups)
+        taken = {int(p) for p in links.parent[[s for _, s in k]].tolist() if p >= 0}
+        made += _assign_nested(view, settings, [x for x in plist if x[1] not in taken],
+                               sorted(x for x in k if links.parent[x[1]] < 0), links, groups)
+    return made
+
+
+def _assign_by_response(view: SegmentView, settings: CorrelateSettings, plist: list[tuple[int, int]],
+                        kids: list[tuple[int, int]], links: Links, groups: _UnionFind) -> int:
+    """One-to-one in the order the responses passed the proxy: each upstream leg with a response, in
+    the order its response reached the proxy, takes the open downstream leg it fits in whose
+    response left the proxy first after it (the smallest hand-over).
+
+    A proxy that sets up a TLS connection per queued request (a handshake of its own per connection)
+    sends the requests on in the order the handshakes finish, not the order they came; it passes each
+    response on as soon as it has it. So the responses keep an order the requests lose. A hand-over
+    within ``proxy_order_jitter_us`` of the next best is a guess (ambiguous confidence)."""
+    slack = settings.nesting_slack_us * 1000
+    gap, jitter = settings.proxy_gap_us * 1000, settings.proxy_order_jitter_us * 1000
+    times = [t for t, _ in plist]
+    taken: set[int] = set()
+    made = 0
+    answered = sorted((int(view.resp_first_ns[s]), t, s) for t, s in kids if view.resp_first_ns[s])
+    for rs, t, s in answered:
+        lo, hi = bisect.bisect_left(times, t - gap), bisect.bisect_right(times, t + slack)
+        fits = []
+        for i in range(max(lo, hi - NESTED_CANDIDATES), hi):
+            p = plist[i][1]
+            answered_ns = int(view.resp_last_ns[p])
+            if i in taken or (answered_ns and answered_ns < t - slack) or not answered_ns:
+                continue
+            if groups.find(p) != groups.find(s) and _child_fits(view, p, s, slack):
+                fits.append((answered_ns - rs, i))
+        if not fits:
+            continue
+        fits.sort()
+        (best, i), rival = fits[0], fits[1][0] if len(fits) > 1 else None
+        taken.add(i)
+        _link_nested(view, links, groups, plist[i][1], s, rival is not None and rival - best <= jitter)
+        made += 1
+    return made
 
 
 def is_proxy_kind(kind: str) -> bool:

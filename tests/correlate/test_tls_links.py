@@ -31,6 +31,7 @@ class Request:
     upstream_xrid: str = ""  # the id the server sidecar's upstream leg carries ('' : xrid)
     status: int = 200
     forward_us: int = 10  # time the egress sidecar takes to send it on
+    handover_us: int = 10  # time the egress sidecar takes to pass the response back
 
     def records(self) -> list[RequestRecord]:
         # client app -> egress sidecar (client pod loopback) at t; its exchange leaves the client pod
@@ -38,7 +39,8 @@ class Request:
         t, e0 = self.start_us, self.start_us + self.forward_us
         e1, c0 = e0 + 40, e0 + 60
         c_resp = c0 + self.service_us
-        a = self._rec("client-egress", "client", "proxy", "http", self.app_conn, 0, t, c_resp + 70, self.resp_body)
+        a = self._rec("client-egress", "client", "proxy", "http", self.app_conn, 0, t, c_resp + 60 + self.handover_us,
+                      self.resp_body)
         tls = [self._rec(p, h, "pod", "tls", self.tls_conn, self.tls_offset, req, resp, 0,
                          req_bytes=300 + TLS_OVERHEAD, resp_bytes=self.resp_body + 120 + TLS_OVERHEAD)
                for p, h, req, resp in (("client-pod", "client", e0, c_resp + 60),
@@ -85,11 +87,13 @@ def test_requests_on_one_pooled_tls_connection_are_chained_through_their_exchang
     assert res.stats["tls_links"] == 8
 
 
-def test_an_id_on_both_sides_of_the_tls_hop_confirms_the_server_side_link() -> None:
+def test_an_id_on_both_sides_of_the_tls_hop_links_the_chain_through_the_one_exchange_between() -> None:
+    """The client app's leg and the app's leg share the client's id (the server sidecar kept it):
+    the one exchange nested between them is linked to both (``tls:nested+id``)."""
     reqs = [Request(0, 10_000, 0, 100, xrid="a1"), Request(2_000, 10_000, 500, 101)]
     records = [r for q in reqs for r in q.records()]
     res, got = chains(reqs, records)
-    assert got == [((100, 10_000, 10_000, 1100), ("origin", "tls:nested", "l7:req_tcp_seq", "tls:nested+id")),
+    assert got == [((100, 10_000, 10_000, 1100), ("origin", "tls:nested+id", "l7:req_tcp_seq", "tls:nested+id")),
                    ((101, 10_000, 10_000, 1101), CHAIN)]
     conf = dict(zip(res.spans.columns["request_id"].tolist(), res.spans.columns["link_confidence"], strict=True))  # type: ignore[union-attr]
     app = [r for r in records if r.point == "server-app"]
@@ -131,3 +135,25 @@ def test_an_exchange_with_no_plaintext_leg_around_it_stays_alone() -> None:
     records = [r for r in Request(0, 10_000, 0, 100).records() if r.l7_proto == "tls"]
     res = Correlator(CorrelateSettings()).stitch(Batch.from_records(RequestRecord, records), version_ns=1)
     assert res.traces.columns["l7_proto"] == ["tls"] and res.stats["tls_links"] == 0
+
+
+def test_the_client_side_pairs_in_response_order_when_handshakes_reorder_the_requests() -> None:
+    """The egress sidecar sets up a TLS connection per queued request and sends each on when its
+    handshake finishes: the later request leaves first. Both exchanges nest in both legs; the
+    responses keep the order (each is passed back 300 µs after its exchange's answer)."""
+    first = Request(0, 10_000, 0, 100, forward_us=5_100, service_us=780, handover_us=300)
+    second = Request(100, 20_000, 0, 101, forward_us=4_900, service_us=980, handover_us=300)
+    _, got = chains([first, second])
+    assert got == [((100, 10_000, 10_000, 1100), CHAIN), ((101, 20_000, 20_000, 1101), CHAIN)]
+
+
+def test_the_client_side_leg_answers_with_the_status_the_server_side_leg_got() -> None:
+    """Two id-less requests at once, one answered 503 by the app: the exchange carrying the 503 (what
+    the server sidecar's leg answered) pairs with the client leg that got the 503."""
+    # the exchanges' answers reach the client pod 20 µs apart, the client legs' answers leave 10 µs apart
+    # in the other order: by timing alone the 200's exchange would go to the 503's leg
+    ok = Request(0, 10_000, 0, 100, forward_us=200, service_us=300, handover_us=40)
+    failed = Request(10, 20_000, 0, 101, forward_us=20, service_us=480, handover_us=10, status=503)
+    records = [r for q in (ok, failed) for r in q.records()]
+    _, got = chains([], records)
+    assert got == [((100, 10_000, 10_000, 1100), CHAIN), ((101, 20_000, 20_000, 1101), CHAIN)]
