@@ -73,6 +73,7 @@ class PointHealth:
     error: str = ""
     pcap_kept: int = 0  # packets written to the point's rolling packet store (config ``packets``)
     pcap_dropped: int = 0  # of those, dropped again with their segments (size or age limit) or never written
+    packets: int = 0  # frames decoded
 
 
 @dataclass(slots=True)
@@ -128,7 +129,7 @@ class PointCapture:
             sum(summary.decode_skips.values()), summary.meter.get("evictions", 0)
             + summary.l7.get("evicted_connections", 0) + summary.l7.get("evicted_dns_queries", 0),
             summary.flow_records + summary.request_records, buffer.stats.records_sent_by_point.get(s.point, 0),
-            round(buffer.lag_s(s.point), 3), self.error,
+            round(buffer.lag_s(s.point), 3), self.error, packets=summary.frames_read,
             pcap_kept=summary.packet_store.get("packets", 0),
             pcap_dropped=summary.packet_store.get("dropped_packets", 0) + summary.packet_store.get("write_errors", 0),
         )  # fmt: skip

@@ -194,6 +194,7 @@ class PacketRing:
         self.netns = netns
         self.settings = settings or RingSettings()
         self.stats = RingStats()
+        self._stats_lock = threading.Lock()  # read_kernel_stats runs in the capture loop and in metrics scrapes
         self._sock: socket.socket | None = None
         self._map: mmap.mmap | None = None
         self._words: memoryview | None = None  # the ring as u32 words
@@ -263,13 +264,19 @@ class PacketRing:
         self.close()
 
     def read_kernel_stats(self) -> RingStats:
-        """Add the kernel's counters since the last call to ``stats`` and return it."""
-        if self._sock is not None:
-            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size)
-            packets, drops, freezes = _STATS3.unpack(raw)
-            self.stats.packets += packets
-            self.stats.drops += drops
-            self.stats.freezes += freezes
+        """Add the kernel's counters since the last call to ``stats`` and return it (any thread may call
+        it: the kernel resets its counters on every read, so the additions are serialised)."""
+        with self._stats_lock:
+            sock = self._sock
+            if sock is not None:
+                try:
+                    raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size)
+                except OSError:  # closed meanwhile by the capture thread, which read the last counts
+                    return self.stats
+                packets, drops, freezes = _STATS3.unpack(raw)
+                self.stats.packets += packets
+                self.stats.drops += drops
+                self.stats.freezes += freezes
         return self.stats
 
     def read(self, timeout_ms: int = 100) -> RawBlock | None:

@@ -1,6 +1,6 @@
 """``hopscope agent``: capture every interface the configuration selects, on this host, into Kafka.
 
-    hopscope agent --config FILE [--seconds N] [--buffer-batches N]
+    hopscope agent --config FILE [--seconds N] [--buffer-batches N] [--metrics-port PORT [--metrics-host HOST]]
 
 The configuration file is documented in deploy/k8s/README.md ("Agent configuration"). The agent runs
 until SIGINT or SIGTERM (or ``--seconds``), then stops every capture, sends what it holds for a few
@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict
 from types import FrameType
 
+from hopscope import metrics
 from hopscope.probes.agent_buffer import DEFAULT_MAX_BATCHES
 
 
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer-batches", type=int, default=DEFAULT_MAX_BATCHES, metavar="N",
                    help=f"record batches held while Kafka is unreachable (default: {DEFAULT_MAX_BATCHES}); "
                    "beyond, the oldest are dropped and counted")  # fmt: skip
+    metrics.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if args.buffer_batches < 1:
         raise ConfigError("--buffer-batches: must be at least 1")
     agent = Agent(load_config(args.config), max_batches=args.buffer_batches)
+    endpoint = None
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from hopscope.metrics.capture import AgentCollector
+
+        registry = CollectorRegistry()
+        registry.register(AgentCollector(agent))
+        endpoint = metrics.serve(args, registry)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         agent.stop()
@@ -48,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if endpoint is not None:
+            endpoint.close()
     print(json.dumps({"agent": agent.config.host, **asdict(summary)}, sort_keys=True), file=sys.stderr)
     return 0

@@ -6,6 +6,8 @@
 Consumes ``PREFIX.requests`` and ``PREFIX.flows`` as consumer group ``GROUP-s1`` (the relay) and
 ``PREFIX.s2.requests`` / ``PREFIX.s2.flows`` as ``GROUP-s2`` (the stitcher); run several processes
 with the same group to share the partitions. SIGTERM or SIGINT: write what is complete, commit, exit 0.
+``--metrics-port``: Prometheus metrics (consumer lag, watermark delay, traces written, store errors and
+retries, the service map's RED per edge; docs/METRICS.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from hopscope import metrics
 from hopscope.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also send every stored trace as OpenTelemetry spans to this OTLP/HTTP endpoint, "
                    "e.g. http://127.0.0.1:4318 (one span per hop; failures are counted, not fatal)")
     p.add_argument("--inventory", help="YAML inventory or kubectl JSON: the pod or Service names --otlp gives "
-                   "as service.name (default: the host)")
+                   "as service.name and the metrics' service map edges carry (default: the host; addresses)")
+    metrics.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,20 +68,50 @@ def run(args: argparse.Namespace) -> int:
 
         exporter = exporter_of(args.otlp, args.inventory)
         sink = ExportingStore(store, exporter)
+    registry: Any = None
+    if args.metrics_port is not None:
+        registry, sink = _instrumented(args, sink)
     stop = threading.Event()
     pipeline = StreamPipeline(args.kafka, sink, group=args.group, prefix=args.topic_prefix, stream=stream)
+    endpoint = _serve_metrics(args, registry, pipeline) if registry is not None else None
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if endpoint is not None:
+            endpoint.close()
         pipeline.close()
         store.close()
     print(f"hopscope correlate: {stats.summary()}", file=sys.stderr)
     if exporter is not None:
         print(f"hopscope correlate: {exporter.stats.summary()}", file=sys.stderr)
     return 0
+
+
+def _instrumented(args: argparse.Namespace, sink: Any) -> tuple[Any, Any]:
+    """A registry, and the store wrapped to count inserts and the service map's RED per edge."""
+    from prometheus_client import CollectorRegistry
+
+    from hopscope.metrics.traces import InstrumentedStore, TraceMetrics
+    from hopscope.topology.inventory import EMPTY, load_inventory
+
+    registry = CollectorRegistry()
+    inventory = load_inventory(args.inventory) if args.inventory else EMPTY
+    return registry, InstrumentedStore(sink, registry, TraceMetrics(registry, inventory))
+
+
+def _serve_metrics(args: argparse.Namespace, registry: Any, pipeline: Any) -> metrics.MetricsServer | None:
+    """The pipeline's collectors (watermarks recorded as each stage passes one) and the endpoint."""
+    from hopscope.metrics.stream import ConsumerCollector, StreamCollector, WatermarkClock
+
+    clock = WatermarkClock()
+    clock.watch("relay", pipeline.relay, "release")
+    clock.watch("stitch", pipeline.stitcher, "stitch_pass")
+    registry.register(StreamCollector(pipeline, clock))
+    registry.register(ConsumerCollector([pipeline.relay.consumer.inner, pipeline.stitcher.consumer.inner]))
+    return metrics.serve(args, registry)
 
 
 def _settings(args: argparse.Namespace) -> StreamSettings:

@@ -1,13 +1,17 @@
 """``hopscope ingest --kafka BOOTSTRAP --store URL``: consume record batches from Kafka into a store.
 
 Consumes as a consumer group; offsets are committed only after the store accepted the rows (at least
-once). SIGTERM or SIGINT: stop, commit what was stored, print the counts, exit 0.
+once). SIGTERM or SIGINT: stop, commit what was stored, print the counts, exit 0. ``--metrics-port``:
+Prometheus metrics (consumer lag, rows stored, store errors and retries; docs/METRICS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from hopscope import metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="topics are PREFIX.flows, ... (default hopscope)")
     p.add_argument("--tables", default="flows,requests", help="record tables to consume (default flows,requests)")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after SECONDS with no records")
+    metrics.add_arguments(p)
 
 
 def tables_of(value: str) -> list[str]:
@@ -45,13 +50,31 @@ def run(args: argparse.Namespace) -> int:
     store.ensure_schema()  # fails fast, with the address, when the store is down
     ensure_topics(args.kafka, prefix=args.topic_prefix)
     consumer = KafkaRecordConsumer(args.kafka, args.group, tables=tables, prefix=args.topic_prefix)
-    ingestor = Ingestor(consumer, store)
+    registry: Any = None
+    sink: Any = store
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from hopscope.metrics.traces import InstrumentedStore
+
+        registry = CollectorRegistry()
+        sink = InstrumentedStore(store, registry)
+    ingestor = Ingestor(consumer, sink)
+    endpoint = None
+    if registry is not None:
+        from hopscope.metrics.stream import ConsumerCollector, IngestCollector
+
+        registry.register(ConsumerCollector([consumer]))
+        registry.register(IngestCollector(ingestor))
+        endpoint = metrics.serve(args, registry)
     signal.signal(signal.SIGTERM, lambda *_: ingestor.stop())
     try:
         stats = ingestor.run(idle_exit_s=args.idle_exit)
     except KeyboardInterrupt:
         stats = ingestor.stats
     finally:
+        if endpoint is not None:
+            endpoint.close()
         consumer.close()
         store.close()
     print(f"hopscope ingest: {stats.summary(consumer.stats.bad_messages)}", file=sys.stderr)

@@ -4,6 +4,7 @@
                    [--out FILE] [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--seconds N]
                    [--ring-mb N] [--max-flows N] [--max-connections N] [--report-interval S]
                    [--packet-store DIR [--packet-store-mb N] [--packet-store-age S]]
+                   [--metrics-port PORT [--metrics-host HOST]]
 
 Runs until SIGINT or SIGTERM (then flushes what it holds, prints a summary and exits 0). Records go to
 Kafka (``--kafka``, the topics of ``hopscope.transport``), or to ``--out`` (``.jsonl``: one JSON record
@@ -20,12 +21,13 @@ from dataclasses import asdict
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from hopscope import metrics
 from hopscope.cli import add_alias
 from hopscope.errors import ConfigError
 from hopscope.records import HopKind
 
 if TYPE_CHECKING:
-    from hopscope.probes.live import ProbeSettings, RecordSink
+    from hopscope.probes.live import LiveProbe, ProbeSettings, RecordSink
     from hopscope.probes.packet_store import PacketStoreSettings
 
 
@@ -59,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the packet store's size limit per point, MiB; beyond, the oldest segments are dropped")
     p.add_argument("--packet-store-age", type=int, default=3600, metavar="SECONDS",
                    help="segments whose last packet is older are dropped (default 3600)")
+    metrics.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.kafka and not args.out:
         raise ConfigError("say where records go: --kafka BOOTSTRAP and/or --out FILE")
-    sink = FanoutSink(_sinks(args))
+    sinks = _sinks(args)
+    sink = FanoutSink(sinks)
     probe = LiveProbe(_settings(args), sink)
+    endpoint = _metrics(args, probe, sinks)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         probe.stop()
@@ -79,8 +84,25 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sink.close()
+        if endpoint is not None:
+            endpoint.close()
     print(json.dumps({"probe": args.point, **asdict(summary)}, sort_keys=True), file=sys.stderr)
     return 0
+
+
+def _metrics(args: argparse.Namespace, probe: LiveProbe, sinks: list[RecordSink]) -> metrics.MetricsServer | None:
+    """The ``--metrics-port`` endpoint: the probe's counters and its Kafka publisher's."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from hopscope.metrics.capture import ProbeCollector
+    from hopscope.transport.base import TransportStats
+
+    registry = CollectorRegistry()
+    publishers = [s.stats for s in sinks if isinstance(getattr(s, "stats", None), TransportStats)]  # type: ignore[attr-defined]
+    registry.register(ProbeCollector(probe, publishers))
+    return metrics.serve(args, registry)
 
 
 def _sinks(args: argparse.Namespace) -> list[RecordSink]:

@@ -195,6 +195,7 @@ class KafkaRecordConsumer:
         metadata_wait_s: float = 15.0,
     ) -> None:
         self.bootstrap = bootstrap
+        self.group = group
         self.prefix = prefix
         self.tables = list(tables)
         self.dead_letter_topic = topic_of("deadletter", prefix)
@@ -253,6 +254,26 @@ class KafkaRecordConsumer:
                 position, highwater = None, None
             if position is None or highwater is None or position < highwater:
                 out.add((tp.topic, tp.partition))
+        return out
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages each assigned partition is behind its high watermark, as the fetcher last saw them
+        (partitions whose position or high watermark is not known yet are left out).
+
+        No network round trip: it reads kafka-python's subscription state, which guards itself with a
+        lock, so another thread (a metrics scrape) may call it while this consumer polls."""
+        from kafka.errors import IllegalStateError
+
+        out: dict[tuple[str, int], int] = {}
+        state = self._consumer._subscription
+        for tp in self._consumer.assignment():
+            try:
+                position, highwater = state.position(tp), self._consumer.highwater(tp)
+            except (IllegalStateError, KeyError):  # revoked by a rebalance meanwhile
+                continue
+            offset = getattr(position, "offset", position)  # kafka-python 3: OffsetAndMetadata; 2: int
+            if offset is not None and highwater is not None:
+                out[(tp.topic, tp.partition)] = max(0, int(highwater) - int(offset))
         return out
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
