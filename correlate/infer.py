@@ -34,12 +34,12 @@ what is missing, and a given host carries over to the points inferred onto it. W
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +56,8 @@ NEST_SHARE = 0.8
 ORDER_SHARE = 0.8
 #: How many of the other point's latest-starting requests are tried as the enclosing one.
 NEST_CANDIDATES = 16
+#: Requests of a proxy leg tried against each other point (one stretch of time): enough to tell.
+NEST_SAMPLE = 2000
 #: A request at the proxy's NIC, further from the proxy than this, does not enclose its upstream leg.
 PROXY_GAP_NS = 2_000_000_000
 #: Slack when checking that one exchange nests inside another (timestamps of two captures).
@@ -121,6 +123,7 @@ class Nesting:
     leg: str
     at: str
     inside: bool
+    #: requests of the leg nested (one to one), of ``total`` tried
     nested: int
     total: int
     #: median time around the nested exchange (request gap plus response gap), ns
@@ -185,9 +188,9 @@ class _Seen:
 
     #: connection keys (tagged: SYN ISN, or a request's first seq where no SYN was seen), sorted unique
     keys: U64
-    #: time each key's first byte passed, and its address tuple (orig, orig port, resp, resp port)
+    #: time each key's first byte passed, and the id of its address tuple (``_address_ids``)
     key_t: I64
-    key_addr: list[tuple[str, int, str, int]]
+    key_addr: U64
     #: requests with a response: method, request and response first-byte times, connection key
     method: npt.NDArray[np.object_]
     t_req: I64
@@ -200,44 +203,65 @@ class _Seen:
 
 _TAG_SYN = np.uint64(1 << 40)
 _TAG_REQ = np.uint64(2 << 40)
+_Cols = dict[str, npt.NDArray[Any]]
+_FLOW_COLS = ("point", "proto", "syn_seq", "start_ns", "orig_h", "orig_p", "resp_h", "resp_p")
+_REQUEST_COLS = ("point", "syn_seq", "req_tcp_seq", "req_first_ns", "resp_first_ns", "method",
+                 "orig_h", "orig_p", "resp_h", "resp_p")
 
 
-def _seen(flows: Batch, requests: Batch) -> _Seen:
-    fc, rc = flows.columns, requests.columns
-    proto = np.asarray(fc["proto"]).astype(np.int64) if len(flows) else np.zeros(0, np.int64)
-    syn = np.asarray(fc["syn_seq"]).astype(np.uint64) if len(flows) else np.zeros(0, np.uint64)
-    f_rows = np.flatnonzero((proto == 6) & (syn != 0))
-    rseq = np.asarray(rc["req_tcp_seq"]).astype(np.uint64) if len(requests) else np.zeros(0, np.uint64)
-    rsyn = np.asarray(rc["syn_seq"]).astype(np.uint64) if len(requests) else np.zeros(0, np.uint64)
+def _columns(batch: Batch, names: Sequence[str]) -> _Cols:
+    """The columns the rules read, as arrays, plus ``addr``: an id per distinct address tuple
+    (orig, orig port, resp, resp port), the same across the flow and the request columns."""
+    out: _Cols = {}
+    for name in names:
+        values = batch.columns[name]
+        out[name] = np.asarray(values, dtype=object) if isinstance(values, list) else np.asarray(values)
+    return out
+
+
+def _address_ids(*tables: _Cols) -> None:
+    """Add ``addr`` to every table: a 64-bit mix of (orig, orig port, resp, resp port), equal for
+    equal address tuples across the tables (hosts numbered by a dict: no sort of the strings)."""
+    number: dict[str, int] = {}
+    for t in tables:
+        oh = np.fromiter((number.setdefault(h, len(number)) for h in t["orig_h"].tolist()), np.uint64, len(t["orig_h"]))
+        rh = np.fromiter((number.setdefault(h, len(number)) for h in t["resp_h"].tolist()), np.uint64, len(t["resp_h"]))
+        op, rp = t["orig_p"].astype(np.uint64), t["resp_p"].astype(np.uint64)
+        with np.errstate(over="ignore"):
+            t["addr"] = ((oh * np.uint64(0x9E3779B97F4A7C15)) ^ (rh * np.uint64(0xC2B2AE3D27D4EB4F))
+                         ^ (op << np.uint64(48)) ^ (rp << np.uint64(32)))
+
+
+def _seen(fc: _Cols, rc: _Cols) -> _Seen:
+    """One point's ``_Seen`` from its rows of the flow and request columns."""
+    syn = fc["syn_seq"].astype(np.uint64)
+    f_rows = np.flatnonzero((fc["proto"].astype(np.int64) == 6) & (syn != 0))
+    rseq, rsyn = rc["req_tcp_seq"].astype(np.uint64), rc["syn_seq"].astype(np.uint64)
     r_rows = np.flatnonzero((rseq != 0) & (rsyn == 0))
     keys = np.concatenate([_TAG_SYN | syn[f_rows], _TAG_REQ | rseq[r_rows]])
-    t = np.concatenate([np.asarray(fc["start_ns"]).astype(np.int64)[f_rows] if len(f_rows) else np.zeros(0, np.int64),
-                        np.asarray(rc["req_first_ns"]).astype(np.int64)[r_rows] if len(r_rows)
-                        else np.zeros(0, np.int64)])
-    addr = [_addr(fc, i) for i in f_rows.tolist()] + [_addr(rc, i) for i in r_rows.tolist()]
+    t = np.concatenate([fc["start_ns"].astype(np.int64)[f_rows], rc["req_first_ns"].astype(np.int64)[r_rows]])
+    addr = np.concatenate([fc["addr"][f_rows], rc["addr"][r_rows]])
     keys, first = np.unique(keys, return_index=True)
-    has_resp = np.flatnonzero((np.asarray(rc["resp_first_ns"]).astype(np.int64) > 0) & (rseq != 0)) \
-        if len(requests) else np.zeros(0, np.int64)
-    req_key = np.where(rsyn != 0, _TAG_SYN | rsyn, _TAG_REQ | rseq)[has_resp]
-    clients = {fc["orig_h"][i] for i in range(len(flows))} | {rc["orig_h"][i] for i in range(len(requests))}
-    servers = {fc["resp_h"][i] for i in range(len(flows))} | {rc["resp_h"][i] for i in range(len(requests))}
+    has_resp = np.flatnonzero((rc["resp_first_ns"].astype(np.int64) > 0) & (rseq != 0))
+    clients = set(fc["orig_h"].tolist()) | set(rc["orig_h"].tolist())
+    servers = set(fc["resp_h"].tolist()) | set(rc["resp_h"].tolist())
     return _Seen(
-        keys=keys, key_t=t[first], key_addr=[addr[i] for i in first.tolist()],
-        method=np.asarray(rc["method"], dtype=object)[has_resp] if len(requests) else np.zeros(0, object),
-        t_req=np.asarray(rc["req_first_ns"]).astype(np.int64)[has_resp] if len(requests) else np.zeros(0, np.int64),
-        t_resp=np.asarray(rc["resp_first_ns"]).astype(np.int64)[has_resp] if len(requests) else np.zeros(0, np.int64),
-        req_key=req_key, clients=clients, servers=servers,
+        keys=keys, key_t=t[first], key_addr=addr[first],
+        method=rc["method"][has_resp], t_req=rc["req_first_ns"].astype(np.int64)[has_resp],
+        t_resp=rc["resp_first_ns"].astype(np.int64)[has_resp],
+        req_key=np.where(rsyn != 0, _TAG_SYN | rsyn, _TAG_REQ | rseq)[has_resp], clients=clients, servers=servers,
         loopback=bool(clients | servers) and all(_LOOPBACK.match(a) for a in clients | servers),
     )
 
 
-def _addr(cols: Mapping[str, object], i: int) -> tuple[str, int, str, int]:
-    return (cols["orig_h"][i], int(cols["orig_p"][i]), cols["resp_h"][i], int(cols["resp_p"][i]))  # type: ignore[index]
-
-
-def _split(batch: Batch, points: Iterable[str]) -> dict[str, Batch]:
-    column = np.asarray(batch.columns["point"], dtype=object) if len(batch) else np.zeros(0, object)
-    return {p: batch.take(np.flatnonzero(column == p)) for p in points}
+def _per_point(flows: Batch, requests: Batch, names: Sequence[str]) -> dict[str, _Seen]:
+    fc, rc = _columns(flows, _FLOW_COLS), _columns(requests, _REQUEST_COLS)
+    _address_ids(fc, rc)
+    out = {}
+    for name in names:
+        f_rows, r_rows = np.flatnonzero(fc["point"] == name), np.flatnonzero(rc["point"] == name)
+        out[name] = _seen({k: v[f_rows] for k, v in fc.items()}, {k: v[r_rows] for k, v in rc.items()})
+    return out
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -254,94 +278,138 @@ def shared_paths(seen: Mapping[str, _Seen]) -> list[SharedPath]:
             if len(ia) == 0:
                 continue
             a_first = int((sa.key_t[ia] < sb.key_t[ib]).sum())
-            translated = sum(sa.key_addr[x] != sb.key_addr[y] for x, y in zip(ia.tolist(), ib.tolist(), strict=True))
-            out.append(SharedPath(a, b, len(ia), a_first, int(translated)))
+            translated = int((sa.key_addr[ia] != sb.key_addr[ib]).sum())
+            out.append(SharedPath(a, b, len(ia), a_first, translated))
     return out
 
 
 def nat_pairs(seen: Mapping[str, _Seen], order_of: Mapping[str, int]) -> Counter[tuple[str, str]]:
     """``nat:syn_seq``: per connection, the two adjacent points (in path order) between which its
     addresses change; counted over connections."""
-    where: dict[int, list[tuple[int, int, str, tuple[str, int, str, int]]]] = defaultdict(list)
-    for name, s in seen.items():
-        for k, t, a in zip(s.keys.tolist(), s.key_t.tolist(), s.key_addr, strict=True):
-            where[k].append((order_of.get(name, 0), t, name, a))
-    crossings: Counter[tuple[str, str]] = Counter()
-    for views in where.values():
-        if len(views) < 2:
-            continue
-        views.sort()
-        for (_, _, x, ax), (_, _, y, ay) in itertools.pairwise(views):
-            if ax != ay:
-                crossings[(x, y)] += 1
-    return crossings
+    names = sorted(seen)
+    parts = [(np.full(len(seen[n].keys), i, np.int64), np.full(len(seen[n].keys), order_of.get(n, 0), np.int64),
+              seen[n].keys, seen[n].key_t, seen[n].key_addr) for i, n in enumerate(names)]
+    if not parts:
+        return Counter()
+    point, rank, key, t, addr = (np.concatenate([p[i] for p in parts]) for i in range(5))
+    by = np.lexsort((t, rank, key))
+    point, key, addr = point[by], key[by], addr[by]
+    cross = np.flatnonzero((key[1:] == key[:-1]) & (addr[1:] != addr[:-1]))
+    pairs = Counter(zip(point[cross].tolist(), point[cross + 1].tolist(), strict=True))
+    return Counter({(names[x], names[y]): n for (x, y), n in pairs.items()})
 
 
-def nestings(seen: Mapping[str, _Seen], alone: Iterable[str]) -> list[Nesting]:
-    """``proxy:nested``: for each point in ``alone`` (sharing no connection), how its requests nest in
-    (or enclose) the requests of every other point, on connections other than their own."""
+def path_groups(names: Sequence[str], shared: Sequence[SharedPath]) -> list[list[str]]:
+    """Points joined by shared connections (directly or through others): one network path each, or a
+    lone capture (a loopback leg). In name order, largest first."""
+    up = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while up[n] != n:
+            n = up[n]
+        return n
+
+    for sp in shared:
+        up[find(sp.a)] = find(sp.b)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in sorted(names):
+        groups[find(n)].append(n)
+    return sorted(groups.values(), key=lambda g: (-len(g), g))
+
+
+def nestings(seen: Mapping[str, _Seen], groups: Sequence[list[str]], shared: Sequence[SharedPath],
+             order: Sequence[str]) -> list[Nesting]:
+    """``proxy:nested``: how the requests of each possible proxy leg nest in (or enclose) the requests
+    of the points of every other group. The legs are the groups other than the one largest (the
+    network path; with no single largest, every group): their first points in path order as an
+    upstream leg (nested inside), their last ones as an egress leg (around)."""
+    rank = {n: i for i, n in enumerate(order)}
+    has_before, has_after = set(), set()
+    for sp in shared:
+        first, second = (sp.a, sp.b) if rank[sp.a] < rank[sp.b] else (sp.b, sp.a)
+        has_after.add(first)
+        has_before.add(second)
+    largest = [g for g in groups if len(g) == len(groups[0])] if groups else []
+    legs = groups[1:] if len(largest) == 1 else groups
     out = []
-    for leg in sorted(alone):
-        s = seen[leg]
-        if len(s.t_req) == 0:
-            continue
-        for at in sorted(seen):
-            if at == leg or len(seen[at].t_req) == 0:
-                continue
-            for inside in (True, False):
-                nested, gaps = _nest_count(s, seen[at], inside)
-                if nested:
-                    out.append(Nesting(leg, at, inside, nested, len(s.t_req), int(np.median(gaps))))
+    for group in legs:
+        others = [n for n in seen if n not in group and len(seen[n].t_req)]
+        for inside, edge in ((True, has_before), (False, has_after)):
+            for leg in (n for n in group if n not in edge and len(seen[n].t_req)):
+                for at in sorted(others):
+                    nested, tried, gaps = _nest_count(seen[leg], seen[at], inside)
+                    if nested:
+                        out.append(Nesting(leg, at, inside, nested, tried, int(np.median(gaps))))
     return out
 
 
-def _nest_count(leg: _Seen, at: _Seen, inside: bool) -> tuple[int, I64]:
-    """How many of ``leg``'s requests nest in (``inside``) or enclose one of ``at``'s with the same
-    method on another connection, and the tightest gap around each."""
-    order = np.argsort(at.t_req, kind="stable")
-    t_req, t_resp = at.t_req[order], at.t_resp[order]
-    method, key = at.method[order], at.req_key[order]
-    if inside:  # the enclosing request started before: the latest ones that did
-        pos = np.searchsorted(t_req, leg.t_req + NEST_SLACK_NS, side="right") - 1
-    else:  # the enclosed request started after: the earliest ones that did
-        pos = np.searchsorted(t_req, leg.t_req - NEST_SLACK_NS, side="left")
-    best = np.full(len(leg.t_req), np.iinfo(np.int64).max, np.int64)
-    for k in range(NEST_CANDIDATES):
-        j = pos - k if inside else pos + k
-        ok = (j >= 0) & (j < len(t_req))
-        jj = np.clip(j, 0, max(len(t_req) - 1, 0))
-        if inside:
-            gap_req, gap_resp = leg.t_req - t_req[jj], t_resp[jj] - leg.t_resp
-        else:
-            gap_req, gap_resp = t_req[jj] - leg.t_req, leg.t_resp - t_resp[jj]
-        ok &= (gap_req >= -NEST_SLACK_NS) & (gap_resp >= -NEST_SLACK_NS) & (gap_req <= PROXY_GAP_NS)
-        ok &= (method[jj] == leg.method) & (key[jj] != leg.req_key)
-        best = np.where(ok, np.minimum(best, np.maximum(gap_req, 0) + np.maximum(gap_resp, 0)), best)
-    found = best != np.iinfo(np.int64).max
-    return int(found.sum()), best[found]
+def _nest_count(leg: _Seen, at: _Seen, inside: bool) -> tuple[int, int, I64]:
+    """How many of ``leg``'s requests nest in (``inside``) or around ``at``'s, one to one, out of
+    how many tried (at most ``NEST_SAMPLE``, one stretch of time in the middle of the capture), and
+    the time around each nested pair (request gap plus response gap)."""
+    if len(leg.t_req) > NEST_SAMPLE:
+        times = np.sort(leg.t_req)
+        start = (len(times) - NEST_SAMPLE) // 2
+        lo, hi = int(times[start]), int(times[start + NEST_SAMPLE - 1])
+        # the other point's requests of the same stretch only: one left open from before it would
+        # stay open for every later one, as a proxy's oldest waiting request
+        leg, at = _during(leg, lo, hi), _during(at, lo, hi)
+    inner, outer = (leg, at) if inside else (at, leg)
+    pairs = _fifo_pairs(inner, outer)
+    if not pairs:
+        return 0, len(leg.t_req), np.zeros(0, np.int64)
+    i, o = np.array(pairs, dtype=np.int64).T
+    return len(pairs), len(leg.t_req), (inner.t_req[i] - outer.t_req[o]) + (outer.t_resp[o] - inner.t_resp[i])
+
+
+def _during(s: _Seen, lo: int, hi: int) -> _Seen:
+    """``s`` with only the requests whose first byte passed in ``[lo, hi]``."""
+    keep = (s.t_req >= lo) & (s.t_req <= hi)
+    return replace(s, method=s.method[keep], t_req=s.t_req[keep], t_resp=s.t_resp[keep], req_key=s.req_key[keep])
+
+
+def _fifo_pairs(inner: _Seen, outer: _Seen) -> list[tuple[int, int]]:
+    """Pairs (inner row, outer row): each inner request, in arrival order, takes the oldest outer one
+    still open that encloses it (started before it, answered after it, same method, another
+    connection), as a proxy forwards first come, first served. One to one: a long request that many
+    unrelated ones happen to nest in is taken once, so busy traffic does not pass for a proxy."""
+    o_order = np.argsort(outer.t_req, kind="stable")
+    o_req, o_resp = outer.t_req[o_order].tolist(), outer.t_resp[o_order].tolist()
+    o_method, o_key = outer.method[o_order].tolist(), outer.req_key[o_order].tolist()
+    taken = [False] * len(o_req)
+    lo = 0
+    out: list[tuple[int, int]] = []
+    i_method, i_key = inner.method.tolist(), inner.req_key.tolist()
+    for i in np.argsort(inner.t_req, kind="stable").tolist():
+        t, r = int(inner.t_req[i]), int(inner.t_resp[i])
+        while lo < len(o_req) and (taken[lo] or o_req[lo] < t - PROXY_GAP_NS or o_resp[lo] < t):
+            lo += 1  # taken, too old, or answered before this request began: closed for every later one
+        j, tried = lo, 0
+        while j < len(o_req) and o_req[j] <= t + NEST_SLACK_NS and tried < NEST_CANDIDATES:
+            if not taken[j] and o_resp[j] + NEST_SLACK_NS >= r and o_method[j] == i_method[i] and o_key[j] != i_key[i]:
+                taken[j] = True
+                out.append((i, int(o_order[j])))
+                break
+            tried += not taken[j]
+            j += 1
+    return out
 
 
 def path_order(names: Sequence[str], shared: Sequence[SharedPath]) -> list[str]:
     """Points in path order: ``a`` before ``b`` when it saw at least ``ORDER_SHARE`` of their shared
-    connections first; points no pair orders keep their name order (a stable topological sort)."""
-    after: dict[str, set[str]] = {n: set() for n in names}
+    connections first (``precedence``); points no pair orders keep their name order (a stable
+    topological sort)."""
+    after = precedence(shared)
     before: dict[str, int] = dict.fromkeys(names, 0)
-    for sp in shared:
-        if sp.a_first >= ORDER_SHARE * sp.shared:
-            first, second = sp.a, sp.b
-        elif sp.shared - sp.a_first >= ORDER_SHARE * sp.shared:
-            first, second = sp.b, sp.a
-        else:
-            continue
-        if second not in after[first]:
-            after[first].add(second)
-            before[second] += 1
+    for n in names:
+        for m in after.get(n, ()):
+            before[m] += 1
     out: list[str] = []
     ready = sorted(n for n in names if before[n] == 0)
     while ready:
         n = ready.pop(0)
         out.append(n)
-        for m in sorted(after[n]):
+        for m in sorted(after.get(n, ())):
             before[m] -= 1
             if before[m] == 0:
                 ready.append(m)
@@ -356,8 +424,7 @@ def infer_points(plan: Sequence[PlannedPoint], flows: Batch, requests: Batch) ->
     """Host and hop kind of every planned point: given ones kept, missing ones inferred from the
     records (``flows``, ``requests``: read with the plan's metadata, or none)."""
     names = [p.name for p in plan]
-    f_of, r_of = _split(flows, names), _split(requests, names)
-    seen = {n: _seen(f_of[n], r_of[n]) for n in names}
+    seen = _per_point(flows, requests, names)
     shared = shared_paths(seen)
     partners: dict[str, set[str]] = {n: set() for n in names}
     for sp in shared:
@@ -366,16 +433,20 @@ def infer_points(plan: Sequence[PlannedPoint], flows: Batch, requests: Batch) ->
     order = path_order(names, shared)
     rank = {n: i for i, n in enumerate(order)}
     alone = [n for n in names if not partners[n]]
-    nests = nestings(seen, alone)
+    groups = path_groups(names, shared)
+    nests = nestings(seen, groups, shared, order)
     state = _State({p.name: p for p in plan})
-    _apply_proxies(state, nests, partners, seen)
-    _apply_nat(state, nat_pairs(seen, rank), shared)
-    _apply_edges(state, order, shared, seen)
+    best = _best_nestings(nests, partners, precedence(shared))
+    _apply_proxies(state, _one_way(best, groups, seen), partners, seen)
+    edges = path_edges(order, shared, seen, state.proxy_of)
+    _apply_nat(state, nat_pairs(seen, rank), edges)
+    for point, why in edges.items():
+        state.set_kind(point, HopKind.POD.value, "timing:edge", why, 0.6)
     _apply_names(state)
     warnings = state.warnings + [_unmatched(plan_point) for plan_point in plan
                                  if plan_point.name in alone and plan_point.name not in state.proxy_of
                                  and not (plan_point.host and plan_point.hop_kind)]
-    return Inference(state.guesses(partners), _with_legs(order, state), shared, nests, warnings)
+    return Inference(state.guesses(partners), _with_legs(order, groups, state), shared, nests, warnings)
 
 
 def _unmatched(p: PlannedPoint) -> str:
@@ -472,63 +543,111 @@ def _common_name(members: list[str]) -> str:
     return "+".join(members)
 
 
-def _apply_proxies(state: _State, nests: list[Nesting], partners: Mapping[str, set[str]],
-                   seen: Mapping[str, _Seen]) -> None:
-    """``proxy:nested``: each lone point joins the host of the point its requests nest in most
-    tightly (among those most of its requests nest in)."""
-    by_leg: dict[str, list[Nesting]] = defaultdict(list)
+def _best_nestings(nests: list[Nesting], partners: Mapping[str, set[str]],
+                   after: Mapping[str, set[str]]) -> dict[str, list[Nesting]]:
+    """Per leg, the points most of its requests nest in (or around), nearest first. Every point
+    further along a path nests the same requests, less tightly, so of the points on one path only
+    the one nearest the proxy counts: the last in path order for an upstream leg (nested inside),
+    the first for an egress leg (around); the rest, on other paths, by the time around the pairs.
+    Points on a network path come before other lone legs (an egress leg is around a server
+    sidecar's leg too)."""
+    by_leg: dict[tuple[str, bool], list[Nesting]] = defaultdict(list)
     for n in nests:
         if n.share >= NEST_SHARE:
-            by_leg[n.leg].append(n)
-    for leg, cands in sorted(by_leg.items()):
-        # a point on a network path (sharing connections) before another lone leg: every leg further
-        # along the path nests in (or around) it too, an egress leg around a server sidecar's leg
-        on_path = [c for c in cands if partners[c.at]]
-        cands = sorted(on_path or cands, key=lambda n: (n.median_gap_ns, -n.nested, n.at))
-        best = cands[0]
+            by_leg[(n.leg, n.inside)].append(n)
+    out: dict[str, list[Nesting]] = {}
+    for (leg, inside), cands in sorted(by_leg.items()):
+        cands = [c for c in cands if partners[c.at]] or cands
+        ats = {c.at for c in cands}
+        # upstream leg: drop a point with another candidate after it; egress leg: before it
+        near = [c for c in cands if not (after[c.at] & ats if inside else {a for a in ats if c.at in after[a]})]
+        ranked = sorted(near or cands, key=lambda n: (n.median_gap_ns, -n.nested, n.at))
+        if leg not in out or ranked[0].median_gap_ns < out[leg][0].median_gap_ns:
+            out[leg] = ranked
+    return out
+
+
+def precedence(shared: Sequence[SharedPath]) -> dict[str, set[str]]:
+    """``after[a]``: the points that saw at least ``ORDER_SHARE`` of the connections they share with
+    ``a`` after it."""
+    after: dict[str, set[str]] = defaultdict(set)
+    for sp in shared:
+        if sp.a_first >= ORDER_SHARE * sp.shared:
+            after[sp.a].add(sp.b)
+        elif sp.shared - sp.a_first >= ORDER_SHARE * sp.shared:
+            after[sp.b].add(sp.a)
+    return after
+
+
+def _one_way(best: dict[str, list[Nesting]], groups: Sequence[list[str]],
+             seen: Mapping[str, _Seen]) -> dict[str, list[Nesting]]:
+    """Drop the reverse of each proxy link: when a leg of group A nests in group B's requests, B's
+    edge is found around A's (or inside) too. The leg is the loopback one, else the upstream one
+    (nested inside), else the one of the smaller group."""
+    group_of = {n: i for i, g in enumerate(groups) for n in g}
+    out = dict(best)
+    for leg, cands in best.items():
+        at = cands[0].at
+        back = best.get(at)
+        if back is None or group_of[back[0].at] != group_of[leg] or leg not in out or at not in out:
+            continue
+        mine = (seen[leg].loopback, cands[0].inside, -len(groups[group_of[leg]]))
+        theirs = (seen[at].loopback, back[0].inside, -len(groups[group_of[at]]))
+        del out[at if mine >= theirs else leg]
+    return out
+
+
+def _apply_proxies(state: _State, best: dict[str, list[Nesting]], partners: Mapping[str, set[str]],
+                   seen: Mapping[str, _Seen]) -> None:
+    """``proxy:nested``: each leg joins the host of the point its requests nest in most tightly."""
+    for leg, cands in sorted(best.items()):
+        first = cands[0]
         # the points further along the same path enclose it too, only less tightly: no rivals
-        rival = next((c for c in cands[1:] if c.at != best.at and c.at not in partners[best.at]), None)
-        conf = best.share
-        if rival is not None and rival.median_gap_ns <= 2 * best.median_gap_ns:
+        rival = next((c for c in cands[1:] if c.at != first.at and c.at not in partners[first.at]), None)
+        conf = first.share
+        if rival is not None and rival.median_gap_ns <= 2 * first.median_gap_ns:
             state.warnings.append(
-                f"{leg}: its requests nest about as tightly in {rival.at}'s as in {best.at}'s: put on "
-                f"{best.at}'s host; give --host {leg}=HOST if that is wrong")
+                f"{leg}: its requests nest about as tightly in {rival.at}'s as in {first.at}'s: put on "
+                f"{first.at}'s host; give --host {leg}=HOST if that is wrong")
             conf *= 0.5
-        where = "inside" if best.inside else "around"
-        why = (f"{best.nested} of {best.total} requests nest {where} {best.at}'s on other connections "
-               f"(median {best.median_gap_ns / 1000:.0f} us around them)"
+        where = "inside" if first.inside else "around"
+        why = (f"{first.nested} of {first.total} requests nest {where} {first.at}'s on other connections "
+               f"(median {first.median_gap_ns / 1000:.0f} us around them)"
                + (", loopback addresses" if seen[leg].loopback else ""))
-        if state.join(leg, best.at, "proxy:nested", why, conf):
-            state.proxy_of[leg] = (best.at, best.inside)
+        if state.join(leg, first.at, "proxy:nested", why, conf):
+            state.proxy_of[leg] = (first.at, first.inside)
             state.set_kind(leg, HopKind.PROXY.value, "proxy:nested", why, conf)
 
 
-def _apply_nat(state: _State, crossings: Counter[tuple[str, str]], shared: Sequence[SharedPath]) -> None:
-    """``nat:syn_seq``: a pair of points across which connections change addresses. Joined on one
-    host only when it is the only pair either point crosses a NAT with (one kernel)."""
+#: Connections that must cross a NAT between two points before they count as a NAT pair.
+NAT_MIN_CONNECTIONS = 2
+
+
+def _apply_nat(state: _State, crossings: Counter[tuple[str, str]], edges: Mapping[str, str]) -> None:
+    """``nat:syn_seq``: a pair of points across which connections change addresses, the only pair
+    either point crosses a NAT with, neither of them a path's end (an endpoint's NIC, where a NAT
+    captured nowhere lies between two pods): one kernel rewriting what it forwards, so both are kind
+    ``nat`` on one host. Any other crossing says only that a NAT lies somewhere between."""
     outs: dict[str, set[str]] = defaultdict(set)
     ins: dict[str, set[str]] = defaultdict(set)
     for (x, y), n in crossings.items():
-        if n >= 2 or len(crossings) == 1:
+        if n >= NAT_MIN_CONNECTIONS:
             outs[x].add(y)
             ins[y].add(x)
     for (x, y), n in sorted(crossings.items()):
-        if y not in outs[x]:
+        if outs[x] != {y} or ins[y] != {x} or x in edges or y in edges:
             continue
         why = f"{n} connections change addresses from {x} to {y} (same client ISN)"
         for p in (x, y):
             state.set_kind(p, HopKind.NAT.value, "nat:syn_seq", why, 0.8)
-        if outs[x] == {y} and ins[y] == {x}:
-            state.join(x, y, "nat:syn_seq", f"the only NAT pair of either, {x} and {y}: one host's kernel", 0.7)
-        else:
-            others = sorted((outs[x] | ins[y]) - {x, y})
-            state.warnings.append(f"{x} and {y} see a NAT between them, but also pair with {', '.join(others)}: "
-                                  f"not put on one host; give --host {x}=HOST --host {y}=HOST if they are")
+        state.join(x, y, "nat:syn_seq", f"the only NAT pair of either, {x} and {y}: one host's kernel", 0.7)
 
 
-def _apply_edges(state: _State, order: Sequence[str], shared: Sequence[SharedPath],
-                 seen: Mapping[str, _Seen]) -> None:
-    """``timing:edge``: the client's and the server's NIC at either end of the paths."""
+def path_edges(order: Sequence[str], shared: Sequence[SharedPath], seen: Mapping[str, _Seen],
+               legs: Mapping[str, object]) -> dict[str, str]:
+    """``timing:edge``: the client's and the server's NIC at either end of the paths, with why: the
+    first of the points on its connections seeing one client address, or the last seeing one server
+    address (proxy legs aside)."""
     follows: dict[str, set[str]] = defaultdict(set)
     precedes: dict[str, set[str]] = defaultdict(set)
     rank = {n: i for i, n in enumerate(order)}
@@ -536,16 +655,15 @@ def _apply_edges(state: _State, order: Sequence[str], shared: Sequence[SharedPat
         first, second = (sp.a, sp.b) if rank[sp.a] < rank[sp.b] else (sp.b, sp.a)
         precedes[first].add(second)
         follows[second].add(first)
+    out = {}
     for n in order:
-        if not (precedes[n] or follows[n]) or n in state.proxy_of:
+        if not (precedes[n] or follows[n]) or n in legs:
             continue
-        s = seen[n]
-        if not follows[n] and len(s.clients) == 1:
-            why = f"first of the {len(precedes[n]) + 1} points on its connections, one client address"
-            state.set_kind(n, HopKind.POD.value, "timing:edge", why, 0.6)
-        elif not precedes[n] and len(s.servers) == 1:
-            why = f"last of the {len(follows[n]) + 1} points on its connections, one server address"
-            state.set_kind(n, HopKind.POD.value, "timing:edge", why, 0.6)
+        if not follows[n] and len(seen[n].clients) == 1:
+            out[n] = f"first of the {len(precedes[n]) + 1} points on its connections, one client address"
+        elif not precedes[n] and len(seen[n].servers) == 1:
+            out[n] = f"last of the {len(follows[n]) + 1} points on its connections, one server address"
+    return out
 
 
 def _apply_names(state: _State) -> None:
@@ -557,11 +675,13 @@ def _apply_names(state: _State) -> None:
             state.set_kind(n, NAME_HINTS[words[-1]].value, "name", f"the word '{words[-1]}' in its name", 0.3)
 
 
-def _with_legs(order: Sequence[str], state: _State) -> list[str]:
-    """The path order with each proxy leg beside its point: after it when the leg is upstream."""
-    legs = state.proxy_of
-    out = [n for n in order if n not in legs]
-    for leg, (at, upstream) in sorted(legs.items()):
+def _with_legs(order: Sequence[str], groups: Sequence[list[str]], state: _State) -> list[str]:
+    """The path order with each proxy leg's path beside its point: after it when the leg is upstream."""
+    group_of = {n: g for g in groups for n in g}
+    moved = {n for leg in state.proxy_of for n in group_of[leg]}
+    out = [n for n in order if n not in moved]
+    for leg, (at, upstream) in sorted(state.proxy_of.items()):
+        path = [n for n in order if n in group_of[leg]]
         i = out.index(at) if at in out else len(out)
-        out.insert(i + 1 if upstream else i, leg)
+        out[i + 1 if upstream else i:i + 1 if upstream else i] = path
     return out

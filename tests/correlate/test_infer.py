@@ -18,8 +18,10 @@ from hopscope.cli import main
 from hopscope.correlate.capture_set import SetPoint, dump_capture_set, load_capture_set
 from hopscope.correlate.infer import Inference, infer_points
 from hopscope.correlate.offline import Analysis, PlannedPoint, analyze_points, plan_points, read_points
+from hopscope.correlate.synthetic import CHAIN_PATH, DEFAULT_PATH, Scenario, generate
 from hopscope.errors import ConfigError
 from hopscope.paths import lab_samples
+from hopscope.records import Batch, FlowRecord, RequestRecord
 
 LAB = lab_samples()
 MANIFEST = LAB / "manifest.json"
@@ -132,6 +134,19 @@ def test_a_capture_that_matches_nothing_says_what_to_give(tmp_path: Path,
     assert "inferred capture points" in err and "warning: give --host stray=HOST and --kind stray=KIND" in err
 
 
+@pytest.mark.parametrize("run", ["lossy_envoy_swap", "lossy_dsack_ack"])
+def test_recorded_runs_with_some_points_missing(run: str) -> None:
+    """Recorded lab runs that keep only a few points: the NAT between the client pods and node B was
+    captured nowhere, so the points across it are the pods they are and stay on their own hosts; a
+    sidecar's loopback leg still joins its pod."""
+    folder = Path(__file__).parent / "data" / run
+    truth = _truth(folder / "manifest.json")
+    got = _infer(sorted(folder.glob("*.pcap")))
+    assert _hosts({g.point: g.host for g in got.guesses}) == _hosts({p: cp["host"] for p, cp in truth.items()})
+    assert {g.point: g.hop_kind for g in got.guesses} == {p: cp["kind"] for p, cp in truth.items()}
+    assert not got.warnings
+
+
 @needs_lab
 def test_given_metadata_wins_and_carries_over_to_the_points_inferred_onto_its_host() -> None:
     files = [LAB / "nodeB.pcap", LAB / "server1-pod.pcap", LAB / "server1-app.pcap"]
@@ -144,10 +159,38 @@ def test_given_metadata_wins_and_carries_over_to_the_points_inferred_onto_its_ho
     assert any("look like one host (proxy:nested" in w and "kept apart" in w for w in apart.warnings)
 
 
+def _bare(batch: Batch) -> Batch:
+    """The records as read without metadata: every point its own host, no kind."""
+    cols = dict(batch.columns)
+    cols["host"], cols["hop_kind"] = list(cols["point"]), [""] * len(batch)
+    return Batch(batch.record_type, cols, len(batch))
+
+
+@pytest.mark.parametrize("path", ["default", "chain"])
+def test_a_proxy_leg_seen_at_two_points_joins_its_proxy(path: str) -> None:
+    """Synthetic paths: the sidecar's upstream leg is seen at the sidecar and at the app (one path of
+    two points sharing connections); in the chain an egress sidecar's leg from the client app comes
+    first. Each leg's near end is put on its proxy's host, and the order puts it beside it."""
+    syn = generate(Scenario(requests=400, path=CHAIN_PATH if path == "chain" else DEFAULT_PATH,
+                            request_id_mode="generated"))
+    points = sorted(set(syn.expected_points))
+    plan = [PlannedPoint(p, f"{p}.pcap") for p in points]
+    got = infer_points(plan, _bare(syn.flows), _bare(syn.requests))
+    guesses = got.by_point()
+    assert guesses["sidecar-out"].host == guesses["sidecar-in"].host and guesses["sidecar-out"].hop_kind == "proxy"
+    assert guesses["app"].hop_kind == "pod" and guesses["app"].host == "app"
+    assert got.order.index("sidecar-out") == got.order.index("sidecar-in") + 1
+    assert got.order.index("app") == got.order.index("sidecar-out") + 1
+    if path == "chain":
+        leg = next(h.point for h in CHAIN_PATH if h.leg == 0)
+        first = next(h.point for h in CHAIN_PATH if h.leg == 1)
+        assert guesses[leg].hop_kind == "proxy" and guesses[leg].host == guesses[first].host
+        assert got.order.index(leg) == got.order.index(first) - 1
+    assert not got.warnings
+
+
 def test_inference_keeps_a_plan_that_lacks_nothing() -> None:
     plan = [PlannedPoint("a", "a.pcap", "pod", "h1"), PlannedPoint("b", "b.pcap", "node", "h2", "c1")]
-    from hopscope.records import Batch, FlowRecord, RequestRecord
-
     got = infer_points(plan, Batch(FlowRecord, {}, 0), Batch(RequestRecord, {}, 0))
     assert got.plan(plan) == plan
     assert [g.reason for g in got.guesses] == ["given", "given"] and [g.confidence for g in got.guesses] == [1.0, 1.0]
