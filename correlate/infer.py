@@ -12,13 +12,15 @@ rule               evidence and conclusion
                    first, over all shared connections, orders them (``order``)
 ``nat:syn_seq``    along a connection's path the addresses change between two adjacent points: a NAT
                    between them. When every connection crossing into the one comes from the other and
-                   vice versa (one pair, no third point on either side between them), the pair is one
-                   kernel rewriting what it forwards: one host, one clock; both are kind ``nat``
-``proxy:nested``   a point that shares no connection with any other, whose requests nest in time
-                   inside another point's requests on other connections (request later, response
-                   earlier: a sidecar's upstream leg to its app), or enclose them (an egress sidecar's
-                   leg from the app), is a proxy leg on that point's host; of the points it nests in,
-                   the tightest (least time around the nested exchange) is the proxy's own NIC
+                   vice versa (at least two), and neither is a path's end (two pods with an uncaptured
+                   NAT between them look the same), the pair is one kernel rewriting what it
+                   forwards: one host, one clock; both are kind ``nat``
+``proxy:nested``   points joined by shared connections form path groups; a group other than the
+                   network path (a sidecar's loopback capture, an upstream leg seen at two points)
+                   whose requests nest one to one, in arrival order, inside another point's requests
+                   on other connections (request later, response earlier: a sidecar's upstream leg to
+                   its app), or around them (an egress sidecar's leg from the app), is a proxy leg on
+                   that point's host; of the points on one path, the one nearest the proxy
 ``timing:edge``    the first point of every path it shares, seeing one client address, is the client's
                    NIC; the last, before any proxy leg, seeing one server address, the server's:
                    kind ``pod``
