@@ -295,13 +295,22 @@ class ClusterStore(SqlStore):
         return self.status().missing_shards
 
     def has_coordination(self) -> bool:
-        """Whether the entry server has ZooKeeper configured and reachable (replicated tables, ON CLUSTER)."""
+        """Whether the entry server has ZooKeeper configured (replicated tables, ON CLUSTER DDL): its
+        ``system.zookeeper`` table exists exactly then, whether or not ZooKeeper answers now."""
+        rows = self._select(BoundQuery(
+            "SELECT count() FROM system.tables WHERE database = 'system' AND name = 'zookeeper'", {}))
+        return bool(rows[0][0])
+
+    def _require_coordination(self) -> None:
+        """ZooKeeper answers the entry server, else ``UnavailableError`` (replicated DDL would hang)."""
         probe = BoundQuery("SELECT count() FROM system.zookeeper WHERE path = '/'", {})
         try:
-            self._via_entry(lambda n: n._select(probe))
-        except QueryError:
-            return False
-        return True
+            self._select(probe)
+        except QueryError as exc:
+            raise UnavailableError(
+                f"cluster {self.cluster} has ZooKeeper configured but it does not answer ({exc}); "
+                "start it, then run this again"
+            ) from exc
 
     # --- backend primitives ------------------------------------------------------------------------
 
@@ -347,6 +356,8 @@ class ClusterStore(SqlStore):
         for line in self.degradations():
             log.info("cluster %s, ClickHouse %s: schema degraded: %s", self.cluster, features.version, line)
         replicated = self.has_coordination()
+        if replicated:
+            self._require_coordination()
         on_cluster = replicated if self._on_cluster is None else self._on_cluster
         if on_cluster and not replicated:
             raise ConfigError(f"ON CLUSTER DDL on cluster {self.cluster} needs ZooKeeper in the servers' config")
@@ -435,9 +446,21 @@ class ClusterStore(SqlStore):
         if self.read_only:
             raise ConfigError(f"store {self.url} is open read-only: it cannot be dropped here")
         for replica in self._require_all("dropping the schema"):
-            self._node(replica.host, replica.port)._command(
-                f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}"
-            )
+            node = self._node(replica.host, replica.port)
+            try:
+                node._command(f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}")
+            except QueryError as exc:
+                # 18.16 leaves a Distributed table's (empty) queue directories behind and then fails to
+                # remove the database directory, after the database and its tables are gone.
+                if "Directory not empty" not in str(exc) or self._database_exists(node):
+                    raise
+                log.info("%s: database %s dropped, its directory kept (%s)", replica.address, self.database, exc)
+
+    def _database_exists(self, node: ServerStore) -> bool:
+        rows = node._select(
+            BoundQuery("SELECT count() FROM system.databases WHERE name = {db:String}", {"db": self.database})
+        )
+        return bool(rows[0][0])
 
     # --- per-shard reads (placement checks, tests) -----------------------------------------------
 
