@@ -288,3 +288,36 @@ def test_capture_set_files_are_relative_to_the_set(tmp_path: Path) -> None:
                                          "clock": "c"}]})
     assert load_capture_set(path) == [SetPoint("a", str(tmp_path / "caps" / "a.pcap"), "h", "pod", "c")]
 
+
+# --- a client sidecar, made in the lab --------------------------------------------------------
+
+
+@pytest.mark.lab
+def test_client_sidecar_run_without_metadata(tmp_path: Path) -> None:
+    """An egress sidecar's leg from the app (the client pod's loopback) encloses its leg onto the
+    network: inferred onto the client pod's host as a proxy leg, and the run stitches as with the
+    manifest."""
+    from hopscope.lab.lab import Lab, record
+    from hopscope.lab.plan import PlanSettings
+    from tests.lab.conftest import require_lab
+
+    require_lab()
+    lab = Lab(client_sidecar="envoy")
+    try:
+        lab.up()
+        manifest = record(lab, tmp_path, [], PlanSettings(requests_per_session=3, sessions=2, big_bytes=0),
+                          measure_overhead=False)
+    finally:
+        lab.down()
+    truth = _truth(manifest)
+    got = _infer(sorted(tmp_path.glob("*.pcap")))
+    assert _hosts({g.point: g.host for g in got.guesses}) == _hosts({p: cp["host"] for p, cp in truth.items()})
+    kinds = {g.point: g.hop_kind for g in got.guesses}
+    assert kinds["client1-egress"] == kinds["client2-egress"] == "proxy"
+    assert {p: k for p, k in kinds.items() if truth[p]["kind"] in TRAFFIC_KINDS} == {
+        p: cp["kind"] for p, cp in truth.items() if cp["kind"] in TRAFFIC_KINDS}
+    files = [str(f) for f in sorted(tmp_path.glob("*.pcap"))]
+    with_manifest = analyze_points(plan_points(manifest=str(manifest)), manifest=str(manifest))
+    inferred = analyze_points(plan_points(files), manifest=str(manifest), infer=True)
+    assert _traces(inferred) == _traces(with_manifest)
+    assert inferred.evaluation == with_manifest.evaluation
