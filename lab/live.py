@@ -163,17 +163,30 @@ def agent_config(plan: AgentPlan, kinds: dict[str, str], bootstrap: str, prefix:
     }  # fmt: skip
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies."""
+#: Signals held while a child is started: one arriving inside fork would raise in the interpreter's
+#: after-fork hooks, where the exception is ignored (and the logging lock stays taken).
+HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _child_setup() -> None:
+    """In the child before exec: the held signals back, and SIGTERM when the process that started it dies."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_hopscope(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``hopscope ARGV`` as a child process (this interpreter), its standard error into ``log``."""
-    with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "hopscope", *argv], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_die_with_parent)  # fmt: skip
+def start_hopscope(argv: list[str], log: Path, children: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """``hopscope ARGV`` as a child process (this interpreter), its standard error into ``log``; listed in
+    ``children`` before a held Ctrl-C or SIGTERM can interrupt this process."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        with open(log, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "hopscope", *argv], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_child_setup)  # fmt: skip
+        children.append(proc)
+        return proc
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def bound_packet_sockets(netns: str) -> set[str]:
@@ -305,9 +318,10 @@ def delete_topics(bootstrap: str, prefix: str, groups: list[str]) -> str:
 # --- correlator and scoring -----------------------------------------------------------------------------
 
 
-def start_correlator(bootstrap: str, store: str, prefix: str, idle_exit_s: float, log: Path) -> subprocess.Popen[bytes]:
+def start_correlator(bootstrap: str, store: str, prefix: str, idle_exit_s: float, log: Path,
+                     children: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:  # fmt: skip
     return start_hopscope(["correlate", "--kafka", bootstrap, "--store", store, "--topic-prefix", prefix,
-                           "--group", prefix, "--idle-exit", str(idle_exit_s)], log)  # fmt: skip
+                           "--group", prefix, "--idle-exit", str(idle_exit_s)], log, children)  # fmt: skip
 
 
 def wait_correlator(proc: subprocess.Popen[bytes], log: Path, wait_s: float) -> str:
@@ -373,8 +387,11 @@ class LiveRun:
         self.started_kafka = False
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.correlator: subprocess.Popen[bytes] | None = None
+        #: every process this run started, agents and correlator
+        self.children: list[subprocess.Popen[bytes]] = []
         self.agent_summaries: list[dict[str, Any]] = []
         self.correlator_summary = ""
+        self.traffic_start_ns = 0
 
     def run(self, impairments: list[ImpairSpec], settings: PlanSettings, seed: int = 1,
             measure_overhead: bool = True) -> LiveResult:  # fmt: skip
@@ -400,26 +417,34 @@ class LiveRun:
             _say(f"lab {lab.prefix} up in {lab.up_seconds} s (server sidecar {lab.sidecar})")
             if measure_overhead:  # before the agents: its connections are not part of the plan
                 lab.measure_delayer_overhead(impairments[0].site if impairments else "nodeB-ingress")
-            plans = self._start_agents()
-            assert self.bootstrap is not None
-            self.correlator = start_correlator(self.bootstrap, self.store_url, self.prefix, self.options.idle_exit_s,
-                                               self.out / "correlate.log")  # fmt: skip
-            for spec in impairments:
-                lab.impair(spec.site, delay_ms=spec.delay_ms, loss=spec.loss, seed=seed)
-            start_ns = time.time_ns()
             try:
-                truth = lab.traffic(settings)
-            finally:  # while the agents still capture: every packet a delayer saw reaches them
-                lab.clear_impairments()
-            time.sleep(0.5)  # the last segments (FIN/ACK, delayed ones) reach every point
-            self.agent_summaries = stop_agents(plans, self.agents, self.options.stop_wait_s)
-            _say(agents_line(self.agent_summaries))
-            path = lab.write_manifest(self.out, truth)
+                path = self._capture(lab, impairments, settings, seed)
+            except BaseException:
+                end_all(self.children)  # the agents while their namespaces still exist
+                raise
         manifest = json.loads(path.read_text())
         for cp in manifest["capture_points"]:
             cp["agent_point"] = f"{cp['host']}/{cp['interface']}"
         path.write_text(json.dumps(manifest, indent=1) + "\n")
-        return manifest, start_ns
+        return manifest, self.traffic_start_ns
+
+    def _capture(self, lab: Lab, impairments: list[ImpairSpec], settings: PlanSettings, seed: int) -> Path:
+        """Agents and correlator started, the plan run under the impairments, agents stopped; the manifest."""
+        plans = self._start_agents()
+        assert self.bootstrap is not None
+        self.correlator = start_correlator(self.bootstrap, self.store_url, self.prefix, self.options.idle_exit_s,
+                                           self.out / "correlate.log", self.children)  # fmt: skip
+        for spec in impairments:
+            lab.impair(spec.site, delay_ms=spec.delay_ms, loss=spec.loss, seed=seed)
+        self.traffic_start_ns = time.time_ns()
+        try:
+            truth = lab.traffic(settings)
+        finally:  # while the agents still capture: every packet a delayer saw reaches them
+            lab.clear_impairments()
+        time.sleep(0.5)  # the last segments (FIN/ACK, delayed ones) reach every point
+        self.agent_summaries = stop_agents(plans, self.agents, self.options.stop_wait_s)
+        _say(agents_line(self.agent_summaries))
+        return lab.write_manifest(self.out, truth)
 
     def _start_agents(self) -> list[AgentPlan]:
         assert self.bootstrap is not None
@@ -428,7 +453,7 @@ class LiveRun:
         for plan in plans:
             config = agent_config(plan, kinds, self.bootstrap, self.prefix, self.out)
             plan.config.write_text(yaml.safe_dump(config, sort_keys=False))
-            self.agents[plan.host] = start_hopscope(["agent", "--config", str(plan.config)], plan.log)
+            self.agents[plan.host] = start_hopscope(["agent", "--config", str(plan.config)], plan.log, self.children)
         wait_agents_ready(plans, self.agents, self.options.ready_wait_s)
         points = sum(len(p.points) for p in plans)
         _say(f"agents: {len(plans)} processes capturing at {points} points ({self.out}/agent-HOST.yaml)")
@@ -451,8 +476,7 @@ class LiveRun:
 
     def _teardown(self) -> None:
         """Every process of the run stopped, topics and groups deleted, a Kafka this run started stopped."""
-        for proc in [*self.agents.values(), *([self.correlator] if self.correlator else [])]:
-            _end(proc)
+        end_all(self.children)
         if self.bootstrap is not None:
             _say(delete_topics(self.bootstrap, self.prefix, [f"{self.prefix}-s1", f"{self.prefix}-s2"]))
         if self.started_kafka:
@@ -460,15 +484,18 @@ class LiveRun:
             _say("stopped the Kafka broker this run started")
 
 
-def _end(proc: subprocess.Popen[bytes], wait_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(wait_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def end_all(procs: list[subprocess.Popen[bytes]], wait_s: float = 10.0) -> None:
+    """SIGTERM to every process still running, then SIGKILL to those still running ``wait_s`` later."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _say(line: str) -> None:
