@@ -445,17 +445,19 @@ def infer_points(plan: Sequence[PlannedPoint], flows: Batch, requests: Batch) ->
     for point, why in edges.items():
         state.set_kind(point, HopKind.POD.value, "timing:edge", why, 0.6)
     _apply_names(state)
-    warnings = state.warnings + [_unmatched(plan_point) for plan_point in plan
+    warnings = state.warnings + [_unmatched(plan_point, len(seen[plan_point.name].keys) > 0)
+                                 for plan_point in plan
                                  if plan_point.name in alone and plan_point.name not in state.proxy_of
                                  and not (plan_point.host and plan_point.hop_kind)]
     return Inference(state.guesses(partners), _with_legs(order, groups, state), shared, nests, warnings)
 
 
-def _unmatched(p: PlannedPoint) -> str:
+def _unmatched(p: PlannedPoint, has_connections: bool) -> str:
     opts = [o for o, missing in ((f"--host {p.name}=HOST", not p.host), (f"--kind {p.name}=KIND", not p.hop_kind))
             if missing]
-    return (f"give {' and '.join(opts)} for {os.path.basename(p.file)}: its connections match none of the "
-            f"others and its requests nest in none of theirs (it stays a host of its own)")
+    why = ("its connections match none of the others and its requests nest in none of theirs" if has_connections
+           else "it holds no TCP connection or request to compare")
+    return f"give {' and '.join(opts)} for {os.path.basename(p.file)}: {why} (it stays a host of its own)"
 
 
 @dataclass(slots=True)

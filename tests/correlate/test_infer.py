@@ -132,6 +132,14 @@ def test_a_capture_that_matches_nothing_says_what_to_give(tmp_path: Path,
     assert main(["analyze", *map(str, files), "--no-store"]) == 0
     err = capsys.readouterr().err
     assert "inferred capture points" in err and "warning: give --host stray=HOST and --kind stray=KIND" in err
+    assert main(["analyze", *map(str, files), "--no-store", "--no-infer"]) == 0
+    assert "inferred" not in capsys.readouterr().err
+    # a capture with nothing to compare says so
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))  # a header, no packet
+    assert _infer([LAB / "nodeB.pcap", LAB / "switch-mirror.pcap", empty]).warnings == [
+        "give --host empty=HOST and --kind empty=KIND for empty.pcap: it holds no TCP connection or request to "
+        "compare (it stays a host of its own)"]
 
 
 @pytest.mark.parametrize("run", ["lossy_envoy_swap", "lossy_dsack_ack"])
