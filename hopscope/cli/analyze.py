@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if analysis.inference is not None:
         report_inference(analysis.inference)
         if args.format == "json":  # the inference beside the traces, as a tool reading the JSON needs it
-            doc = json.loads(text)
-            doc["inference"] = analysis.inference.as_dict()
-            text = json.dumps(doc, indent=1) + "\n"
+            text = with_key(text, "inference", analysis.inference.as_dict())
     if args.save_capture_set:
         save_capture_set(args.save_capture_set, plan, analysis.inference)
     if args.out:
@@ -110,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
         export_traces(args.otlp, args.inventory, analysis.result.traces, analysis.result.spans)
     return 0
+
+
+def with_key(text: str, key: str, value: Any) -> str:
+    """A JSON object's text with one more key at its end, without parsing the (possibly large) rest."""
+    body = text.rstrip()
+    if not body.endswith("}"):
+        raise ValueError("not a JSON object")
+    inner = json.dumps(value, indent=1).replace("\n", "\n ")
+    return f"{body[:-1].rstrip()},\n {json.dumps(key)}: {inner}\n}}\n"
 
 
 def report_inference(inference: Any) -> None:
