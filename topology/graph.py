@@ -24,6 +24,7 @@ members of a cycle share a column). ``to_node_link`` exports a graph as node-lin
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ def percentiles(values: Sequence[int] | Sequence[float]) -> dict[str, int | None
     return {f"p{q}": round(float(v)) for q, v in zip(PERCENTILES, found, strict=True)}
 
 
+@functools.lru_cache(maxsize=1 << 16)  # one parse per address: the correlator's metrics call it per span
 def is_loopback(addr: str) -> bool:
     try:
         return ipaddress.ip_address(addr).is_loopback

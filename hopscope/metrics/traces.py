@@ -19,15 +19,23 @@ service map (pods by Service, or addresses without an inventory).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-from hopscope.records import Batch, Span, Trace
+from hopscope.records import Batch, Span
 from hopscope.topology.graph import entity_hops, hop_order
-from hopscope.topology.inventory import EMPTY, Inventory
+from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 EDGE_LABELS = ["client", "client_kind", "server", "server_kind", "protocol"]
 #: Request durations, 250 µs to 30 s.
@@ -37,42 +45,135 @@ DURATION_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 EMIT_BUCKETS_S = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
 
 
-class TraceMetrics:
-    """The service map's RED per edge and the emit delay, from the traces (with their spans) written."""
+class _SpanView(NamedTuple):
+    """The fields of a ``Span`` that ``entity_hops`` and ``hop_order`` read (a ``Span`` costs ~40)."""
+
+    hop_index: int
+    request_first_ns: int
+    span_id: str
+    orig_h: str
+    resp_h: str
+    response_last_ns: int
+
+
+class _TraceView(NamedTuple):
+    """The fields of a ``Trace`` that ``entity_hops`` and the metrics read."""
+
+    trace_id: str
+    client_h: str
+    server_h: str
+    duration_us: int
+    start_ns: int
+    error: int
+    l7_proto: str
+
+
+@dataclass(slots=True)
+class _Histogram:
+    """Bucket counts (the last: above every bound), sum and count of one series."""
+
+    bounds: npt.NDArray[np.float64]
+    buckets: npt.NDArray[np.int64] = field(init=False)
+    total_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.buckets = np.zeros(len(self.bounds) + 1, np.int64)
+
+    def add(self, seconds: npt.NDArray[np.float64]) -> None:
+        self.buckets += np.bincount(np.searchsorted(self.bounds, seconds, side="left"), minlength=len(self.buckets))
+        self.total_s += float(seconds.sum())
+
+    def family_buckets(self) -> list[tuple[str, float]]:
+        cumulative = np.cumsum(self.buckets).tolist()
+        return [(repr(float(b)), c) for b, c in zip(self.bounds.tolist(), cumulative, strict=False)] + [
+            ("+Inf", cumulative[-1])]
+
+
+@dataclass(slots=True)
+class _Edge:
+    requests: int = 0
+    errors: int = 0
+    duration: _Histogram = field(default_factory=lambda: _Histogram(np.asarray(DURATION_BUCKETS_S)))
+
+
+class _CachedInventory:
+    """``Inventory.entity_of`` once per address (it parses the address on every call)."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+        self.known: dict[str, Entity] = {}
+
+    def entity_of(self, addr: str) -> Entity:
+        entity = self.known.get(addr)
+        if entity is None:
+            entity = self.known[addr] = self.inventory.entity_of(addr)
+        return entity
+
+
+class TraceMetrics(Collector):
+    """The service map's RED per edge and the emit delay, from the traces (with their spans) written.
+
+    A collector of its own rather than ``Counter``/``Histogram`` objects: a batch is aggregated per edge
+    first (durations binned with numpy), then added under a lock the scrape takes too."""
 
     def __init__(self, registry: CollectorRegistry, inventory: Inventory = EMPTY) -> None:
-        self.inventory = inventory
-        self.requests = Counter("hopscope_service_requests", "requests (traces) that crossed the service map edge",
-                                EDGE_LABELS, registry=registry)  # fmt: skip
-        self.errors = Counter("hopscope_service_request_errors", "of those, failed (5xx, RST, no response, DNS error)",
-                              EDGE_LABELS, registry=registry)  # fmt: skip
-        self.duration = Histogram(
-            "hopscope_service_request_duration_seconds",
-            "request duration at the edge's client side (the trace's; Service -> pod: at the first hop seeing the pod)",
-            EDGE_LABELS, buckets=DURATION_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.emit_delay = Histogram("hopscope_correlate_trace_emit_delay_seconds",
-                                    "wall time from a trace's first byte to its insert into the store",
-                                    buckets=EMIT_BUCKETS_S, registry=registry)  # fmt: skip
+        self.inventory = _CachedInventory(inventory)
+        self._edges: dict[tuple[str, ...], _Edge] = {}
+        self._emit = _Histogram(np.asarray(EMIT_BUCKETS_S))
+        self._lock = threading.Lock()
+        registry.register(self)
 
     def observe(self, traces: Batch, spans: Batch, now_ns: int | None = None) -> None:
         """Count the edges each trace of ``traces`` crosses (its spans are among ``spans``)."""
         now_ns = time.time_ns() if now_ns is None else now_ns
-        by_trace: dict[str, list[Span]] = defaultdict(list)
-        for span in spans.records():
-            assert isinstance(span, Span)
-            by_trace[span.trace_id].append(span)
-        for trace in traces.records():
-            assert isinstance(trace, Trace)
-            self.emit_delay.observe(max(0.0, (now_ns - trace.start_ns) / 1e9))
-            protocol = trace.l7_proto or "tcp"
-            for client, server, duration_us in entity_hops(trace, hop_order(by_trace.get(trace.trace_id, ())),
-                                                           self.inventory):  # fmt: skip
-                labels = (client.label, client.kind, server.label, server.kind, protocol)
-                self.requests.labels(*labels).inc()
-                if trace.error:
-                    self.errors.labels(*labels).inc()
-                self.duration.labels(*labels).observe(duration_us / 1e6)
+        by_trace: dict[str, list[_SpanView]] = defaultdict(list)
+        sc = spans.columns
+        for trace_id, *rest in zip(sc["trace_id"], sc["hop_index"], sc["request_first_ns"], sc["span_id"],
+                                   sc["orig_h"], sc["resp_h"], sc["response_last_ns"], strict=True):  # fmt: skip
+            by_trace[trace_id].append(_SpanView(*rest))
+        tc = traces.columns
+        views = [_TraceView(*row) for row in zip(tc["trace_id"], tc["client_h"], tc["server_h"], tc["duration_us"],
+                                                 tc["start_ns"], tc["error"], tc["l7_proto"], strict=True)]  # fmt: skip
+        batch: dict[tuple[str, ...], tuple[list[int], int]] = {}
+        for t in views:
+            hops = entity_hops(t, hop_order(by_trace.get(t.trace_id, ())), self.inventory)  # type: ignore[arg-type]
+            for client, server, duration_us in hops:
+                key = (client.label, client.kind, server.label, server.kind, t.l7_proto or "tcp")
+                durations, errors = batch.get(key, ([], 0))
+                durations.append(duration_us)
+                batch[key] = (durations, errors + bool(t.error))
+        starts = np.fromiter((t.start_ns for t in views), np.int64, len(views))
+        self._add(batch, np.maximum(0, now_ns - starts) / 1e9)
+
+    def _add(self, batch: dict[tuple[str, ...], tuple[list[int], int]], emit_s: npt.NDArray[np.float64]) -> None:
+        with self._lock:
+            for key, (durations, errors) in batch.items():
+                edge = self._edges.get(key) or self._edges.setdefault(key, _Edge())
+                edge.requests += len(durations)
+                edge.errors += errors
+                edge.duration.add(np.asarray(durations, np.float64) / 1e6)
+            self._emit.add(emit_s)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("hopscope_service_requests", "requests (traces) that crossed the service "
+                                       "map edge", labels=EDGE_LABELS)  # fmt: skip
+        errors = CounterMetricFamily("hopscope_service_request_errors", "of those, failed (5xx, RST, no response, "
+                                     "DNS error)", labels=EDGE_LABELS)  # fmt: skip
+        duration = HistogramMetricFamily(
+            "hopscope_service_request_duration_seconds",
+            "request duration at the edge's client side (the trace's; Service -> pod: at the first hop seeing the pod)",
+            labels=EDGE_LABELS,
+        )  # fmt: skip
+        emit = HistogramMetricFamily("hopscope_correlate_trace_emit_delay_seconds",
+                                     "wall time from a trace's first byte to its insert into the store")  # fmt: skip
+        with self._lock:
+            for key, edge in sorted(self._edges.items()):
+                labels = list(key)
+                requests.add_metric(labels, edge.requests)
+                errors.add_metric(labels, edge.errors)
+                duration.add_metric(labels, edge.duration.family_buckets(), edge.duration.total_s)
+            emit.add_metric([], self._emit.family_buckets(), self._emit.total_s)
+        yield from (requests, errors, duration, emit)
 
 
 class InstrumentedStore:
