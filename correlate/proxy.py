@@ -48,7 +48,7 @@ may replace the id, as nginx and haproxy do in the lab).
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -679,6 +679,12 @@ def link_tls(view: SegmentView, settings: CorrelateSettings, links: Links) -> in
     connections sends queued requests on in the order its handshakes finish."""
     if view.tls is None or not view.tls.any():
         return 0
+    return _link_tls_sides(view, settings, links)
+
+
+def _link_tls_sides(view: SegmentView, settings: CorrelateSettings, links: Links) -> int:
+    """Both sides of every TLS hop, over what is not linked yet (``link_tls``); returns links made."""
+    assert view.tls is not None
     tls = view.tls
     groups = _UnionFind(len(links.parent))
     made = _link_id_chains(view, settings, links, groups)
@@ -707,42 +713,90 @@ def _childless_plain_ends(view: SegmentView, links: Links) -> list[int]:
 
 
 def _link_id_chains(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind) -> int:
-    """Across the TLS hop by id: a plaintext leg ending at a proxy hop and one starting at a proxy hop
-    on another host share a request id (a server sidecar that keeps the client's id), the same status
-    and bodies, and exactly one exchange between those hosts nests in the first and around the second:
-    both links are made (``tls:nested+id``). Returns links made."""
+    """Across the TLS hop by what both plaintext legs show: a leg ending at a proxy hop and one starting
+    at a proxy hop on another host share a request id (a server sidecar that keeps the client's:
+    ``tls:nested+id``), or else a path that no other leg on either host has (stripped of a leading
+    segment, as a sidecar may strip a prefix: ``tls:nested+path``), the same status and bodies, and
+    exactly one exchange between those hosts nests in the first and around the second: both links
+    are made. Returns links made."""
     assert view.tls is not None
-    slack = settings.nesting_slack_us * 1000
     tls = view.tls
-    ends: dict[str, list[int]] = defaultdict(list)
+    ends: dict[tuple[str, str], list[int]] = defaultdict(list)
+    has_child = _has_child(links)
+    client_hosts = {view.first_host[b] for b in np.flatnonzero(tls).tolist()}
+    server_hosts = {view.last_host[b] for b in np.flatnonzero(tls).tolist()}
     for p in np.flatnonzero(~tls & view.last_proxy).tolist():
-        rid = _request_id(view, p)
-        if rid:
-            ends[rid].append(p)
+        if view.last_host[p] in client_hosts:
+            for key in _chain_keys(view, p, upstream=False):
+                ends[key].append(p)
+    counts = {key: len(v) for key, v in ends.items()}
+    ends = {key: [p for p in v if not has_child[p]] for key, v in ends.items()}
+    upstream = [c for c in np.flatnonzero(~tls & view.first_proxy).tolist() if view.first_host[c] in server_hosts]
+    starts = Counter(key for c in upstream for key in _chain_keys(view, c, upstream=True))
     exchanges: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
     for b in np.flatnonzero(tls).tolist():
         exchanges[(view.first_host[b], view.last_host[b])].append((int(view.req_first_ns[b]), b))
     for v in exchanges.values():
         v.sort()
     made = 0
-    for c in np.flatnonzero(~tls & view.first_proxy & (links.parent < 0)).tolist():
-        rid = _request_id(view, c)
-        for a in ends.get(rid, []) if rid else []:
-            if view.last_host[a] == view.first_host[c] or not _statuses_fit(view, a, c):
+    for c in upstream:
+        if links.parent[c] >= 0:
+            continue
+        for key in _chain_keys(view, c, upstream=True):
+            cands = ends.get(key, [])
+            if key[0] == "path" and (counts.get(key) != 1 or starts[key] != 1):
+                continue  # a path is a key only where it names one leg on each side
+            a = _one_chain(view, settings, links, exchanges, cands, c)
+            if a is None:
                 continue
-            between = exchanges.get((view.last_host[a], view.first_host[c]), [])
-            lo = bisect.bisect_left(between, (int(view.req_last_ns[a]) - slack, -1))
-            hi = bisect.bisect_right(between, (int(view.req_first_ns[c]) + slack, len(tls)))
-            fits = [b for _, b in between[lo:hi][:NESTED_CANDIDATES] if links.parent[b] < 0
-                    and _child_fits(view, a, b, slack) and _child_fits(view, b, c, slack)]
-            if len(fits) == 1:
-                for parent, child in ((a, fits[0]), (fits[0], c)):
-                    _link_nested(view, links, groups, parent, child, False)
-                    links.reason[child] = Reason.TLS_NESTED_ID.value
-                    links.confidence[child] = BASE_CONFIDENCE[Reason.TLS_NESTED_ID]
-                made += 2
-                break
+            b = _chain_exchange(view, settings, links, exchanges, a, c)
+            reason = Reason.TLS_NESTED_ID if key[0] == "id" else Reason.TLS_NESTED_PATH
+            for parent, child in ((a, b), (b, c)):
+                _link_nested(view, links, groups, parent, child, False)
+                links.reason[child] = reason.value
+                links.confidence[child] = BASE_CONFIDENCE[reason]
+            for k in _chain_keys(view, a, upstream=False):
+                if a in ends.get(k, []):
+                    ends[k].remove(a)
+            made += 2
+            break
     return made
+
+
+def _chain_keys(view: SegmentView, s: int, upstream: bool) -> list[tuple[str, str]]:
+    """What a plaintext leg shows that the leg on the other side of a TLS hop may show too: its request
+    id, its path, and (a client-side leg) its path without the first segment."""
+    keys = []
+    rid = _request_id(view, s)
+    if rid:
+        keys.append(("id", rid))
+    path = view.path[s]
+    if path:
+        keys.append(("path", path))
+        rest = path.find("/", 1)
+        if not upstream and rest > 0:
+            keys.append(("path", path[rest:]))
+    return keys
+
+
+def _one_chain(view: SegmentView, settings: CorrelateSettings, links: Links,
+               exchanges: dict[tuple[str, str], list[tuple[int, int]]], cands: list[int], c: int) -> int | None:
+    """The one candidate client-side leg with exactly one exchange between it and ``c`` (None: not one)."""
+    found = [a for a in cands if view.last_host[a] != view.first_host[c] and _statuses_fit(view, a, c)
+             and _chain_exchange(view, settings, links, exchanges, a, c) >= 0]
+    return found[0] if len(found) == 1 else None
+
+
+def _chain_exchange(view: SegmentView, settings: CorrelateSettings, links: Links,
+                    exchanges: dict[tuple[str, str], list[tuple[int, int]]], a: int, c: int) -> int:
+    """The one unlinked exchange nested in ``a`` and around ``c`` (-1: none, or several)."""
+    slack = settings.nesting_slack_us * 1000
+    between = exchanges.get((view.last_host[a], view.first_host[c]), [])
+    lo = bisect.bisect_left(between, (int(view.req_last_ns[a]) - slack, -1))
+    hi = bisect.bisect_right(between, (int(view.req_first_ns[c]) + slack, len(links.parent)))
+    fits = [b for _, b in between[lo:hi][:NESTED_CANDIDATES] if links.parent[b] < 0
+            and _child_fits(view, a, b, slack) and _child_fits(view, b, c, slack)]
+    return fits[0] if len(fits) == 1 else -1
 
 
 def _link_by_carried_id(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,

@@ -25,6 +25,8 @@ class Reason(enum.StrEnum):
     TLS_NESTED = "tls:nested"  # a TLS exchange nested in a plaintext leg, or a plaintext leg in one
     #: ... and the request id of the plaintext leg before the TLS hop is the one after it
     TLS_NESTED_ID = "tls:nested+id"
+    #: ... and a path no other request had is the same before and after it
+    TLS_NESTED_PATH = "tls:nested+path"
 
 
 #: Base confidence of each reason when every anchor agreed.
@@ -40,6 +42,7 @@ BASE_CONFIDENCE: Final[dict[Reason, float]] = {
     Reason.PROXY_RETRY: 0.7,
     Reason.TLS_NESTED: 0.8,
     Reason.TLS_NESTED_ID: 0.95,
+    Reason.TLS_NESTED_PATH: 0.9,
 }
 
 #: Multiplier per missing confirming anchor (e.g. syn_seq or resp_tcp_seq not seen at one side).

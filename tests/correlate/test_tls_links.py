@@ -32,6 +32,8 @@ class Request:
     status: int = 200
     forward_us: int = 10  # time the egress sidecar takes to send it on
     handover_us: int = 10  # time the egress sidecar takes to pass the response back
+    path: str = "/ok"
+    upstream_path: str = ""  # the path the app got ('': path)
 
     def records(self) -> list[RequestRecord]:
         # client app -> egress sidecar (client pod loopback) at t; its exchange leaves the client pod
@@ -46,15 +48,16 @@ class Request:
                for p, h, req, resp in (("client-pod", "client", e0, c_resp + 60),
                                        ("server-pod", "server", e1, c_resp + 20))]
         c = self._rec("server-app", "server", "proxy", "http", self.app_conn + 1000, 0, c0, c_resp, self.resp_body,
-                      xrid=self.upstream_xrid or self.xrid)
+                      xrid=self.upstream_xrid or self.xrid, path=self.upstream_path or self.path)
         return [a, *tls, c]
 
     def _rec(self, point: str, host: str, kind: str, proto: str, conn: int, offset: int, req_us: int, resp_us: int,
-             resp_body: int, xrid: str | None = None, req_bytes: int = 300, resp_bytes: int = 0) -> RequestRecord:
+             resp_body: int, xrid: str | None = None, req_bytes: int = 300, resp_bytes: int = 0,
+             path: str | None = None) -> RequestRecord:
         http = proto == "http"
         return RequestRecord(
             point=point, host=host, hop_kind=kind, iface="eth0", l7_proto=proto, proto=6, request_id=next(_IDS),
-            method="GET" if http else "", path="/ok" if http else "", status=self.status if http else 0,
+            method="GET" if http else "", path=(path or self.path) if http else "", status=self.status if http else 0,
             syn_seq=conn, synack_seq=conn + 7, req_tcp_seq=conn + 1 + offset, resp_tcp_seq=conn + 8 + offset,
             req_first_ns=T0 + req_us * US, req_last_ns=T0 + req_us * US + 5 * US,
             resp_first_ns=T0 + resp_us * US, resp_last_ns=T0 + resp_us * US + 5 * US,
@@ -124,9 +127,10 @@ def test_the_exchange_must_hold_the_plaintext_body() -> None:
 
 def test_a_server_leg_with_another_id_is_linked_by_nesting_alone() -> None:
     """A server sidecar may replace the request id (nginx and haproxy do): the exchange carries the
-    client's "a1", the app leg "zz"; linked by nesting, unconfirmed."""
-    _, got = chains([Request(0, 10_000, 0, 100, xrid="a1", upstream_xrid="zz")])
-    assert got == [((100, 10_000, 10_000, 1100), CHAIN)]
+    client's "a1", the app leg "zz"; linked by nesting, unconfirmed (both requests are GET /ok: the
+    path names neither)."""
+    _, got = chains([Request(0, 10_000, 0, 100, xrid="a1", upstream_xrid="zz"), Request(2_000, 10_000, 500, 101)])
+    assert got == [((100, 10_000, 10_000, 1100), CHAIN), ((101, 10_000, 10_000, 1101), CHAIN)]
 
 
 def test_an_exchange_with_no_plaintext_leg_around_it_stays_alone() -> None:
@@ -157,3 +161,16 @@ def test_the_client_side_leg_answers_with_the_status_the_server_side_leg_got() -
     records = [r for q in (ok, failed) for r in q.records()]
     _, got = chains([], records)
     assert got == [((100, 10_000, 10_000, 1100), CHAIN), ((101, 20_000, 20_000, 1101), CHAIN)]
+
+
+def test_a_path_no_other_request_has_links_the_chain_across_a_sidecar_that_replaces_ids() -> None:
+    """The server sidecar replaces the id and strips a /web prefix, and answers the two requests in the
+    other order than it forwarded them (by timing alone they cross); each path names one request on
+    both sides: both chains are linked through their exchanges (``tls:nested+path``)."""
+    one = Request(0, 10_000, 0, 100, xrid="c1", upstream_xrid="s1", path="/web/a?req=1", upstream_path="/a?req=1",
+                  service_us=900)
+    two = Request(100, 20_000, 0, 101, upstream_xrid="s2", path="/web/a?req=2", upstream_path="/a?req=2",
+                  service_us=500)
+    _, got = chains([one, two])
+    path_chain = ("origin", "tls:nested+path", "l7:req_tcp_seq", "tls:nested+path")
+    assert got == [((100, 10_000, 10_000, 1100), path_chain), ((101, 20_000, 20_000, 1101), path_chain)]
