@@ -15,7 +15,8 @@ records to a file.
 
 Printed per rate: offered pps (what the generator sent per second), captured pps (frames the probe read
 per second of flood), kernel drops (PACKET_STATISTICS), the probe's CPU % during the flood (its process's
-user + system time over the flood's wall time, from /proc), and records emitted. On a veth pair the
+user + system time over the flood's wall time, from /proc), and records emitted; the bench lines add the
+probe's peak resident memory (VmHWM: its ring, flow table and L7 state included). On a veth pair the
 receive path (the kernel copying each frame into the probe's ring) runs in the sender's softirq on
 CPU 0, so the generator's core bounds the offered rate. ``--rps`` steers B's receive work to CPU 1 (the
 probe's core) instead: the generator then offers more, and the probe shares its core with that kernel
@@ -127,6 +128,16 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` (VmHWM), MB; 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(found.group(1)) / 1024 if found else 0.0
+
+
 def _softirq_s(cpu: str) -> float:
     """Softirq seconds CPU ``cpu`` has spent since boot."""
     for line in Path("/proc/stat").read_text().splitlines():
@@ -161,13 +172,15 @@ def bench_probe(
         if backlog:
             proc.send_signal(signal.SIGCONT)
         time.sleep(4.0 if backlog else 1.0)
+        rss_mb = _peak_rss_mb(proc.pid)  # the probe itself: ip netns exec and taskset exec it
     finally:
         proc.send_signal(signal.SIGTERM)
         watched.finish(300)
     if proc.returncode != 0:
         raise SystemExit(f"probe failed ({proc.returncode}):\n{''.join(watched.lines)}")
     summary = json.loads(watched.lines[-1])
-    return {"target": pps, "generator": gen, "summary": summary, "cpu_s": cpu_s, "softirq_s": softirq_s}
+    return {"target": pps, "generator": gen, "summary": summary, "cpu_s": cpu_s, "softirq_s": softirq_s,
+            "rss_mb": rss_mb}
 
 
 def bench_tcpdump(capture: Path, args: argparse.Namespace) -> dict[str, object]:
@@ -240,6 +253,7 @@ def bench_lines(result: dict[str, object], dump: dict[str, object] | None) -> li
         bench_line(f"{name}_kernel_drops", int(sm["kernel_drops"]), "frames", peer_drops,
                    peer_drops[1] / sm["kernel_drops"] if peer_drops and sm["kernel_drops"] else None),
         bench_line(f"{name}_probe_cpu", 100 * float(result["cpu_s"]) / gen.seconds, "%"),  # type: ignore[arg-type]
+        bench_line(f"{name}_probe_peak_rss", float(result["rss_mb"]), "MB"),  # type: ignore[arg-type]
         bench_line(f"{name}_cpu{PROBE_CPU}_softirq", 100 * float(result["softirq_s"]) / gen.seconds, "%"),  # type: ignore[arg-type]
         bench_line(f"{name}_flow_records", int(sm["flow_records"]), "records"),
         bench_line(f"{name}_request_records", int(sm["request_records"]), "records"),
