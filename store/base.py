@@ -84,7 +84,13 @@ class Store(Protocol):
     ) -> list[Span]: ...
 
     def query_traces(
-        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+        self,
+        start_ns: int,
+        end_ns: int,
+        filters: Filters | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "time",
+        offset: int = 0,
     ) -> list[Trace]: ...
 
     def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]: ...
@@ -232,10 +238,11 @@ class SqlStore(abc.ABC):
         return len(batch)
 
     def _range(
-        self, table: str, start_ns: int, end_ns: int, filters: Filters | None, limit: int
+        self, table: str, start_ns: int, end_ns: int, filters: Filters | None, limit: int, order: str = "time",
+        offset: int = 0,
     ) -> list[Any]:
         spec = table_spec(table)
-        query = select_range(self.database, spec, start_ns, end_ns, filters, limit)
+        query = select_range(self.database, spec, start_ns, end_ns, filters, limit, order, offset)
         return rows_to_records(spec.record_type, self._select(query))
 
     def query_flows(
@@ -257,10 +264,17 @@ class SqlStore(abc.ABC):
         return self._range("spans", start_ns, end_ns, filters, limit)
 
     def query_traces(
-        self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT
+        self,
+        start_ns: int,
+        end_ns: int,
+        filters: Filters | None = None,
+        limit: int = DEFAULT_LIMIT,
+        order: str = "time",
+        offset: int = 0,
     ) -> list[Trace]:
-        """Traces that started in [start_ns, end_ns), latest version of each, oldest first."""
-        return self._range("traces", start_ns, end_ns, filters, limit)
+        """Traces that started in [start_ns, end_ns), latest version of each, oldest first (or in one of
+        ``hopscope.store.query.ORDERS``: ``time_desc``, ``slowest``), the first ``offset`` skipped."""
+        return self._range("traces", start_ns, end_ns, filters, limit, order, offset)
 
     def query_packet_index(
         self, start_ns: int, end_ns: int, filters: Filters | None = None, limit: int = DEFAULT_LIMIT

@@ -8,7 +8,12 @@ take ``int`` within the type's range. Table and column names come from the recor
 
 Filters are a mapping ``{"column": value}`` (equality), ``{"column": [v1, v2]}`` (IN), or the same
 keys with an operator suffix: ``column__ne``, ``column__gt``, ``column__gte``, ``column__lt``,
-``column__lte``. Bad filters raise ``ConfigError`` when the query is built, before any I/O.
+``column__lte``; on text columns also ``column__contains`` (substring) and ``column__items`` (the value's
+comma-separated items appear one after another in the column's comma-separated list: ``points``).
+``a|b`` as the column matches when either column does (``orig_h|resp_h``). On traces, ``spans.column``
+matches traces with at least one span for which the condition holds (a hop kind, an address seen at any
+hop). A key may end in ``#tag`` (ignored) so one column can carry several conditions. Bad filters raise
+``ConfigError`` when the query is built, before any I/O.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ Filters = Mapping[str, FilterValue]
 ParamValue = int | str
 
 #: Filter operator suffix -> SQL operator (the allow-list).
-OPERATORS: Mapping[str, str] = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+OPERATORS: Mapping[str, str] = {
+    "eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "contains": "contains", "items": "items",
+}  # fmt: skip
+#: Tables whose rows a traces filter can look into (``spans.hop_kind``): table -> the column joining them.
+JOINED: Mapping[str, Mapping[str, str]] = {"traces": {"spans": "trace_id"}}
+#: Orders ``select_range`` knows: name -> (column, descending) pairs, then the table's own order.
+ORDERS: Mapping[str, tuple[tuple[str, bool], ...]] = {
+    "time": (),
+    "time_desc": (("", True),),  # "": the table's time column
+    "slowest": (("duration_us", True),),
+}
+MAX_OFFSET = 10_000_000
 
 MAX_LIMIT = 1_000_000
 MAX_IN_VALUES = 1000
@@ -89,20 +105,52 @@ class _Params:
         return f"{{{name}:{col.type.clickhouse}}}"
 
 
-def _filter_condition(spec: TableSpec, key: str, value: object, params: _Params) -> str:
-    name, _, op = key.partition("__")
-    sql_op = OPERATORS.get(op or "eq")
-    if sql_op is None:
-        raise ConfigError(f"unknown filter operator {op!r} in {key!r}; operators: {', '.join(OPERATORS)}")
+def _column_condition(spec: TableSpec, name: str, op: str, value: object, params: _Params) -> str:
+    sql_op = OPERATORS[op]
     col = spec.column(name)
     ident = quote_identifier(col.name)
+    if sql_op in ("contains", "items"):
+        if col.type is not ColumnType.STR or not isinstance(value, str):
+            raise ConfigError(f"filter {name}__{op} needs a text column and a text value")
+        if sql_op == "contains":
+            return f"position({ident}, {params.bind(col, value)}) > 0"
+        return f"position(concat(',', {ident}, ','), concat(',', {params.bind(col, value)}, ',')) > 0"
     if isinstance(value, list | tuple | set | frozenset):
         values = list(value)
         if sql_op not in ("=", "!=") or not 1 <= len(values) <= MAX_IN_VALUES:
-            raise ConfigError(f"filter {key!r}: a list needs = or != and 1..{MAX_IN_VALUES} values")
+            raise ConfigError(f"filter {name}__{op}: a list needs = or != and 1..{MAX_IN_VALUES} values")
         placeholders = ", ".join(params.bind(col, v) for v in values)
         return f"{ident} {'IN' if sql_op == '=' else 'NOT IN'} ({placeholders})"
     return f"{ident} {sql_op} {params.bind(col, value)}"
+
+
+def _filter_condition(
+    spec: TableSpec, key: str, value: object, params: _Params, database: str = "", since_ns: int | None = None
+) -> str:
+    key = key.partition("#")[0]
+    names, _, op = key.partition("__")
+    op = op or "eq"
+    if op not in OPERATORS:
+        raise ConfigError(f"unknown filter operator {op!r} in {key!r}; operators: {', '.join(OPERATORS)}")
+    table, dot, names = names.rpartition(".")
+    if dot:
+        from hopscope.store.schema import table_spec
+
+        join = JOINED.get(spec.name, {}).get(table)
+        if join is None or not database:
+            raise ConfigError(f"filter {key!r}: {spec.name} rows cannot be filtered on {table!r}")
+        inner = table_spec(table)
+        conditions = [_filter_condition(inner, f"{names}__{op}", value, params)]
+        if since_ns is not None:  # a trace's spans start no earlier than the trace
+            time_col = inner.column(inner.time_column)
+            conditions.append(f"{quote_identifier(time_col.name)} >= {params.bind(time_col, since_ns)}")
+        ident = quote_identifier(join)
+        return (
+            f"{ident} IN (SELECT {ident} FROM {quote_identifier(database)}.{quote_identifier(inner.name)}"
+            f" WHERE {' AND '.join(conditions)})"
+        )
+    alternatives = [_column_condition(spec, name, op, value, params) for name in names.split("|")]
+    return alternatives[0] if len(alternatives) == 1 else f"({' OR '.join(alternatives)})"
 
 
 def time_range_conditions(spec: TableSpec, start_ns: int, end_ns: int, params: _Params) -> list[str]:
@@ -125,16 +173,31 @@ def select_columns(spec: TableSpec) -> str:
 
 
 def select_range(
-    database: str, spec: TableSpec, start_ns: int, end_ns: int, filters: Filters | None, limit: int
+    database: str,
+    spec: TableSpec,
+    start_ns: int,
+    end_ns: int,
+    filters: Filters | None,
+    limit: int,
+    order: str = "time",
+    offset: int = 0,
 ) -> BoundQuery:
-    """Rows whose time column is in [start_ns, end_ns), deduplicated (FINAL), oldest first."""
+    """Rows whose time column is in [start_ns, end_ns), deduplicated (FINAL), oldest first (or in one
+    of ``ORDERS``), ``offset`` rows skipped."""
     params = _Params()
     conditions = time_range_conditions(spec, start_ns, end_ns, params)
-    conditions += [_filter_condition(spec, k, v, params) for k, v in (filters or {}).items()]
-    order = ", ".join(quote_identifier(c) for c in (spec.time_column, *spec.order_by) if c)
+    conditions += [_filter_condition(spec, k, v, params, database, start_ns) for k, v in (filters or {}).items()]
+    if order not in ORDERS:
+        raise ConfigError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise ConfigError(f"offset must be an integer in 0..{MAX_OFFSET}, got {offset!r}")
+    first = [(spec.column(c or spec.time_column).name, desc) for c, desc in ORDERS[order]]
+    rest = [(c, order == "time_desc") for c in (spec.time_column, *spec.order_by) if c and c not in dict(first)]
+    terms = ", ".join(f"{quote_identifier(c)}{' DESC' if d else ''}" for c, d in (*first, *rest))
     sql = (
         f"SELECT {select_columns(spec)} FROM {quote_identifier(database)}.{quote_identifier(spec.name)} FINAL"
-        f" WHERE {' AND '.join(conditions)} ORDER BY {order} LIMIT {check_limit(limit)}"
+        f" WHERE {' AND '.join(conditions)} ORDER BY {terms}"
+        f" LIMIT {f'{offset}, ' if offset else ''}{check_limit(limit)}"
     )
     return BoundQuery(sql, params.values, spec.record_type)
 
