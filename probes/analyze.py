@@ -52,17 +52,24 @@ def point_resolver(stem: str, points: Mapping[str, str] | None) -> object:
 
 
 class CaptureAnalyzer:
-    """Decoder, meter and service detection for one capture source; ``stats()`` merges their counters."""
+    """Decoder, meter and service detection for one capture source; ``stats()`` merges their counters.
+
+    ``checksums`` validates checksums as Zeek does (``hopscope.probes.checksums``): ``hopscope flows``
+    turns it on (its ``-C`` off); off here, for the captures hopscope's own points take on the sending
+    hosts, whose outgoing packets carry offloaded checksums.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], points: Mapping[str, str] | None = None,
         config: MeterConfig | None = None, host: str = "", hop_kind: str = "",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES, strict: bool = False, index: PacketIndexer | None = None,
+        checksums: bool = False,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         self.index = index  # told where each metered packet lies in the file (None: nothing recorded)
         self.reader = open_capture(self.path, chunk_bytes, strict=strict)  # strict: damage is an error
-        self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points))  # type: ignore[arg-type]
+        self.decoder = Decoder(self.path.stem, point_resolver(self.path.stem, points),  # type: ignore[arg-type]
+                               checksums=checksums)  # fmt: skip
         self.meter = FlowMeter(config, host=host, hop_kind=hop_kind)
         self.services = ServiceDetector()
 

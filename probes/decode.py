@@ -26,6 +26,10 @@ and slow-path rows.
 A frame that does not decode gets a ``PacketStatus`` reason and is counted in ``Decoder.skips``; it
 never stops the decoder. An inner packet that does not decode behind a decoded outer datagram is
 counted there too.
+
+With ``checksums`` on, the decoded rows' IPv4 header and TCP/UDP/ICMP checksums are validated as Zeek
+validates them (``hopscope.probes.checksums``): a bad IPv4 header drops the packet, a bad L4 checksum
+leaves it to the flow meter's history (``C``/``c``) only; both are counted in ``skips``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.probes import kernels, layers
+from hopscope.probes import checksums, kernels, layers
 from hopscope.probes.fragments import Reassembler
 from hopscope.probes.packets import ICMP, ICMP6, TCP, UDP, V4_MAPPED, PacketBlock, PacketStatus
 from hopscope.probes.readers import (
@@ -101,12 +105,16 @@ class Decoder:
 
     ``resolve_point`` names the capture point of a packet from its interface (see ``PointResolver``);
     by default every packet is at point ``default_point``. ``fragments`` holds IP fragments across
-    blocks until their datagram is complete (a default ``Reassembler`` when not given).
+    blocks until their datagram is complete (a default ``Reassembler`` when not given). ``checksums``
+    validates checksums (module docstring; Zeek's ``ignore_checksums = F``): on for capture files by
+    default, off for live captures on the sending host, whose outgoing packets carry checksums the NIC
+    fills in later (offload).
     """
 
     def __init__(
-        self, default_point: str = "", resolve_point: PointResolver | None = None, fragments: Reassembler | None = None
-    ) -> None:
+        self, default_point: str = "", resolve_point: PointResolver | None = None,
+        fragments: Reassembler | None = None, checksums: bool = False,
+    ) -> None:  # fmt: skip
         self.default_point = default_point
         self.resolve_point = resolve_point
         self.skips: Counter[str] = Counter()
@@ -119,6 +127,7 @@ class Decoder:
         self._point_ids: dict[tuple[int, str, int], int] = {}
         self._kernel = kernels.load("_decode")  # probes/csrc/decode.c; None: the numpy fast path below
         self.fragments = fragments if fragments is not None else Reassembler()
+        self.checksums = checksums
 
     def decode(self, raw: RawBlock) -> PacketBlock:
         """Decode every frame of ``raw``; the result has one row per frame, in order."""
@@ -177,11 +186,29 @@ class Decoder:
 
     def _with_extra(self, block: PacketBlock, extra: _Extra | None) -> PacketBlock:
         self.row_frames = None if extra is None else extra.row_frames(block.count)
-        if extra is None:
-            return block
-        out = extra.insert_rows(block)
-        self.added_rows += out.count - block.count
+        out = block
+        if extra is not None:
+            out = extra.insert_rows(block)
+            self.added_rows += out.count - block.count
+        if self.checksums:
+            self._verify(out)
         return out
+
+    def _verify(self, block: PacketBlock) -> None:
+        """Validate checksums (``checksums.verify``); count the failures in ``skips`` and clear the rows
+        dropped (a bad L4 checksum keeps its columns for the meter)."""
+        bad_ip, bad_l4 = checksums.verify(block, self._kernel)  # the kernel: C, else numpy
+        if not (bad_ip or bad_l4):
+            return
+        dropped = np.flatnonzero(
+            (block.status == PacketStatus.BAD_IP_CHECKSUM) | (block.status == PacketStatus.OUTER_BAD_CHECKSUM)
+        )
+        for name in (*_ROW_FIELDS, "payload_off", "tunnel"):
+            getattr(block, name)[dropped] = 0
+        for status in (PacketStatus.BAD_IP_CHECKSUM, PacketStatus.BAD_L4_CHECKSUM, PacketStatus.OUTER_BAD_CHECKSUM):
+            count = int(np.count_nonzero(block.status == status))
+            if count:
+                self.skips[status.name.lower()] += count
 
     # --- fast path ----------------------------------------------------------------------------
 

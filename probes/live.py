@@ -528,6 +528,9 @@ class ProbeSettings:
     netns: str | None = None
     bpf: str = ""
     l7: bool = True  # run the HTTP/DNS parsers
+    # validate checksums as Zeek does (hopscope.probes.checksums); off: on the sending host, outgoing
+    # packets carry checksums the NIC fills in later (offload), so they would fail
+    checksums: bool = False
     ring: RingSettings = field(default_factory=RingSettings)
     # sweeps every 0.1 s of capture time: the records a sweep closes come out in small bursts (a 1 s
     # sweep at ~900k pps closed ~60k flows at once and stalled the ring reads for 80-120 ms)
@@ -577,7 +580,7 @@ class LiveProbe:
             settings.iface, bpf=settings.bpf, netns=settings.netns, settings=settings.ring, fanout=settings.fanout
         )
         resolve = self._point_of_interface if self.ring.cooked else None
-        self.decoder = Decoder(default_point=settings.point, resolve_point=resolve)
+        self.decoder = Decoder(default_point=settings.point, resolve_point=resolve, checksums=settings.checksums)
         self.meter = FlowMeter(settings.meter, host=settings.host, hop_kind=settings.hop_kind)
         self.services = ServiceDetector()  # FlowRecord.service, from the payloads of every block
         self.packets = PacketStore(settings.packet_store, settings.host) if settings.packet_store else None

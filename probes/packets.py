@@ -12,7 +12,9 @@ Which rows are usable
     ``status == PacketStatus.OK`` marks a packet that decoded down to its L4 header (TCP, UDP, ICMP,
     ICMPv6, or another IP protocol with ports 0). Other rows (non-IP frames, truncated or malformed
     packets) carry a ``PacketStatus`` reason and zeros elsewhere; the decoder also counts them by reason.
-    ``block.ok`` is that mask.
+    ``block.ok`` is that mask. One exception: a packet whose L4 checksum failed (when the decoder
+    validates checksums, ``hopscope.probes.checksums``) keeps its columns with ``BAD_L4_CHECKSUM``, for
+    the flow meter, which counts it in its flow's history only.
 
 Addresses
     Every address is 128 bits in two uint64 columns (``src_hi``/``src_lo``, ``dst_hi``/``dst_lo``,
@@ -102,6 +104,7 @@ class PacketStatus(enum.IntEnum):
     #: Decoded down to L4, but the TCP/UDP/ICMP checksum does not verify: the flow meter finds or
     #: creates its flow and adds ``C``/``c`` to the history, nothing else sees it (as in Zeek)
     BAD_L4_CHECKSUM = 12
+    OUTER_BAD_CHECKSUM = 13  # a packet inside a UDP tunnel whose outer datagram failed its checksum
 
 
 @dataclass(slots=True)

@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hop-kind", default="", choices=[k.value for k in HopKind], help="kind of hop of the capture point"
     )
     parser.add_argument("--interim", action="store_true", help="also print interim (final=0) records")
+    parser.add_argument("-C", "--ignore-checksums", action="store_true",
+                        help="do not validate checksums (Zeek's -C). By default IPv4/TCP/UDP/ICMP checksums are "
+                        "validated as Zeek does: a bad one adds C to the flow's history and the packet is not "
+                        "counted. Use this for a capture taken on the sending host, whose outgoing packets carry "
+                        "checksums the NIC fills in later (offload)"),
     parser.add_argument("--stats", action="store_true", help="print reader/decoder/meter counters to stderr")
     parser.add_argument("--strict", action="store_true",
                         help="a damaged capture (corrupt record, file cut short) is an error (exit 4) instead of a "
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.probes.output import write_flow_jsonl, write_flow_table
 
     analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind,
-                               strict=args.strict)  # fmt: skip
+                               strict=args.strict, checksums=not args.ignore_checksums)  # fmt: skip
     batches = _batches(analyzer.run(), args.interim)
     if args.format == "jsonl":
         sys.stdout.flush()  # JSON lines go to the binary layer, in one write per 4096 records

@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fanout", type=int, metavar="GROUP",
                    help="PACKET_FANOUT group (0-65535): probes with the same group share the traffic by flow")
     p.add_argument("--no-l7", action="store_true", help="meter flows only, no HTTP/DNS parsing")
+    p.add_argument("--checksums", action="store_true",
+                   help="validate IPv4/TCP/UDP/ICMP checksums as Zeek does (a bad one: C in the flow's history, the "
+                   "packet not counted). Off by default: on the sending host, outgoing packets carry checksums the "
+                   "NIC fills in later (offload), which would all fail"),
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until signalled)")
     p.add_argument("--report-interval", type=float, default=10.0, help="seconds between status log lines")
     p.add_argument("--ring-mb", type=int, default=128,
@@ -126,7 +130,7 @@ def _settings(args: argparse.Namespace) -> ProbeSettings:
 
     return ProbeSettings(
         iface=args.iface, point=args.point, netns=args.netns, bpf=args.filter, hop_kind=args.hop_kind,
-        l7=not args.no_l7, fanout=args.fanout, report_interval_s=args.report_interval,
+        l7=not args.no_l7, checksums=args.checksums, fanout=args.fanout, report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
         meter=MeterConfig(max_flows=args.max_flows, sweep_every_s=LIVE_SWEEP_S),
         l7_settings=L7Settings(max_connections=args.max_connections), packet_store=_packet_store(args),

@@ -739,6 +739,120 @@ fail:
     return NULL;
 }
 
+/* --- checksums ------------------------------------------------------------------------------- */
+
+/* Twin of hopscope.probes.checksums._codes (the numpy reference, which documents the rules): per row
+ * that decoded (status 0), code 1 for an IPv4 header whose checksum fails, 2 for a TCP/UDP/ICMP/ICMPv6
+ * checksum that fails (a whole payload only; UDP/IPv4 zero: none sent; UDP zero to VXLAN 4789: accepted). */
+enum { CK_STATUS, CK_IPVER, CK_PROTO, CK_SRC_HI, CK_SRC_LO, CK_DST_HI, CK_DST_LO, CK_SPORT, CK_DPORT, CK_SEQ,
+       CK_IP_LEN, CK_PAYLOAD_OFF, CK_PAYLOAD_LEN, CK_PAYLOAD_CAPLEN, CK_NCOLS };
+static const int ck_size[CK_NCOLS] = {1, 1, 1, 8, 8, 8, 8, 2, 2, 4, 4, 8, 4, 4};
+static const char *ck_name[CK_NCOLS] = {"status", "ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo",
+                                        "sport", "dport", "seq", "ip_len", "payload_off", "payload_len",
+                                        "payload_caplen"};
+
+static uint64_t ones_sum(const uint8_t *p, int64_t n)
+{
+    uint64_t sum = 0;
+    int64_t k = 0;
+    for (; k + 1 < n; k += 2)
+        sum += (uint64_t)p[k] << 8 | p[k + 1];
+    if (k < n)
+        sum += (uint64_t)p[k] << 8;
+    return sum;
+}
+
+static uint64_t fold16(uint64_t sum)
+{
+    for (int i = 0; i < 4; i++)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return sum;
+}
+
+static uint64_t words64(uint64_t v) { return (v >> 48) + ((v >> 32) & 0xFFFF) + ((v >> 16) & 0xFFFF) + (v & 0xFFFF); }
+
+static PyObject *checksums(PyObject *self, PyObject *args)
+{
+    PyObject *o_buf, *o_cols, *o_code;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "OnO!O:checksums", &o_buf, &n, &PyTuple_Type, &o_cols, &o_code))
+        return NULL;
+    if (PyTuple_GET_SIZE(o_cols) != CK_NCOLS)
+        return PyErr_Format(PyExc_ValueError, "checksums: expected %d columns", CK_NCOLS);
+    Py_buffer v[CK_NCOLS + 2];
+    int held = 0;
+    if (get_buf(o_buf, &v[held++], -1, 1, 0, "buf") < 0)
+        return release_all(v, held - 1), NULL;
+    const uint8_t *b = v[0].buf;
+    int64_t blen = v[0].len;
+    const void *col[CK_NCOLS];
+    for (int c = 0; c < CK_NCOLS; c++) {
+        if (get_buf(PyTuple_GET_ITEM(o_cols, c), &v[held], n, ck_size[c], 0, ck_name[c]) < 0)
+            return release_all(v, held), NULL;
+        col[c] = v[held++].buf;
+    }
+    if (get_buf(o_code, &v[held], n, 1, 1, "code") < 0)
+        return release_all(v, held), NULL;
+    uint8_t *code = v[held++].buf;
+    const uint8_t *status = col[CK_STATUS], *ipver = col[CK_IPVER], *proto = col[CK_PROTO];
+    const uint64_t *shi = col[CK_SRC_HI], *slo = col[CK_SRC_LO], *dhi = col[CK_DST_HI], *dlo = col[CK_DST_LO];
+    const uint16_t *sport = col[CK_SPORT], *dport = col[CK_DPORT];
+    const uint32_t *seq = col[CK_SEQ], *ip_len = col[CK_IP_LEN], *plen = col[CK_PAYLOAD_LEN];
+    const uint32_t *pcap = col[CK_PAYLOAD_CAPLEN];
+    const int64_t *poff = col[CK_PAYLOAD_OFF];
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        code[i] = 0;
+        int pr = proto[i];
+        if (status[i] != 0 || !(pr == 6 || pr == 17 || pr == 1 || pr == 58))
+            continue;
+        int64_t pay = poff[i], end = pay + plen[i], l4 = -1;
+        if (pay < 0 || end > blen)
+            continue;
+        if (pr != 6) {
+            l4 = pay - 8;
+        } else {
+            uint32_t ports = (uint32_t)sport[i] << 16 | dport[i];
+            for (int h = 20; h < 64 && l4 < 0; h += 4) { /* the TCP header: 20..60 bytes before the payload */
+                int64_t at = pay - h;
+                if (at >= 0 && at + 16 <= blen && (b[at + 12] >> 4) == h / 4 && be32(b + at) == ports &&
+                    be32(b + at + 4) == seq[i])
+                    l4 = at;
+            }
+        }
+        if (l4 < 0)
+            continue;
+        int64_t seg = end - l4;
+        if (ipver[i] == 4) { /* the IPv4 header before it */
+            int64_t ihl = (int64_t)ip_len[i] - seg, l3 = l4 - ihl;
+            if (ihl >= 20 && ihl <= 60 && ihl % 4 == 0 && l3 >= 0 && b[l3] == (0x40 | ihl / 4) &&
+                fold16(ones_sum(b + l3, ihl)) != 0xFFFF) {
+                code[i] = 1;
+                continue;
+            }
+        }
+        if (pcap[i] < plen[i])
+            continue; /* the snaplen cut the payload: not checked */
+        if (pr == 17 && b[l4 + 6] == 0 && b[l4 + 7] == 0) {
+            int vxlan = dport[i] == 4789 && seg > 8 + 8 + 14 && (b[pay] & 0x08);
+            if (ipver[i] == 4 || vxlan)
+                continue;
+        }
+        uint64_t sum = ones_sum(b + l4, seg);
+        if (pr != 1) { /* the pseudo header (an IPv4-mapped address adds 0xffff: taken out) */
+            sum += (uint64_t)pr + ((uint64_t)seg >> 16) + ((uint64_t)seg & 0xFFFF);
+            sum += words64(shi[i]) + words64(slo[i]) + words64(dhi[i]) + words64(dlo[i]);
+            if (ipver[i] == 4)
+                sum -= 2 * 0xFFFF;
+        }
+        if (fold16(sum) != 0xFFFF)
+            code[i] = 2;
+    }
+    Py_END_ALLOW_THREADS
+    release_all(v, held);
+    Py_RETURN_NONE;
+}
+
 /* --- module ---------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -754,6 +868,9 @@ static PyMethodDef methods[] = {
      "-> (first frame naming an undeclared interface, first frame longer than its block), -1 for none."},
     {"decode_fast", decode_fast, METH_VARARGS,
      "decode_fast(buf, offset, caplen, iface, linktypes, columns, counts) -> rows for the slow path."},
+    {"checksums", checksums, METH_VARARGS,
+     "checksums(buf, n, columns, code): per row, 1 bad IPv4 header, 2 bad L4 checksum, else 0\n"
+     "(hopscope.probes.checksums)."},
     {NULL, NULL, 0, NULL},
 };
 

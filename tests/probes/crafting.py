@@ -18,6 +18,17 @@ CLIENT, SERVER = ("10.0.0.1", 40000), ("10.0.0.2", 80)
 T0 = 1_700_000_000.0
 
 
+def with_ip_checksum(ip: bytes) -> bytes:
+    """An IPv4 header (and what follows it) with its header checksum filled in (``hopscope flows``
+    validates it, as Zeek does)."""
+    ihl = (ip[0] & 15) * 4
+    header = ip[:10] + b"\x00\x00" + ip[12:ihl]
+    total = sum(int.from_bytes(header[k : k + 2], "big") for k in range(0, ihl, 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return header[:10] + (~total & 0xFFFF).to_bytes(2, "big") + ip[12:]
+
+
 def conversation(steps: Sequence[str], client_isn: int = 1000, server_isn: int = 5000) -> list[Packet]:
     """Packets for a list of steps; each step is ``"<dir><flags>[:<payload bytes>]"``.
 

@@ -18,6 +18,7 @@ import pytest
 
 from hopscope.errors import CaptureError
 from hopscope.probes.readers import CaptureReader, open_capture
+from tests.probes.crafting import with_ip_checksum
 
 PCAP_HEAD = 24
 
@@ -28,6 +29,7 @@ def frame(i: int) -> bytes:
     udp = struct.pack(">HHHH", 1024 + i % 60000, 53, 8 + len(payload), 0) + payload
     ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
                      bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))  # fmt: skip
+    ip = with_ip_checksum(ip)
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + udp
 
 

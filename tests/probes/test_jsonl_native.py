@@ -21,6 +21,7 @@ from hopscope.cli import main
 from hopscope.probes.analyze import analyze_capture
 from hopscope.probes.output import JsonLines, jsonl_lines, row_keys
 from hopscope.records import Batch, FlowRecord
+from tests.probes.crafting import with_ip_checksum
 
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "samples" / "lab").glob("*.pcap"))
 HOSTILE = ['"', "\\", "\x00", "\x1f", "\x7f", "\x80", "\u2028", "\ud800", "\udfff", "\U0001f600", "%s", "%%", "é"]
@@ -183,8 +184,8 @@ def pcap_of_udp(path: Path, count: int) -> None:
     data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
     for i in range(count):
         udp = struct.pack(">HHHH", 1024 + i, 53, 12, 0) + b"abcd"
-        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
-                         bytes([10, 0, 0, 2])) + udp  # fmt: skip
+        ip = with_ip_checksum(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
+                                          bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) + udp)  # fmt: skip
         frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip
         data += struct.pack("<IIII", 1_700_000_000 + i, i, len(frame), len(frame)) + frame
     path.write_bytes(data)
