@@ -1,0 +1,238 @@
+"""Mutual TLS between the sidecars (root): ``hopscope lab run --mtls``, one lab per cell, a small
+traffic plan with 5 ms injected at node B's ingress, ``hopscope analyze --manifest`` scored against
+the run's ground truth.
+
+A request crosses the client app's leg (plaintext, the client pod's loopback), the egress sidecar's
+TLS leg (client pod NIC, node A's NAT, hypervisor, switch, node B, server pod NIC: the probe sees
+only TLS records) and the server sidecar's plaintext leg to the app. Each cell must stitch >= 99.9%
+of the requests across every one of those hops in order with no false link, and measure the injected
+delay on the TLS leg within max(100 us, 5%).
+
+What the linking relies on. Across NAT the TLS exchange is one request by the TCP sequence number
+of its first byte. Across each sidecar: time nesting (the exchange inside the client app's leg, the
+app's leg inside the exchange), one-to-one in the order responses and requests passed the sidecar;
+the bytes the exchange must hold (at least the plaintext bodies); the status and bodies the client
+leg answers with, which are the app leg's; and what both plaintext legs show: the client's request id
+where the server sidecar keeps it (Envoy: ``tls:nested+id``), a path no other request has
+(``tls:nested+path``).
+
+The Envoy cell's requests carry no distinguishing path or query string (most are the same
+``GET /ok``; half carry the client's id, which Envoy keeps). nginx replaces the id, so between two
+identical id-less requests sent at once nothing but time crosses both sidecars, and on a busy machine
+nginx forwards and answers them in orders of its own: that cell's requests are tagged with their own
+query string (as the plaintext sidecar matrix's are), linked through the TLS hop by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.utils import rdpcap
+
+from hopscope.correlate.offline import plan_points, read_points
+from hopscope.correlate.stream import Relay, StreamCorrelator, StreamStats
+from hopscope.errors import ConfigError
+from hopscope.lab.lab import ImpairSpec, Lab, record
+from hopscope.lab.plan import PlanSettings
+from hopscope.store.embedded import EmbeddedStore
+from tests.correlate.test_stream import Log, LogConsumer, offline, stored
+from tests.correlate.test_stream_chain import FOREVER, Published, input_log
+from tests.lab.conftest import DELAY_SITE, require_lab
+from tests.lab.test_client_sidecar_matrix import STREAM
+
+pytestmark = pytest.mark.lab
+
+#: (client sidecar, server sidecar, requests tagged with their own query string)
+CELLS = (("envoy", "envoy", False), ("haproxy", "nginx", True))
+DELAY_MS = 5.0
+#: One keep-alive and one close session per client, at once, beside the long transfer.
+PLAN = PlanSettings(requests_per_session=30, sessions=1, big_bytes=200_000, dead_attempts=1, dns_lookups=1)
+#: TLS record content types and handshake message types (RFC 5246)
+HANDSHAKE, CHANGE_CIPHER_SPEC = 22, 20
+CERTIFICATE, NEW_SESSION_TICKET = 11, 4
+
+
+@dataclasses.dataclass
+class MtlsCell:
+    client_sidecar: str
+    server_sidecar: str
+    manifest: dict[str, Any]
+    analysis: dict[str, Any]
+    out: Path
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.analysis["evaluation"]
+
+    def reasons(self, suffix: str) -> Counter[str]:
+        return Counter(h["link_reason"] for t in self.analysis["traces"] if t["kind"] == "l7" for h in t["hops"]
+                       if h["point"].endswith(suffix) and t["hops"][0]["point"].endswith("-egress"))
+
+
+@pytest.fixture(scope="module", params=CELLS, ids=lambda c: f"{c[0]}-{c[1]}")
+def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsCell]:
+    """One recorded run through both sidecars speaking mutual TLS, analysed with analyze --manifest."""
+    require_lab()
+    client_sidecar, server_sidecar, tagged = request.param
+    out = tmp_path_factory.mktemp(f"mtls-{client_sidecar}-{server_sidecar}")
+    lab = Lab(sidecar=server_sidecar, client_sidecar=client_sidecar, mtls=True)
+    try:
+        lab.up()
+        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=DELAY_MS)], dataclasses.replace(PLAN, tag_requests=tagged))
+    finally:
+        lab.down()
+    report = out / "analysis.json"
+    argv = [sys.executable, "-m", "hopscope", "analyze", "--manifest", str(out / "manifest.json"),
+            "--format", "json", "--no-store", "--progress", "off", "-o", str(report)]
+    subprocess.run(argv, check=True, timeout=300)
+    c = MtlsCell(client_sidecar, server_sidecar, json.loads((out / "manifest.json").read_text()),
+                 json.loads(report.read_text()), out)
+    ev = c.evaluation
+    delays = {d["link"]: f"{d['within']}/{d['n']} within, median {d['median_error_us']} us" for d in ev["delays"]}
+    print(f"\nmtls cell {client_sidecar}->{server_sidecar}: requests {ev['requests']} recall {ev['recall']} "
+          f"precision {ev['precision']} delays {delays} reasons {dict(c.reasons('-pod'))} {dict(c.reasons('-app'))}")
+    yield c
+
+
+def test_mtls_needs_a_client_sidecar() -> None:
+    with pytest.raises(ConfigError, match="--mtls needs a client sidecar"):
+        Lab(mtls=True)
+
+
+def test_every_request_crossed_mutual_tls(cell: MtlsCell) -> None:
+    """The server sidecar saw each request over TLS 1.2 from the client sidecar's certificate."""
+    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
+    assert cell.manifest["mtls"]["version"] == "TLSv1.2"
+    assert answered and all(r["tls"]["version"] == "TLSv1.2" for r in answered)
+    assert all(f"CN={r['client']}-egress" in r["tls"]["peer"] for r in answered), answered[0]["tls"]
+
+
+def test_every_request_is_stitched_across_every_hop(cell: MtlsCell) -> None:
+    ev = cell.evaluation
+    assert ev["requests"] > 100
+    assert ev["recall"] >= 0.999, ev
+
+
+def test_no_false_links(cell: MtlsCell) -> None:
+    ev = cell.evaluation
+    assert ev["matched"] == ev["requests"] and ev["precise"] == ev["matched"]
+    assert ev["duplicate_traces"] == 0 and ev["shared_hops"] == 0
+
+
+def test_injected_delay_is_measured_on_the_tls_leg(cell: MtlsCell) -> None:
+    delays = cell.evaluation["delays"]
+    assert delays
+    for d in delays:
+        assert d["n"] > 0, d["link"]
+        assert abs(d["median_error_us"]) <= d["tolerance_us"], d
+
+
+def test_the_tls_hop_is_linked_by_tls_exchanges(cell: MtlsCell) -> None:
+    """Every request's TLS exchange at the client pod NIC joins the app's leg, and the app's leg joins
+    the exchange, by a TLS link on both sides; with Envoy most requests that carried the client's id
+    chain by it, in the tagged nginx cell most chain by their path."""
+    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
+    client_nic = Counter(h["link_reason"] for t in cell.analysis["traces"] if t["kind"] == "l7"
+                         and t["hops"][0]["point"].endswith("-egress")
+                         for h in t["hops"] if h["point"].startswith("client") and h["point"].endswith("-pod"))
+    app = cell.reasons("-app")
+    tls_reasons = {"tls:nested", "tls:nested+id", "tls:nested+path"}
+    assert set(client_nic) <= tls_reasons and sum(client_nic.values()) == len(answered), client_nic
+    assert set(app) <= tls_reasons and sum(app.values()) == len(answered), app
+    if cell.server_sidecar == "envoy":
+        assert app["tls:nested+id"] >= 0.9 * sum(1 for r in answered if r["sent_request_id"]), app
+    else:
+        assert app["tls:nested+path"] >= 0.9 * len(answered), app
+
+
+def test_pooled_tls_connections_carry_many_requests(cell: MtlsCell) -> None:
+    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
+    inbound = {(r["client"], r["local"]) for r in answered}
+    upstream = {(r["client"], r["egress_local"]) for r in answered}
+    print(f"\n{cell.client_sidecar}: {len(inbound)} app connections over {len(upstream)} TLS connections")
+    assert len(upstream) < len(inbound) / 2, (len(upstream), len(inbound))
+
+
+def test_full_handshakes_are_mutual_and_issue_session_tickets(cell: MtlsCell) -> None:
+    """Read with scapy from the client pods' captures: every TLS connection's server flight is a full
+    handshake (Certificate, then CertificateRequest: mutual) issuing a session ticket, or an
+    abbreviated one resuming a session (no Certificate before the ChangeCipherSpec)."""
+    kinds: Counter[str] = Counter()
+    for client in ("client1", "client2"):
+        for flight in server_flights(cell.out / f"{client}-pod.pcap"):
+            kinds[handshake_kind(flight)] += 1
+    print(f"\nserver handshakes: {dict(kinds)}")
+    assert kinds["full, mutual, ticket"] > 0
+    assert set(kinds) <= {"full, mutual, ticket", "resumed"}, kinds
+
+
+def test_streaming_links_the_tls_chain_as_offline(cell: MtlsCell, tmp_path: Path) -> None:
+    """Stage 1 (the relay) and one stage-2 correlator per key it published, on the cell's records: the
+    streaming correlator stitches through the same engine, so it stores the same traces as offline,
+    every request's chain through the TLS hop whole."""
+    flows, requests = read_points(plan_points(manifest=str(cell.out / "manifest.json")))
+    pub = Published()
+    relay = Relay(LogConsumer(input_log(requests, flows)), pub, "mtls", STREAM, StreamStats())
+    while relay.step(0.0):
+        pass
+    relay.release(FOREVER)
+    store = EmbeddedStore(str(tmp_path / "chdb"), f"hs_mtls_{uuid.uuid4().hex[:8]}")
+    store.ensure_schema()
+    try:
+        for batches in pub.by_key().values():
+            log = Log()
+            for b in batches:
+                log.append(b)
+            StreamCorrelator(LogConsumer(log), store, stream=dataclasses.replace(STREAM)).run(
+                threading.Event(), exit_when_idle=True)
+        got = stored(store)
+    finally:
+        store.close()
+    assert got == offline(requests, flows)
+    chains = [p for _, p in got if p.split(",")[0].endswith("-egress") and p.endswith("-app")]
+    assert len(chains) == cell.evaluation["requests"]
+
+
+def server_flights(pcap: Path) -> list[bytes]:
+    """The first 16 kB the server sent on each TCP connection to port 80 in a capture."""
+    flights: dict[tuple[str, int], bytearray] = {}
+    for pkt in rdpcap(str(pcap)):
+        if TCP in pkt and pkt[TCP].sport == 80 and len(pkt[TCP].payload):
+            buf = flights.setdefault((pkt[IP].dst, pkt[TCP].dport), bytearray())
+            if len(buf) < 16_384:
+                buf += bytes(pkt[TCP].payload)
+    return [bytes(b) for b in flights.values()]
+
+
+def handshake_kind(flight: bytes) -> str:
+    """What a server's first flight shows in cleartext (TLS 1.2): the handshake messages it carries."""
+    messages: list[int] = []
+    pos = 0
+    while pos + 5 <= len(flight):
+        ctype, length = flight[pos], int.from_bytes(flight[pos + 3:pos + 5], "big")
+        body = flight[pos + 5:pos + 5 + length]
+        if ctype == CHANGE_CIPHER_SPEC:
+            messages.append(-1)
+            break
+        if ctype != HANDSHAKE:
+            break
+        i = 0
+        while i + 4 <= len(body):
+            messages.append(body[i])
+            i += 4 + int.from_bytes(body[i + 1:i + 4], "big")
+        pos += 5 + length
+    if messages[:1] == [2] and CERTIFICATE not in messages and -1 in messages:
+        return "resumed"  # ServerHello, perhaps a new ticket, then ChangeCipherSpec
+    mutual = CERTIFICATE in messages and 13 in messages  # 13: CertificateRequest
+    return "full, mutual, ticket" if mutual and NEW_SESSION_TICKET in messages else f"other {messages}"
