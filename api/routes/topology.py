@@ -81,3 +81,27 @@ def trace_path(
     if graph is None:
         raise HTTPException(404, f"no trace {trace_id}")
     return node_link_json(to_node_link(graph))
+
+
+class EntityOut(BaseModel):
+    id: str
+    kind: str
+    label: str
+    addresses: list[str]
+
+
+class InventoryOut(BaseModel):
+    entities: list[EntityOut]
+
+
+@router.get("/inventory", response_model=InventoryOut)
+def inventory_entities(inventory: InventoryDep) -> InventoryOut:
+    """The pods, Services and nodes of the server's inventory with their addresses (the search's
+    ``entity`` filter takes these ids); empty without an inventory."""
+    addrs: dict[str, list[str]] = {}
+    for addr, entity in inventory.by_ip.items():
+        addrs.setdefault(entity.id, []).append(addr)
+    return InventoryOut(entities=[
+        EntityOut(id=e.id, kind=e.kind, label=e.label, addresses=sorted(addrs.get(e.id, [])))
+        for e in sorted(inventory.entities, key=lambda e: (e.kind, e.id))
+    ])  # fmt: skip

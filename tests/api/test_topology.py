@@ -115,3 +115,17 @@ def test_hostile_trace_ids(client: TestClient, store: SqlStore, bad: str) -> Non
     _seed(store)
     assert client.get(f"/api/v1/topology/traces/{bad}").status_code in (404, 422)
     assert store.count("traces") == 3  # still there
+
+
+def test_inventory_and_the_traces_of_an_edge(inv_client: TestClient, client: TestClient, store: SqlStore) -> None:
+    """The UI lists the inventory for its entity filter, and a service map edge's traces are the search
+    for both its ends: each edge's request count is what that search finds."""
+    _seed(store)
+    entities = {e["id"]: e for e in inv_client.get("/api/v1/topology/inventory").json()["entities"]}
+    assert entities["service:default/web"]["addresses"] == [WEB_VIP]
+    assert entities["pod:default/client1"] == {"id": "pod:default/client1", "kind": "pod", "label": "client1",
+                                               "addresses": [CLIENT1]}  # fmt: skip
+    assert client.get("/api/v1/topology/inventory").json() == {"entities": []}
+    for (source, target), edge in _links(inv_client.get("/api/v1/topology/services").json()).items():
+        found = inv_client.get("/api/v1/traces", params={"entity": [source, target]}).json()
+        assert found["count"] == edge["requests"], (source, target)
