@@ -14,6 +14,7 @@ there, and fail naming what never arrived.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -108,6 +109,18 @@ def test_cluster_url() -> None:
     store.close()
     with pytest.raises(ConfigError, match="invalid identifier"):
         store_from_url("clickhouse://10.0.0.1:9001/obs?cluster=a;drop")
+
+
+def test_a_cluster_no_server_of_which_answers_is_503_with_the_shards_unknown() -> None:
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = store_from_url(f"clickhouse://127.0.0.1:{port}/obs?cluster=east")
+    with TestClient(create_app(store, close_store=True), base_url="http://127.0.0.1") as client:
+        r = client.get("/api/v1/traces")
+        assert r.status_code == 503, r.text
+        assert f"127.0.0.1:{port}" in r.json()["error"]["message"]
+        assert r.headers[MISSING_SHARDS_HEADER] == "unknown"
 
 
 # --- on the cluster ---------------------------------------------------------------------------------
