@@ -49,3 +49,20 @@ def test_services_listen_on_loopback_only(name: str, ports: tuple[int, ...]) -> 
         assert _accepts("127.0.0.1", port), f"{name} does not answer on 127.0.0.1:{port}"
         for address in addresses:
             assert not _accepts(address, port), f"{name} accepts connections on {address}:{port}"
+
+
+#: deploy/clickhouse-cluster: native, HTTP and interserver ports of ch1..ch3 (ch3 with --replicas), ZooKeeper.
+CLUSTER_PORTS = (9101, 9102, 9103, 8131, 8132, 8133, 9111, 9112, 9113, 2281)
+
+
+@pytest.mark.clickhouse_cluster
+def test_the_clickhouse_cluster_listens_on_loopback_only() -> None:
+    require_service("ClickHouse-cluster", "127.0.0.1:9101")
+    addresses = _global_ipv4_addresses()
+    if not addresses:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    listening = [port for port in CLUSTER_PORTS if _accepts("127.0.0.1", port)]
+    assert {9101, 9102, 8131, 8132, 9111, 9112} <= set(listening), listening  # the two shards, as started
+    for port in listening:
+        for address in addresses:
+            assert not _accepts(address, port), f"the cluster accepts connections on {address}:{port}"
