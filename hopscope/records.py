@@ -340,7 +340,7 @@ class PacketIndex(Record):
     pkts: int = _col(U32, "number of packets")
     frames: str = _col(
         STR, "per packet, in capture order: file offset of the frame's first byte, captured length, original "
-        "length and time (hopscope.probes.packet_index.FRAME_DTYPE rows, zlib-compressed, base64)"
+        "length and time (hopscope.probes.packet_index.FRAME_DTYPE rows in base64)"
     )
 
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import base64
 import os
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -30,7 +27,7 @@ from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import RawBlock
 from hopscope.records import Batch, PacketIndex
 
-#: One packet of a ``PacketIndex.frames`` text, before compression (little-endian, 24 bytes).
+#: One packet of a ``PacketIndex.frames`` text (little-endian, 24 bytes; the text is their base64).
 FRAME_DTYPE: Final = np.dtype([("offset", "<u8"), ("caplen", "<u4"), ("origlen", "<u4"), ("ts_ns", "<i8")])
 
 Frames = npt.NDArray[np.void]
@@ -42,15 +39,17 @@ class PacketsUnavailable(HopscopeError):
 
 
 def pack_frames(frames: Frames) -> str:
-    """``FRAME_DTYPE`` rows as the text of ``PacketIndex.frames``: zlib-compressed, then base64."""
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(frames, FRAME_DTYPE).tobytes(), 6)).decode("ascii")
+    """``FRAME_DTYPE`` rows as the text of ``PacketIndex.frames``: their bytes in base64. Not compressed
+    here: zlib costs about 65 us a call whatever the size (most flows have a few packets), and the
+    store compresses the column anyway."""
+    return base64.b64encode(np.ascontiguousarray(frames, FRAME_DTYPE).tobytes()).decode("ascii")
 
 
 def unpack_frames(text: str) -> Frames:
     """Inverse of ``pack_frames``; a malformed text raises ``PacketsUnavailable``."""
     try:
-        raw = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-    except (ValueError, zlib.error) as exc:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except ValueError as exc:
         raise PacketsUnavailable(f"corrupt packet index entry: {exc}") from exc
     if len(raw) % FRAME_DTYPE.itemsize:
         raise PacketsUnavailable(f"corrupt packet index entry: {len(raw)} bytes is not a whole number of frames")
@@ -77,24 +76,19 @@ def read_frames(path: str, frames: Frames) -> list[bytes]:
         os.close(fd)
 
 
-@dataclass(slots=True)
-class _Run:
-    """The frames of one (point, flow, link type) so far."""
-
-    parts: list[Frames]
-
-
 class PacketIndexer:
     """Collects where every flow's packets lie in one capture file (see the module docstring).
 
-    ``point``: the name every packet's flow is attributed to (None: each row's own point name).
+    ``point``: the name every packet's flow is attributed to (None: each row's own point name). Each
+    block costs a few vectorised gathers; the grouping by flow happens once, in ``records``.
     """
 
     def __init__(self, file: str | os.PathLike[str], host: str = "", point: str | None = None) -> None:
         self.file = os.path.abspath(os.fspath(file))
         self.host = host
         self.point = point
-        self._runs: dict[tuple[str, int, int], _Run] = {}
+        self._point_ids: dict[str, int] = {}
+        self._parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.int64], Frames]] = []
 
     def add(self, raw: RawBlock, block: PacketBlock, row_frames: npt.NDArray[np.int64] | None = None) -> None:
         """Index the metered rows of ``block``, decoded from ``raw``; ``row_frames[r]`` is the frame of
@@ -103,38 +97,37 @@ class PacketIndexer:
         if not len(rows):
             return
         frame = rows if row_frames is None else row_frames[rows]
-        linktypes = np.array([i.linktype for i in raw.interfaces], np.int64)[raw.iface[frame].astype(np.int64)]
-        records = np.empty(len(rows), FRAME_DTYPE)
-        records["offset"] = raw.file_offset + raw.offset[frame]
-        records["caplen"] = raw.caplen[frame]
-        records["origlen"] = raw.origlen[frame]
-        records["ts_ns"] = raw.ts_ns[frame]
-        fids, points = block.flow_id[rows], block.point[rows].astype(np.int64)
-        order = np.lexsort((rows, linktypes, fids, points))  # stable within a flow: capture order
-        keys = np.stack([points[order], fids[order].astype(np.int64), linktypes[order]], axis=1)
-        cuts = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
-        for part, first in zip(np.split(order, cuts), np.r_[0, cuts].tolist(), strict=True):
-            pid, fid, linktype = keys[first].tolist()
-            name = self.point if self.point is not None else block.point_names[pid]
-            key = (name, fid & 0xFFFF_FFFF_FFFF_FFFF, linktype)
-            run = self._runs.get(key)
-            if run is None:
-                run = self._runs[key] = _Run([])
-            run.parts.append(records[part])
+        self._parts.append((self._points_of(block, rows), block.flow_id[rows].astype(np.uint64),
+                            linktypes_of(raw, frame), frame_records(raw, frame)))  # fmt: skip
 
-    def __len__(self) -> int:
-        return len(self._runs)
+    def _points_of(self, block: PacketBlock, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """The indexer's id of each row's point name."""
+        if self.point is not None:
+            return np.zeros(len(rows), np.int64)
+        local = block.point[rows].astype(np.int64)
+        table = np.zeros(len(block.point_names), np.int64)
+        for pid in np.unique(local).tolist():
+            table[pid] = self._point_ids.setdefault(block.point_names[pid], len(self._point_ids))
+        return table[local]
 
     def records(self) -> list[PacketIndex]:
         """One record per point, flow and link type, in order of first packet."""
-        out = []
-        for (point, fid, linktype), run in self._runs.items():
-            frames = np.concatenate(run.parts)
-            out.append(PacketIndex(
-                point=point, flow_id=fid, host=self.host, file=self.file, linktype=linktype,
-                start_ns=int(frames["ts_ns"][0]), end_ns=int(frames["ts_ns"][-1]), pkts=len(frames),
-                frames=pack_frames(frames),
-            ))  # fmt: skip
+        if not self._parts:
+            return []
+        names = {i: n for n, i in self._point_ids.items()} if self.point is None else {0: self.point}
+        points, fids, linktypes, frames = (np.concatenate(part) for part in zip(*self._parts, strict=True))
+        order, starts, ends = group_bounds(points, fids, linktypes)
+        ordered = np.ascontiguousarray(frames[order])
+        times, data, size = ordered["ts_ns"], ordered.tobytes(), FRAME_DTYPE.itemsize
+        firsts = order[starts]
+        columns = zip(points[firsts].tolist(), fids[firsts].tolist(), linktypes[firsts].tolist(),
+                      times[starts].tolist(), times[ends - 1].tolist(), starts.tolist(), ends.tolist(), strict=True)
+        out = [
+            PacketIndex(point=names[pid], flow_id=fid, host=self.host, file=self.file, linktype=linktype,
+                        start_ns=first_ns, end_ns=last_ns, pkts=end - start,
+                        frames=base64.b64encode(data[start * size : end * size]).decode("ascii"))
+            for pid, fid, linktype, first_ns, last_ns, start, end in columns
+        ]  # fmt: skip
         out.sort(key=lambda r: (r.start_ns, r.point, r.flow_id))
         return out
 
@@ -142,6 +135,40 @@ class PacketIndexer:
         return Batch.from_records(PacketIndex, self.records())
 
 
-def frames_of(rows: Sequence[PacketIndex]) -> list[tuple[PacketIndex, Frames]]:
-    """Each index row with its unpacked frames."""
-    return [(row, unpack_frames(row.frames)) for row in rows]
+def linktypes_of(raw: RawBlock, frames: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The link type of each of ``frames``."""
+    return np.array([i.linktype for i in raw.interfaces], np.int64)[raw.iface[frames].astype(np.int64)]
+
+
+def frame_records(raw: RawBlock, frames: npt.NDArray[np.int64]) -> Frames:
+    """``FRAME_DTYPE`` rows of ``frames`` of ``raw``: where they lie in its file."""
+    records = np.empty(len(frames), FRAME_DTYPE)
+    records["offset"] = raw.file_offset + raw.offset[frames]
+    records["caplen"] = raw.caplen[frames]
+    records["origlen"] = raw.origlen[frames]
+    records["ts_ns"] = raw.ts_ns[frames]
+    return records
+
+
+def group_bounds(*keys: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp],
+                                                      npt.NDArray[np.intp]]:  # fmt: skip
+    """Rows grouped by the distinct combinations of ``keys``: ``order`` puts the rows of each group
+    together (each in row order, i.e. capture order); group ``g`` is ``order[starts[g]:ends[g]]``."""
+    n = len(keys[0])
+    order = np.lexsort((np.arange(n), *reversed(keys)))
+    change = np.zeros(max(n - 1, 0), np.bool_)
+    for key in keys:
+        ranked = key[order]
+        change |= ranked[1:] != ranked[:-1]
+    starts = np.r_[0, np.flatnonzero(change) + 1].astype(np.intp)
+    ends = np.r_[starts[1:], n].astype(np.intp)
+    return order, starts, ends
+
+
+def group_rows(*keys: npt.NDArray[np.generic]) -> list[npt.NDArray[np.intp]]:
+    """The row indices of each distinct combination of ``keys``, each group in row order (capture
+    order), groups in order of their first row."""
+    order, starts, ends = group_bounds(*keys)
+    groups = [order[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    groups.sort(key=lambda g: int(g[0]))
+    return groups

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hopscope.errors import ConfigError
-from hopscope.probes.packet_index import FRAME_DTYPE, Frames, pack_frames
+from hopscope.probes.packet_index import FRAME_DTYPE, Frames, group_rows, linktypes_of, pack_frames
 from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import RawBlock
 from hopscope.records import PacketIndex
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 _PCAP_NS_HEADER: Final = struct.Struct("<IHHiIII")
 _PCAP_NS_MAGIC: Final = 0xA1B23C4D
-_RECORD: Final = struct.Struct("<IIII")
 _SNAPLEN: Final = 262144
 _U64: Final = 1 << 64
 INDEX_FILE: Final = "index.sqlite"
@@ -126,8 +125,8 @@ class _Segment:
     size: int = 0
     pkts: int = 0
     end_ns: int = 0
-    runs: dict[int, list[Frames]] = field(default_factory=dict)  # flow id -> frames in this segment
-    dirty: set[int] = field(default_factory=set)  # flows with frames not yet in the index
+    runs: dict[int, list[Frames]] = field(default_factory=dict)  # flow id -> its frames in this segment
+    pending: list[tuple[npt.NDArray[np.uint64], Frames]] = field(default_factory=list)  # not yet in the index
 
 
 class PointPacketStore:
@@ -156,53 +155,37 @@ class PointPacketStore:
         """Write frames ``frames`` of ``raw`` (one entry per flow they belong to) and index them."""
         if not len(frames):
             return
-        order = np.lexsort((flow_ids, frames))
-        frames, flow_ids = frames[order], flow_ids[order]
         unique = np.unique(frames)
-        linktypes = np.array([i.linktype for i in raw.interfaces], np.int64)[raw.iface[unique].astype(np.int64)]
+        linktypes = linktypes_of(raw, unique)
         for linktype in np.unique(linktypes).tolist():
-            picked = unique[linktypes == linktype]
-            self._write(raw, picked, linktype, frames, flow_ids)
+            self._write(raw, unique[linktypes == linktype], linktype, frames, flow_ids)
         self._enforce()
 
     def _write(self, raw: RawBlock, picked: npt.NDArray[np.int64], linktype: int,
                frames: npt.NDArray[np.int64], flow_ids: npt.NDArray[np.uint64]) -> None:  # fmt: skip
-        first_ts = int(raw.ts_ns[picked[0]])
-        segment = self._segment_for(linktype, first_ts)
+        """Append ``picked`` (ascending frame numbers of one link type) to the segment; remember which
+        flows they belong to (grouped by flow at the next ``flush``)."""
+        segment = self._segment_for(linktype, int(raw.ts_ns[picked[0]]))
         if segment is None:
             self.stats.write_errors += len(picked)
             return
-        records = np.empty(len(picked), FRAME_DTYPE)
-        chunks: list[bytes] = []
-        pos = segment.size
-        for k, f in enumerate(picked.tolist()):
-            ts, caplen, start = int(raw.ts_ns[f]), int(raw.caplen[f]), int(raw.offset[f])
-            chunks.append(_RECORD.pack(ts // 1_000_000_000, ts % 1_000_000_000, caplen, int(raw.origlen[f])))
-            chunks.append(raw.buf[start : start + caplen].tobytes())
-            records[k] = (pos + 16, caplen, int(raw.origlen[f]), ts)
-            pos += 16 + caplen
+        data, records = pcap_records(raw, picked, segment.size)
         try:
-            segment.fh.write(b"".join(chunks))
+            segment.fh.write(data)
         except OSError as exc:
             log.warning("packet store of %s: writing %s failed: %s", self.point, segment.path, exc)
             self.stats.write_errors += len(picked)
             self._close_segment()
             return
-        written = pos - segment.size
-        segment.size, segment.pkts = pos, segment.pkts + len(picked)
+        segment.size += len(data)
+        segment.pkts += len(picked)
         segment.end_ns = max(segment.end_ns, int(records["ts_ns"].max()))
         self._latest_ns = max(self._latest_ns, segment.end_ns)
         self.stats.packets += len(picked)
-        self.stats.bytes += written
+        self.stats.bytes += len(data)
         at = np.minimum(np.searchsorted(picked, frames), len(picked) - 1)
         mine = picked[at] == frames  # the (frame, flow) pairs of this link type
-        ks, fids = at[mine], flow_ids[mine]
-        by_flow = np.argsort(fids, kind="stable")  # within a flow: capture order
-        ks, fids = ks[by_flow], fids[by_flow]
-        cuts = np.flatnonzero(fids[1:] != fids[:-1]) + 1
-        for part, fid in zip(np.split(ks, cuts), fids[np.r_[0, cuts]].tolist(), strict=True):
-            segment.runs.setdefault(int(fid), []).append(records[part])
-            segment.dirty.add(int(fid))
+        segment.pending.append((flow_ids[mine].astype(np.uint64), records[at[mine]]))
 
     def _segment_for(self, linktype: int, ts_ns: int) -> _Segment | None:
         """The segment to write to, a new one when the current is full, old or of another link type."""
@@ -230,15 +213,22 @@ class PointPacketStore:
     def flush(self) -> None:
         """Bring the index rows of the segment being written up to date."""
         segment = self._segment
-        if segment is None or not segment.dirty:
+        if segment is None or not segment.pending:
             return
         try:
             segment.fh.flush()
         except OSError as exc:
             log.warning("packet store of %s: flushing %s failed: %s", self.point, segment.path, exc)
+        fids = np.concatenate([f for f, _ in segment.pending])
+        records = np.concatenate([r for _, r in segment.pending])
+        segment.pending.clear()
         rows = []
-        for fid in segment.dirty:
-            frames = np.concatenate(segment.runs[fid])
+        for group in group_rows(fids):
+            fid = int(fids[group[0]])
+            runs = segment.runs.setdefault(fid, [])
+            runs.append(records[group])
+            frames = np.concatenate(runs) if len(runs) > 1 else runs[0]
+            segment.runs[fid] = [frames]
             times = frames["ts_ns"]
             rows.append((str(segment.path), _signed(fid), segment.linktype, self.point, self.host,
                          int(times[0]), int(times[-1]), len(frames), pack_frames(frames)))  # fmt: skip
@@ -247,7 +237,6 @@ class PointPacketStore:
             self.db.executemany("INSERT OR REPLACE INTO packet_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.execute("UPDATE segments SET end_ns = ?, bytes = ?, pkts = ? WHERE file = ?",
                             (segment.end_ns, segment.size, segment.pkts, str(segment.path)))  # fmt: skip
-        segment.dirty.clear()
 
     def _close_segment(self) -> None:
         segment = self._segment
@@ -305,6 +294,28 @@ class PointPacketStore:
         self._close_segment()
         self._enforce()
         self.db.close()
+
+
+def pcap_records(raw: RawBlock, frames: npt.NDArray[np.int64], at: int) -> tuple[bytes, Frames]:
+    """``frames`` of ``raw`` as pcap records (16-byte header, nanosecond time, then the captured bytes)
+    to be written at file offset ``at``, and where each frame's bytes land (``FRAME_DTYPE``). The
+    headers are built at once; the bytes are joined slice by slice (a gather through index arrays
+    costs more: eight bytes of index per byte moved)."""
+    caplen = raw.caplen[frames].astype(np.int64)
+    size = 16 + caplen
+    starts = np.cumsum(size) - size  # each record's offset in the output
+    ts = raw.ts_ns[frames].astype(np.int64)
+    header = np.empty((len(frames), 4), "<u4")
+    header[:, 0], header[:, 1] = ts // 1_000_000_000, ts % 1_000_000_000
+    header[:, 2], header[:, 3] = caplen, raw.origlen[frames]
+    heads, view = header.tobytes(), raw.buf.data  # a memoryview of the block's bytes
+    parts: list[bytes | memoryview] = []
+    for k, (start, length) in enumerate(zip(raw.offset[frames].tolist(), caplen.tolist(), strict=True)):
+        parts += (heads[16 * k : 16 * k + 16], view[start : start + length])
+    records = np.empty(len(frames), FRAME_DTYPE)
+    records["offset"] = at + starts + 16
+    records["caplen"], records["origlen"], records["ts_ns"] = caplen, raw.origlen[frames], ts
+    return b"".join(parts), records
 
 
 class PacketStore:
