@@ -7,7 +7,9 @@ The engine (``Correlator``) takes record batches from any number of capture poin
   groups observations of the same request (or connection) at different points into *segments*;
   addresses are never compared, so NAT is transparent.
 - ``proxy``: links segments across L7 proxies (``proxy:x-request-id``, ``proxy:traceparent``,
-  ``proxy:b3``, ``proxy:nested``, ``proxy:retry``), never requiring Host or path to agree.
+  ``proxy:b3``, ``proxy:nested``, ``proxy:retry``), never requiring Host or path to agree, and TLS
+  exchanges between mutual-TLS sidecars to the plaintext legs around them (``tls:nested``,
+  ``tls:nested+id``, ``tls:nested+path``).
 - ``clock``: estimates clock offsets between capture points from the same packets seen both ways.
 - ``order``: puts each segment's hops in path order by residence time (no clock needed).
 - ``assemble``: walks the proxy tree, computes per-link latency, pins loss to links, makes ids.

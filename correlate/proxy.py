@@ -34,15 +34,26 @@ raises confidence, never a requirement. Three matchers, in this order:
 Between two mutual-TLS sidecars the probe sees TLS exchanges (``l7_proto`` ``tls``: a client burst
 of records and the server burst answering it, ``hopscope.probes.l7.tls``), with no method, path,
 status, id or body length. ``link_tls`` runs first (so that an id shared by the plaintext legs on
-either side of the TLS hop does not join them past it) and links, by the nesting rule above
-(``tls:nested``; one-to-one in arrival order, the same ties and repairs): a TLS exchange starting on
-the host where a plaintext leg ends at a proxy hop (the client sidecar encrypting the request it
-received), then a plaintext leg starting at a proxy hop on the host where a TLS exchange ends (the
-server sidecar forwarding what it decrypted). What must hold besides the nesting: the exchange's
-bytes in each direction are at least the plaintext body lengths (encryption adds, never removes).
-Once the client side is linked, the exchange carries its parent's request id; where the server-side
-leg has the same one the link is ``tls:nested+id`` (a different id proves nothing: a server sidecar
-may replace the id, as nginx and haproxy do in the lab).
+either side of the TLS hop does not join them past it). A TLS link joins an exchange and a plaintext
+leg on one side of it: the client side (a plaintext leg ending at a proxy hop, the exchange starting
+on that host: the client sidecar encrypting the request it received) or the server side (the
+exchange ending on a host, a plaintext leg starting at a proxy hop there: the server sidecar
+forwarding what it decrypted). It must nest as above, and the exchange's bytes in each direction
+must hold the plaintext body lengths (encryption adds, never removes). In this order:
+
+- **chains** (``tls:nested+id`` 0.95, ``tls:nested+path`` 0.9): a client-side leg and a server-side
+  leg showing the same request id (a server sidecar that keeps the client's), or the same path that
+  no other leg on either side has (a leading segment may be stripped), with the same status and
+  bodies, and exactly one exchange between their hosts nesting in the first and around the second:
+  both links at once. A different id proves nothing (nginx and haproxy replace it).
+- **server side, then client side, by timing** (``tls:nested`` 0.8, 0.6 when the order was a
+  guess): one-to-one, first in the order the responses passed the sidecar (each child takes the open
+  parent whose response left first after its own), then what is left in arrival order as
+  ``proxy:nested`` does. A client sidecar setting up a TLS connection per queued request sends the
+  requests on in the order its handshakes finish, but passes each answer back as it comes. Once the
+  server side is linked, each exchange carries its server-side leg: its status and bodies must be the
+  client-side leg's (or a gateway error), its path stands for the exchange's, and a client-side leg
+  whose id is the one the exchange carries is linked first (``tls:nested+id``).
 """
 
 from __future__ import annotations
