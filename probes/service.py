@@ -31,22 +31,27 @@ The flow meter names the tunnel on the outer flow of a UDP tunnel (``vxlan``, ``
 confirms the tunnel's packet analyzer there); ``fill`` puts content services after it.
 
 ``ServiceDetector`` runs beside the flow meter, which stays a pure L4 stage: ``observe(block)`` checks a
-metered block with numpy (the first 8 payload bytes of every packet, then fixed-offset compares on the
-few whose first two bytes can start a signature, or whose header could be DNS) and remembers the
-services per ``flow_id``; ``fill(batch)`` writes them into the ``service`` column of the FlowRecords the
-meter emitted for that block and forgets a flow at its final record.
+metered block and remembers the services per ``flow_id``; ``fill(batch)`` writes them into the
+``service`` column of the FlowRecords the meter emitted for that block and forgets a flow at its final
+record. The check is one C pass over the rows with payload when the ``_meter`` kernel is built
+(``service_hits`` in probes/csrc/meter.c: the first two payload bytes select a signature, prefetched a
+few rows ahead); ``block_hits_reference`` is its numpy twin and specification (the first 8 payload bytes
+of every packet, then fixed-offset compares on the few whose first two bytes can start a signature, or
+whose header could be DNS). Packets whose checksum failed confirm nothing (Zeek does not pass them to
+its analyzers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from hopscope.probes.packets import TCP, UDP, PacketBlock
+from hopscope.probes import kernels
+from hopscope.probes.packets import TCP, UDP, PacketBlock, PacketStatus
 from hopscope.records import Batch
 
 #: Service names by code (code 0: none).
@@ -152,7 +157,7 @@ class _Candidates:
 
     def __init__(self, block: PacketBlock) -> None:
         self.buf = block.buf
-        payload = np.flatnonzero(block.payload_caplen)  # rows that are not ok have no payload
+        payload = np.flatnonzero((block.payload_caplen != 0) & (block.status == PacketStatus.OK))
         off = block.payload_off[payload]
         proto = block.proto[payload]
         first = self.buf[off]
@@ -238,7 +243,44 @@ def _question_parses(p: _Candidates, pos: npt.NDArray[np.int64], end: npt.NDArra
 
 def block_hits(block: PacketBlock) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]:
     """(flow ids, service codes) of every packet of a metered block that confirms a service, in
-    capture order."""
+    capture order: the ``_meter`` kernel's ``service_hits`` when it is built, else
+    ``block_hits_reference`` (the same hits)."""
+    kernel = _kernel()
+    if kernel is None:
+        return block_hits_reference(block)
+    rows, codes = np.empty(block.count, np.int64), np.empty(block.count, np.uint8)
+    n = kernel.service_hits(block.buf, block.count, block.status, block.proto, block.payload_off,
+                            block.payload_caplen, _native_tables(), rows, codes)  # fmt: skip
+    return block.flow_id[rows[:n]], codes[:n]
+
+
+def _kernel() -> Any:
+    """The ``_meter`` kernel (probes/csrc/meter.c) if it is built and on, else None."""
+    global _KERNEL_LOADED, _KERNEL
+    if not _KERNEL_LOADED:
+        _KERNEL, _KERNEL_LOADED = kernels.load("_meter"), True
+    return _KERNEL
+
+
+_KERNEL: Any = None
+_KERNEL_LOADED = False
+_TABLES: tuple[npt.NDArray[Any], ...] = ()
+
+
+def _native_tables() -> tuple[npt.NDArray[Any], ...]:
+    """``SIGNATURES`` and the DNS tables as the kernel reads them (contiguous, native byte order)."""
+    global _TABLES
+    if not _TABLES:
+        t = _TABLE
+        _TABLES = (
+            t.of_key, np.ascontiguousarray(t.value), np.ascontiguousarray(t.mask), t.length, t.choice_pos,
+            t.choice.astype(np.uint8), t.service, _OPCODE_OK.astype(np.uint8), _CLASS_OK.astype(np.uint8),
+        )  # fmt: skip
+    return _TABLES
+
+
+def block_hits_reference(block: PacketBlock) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]:
+    """``block_hits`` with numpy: the specification of what confirms a service."""
     p = _Candidates(block)
     if not len(p.rows) or not len(p.words):
         return np.zeros(0, np.uint64), np.zeros(0, np.uint8)
@@ -278,8 +320,8 @@ class ServiceDetector:
     records the meter emitted for it (a flow's record then reflects every packet metered so far).
     State is two columns sorted by flow id, so both steps are a few numpy passes per block: the flow
     ids, and ``age << 16 | code`` (age: the block count when the flow was found; code: its service
-    codes in the order found, 3 bits each, the first in the lowest bits; 0: forgotten, dropped at the
-    next ``observe``).
+    codes in the order found, 3 bits each, the first in the lowest bits; 0: forgotten, dropped by an
+    ``observe`` once a quarter of the entries are).
     """
 
     def __init__(self, max_flows: int = DEFAULT_MAX_FLOWS) -> None:
@@ -296,7 +338,7 @@ class ServiceDetector:
         flow_ids, codes = block_hits(block)
         if not len(flow_ids):
             return
-        if self._forgotten:
+        if self._forgotten * 4 > len(self._ids):  # compacted once a quarter is forgotten: amortised O(1)
             keep = self._state != 0
             self._ids, self._state, self._forgotten = self._ids[keep], self._state[keep], 0
         ids, found = _codes_by_flow(flow_ids, codes)
@@ -306,7 +348,12 @@ class ServiceDetector:
         if known.any():
             at = pos[known]
             old = self._state[at]
-            self._state[at] = (old & ~_CODE_MASK) | _merge_codes(old & _CODE_MASK, found[known])
+            merged = (old & ~_CODE_MASK) | _merge_codes(old & _CODE_MASK, found[known])
+            gone = old == 0  # forgotten, not yet compacted: remembered afresh
+            if gone.any():
+                merged[gone] |= np.uint64(self._blocks << 16)
+                self._forgotten -= int(np.count_nonzero(gone))
+            self._state[at] = merged
         fresh = ~known
         self._insert(pos[fresh], ids[fresh], found[fresh] | np.uint64(self._blocks << 16))
         if len(self._ids) > self.max_flows:
@@ -327,9 +374,10 @@ class ServiceDetector:
         if tunnels is not None and any(tunnels):
             names = [f"{t},{n}" if t and n else t or n for t, n in zip(tunnels, names, strict=True)]
         batch.columns["service"] = names
-        done = pos[(codes != 0) & (np.asarray(batch.columns["final"]) != 0)]
+        done = np.sort(pos[(codes != 0) & (np.asarray(batch.columns["final"]) != 0)])
         self._state[done] = 0
-        self._forgotten = int(np.count_nonzero(self._state == 0))
+        if len(done):  # distinct entries (a flow has one final record; counted safely all the same)
+            self._forgotten += 1 + int(np.count_nonzero(done[1:] != done[:-1]))
         return batch
 
     def pending(self) -> int:

@@ -1567,6 +1567,120 @@ static PyObject *py_flow_id(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(hs_flow_id(key, start_ns));
 }
 
+/* ---- service detection (hopscope.probes.service, its numpy block_hits the reference) ------------- */
+
+/* service_hits(buf, count, status, proto, payload_off, payload_caplen, tables, rows, codes) -> n: the rows
+ * (ascending) whose payload starts a service's message and their service codes, as service.block_hits
+ * finds them: a TCP signature (the first two bytes select it; bytes under its mask, its length, its
+ * choice byte) or a DNS message start (UDP, or TCP after a length prefix below 4 KiB) whose first question
+ * parses. tables: (of_key u8[65536], value u64[2][n], mask u64[2][n], length u32[n], choice_pos i64[n],
+ * choice u8[n][256], service u8[n], opcode_ok u8[16], class_ok u8[32768]). */
+enum { SVC_DNS = 5, DNS_MAX_QUESTIONS = 16, DNS_MIN_BYTES = 17, DNS_MAX_LABELS = 128 };
+
+static int dns_question(const uint8_t *buf, int64_t pos, int64_t end, const uint8_t *class_ok) {
+    int64_t name_start = pos;
+    int done = 0;
+    for (int k = 0; k < DNS_MAX_LABELS; k++) {
+        int64_t len = buf[pos];
+        pos += 1 + len;
+        if (len == 0) {
+            done = 1;
+            break;
+        }
+        if (!(len <= 63 && pos < end && pos - name_start <= 255)) return 0;
+    }
+    if (!done || pos + 4 > end) return 0;
+    int qtype = buf[pos] << 8 | buf[pos + 1], qclass = (buf[pos + 2] & 0x7F) << 8 | buf[pos + 3];
+    return qtype != 0 && class_ok[qclass];
+}
+
+static PyObject *py_service_hits(PyObject *self, PyObject *args) {
+    PyObject *o_buf, *o_status, *o_proto, *o_off, *o_cap, *o_tables, *o_rows, *o_codes;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "OnOOOOO!OO", &o_buf, &count, &o_status, &o_proto, &o_off, &o_cap, &PyTuple_Type,
+                          &o_tables, &o_rows, &o_codes))
+        return NULL;
+    if (PyTuple_GET_SIZE(o_tables) != 9) return PyErr_Format(PyExc_ValueError, "9 tables expected");
+    Py_buffer v[16];
+    int held = 0, ok = 1;
+    ok = get_col(o_buf, &v[held], 0, 1, 0, "buf") == 0 && ++held;
+    ok = ok && get_col(o_status, &v[held], 0, 1, count, "status") == 0 && ++held;
+    ok = ok && get_col(o_proto, &v[held], 0, 1, count, "proto") == 0 && ++held;
+    ok = ok && get_col(o_off, &v[held], 0, 8, count, "payload_off") == 0 && ++held;
+    ok = ok && get_col(o_cap, &v[held], 0, 4, count, "payload_caplen") == 0 && ++held;
+    static const int tsize[9] = {1, 8, 8, 4, 8, 1, 1, 1, 1};
+    static const char *tname[9] = {"of_key", "value", "mask", "length", "choice_pos", "choice", "service",
+                                   "opcode_ok", "class_ok"};
+    for (int t = 0; t < 9 && ok; t++) ok = get_col(PyTuple_GET_ITEM(o_tables, t), &v[held], 0, tsize[t], 0, tname[t]) == 0 && ++held;
+    ok = ok && get_col(o_rows, &v[held], 1, 8, count, "rows") == 0 && ++held;
+    ok = ok && get_col(o_codes, &v[held], 1, 1, count, "codes") == 0 && ++held;
+    Py_ssize_t nsig = ok ? v[8].len / 4 : 0;
+    if (ok && (v[5].len != 65536 || v[6].len != 2 * nsig * 8 || v[7].len != 2 * nsig * 8 || v[9].len != nsig * 8 ||
+               v[10].len != nsig * 256 || v[11].len != nsig || v[12].len != 16 || v[13].len != 32768)) {
+        PyErr_SetString(PyExc_ValueError, "service tables of inconsistent sizes");
+        ok = 0;
+    }
+    Py_ssize_t nhits = 0;
+    if (ok && v[0].len < 8) ok = 2; /* as the reference: a buffer shorter than one word has no hits */
+    if (ok == 1) {
+        const uint8_t *buf = v[0].buf, *status = v[1].buf, *proto = v[2].buf;
+        int64_t blen = v[0].len;
+        const int64_t *poff = v[3].buf;
+        const uint32_t *pcap = v[4].buf;
+        const uint8_t *of_key = v[5].buf, *choice = v[10].buf, *service = v[11].buf, *opcode_ok = v[12].buf;
+        const uint8_t *class_ok = v[13].buf;
+        const uint64_t *value = v[6].buf, *mask = v[7].buf;
+        const uint32_t *length = v[8].buf;
+        const int64_t *choice_pos = v[9].buf;
+        int64_t *rows = v[14].buf;
+        uint8_t *codes = v[15].buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (i + 8 < count && poff[i + 8] >= 0 && poff[i + 8] < blen) __builtin_prefetch(buf + poff[i + 8]);
+            int pr = proto[i];
+            if (status[i] != 0 || pcap[i] == 0 || (pr != P_TCP && pr != P_UDP)) continue;
+            int64_t off = poff[i], cap = pcap[i];
+            if (off < 0 || off >= blen) continue;
+            if (cap > blen - off) cap = blen - off;
+            const uint8_t *p = buf + off;
+            int code = 0;
+            if (pr == P_TCP && cap >= 2) {
+                int k = of_key[p[0] << 8 | p[1]];
+                if (k) {
+                    int s = k - 1;
+                    if (cap >= (int64_t)length[s] && choice[s * 256 + p[choice_pos[s]]]) {
+                        uint64_t w[2] = {0, 0};
+                        for (int j = 0; j < 16; j++) w[j / 8] = w[j / 8] << 8 | (j < cap ? p[j] : 0);
+                        if ((w[0] & mask[s]) == value[s] && (w[1] & mask[nsig + s]) == value[nsig + s]) code = service[s];
+                    }
+                }
+            }
+            if (!code && (pr == P_UDP || p[0] < 16)) { /* a DNS message start */
+                int base = pr == P_TCP ? 2 : 0;
+                if (cap >= base + DNS_MIN_BYTES) {
+                    const uint8_t *h = p + base;
+                    int flags = h[2] << 8 | h[3], qd = h[4] << 8 | h[5];
+                    int64_t mlen = pr == P_TCP ? (p[0] << 8 | p[1]) : DNS_MIN_BYTES;
+                    if (qd >= 1 && qd <= DNS_MAX_QUESTIONS && !(flags & 0x40) && opcode_ok[(flags >> 11) & 15] &&
+                        mlen >= DNS_MIN_BYTES) {
+                        int64_t start = off + base, end = off + cap;
+                        if (pr == P_TCP && start + mlen < end) end = start + mlen;
+                        if (dns_question(buf, start + 12, end, class_ok)) code = SVC_DNS;
+                    }
+                }
+            }
+            if (code) {
+                rows[nhits] = i;
+                codes[nhits++] = (uint8_t)code;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (int k = 0; k < held; k++) PyBuffer_Release(&v[k]);
+    if (!ok) return NULL;
+    return PyLong_FromSsize_t(nhits);
+}
+
 static PyMethodDef module_methods[] = {
     {"blake2b64", py_blake2b64, METH_VARARGS, "blake2b64(data) -> the meter's payload hash (0 for empty data)"},
     {"sha1", py_sha1, METH_VARARGS, "sha1(data) -> 20-byte digest (data of at most 119 bytes; for tests)"},
@@ -1576,6 +1690,9 @@ static PyMethodDef module_methods[] = {
     {"endpoint_hash", py_endpoint_hash, METH_VARARGS, "endpoint_hash(hi, lo, port) -> hs_endpoint_hash (for tests)"},
     {"flow_key", py_flow_key, METH_VARARGS, "flow_key(src_ep, dst_ep, proto, point_hash) -> hs_flow_key (for tests)"},
     {"flow_id", py_flow_id, METH_VARARGS, "flow_id(key, start_ns) -> ids.h's hs_flow_id (for tests)"},
+    {"service_hits", py_service_hits, METH_VARARGS,
+     "service_hits(buf, count, status, proto, payload_off, payload_caplen, tables, rows, codes) -> n: the rows "
+     "whose payload starts a service's message (hopscope.probes.service.block_hits)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -226,3 +226,53 @@ def test_lab_flows_name_the_protocols_of_their_requests(capture: str) -> None:
     for req in requests:
         assert req.l7_proto in service[req.flow_id].split(","), req
     assert {req.l7_proto for req in requests} <= set(service.values())
+
+
+def _payload_block(payloads: list[tuple[int, bytes]]) -> object:
+    return _block_of(*((n + 1, proto, payload) for n, (proto, payload) in enumerate(payloads)))
+
+
+def test_kernel_finds_what_the_reference_finds() -> None:
+    """``_meter.service_hits`` (C) against ``block_hits_reference`` (numpy): every signature and DNS
+    message of the cases above, each cut at every length and with bytes flipped, in one block."""
+    from hopscope.probes import kernels, service
+
+    if not kernels.enabled() or kernels.load("_meter") is None:
+        pytest.skip("the _meter kernel is not built")
+    rng = np.random.default_rng(5)
+    seeds = [HTTP_REQUEST, HTTP_RESPONSE, CLIENT_HELLO, SERVER_HELLO, DNS_QUERY, b"SSH-2.0-x\r\n",
+             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", struct.pack("!H", len(DNS_QUERY)) + DNS_QUERY]  # fmt: skip
+    payloads: list[tuple[int, bytes]] = []
+    for seed in seeds:
+        for proto in (6, 17):
+            for cut in range(len(seed) + 1):
+                payloads.append((proto, seed[:cut]))
+            for _ in range(40):
+                raw = bytearray(seed)
+                raw[int(rng.integers(len(raw)))] = int(rng.integers(256))
+                payloads.append((proto, bytes(raw)))
+    block = _payload_block(payloads)
+    want = service.block_hits_reference(block)  # type: ignore[arg-type]
+    got = service.block_hits(block)  # type: ignore[arg-type]
+    assert len(want[0]) > 100
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def test_bad_checksum_packets_confirm_nothing() -> None:
+    """A packet whose checksum failed is not passed to Zeek's analyzers: it confirms no service."""
+    from hopscope.probes import service
+    from hopscope.probes.packets import PacketStatus
+
+    block = _payload_block([(6, HTTP_REQUEST), (17, DNS_QUERY)])
+    block.status[0] = PacketStatus.BAD_L4_CHECKSUM  # type: ignore[attr-defined]
+    for hits in (service.block_hits, service.block_hits_reference):
+        assert hits(block)[1].tolist() == [5]  # type: ignore[arg-type]
+
+
+def test_content_service_follows_the_tunnel_name() -> None:
+    """The meter names a UDP tunnel on its outer flow; a content service found there comes after it."""
+    det = ServiceDetector()
+    det.observe(_block_of((21, 17, DNS_QUERY)))  # type: ignore[arg-type]
+    batch = _records([21, 22], [1, 1])
+    batch.columns["service"] = ["vxlan", "geneve"]
+    assert det.fill(batch).columns["service"] == ["vxlan,dns", "geneve"]
