@@ -65,8 +65,9 @@ def _print_slowest(url: str) -> dict[str, int]:
             _, spans = store.get_trace(slowest.trace_id)
             print(f"\n== the slowest request, hop by hop (trace {slowest.trace_id}, read back from the store)")
             print("\n".join(trace_hops_text(slowest, spans)))
+            print(f"its packets, hop by hop: .venv/bin/hopscope pcap {slowest.trace_id} --store {url} -o slow.pcapng")
         else:
             print("\nno request traces were stitched")
-        return {t: store.count(t) for t in ("flows", "requests", "spans", "traces")}
+        return {t: store.count(t) for t in ("flows", "requests", "spans", "traces", "packet_index")}
     finally:
         store.close()
