@@ -16,11 +16,16 @@ leg answers with, which are the app leg's; and what both plaintext legs show: th
 where the server sidecar keeps it (Envoy: ``tls:nested+id``), a path no other request has
 (``tls:nested+path``).
 
-The Envoy cell's requests carry no distinguishing path or query string (most are the same
-``GET /ok``; half carry the client's id, which Envoy keeps). nginx replaces the id, so between two
-identical id-less requests sent at once nothing but time crosses both sidecars, and on a busy machine
-nginx forwards and answers them in orders of its own: that cell's requests are tagged with their own
-query string (as the plaintext sidecar matrix's are), linked through the TLS hop by path.
+The requests are tagged with a query string of their own, as the plaintext sidecar matrix's are.
+Between two identical requests that carry no id of the client's and reach a busy sidecar at once,
+nothing but time crosses both sidecars, and a sidecar starved of CPU forwards and answers them in
+orders of its own. Untagged (every request ``GET /ok`` or one of four other paths, half with the
+client's id), the Envoy cell measured recall 1.000 in 11 of 11 runs and precision 1.000 in 9, with
+two such requests swapped in each of the others (both orders crossed: the egress Envoy sent the
+later one on first and passed its answer back first, 2.6 ms after the exchanges' answers); behind
+nginx, which replaces the id, 2 of 121 were swapped in the one untagged run. Tagged, a request's
+path names it on both sides of the TLS hop, and ids or paths chain nearly every request; timing
+alone links the rest.
 """
 
 from __future__ import annotations
@@ -53,11 +58,13 @@ from tests.lab.test_client_sidecar_matrix import STREAM
 
 pytestmark = pytest.mark.lab
 
-#: (client sidecar, server sidecar, requests tagged with their own query string)
-CELLS = (("envoy", "envoy", False), ("haproxy", "nginx", True))
+#: (client sidecar, server sidecar)
+CELLS = (("envoy", "envoy"), ("haproxy", "nginx"))
 DELAY_MS = 5.0
-#: One keep-alive and one close session per client, at once, beside the long transfer.
-PLAN = PlanSettings(requests_per_session=30, sessions=1, big_bytes=200_000, dead_attempts=1, dns_lookups=1)
+#: One keep-alive and one close session per client, at once, beside the long transfer; each request
+#: tagged with its own query string.
+PLAN = PlanSettings(requests_per_session=30, sessions=1, big_bytes=200_000, dead_attempts=1, dns_lookups=1,
+                    tag_requests=True)
 #: TLS record content types and handshake message types (RFC 5246)
 HANDSHAKE, CHANGE_CIPHER_SPEC = 22, 20
 CERTIFICATE, NEW_SESSION_TICKET = 11, 4
@@ -84,12 +91,12 @@ class MtlsCell:
 def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsCell]:
     """One recorded run through both sidecars speaking mutual TLS, analysed with analyze --manifest."""
     require_lab()
-    client_sidecar, server_sidecar, tagged = request.param
+    client_sidecar, server_sidecar = request.param
     out = tmp_path_factory.mktemp(f"mtls-{client_sidecar}-{server_sidecar}")
     lab = Lab(sidecar=server_sidecar, client_sidecar=client_sidecar, mtls=True)
     try:
         lab.up()
-        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=DELAY_MS)], dataclasses.replace(PLAN, tag_requests=tagged))
+        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=DELAY_MS)], PLAN)
     finally:
         lab.down()
     report = out / "analysis.json"
@@ -141,7 +148,7 @@ def test_injected_delay_is_measured_on_the_tls_leg(cell: MtlsCell) -> None:
 def test_the_tls_hop_is_linked_by_tls_exchanges(cell: MtlsCell) -> None:
     """Every request's TLS exchange at the client pod NIC joins the app's leg, and the app's leg joins
     the exchange, by a TLS link on both sides; with Envoy most requests that carried the client's id
-    chain by it, in the tagged nginx cell most chain by their path."""
+    chain by it, the rest (and behind nginx, which replaces the id, nearly all) by their path."""
     answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
     client_nic = Counter(h["link_reason"] for t in cell.analysis["traces"] if t["kind"] == "l7"
                          and t["hops"][0]["point"].endswith("-egress")
@@ -150,10 +157,10 @@ def test_the_tls_hop_is_linked_by_tls_exchanges(cell: MtlsCell) -> None:
     tls_reasons = {"tls:nested", "tls:nested+id", "tls:nested+path"}
     assert set(client_nic) <= tls_reasons and sum(client_nic.values()) == len(answered), client_nic
     assert set(app) <= tls_reasons and sum(app.values()) == len(answered), app
+    chained = app["tls:nested+id"] + app["tls:nested+path"]
+    assert chained >= 0.9 * len(answered), app
     if cell.server_sidecar == "envoy":
         assert app["tls:nested+id"] >= 0.9 * sum(1 for r in answered if r["sent_request_id"]), app
-    else:
-        assert app["tls:nested+path"] >= 0.9 * len(answered), app
 
 
 def test_pooled_tls_connections_carry_many_requests(cell: MtlsCell) -> None:
