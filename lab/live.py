@@ -465,7 +465,15 @@ class LiveRun:
         _say(f"waiting for the correlator to store the traces of {c['requests']} HTTP requests and {c['dns']} DNS "
              f"lookups: it exits {o.idle_exit_s:.0f} s after its last record (at most {o.store_wait_s:.0f} s)")
         started = time.monotonic()
-        self.correlator_summary = wait_correlator(self.correlator, self.out / "correlate.log", o.store_wait_s)
+        log = self.out / "correlate.log"
+        if self.correlator.poll() is not None:  # idle during a quiet stretch of the plan: it exited early
+            early = wait_correlator(self.correlator, log, o.store_wait_s)
+            _say(f"{early} (exited before the agents stopped: starting it again for the rest)")
+            log = self.out / "correlate-2.log"
+            assert self.bootstrap is not None
+            self.correlator = start_correlator(self.bootstrap, self.store_url, self.prefix, o.idle_exit_s, log,
+                                               self.children)  # fmt: skip
+        self.correlator_summary = wait_correlator(self.correlator, log, o.store_wait_s)
         _say(f"{self.correlator_summary} ({time.monotonic() - started:.1f} s after the agents stopped)")
 
     def _write_score(self, result: LiveResult) -> None:
