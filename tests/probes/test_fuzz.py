@@ -29,6 +29,7 @@ from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packets import PacketStatus
 from hopscope.probes.readers import Interface, RawBlock, open_capture
 from tests.probes import encap_frames as E
+from tests.probes.test_meter_native import _compare
 from tests.probes.test_readers import pcapng_bytes
 
 M = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -192,3 +193,41 @@ def test_short_pcap_prefixes(tmp_path: Path, size: int) -> None:
         assert size < 24
         return
     assert frames == 0 and size >= 24
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), rate=st.sampled_from([0.002, 0.02, 0.1]))
+def test_mutated_packets_validate_and_meter_alike(seed: int, rate: float) -> None:
+    """Checksum validation on mutated frames (most mutations break a checksum): the numpy and C
+    validators mark the same rows, and both meters, fed the rows with bad checksums, UDP tunnels (outer
+    rows, tunnel parents), DNS ports and gapped TCP, give the same records and per-packet flows; the
+    service check in C finds what numpy finds."""
+    from hopscope.probes import checksums, kernels, service
+
+    decode_kernel, meter_kernel = kernels.load("_decode"), kernels.load("_meter")
+    if decode_kernel is None or meter_kernel is None or not kernels.enabled():
+        pytest.skip("the kernels are not built")
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(300):
+        base = BASE_FRAMES[int(rng.integers(0, len(BASE_FRAMES)))]
+        frames.append(mutate(rng, base, rate) if rng.random() < 0.8 else base)
+    raw = raw_block(frames, 1)
+    blocks = []
+    for kernel in (decode_kernel, None):
+        decoder = Decoder("fuzz", checksums=True)
+        decoder._kernel = kernel
+        blocks.append(decoder.decode(raw))
+    native, reference = blocks
+    np.testing.assert_array_equal(native.status, reference.status)
+    assert set(np.unique(native.status).tolist()) <= {int(s) for s in PacketStatus}
+    rows = np.flatnonzero(native.status == PacketStatus.OK)
+    code = np.zeros(native.count, np.uint8)
+    cols = (native.status, native.ip_version, native.proto, native.src_hi, native.src_lo, native.dst_hi,
+            native.dst_lo, native.sport, native.dport, native.seq, native.ip_len, native.payload_off,
+            native.payload_len, native.payload_caplen)  # fmt: skip
+    decode_kernel.checksums(native.buf, native.count, cols, code)  # a validated block: nothing left to fail
+    assert not code[rows].any() and not checksums._codes(native, rows).any()
+    _compare([native], MeterConfig(max_flows=50))
+    got, want = service.block_hits(native), service.block_hits_reference(native)
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
