@@ -1,4 +1,4 @@
-"""``hopscope correlate --kafka BOOTSTRAP --store URL``: the streaming correlator (correlate/stream.py).
+"""``hopscope correlate --kafka BOOTSTRAP --store URL``: the streaming correlator (correlate/stream/).
 
     hopscope correlate --kafka 127.0.0.1:9092 --store clickhouse://127.0.0.1:9000/hopscope
     hopscope correlate --kafka 127.0.0.1:9092 --store chdb:///var/lib/hopscope --idle-exit 10
