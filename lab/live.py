@@ -96,8 +96,11 @@ class AgentPlan:
     #: interface -> manifest capture point name
     points: dict[str, str]
 
-    def agent_point(self, iface: str) -> str:
-        return f"{self.host}/{iface}"
+
+def agent_point(host: str, iface: str) -> str:
+    """The name an agent of :func:`agent_config` gives the point at ``host:iface`` (``{netns}/{iface}``,
+    its one namespace entry named ``host``)."""
+    return f"{host}/{iface}"
 
 
 @dataclass(slots=True)
@@ -424,7 +427,7 @@ class LiveRun:
                 raise
         manifest = json.loads(path.read_text())
         for cp in manifest["capture_points"]:
-            cp["agent_point"] = f"{cp['host']}/{cp['interface']}"
+            cp["agent_point"] = agent_point(cp["host"], cp["interface"])
         path.write_text(json.dumps(manifest, indent=1) + "\n")
         return manifest, self.traffic_start_ns
 
