@@ -20,12 +20,15 @@ ends this process with SIGBUS (``map_file=False`` avoids it).
 Errors and damage: a file that is not a capture (bad magic, a pcap file header cut short) raises
 ``CaptureError`` naming the file and the byte offset. Damage further in (a record length beyond any sane
 snaplen, a pcapng block whose length field is impossible, a packet block naming an undeclared
-interface, garbage after the last good record) and a last record the file ends inside (a capture still
-being written, a copy cut short) lose nothing that came before: every record before the damage is
-yielded, reading stops there, ``stats.damage`` says where and what (a ``Damage``) and one warning line
-names the file, the byte offset and the problem. With ``strict`` the same message is a ``CaptureError``
-instead, raised after the records before the damage were yielded. Reading does not resynchronise on a
-later record (as Wireshark and Arkime do not; ``pcapfix`` repairs files that way).
+interface, garbage between or after the records) and a last record the file ends inside (a capture
+still being written, a copy cut short) lose nothing that came before: every record before the damage is
+yielded, ``stats.damages`` says where and what (``Damage``), and one warning line per damage names the
+file, the byte offset and the problem. Then reading goes on at the next plausible record
+(``probes.resync``, as ``pcapfix`` finds it; Wireshark and Arkime stop): a damaged packet block whose
+length is sound is skipped whole; otherwise the bytes after the damage are scanned. What was skipped is
+counted (``Damage.resumed_at``, ``stats.skipped_bytes``); after ``MAX_DAMAGES`` reading stops at the
+next. With ``strict`` the first damage is a ``CaptureError`` instead, raised after the records before it
+were yielded, and nothing after it is read.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import mmap
 import os
 import struct
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -46,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hopscope.errors import CaptureError
-from hopscope.probes import kernels
+from hopscope.probes import kernels, resync
 
 I64 = npt.NDArray[np.int64]
 log = logging.getLogger(__name__)
@@ -70,6 +73,8 @@ LINKTYPE_LINUX_SLL2: Final = 276
 MAX_RECORD_BYTES: Final = 1 << 20
 #: Largest pcapng block accepted (a record plus room for its header and options).
 MAX_BLOCK_BYTES: Final = MAX_RECORD_BYTES + 4096
+#: Damages a file may have before the reader stops looking for records after them.
+MAX_DAMAGES: Final = 100
 #: Zero bytes appended after every chunk so the decoder may gather a few bytes past a frame's end.
 PAD_BYTES: Final = 512
 DEFAULT_CHUNK_BYTES: Final = 8 << 20
@@ -125,19 +130,23 @@ class RawBlock:
 
 @dataclass(frozen=True, slots=True)
 class Damage:
-    """Where a capture file stops making sense, and why; reading stopped there."""
+    """Where a capture file stops making sense, why, and where reading resumed (if it did)."""
 
     offset: int  # byte offset in the file of the damaged record or block
     problem: str  # what is wrong there, naming the offset ("corrupt pcap record at offset 96: ...")
     records_before: int  # records read before it (every one of them was yielded)
-    bytes_after: int  # bytes from ``offset`` to the end of the file, not read
+    bytes_after: int  # bytes from ``offset`` not read: to ``resumed_at``, or to the end of the file
     truncated: bool = False  # the file ends inside its last record (nothing after it)
+    resumed_at: int = -1  # offset of the next plausible record, where reading went on (-1: it did not)
 
     def message(self, path: str | os.PathLike[str]) -> str:
-        """One line: the file, the offset and the problem, and what was kept."""
+        """One line: the file, the offset and the problem, what was kept and what was skipped."""
         kept = f"kept the {self.records_before} records before it"
         if self.truncated:
             return f"{path}: {self.problem}; {kept}"
+        if self.resumed_at >= 0:
+            return (f"{path}: {self.problem}; {kept}, skipped {self.bytes_after} bytes to the next plausible "
+                    f"record at offset {self.resumed_at} and read on")
         return f"{path}: {self.problem}; {kept}, did not read the {self.bytes_after} bytes from there to the end"
 
 
@@ -158,7 +167,9 @@ class ReadStats:
     bytes: int = 0
     truncated_tail: int = 0  # bytes of an incomplete last record, dropped
     skipped_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not carrying frames
-    damage: Damage | None = None  # where reading stopped before the end of the file, and why
+    damage: Damage | None = None  # the first damage, and why
+    damages: list[Damage] = field(default_factory=list)  # every damage, in file order
+    skipped_bytes: int = 0  # bytes between damages and the records reading resumed at
 
 
 def _read_chunk(fh: BinaryIO, carry: bytes, size: int) -> tuple[npt.NDArray[np.uint8], int]:
@@ -283,15 +294,28 @@ class CaptureReader:
                 yield from self._pcap_blocks(fh)
             else:
                 yield from self._pcapng_blocks(fh)
-        damage = self.stats.damage
-        if damage is not None:
-            if self.strict:
-                raise CaptureError(damage.message(self.path))
+        if self.strict and self.stats.damage is not None:
+            raise CaptureError(self.stats.damage.message(self.path))
+        for damage in self.stats.damages:
             log.warning("%s", damage.message(self.path))
 
-    def _damaged(self, exc: _Damaged) -> None:
-        """Reading stops at ``exc``: remember where, after the records read so far."""
-        self.stats.damage = Damage(exc.offset, exc.problem, self.stats.frames, max(self._size - exc.offset, 0))
+    def _damaged(self, exc: _Damaged, find_next: Callable[[int], int | None]) -> int | None:
+        """``exc`` stopped the walk: find the next plausible record after it (``find_next``, not when
+        strict: the damage is an error then), record the damage; return where to read on (None: stop)."""
+        resume = None
+        if not self.strict and len(self.stats.damages) < MAX_DAMAGES:
+            resume = find_next(exc.offset + 1)
+        end = self._size if resume is None else resume
+        self._add_damage(Damage(exc.offset, exc.problem, self.stats.frames, max(end - exc.offset, 0),
+                                resumed_at=-1 if resume is None else resume))  # fmt: skip
+        if resume is not None:
+            self.stats.skipped_bytes += resume - exc.offset
+        return resume
+
+    def _add_damage(self, damage: Damage) -> None:
+        self.stats.damages.append(damage)
+        if self.stats.damage is None:
+            self.stats.damage = damage
 
     def _cut_tail(self, chunks: _Chunks) -> None:
         """The file ends inside a record: count its bytes (``truncated_tail``) and report it as damage."""
@@ -299,7 +323,7 @@ class CaptureReader:
         if chunks.carry_len:
             at = chunks.file_pos
             problem = f"last record cut short at offset {at}: the file ends {chunks.carry_len} bytes into it"
-            self.stats.damage = Damage(at, problem, self.stats.frames, chunks.carry_len, truncated=True)
+            self._add_damage(Damage(at, problem, self.stats.frames, chunks.carry_len, truncated=True))
 
     # --- pcap -------------------------------------------------------------------------------
 
@@ -309,8 +333,23 @@ class CaptureReader:
         _major, _minor, _zone, _sigfigs, snaplen, linktype = struct.unpack(endian + "HHiIII", head[4:24])
         iface = Interface(0, linktype & 0x0FFFFFFF, snaplen, "", 1_000_000_000 // ns_per_unit)
         self.interfaces = [iface]
-        interfaces = (iface,)
-        chunks = _Chunks(fh, 24, self.chunk_bytes, self._kernel is not None and self.map_file)
+        self._last_s: int | None = None  # seconds of the last good record (resync looks near it)
+
+        def find_next(start: int) -> int | None:
+            return resync.next_pcap_record(fh, start, endian, snaplen, 1_000_000_000 // ns_per_unit,
+                                           self._last_s, MAX_RECORD_BYTES)  # fmt: skip
+
+        start: int | None = 24
+        while start is not None:
+            damaged = yield from self._pcap_run(fh, start, endian, ns_per_unit, (iface,))
+            start = None if damaged is None else self._damaged(damaged, find_next)
+
+    def _pcap_run(
+        self, fh: BinaryIO, start: int, endian: str, ns_per_unit: int, interfaces: tuple[Interface, ...]
+    ) -> Generator[RawBlock, None, _Damaged | None]:
+        """Yield the records from ``start`` on, up to the end of the file or the damage (returned)."""
+        fh.seek(start)  # the reads go on from here (a scan for the next record moved the file position)
+        chunks = _Chunks(fh, start, self.chunk_bytes, self._kernel is not None and self.map_file)
         while (chunk := chunks.next()) is not None:
             data, size = chunk
             file_pos = chunks.file_pos
@@ -320,13 +359,16 @@ class CaptureReader:
                     yield block
             else:
                 offs, end, damaged = self._walk_pcap(data, size, endian, file_pos)
-                if offs:
-                    yield self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos)
+                block = self._pcap_block(data, offs, endian, ns_per_unit, interfaces, file_pos) if offs else None
+                if block is not None:
+                    yield block
+            if block is not None:
+                self._last_s = int(block.ts_ns[-1]) // 1_000_000_000
             if damaged is not None:
-                self._damaged(damaged)
-                return
+                return damaged
             chunks.consumed(data, size, end)
         self._cut_tail(chunks)
+        return None
 
     def _walk_pcap(
         self, data: npt.NDArray[np.uint8], n: int, endian: str, file_pos: int
@@ -413,7 +455,20 @@ class CaptureReader:
         self._endian = "<"
         self._block_head: Callable[..., tuple[Any, ...]] = struct.Struct("<II").unpack_from
         self._section_base = 0
-        chunks = _Chunks(fh, 0, self.chunk_bytes, self._kernel is not None and self.map_file)
+
+        def find_next(start: int) -> int | None:
+            return resync.next_pcapng_block(fh, start, self._endian, MAX_BLOCK_BYTES)
+
+        start: int | None = 0
+        while start is not None:
+            damaged = yield from self._pcapng_run(fh, start)
+            start = None if damaged is None else self._damaged(damaged, find_next)
+
+    def _pcapng_run(self, fh: BinaryIO, start: int) -> Generator[RawBlock, None, _Damaged | None]:
+        """Yield the frames of the blocks from ``start`` on, up to the end of the file or the damage
+        (returned)."""
+        fh.seek(start)  # the reads go on from here (a scan for the next record moved the file position)
+        chunks = _Chunks(fh, start, self.chunk_bytes, self._kernel is not None and self.map_file)
         while (chunk := chunks.next()) is not None:
             data, size = chunk
             file_pos = chunks.file_pos
@@ -428,10 +483,10 @@ class CaptureReader:
                     yield block
                 damaged = bad_frame or damaged  # a bad packet block comes before where the walk stopped
             if damaged is not None:
-                self._damaged(damaged)
-                return
+                return damaged
             chunks.consumed(data, size, end)
         self._cut_tail(chunks)
+        return None
 
     def _walk_pcapng(
         self, data: npt.NDArray[np.uint8], n: int, file_pos: int
@@ -549,26 +604,44 @@ class CaptureReader:
         base: I64, big: npt.NDArray[Any], file_pos: int,
     ) -> tuple[RawBlock | None, _Damaged | None]:  # fmt: skip
         """Frame columns of the packet blocks starting at ``starts`` (block types ``btype``, section bases
-        ``base``, byte orders ``big``: 1 for a big-endian section), up to the first damaged one (returned)."""
+        ``base``, byte orders ``big``: 1 for a big-endian section). A damaged one (an undeclared interface,
+        a captured length beyond its block) is skipped and counted: its block length is sound (the walk
+        went past it), so the next block is where reading goes on. When strict, or past ``MAX_DAMAGES``,
+        the block ends before it and the damage is returned (reading stops there)."""
+        keep = np.ones(len(starts), bool)
+        while (sel := np.flatnonzero(keep)).size:
+            try:
+                return self._pcapng_frames(data, starts[sel], btype[sel], base[sel], big[sel], file_pos), None
+            except _Damaged as exc:
+                bad = int(sel[np.searchsorted(starts[sel], exc.offset - file_pos)])
+                if self.strict or len(self.stats.damages) >= MAX_DAMAGES:
+                    keep[bad:] = False
+                    sel = np.flatnonzero(keep)
+                    block = self._pcapng_frames(data, starts[sel], btype[sel], base[sel], big[sel], file_pos)
+                    return (block if len(sel) else None), exc
+                blen = struct.unpack_from(">I" if big[bad] else "<I", data.data, int(starts[bad]) + 4)[0]
+                before = self.stats.frames + int(keep[:bad].sum())
+                self._add_damage(Damage(exc.offset, exc.problem, before, blen, resumed_at=exc.offset + blen))
+                self.stats.skipped_bytes += blen
+                keep[bad] = False
+        return None, None
+
+    def _pcapng_frames(
+        self, data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
+        base: I64, big: npt.NDArray[Any], file_pos: int,
+    ) -> RawBlock:  # fmt: skip
+        """The frames of well-formed packet blocks; ``_Damaged`` at the first that is not."""
         buf = _padded(data)
+        if not self.interfaces:
+            at = file_pos + int(starts[0])
+            raise _Damaged(at, f"packet block names an undeclared interface at offset {at}")
         columns = self._pcapng_columns_native if self._kernel is not None else self._pcapng_columns
-        try:
-            if not self.interfaces:
-                at = file_pos + int(starts[0])
-                raise _Damaged(at, f"packet block names an undeclared interface at offset {at}")
-            offset, caplen, origlen, iface, raw_ts = columns(buf, starts, btype, base, big, file_pos)
-        except _Damaged as exc:
-            keep = starts < exc.offset - file_pos
-            if not keep.any():
-                return None, exc
-            block, _ = self._pcapng_block(data, starts[keep], btype[keep], base[keep], big[keep], file_pos)
-            return block, exc
+        offset, caplen, origlen, iface, raw_ts = columns(buf, starts, btype, base, big, file_pos)
         ts_ns = self._pcapng_times(raw_ts, iface)
         self.stats.frames += len(starts)
         self.stats.bytes += int(caplen.sum())
-        block = RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
-                         iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
-        return block, None
+        return RawBlock(buf, offset, caplen.astype(np.uint32), origlen.astype(np.uint32), ts_ns,
+                        iface.astype(np.uint16), tuple(self.interfaces), file_pos)  # fmt: skip
 
     def _pcapng_columns(
         self, buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],

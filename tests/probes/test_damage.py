@@ -1,8 +1,9 @@
 """Damaged captures lose nothing before the damage: crafted pcap and pcapng files with a corrupt record or
-block in the middle, a huge pcap ``incl_len``, a last record cut short and garbage after a valid section,
-read by the C walks and by their reference twins (``HOPSCOPE_NATIVE=0``). Every record before the damage
-is yielded, one warning line names the file, the byte offset and the problem; ``strict`` makes it a
-``CaptureError`` (exit status 4 on the command line) after the same records."""
+block in the middle, a huge pcap ``incl_len``, a last record cut short, garbage between blocks and after
+a valid section, read by the C walks and by their reference twins (``HOPSCOPE_NATIVE=0``). Every record
+before the damage is yielded, reading resumes at the next plausible record (what was skipped is counted),
+one warning line names the file, the byte offset and the problem; ``strict`` makes it a ``CaptureError``
+(exit status 4 on the command line) after the records before it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -74,36 +76,53 @@ def read(path: Path, native: bool, monkeypatch: pytest.MonkeyPatch, strict: bool
     return reader, frames, error
 
 
-def damaged_files() -> dict[str, tuple[bytes, int, int, str]]:
-    """name -> (file bytes, records before the damage, byte offset of the damage, problem text)."""
+class Case(NamedTuple):
+    data: bytes
+    frames: list[int]  # the frames read, in order (frame(i) for i in frames)
+    before: int  # records before the (first) damage
+    offset: int  # byte offset of the (first) damage
+    problem: str  # in its message
+    resumed_at: int = -1  # where reading went on after it (-1: it did not)
+
+
+def damaged_files() -> dict[str, Case]:
     good = [pcap_record(i) for i in range(40)]
     at = PCAP_HEAD + sum(map(len, good[:25]))
-    huge = struct.pack("<IIII", 1, 0, 0xFFFFFFF0, 60) + frame(99)
+    huge = struct.pack("<IIII", 1_700_000_025, 0, 0xFFFFFFF0, 60) + frame(99)
     ng_good = [ng_epb(i) for i in range(40)]
     ng_at = len(ng_head()) + sum(map(len, ng_good[:25]))
     bad_len = struct.pack("<II", 6, 1 << 24) + ng_good[25][8:]  # block total length 16 MiB
     odd_len = struct.pack("<II", 6, 45) + ng_good[25][8:]  # not a multiple of 4
-    garbage = bytes(range(0x80, 0xC0))  # after the last good block: type 0x83828180, length 0x87868584
+    garbage = bytes(range(0x80, 0xC1))  # 65 bytes: type 0x83828180, length 0x87868584, and off alignment
     cut = pcap_file(good)[:-7]
-    ng_cut = ng_head() + b"".join(ng_good)
-    ng_cut = ng_cut[:-9]
+    ng_cut = (ng_head() + b"".join(ng_good))[:-9]
+    ng_mid = len(ng_head()) + sum(map(len, ng_good[:20]))
+    all_ = list(range(40))
     return {
-        "pcap huge incl_len mid-file": (pcap_file([*good[:25], huge, *good[25:]]), 25, at,
-                                        f"corrupt pcap record at offset {at}: captured length 4294967280"),
-        "pcap garbage after the records": (pcap_file(good) + b"\xff" * 40, 40, PCAP_HEAD + sum(map(len, good)),
-                                           "corrupt pcap record at offset"),
-        "pcap last record cut short": (cut, 39, PCAP_HEAD + sum(map(len, good[:39])),
-                                       f"last record cut short at offset {PCAP_HEAD + sum(map(len, good[:39]))}: "
-                                       f"the file ends {len(good[39]) - 7} bytes into it"),
-        "pcapng bad block length mid-file": (ng_head() + b"".join([*ng_good[:25], bad_len, *ng_good[26:]]), 25, ng_at,
-                                             f"corrupt pcapng block at offset {ng_at}: type 0x6, length 16777216"),
-        "pcapng odd block length mid-file": (ng_head() + b"".join([*ng_good[:25], odd_len, *ng_good[26:]]), 25, ng_at,
-                                             f"corrupt pcapng block at offset {ng_at}: type 0x6, length 45"),
-        "pcapng garbage after a valid section": (ng_head() + b"".join(ng_good) + garbage, 40,
-                                                 len(ng_head()) + sum(map(len, ng_good)),
-                                                 "corrupt pcapng block at offset"),
-        "pcapng last block cut short": (ng_cut, 39, len(ng_head()) + sum(map(len, ng_good[:39])),
-                                        "last record cut short at offset"),
+        "pcap huge incl_len mid-file": Case(pcap_file([*good[:25], huge, *good[25:]]), all_, 25, at,
+                                            f"corrupt pcap record at offset {at}: captured length 4294967280",
+                                            at + len(huge)),
+        "pcap garbage after the records": Case(pcap_file(good) + b"\xff" * 40, all_, 40,
+                                               PCAP_HEAD + sum(map(len, good)), "corrupt pcap record at offset"),
+        "pcap last record cut short": Case(cut, all_[:39], 39, PCAP_HEAD + sum(map(len, good[:39])),
+                                           f"last record cut short at offset {PCAP_HEAD + sum(map(len, good[:39]))}: "
+                                           f"the file ends {len(good[39]) - 7} bytes into it"),
+        "pcapng bad block length mid-file": Case(ng_head() + b"".join([*ng_good[:25], bad_len, *ng_good[26:]]),
+                                                 [*all_[:25], *all_[26:]], 25, ng_at,
+                                                 f"corrupt pcapng block at offset {ng_at}: type 0x6, length 16777216",
+                                                 ng_at + len(ng_good[25])),
+        "pcapng odd block length mid-file": Case(ng_head() + b"".join([*ng_good[:25], odd_len, *ng_good[26:]]),
+                                                 [*all_[:25], *all_[26:]], 25, ng_at,
+                                                 f"corrupt pcapng block at offset {ng_at}: type 0x6, length 45",
+                                                 ng_at + len(ng_good[25])),
+        "pcapng garbage between blocks": Case(ng_head() + b"".join(ng_good[:20]) + garbage + b"".join(ng_good[20:]),
+                                              all_, 20, ng_mid, f"corrupt pcapng block at offset {ng_mid}",
+                                              ng_mid + len(garbage)),
+        "pcapng garbage after a valid section": Case(ng_head() + b"".join(ng_good) + garbage, all_, 40,
+                                                     len(ng_head()) + sum(map(len, ng_good)),
+                                                     "corrupt pcapng block at offset"),
+        "pcapng last block cut short": Case(ng_cut, all_[:39], 39, len(ng_head()) + sum(map(len, ng_good[:39])),
+                                            "last record cut short at offset"),
     }  # fmt: skip
 
 
@@ -112,56 +131,61 @@ FILES = damaged_files()
 
 @pytest.mark.parametrize("native", [True, False], ids=["c", "reference"])
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_records_before_the_damage_are_kept_with_one_warning(
+def test_records_around_the_damage_are_kept_with_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, native: bool
 ) -> None:
-    data, kept, offset, problem = FILES[name]
+    case = FILES[name]
     path = tmp_path / ("x.pcapng" if name.startswith("pcapng") else "x.pcap")
-    path.write_bytes(data)
+    path.write_bytes(case.data)
     with caplog.at_level(logging.WARNING, logger="hopscope.probes.readers"):
         reader, frames, error = read(path, native, monkeypatch)
     assert error == ""
-    assert frames == [frame(i) for i in range(kept)]  # every record before the damage, in order
-    damage = reader.stats.damage
-    assert damage is not None and damage.offset == offset and damage.records_before == kept
-    assert damage.bytes_after == len(data) - offset
+    assert frames == [frame(i) for i in case.frames]  # every record before the damage (and after, if resumed)
+    (damage,) = reader.stats.damages
+    assert damage == reader.stats.damage and damage.offset == case.offset and damage.records_before == case.before
+    assert damage.resumed_at == case.resumed_at
+    end = len(case.data) if case.resumed_at < 0 else case.resumed_at
+    assert damage.bytes_after == end - case.offset
+    assert reader.stats.skipped_bytes == max(case.resumed_at - case.offset, 0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert warnings[0].startswith(f"{path}: ") and f"offset {offset}" in warnings[0] and problem in warnings[0]
-    assert f"kept the {kept} records before it" in warnings[0] and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"{path}: ") and f"offset {case.offset}" in warnings[0]
+    assert case.problem in warnings[0]
+    assert f"kept the {case.before} records before it" in warnings[0] and "\n" not in warnings[0]
+    if case.resumed_at >= 0:
+        assert f"skipped {case.resumed_at - case.offset} bytes to the next plausible record at offset " \
+               f"{case.resumed_at} and read on" in warnings[0]  # fmt: skip
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["c", "reference"])
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_strict_makes_the_damage_an_error_after_the_same_records(
+def test_strict_makes_the_damage_an_error_after_the_records_before_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, native: bool
 ) -> None:
-    data, kept, offset, problem = FILES[name]
+    case = FILES[name]
     path = tmp_path / ("x.pcapng" if name.startswith("pcapng") else "x.pcap")
-    path.write_bytes(data)
+    path.write_bytes(case.data)
     _, frames, error = read(path, native, monkeypatch, strict=True)
-    assert frames == [frame(i) for i in range(kept)]
-    assert error.startswith(f"{path}: ") and problem in error and f"offset {offset}" in error
+    assert frames == [frame(i) for i in case.frames[: case.before]]  # strict reads nothing past the damage
+    assert error.startswith(f"{path}: ") and case.problem in error and f"offset {case.offset}" in error
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["c", "reference"])
-def test_damage_after_many_chunks_keeps_every_earlier_chunk_and_its_own_records(
+def test_damage_after_many_chunks_keeps_every_earlier_chunk_and_reads_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    """The damage lies in the fifth 64 KiB chunk: the four before it and its records before it all come out."""
+    """Two damaged headers, the first in the fifth 64 KiB chunk: every good record comes out."""
     good = [pcap_record(i) for i in range(3000)]
+    bad = struct.pack("<IIII", 1_700_000_000, 0, 1 << 30, 60)
     path = tmp_path / "long.pcap"
-    path.write_bytes(pcap_file([*good[:2900], pcap_record(0, b"")[:8] + struct.pack("<II", 1 << 30, 60), *good[2900:]]))
+    path.write_bytes(pcap_file([*good[:2900], bad, *good[2900:2950], bad, *good[2950:]]))
     reader, frames, error = read(path, native, monkeypatch)
-    assert error == "" and frames == [frame(i) for i in range(2900)]
-    assert reader.stats.damage is not None and reader.stats.damage.offset == PCAP_HEAD + sum(map(len, good[:2900]))
-
-
-def test_a_whole_file_reads_without_damage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "ok.pcap"
-    path.write_bytes(pcap_file([pcap_record(i) for i in range(10)]))
-    reader, frames, error = read(path, True, monkeypatch, strict=True)
-    assert error == "" and len(frames) == 10 and reader.stats.damage is None
+    assert error == "" and frames == [frame(i) for i in range(3000)]
+    first = PCAP_HEAD + sum(map(len, good[:2900]))
+    second = first + 16 + sum(map(len, good[2900:2950]))
+    assert [(d.offset, d.records_before, d.resumed_at) for d in reader.stats.damages] == [
+        (first, 2900, first + 16), (second, 2950, second + 16)]
+    assert reader.stats.skipped_bytes == 32
 
 
 # --- on the command line ---------------------------------------------------------------------------
@@ -174,13 +198,14 @@ def hopscope(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_flows_prints_the_flows_before_the_damage_and_warns(tmp_path: Path) -> None:
-    data, kept, offset, _ = FILES["pcap huge incl_len mid-file"]
+    case = FILES["pcap huge incl_len mid-file"]
     path = tmp_path / "mid.pcap"
-    path.write_bytes(data)
+    path.write_bytes(case.data)
+    offset, kept = case.offset, case.before
     out = hopscope("flows", str(path))
     assert out.returncode == 0, out.stderr
     flows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert sum(f["orig_pkts"] for f in flows) == kept  # one UDP flow per frame, all before the damage
+    assert sum(f["orig_pkts"] for f in flows) == len(case.frames)  # one UDP flow per frame, before and after
     warning = [line for line in out.stderr.splitlines() if "WARNING hopscope.probes.readers" in line]
     assert len(warning) == 1 and f"{path}: corrupt pcap record at offset {offset}" in warning[0]
     strict = hopscope("flows", "--strict", str(path))
@@ -192,8 +217,9 @@ def test_flows_prints_the_flows_before_the_damage_and_warns(tmp_path: Path) -> N
 def test_analyze_reads_the_other_points_past_a_damaged_one(tmp_path: Path) -> None:
     good, damaged, unreadable = tmp_path / "a.pcap", tmp_path / "b.pcapng", tmp_path / "c.pcap"
     good.write_bytes(pcap_file([pcap_record(i) for i in range(30)]))
-    data, _, offset, _ = FILES["pcapng bad block length mid-file"]
-    damaged.write_bytes(data)
+    case = FILES["pcapng bad block length mid-file"]
+    damaged.write_bytes(case.data)
+    offset = case.offset
     unreadable.write_bytes(b"not a capture at all")
     out = hopscope("analyze", "--no-store", "--format", "json", str(good), str(damaged), str(unreadable))
     assert out.returncode == 0, out.stderr

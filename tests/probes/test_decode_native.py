@@ -261,8 +261,9 @@ def test_pcapng_block_kinds_and_damage(monkeypatch: pytest.MonkeyPatch, tmp_path
         _pcapng_section(endian, _pcapng_blocks(endian, damage)) + _pcapng_section(other, _pcapng_blocks(other, "none"))
     )
     frames = compare_file(monkeypatch, path)
-    # the packet blocks before the first damaged one are kept (EPB, SPB, PB, EPB repeat), reading stops there
-    kept = {"undeclared_epb": 0, "undeclared_pb": 2, "epb_caplen": 0, "short_epb": 3}
+    # a damaged packet block is skipped, every other one kept: of the first section's 50 times EPB, SPB,
+    # PB, EPB, the bad EPBs (100) or the bad PB or short EPB (50) are missing
+    kept = {"undeclared_epb": 300, "undeclared_pb": 350, "epb_caplen": 300, "short_epb": 350}
     assert frames == kept.get(damage, 400)
 
 

@@ -142,7 +142,11 @@ def test_corrupt_pcapng_block_length(tmp_path: Path) -> None:
     bad = data[:28] + struct.pack("<II", 6, 7) + data[36:]  # block total length 7 (not a multiple of 4)
     path = tmp_path / "bad.pcapng"
     path.write_bytes(bad)
-    assert read_all(path) == []
+    reader = open_capture(path)
+    blocks = list(reader.blocks())  # the first interface is lost: reading resumes at the second one
+    assert reader.stats.damage is not None and reader.stats.damage.offset == 28
+    assert reader.stats.damage.resumed_at == 68 and [i.name for i in reader.interfaces] == ["any"]
+    assert FRAME_B in [b.frame(i) for b in blocks for i in range(b.count)]
     with pytest.raises(CaptureError, match="corrupt pcapng block at offset 28"):
         list(open_capture(path, strict=True).blocks())
 
