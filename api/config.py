@@ -29,12 +29,15 @@ class ApiSettings:
     #: Rolling packet store directories (agents' and probes' ``packets`` stores) whose packets the pcap
     #: routes serve besides those the store's ``packet_index`` names.
     packet_stores: tuple[str, ...] = ()
+    #: Most packets one pcap or packets answer reads (each hop's whole flow is read to find its
+    #: request's exchange); a trace beyond is 413.
+    max_packets: int = 200_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_limit <= LIMIT_CEILING:
             raise ConfigError(f"max_limit must be in 1..{LIMIT_CEILING}, not {self.max_limit}")
-        if self.max_heavy_queries < 1 or self.retry_after_s < 1:
-            raise ConfigError("max_heavy_queries and retry_after_s must be at least 1")
+        if self.max_heavy_queries < 1 or self.retry_after_s < 1 or self.max_packets < 1:
+            raise ConfigError("max_heavy_queries, retry_after_s and max_packets must be at least 1")
         for name in self.allowed_hosts:
             if not valid_host_name(name):
                 raise ConfigError(f"allowed host {name!r} is not a host name or address (no port, no scheme)")

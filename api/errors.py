@@ -11,6 +11,7 @@ Validation errors add ``details``: FastAPI's list of what was wrong, where.
 | ``invalid_request`` | 422 | a query or path parameter is malformed or out of range |
 | ``not_found`` | 404 | no such trace, no packets of it available (``routes/packets.py`` says why), or no such route |
 | ``method_not_allowed`` | 405 | the route exists for another method |
+| ``too_large`` | 413 | a trace's flows hold more packets than the server reads for one answer |
 | ``busy`` | 429 | too many heavy queries are running; retry after ``Retry-After`` seconds |
 | ``store_error`` | 502 | the store rejected the query |
 | ``store_unavailable`` | 503 | the store cannot be reached |
@@ -42,6 +43,7 @@ CODES: dict[int, str] = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    413: "too_large",
     422: "invalid_request",
     429: "busy",
     502: "store_error",

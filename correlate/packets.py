@@ -33,6 +33,10 @@ class TraceNotFound(HopscopeError):
     """No such trace, or no hop of it at the point asked for."""
 
 
+class TooManyPackets(HopscopeError):
+    """A trace's flows hold more packets than the caller reads for one answer."""
+
+
 class PacketSource(Protocol):
     """Where packet index rows come from: a store, a rolling packet store."""
 
@@ -73,10 +77,13 @@ class TracePackets:
 
 
 def trace_packets(
-    store: TraceStore, trace_id: str, point: str | None = None, sources: Sequence[PacketSource] = ()
-) -> TracePackets:
+    store: TraceStore, trace_id: str, point: str | None = None, sources: Sequence[PacketSource] = (),
+    max_packets: int | None = None,
+) -> TracePackets:  # fmt: skip
     """The packets of every hop of ``trace_id`` (or of its hops at ``point``); ``TraceNotFound`` or
-    ``PacketsUnavailable`` with a message saying what is missing."""
+    ``PacketsUnavailable`` with a message saying what is missing. ``max_packets``: the most packets
+    read (a hop's whole flow is read to find its exchange); more is ``TooManyPackets``, before any
+    file is opened."""
     trace, spans = store.get_trace(trace_id)
     if trace is None and not spans:
         raise TraceNotFound(f"no trace {trace_id}")
@@ -84,25 +91,34 @@ def trace_packets(
     if not hops:
         known = ", ".join(dict.fromkeys(s.point for s in spans)) or "none"
         raise TraceNotFound(f"trace {trace_id} has no hop at point {point!r} (its points: {known})")
+    rows = [index_rows(store, span, sources) for span in hops]
+    total = sum(r.pkts for hop_rows in rows for r in hop_rows)
+    if max_packets is not None and total > max_packets:
+        raise TooManyPackets(f"the flows of trace {trace_id}{f' at point {point}' if point else ''} hold {total} "
+                             f"packets, more than this server reads for one answer ({max_packets}): ask for one "
+                             "point (?point=NAME), or use hopscope pcap")  # fmt: skip
     by_point: dict[str, PointPackets] = {}
-    for span in hops:
-        packets = span_packets(store, span, sources)
+    for span, hop_rows in zip(hops, rows, strict=True):
         held = by_point.setdefault(span.point, PointPackets(span.point, span.hop_kind, []))
-        held.packets.extend(packets)
+        held.packets.extend(span_packets(store, span, hop_rows))
     for held in by_point.values():
         held.packets.sort(key=lambda p: p.ts_ns)
     return TracePackets(trace_id, list(by_point.values()))
 
 
-def span_packets(store: TraceStore, span: Span, sources: Sequence[PacketSource] = ()) -> list[Packet]:
-    """The packets of one hop: its request's exchange on its flow, or the whole flow of an L4 span."""
+def index_rows(store: TraceStore, span: Span, sources: Sequence[PacketSource] = ()) -> list[PacketIndex]:
+    """Where the packets of ``span``'s flow lie, from the store and ``sources`` (each file once)."""
     rows = [r for source in (store, *sources) for r in source.packet_index(span.point, [span.flow_id])]
     if not rows:
         raise PacketsUnavailable(
             f"no packets of flow {span.flow_id} at point {span.point} are indexed: its capture was analysed "
             "before packets were indexed, or captured live without a packet store"
         )
-    rows = list({(r.file, r.start_ns, r.linktype): r for r in rows}.values())  # the same file from two sources
+    return list({(r.file, r.start_ns, r.linktype): r for r in rows}.values())  # a file named by two sources
+
+
+def span_packets(store: TraceStore, span: Span, rows: Sequence[PacketIndex]) -> list[Packet]:
+    """The packets of one hop: its request's exchange on its flow, or the whole flow of an L4 span."""
     try:
         packets = flow_packets(rows, Endpoints(span.orig_h, span.orig_p, span.resp_h, span.resp_p))
     except PacketsUnavailable as exc:

@@ -7,7 +7,9 @@ packets of each hop are its request's exchange on its connection, or the whole f
 ``packet_index`` rows name, and from the rolling packet stores this server was given
 (``ApiSettings.packet_stores``). 404 when the trace or the point is unknown, and when the packets are
 not available: never indexed, the capture file moved or deleted, or dropped by a rolling store once it
-passed its size or age limit; the message says which.
+passed its size or age limit; the message says which. 413 when the flows to read hold more packets
+than ``ApiSettings.max_packets`` (``serve --max-packets``): each hop's whole flow is read to find its
+request's exchange, so one answer's cost is bounded by that.
 
 The pcapng has one interface per capture point (and link type), named after the point (``if_name``),
 nanosecond timestamps, packets in time order. In the JSON, ``ts_ns`` is a decimal string as every ns
@@ -26,7 +28,7 @@ from pydantic import BaseModel, Field
 from hopscope.api.auth import PCAP_READ_SCOPE
 from hopscope.api.deps import HEAVY, SettingsDep, StoreDep
 from hopscope.api.errors import COMMON_RESPONSES, ErrorOut
-from hopscope.correlate.packets import PacketSource, TraceNotFound, TracePackets, trace_packets
+from hopscope.correlate.packets import PacketSource, TooManyPackets, TraceNotFound, TracePackets, trace_packets
 from hopscope.probes.packet_index import PacketsUnavailable
 
 router = APIRouter(
@@ -39,6 +41,8 @@ NOT_AVAILABLE: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "not_found: no such trace, no hop at that point, or its packets are "
           "not available (never indexed, capture file moved or deleted, or dropped by a rolling packet store "
           "past its size or age limit)"},
+    413: {"model": ErrorOut, "description": "too_large: the trace's flows hold more packets than the server's "
+          "max_packets; ask for one point"},
 }  # fmt: skip
 
 TraceIdPath = Annotated[str, Path(pattern=TRACE_ID, description="32 lower-case hex digits")]
@@ -82,22 +86,29 @@ def packet_sources(settings: SettingsDep) -> list[PacketSource]:
 SourcesDep = Annotated[list[PacketSource], Depends(packet_sources)]
 
 
-def _packets(store: StoreDep, sources: list[PacketSource], trace_id: str, point: str | None) -> TracePackets:
+def _packets(
+    store: StoreDep, settings: SettingsDep, sources: list[PacketSource], trace_id: str, point: str | None
+) -> TracePackets:
+    point = point.strip() if point and point.strip() else None
     try:
-        return trace_packets(store, trace_id, point.strip() if point and point.strip() else None, sources)
+        return trace_packets(store, trace_id, point, sources, settings.max_packets)
     except (TraceNotFound, PacketsUnavailable) as exc:
         raise HTTPException(404, str(exc)) from exc
+    except TooManyPackets as exc:
+        raise HTTPException(413, str(exc)) from exc
 
 
 @router.get(
     "/{trace_id}/pcap", response_class=Response, dependencies=[HEAVY],
     responses={200: {"content": {PCAPNG_TYPE: {}}, "description": "the trace's packets as pcapng"}, **NOT_AVAILABLE},
 )  # fmt: skip
-def get_pcap(store: StoreDep, sources: SourcesDep, trace_id: TraceIdPath, point: PointQuery = None) -> Response:
+def get_pcap(
+    store: StoreDep, settings: SettingsDep, sources: SourcesDep, trace_id: TraceIdPath, point: PointQuery = None
+) -> Response:
     """The trace's packets (all hops, or one point's) as a pcapng file, one interface per point."""
     from hopscope.probes.packet_slice import write_pcapng
 
-    found = _packets(store, sources, trace_id, point)
+    found = _packets(store, settings, sources, trace_id, point)
     out = io.BytesIO()
     write_pcapng(out, [(p.point, p.packets) for p in found.points])
     name = f"{trace_id}{'-' + found.points[0].point if point and found.points else ''}.pcapng"
@@ -106,9 +117,11 @@ def get_pcap(store: StoreDep, sources: SourcesDep, trace_id: TraceIdPath, point:
 
 
 @router.get("/{trace_id}/packets", response_model=PacketsOut, dependencies=[HEAVY], responses=NOT_AVAILABLE)
-def get_packets(store: StoreDep, sources: SourcesDep, trace_id: TraceIdPath, point: PointQuery = None) -> PacketsOut:
+def get_packets(
+    store: StoreDep, settings: SettingsDep, sources: SourcesDep, trace_id: TraceIdPath, point: PointQuery = None
+) -> PacketsOut:
     """The same packets as JSON, per point in hop order, each point's in time order."""
-    return PacketsOut.model_validate(_packets(store, sources, trace_id, point).as_json())
+    return PacketsOut.model_validate(_packets(store, settings, sources, trace_id, point).as_json())
 
 
 def _safe(name: str) -> str:

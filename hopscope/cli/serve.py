@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--packet-store", action="append", default=[], metavar="DIR",
                         help="a rolling packet store directory of live probes or agents whose packets the pcap "
                         "routes serve, besides those the store's packet index names (repeatable)")
+    parser.add_argument("--max-packets", type=lambda t: int(positive(t)), default=200_000, metavar="N",
+                        help="most packets one pcap or packets answer reads; a trace beyond is 413 (default 200000)")
     parser.add_argument("--store-connections", type=lambda t: int(positive(t)), metavar="N",
                         help=f"store connections, one per running query (default: max heavy queries + "
                         f"{LOOKUP_CONNECTIONS})")
@@ -239,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=allowed_hosts(args.host, args.allowed_host),
         max_heavy_queries=args.max_heavy_queries,
         packet_stores=tuple(args.packet_store),
+        max_packets=args.max_packets,
     )
     inventory = load_inventory(args.inventory) if args.inventory else None
     store, tenant_stores = open_stores(args, access)

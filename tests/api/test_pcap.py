@@ -239,3 +239,20 @@ def test_the_routes_need_pcap_read(store: SqlStore, analysis: Analysis, tmp_path
         assert refused.status_code == 403 and "lacks the scope pcap:read" in refused.json()["error"]["message"]
         assert client.get(path, headers={"Authorization": f"Bearer {pcap}"}).status_code == 200
     assert client.get(f"/api/v1/traces/{trace_id}", headers={"Authorization": f"Bearer {pcap}"}).status_code == 403
+
+
+def test_a_trace_beyond_the_servers_packet_limit_is_413(store: SqlStore, analysis: Analysis) -> None:
+    from hopscope.api.app import create_app
+    from hopscope.api.config import ApiSettings
+
+    _store_all(store, analysis)
+    trace_id = _pick(analysis)["first"]
+    point = _spans(analysis, trace_id)[0].point
+    flow = next(r for r in analysis.packet_index.records() if r.point == point  # type: ignore[union-attr]
+                and r.flow_id == _spans(analysis, trace_id)[0].flow_id)  # fmt: skip
+    client = TestClient(create_app(store, ApiSettings(max_packets=flow.pkts)), base_url="http://127.0.0.1")
+    r = client.get(f"/api/v1/traces/{trace_id}/packets")
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert f"more than this server reads for one answer ({flow.pkts})" in r.json()["error"]["message"]
+    assert client.get(f"/api/v1/traces/{trace_id}/pcap").status_code == 413
+    assert client.get(f"/api/v1/traces/{trace_id}/packets", params={"point": point}).status_code == 200
