@@ -107,6 +107,11 @@ CASES = [
                      UDP(sport=49152, dport=4789, chksum=BAD) / VXLAN(vni=9) / Ether() /
                      IP(src=C, dst=S) / TCP(sport=40000, dport=80, flags="S")],
      [("192.0.2.1", "192.0.2.2", 17, "OTH", "C", 0, 0, 0, 0)]),
+    # over IPv6 a zero UDP checksum is bad, except on a VXLAN datagram to port 4789 (accepted)
+    ("vxlan-v6-zero", [Ether(src=MAC_A, dst=MAC_B) / IPv6(src="2001:db8::a", dst="2001:db8::b") /
+                       UDP(sport=49152, dport=4789, chksum=0) / VXLAN(vni=9) / Ether() /
+                       IP(src=C, dst=S) / TCP(sport=40000, dport=80, flags="S")],
+     [("2001:db8::a", "2001:db8::b", 17, "S0", "D", 1, 0, 62, 0), (C, S, 6, "S0", "S", 1, 0, 0, 0)]),
 ]  # fmt: skip
 
 
@@ -155,3 +160,18 @@ def test_numpy_and_c_validators_agree() -> None:
             compared += len(rows)
             bad += int(np.count_nonzero(want))
     assert compared > 1000 and bad > 0
+
+
+def test_flows_command_validates_unless_told_not_to(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hopscope flows`` validates as Zeek does by default; ``-C`` (Zeek's flag) turns it off."""
+    import json
+
+    from hopscope.cli import main
+
+    path = tmp_path / "bad.pcap"
+    wrpcap(str(path), [_tcp(True, "S", 1000, chksum=BAD)])
+    histories = []
+    for args in (["flows", str(path)], ["flows", "-C", str(path)]):
+        assert main(args) == 0
+        histories.append([json.loads(line)["history"] for line in capsys.readouterr().out.splitlines()])
+    assert histories == [["C"], ["S"]]
