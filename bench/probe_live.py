@@ -1,7 +1,7 @@
 """Live probe throughput at rising packet rates: `hopscope probe` (and tcpdump) on a flood between two namespaces.
 
 Run (root): .venv/bin/python bench/probe_live.py [--rates 400000,600000,800000,1000000,0] [--seconds 5]
-            [--frames 1000000] [--ring-mb 128] [--rps] [--profile] [--skip-tcpdump]
+            [--frames 1000000] [--ring-mb 128] [--rps] [--profile] [--skip-tcpdump] [--l7] [--agent BOOTSTRAP]
 
 Lab: two network namespaces joined by a veth pair, made here and always removed. The traffic is the
 realistic mix of bench/probe_speed.py (var/bench/probe_mix_v2_1000000.pcap, generated if missing: many
@@ -25,6 +25,12 @@ work (reported as CPU 1's softirq %).
 Ends with one ``bench:`` line per figure and rate (``probe_live_<rate>pps_...``, ``probe_live_flat_out_...``);
 flat out, the captured rate and kernel drops stand beside tcpdump's on the same flood (ratio: the probe's
 captured rate over tcpdump's, higher is better; for drops, tcpdump's over the probe's).
+
+``--agent BOOTSTRAP`` also runs ``hopscope agent`` at each rate on the same core, capturing B's veth end
+(configured to see only that namespace and interface, with the probe's ring size and L7 setting) and
+publishing to that Kafka: the probe's capture inside the agent's process, with its buffer and Kafka
+sender; its CPU %, kernel drops and peak memory stand beside the probe's (ratio: the probe's over the
+agent's).
 
 ``--profile`` runs the probe at the last rate under cProfile (var/bench/probe_live.prof) and prints the
 top functions.
@@ -52,6 +58,7 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
 from _lines import bench_line
 
 from hopscope.lab.flood import FloodResult, build_flood, prioritized, run_flood
@@ -183,6 +190,80 @@ def bench_probe(
             "rss_mb": rss_mb}
 
 
+def _agent_config(args: argparse.Namespace, prefix: str) -> Path:
+    """A `hopscope agent` configuration that captures B's veth end only (its namespace through a directory of
+    one link, none through processes), with the probe's ring size and L7 setting, into Kafka."""
+    netns_dir, no_procs = Path(args.tmp) / "netns", Path(args.tmp) / "no-processes"
+    netns_dir.mkdir(exist_ok=True)
+    no_procs.mkdir(exist_ok=True)
+    if not (netns_dir / "b").is_symlink():
+        (netns_dir / "b").symlink_to(f"/var/run/netns/{NS_B}")
+    config = Path(args.tmp) / "agent.yaml"
+    config.write_text(yaml.safe_dump({
+        "schema": "hopscope.agent/1", "host": "bench",
+        "interfaces": {"include": VETH_B, "rescan_s": 60},
+        "namespaces": {"root": False, "netns_dirs": [str(netns_dir)], "proc_root": str(no_procs)},
+        "capture": {"l7": args.l7, "ring_mb": args.ring_mb},
+        "kafka": {"bootstrap": args.agent, "topic_prefix": prefix}, "report_interval_s": 2,
+    }))  # fmt: skip
+    return config
+
+
+def bench_agent(capture: Path, pps: int, args: argparse.Namespace) -> dict[str, object]:
+    """`hopscope agent` on CPU 1 capturing B's veth end during one flood at ``pps``, publishing to Kafka
+    (``--agent BOOTSTRAP``): the probe's capture in the agent's process, with its buffer and sender."""
+    from hopscope.lab.live import bound_packet_sockets
+
+    cmd = ["taskset", "-c", PROBE_CPU, PYTHON, "-m", "hopscope", "-v", "agent",
+           "--config", str(_agent_config(args, args.agent_prefix))]  # fmt: skip
+    watched = start_watched(cmd, "agent: capturing", cwd=ROOT)
+    proc = watched.proc
+    try:
+        deadline = time.monotonic() + 30
+        while VETH_B not in bound_packet_sockets(NS_B) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        cpu_before = _proc_cpu_s(proc.pid)
+        gen = flood(capture, pps, args)
+        cpu_s = _proc_cpu_s(proc.pid) - cpu_before
+        time.sleep(1.0)
+        rss_mb = _peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        watched.finish(300)
+    if proc.returncode != 0:
+        raise SystemExit(f"agent failed ({proc.returncode}):\n{''.join(watched.lines)}")
+    summary = json.loads(watched.lines[-1])
+    (point,) = summary["points"]
+    return {"target": pps, "generator": gen, "cpu_s": cpu_s, "rss_mb": rss_mb, "captured": point["kernel_packets"],
+            "kernel_drops": point["kernel_drops"], "records_sent": summary["records_sent"]}  # fmt: skip
+
+
+def agent_row(result: dict[str, object]) -> str:
+    gen: FloodResult = result["generator"]  # type: ignore[assignment]
+    return (f"  agent: {gen.pps:,.0f} pps offered, {int(result['captured']) / gen.seconds:,.0f} captured, "  # type: ignore[call-overload]
+            f"kernel drops {result['kernel_drops']:,}, CPU {100 * float(result['cpu_s']) / gen.seconds:.0f}%, "  # type: ignore[arg-type]
+            f"peak {float(result['rss_mb']):.0f} MB resident, {result['records_sent']:,} records sent to Kafka")  # type: ignore[arg-type]
+
+
+def agent_lines(agent: dict[str, object], probe: dict[str, object]) -> list[str]:
+    """The agent's figures at one rate beside the probe's (ratio: the probe's over the agent's)."""
+    gen: FloodResult = agent["generator"]  # type: ignore[assignment]
+    pgen: FloodResult = probe["generator"]  # type: ignore[assignment]
+    sm: dict[str, float] = probe["summary"]  # type: ignore[assignment]
+    target = int(agent["target"])  # type: ignore[call-overload]
+    name = f"probe_live_{target}pps_agent" if target else "probe_live_flat_out_agent"
+    cpu, pcpu = 100 * float(agent["cpu_s"]) / gen.seconds, 100 * float(probe["cpu_s"]) / pgen.seconds  # type: ignore[arg-type]
+    rss, prss = float(agent["rss_mb"]), float(probe["rss_mb"])  # type: ignore[arg-type]
+    return [
+        bench_line(f"{name}_captured", int(agent["captured"]) / gen.seconds, "pps"),  # type: ignore[call-overload]
+        bench_line(f"{name}_kernel_drops", int(agent["kernel_drops"]), "frames",  # type: ignore[call-overload]
+                   ("probe", int(sm["kernel_drops"]))),
+        bench_line(f"{name}_cpu", cpu, "%", ("probe", pcpu), pcpu / cpu if cpu else None),
+        bench_line(f"{name}_peak_rss", rss, "MB", ("probe", prss), prss / rss if rss else None),
+    ]  # fmt: skip
+
+
 def bench_tcpdump(capture: Path, args: argparse.Namespace) -> dict[str, object]:
     cmd = ["ip", "netns", "exec", NS_B, "taskset", "-c", PROBE_CPU, "tcpdump", "-i", VETH_B, "-w", "/dev/null", "-n",
            "-B", str(args.ring_mb * 1024)]  # fmt: skip
@@ -302,13 +383,17 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the probe at the last rate")
     ap.add_argument("--l7", action="store_true", help="also run the HTTP/DNS stage (default: capture + meter)")
     ap.add_argument("--skip-tcpdump", action="store_true")
+    ap.add_argument("--agent", metavar="BOOTSTRAP",
+                    help="also run `hopscope agent` at each rate, publishing to this Kafka (its topics deleted after)")
     args = ap.parse_args()
+    args.agent_prefix = f"hsbenchagent{os.getpid()}"
     if os.geteuid() != 0:
         raise SystemExit("bench/probe_live.py needs root (network namespaces, packet sockets)")
     build_flood()
     capture = traffic()
     rates = [int(r) for r in args.rates.split(",")]
     results: list[dict[str, object]] = []
+    agents: list[dict[str, object]] = []
     backlog: dict[str, object] | None = None
     profile = str(VAR / "bench" / "probe_live.prof")
     setup(args.rps)
@@ -318,6 +403,9 @@ def main() -> None:
                 last = n == len(rates) - 1
                 results.append(bench_probe(capture, pps, args, profile if args.profile and last else ""))
                 print(("" if n else HEADER + "\n") + row(results[-1]), flush=True)
+                if args.agent:
+                    agents.append(bench_agent(capture, pps, args))
+                    print(agent_row(agents[-1]), flush=True)
             if args.backlog_seconds:
                 seconds, args.seconds = args.seconds, args.backlog_seconds
                 backlog = bench_probe(capture, 0, args, backlog=True)
@@ -326,6 +414,10 @@ def main() -> None:
         dump = None if args.skip_tcpdump else bench_tcpdump(capture, args)
     finally:
         teardown()
+        if args.agent:
+            from hopscope.lab.live import delete_topics
+
+            print(delete_topics(args.agent, args.agent_prefix, []))
     native, load = os.environ.get("HOPSCOPE_NATIVE", "1"), os.getloadavg()[0]
     print(f"(probe on CPU {PROBE_CPU}, generator on CPU {GEN_CPU}, rps={args.rps}, l7={args.l7}, "
           f"second generator on CPU {PROBE_CPU}: {args.second_generator or 'none'}, nice={args.nice or 0}, "
@@ -338,6 +430,7 @@ def main() -> None:
     if args.profile:
         print_profile(profile)
     lines = [line for result in results for line in bench_lines(result, dump)]
+    lines += [line for agent, probe in zip(agents, results, strict=False) for line in agent_lines(agent, probe)]
     print("\n".join(lines + (backlog_lines(backlog) if backlog else [])))
 
 

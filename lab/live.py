@@ -309,9 +309,10 @@ def delete_topics(bootstrap: str, prefix: str, groups: list[str]) -> str:
         topics = sorted(t for t in admin.list_topics() if t.startswith(prefix + "."))
         if topics:
             admin.delete_topics(topics, timeout_ms=30_000)
-        with contextlib.suppress(KafkaError):  # a group that never committed does not exist
-            admin.delete_groups(groups)
-        return f"deleted {len(topics)} topics {prefix}.* and the groups {', '.join(groups)}"
+        if groups:
+            with contextlib.suppress(KafkaError):  # a group that never committed does not exist
+                admin.delete_groups(groups)
+        return f"deleted {len(topics)} topics {prefix}.*" + (f" and the groups {', '.join(groups)}" if groups else "")
     except (KafkaError, OSError) as exc:
         return f"topics of {prefix} not all deleted: {exc}"
     finally:
