@@ -608,23 +608,31 @@ class CaptureReader:
         a captured length beyond its block) is skipped and counted: its block length is sound (the walk
         went past it), so the next block is where reading goes on. When strict, or past ``MAX_DAMAGES``,
         the block ends before it and the damage is returned (reading stops there)."""
+        try:  # the usual case, without copies
+            return self._pcapng_frames(data, starts, btype, base, big, file_pos), None
+        except _Damaged as exc:
+            damaged = exc
         keep = np.ones(len(starts), bool)
-        while (sel := np.flatnonzero(keep)).size:
+        while True:
+            bad = int(np.searchsorted(starts, damaged.offset - file_pos))
+            if self.strict or len(self.stats.damages) >= MAX_DAMAGES:
+                keep[bad:] = False
+                break
+            blen = struct.unpack_from(">I" if big[bad] else "<I", data.data, int(starts[bad]) + 4)[0]
+            before = self.stats.frames + int(keep[:bad].sum())
+            self._add_damage(Damage(damaged.offset, damaged.problem, before, blen, resumed_at=damaged.offset + blen))
+            self.stats.skipped_bytes += blen
+            keep[bad] = False
+            sel = np.flatnonzero(keep)
+            if not sel.size:
+                return None, None
             try:
                 return self._pcapng_frames(data, starts[sel], btype[sel], base[sel], big[sel], file_pos), None
             except _Damaged as exc:
-                bad = int(sel[np.searchsorted(starts[sel], exc.offset - file_pos)])
-                if self.strict or len(self.stats.damages) >= MAX_DAMAGES:
-                    keep[bad:] = False
-                    sel = np.flatnonzero(keep)
-                    block = self._pcapng_frames(data, starts[sel], btype[sel], base[sel], big[sel], file_pos)
-                    return (block if len(sel) else None), exc
-                blen = struct.unpack_from(">I" if big[bad] else "<I", data.data, int(starts[bad]) + 4)[0]
-                before = self.stats.frames + int(keep[:bad].sum())
-                self._add_damage(Damage(exc.offset, exc.problem, before, blen, resumed_at=exc.offset + blen))
-                self.stats.skipped_bytes += blen
-                keep[bad] = False
-        return None, None
+                damaged = exc
+        sel = np.flatnonzero(keep)  # the frames before the damage reading stops at
+        block = self._pcapng_frames(data, starts[sel], btype[sel], base[sel], big[sel], file_pos) if sel.size else None
+        return block, damaged
 
     def _pcapng_frames(
         self, data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], btype: npt.NDArray[Any],
