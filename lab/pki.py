@@ -38,9 +38,10 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Pki:
-    """The CA, every sidecar's identity, and the session-ticket key the server sidecars share (as a
-    load-balanced fleet does, so a session resumes whichever server pod the Service picks): 80 raw
-    bytes (Envoy, nginx) and the same key base64-encoded (haproxy's tls-ticket-keys file)."""
+    """The CA, every sidecar's identity, and the session-ticket keys the server sidecars share (as a
+    load-balanced fleet does, so a session resumes whichever server pod the Service picks): one key
+    of 80 raw bytes (Envoy, nginx) and three base64-encoded, one a line (haproxy's tls-ticket-keys
+    file wants at least three)."""
 
     ca_cert: Path
     identities: dict[str, Identity]
@@ -82,8 +83,8 @@ def make_pki(directory: Path, leaves: dict[str, tuple[str, ...]]) -> Pki:
         bundle = directory / f"{name}.bundle.pem"
         bundle.write_text(cert.read_text() + key.read_text())
         identities[name] = Identity(name, sans, cert, key, bundle)
-    ticket = os.urandom(80)
+    tickets = [os.urandom(80) for _ in range(3)]
     ticket_key, ticket_b64 = directory / "ticket.key", directory / "ticket.key.b64"
-    ticket_key.write_bytes(ticket)
-    ticket_b64.write_text(base64.b64encode(ticket).decode() + "\n")
+    ticket_key.write_bytes(tickets[0])
+    ticket_b64.write_text("".join(base64.b64encode(t).decode() + "\n" for t in tickets))
     return Pki(ca_cert, identities, ticket_key, ticket_b64)
