@@ -14,7 +14,9 @@ that may carry many (keep-alive), by this rule:
 - **handshake**, with the connection's first exchange (the request's first byte is the byte after
   the client's ISN): the SYN, the SYN-ACK and the client's ACK of the SYN-ACK;
 - **teardown**, with its last exchange (a FIN or RST whose sequence number is where the exchange's
-  bytes end in its direction): the FIN and RST segments and the ACKs of the FINs.
+  bytes end in its direction, or, from a side that sent nothing in the exchange, whose
+  acknowledgement is where the other side's bytes end): the FIN and RST segments and the ACKs of
+  the FINs.
 
 So a connection that carries one request gives its whole life to that request, and on a keep-alive
 connection each request gets its own exchange, the first the handshake and the last the teardown.
@@ -220,8 +222,12 @@ def _in_exchange(p: Packet, ex: _Exchange) -> bool:
         return own[1] > 0 and _within(p.seq, *own)
     if p.flags & SYN:  # the handshake, with the first exchange
         return ex.first
-    if p.flags & (FIN | RST):  # the teardown, where this direction's bytes of the exchange end
-        return own[1] > 0 and (p.seq - own[0]) % _MOD in (own[1], own[1] + 1)
+    if p.flags & (FIN | RST):  # the teardown, where this direction's bytes of the exchange end ...
+        if own[1] > 0:
+            return (p.seq - own[0]) % _MOD in (own[1], own[1] + 1)
+        # ... or, from a side that sent nothing in it (a server resetting instead of answering), the
+        # segment acknowledging the other side's last byte
+        return other[1] > 0 and (p.ack - other[0]) % _MOD in (other[1], other[1] + 1)
     if not p.flags & ACK:
         return False
     if other[1] > 0 and 0 < (p.ack - other[0]) % _MOD <= other[1] + 1:  # acknowledges bytes of the exchange

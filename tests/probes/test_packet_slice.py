@@ -122,6 +122,11 @@ def test_a_keep_alive_connections_requests_split_its_packets(tmp_path: Path) -> 
     assert sorted(map(id, first + second)) == sorted(map(id, packets))  # every packet, once
 
 
+def test_a_request_answered_by_a_reset_gets_the_reset(tmp_path: Path) -> None:
+    packets = _crafted(tmp_path, [">S", "<SA", ">A", ">PA:100", "<A", "<RA"])
+    assert exchange_packets(packets, _request(0, (1001, 100), (0, 0))) == packets
+
+
 def test_retransmitted_bytes_are_marked_and_belong_to_their_exchange(tmp_path: Path) -> None:
     packets = _crafted(tmp_path, [">S", "<SA", ">A", ">PA:100", ">PA!", "<PA:300", ">A", ">FA", "<FA", ">A"])
     marked = [(flags_text(p.flags), p.len, p.retransmission) for p in packets]
