@@ -812,25 +812,33 @@ def _chain_exchange(view: SegmentView, settings: CorrelateSettings, links: Links
 
 def _link_by_carried_id(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,
                         parents: list[int]) -> int:
-    """Client side by id: an exchange whose carried id is the own id of exactly one plaintext leg on
-    its host that it fits in (nesting, bytes) is linked under it."""
-    assert view.tls is not None and view.tls_ids is not None
+    """Client side by what the exchange carries: an exchange whose server-side leg shows the own id
+    of exactly one plaintext leg on its host that it fits in (nesting, bytes, status), or a path
+    that exactly one such leg has and no other leg there (``_chain_keys``), is linked under it
+    (``tls:nested+id``, ``tls:nested+path``)."""
+    assert view.tls is not None and view.tls_child is not None
     slack = settings.nesting_slack_us * 1000
-    by_id: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for p in parents:
-        rid = _request_id(view, p)
-        if rid:
-            by_id[(view.last_host[p], rid)].append(p)
+    by_key: dict[tuple[str, tuple[str, str]], list[int]] = defaultdict(list)
+    for p in np.flatnonzero(~view.tls & view.last_proxy).tolist():
+        for key in _chain_keys(view, p, upstream=False):
+            by_key[(view.last_host[p], key)].append(p)
+    open_ends = set(parents)
     made = 0
     for s in np.flatnonzero(view.tls & (links.parent < 0)).tolist():
-        carried = view.tls_ids[s]
-        cands = by_id.get((view.first_host[s], carried), []) if carried else []
-        fits = [p for p in cands if groups.find(p) != groups.find(s) and _child_fits(view, p, s, slack)
-                and view.req_last_ns[p] <= view.req_first_ns[s] + slack]
-        if len(fits) == 1:
-            _link_nested(view, links, groups, fits[0], s, False)
-            cands.remove(fits[0])
-            made += 1
+        carried = view.tls_child[s]
+        for key in _chain_keys(view, carried, upstream=True) if carried >= 0 else []:
+            cands = by_key.get((view.first_host[s], key), [])
+            if key[0] == "path" and len(cands) != 1:
+                continue  # a path is a key only where it names one leg
+            fits = [p for p in cands if p in open_ends and groups.find(p) != groups.find(s)
+                    and _child_fits(view, p, s, slack) and view.req_last_ns[p] <= view.req_first_ns[s] + slack]
+            if len(fits) == 1:
+                _link_nested(view, links, groups, fits[0], s, False)
+                reason = Reason.TLS_NESTED_ID if key[0] == "id" else Reason.TLS_NESTED_PATH
+                links.reason[s], links.confidence[s] = reason.value, BASE_CONFIDENCE[reason]
+                open_ends.discard(fits[0])
+                made += 1
+                break
     return made
 
 
@@ -859,8 +867,9 @@ def _assign_by_host(view: SegmentView, settings: CorrelateSettings, links: Links
 def _assign_by_response(view: SegmentView, settings: CorrelateSettings, plist: list[tuple[int, int]],
                         kids: list[tuple[int, int]], links: Links, groups: _UnionFind) -> int:
     """One-to-one in the order the responses passed the proxy: each upstream leg with a response, in
-    the order its response reached the proxy, takes the open downstream leg it fits in whose
-    response left the proxy first after it (the smallest hand-over).
+    the order its response reached the proxy, takes the open downstream leg it fits in whose path
+    agrees (``_paths_agree``), else any it fits in, whose response left the proxy first after it
+    (the smallest hand-over).
 
     A proxy that sets up a TLS connection per queued request (a handshake of its own per connection)
     sends the requests on in the order the handshakes finish, not the order they came; it passes each
@@ -881,11 +890,11 @@ def _assign_by_response(view: SegmentView, settings: CorrelateSettings, plist: l
             if i in taken or (answered_ns and answered_ns < t - slack) or not answered_ns:
                 continue
             if groups.find(p) != groups.find(s) and _child_fits(view, p, s, slack):
-                fits.append((answered_ns - rs, i))
+                fits.append((not _paths_agree(view, p, s), answered_ns - rs, i))
         if not fits:
             continue
         fits.sort()
-        (best, i), rival = fits[0], fits[1][0] if len(fits) > 1 else None
+        (_, best, i), rival = fits[0], fits[1][1] if len(fits) > 1 and fits[1][0] == fits[0][0] else None
         taken.add(i)
         _link_nested(view, links, groups, plist[i][1], s, rival is not None and rival - best <= jitter)
         made += 1

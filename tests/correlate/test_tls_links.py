@@ -174,3 +174,14 @@ def test_a_path_no_other_request_has_links_the_chain_across_a_sidecar_that_repla
     _, got = chains([one, two])
     path_chain = ("origin", "tls:nested+path", "l7:req_tcp_seq", "tls:nested+path")
     assert got == [((100, 10_000, 10_000, 1100), path_chain), ((101, 20_000, 20_000, 1101), path_chain)]
+
+
+def test_the_client_side_follows_the_path_the_exchange_carries_when_timing_crosses() -> None:
+    """Two exchanges fit between both pairs of legs (no chain can pick one); the server side pairs
+    them, and each exchange carries its app leg's path to the client side, where the client legs'
+    answers left in the other order than the exchanges' did."""
+    k = Request(0, 10_000, 0, 100, path="/a?k", forward_us=100, service_us=400, handover_us=300)
+    c = Request(50, 20_000, 0, 101, path="/a?c", forward_us=60, service_us=390, handover_us=10)
+    _, got = chains([k, c])
+    client_path = ("origin", "tls:nested+path", "l7:req_tcp_seq", "tls:nested")
+    assert got == [((100, 10_000, 10_000, 1100), client_path), ((101, 20_000, 20_000, 1101), client_path)]
