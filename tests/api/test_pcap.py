@@ -256,3 +256,32 @@ def test_a_trace_beyond_the_servers_packet_limit_is_413(store: SqlStore, analysi
     assert f"more than this server reads for one answer ({flow.pkts})" in r.json()["error"]["message"]
     assert client.get(f"/api/v1/traces/{trace_id}/pcap").status_code == 413
     assert client.get(f"/api/v1/traces/{trace_id}/packets", params={"point": point}).status_code == 200
+
+
+def test_rolling_packet_stores_given_to_the_server_serve_the_same_packets(
+    store: SqlStore, client: TestClient, analysis: Analysis, tmp_path: Path
+) -> None:
+    """A store without a packet index, and the points' packets in rolling stores (written as the
+    captures are metered, as a live probe writes them): the same answer as through the index."""
+    from hopscope.api.app import create_app
+    from hopscope.api.config import ApiSettings
+    from hopscope.probes.analyze import CaptureAnalyzer
+    from hopscope.probes.packet_store import PacketStore, PacketStoreSettings
+
+    trace_id = _pick(analysis)["first"]
+    _store_all(store, analysis)
+    expected = client.get(f"/api/v1/traces/{trace_id}/packets").json()
+    store.drop_schema()
+    store.ensure_schema()
+    _store_all(store, analysis, skip=("packet_index",))
+    for point in plan_points(manifest=str(MANIFEST)):
+        packets = PacketStore(PacketStoreSettings(str(tmp_path), segment_bytes=64 << 10))
+        analyzer = CaptureAnalyzer(point.file, {"*": point.name})
+        for raw in analyzer.reader.blocks():
+            block = analyzer.decoder.decode(raw)
+            analyzer.meter.process_batch(block)
+            packets.add(raw, block, analyzer.decoder.row_frames)
+        packets.close()
+    served = TestClient(create_app(store, ApiSettings(packet_stores=(str(tmp_path),))), base_url="http://127.0.0.1")
+    assert served.get(f"/api/v1/traces/{trace_id}/packets").json() == expected
+    assert client.get(f"/api/v1/traces/{trace_id}/packets").status_code == 404  # the server without them
