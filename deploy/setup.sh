@@ -89,6 +89,11 @@ check_lab_pieces() {
 }
 
 install_debs "${DEB_PACKAGES[@]}"
+# Node only checks that the committed UI bundle (api/static) is the build of ui/src (tests/api/
+# test_ui_bundle.py); any Node >= 18 with npm does, so Debian's is installed only when none is there.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  install_debs nodejs npm
+fi
 setup_venv
 check_lab_pieces
 echo "setup: done"
