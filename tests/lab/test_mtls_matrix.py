@@ -47,7 +47,6 @@ from scapy.utils import rdpcap
 
 from hopscope.correlate.offline import plan_points, read_points
 from hopscope.correlate.stream import Relay, StreamCorrelator, StreamStats
-from hopscope.errors import ConfigError
 from hopscope.lab.lab import ImpairSpec, Lab, record
 from hopscope.lab.plan import PlanSettings
 from hopscope.store.embedded import EmbeddedStore
@@ -59,7 +58,7 @@ from tests.lab.test_client_sidecar_matrix import STREAM
 pytestmark = pytest.mark.lab
 
 #: (client sidecar, server sidecar)
-CELLS = (("envoy", "envoy"), ("haproxy", "nginx"))
+CELLS = (("envoy", "envoy"), ("haproxy", "nginx"), ("haproxy", "haproxy"), ("envoy", "nginx"))
 DELAY_MS = 5.0
 #: One keep-alive and one close session per client, at once, beside the long transfer; each request
 #: tagged with its own query string.
@@ -110,11 +109,6 @@ def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     print(f"\nmtls cell {client_sidecar}->{server_sidecar}: requests {ev['requests']} recall {ev['recall']} "
           f"precision {ev['precision']} delays {delays} reasons {dict(c.reasons('-pod'))} {dict(c.reasons('-app'))}")
     yield c
-
-
-def test_mtls_needs_a_client_sidecar() -> None:
-    with pytest.raises(ConfigError, match="--mtls needs a client sidecar"):
-        Lab(mtls=True)
 
 
 def test_every_request_crossed_mutual_tls(cell: MtlsCell) -> None:
