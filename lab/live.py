@@ -57,7 +57,7 @@ import yaml
 
 from hopscope.correlate.evaluate import Evaluation
 from hopscope.errors import ConfigError, HopscopeError
-from hopscope.lab.lab import ImpairSpec, Lab
+from hopscope.lab.lab import ImpairSpec, Lab, check_prerequisites
 from hopscope.lab.plan import PlanSettings
 
 #: Where Kafka is looked for without ``--kafka`` (the broker of deploy/kafka/start.sh).
@@ -402,6 +402,7 @@ class LiveRun:
         """Up, agents, correlator, traffic, agents stopped, down, wait for the store, score; always torn down."""
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
+            check_prerequisites(self.lab.sidecar, self.lab.client_sidecar, self.lab.mtls)  # before a broker starts
             self.out.mkdir(parents=True, exist_ok=True)
             self.bootstrap, self.started_kafka = resolve_kafka(self.options.kafka)
             _say(f"Kafka {self.bootstrap}, topics {self.prefix}.*; store {self.store_url}")
