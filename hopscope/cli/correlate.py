@@ -33,7 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-prefix", default="hopscope", metavar="PREFIX",
                    help="topics are PREFIX.requests, ... (default hopscope)")
     p.add_argument("--lateness-ms", type=int, default=2000,
-                   help="event time a record may arrive behind the newest and still be stitched (default 2000)")
+                   help="event time a record may arrive behind the newest and still be stitched, at most "
+                   "(default 2000)")
+    p.add_argument("--min-lateness-ms", type=int, default=250,
+                   help="the least lateness: the one in use is the largest arrival lag of the last 10 s plus this "
+                   "(default 250; equal to --lateness-ms: a fixed lateness)")
+    p.add_argument("--stitch-every-ms", type=int, default=200,
+                   help="wall time between two stitch passes (and relay releases) while input arrives (default 200)")
     p.add_argument("--trace-spread-ms", type=int, default=500,
                    help="largest spread of the record times of one trace (default 500)")
     p.add_argument("--relay-lateness-ms", type=int, default=1000,
@@ -73,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
         registry, sink = _instrumented(args, sink)
     stop = threading.Event()
     pipeline = StreamPipeline(args.kafka, sink, group=args.group, prefix=args.topic_prefix, stream=stream)
-    endpoint = _serve_metrics(args, registry, pipeline) if registry is not None else None
+    endpoint = None
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        endpoint = _serve_metrics(args, registry, pipeline) if registry is not None else None
         stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
     finally:
         for s, handler in previous.items():
@@ -118,12 +125,13 @@ def _settings(args: argparse.Namespace) -> StreamSettings:
     """The stream settings of the options, checked."""
     from hopscope.correlate.stream import StreamSettings
 
-    if min(args.lateness_ms, args.relay_lateness_ms, args.trace_spread_ms, args.idle_flush_ms) < 0 \
-            or args.max_buffered < 1:
-        raise ConfigError("--lateness-ms, --relay-lateness-ms, --trace-spread-ms and --idle-flush-ms must not be "
-                          "negative, --max-buffered at least 1")
+    if min(args.lateness_ms, args.min_lateness_ms, args.stitch_every_ms, args.relay_lateness_ms,
+           args.trace_spread_ms, args.idle_flush_ms) < 0 or args.max_buffered < 1:
+        raise ConfigError("--lateness-ms, --min-lateness-ms, --stitch-every-ms, --relay-lateness-ms, "
+                          "--trace-spread-ms and --idle-flush-ms must not be negative, --max-buffered at least 1")
     return StreamSettings(
-        lateness_us=args.lateness_ms * 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
+        lateness_us=args.lateness_ms * 1000, min_lateness_us=args.min_lateness_ms * 1000,
+        stitch_every_s=args.stitch_every_ms / 1000, relay_lateness_us=args.relay_lateness_ms * 1000,
         trace_spread_us=args.trace_spread_ms * 1000,
         idle_flush_s=args.idle_flush_ms / 1000, max_buffer_records=args.max_buffered,
     )

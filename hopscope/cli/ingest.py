@@ -61,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
         sink = InstrumentedStore(store, registry)
     ingestor = Ingestor(consumer, sink)
     endpoint = None
-    if registry is not None:
-        from hopscope.metrics.stream import ConsumerCollector, IngestCollector
-
-        registry.register(ConsumerCollector([consumer]))
-        registry.register(IngestCollector(ingestor))
-        endpoint = metrics.serve(args, registry)
     signal.signal(signal.SIGTERM, lambda *_: ingestor.stop())
     try:
+        if registry is not None:
+            from hopscope.metrics.stream import ConsumerCollector, IngestCollector
+
+            registry.register(ConsumerCollector([consumer]))
+            registry.register(IngestCollector(ingestor))
+            endpoint = metrics.serve(args, registry)
         stats = ingestor.run(idle_exit_s=args.idle_exit)
     except KeyboardInterrupt:
         stats = ingestor.stats

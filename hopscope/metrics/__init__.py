@@ -35,11 +35,30 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return port
+
+
+def _address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``--metrics-port`` and ``--metrics-host``, the same in every command that has them."""
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    """``--metrics-port`` and ``--metrics-host``, the same in every command that has them (checked when
+    the command line is parsed, before the command connects to anything)."""
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (default: no metrics endpoint)")
-    p.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+    p.add_argument("--metrics-host", type=_address, default=DEFAULT_METRICS_HOST, metavar="HOST",
                    help=f"address the metrics endpoint listens on (default {DEFAULT_METRICS_HOST})")  # fmt: skip
 
 
