@@ -76,3 +76,36 @@ def test_with_a_token_file_metrics_need_the_metrics_scope(chdb: SqlStore, tmp_pa
         assert client.get("/metrics", headers={**reader, "Host": "evil.example"}).status_code == 400  # the Host guard
     finally:
         chdb.close()
+
+
+def test_hopscope_serve_answers_metrics_over_http(tmp_path: Path) -> None:
+    """The real server (uvicorn) on loopback, scraped as Prometheus does."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.api.test_serve import ROOT, _free_port
+
+    url = f"chdb://{tmp_path / 'chdb'}"
+    store = store_from_url(url)
+    store.ensure_schema()
+    store.close()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hopscope", "serve", "--store", url, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("hopscope: serving")
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(2):
+            assert httpx.get(f"{base}/api/v1/flows", timeout=30).status_code == 200
+        assert httpx.head(f"{base}/healthz", timeout=30).status_code == 200
+        scraped = httpx.get(f"{base}/metrics", timeout=30)
+        assert scraped.status_code == 200
+        got = samples(scraped.text)
+        assert got[api("/api/v1/flows", 200)] == 2
+        assert got[("hopscope_api_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == 1
+        assert httpx.get(f"{base}/metrics", headers={"Host": "evil.example"}, timeout=30).status_code == 400
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
