@@ -19,12 +19,15 @@ from hopscope.store.features import ServerFeatures
 from hopscope.store.query import (
     BoundQuery,
     Filters,
+    _Params,
     count_rows,
     rows_to_records,
     select_latest,
     select_range,
     select_where,
+    time_range_conditions,
 )
+from hopscope.store.rollup import ROLLUP_SOURCES, RollupWriter, minutes_sql
 from hopscope.store.schema import (
     TABLES,
     add_column_sql,
@@ -103,6 +106,8 @@ class Store(Protocol):
 
     def count(self, table: str) -> int: ...
 
+    def rollup_minutes(self, table: str, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]: ...
+
     def drop_schema(self) -> None: ...
 
     def close(self) -> None: ...
@@ -121,6 +126,7 @@ class SqlStore(abc.ABC):
         self.read_only = read_only
         self._features: ServerFeatures | None = None
         self._degradations_logged = False
+        self._rollups: RollupWriter | None = None
 
     # --- backend primitives ------------------------------------------------------------------
 
@@ -235,7 +241,35 @@ class SqlStore(abc.ABC):
         if len(batch) == 0:
             return 0
         self._insert_columns(spec.name, batch)
+        if spec.name in ROLLUP_SOURCES:
+            self.rollups.written(spec.name, batch)
         return len(batch)
+
+    @property
+    def rollups(self) -> RollupWriter:
+        """What turns the traces and spans inserted here into ``edges_1m``/``links_1m`` rows."""
+        if self._rollups is None:
+            self._rollups = RollupWriter(self.insert, self._stored_spans)
+        return self._rollups
+
+    def _stored_spans(self, trace_ids: Sequence[str]) -> list[Span]:
+        query = select_latest(self.database, table_spec("spans"), {"trace_id": list(trace_ids)}, ["trace_id"])
+        return rows_to_records(Span, self._select(query))
+
+    def rollup_minutes(self, table: str, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
+        """The rows of a rollup table (``store/rollup.py``) whose minute is in [start_ns, end_ns),
+        grouped by the table's key: key columns, then ``minutes_sql``'s aggregates."""
+        spec = table_spec(table)
+        keys, aggregates = minutes_sql(spec.name)
+        params = _Params()
+        conditions = time_range_conditions(spec, start_ns, end_ns, params)
+        group = ", ".join(quote_identifier(k) for k in keys)
+        sql = (
+            f"SELECT {group}, {', '.join(aggregates)}"
+            f" FROM {quote_identifier(self.database)}.{quote_identifier(spec.name)} FINAL"
+            f" WHERE {' AND '.join(conditions)} GROUP BY {group} ORDER BY {group}"
+        )
+        return self._select(BoundQuery(sql, params.values))
 
     def _range(
         self, table: str, start_ns: int, end_ns: int, filters: Filters | None, limit: int, order: str = "time",

@@ -67,6 +67,17 @@ class TableSpec:
         raise ConfigError(f"table {self.name} has no column {name!r}")
 
 
+def rollup_specs() -> tuple[TableSpec, ...]:
+    """The per-minute rollups of ``store/rollup.py``: one row per minute, key and digest of the traces
+    aggregated (an identical row written again replaces the first)."""
+    from hopscope.store.rollup import EdgeMinute, LinkMinute
+
+    return (
+        TableSpec(EdgeMinute, "minute_ns", ("minute_ns", "client_h", "first_h", "final_h", "l7_proto", "digest"), None),
+        TableSpec(LinkMinute, "minute_ns", ("minute_ns", "prev_point", "point", "link_reason", "digest"), None),
+    )
+
+
 #: The tables, by name. Sort keys are the keys the API filters on; the dedup key is the same.
 TABLES: Mapping[str, TableSpec] = {
     spec.name: spec
@@ -81,6 +92,7 @@ TABLES: Mapping[str, TableSpec] = {
                   bloom_columns=("x_request_id",), minmax_columns=("start_ns", "duration_us")),
         # Looked up by (point, flow_id); the same file indexed again replaces its rows.
         TableSpec(PacketIndex, "start_ns", ("point", "flow_id", "start_ns", "file", "linktype"), None),
+        *rollup_specs(),
     )
 }
 

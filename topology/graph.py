@@ -35,6 +35,7 @@ import networkx as nx
 import numpy as np
 
 from hopscope.records import FlowRecord, Span, Trace
+from hopscope.store.rollup import hist_merge, hist_percentiles
 from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 #: close_type values of an L4 flow that count as an error on a service map edge.
@@ -76,11 +77,19 @@ def assign_layers(graph: nx.DiGraph) -> None:
 # --- service map --------------------------------------------------------------------------------
 
 
+def _latency(values: Sequence[int], hist: Counter[int]) -> dict[str, int | None]:
+    """Percentiles of exact values when there are any, else of a rollup histogram (within 1 %)."""
+    return percentiles(values) if values or not hist else hist_percentiles(hist, PERCENTILES)
+
+
 @dataclass(slots=True)
 class _EdgeStats:
-    """What one service map edge accumulates before it becomes edge attributes."""
+    """What one service map edge accumulates before it becomes edge attributes: exact durations (a
+    build from traces) or a histogram of them (a build from the per-minute rollup)."""
 
     durations_us: list[int] = field(default_factory=list)
+    duration_hist: Counter[int] = field(default_factory=Counter)
+    requests: int = 0
     errors: int = 0
     protocols: Counter[str] = field(default_factory=Counter)
     flows: int = 0
@@ -89,16 +98,20 @@ class _EdgeStats:
     rtts_us: list[int] = field(default_factory=list)
 
     def attrs(self, window_s: float) -> dict[str, Any]:
-        n = len(self.durations_us)
-        lat = percentiles(self.durations_us)
+        n = self.requests
+        lat = _latency(self.durations_us, self.duration_hist)
+        rate = round(n / window_s, 3) if window_s > 0 else None
         out: dict[str, Any] = {
             "requests": n,
             "errors": self.errors,
             "error_rate": round(self.errors / n, 4) if n else 0.0,
-            "rate_per_s": round(n / window_s, 3) if window_s > 0 else None,
+            "rate_per_s": rate,
+            "requests_per_s": rate,
             "latency_p50_us": lat["p50"],
             "latency_p90_us": lat["p90"],
             "latency_p99_us": lat["p99"],
+            "p50_ms": None if lat["p50"] is None else round(lat["p50"] / 1000, 3),
+            "p99_ms": None if lat["p99"] is None else round(lat["p99"] / 1000, 3),
             "protocols": sorted(self.protocols),
         }
         if self.flows:
@@ -117,6 +130,20 @@ def _server_side_us(spans: Sequence[Span], addr: str, fallback_us: int) -> int:
     return fallback_us
 
 
+def entity_chain(inventory: Inventory, client: str, first: str, final: str) -> list[tuple[Entity, str]]:
+    """The entities a request passes, with the address each was seen at: the client's, then the first
+    and the final server address's when each is another entity than the one before ([] without a
+    client address)."""
+    if not client:
+        return []
+    chain = [(inventory.entity_of(client), client)]
+    for addr in (first, final):
+        entity = inventory.entity_of(addr)
+        if addr and entity != chain[-1][0]:
+            chain.append((entity, addr))
+    return chain
+
+
 def entity_hops(trace: Trace, spans: Sequence[Span], inventory: Inventory) -> list[tuple[Entity, Entity, int]]:
     """The service map edges one trace crosses: (client entity, server entity, duration_us)."""
     if spans:
@@ -125,13 +152,7 @@ def entity_hops(trace: Trace, spans: Sequence[Span], inventory: Inventory) -> li
         final_dst = final[-1] if final else first_dst
     else:
         client_addr, first_dst, final_dst = trace.client_h, trace.server_h, trace.server_h
-    if not client_addr:
-        return []
-    chain = [(inventory.entity_of(client_addr), client_addr)]
-    for addr in (first_dst, final_dst):
-        entity = inventory.entity_of(addr)
-        if addr and entity != chain[-1][0]:
-            chain.append((entity, addr))
+    chain = entity_chain(inventory, client_addr, first_dst, final_dst)
     hops = []
     for i in range(1, len(chain)):
         duration = trace.duration_us if i == 1 else _server_side_us(spans, chain[i][1], trace.duration_us)
@@ -193,9 +214,19 @@ def service_map(
             _add_entity(graph, server, inventory)
             edge = stats.setdefault((client.id, server.id), _EdgeStats())
             edge.durations_us.append(duration_us)
+            edge.requests += 1
             edge.errors += bool(t.error)
             edge.protocols[t.l7_proto or "tcp"] += 1
-    for f in first_observations(flows, spans_by_trace):
+    _add_flows(graph, stats, first_observations(flows, spans_by_trace), inventory)
+    start_ns, end_ns = window or _window(traces)
+    _finish_service_map(graph, stats, start_ns, end_ns, traces=len(traces), flows=len(flows))
+    return graph
+
+
+def _add_flows(
+    graph: nx.DiGraph, stats: dict[tuple[str, str], _EdgeStats], flows: Iterable[FlowRecord], inventory: Inventory
+) -> None:
+    for f in flows:
         client, server = inventory.entity_of(f.orig_h), inventory.entity_of(f.resp_h)
         if client == server:
             continue
@@ -207,13 +238,47 @@ def service_map(
         edge.flow_bytes += f.orig_bytes + f.resp_bytes
         if f.rtt_server_us:
             edge.rtts_us.append(f.rtt_server_us)
-    start_ns, end_ns = window or _window(traces)
+
+
+def _finish_service_map(
+    graph: nx.DiGraph, stats: Mapping[tuple[str, str], _EdgeStats], start_ns: int, end_ns: int, **counts: Any
+) -> None:
     window_s = (end_ns - start_ns) / 1e9
     for (u, v), edge in stats.items():
         graph.add_edge(u, v, **edge.attrs(window_s))
-    graph.graph.update(kind="service_map", traces=len(traces), flows=len(flows), start_ns=start_ns,
-                       end_ns=end_ns, window_s=round(window_s, 6))  # fmt: skip
+    graph.graph.update(kind="service_map", **counts, start_ns=start_ns, end_ns=end_ns, window_s=round(window_s, 6))
     assign_layers(graph)
+
+
+def service_map_from_rollup(
+    rows: Iterable[Sequence[Any]],
+    window: tuple[int, int],
+    inventory: Inventory = EMPTY,
+    flows: Sequence[FlowRecord] = (),
+    later_spans: Sequence[Span] = (),
+) -> nx.DiGraph:
+    """The service map of every trace of ``window`` from ``edges_1m`` rows (``Store.rollup_minutes``):
+    the same edges and counts as ``service_map`` over those traces, latency percentiles within the
+    histograms' 1 %. ``flows``: L4 flows to add, ``later_spans`` the spans that placed some of them
+    after a trace's first hop (``first_observations``)."""
+    stats: dict[tuple[str, str], _EdgeStats] = {}
+    graph = nx.DiGraph()
+    requests = 0
+    for client_h, first_h, final_h, l7_proto, n, errors, duration_hists, server_hists, *_ in rows:
+        requests += int(n)
+        chain = entity_chain(inventory, client_h, first_h, final_h)
+        for i in range(1, len(chain)):
+            client, server = chain[i - 1][0], chain[i][0]
+            _add_entity(graph, client, inventory)
+            _add_entity(graph, server, inventory)
+            edge = stats.setdefault((client.id, server.id), _EdgeStats())
+            edge.requests += int(n)
+            edge.errors += int(errors)
+            edge.protocols[l7_proto or "tcp"] += int(n)
+            for text in duration_hists if i == 1 else server_hists:
+                hist_merge(edge.duration_hist, text)
+    _add_flows(graph, stats, first_observations(flows, {"": later_spans}), inventory)
+    _finish_service_map(graph, stats, *window, traces=requests, flows=len(flows), resolution_s=60)
     return graph
 
 
@@ -267,8 +332,13 @@ def trace_path(trace: Trace | None, spans: Sequence[Span]) -> nx.DiGraph:
 
 @dataclass(slots=True)
 class _LinkStats:
+    """One point topology link: exact latencies (a build from traces) or histograms (from the rollup)."""
+
     req_us: list[int] = field(default_factory=list)
     resp_us: list[int] = field(default_factory=list)
+    req_hist: Counter[int] = field(default_factory=Counter)
+    resp_hist: Counter[int] = field(default_factory=Counter)
+    traces: int = 0
     lost_pkts: int = 0
     loss_traces: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -278,14 +348,15 @@ class _LinkStats:
         self.req_us.append(s.req_link_us)
         if s.response_first_ns:
             self.resp_us.append(s.resp_link_us)
+        self.traces += 1
         self.lost_pkts += s.lost_pkts
         self.loss_traces += s.lost_pkts > 0
         self.reasons[s.link_reason] += 1
         self.min_confidence = min(self.min_confidence, float(s.link_confidence))
 
     def attrs(self) -> dict[str, Any]:
-        req, resp = percentiles(self.req_us), percentiles(self.resp_us)
-        out: dict[str, Any] = {"traces": len(self.req_us)}
+        req, resp = _latency(self.req_us, self.req_hist), _latency(self.resp_us, self.resp_hist)
+        out: dict[str, Any] = {"traces": self.traces}
         out.update({f"req_{k}_us": v for k, v in req.items()})
         out.update({f"resp_{k}_us": v for k, v in resp.items()})
         out.update(lost_pkts=self.lost_pkts, loss_traces=self.loss_traces, reasons=dict(self.reasons),
@@ -310,11 +381,43 @@ def point_topology(spans_by_trace: Mapping[str, Sequence[Span]]) -> nx.DiGraph:
                 links.setdefault((spans[a].point, spans[b].point), _LinkStats()).add(spans[b])
     for point, n in seen.items():
         graph.nodes[point]["traces"] = n
+    return _finish_points(graph, links, len(spans_by_trace))
+
+
+def _finish_points(
+    graph: nx.DiGraph, links: Mapping[tuple[str, str], _LinkStats], traces: int, **more: Any
+) -> nx.DiGraph:
     for (u, v), link in links.items():
         graph.add_edge(u, v, **link.attrs())
-    graph.graph.update(kind="point_topology", traces=len(spans_by_trace))
+    graph.graph.update(kind="point_topology", traces=traces, **more)
     assign_layers(graph)
     return graph
+
+
+def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int, int]) -> nx.DiGraph:
+    """The capture-point topology of every trace of ``window`` from ``links_1m`` rows
+    (``Store.rollup_minutes``): the same points, links and counts as ``point_topology`` over those
+    traces' spans, latency percentiles within the histograms' 1 %."""
+    graph = nx.DiGraph()
+    links: dict[tuple[str, str], _LinkStats] = {}
+    traces = 0
+    for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hists, resp_hists, *_ in rows:
+        if not prev and not point:
+            traces += int(n)
+        elif not prev:
+            graph.add_node(point, host=host, hop_kind=hop_kind, side=side, traces=int(n))
+        else:
+            link = links.setdefault((prev, point), _LinkStats())
+            link.traces += int(n)
+            link.lost_pkts += int(lost)
+            link.loss_traces += int(loss_traces)
+            link.reasons[reason] += int(n)
+            link.min_confidence = min(link.min_confidence, float(min_conf))
+            for text in req_hists:
+                hist_merge(link.req_hist, text)
+            for text in resp_hists:
+                hist_merge(link.resp_hist, text)
+    return _finish_points(graph, links, traces, start_ns=window[0], end_ns=window[1], resolution_s=60)
 
 
 # --- export -------------------------------------------------------------------------------------------

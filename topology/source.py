@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 
 from hopscope.records import FlowRecord, Span, Trace
 from hopscope.store import Store
-from hopscope.topology.graph import hop_order, point_topology, service_map, trace_path
+from hopscope.store.rollup import MINUTE_NS, snap_window
+from hopscope.topology.graph import (
+    hop_order,
+    point_topology,
+    point_topology_from_rollup,
+    service_map,
+    service_map_from_rollup,
+    trace_path,
+)
 from hopscope.topology.inventory import EMPTY, Inventory
 
 #: Most trace ids in one ``trace_id IN (...)`` span query (the store's IN limit).
@@ -48,6 +57,20 @@ def fetch_flows(store: Store, start_ns: int, end_ns: int, limit: int) -> list[Fl
     return store.query_flows(start_ns, end_ns, None, limit)
 
 
+def rollup_window(
+    store: Store, start_ns: int, end_ns: int, table: str
+) -> tuple[list[tuple[Any, ...]], tuple[int, int]]:
+    """The rows of a rollup table for the whole minutes covering the window, and those minutes'
+    bounds; an open end is bounded by the minutes that have rows."""
+    start, end = snap_window(start_ns, end_ns)
+    rows = store.rollup_minutes(table, start, end)
+    if start == 0 and rows:
+        start = min(int(r[-2]) for r in rows)
+    if end >= NS_MAX - MINUTE_NS:
+        end = max(int(r[-1]) for r in rows) + MINUTE_NS if rows else start
+    return rows, (start, end)
+
+
 def load_service_map(
     store: Store,
     start_ns: int,
@@ -56,16 +79,42 @@ def load_service_map(
     inventory: Inventory = EMPTY,
     with_flows: bool = False,
 ) -> nx.DiGraph:
-    """The service map of the first ``limit`` traces of the window (and as many flows, if asked).
-    Rates are per second of the window when it is bounded on both ends, else of the traces' span."""
+    """The service map of every trace that started in the whole minutes covering [start_ns, end_ns),
+    from the ``edges_1m`` rollup; with ``with_flows`` also the first ``limit`` L4 flows of the window.
+    Rates are per second of those minutes."""
+    rows, window = rollup_window(store, start_ns, end_ns, "edges_1m")
+    flows = fetch_flows(store, start_ns, end_ns, limit) if with_flows else []
+    later: list[Span] = []
+    if flows:
+        lo = max(0, min(f.start_ns for f in flows) - SPAN_SLACK_NS)
+        hi = min(NS_MAX, max(f.end_ns for f in flows) + SPAN_SLACK_NS)
+        ids = sorted({f.flow_id for f in flows})
+        for i in range(0, len(ids), TRACE_IDS_PER_QUERY):
+            chunk = ids[i : i + TRACE_IDS_PER_QUERY]
+            later += store.query_spans(lo, hi, {"flow_id": chunk, "hop_index__gt": 0}, len(chunk) * MAX_HOPS)
+    return service_map_from_rollup(rows, window, inventory, flows, later)
+
+
+def load_service_map_of_traces(
+    store: Store, start_ns: int, end_ns: int, limit: int, inventory: Inventory = EMPTY, with_flows: bool = False
+) -> nx.DiGraph:
+    """The service map built from the first ``limit`` traces of the window read whole (the build
+    before the rollup; the reference its figures are checked against)."""
     ts = fetch_traces(store, start_ns, end_ns, limit)
     flows = fetch_flows(store, start_ns, end_ns, limit) if with_flows else []
     bounded = (start_ns, end_ns) if start_ns > 0 and end_ns < NS_MAX else None
     return service_map(ts.traces, ts.spans_by_trace, inventory, flows, bounded)
 
 
-def load_point_topology(store: Store, start_ns: int, end_ns: int, limit: int) -> nx.DiGraph:
-    """The capture-point topology of the first ``limit`` traces of the window."""
+def load_point_topology(store: Store, start_ns: int, end_ns: int, limit: int = 0) -> nx.DiGraph:
+    """The capture-point topology of every trace that started in the whole minutes covering the
+    window, from the ``links_1m`` rollup (``limit`` is not used: kept for callers)."""
+    rows, window = rollup_window(store, start_ns, end_ns, "links_1m")
+    return point_topology_from_rollup(rows, window)
+
+
+def load_point_topology_of_traces(store: Store, start_ns: int, end_ns: int, limit: int) -> nx.DiGraph:
+    """The capture-point topology of the first ``limit`` traces of the window read whole."""
     return point_topology(fetch_traces(store, start_ns, end_ns, limit).spans_by_trace)
 
 

@@ -60,14 +60,18 @@ def service_map(
     inventory: InventoryDep,
     flows: Annotated[bool, Query(description="add L4 flows (connections, bytes, handshake RTT)")] = False,
 ) -> dict[str, Any]:
-    """The service map of the first ``limit`` traces that started in ``[start_ns, end_ns)``."""
+    """The service map of every trace that started in the whole minutes covering ``[start_ns, end_ns)``
+    (the ``edges_1m`` rollup; ``graph.start_ns``/``end_ns`` say which minutes), with ``requests``,
+    ``errors``, ``error_rate``, ``requests_per_s``, latency percentiles (``p50_ms``, ``p99_ms``, and
+    ``latency_p50_us``/``p90``/``p99``, within 1 %) per edge; ``flows`` adds the first ``limit`` L4 flows."""
     graph = load_service_map(store, window.start_ns, window.end_ns, window.limit, inventory, flows)
     return node_link_json(to_node_link(graph))
 
 
 @router.get("/points", response_model=GraphOut, dependencies=[HEAVY])
 def point_topology(store: StoreDep, window: TimeRangeDep) -> dict[str, Any]:
-    """Capture points of the first ``limit`` traces of the window: which follows which, per-link stats."""
+    """Capture points of every trace that started in the whole minutes covering the window (the
+    ``links_1m`` rollup): which follows which, per-link stats (latency percentiles within 1 %)."""
     return node_link_json(to_node_link(load_point_topology(store, window.start_ns, window.end_ns, window.limit)))
 
 

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inventory", help="YAML inventory or kubectl get pods,services,nodes -A -o json")
     parser.add_argument("--start-ns", type=int, default=0, help="window start, ns since the epoch")
     parser.add_argument("--end-ns", type=int, default=NS_MAX, help="window end (exclusive), ns")
-    parser.add_argument("--limit", type=int, default=10_000, help="most traces (and flows) read")
+    parser.add_argument("--limit", type=int, default=10_000, help="most flows read with --flows (traces: all)")
     parser.add_argument("--flows", action="store_true", help="add L4 flows to the service map")
     parser.add_argument("--format", choices=FORMATS, default="text")
 

@@ -46,8 +46,12 @@ def test_service_map_with_inventory(inv_client: TestClient, store: SqlStore) -> 
     assert "flows" not in links["pod:default/client1", "service:default/web"]
     nodes = {n["id"]: n for n in body["nodes"]}
     assert nodes["service:default/web"]["layer"] == 1 and nodes["pod:default/server1"]["services"] == ["web"]
-    second = _links(inv_client.get("/api/v1/topology/services", params={"start_ns": T0, "end_ns": T0 + 10**9}).json())
-    assert second["service:default/web", "pod:default/server2"]["rate_per_s"] == 2.0  # per second of the window
+    # the window's whole minutes are answered for, rates per second of them
+    second = inv_client.get("/api/v1/topology/services", params={"start_ns": T0, "end_ns": T0 + 10**9}).json()
+    assert (second["graph"]["start_ns"], second["graph"]["end_ns"]) == (str(T0), str(T0 + 60 * 10**9))
+    edge = _links(second)["service:default/web", "pod:default/server2"]
+    assert edge["rate_per_s"] == edge["requests_per_s"] == round(2 / 60, 3)
+    assert edge["p50_ms"] == round(edge["latency_p50_us"] / 1000, 3) and edge["error_rate"] == 0.5
     with_flows = _links(inv_client.get("/api/v1/topology/services", params={"flows": "true"}).json())
     assert with_flows["pod:default/client1", "service:default/web"]["flows"] == 1
 
@@ -67,13 +71,13 @@ def test_point_topology_and_window(client: TestClient, store: SqlStore) -> None:
     assert links["nodeA-post-nat", "hv-tap"]["lost_pkts"] == 1
     assert links["nodeB", "server2-pod"]["traces"] == 2
     assert {n["id"]: n["layer"] for n in body["nodes"]}["server2-app"] == 7
-    # start_ns/end_ns/limit narrow the traces folded in
-    one = client.get("/api/v1/topology/points", params={"start_ns": T0 + 2_500_000}).json()
-    assert one["graph"]["traces"] == 1
-    first = client.get("/api/v1/topology/points", params={"limit": 1}).json()
-    assert first["graph"]["traces"] == 1 and ("client1-pod", "nodeA-pre-nat") in _links(first)
-    empty = client.get("/api/v1/topology/points", params={"end_ns": T0}).json()
-    assert empty["nodes"] == [] and empty["links"] == []
+    # every trace of the window's whole minutes: limit does not sample, a window inside the minute
+    # the traces started in answers for that minute, the minutes before and after have none
+    for params in ({"limit": 1}, {"start_ns": T0 + 2_500_000, "end_ns": T0 + 2_600_000}):
+        assert client.get("/api/v1/topology/points", params=params).json()["graph"]["traces"] == 3
+    for params in ({"end_ns": T0}, {"start_ns": T0 + 60 * 10**9}):
+        empty = client.get("/api/v1/topology/points", params=params).json()
+        assert empty["nodes"] == [] and empty["links"] == [] and empty["graph"]["traces"] == 0
 
 
 def test_trace_path(client: TestClient, store: SqlStore) -> None:

@@ -13,7 +13,7 @@ from hopscope.cli import main
 def test_store_commands(chdb_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"chdb://{chdb_dir}?database=cli_{uuid.uuid4().hex[:8]}"
     assert main(["store", "init", "--store", url]) == 0
-    assert "tables flows, requests, spans, traces, packet_index ready" in capsys.readouterr().out
+    assert "tables flows, requests, spans, traces, packet_index, edges_1m, links_1m ready" in capsys.readouterr().out
     assert main(["store", "status", "--store", url]) == 0
     status = capsys.readouterr().out
     for table in ("flows", "requests", "spans", "traces", "packet_index"):

@@ -9,6 +9,7 @@ from hopscope.records import RECORD_TYPES, ColumnType, FlowRecord
 from hopscope.store import store_from_url
 from hopscope.store.features import FEATURE_SINCE, ServerFeatures
 from hopscope.store.query import select_range, to_pyformat
+from hopscope.store.rollup import ROLLUP_TYPES
 from hopscope.store.schema import TABLES, create_table_sql, quote_identifier, schema_sql, table_spec
 
 OLD = ServerFeatures.from_version("18.16.1")
@@ -63,8 +64,8 @@ def test_new_server_gets_features() -> None:
 
 
 def test_record_types_all_have_tables() -> None:
-    assert {t.TABLE for t in RECORD_TYPES} == set(TABLES)
-    assert all(table_spec(t.TABLE).record_type is t for t in RECORD_TYPES)
+    assert {t.TABLE for t in (*RECORD_TYPES, *ROLLUP_TYPES)} == set(TABLES)
+    assert all(table_spec(t.TABLE).record_type is t for t in (*RECORD_TYPES, *ROLLUP_TYPES))
 
 
 @pytest.mark.parametrize("name", ["flows; DROP TABLE x", "a`b", "", "1abc", "x" * 65, "flows\n"])

@@ -1,0 +1,421 @@
+"""Per-minute rollups of stitched traces: what the topology graphs of a whole window are read from.
+
+Two tables, written by the store itself whenever traces and their spans are inserted (so the offline
+path, ``hopscope ingest`` and the streaming correlator all produce them through ``Store.insert``):
+
+- ``edges_1m`` (``EdgeMinute``): per minute the traces started in, per address chain (the client
+  address at the first hop, the server address at the first hop, the last non-loopback server address
+  along the path) and L7 protocol: requests, errors, and two latency histograms: the trace's duration
+  and the duration at the first hop that saw the final address as the server. Entities (pods,
+  Services, nodes) are not stored: the service map maps the addresses through the inventory it is
+  given when it is read, so a changed inventory applies to old minutes too.
+- ``links_1m`` (``LinkMinute``): per minute, per link between two capture points (the hop paths of
+  ``hopscope.topology.graph.point_topology``) and link reason: traces, lost packets, traces with loss,
+  lowest confidence, and histograms of the request and response link latency; a row per capture point
+  (``prev_point`` empty) counts the traces that passed it, and a row with both points empty counts
+  the traces.
+
+Histograms are text (``key:count`` pairs) of logarithmic buckets with a relative accuracy of
+``RELATIVE_ACCURACY`` (the DDSketch mapping: a value is read back as its bucket's representative,
+within 1 % of it); merging is adding counts, so the rows of any set of minutes merge exactly. They
+are plain ``String`` columns so the same table works on ClickHouse 18.16, chDB and a cluster, and
+the merge happens when the answer is built (a few rows per edge and minute).
+
+A rollup row is computed when both the trace and its spans have been inserted through the same store
+object, whichever comes first (``RollupWriter``); a trace whose spans are not among the ones it holds
+is looked up in the store. Rows are deduplicated by content: ``digest`` sums keys of the traces' ids, and the
+tables are ReplacingMergeTree on (minute, key, digest), so writing the same traces again in the same
+groups (a replay, ``analyze --store`` run twice) replaces rows instead of adding them. Replays that
+group traces differently are counted twice: the rollup is as exact as the writers' replays are
+deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import threading
+from bisect import bisect_right
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hopscope.records import Batch, ColumnType, Record, Span, Trace
+
+MINUTE_NS = 60_000_000_000
+#: Relative error of a value read back from a histogram (and of the percentiles computed from one).
+RELATIVE_ACCURACY = 0.01
+_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+_LOG_GAMMA = math.log(_GAMMA)
+#: Spans held for traces not inserted yet, and traces held for their spans (beyond: oldest out).
+MAX_HELD_SPANS = 100_000
+MAX_HELD_TRACES = 20_000
+_ID_CHUNK = 1000
+
+
+def _col(ctype: ColumnType, doc: str) -> Any:
+    default: Any = "" if ctype.is_text else (0.0 if ctype is ColumnType.F32 else 0)
+    return field(default=default, metadata={"type": ctype, "doc": doc})
+
+
+U64, F32, STR = ColumnType.U64, ColumnType.F32, ColumnType.STR
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeMinute(Record):
+    """The traces of one minute that crossed one address chain, aggregated (table ``edges_1m``)."""
+
+    TABLE: ClassVar[str] = "edges_1m"
+
+    minute_ns: int = _col(U64, "start of the minute the traces started in (ns)")
+    client_h: str = _col(STR, "client address at the first hop")
+    first_h: str = _col(STR, "server address at the first hop")
+    final_h: str = _col(STR, "last non-loopback server address along the path")
+    l7_proto: str = _col(STR, "the traces' L7 protocol ('' for l4)")
+    digest: int = _col(U64, "sum of the traces' id keys mod 2**64: the row's identity")
+    requests: int = _col(U64, "traces")
+    errors: int = _col(U64, "traces with error=1")
+    duration_hist: str = _col(STR, "histogram of the traces' duration_us (hist_encode)")
+    server_hist: str = _col(STR, "histogram of the duration (us) at the first hop that saw final_h as server")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMinute(Record):
+    """The traces of one minute that passed one capture-point link, aggregated (table ``links_1m``)."""
+
+    TABLE: ClassVar[str] = "links_1m"
+
+    minute_ns: int = _col(U64, "start of the minute the traces started in (ns)")
+    prev_point: str = _col(STR, "the link's earlier capture point ('' on a point's own row)")
+    point: str = _col(STR, "the link's later capture point, or the point of its own row ('' on the total row)")
+    link_reason: str = _col(STR, "why the correlator made the link ('' on point and total rows)")
+    host: str = _col(STR, "host of the point (point rows)")
+    hop_kind: str = _col(STR, "HopKind of the point (point rows)")
+    side: str = _col(STR, "side of the point (point rows)")
+    digest: int = _col(U64, "sum of the traces' id keys mod 2**64: the row's identity")
+    traces: int = _col(U64, "links (point rows: traces passing the point; total row: traces with spans)")
+    lost_pkts: int = _col(U64, "segments lost on the link")
+    loss_traces: int = _col(U64, "links that lost segments")
+    min_confidence: float = _col(F32, "lowest link confidence")
+    req_hist: str = _col(STR, "histogram of req_link_us (hist_encode)")
+    resp_hist: str = _col(STR, "histogram of resp_link_us of the links that saw a response")
+
+
+ROLLUP_TYPES: tuple[type[Record], ...] = (EdgeMinute, LinkMinute)
+#: The tables whose inserts feed the rollups.
+ROLLUP_SOURCES = frozenset({"spans", "traces"})
+
+
+# --- histograms ------------------------------------------------------------------------------------
+
+
+def bucket_keys(values: Sequence[int] | np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Bucket key per value: 0 for 0; ``±(i + 1)`` for ``|v|`` in ``(γ^(i-1), γ^i]``."""
+    v = np.asarray(values, dtype=np.float64)
+    mag = np.abs(v)
+    with np.errstate(divide="ignore"):
+        i = np.ceil(np.log(np.maximum(mag, 1.0)) / _LOG_GAMMA)
+    return np.where(mag == 0, 0, np.sign(v) * (i + 1)).astype(np.int64)
+
+
+def bucket_value(key: int) -> float:
+    """The representative of a bucket: within ``RELATIVE_ACCURACY`` of every value in it."""
+    if key == 0:
+        return 0.0
+    value = 2 * _GAMMA ** (abs(key) - 1) / (_GAMMA + 1)
+    return value if key > 0 else -value
+
+
+def hist_encode(values: Sequence[int]) -> str:
+    """``key:count`` pairs, comma-separated, in key order ('' for no values)."""
+    if not len(values):
+        return ""
+    keys, counts = np.unique(bucket_keys(values), return_counts=True)
+    return ",".join(f"{k}:{c}" for k, c in zip(keys.tolist(), counts.tolist(), strict=True))
+
+
+def hist_merge(into: Counter[int], text: str) -> None:
+    """Add an encoded histogram's counts to ``into``."""
+    if not text:
+        return
+    for pair in text.split(","):
+        key, _, count = pair.partition(":")
+        into[int(key)] += int(count)
+
+
+def hist_percentiles(hist: Mapping[int, int], qs: Sequence[int]) -> dict[str, int | None]:
+    """``{"p50": ..}`` as numpy's linear interpolation between ranks would give on the values, each
+    value read as its bucket's representative (so within ``RELATIVE_ACCURACY`` of the exact figure
+    for values of one sign); None when empty."""
+    keys = sorted(k for k, c in hist.items() if c > 0)
+    n = sum(hist[k] for k in keys)
+    if n == 0:
+        return {f"p{q}": None for q in qs}
+    cumulative = np.cumsum([hist[k] for k in keys]).tolist()
+
+    def at(rank: int) -> float:
+        return bucket_value(keys[bisect_right(cumulative, rank)])
+
+    out: dict[str, int | None] = {}
+    for q in qs:
+        rank = q / 100 * (n - 1)
+        low = math.floor(rank)
+        value = at(low)
+        if rank > low:
+            value += (at(low + 1) - value) * (rank - low)
+        out[f"p{q}"] = round(value)
+    return out
+
+
+# --- rows from traces ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def hop_sorted(spans: Iterable[Span]) -> list[Span]:
+    return sorted(spans, key=lambda s: (s.hop_index, s.request_first_ns, s.span_id))
+
+
+def address_chain(trace: Trace, spans: Sequence[Span]) -> tuple[str, str, str, int] | None:
+    """(client address, first server address, final server address, duration at the first hop that
+    saw the final address as server) of one trace, spans in hop order; None without a client address.
+    The service map's edges are these addresses mapped to entities (``topology.graph.entity_hops``)."""
+    if spans:
+        client, first = spans[0].orig_h, spans[0].resp_h
+        final_addrs = [s.resp_h for s in spans if s.resp_h and not _is_loopback(s.resp_h)]
+        final = final_addrs[-1] if final_addrs else first
+    else:
+        client, first, final = trace.client_h, trace.server_h, trace.server_h
+    if not client:
+        return None
+    server_us = trace.duration_us
+    for s in spans:
+        if s.resp_h == final and s.response_last_ns > s.request_first_ns:
+            server_us = (s.response_last_ns - s.request_first_ns) // 1000
+            break
+    return client, first, final, server_us
+
+
+def point_links(spans: Sequence[Span]) -> list[tuple[Span, Span]]:
+    """(previous, this) spans of a hop path in hop order: by parent_span_id, else the previous span."""
+    index = {s.span_id: i for i, s in enumerate(spans)}
+    links = []
+    for i, s in enumerate(spans):
+        parent = index.get(s.parent_span_id, i - 1) if s.parent_span_id else i - 1
+        if parent >= 0 and parent != i and spans[parent].point != s.point:
+            links.append((spans[parent], s))
+    return links
+
+
+def _trace_key(trace_id: str) -> int:
+    """A 64-bit key of a trace id (its 128 bits folded, then mixed), summed into a row's digest."""
+    try:
+        value = int(trace_id, 16)
+    except ValueError:
+        value = int.from_bytes(trace_id.encode()[:16].ljust(16, b"\0"), "big")
+    folded = ((value >> 64) ^ (value * 0x9E3779B97F4A7C15)) & (2**64 - 1)
+    return (folded ^ (folded >> 31)) * 0xBF58476D1CE4E5B9 & (2**64 - 1)
+
+
+@dataclass(slots=True)
+class _Acc:
+    digest: int = 0
+    count: int = 0
+    errors: int = 0
+    lost_pkts: int = 0
+    loss_traces: int = 0
+    min_confidence: float = 1.0
+    first: list[int] = field(default_factory=list)
+    second: list[int] = field(default_factory=list)
+    attrs: tuple[str, str, str] = ("", "", "")
+
+    def add(self, trace_key: int) -> None:
+        self.digest = (self.digest + trace_key) % 2**64
+        self.count += 1
+
+
+def rollup_batches(pairs: Iterable[tuple[Trace, Sequence[Span]]]) -> tuple[Batch, Batch]:
+    """The ``edges_1m`` and ``links_1m`` rows of these traces (each with all its spans)."""
+    edges: dict[tuple[int, str, str, str, str], _Acc] = {}
+    links: dict[tuple[int, str, str, str], _Acc] = {}
+    for trace, trace_spans in pairs:
+        spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
+        minute = trace.start_ns // MINUTE_NS * MINUTE_NS
+        tkey = _trace_key(trace.trace_id)
+        chain = address_chain(trace, spans)
+        if chain is not None:
+            edge = edges.setdefault((minute, *chain[:3], trace.l7_proto), _Acc())
+            edge.add(tkey)
+            edge.errors += bool(trace.error)
+            edge.first.append(trace.duration_us)
+            edge.second.append(chain[3])
+        if not spans:
+            continue
+        links.setdefault((minute, "", "", ""), _Acc()).add(tkey)
+        for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
+            node = links.setdefault((minute, "", s.point, ""), _Acc())
+            node.add(tkey)
+            node.attrs = (s.host, s.hop_kind, s.side)
+        for a, b in point_links(spans):
+            link = links.setdefault((minute, a.point, b.point, b.link_reason), _Acc())
+            link.add(tkey)
+            link.first.append(b.req_link_us)
+            if b.response_first_ns:
+                link.second.append(b.resp_link_us)
+            link.lost_pkts += b.lost_pkts
+            link.loss_traces += b.lost_pkts > 0
+            link.min_confidence = min(link.min_confidence, float(b.link_confidence))
+    return _edge_batch(edges), _link_batch(links)
+
+
+def _edge_batch(edges: Mapping[tuple[int, str, str, str, str], _Acc]) -> Batch:
+    rows = [
+        EdgeMinute(minute_ns=m, client_h=c, first_h=f, final_h=z, l7_proto=p, digest=a.digest, requests=a.count,
+                   errors=a.errors, duration_hist=hist_encode(a.first), server_hist=hist_encode(a.second))
+        for (m, c, f, z, p), a in edges.items()
+    ]  # fmt: skip
+    return Batch.from_records(EdgeMinute, rows)
+
+
+def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc]) -> Batch:
+    rows = [
+        LinkMinute(minute_ns=m, prev_point=a_point, point=b_point, link_reason=reason, host=a.attrs[0],
+                   hop_kind=a.attrs[1], side=a.attrs[2], digest=a.digest, traces=a.count, lost_pkts=a.lost_pkts,
+                   loss_traces=a.loss_traces, min_confidence=a.min_confidence if a.first else 1.0,
+                   req_hist=hist_encode(a.first), resp_hist=hist_encode(a.second))
+        for (m, a_point, b_point, reason), a in links.items()
+    ]  # fmt: skip
+    return Batch.from_records(LinkMinute, rows)
+
+
+# --- pairing traces with their spans as they are inserted ------------------------------------------
+
+
+class RollupWriter:
+    """Pairs each inserted trace with its inserted spans, whichever comes first, and writes the
+    rollup rows of every complete pair. ``insert`` writes a batch into a table; ``lookup_spans``
+    returns the stored spans of some trace ids (for a trace whose spans were inserted before this
+    writer existed, or by another process)."""
+
+    def __init__(
+        self, insert: Callable[[str, Batch], int], lookup_spans: Callable[[Sequence[str]], list[Span]]
+    ) -> None:
+        self._insert = insert
+        self._lookup_spans = lookup_spans
+        self._lock = threading.Lock()
+        self._spans: OrderedDict[str, list[Span]] = OrderedDict()
+        self._held_spans = 0
+        self._traces: OrderedDict[str, Trace] = OrderedDict()
+
+    def written(self, table: str, batch: Batch) -> None:
+        """Called after ``batch`` went into ``table`` (spans and traces; others are ignored)."""
+        if table == "spans":
+            ready = self._spans_written(batch)
+        elif table == "traces":
+            ready = self._traces_written(batch)
+        else:
+            return
+        if ready:
+            self.write(ready)
+
+    def write(self, pairs: Sequence[tuple[Trace, Sequence[Span]]]) -> None:
+        edges, links = rollup_batches(pairs)
+        for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
+            if len(rows):
+                self._insert(table, rows)
+
+    def _spans_written(self, batch: Batch) -> list[tuple[Trace, Sequence[Span]]]:
+        groups: dict[str, list[Span]] = {}
+        for s in batch.records():
+            assert isinstance(s, Span)
+            groups.setdefault(s.trace_id, []).append(s)
+        ready: list[tuple[Trace, Sequence[Span]]] = []
+        with self._lock:
+            for trace_id, spans in groups.items():
+                trace = self._traces.pop(trace_id, None)
+                if trace is not None:
+                    ready.append((trace, spans))
+                else:
+                    self._spans.setdefault(trace_id, []).extend(spans)
+                    self._held_spans += len(spans)
+            while self._held_spans > MAX_HELD_SPANS:  # spans whose trace never came (spans-only writers)
+                _, dropped = self._spans.popitem(last=False)
+                self._held_spans -= len(dropped)
+        return ready
+
+    def _traces_written(self, batch: Batch) -> list[tuple[Trace, Sequence[Span]]]:
+        ready: list[tuple[Trace, Sequence[Span]]] = []
+        missing: list[Trace] = []
+        with self._lock:
+            for t in batch.records():
+                assert isinstance(t, Trace)
+                spans = self._spans.pop(t.trace_id, None)
+                if spans is None:
+                    missing.append(t)
+                else:
+                    self._held_spans -= len(spans)
+                    ready.append((t, spans))
+        if missing:
+            stored: dict[str, list[Span]] = {}
+            ids = [t.trace_id for t in missing]
+            for i in range(0, len(ids), _ID_CHUNK):
+                for s in self._lookup_spans(ids[i : i + _ID_CHUNK]):
+                    stored.setdefault(s.trace_id, []).append(s)
+            with self._lock:
+                for t in missing:
+                    if t.trace_id in stored:
+                        ready.append((t, stored[t.trace_id]))
+                    else:
+                        self._traces[t.trace_id] = t
+                while len(self._traces) > MAX_HELD_TRACES:  # traces without spans: counted from their own fields
+                    _, alone = self._traces.popitem(last=False)
+                    ready.append((alone, []))
+        return ready
+
+    def flush(self) -> None:
+        """Write the traces still waiting for spans, from their own fields (a trace without spans)."""
+        with self._lock:
+            alone: list[tuple[Trace, Sequence[Span]]] = [(t, []) for t in self._traces.values()]
+            self._traces.clear()
+        if alone:
+            self.write(alone)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+#: Per rollup table: the key columns its rows are grouped by when read, and the aggregates.
+_READ: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    EdgeMinute.TABLE: (
+        ("client_h", "first_h", "final_h", "l7_proto"),
+        ("sum(requests)", "sum(errors)", "groupArray(duration_hist)", "groupArray(server_hist)",
+         "min(minute_ns)", "max(minute_ns)"),
+    ),
+    LinkMinute.TABLE: (
+        ("prev_point", "point", "link_reason"),
+        ("any(host)", "any(hop_kind)", "any(side)", "sum(traces)", "sum(lost_pkts)", "sum(loss_traces)",
+         "min(min_confidence)", "groupArray(req_hist)", "groupArray(resp_hist)", "min(minute_ns)", "max(minute_ns)"),
+    ),
+}  # fmt: skip
+
+
+def minutes_sql(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(key columns, aggregate expressions) a read of ``table`` groups by and computes; the last two
+    are the first and the last minute of the group's rows."""
+    return _READ[table]
+
+
+def snap_window(start_ns: int, end_ns: int) -> tuple[int, int]:
+    """The whole minutes covering [start_ns, end_ns): start rounded down, end rounded up."""
+    start = start_ns // MINUTE_NS * MINUTE_NS
+    end = end_ns if end_ns >= 2**63 - MINUTE_NS else -(-end_ns // MINUTE_NS) * MINUTE_NS
+    return start, end

@@ -1,0 +1,247 @@
+"""The per-minute rollups (``store/rollup.py``) the topology graphs are read from, on both stores: the
+service map and the capture-point topology from ``edges_1m``/``links_1m`` equal the build from every
+trace of the window read whole (counts exactly, latency percentiles within the histograms' relative
+accuracy), on the lab sample ``hopscope demo`` stores and on a generated store; window edges at whole
+minutes; an empty window; a replayed write; traces written before their spans, or by another writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from hopscope.correlate.offline import Analysis, analyze_points, plan_points
+from hopscope.paths import lab_samples
+from hopscope.records import Batch, Span, Trace
+from hopscope.store import SqlStore, store_from_url
+from hopscope.store.rollup import (
+    MINUTE_NS,
+    RELATIVE_ACCURACY,
+    bucket_keys,
+    bucket_value,
+    hist_encode,
+    hist_merge,
+    hist_percentiles,
+)
+from hopscope.topology.inventory import EMPTY, Inventory, from_data
+from hopscope.topology.source import (
+    load_point_topology,
+    load_point_topology_of_traces,
+    load_service_map,
+    load_service_map_of_traces,
+)
+from tests.topology.paths import INVENTORY, T0, lab_trace
+
+ALL = 10**6  # a limit above every trace of these stores: the reference build reads them all
+NS_MAX = 2**63 - 1
+LATENCIES = ("latency_p50_us", "latency_p90_us", "latency_p99_us")
+LINK_LATENCIES = tuple(f"{d}_p{q}_us" for d in ("req", "resp") for q in (50, 90, 99))
+
+
+# --- histograms -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1, 2, 3, 7, 99, 1000, 1001, 65_535, 10**6, 123_456_789, 10**12, -1, -500, -(10**9)])
+def test_a_value_reads_back_within_the_relative_accuracy(value: int) -> None:
+    read = bucket_value(int(bucket_keys([value])[0]))
+    assert abs(read - value) <= RELATIVE_ACCURACY * abs(value) + 1e-9 and (read > 0) == (value > 0)
+
+
+def test_zero_is_its_own_bucket() -> None:
+    assert bucket_keys([0]).tolist() == [0] and bucket_value(0) == 0.0
+    assert hist_encode([]) == "" and hist_percentiles({}, (50,)) == {"p50": None}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 20_000])
+def test_percentiles_of_a_histogram_are_numpys_within_the_accuracy(n: int) -> None:
+    values = np.random.default_rng(n).lognormal(7, 2, n).astype(np.int64)
+    hist: Any = {}
+    for key, count in zip(*np.unique(bucket_keys(values), return_counts=True), strict=True):
+        hist[int(key)] = int(count)
+    found = hist_percentiles(hist, (0, 50, 90, 99, 100))
+    for q in (0, 50, 90, 99, 100):
+        exact = float(np.percentile(values, q))
+        assert abs(found[f"p{q}"] - exact) <= RELATIVE_ACCURACY * exact + 1, (q, found, exact)  # type: ignore[operator]
+
+
+def test_histograms_merge_by_adding_counts() -> None:
+    a, b = [0, 5, 5, 1000, -3], [5, 70_000, 1000]
+    merged: Counter[int] = Counter()
+    hist_merge(merged, hist_encode(a))
+    hist_merge(merged, hist_encode(b))
+    whole: Counter[int] = Counter()
+    hist_merge(whole, hist_encode(a + b))
+    assert merged == whole and sum(whole.values()) == 8
+
+
+# --- the graphs from the rollups against the graphs from every trace ---------------------------------
+
+
+def _within(found: int | None, exact: int | None) -> bool:
+    """A percentile from histograms against the exact one: documented accuracy, plus rounding."""
+    if exact is None or found is None:
+        return found is exact
+    return abs(found - exact) <= RELATIVE_ACCURACY * abs(exact) + 1
+
+
+def _same_graph(rollup: nx.DiGraph, exact: nx.DiGraph, latencies: tuple[str, ...], ignore: set[str]) -> None:
+    assert dict(rollup.nodes(data=True)) == dict(exact.nodes(data=True))
+    assert set(rollup.edges) == set(exact.edges)
+    for u, v, want in exact.edges(data=True):
+        got = rollup.edges[u, v]
+        for key in set(want) - set(latencies) - ignore:
+            assert got[key] == want[key], (u, v, key, got[key], want[key])
+        for key in latencies:
+            assert _within(got[key], want[key]), (u, v, key, got[key], want[key])
+
+
+def check_window(store: SqlStore, start_ns: int, end_ns: int, inventory: Inventory = EMPTY) -> nx.DiGraph:
+    """The rollup graphs of the window equal the builds from every trace of its whole minutes."""
+    services = load_service_map(store, start_ns, end_ns, ALL, inventory)
+    start, end = services.graph["start_ns"], services.graph["end_ns"]
+    # bounded ends are rounded out to whole minutes; open ones end at the first and last minute stored
+    assert (start <= start_ns or start_ns == 0) and (end >= end_ns or end_ns == NS_MAX)
+    assert start % MINUTE_NS == end % MINUTE_NS == 0
+    exact = load_service_map_of_traces(store, start, end, ALL, inventory)
+    # ms figures are the us figures rounded; the minutes' rate is checked against the exact count
+    _same_graph(services, exact, LATENCIES, {"p50_ms", "p99_ms"})
+    assert services.graph["traces"] == exact.graph["traces"]
+    points = load_point_topology(store, start_ns, end_ns)
+    exact_points = load_point_topology_of_traces(store, start, end, ALL)
+    _same_graph(points, exact_points, LINK_LATENCIES, set())
+    assert points.graph["traces"] == exact_points.graph["traces"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def analysis() -> Analysis:
+    manifest = str(lab_samples() / "manifest.json")
+    return analyze_points(plan_points(manifest=manifest), manifest=manifest)
+
+
+def _store_all(store: SqlStore, analysis: Analysis) -> None:
+    store.ensure_schema()
+    for table, batch in analysis.tables().items():
+        if len(batch):
+            store.insert(table, batch)
+
+
+def _lab_inventory(analysis: Analysis) -> Inventory:
+    """The lab sample's client addresses as two pods and its server addresses as one Service."""
+    traces = list(analysis.tables()["traces"].records())
+    clients = sorted({t.client_h for t in traces if isinstance(t, Trace)})
+    servers = sorted({t.server_h for t in traces if isinstance(t, Trace)} - set(clients))
+    pods = [{"name": f"c{i % 2}", "ip": addr, "labels": {"app": f"c{i % 2}"}} for i, addr in enumerate(clients)]
+    return from_data({"pods": pods, "services": [{"name": "web", "cluster_ip": servers[0], "ports": [80]}]})
+
+
+def test_the_demo_store(store: SqlStore, analysis: Analysis) -> None:
+    _store_all(store, analysis)
+    services = check_window(store, 0, NS_MAX)
+    assert services.graph["traces"] == len(analysis.tables()["traces"]) and services.number_of_edges() > 0
+    check_window(store, 0, NS_MAX, _lab_inventory(analysis))
+
+
+def generated(n: int, minutes: int, seed: int) -> tuple[list[Trace], list[Span]]:
+    """``n`` lab-path traces over ``minutes`` minutes from T0: random ends, durations, link latencies,
+    errors, loss and protocol."""
+    rng = random.Random(seed)
+    traces: list[Trace] = []
+    spans: list[Span] = []
+    for i in range(n):
+        trace, trace_spans = lab_trace(
+            i + 1, rng.randint(1, 2), rng.randint(1, 2), duration_us=int(rng.lognormvariate(7, 1.5)) + 1,
+            req_link_us=rng.choice([0, 3, 40, 2500]), error=int(rng.random() < 0.1),
+            lost_on=rng.choice(["", "", "", "hv-tap", "nodeB"]), start_ns=T0 + rng.randrange(minutes * MINUTE_NS),
+        )  # fmt: skip
+        traces.append(dataclasses.replace(trace, l7_proto=rng.choice(["http", "http", "dns", ""])))
+        spans += trace_spans
+    return traces, spans
+
+
+@pytest.fixture
+def gen_store(store: SqlStore) -> Iterator[tuple[SqlStore, list[Trace]]]:
+    traces, spans = generated(600, 5, seed=7)
+    store.ensure_schema()
+    for i in range(0, len(traces), 250):  # the correlator's order: a pass's spans, then its traces
+        chunk = traces[i : i + 250]
+        ids = {t.trace_id for t in chunk}
+        store.insert("spans", Batch.from_records(Span, [s for s in spans if s.trace_id in ids]))
+        store.insert("traces", Batch.from_records(Trace, chunk))
+    yield store, traces
+
+
+def test_a_generated_store(gen_store: tuple[SqlStore, list[Trace]]) -> None:
+    store, traces = gen_store
+    inventory = from_data(INVENTORY)
+    assert check_window(store, 0, NS_MAX, inventory).graph["traces"] == len(traces)
+    check_window(store, T0 + MINUTE_NS, T0 + 3 * MINUTE_NS, inventory)
+    check_window(store, T0 + MINUTE_NS + 1, T0 + 3 * MINUTE_NS - 1)  # answers for the whole minutes
+
+
+def test_a_write_replayed_counts_once(gen_store: tuple[SqlStore, list[Trace]]) -> None:
+    """Writing the same traces again in the same groups (a replay, analyze run twice) replaces the
+    rollup rows: a fresh store object, so nothing is remembered between the two writes."""
+    store, traces = gen_store
+    again = store_from_url(store.url)
+    try:
+        for i in range(0, len(traces), 250):
+            chunk = traces[i : i + 250]
+            ids = [t.trace_id for t in chunk]
+            stored = [s for tid in ids for s in store.get_trace(tid)[1]]
+            again.insert("spans", Batch.from_records(Span, stored))
+            again.insert("traces", Batch.from_records(Trace, chunk))
+    finally:
+        again.close()
+    assert check_window(store, 0, NS_MAX).graph["traces"] == len(traces)
+
+
+def test_traces_before_their_spans_and_spans_from_another_writer(store: SqlStore) -> None:
+    traces, spans = generated(40, 1, seed=3)
+    store.ensure_schema()
+    first, second = traces[:20], traces[20:]
+    # ingest's order may put a batch of traces before its spans: they wait for them
+    store.insert("traces", Batch.from_records(Trace, first))
+    assert load_service_map(store, 0, NS_MAX, ALL).graph["traces"] == 0
+    store.insert("spans", Batch.from_records(Span, [s for s in spans if s.trace_id <= first[-1].trace_id]))
+    # spans written by another writer are read back from the store when their traces come
+    other = store_from_url(store.url)
+    try:
+        other.insert("spans", Batch.from_records(Span, [s for s in spans if s.trace_id > first[-1].trace_id]))
+    finally:
+        other.close()
+    store.insert("traces", Batch.from_records(Trace, second))
+    assert check_window(store, 0, NS_MAX).graph["traces"] == 40
+
+
+def test_window_edges_are_whole_minutes(store: SqlStore) -> None:
+    made = [lab_trace(1, start_ns=T0), lab_trace(2, start_ns=T0 + MINUTE_NS - 1), lab_trace(3, start_ns=T0 + MINUTE_NS)]
+    store.ensure_schema()
+    store.insert("spans", Batch.from_records(Span, [s for _, ss in made for s in ss]))
+    store.insert("traces", Batch.from_records(Trace, [t for t, _ in made]))
+    for (start, end), traces in {
+        (T0, T0 + MINUTE_NS): 2,  # the trace at the next minute's first ns is the next minute's
+        (T0 + MINUTE_NS - 1, T0 + MINUTE_NS): 2,  # one ns of a minute answers for the minute
+        (T0 + MINUTE_NS, T0 + MINUTE_NS + 1): 1,
+        (T0 - MINUTE_NS, T0): 0,
+        (0, NS_MAX): 3,
+    }.items():
+        services = check_window(store, start, end)
+        assert services.graph["traces"] == traces, (start, end)
+    whole = load_service_map(store, 0, NS_MAX, ALL).graph
+    assert (whole["start_ns"], whole["end_ns"]) == (T0, T0 + 2 * MINUTE_NS)
+
+
+def test_an_empty_window(store: SqlStore) -> None:
+    store.ensure_schema()
+    services = load_service_map(store, T0, T0 + 60 * MINUTE_NS, ALL)
+    points = load_point_topology(store, 0, NS_MAX)
+    assert services.number_of_nodes() == points.number_of_nodes() == 0
+    assert services.graph["traces"] == points.graph["traces"] == 0
+    assert (services.graph["start_ns"], services.graph["end_ns"]) == (T0, T0 + 60 * MINUTE_NS)
