@@ -142,14 +142,14 @@ class Endpoint:
     def relative(self, cur: int, last: int, wraps: int) -> tuple[int, bool]:
         """Zeek's ``get_relative_seq``: ``cur`` relative to the start of sequence, counting wraps from
         ``last``/``wraps``; and whether it lies below the start (underflow)."""
-        delta = seq_delta(cur, last)
-        if delta < 0:
+        delta = (cur - last) & _M32  # seq_delta(cur, last), unsigned: >= 2^31 is negative (inlined: hot)
+        if delta >> 31:
             if wraps and cur > last:
                 wraps -= 1
-        elif delta > 0 and cur < last:
+        elif delta and cur < last:
             wraps += 1
         if wraps == 0:
-            rel = seq_delta(cur, self.start)
+            rel = ((cur - self.start + (1 << 31)) & _M32) - (1 << 31)
             return rel, rel < 0
         return (wraps << 32 | cur) - self.start, False
 
