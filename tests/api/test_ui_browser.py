@@ -492,3 +492,36 @@ def test_user_controlled_strings_are_text(served: Served, page: DevTools, shots:
     time.sleep(0.5)
     clean("a hostile URL")
     page.screenshot(shots / "hostile.png")
+
+
+def test_absolute_range_in_the_users_time_zone(served: Served, page: DevTools) -> None:
+    """From/to are shown in the browser's time zone (here Asia/Kolkata, +05:30) and kept as exact ns in
+    the URL and the API query: the rows are the API's for that range to the nanosecond."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    every = served.api("/api/v1/traces", order="time", limit=200)["traces"]
+    start, end = every[3]["start_ns"], every[10]["start_ns"]  # end is exclusive: traces 3..9
+    want = served.api("/api/v1/traces", order="time", start_ns=start, end_ns=end)["traces"]
+    assert len(want) == 7
+    page.call("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
+    try:
+        load(page, f"{served.base}/?view=search&order=time&range=abs&start={start}&end={end}",
+             "document.querySelectorAll('#traces tbody tr').length === 7")  # fmt: skip
+        assert rows(page) == [t["trace_id"] for t in want]
+        local = datetime.fromtimestamp(int(start) // 10**9, ZoneInfo("Asia/Kolkata"))
+        frac = f"{int(start) % 10**9:09d}"
+        shown = f"{local:%Y-%m-%dT%H:%M:%S}.{frac[:3]}".rstrip("0").rstrip(".")  # the input drops trailing zeros
+        assert js(page, "document.querySelector('#start').value") == shown
+        assert js(page, "document.querySelector('#start').title") == f"{start} ns"
+        zone = js(page, "document.querySelector('#zone').textContent")
+        assert zone in ("times in Asia/Kolkata", "times in Asia/Calcutta"), zone  # ICU may name it the old way
+        first = js(page, "document.querySelector('#traces tbody tr td:nth-child(2)').textContent")
+        assert first == f"{local:%Y-%m-%d %H:%M:%S}.{frac[:6]}"
+        # a preset replaces the range: the demo's traces are older than the last hour
+        js(page, "(s => { s.value = '1h'; s.dispatchEvent(new Event('change')); })(document.querySelector('#range'))")
+        page.wait_for("location.search.includes('range=1h') && document.querySelector('#page-info').textContent !== ''")
+        assert "start=" not in js(page, "location.search")
+        page.wait_for("document.querySelectorAll('#traces tbody tr').length === 0")
+    finally:
+        page.call("Emulation.setTimezoneOverride", {"timezoneId": ""})
