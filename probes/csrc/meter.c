@@ -110,10 +110,10 @@ typedef struct {
     int64_t syn_seq, syn_ip_id, syn_ns, synack_seq, synack_ns, rtt_client_us, rtt_server_us;
     int64_t attempt_ns; /* capture time of the originator's first SYN (Zeek's AttemptTimer), 0: none */
     int64_t stats[12];
-    int64_t bad[2]; /* per direction: packets with a bad L4 checksum (the C scale) */
+    uint32_t bad[2]; /* per direction: packets with a bad L4 checksum (the C scale) */
     uint64_t payload_hash[2];
     uint64_t outer; /* flow_id of the last packet's outer flow (Zeek's stored encapsulation), 0: none */
-    uint64_t parents[MAX_PARENTS];
+    uint64_t *parents; /* tunnel_parents (MAX_PARENTS), allocated with the first; NULL: none */
     endpoint_t ep[2]; /* originator, responder */
     int32_t point, tunnel;
     uint32_t gaps; /* content gaps the last TCP packet revealed on its peer's data */
@@ -273,6 +273,7 @@ static int32_t slot_alloc(Engine *e) {
 static void slot_release(Engine *e, int32_t slot) {
     flow_t *f = &e->flows[slot];
     free(f->hist_heap);
+    free(f->parents);
     free(f->ep[0].blocks);
     free(f->ep[1].blocks);
     memset(f, 0, sizeof *f);
@@ -1064,6 +1065,8 @@ static int content_flip(const Engine *e, int resp_p, int from_orig, uint64_t dst
     return 0;
 }
 
+static void add_parent(flow_t *f, uint64_t outer);
+
 /* ReferenceMeter._create for the packet in row i. */
 static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint64_t src_ep, uint64_t dst_ep) {
     int32_t slot = slot_alloc(e);
@@ -1099,8 +1102,7 @@ static int32_t create(Engine *e, const block_t *b, int64_t i, uint64_t key, uint
     f->flipped = (uint8_t)flip;
     for (int d = 0; d < 2; d++) f->ep[d].reassem = f->ep[d].trim = 1;
     if (b->outer && b->outer[i] >= 0 && b->flow_id[b->outer[i]]) { /* Zeek's set_conn at new_connection */
-        f->outer = f->parents[0] = b->flow_id[b->outer[i]]; /* the innermost encapsulation's uid */
-        f->nparents = 1;
+        add_parent(f, b->flow_id[b->outer[i]]); /* the innermost encapsulation's uid */
     }
     e->c_flows++;
     if (ix_put(e, key, slot) < 0) return -1;
@@ -1195,6 +1197,16 @@ static inline uint64_t flow_key(const Engine *e, const block_t *b, int64_t i, ui
     return hs_flow_key(ea, eb, (uint64_t)b->proto[i], b->pt_hash[b->point[i]]);
 }
 
+/* A tunnel parent, unless known (at most MAX_PARENTS); the packet's outer flow from now on. */
+static void add_parent(flow_t *f, uint64_t outer) {
+    f->outer = outer;
+    for (int k = 0; k < f->nparents; k++)
+        if (f->parents[k] == outer) return;
+    if (f->nparents >= MAX_PARENTS) return;
+    if (!f->parents && !(f->parents = malloc(MAX_PARENTS * sizeof *f->parents))) return;
+    f->parents[f->nparents++] = outer;
+}
+
 /* ReferenceMeter._tunnel_parent: Zeek's Connection::CheckEncapsulation with this packet's outer flow. */
 static void tunnel_parent(flow_t *f, uint64_t outer) {
     if (outer == f->outer) return;
@@ -1207,9 +1219,7 @@ static void tunnel_parent(flow_t *f, uint64_t outer) {
     }
     f->outer = outer;
     if (!outer) return;
-    for (int k = 0; k < f->nparents; k++)
-        if (f->parents[k] == outer) return;
-    if (f->nparents < MAX_PARENTS) f->parents[f->nparents++] = outer;
+    add_parent(f, outer);
 }
 
 /* Lookup (or creation, or reuse) and metering of one ok packet whose key and endpoint hashes are known. */
