@@ -751,21 +751,41 @@ static const char *ck_name[CK_NCOLS] = {"status", "ip_version", "proto", "src_hi
                                         "sport", "dport", "seq", "ip_len", "payload_off", "payload_len",
                                         "payload_caplen"};
 
-static uint64_t ones_sum(const uint8_t *p, int64_t n)
-{
-    uint64_t sum = 0;
-    int64_t k = 0;
-    for (; k + 1 < n; k += 2)
-        sum += (uint64_t)p[k] << 8 | p[k + 1];
-    if (k < n)
-        sum += (uint64_t)p[k] << 8;
-    return sum;
-}
-
 static uint64_t fold16(uint64_t sum)
 {
     for (int i = 0; i < 4; i++)
         sum = (sum & 0xFFFF) + (sum >> 16);
+    return sum;
+}
+
+/* The 16-bit one's complement sum of p[0..n) as big-endian words (a last odd byte as a high byte),
+ * folded. Summed four bytes at a time in host order and swapped at the end (RFC 1071: the sum does not
+ * depend on the byte order it is taken in). */
+static uint64_t ones_sum(const uint8_t *p, int64_t n)
+{
+    uint64_t sum = 0;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        uint32_t w;
+        memcpy(&w, p + k, 4);
+        sum += w;
+    }
+    if (k + 2 <= n) {
+        uint16_t h;
+        memcpy(&h, p + k, 2);
+        sum += h;
+        k += 2;
+    }
+    if (k < n) {
+        uint8_t last[2] = {p[k], 0};
+        uint16_t h;
+        memcpy(&h, last, 2);
+        sum += h;
+    }
+    sum = fold16(sum);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    sum = ((sum & 0xFF) << 8) | (sum >> 8);
+#endif
     return sum;
 }
 
