@@ -18,8 +18,9 @@ path, ``hopscope ingest`` and the streaming correlator all produce them through 
 Histograms are text (``key:count`` pairs) of logarithmic buckets with a relative accuracy of
 ``RELATIVE_ACCURACY`` (the DDSketch mapping: a value is read back as its bucket's representative,
 within 1 % of it); merging is adding counts, so the rows of any set of minutes merge exactly. They
-are plain ``String`` columns so the same table works on ClickHouse 18.16, chDB and a cluster, and
-the merge happens when the answer is built (a few rows per edge and minute).
+are plain ``String`` columns so the same table works on ClickHouse 18.16 (no quantile states worth
+having: its ``quantileTiming`` is in whole milliseconds), chDB and a cluster; a read parses and adds
+them in the server (``sumMap``, ``hist_sum_sql``), so one row per key comes back whatever the window.
 
 A rollup row is computed when both the trace and its spans have been inserted through the same store
 object, whichever comes first (``RollupWriter``); a trace whose spans are not among the ones it holds
@@ -40,7 +41,7 @@ from bisect import bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -55,6 +56,7 @@ _LOG_GAMMA = math.log(_GAMMA)
 MAX_HELD_SPANS = 100_000
 MAX_HELD_TRACES = 20_000
 _ID_CHUNK = 1000
+_MASK64 = 2**64 - 1
 
 
 def _col(ctype: ColumnType, doc: str) -> Any:
@@ -174,6 +176,55 @@ def hist_percentiles(hist: Mapping[int, int], qs: Sequence[int]) -> dict[str, in
 # --- rows from traces ------------------------------------------------------------------------------
 
 
+class SpanRow(NamedTuple):
+    """The fields of a ``Span`` the rollups read (a plain tuple: made by the hundred thousand)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    hop_index: int
+    point: str
+    host: str
+    hop_kind: str
+    side: str
+    orig_h: str
+    resp_h: str
+    request_first_ns: int
+    response_first_ns: int
+    response_last_ns: int
+    req_link_us: int
+    resp_link_us: int
+    link_reason: str
+    link_confidence: float
+    lost_pkts: int
+
+
+class TraceRow(NamedTuple):
+    """The fields of a ``Trace`` the rollups read."""
+
+    trace_id: str
+    start_ns: int
+    duration_us: int
+    error: int
+    l7_proto: str
+    client_h: str
+    server_h: str
+
+
+R = TypeVar("R", SpanRow, TraceRow)
+
+
+def batch_rows(row_type: type[R], batch: Batch) -> list[R]:
+    """The rows of a batch of spans or traces, column by column (no record objects)."""
+    columns = [batch.columns[name] for name in row_type._fields]
+    lists = [c.tolist() if isinstance(c, np.ndarray) else list(c) for c in columns]
+    return list(map(row_type._make, zip(*lists, strict=True)))
+
+
+def record_row(row_type: type[R], record: Span | Trace) -> R:
+    return row_type._make(getattr(record, name) for name in row_type._fields)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _is_loopback(addr: str) -> bool:
     try:
@@ -182,11 +233,11 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-def hop_sorted(spans: Iterable[Span]) -> list[Span]:
+def hop_sorted(spans: Iterable[SpanRow]) -> list[SpanRow]:
     return sorted(spans, key=lambda s: (s.hop_index, s.request_first_ns, s.span_id))
 
 
-def address_chain(trace: Trace, spans: Sequence[Span]) -> tuple[str, str, str, int] | None:
+def address_chain(trace: TraceRow, spans: Sequence[SpanRow]) -> tuple[str, str, str, int] | None:
     """(client address, first server address, final server address, duration at the first hop that
     saw the final address as server) of one trace, spans in hop order; None without a client address.
     The service map's edges are these addresses mapped to entities (``topology.graph.entity_hops``)."""
@@ -206,7 +257,7 @@ def address_chain(trace: Trace, spans: Sequence[Span]) -> tuple[str, str, str, i
     return client, first, final, server_us
 
 
-def point_links(spans: Sequence[Span]) -> list[tuple[Span, Span]]:
+def point_links(spans: Sequence[SpanRow]) -> list[tuple[SpanRow, SpanRow]]:
     """(previous, this) spans of a hop path in hop order: by parent_span_id, else the previous span."""
     index = {s.span_id: i for i, s in enumerate(spans)}
     links = []
@@ -239,12 +290,20 @@ class _Acc:
     second: list[int] = field(default_factory=list)
     attrs: tuple[str, str, str] = ("", "", "")
 
-    def add(self, trace_key: int) -> None:
-        self.digest = (self.digest + trace_key) % 2**64
-        self.count += 1
+
+Pair = tuple[TraceRow, Sequence[SpanRow]]
 
 
-def rollup_batches(pairs: Iterable[tuple[Trace, Sequence[Span]]]) -> tuple[Batch, Batch]:
+def _acc(table: dict[Any, _Acc], key: Any, trace_key: int) -> _Acc:
+    acc = table.get(key)
+    if acc is None:
+        acc = table[key] = _Acc()
+    acc.digest = (acc.digest + trace_key) & _MASK64
+    acc.count += 1
+    return acc
+
+
+def rollup_batches(pairs: Iterable[Pair]) -> tuple[Batch, Batch]:
     """The ``edges_1m`` and ``links_1m`` rows of these traces (each with all its spans)."""
     edges: dict[tuple[int, str, str, str, str], _Acc] = {}
     links: dict[tuple[int, str, str, str], _Acc] = {}
@@ -254,27 +313,25 @@ def rollup_batches(pairs: Iterable[tuple[Trace, Sequence[Span]]]) -> tuple[Batch
         tkey = _trace_key(trace.trace_id)
         chain = address_chain(trace, spans)
         if chain is not None:
-            edge = edges.setdefault((minute, *chain[:3], trace.l7_proto), _Acc())
-            edge.add(tkey)
+            edge = _acc(edges, (minute, *chain[:3], trace.l7_proto), tkey)
             edge.errors += bool(trace.error)
             edge.first.append(trace.duration_us)
             edge.second.append(chain[3])
         if not spans:
             continue
-        links.setdefault((minute, "", "", ""), _Acc()).add(tkey)
+        _acc(links, (minute, "", "", ""), tkey)
         for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
-            node = links.setdefault((minute, "", s.point, ""), _Acc())
-            node.add(tkey)
-            node.attrs = (s.host, s.hop_kind, s.side)
+            _acc(links, (minute, "", s.point, ""), tkey).attrs = (s.host, s.hop_kind, s.side)
         for a, b in point_links(spans):
-            link = links.setdefault((minute, a.point, b.point, b.link_reason), _Acc())
-            link.add(tkey)
+            link = _acc(links, (minute, a.point, b.point, b.link_reason), tkey)
             link.first.append(b.req_link_us)
             if b.response_first_ns:
                 link.second.append(b.resp_link_us)
-            link.lost_pkts += b.lost_pkts
-            link.loss_traces += b.lost_pkts > 0
-            link.min_confidence = min(link.min_confidence, float(b.link_confidence))
+            if b.lost_pkts:
+                link.lost_pkts += b.lost_pkts
+                link.loss_traces += 1
+            if b.link_confidence < link.min_confidence:
+                link.min_confidence = float(b.link_confidence)
     return _edge_batch(edges), _link_batch(links)
 
 
@@ -308,14 +365,14 @@ class RollupWriter:
     writer existed, or by another process)."""
 
     def __init__(
-        self, insert: Callable[[str, Batch], int], lookup_spans: Callable[[Sequence[str]], list[Span]]
+        self, insert: Callable[[str, Batch], int], lookup_spans: Callable[[Sequence[str]], Sequence[Span]]
     ) -> None:
         self._insert = insert
         self._lookup_spans = lookup_spans
         self._lock = threading.Lock()
-        self._spans: OrderedDict[str, list[Span]] = OrderedDict()
+        self._spans: OrderedDict[str, list[SpanRow]] = OrderedDict()
         self._held_spans = 0
-        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self._traces: OrderedDict[str, TraceRow] = OrderedDict()
 
     def written(self, table: str, batch: Batch) -> None:
         """Called after ``batch`` went into ``table`` (spans and traces; others are ignored)."""
@@ -328,18 +385,17 @@ class RollupWriter:
         if ready:
             self.write(ready)
 
-    def write(self, pairs: Sequence[tuple[Trace, Sequence[Span]]]) -> None:
+    def write(self, pairs: Sequence[Pair]) -> None:
         edges, links = rollup_batches(pairs)
         for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
             if len(rows):
                 self._insert(table, rows)
 
-    def _spans_written(self, batch: Batch) -> list[tuple[Trace, Sequence[Span]]]:
-        groups: dict[str, list[Span]] = {}
-        for s in batch.records():
-            assert isinstance(s, Span)
+    def _spans_written(self, batch: Batch) -> list[Pair]:
+        groups: dict[str, list[SpanRow]] = {}
+        for s in batch_rows(SpanRow, batch):
             groups.setdefault(s.trace_id, []).append(s)
-        ready: list[tuple[Trace, Sequence[Span]]] = []
+        ready: list[Pair] = []
         with self._lock:
             for trace_id, spans in groups.items():
                 trace = self._traces.pop(trace_id, None)
@@ -353,12 +409,11 @@ class RollupWriter:
                 self._held_spans -= len(dropped)
         return ready
 
-    def _traces_written(self, batch: Batch) -> list[tuple[Trace, Sequence[Span]]]:
-        ready: list[tuple[Trace, Sequence[Span]]] = []
-        missing: list[Trace] = []
+    def _traces_written(self, batch: Batch) -> list[Pair]:
+        ready: list[Pair] = []
+        missing: list[TraceRow] = []
         with self._lock:
-            for t in batch.records():
-                assert isinstance(t, Trace)
+            for t in batch_rows(TraceRow, batch):
                 spans = self._spans.pop(t.trace_id, None)
                 if spans is None:
                     missing.append(t)
@@ -366,11 +421,11 @@ class RollupWriter:
                     self._held_spans -= len(spans)
                     ready.append((t, spans))
         if missing:
-            stored: dict[str, list[Span]] = {}
+            stored: dict[str, list[SpanRow]] = {}
             ids = [t.trace_id for t in missing]
             for i in range(0, len(ids), _ID_CHUNK):
                 for s in self._lookup_spans(ids[i : i + _ID_CHUNK]):
-                    stored.setdefault(s.trace_id, []).append(s)
+                    stored.setdefault(s.trace_id, []).append(record_row(SpanRow, s))
             with self._lock:
                 for t in missing:
                     if t.trace_id in stored:
@@ -385,7 +440,7 @@ class RollupWriter:
     def flush(self) -> None:
         """Write the traces still waiting for spans, from their own fields (a trace without spans)."""
         with self._lock:
-            alone: list[tuple[Trace, Sequence[Span]]] = [(t, []) for t in self._traces.values()]
+            alone: list[Pair] = [(t, []) for t in self._traces.values()]
             self._traces.clear()
         if alone:
             self.write(alone)
@@ -393,17 +448,34 @@ class RollupWriter:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+def hist_sum_sql(column: str) -> str:
+    """SQL summing the encoded histograms of ``column`` over a group: ``sumMap(keys, counts)``, a
+    tuple of the keys and their counts (ClickHouse 18.16 and chDB alike)."""
+    pairs = f"arrayFilter(p -> p != '', splitByChar(',', `{column}`))"
+    keys = f"arrayMap(p -> toInt32(splitByChar(':', p)[1]), {pairs})"
+    counts = f"arrayMap(p -> toUInt64(splitByChar(':', p)[2]), {pairs})"
+    return f"sumMap({keys}, {counts})"
+
+
+def hist_counts(summed: Any) -> Counter[int]:
+    """The histogram of a ``hist_sum_sql`` value: a (keys, counts) tuple from the server, a struct
+    ({"1": keys, "2": counts}) from chDB's Arrow answer."""
+    keys, counts = (summed["1"], summed["2"]) if isinstance(summed, dict) else summed
+    return Counter(dict(zip((int(k) for k in keys), (int(c) for c in counts), strict=True)))
+
+
 #: Per rollup table: the key columns its rows are grouped by when read, and the aggregates.
 _READ: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     EdgeMinute.TABLE: (
         ("client_h", "first_h", "final_h", "l7_proto"),
-        ("sum(requests)", "sum(errors)", "groupArray(duration_hist)", "groupArray(server_hist)",
+        ("sum(requests)", "sum(errors)", hist_sum_sql("duration_hist"), hist_sum_sql("server_hist"),
          "min(minute_ns)", "max(minute_ns)"),
     ),
     LinkMinute.TABLE: (
         ("prev_point", "point", "link_reason"),
         ("any(host)", "any(hop_kind)", "any(side)", "sum(traces)", "sum(lost_pkts)", "sum(loss_traces)",
-         "min(min_confidence)", "groupArray(req_hist)", "groupArray(resp_hist)", "min(minute_ns)", "max(minute_ns)"),
+         "min(min_confidence)", hist_sum_sql("req_hist"), hist_sum_sql("resp_hist"), "min(minute_ns)",
+         "max(minute_ns)"),
     ),
 }  # fmt: skip
 

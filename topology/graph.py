@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from hopscope.records import FlowRecord, Span, Trace
-from hopscope.store.rollup import hist_merge, hist_percentiles
+from hopscope.store.rollup import hist_counts, hist_percentiles
 from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 #: close_type values of an L4 flow that count as an error on a service map edge.
@@ -264,7 +264,7 @@ def service_map_from_rollup(
     stats: dict[tuple[str, str], _EdgeStats] = {}
     graph = nx.DiGraph()
     requests = 0
-    for client_h, first_h, final_h, l7_proto, n, errors, duration_hists, server_hists, *_ in rows:
+    for client_h, first_h, final_h, l7_proto, n, errors, duration_hist, server_hist, *_ in rows:
         requests += int(n)
         chain = entity_chain(inventory, client_h, first_h, final_h)
         for i in range(1, len(chain)):
@@ -275,8 +275,7 @@ def service_map_from_rollup(
             edge.requests += int(n)
             edge.errors += int(errors)
             edge.protocols[l7_proto or "tcp"] += int(n)
-            for text in duration_hists if i == 1 else server_hists:
-                hist_merge(edge.duration_hist, text)
+            edge.duration_hist.update(hist_counts(duration_hist if i == 1 else server_hist))
     _add_flows(graph, stats, first_observations(flows, {"": later_spans}), inventory)
     _finish_service_map(graph, stats, *window, traces=requests, flows=len(flows), resolution_s=60)
     return graph
@@ -401,7 +400,7 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
     graph = nx.DiGraph()
     links: dict[tuple[str, str], _LinkStats] = {}
     traces = 0
-    for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hists, resp_hists, *_ in rows:
+    for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hist, resp_hist, *_ in rows:
         if not prev and not point:
             traces += int(n)
         elif not prev:
@@ -413,10 +412,8 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
             link.loss_traces += int(loss_traces)
             link.reasons[reason] += int(n)
             link.min_confidence = min(link.min_confidence, float(min_conf))
-            for text in req_hists:
-                hist_merge(link.req_hist, text)
-            for text in resp_hists:
-                hist_merge(link.resp_hist, text)
+            link.req_hist.update(hist_counts(req_hist))
+            link.resp_hist.update(hist_counts(resp_hist))
     return _finish_points(graph, links, traces, start_ns=window[0], end_ns=window[1], resolution_s=60)
 
 
