@@ -14,7 +14,10 @@ With an egress sidecar in the client pods (``client_sidecar`` in the manifest), 
 on the client pod's loopback (``<client>-egress``: the client app's leg, on the socket the generator
 records) and its network leg is the sidecar's upstream connection; the sidecar answers with what that
 leg carried (``egress_request_id``, ``egress_local``), so a precise trace also has, at the client pod's
-NIC, the sidecar's upstream socket for that very request (and its id, where the probe saw one).
+NIC, the sidecar's upstream socket for that very request (and its id, where the probe saw one). With
+mutual TLS between the sidecars the server sidecar answers with the TLS connection's client socket as
+it saw it (``tls.remote``, after node A's NAT), and a precise trace has that socket at the server
+pod's NIC.
 
 A run whose captures were skewed per host after the fact (``hopscope.lab.skew``) records the skew as
 ``clock_skew_ns``; each host's offset found by the correlator is scored against it (``ClockCheck``).
@@ -164,6 +167,17 @@ def _egress_is(r: dict[str, Any], t: dict[str, Any], xrid: dict[tuple[str, int],
     return not seen or seen == r.get("egress_request_id")
 
 
+def _tls_leg_is(r: dict[str, Any], t: dict[str, Any]) -> bool:
+    """With mutual TLS between the sidecars (``tls`` in the request's truth), the trace's hop at the
+    server pod's NIC is on the TLS connection the server sidecar answered ``r`` on (its client socket
+    after node A's NAT, where the manifest has it); otherwise True."""
+    remote = (r.get("tls") or {}).get("remote")
+    if not remote:
+        return True
+    nic = [h for h in t["hops"] if h["point"] == f"{r['server']}-pod"]
+    return len(nic) == 1 and f"{nic[0]['orig_h']}:{nic[0]['orig_p']}" == remote
+
+
 def match_requests(manifest: dict[str, Any], doc: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
     """Each answered HTTP request of the manifest with the trace of it on its socket (None when
     there is none).
@@ -208,7 +222,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
         ev.recalled += [h["point"] for h in t["hops"]] == expected_points(r, manifest)
         app = [h for h in t["hops"] if h["point"].endswith("-app")]
         ev.precise += (len(app) == 1 and _upstream_is(r, (app[0]["point"], app[0]["request_id"]), xrid, path)
-                       and t["request"]["status"] == r["status"] and _egress_is(r, t, xrid))
+                       and t["request"]["status"] == r["status"] and _egress_is(r, t, xrid) and _tls_leg_is(r, t))
     seen = [(h["point"], h["request_id"]) for t in doc["traces"] if t["kind"] == "l7" for h in t["hops"]]
     ev.shared_hops = len(seen) - len(set(seen))
     _evaluate_other(manifest, doc, ev)

@@ -59,6 +59,7 @@ must hold the plaintext body lengths (encryption adds, never removes). In this o
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -593,6 +594,7 @@ def _link_nested(view: SegmentView, links: Links, groups: _UnionFind, p: int, s:
 
 
 NESTED_CANDIDATES = 64  # open downstream legs tried per upstream leg
+CHAIN_GROUP_MAX = 5  # chains assigned jointly at most (their exchanges are tried in every combination)
 #: statuses a proxy sends when it answers a request itself (bad gateway, unavailable, timeout)
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 REPAIR_CANDIDATES = 8  # pairs considered for moving when an upstream leg found none
@@ -727,9 +729,10 @@ def _link_id_chains(view: SegmentView, settings: CorrelateSettings, links: Links
     """Across the TLS hop by what both plaintext legs show: a leg ending at a proxy hop and one starting
     at a proxy hop on another host share a request id (a server sidecar that keeps the client's:
     ``tls:nested+id``), or else a path that no other leg on either host has (stripped of a leading
-    segment, as a sidecar may strip a prefix: ``tls:nested+path``), the same status and bodies, and
-    exactly one exchange between those hosts nests in the first and around the second: both links
-    are made. Returns links made."""
+    segment, as a sidecar may strip a prefix: ``tls:nested+path``), the same status and bodies, and an
+    exchange between those hosts nests in the first and around the second: both links are made. With
+    one such exchange, that one; with several, chains sharing them are assigned together
+    (``_assign_chain_groups``). Returns links made."""
     assert view.tls is not None
     tls = view.tls
     ends: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -749,7 +752,7 @@ def _link_id_chains(view: SegmentView, settings: CorrelateSettings, links: Links
         exchanges[(view.first_host[b], view.last_host[b])].append((int(view.req_first_ns[b]), b))
     for v in exchanges.values():
         v.sort()
-    made = 0
+    chains: list[tuple[int, int, Reason, list[int]]] = []  # (client leg, server leg, reason, exchanges)
     for c in upstream:
         if links.parent[c] >= 0:
             continue
@@ -757,21 +760,104 @@ def _link_id_chains(view: SegmentView, settings: CorrelateSettings, links: Links
             cands = ends.get(key, [])
             if key[0] == "path" and (counts.get(key) != 1 or starts[key] != 1):
                 continue  # a path is a key only where it names one leg on each side
-            a = _one_chain(view, settings, links, exchanges, cands, c)
-            if a is None:
+            found = [(a, bs) for a in cands if view.last_host[a] != view.first_host[c] and _statuses_fit(view, a, c)
+                     for bs in [_chain_exchanges(view, settings, links, exchanges, a, c)] if bs]
+            if len(found) != 1:
                 continue
-            b = _chain_exchange(view, settings, links, exchanges, a, c)
-            reason = Reason.TLS_NESTED_ID if key[0] == "id" else Reason.TLS_NESTED_PATH
-            for parent, child in ((a, b), (b, c)):
-                _link_nested(view, links, groups, parent, child, False)
-                links.reason[child] = reason.value
-                links.confidence[child] = BASE_CONFIDENCE[reason]
+            a, bs = found[0]
+            chains.append((a, c, Reason.TLS_NESTED_ID if key[0] == "id" else Reason.TLS_NESTED_PATH, bs))
             for k in _chain_keys(view, a, upstream=False):
                 if a in ends.get(k, []):
                     ends[k].remove(a)
-            made += 2
             break
+    made, pending = 0, chains
+    while pending:  # one exchange left between the two legs: that one (taking it may leave one for another)
+        rest = []
+        for a, c, reason, bs in pending:
+            free = [b for b in bs if links.parent[b] < 0]
+            if len(free) == 1:
+                _link_chain(view, links, groups, (a, free[0], c), reason, False)
+                made += 2
+            elif free:
+                rest.append((a, c, reason, free))
+        if len(rest) == len(pending):
+            break
+        pending = rest
+    return made + _assign_chain_groups(view, settings, links, groups, pending)
+
+
+def _link_chain(view: SegmentView, links: Links, groups: _UnionFind, chain: tuple[int, int, int], reason: Reason,
+                ambiguous: bool) -> None:
+    a, b, c = chain
+    for parent, child in ((a, b), (b, c)):
+        _link_nested(view, links, groups, parent, child, False)
+        links.reason[child] = reason.value
+        links.confidence[child] = AMBIGUOUS_NESTED_CONFIDENCE if ambiguous else BASE_CONFIDENCE[reason]
+
+
+def _chain_times(view: SegmentView, a: int, b: int, c: int) -> tuple[int, ...]:
+    """When a chain passed each sidecar, in pairs (before, after): the request into and out of the
+    client sidecar, into and out of the server sidecar, and the answer likewise on the way back."""
+    return (int(view.req_last_ns[a]), int(view.req_first_ns[b]), int(view.req_last_ns[b]), int(view.req_first_ns[c]),
+            int(view.resp_first_ns[c]), int(view.resp_last_ns[b]), int(view.resp_first_ns[b]),
+            int(view.resp_last_ns[a]))
+
+
+def _orders_kept(times: list[tuple[int, ...]], jitter_ns: int) -> int:
+    """Over every two chains and each of the four passages through a sidecar (``_chain_times``), how
+    often the two left in the order they came (a passage where both gaps are within ``jitter_ns``
+    says nothing)."""
+    kept = 0
+    for x, y in itertools.combinations(times, 2):
+        for k in range(0, 8, 2):
+            came, left = y[k] - x[k], y[k + 1] - x[k + 1]
+            if max(abs(came), abs(left)) > jitter_ns:
+                kept += (came > 0) == (left > 0)
+    return kept
+
+
+def _assign_chain_groups(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,
+                         pending: list[tuple[int, int, Reason, list[int]]]) -> int:
+    """Chains with several exchanges between their legs, in groups that share candidates and have
+    exactly as many candidates as chains (no other request can own one): the one-to-one assignment
+    that keeps the most orders at the sidecars (``_orders_kept``: a sidecar mostly passes requests
+    and answers on in the order they came, though a starved one swaps some); ambiguous unless it
+    keeps more than every other. Other groups, and groups beyond ``CHAIN_GROUP_MAX`` chains, are left
+    to the timing rule."""
+    jitter = settings.proxy_order_jitter_us * 1000
+    made = 0
+    for members in _shared_candidate_groups(pending):
+        if len(members) > CHAIN_GROUP_MAX or len({b for _, _, _, bs in members for b in bs}) != len(members):
+            continue  # too many to try, or exchanges other requests may own: the timing rule decides
+        scored = []
+        for combo in itertools.product(*(bs for _, _, _, bs in members)):
+            if len(set(combo)) == len(combo):
+                times = [_chain_times(view, a, b, c) for (a, c, _, _), b in zip(members, combo, strict=True)]
+                scored.append((-_orders_kept(times, jitter), combo))
+        if not scored:
+            continue
+        scored.sort()
+        ambiguous = len(scored) > 1 and scored[1][0] == scored[0][0]
+        for (a, c, reason, _), b in zip(members, scored[0][1], strict=True):
+            _link_chain(view, links, groups, (a, b, c), reason, ambiguous)
+            made += 2
     return made
+
+
+def _shared_candidate_groups(pending: list[tuple[int, int, Reason, list[int]]],
+                             ) -> list[list[tuple[int, int, Reason, list[int]]]]:
+    """Pending chains grouped so that chains sharing a candidate exchange are in one group."""
+    uf = _UnionFind(len(pending))
+    owner: dict[int, int] = {}
+    for i, (_, _, _, bs) in enumerate(pending):
+        for b in bs:
+            if b in owner:
+                uf.union(i, owner[b])
+            owner[b] = i
+    out: dict[int, list[tuple[int, int, Reason, list[int]]]] = defaultdict(list)
+    for i, chain in enumerate(pending):
+        out[uf.find(i)].append(chain)
+    return list(out.values())
 
 
 def _chain_keys(view: SegmentView, s: int, upstream: bool) -> list[tuple[str, str]]:
@@ -790,24 +876,15 @@ def _chain_keys(view: SegmentView, s: int, upstream: bool) -> list[tuple[str, st
     return keys
 
 
-def _one_chain(view: SegmentView, settings: CorrelateSettings, links: Links,
-               exchanges: dict[tuple[str, str], list[tuple[int, int]]], cands: list[int], c: int) -> int | None:
-    """The one candidate client-side leg with exactly one exchange between it and ``c`` (None: not one)."""
-    found = [a for a in cands if view.last_host[a] != view.first_host[c] and _statuses_fit(view, a, c)
-             and _chain_exchange(view, settings, links, exchanges, a, c) >= 0]
-    return found[0] if len(found) == 1 else None
-
-
-def _chain_exchange(view: SegmentView, settings: CorrelateSettings, links: Links,
-                    exchanges: dict[tuple[str, str], list[tuple[int, int]]], a: int, c: int) -> int:
-    """The one unlinked exchange nested in ``a`` and around ``c`` (-1: none, or several)."""
+def _chain_exchanges(view: SegmentView, settings: CorrelateSettings, links: Links,
+                     exchanges: dict[tuple[str, str], list[tuple[int, int]]], a: int, c: int) -> list[int]:
+    """The unlinked exchanges nested in ``a`` and around ``c``."""
     slack = settings.nesting_slack_us * 1000
     between = exchanges.get((view.last_host[a], view.first_host[c]), [])
     lo = bisect.bisect_left(between, (int(view.req_last_ns[a]) - slack, -1))
     hi = bisect.bisect_right(between, (int(view.req_first_ns[c]) + slack, len(links.parent)))
-    fits = [b for _, b in between[lo:hi][:NESTED_CANDIDATES] if links.parent[b] < 0
+    return [b for _, b in between[lo:hi][:NESTED_CANDIDATES] if links.parent[b] < 0
             and _child_fits(view, a, b, slack) and _child_fits(view, b, c, slack)]
-    return fits[0] if len(fits) == 1 else -1
 
 
 def _link_by_carried_id(view: SegmentView, settings: CorrelateSettings, links: Links, groups: _UnionFind,

@@ -107,7 +107,7 @@ def one_request(
         rec["egress_request_id"] = resp.getheader("x-hs-egress-request-id")
         rec["egress_local"] = resp.getheader("x-hs-egress-local")
         # set by a server sidecar speaking mutual TLS: what its TLS leg carried
-        tls = {k: resp.getheader(f"x-hs-tls-{k}") for k in ("version", "peer", "resumed")}
+        tls = {k: resp.getheader(f"x-hs-tls-{k}") for k in ("version", "peer", "resumed", "remote")}
         if tls["version"]:
             rec["tls"] = tls
         rec["server_closed"] = resp.will_close

@@ -6,8 +6,10 @@ sidecars:
 
 - the server sidecar's listener speaks TLS (``MTLS_VERSION``), requires a client certificate signed by
   the lab's CA, issues session tickets with a key the server pods share, and adds to each response what
-  the TLS leg carried (``x-hs-tls-version``, ``x-hs-tls-peer``: the client certificate's subject, and
-  where the proxy can say it, ``x-hs-tls-resumed``), which the generator writes into the manifest;
+  the TLS leg carried (``x-hs-tls-version``, ``x-hs-tls-peer``: the client certificate's subject,
+  ``x-hs-tls-remote``: the TLS connection's client socket as the server sidecar saw it, after node A's
+  NAT, and where the proxy can say it, ``x-hs-tls-resumed``), which the generator writes into the
+  manifest;
 - the client sidecar's upstream connections (a keep-alive pool) speak TLS with its own certificate,
   verify the server's against the CA and the Service name, and resume sessions.
 
@@ -74,7 +76,8 @@ def server_placeholders(kind: str, pki: Pki, pod: str) -> dict[str, str]:
                    "common_tls_context": _envoy_common(pki, pod, {"san_type": "URI",
                                                                   "matcher": {"prefix": "spiffe://"}})}
         added = [{"header": {"key": key, "value": value}} for key, value in (
-            ("x-hs-tls-version", "%DOWNSTREAM_TLS_VERSION%"), ("x-hs-tls-peer", "%DOWNSTREAM_PEER_SUBJECT%"))]
+            ("x-hs-tls-version", "%DOWNSTREAM_TLS_VERSION%"), ("x-hs-tls-peer", "%DOWNSTREAM_PEER_SUBJECT%"),
+            ("x-hs-tls-remote", "%DOWNSTREAM_REMOTE_ADDRESS%"))]
         return {**PLAINTEXT, "downstream_tls": _flow("transport_socket", {"name": _TLS, "typed_config": context}),
                 "tls_response_headers": _flow("response_headers_to_add", added)}
     if kind == "nginx":
@@ -86,6 +89,7 @@ def server_placeholders(kind: str, pki: Pki, pod: str) -> dict[str, str]:
             "add_header x-hs-tls-version $ssl_protocol always;",
             "add_header x-hs-tls-peer $ssl_client_s_dn always;",
             "add_header x-hs-tls-resumed $ssl_session_reused always;",
+            "add_header x-hs-tls-remote $remote_addr:$remote_port always;",
         ]
         return {**PLAINTEXT, "listen_tls": " ssl", "tls_directives": "\n        ".join(directives)}
     if kind == "haproxy":
@@ -93,7 +97,8 @@ def server_placeholders(kind: str, pki: Pki, pod: str) -> dict[str, str]:
                 f"ssl-max-ver {MTLS_VERSION} tls-ticket-keys {pki.ticket_key_b64}")
         headers = ["http-response set-header x-hs-tls-version %[ssl_fc_protocol]",
                    "http-response set-header x-hs-tls-peer %[ssl_c_s_dn]",
-                   "http-response set-header x-hs-tls-resumed %[ssl_fc_is_resumed]"]
+                   "http-response set-header x-hs-tls-resumed %[ssl_fc_is_resumed]",
+                   "http-response set-header x-hs-tls-remote %[src]:%[src_port]"]
         return {**PLAINTEXT, "bind_tls": bind, "tls_response_headers": "\n    ".join(headers)}
     raise ValueError(f"unknown server sidecar {kind!r}")
 

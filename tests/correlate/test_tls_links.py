@@ -32,6 +32,8 @@ class Request:
     status: int = 200
     forward_us: int = 10  # time the egress sidecar takes to send it on
     handover_us: int = 10  # time the egress sidecar takes to pass the response back
+    app_delay_us: int = 20  # time the server sidecar takes to send the request on to the app
+    server_return_us: int = 20  # time the server sidecar takes to pass the app's answer back
     path: str = "/ok"
     upstream_path: str = ""  # the path the app got ('': path)
 
@@ -39,14 +41,16 @@ class Request:
         # client app -> egress sidecar (client pod loopback) at t; its exchange leaves the client pod
         # forward_us later and takes 40 µs to the server pod; the app leg starts 20 µs after that
         t, e0 = self.start_us, self.start_us + self.forward_us
-        e1, c0 = e0 + 40, e0 + 60
+        e1 = e0 + 40
+        c0 = e1 + self.app_delay_us
         c_resp = c0 + self.service_us
-        a = self._rec("client-egress", "client", "proxy", "http", self.app_conn, 0, t, c_resp + 60 + self.handover_us,
+        e1_resp = c_resp + self.server_return_us
+        a = self._rec("client-egress", "client", "proxy", "http", self.app_conn, 0, t, e1_resp + 40 + self.handover_us,
                       self.resp_body)
         tls = [self._rec(p, h, "pod", "tls", self.tls_conn, self.tls_offset, req, resp, 0,
                          req_bytes=300 + TLS_OVERHEAD, resp_bytes=self.resp_body + 120 + TLS_OVERHEAD)
-               for p, h, req, resp in (("client-pod", "client", e0, c_resp + 60),
-                                       ("server-pod", "server", e1, c_resp + 20))]
+               for p, h, req, resp in (("client-pod", "client", e0, e1_resp + 40),
+                                       ("server-pod", "server", e1, e1_resp))]
         c = self._rec("server-app", "server", "proxy", "http", self.app_conn + 1000, 0, c0, c_resp, self.resp_body,
                       xrid=self.upstream_xrid or self.xrid, path=self.upstream_path or self.path)
         return [a, *tls, c]
@@ -176,12 +180,31 @@ def test_a_path_no_other_request_has_links_the_chain_across_a_sidecar_that_repla
     assert got == [((100, 10_000, 10_000, 1100), path_chain), ((101, 20_000, 20_000, 1101), path_chain)]
 
 
-def test_the_client_side_follows_the_path_the_exchange_carries_when_timing_crosses() -> None:
-    """Two exchanges fit between both pairs of legs (no chain can pick one); the server side pairs
-    them, and each exchange carries its app leg's path to the client side, where the client legs'
-    answers left in the other order than the exchanges' did."""
-    k = Request(0, 10_000, 0, 100, path="/a?k", forward_us=100, service_us=400, handover_us=300)
-    c = Request(50, 20_000, 0, 101, path="/a?c", forward_us=60, service_us=390, handover_us=10)
-    _, got = chains([k, c])
-    client_path = ("origin", "tls:nested+path", "l7:req_tcp_seq", "tls:nested")
-    assert got == [((100, 10_000, 10_000, 1100), client_path), ((101, 20_000, 20_000, 1101), client_path)]
+def test_two_chains_sharing_their_two_exchanges_take_the_assignment_keeping_the_most_orders() -> None:
+    """Both exchanges fit between both pairs of legs (paths name the pairs, 100 µs apart at each
+    sidecar); the client sidecar passed the answers back in the other order than the exchanges
+    brought them, every other passage kept its order: the exchanges go to the chains that keep three
+    of four orders, with no guess."""
+    k = Request(0, 10_000, 0, 100, path="/a?k", forward_us=200, app_delay_us=160, service_us=400,
+                server_return_us=100, handover_us=360)
+    c = Request(100, 20_000, 0, 101, path="/a?c", forward_us=200, app_delay_us=160, service_us=360,
+                server_return_us=100, handover_us=200)
+    res, got = chains([c, k])
+    path_chain = ("origin", "tls:nested+path", "l7:req_tcp_seq", "tls:nested+path")
+    assert got == [((100, 10_000, 10_000, 1100), path_chain), ((101, 20_000, 20_000, 1101), path_chain)]
+    cols = res.spans.columns
+    assert {round(float(x), 2) for x, why in zip(cols["link_confidence"], cols["link_reason"], strict=True)
+            if why == "tls:nested+path"} == {0.9}  # not a tie: no guess
+
+
+def test_an_exchange_carries_its_app_legs_id_to_the_client_side() -> None:
+    """Both exchanges fit between the legs sharing the client's id, and the other request is an
+    id-less ``GET /ok`` like it: no chain can pick one. The server side pairs by timing; the exchange
+    paired with the app leg carrying "a1" then goes to the client leg that sent "a1"."""
+    res, got = chains([Request(0, 10_000, 0, 100, xrid="a1"), Request(10, 20_000, 0, 101)])
+    assert got == [((100, 10_000, 10_000, 1100), ("origin", "tls:nested+id", "l7:req_tcp_seq", "tls:nested")),
+                   ((101, 20_000, 20_000, 1101), CHAIN)]
+    cols = res.spans.columns
+    by_id = [round(float(x), 2) for x, why in zip(cols["link_confidence"], cols["link_reason"], strict=True)
+             if why == "tls:nested+id"]
+    assert by_id == [0.95]  # by the id, not a guess between answers 10 µs apart

@@ -49,6 +49,7 @@ from hopscope.correlate.offline import plan_points, read_points
 from hopscope.correlate.stream import Relay, StreamCorrelator, StreamStats
 from hopscope.lab.lab import ImpairSpec, Lab, record
 from hopscope.lab.plan import PlanSettings
+from hopscope.lab.topology import UNDERLAY_A
 from hopscope.store.embedded import EmbeddedStore
 from tests.correlate.test_stream import Log, LogConsumer, offline, stored
 from tests.correlate.test_stream_chain import FOREVER, Published, input_log
@@ -112,11 +113,14 @@ def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_every_request_crossed_mutual_tls(cell: MtlsCell) -> None:
-    """The server sidecar saw each request over TLS 1.2 from the client sidecar's certificate."""
+    """The server sidecar saw each request over TLS 1.2 from the client sidecar's certificate, on a
+    connection from node A's masquerade address (the TLS leg's NAT, which the scoring checks per
+    request at the server pod's NIC)."""
     answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
     assert cell.manifest["mtls"]["version"] == "TLSv1.2"
     assert answered and all(r["tls"]["version"] == "TLSv1.2" for r in answered)
     assert all(f"CN={r['client']}-egress" in r["tls"]["peer"] for r in answered), answered[0]["tls"]
+    assert all(r["tls"]["remote"].startswith(f"{UNDERLAY_A}:") for r in answered), answered[0]["tls"]
 
 
 def test_every_request_is_stitched_across_every_hop(cell: MtlsCell) -> None:
