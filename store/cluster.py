@@ -77,8 +77,11 @@ SHARDING_KEYS: dict[str, str] = {
     "links_1m": "digest",
 }
 
-#: Settings of every query through the cluster: reads answer with the shards that are up.
-CLUSTER_SETTINGS: dict[str, Any] = {"skip_unavailable_shards": 1}
+#: Settings of every query through the cluster: reads answer with the shards that are up, and an
+#: ``IN (SELECT ...)`` over another Distributed table (a trace search on its spans) reads that table's
+#: local part on each shard: traces and spans are both sharded by trace id, so a trace's spans sit on
+#: its shard (the server's default, ``deny``, refuses such a query).
+CLUSTER_SETTINGS: dict[str, Any] = {"skip_unavailable_shards": 1, "distributed_product_mode": "local"}
 
 #: How long ON CLUSTER DDL waits for every server (the server's default is 180 s).
 DDL_TIMEOUT_S = 60

@@ -239,6 +239,20 @@ def test_correlator_writes_through_the_cluster_and_the_api_reads_every_trace(
 
 
 @cluster_only
+def test_a_search_on_the_traces_spans_reads_each_shards_own_spans(analysis: Analysis, loaded: str) -> None:
+    """A filter on the spans of a trace (hop kind, an address) is an ``IN (SELECT ...)`` over a second
+    Distributed table: the cluster answers it shard by shard, with every matching trace."""
+    tables = analysis.tables()
+    spans = tables["spans"].columns
+    want = {tid for tid, kind in zip(spans["trace_id"], spans["hop_kind"], strict=True) if kind == "proxy"}
+    assert want, "the lab sample has proxy hops"
+    with _client(loaded) as client:
+        r = client.get("/api/v1/traces", params={"limit": 1000, "hop_kind": "proxy"})
+        assert r.status_code == 200, r.text
+        assert {t["trace_id"] for t in r.json()["traces"]} == want
+
+
+@cluster_only
 def test_one_trace_lives_on_one_shard_and_one_flow_with_its_requests(loaded: str, cluster_store: ClusterStore) -> None:
     placed = _shard_of_traces(cluster_store)
     assert placed, "no trace rows on any shard"
