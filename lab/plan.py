@@ -33,6 +33,8 @@ class PlanSettings:
     #: a query string naming each request (``?req=<client>.<session>.<seq>``): requests that differ in
     #: their paths, as most real traffic does; without it the plan's requests are identical but for time
     tag_requests: bool = False
+    #: each web session starts this long after the one before it (0: all at once, in lockstep)
+    stagger_ms: float = 0.0
 
 
 def _requests(n: int, offset: int, prefix: str = "", tag: str = "") -> list[dict[str, Any]]:
@@ -90,9 +92,9 @@ def default_plan(client_index: int, settings: PlanSettings, path_prefix: str = "
         tags = (f"{client_index}.{s}.k", f"{client_index}.{s}.c") if settings.tag_requests else ("", "")
         session = web6 if uses_ipv6(client_index, s) else web
         plan.append({**session, "keepalive": True, "requests": _requests(n, base, path_prefix, tags[0]),
-                     "pause_ms": settings.pause_ms})
+                     "pause_ms": settings.pause_ms, "stagger_ms": settings.stagger_ms})
         plan.append({**session, "keepalive": False, "requests": _requests(n, base + 1, path_prefix, tags[1]),
-                     "pause_ms": settings.pause_ms})
+                     "pause_ms": settings.pause_ms, "stagger_ms": settings.stagger_ms})
     if settings.dead_attempts:
         plan.append(
             {
