@@ -4,12 +4,14 @@ Generates (once, cached under var/bench/) a pcap of realistic traffic, at least 
 concurrent TCP connections with handshakes, requests, multi-segment responses with delayed ACKs, FIN or
 RST closes, a few retransmissions, unanswered and rejected SYNs, plus UDP DNS query/response pairs.
 Then times, on one core (``taskset -c 0``) and in the same run, every tool on the same file and prints
-packets/s. It also measures the peak RSS of ``hopscope flows`` on a capture with 100,000 flows open at
-once (goal: under 300 MB). Ends with one ``bench:`` line per figure: hopscope's packets per CPU second
-beside each peer's (ratio: hopscope's rate over the peer's, higher is better), its wall and net rates,
-start-up and peak RSS.
+packets/s. A second capture holds 100,000 short flows of 10 packets each (1M packets: handshake, one
+request and response, FIN close), where the per-record work weighs most; ``hopscope flows`` and nfpcapd
+run on it in turn (interleaved, best of ``--repeat``). It also measures the peak RSS of ``hopscope
+flows`` on a capture with 100,000 flows open at once (goal: under 300 MB). Ends with one ``bench:``
+line per figure: hopscope's packets per CPU second beside each peer's (ratio: hopscope's rate over the
+peer's, higher is better), its wall and net rates, start-up and peak RSS.
 
-Usage: ``python bench/probe_speed.py [--packets 1000000] [--repeat 3] [--skip-peers]``
+Usage: ``python bench/probe_speed.py [--packets 1000000] [--repeat 3] [--skip-peers] [--short-flows 100000]``
 """
 
 from __future__ import annotations
@@ -151,6 +153,33 @@ def generate(path: Path, packets: int, seed: int = 1) -> None:
     w.save(path)
 
 
+def generate_short_flows(path: Path, flows: int, seed: int = 3) -> None:
+    """``flows`` TCP connections of 10 packets each, a few hundred open at once: SYN, SYN-ACK, ACK, a
+    request, its ACK, a response, its ACK, FIN, FIN, ACK."""
+    rng = random.Random(seed)
+    w = Writer()
+    t = 1_700_000_000.0
+    servers = [(0x0A640000 + i, rng.choice((80, 443, 8080))) for i in range(1, 200)]
+    for i in range(flows):
+        t += rng.expovariate(20000.0)
+        client, server = (0x0A000000 + rng.randint(1, 60000), 1024 + i % 64000), rng.choice(servers)
+        rtt, c, s = rng.uniform(0.0002, 0.005), rng.getrandbits(32), rng.getrandbits(32)
+        w.tcp(t, client, server, SYN, c, 0)
+        w.tcp(t + rtt, server, client, SYN | ACK, s, c + 1)
+        c, s, x = c + 1, s + 1, t + 2 * rtt
+        w.tcp(x, client, server, ACK, c, s)
+        w.tcp(x + 1e-5, client, server, ACK | PSH, c, s, 120, head=REQUEST)
+        c, x = c + 120, x + rtt
+        w.tcp(x, server, client, ACK, s, c)
+        w.tcp(x + 5e-5, server, client, ACK | PSH, s, c, 300, head=RESPONSE)
+        s, x = s + 300, x + rtt
+        w.tcp(x, client, server, ACK, c, s)
+        w.tcp(x + 1e-4, client, server, FIN | ACK, c, s)
+        w.tcp(x + rtt, server, client, FIN | ACK, s, c + 1)
+        w.tcp(x + 2 * rtt, client, server, ACK, c + 1, s + 1)
+    w.save(path)
+
+
 def generate_concurrent(path: Path, flows: int) -> None:
     """``flows`` TCP handshakes first, data and FINs only after all of them: ``flows`` open at once."""
     w = Writer()
@@ -210,12 +239,44 @@ def peak_rss_mb(cmd: list[str]) -> float:
     return int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
+def short_flows(exe: str, flows: int, repeat: int, skip_peers: bool) -> list[str]:
+    """Time ``hopscope flows`` and nfpcapd in turn on the short-flow mix; return their bench lines."""
+    capture = VAR / f"probe_short_flows_{flows}.pcap"
+    if not capture.exists():
+        print(f"generating {capture} ...", flush=True)
+        generate_short_flows(capture, flows)
+    packets = count_packets(capture)
+    print(f"short-flow mix: {capture} ({packets} packets, {flows} flows)")
+    best: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = {"hopscope_flows": [exe, "flows", "-C", str(capture)]}
+        if not skip_peers and shutil.which("nfpcapd"):
+            cmds["nfpcapd"] = ["nfpcapd", "-r", str(capture), "-w", tmp]
+        for _ in range(repeat):  # interleaved: a load change on a shared machine hits both alike
+            for token, cmd in cmds.items():
+                got = timed(cmd, 1)
+                if got is not None:
+                    old = best.get(token, (float("inf"), float("inf")))
+                    best[token] = (min(old[0], got[0]), min(old[1], got[1]))
+    for token, (wall, cpu) in best.items():
+        print(f"  {token:42s} {wall:7.2f} s wall {cpu:7.2f} s CPU {packets / cpu:11,.0f} pkts/s CPU")
+    if "hopscope_flows" not in best:
+        return []
+    cpu = best["hopscope_flows"][1]
+    if "nfpcapd" not in best:
+        return [bench_line("probe_short_flows_cpu_rate", packets / cpu, "pps")]
+    peer = best["nfpcapd"][1]
+    # ratio: hopscope's packets per CPU second over nfpcapd's, higher is better
+    return [bench_line("probe_short_flows_cpu_rate", packets / cpu, "pps", ("nfpcapd", packets / peer), peer / cpu)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--concurrent-flows", type=int, default=100_000)
+    parser.add_argument("--short-flows", type=int, default=100_000, help="flows of the short-flow mix (0: skip it)")
     args = parser.parse_args(argv)
     VAR.mkdir(parents=True, exist_ok=True)
     capture = VAR / f"probe_mix_v2_{args.packets}.pcap"
@@ -266,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             figures[token] = (wall, cpu, startup, net)
             print(f"{name:44s} {wall:7.2f} {packets / wall:12,.0f} {cpu:7.2f} {packets / cpu:11,.0f} "
                   f"{startup:8.2f} {net:11,.0f}", flush=True)  # fmt: skip
+    short = short_flows(exe, args.short_flows, args.repeat, args.skip_peers) if args.short_flows else []
     many = VAR / f"probe_concurrent_{args.concurrent_flows}.pcap"
     if not many.exists():
         generate_concurrent(many, args.concurrent_flows)
@@ -281,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_line("probe_flows_net_cpu_rate", net, "pps"))
         print(bench_line("probe_flows_startup_cpu", startup, "s"))
     print(bench_line(f"probe_flows_peak_rss_{args.concurrent_flows}_flows", rss, "MB"))
+    for line in short:
+        print(line)
     return 0
 
 

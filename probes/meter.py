@@ -16,7 +16,6 @@ from hopscope.ids import payload_hash, payload_hashes
 from hopscope.probes import kernels
 from hopscope.probes.meter_common import FlowNames, MeterConfig, close_type
 from hopscope.probes.meter_native import NativeMeter
-from hopscope.probes.meter_reference import ReferenceMeter
 from hopscope.probes.packets import PacketBlock
 from hopscope.records import Batch, FlowRecord
 
@@ -50,7 +49,12 @@ class FlowMeter:
         self.counters: Counter[str] = Counter()
         kernel = kernels.load("_meter") if native else None
         self.native = NativeMeter(kernel, self.config, self.names, host, hop_kind) if kernel is not None else None
-        self.engine: MeterEngine = self.native or ReferenceMeter(self.config, self.names, host, hop_kind)
+        if self.native is not None:
+            self.engine: MeterEngine = self.native
+        else:  # imported here: the compiled path's start-up does without the reference meter's modules
+            from hopscope.probes.meter_reference import ReferenceMeter
+
+            self.engine = ReferenceMeter(self.config, self.names, host, hop_kind)
 
     def process(self, block: PacketBlock) -> list[FlowRecord]:
         """``process_batch`` returning ``FlowRecord`` objects (slower: prefer the batch form)."""

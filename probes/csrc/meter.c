@@ -827,7 +827,19 @@ static int out_reserve(Engine *e, int64_t text_extra) {
 static int64_t address_text(uint64_t hi, uint64_t lo, char *t) {
     uint8_t raw[16];
     int n = pack_addr(hi, lo, raw);
-    if (!inet_ntop(n == 4 ? AF_INET : AF_INET6, raw, t, INET6_ADDRSTRLEN)) t[0] = 0;
+    if (n == 4) { /* the dotted quad by hand: glibc's inet_ntop formats IPv4 through sprintf */
+        int64_t k = 0;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = raw[i];
+            if (i) t[k++] = '.';
+            if (v >= 100) t[k++] = (char)('0' + v / 100);
+            if (v >= 10) t[k++] = (char)('0' + v / 10 % 10);
+            t[k++] = (char)('0' + v % 10);
+        }
+        t[k] = 0;
+        return k;
+    }
+    if (!inet_ntop(AF_INET6, raw, t, INET6_ADDRSTRLEN)) t[0] = 0;
     return (int64_t)strlen(t);
 }
 
