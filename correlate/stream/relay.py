@@ -144,7 +144,8 @@ class Relay:
         self.stats = stats
         self.book = OffsetBook()
         self.buffers = {t: RowBuffer(_RECORD_TYPES[t]) for t in RECORD_TABLES}
-        self.watermark = Watermark(settings.lateness_us, settings.idle_flush_s, settings.max_future_us)
+        self.watermark = Watermark(settings.lateness_us, settings.idle_flush_s, settings.max_future_us,
+                                   settings.min_lateness_us, settings.lateness_window_s)
         self.decisions: dict[int, tuple[str, int]] = {}  # correlation key -> (host, record time)
         self.groups = HostGroups()
         self._assignment: set[TP] = set()

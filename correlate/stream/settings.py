@@ -33,8 +33,15 @@ class StreamSettings:
     """Windows, bounds and retries of the streaming correlator (event time in µs, wall time in s)."""
 
     #: How far behind the newest record a record may arrive and still join its trace (stage 1 and a
-    #: single-stage correlator).
+    #: single-stage correlator): the most, when the input is as disordered as that or not yet watched.
     lateness_us: int = 2_000_000
+    #: The least lateness: the one in use is the largest lag (how far behind its partition's newest a
+    #: record arrived) of the last ``lateness_window_s`` plus this, at most ``lateness_us``
+    #: (``Watermark``). Equal to ``lateness_us``: a fixed lateness.
+    min_lateness_us: int = 250_000
+    #: Wall time over which arrival lags are watched (the first this long after the first record: the
+    #: most lateness).
+    lateness_window_s: float = 10.0
     #: Stage 2 of the pipeline, when it hears no relay watermark markers: how far relays may lag.
     relay_lateness_us: int = 1_000_000
     #: Largest spread of the record times of one trace (a record's time is its latest timestamp, so
@@ -47,7 +54,7 @@ class StreamSettings:
     #: Records asked of one poll (the transport counts 500 records a message; messages often hold more)
     max_poll_records: int = 10_000
     #: Wall time between two stitch passes (or relay releases) while input keeps arriving.
-    stitch_every_s: float = 0.5
+    stitch_every_s: float = 0.2
     #: Wall time without input after which everything held is written (end of stream); stage 2 of
     #: the pipeline waits twice this, so the relays' last releases reach it first.
     idle_flush_s: float = 2.0

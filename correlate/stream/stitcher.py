@@ -92,7 +92,8 @@ class StreamCorrelator:
     commits offsets only after the store accepted them.
 
     ``consumer`` has ``poll``/``commit`` (and, for rebalances, ``assignment``); ``lateness_us`` and
-    ``idle_flush_s`` override the settings' (stage 2 of the pipeline uses its relay lateness)."""
+    ``idle_flush_s`` override the settings' (stage 2 of the pipeline uses its relay lateness, fixed: its
+    watermark comes from the relays' markers)."""
 
     def __init__(self, consumer: Any, store: Any, settings: CorrelateSettings | None = None,
                  stream: StreamSettings | None = None, kinds: dict[str, str] | None = None, *,
@@ -107,7 +108,8 @@ class StreamCorrelator:
         self.buffers = {t: RowBuffer(_RECORD_TYPES[t]) for t in RECORD_TABLES}
         s = self.settings
         self.watermark = Watermark(s.lateness_us if lateness_us is None else lateness_us,
-                                   s.idle_flush_s if idle_flush_s is None else idle_flush_s, s.max_future_us)
+                                   s.idle_flush_s if idle_flush_s is None else idle_flush_s, s.max_future_us,
+                                   s.min_lateness_us if lateness_us is None else None, s.lateness_window_s)
         self.h = PointHashes()
         self.written_requests = Seen()  # (point, request_id) of requests in written spans
         self.written_flows = Seen()  # (point, flow_id) of flows in written L4 spans

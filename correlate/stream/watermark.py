@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,10 +23,28 @@ class Watermark:
     not idle, of the newest record time seen there, minus the lateness (a consumer reads partitions
     unevenly, so one partition's newest says nothing of another's). A partition is idle when it got
     no input for ``idle_s`` and ``IDLE_POLLS`` polls and has nothing left to fetch. FOREVER once every
-    partition is: the input ran dry."""
+    partition is: the input ran dry.
 
-    def __init__(self, lateness_us: int, idle_s: float, max_future_us: int) -> None:
+    The lateness adapts between ``min_lateness_us`` and ``lateness_us`` (a fixed ``lateness_us``
+    when ``min_lateness_us`` is None or not below it): the partition's newest record minus each record
+    read after it is its lag, and the lateness in use is the largest lag of the last ``window_s`` plus
+    ``min_lateness_us``, capped at ``lateness_us``. Input as disordered as probes publishing every
+    second gets a lateness above a second; input published as it happens gets the minimum. For the
+    first ``window_s`` after the first record, and whenever a lag beyond the cap was seen lately, the
+    cap holds (a stream's disorder is known only once watched)."""
+
+    def __init__(self, lateness_us: int, idle_s: float, max_future_us: int, min_lateness_us: int | None = None,
+                 window_s: float = 10.0) -> None:
+        #: the largest lateness (the cap of the adaptive one)
         self.lateness_ns = lateness_us * 1000
+        self.min_lateness_ns = self.lateness_ns if min_lateness_us is None else min(min_lateness_us * 1000,
+                                                                                   self.lateness_ns)
+        self.window_s = window_s
+        #: the wall clock of the adaptive lateness (monotonic seconds)
+        self.clock: Callable[[], float] = time.monotonic
+        self._first_input: float | None = None
+        #: (wall time, largest lag of one message) over the window, worst kept
+        self._lags: deque[tuple[float, int]] = deque()
         self.idle_s = idle_s
         self.max_future_ns = max_future_us * 1000
         self.newest_ns = 0  # over all partitions
@@ -53,7 +73,17 @@ class Watermark:
         self._last_poll[tp] = self._input_poll = self.polls
         if len(times):
             newest = min(int(times.max()), time.time_ns() + self.max_future_ns)
-            self._newest[tp] = max(self._newest.get(tp, 0), newest)
+            before = self._newest.get(tp)
+            at = self.clock()
+            if self._first_input is None:
+                self._first_input = at
+            if before is not None and self.min_lateness_ns < self.lateness_ns:
+                lag = before - int(times.min())
+                if lag > 0:
+                    while self._lags and self._lags[-1][1] <= lag:
+                        self._lags.pop()  # a larger lag seen later outlives it: only maxima are kept
+                    self._lags.append((at, lag))
+            self._newest[tp] = max(before or 0, newest)
             self.newest_ns = max(self.newest_ns, newest)
 
     def forget(self, tps: set[TP]) -> None:
@@ -105,7 +135,21 @@ class Watermark:
         active = [n for tp, n in self._newest.items()
                   if now - self._last[tp] < self.idle_s or self.polls - self._last_poll[tp] < IDLE_POLLS
                   or tp in self.lagging]
-        return min(active) - self.lateness_ns if active else FOREVER
+        return min(active) - self.lateness() if active else FOREVER
+
+    def lateness(self) -> int:
+        """The lateness in use (ns): the cap until the input was watched for ``window_s``, then the
+        largest lag of the window plus the minimum, at most the cap."""
+        if self.min_lateness_ns >= self.lateness_ns:
+            return self.lateness_ns
+        now = self.clock()
+        if self._first_input is None or now - self._first_input < self.window_s:
+            return self.lateness_ns
+        lags = self._lags
+        while lags and now - lags[0][0] >= self.window_s:
+            lags.popleft()
+        worst = lags[0][1] if lags else 0
+        return min(self.lateness_ns, worst + self.min_lateness_ns)
 
 
 #: Capture point name of a watermark marker (a one-row request batch no probe emits): its ``host``
