@@ -30,6 +30,10 @@ def manifest_summary(path: Path) -> list[str]:
     egress = m.get("client_sidecar")
     if egress and egress["kind"] != "none":
         lines.append(f"  client sidecar: {egress['kind']} ({egress['version']}) on {egress['listen']}")
+    tls = m.get("mtls")
+    if tls:
+        lines.append(f"  mutual TLS between the sidecars: {tls['version']}, CA {tls['ca']}, "
+                     f"{len(tls['certificates'])} certificates, {tls['session_resumption']}")
     for imp in m["impairments"]:
         stats = imp["delayer_stats"]
         lines.append(f"  impairment {imp['site']}: delay {imp['delay_ms']} ms, loss {imp['loss']}: {stats}")
@@ -54,6 +58,7 @@ def running_labs() -> list[str]:
         note = (f"up {age:.0f} s, overlay {state.get('overlay')}, {'dual-stack' if state.get('ipv6') else 'IPv4'}, "
                 f"server sidecar {state.get('sidecar', 'envoy')}, "
                 f"client sidecar {state.get('client_sidecar', 'none')}"
+                f"{', mutual TLS between them' if state.get('mtls') else ''}"
                 if age is not None else "no state (crashed run?)")
         lines.append(f"{prefix}  {note}")
     return lines or ["no lab running"]
