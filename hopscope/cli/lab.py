@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acts.add_parser("status", help="list running labs")
     p = acts.add_parser("check", help="check the lab's prerequisites")
     _sidecar_arg(p)
+    _mtls_arg(p)
 
 
 def _ipv6_arg(p: argparse.ArgumentParser) -> None:
@@ -223,7 +224,7 @@ def _status(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from hopscope.lab.lab import check_prerequisites
 
-    check_prerequisites(args.server_sidecar, args.client_sidecar)
+    check_prerequisites(args.server_sidecar, args.client_sidecar, args.mtls)
     print(f"lab prerequisites (server sidecar {args.server_sidecar}, client sidecar {args.client_sidecar}): "
           "all present")
 

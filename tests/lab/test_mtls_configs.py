@@ -109,7 +109,7 @@ def test_mtls_without_a_client_sidecar_is_refused() -> None:
     assert Lab(client_sidecar="haproxy", mtls=True).mtls
 
 
-@pytest.mark.parametrize("action", ["up", "run"])
+@pytest.mark.parametrize("action", ["up", "run", "check"])
 def test_mtls_option_parses(action: str) -> None:
     extra = ["--out", "x"] if action == "run" else []
     parser = command_parser("lab")
