@@ -161,7 +161,7 @@ class Agent:
         c = self.config.capture
         return ProbeSettings(
             iface=spec.iface, point=spec.point, host=self.config.host, hop_kind=spec.hop_kind,
-            netns=spec.netns.path, bpf=c.bpf, l7=c.l7,
+            netns=spec.netns.path, bpf=c.bpf, l7=c.l7, checksums=c.checksums,
             ring=RingSettings(block_count=max(2, c.ring_mb), retire_ms=RETIRE_MS),
             meter=MeterConfig(max_flows=c.max_flows, sweep_every_s=LIVE_SWEEP_S),
             report_interval_s=float(self.config.report_interval_s), packet_store=self.packet_store_settings(),

@@ -83,6 +83,7 @@ class CaptureConfig:
     l7: bool  # HTTP/1.x and DNS request records
     ring_mb: int  # TPACKET_V3 ring per interface, MiB
     max_flows: int  # flow table limit per interface
+    checksums: bool  # validate checksums as Zeek does (off: outgoing packets carry offloaded ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,7 @@ SECTIONS: Final[dict[str, dict[str, tuple[Callable[[str, object], Any], object]]
     "points": {"name": (_template, "{host}/{netns}/{iface}")},
     "hop_kinds": {"infer": (_BOOL, True), "overrides": (_overrides, {})},
     "capture": {"bpf": (_STR, ""), "l7": (_BOOL, True), "ring_mb": (_positive_int, 8),
-                "max_flows": (_positive_int, 1_000_000)},
+                "max_flows": (_positive_int, 1_000_000), "checksums": (_BOOL, False)},
     "kafka": {"bootstrap": (_STR, REQUIRED), "topic_prefix": (_STR, "hopscope")},
     "inventory": {"kubernetes": (_BOOL, False)},
     "packets": {"enabled": (_BOOL, False), "dir": (_STR, "/var/lib/hopscope/packets"),
