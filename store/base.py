@@ -240,17 +240,36 @@ class SqlStore(abc.ABC):
             raise QueryError(f"a batch of {batch.record_type.__name__} cannot go into table {table}")
         if len(batch) == 0:
             return 0
+        known = self.rollups.known_traces(batch) if spec.name == "traces" else frozenset()
         self._insert_columns(spec.name, batch)
         if spec.name in ROLLUP_SOURCES:
-            self.rollups.written(spec.name, batch)
+            self.rollups.written(spec.name, batch, known)
         return len(batch)
 
     @property
     def rollups(self) -> RollupWriter:
         """What turns the traces and spans inserted here into ``edges_1m``/``links_1m`` rows."""
         if self._rollups is None:
-            self._rollups = RollupWriter(self.insert, self._stored_spans)
+            self._rollups = RollupWriter(self.insert, self._stored_spans, self._stored_traces)
         return self._rollups
+
+    def close_rollups(self) -> None:
+        """Write the rollup rows still pending (backends call it first thing in ``close``)."""
+        if self._rollups is None:
+            return
+        try:
+            self._rollups.close()
+        except HopscopeError as exc:  # closing goes on: the traces are stored, only their rollup is lost
+            log.error("store %s: pending rollup rows not written: %s", self.url, exc)
+
+    def _stored_traces(self, trace_ids: Sequence[str]) -> set[str]:
+        spec = table_spec("traces")
+        params = _Params()
+        sql = (
+            f"SELECT DISTINCT trace_id FROM {quote_identifier(self.database)}.{quote_identifier(spec.name)}"
+            f" WHERE trace_id IN ({', '.join(params.bind(spec.column('trace_id'), t) for t in trace_ids)})"
+        )
+        return {str(r[0]) for r in self._select(BoundQuery(sql, params.values))}
 
     def _stored_spans(self, trace_ids: Sequence[str]) -> list[Span]:
         query = select_latest(self.database, table_spec("spans"), {"trace_id": list(trace_ids)}, ["trace_id"])
@@ -259,6 +278,8 @@ class SqlStore(abc.ABC):
     def rollup_minutes(self, table: str, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
         """The rows of a rollup table (``store/rollup.py``) whose minute is in [start_ns, end_ns),
         grouped by the table's key: key columns, then ``minutes_sql``'s aggregates."""
+        if self._rollups is not None:  # this writer's own rows are read back
+            self._rollups.flush()
         spec = table_spec(table)
         keys, aggregates = minutes_sql(spec.name)
         params = _Params()

@@ -333,6 +333,7 @@ class ClusterStore(SqlStore):
         return self._via_entry(lambda n: n._server_version())
 
     def close(self) -> None:
+        self.close_rollups()
         with self._lock:
             self._closed = True
             nodes, self._nodes = list(self._nodes.values()), {}

@@ -164,4 +164,5 @@ class EmbeddedStore(SqlStore):
         return str(rows[0][0])
 
     def close(self) -> None:
+        self.close_rollups()
         self._pool.close()

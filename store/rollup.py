@@ -35,17 +35,23 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import math
 import threading
+import time
 from bisect import bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 
+from hopscope.errors import HopscopeError
 from hopscope.records import Batch, ColumnType, Record, Span, Trace
+
+log = logging.getLogger(__name__)
 
 MINUTE_NS = 60_000_000_000
 #: Relative error of a value read back from a histogram (and of the percentiles computed from one).
@@ -134,10 +140,19 @@ def bucket_value(key: int) -> float:
 
 def hist_encode(values: Sequence[int]) -> str:
     """``key:count`` pairs, comma-separated, in key order ('' for no values)."""
-    if not len(values):
-        return ""
-    keys, counts = np.unique(bucket_keys(values), return_counts=True)
-    return ",".join(f"{k}:{c}" for k, c in zip(keys.tolist(), counts.tolist(), strict=True))
+    if len(values) < 32:  # most rows: numpy's per-call cost would dominate
+        counts = Counter(_bucket_key(v) for v in values)
+        return ",".join(f"{k}:{counts[k]}" for k in sorted(counts))
+    keys, found = np.unique(bucket_keys(values), return_counts=True)
+    return ",".join(f"{k}:{c}" for k, c in zip(keys.tolist(), found.tolist(), strict=True))
+
+
+def _bucket_key(value: int) -> int:
+    """``bucket_keys`` of one value."""
+    if value == 0:
+        return 0
+    key = math.ceil(math.log(max(abs(value), 1)) / _LOG_GAMMA) + 1
+    return key if value > 0 else -key
 
 
 def hist_merge(into: Counter[int], text: str) -> None:
@@ -303,93 +318,210 @@ def _acc(table: dict[Any, _Acc], key: Any, trace_key: int) -> _Acc:
     return acc
 
 
+class Accumulator:
+    """Rollup rows being summed: traces added in any number of calls become one row per minute and
+    key (``batches``)."""
+
+    def __init__(self) -> None:
+        self.edges: dict[tuple[int, str, str, str, str], _Acc] = {}
+        self.links: dict[tuple[int, str, str, str], _Acc] = {}
+
+    def __len__(self) -> int:
+        return len(self.edges) + len(self.links)
+
+    def add(self, pairs: Iterable[Pair]) -> None:
+        """Add traces, each with all its spans."""
+        edges, links = self.edges, self.links
+        for trace, trace_spans in pairs:
+            spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
+            minute = trace.start_ns // MINUTE_NS * MINUTE_NS
+            tkey = _trace_key(trace.trace_id)
+            chain = address_chain(trace, spans)
+            if chain is not None:
+                edge = _acc(edges, (minute, *chain[:3], trace.l7_proto), tkey)
+                edge.errors += bool(trace.error)
+                edge.first.append(trace.duration_us)
+                edge.second.append(chain[3])
+            if not spans:
+                continue
+            _acc(links, (minute, "", "", ""), tkey)
+            for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
+                _acc(links, (minute, "", s.point, ""), tkey).attrs = (s.host, s.hop_kind, s.side)
+            for a, b in point_links(spans):
+                link = _acc(links, (minute, a.point, b.point, b.link_reason), tkey)
+                link.first.append(b.req_link_us)
+                if b.response_first_ns:
+                    link.second.append(b.resp_link_us)
+                if b.lost_pkts:
+                    link.lost_pkts += b.lost_pkts
+                    link.loss_traces += 1
+                if b.link_confidence < link.min_confidence:
+                    link.min_confidence = float(b.link_confidence)
+
+    def merge(self, other: Accumulator) -> None:
+        """Add another accumulator's rows."""
+        for mine, theirs in ((self.edges, other.edges), (self.links, other.links)):
+            _merge_into(mine, theirs)
+
+    def batches(self) -> tuple[Batch, Batch]:
+        """The ``edges_1m`` and ``links_1m`` rows of everything added."""
+        return _edge_batch(self.edges), _link_batch(self.links)
+
+
+def _merge_into(mine: dict[Any, _Acc], theirs: Mapping[Any, _Acc]) -> None:
+    for key, acc in theirs.items():
+        into = mine.get(key)
+        if into is None:
+            mine[key] = acc
+            continue
+        into.digest = (into.digest + acc.digest) & _MASK64
+        into.count += acc.count
+        into.errors += acc.errors
+        into.lost_pkts += acc.lost_pkts
+        into.loss_traces += acc.loss_traces
+        into.min_confidence = min(into.min_confidence, acc.min_confidence)
+        into.first += acc.first
+        into.second += acc.second
+        into.attrs = into.attrs if any(into.attrs) else acc.attrs
+
+
 def rollup_batches(pairs: Iterable[Pair]) -> tuple[Batch, Batch]:
     """The ``edges_1m`` and ``links_1m`` rows of these traces (each with all its spans)."""
-    edges: dict[tuple[int, str, str, str, str], _Acc] = {}
-    links: dict[tuple[int, str, str, str], _Acc] = {}
-    for trace, trace_spans in pairs:
-        spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
-        minute = trace.start_ns // MINUTE_NS * MINUTE_NS
-        tkey = _trace_key(trace.trace_id)
-        chain = address_chain(trace, spans)
-        if chain is not None:
-            edge = _acc(edges, (minute, *chain[:3], trace.l7_proto), tkey)
-            edge.errors += bool(trace.error)
-            edge.first.append(trace.duration_us)
-            edge.second.append(chain[3])
-        if not spans:
-            continue
-        _acc(links, (minute, "", "", ""), tkey)
-        for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
-            _acc(links, (minute, "", s.point, ""), tkey).attrs = (s.host, s.hop_kind, s.side)
-        for a, b in point_links(spans):
-            link = _acc(links, (minute, a.point, b.point, b.link_reason), tkey)
-            link.first.append(b.req_link_us)
-            if b.response_first_ns:
-                link.second.append(b.resp_link_us)
-            if b.lost_pkts:
-                link.lost_pkts += b.lost_pkts
-                link.loss_traces += 1
-            if b.link_confidence < link.min_confidence:
-                link.min_confidence = float(b.link_confidence)
-    return _edge_batch(edges), _link_batch(links)
+    acc = Accumulator()
+    acc.add(pairs)
+    return acc.batches()
 
 
 def _edge_batch(edges: Mapping[tuple[int, str, str, str, str], _Acc]) -> Batch:
-    rows = [
-        EdgeMinute(minute_ns=m, client_h=c, first_h=f, final_h=z, l7_proto=p, digest=a.digest, requests=a.count,
-                   errors=a.errors, duration_hist=hist_encode(a.first), server_hist=hist_encode(a.second))
-        for (m, c, f, z, p), a in edges.items()
-    ]  # fmt: skip
-    return Batch.from_records(EdgeMinute, rows)
+    keys, accs = list(edges), list(edges.values())
+    columns: dict[str, Any] = {
+        "minute_ns": [k[0] for k in keys], "client_h": [k[1] for k in keys], "first_h": [k[2] for k in keys],
+        "final_h": [k[3] for k in keys], "l7_proto": [k[4] for k in keys], "digest": [a.digest for a in accs],
+        "requests": [a.count for a in accs], "errors": [a.errors for a in accs],
+        "duration_hist": [hist_encode(a.first) for a in accs], "server_hist": [hist_encode(a.second) for a in accs],
+    }  # fmt: skip
+    return Batch(EdgeMinute, columns, len(keys))
 
 
 def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc]) -> Batch:
-    rows = [
-        LinkMinute(minute_ns=m, prev_point=a_point, point=b_point, link_reason=reason, host=a.attrs[0],
-                   hop_kind=a.attrs[1], side=a.attrs[2], digest=a.digest, traces=a.count, lost_pkts=a.lost_pkts,
-                   loss_traces=a.loss_traces, min_confidence=a.min_confidence if a.first else 1.0,
-                   req_hist=hist_encode(a.first), resp_hist=hist_encode(a.second))
-        for (m, a_point, b_point, reason), a in links.items()
-    ]  # fmt: skip
-    return Batch.from_records(LinkMinute, rows)
+    keys, accs = list(links), list(links.values())
+    columns: dict[str, Any] = {
+        "minute_ns": [k[0] for k in keys], "prev_point": [k[1] for k in keys], "point": [k[2] for k in keys],
+        "link_reason": [k[3] for k in keys], "host": [a.attrs[0] for a in accs], "hop_kind": [a.attrs[1] for a in accs],
+        "side": [a.attrs[2] for a in accs], "digest": [a.digest for a in accs], "traces": [a.count for a in accs],
+        "lost_pkts": [a.lost_pkts for a in accs], "loss_traces": [a.loss_traces for a in accs],
+        "min_confidence": [a.min_confidence for a in accs], "req_hist": [hist_encode(a.first) for a in accs],
+        "resp_hist": [hist_encode(a.second) for a in accs],
+    }  # fmt: skip
+    return Batch(LinkMinute, columns, len(keys))
 
 
 # --- pairing traces with their spans as they are inserted ------------------------------------------
 
 
 class RollupWriter:
-    """Pairs each inserted trace with its inserted spans, whichever comes first, and writes the
-    rollup rows of every complete pair. ``insert`` writes a batch into a table; ``lookup_spans``
-    returns the stored spans of some trace ids (for a trace whose spans were inserted before this
-    writer existed, or by another process)."""
+    """Pairs each inserted trace with its inserted spans, whichever comes first, sums the rollup rows
+    of the complete pairs, and writes them ``FLUSH_S`` after the first of them (or at ``flush``), so
+    the writes of many small passes become one row per minute and key.
+
+    ``insert`` writes a batch into a table; ``lookup_spans`` returns the stored spans of some trace
+    ids (spans written before this writer existed, or by another process); ``lookup_traces`` which of
+    some trace ids the store holds already. A trace the store held before it was inserted again (a
+    replay, ``analyze --store`` run twice) is not counted again, however the writes are grouped; a
+    writer that stops between storing traces and writing their rows (at most ``FLUSH_S`` of them)
+    leaves those traces out of the rollups."""
+
+    FLUSH_S = 5.0
+    MAX_PENDING_ROWS = 50_000
 
     def __init__(
-        self, insert: Callable[[str, Batch], int], lookup_spans: Callable[[Sequence[str]], Sequence[Span]]
+        self,
+        insert: Callable[[str, Batch], int],
+        lookup_spans: Callable[[Sequence[str]], Sequence[Span]],
+        lookup_traces: Callable[[Sequence[str]], set[str]] = lambda ids: set(),
     ) -> None:
         self._insert = insert
         self._lookup_spans = lookup_spans
+        self._lookup_traces = lookup_traces
         self._lock = threading.Lock()
         self._spans: OrderedDict[str, list[SpanRow]] = OrderedDict()
         self._held_spans = 0
         self._traces: OrderedDict[str, TraceRow] = OrderedDict()
+        self._pending = Accumulator()
+        self._pending_since = 0.0
+        self._timer: threading.Timer | None = None
 
-    def written(self, table: str, batch: Batch) -> None:
-        """Called after ``batch`` went into ``table`` (spans and traces; others are ignored)."""
+    def known_traces(self, batch: Batch) -> set[str]:
+        """Which traces of a batch about to be inserted the store holds already."""
+        ids = list(dict.fromkeys(batch.columns["trace_id"]))
+        known: set[str] = set()
+        for i in range(0, len(ids), _ID_CHUNK):
+            known |= self._lookup_traces(ids[i : i + _ID_CHUNK])
+        return known
+
+    def written(self, table: str, batch: Batch, known: AbstractSet[str] = frozenset()) -> None:
+        """Called after ``batch`` went into ``table`` (spans and traces; others are ignored); ``known``:
+        the traces the store held before (``known_traces``), not counted again."""
         if table == "spans":
             ready = self._spans_written(batch)
         elif table == "traces":
-            ready = self._traces_written(batch)
+            ready = self._traces_written(batch, known)
         else:
             return
         if ready:
             self.write(ready)
 
     def write(self, pairs: Sequence[Pair]) -> None:
-        edges, links = rollup_batches(pairs)
-        for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
-            if len(rows):
-                self._insert(table, rows)
+        """Add complete traces to the pending rows; they are written from here once the oldest has
+        waited ``FLUSH_S`` or there are ``MAX_PENDING_ROWS`` (a failed write keeps them pending and
+        raises to the inserting caller), else by a timer when no insert comes."""
+        with self._lock:
+            if not len(self._pending):
+                self._pending_since = time.monotonic()
+            self._pending.add(pairs)
+            due = len(self._pending) >= self.MAX_PENDING_ROWS or time.monotonic() - self._pending_since >= self.FLUSH_S
+            if not due and self._timer is None and len(self._pending):
+                self._timer = threading.Timer(self.FLUSH_S, self._flush_idle)
+                self._timer.daemon = True
+                self._timer.start()
+        if due:
+            self.flush()
+
+    def _flush_idle(self) -> None:
+        try:
+            self.flush()
+        except HopscopeError as exc:  # kept pending: the next insert or close tries again
+            log.warning("rollup rows not written yet: %s", exc)
+
+    def flush(self) -> None:
+        """Write the pending rows now (kept pending if the store refuses them)."""
+        with self._lock:
+            pending, self._pending = self._pending, Accumulator()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if not len(pending):
+            return
+        edges, links = pending.batches()
+        try:
+            if len(edges):
+                self._insert(EdgeMinute.TABLE, edges)
+                pending.edges.clear()
+            if len(links):
+                self._insert(LinkMinute.TABLE, links)
+        except BaseException:
+            with self._lock:
+                pending.merge(self._pending)
+                self._pending = pending
+            raise
+
+    def close(self) -> None:
+        """Count the traces still waiting for spans from their own fields, and write everything."""
+        with self._lock:
+            alone: list[Pair] = [(t, []) for t in self._traces.values()]
+            self._traces.clear()
+            self._pending.add(alone)
+        self.flush()
 
     def _spans_written(self, batch: Batch) -> list[Pair]:
         groups: dict[str, list[SpanRow]] = {}
@@ -409,16 +541,19 @@ class RollupWriter:
                 self._held_spans -= len(dropped)
         return ready
 
-    def _traces_written(self, batch: Batch) -> list[Pair]:
+    def _traces_written(self, batch: Batch, known: AbstractSet[str]) -> list[Pair]:
         ready: list[Pair] = []
         missing: list[TraceRow] = []
         with self._lock:
             for t in batch_rows(TraceRow, batch):
                 spans = self._spans.pop(t.trace_id, None)
+                if spans is not None:
+                    self._held_spans -= len(spans)
+                if t.trace_id in known:
+                    continue
                 if spans is None:
                     missing.append(t)
                 else:
-                    self._held_spans -= len(spans)
                     ready.append((t, spans))
         if missing:
             stored: dict[str, list[SpanRow]] = {}
@@ -436,14 +571,6 @@ class RollupWriter:
                     _, alone = self._traces.popitem(last=False)
                     ready.append((alone, []))
         return ready
-
-    def flush(self) -> None:
-        """Write the traces still waiting for spans, from their own fields (a trace without spans)."""
-        with self._lock:
-            alone: list[Pair] = [(t, []) for t in self._traces.values()]
-            self._traces.clear()
-        if alone:
-            self.write(alone)
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -150,4 +150,5 @@ class ServerStore(SqlStore):
         return str(rows[0][0])
 
     def close(self) -> None:
+        self.close_rollups()
         self._pool.close()
