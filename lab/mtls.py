@@ -11,7 +11,10 @@ sidecars:
   NAT, and where the proxy can say it, ``x-hs-tls-resumed``), which the generator writes into the
   manifest;
 - the client sidecar's upstream connections (a keep-alive pool) speak TLS with its own certificate,
-  verify the server's against the CA and the Service name, and resume sessions.
+  verify the server's against the CA and the Service name, and resume sessions; the Envoy client
+  sidecar retires a pooled connection after ``RECYCLE_REQUESTS`` requests (as a mesh's
+  maxRequestsPerConnection does), so new connections keep being made during a run and resume the
+  session of an earlier one (haproxy keeps its pooled connections for the run).
 
 Envoy pieces are one-line YAML flow mappings (JSON), so they drop into the block YAML at the
 placeholder's indentation.
@@ -29,6 +32,8 @@ SERVICE_NAME = "web.default.svc.cluster.local"
 #: Every placeholder, empty: a plaintext lab.
 PLAINTEXT: dict[str, str] = {"downstream_tls": "", "upstream_tls": "", "tls_response_headers": "",
                              "bind_tls": "", "server_tls": "", "listen_tls": "", "tls_directives": ""}
+#: Requests the Envoy client sidecar sends over one pooled TLS connection before it opens a new one.
+RECYCLE_REQUESTS = 20
 _ENVOY_VERSION = {"TLSv1.2": "TLSv1_2", "TLSv1.3": "TLSv1_3"}
 _TLS = "envoy.transport_sockets.tls"
 _CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
@@ -110,7 +115,12 @@ def egress_placeholders(kind: str, pki: Pki, pod: str) -> dict[str, str]:
         context = {"@type": _CONTEXT + "UpstreamTlsContext", "sni": SERVICE_NAME, "max_session_keys": 4,
                    "common_tls_context": _envoy_common(pki, name, {"san_type": "DNS",
                                                                    "matcher": {"exact": SERVICE_NAME}})}
-        return {**PLAINTEXT, "upstream_tls": _flow("transport_socket", {"name": _TLS, "typed_config": context})}
+        recycle = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"max_requests_per_connection": RECYCLE_REQUESTS},
+            "explicit_http_config": {"http_protocol_options": {}}}}
+        return {**PLAINTEXT, "upstream_tls": _flow("transport_socket", {"name": _TLS, "typed_config": context})
+                + "\n    " + _flow("typed_extension_protocol_options", recycle)}
     if kind == "haproxy":
         ident = pki.identities[name]
         server = (f" ssl crt {ident.bundle} ca-file {pki.ca_cert} verify required verifyhost {SERVICE_NAME} "

@@ -172,16 +172,19 @@ def test_pooled_tls_connections_carry_many_requests(cell: MtlsCell) -> None:
     assert len(upstream) < len(inbound) / 2, (len(upstream), len(inbound))
 
 
-def test_full_handshakes_are_mutual_and_issue_session_tickets(cell: MtlsCell) -> None:
+def test_handshakes_are_mutual_and_issue_session_tickets(cell: MtlsCell) -> None:
     """Read with scapy from the client pods' captures: every TLS connection's server flight is a full
     handshake (Certificate, then CertificateRequest: mutual) issuing a session ticket, or an
-    abbreviated one resuming a session (no Certificate before the ChangeCipherSpec)."""
+    abbreviated one resuming a session (no Certificate before the ChangeCipherSpec). The Envoy client
+    sidecar retires a pooled connection after 20 requests, and some of the new ones resume a session
+    (1-2 of 8 in most runs, none in some: not asserted); haproxy keeps its few pooled connections,
+    all opened at the start."""
     kinds: Counter[str] = Counter()
     for client in ("client1", "client2"):
         for flight in server_flights(cell.out / f"{client}-pod.pcap"):
             kinds[handshake_kind(flight)] += 1
     print(f"\nserver handshakes: {dict(kinds)}")
-    assert kinds["full, mutual, ticket"] > 0
+    assert kinds["full, mutual, ticket"] > 0, kinds
     assert set(kinds) <= {"full, mutual, ticket", "resumed"}, kinds
 
 
