@@ -50,5 +50,6 @@ setup(
         kernel("_decode", "decode.c"),  # pcap/pcapng record walk and the decoder's fast path (probes/decode.py)
         kernel("_jsonl", "jsonl.c"),  # `hopscope flows --format jsonl` lines from record columns
         kernel("_ring", "ring.c"),  # TPACKET_V3 ring block walk for live capture (probes/live.py)
+        kernel("_l7", "l7.c", depends=("ids.h",)),  # HTTP/1.x header blocks and payload hashes (probes/l7/http.py)
     ],
 )

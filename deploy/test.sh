@@ -30,7 +30,7 @@ echo "test: mypy"
 # tools/typecheck.py runs mypy with each module under its installed name (probes/ is hopscope.probes).
 .venv/bin/python tools/typecheck.py || failed+=(mypy)
 echo "test: compiled kernels import (probes/csrc, built by the install)"
-.venv/bin/python -c "from hopscope.probes import _decode, _jsonl, _meter, _ring" || failed+=(kernels)
+.venv/bin/python -c "from hopscope.probes import _decode, _jsonl, _l7, _meter, _ring" || failed+=(kernels)
 echo "test: pytest"
 # Services were started above: a test that cannot reach one fails instead of skipping.
 export HOPSCOPE_REQUIRE_SERVICES=1

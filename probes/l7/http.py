@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Final
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
+from hopscope.probes import kernels
 from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, StreamReassembler
 
 # parser modes
@@ -65,6 +66,15 @@ _WANTED: Final = frozenset(
 #: (name, b"\nname:") for each wanted header: found by ``bytes.find`` in the lower-cased block (RFC 9112
 #: allows no whitespace between a field name and its colon).
 _NEEDLES: Final = tuple((name, b"\n" + name + b":") for name in sorted(_WANTED))
+
+
+#: The compiled header-block parser (probes/csrc/l7.c), or None: ``parse_head_reference`` then runs.
+_L7 = kernels.load("_l7")
+_HEAD_NAMES: Final = tuple(name for name, _ in _NEEDLES)
+if _L7 is not None and tuple(_L7.HEAD_NAMES) != _HEAD_NAMES:
+    raise RuntimeError("the _l7 kernel's header names differ from http._NEEDLES: rebuild it")
+#: ``hopscope.ids.payload_hash``, from the kernel when it is built
+_payload_hash: Final = payload_hash if _L7 is None else _L7.payload_hash
 
 
 def looks_like_request(payload: bytes) -> bool:
@@ -134,7 +144,31 @@ class _Head:
 
 
 def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None:
-    """Parse a header block (without the blank line) into ``msg``; None if the start line is invalid."""
+    """Parse a header block (without the blank line) into ``msg``; None if the start line is invalid.
+
+    The ``_l7`` kernel reads the start line and finds the values of the headers of ``_NEEDLES`` when it
+    is built and on; ``parse_head_reference`` is its twin (tests/probes/l7/test_l7_native.py).
+    """
+    if _L7 is None:
+        return parse_head_reference(block, is_request, msg)
+    parsed = _L7.parse_head(block, is_request)
+    if parsed is None:
+        return None
+    method, target, status, close, values = parsed
+    if is_request:
+        msg.method, msg.target = method, target
+    else:
+        msg.status = status
+    msg.close = close
+    head = _Head()
+    for name, value in zip(_HEAD_NAMES, values, strict=True):
+        if value is not None:
+            _apply_header(name, value, msg, head)
+    return head
+
+
+def parse_head_reference(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None:
+    """``parse_head`` in Python: the reference the kernel follows."""
     line_end = block.find(b"\n")
     first = (block if line_end < 0 else block[:line_end]).rstrip(b"\r")
     if is_request:
@@ -403,7 +437,7 @@ class HttpStreamParser:
         if head is None:
             self._give_up_head()
             return True
-        msg.payload_hash = payload_hash(bytes(buf[pos : pos + PAYLOAD_HASH_BYTES]))
+        msg.payload_hash = _payload_hash(bytes(buf[pos : pos + PAYLOAD_HASH_BYTES]))
         self._pos = end + term
         msg.end_offset = self.buf_offset + self._pos
         msg.last_ns = self._ts_at(msg.end_offset - 1)
@@ -425,7 +459,7 @@ class HttpStreamParser:
         head = parse_head(payload[pos:end], self.is_request, msg)
         if head is None:
             return pos
-        msg.payload_hash = payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
+        msg.payload_hash = _payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
         msg.end_offset = offset + end + 4
         self.msg = msg
         self._frame(msg, head, self.on_head(msg))
