@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,15 +130,18 @@ def _server_side_us(spans: Sequence[Span], addr: str, fallback_us: int) -> int:
     return fallback_us
 
 
-def entity_chain(inventory: Inventory, client: str, first: str, final: str) -> list[tuple[Entity, str]]:
+def entity_chain(
+    inventory: Inventory, client: str, first: str, final: str, entity_of: Callable[[str], Entity] | None = None
+) -> list[tuple[Entity, str]]:
     """The entities a request passes, with the address each was seen at: the client's, then the first
     and the final server address's when each is another entity than the one before ([] without a
-    client address)."""
+    client address). ``entity_of``: the inventory's lookup, or a cache of it."""
     if not client:
         return []
-    chain = [(inventory.entity_of(client), client)]
+    entity_of = entity_of or inventory.entity_of
+    chain = [(entity_of(client), client)]
     for addr in (first, final):
-        entity = inventory.entity_of(addr)
+        entity = entity_of(addr)
         if addr and entity != chain[-1][0]:
             chain.append((entity, addr))
     return chain
@@ -264,9 +267,10 @@ def service_map_from_rollup(
     stats: dict[tuple[str, str], _EdgeStats] = {}
     graph = nx.DiGraph()
     requests = 0
+    entity_of = functools.lru_cache(maxsize=None)(inventory.entity_of)  # an address recurs in many rows
     for client_h, first_h, final_h, l7_proto, n, errors, duration_hist, server_hist, *_ in rows:
         requests += int(n)
-        chain = entity_chain(inventory, client_h, first_h, final_h)
+        chain = entity_chain(inventory, client_h, first_h, final_h, entity_of)
         for i in range(1, len(chain)):
             client, server = chain[i - 1][0], chain[i][0]
             _add_entity(graph, client, inventory)
