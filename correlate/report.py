@@ -162,12 +162,12 @@ FORMATS = ("text", "json")
 def render(result: StitchResult, evaluation: dict[str, Any] | None = None, fmt: str = "text") -> str:
     """The analyze output in one of ``FORMATS``; the evaluation, when given, is in it."""
     if fmt == "json":
-        import json
+        from hopscope.correlate.json_indent import dumps  # json.dumps(doc, indent=1), through the C encoder
 
         doc = traces_json(result)
         if evaluation is not None:
             doc["evaluation"] = evaluation
-        return json.dumps(doc, indent=1) + "\n"
+        return dumps(doc, 1) + "\n"
     if fmt == "text":
         return summary_text(result) + (evaluation_text(evaluation) if evaluation is not None else "")
     raise ValueError(f"analyze format {fmt!r}: expected one of {', '.join(FORMATS)}")
