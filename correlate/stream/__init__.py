@@ -9,12 +9,15 @@ sent); an L4 trace also needs each of its flows reported final, or quiet for ``f
 connection that may still carry requests never becomes an L4 trace. Complete traces are written,
 their records leave the buffer, the rest waits. The watermark is event time: per partition, the
 newest record time read there (capped at ``max_future_us`` past the wall clock); the stage's
-watermark is the least over partitions that are not idle, minus ``lateness_us`` (a consumer reads
+watermark is the least over partitions that are not idle, minus the lateness (a consumer reads
 partitions unevenly: one partition's newest says nothing of another's; a partition with records
-still to fetch and none read holds everything back). A partition, or the whole stage, is idle after
-``idle_flush_s`` and ``IDLE_POLLS`` polls without input and with nothing left to fetch (position =
-high watermark), so a long pass or a store outage is never taken for the end of the input; an idle
-stage writes everything.
+still to fetch and none read holds everything back). The lateness adapts: the largest lag (how far
+behind its partition's newest a record arrived) of the last ``lateness_window_s`` plus
+``min_lateness_us``, at most ``lateness_us``, the cap also for the first window. A partition, or the
+whole stage, is idle after ``idle_flush_s`` and ``IDLE_POLLS`` polls without input and with nothing
+left to fetch (position = high watermark), so a long pass or a store outage is never taken for the
+end of the input; an idle stage writes everything. Passes come every ``stitch_every_s``, or twice
+what the last one took (``pass_interval``): a stage short of CPU stitches and inserts more at a time.
 
 **Two stages** (``StreamPipeline``, what ``hopscope correlate`` runs). The probes key every record by
 its NAT-invariant key (the client ISN), so all observations of one TCP connection reach one

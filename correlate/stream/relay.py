@@ -25,6 +25,7 @@ from hopscope.correlate.stream.settings import (
     Bools,
     StreamSettings,
     StreamStats,
+    pass_interval,
 )
 from hopscope.correlate.stream.watermark import (
     Watermark,
@@ -151,6 +152,7 @@ class Relay:
         self._assignment: set[TP] = set()
         self._since = 0
         self._last = time.monotonic()
+        self._release_s = 0.0  # wall time the last release took
 
     def held(self) -> int:
         return sum(len(b) for b in self.buffers.values())
@@ -180,7 +182,7 @@ class Relay:
     def _due(self) -> bool:
         if self._since or self.held():  # releases, and watermark markers, every stitch_every_s
             return (self.watermark.idle() or self.held() > self.settings.max_buffer_records
-                    or time.monotonic() - self._last >= self.settings.stitch_every_s)
+                    or time.monotonic() - self._last >= pass_interval(self.settings, self._release_s))
         if self._assignment and self.watermark.idle() and self._last_mark != FOREVER:
             return True  # announce that everything was sent
         return bool(self.book.commit_points())
@@ -208,6 +210,7 @@ class Relay:
             self.publisher.flush()
         commit(self.consumer, self.book, self.stats)
         self._prune()
+        self._release_s = time.monotonic() - self._last
 
     def _mark(self, watermark_ns: int) -> None:
         """Tell every stage-2 partition: everything older than ``watermark_ns`` was sent (after it, in

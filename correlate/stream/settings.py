@@ -53,7 +53,8 @@ class StreamSettings:
     poll_timeout_s: float = 0.05
     #: Records asked of one poll (the transport counts 500 records a message; messages often hold more)
     max_poll_records: int = 10_000
-    #: Wall time between two stitch passes (or relay releases) while input keeps arriving.
+    #: Wall time between two stitch passes (or relay releases) while input keeps arriving; at least
+    #: twice what the last one took (``pass_interval``); 0: a pass at every chance.
     stitch_every_s: float = 0.2
     #: Wall time without input after which everything held is written (end of stream); stage 2 of
     #: the pipeline waits twice this, so the relays' last releases reach it first.
@@ -124,3 +125,12 @@ class StreamStats:
             d["emit_delay_ms_p50"] = round(float(np.median(arr)), 1)
             d["emit_delay_ms_p99"] = round(float(np.percentile(arr, 99)), 1)
         return d
+
+
+def pass_interval(settings: StreamSettings, last_s: float) -> float:
+    """Wall time from the start of a pass (or a relay release) to the next: ``stitch_every_s``, or
+    twice what the last one took, so a stage short of CPU spends at most about half its time in them
+    and stitches (and inserts) more at a time instead of falling further behind. ``stitch_every_s``
+    0: a pass at every chance, unpaced."""
+    every = settings.stitch_every_s
+    return max(every, 2.0 * last_s) if every > 0 else 0.0

@@ -35,6 +35,7 @@ from hopscope.correlate.stream.settings import (
     Bools,
     StreamSettings,
     StreamStats,
+    pass_interval,
 )
 from hopscope.correlate.stream.watermark import (
     Watermark,
@@ -121,6 +122,7 @@ class StreamCorrelator:
         self._stop = threading.Event()
         self._since = 0
         self._last = time.monotonic()
+        self._pass_s = 0.0  # wall time the last pass took
         self._clocks: dict[str, int] = {}  # offset (ns) of each corrected clock domain, as last logged
 
     def held(self) -> int:
@@ -241,7 +243,8 @@ class StreamCorrelator:
         # A pass can complete a trace only when the watermark moved: new records alone never do.
         watermark = self.watermark.value()
         due = self.watermark.idle() or self.held() > self.settings.max_buffer_records or (
-            watermark > self._last_watermark and time.monotonic() - self._last >= self.settings.stitch_every_s)
+            watermark > self._last_watermark and time.monotonic() - self._last >= pass_interval(self.settings,
+                                                                                               self._pass_s))
         return self.stitch_pass(watermark) if due else 0
 
     def stitch_pass(self, watermark_ns: int) -> int:
@@ -257,6 +260,7 @@ class StreamCorrelator:
             written = len(p.traces)
         commit(self.consumer, self.book, self.stats)
         self._prune()
+        self._pass_s = time.monotonic() - self._last
         return written
 
     def _engine_flows(self, req: RowBuffer, flows: RowBuffer, fkeys: U64) -> Bools:

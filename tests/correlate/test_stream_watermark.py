@@ -1,7 +1,8 @@
 """The adaptive lateness of the streaming correlator's watermark (``Watermark``): the cap until the
 input was watched for a window, then the largest arrival lag of the window plus the minimum; the cap
 again while a lag beyond it is remembered; a fixed lateness when the minimum is not below the cap. The
-wall clock is the test's, so nothing depends on how fast the test runs."""
+wall clock is the test's, so nothing depends on how fast the test runs. Passes are paced by what the
+last one took."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from hopscope.correlate.stream import StreamSettings, Watermark
+from hopscope.correlate.stream.settings import pass_interval
 from hopscope.errors import ConfigError
 
 S = 1_000_000_000  # ns
@@ -96,3 +98,10 @@ def test_negative_settings_are_refused() -> None:
         StreamSettings(min_lateness_us=-1)
     with pytest.raises(ConfigError, match="lateness_window_s"):
         StreamSettings(lateness_window_s=-1.0)
+
+
+def test_a_pass_waits_twice_what_the_last_took() -> None:
+    paced = StreamSettings(stitch_every_s=0.2)
+    assert pass_interval(paced, 0.05) == 0.2
+    assert pass_interval(paced, 1.5) == 3.0  # a stage short of CPU stitches more at a time
+    assert pass_interval(StreamSettings(stitch_every_s=0.0), 1.5) == 0.0  # unpaced: a pass at every chance
