@@ -12,6 +12,10 @@ dpkt ``dns.DNS`` and dnspython ``dns.message.from_wire``.
 End to end: a pcap of keep-alive HTTP conversations (handshake, 25 requests, FIN) decoded and metered
 once, then fed through ``BlockFeeder`` -> ``L7Tracker`` (reassembly, framing, pairing, records), timed
 in CPU seconds so other load on the machine does not count.
+TLS: a pcap of pooled mutual-TLS-shaped connections to port 443 (a TLS 1.2 handshake, 25 exchanges of
+one application-data record each way, FIN) through the same feeder and tracker, which frames the records
+and reports one record per exchange, beside the same capture with ``detect_tls`` off (the flows are
+then given up after their first segment, as before TLS exchanges were parsed): the cost they add.
 Prints messages per second for each; higher is better. Ends with one ``bench:`` line per figure, the
 ratio being hopscope's rate over the peer's (higher is better).
 """
@@ -187,6 +191,68 @@ def end_to_end(conversations: int = 200) -> tuple[float, float]:
     return packets / best, records / best
 
 
+def _tls_record(ctype: int, length: int) -> bytes:
+    return bytes([ctype, 3, 3, length >> 8, length & 0xFF]) + b"\xab" * length
+
+
+def tls_end_to_end(conversations: int = 200) -> tuple[float, float, int]:
+    """Packets per CPU second of ``BlockFeeder`` -> ``L7Tracker`` on TLS connections, with TLS
+    exchanges reported and with ``detect_tls`` off; and the exchanges reported."""
+    import tempfile
+
+    from scapy.layers.l2 import Ether
+    from scapy.utils import PcapWriter
+
+    from hopscope.probes.analyze import iter_capture
+    from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
+    from hopscope.probes.l7.feed import BlockFeeder
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.probes.l7.tcpstreams import TcpConversation
+
+    hello = b"\x16\x03\x01\x00\x30\x01\x00\x00\x2c" + bytes(44)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tls.pcap"
+        writer = PcapWriter(str(path), sync=False)
+        for c in range(conversations):
+            conv = TcpConversation(client=("10.1.0.2", 20000 + c), server=("10.2.0.3", 443)).handshake()
+            conv.request(hello)
+            conv.response(b"\x16\x03\x03\x00\x30\x02\x00\x00\x2c" + bytes(44) + _tls_record(22, 900))
+            conv.request(_tls_record(22, 70) + _tls_record(20, 1) + _tls_record(22, 40))
+            conv.response(_tls_record(20, 1) + _tls_record(22, 40))
+            for _ in range(25):
+                conv.request(_tls_record(23, 300))
+                conv.response(_tls_record(23, 400))
+            conv.fin(True)
+            conv.fin(False)
+            for ts, pkt in conv.packets:
+                frame = Ether() / pkt
+                frame.time = ts / 1e9
+                writer.write(frame)
+        writer.close()
+        blocks = [b for b, _ in iter_capture(path) if b.count]
+    packets = sum(b.count for b in blocks)
+    rates, records = [], 0
+    for settings in (L7Settings(), L7Settings(detect_tls=False)):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            tracker = L7Tracker(CapturePoint("bench"), settings)
+            feeder = BlockFeeder(tracker)
+            for block in blocks:
+                feeder.feed(block)
+            tracker.flush()
+            found = len(tracker.take_records())
+            best = min(best, time.process_time() - t0)
+        records = records or found
+        rates.append(packets / best)
+    print(f"TLS end to end: {packets} packets ({conversations} connections), {records} exchanges")
+    print(f"  TLS exchanges reported            {rates[0]:>12,.0f} packets/s  {records / (packets / rates[0]):>10,.0f} "
+          f"exchanges/s")
+    print(f"  detect_tls off (flows given up)   {rates[1]:>12,.0f} packets/s")
+    return rates[0], rates[1], records
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=50_000)
@@ -222,6 +288,9 @@ def main() -> None:
     packets_s, requests_s = end_to_end()
     lines.append(bench_line("l7_end_to_end_rate", packets_s, "packets/s"))
     lines.append(bench_line("l7_end_to_end_request_rate", requests_s, "requests/s"))
+    tls_on, tls_off, _ = tls_end_to_end()
+    lines.append(bench_line("l7_tls_end_to_end_rate", tls_on, "packets/s", ("detect_tls_off", tls_off),
+                            tls_on / tls_off))
     print("\n".join(lines))
 
 
