@@ -146,7 +146,7 @@ def copy_minutes(store: SqlStore, minutes: int) -> None:
                 exprs.append(f"if({name} = 0, {name}, {name} + m * {MINUTE_NS})")
             elif col.name == "minute_ns":
                 exprs.append(f"{name} + m * {MINUTE_NS}")
-            elif col.name == "digest":
+            elif col.name == "segment":
                 exprs.append(f"{name} + m")
             else:
                 exprs.append(name)

@@ -72,9 +72,9 @@ SHARDING_KEYS: dict[str, str] = {
     "spans": "cityHash64(trace_id)",
     "traces": "cityHash64(trace_id)",
     "packet_index": "flow_id",  # a flow's packet positions beside the flow
-    # A rollup row and the identical row written again meet on one shard, where FINAL drops one.
-    "edges_1m": "digest",
-    "links_1m": "digest",
+    # Every write of a rollup row's running sum lands on one shard, where FINAL keeps the newest.
+    "edges_1m": "segment",
+    "links_1m": "segment",
 }
 
 #: Settings of every query through the cluster: reads answer with the shards that are up, and an

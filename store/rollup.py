@@ -38,6 +38,7 @@ import functools
 import ipaddress
 import logging
 import math
+import secrets
 import threading
 import time
 from bisect import bisect_right
@@ -63,7 +64,6 @@ _LOG_GAMMA = math.log(_GAMMA)
 MAX_HELD_SPANS = 100_000
 MAX_HELD_TRACES = 20_000
 _ID_CHUNK = 1000
-_MASK64 = 2**64 - 1
 
 
 def _col(ctype: ColumnType, doc: str) -> Any:
@@ -85,7 +85,8 @@ class EdgeMinute(Record):
     first_h: str = _col(STR, "server address at the first hop")
     final_h: str = _col(STR, "last non-loopback server address along the path")
     l7_proto: str = _col(STR, "the traces' L7 protocol ('' for l4)")
-    digest: int = _col(U64, "sum of the traces' id keys mod 2**64: the row's identity")
+    segment: int = _col(U64, "the running sum the row belongs to (random 64-bit id, one per writer and minute)")
+    version: int = _col(U64, "when the writer wrote the row (ns): a segment's newest row per key counts")
     requests: int = _col(U64, "traces")
     errors: int = _col(U64, "traces with error=1")
     duration_keys: str = _col(STR, "histogram of the traces' duration_us: bucket keys (hist_encode)")
@@ -107,7 +108,8 @@ class LinkMinute(Record):
     host: str = _col(STR, "host of the point (point rows)")
     hop_kind: str = _col(STR, "HopKind of the point (point rows)")
     side: str = _col(STR, "side of the point (point rows)")
-    digest: int = _col(U64, "sum of the traces' id keys mod 2**64: the row's identity")
+    segment: int = _col(U64, "the running sum the row belongs to (random 64-bit id, one per writer and minute)")
+    version: int = _col(U64, "when the writer wrote the row (ns): a segment's newest row per key counts")
     traces: int = _col(U64, "links (point rows: traces passing the point; total row: traces with spans)")
     lost_pkts: int = _col(U64, "segments lost on the link")
     loss_traces: int = _col(U64, "links that lost segments")
@@ -143,17 +145,16 @@ def bucket_value(key: int) -> float:
     return value if key > 0 else -value
 
 
+def hist_text(hist: Mapping[int, int]) -> tuple[str, str]:
+    """A histogram (bucket key -> count) as two texts in ClickHouse's array syntax: the bucket keys
+    in order, and the count of each (``("[]", "[]")`` when empty)."""
+    keys = sorted(k for k, c in hist.items() if c)
+    return f"[{','.join(map(str, keys))}]", f"[{','.join(str(hist[k]) for k in keys)}]"
+
+
 def hist_encode(values: Sequence[int]) -> tuple[str, str]:
-    """The histogram of some values as two texts in ClickHouse's array syntax: the bucket keys in
-    order, and the count of each (``("[]", "[]")`` for no values)."""
-    if len(values) < 32:  # most rows: numpy's per-call cost would dominate
-        found = Counter(_bucket_key(v) for v in values)
-        keys = sorted(found)
-        counts = [found[k] for k in keys]
-    else:
-        key_array, count_array = np.unique(bucket_keys(values), return_counts=True)
-        keys, counts = key_array.tolist(), count_array.tolist()
-    return f"[{','.join(map(str, keys))}]", f"[{','.join(map(str, counts))}]"
+    """``hist_text`` of the histogram of some values."""
+    return hist_text(Counter(bucket_keys(values).tolist()) if len(values) else Counter())
 
 
 def _bucket_key(value: int) -> int:
@@ -294,48 +295,41 @@ def point_links(spans: Sequence[SpanRow]) -> list[tuple[SpanRow, SpanRow]]:
     return links
 
 
-def _trace_key(trace_id: str) -> int:
-    """A 64-bit key of a trace id (its 128 bits folded, then mixed), summed into a row's digest."""
-    try:
-        value = int(trace_id, 16)
-    except ValueError:
-        value = int.from_bytes(trace_id.encode()[:16].ljust(16, b"\0"), "big")
-    folded = ((value >> 64) ^ (value * 0x9E3779B97F4A7C15)) & (2**64 - 1)
-    return (folded ^ (folded >> 31)) * 0xBF58476D1CE4E5B9 & (2**64 - 1)
+Pair = tuple[TraceRow, Sequence[SpanRow]]
 
 
 @dataclass(slots=True)
 class _Acc:
-    digest: int = 0
+    """One row being summed: counts, and histograms as bucket key -> count."""
+
     count: int = 0
     errors: int = 0
     lost_pkts: int = 0
     loss_traces: int = 0
     min_confidence: float = 1.0
-    first: list[int] = field(default_factory=list)
-    second: list[int] = field(default_factory=list)
+    first: Counter[int] = field(default_factory=Counter)
+    second: Counter[int] = field(default_factory=Counter)
     attrs: tuple[str, str, str] = ("", "", "")
 
 
-Pair = tuple[TraceRow, Sequence[SpanRow]]
-
-
-def _acc(table: dict[Any, _Acc], key: Any, trace_key: int) -> _Acc:
+def _acc(table: dict[Any, _Acc], key: Any) -> _Acc:
     acc = table.get(key)
     if acc is None:
         acc = table[key] = _Acc()
-    acc.digest = (acc.digest + trace_key) & _MASK64
     acc.count += 1
     return acc
 
 
 class Accumulator:
     """Rollup rows being summed: traces added in any number of calls become one row per minute and
-    key (``batches``)."""
+    key. Each minute's rows belong to a segment (a random 64-bit id): ``batches`` gives the running
+    sums so far under their segment, and a later write of the same segment (a higher ``version``)
+    replaces the earlier one in the table."""
 
     def __init__(self) -> None:
         self.edges: dict[tuple[int, str, str, str, str], _Acc] = {}
         self.links: dict[tuple[int, str, str, str], _Acc] = {}
+        self.segments: dict[int, int] = {}  # minute -> segment id
 
     def __len__(self) -> int:
         return len(self.edges) + len(self.links)
@@ -346,88 +340,75 @@ class Accumulator:
         for trace, trace_spans in pairs:
             spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
             minute = trace.start_ns // MINUTE_NS * MINUTE_NS
-            tkey = _trace_key(trace.trace_id)
+            if minute not in self.segments:
+                self.segments[minute] = secrets.randbits(64)
             chain = address_chain(trace, spans)
             if chain is not None:
-                edge = _acc(edges, (minute, *chain[:3], trace.l7_proto), tkey)
+                edge = _acc(edges, (minute, *chain[:3], trace.l7_proto))
                 edge.errors += bool(trace.error)
-                edge.first.append(trace.duration_us)
-                edge.second.append(chain[3])
+                edge.first[_bucket_key(trace.duration_us)] += 1
+                edge.second[_bucket_key(chain[3])] += 1
             if not spans:
                 continue
-            _acc(links, (minute, "", "", ""), tkey)
+            _acc(links, (minute, "", "", ""))
             for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
-                _acc(links, (minute, "", s.point, ""), tkey).attrs = (s.host, s.hop_kind, s.side)
+                _acc(links, (minute, "", s.point, "")).attrs = (s.host, s.hop_kind, s.side)
             for a, b in point_links(spans):
-                link = _acc(links, (minute, a.point, b.point, b.link_reason), tkey)
-                link.first.append(b.req_link_us)
+                link = _acc(links, (minute, a.point, b.point, b.link_reason))
+                link.first[_bucket_key(b.req_link_us)] += 1
                 if b.response_first_ns:
-                    link.second.append(b.resp_link_us)
+                    link.second[_bucket_key(b.resp_link_us)] += 1
                 if b.lost_pkts:
                     link.lost_pkts += b.lost_pkts
                     link.loss_traces += 1
                 if b.link_confidence < link.min_confidence:
                     link.min_confidence = float(b.link_confidence)
 
-    def merge(self, other: Accumulator) -> None:
-        """Add another accumulator's rows."""
-        for mine, theirs in ((self.edges, other.edges), (self.links, other.links)):
-            _merge_into(mine, theirs)
+    def batches(self, version: int) -> tuple[Batch, Batch]:
+        """The ``edges_1m`` and ``links_1m`` rows of everything added, written as ``version``."""
+        return _edge_batch(self.edges, self.segments, version), _link_batch(self.links, self.segments, version)
 
-    def batches(self) -> tuple[Batch, Batch]:
-        """The ``edges_1m`` and ``links_1m`` rows of everything added."""
-        return _edge_batch(self.edges), _link_batch(self.links)
-
-
-def _merge_into(mine: dict[Any, _Acc], theirs: Mapping[Any, _Acc]) -> None:
-    for key, acc in theirs.items():
-        into = mine.get(key)
-        if into is None:
-            mine[key] = acc
-            continue
-        into.digest = (into.digest + acc.digest) & _MASK64
-        into.count += acc.count
-        into.errors += acc.errors
-        into.lost_pkts += acc.lost_pkts
-        into.loss_traces += acc.loss_traces
-        into.min_confidence = min(into.min_confidence, acc.min_confidence)
-        into.first += acc.first
-        into.second += acc.second
-        into.attrs = into.attrs if any(into.attrs) else acc.attrs
+    def evict(self, before_ns: int) -> None:
+        """Forget the minutes before ``before_ns`` (a trace of one coming later starts a new segment)."""
+        self.edges = {k: v for k, v in self.edges.items() if k[0] >= before_ns}
+        self.links = {k: v for k, v in self.links.items() if k[0] >= before_ns}
+        self.segments = {m: seg for m, seg in self.segments.items() if m >= before_ns}
 
 
-def rollup_batches(pairs: Iterable[Pair]) -> tuple[Batch, Batch]:
+def rollup_batches(pairs: Iterable[Pair], version: int = 1) -> tuple[Batch, Batch]:
     """The ``edges_1m`` and ``links_1m`` rows of these traces (each with all its spans)."""
     acc = Accumulator()
     acc.add(pairs)
-    return acc.batches()
+    return acc.batches(version)
 
 
-def _hist_columns(prefix: str, values: Sequence[Sequence[int]]) -> dict[str, list[str]]:
-    encoded = [hist_encode(v) for v in values]
+def _hist_columns(prefix: str, hists: Sequence[Counter[int]]) -> dict[str, list[str]]:
+    encoded = [hist_text(h) for h in hists]
     return {f"{prefix}_keys": [k for k, _ in encoded], f"{prefix}_counts": [c for _, c in encoded]}
 
 
-def _edge_batch(edges: Mapping[tuple[int, str, str, str, str], _Acc]) -> Batch:
+def _edge_batch(
+    edges: Mapping[tuple[int, str, str, str, str], _Acc], segments: Mapping[int, int], version: int
+) -> Batch:
     keys, accs = list(edges), list(edges.values())
     columns: dict[str, Any] = {
         "minute_ns": [k[0] for k in keys], "client_h": [k[1] for k in keys], "first_h": [k[2] for k in keys],
-        "final_h": [k[3] for k in keys], "l7_proto": [k[4] for k in keys], "digest": [a.digest for a in accs],
-        "requests": [a.count for a in accs], "errors": [a.errors for a in accs],
+        "final_h": [k[3] for k in keys], "l7_proto": [k[4] for k in keys], "segment": [segments[k[0]] for k in keys],
+        "version": [version] * len(keys), "requests": [a.count for a in accs], "errors": [a.errors for a in accs],
     }  # fmt: skip
     columns.update(_hist_columns("duration", [a.first for a in accs]))
     columns.update(_hist_columns("server", [a.second for a in accs]))
     return Batch(EdgeMinute, columns, len(keys))
 
 
-def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc]) -> Batch:
+def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc], segments: Mapping[int, int], version: int) -> Batch:
     keys, accs = list(links), list(links.values())
     columns: dict[str, Any] = {
         "minute_ns": [k[0] for k in keys], "prev_point": [k[1] for k in keys], "point": [k[2] for k in keys],
         "link_reason": [k[3] for k in keys], "host": [a.attrs[0] for a in accs], "hop_kind": [a.attrs[1] for a in accs],
-        "side": [a.attrs[2] for a in accs], "digest": [a.digest for a in accs], "traces": [a.count for a in accs],
-        "lost_pkts": [a.lost_pkts for a in accs], "loss_traces": [a.loss_traces for a in accs],
-        "min_confidence": [a.min_confidence for a in accs],
+        "side": [a.attrs[2] for a in accs], "segment": [segments[k[0]] for k in keys], "version": [version] * len(keys),
+        "traces": [a.count for a in accs], "lost_pkts": [a.lost_pkts for a in accs],
+        "loss_traces": [a.loss_traces for a in accs], "min_confidence": [a.min_confidence for a in accs],
     }  # fmt: skip
     columns.update(_hist_columns("req", [a.first for a in accs]))
     columns.update(_hist_columns("resp", [a.second for a in accs]))
@@ -438,9 +419,12 @@ def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc]) -> Batch:
 
 
 class RollupWriter:
-    """Pairs each inserted trace with its inserted spans, whichever comes first, sums the rollup rows
-    of the complete pairs, and writes them ``FLUSH_S`` after the first of them (or at ``flush``), so
-    the writes of many small passes become one row per minute and key.
+    """Pairs each inserted trace with its inserted spans, whichever comes first, and keeps running
+    sums of the rollup rows of the complete pairs per minute (``Accumulator``). Every ``FLUSH_S`` it
+    writes the sums of the minutes still open; each write replaces the previous one of the same
+    minute (same segment, higher version), so a minute holds about one row per key and writer however
+    many passes wrote it. Minutes more than ``OPEN_MINUTES`` before the newest are closed after a
+    write; a trace of a closed minute starts a new segment.
 
     ``insert`` writes a batch into a table; ``lookup_spans`` returns the stored spans of some trace
     ids (spans written before this writer existed, or by another process); ``lookup_traces`` which of
@@ -450,7 +434,8 @@ class RollupWriter:
     leaves those traces out of the rollups."""
 
     FLUSH_S = 5.0
-    MAX_PENDING_ROWS = 50_000
+    OPEN_MINUTES = 2
+    MAX_OPEN_ROWS = 200_000
 
     def __init__(
         self,
@@ -462,11 +447,13 @@ class RollupWriter:
         self._lookup_spans = lookup_spans
         self._lookup_traces = lookup_traces
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._spans: OrderedDict[str, list[SpanRow]] = OrderedDict()
         self._held_spans = 0
         self._traces: OrderedDict[str, TraceRow] = OrderedDict()
-        self._pending = Accumulator()
-        self._pending_since = 0.0
+        self._open = Accumulator()
+        self._dirty_since: float | None = None
+        self._version = 0
         self._timer: threading.Timer | None = None
 
     def known_traces(self, batch: Batch) -> set[str]:
@@ -490,15 +477,16 @@ class RollupWriter:
             self.write(ready)
 
     def write(self, pairs: Sequence[Pair]) -> None:
-        """Add complete traces to the pending rows; they are written from here once the oldest has
-        waited ``FLUSH_S`` or there are ``MAX_PENDING_ROWS`` (a failed write keeps them pending and
-        raises to the inserting caller), else by a timer when no insert comes."""
+        """Add complete traces to the open minutes; written from here once the oldest addition has
+        waited ``FLUSH_S`` (a failed write raises to the inserting caller and is tried again at the
+        next), else by a timer when no insert comes."""
         with self._lock:
-            if not len(self._pending):
-                self._pending_since = time.monotonic()
-            self._pending.add(pairs)
-            due = len(self._pending) >= self.MAX_PENDING_ROWS or time.monotonic() - self._pending_since >= self.FLUSH_S
-            if not due and self._timer is None and len(self._pending):
+            self._open.add(pairs)
+            now = time.monotonic()
+            if self._dirty_since is None:
+                self._dirty_since = now
+            due = now - self._dirty_since >= self.FLUSH_S or len(self._open) >= self.MAX_OPEN_ROWS
+            if not due and self._timer is None:
                 self._timer = threading.Timer(self.FLUSH_S, self._flush_idle)
                 self._timer.daemon = True
                 self._timer.start()
@@ -508,38 +496,45 @@ class RollupWriter:
     def _flush_idle(self) -> None:
         try:
             self.flush()
-        except HopscopeError as exc:  # kept pending: the next insert or close tries again
+        except HopscopeError as exc:  # still open: the next insert, read or close tries again
             log.warning("rollup rows not written yet: %s", exc)
 
-    def flush(self) -> None:
-        """Write the pending rows now (kept pending if the store refuses them)."""
-        with self._lock:
-            pending, self._pending = self._pending, Accumulator()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        if not len(pending):
-            return
-        edges, links = pending.batches()
-        try:
-            if len(edges):
-                self._insert(EdgeMinute.TABLE, edges)
-                pending.edges.clear()
-            if len(links):
-                self._insert(LinkMinute.TABLE, links)
-        except BaseException:
+    def flush(self, close_all: bool = False) -> None:
+        """Write the running sums of the open minutes now, then close the old ones (all of them with
+        ``close_all``)."""
+        with self._flush_lock:
             with self._lock:
-                pending.merge(self._pending)
-                self._pending = pending
-            raise
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if self._dirty_since is None and not close_all:
+                    return
+                self._version = max(time.time_ns(), self._version + 1)
+                edges, links = self._open.batches(self._version)
+                self._dirty_since = None
+            try:
+                for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
+                    if len(rows):
+                        self._insert(table, rows)
+            except BaseException:
+                with self._lock:
+                    self._dirty_since = self._dirty_since or 0.0  # due at once next time
+                raise
+            with self._lock:
+                minutes = self._open.segments
+                newest = max(minutes) if minutes else 0
+                if close_all or len(self._open) >= self.MAX_OPEN_ROWS:
+                    self._open.evict(newest + MINUTE_NS if close_all else newest)
+                else:
+                    self._open.evict(newest - self.OPEN_MINUTES * MINUTE_NS)
 
     def close(self) -> None:
         """Count the traces still waiting for spans from their own fields, and write everything."""
         with self._lock:
             alone: list[Pair] = [(t, []) for t in self._traces.values()]
             self._traces.clear()
-            self._pending.add(alone)
-        self.flush()
+            self._open.add(alone)
+        self.flush(close_all=True)
 
     def _spans_written(self, batch: Batch) -> list[Pair]:
         groups: dict[str, list[SpanRow]] = {}

@@ -68,13 +68,14 @@ class TableSpec:
 
 
 def rollup_specs() -> tuple[TableSpec, ...]:
-    """The per-minute rollups of ``store/rollup.py``: one row per minute, key and digest of the traces
-    aggregated (an identical row written again replaces the first)."""
+    """The per-minute rollups of ``store/rollup.py``: a writer's running sum per minute and key (its
+    segment), each write of it replacing the one before (the highest version wins)."""
     from hopscope.store.rollup import EdgeMinute, LinkMinute
 
     return (
-        TableSpec(EdgeMinute, "minute_ns", ("minute_ns", "client_h", "first_h", "final_h", "l7_proto", "digest"), None),
-        TableSpec(LinkMinute, "minute_ns", ("minute_ns", "prev_point", "point", "link_reason", "digest"), None),
+        TableSpec(EdgeMinute, "minute_ns", ("minute_ns", "client_h", "first_h", "final_h", "l7_proto", "segment"),
+                  "version"),
+        TableSpec(LinkMinute, "minute_ns", ("minute_ns", "prev_point", "point", "link_reason", "segment"), "version"),
     )
 
 
