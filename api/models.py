@@ -75,26 +75,17 @@ def record_from_json(record_type: type[R], data: dict[str, Any]) -> R:
     return record_type(**{k: int(v) if k in wide else v for k, v in data.items()})
 
 
-FlowJson = Annotated[
-    FlowRecord,
-    PlainSerializer(to_json(FlowRecord), return_type=dict[str, Any]),
-    WithJsonSchema(json_schema(FlowRecord)),
-]
-RequestJson = Annotated[
-    RequestRecord,
-    PlainSerializer(to_json(RequestRecord), return_type=dict[str, Any]),
-    WithJsonSchema(json_schema(RequestRecord)),
-]
-SpanJson = Annotated[
-    Span,
-    PlainSerializer(to_json(Span), return_type=dict[str, Any]),
-    WithJsonSchema(json_schema(Span)),
-]
-TraceJson = Annotated[
-    Trace,
-    PlainSerializer(to_json(Trace), return_type=dict[str, Any]),
-    WithJsonSchema(json_schema(Trace)),
-]
+def as_json(record_type: type[Record]) -> tuple[PlainSerializer, WithJsonSchema]:
+    """The metadata that makes ``Annotated[record_type, *as_json(record_type)]`` a response type: the
+    record serialized by ``to_json``, documented by ``json_schema``."""
+    return (PlainSerializer(to_json(record_type), return_type=dict[str, Any]),
+            WithJsonSchema(json_schema(record_type)))
+
+
+FlowJson = Annotated[FlowRecord, *as_json(FlowRecord)]
+RequestJson = Annotated[RequestRecord, *as_json(RequestRecord)]
+SpanJson = Annotated[Span, *as_json(Span)]
+TraceJson = Annotated[Trace, *as_json(Trace)]
 
 
 def wide_as_strings(obj: dict[str, Any]) -> dict[str, Any]:
