@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -57,14 +57,9 @@ class ClockDecision(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ClockEstimate:
-    """The offset of one clock domain and how sure it is."""
+class ClockStep:
+    """How one clock domain's offset was reached, and how sure it is."""
 
-    domain: str
-    #: what the domain is: "host" (the points of one host) or "point" (one capture)
-    domain_kind: str
-    #: the capture points stamped by this clock
-    points: tuple[str, ...]
     #: subtracted from the domain's timestamps
     offset_ns: int
     decision: ClockDecision
@@ -77,6 +72,17 @@ class ClockEstimate:
     uncertainty_ns: int = 0
     #: requests and connections seen by both ends of that pair
     evidence: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockEstimate(ClockStep):
+    """The offset of one clock domain and how sure it is: its ``ClockStep`` and what the domain is."""
+
+    domain: str
+    #: what the domain is: "host" (the points of one host) or "point" (one capture)
+    domain_kind: str
+    #: the capture points stamped by this clock
+    points: tuple[str, ...]
 
     def as_dict(self) -> dict[str, object]:
         """The estimate in µs, as the analyze JSON carries it."""
@@ -120,25 +126,12 @@ def solve_offsets(
     return {d: step.offset_ns for d, step in solve(evidence, first_hop_votes, settings).items()}
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """How one domain's offset was reached (``ClockEstimate`` without the domain's description)."""
-
-    offset_ns: int
-    decision: ClockDecision
-    measured_from: str = ""
-    low_ns: int = 0
-    high_ns: int = 0
-    uncertainty_ns: int = 0
-    evidence: int = 0
-
-
 _Edges = dict[str, list[tuple[int, str, tuple[int, int]]]]
 
 
 def solve(
     evidence: list[PairEvidence], first_hop_votes: dict[str, int], settings: CorrelateSettings
-) -> dict[str, _Step]:
+) -> dict[str, ClockStep]:
     """Each domain's offset and how it was reached; domains without evidence are absent.
 
     Solved twice: the first pass spreads offsets from the point that most often is a segment's first
@@ -159,7 +152,7 @@ def solve(
     return _spread(edges, roots + [n for n in nodes if n not in roots], settings)
 
 
-def _reference(edges: _Edges, group: list[str], first: dict[str, _Step], settings: CorrelateSettings) -> str:
+def _reference(edges: _Edges, group: list[str], first: dict[str, ClockStep], settings: CorrelateSettings) -> str:
     """The base of one group: a domain with the median offset of the first pass (the clock most
     domains agree with), and among those that agree with it, the one measured most tightly against
     a neighbour (its narrowest causal range), so the spread does not start behind a link whose
@@ -190,13 +183,13 @@ def _components(edges: dict[str, list[tuple[int, str, tuple[int, int]]]], nodes:
     return out
 
 
-def _spread(edges: _Edges, nodes: list[str], settings: CorrelateSettings) -> dict[str, _Step]:
+def _spread(edges: _Edges, nodes: list[str], settings: CorrelateSettings) -> dict[str, ClockStep]:
     """Offsets from each still unreached node in ``nodes`` order, along the pairs with most evidence."""
-    steps: dict[str, _Step] = {}
+    steps: dict[str, ClockStep] = {}
     for root in nodes:
         if root in steps:
             continue
-        steps[root] = _Step(0, ClockDecision.REFERENCE)
+        steps[root] = ClockStep(0, ClockDecision.REFERENCE)
         frontier = [root]
         while frontier:  # widest evidence first: a small Prim over the counts
             frontier.sort(key=lambda n: -max((c for c, m, _ in edges[n] if m not in steps), default=0))
@@ -211,26 +204,26 @@ def _spread(edges: _Edges, nodes: list[str], settings: CorrelateSettings) -> dic
     return steps
 
 
-def _choose(base: _Step, name: str, count: int, interval: tuple[int, int], settings: CorrelateSettings) -> _Step:
+def _choose(base: ClockStep, name: str, count: int, interval: tuple[int, int],
+            settings: CorrelateSettings) -> ClockStep:
     """The step to a point reached from ``base`` (named ``name``) over a pair with ``interval``."""
     lo, hi = base.offset_ns + interval[0], base.offset_ns + interval[1]
     jitter = settings.clock_jitter_us * 1000
     if settings.clock_mode is ClockMode.NONE or (
             settings.clock_mode is ClockMode.AUTO and lo - jitter <= 0 <= hi + jitter):
         # its own clock is consistent with causality: keep it (the truth lies anywhere in [lo, hi])
-        return _Step(0, ClockDecision.KEPT, name, lo, hi, base.uncertainty_ns + max(-lo, hi, 0), count)
-    return _Step((lo + hi) // 2, ClockDecision.CORRECTED, name, lo, hi, base.uncertainty_ns + (hi - lo) // 2, count)
+        return ClockStep(0, ClockDecision.KEPT, name, lo, hi, base.uncertainty_ns + max(-lo, hi, 0), count)
+    return ClockStep((lo + hi) // 2, ClockDecision.CORRECTED, name, lo, hi, base.uncertainty_ns + (hi - lo) // 2, count)
 
 
-def estimates(steps: Mapping[str, _Step], points_of: Mapping[str, Iterable[str]],
+def estimates(steps: Mapping[str, ClockStep], points_of: Mapping[str, Iterable[str]],
               domain_kind: str) -> list[ClockEstimate]:
     """One estimate per domain of ``points_of`` (domain -> its capture points), in domain order."""
     out = []
     for domain in sorted(points_of):
-        step = steps.get(domain, _Step(0, ClockDecision.NO_EVIDENCE))
-        out.append(ClockEstimate(domain, domain_kind, tuple(sorted(points_of[domain])), step.offset_ns,
-                                 step.decision, step.measured_from, step.low_ns, step.high_ns,
-                                 step.uncertainty_ns, step.evidence))
+        step = steps.get(domain, ClockStep(0, ClockDecision.NO_EVIDENCE))
+        out.append(ClockEstimate(**asdict(step), domain=domain, domain_kind=domain_kind,
+                                 points=tuple(sorted(points_of[domain]))))
     return out
 
 
