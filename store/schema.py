@@ -52,6 +52,9 @@ class TableSpec:
     version_column: str | None  # ReplacingMergeTree(version): the highest wins; None: the last insert
     bloom_columns: tuple[str, ...] = ()  # bloom_filter skip indexes (join keys looked up by value)
     minmax_columns: tuple[str, ...] = ()  # minmax skip indexes (range filters not on the sort key)
+    #: Rows per primary-key mark; None: the server's default (8192). Smaller for tables read by key
+    #: (a trace lookup decompresses one granule of each column per part holding the trace).
+    index_granularity: int | None = None
 
     @property
     def name(self) -> str:
@@ -88,9 +91,9 @@ TABLES: Mapping[str, TableSpec] = {
                   bloom_columns=("syn_seq", "community_id")),
         TableSpec(RequestRecord, "req_first_ns", ("point", "req_first_ns", "request_id"), None,
                   bloom_columns=("syn_seq", "req_tcp_seq", "x_request_id", "traceparent")),
-        TableSpec(Span, "request_first_ns", ("trace_id", "span_id"), "version"),
+        TableSpec(Span, "request_first_ns", ("trace_id", "span_id"), "version", index_granularity=1024),
         TableSpec(Trace, "start_ns", ("trace_id",), "version",
-                  bloom_columns=("x_request_id",), minmax_columns=("start_ns", "duration_us")),
+                  bloom_columns=("x_request_id",), minmax_columns=("start_ns", "duration_us"), index_granularity=1024),
         # Looked up by (point, flow_id); the same file indexed again replaces its rows.
         TableSpec(PacketIndex, "start_ns", ("point", "flow_id", "start_ns", "file", "linktype"), None),
         *rollup_specs(),
@@ -154,6 +157,8 @@ def create_table_sql(
     )
     if ttl_days is not None and features.ttl:
         sql += f"\nTTL {quote_identifier(EVENT_TIME)} + toIntervalDay({int(ttl_days)})"
+    if spec.index_granularity is not None:
+        sql += f"\nSETTINGS index_granularity = {int(spec.index_granularity)}"
     return sql
 
 

@@ -148,3 +148,13 @@ def test_text_columns_are_the_only_low_cardinality_candidates() -> None:
         for col in spec.columns():
             if col.name in LOW_CARDINALITY:
                 assert col.type is ColumnType.STR, col.name
+
+
+@pytest.mark.parametrize("table", ["spans", "traces"])
+def test_tables_read_by_trace_id_have_small_granules(table: str) -> None:
+    """A trace lookup decompresses one granule per column and part: 1024 rows, not the default 8192."""
+    for features in (ServerFeatures.from_version("18.16.1"), NEW):
+        assert create_table_sql("hopscope", table_spec(table), features, None).endswith(
+            "\nSETTINGS index_granularity = 1024"
+        )
+    assert "SETTINGS" not in create_table_sql("hopscope", table_spec("flows"), NEW, None)
