@@ -29,7 +29,7 @@ import dataclasses
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -386,10 +386,13 @@ class Batch:
 
     @classmethod
     def from_records(cls, record_type: type[R], records: Sequence[R]) -> Batch:
+        cols = record_type.columns()
+        # one attrgetter call per record (C), then the rows transposed: no getattr per field in Python
+        rows = list(map(attrgetter(*(c.name for c in cols)), records)) if len(cols) > 1 else []
+        by_column = list(zip(*rows, strict=True)) if rows else [[getattr(r, c.name) for r in records] for c in cols]
         columns: dict[str, ColumnData] = {}
-        for col in record_type.columns():
-            values = [getattr(r, col.name) for r in records]
-            columns[col.name] = values if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
+        for col, values in zip(cols, by_column, strict=True):
+            columns[col.name] = list(values) if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
         return cls(record_type, columns, len(records))
 
     def records(self) -> Iterator[Record]:
