@@ -16,7 +16,7 @@ from typing import Any
 
 from hopscope.correlate.settings import CorrelateSettings
 from hopscope.errors import CaptureError, ConfigError
-from hopscope.records import Batch
+from hopscope.records import Batch, HopKind
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,14 @@ def plan_points(
     """Every capture to read, by point name: the manifest's or the capture-set file's points, then
     ``files`` (the point is the file name without extension), then ``points`` (name -> file);
     ``hop_kinds``, ``hosts`` and ``clocks`` override the file's. Raises ``ConfigError`` for no
-    capture, a missing file, or a kind, host or clock given for a point that has no capture."""
+    capture, a missing file, an unknown kind, or a kind, host or clock given for a point that has no
+    capture."""
     kinds, host_of, clock_of = dict(hop_kinds or {}), dict(hosts or {}), dict(clocks or {})
     found: dict[str, str] = {}
+    known = [k.value for k in HopKind if k.value]
+    for name, kind in kinds.items():
+        if kind not in known:
+            raise ConfigError(f"--hop-kind {name}={kind}: unknown kind; one of {', '.join(known)}")
     if manifest and capture_set:
         raise ConfigError("give --manifest or --capture-set, not both")
     if manifest:
@@ -173,5 +178,15 @@ def store_tables(url: str, tables: Mapping[str, Batch]) -> None:
 
 
 def _load_manifest(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return dict(json.load(fh))
+    """The lab manifest at ``path``; ``ConfigError`` (one line) for a missing or unreadable file, or one
+    that is not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"manifest {path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"manifest {path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"manifest {path}: not a lab manifest (a JSON object with capture_points)")
+    return doc

@@ -58,11 +58,17 @@ def test_analyze_summary_names_links_and_failures(tmp_path: Path, capsys: pytest
         (["analyze", "--point", "x"], "NAME=VALUE"),
         (["analyze", "--point", "x=/nonexistent.pcap"], "no file"),
         (["analyze", "--point", f"x={os.devnull}", "--hop-kind", "y=nat"], "no capture"),
+        (["analyze", "--point", f"x={os.devnull}", "--hop-kind", "x=bogus"], "--hop-kind x=bogus: unknown kind"),
+        (["analyze", "--manifest", "/nonexistent/manifest.json"], "cannot read it"),
+        (["analyze", "--manifest", __file__], "not JSON"),
+        (["analyze", "--manifest", str(LAB / "inventory.yaml")], "not JSON"),
     ],
 )
 def test_analyze_rejects_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad arguments are exit status 2 and one line on stderr naming the problem, never a traceback."""
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
 @needs_lab
