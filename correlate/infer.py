@@ -453,7 +453,7 @@ def infer_points(plan: Sequence[PlannedPoint], flows: Batch, requests: Batch) ->
 
 
 def _unmatched(p: PlannedPoint, has_connections: bool) -> str:
-    opts = [o for o, missing in ((f"--host {p.name}=HOST", not p.host), (f"--kind {p.name}=KIND", not p.hop_kind))
+    opts = [o for o, missing in ((f"--host {p.name}=HOST", not p.host), (f"--hop-kind {p.name}=KIND", not p.hop_kind))
             if missing]
     why = ("its connections match none of the others and its requests nest in none of theirs" if has_connections
            else "it holds no TCP connection or request to compare")
@@ -524,7 +524,7 @@ class _State:
         elif name in self.kind:
             kind = self.kind[name][1:]
         else:
-            kind = ("none", f"kind not inferable from its records: give --kind {name}=KIND", 0.0)
+            kind = ("none", f"kind not inferable from its records: give --hop-kind {name}=KIND", 0.0)
         codes = [c for c in (host[0], kind[0]) if c not in ("given", "none")]
         reason = "+".join(dict.fromkeys(codes)) or ("given" if p.host and p.hop_kind else "none")
         why = "; ".join(dict.fromkeys(w for w in (host[1], kind[1]) if w))

@@ -82,7 +82,7 @@ def test_records_alone_give_the_hosts_and_the_kinds_traffic_can_tell(anonymous: 
         assert guesses[point].hop_kind == want, point
     assert guesses["server1-app"].reason == "proxy:nested" and guesses["server1-app"].confidence >= 0.9
     assert guesses["nodeA-pre-nat"].reason == "nat:syn_seq"
-    assert "give --kind" in guesses["hv-tap"].why and guesses["hv-tap"].confidence == 0.0
+    assert "give --hop-kind" in guesses["hv-tap"].why and guesses["hv-tap"].confidence == 0.0
     # the path, first byte first: each point of one request's path after the one before it
     order = [true_name[p] for p in got.order]
     path = ["client1-pod", "nodeA-pre-nat", "nodeA-post-nat", "hv-tap", "switch-mirror", "nodeB", "server1-pod",
@@ -124,21 +124,21 @@ def test_a_capture_that_matches_nothing_says_what_to_give(tmp_path: Path,
     shutil.copy(STRAY, stray)
     files = [LAB / "client1-pod.pcap", LAB / "nodeA-pre-nat.pcap", LAB / "nodeB.pcap", stray]
     got = _infer(files)
-    assert got.warnings == ["give --host stray=HOST and --kind stray=KIND for stray.pcap: its connections match "
+    assert got.warnings == ["give --host stray=HOST and --hop-kind stray=KIND for stray.pcap: its connections match "
                             "none of the others and its requests nest in none of theirs (it stays a host of its own)"]
     assert got.by_point()["stray"].confidence == 0.0
     # given the host, only the kind is asked for; the analysis runs either way and reports on stderr
-    assert "give --kind stray=KIND for stray.pcap" in _infer(files, hosts={"stray": "elsewhere"}).warnings[0]
+    assert "give --hop-kind stray=KIND for stray.pcap" in _infer(files, hosts={"stray": "elsewhere"}).warnings[0]
     assert main(["analyze", *map(str, files), "--no-store"]) == 0
     err = capsys.readouterr().err
-    assert "inferred capture points" in err and "warning: give --host stray=HOST and --kind stray=KIND" in err
+    assert "inferred capture points" in err and "warning: give --host stray=HOST and --hop-kind stray=KIND" in err
     assert main(["analyze", *map(str, files), "--no-store", "--no-infer"]) == 0
     assert "inferred" not in capsys.readouterr().err
     # a capture with nothing to compare says so
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))  # a header, no packet
     assert _infer([LAB / "nodeB.pcap", LAB / "switch-mirror.pcap", empty]).warnings == [
-        "give --host empty=HOST and --kind empty=KIND for empty.pcap: it holds no TCP connection or request to "
+        "give --host empty=HOST and --hop-kind empty=KIND for empty.pcap: it holds no TCP connection or request to "
         "compare (it stays a host of its own)"]
 
 
