@@ -20,9 +20,9 @@
 # with replicas satisfies a plain start. Runs the servers as the `clickhouse` user when started as root.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-DIR="${HOPSCOPE_VAR:-$ROOT/var}/clickhouse-cluster"
+SERVICE=clickhouse-cluster
+. "$(dirname "$0")/../lib.sh"
+DIR="$VARDIR/clickhouse-cluster"
 MODE_FILE="$DIR/mode"
 TIMEOUT_S="${CLICKHOUSE_START_TIMEOUT_S:-60}"
 SERVER_BIN="$(command -v clickhouse-server || echo /usr/bin/clickhouse-server)"
@@ -33,9 +33,6 @@ declare -A TCP=([ch1]=9101 [ch2]=9102 [ch3]=9103)
 declare -A HTTP=([ch1]=8131 [ch2]=8132 [ch3]=8133)
 declare -A INTERSERVER=([ch1]=9111 [ch2]=9112 [ch3]=9113)
 declare -A SHARD=([ch1]=01 [ch2]=02 [ch3]=01)
-
-log() { echo "clickhouse-cluster: $*"; }
-die() { log "ERROR: $*" >&2; exit 1; }
 
 usage() {
   sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
@@ -62,15 +59,7 @@ fi
 # --- helpers ---------------------------------------------------------------------------------------
 
 answers() {  # answers NODE: SELECT 1 over HTTP
-  [ "$(curl -sf --max-time 2 --data-binary 'SELECT 1' "http://127.0.0.1:${HTTP[$1]}/" 2>/dev/null)" = "1" ]
-}
-
-running_pid() {  # running_pid PIDFILE
-  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"
-}
-
-port_taken() {  # port_taken PORT: something listens there
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  clickhouse_answers "http://127.0.0.1:${HTTP[$1]}/"
 }
 
 nodes_of() {  # nodes_of MODE
@@ -133,13 +122,13 @@ tail_node_logs() {
 }
 
 start_node() {  # start_node NODE: start it unless it answers; wait until it does
-  local node="$1" nd="$DIR/$1" pid deadline
+  local node="$1" nd="$DIR/$1" pid
   local pidfile="$nd/clickhouse.pid"
   if pid="$(running_pid "$pidfile")"; then
     if answers "$node"; then log "$node already running (pid $pid)"; return; fi
   else
     for port in "${TCP[$node]}" "${HTTP[$node]}" "${INTERSERVER[$node]}"; do
-      port_taken "$port" && die "port $port of $node is taken by a process not started from this checkout"
+      tcp_open "127.0.0.1:$port" && die "port $port of $node is taken by a process not started from this checkout"
     done
     local -a as_user=()
     if [ "$(id -u)" = 0 ] && id clickhouse >/dev/null 2>&1; then
@@ -148,24 +137,12 @@ start_node() {  # start_node NODE: start it unless it answers; wait until it doe
     fi
     log "starting $node (shard ${SHARD[$node]}, native 127.0.0.1:${TCP[$node]}, log $nd/log/)"
     cd "$nd"
-    setsid nohup "${as_user[@]}" "$SERVER_BIN" --config-file="$nd/etc/config.xml" \
-      > "$nd/log/stdout.log" 2>&1 < /dev/null &
-    echo $! > "$pidfile"
+    start_detached "$pidfile" "$nd/log/stdout.log" "${as_user[@]}" "$SERVER_BIN" --config-file="$nd/etc/config.xml"
     cd - >/dev/null
   fi
-  pid="$(cat "$pidfile")"
-  deadline=$(( $(date +%s) + TIMEOUT_S ))
-  until answers "$node"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "ERROR: $node (pid $pid) exited during start-up"; tail_node_logs "$node"; exit 1
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-      log "ERROR: $node did not answer SELECT 1 on 127.0.0.1:${HTTP[$node]} within ${TIMEOUT_S}s"
-      tail_node_logs "$node"; exit 1
-    fi
-    sleep 0.3
-  done
-  log "$node ready (pid $pid)"
+  wait_ready "$pidfile" "$node (SELECT 1 on 127.0.0.1:${HTTP[$node]})" 0.3 answers "$node" \
+    || { tail_node_logs "$node"; exit 1; }
+  log "$node ready (pid $(cat "$pidfile"))"
 }
 
 stop_node() {
@@ -174,21 +151,6 @@ stop_node() {
 
 # --- ZooKeeper -------------------------------------------------------------------------------------
 
-resolve_zk_jars() {
-  local stamp="$HERE/lib/.complete" want
-  want="$(sha256sum "$HERE/pom.xml" | cut -d' ' -f1)"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    return
-  fi
-  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch the ZooKeeper jars (deploy/setup.sh installs it)"
-  log "resolving the ZooKeeper jars from Maven Central into deploy/clickhouse-cluster/lib (first run only)"
-  rm -rf "$HERE/lib"
-  if ! (cd "$HERE" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib); then
-    die "Maven could not resolve org.apache.zookeeper:zookeeper (is Maven Central reachable?)"
-  fi
-  echo "$want" > "$stamp"
-}
-
 zk_answers() {  # the `srvr` four-letter word: "Mode: standalone" once it serves requests
   local reply
   reply="$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf srvr >&3 && timeout 2 cat <&3) 2>/dev/null)" || true
@@ -196,14 +158,14 @@ zk_answers() {  # the `srvr` four-letter word: "Mode: standalone" once it serves
 }
 
 start_zookeeper() {
-  local zd="$DIR/zookeeper" pid deadline
+  local zd="$DIR/zookeeper" pid
   local pidfile="$zd/zookeeper.pid"
   mkdir -p "$zd/data" "$zd/log"
   if pid="$(running_pid "$pidfile")"; then
     zk_answers && { log "ZooKeeper already running (pid $pid)"; return; }
   else
-    port_taken "$ZK_PORT" && die "port $ZK_PORT (ZooKeeper) is taken by a process not started from this checkout"
-    resolve_zk_jars
+    tcp_open "127.0.0.1:$ZK_PORT" && die "port $ZK_PORT (ZooKeeper) is taken by a process not started from this checkout"
+    resolve_jars
     cat > "$zd/zoo.cfg" <<EOF
 # Rendered by deploy/clickhouse-cluster/start.sh: a standalone ZooKeeper for the test cluster.
 dataDir=$zd/data
@@ -217,22 +179,13 @@ autopurge.snapRetainCount=3
 autopurge.purgeInterval=1
 EOF
     log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (heap 256 MiB), log $zd/log/zookeeper.log"
-    setsid nohup java -Xms64m -Xmx256m -XX:+UseSerialGC -Djava.awt.headless=true \
-      -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dzookeeper.admin.enableServer=false \
-      -cp "$HERE/lib/*" org.apache.zookeeper.server.quorum.QuorumPeerMain "$zd/zoo.cfg" \
-      > "$zd/log/zookeeper.log" 2>&1 < /dev/null &
-    echo $! > "$pidfile"
-    pid="$(cat "$pidfile")"
+    start_detached "$pidfile" "$zd/log/zookeeper.log" java -Xms64m -Xmx256m -XX:+UseSerialGC \
+      -Djava.awt.headless=true -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dzookeeper.admin.enableServer=false \
+      -cp "$HERE/lib/*" org.apache.zookeeper.server.quorum.QuorumPeerMain "$zd/zoo.cfg"
   fi
-  deadline=$(( $(date +%s) + TIMEOUT_S ))
-  until zk_answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "ERROR: ZooKeeper (pid $pid) exited during start-up"; tail -n 30 "$zd/log/zookeeper.log"; exit 1
-    fi
-    [ "$(date +%s)" -lt "$deadline" ] || { log "ERROR: ZooKeeper not serving on 127.0.0.1:$ZK_PORT within ${TIMEOUT_S}s"; exit 1; }
-    sleep 0.3
-  done
-  log "ZooKeeper ready on 127.0.0.1:$ZK_PORT (pid $pid)"
+  wait_ready "$pidfile" "ZooKeeper (srvr on 127.0.0.1:$ZK_PORT)" 0.3 zk_answers \
+    || { tail -n 30 "$zd/log/zookeeper.log"; exit 1; }
+  log "ZooKeeper ready on 127.0.0.1:$ZK_PORT (pid $(cat "$pidfile"))"
 }
 
 # --- main ------------------------------------------------------------------------------------------

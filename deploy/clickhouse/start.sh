@@ -6,24 +6,14 @@
 # Idempotent: returns at once when the server is already running and answering.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-DIR="${HOPSCOPE_VAR:-$ROOT/var}/clickhouse"
+SERVICE=clickhouse
+. "$(dirname "$0")/../lib.sh"
+DIR="$VARDIR/clickhouse"
 ETC="$DIR/etc"
 PIDFILE="$DIR/clickhouse.pid"
 HTTP_URL="http://127.0.0.1:8123/"
 TIMEOUT_S="${CLICKHOUSE_START_TIMEOUT_S:-60}"
 SERVER_BIN="$(command -v clickhouse-server || echo /usr/bin/clickhouse-server)"
-
-log() { echo "clickhouse: $*"; }
-
-answers() {
-  [ "$(curl -sf --max-time 2 --data-binary 'SELECT 1' "$HTTP_URL" 2>/dev/null)" = "1" ]
-}
-
-running_pid() {
-  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null && cat "$PIDFILE"
-}
 
 render_config() {
   mkdir -p "$ETC" "$DIR/data" "$DIR/log" "$DIR/tmp" "$DIR/user_files" "$DIR/format_schemas"
@@ -47,40 +37,22 @@ start_server() {
   fi
   log "starting $SERVER_BIN (config $ETC/config.xml, log $DIR/log/)"
   cd "$DIR"
-  setsid nohup "${as_user[@]}" "$SERVER_BIN" --config-file="$ETC/config.xml" \
-    > "$DIR/log/stdout.log" 2>&1 < /dev/null &
-  echo $! > "$PIDFILE"
+  start_detached "$PIDFILE" "$DIR/log/stdout.log" "${as_user[@]}" "$SERVER_BIN" --config-file="$ETC/config.xml"
   cd - >/dev/null
 }
 
-wait_ready() {
-  local pid deadline
-  pid="$(cat "$PIDFILE")"
-  deadline=$(( $(date +%s) + TIMEOUT_S ))
-  while [ "$(date +%s)" -lt "$deadline" ]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "ERROR: server process $pid exited during start-up"; tail_logs; exit 1
-    fi
-    if answers; then
-      log "ready: native 127.0.0.1:9000, HTTP 127.0.0.1:8123, version $(curl -sf --data-binary 'SELECT version()' "$HTTP_URL") (pid $pid)"
-      return
-    fi
-    sleep 0.5
-  done
-  log "ERROR: no answer to SELECT 1 on $HTTP_URL within ${TIMEOUT_S}s"; tail_logs; exit 1
+server_ready() {
+  wait_ready "$PIDFILE" "the server (SELECT 1 on $HTTP_URL)" 0.5 clickhouse_answers "$HTTP_URL" \
+    || { tail_logs; exit 1; }
+  log "ready: native 127.0.0.1:9000, HTTP 127.0.0.1:8123, version" \
+      "$(curl -sf --data-binary 'SELECT version()' "$HTTP_URL") (pid $(cat "$PIDFILE"))"
 }
 
 main() {
-  if pid="$(running_pid)"; then
-    if answers; then log "already running (pid $pid)"; exit 0; fi
-    log "pid $pid is alive but not answering yet; waiting"; wait_ready; exit 0
-  fi
-  if answers; then
-    log "a server not started from this checkout already answers on $HTTP_URL: using it"; exit 0
-  fi
+  exit_if_up "$PIDFILE" "$HTTP_URL" server_ready clickhouse_answers "$HTTP_URL"
   render_config
   start_server
-  wait_ready
+  server_ready
 }
 
 main "$@"

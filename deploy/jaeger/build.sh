@@ -5,13 +5,11 @@
 # A first build downloads the modules and compiles for several minutes; later ones reuse Go's caches.
 set -euo pipefail
 
-HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BIN="${HOPSCOPE_VAR:-$ROOT/var}/bin/jaeger"
+SERVICE=jaeger
+. "$(dirname "$0")/../lib.sh"
+BIN="$VARDIR/bin/jaeger"
 VERSION="${JAEGER_VERSION:-v1.75.0}"
 MODULE="github.com/jaegertracing/jaeger"
-
-log() { echo "jaeger: $*"; }
 
 if [ -x "$BIN" ]; then
   log "already built: $BIN"; exit 0
