@@ -601,11 +601,30 @@ def quote_column(name: str) -> str:
     return f"`{name}`"
 
 
-def hist_counts(summed: Any) -> Counter[int]:
-    """The histogram of a ``hist_sum_sql`` value: a (keys, counts) tuple from the server, a struct
-    ({"1": keys, "2": counts}) from chDB's Arrow answer."""
+def hist_parts(summed: Any) -> tuple[list[int], list[int]]:
+    """The (keys, counts) of a ``hist_sum_sql`` value: a tuple from the server, a struct ({"1": keys,
+    "2": counts}) from chDB's Arrow answer."""
     keys, counts = (summed["1"], summed["2"]) if isinstance(summed, dict) else summed
-    return Counter(dict(zip((int(k) for k in keys), (int(c) for c in counts), strict=True)))
+    return list(keys), list(counts)
+
+
+def hist_counts(summed: Any) -> Counter[int]:
+    """The histogram of a ``hist_sum_sql`` value."""
+    keys, counts = hist_parts(summed)
+    return Counter(dict(zip(keys, counts, strict=True)))
+
+
+def merge_parts(parts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[int, int]:
+    """Several (keys, counts) histograms added into one."""
+    if len(parts) == 1:
+        return dict(zip(parts[0][0], parts[0][1], strict=True))
+    keys = np.fromiter((k for ks, _ in parts for k in ks), dtype=np.int64)
+    counts = np.fromiter((c for _, cs in parts for c in cs), dtype=np.int64)
+    if not len(keys):
+        return {}
+    unique, inverse = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inverse, weights=counts).astype(np.int64)
+    return dict(zip(unique.tolist(), summed.tolist(), strict=True))
 
 
 #: Per rollup table: the key columns its rows are grouped by when read, and the aggregates.

@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from hopscope.records import FlowRecord, Span, Trace
-from hopscope.store.rollup import hist_counts, hist_percentiles
+from hopscope.store.rollup import hist_parts, hist_percentiles, merge_parts
 from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 #: close_type values of an L4 flow that count as an error on a service map edge.
@@ -77,9 +77,12 @@ def assign_layers(graph: nx.DiGraph) -> None:
 # --- service map --------------------------------------------------------------------------------
 
 
-def _latency(values: Sequence[int], hist: Counter[int]) -> dict[str, int | None]:
-    """Percentiles of exact values when there are any, else of a rollup histogram (within 1 %)."""
-    return percentiles(values) if values or not hist else hist_percentiles(hist, PERCENTILES)
+HistParts = list[tuple[list[int], list[int]]]
+
+
+def _latency(values: Sequence[int], parts: HistParts) -> dict[str, int | None]:
+    """Percentiles of exact values when there are any, else of rollup histograms (within 1 %)."""
+    return percentiles(values) if values or not parts else hist_percentiles(merge_parts(parts), PERCENTILES)
 
 
 @dataclass(slots=True)
@@ -88,7 +91,7 @@ class _EdgeStats:
     build from traces) or a histogram of them (a build from the per-minute rollup)."""
 
     durations_us: list[int] = field(default_factory=list)
-    duration_hist: Counter[int] = field(default_factory=Counter)
+    duration_hist: HistParts = field(default_factory=list)  # (keys, counts) from the rollup's rows
     requests: int = 0
     errors: int = 0
     protocols: Counter[str] = field(default_factory=Counter)
@@ -279,7 +282,7 @@ def service_map_from_rollup(
             edge.requests += int(n)
             edge.errors += int(errors)
             edge.protocols[l7_proto or "tcp"] += int(n)
-            edge.duration_hist.update(hist_counts(duration_hist if i == 1 else server_hist))
+            edge.duration_hist.append(hist_parts(duration_hist if i == 1 else server_hist))
     _add_flows(graph, stats, first_observations(flows, {"": later_spans}), inventory)
     _finish_service_map(graph, stats, *window, traces=requests, flows=len(flows), resolution_s=60)
     return graph
@@ -339,8 +342,8 @@ class _LinkStats:
 
     req_us: list[int] = field(default_factory=list)
     resp_us: list[int] = field(default_factory=list)
-    req_hist: Counter[int] = field(default_factory=Counter)
-    resp_hist: Counter[int] = field(default_factory=Counter)
+    req_hist: HistParts = field(default_factory=list)
+    resp_hist: HistParts = field(default_factory=list)
     traces: int = 0
     lost_pkts: int = 0
     loss_traces: int = 0
@@ -416,8 +419,8 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
             link.loss_traces += int(loss_traces)
             link.reasons[reason] += int(n)
             link.min_confidence = min(link.min_confidence, float(min_conf))
-            link.req_hist.update(hist_counts(req_hist))
-            link.resp_hist.update(hist_counts(resp_hist))
+            link.req_hist.append(hist_parts(req_hist))
+            link.resp_hist.append(hist_parts(resp_hist))
     return _finish_points(graph, links, traces, start_ns=window[0], end_ns=window[1], resolution_s=60)
 
 
