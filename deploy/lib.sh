@@ -40,6 +40,20 @@ start_detached() {
   echo $! > "$pidfile"
 }
 
+# start_clickhouse DIR CONFIG PIDFILE: $SERVER_BIN (clickhouse-server) on CONFIG, detached, in DIR (its
+# output into DIR/log/stdout.log); as the `clickhouse` user when run as root (DIR is chowned to it).
+start_clickhouse() {
+  local dir="$1" config="$2" pidfile="$3"
+  local -a as_user=()
+  if [ "$(id -u)" = 0 ] && id clickhouse >/dev/null 2>&1; then
+    chown -R clickhouse:clickhouse "$dir"
+    as_user=(setpriv --reuid=clickhouse --regid=clickhouse --init-groups --)
+  fi
+  cd "$dir"
+  start_detached "$pidfile" "$dir/log/stdout.log" "${as_user[@]}" "$SERVER_BIN" --config-file="$config"
+  cd - >/dev/null
+}
+
 # wait_ready PIDFILE WHAT INTERVAL_S CHECK [ARG...]: runs CHECK every INTERVAL_S seconds until it
 # succeeds; fails with an error line when the process of PIDFILE exits first or TIMEOUT_S pass (the
 # caller shows its logs and exits).

@@ -130,15 +130,8 @@ start_node() {  # start_node NODE: start it unless it answers; wait until it doe
     for port in "${TCP[$node]}" "${HTTP[$node]}" "${INTERSERVER[$node]}"; do
       tcp_open "127.0.0.1:$port" && die "port $port of $node is taken by a process not started from this checkout"
     done
-    local -a as_user=()
-    if [ "$(id -u)" = 0 ] && id clickhouse >/dev/null 2>&1; then
-      chown -R clickhouse:clickhouse "$nd"
-      as_user=(setpriv --reuid=clickhouse --regid=clickhouse --init-groups --)
-    fi
     log "starting $node (shard ${SHARD[$node]}, native 127.0.0.1:${TCP[$node]}, log $nd/log/)"
-    cd "$nd"
-    start_detached "$pidfile" "$nd/log/stdout.log" "${as_user[@]}" "$SERVER_BIN" --config-file="$nd/etc/config.xml"
-    cd - >/dev/null
+    start_clickhouse "$nd" "$nd/etc/config.xml" "$pidfile"
   fi
   wait_ready "$pidfile" "$node (SELECT 1 on 127.0.0.1:${HTTP[$node]})" 0.3 answers "$node" \
     || { tail_node_logs "$node"; exit 1; }

@@ -29,18 +29,6 @@ tail_logs() {
   echo "---- $DIR/log/stdout.log (tail) ----"; tail -n 20 "$DIR/log/stdout.log" 2>/dev/null || true
 }
 
-start_server() {
-  local -a as_user=()
-  if [ "$(id -u)" = 0 ] && id clickhouse >/dev/null 2>&1; then
-    chown -R clickhouse:clickhouse "$DIR"
-    as_user=(setpriv --reuid=clickhouse --regid=clickhouse --init-groups --)
-  fi
-  log "starting $SERVER_BIN (config $ETC/config.xml, log $DIR/log/)"
-  cd "$DIR"
-  start_detached "$PIDFILE" "$DIR/log/stdout.log" "${as_user[@]}" "$SERVER_BIN" --config-file="$ETC/config.xml"
-  cd - >/dev/null
-}
-
 server_ready() {
   wait_ready "$PIDFILE" "the server (SELECT 1 on $HTTP_URL)" 0.5 clickhouse_answers "$HTTP_URL" \
     || { tail_logs; exit 1; }
@@ -51,7 +39,8 @@ server_ready() {
 main() {
   exit_if_up "$PIDFILE" "$HTTP_URL" server_ready clickhouse_answers "$HTTP_URL"
   render_config
-  start_server
+  log "starting $SERVER_BIN (config $ETC/config.xml, log $DIR/log/)"
+  start_clickhouse "$DIR" "$ETC/config.xml" "$PIDFILE"
   server_ready
 }
 
