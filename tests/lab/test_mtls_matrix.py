@@ -33,31 +33,29 @@ about 20 tagged cell runs, sidecars on both sides having crossed their orders.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import subprocess
-import sys
-import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap
 
-from hopscope.correlate.offline import plan_points, read_points
-from hopscope.correlate.stream import Relay, StreamCorrelator, StreamStats
-from hopscope.lab.lab import ImpairSpec, Lab, record
+from hopscope.lab.lab import ImpairSpec
 from hopscope.lab.plan import PlanSettings
 from hopscope.lab.topology import UNDERLAY_A
-from hopscope.store.embedded import EmbeddedStore
-from tests.correlate.test_stream import Log, LogConsumer, offline, stored
-from tests.correlate.test_stream_chain import FOREVER, Published, input_log
-from tests.lab.conftest import DELAY_SITE, require_lab
-from tests.lab.test_client_sidecar_matrix import STREAM
+from tests.lab.conftest import DELAY_SITE
+from tests.lab.matrix import (
+    MatrixCell,
+    app_and_upstream_connections,
+    assert_delay_measured,
+    assert_no_false_links,
+    assert_stitched,
+    assert_streaming_as_offline,
+    client_nic_reasons,
+    run_cell,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -73,45 +71,28 @@ HANDSHAKE, CHANGE_CIPHER_SPEC = 22, 20
 CERTIFICATE, NEW_SESSION_TICKET = 11, 4
 
 
-@dataclasses.dataclass
-class MtlsCell:
+@dataclass
+class MtlsCell(MatrixCell):
     client_sidecar: str
     server_sidecar: str
-    manifest: dict[str, Any]
-    analysis: dict[str, Any]
-    out: Path
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        return self.analysis["evaluation"]
 
     def reasons(self, suffix: str) -> Counter[str]:
-        return Counter(h["link_reason"] for t in self.analysis["traces"] if t["kind"] == "l7" for h in t["hops"]
+        return Counter(h["link_reason"] for t in self.l7_traces() for h in t["hops"]
                        if h["point"].endswith(suffix) and t["hops"][0]["point"].endswith("-egress"))
 
 
 @pytest.fixture(scope="module", params=CELLS, ids=lambda c: f"{c[0]}-{c[1]}")
 def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsCell]:
     """One recorded run through both sidecars speaking mutual TLS, analysed with analyze --manifest."""
-    require_lab()
     client_sidecar, server_sidecar = request.param
     out = tmp_path_factory.mktemp(f"mtls-{client_sidecar}-{server_sidecar}")
-    lab = Lab(sidecar=server_sidecar, client_sidecar=client_sidecar, mtls=True)
-    try:
-        lab.up()
-        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=DELAY_MS)], PLAN)
-    finally:
-        lab.down()
-    report = out / "analysis.json"
-    argv = [sys.executable, "-m", "hopscope", "analyze", "--manifest", str(out / "manifest.json"),
-            "--format", "json", "--no-store", "--progress", "off", "-o", str(report)]
-    subprocess.run(argv, check=True, timeout=300)
-    c = MtlsCell(client_sidecar, server_sidecar, json.loads((out / "manifest.json").read_text()),
-                 json.loads(report.read_text()), out)
+    manifest, analysis = run_cell(out, {"sidecar": server_sidecar, "client_sidecar": client_sidecar, "mtls": True},
+                                  [ImpairSpec(DELAY_SITE, delay_ms=DELAY_MS)], PLAN)
+    c = MtlsCell(manifest, analysis, out, client_sidecar, server_sidecar)
     ev = c.evaluation
-    delays = {d["link"]: f"{d['within']}/{d['n']} within, median {d['median_error_us']} us" for d in ev["delays"]}
     print(f"\nmtls cell {client_sidecar}->{server_sidecar}: requests {ev['requests']} recall {ev['recall']} "
-          f"precision {ev['precision']} delays {delays} reasons {dict(c.reasons('-pod'))} {dict(c.reasons('-app'))}")
+          f"precision {ev['precision']} delays {c.delay_summary()} "
+          f"reasons {dict(c.reasons('-pod'))} {dict(c.reasons('-app'))}")
     yield c
 
 
@@ -119,7 +100,7 @@ def test_every_request_crossed_mutual_tls(cell: MtlsCell) -> None:
     """The server sidecar saw each request over TLS 1.2 from the client sidecar's certificate, on a
     connection from node A's masquerade address (the TLS leg's NAT, which the scoring checks per
     request at the server pod's NIC)."""
-    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
+    answered = cell.answered
     assert cell.manifest["mtls"]["version"] == "TLSv1.2"
     assert answered and all(r["tls"]["version"] == "TLSv1.2" for r in answered)
     assert all(f"CN={r['client']}-egress" in r["tls"]["peer"] for r in answered), answered[0]["tls"]
@@ -127,33 +108,23 @@ def test_every_request_crossed_mutual_tls(cell: MtlsCell) -> None:
 
 
 def test_every_request_is_stitched_across_every_hop(cell: MtlsCell) -> None:
-    ev = cell.evaluation
-    assert ev["requests"] > 100
-    assert ev["recall"] >= 0.999, ev
+    assert_stitched(cell, 100)
 
 
 def test_no_false_links(cell: MtlsCell) -> None:
-    ev = cell.evaluation
-    assert ev["matched"] == ev["requests"] and ev["precise"] == ev["matched"]
-    assert ev["duplicate_traces"] == 0 and ev["shared_hops"] == 0
+    assert_no_false_links(cell)
 
 
 def test_injected_delay_is_measured_on_the_tls_leg(cell: MtlsCell) -> None:
-    delays = cell.evaluation["delays"]
-    assert delays
-    for d in delays:
-        assert d["n"] > 0, d["link"]
-        assert abs(d["median_error_us"]) <= d["tolerance_us"], d
+    assert_delay_measured(cell)
 
 
 def test_the_tls_hop_is_linked_by_tls_exchanges(cell: MtlsCell) -> None:
     """Every request's TLS exchange at the client pod NIC joins the app's leg, and the app's leg joins
     the exchange, by a TLS link on both sides; with Envoy most requests that carried the client's id
     chain by it, the rest (and behind nginx, which replaces the id, nearly all) by their path."""
-    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
-    client_nic = Counter(h["link_reason"] for t in cell.analysis["traces"] if t["kind"] == "l7"
-                         and t["hops"][0]["point"].endswith("-egress")
-                         for h in t["hops"] if h["point"].startswith("client") and h["point"].endswith("-pod"))
+    answered = cell.answered
+    client_nic = client_nic_reasons(cell)
     app = cell.reasons("-app")
     tls_reasons = {"tls:nested", "tls:nested+id", "tls:nested+path"}
     assert set(client_nic) <= tls_reasons and sum(client_nic.values()) == len(answered), client_nic
@@ -165,9 +136,7 @@ def test_the_tls_hop_is_linked_by_tls_exchanges(cell: MtlsCell) -> None:
 
 
 def test_pooled_tls_connections_carry_many_requests(cell: MtlsCell) -> None:
-    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
-    inbound = {(r["client"], r["local"]) for r in answered}
-    upstream = {(r["client"], r["egress_local"]) for r in answered}
+    inbound, upstream = app_and_upstream_connections(cell)
     print(f"\n{cell.client_sidecar}: {len(inbound)} app connections over {len(upstream)} TLS connections")
     assert len(upstream) < len(inbound) / 2, (len(upstream), len(inbound))
 
@@ -192,27 +161,7 @@ def test_streaming_links_the_tls_chain_as_offline(cell: MtlsCell, tmp_path: Path
     """Stage 1 (the relay) and one stage-2 correlator per key it published, on the cell's records: the
     streaming correlator stitches through the same engine, so it stores the same traces as offline,
     every request's chain through the TLS hop whole."""
-    flows, requests = read_points(plan_points(manifest=str(cell.out / "manifest.json")))
-    pub = Published()
-    relay = Relay(LogConsumer(input_log(requests, flows)), pub, "mtls", STREAM, StreamStats())
-    while relay.step(0.0):
-        pass
-    relay.release(FOREVER)
-    store = EmbeddedStore(str(tmp_path / "chdb"), f"hs_mtls_{uuid.uuid4().hex[:8]}")
-    store.ensure_schema()
-    try:
-        for batches in pub.by_key().values():
-            log = Log()
-            for b in batches:
-                log.append(b)
-            StreamCorrelator(LogConsumer(log), store, stream=dataclasses.replace(STREAM)).run(
-                threading.Event(), exit_when_idle=True)
-        got = stored(store)
-    finally:
-        store.close()
-    assert got == offline(requests, flows)
-    chains = [p for _, p in got if p.split(",")[0].endswith("-egress") and p.endswith("-app")]
-    assert len(chains) == cell.evaluation["requests"]
+    assert_streaming_as_offline(cell, "mtls", tmp_path)
 
 
 def server_flights(pcap: Path) -> list[bytes]:

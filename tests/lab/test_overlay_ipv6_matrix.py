@@ -19,23 +19,27 @@ dropped request segment to the impaired link, and only loss there.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hopscope.correlate.capture import read_point
 from hopscope.correlate.evaluate import OVERLAY_POINT, expected_points
-from hopscope.lab.lab import ImpairSpec, Lab, record
+from hopscope.lab.lab import ImpairSpec
 from hopscope.store import store_from_url
-from tests.lab.conftest import DELAY_SITE, require_lab
-from tests.lab.test_sidecar_matrix import CELL_DELAY_MS, CELL_SETTINGS
+from tests.lab.conftest import DELAY_SITE
+from tests.lab.matrix import (
+    CELL_DELAY_MS,
+    CELL_SETTINGS,
+    MatrixCell,
+    assert_delay_measured,
+    assert_no_false_links,
+    assert_stitched,
+    run_cell,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -51,71 +55,39 @@ FOREVER = 2**63 - 1
 
 
 @dataclass
-class Cell:
+class Cell(MatrixCell):
     name: str
-    manifest: dict[str, Any]
-    analysis: dict[str, Any]
-    out: Path
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        return self.analysis["evaluation"]
-
-    @property
-    def answered(self) -> list[dict[str, Any]]:
-        return [r for r in self.manifest["requests"] if r["status"] is not None]
-
-    def l7_traces(self) -> list[dict[str, Any]]:
-        return [t for t in self.analysis["traces"] if t["kind"] == "l7"]
 
 
 @pytest.fixture(scope="module", params=list(CELLS))
 def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One recorded run of the cell's lab, analysed with ``hopscope analyze --manifest`` into a chDB store."""
-    require_lab()
     name: str = request.param
     out = tmp_path_factory.mktemp(f"cell-{name}")
-    lab = Lab(**CELLS[name])
-    try:
-        lab.up()
-        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=CELL_DELAY_MS, loss=CELL_LOSS)], CELL_SETTINGS, seed=3)
-    finally:
-        lab.down()
-    report = out / "analysis.json"
-    argv = [sys.executable, "-m", "hopscope", "analyze", "--manifest", str(out / "manifest.json"),
-            "--format", "json", "--store", f"chdb://{out / 'chdb'}", "--progress", "off", "-o", str(report)]
-    subprocess.run(argv, check=True, timeout=300)
-    c = Cell(name, json.loads((out / "manifest.json").read_text()), json.loads(report.read_text()), out)
+    manifest, analysis = run_cell(out, CELLS[name],
+                                  [ImpairSpec(DELAY_SITE, delay_ms=CELL_DELAY_MS, loss=CELL_LOSS)], CELL_SETTINGS,
+                                  seed=3, store_url=f"chdb://{out / 'chdb'}")
+    c = Cell(manifest, analysis, out, name)
     ev = c.evaluation
-    delays = {d["link"]: f"{d['within']}/{d['n']} within, median {d['median_error_us']} us, "
-                         f"max {d['max_abs_error_us']} us" for d in ev["delays"]}
     reasons = Counter(h["link_reason"] for t in c.l7_traces() for h in t["hops"])
     print(f"\ncell {name}: requests {ev['requests']} recall {ev['recall']} precision {ev['precision']} "
-          f"delays {delays} drops pinned {ev['dropped_pinned']}/{ev['dropped_request_segments']} "
+          f"delays {c.delay_summary()} drops pinned {ev['dropped_pinned']}/{ev['dropped_request_segments']} "
           f"lossy links {ev['lossy_links']} reasons {dict(reasons)}")
     yield c
 
 
 def test_every_request_is_stitched_across_every_hop(cell: Cell) -> None:
-    ev = cell.evaluation
-    assert ev["requests"] > 50
-    assert ev["recall"] >= 0.999, ev
+    assert_stitched(cell, 50)
 
 
 def test_no_false_links(cell: Cell) -> None:
-    ev = cell.evaluation
-    assert ev["matched"] == ev["requests"] and ev["precise"] == ev["matched"]
-    assert ev["duplicate_traces"] == 0 and ev["shared_hops"] == 0
+    assert_no_false_links(cell)
 
 
 def test_injected_delay_is_measured(cell: Cell) -> None:
     """The median latency of the delayed links within max(100 us, 5%) of the injected delay (single
     requests also carry the delayer's lateness under load: the lab's error, not the correlator's)."""
-    delays = cell.evaluation["delays"]
-    assert delays
-    for d in delays:
-        assert d["n"] > 0, d["link"]
-        assert abs(d["median_error_us"]) <= d["tolerance_us"], d
+    assert_delay_measured(cell)
 
 
 def test_injected_loss_is_pinned_to_its_link(cell: Cell) -> None:

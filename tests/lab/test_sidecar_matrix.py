@@ -11,9 +11,6 @@ a /web prefix and sets its own unique id upstream: both are linked by what survi
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,92 +18,66 @@ from typing import Any
 
 import pytest
 
-from hopscope.lab.lab import ImpairSpec, Lab, record
-from hopscope.lab.plan import PlanSettings
-from tests.lab.conftest import DELAY_SITE, require_lab
+from hopscope.lab.lab import ImpairSpec
+from tests.lab.conftest import DELAY_SITE
+from tests.lab.matrix import (
+    CELL_DELAY_MS,
+    CELL_SETTINGS,
+    MatrixCell,
+    assert_delay_measured,
+    assert_no_false_links,
+    assert_stitched,
+    run_cell,
+)
 
 pytestmark = pytest.mark.lab
 
 CELLS = ("envoy", "nginx", "haproxy")
-CELL_DELAY_MS = 5.0
-#: About 145 HTTP requests per cell: two clients, three keep-alive and three one-shot sessions each,
-#: each request's path tagged with a query string (requests differ in their paths, as most real
-#: traffic does; identical requests without ids are the known limit, see docs/DESIGN.md).
-CELL_SETTINGS = PlanSettings(requests_per_session=12, sessions=3, big_bytes=200_000, dead_attempts=1, dns_lookups=1,
-                             tag_requests=True)
 #: Sidecars that share upstream keep-alive connections across inbound connections in these configs
 #: (haproxy's default http-reuse safe keeps an idle connection for its inbound session).
 POOLING = ("envoy", "nginx")
 
 
 @dataclass
-class Cell:
+class Cell(MatrixCell):
     sidecar: str
-    manifest: dict[str, Any]
-    analysis: dict[str, Any]
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        return self.analysis["evaluation"]
 
     def app_hops(self) -> list[dict[str, Any]]:
-        return [h for t in self.analysis["traces"] if t["kind"] == "l7" for h in t["hops"]
-                if h["point"].endswith("-app")]
+        return self.hops_at("-app")
 
 
 @pytest.fixture(scope="module", params=CELLS)
 def cell(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     """One recorded run behind the cell's sidecar, analysed with ``hopscope analyze --manifest``."""
-    require_lab()
     sidecar: str = request.param
     out = tmp_path_factory.mktemp(f"cell-{sidecar}")
-    lab = Lab(sidecar=sidecar)
-    try:
-        lab.up()
-        record(lab, out, [ImpairSpec(DELAY_SITE, delay_ms=CELL_DELAY_MS)], CELL_SETTINGS)
-    finally:
-        lab.down()
-    report = out / "analysis.json"
-    argv = [sys.executable, "-m", "hopscope", "analyze", "--manifest", str(out / "manifest.json"),
-            "--format", "json", "--no-store", "--progress", "off", "-o", str(report)]
-    subprocess.run(argv, check=True, timeout=300)
-    c = Cell(sidecar, json.loads((out / "manifest.json").read_text()), json.loads(report.read_text()))
+    manifest, analysis = run_cell(out, {"sidecar": sidecar}, [ImpairSpec(DELAY_SITE, delay_ms=CELL_DELAY_MS)],
+                                  CELL_SETTINGS)
+    c = Cell(manifest, analysis, out, sidecar)
     ev = c.evaluation
-    delays = {d["link"]: f"{d['within']}/{d['n']} within, median {d['median_error_us']} us, "
-                         f"max {d['max_abs_error_us']} us" for d in ev["delays"]}
     reasons = Counter(h["link_reason"] for h in c.app_hops())
     print(f"\ncell {sidecar}: requests {ev['requests']} recall {ev['recall']} precision {ev['precision']} "
-          f"delays {delays} reasons {dict(reasons)}")
+          f"delays {c.delay_summary()} reasons {dict(reasons)}")
     yield c
 
 
 def test_every_request_is_stitched_across_every_hop(cell: Cell) -> None:
-    ev = cell.evaluation
-    assert ev["requests"] > 50
-    assert ev["recall"] >= 0.999, ev
+    assert_stitched(cell, 50)
 
 
 def test_no_false_links(cell: Cell) -> None:
-    ev = cell.evaluation
-    assert ev["matched"] == ev["requests"] and ev["precise"] == ev["matched"]
-    assert ev["duplicate_traces"] == 0 and ev["shared_hops"] == 0
+    assert_no_false_links(cell)
 
 
 def test_injected_delay_is_measured(cell: Cell) -> None:
-    """The median latency of the delayed link within max(100 us, 5%) of the injected delay. Single
-    requests also carry the delayer's own lateness under load (its late_us percentiles are in the
-    manifest): the lab's error, not the correlator's, so no bound on each one (as tests/correlate/
-    test_lab_live.py)."""
-    delays = cell.evaluation["delays"]
-    assert delays
-    for d in delays:
-        assert d["n"] > 0, d["link"]
-        assert abs(d["median_error_us"]) <= d["tolerance_us"], d
+    """The median latency of the delayed link within max(100 us, 5%) of the injected delay; no bound
+    on single requests, which also carry the delayer's own lateness (as tests/correlate/test_lab_live.py)."""
+    assert_delay_measured(cell)
 
 
 def test_the_sidecar_really_rewrote_what_it_forwards(cell: Cell) -> None:
     """The cell tests what it claims: the ground truth shows the sidecar's rewrites on the app's side."""
-    answered = [r for r in cell.manifest["requests"] if r["status"] is not None]
+    answered = cell.answered
     assert cell.manifest["server_sidecar"]["kind"] == cell.sidecar
     sent = [r for r in answered if r["sent_request_id"]]
     assert sent
@@ -135,7 +106,7 @@ def test_upstream_connections_are_pooled(cell: Cell) -> None:
     keepalive 16, Envoy's connection pool): links never follow connections."""
     if cell.sidecar not in POOLING:
         pytest.skip(f"{cell.sidecar} keeps upstream connections per inbound session here")
-    traces = [t for t in cell.analysis["traces"] if t["kind"] == "l7" and t["hops"][-1]["point"].endswith("-app")]
+    traces = [t for t in cell.l7_traces() if t["hops"][-1]["point"].endswith("-app")]
     inbound = {(t["hops"][-2]["point"], t["hops"][-2]["orig_p"]) for t in traces}
     upstream = {(t["hops"][-1]["point"], t["hops"][-1]["orig_p"]) for t in traces}
     print(f"\n{cell.sidecar}: {len(inbound)} inbound connections over {len(upstream)} upstream ones")
