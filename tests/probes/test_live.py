@@ -16,11 +16,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hopscope.lab.services import Watched, start_watched
 from hopscope.records import FlowRecord, RequestRecord
+
+if TYPE_CHECKING:
+    from hopscope.probes.live import ProbeSettings, ProbeSummary
 
 pytestmark = pytest.mark.lab
 
@@ -122,6 +126,30 @@ def _client() -> None:
     )
 
 
+def capture_client(settings: ProbeSettings) -> tuple[ProbeSummary, list[FlowRecord], list[RequestRecord]]:
+    """Run a live probe with ``settings`` in a thread while the client runs in namespace A; its summary
+    and the records it published."""
+    from hopscope.probes.live import LiveProbe
+    from hopscope.transport import InProcessTransport
+
+    transport = InProcessTransport()
+    probe = LiveProbe(settings, transport)
+    summaries: list[ProbeSummary] = []
+    runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
+    runner.start()
+    try:
+        assert probe.started.wait(30), "the probe did not open its ring"
+        _client()
+    finally:
+        probe.stop()
+        runner.join(30)
+    (summary,) = summaries
+    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
+    flows: list[FlowRecord] = [r for b in batches if b.record_type is FlowRecord for r in b.records()]  # type: ignore[misc]
+    requests: list[RequestRecord] = [r for b in batches if b.record_type is RequestRecord for r in b.records()]  # type: ignore[misc]
+    return summary, flows, requests
+
+
 def _start_probe(cmd: list[str]) -> Watched:
     """Start ``hopscope -v probe ...`` and return once it logged that it is capturing."""
     return start_watched([*cmd[:3], "-v", *cmd[3:]], "capturing on", cwd="/")  # python -m hopscope -v probe ...
@@ -143,27 +171,12 @@ def _check_records(flows: list[FlowRecord], requests: list[RequestRecord]) -> No
 
 
 def test_live_probe_in_namespace_sees_http_and_dns(netns_pair: None) -> None:
-    from hopscope.probes.live import LiveProbe, ProbeSettings
-    from hopscope.transport import InProcessTransport
+    from hopscope.probes.live import ProbeSettings
 
-    transport = InProcessTransport()
-    settings = ProbeSettings(iface=VETH_A, point="client-veth", host="lab", hop_kind="pod", netns=NS_A,
-                             bpf="tcp or udp", publish_interval_s=0.2)  # fmt: skip
-    probe = LiveProbe(settings, transport)
-    summaries = []
-    runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
-    runner.start()
-    try:
-        assert probe.started.wait(30), "the probe did not open its ring"
-        _client()
-    finally:
-        probe.stop()
-        runner.join(30)
-    (summary,) = summaries
-    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
-    flows = [r for b in batches if b.record_type is FlowRecord for r in b.records()]
-    requests = [r for b in batches if b.record_type is RequestRecord for r in b.records()]
-    _check_records(flows, requests)  # type: ignore[arg-type]
+    summary, flows, requests = capture_client(
+        ProbeSettings(iface=VETH_A, point="client-veth", host="lab", hop_kind="pod", netns=NS_A, bpf="tcp or udp",
+                      publish_interval_s=0.2))  # fmt: skip
+    _check_records(flows, requests)
     assert summary.kernel_drops == 0
     assert summary.frames_read >= 12
     assert all(r.point == "client-veth" and r.iface == VETH_A for r in requests)
@@ -222,24 +235,11 @@ def test_probe_command_publishes_to_kafka(netns_pair: None, kafka_bootstrap: str
 
 
 def test_live_probe_on_any_interface_names_points_by_interface(netns_pair: None) -> None:
-    from hopscope.probes.live import LiveProbe, ProbeSettings
-    from hopscope.transport import InProcessTransport
+    from hopscope.probes.live import ProbeSettings
 
-    transport = InProcessTransport()
-    settings = ProbeSettings(iface="any", point="nodeA", hop_kind="nat", netns=NS_A, bpf="tcp or udp")
-    probe = LiveProbe(settings, transport)
-    runner = threading.Thread(target=probe.run, args=(60,))
-    runner.start()
-    try:
-        assert probe.started.wait(30), "the probe did not open its ring"
-        _client()
-    finally:
-        probe.stop()
-        runner.join(30)
-    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
-    flows = [r for b in batches if b.record_type is FlowRecord for r in b.records()]
-    requests = [r for b in batches if b.record_type is RequestRecord for r in b.records()]
-    _check_records(flows, requests)  # type: ignore[arg-type]
+    _, flows, requests = capture_client(
+        ProbeSettings(iface="any", point="nodeA", hop_kind="nat", netns=NS_A, bpf="tcp or udp"))
+    _check_records(flows, requests)
     assert {(r.point, r.iface) for r in requests} == {(f"nodeA:{VETH_A}", VETH_A)}
     assert {(f.point, f.iface) for f in flows} == {(f"nodeA:{VETH_A}", VETH_A)}  # type: ignore[attr-defined]
 
@@ -379,7 +379,7 @@ def test_probe_meters_every_frame_of_a_flood_without_drops(
         ring=RingSettings(**ring),  # type: ignore[arg-type]
     )
     probe = LiveProbe(settings, transport)
-    summaries = []
+    summaries: list[ProbeSummary] = []
     runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
     runner.start()
     try:

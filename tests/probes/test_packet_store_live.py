@@ -4,41 +4,23 @@ it holds the bytes its request record counts."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from hopscope.probes.packet_slice import Endpoints, exchange_packets, flow_packets
 from hopscope.probes.packet_store import PacketStoreIndex, PacketStoreSettings
-from hopscope.records import FlowRecord, RequestRecord
-from tests.probes.test_live import NS_A, PATHS, VETH_A, _client, netns_pair  # noqa: F401  (a fixture)
+from tests.probes.test_live import NS_A, PATHS, VETH_A, capture_client, netns_pair  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.lab
 
 
 def test_live_probe_keeps_each_flows_packets(netns_pair: None, tmp_path: Path) -> None:  # noqa: F811
-    from hopscope.probes.live import LiveProbe, ProbeSettings
-    from hopscope.transport import InProcessTransport
+    from hopscope.probes.live import ProbeSettings
 
-    transport = InProcessTransport()
-    settings = ProbeSettings(iface=VETH_A, point="client-veth", host="lab", hop_kind="pod", netns=NS_A,
-                             bpf="tcp or udp", publish_interval_s=0.2,
-                             packet_store=PacketStoreSettings(str(tmp_path)))  # fmt: skip
-    probe = LiveProbe(settings, transport)
-    summaries = []
-    runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
-    runner.start()
-    try:
-        assert probe.started.wait(30), "the probe did not open its ring"
-        _client()
-    finally:
-        probe.stop()
-        runner.join(30)
-    (summary,) = summaries
-    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
-    flows: list[FlowRecord] = [r for b in batches if b.record_type is FlowRecord for r in b.records()]  # type: ignore[misc]
-    requests: list[RequestRecord] = [r for b in batches if b.record_type is RequestRecord for r in b.records()]  # type: ignore[misc]
+    summary, flows, requests = capture_client(
+        ProbeSettings(iface=VETH_A, point="client-veth", host="lab", hop_kind="pod", netns=NS_A, bpf="tcp or udp",
+                      publish_interval_s=0.2, packet_store=PacketStoreSettings(str(tmp_path))))  # fmt: skip
     final = {f.flow_id: f for f in flows if f.final}
     assert summary.packet_store["packets"] == sum(f.orig_pkts + f.resp_pkts for f in final.values())
     assert summary.packet_store["dropped_packets"] == 0
