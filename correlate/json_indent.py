@@ -14,7 +14,7 @@ hold raises ``TypeError`` as ``json.dumps`` does). tests/correlate/test_json_ind
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
 _INF = float("inf")
@@ -79,14 +79,23 @@ def _flat(values: Any) -> bool:
     return set(map(type, values)) <= _SCALAR_TYPES
 
 
-def _encoder(inner: str, cache: dict[str, json.JSONEncoder]) -> json.JSONEncoder:
+def _encoder(inner: str, cache: dict[str, Any]) -> Any:
+    """A function writing a container of scalars compactly, items joined by ``",\n" + inner``: the C
+    encoder made once per padding (``JSONEncoder.encode`` makes one per call), else the stdlib's."""
     enc = cache.get(inner)
     if enc is None:
-        enc = cache[inner] = json.JSONEncoder(separators=(",\n" + inner, ": "))
+        plain = json.JSONEncoder(separators=(",\n" + inner, ": "))
+        if c_make_encoder is None:
+            enc = plain.encode
+        else:  # no circular check: a container of scalars holds no container
+            make = c_make_encoder(None, plain.default, encode_basestring_ascii, None, ": ", ",\n" + inner,
+                                  False, False, True)  # fmt: skip
+            enc = lambda o: "".join(make(o, 0))  # noqa: E731
+        cache[inner] = enc
     return enc
 
 
-def _value(o: Any, level: int, pad: str, out: list[str], cache: dict[str, json.JSONEncoder]) -> None:
+def _value(o: Any, level: int, pad: str, out: list[str], cache: dict[str, Any]) -> None:
     text = _scalar(o)
     if text is not None:
         out.append(text)
@@ -97,7 +106,7 @@ def _value(o: Any, level: int, pad: str, out: list[str], cache: dict[str, json.J
             return
         inner = pad * (level + 1)
         if _flat(o.values()):  # keys: the C encoder turns numbers, bools and None into text as _key does
-            compact = _encoder(inner, cache).encode(o)  # "{" items "}", items joined by ",\n" + inner
+            compact = _encoder(inner, cache)(o)  # "{" items "}", items joined by ",\n" + inner
             out.append("{\n" + inner + compact[1:-1] + "\n" + pad * level + "}")
             return
         out.append("{")
@@ -114,7 +123,7 @@ def _value(o: Any, level: int, pad: str, out: list[str], cache: dict[str, json.J
             return
         inner = pad * (level + 1)
         if _flat(o):
-            compact = _encoder(inner, cache).encode(list(o))
+            compact = _encoder(inner, cache)(o)
             out.append("[\n" + inner + compact[1:-1] + "\n" + pad * level + "]")
             return
         out.append("[")
