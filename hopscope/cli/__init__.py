@@ -14,13 +14,15 @@ hidden aliases (``add_alias``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from types import ModuleType
+from types import FrameType, ModuleType
 
 from hopscope import __version__
 from hopscope.errors import HopscopeError
@@ -84,6 +86,22 @@ def add_alias(parser: argparse.ArgumentParser, action: argparse.Action, *old: st
         metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
     )  # fmt: skip
     alias.type = action.type
+
+
+@contextlib.contextmanager
+def stop_on_signal(stop: Callable[[], object]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop`` while the block runs (a long-running command then winds down
+    and summarises); the previous handlers are back after it, however it ends."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from dataclasses import asdict
-from types import FrameType
 
 from hopscope import metrics
+from hopscope.cli import stop_on_signal
 from hopscope.probes.agent_buffer import DEFAULT_MAX_BATCHES
 
 
@@ -50,15 +49,10 @@ def run(args: argparse.Namespace) -> int:
         registry.register(AgentCollector(agent))
         endpoint = metrics.serve(args, registry)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        agent.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = agent.run(args.seconds)
+        with stop_on_signal(agent.stop):
+            summary = agent.run(args.seconds)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if endpoint is not None:
             endpoint.close()
     print(json.dumps({"agent": agent.config.host, **asdict(summary)}, sort_keys=True), file=sys.stderr)

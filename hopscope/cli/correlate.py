@@ -13,11 +13,11 @@ retries, the service map's RED per edge; docs/METRICS.md).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from hopscope import metrics
+from hopscope.cli import stop_on_signal
 from hopscope.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,13 +80,11 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     pipeline = StreamPipeline(args.kafka, sink, group=args.group, prefix=args.topic_prefix, stream=stream)
     endpoint = None
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        endpoint = _serve_metrics(args, registry, pipeline) if registry is not None else None
-        stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
+        with stop_on_signal(stop.set):
+            endpoint = _serve_metrics(args, registry, pipeline) if registry is not None else None
+            stats = pipeline.run(stop, idle_exit_s=args.idle_exit)
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         if endpoint is not None:
             endpoint.close()
         pipeline.close()

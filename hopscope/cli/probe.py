@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from dataclasses import asdict
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from hopscope import metrics
-from hopscope.cli import add_alias
+from hopscope.cli import add_alias, stop_on_signal
 from hopscope.errors import ConfigError
 from hopscope.records import HopKind
 
@@ -78,15 +76,10 @@ def run(args: argparse.Namespace) -> int:
     probe = LiveProbe(_settings(args), sink)
     endpoint = _metrics(args, probe, sinks)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        probe.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = probe.run(args.seconds)
+        with stop_on_signal(probe.stop):
+            summary = probe.run(args.seconds)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sink.close()
         if endpoint is not None:
             endpoint.close()

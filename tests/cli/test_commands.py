@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import pkgutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
 import hopscope.cli
-from hopscope.cli import BY_NAME, COMMANDS, load, main
+from hopscope.cli import BY_NAME, COMMANDS, load, main, stop_on_signal
 
 NAMES = [c.name for c in COMMANDS]
 
@@ -80,3 +81,18 @@ def test_an_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["flow", "x.pcap"])
     assert exit_.value.code == 2
     assert "invalid choice: 'flow'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stop_on_signal_calls_stop_and_restores_the_handler(sig: signal.Signals) -> None:
+    """A long-running command's block: the signal calls stop (the command winds down and summarises)
+    instead of ending the process; after the block, even one that raised, the previous handler is back."""
+    stopped: list[int] = []
+    before = signal.getsignal(sig)
+    with stop_on_signal(lambda: stopped.append(1)):
+        signal.raise_signal(sig)
+    assert stopped == [1]
+    assert signal.getsignal(sig) is before
+    with pytest.raises(RuntimeError), stop_on_signal(lambda: stopped.append(2)):
+        raise RuntimeError("the command failed")
+    assert signal.getsignal(sig) is before and stopped == [1]
