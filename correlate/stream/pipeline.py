@@ -63,6 +63,9 @@ class StreamPipeline:
                 got = self.stitcher.poll_once()
                 if not self.stitcher.watermark.lagging or not got:
                     got += self.relay.step()
+                # This process's relay is not dead when stage 2 keeps it from running (a backlog
+                # here): its promises hold until it gives up its partitions.
+                self.stitcher.watermark.alive = {self.relay.name} if self.relay._assignment else set()
                 self.stitcher.maybe_stitch(stop)
                 joining = not self.relay._assignment  # after a crash: until the dead member expired
                 if got or self.held() or joining:

@@ -40,7 +40,7 @@ class Watermark:
         self.min_lateness_ns = self.lateness_ns if min_lateness_us is None else min(min_lateness_us * 1000,
                                                                                    self.lateness_ns)
         self.window_s = window_s
-        #: the wall clock of the adaptive lateness (monotonic seconds)
+        #: the wall clock of idleness, relays' silence and the adaptive lateness (monotonic seconds)
         self.clock: Callable[[], float] = time.monotonic
         self._first_input: float | None = None
         #: (wall time, largest lag of one message) over the window, worst kept
@@ -56,16 +56,29 @@ class Watermark:
         self.polls = 0
         self._input_poll = 0
         self._last_poll: dict[TP, int] = {}
+        #: wall time of the first poll after a partition's (the stage's) last input: quiet time counts
+        #: from there, so polls resumed after a long pause elsewhere do not find partitions idle at once
+        self._quiet: dict[TP, float] = {}
+        self._stage_quiet = self.last_input
         #: partitions the stage reads (where relays' marks are expected; empty: unknown)
         self.assigned: set[TP] = set()
         #: (partition, relay) -> (promised watermark, wall time and poll when read)
         self._marks: dict[tuple[TP, str], tuple[int, float, int]] = {}
         self.expiry_s = 2 * idle_s
+        #: relays known to be running whatever their silence (``_marked``)
+        self.alive: set[str] = set()
 
     def polled(self, lagging: set[TP]) -> None:
         """A poll of the stage happened; ``lagging``: partitions with records not yet polled."""
         self.polls += 1
         self.lagging = lagging
+        now = self.clock()
+        before = self.polls - 1
+        for tp, p in self._last_poll.items():
+            if p == before:
+                self._quiet[tp] = now  # the first poll after its last input
+        if self._input_poll == before:
+            self._stage_quiet = now
 
     def saw(self, times: I64, tp: TP) -> None:
         now = self.last_input = time.monotonic()
@@ -91,6 +104,7 @@ class Watermark:
             self._newest.pop(tp, None)
             self._last.pop(tp, None)
             self._last_poll.pop(tp, None)
+            self._quiet.pop(tp, None)
         for key in [k for k in self._marks if k[0] in tps]:
             del self._marks[key]
 
@@ -98,19 +112,20 @@ class Watermark:
         """A relay's promise, read on partition ``tp``: it sent everything older than ``watermark_ns``."""
         self.last_input = time.monotonic()
         self._input_poll = self.polls
-        self._marks[(tp, relay)] = (watermark_ns, self.last_input, self.polls)
+        self._marks[(tp, relay)] = (watermark_ns, self.clock(), self.polls)
 
     def _marked(self) -> int | None:
         """The least promise over the relays heard from lately and the partitions assigned (a relay
         marks every partition, each after its records there: a partition whose mark was not read yet
-        holds everything back). None: no relay heard from."""
-        now = time.monotonic()
+        holds everything back). None: no relay heard from. A relay in ``alive`` never counts as dead
+        (this process's own relay, silent only while this process is busy elsewhere)."""
+        now = self.clock()
         newest: dict[str, tuple[float, int]] = {}
         for (_, relay), (_, seen, poll) in self._marks.items():
             last = newest.get(relay, (0.0, 0))
             newest[relay] = (max(last[0], seen), max(last[1], poll))
         dead = {r for r, (seen, poll) in newest.items()
-                if now - seen >= self.expiry_s and self.polls - poll >= IDLE_POLLS}
+                if now - seen >= self.expiry_s and self.polls - poll >= IDLE_POLLS and r not in self.alive}
         for key in [k for k in self._marks if k[1] in dead]:
             del self._marks[key]  # a relay that died (or went quiet after saying "everything")
         relays = set(newest) - dead
@@ -122,7 +137,7 @@ class Watermark:
     def idle(self) -> bool:
         """No input for ``idle_s`` and nothing left to fetch: the input ran dry (a long pause of this
         process, waiting for the store, is not idleness)."""
-        return (time.monotonic() - self.last_input >= self.idle_s and self.polls - self._input_poll >= IDLE_POLLS
+        return (self.clock() - self._stage_quiet >= self.idle_s and self.polls - self._input_poll >= IDLE_POLLS
                 and not self.lagging)
 
     def value(self) -> int:
@@ -131,9 +146,9 @@ class Watermark:
             return marked
         if self.lagging - self._newest.keys():
             return -FOREVER  # a partition with records to fetch has delivered none yet: hold everything
-        now = time.monotonic()
+        now = self.clock()
         active = [n for tp, n in self._newest.items()
-                  if now - self._last[tp] < self.idle_s or self.polls - self._last_poll[tp] < IDLE_POLLS
+                  if now - self._quiet.get(tp, now) < self.idle_s or self.polls - self._last_poll[tp] < IDLE_POLLS
                   or tp in self.lagging]
         return min(active) - self.lateness() if active else FOREVER
 

@@ -105,3 +105,41 @@ def test_a_pass_waits_twice_what_the_last_took() -> None:
     assert pass_interval(paced, 0.05) == 0.2
     assert pass_interval(paced, 1.5) == 3.0  # a stage short of CPU stitches more at a time
     assert pass_interval(StreamSettings(stitch_every_s=0.0), 1.5) == 0.0  # unpaced: a pass at every chance
+
+
+def test_a_partition_is_not_idle_when_polls_resume_after_a_long_pause() -> None:
+    """A stage kept from polling (a long pass, the other stage's backlog) finds, on its next polls,
+    records of some partitions only: the others are not idle yet, and their newest still holds the
+    watermark, so their records still to come are not late."""
+    wm, clock = watermark(window_s=0.0)
+    wm.idle_s = 2.0
+    other = ("hopscope.requests", 1)
+    wm.polled(set())
+    wm.saw(times(1000), TP)
+    wm.saw(times(900), other)
+    clock.now += 30.0  # no poll for 30 s
+    for i in range(3):
+        wm.polled(set())
+        wm.saw(times(5000 + i), TP)
+    assert wm.value() == BASE + 900 * MS - 250 * MS  # ``other`` holds it
+    clock.now += 2.0  # polled, without input from ``other``, for the idle time: now it is idle
+    wm.polled(set())
+    wm.saw(times(6000), TP)
+    assert wm.value() == BASE + 6000 * MS - 250 * MS
+
+
+def test_a_silent_relay_is_dropped_unless_known_alive() -> None:
+    """Stage 2 drops a relay silent for twice its idle time (it died, or said "everything"), so the
+    other relays' promises move on; this process's own relay, silent while stage 2 works through a
+    backlog, is kept: its last promise holds the watermark."""
+    for alive, want in ((set(), None), ({"r1"}, BASE + 100 * MS)):
+        wm, clock = watermark()
+        wm.idle_s, wm.expiry_s = 4.0, 8.0
+        wm.assigned = {TP}
+        wm.polled(set())
+        wm.mark(TP, "r1", BASE + 100 * MS)
+        wm.alive = alive
+        clock.now += 9.0
+        for _ in range(3):
+            wm.polled({TP})
+        assert wm._marked() == want
