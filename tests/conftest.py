@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -68,6 +69,25 @@ def jaeger() -> tuple[str, str]:
 
 
 _PREFIXES: list[str] = []  # topic prefixes handed out by topic_prefix in this pytest session
+
+
+@contextlib.contextmanager
+def clickhouse_database(stem: str) -> Iterator[str]:
+    """The store URL of a new database named ``stem`` and a random suffix on the ClickHouse server, its
+    schema created; dropped afterwards."""
+    from hopscope.store import store_from_url
+
+    require_service("ClickHouse", CLICKHOUSE_URL.split("//", 1)[1].split("/", 1)[0])
+    url = CLICKHOUSE_URL.rsplit("/", 1)[0] + f"/{stem}_{uuid.uuid4().hex[:8]}"
+    store = store_from_url(url)
+    store.ensure_schema()
+    store.close()
+    try:
+        yield url
+    finally:
+        store = store_from_url(url)
+        store.drop_schema()
+        store.close()
 
 
 def topic_prefix(stem: str) -> str:

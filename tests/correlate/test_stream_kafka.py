@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +30,7 @@ from hopscope.correlate.synthetic import CHAIN_PATH, Scenario, generate
 from hopscope.records import Batch
 from hopscope.store import store_from_url
 from hopscope.transport.kafka import KafkaPublisher
-from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service, topic_prefix
+from tests.conftest import KAFKA_BOOTSTRAP, clickhouse_database, require_service, topic_prefix
 from tests.correlate.test_stream_chain import copies
 from tests.tcpproxy import TcpProxy
 
@@ -148,15 +147,8 @@ def finish(proc: subprocess.Popen[str], timeout_s: float = 90) -> str:
 @pytest.fixture
 def db() -> Iterator[str]:
     require_service("Kafka", KAFKA_BOOTSTRAP)
-    require_service("ClickHouse", "127.0.0.1:9000")
-    url = CLICKHOUSE_URL.rsplit("/", 1)[0] + f"/hs_stream_{uuid.uuid4().hex[:8]}"
-    store = store_from_url(url)
-    store.ensure_schema()
-    store.close()
-    yield url
-    store = store_from_url(url)
-    store.drop_schema()
-    store.close()
+    with clickhouse_database("hs_stream") as url:
+        yield url
 
 
 @pytest.fixture

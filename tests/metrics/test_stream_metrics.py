@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from hopscope.store import store_from_url
 from hopscope.topology.inventory import load_inventory
 from hopscope.topology.source import NS_MAX, load_service_map
-from tests.conftest import CLICKHOUSE_URL, require_service, topic_prefix
+from tests.conftest import clickhouse_database, require_service, topic_prefix
 from tests.metrics.scrape import Samples, free_port, scrape_until, total, value
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -45,15 +44,8 @@ def replayed() -> tuple[str, int]:
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    require_service("ClickHouse", CLICKHOUSE_URL.split("//")[1].split("/")[0])
-    url = CLICKHOUSE_URL.rsplit("/", 1)[0] + f"/hs_metrics_{uuid.uuid4().hex[:8]}"
-    store = store_from_url(url)
-    store.ensure_schema()
-    store.close()
-    yield url
-    store = store_from_url(url)
-    store.drop_schema()
-    store.close()
+    with clickhouse_database("hs_metrics") as url:
+        yield url
 
 
 def run_scraped(cmd: list[str], port: int, done: object) -> tuple[Samples, str]:
