@@ -15,6 +15,7 @@ import pytest
 
 from hopscope.lab.services import start_watched
 from tests.metrics.scrape import free_port, scrape_until, total, value
+from tests.netns import add_veth_pair, delete_namespaces
 
 pytestmark = [pytest.mark.lab]
 
@@ -58,10 +59,6 @@ for _ in range(int(sys.argv[3])):
 """
 
 
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 def _in_a(script: str, *args: str) -> None:
     subprocess.run(["ip", "netns", "exec", NS_A, sys.executable, "-c", script, *args], check=True, timeout=60)
 
@@ -72,12 +69,7 @@ def netns_pair() -> Iterator[None]:
         pytest.skip("needs root to create network namespaces")
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        _sh("ip", "netns", "add", NS_A)
-        _sh("ip", "netns", "add", NS_B)
-        _sh("ip", "link", "add", VETH_A, "netns", NS_A, "type", "veth", "peer", "name", VETH_B, "netns", NS_B)
-        for ns, dev, addr in ((NS_A, VETH_A, ADDR_A), (NS_B, VETH_B, ADDR_B)):
-            _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            _sh("ip", "-n", ns, "link", "set", dev, "up")
+        add_veth_pair(NS_A, NS_B, VETH_A, VETH_B, ADDR_A, ADDR_B)
         for script, port in ((TCP_SERVER, TCP_PORT), (UDP_SINK, UDP_PORT)):
             servers.append(subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, "-c", script, ADDR_B,
                                              str(port)]))  # fmt: skip
@@ -87,8 +79,7 @@ def netns_pair() -> Iterator[None]:
         for proc in servers:
             proc.kill()
             proc.wait()
-        for ns in (NS_A, NS_B):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        delete_namespaces(NS_A, NS_B)
 
 
 def test_probe_metrics_count_what_was_sent(netns_pair: None, tmp_path: Path) -> None:

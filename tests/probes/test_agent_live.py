@@ -29,6 +29,7 @@ from hopscope.lab.services import start_watched
 from hopscope.probes.agent import Agent, AgentSummary
 from hopscope.probes.agent_config import AgentConfig, parse_config
 from hopscope.records import FlowRecord, RequestRecord
+from tests.netns import add_veth_pair, delete_namespaces, sh
 
 pytestmark = [pytest.mark.lab]
 
@@ -67,21 +68,6 @@ UDP = "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);
       "[s.sendto(b'x' * 64, (sys.argv[1], 9999)) for _ in range(5)]"  # fmt: skip
 
 
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def _pair(ns_x: str, ns_y: str, dev_x: str, dev_y: str, addr_x: str, addr_y: str) -> None:
-    """Two namespaces joined by a veth pair, addressed, up (loopbacks too)."""
-    _sh("ip", "netns", "add", ns_x)
-    _sh("ip", "netns", "add", ns_y)
-    _sh("ip", "link", "add", dev_x, "netns", ns_x, "type", "veth", "peer", "name", dev_y, "netns", ns_y)
-    for ns, dev, addr in ((ns_x, dev_x, addr_x), (ns_y, dev_y, addr_y)):
-        _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-        _sh("ip", "-n", ns, "link", "set", dev, "up")
-        _sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-
 def _in(ns: str, script: str, *args: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script, *args], check=True, timeout=30,
                    capture_output=True)  # fmt: skip
@@ -115,7 +101,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     s.netns_dir.mkdir()
     s.proc_root.mkdir()
     try:
-        _pair(NS_A, NS_B, VETH_A, VETH_B, ADDR_A, ADDR_B)
+        add_veth_pair(NS_A, NS_B, VETH_A, VETH_B, ADDR_A, ADDR_B)
         (s.netns_dir / "client").symlink_to(f"/var/run/netns/{NS_A}")
         (s.netns_dir / "server").symlink_to(f"/var/run/netns/{NS_B}")
         s.procs.append(subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, "-c", SERVER, str(PORT)]))
@@ -131,8 +117,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         for proc in s.procs:
             proc.kill()
             proc.wait()
-        for ns in (NS_A, NS_B, NS_C, NS_D):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        delete_namespaces(NS_A, NS_B, NS_C, NS_D)
 
 
 def _link_process(s: Site, pid: int, target: str) -> None:
@@ -235,12 +220,12 @@ def test_namespaces_that_come_and_go_are_followed(site: Site, kafka_bootstrap: s
     with running(agent) as summaries:
         wait_for(lambda: f"{HOST}/client/{VETH_A}" in agent.capturing())
         assert late not in {p.point for p in agent.points()}
-        _pair(NS_C, NS_D, VETH_C, VETH_D, ADDR_C, ADDR_D)  # a pod starts
+        add_veth_pair(NS_C, NS_D, VETH_C, VETH_D, ADDR_C, ADDR_D)  # a pod starts
         (site.netns_dir / "late").symlink_to(f"/var/run/netns/{NS_C}")
         wait_for(lambda: late in agent.capturing())
         _in(NS_D, UDP, ADDR_C)  # an open UDP flow: its record comes from the stopping capture's flush
         (site.netns_dir / "late").unlink()  # the pod ends
-        _sh("ip", "netns", "del", NS_C)
+        sh("ip", "netns", "del", NS_C)
         wait_for(lambda: agent.summary.points_stopped == 2)  # the late namespace's veth and lo, collected
         assert late not in agent.capturing() and f"{HOST}/client/{VETH_A}" in agent.capturing()
     flows, _ = consume(kafka_bootstrap, prefix, lambda f, r: any(x.point == late for x in f))

@@ -22,6 +22,7 @@ import pytest
 
 from hopscope.lab.services import Watched, start_watched
 from hopscope.records import FlowRecord, RequestRecord
+from tests.netns import add_veth_pair, delete_namespaces
 
 if TYPE_CHECKING:
     from hopscope.probes.live import ProbeSettings, ProbeSummary
@@ -77,23 +78,13 @@ s.recvfrom(512)
 PATHS = ["/a", "/b/c", "/missing", "/d?x=1"]
 
 
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def netns_pair() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("needs root to create network namespaces")
     servers: list[subprocess.Popen[bytes]] = []
     try:
-        _sh("ip", "netns", "add", NS_A)
-        _sh("ip", "netns", "add", NS_B)
-        _sh("ip", "link", "add", VETH_A, "netns", NS_A, "type", "veth", "peer", "name", VETH_B, "netns", NS_B)
-        for ns, dev, addr in ((NS_A, VETH_A, ADDR_A), (NS_B, VETH_B, ADDR_B)):
-            _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            _sh("ip", "-n", ns, "link", "set", dev, "up")
-            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        add_veth_pair(NS_A, NS_B, VETH_A, VETH_B, ADDR_A, ADDR_B)
         for script, args in ((SERVER, [ADDR_B, str(PORT)]), (DNS_SERVER, [ADDR_B])):
             servers.append(subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, "-c", script, *args]))
         _wait_for_port()
@@ -102,8 +93,7 @@ def netns_pair() -> Iterator[None]:
         for proc in servers:
             proc.kill()
             proc.wait()
-        for ns in (NS_A, NS_B):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        delete_namespaces(NS_A, NS_B)
 
 
 def _wait_for_port() -> None:
