@@ -106,7 +106,11 @@ class Store(Protocol):
 
     def count(self, table: str) -> int: ...
 
-    def rollup_minutes(self, table: str, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]: ...
+    def rollup_minutes(
+        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60
+    ) -> list[tuple[Any, ...]]: ...
+
+    def rollup_bounds(self, table: str, start_ns: int, end_ns: int) -> tuple[int, int] | None: ...
 
     def drop_schema(self) -> None: ...
 
@@ -230,6 +234,7 @@ class SqlStore(abc.ABC):
         if self.read_only:
             raise ConfigError(f"store {self.url} is open read-only: it cannot be dropped here")
         self._command(f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}")
+        self._rollups = None  # rows pending for the dropped tables are dropped with them
 
     # --- writes and reads ----------------------------------------------------------------------
 
@@ -275,15 +280,19 @@ class SqlStore(abc.ABC):
         query = select_latest(self.database, table_spec("spans"), {"trace_id": list(trace_ids)}, ["trace_id"])
         return rows_to_records(Span, self._select(query))
 
-    def rollup_minutes(self, table: str, start_ns: int, end_ns: int) -> list[tuple[Any, ...]]:
-        """The rows of a rollup table (``store/rollup.py``) whose minute is in [start_ns, end_ns),
-        grouped by the table's key: key columns, then ``minutes_sql``'s aggregates."""
+    def rollup_minutes(
+        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a rollup table (``store/rollup.py``) of one resolution (60: minutes; ``BLOCK_S``)
+        starting in [start_ns, end_ns), grouped by the table's key: key columns, then ``minutes_sql``'s
+        aggregates."""
         if self._rollups is not None:  # this writer's own rows are read back
             self._rollups.flush()
         spec = table_spec(table)
         keys, aggregates = minutes_sql(spec.name)
         params = _Params()
         conditions = time_range_conditions(spec, start_ns, end_ns, params)
+        conditions.append(f"resolution_s = {params.bind(spec.column('resolution_s'), resolution_s)}")
         group = ", ".join(quote_identifier(k) for k in keys)
         sql = (
             f"SELECT {group}, {', '.join(aggregates)}"
@@ -291,6 +300,20 @@ class SqlStore(abc.ABC):
             f" WHERE {' AND '.join(conditions)} GROUP BY {group} ORDER BY {group}"
         )
         return self._select(BoundQuery(sql, params.values))
+
+    def rollup_bounds(self, table: str, start_ns: int, end_ns: int) -> tuple[int, int] | None:
+        """The first and the last minute with rows of a rollup table in [start_ns, end_ns) (None: none)."""
+        if self._rollups is not None:
+            self._rollups.flush()
+        spec = table_spec(table)
+        params = _Params()
+        conditions = time_range_conditions(spec, start_ns, end_ns, params)
+        sql = (
+            f"SELECT min(minute_ns), max(minute_ns), count() FROM {quote_identifier(self.database)}."
+            f"{quote_identifier(spec.name)} WHERE {' AND '.join(conditions)} AND resolution_s = 60"
+        )
+        first, last, rows = self._select(BoundQuery(sql, params.values))[0]
+        return (int(first), int(last)) if int(rows) else None
 
     def _range(
         self, table: str, start_ns: int, end_ns: int, filters: Filters | None, limit: int, order: str = "time",

@@ -56,6 +56,9 @@ from hopscope.records import Batch, ColumnType, Record, Span, Trace
 log = logging.getLogger(__name__)
 
 MINUTE_NS = 60_000_000_000
+#: The second level: blocks of ten minutes, so a long window reads a tenth of the rows.
+BLOCK_S = 600
+BLOCK_NS = BLOCK_S * 1_000_000_000
 #: Relative error of a value read back from a histogram (and of the percentiles computed from one).
 RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -71,7 +74,7 @@ def _col(ctype: ColumnType, doc: str) -> Any:
     return field(default=default, metadata={"type": ctype, "doc": doc})
 
 
-U64, F32, STR = ColumnType.U64, ColumnType.F32, ColumnType.STR
+U32, U64, F32, STR = ColumnType.U32, ColumnType.U64, ColumnType.F32, ColumnType.STR
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,8 @@ class EdgeMinute(Record):
 
     TABLE: ClassVar[str] = "edges_1m"
 
-    minute_ns: int = _col(U64, "start of the minute the traces started in (ns)")
+    minute_ns: int = _col(U64, "start of the minute (or of the block of resolution_s) the traces started in (ns)")
+    resolution_s: int = _col(U32, "60: a minute's row; BLOCK_S: a row of the block of minutes starting at minute_ns")
     client_h: str = _col(STR, "client address at the first hop")
     first_h: str = _col(STR, "server address at the first hop")
     final_h: str = _col(STR, "last non-loopback server address along the path")
@@ -101,7 +105,8 @@ class LinkMinute(Record):
 
     TABLE: ClassVar[str] = "links_1m"
 
-    minute_ns: int = _col(U64, "start of the minute the traces started in (ns)")
+    minute_ns: int = _col(U64, "start of the minute (or of the block of resolution_s) the traces started in (ns)")
+    resolution_s: int = _col(U32, "60: a minute's row; BLOCK_S: a row of the block of minutes starting at minute_ns")
     prev_point: str = _col(STR, "the link's earlier capture point ('' on a point's own row)")
     point: str = _col(STR, "the link's later capture point, or the point of its own row ('' on the total row)")
     link_reason: str = _col(STR, "why the correlator made the link ('' on point and total rows)")
@@ -326,10 +331,11 @@ class Accumulator:
     sums so far under their segment, and a later write of the same segment (a higher ``version``)
     replaces the earlier one in the table."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolution_ns: int = MINUTE_NS) -> None:
+        self.resolution_ns = resolution_ns
         self.edges: dict[tuple[int, str, str, str, str], _Acc] = {}
         self.links: dict[tuple[int, str, str, str], _Acc] = {}
-        self.segments: dict[int, int] = {}  # minute -> segment id
+        self.segments: dict[int, int] = {}  # minute (block) -> segment id
 
     def __len__(self) -> int:
         return len(self.edges) + len(self.links)
@@ -339,7 +345,7 @@ class Accumulator:
         edges, links = self.edges, self.links
         for trace, trace_spans in pairs:
             spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
-            minute = trace.start_ns // MINUTE_NS * MINUTE_NS
+            minute = trace.start_ns // self.resolution_ns * self.resolution_ns
             if minute not in self.segments:
                 self.segments[minute] = secrets.randbits(64)
             chain = address_chain(trace, spans)
@@ -366,7 +372,8 @@ class Accumulator:
 
     def batches(self, version: int) -> tuple[Batch, Batch]:
         """The ``edges_1m`` and ``links_1m`` rows of everything added, written as ``version``."""
-        return _edge_batch(self.edges, self.segments, version), _link_batch(self.links, self.segments, version)
+        common = (self.segments, self.resolution_ns // 1_000_000_000, version)
+        return _edge_batch(self.edges, *common), _link_batch(self.links, *common)
 
     def evict(self, before_ns: int) -> None:
         """Forget the minutes before ``before_ns`` (a trace of one coming later starts a new segment)."""
@@ -388,26 +395,30 @@ def _hist_columns(prefix: str, hists: Sequence[Counter[int]]) -> dict[str, list[
 
 
 def _edge_batch(
-    edges: Mapping[tuple[int, str, str, str, str], _Acc], segments: Mapping[int, int], version: int
+    edges: Mapping[tuple[int, str, str, str, str], _Acc], segments: Mapping[int, int], resolution_s: int, version: int
 ) -> Batch:
     keys, accs = list(edges), list(edges.values())
     columns: dict[str, Any] = {
         "minute_ns": [k[0] for k in keys], "client_h": [k[1] for k in keys], "first_h": [k[2] for k in keys],
         "final_h": [k[3] for k in keys], "l7_proto": [k[4] for k in keys], "segment": [segments[k[0]] for k in keys],
         "version": [version] * len(keys), "requests": [a.count for a in accs], "errors": [a.errors for a in accs],
+        "resolution_s": [resolution_s] * len(keys),
     }  # fmt: skip
     columns.update(_hist_columns("duration", [a.first for a in accs]))
     columns.update(_hist_columns("server", [a.second for a in accs]))
     return Batch(EdgeMinute, columns, len(keys))
 
 
-def _link_batch(links: Mapping[tuple[int, str, str, str], _Acc], segments: Mapping[int, int], version: int) -> Batch:
+def _link_batch(
+    links: Mapping[tuple[int, str, str, str], _Acc], segments: Mapping[int, int], resolution_s: int, version: int
+) -> Batch:
     keys, accs = list(links), list(links.values())
     columns: dict[str, Any] = {
         "minute_ns": [k[0] for k in keys], "prev_point": [k[1] for k in keys], "point": [k[2] for k in keys],
         "link_reason": [k[3] for k in keys], "host": [a.attrs[0] for a in accs], "hop_kind": [a.attrs[1] for a in accs],
         "side": [a.attrs[2] for a in accs], "segment": [segments[k[0]] for k in keys], "version": [version] * len(keys),
         "traces": [a.count for a in accs], "lost_pkts": [a.lost_pkts for a in accs],
+        "resolution_s": [resolution_s] * len(keys),
         "loss_traces": [a.loss_traces for a in accs], "min_confidence": [a.min_confidence for a in accs],
     }  # fmt: skip
     columns.update(_hist_columns("req", [a.first for a in accs]))
@@ -451,7 +462,7 @@ class RollupWriter:
         self._spans: OrderedDict[str, list[SpanRow]] = OrderedDict()
         self._held_spans = 0
         self._traces: OrderedDict[str, TraceRow] = OrderedDict()
-        self._open = Accumulator()
+        self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
         self._dirty_since: float | None = None
         self._version = 0
         self._timer: threading.Timer | None = None
@@ -481,11 +492,12 @@ class RollupWriter:
         waited ``FLUSH_S`` (a failed write raises to the inserting caller and is tried again at the
         next), else by a timer when no insert comes."""
         with self._lock:
-            self._open.add(pairs)
+            for acc in self._open:
+                acc.add(pairs)
             now = time.monotonic()
             if self._dirty_since is None:
                 self._dirty_since = now
-            due = now - self._dirty_since >= self.FLUSH_S or len(self._open) >= self.MAX_OPEN_ROWS
+            due = now - self._dirty_since >= self.FLUSH_S or len(self._open[0]) >= self.MAX_OPEN_ROWS
             if not due and self._timer is None:
                 self._timer = threading.Timer(self.FLUSH_S, self._flush_idle)
                 self._timer.daemon = True
@@ -507,33 +519,46 @@ class RollupWriter:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                if self._dirty_since is None and not close_all:
+                if self._dirty_since is None:
+                    if close_all:
+                        self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
                     return
                 self._version = max(time.time_ns(), self._version + 1)
-                edges, links = self._open.batches(self._version)
+                parts = [acc.batches(self._version) for acc in self._open]
                 self._dirty_since = None
             try:
-                for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
-                    if len(rows):
-                        self._insert(table, rows)
+                for edges, links in parts:
+                    for table, rows in ((EdgeMinute.TABLE, edges), (LinkMinute.TABLE, links)):
+                        if len(rows):
+                            self._insert(table, rows)
             except BaseException:
                 with self._lock:
                     self._dirty_since = self._dirty_since or 0.0  # due at once next time
                 raise
             with self._lock:
-                minutes = self._open.segments
-                newest = max(minutes) if minutes else 0
-                if close_all or len(self._open) >= self.MAX_OPEN_ROWS:
-                    self._open.evict(newest + MINUTE_NS if close_all else newest)
-                else:
-                    self._open.evict(newest - self.OPEN_MINUTES * MINUTE_NS)
+                self._close_minutes(close_all)
+
+    def _close_minutes(self, close_all: bool) -> None:
+        """Forget the minutes (blocks) no trace is expected for any more; all of them with ``close_all``
+        or past ``MAX_OPEN_ROWS``."""
+        minutes, blocks = self._open
+        newest = max(minutes.segments, default=0)
+        if close_all or len(minutes) >= self.MAX_OPEN_ROWS:
+            self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
+            return
+        oldest_open = newest - self.OPEN_MINUTES * MINUTE_NS
+        minutes.evict(oldest_open)
+        blocks.evict(oldest_open // BLOCK_NS * BLOCK_NS)
 
     def close(self) -> None:
         """Count the traces still waiting for spans from their own fields, and write everything."""
         with self._lock:
             alone: list[Pair] = [(t, []) for t in self._traces.values()]
             self._traces.clear()
-            self._open.add(alone)
+            for acc in self._open:
+                acc.add(alone)
+            if alone:
+                self._dirty_since = self._dirty_since or time.monotonic()
         self.flush(close_all=True)
 
     def _spans_written(self, batch: Batch) -> list[Pair]:

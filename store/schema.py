@@ -76,9 +76,10 @@ def rollup_specs() -> tuple[TableSpec, ...]:
     from hopscope.store.rollup import EdgeMinute, LinkMinute
 
     return (
-        TableSpec(EdgeMinute, "minute_ns", ("minute_ns", "client_h", "first_h", "final_h", "l7_proto", "segment"),
-                  "version"),
-        TableSpec(LinkMinute, "minute_ns", ("minute_ns", "prev_point", "point", "link_reason", "segment"), "version"),
+        TableSpec(EdgeMinute, "minute_ns",
+                  ("minute_ns", "resolution_s", "client_h", "first_h", "final_h", "l7_proto", "segment"), "version"),
+        TableSpec(LinkMinute, "minute_ns",
+                  ("minute_ns", "resolution_s", "prev_point", "point", "link_reason", "segment"), "version"),
     )
 
 

@@ -410,8 +410,9 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
     for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hist, resp_hist, *_ in rows:
         if not prev and not point:
             traces += int(n)
-        elif not prev:
-            graph.add_node(point, host=host, hop_kind=hop_kind, side=side, traces=int(n))
+        elif not prev:  # a point's row (one per resolution read)
+            before = graph.nodes[point]["traces"] if point in graph else 0
+            graph.add_node(point, host=host, hop_kind=hop_kind, side=side, traces=before + int(n))
         else:
             link = links.setdefault((prev, point), _LinkStats())
             link.traces += int(n)

@@ -167,7 +167,7 @@ def generated(n: int, minutes: int, seed: int) -> tuple[list[Trace], list[Span]]
 
 @pytest.fixture
 def gen_store(store: SqlStore) -> Iterator[tuple[SqlStore, list[Trace]]]:
-    traces, spans = generated(600, 5, seed=7)
+    traces, spans = generated(600, 25, seed=7)
     store.ensure_schema()
     for i in range(0, len(traces), 250):  # the correlator's order: a pass's spans, then its traces
         chunk = traces[i : i + 250]
@@ -183,6 +183,9 @@ def test_a_generated_store(gen_store: tuple[SqlStore, list[Trace]]) -> None:
     assert check_window(store, 0, NS_MAX, inventory).graph["traces"] == len(traces)
     check_window(store, T0 + MINUTE_NS, T0 + 3 * MINUTE_NS, inventory)
     check_window(store, T0 + MINUTE_NS + 1, T0 + 3 * MINUTE_NS - 1)  # answers for the whole minutes
+    # minutes before a ten-minute block, the block's own rows, minutes after it
+    check_window(store, T0 + 7 * MINUTE_NS + 1, T0 + 23 * MINUTE_NS - 1, inventory)
+    check_window(store, T0 + 10 * MINUTE_NS, T0 + 20 * MINUTE_NS)
 
 
 @pytest.mark.parametrize("group", [250, 97])
