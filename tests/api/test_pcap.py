@@ -265,8 +265,7 @@ def test_rolling_packet_stores_given_to_the_server_serve_the_same_packets(
     captures are metered, as a live probe writes them): the same answer as through the index."""
     from hopscope.api.app import create_app
     from hopscope.api.config import ApiSettings
-    from hopscope.probes.analyze import CaptureAnalyzer
-    from hopscope.probes.packet_store import PacketStore, PacketStoreSettings
+    from tests.cli.test_pcap import write_packet_stores
 
     trace_id = _pick(analysis)["first"]
     _store_all(store, analysis)
@@ -274,14 +273,7 @@ def test_rolling_packet_stores_given_to_the_server_serve_the_same_packets(
     store.drop_schema()
     store.ensure_schema()
     _store_all(store, analysis, skip=("packet_index",))
-    for point in plan_points(manifest=str(MANIFEST)):
-        packets = PacketStore(PacketStoreSettings(str(tmp_path), segment_bytes=64 << 10))
-        analyzer = CaptureAnalyzer(point.file, {"*": point.name})
-        for raw in analyzer.reader.blocks():
-            block = analyzer.decoder.decode(raw)
-            analyzer.meter.process_batch(block)
-            packets.add(raw, block, analyzer.decoder.row_frames)
-        packets.close()
+    write_packet_stores(tmp_path, segment_bytes=64 << 10)
     served = TestClient(create_app(store, ApiSettings(packet_stores=(str(tmp_path),))), base_url="http://127.0.0.1")
     assert served.get(f"/api/v1/traces/{trace_id}/packets").json() == expected
     assert client.get(f"/api/v1/traces/{trace_id}/packets").status_code == 404  # the server without them

@@ -53,18 +53,24 @@ def test_the_command_writes_the_traces_pcapng(
     assert sum(len(p["packets"]) for p in view["points"]) == count
 
 
-def test_a_rolling_packet_store_serves_the_same_packets(tmp_path: Path, analysis: Analysis) -> None:
-    """The packets of every point written into rolling stores, as a probe writes them while it meters,
-    and a store without a packet index: the same pcapng as through the index."""
-    directory = tmp_path / "packets"
+def write_packet_stores(directory: Path, segment_bytes: int, host: str = "") -> None:
+    """The packets of every point of the lab sample written into rolling packet stores under
+    ``directory``, as a probe writes them while it meters."""
     for point in plan_points(manifest=MANIFEST):
-        store = PacketStore(PacketStoreSettings(str(directory), segment_bytes=32 << 10), host="lab")
+        store = PacketStore(PacketStoreSettings(str(directory), segment_bytes=segment_bytes), host=host)
         analyzer = CaptureAnalyzer(point.file, {"*": point.name})
         for raw in analyzer.reader.blocks():
             block = analyzer.decoder.decode(raw)
             analyzer.meter.process_batch(block)
             store.add(raw, block, analyzer.decoder.row_frames)
         store.close()
+
+
+def test_a_rolling_packet_store_serves_the_same_packets(tmp_path: Path, analysis: Analysis) -> None:
+    """The packets of every point written into rolling stores, as a probe writes them while it meters,
+    and a store without a packet index: the same pcapng as through the index."""
+    directory = tmp_path / "packets"
+    write_packet_stores(directory, segment_bytes=32 << 10, host="lab")
     trace = _trace(analysis)
     indexed, rolling = tmp_path / "indexed.pcapng", tmp_path / "rolling.pcapng"
     assert main(["pcap", trace.trace_id, "--store", _store(tmp_path / "a", analysis, True), "-o", str(indexed)]) == 0
