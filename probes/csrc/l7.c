@@ -10,14 +10,20 @@
  *       (http._apply_header), so both paths frame and record alike by construction.
  *   payload_hash(data) -> int
  *       hopscope.ids.payload_hash (BLAKE2b-64 of the bytes, 0 for none, never 0 otherwise).
+ *   parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers) | str
+ *       probes/l7/dns.py parse_dns_reference's fields of a DNS message, or the text of the
+ *       DnsDecodeError it raises (the caller raises it).
  *
- * Reference twins: probes/l7/http.py (parse_head_reference) and hopscope/ids.py (payload_hash);
+ * Reference twins: probes/l7/http.py (parse_head_reference), hopscope/ids.py (payload_hash) and
+ * probes/l7/dns.py (parse_dns_reference);
  * tests/probes/l7/test_l7_native.py runs both on the same inputs and demands equal results.
  * No global mutable state; the GIL is held throughout (header blocks are small).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "ids.h"
@@ -162,10 +168,157 @@ static PyObject *py_payload_hash(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
+
+/* ---- DNS (probes/l7/dns.py) ------------------------------------------------------------------ */
+
+#define DNS_MAX_POINTER_HOPS 32
+#define DNS_MAX_NAME_BYTES 255
+#define DNS_MAX_ANSWERS 64
+#define DNS_ERR 160
+
+/* read_name: the name at *pos into name (its text, <= 4 * 255 + 64 bytes), *pos set after it in place.
+ * Returns the text length, or -1 with the error text in err. */
+static Py_ssize_t dns_name(const uint8_t *d, Py_ssize_t n, Py_ssize_t *pos_io, char *name, char *err) {
+    Py_ssize_t pos = *pos_io, end = -1, len = 0;
+    int hops = 0, total = 0;
+    static const char hex[] = "0123456789abcdef";
+    for (;;) {
+        if (pos >= n) {
+            snprintf(err, DNS_ERR, "name runs past the message end at %zd", pos);
+            return -1;
+        }
+        unsigned length = d[pos];
+        if (length == 0) {
+            pos += 1;
+            break;
+        }
+        if ((length & 0xC0) == 0xC0) {
+            if (pos + 1 >= n) {
+                snprintf(err, DNS_ERR, "truncated compression pointer");
+                return -1;
+            }
+            if (++hops > DNS_MAX_POINTER_HOPS) {
+                snprintf(err, DNS_ERR, "compression pointer loop");
+                return -1;
+            }
+            if (end < 0) end = pos + 2;
+            pos = ((Py_ssize_t)(length & 0x3F) << 8) | d[pos + 1];
+            continue;
+        }
+        if (length & 0xC0) {
+            snprintf(err, DNS_ERR, "unsupported label type %#x", length);
+            return -1;
+        }
+        if (pos + 1 + (Py_ssize_t)length > n) {
+            snprintf(err, DNS_ERR, "truncated label");
+            return -1;
+        }
+        total += (int)length + 1;
+        if (total > DNS_MAX_NAME_BYTES) {
+            snprintf(err, DNS_ERR, "name longer than 255 bytes");
+            return -1;
+        }
+        if (len) name[len++] = '.';
+        for (unsigned i = 0; i < length; i++) { /* decode("ascii", "backslashreplace").lower() */
+            uint8_t c = d[pos + 1 + i];
+            if (c >= 0x80) {
+                name[len++] = '\\', name[len++] = 'x', name[len++] = hex[c >> 4], name[len++] = hex[c & 15];
+            } else {
+                name[len++] = (char)lower(c);
+            }
+        }
+        pos += 1 + length;
+    }
+    *pos_io = end >= 0 ? end : pos;
+    return len;
+}
+
+static PyObject *py_parse_dns(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) return NULL;
+    const uint8_t *d = (const uint8_t *)view.buf;
+    Py_ssize_t n = view.len, pos = 12;
+    char err[DNS_ERR], name[4 * DNS_MAX_NAME_BYTES + 64], qname[4 * DNS_MAX_NAME_BYTES + 64];
+    Py_ssize_t qlen = 0;
+    int qtype = 0;
+    PyObject *answers = NULL, *result = NULL;
+    if (n < 12) {
+        snprintf(err, DNS_ERR, "DNS message of %zd bytes, header needs 12", n);
+        goto error_text;
+    }
+    unsigned dns_id = (unsigned)(d[0] << 8 | d[1]), flags = (unsigned)(d[2] << 8 | d[3]);
+    unsigned qdcount = (unsigned)(d[4] << 8 | d[5]), ancount = (unsigned)(d[6] << 8 | d[7]);
+    for (unsigned i = 0; i < qdcount; i++) {
+        Py_ssize_t len = dns_name(d, n, &pos, i == 0 ? qname : name, err);
+        if (len < 0) goto error_text;
+        if (pos + 4 > n) {
+            snprintf(err, DNS_ERR, "truncated question");
+            goto error_text;
+        }
+        if (i == 0) {
+            qlen = len;
+            qtype = d[pos] << 8 | d[pos + 1];
+        }
+        pos += 4;
+    }
+    answers = PyList_New(0);
+    if (!answers) goto done;
+    unsigned count = ancount < DNS_MAX_ANSWERS ? ancount : DNS_MAX_ANSWERS;
+    for (unsigned k = 0; k < count; k++) {
+        if (dns_name(d, n, &pos, name, err) < 0) goto error_text;
+        if (pos + 10 > n) {
+            snprintf(err, DNS_ERR, "truncated resource record");
+            goto error_text;
+        }
+        int rtype = d[pos] << 8 | d[pos + 1];
+        Py_ssize_t rdlength = d[pos + 8] << 8 | d[pos + 9];
+        pos += 10;
+        if (pos + rdlength > n) {
+            snprintf(err, DNS_ERR, "truncated rdata");
+            goto error_text;
+        }
+        char text[INET6_ADDRSTRLEN + 1];
+        PyObject *answer = NULL;
+        if (rtype == 1 && rdlength == 4) {
+            if (!inet_ntop(AF_INET, d + pos, text, sizeof text)) text[0] = 0;
+            answer = PyUnicode_FromString(text);
+        } else if (rtype == 28 && rdlength == 16) {
+            if (!inet_ntop(AF_INET6, d + pos, text, sizeof text)) text[0] = 0;
+            answer = PyUnicode_FromString(text);
+        } else if (rtype == 5) {
+            Py_ssize_t at = pos, len = dns_name(d, n, &at, name, err);
+            if (len < 0) goto error_text;
+            if (len) answer = PyUnicode_DecodeASCII(name, len, NULL);
+        }
+        if (answer == NULL && PyErr_Occurred()) goto done;
+        if (answer != NULL) {
+            int rc = PyUnicode_GET_LENGTH(answer) ? PyList_Append(answers, answer) : 0;
+            Py_DECREF(answer);
+            if (rc < 0) goto done;
+        }
+        pos += rdlength;
+    }
+    PyObject *q = PyUnicode_DecodeASCII(qname, qlen, NULL), *t = q ? PyList_AsTuple(answers) : NULL;
+    if (q && t)
+        result = Py_BuildValue("(iOiiOiO)", (int)dns_id, (flags & 0x8000) ? Py_True : Py_False, (int)((flags >> 11) & 0xF),
+                               (int)(flags & 0xF), q, qtype, t);
+    Py_XDECREF(q);
+    Py_XDECREF(t);
+    goto done;
+error_text:
+    result = PyUnicode_FromString(err);
+done:
+    Py_XDECREF(answers);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"parse_head", py_parse_head, METH_VARARGS,
      "parse_head(block, is_request) -> None | (method, target, status, close, values): an HTTP/1.x header block"},
     {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> hopscope.ids.payload_hash(data)"},
+    {"parse_dns", py_parse_dns, METH_VARARGS,
+     "parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers), or the decode error's text"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from hopscope.probes import kernels
 from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -25,6 +26,10 @@ TYPE_AAAA: Final = 28
 MAX_POINTER_HOPS: Final = 32
 MAX_NAME_BYTES: Final = 255
 MAX_ANSWERS: Final = 64
+
+
+#: The compiled decoder (probes/csrc/l7.c), or None: ``parse_dns_reference`` then runs.
+_L7 = kernels.load("_l7")
 
 
 class DnsDecodeError(ValueError):
@@ -81,7 +86,22 @@ def read_name(data: bytes, pos: int) -> tuple[str, int]:
 
 
 def parse_dns(data: bytes) -> DnsMessage:
-    """Decode the header, the first question and the A/AAAA/CNAME answers of one message."""
+    """Decode the header, the first question and the A/AAAA/CNAME answers of one message.
+
+    The ``_l7`` kernel (probes/csrc/l7.c) decodes when it is built and on; ``parse_dns_reference`` is
+    its twin (tests/probes/l7/test_l7_native.py). Either raises ``DnsDecodeError`` with the same text.
+    """
+    if _L7 is None:
+        return parse_dns_reference(data)
+    got = _L7.parse_dns(data)
+    if isinstance(got, str):
+        raise DnsDecodeError(got)
+    dns_id, is_response, opcode, rcode, qname, qtype, answers = got
+    return DnsMessage(dns_id, is_response, opcode, rcode, qname, qtype, answers)
+
+
+def parse_dns_reference(data: bytes) -> DnsMessage:
+    """``parse_dns`` in Python: the reference the kernel follows."""
     if len(data) < _HEADER.size:
         raise DnsDecodeError(f"DNS message of {len(data)} bytes, header needs 12")
     dns_id, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(data)

@@ -6,13 +6,18 @@ whitespace and CRs in odd places, a reason phrase with a tab or a CR), the recor
 headers in any letter case among others, values with surrounding whitespace (vertical tab and form
 feed too), latin-1 bytes, a header repeated, a missing colon, no line end; and arbitrary bytes. Every
 ``HttpMessage`` field, the framing result (chunked, content length) and any error must be equal. The
-kernel's payload hash is checked against ``hopscope.ids.payload_hash``. End to end, the tracker's
-records of the lab captures are the same with the kernel and with the reference path.
+kernel's payload hash is checked against ``hopscope.ids.payload_hash``. ``parse_dns`` (the kernel)
+and ``parse_dns_reference`` decode generated DNS messages (questions and A, AAAA, CNAME and other
+answers, names with upper-case, non-ASCII and control bytes, compression pointers forward, backward,
+looping and past the end, reserved label types, counts larger than the records present, cuts at every
+length) and arbitrary bytes: equal messages, or DnsDecodeError with the same text. End to end, the
+tracker's records of the lab captures are the same with the kernel and with the reference path.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -24,6 +29,7 @@ from hypothesis import strategies as st
 from hopscope.ids import payload_hash
 from hopscope.probes import kernels
 from hopscope.probes.l7 import http
+from hopscope.probes.l7.dns import DnsDecodeError, parse_dns, parse_dns_reference
 from hopscope.probes.l7.http import HttpMessage, parse_head, parse_head_reference
 
 _l7 = kernels.load("_l7")
@@ -157,3 +163,88 @@ def test_lab_capture_records_equal_on_both_paths(tmp_path: Any) -> None:
         outs.append(proc.stdout)
     assert outs[0] == outs[1]
     assert outs[0].count(b"\n") > 10
+
+
+# --- DNS -------------------------------------------------------------------------------------------
+
+_LABELS = [b"www", b"Example", b"COM", b"a", b"caf\xe9", b"x\x00y", b"a.b", b"k" * 63]
+plain_name = st.lists(st.sampled_from(_LABELS), max_size=5).map(
+    lambda ls: b"".join(bytes([len(x)]) + x for x in ls) + b"\0"
+)
+pointer_name = st.builds(
+    lambda ls, ptr: b"".join(bytes([len(x)]) + x for x in ls) + bytes([0xC0 | ptr >> 8, ptr & 255]),
+    st.lists(st.sampled_from(_LABELS), max_size=3),
+    st.sampled_from([12, 12, 12, 0, 13, 20, 40, 300, 0x3FFF]),
+)
+bad_name = st.sampled_from([b"\x40abc\0", b"\x80\0", b"\x05ab", b"\xc0", b"\0"])
+name = st.one_of(*[plain_name] * 8, pointer_name, pointer_name, bad_name)  # mostly readable names
+rdata = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16), name, st.binary(max_size=6))
+record = st.builds(
+    lambda n, rtype, data: n + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data,
+    name,
+    st.sampled_from([1, 28, 5, 5, 15, 1, 28]),
+    rdata,
+)
+message = st.builds(
+    lambda hdr, questions, answers, extra, cut: (
+        struct.pack("!HHHHHH", *hdr, len(questions), max(0, len(answers) + extra), 0, 0)
+        + b"".join(q + b"\0\1\0\1" for q in questions)
+        + b"".join(answers)
+    )[: None if cut == 0 else -cut],
+    st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+    st.lists(name, max_size=2),
+    st.lists(record, max_size=5),
+    st.sampled_from([0, 0, 0, 0, 1, -1, 70]),  # answer count beside the records present
+    st.sampled_from([0, 0, 0, 0, 1, 2, 5]),
+)
+
+good_record = st.one_of(
+    st.binary(min_size=4, max_size=4).map(lambda a: plain_pair(1, a)),
+    st.binary(min_size=16, max_size=16).map(lambda a: plain_pair(28, a)),
+    plain_name.map(lambda n: plain_pair(5, n)),
+    st.just(b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 60, 2) + b"\xc0\x0c"),  # CNAME to the question
+)
+well_formed = st.builds(
+    lambda hdr, q, answers: struct.pack("!HHHHHH", *hdr, 1, len(answers), 0, 0) + q + b"\0\1\0\1" + b"".join(answers),
+    st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+    plain_name,
+    st.lists(good_record, max_size=6),
+)
+
+
+def plain_pair(rtype: int, data: bytes) -> bytes:
+    """A resource record named by a pointer to the question, of ``rtype`` with ``data``."""
+    return b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data
+
+
+def _dns(func: Any, data: bytes) -> Any:
+    try:
+        return func(data)
+    except DnsDecodeError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(message, well_formed))
+def test_generated_dns_messages(data: bytes) -> None:
+    assert _dns(parse_dns, data) == _dns(parse_dns_reference, data), data
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=120))
+def test_dns_arbitrary_bytes(data: bytes) -> None:
+    assert _dns(parse_dns, data) == _dns(parse_dns_reference, data), data
+
+
+def test_dns_known_messages() -> None:
+    query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03WWW\x07example\x03com\x00\x00\x01\x00\x01"
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([10, 0, 0, 1])
+    response = query[:2] + b"\x81\x80" + query[4:6] + b"\x00\x01" + query[8:] + answer
+    msg = parse_dns(response)
+    assert msg == parse_dns_reference(response)
+    assert (msg.dns_id, msg.is_response, msg.qname, msg.qtype, msg.answers) == (7, True, "www.example.com", 1,
+                                                                                 ("10.0.0.1",))  # fmt: skip
+    loop = query[:12] + b"\xc0\x0c"
+    for data in (b"", query[:11], loop, query[:-1]):
+        assert _dns(parse_dns, data) == _dns(parse_dns_reference, data)
+        assert _dns(parse_dns, data)[0] == "error"
