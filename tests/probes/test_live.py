@@ -14,18 +14,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from hopscope.lab.services import Watched, start_watched
-from hopscope.records import FlowRecord, RequestRecord
+from hopscope.records import Batch, FlowRecord, RequestRecord
 from tests.netns import add_veth_pair, delete_namespaces
 
 if TYPE_CHECKING:
+    from hopscope.lab.flood import FloodResult
     from hopscope.probes.live import ProbeSettings, ProbeSummary
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.lab
 
@@ -116,9 +119,9 @@ def _client() -> None:
     )
 
 
-def capture_client(settings: ProbeSettings) -> tuple[ProbeSummary, list[FlowRecord], list[RequestRecord]]:
-    """Run a live probe with ``settings`` in a thread while the client runs in namespace A; its summary
-    and the records it published."""
+def run_probe(settings: ProbeSettings, traffic: Callable[[], T]) -> tuple[ProbeSummary, list[Batch], T]:
+    """Run a live probe with ``settings`` in a thread while ``traffic`` runs (once the probe has opened its
+    ring); the probe's summary, the record batches it published and what ``traffic`` returned."""
     from hopscope.probes.live import LiveProbe
     from hopscope.transport import InProcessTransport
 
@@ -129,12 +132,18 @@ def capture_client(settings: ProbeSettings) -> tuple[ProbeSummary, list[FlowReco
     runner.start()
     try:
         assert probe.started.wait(30), "the probe did not open its ring"
-        _client()
+        sent = traffic()
     finally:
         probe.stop()
         runner.join(30)
     (summary,) = summaries
-    batches = [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**6)]
+    return summary, [d.batch for d in transport.poll(timeout_s=0.1, max_records=10**7)], sent
+
+
+def capture_client(settings: ProbeSettings) -> tuple[ProbeSummary, list[FlowRecord], list[RequestRecord]]:
+    """Run a live probe with ``settings`` while the client runs in namespace A; its summary and the
+    records it published."""
+    summary, batches, _ = run_probe(settings, _client)
     flows: list[FlowRecord] = [r for b in batches if b.record_type is FlowRecord for r in b.records()]  # type: ignore[misc]
     requests: list[RequestRecord] = [r for b in batches if b.record_type is RequestRecord for r in b.records()]  # type: ignore[misc]
     return summary, flows, requests
@@ -354,12 +363,10 @@ def test_probe_meters_every_frame_of_a_flood_without_drops(
     """The flood generator's frames (a capture replayed in cycles, each cycle renumbered) all reach the
     probe's meter: as many frames read as sent, no kernel drops, every cycle's conversations as flows."""
     from hopscope.lab.flood import run_flood
-    from hopscope.probes.live import LiveProbe, ProbeSettings, RingSettings
-    from hopscope.transport import InProcessTransport
+    from hopscope.probes.live import ProbeSettings, RingSettings
 
     capture = tmp_path / "flood.pcap"
     per_cycle = _flood_capture(capture)
-    transport = InProcessTransport()
     settings = ProbeSettings(
         iface=VETH_B,
         point="flood",
@@ -368,22 +375,17 @@ def test_probe_meters_every_frame_of_a_flood_without_drops(
         l7=False,
         ring=RingSettings(**ring),  # type: ignore[arg-type]
     )
-    probe = LiveProbe(settings, transport)
-    summaries: list[ProbeSummary] = []
-    runner = threading.Thread(target=lambda: summaries.append(probe.run(60)))
-    runner.start()
-    try:
-        assert probe.started.wait(30), "the probe did not open its ring"
+
+    def flood() -> FloodResult:
         # ~3.4 MB of frames: the small rings wrap twice yet hold ~0.9 s of traffic (no drop on a busy host)
         sent = run_flood(VETH_A, capture, pps=10_000 if ring else 50_000, seconds=2.0 if ring else 0.5, netns=NS_A)
         time.sleep(0.2)
-    finally:
-        probe.stop()
-        runner.join(30)
-    (summary,) = summaries
+        return sent
+
+    summary, batches, sent = run_probe(settings, flood)
     assert sent.errors == 0 and sent.cycles >= 2 and summary.meter.get("reused_tuples", 0) == 0, summary
     assert summary.kernel_drops == 0 and summary.frames_read == summary.kernel_packets == sent.sent
-    flows = [r for d in transport.poll(timeout_s=0.1, max_records=10**7) for r in d.batch.records()]
+    flows = [r for b in batches for r in b.records()]
     final = [f for f in flows if isinstance(f, FlowRecord) and f.final]
     assert sum(f.orig_pkts + f.resp_pkts for f in final) == sent.sent
     complete = sent.sent // per_cycle  # cycles replayed in full: each one a new set of conversations
