@@ -88,6 +88,23 @@ def add_alias(parser: argparse.ArgumentParser, action: argparse.Action, *old: st
     alias.type = action.type
 
 
+def check_output(path: str | None, option: str) -> None:
+    """Raise ``ConfigError`` (one line naming ``option``) when a command could not write ``path``:
+    checked before the work, so a mistyped directory costs no analysis. ``None`` and ``-`` (standard
+    output) pass."""
+    from hopscope.errors import ConfigError
+
+    if not path or path == "-":
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path}: is a directory")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{option} {path}: no directory {folder}")
+    if not os.access(folder if not os.path.exists(path) else path, os.W_OK):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
 @contextlib.contextmanager
 def stop_on_signal(stop: Callable[[], object]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``stop`` while the block runs (a long-running command then winds down

@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from hopscope.cli import add_alias
+from hopscope.cli import add_alias, check_output
 from hopscope.correlate.settings import ClockDomain, ClockMode
 from hopscope.errors import ConfigError
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.correlate.settings import CorrelateSettings
     from hopscope.store import DEFAULT_URL
 
+    check_inputs(args)
     plan = plan_points(args.files, pairs(args.point, "--point"), pairs(args.hop_kind, "--hop-kind"),
                        pairs(args.host, "--host"), args.manifest, args.capture_set, pairs(args.clock, "--clock"))
     settings = CorrelateSettings(clock_mode=ClockMode(args.clock_mode), clock_domain=ClockDomain(args.clock_domain))
@@ -108,6 +109,25 @@ def run(args: argparse.Namespace) -> int:
 
         export_traces(args.otlp, args.inventory, analysis.result.traces, analysis.result.spans)
     return 0
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """What can be checked before reading any capture: the output paths, the store URL's scheme, the
+    OTLP endpoint and the inventory, so that a typo is one error line at once, not after the analysis.
+    (The store itself is opened after the output: a store that is down does not cost the result.)"""
+    from urllib.parse import urlsplit
+
+    check_output(args.out, "-o")
+    check_output(args.save_capture_set, "--save-capture-set")
+    if args.store and not args.no_store and urlsplit(args.store).scheme not in ("clickhouse", "chdb"):
+        raise ConfigError(f"unknown store URL {args.store!r}: use clickhouse://host:port/db or chdb:///path/to/dir")
+    if args.otlp:
+        from hopscope.correlate.otlp import traces_url
+        from hopscope.topology.inventory import load_inventory
+
+        traces_url(args.otlp)
+        if args.inventory:
+            load_inventory(args.inventory)
 
 
 def with_key(text: str, key: str, value: Any) -> str:

@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from hopscope.cli import check_output
+from hopscope.errors import ConfigError
 from hopscope.store import DEFAULT_URL
 
 
@@ -38,13 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from hopscope.probes.packet_store import PacketStoreIndex
     from hopscope.store import open_for_reading
 
+    check_output(args.out, "-o")
     sources: list[PacketSource] = [PacketStoreIndex(d) for d in args.packet_store]
     store = open_for_reading(args.store)
     try:
         found = trace_packets(store, args.trace_id.strip().lower(), args.point, sources)
     finally:
         store.close()
-    out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    try:
+        out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"-o {args.out}: cannot write it ({exc.strerror or exc})") from None
     try:
         if args.format == "json":
             out.write(json.dumps(found.as_json(), indent=1).encode() + b"\n")

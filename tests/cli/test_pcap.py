@@ -86,3 +86,11 @@ def test_an_unknown_trace_is_one_line(tmp_path: Path, analysis: Analysis, capsys
     assert main(["pcap", "e" * 32, "--store", url, "-o", str(tmp_path / "x.pcapng")]) == 1
     assert capsys.readouterr().err.strip() == f"hopscope: error: no trace {'e' * 32}"
     assert not (tmp_path / "x.pcapng").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before the store is read: no traceback, exit status 2, nothing written anywhere."""
+    out = tmp_path / "no-such-dir" / "x.pcapng"
+    assert main(["pcap", "e" * 32, "--store", f"chdb://{tmp_path / 'store'}", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"hopscope: error: -o {out}: no directory {out.parent}"
+    assert not out.parent.exists() and not (tmp_path / "store").exists()

@@ -62,6 +62,13 @@ def test_analyze_summary_names_links_and_failures(tmp_path: Path, capsys: pytest
         (["analyze", "--manifest", "/nonexistent/manifest.json"], "cannot read it"),
         (["analyze", "--manifest", __file__], "not JSON"),
         (["analyze", "--manifest", str(LAB / "inventory.yaml")], "not JSON"),
+        (["analyze", "--point", f"x={os.devnull}", "-o", "/nonexistent/out.json"],
+         "-o /nonexistent/out.json: no directory"),
+        (["analyze", "--point", f"x={os.devnull}", "--save-capture-set", os.path.dirname(__file__)], "is a directory"),
+        (["analyze", "--point", f"x={os.devnull}", "--store", "clickhose://127.0.0.1:9000/x"], "unknown store URL"),
+        (["analyze", "--point", f"x={os.devnull}", "--otlp", "127.0.0.1:4318"], "--otlp expects"),
+        (["analyze", "--point", f"x={os.devnull}", "--otlp", "http://127.0.0.1:4318",
+          "--inventory", "/nonexistent.yaml"], "inventory /nonexistent.yaml"),
     ],
 )
 def test_analyze_rejects_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
