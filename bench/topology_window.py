@@ -28,7 +28,7 @@ from _lines import bench_line
 
 from hopscope.records import Batch, Span, Trace
 from hopscope.store import SqlStore, store_from_url
-from hopscope.store.rollup import MINUTE_NS, RollupWriter
+from hopscope.store.rollup import BLOCK_NS, BLOCK_S, MINUTE_NS, RollupWriter
 from hopscope.store.schema import quote_identifier, table_spec
 from hopscope.topology.inventory import Inventory, from_data
 from hopscope.topology.source import (
@@ -120,6 +120,7 @@ def write_minute(store: SqlStore, spans: Batch, traces: Batch) -> float:
     for span_part, trace_part in parts:
         store.insert("spans", span_part)
         store.insert("traces", trace_part)
+    store.rollups.flush(close_all=True)  # what the writer's timer or close would write
     alone = RollupWriter(lambda table, batch: len(batch), lambda ids: [])
     t = time.process_time()  # CPU time: the machine may be shared
     for span_part, trace_part in parts:
@@ -128,35 +129,54 @@ def write_minute(store: SqlStore, spans: Batch, traces: Batch) -> float:
     return time.process_time() - t
 
 
-#: Per table, how a copy made ``m`` minutes later differs: column -> SQL over the original row.
+#: Columns shifted by the copy's offset (0 stays 0: no response).
 _SHIFTED = ("start_ns", "end_ns", "request_first_ns", "request_last_ns", "response_first_ns", "response_last_ns")
+#: Rollup columns that count traces: a block holds ``BLOCK_S / 60`` copies of minute 0.
+_COUNTS = ("requests", "errors", "traces", "lost_pkts", "loss_traces")
+
+
+def _copy_sql(store: SqlStore, table: str, minutes: int, block_rows: bool) -> str:
+    """INSERT ... SELECT making the copies of one table's rows of minute 0 (of its block, for the
+    rollups' block rows: each block then holds BLOCK_S / 60 copies, the first replacing the original)."""
+    db, spec = quote_identifier(store.database), table_spec(table)
+    step_ns = BLOCK_NS if block_rows else MINUTE_NS
+    times = BLOCK_S // 60 if block_rows else 1
+    exprs = []
+    for col in spec.columns():
+        name = quote_identifier(col.name)
+        if col.name == "trace_id":
+            exprs.append(f"concat(substring({name}, 1, 30), lower(hex(toUInt8(m))))")
+        elif col.name in _SHIFTED:
+            exprs.append(f"if({name} = 0, {name}, {name} + m * {step_ns})")
+        elif col.name == "minute_ns":
+            exprs.append(f"{name} + m * {step_ns}")
+        elif col.name in ("segment", "version"):
+            exprs.append(f"{name} + m + {int(block_rows)}")
+        elif col.name in _COUNTS:
+            exprs.append(f"{name} * {times}")
+        elif col.name.endswith("_counts"):
+            exprs.append(f"toString(arrayMap(x -> x * {times}, CAST({name} AS Array(UInt64))))")
+        else:
+            exprs.append(name)
+    columns = ", ".join(quote_identifier(c.name) for c in spec.columns())
+    copies = minutes * 60 // BLOCK_S if block_rows else minutes - 1
+    first = 0 if block_rows else 1
+    where = f"{quote_identifier(spec.time_column)} < {T0 + MINUTE_NS}"
+    if table in ("edges_1m", "links_1m"):
+        where += f" AND resolution_s = {BLOCK_S if block_rows else 60}"
+    return (
+        f"INSERT INTO {db}.{quote_identifier(table)} ({columns}) SELECT {', '.join(exprs)}"
+        f" FROM {db}.{quote_identifier(table)} ARRAY JOIN arrayMap(x -> x + {first}, range({copies})) AS m"
+        f" WHERE {where}"
+    )
 
 
 def copy_minutes(store: SqlStore, minutes: int) -> None:
-    """Minutes 1..minutes-1 as copies of minute 0, made in the store."""
-    db = quote_identifier(store.database)
+    """Minutes 1..minutes-1 as copies of minute 0, made in the store (``minutes``: whole blocks)."""
     for table in ("spans", "traces", "edges_1m", "links_1m"):
-        spec = table_spec(table)
-        exprs = []
-        for col in spec.columns():
-            name = quote_identifier(col.name)
-            if col.name == "trace_id":
-                exprs.append(f"concat(substring({name}, 1, 30), lower(hex(toUInt8(m))))")
-            elif col.name in _SHIFTED:
-                exprs.append(f"if({name} = 0, {name}, {name} + m * {MINUTE_NS})")
-            elif col.name == "minute_ns":
-                exprs.append(f"{name} + m * {MINUTE_NS}")
-            elif col.name == "segment":
-                exprs.append(f"{name} + m")
-            else:
-                exprs.append(name)
-        columns = ", ".join(quote_identifier(c.name) for c in spec.columns())
-        time_col = quote_identifier(spec.time_column)
-        store._command(
-            f"INSERT INTO {db}.{quote_identifier(table)} ({columns}) SELECT {', '.join(exprs)}"
-            f" FROM {db}.{quote_identifier(table)} ARRAY JOIN arrayMap(x -> x + 1, range({minutes - 1})) AS m"
-            f" WHERE {time_col} < {T0 + MINUTE_NS}"
-        )
+        store._command(_copy_sql(store, table, minutes, block_rows=False))
+        if table.endswith("_1m"):
+            store._command(_copy_sql(store, table, minutes, block_rows=True))
 
 
 def median_s(fn: Callable[[], object], runs: int) -> float:
@@ -172,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=10_000_000, help="spans in the hour")
     parser.add_argument("--hops", type=int, default=8, choices=range(2, 9))
-    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--minutes", type=int, default=60, help="a multiple of 10")
     parser.add_argument("--limit", type=int, default=10_000, help="traces the peer reads (the API's most)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clickhouse", default="clickhouse://127.0.0.1:9000/hs_bench_topology")
