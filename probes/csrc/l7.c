@@ -8,6 +8,9 @@
  *       per name of HEAD_NAMES (sorted, as http._NEEDLES), the stripped latin-1 value of the first
  *       line "\nname:" (name matched case-insensitively) or None. Applying the values stays in Python
  *       (http._apply_header), so both paths frame and record alike by construction.
+ *   head_block(payload, pos, is_request) -> None | (end, parse_head result, payload hash)
+ *       The first "\r\n\r\n" at or after pos, the header block before it parsed, and the payload
+ *       hash of the 64 bytes from pos: HttpStreamParser._head_in_segment's steps in one call.
  *   payload_hash(data) -> int
  *       hopscope.ids.payload_hash (BLAKE2b-64 of the bytes, 0 for none, never 0 otherwise).
  *   parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers) | str
@@ -90,12 +93,8 @@ static int header_name(const uint8_t *b, Py_ssize_t n) {
     return -1;
 }
 
-static PyObject *py_parse_head(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    int is_request;
-    if (!PyArg_ParseTuple(args, "y*p", &view, &is_request)) return NULL;
-    const uint8_t *b = (const uint8_t *)view.buf;
-    Py_ssize_t n = view.len;
+/* parse_head of b[0:n]: a new reference to the result tuple or None, NULL on a Python error. */
+static PyObject *head_of(const uint8_t *b, Py_ssize_t n, int is_request) {
     PyObject *result = NULL, *values = NULL, *method = NULL, *target = NULL;
 
     /* the first line, without its trailing CRs */
@@ -156,6 +155,51 @@ done:
     Py_XDECREF(method);
     Py_XDECREF(target);
     Py_XDECREF(values);
+    return result;
+}
+
+static PyObject *py_parse_head(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    int is_request;
+    if (!PyArg_ParseTuple(args, "y*p", &view, &is_request)) return NULL;
+    PyObject *result = head_of((const uint8_t *)view.buf, view.len, is_request);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* head_block(payload, pos, is_request) -> None | (end, parse_head(payload[pos:end]), payload hash of
+ * payload[pos:pos + 64]) where end is payload.find(b"\r\n\r\n", pos): a whole header block inside
+ * one segment (http.HttpStreamParser._head_in_segment) in one call. */
+static PyObject *py_head_block(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    int is_request;
+    if (!PyArg_ParseTuple(args, "y*np", &view, &pos, &is_request)) return NULL;
+    const uint8_t *b = (const uint8_t *)view.buf;
+    Py_ssize_t n = view.len, end = -1;
+    PyObject *result = NULL;
+    if (pos < 0 || pos > n) {
+        PyErr_SetString(PyExc_ValueError, "head_block: pos outside the payload");
+        goto done;
+    }
+    for (const uint8_t *p = b + pos; n - (p - b) >= 4; p++) {
+        p = memchr(p, '\r', (size_t)(n - (p - b) - 3));
+        if (!p) break;
+        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
+            end = p - b;
+            break;
+        }
+    }
+    if (end < 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    PyObject *parsed = head_of(b + pos, end - pos, is_request);
+    if (!parsed) goto done;
+    Py_ssize_t hashed = n - pos < 64 ? n - pos : 64; /* ids.PAYLOAD_HASH_BYTES */
+    result = Py_BuildValue("(nNK)", end, parsed, (unsigned long long)hs_payload_hash(b + pos, (size_t)hashed));
+done:
     PyBuffer_Release(&view);
     return result;
 }
@@ -317,6 +361,8 @@ static PyMethodDef module_methods[] = {
     {"parse_head", py_parse_head, METH_VARARGS,
      "parse_head(block, is_request) -> None | (method, target, status, close, values): an HTTP/1.x header block"},
     {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> hopscope.ids.payload_hash(data)"},
+    {"head_block", py_head_block, METH_VARARGS,
+     "head_block(payload, pos, is_request) -> None | (end, parse_head(payload[pos:end]), payload hash at pos)"},
     {"parse_dns", py_parse_dns, METH_VARARGS,
      "parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers), or the decode error's text"},
     {NULL, NULL, 0, NULL},

@@ -151,7 +151,13 @@ def parse_head(block: bytes, is_request: bool, msg: HttpMessage) -> _Head | None
     """
     if _L7 is None:
         return parse_head_reference(block, is_request, msg)
-    parsed = _L7.parse_head(block, is_request)
+    return _apply_parsed(_L7.parse_head(block, is_request), is_request, msg)
+
+
+def _apply_parsed(parsed: tuple[str, str, int, bool, tuple[str | None, ...]] | None, is_request: bool,
+                  msg: HttpMessage) -> _Head | None:  # fmt: skip
+    """The kernel's reading of a header block (``_l7.parse_head``) put into ``msg``, as
+    ``parse_head_reference`` puts its own."""
     if parsed is None:
         return None
     method, target, status, close, values = parsed
@@ -452,14 +458,26 @@ class HttpStreamParser:
         Returns the position after the block, or ``pos`` when the block is not complete or not valid
         here (the buffered path then takes the bytes, and resyncs if need be).
         """
-        end = payload.find(b"\r\n\r\n", pos)
-        if end < 0:
-            return pos
-        msg = HttpMessage(offset + pos, ts_ns)
-        head = parse_head(payload[pos:end], self.is_request, msg)
-        if head is None:
-            return pos
-        msg.payload_hash = _payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
+        end: int
+        if _L7 is not None:  # the same steps in one kernel call
+            found = _L7.head_block(payload, pos, self.is_request)
+            if found is None:
+                return pos
+            end, parsed, phash = found
+            msg = HttpMessage(offset + pos, ts_ns)
+            head = _apply_parsed(parsed, self.is_request, msg)
+            if head is None:
+                return pos
+            msg.payload_hash = phash
+        else:
+            end = payload.find(b"\r\n\r\n", pos)
+            if end < 0:
+                return pos
+            msg = HttpMessage(offset + pos, ts_ns)
+            head = parse_head(payload[pos:end], self.is_request, msg)
+            if head is None:
+                return pos
+            msg.payload_hash = _payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
         msg.end_offset = offset + end + 4
         self.msg = msg
         self._frame(msg, head, self.on_head(msg))

@@ -143,6 +143,32 @@ def test_known_blocks() -> None:
     assert _parse(parse_head, cases[4], True) == ("error", "ValueError")
 
 
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(block, st.binary(max_size=30)), max_size=3), st.sampled_from([b"\r\n\r\n", b"\n\n", b""]),
+       st.binary(max_size=80), st.integers(0, 400), st.booleans())  # fmt: skip
+def test_head_block_is_find_parse_and_hash(parts: list[bytes], blank: bytes, body: bytes, pos: int,
+                                           is_request: bool) -> None:  # fmt: skip
+    """``head_block`` (a header block inside one segment) equals the Python steps it replaces."""
+    payload = b"\r\n".join(parts) + blank + body
+    pos = min(pos, len(payload))
+    end = payload.find(b"\r\n\r\n", pos)
+    found = _l7.head_block(payload, pos, is_request)
+    if end < 0:
+        assert found is None
+        return
+    assert found is not None and found[0] == end
+    assert found[1] == _l7.parse_head(payload[pos:end], is_request)
+    assert found[2] == payload_hash(payload[pos : pos + 64])
+    native, reference = HttpMessage(0, 0), HttpMessage(0, 0)
+    head = http._apply_parsed(found[1], is_request, native)
+    ref_head = parse_head_reference(payload[pos:end], is_request, reference)
+    assert (head is None) == (ref_head is None)
+    assert [getattr(native, n) for n in HttpMessage.__slots__ if n != "payload_hash"] == [
+        getattr(reference, n) for n in HttpMessage.__slots__ if n != "payload_hash"]  # fmt: skip
+    with pytest.raises(ValueError):
+        _l7.head_block(payload, len(payload) + 1, is_request)
+
+
 @given(st.binary(max_size=300))
 def test_payload_hash(data: bytes) -> None:
     assert _l7.payload_hash(data) == payload_hash(data)
