@@ -79,6 +79,23 @@ def slices(requests: Batch, flows: Batch, slice_ns: int) -> list[tuple[int, list
     return [((k + 1) * slice_ns, v) for k, v in sorted(out.items())]
 
 
+def publish_paced(prefix: str, plan: list[tuple[int, list[Batch]]]) -> dict[int, int]:
+    """Publish each slice of ``plan`` (``slices``) to Kafka once the wall clock reaches its end time, as
+    probes publishing live would; the time (ns) each slice was flushed, by its end time."""
+    publish_ns: dict[int, int] = {}
+    publisher = KafkaPublisher(KAFKA, prefix=prefix, linger_ms=5)
+    for end_ns, batches in plan:
+        lag = (end_ns - time.time_ns()) / 1e9
+        if lag > 0:
+            time.sleep(lag)
+        for b in batches:
+            publisher.publish(b)
+        publisher.flush()
+        publish_ns[end_ns] = time.time_ns()
+    publisher.close()
+    return publish_ns
+
+
 def correlate(prefix: str, url: str, *extra: str) -> subprocess.Popen[str]:
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "hopscope", "correlate", "--kafka", KAFKA, "--store", url,
            "--topic-prefix", prefix, "--group", prefix, *extra]
@@ -152,20 +169,10 @@ def live(args: argparse.Namespace, db: str) -> tuple[list[str], list[str]]:
     spacing_us = int(1e6 * 4 / rate * RECORDS_PER_REQUEST) * args.hosts  # 4 requests per connection
     requests, flows = load(int(rate * args.live_seconds), args.hosts, start_ns, spacing_us)
     plan = slices(requests, flows, 100_000_000)
-    publish_ns: dict[int, int] = {}
-    publisher = KafkaPublisher(KAFKA, prefix=prefix, linger_ms=5)
     seen: dict[str, int] = {}
     poller = threading.Thread(target=poll_store, args=(db, seen, args.poll_ms / 1000, proc), daemon=True)
     poller.start()
-    for end_ns, batches in plan:
-        lag = (end_ns - time.time_ns()) / 1e9
-        if lag > 0:
-            time.sleep(lag)
-        for b in batches:
-            publisher.publish(b)
-        publisher.flush()
-        publish_ns[end_ns] = time.time_ns()
-    publisher.close()
+    publish_ns = publish_paced(prefix, plan)
     _, err = proc.communicate(timeout=300)
     time.sleep(2 * args.poll_ms / 1000)
     res = Correlator().stitch(requests, flows)

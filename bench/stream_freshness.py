@@ -27,13 +27,12 @@ import uuid
 
 import numpy as np
 from _lines import bench_line
-from correlate_stream import CLICKHOUSE, KAFKA, RECORDS_PER_REQUEST, correlate, load, slices
+from correlate_stream import CLICKHOUSE, KAFKA, RECORDS_PER_REQUEST, correlate, load, publish_paced, slices
 
 from hopscope.correlate import Correlator
 from hopscope.correlate.stream import StreamSettings, ensure_relay_topics, event_times
 from hopscope.records import Batch
 from hopscope.store import store_from_url
-from hopscope.transport.kafka import KafkaPublisher
 
 FOREVER = 2**63 - 1
 #: The previous defaults: a fixed lateness of 2 s, a pass (and a relay release) every 500 ms.
@@ -67,15 +66,7 @@ def run(args: argparse.Namespace, db: str, extra: tuple[str, ...]) -> tuple[np.n
     stop = threading.Event()
     poller = threading.Thread(target=poll_store, args=(db, seen, args.poll_ms / 1000, stop), daemon=True)
     poller.start()
-    publisher = KafkaPublisher(KAFKA, prefix=prefix, linger_ms=5)
-    for end_ns, batches in slices(requests, flows, 100_000_000):
-        lag = (end_ns - time.time_ns()) / 1e9
-        if lag > 0:
-            time.sleep(lag)
-        for b in batches:
-            publisher.publish(b)
-        publisher.flush()
-    publisher.close()
+    publish_paced(prefix, slices(requests, flows, 100_000_000))
     _, err = proc.communicate(timeout=300)
     stop.set()
     poller.join()
