@@ -98,12 +98,16 @@ def _split_bucket(obs: ObsTable, rows: I64, window_ns: int) -> list[list[int]]:
     anchors = obs.anchors[rows].tolist()
     times = obs.t_req[rows].tolist()
     labels = obs.label[rows].tolist()
+    live = 0  # opened[:live] began more than a window before this row: never a candidate again
     for row, t, lab, anc in zip(rows.tolist(), times, labels, anchors, strict=True):
+        # rows come in time order and segments open in it, so the ones out of the window are a prefix
+        while live < len(opened) and t - opened[live].first_ns > window_ns:
+            live += 1
         # packets keep their order along a path: among equally good segments the oldest wins (FIFO)
         best: _Open | None = None
         best_score = -1
-        for cand in opened:
-            if t - cand.first_ns > window_ns or lab in cand.labels:
+        for cand in opened[live:] if live else opened:
+            if lab in cand.labels:
                 continue
             agree = 0
             for a, c in zip(anc, cand.anchors, strict=True):
