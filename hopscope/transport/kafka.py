@@ -27,7 +27,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from hopscope.codec import decode_batch, encode_batch
-from hopscope.errors import DecodeError, UnavailableError
+from hopscope.errors import ConfigError, DecodeError, UnavailableError
 from hopscope.records import Batch
 from hopscope.transport.base import (
     DEFAULT_TOPIC_PREFIX,
@@ -51,10 +51,14 @@ def _unavailable(bootstrap: str, exc: Exception) -> UnavailableError:
 
 def check_reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
     """Fail fast, with the address, when no bootstrap server accepts a TCP connection
-    (kafka-python itself would retry for 30 s and then say little)."""
+    (kafka-python itself would retry for 30 s and then say little); ``ConfigError`` when one of them
+    is not ``HOST:PORT``."""
+    servers = [server.strip().rpartition(":") for server in bootstrap.split(",")]
+    for _host, _, port in servers:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"Kafka bootstrap {bootstrap!r} is not HOST:PORT[,HOST:PORT...] (port 1-65535)")
     errors = []
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
+    for host, _, port in servers:
         try:
             socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
             return

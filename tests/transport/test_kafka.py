@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from hopscope.errors import UnavailableError
+from hopscope.errors import ConfigError, UnavailableError
 from hopscope.records import Batch, FlowRecord
 from hopscope.transport.base import correlation_keys, partition_of, split_by_partition
 from hopscope.transport.kafka import KafkaPublisher, KafkaRecordConsumer, ensure_topics
@@ -114,6 +114,14 @@ def test_bad_message_is_dead_lettered_not_fatal(kafka_bootstrap: str, prefix: st
 def test_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(UnavailableError, match=r"Kafka broker at 127\.0\.0\.1:1 is unreachable"):
         KafkaPublisher("127.0.0.1:1")
+
+
+@pytest.mark.parametrize("bootstrap", ["kafkahost", "127.0.0.1:port", "127.0.0.1:99999", "127.0.0.1:9092,kafkahost"])
+def test_a_bootstrap_that_is_not_host_port_is_a_config_error(bootstrap: str) -> None:
+    """Said before any connection, even when another server of the list would answer (kafka-python
+    would otherwise retry the bad one's DNS lookup for ever)."""
+    with pytest.raises(ConfigError, match=r"is not HOST:PORT\[,HOST:PORT\.\.\.\]"):
+        KafkaPublisher(bootstrap)
 
 
 @pytest.mark.parametrize(
