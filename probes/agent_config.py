@@ -162,6 +162,14 @@ def _str_list(where: str, value: object) -> tuple[str, ...]:
     return tuple(_typed(str)(f"{where}[{i}]", item) for i, item in enumerate(items))
 
 
+def _abs_path_list(where: str, value: object) -> tuple[str, ...]:
+    paths = _str_list(where, value)
+    for i, path in enumerate(paths):
+        if not path.startswith("/"):  # a relative one would be looked up from wherever the agent runs
+            raise ConfigError(f"{where}[{i}]: {path!r} is not an absolute path")
+    return paths
+
+
 def _template(where: str, value: object) -> str:
     text: str = _typed(str)(where, value)
     try:
@@ -201,7 +209,7 @@ _BOOL, _STR = _typed(bool), _typed(str)
 SECTIONS: Final[dict[str, dict[str, tuple[Callable[[str, object], Any], object]]]] = {
     "interfaces": {"include": (_regex, "veth.*|cni0|eth.*|tap.*|lo"), "exclude": (_optional_regex, ""),
                    "rescan_s": (_positive_int, 5)},
-    "namespaces": {"root": (_BOOL, True), "netns_dirs": (_str_list, ["/var/run/netns"]),
+    "namespaces": {"root": (_BOOL, True), "netns_dirs": (_abs_path_list, ["/var/run/netns"]),
                    "proc_root": (_STR, "/proc")},
     "points": {"name": (_template, "{host}/{netns}/{iface}")},
     "hop_kinds": {"infer": (_BOOL, True), "overrides": (_overrides, {})},

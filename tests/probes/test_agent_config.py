@@ -57,6 +57,7 @@ def test_defaults_and_overrides_and_exclude(tmp_path: Path) -> None:
     (MINIMAL + "namespaces: {root: 'yes'}", "namespaces.root: expected bool, got str"),
     (MINIMAL + "namespaces: {netns_dirs: /var/run/netns}", "namespaces.netns_dirs: expected list, got str"),
     (MINIMAL + "namespaces: {netns_dirs: [1]}", "namespaces.netns_dirs[0]: expected str, got int"),
+    (MINIMAL + "namespaces: {netns_dirs: [netns]}", "namespaces.netns_dirs[0]: 'netns' is not an absolute path"),
     (MINIMAL + "interfaces: {include: 'veth(.*'}", "interfaces.include: invalid regular expression"),
     (MINIMAL + "interfaces: {exclude: '[a'}", "interfaces.exclude: invalid regular expression"),
     (MINIMAL + "interfaces: {inclde: 'x'}", "interfaces.inclde: unknown field"),
