@@ -33,3 +33,14 @@ class DecodeError(HopscopeError):
     """A message or record batch cannot be decoded (unknown schema version, bad magic, truncated)."""
 
     exit_code = 5
+
+
+def one_line(exc: Exception) -> str:
+    """A parser's error as one line: a YAML error's problem and where it is (``mapping values are not
+    allowed here (line 7, column 64)``) instead of its several lines quoting the text; otherwise the
+    first line of the message."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import yaml
 
-from hopscope.errors import ConfigError
+from hopscope.errors import ConfigError, one_line
 from hopscope.records import HopKind
 
 SCHEMA: Final = "hopscope.agent/1"
@@ -277,7 +277,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None) -> AgentConfig
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the agent configuration is not valid YAML: {exc}") from exc
+        raise ConfigError(f"the agent configuration is not valid YAML: {one_line(exc)}") from exc
     raw = substitute_env(raw if raw is not None else {}, os.environ if env is None else env)
     top = _fields("", raw, TOP, extra=frozenset(SECTIONS))
     sections = {name: SECTION_TYPES[name](**_fields(name, raw.get(name, {}), table))

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from hopscope.errors import ConfigError
+from hopscope.errors import ConfigError, one_line
 
 #: Entity kinds, in the order a claimed address is given to them.
 KINDS = ("service", "node", "pod", "ip")
@@ -294,7 +294,8 @@ def load_inventory(path: str | Path) -> Inventory:
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"inventory {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+        language = "JSON" if p.suffix == ".json" else "YAML"
+        raise ConfigError(f"inventory {p}: not valid {language}: {one_line(exc)}") from exc
     try:
         return from_data(data)
     except ConfigError as exc:

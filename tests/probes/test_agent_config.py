@@ -75,7 +75,7 @@ def test_defaults_and_overrides_and_exclude(tmp_path: Path) -> None:
     (f"schema: {SCHEMA}", "kafka.bootstrap: required field missing"),
     (f"schema: {SCHEMA}\nkafka: {{bootstrap: 9092}}", "kafka.bootstrap: expected str, got int"),
     ("- a list", "the file: expected a mapping, got list"),
-    ("schema: [unclosed", "not valid YAML"),
+    ("schema: [unclosed", "not valid YAML: expected ',' or ']', but got '<stream end>' (line 1, column 18)"),
 ])  # fmt: skip
 def test_errors_name_the_field(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -158,8 +158,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_inventory(tmp_path / "missing.yaml")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("pods: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* \(line 2, column 1\)$") as raised:
         load_inventory(bad_yaml)
+    assert "\n" not in str(raised.value)  # one line, not the parser's quote of the text
     bad_json = tmp_path / "bad.json"
     bad_json.write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
