@@ -1,6 +1,6 @@
 """``hopscope demo``: the main job on the embedded default.
 
-Analyse the shipped lab captures (12 capture points from client pod through NAT, hypervisor, switch
+Analyse the shipped lab captures (11 capture points from client pod through NAT, hypervisor, switch
 mirror and envoy to the app), stitch every request end to end, store flows, requests, spans and
 traces in an embedded chDB store, and print the summary and the slowest request hop by hop.
 """
