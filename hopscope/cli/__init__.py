@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -166,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(command: Command, args: argparse.Namespace) -> int:
-    """Run a parsed command: typed errors become one line on stderr and their exit status; a reader
-    of standard output that went away ends the command quietly."""
+    """Run a parsed command: typed errors become one line on stderr and their exit status, so does a
+    full disk (exit 1); a reader of standard output that went away ends the command quietly."""
     try:
         status = int(load(command).run(args))
         sys.stdout.flush()  # here, so that a closed pipe is seen while it can still be handled
@@ -180,6 +181,12 @@ def run(command: Command, args: argparse.Namespace) -> int:
     except HopscopeError as exc:
         print(f"hopscope: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # a full disk is no bug; anything else may be
+            raise
+        _discard_stdout()
+        print(f"hopscope: error: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hopscope: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -87,3 +87,14 @@ def test_reader_gone_only_for_a_pipe_without_reader(tmp_path: Path) -> None:
     a, b = socket.socketpair()
     with a, b:
         assert not reader_gone(a.fileno())
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path) -> None:
+    """Standard output on /dev/full (every write: no space left): exit 1 and one line on stderr, no
+    traceback and no "Exception ignored" from the interpreter's last flush."""
+    pcap = many_flows_pcap(tmp_path / "many.pcap")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "hopscope", "flows", str(pcap)], stdout=full, stderr=subprocess.PIPE,
+                           timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.decode() == "hopscope: error: cannot write: No space left on device\n"
