@@ -16,8 +16,10 @@ behind its partition's newest a record arrived) of the last ``lateness_window_s`
 ``min_lateness_us``, at most ``lateness_us``, the cap also for the first window. A partition, or the
 whole stage, is idle after ``idle_flush_s`` and ``IDLE_POLLS`` polls without input and with nothing
 left to fetch (position = high watermark), so a long pass or a store outage is never taken for the
-end of the input; an idle stage writes everything. Passes come every ``stitch_every_s``, or twice
-what the last one took (``pass_interval``): a stage short of CPU stitches and inserts more at a time.
+end of the input; an idle stage writes everything (stage 2 of the pipeline: once its relays promise
+everything, as a relay does when its input ran dry: their promises hold however long no input
+comes). Passes come every ``stitch_every_s``, or twice what the last one took (``pass_interval``): a
+stage short of CPU stitches and inserts more at a time.
 
 **Two stages** (``StreamPipeline``, what ``hopscope correlate`` runs). The probes key every record by
 its NAT-invariant key (the client ISN), so all observations of one TCP connection reach one

@@ -142,7 +142,7 @@ class Watermark:
 
     def value(self) -> int:
         marked = self._marked()
-        if marked is not None and not self.idle():
+        if marked is not None:  # the relays' promises, also while no input comes: an idle relay promises all
             return marked
         if self.lagging - self._newest.keys():
             return -FOREVER  # a partition with records to fetch has delivered none yet: hold everything

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hopscope.correlate.stream import StreamSettings, Watermark
+from hopscope.correlate.stream import FOREVER, StreamSettings, Watermark
 from hopscope.correlate.stream.settings import pass_interval
 from hopscope.errors import ConfigError
 
@@ -143,3 +143,24 @@ def test_a_silent_relay_is_dropped_unless_known_alive() -> None:
         for _ in range(3):
             wm.polled({TP})
         assert wm._marked() == want
+
+
+def test_the_relays_promise_holds_while_no_input_comes() -> None:
+    """Stage 2 with no input for its idle time (a relay releasing seldom under load) keeps the relays'
+    least promise: its own partitions' newest records say nothing of what a relay still holds. A relay
+    whose input ran dry promises everything."""
+    wm, clock = watermark()
+    wm.idle_s, wm.expiry_s = 4.0, 8.0
+    wm.assigned = {TP}
+    wm.alive = {"r1"}
+    wm.polled(set())
+    wm.saw(times(900), TP)
+    wm.mark(TP, "r1", BASE + 1000 * MS)
+    wm.polled(set())
+    clock.now += 5.0
+    for _ in range(3):
+        wm.polled(set())
+    assert wm.idle()
+    assert wm.value() == BASE + 1000 * MS
+    wm.mark(TP, "r1", FOREVER)
+    assert wm.value() == FOREVER
