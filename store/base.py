@@ -234,7 +234,8 @@ class SqlStore(abc.ABC):
         if self.read_only:
             raise ConfigError(f"store {self.url} is open read-only: it cannot be dropped here")
         self._command(f"DROP DATABASE IF EXISTS {quote_identifier(self.database)}")
-        self._rollups = None  # rows pending for the dropped tables are dropped with them
+        if self._rollups is not None:  # rows pending for the dropped tables are dropped with them
+            self._rollups.discard()
 
     # --- writes and reads ----------------------------------------------------------------------
 

@@ -325,6 +325,33 @@ def _acc(table: dict[Any, _Acc], key: Any) -> _Acc:
     return acc
 
 
+class TraceSummary(NamedTuple):
+    """What the rollups take from one trace and its spans, computed once for every resolution."""
+
+    start_ns: int
+    edge: tuple[str, str, str, str] | None  # client, first and final address, l7_proto
+    error: int
+    duration_key: int  # bucket keys of the trace's duration and of the server-side duration
+    server_key: int
+    points: list[tuple[str, tuple[str, str, str]]]  # each point once: (point, (host, hop_kind, side))
+    links: list[tuple[str, str, str, int, int | None, int, float]]  # prev, point, reason, req/resp keys, lost, conf
+
+
+def summarize(trace: TraceRow, trace_spans: Sequence[SpanRow]) -> TraceSummary:
+    spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
+    chain = address_chain(trace, spans)
+    edge = (*chain[:3], trace.l7_proto) if chain is not None else None
+    points = [(s.point, (s.host, s.hop_kind, s.side)) for s in {s.point: s for s in reversed(spans)}.values()]
+    links = [
+        (a.point, b.point, b.link_reason, _bucket_key(b.req_link_us),
+         _bucket_key(b.resp_link_us) if b.response_first_ns else None, b.lost_pkts, float(b.link_confidence))
+        for a, b in point_links(spans)
+    ]  # fmt: skip
+    server_us = chain[3] if chain is not None else 0
+    return TraceSummary(trace.start_ns, edge, int(bool(trace.error)), _bucket_key(trace.duration_us),
+                        _bucket_key(server_us), points, links)  # fmt: skip
+
+
 class Accumulator:
     """Rollup rows being summed: traces added in any number of calls become one row per minute and
     key. Each minute's rows belong to a segment (a random 64-bit id): ``batches`` gives the running
@@ -342,33 +369,35 @@ class Accumulator:
 
     def add(self, pairs: Iterable[Pair]) -> None:
         """Add traces, each with all its spans."""
+        self.add_summaries([summarize(trace, spans) for trace, spans in pairs])
+
+    def add_summaries(self, summaries: Iterable[TraceSummary]) -> None:
+        """Add traces already summarized (``summarize``: one summary serves every resolution)."""
         edges, links = self.edges, self.links
-        for trace, trace_spans in pairs:
-            spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
-            minute = trace.start_ns // self.resolution_ns * self.resolution_ns
+        for t in summaries:
+            minute = t.start_ns // self.resolution_ns * self.resolution_ns
             if minute not in self.segments:
                 self.segments[minute] = secrets.randbits(64)
-            chain = address_chain(trace, spans)
-            if chain is not None:
-                edge = _acc(edges, (minute, *chain[:3], trace.l7_proto))
-                edge.errors += bool(trace.error)
-                edge.first[_bucket_key(trace.duration_us)] += 1
-                edge.second[_bucket_key(chain[3])] += 1
-            if not spans:
+            if t.edge is not None:
+                edge = _acc(edges, (minute, *t.edge))
+                edge.errors += t.error
+                edge.first[t.duration_key] += 1
+                edge.second[t.server_key] += 1
+            if not t.points:
                 continue
             _acc(links, (minute, "", "", ""))
-            for s in {s.point: s for s in reversed(spans)}.values():  # first span of each point
-                _acc(links, (minute, "", s.point, "")).attrs = (s.host, s.hop_kind, s.side)
-            for a, b in point_links(spans):
-                link = _acc(links, (minute, a.point, b.point, b.link_reason))
-                link.first[_bucket_key(b.req_link_us)] += 1
-                if b.response_first_ns:
-                    link.second[_bucket_key(b.resp_link_us)] += 1
-                if b.lost_pkts:
-                    link.lost_pkts += b.lost_pkts
+            for point, attrs in t.points:
+                _acc(links, (minute, "", point, "")).attrs = attrs
+            for prev, point, reason, req_key, resp_key, lost, confidence in t.links:
+                link = _acc(links, (minute, prev, point, reason))
+                link.first[req_key] += 1
+                if resp_key is not None:
+                    link.second[resp_key] += 1
+                if lost:
+                    link.lost_pkts += lost
                     link.loss_traces += 1
-                if b.link_confidence < link.min_confidence:
-                    link.min_confidence = float(b.link_confidence)
+                if confidence < link.min_confidence:
+                    link.min_confidence = confidence
 
     def batches(self, version: int) -> tuple[Batch, Batch]:
         """The ``edges_1m`` and ``links_1m`` rows of everything added, written as ``version``."""
@@ -492,8 +521,9 @@ class RollupWriter:
         waited ``FLUSH_S`` (a failed write raises to the inserting caller and is tried again at the
         next), else by a timer when no insert comes."""
         with self._lock:
+            summaries = [summarize(trace, spans) for trace, spans in pairs]
             for acc in self._open:
-                acc.add(pairs)
+                acc.add_summaries(summaries)
             now = time.monotonic()
             if self._dirty_since is None:
                 self._dirty_since = now
@@ -549,6 +579,18 @@ class RollupWriter:
         oldest_open = newest - self.OPEN_MINUTES * MINUTE_NS
         minutes.evict(oldest_open)
         blocks.evict(oldest_open // BLOCK_NS * BLOCK_NS)
+
+    def discard(self) -> None:
+        """Forget everything pending, writing nothing (the tables were dropped)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
+            self._spans.clear()
+            self._held_spans = 0
+            self._traces.clear()
+            self._dirty_since = None
 
     def close(self) -> None:
         """Count the traces still waiting for spans from their own fields, and write everything."""
