@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     acts = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = acts.add_parser("up", help="build the lab and leave it running")
-    p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
+    _overlay_arg(p)
     _ipv6_arg(p)
     _sidecar_arg(p)
     _mtls_arg(p)
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = acts.add_parser("down", help="remove a lab, or every lab leftover (crashed runs too)")
     p.add_argument("--prefix", help="only this lab (default: all)")
     p = acts.add_parser("run", help="up, traffic with captures into OUT, down (--live: the whole pipeline, scored)")
-    p.add_argument("--overlay", choices=["vxlan"])
+    _overlay_arg(p)
     _ipv6_arg(p)
     _sidecar_arg(p)
     _mtls_arg(p)
@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = acts.add_parser("check", help="check the lab's prerequisites")
     _sidecar_arg(p)
     _mtls_arg(p)
+
+
+def _overlay_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overlay", choices=["vxlan"], help="route pod traffic between the nodes over VXLAN")
 
 
 def _ipv6_arg(p: argparse.ArgumentParser) -> None:
