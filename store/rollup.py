@@ -721,3 +721,31 @@ def snap_window(start_ns: int, end_ns: int) -> tuple[int, int]:
     start = start_ns // MINUTE_NS * MINUTE_NS
     end = end_ns if end_ns >= 2**63 - MINUTE_NS else -(-end_ns // MINUTE_NS) * MINUTE_NS
     return start, end
+
+
+def backfill(store: Any, chunk: int = 5_000) -> int:
+    """Count the traces a store held before it had rollups into them (``hopscope store init`` on an
+    older store): only when both rollup tables are empty and there are traces, so nothing is counted
+    twice. Reads the traces in start order, ``chunk`` at a time with their spans; returns how many."""
+    if store.count(EdgeMinute.TABLE) or store.count(LinkMinute.TABLE) or not store.count("traces"):
+        return 0
+    writer: RollupWriter = store.rollups
+    done = 0
+    start: int | None = 0
+    while start is not None:
+        traces = store.query_traces(start, 2**63 - 1, None, chunk)
+        if len(traces) < chunk:
+            start = None  # the last chunk
+        else:  # the traces of the chunk's last instant come with the next one
+            last = traces[-1].start_ns
+            head = [t for t in traces if t.start_ns < last]
+            traces, start = (head, last) if head else (traces, last + 1)
+        spans: dict[str, list[SpanRow]] = {}
+        ids = [t.trace_id for t in traces]
+        for i in range(0, len(ids), _ID_CHUNK):
+            for s in store._stored_spans(ids[i : i + _ID_CHUNK]):
+                spans.setdefault(s.trace_id, []).append(record_row(SpanRow, s))
+        writer.write([(record_row(TraceRow, t), spans.get(t.trace_id, [])) for t in traces])
+        done += len(traces)
+    writer.flush(close_all=True)
+    return done

@@ -28,8 +28,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _init(store: SqlStore) -> None:
+    from hopscope.store.rollup import backfill
+
     store.ensure_schema()
     print(f"store {store.url}: ClickHouse {store.features.version}, tables {', '.join(TABLES)} ready")
+    counted = backfill(store)  # a store from before the rollups: its traces go into them once
+    if counted:
+        print(f"  rollups: {counted:,} stored traces counted into edges_1m and links_1m")
     if isinstance(store, ClusterStore):
         print("\n".join(store.describe()))
     for line in store.degradations():

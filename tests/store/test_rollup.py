@@ -249,3 +249,32 @@ def test_an_empty_window(store: SqlStore) -> None:
     assert services.number_of_nodes() == points.number_of_nodes() == 0
     assert services.graph["traces"] == points.graph["traces"] == 0
     assert (services.graph["start_ns"], services.graph["end_ns"]) == (T0, T0 + 60 * MINUTE_NS)
+
+
+def test_store_init_counts_the_traces_of_an_older_store_once(
+    store: SqlStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store from before the rollups (its rollup tables missing) gets its stored traces counted by
+    ``hopscope store init``, chunk by chunk in start order; a second init counts nothing again."""
+    from hopscope.cli import main
+    from hopscope.store.rollup import backfill
+
+    traces, spans = generated(300, 12, seed=5)
+    writer = store_from_url(store.url)
+    writer.ensure_schema()
+    writer.insert("spans", Batch.from_records(Span, spans))
+    writer.insert("traces", Batch.from_records(Trace, traces))
+    writer.close()
+    for table in ("edges_1m", "links_1m"):
+        store._command(f"DROP TABLE {store.database}.{table}")
+    store.ensure_schema()
+    assert load_service_map(store, 0, NS_MAX, ALL).graph["traces"] == 0
+    assert backfill(store, chunk=37) == len(traces)
+    assert check_window(store, 0, NS_MAX).graph["traces"] == len(traces)
+    assert main(["store", "init", "--store", store.url]) == 0
+    assert "rollups:" not in capsys.readouterr().out
+    for table in ("edges_1m", "links_1m"):
+        store._command(f"DROP TABLE {store.database}.{table}")
+    assert main(["store", "init", "--store", store.url]) == 0
+    assert f"rollups: {len(traces)} stored traces counted" in capsys.readouterr().out
+    assert check_window(store, 0, NS_MAX).graph["traces"] == len(traces)
