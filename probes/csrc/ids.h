@@ -1,4 +1,5 @@
-/* ids.h: the C definition of hopscope's identity hashes, header-only (static, inlined into meter.c).
+/* ids.h: the C definition of hopscope's identity hashes, header-only (static, compiled into each
+ * kernel that includes it: meter.c, l7.c).
  *
  * The Python definition is hopscope/ids.py, whose docstrings state each one byte for byte; the
  * two are checked against one table of frozen vectors (tests/test_ids.py). Values are uint64_t with
@@ -22,6 +23,9 @@
 
 #include <stdint.h>
 #include <string.h>
+
+/* Each kernel that includes this header uses some of its functions, none all of them. */
+#define HS_MAYBE_UNUSED __attribute__((unused))
 
 /* ---- BLAKE2b ------------------------------------------------------------------------------- */
 
@@ -60,7 +64,7 @@ static inline uint64_t hs_load64le(const uint8_t *p) {
     } while (0)
 
 /* One compression of a 128-byte block; t is the byte count so far (inputs here stay far below 2^64). */
-static void hs_b2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+static HS_MAYBE_UNUSED void hs_b2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
     uint64_t v[16], m[16];
     for (int i = 0; i < 8; i++) {
         v[i] = h[i];
@@ -84,7 +88,7 @@ static void hs_b2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t t,
 }
 
 /* BLAKE2b-64 of data[0:n] (n may be 0), as the big-endian reading of the 8 digest bytes. */
-static uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
+static HS_MAYBE_UNUSED uint64_t hs_blake2b64(const uint8_t *data, size_t n) {
     uint64_t h[8];
     uint8_t block[128];
     memcpy(h, hs_b2b_iv, sizeof h);
@@ -149,7 +153,7 @@ static inline uint64_t hs_flow_id(uint64_t key, int64_t start_ns) {
 
 static inline uint32_t hs_rotl32(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
 
-static void hs_sha1_block(uint32_t st[5], const uint8_t *p) {
+static HS_MAYBE_UNUSED void hs_sha1_block(uint32_t st[5], const uint8_t *p) {
     uint32_t w[80];
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
@@ -185,7 +189,7 @@ static void hs_sha1_block(uint32_t st[5], const uint8_t *p) {
 }
 
 /* SHA-1 of data[0:n] for n <= 119 (two blocks at most: Community ID inputs are at most 42 bytes). */
-static void hs_sha1(const uint8_t *data, size_t n, uint8_t out[20]) {
+static HS_MAYBE_UNUSED void hs_sha1(const uint8_t *data, size_t n, uint8_t out[20]) {
     uint32_t st[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
     uint8_t buf[128];
     size_t total = (n + 9 <= 64) ? 64 : 128;
@@ -206,7 +210,7 @@ static void hs_sha1(const uint8_t *data, size_t n, uint8_t out[20]) {
 /* ---- base64 -------------------------------------------------------------------------------- */
 
 /* Standard base64 of in[0:n] with '=' padding into out (4 * ceil(n / 3) bytes, not NUL-terminated). */
-static size_t hs_base64(const uint8_t *in, size_t n, char *out) {
+static HS_MAYBE_UNUSED size_t hs_base64(const uint8_t *in, size_t n, char *out) {
     static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t o = 0, i = 0;
     for (; i + 3 <= n; i += 3) {
