@@ -63,7 +63,10 @@ class DevTools:
 
     def _read(self) -> dict[str, Any]:
         while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._events], [], [], TIMEOUT_S)
+            # poll, not select: in a long pytest run the pipe's descriptor can be above select's 1024
+            poller = select.poll()
+            poller.register(self._events, select.POLLIN)
+            ready = poller.poll(TIMEOUT_S * 1000)
             chunk = os.read(self._events, 65536) if ready else b""
             assert chunk, "Chromium did not answer"
             self._buffer += chunk
