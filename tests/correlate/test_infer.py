@@ -313,7 +313,7 @@ def test_client_sidecar_run_without_metadata(tmp_path: Path) -> None:
     lab = Lab(client_sidecar="envoy")
     try:
         lab.up()
-        manifest = record(lab, tmp_path, [], PlanSettings(requests_per_session=3, sessions=2, big_bytes=0),
+        manifest = record(lab, tmp_path, [], PlanSettings(requests_per_session=6, sessions=3, big_bytes=0),
                           measure_overhead=False)
     finally:
         lab.down()
