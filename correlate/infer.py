@@ -54,7 +54,8 @@ U64 = npt.NDArray[np.uint64]
 
 #: Share of a point's requests that must nest in (or enclose) another point's for a proxy link.
 NEST_SHARE = 0.8
-#: Share of the shared connections one point must see first to come before the other.
+#: Share of the shared connections (those the two saw at different times) one point must see first
+#: to come before the other.
 ORDER_SHARE = 0.8
 #: How many of the other point's latest-starting requests are tried as the enclosing one.
 NEST_CANDIDATES = 16
@@ -114,6 +115,8 @@ class SharedPath:
     shared: int
     #: of those, how many ``a`` saw first
     a_first: int
+    #: of those, how many ``b`` saw first (the rest: both at the same time, which orders nothing)
+    b_first: int
     #: of those, how many carried other addresses at ``b`` than at ``a``
     translated: int
 
@@ -280,8 +283,9 @@ def shared_paths(seen: Mapping[str, _Seen]) -> list[SharedPath]:
             if len(ia) == 0:
                 continue
             a_first = int((sa.key_t[ia] < sb.key_t[ib]).sum())
+            b_first = int((sa.key_t[ia] > sb.key_t[ib]).sum())
             translated = int((sa.key_addr[ia] != sb.key_addr[ib]).sum())
-            out.append(SharedPath(a, b, len(ia), a_first, translated))
+            out.append(SharedPath(a, b, len(ia), a_first, b_first, translated))
     return out
 
 
@@ -576,9 +580,12 @@ def precedence(shared: Sequence[SharedPath]) -> dict[str, set[str]]:
     ``a`` after it."""
     after: dict[str, set[str]] = defaultdict(set)
     for sp in shared:
-        if sp.a_first >= ORDER_SHARE * sp.shared:
+        # connections both saw at the same time (to the capture's resolution) order neither: counted
+        # for one side, they made a point seen a microsecond later look first
+        ordered = sp.a_first + sp.b_first
+        if ordered and sp.a_first >= ORDER_SHARE * ordered:
             after[sp.a].add(sp.b)
-        elif sp.shared - sp.a_first >= ORDER_SHARE * sp.shared:
+        elif ordered and sp.b_first >= ORDER_SHARE * ordered:
             after[sp.b].add(sp.a)
     return after
 
