@@ -50,20 +50,37 @@ OVERLAY_POINT = "nodeA-underlay"
 
 @dataclass(slots=True)
 class DelayCheck:
-    """One impaired link: the injected delay against the measured request latency on it."""
+    """One impaired link: the measured request latency on it against the delay the request really got.
+
+    That truth is, per request, the delayer's own hold of the request's first segment (from the
+    packet's arrival to its release: ``held_segments`` in its stats), which carries the delayer's
+    lateness on a loaded machine; a request whose segment it did not record is held against the
+    injected delay plus the delayer's overhead measured before the run.
+    """
 
     link: str
     injected_us: float
     overhead_us: float
     measured_us: list[int]
+    #: per measured request, the delayer's hold of its first segment (None: not recorded)
+    held_us: list[float | None] = field(default_factory=list)
 
     @property
     def tolerance_us(self) -> float:
         return max(100.0, 0.05 * self.injected_us)
 
     @property
+    def truth_us(self) -> list[float]:
+        held = self.held_us or [None] * len(self.measured_us)
+        return [self.injected_us + self.overhead_us if h is None else h for h in held]
+
+    @property
     def errors_us(self) -> list[float]:
-        return [m - self.overhead_us - self.injected_us for m in self.measured_us]
+        return [m - t for m, t in zip(self.measured_us, self.truth_us, strict=True)]
+
+    @property
+    def held_known(self) -> int:
+        return sum(h is not None for h in self.held_us)
 
     @property
     def within(self) -> int:
@@ -120,7 +137,8 @@ class Evaluation:
         out["recall"], out["precision"] = round(self.recall, 5), round(self.precision, 5)
         out["delays"] = [
             {"link": d.link, "injected_us": d.injected_us, "overhead_us": d.overhead_us, "n": len(d.measured_us),
-             "within": d.within, "tolerance_us": d.tolerance_us,
+             "held_known": d.held_known, "median_truth_us": round(float(np.median(d.truth_us)), 1) if d.measured_us
+             else None, "within": d.within, "tolerance_us": d.tolerance_us,
              "max_abs_error_us": round(max((abs(e) for e in d.errors_us), default=0.0), 1),
              "median_error_us": round(float(np.median(d.errors_us)), 1) if d.measured_us else None}
             for d in self.delays
@@ -226,7 +244,7 @@ def evaluate(manifest: dict[str, Any], result: StitchResult, requests: Batch) ->
     seen = [(h["point"], h["request_id"]) for t in doc["traces"] if t["kind"] == "l7" for h in t["hops"]]
     ev.shared_hops = len(seen) - len(set(seen))
     _evaluate_other(manifest, doc, ev)
-    _evaluate_links(manifest, result, ev)
+    _evaluate_links(manifest, result, requests, ev)
     _evaluate_drops(manifest, result, requests, ev)
     ev.clocks = check_clocks(manifest, result)
     return ev
@@ -267,29 +285,48 @@ def _evaluate_other(manifest: dict[str, Any], doc: dict[str, Any], ev: Evaluatio
     ev.traces_5xx = sum(1 for t in traces if t["request"]["status"] >= 500 and t["error"])
 
 
-def _clean_request_latency(result: StitchResult) -> dict[str, list[int]]:
-    """Request latency per link 'a>b' over hops whose request was not retransmitted (a
-    retransmission adds the sender's timeout, not the link's delay)."""
+def _clean_request_latency(result: StitchResult, requests: Batch) -> dict[str, list[tuple[int, int]]]:
+    """(request latency, TCP seq of the request's first byte) per link 'a>b' over hops whose request was
+    not retransmitted (a retransmission adds the sender's timeout, not the link's delay)."""
+    rcols = requests.columns
+    seq_of = {(p, r): s for p, r, s in zip(rcols["point"], np.asarray(rcols["request_id"]).tolist(),
+                                            np.asarray(rcols["req_tcp_seq"]).tolist(), strict=True)}
     cols = result.spans.columns
     point_of = dict(zip(cols["span_id"], cols["point"], strict=True))
-    req_us, lost, retrans = (np.asarray(cols[n]).tolist() for n in ("req_link_us", "lost_pkts", "retrans_pkts"))
-    out: dict[str, list[int]] = defaultdict(list)
+    req_us, lost, retrans, rid = (np.asarray(cols[n]).tolist()
+                                  for n in ("req_link_us", "lost_pkts", "retrans_pkts", "request_id"))
+    out: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for i, (parent, point) in enumerate(zip(cols["parent_span_id"], cols["point"], strict=True)):
         if parent and not lost[i] and not retrans[i]:
-            out[f"{point_of[parent]}>{point}"].append(req_us[i])
+            out[f"{point_of[parent]}>{point}"].append((req_us[i], seq_of.get((point, rid[i]), -1)))
     return out
 
 
-def _evaluate_links(manifest: dict[str, Any], result: StitchResult, ev: Evaluation) -> None:
+def _held_us(stats: dict[str, Any]) -> dict[int, float]:
+    """The delayer's hold per TCP seq of a segment it released (a seq it saw twice, a retransmission, is
+    left out: which copy a hop's first byte is can't be told)."""
+    held: dict[int, float] = {}
+    twice: set[int] = set()
+    for seq, _payload_len, held_ns in stats.get("held_segments", []):
+        if seq in held:
+            twice.add(seq)
+        held[seq] = held_ns / 1000
+    return {k: v for k, v in held.items() if k not in twice}
+
+
+def _evaluate_links(manifest: dict[str, Any], result: StitchResult, requests: Batch, ev: Evaluation) -> None:
     overhead = float((manifest.get("delayer_overhead") or {}).get("overhead_us", 0.0))
-    clean = _clean_request_latency(result)
+    clean = _clean_request_latency(result, requests)
     for imp in manifest.get("impairments", []):
         pairs = [f"{u}>{d}" for u in imp["between"]["upstream"] for d in imp["between"]["downstream"]]
         if imp.get("loss"):
             ev.impaired_loss_links += pairs
         if imp.get("delay_ms") and imp.get("flow_direction") == "client->server":
+            held = _held_us(imp.get("delayer_stats") or {})
             for link in pairs:
-                ev.delays.append(DelayCheck(link, imp["delay_ms"] * 1000, overhead, clean.get(link, [])))
+                hops = clean.get(link, [])
+                ev.delays.append(DelayCheck(link, imp["delay_ms"] * 1000, overhead, [us for us, _ in hops],
+                                            [held.get(seq) for _, seq in hops]))
     ev.lossy_links = sorted(k for k, v in link_latencies(result).items() if v[2])
 
 

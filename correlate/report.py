@@ -140,8 +140,10 @@ def evaluation_text(ev: dict[str, Any]) -> str:
         f"5xx {ev['traces_5xx']}/{ev['status_5xx']}",
     ]
     for d in ev["delays"]:
-        lines.append(f"  delay {d['link']} (hops without retransmission): injected {d['injected_us']:.0f} us"
-                     f" + overhead {d['overhead_us']:.0f} us, {d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
+        held = (f"held {d['median_truth_us']} us (median; the delayer's own hold of {d['held_known']} of the "
+                f"{d['n']} segments)" if d.get("held_known") else f"+ overhead {d['overhead_us']:.0f} us")
+        lines.append(f"  delay {d['link']} (hops without retransmission): injected {d['injected_us']:.0f} us, {held}, "
+                     f"{d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
                      f"(median error {d['median_error_us']} us)")
     skewed = [c for c in ev.get("clocks", []) if c["applied_us"] or c["error_us"] is None
               or abs(c["error_us"]) > SAME_CLOCK_US]

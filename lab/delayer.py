@@ -9,6 +9,12 @@ holds every packet ``delay-ms`` then accepts it, or drops it with probability ``
 RNG, so a run is repeatable for the same packet sequence). The delay is constant, so packets leave
 in the order they came (a FIFO, no reordering). Prints ``ready`` once bound; on SIGTERM/SIGINT it
 releases what it holds, writes its counters to ``--stats`` and exits.
+
+The delay a packet really got is written too, per TCP data segment (``held_segments``): from the
+moment the kernel received it (the timestamp NFQUEUE hands over, set when the packet entered the
+namespace; the moment the delayer read it when the kernel gave none) to the moment it was accepted.
+On a loaded machine the delayer reads and releases late by up to milliseconds; that per-segment
+truth, not ``delay-ms``, is what a hop's measured latency is held against.
 """
 
 from __future__ import annotations
@@ -83,13 +89,16 @@ class Delayer:
         self.delay_ns = delay_ns
         self.loss = loss
         self.rng = random.Random(seed)
-        self.held: collections.deque[tuple[int, Any]] = collections.deque()
+        self.held: collections.deque[tuple[int, tuple[int, int, int], Any]] = collections.deque()
         self.seen = 0
         self.dropped = 0
         self.accepted = 0
         self.max_held = 0
         self.drops: list[dict[str, Any]] = []  # one record per dropped packet: the loss ground truth
         self.late_ns: list[int] = []  # how late past its release time each held packet was accepted
+        #: [seq, payload_len, held_ns] per held TCP data segment: the delay it really got (see the module doc)
+        self.segments: list[list[int]] = []
+        self.kernel_stamped = 0  # held packets whose arrival time came from the kernel
 
     def on_packet(self, pkt: Any) -> None:
         self.seen += 1
@@ -102,16 +111,38 @@ class Delayer:
             pkt.accept()
             self.accepted += 1
             return
-        self.held.append((time.monotonic_ns() + self.delay_ns, pkt))
+        arrival = self._arrival(pkt)
+        # the delay counts from the packet's arrival, not from the moment this process got to read it
+        waited = time.time_ns() - arrival[2]
+        self.held.append((time.monotonic_ns() + self.delay_ns - waited, arrival, pkt))
         self.max_held = max(self.max_held, len(self.held))
+
+    def _arrival(self, pkt: Any) -> tuple[int, int, int]:
+        """(seq, payload_len, arrival in CLOCK_REALTIME ns) of a packet; seq and payload_len are 0 but
+        for a TCP data segment."""
+        now = time.time_ns()
+        stamp = int(pkt.get_timestamp() * 1e9)
+        if 0 < stamp <= now and now - stamp < 1_000_000_000:  # a kernel stamp, and a sane one
+            self.kernel_stamped += 1
+        else:
+            stamp = now
+        d = describe(pkt.get_payload(), 0)
+        if d.get("proto") != 6 or not d.get("payload_len"):
+            return (0, 0, stamp)
+        return (d["seq"], d["payload_len"], stamp)
+
+    def _accept(self, arrival: tuple[int, int, int], pkt: Any) -> None:
+        pkt.accept()
+        self.accepted += 1
+        if arrival[1]:
+            self.segments.append([arrival[0], arrival[1], time.time_ns() - arrival[2]])
 
     def release_due(self) -> float | None:
         """Accept every packet whose time has come; return seconds until the next one (None: none held)."""
         now = time.monotonic_ns()
         while self.held and self.held[0][0] <= now:
-            due, pkt = self.held.popleft()
-            pkt.accept()
-            self.accepted += 1
+            due, arrival, pkt = self.held.popleft()
+            self._accept(arrival, pkt)
             self.late_ns.append(now - due)
         if not self.held:
             return None
@@ -119,9 +150,8 @@ class Delayer:
 
     def release_all(self) -> None:
         while self.held:
-            _, pkt = self.held.popleft()
-            pkt.accept()
-            self.accepted += 1
+            _, arrival, pkt = self.held.popleft()
+            self._accept(arrival, pkt)
 
     def stats(self) -> dict[str, Any]:
         """Counters, and percentiles of the lateness: the time a packet was held beyond delay-ms."""
@@ -140,6 +170,8 @@ class Delayer:
             "late_us_p90": pct(0.9),
             "late_us_p99": pct(0.99),
             "late_us_max": round(late[-1] / 1000, 1) if late else None,
+            "held_segments": self.segments,
+            "kernel_stamped": self.kernel_stamped,
         }
 
 

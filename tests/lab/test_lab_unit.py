@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -126,12 +127,20 @@ def test_dns_wire_round_trip() -> None:
 
 
 class FakePacket:
-    def __init__(self, n: int) -> None:
+    """What NetfilterQueue hands the callback: the first bytes, the kernel's arrival stamp (0.0: none)."""
+
+    def __init__(self, n: int, data: bytes = b"", stamp: float = 0.0) -> None:
         self.n = n
+        self.data = data
+        self.stamp = stamp
         self.verdict: str | None = None
 
     def get_payload(self) -> bytes:
-        return bytes(IP(src="10.244.2.11", dst="172.30.0.1", id=self.n) / TCP(sport=80, dport=4000, seq=self.n))[:64]
+        pkt = IP(src="10.244.2.11", dst="172.30.0.1", id=self.n) / TCP(sport=80, dport=4000, seq=self.n) / self.data
+        return bytes(pkt)[:HEADER_BYTES]
+
+    def get_timestamp(self) -> float:
+        return self.stamp
 
     def accept(self) -> None:
         assert self.verdict is None
@@ -150,6 +159,41 @@ def test_delayer_holds_in_order_then_accepts() -> None:
     assert all(p.verdict is None for p in pkts) and d.release_due() is not None
     d.release_all()
     assert [p.verdict for p in pkts] == ["accept"] * 5 and d.stats()["accepted"] == 5
+
+
+def test_delayer_counts_the_delay_from_the_kernels_arrival_stamp() -> None:
+    """A segment that waited 30 ms in the queue before the delayer read it is due 20 ms later, not 50;
+    its hold (arrival to release) is written per data segment, pure ACKs are not."""
+    d = Delayer(delay_ns=50_000_000, loss=0.0, seed=1)
+    waited = FakePacket(1000, b"GET / HTTP/1.1\r\n", stamp=time.time() - 0.030)
+    unstamped = FakePacket(2000, b"x" * 10)
+    d.on_packet(waited)
+    d.on_packet(unstamped)
+    d.on_packet(FakePacket(3000))  # a pure ACK
+    assert 0.010 < (d.release_due() or 0) < 0.021
+    time.sleep(0.025)
+    d.release_due()
+    assert waited.verdict == "accept" and unstamped.verdict is None
+    d.release_all()
+    stats = d.stats()
+    assert stats["kernel_stamped"] == 1
+    (seq1, len1, held1), (seq2, len2, held2) = stats["held_segments"]
+    assert (seq1, len1, seq2, len2) == (1000, 16, 2000, 10)
+    assert 50_000_000 <= held1 < 60_000_000 and held2 < 50_000_000  # the last was released early, at exit
+
+
+def test_delay_check_holds_each_request_against_its_segments_hold() -> None:
+    """The delayer's hold of a request's segment is its truth; without one, the injected delay plus the
+    overhead measured at delay 0; a segment held twice (a retransmission) is no truth for either."""
+    from hopscope.correlate.evaluate import DelayCheck, _held_us
+
+    held = _held_us({"held_segments": [[1, 10, 7_400_000], [2, 10, 5_100_000], [3, 10, 5_000_000],
+                                       [3, 10, 9_000_000]]})
+    assert held == {1: 7400.0, 2: 5100.0}
+    d = DelayCheck("a>b", 5000.0, 80.0, [7420, 5090, 5200, 5100], [held.get(s) for s in (1, 2, 3, 4)])
+    assert d.truth_us == [7400.0, 5100.0, 5080.0, 5080.0]
+    assert d.errors_us == [20.0, -10.0, 120.0, 20.0] and d.within == 4 and d.held_known == 2
+    assert DelayCheck("a>b", 5000.0, 80.0, [5300]).errors_us == [220.0]  # a check from before held_us
 
 
 @pytest.mark.parametrize(("loss", "seed"), [(0.1, 1), (0.5, 2)])
