@@ -140,8 +140,8 @@ def evaluation_text(ev: dict[str, Any]) -> str:
         f"5xx {ev['traces_5xx']}/{ev['status_5xx']}",
     ]
     for d in ev["delays"]:
-        held = (f"held {d['median_truth_us']} us (median; the delayer's own hold of {d['held_known']} of the "
-                f"{d['n']} segments)" if d.get("held_known") else f"+ overhead {d['overhead_us']:.0f} us")
+        held = (f"held {d['median_truth_us']:.0f} us (median of the delayer's own, {d['held_known']}/{d['n']} known)"
+                if d.get("held_known") else f"+ overhead {d['overhead_us']:.0f} us")
         lines.append(f"  delay {d['link']} (hops without retransmission): injected {d['injected_us']:.0f} us, {held}, "
                      f"{d['within']}/{d['n']} within {d['tolerance_us']:.0f} us "
                      f"(median error {d['median_error_us']} us)")

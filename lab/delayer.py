@@ -111,15 +111,14 @@ class Delayer:
             pkt.accept()
             self.accepted += 1
             return
-        arrival = self._arrival(pkt)
+        arrival, waited = self._arrival(pkt)
         # the delay counts from the packet's arrival, not from the moment this process got to read it
-        waited = time.time_ns() - arrival[2]
         self.held.append((time.monotonic_ns() + self.delay_ns - waited, arrival, pkt))
         self.max_held = max(self.max_held, len(self.held))
 
-    def _arrival(self, pkt: Any) -> tuple[int, int, int]:
-        """(seq, payload_len, arrival in CLOCK_REALTIME ns) of a packet; seq and payload_len are 0 but
-        for a TCP data segment."""
+    def _arrival(self, pkt: Any) -> tuple[tuple[int, int, int], int]:
+        """((seq, payload_len, arrival in CLOCK_REALTIME ns), ns it waited in the queue) of a packet; seq
+        and payload_len are 0 but for a TCP data segment."""
         now = time.time_ns()
         stamp = int(pkt.get_timestamp() * 1e9)
         if 0 < stamp <= now and now - stamp < 1_000_000_000:  # a kernel stamp, and a sane one
@@ -128,14 +127,15 @@ class Delayer:
             stamp = now
         d = describe(pkt.get_payload(), 0)
         if d.get("proto") != 6 or not d.get("payload_len"):
-            return (0, 0, stamp)
-        return (d["seq"], d["payload_len"], stamp)
+            return (0, 0, stamp), now - stamp
+        return (d["seq"], d["payload_len"], stamp), now - stamp
 
     def _accept(self, arrival: tuple[int, int, int], pkt: Any) -> None:
+        released = time.time_ns()  # before the verdict: the packet goes on its way within that call
         pkt.accept()
         self.accepted += 1
         if arrival[1]:
-            self.segments.append([arrival[0], arrival[1], time.time_ns() - arrival[2]])
+            self.segments.append([arrival[0], arrival[1], released - arrival[2]])
 
     def release_due(self) -> float | None:
         """Accept every packet whose time has come; return seconds until the next one (None: none held)."""
