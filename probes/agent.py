@@ -33,6 +33,7 @@ from hopscope.errors import HopscopeError
 from hopscope.probes.agent_buffer import DEFAULT_MAX_BATCHES, BatchBuffer, KafkaSender, PointSink, kafka_publisher
 from hopscope.probes.agent_config import AgentConfig
 from hopscope.probes.agent_discovery import PointSpec, discover_points
+from hopscope.probes.l7 import L7Settings
 from hopscope.probes.live import LIVE_SWEEP_S, LiveProbe, ProbeSettings, RingSettings, compile_filter
 from hopscope.probes.meter import MeterConfig
 from hopscope.probes.packet_store import PacketStoreSettings
@@ -161,7 +162,8 @@ class Agent:
         c = self.config.capture
         return ProbeSettings(
             iface=spec.iface, point=spec.point, host=self.config.host, hop_kind=spec.hop_kind,
-            netns=spec.netns.path, bpf=c.bpf, l7=c.l7, checksums=c.checksums,
+            netns=spec.netns.path, bpf=c.bpf, l7=c.l7, l7_settings=L7Settings(detect_tls=c.tls),
+            checksums=c.checksums,
             ring=RingSettings(block_count=max(2, c.ring_mb), retire_ms=RETIRE_MS),
             meter=MeterConfig(max_flows=c.max_flows, sweep_every_s=LIVE_SWEEP_S),
             report_interval_s=float(self.config.report_interval_s), packet_store=self.packet_store_settings(),

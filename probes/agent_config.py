@@ -81,6 +81,7 @@ class HopKindsConfig:
 class CaptureConfig:
     bpf: str  # tcpdump filter on every interface ('': everything)
     l7: bool  # HTTP/1.x and DNS request records
+    tls: bool  # TLS exchange records of TLS connections (with l7; off: those connections are not parsed)
     ring_mb: int  # TPACKET_V3 ring per interface, MiB
     max_flows: int  # flow table limit per interface
     checksums: bool  # validate checksums as Zeek does (off: outgoing packets carry offloaded ones)
@@ -213,7 +214,7 @@ SECTIONS: Final[dict[str, dict[str, tuple[Callable[[str, object], Any], object]]
                    "proc_root": (_STR, "/proc")},
     "points": {"name": (_template, "{host}/{netns}/{iface}")},
     "hop_kinds": {"infer": (_BOOL, True), "overrides": (_overrides, {})},
-    "capture": {"bpf": (_STR, ""), "l7": (_BOOL, True), "ring_mb": (_positive_int, 8),
+    "capture": {"bpf": (_STR, ""), "l7": (_BOOL, True), "tls": (_BOOL, True), "ring_mb": (_positive_int, 8),
                 "max_flows": (_positive_int, 1_000_000), "checksums": (_BOOL, False)},
     "kafka": {"bootstrap": (_STR, REQUIRED), "topic_prefix": (_STR, "hopscope")},
     "inventory": {"kubernetes": (_BOOL, False)},

@@ -1,7 +1,7 @@
 """``hopscope probe``: capture live on one interface and publish flow and request records.
 
     hopscope probe --iface IF --point NAME [--netns NS] [--kafka BOOTSTRAP [--topic-prefix PREFIX]]
-                   [--out FILE] [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--seconds N]
+                   [--out FILE] [--filter BPF] [--host H] [--hop-kind KIND] [--no-l7] [--no-tls] [--seconds N]
                    [--ring-mb N] [--max-flows N] [--max-connections N] [--report-interval S]
                    [--packet-store DIR [--packet-store-mb N] [--packet-store-age S]]
                    [--metrics-port PORT [--metrics-host HOST]]
@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "frames, longer than the meter's sweep)")
     p.add_argument("--max-flows", type=int, default=1_000_000, help="flow table limit (then: counted evictions)")
     p.add_argument("--max-connections", type=int, default=65_536, help="HTTP/DNS-over-TCP connections tracked")
+    p.add_argument("--no-tls", action="store_true",
+                   help="do not parse TLS connections into TLS exchange records (they cost the L7 stage about what "
+                   "HTTP does; off, such a connection gets flow records only)")
     p.add_argument("--packet-store", metavar="DIR", help="keep the packets in a rolling packet store here, indexed "
                    "by flow, for hopscope pcap and serve --packet-store (default: not kept)")
     p.add_argument("--packet-store-mb", type=int, default=1024, metavar="N",
@@ -126,7 +129,8 @@ def _settings(args: argparse.Namespace) -> ProbeSettings:
         l7=not args.no_l7, checksums=args.checksums, fanout=args.fanout, report_interval_s=args.report_interval,
         ring=RingSettings(block_count=max(2, args.ring_mb)),
         meter=MeterConfig(max_flows=args.max_flows, sweep_every_s=LIVE_SWEEP_S),
-        l7_settings=L7Settings(max_connections=args.max_connections), packet_store=_packet_store(args),
+        l7_settings=L7Settings(
+            max_connections=args.max_connections, detect_tls=not args.no_tls), packet_store=_packet_store(args),
         **({"host": args.host} if args.host else {}),
     )  # fmt: skip
 

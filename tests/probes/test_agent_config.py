@@ -49,6 +49,19 @@ def test_defaults_and_overrides_and_exclude(tmp_path: Path) -> None:
     assert config.host and config.namespaces.proc_root == "/proc" and config.kafka.topic_prefix == "hopscope"
 
 
+@pytest.mark.parametrize(("text", "tls"), [(MINIMAL, True), (MINIMAL + "capture: {tls: false}", False)])
+def test_tls_parsing_is_on_unless_the_config_turns_it_off(tmp_path: Path, text: str, tls: bool) -> None:
+    """``capture.tls`` reaches each point's L7 stage (off: TLS connections get flow records only)."""
+    from hopscope.probes.agent import Agent
+    from hopscope.probes.agent_discovery import NetNamespace, PointSpec
+
+    (tmp_path / "agent.yaml").write_text(text)
+    config = load_config(tmp_path / "agent.yaml", {})
+    spec = PointSpec("h/root/eth0", "eth0", 2, NetNamespace("root", None, 1), "node")
+    assert config.capture.tls is tls
+    assert Agent(config).settings_of(spec).l7_settings.detect_tls is tls
+
+
 @pytest.mark.parametrize(("text", "message"), [
     (MINIMAL + "interfaces: {rescan_s: '5'}", "interfaces.rescan_s: expected int, got str"),
     (MINIMAL + "interfaces: {rescan_s: true}", "interfaces.rescan_s: expected int, got bool"),
