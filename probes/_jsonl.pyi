@@ -9,5 +9,6 @@ INT: int
 TEXT: int
 TABLE: int
 LITERAL: int
+SPANS: int
 
 def format_rows(n: int, fields: Sequence[tuple[bytes, int, Any]], out: bytearray, /) -> int: ...

@@ -17,10 +17,15 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from hopscope.errors import CaptureError
 from hopscope.probes.decode import Decoder, interface_label
 from hopscope.probes.meter import FlowMeter, MeterConfig
+from hopscope.probes.meter_native import RawFlows
 from hopscope.probes.packet_index import PacketIndexer
 from hopscope.probes.packets import PacketBlock
 from hopscope.probes.readers import DEFAULT_CHUNK_BYTES, open_capture
@@ -91,6 +96,32 @@ class CaptureAnalyzer:
             yield PacketBlock.empty(0), self.services.fill(batch)
         if damage is not None:
             raise damage
+
+    def run_raw(self) -> Iterator[tuple[RawFlows, npt.NDArray[np.uint64] | None]]:
+        """``run`` with the compiled meter (``meter.native``), without FlowRecord batches: the records
+        each block closed and then those flushed, as the kernel emitted them (``RawFlows``), with their
+        service codes (``ServiceDetector.codes``; None: no service). For ``hopscope flows``, whose JSON
+        lines kernel reads them in place (``output.RawJsonLines``)."""
+        damage: CaptureError | None = None
+        try:
+            for raw in self.reader.blocks():
+                block = self.decoder.decode(raw)
+                closed = self.meter.process_raw(block)
+                if self.index is not None:
+                    self.index.add(raw, block, self.decoder.row_frames)
+                self.services.observe(block)
+                if closed.n:
+                    yield closed, self._codes(closed)
+        except CaptureError as exc:
+            damage = exc
+        for closed in self.meter.flush_raw():
+            yield closed, self._codes(closed)
+        if damage is not None:
+            raise damage
+
+    def _codes(self, raw: RawFlows) -> npt.NDArray[np.uint64] | None:
+        final: npt.NDArray[Any] = raw.column("final")
+        return self.services.codes(raw.column("flow_id").view(np.uint64), final)
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {

@@ -15,7 +15,7 @@ from typing import Protocol
 from hopscope.ids import payload_hash, payload_hashes
 from hopscope.probes import kernels
 from hopscope.probes.meter_common import FlowNames, MeterConfig, close_type
-from hopscope.probes.meter_native import NativeMeter
+from hopscope.probes.meter_native import NativeMeter, RawFlows
 from hopscope.probes.packets import PacketBlock
 from hopscope.records import Batch, FlowRecord
 
@@ -86,6 +86,23 @@ class FlowMeter:
         for batch in self.engine.flush_batches(chunk):
             self._sync_counters()
             yield batch
+        self._sync_counters()
+
+    def process_raw(self, block: PacketBlock) -> RawFlows:
+        """``process_batch`` with the records as the compiled meter emitted them (``native`` only)."""
+        if self.native is None:
+            raise RuntimeError("records as the kernel emits them need the compiled meter")
+        raw = self.native.process_raw(block)
+        self._sync_counters()
+        return raw
+
+    def flush_raw(self, chunk: int = 8192) -> Iterator[RawFlows]:
+        """``flush_batches`` with the records as the compiled meter emitted them (``native`` only)."""
+        if self.native is None:
+            raise RuntimeError("records as the kernel emits them need the compiled meter")
+        for raw in self.native.flush_raw(chunk):
+            self._sync_counters()
+            yield raw
         self._sync_counters()
 
     def _sync_counters(self) -> None:

@@ -380,10 +380,21 @@ def record_batch(
     encap = np.asarray(ints["encap"])
     if encap.any():
         cols["service"] = np.array(ENCAP_NAMES, object)[encap].tolist()
+    cols.update(record_numbers(ints))
+    return Batch(FlowRecord, cols, n)
+
+
+_DTYPES: Final = {c.name: c.type.dtype for c in FlowRecord.columns() if not c.type.is_text}
+
+
+def record_numbers(ints: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    """The numeric FlowRecord columns of records in the ``RECORD_FIELDS`` layout, in the dtypes a
+    ``Batch`` holds them in: flow ids and payload hashes unsigned, the anchors clamped to 32 bits."""
+    cols: dict[str, npt.NDArray[Any]] = {}
     for name in _UNSIGNED:
         cols[name] = np.asarray(ints[name]).view(np.uint64)
     for name in _INTS:
-        cols[name] = ints[name]
+        cols[name] = np.asarray(ints[name])
     for name in ANCHOR_NAMES:
         cols[name] = np.minimum(ints[name], 0xFFFFFFFF)
-    return Batch(FlowRecord, cols, n)
+    return {name: np.asarray(data, dtype=_DTYPES[name]) for name, data in cols.items()}

@@ -9,14 +9,18 @@ reference twin; both give the same bytes. Request records print as ``dataclasses
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from hopscope.probes.kernels import load as load_kernel
 from hopscope.records import Batch, ColumnType, FlowRecord, RequestRecord, _as_list
+
+if TYPE_CHECKING:
+    from hopscope.probes.meter_native import NativeMeter, RawFlows
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 FLOW_TABLE_COLUMNS = (
@@ -156,18 +160,22 @@ class JsonLines:
             out.write(view)
 
     def _view(self, batch: Batch) -> memoryview:
+        return self._format(len(batch), self._columns(batch.columns))
+
+    def _format(self, n: int, columns: list[tuple[int, Any]]) -> memoryview:
+        """``n`` lines of the columns ``_columns`` gave, in the reused buffer."""
         assert self.kernel is not None
-        size = self.kernel.format_rows(len(batch), self._fields(batch), self.buffer) if len(batch) else 0
+        size = self.kernel.format_rows(n, self._fields(columns), self.buffer) if n else 0
         return memoryview(self.buffer)[:size]
 
-    def _fields(self, batch: Batch) -> list[tuple[bytes, int, Any]]:
+    def _fields(self, columns: list[tuple[int, Any]]) -> list[tuple[bytes, int, Any]]:
         """(prefix, kind, column) for the kernel; constant columns folded into the next prefix."""
         k = self.kernel
         assert k is not None
         fields: list[tuple[bytes, int, Any]] = []
         literal = b""
-        for prefix, (kind, data) in zip(self.prefixes, self._columns(batch), strict=True):
-            if _constant(data):
+        for prefix, (kind, data) in zip(self.prefixes, columns, strict=True):
+            if kind != k.SPANS and _constant(data):
                 first = data[:1] if kind != k.TABLE else (data[0][:1], data[1])
                 literal += prefix + self._render_one(kind, first)
             else:
@@ -176,9 +184,11 @@ class JsonLines:
         fields.append((literal, k.LITERAL, None))
         return fields
 
-    def _columns(self, batch: Batch) -> list[tuple[int, Any]]:
-        """(kind, column) per output key."""
-        k, cols = self.kernel, batch.columns
+    def _columns(self, cols: Mapping[str, Any], texts: Mapping[str, tuple[int, Any]] | None = None
+                 ) -> list[tuple[int, Any]]:  # fmt: skip
+        """(kind, column) per output key from a batch's columns; ``texts``: the text columns' (kind,
+        column) when they are not lists of str."""
+        k = self.kernel
         assert k is not None
         start = np.asarray(cols["start_ns"], np.int64)
         derived: dict[str, tuple[int, Any]] = {
@@ -192,7 +202,7 @@ class JsonLines:
             if key in derived:
                 out.append(derived[key])
             elif key in self.text_keys:
-                out.append((k.TEXT, cols[key]))
+                out.append((k.TEXT, cols[key]) if texts is None else texts[key])
             else:
                 out.append((k.INT, _native(cols[key])))
         return out
@@ -203,6 +213,89 @@ class JsonLines:
         scratch = bytearray()
         size = self.kernel.format_rows(1, [(b"", kind, column)], scratch)
         return bytes(scratch[: size - 2])
+
+
+class RawJsonLines(JsonLines):
+    """``JsonLines`` of the compiled meter's records as it emitted them (``meter_native.RawFlows``):
+    the same bytes as for their FlowRecord batch, without a Python object per record. Integer columns
+    come from the record matrix (``meter_common.record_numbers``: the batch's dtypes), the five text
+    values are spans of the meter's text buffer (kernel kind SPANS), point, interface, tunnel, host,
+    hop kind, states and services are indices into tables of their JSON text (kind TABLE). Records
+    that do not fit that form (a UDP tunnel's outer flows, whose service names the tunnel; more than
+    256 names or service combinations) are written through their batch instead.
+    """
+
+    def __init__(self, meter: NativeMeter) -> None:
+        super().__init__()
+        self.meter = meter
+
+    def write_raw(self, raw: RawFlows, codes: npt.NDArray[np.uint64] | None, out: BinaryIO,
+                  interim: bool = False) -> None:  # fmt: skip
+        """The records of ``raw`` (only the final ones unless ``interim``) as JSON lines on ``out``;
+        ``codes``: their service codes (``ServiceDetector.codes``), None for none."""
+        from hopscope.probes.meter_common import CLOSE_TYPES, CONN_STATES, RECORD_FIELDS, TEXT_FIELDS, record_numbers
+        from hopscope.probes.service import service_names, set_services
+
+        k = self.kernel
+        assert k is not None
+        if raw.n == 0:
+            return
+        names = self.meter.names
+        if codes is None:
+            services, service = [""], np.zeros(raw.n, np.uint8)
+        else:
+            distinct, inverse = np.unique(codes, return_inverse=True)
+            services, service = service_names(distinct), np.asarray(inverse).reshape(-1).astype(np.uint8)
+        if raw.column("encap").any() or max(len(services), len(names.point_names), len(names.tunnel_names)) > 256:
+            batch = self.meter.batch(raw)
+            if codes is not None:
+                set_services(batch, codes)
+            batch = batch if interim else final_only(batch)
+            for start in range(0, len(batch), JSONL_CHUNK_RECORDS):
+                self.write(batch.slice(start, start + JSONL_CHUNK_RECORDS), out)
+            return
+        width = len(TEXT_FIELDS)
+        nuls = np.flatnonzero(np.frombuffer(raw.text, np.uint8) == 0)  # each value ends at one
+        if len(nuls) != width * raw.n:
+            raise RuntimeError(f"the meter's text buffer holds {len(nuls)} values for {raw.n} records")
+        after = np.empty_like(nuls)
+        after[0], after[1:] = 0, nuls[:-1] + 1
+        starts, ends, words = after.reshape(raw.n, width), nuls.reshape(raw.n, width), raw.words
+        if not interim:
+            final = raw.column("final") != 0
+            if not final.all():
+                keep = np.flatnonzero(final)
+                words, starts, ends, service = words[keep], starts[keep], ends[keep], service[keep]
+        tables = {
+            "point": self._table(names.point_names), "iface": self._table(names.point_ifaces),
+            "tunnel": self._table(names.tunnel_names), "host": self._table([self.meter.host]),
+            "hop_kind": self._table([self.meter.hop_kind]), "conn_state": self._table(CONN_STATES),
+            "close_type": self._table(CLOSE_TYPES), "service": self._table(services),
+        }  # fmt: skip
+        for first in range(0, len(words), JSONL_CHUNK_RECORDS):
+            rows = slice(first, first + JSONL_CHUNK_RECORDS)
+            w = words[rows]
+            ints = {name: w[:, j] for j, name in enumerate(RECORD_FIELDS)}
+            index = {
+                "point": ints["point"], "iface": ints["point"], "tunnel": ints["tunnel"], "host": None,
+                "hop_kind": None, "conn_state": ints["conn_state"], "close_type": ints["close_type"],
+                "service": service[rows],
+            }  # fmt: skip
+            texts: dict[str, tuple[int, Any]] = {
+                name: (k.TABLE, (np.zeros(len(w), np.uint8) if at is None else at.astype(np.uint8), tables[name]))
+                for name, at in index.items()
+            }
+            for j, name in enumerate(TEXT_FIELDS):
+                texts[name] = (k.SPANS, (raw.text, np.ascontiguousarray(starts[rows, j]),
+                                         np.ascontiguousarray(ends[rows, j])))  # fmt: skip
+            with self._format(len(w), self._columns(record_numbers(ints), texts)) as view:
+                out.write(view)
+
+    def _table(self, values: Sequence[str]) -> tuple[bytes, ...]:
+        """The JSON text of each of at most 256 values, padded to 256 entries (a TABLE column's table)."""
+        assert self.kernel is not None
+        rendered = [self._render_one(self.kernel.TEXT, [v]) for v in values]
+        return (*rendered, *([b""] * (256 - len(rendered))))
 
 
 def _constant(data: Any) -> bool:

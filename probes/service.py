@@ -362,23 +362,25 @@ class ServiceDetector:
     def fill(self, batch: Batch) -> Batch:
         """Set the ``service`` column of a FlowRecord batch (in place; returns it) and forget the flows
         whose final record it holds."""
-        if len(self._ids) == self._forgotten or not len(batch):
+        if not len(batch):
             return batch
-        ids = np.asarray(batch.columns["flow_id"], np.uint64)
-        pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
-        codes = np.where(self._ids[pos] == ids, self._state[pos] & _CODE_MASK, np.uint64(0))
+        codes = self.codes(np.asarray(batch.columns["flow_id"], np.uint64), np.asarray(batch.columns["final"]))
+        return batch if codes is None else set_services(batch, codes)
+
+    def codes(self, flow_ids: npt.NDArray[np.uint64], final: npt.NDArray[Any]) -> npt.NDArray[np.uint64] | None:
+        """``fill`` for records given as their flow ids and final flags: the service code of each (None
+        when none has a service); forgets the flows whose final record is among them."""
+        if len(self._ids) == self._forgotten or not len(flow_ids):
+            return None
+        pos = np.minimum(np.searchsorted(self._ids, flow_ids), len(self._ids) - 1)
+        codes = np.where(self._ids[pos] == flow_ids, self._state[pos] & _CODE_MASK, np.uint64(0))
         if not codes.any():
-            return batch
-        names = service_names(codes)
-        tunnels = batch.columns.get("service")  # a UDP tunnel's outer flows already name it (meter_common)
-        if tunnels is not None and any(tunnels):
-            names = [f"{t},{n}" if t and n else t or n for t, n in zip(tunnels, names, strict=True)]
-        batch.columns["service"] = names
-        done = np.sort(pos[(codes != 0) & (np.asarray(batch.columns["final"]) != 0)])
+            return None
+        done = np.sort(pos[(codes != 0) & (final != 0)])
         self._state[done] = 0
         if len(done):  # distinct entries (a flow has one final record; counted safely all the same)
             self._forgotten += 1 + int(np.count_nonzero(done[1:] != done[:-1]))
-        return batch
+        return codes
 
     def pending(self) -> int:
         """Flows remembered with a service whose final record has not been filled yet."""
@@ -421,6 +423,17 @@ def decode(code: int) -> list[int]:
         out.append(code & 7)
         code >>= 3
     return out
+
+
+def set_services(batch: Batch, codes: npt.NDArray[np.uint64]) -> Batch:
+    """Set the ``service`` column of a FlowRecord batch from the codes ``ServiceDetector.codes`` gave
+    (in place; returns it): after the tunnel a UDP tunnel's outer flows already name."""
+    names = service_names(codes)
+    tunnels = batch.columns.get("service")  # a UDP tunnel's outer flows already name it (meter_common)
+    if tunnels is not None and any(tunnels):
+        names = [f"{t},{n}" if t and n else t or n for t, n in zip(tunnels, names, strict=True)]
+    batch.columns["service"] = names
+    return batch
 
 
 def service_names(codes: npt.NDArray[np.uint64]) -> list[str]:

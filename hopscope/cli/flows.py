@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from hopscope.errors import ConfigError
 from hopscope.records import Batch, HopKind
+
+if TYPE_CHECKING:
+    from hopscope.probes.analyze import CaptureAnalyzer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,22 +56,36 @@ def parse_points(values: Iterable[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from hopscope.probes.analyze import CaptureAnalyzer
-    from hopscope.probes.output import write_flow_jsonl, write_flow_table
+    from hopscope.probes.output import RawJsonLines, write_flow_jsonl, write_flow_table
 
     analyzer = CaptureAnalyzer(args.file, parse_points(args.point), host=args.host, hop_kind=args.hop_kind,
                                strict=args.strict, checksums=not args.ignore_checksums)  # fmt: skip
+    if args.format == "jsonl" and analyzer.meter.native is not None:
+        lines = RawJsonLines(analyzer.meter.native)
+        if lines.kernel is not None:  # the compiled meter and JSON lines kernel: no Python object per record
+            sys.stdout.flush()  # JSON lines go to the binary layer, in one write per 4096 records
+            for raw, codes in analyzer.run_raw():
+                lines.write_raw(raw, codes, sys.stdout.buffer, args.interim)
+            sys.stdout.buffer.flush()
+            _stats(analyzer, args.stats)
+            return 0
     batches = _batches(analyzer.run(), args.interim)
     if args.format == "jsonl":
         sys.stdout.flush()  # JSON lines go to the binary layer, in one write per 4096 records
         write_flow_jsonl(batches, sys.stdout.buffer)
     else:
         write_flow_table(batches, sys.stdout)
-    if args.stats:
+    _stats(analyzer, args.stats)
+    return 0
+
+
+def _stats(analyzer: CaptureAnalyzer, show: bool) -> None:
+    """The reader, decoder and meter counters on stderr (``--stats``)."""
+    if show:
         import json
 
         json.dump(analyzer.stats(), sys.stderr, indent=1)
         sys.stderr.write("\n")
-    return 0
 
 
 def _batches(blocks: Iterable[tuple[object, Batch]], interim: bool) -> Iterator[Batch]:

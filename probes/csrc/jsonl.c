@@ -12,6 +12,9 @@
  *            DEL and non-ASCII as \uXXXX with lower-case hex, astral code points as surrogate pairs)
  *   TABLE    (uint8 buffer, tuple of 256 bytes) -> the bytes at the value's index, verbatim
  *   LITERAL  no column: the prefix alone (Python folds columns constant in a batch into prefixes)
+ *   SPANS    (bytes buffer, int64 starts, int64 ends) -> json.dumps of buffer[start:end] read as Latin-1
+ *            (the compiled meter's text buffer: per record its addresses, history, Community ID and
+ *            tunnel parents, ASCII, written without one Python str per value)
  *
  * Reference twin: probes/output.py jsonl_lines (Python %-formatting of batch_columns); JsonLines in the
  * same file builds the fields, and tests/probes/test_jsonl_native.py compares both byte for byte.
@@ -29,7 +32,7 @@
 /* 128-bit products for exact "%.6f" rounding (GCC/Clang on 64-bit targets; the build uses gnu11). */
 __extension__ typedef unsigned __int128 u128;
 
-enum kind { K_FLOAT6 = 0, K_HEX16 = 1, K_INT = 2, K_TEXT = 3, K_TABLE = 4, K_LITERAL = 5 };
+enum kind { K_FLOAT6 = 0, K_HEX16 = 1, K_INT = 2, K_TEXT = 3, K_TABLE = 4, K_LITERAL = 5, K_SPANS = 6 };
 
 /* Widest output of one value of a kind (text: per string, see text_bound). */
 #define INT_MAX_CHARS 20    /* "-9223372036854775808", "18446744073709551615" */
@@ -50,6 +53,9 @@ typedef struct {
     PyObject *items;      /* K_TEXT: tuple of str (own reference) */
     PyObject *table;      /* K_TABLE: tuple of 256 bytes (own reference) */
     Py_ssize_t table_max; /* K_TABLE: longest entry */
+    Py_buffer text;       /* K_SPANS: the text buffer (has_text); view holds the starts, ends the ends */
+    Py_buffer ends;
+    int has_text, has_ends;
 } field_t;
 
 /* Room left in the output; writes check it first (see file header). */
@@ -306,6 +312,23 @@ static void put_value(out_t *o, const field_t *f, Py_ssize_t i)
             o->pos = put_json_str(o->pos, s);
         return;
     }
+    case K_SPANS: {
+        int64_t start, end;
+        memcpy(&start, base + 8 * i, 8);
+        memcpy(&end, (const char *)f->ends.buf + 8 * i, 8);
+        if (start < 0 || end < start || end > f->text.len || !room(o, 2 + 6 * (end - start))) {
+            o->overflow = 1; /* checked with the GIL (span_bound); only a changed column gets here */
+            return;
+        }
+        const unsigned char *d = (const unsigned char *)f->text.buf;
+        char *p = o->pos;
+        *p++ = '"';
+        for (int64_t k = start; k < end; k++)
+            p = put_json_char(p, d[k]);
+        *p++ = '"';
+        o->pos = p;
+        return;
+    }
     case K_LITERAL: return;
     default: { /* K_TABLE */
         PyObject *b = PyTuple_GET_ITEM(f->table, (uint8_t)base[i]);
@@ -432,6 +455,42 @@ static int get_table(field_t *f, PyObject *obj, Py_ssize_t n)
     return get_column(f, col, n);
 }
 
+/* A column of text spans: (bytes buffer, int64 starts, int64 ends), each span inside the buffer. */
+static int get_spans(field_t *f, PyObject *obj, Py_ssize_t n)
+{
+    PyObject *text, *starts, *ends;
+    if (!PyTuple_Check(obj) || !PyArg_ParseTuple(obj, "OOO", &text, &starts, &ends)) {
+        PyErr_SetString(PyExc_TypeError, "a spans column is (bytes buffer, int64 starts, int64 ends)");
+        return -1;
+    }
+    if (PyObject_GetBuffer(text, &f->text, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    f->has_text = 1;
+    if (get_column(f, starts, n) < 0)
+        return -1;
+    if (PyObject_GetBuffer(ends, &f->ends, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    f->has_ends = 1;
+    int ends_signed = 0;
+    if (!f->is_signed || f->itemsize != 8 || !int_format(&f->ends, &ends_signed) || !ends_signed ||
+        f->ends.itemsize != 8 || f->ends.len != n * 8) {
+        PyErr_SetString(PyExc_TypeError, "span starts and ends must be int64 columns of n items");
+        return -1;
+    }
+    const char *s = (const char *)f->view.buf, *e = (const char *)f->ends.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t a, b;
+        memcpy(&a, s + 8 * i, 8);
+        memcpy(&b, e + 8 * i, 8);
+        if (a < 0 || b < a || b > f->text.len) {
+            PyErr_Format(PyExc_ValueError, "span %zd [%lld, %lld) is not inside the %zd-byte text", i, (long long)a,
+                         (long long)b, f->text.len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Field k of the argument list: (prefix bytes, kind, column). */
 static int get_field(field_t *f, PyObject *spec, Py_ssize_t n)
 {
@@ -451,6 +510,7 @@ static int get_field(field_t *f, PyObject *spec, Py_ssize_t n)
     case K_INT: return get_column(f, col, n);
     case K_TEXT: return get_text(f, col, n);
     case K_TABLE: return get_table(f, col, n);
+    case K_SPANS: return get_spans(f, col, n);
     case K_LITERAL: return 0;
     default: PyErr_Format(PyExc_ValueError, "unknown field kind %d", f->kind); return -1;
     }
@@ -463,6 +523,10 @@ static void release_fields(field_t *fields, Py_ssize_t nfields)
     for (Py_ssize_t k = 0; k < nfields; k++) {
         if (fields[k].has_view)
             PyBuffer_Release(&fields[k].view);
+        if (fields[k].has_text)
+            PyBuffer_Release(&fields[k].text);
+        if (fields[k].has_ends)
+            PyBuffer_Release(&fields[k].ends);
         Py_XDECREF(fields[k].items);
         Py_XDECREF(fields[k].table);
     }
@@ -493,6 +557,14 @@ static int add_field_bound(Py_ssize_t *total, const field_t *f, Py_ssize_t n)
     case K_TEXT:
         for (Py_ssize_t i = 0; i < n && ok; i++)
             ok = add_mul(total, text_bound(PyTuple_GET_ITEM(f->items, i)), 1);
+        return ok;
+    case K_SPANS:
+        for (Py_ssize_t i = 0; i < n && ok; i++) {
+            int64_t a, b;
+            memcpy(&a, (const char *)f->view.buf + 8 * i, 8);
+            memcpy(&b, (const char *)f->ends.buf + 8 * i, 8);
+            ok = add_mul(total, 2 + 6 * (Py_ssize_t)(b - a), 1);
+        }
         return ok;
     case K_LITERAL: return ok;
     default: return ok && add_mul(total, f->table_max, n);
@@ -578,7 +650,7 @@ static struct PyModuleDef module = {
     "JSON lines of record columns (twin of hopscope.probes.output.jsonl_lines). Field kinds: FLOAT6 "
     "(float64, %.6f), HEX16 (8-byte int, quoted %016x), INT (int buffer, %d), TEXT (list of str, "
     "json.dumps), TABLE ((uint8 buffer, tuple of 256 bytes), entry verbatim), LITERAL (no column: "
-    "the prefix alone).",
+    "the prefix alone), SPANS ((bytes, int64 starts, int64 ends), json.dumps of each span as Latin-1).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
@@ -589,7 +661,8 @@ PyMODINIT_FUNC PyInit__jsonl(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "FLOAT6", K_FLOAT6) < 0 || PyModule_AddIntConstant(m, "HEX16", K_HEX16) < 0 ||
         PyModule_AddIntConstant(m, "INT", K_INT) < 0 || PyModule_AddIntConstant(m, "TEXT", K_TEXT) < 0 ||
-        PyModule_AddIntConstant(m, "TABLE", K_TABLE) < 0 || PyModule_AddIntConstant(m, "LITERAL", K_LITERAL) < 0) {
+        PyModule_AddIntConstant(m, "TABLE", K_TABLE) < 0 || PyModule_AddIntConstant(m, "LITERAL", K_LITERAL) < 0 ||
+        PyModule_AddIntConstant(m, "SPANS", K_SPANS) < 0) {
         Py_DECREF(m);
         return NULL;
     }
