@@ -70,6 +70,19 @@ def test_a_command_imports_only_its_own_module(name: str) -> None:
     assert [m for m in loaded if m.startswith("hopscope.cli.")] == [f"hopscope.cli.{name}"]
 
 
+def test_help_before_a_command_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main`` builds a named command's subparser alone, but not when the top-level help is asked."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["-h", "flows"])
+    assert exit_.value.code == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in NAMES)
+    with pytest.raises(SystemExit):
+        main(["flows", "-h"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hopscope flows") and "topology" not in out
+
+
 def test_no_command_prints_the_list_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     out = capsys.readouterr().out
