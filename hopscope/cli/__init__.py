@@ -125,7 +125,7 @@ def stop_on_signal(stop: Callable[[], object]) -> Iterator[None]:
 def build_parser(command: str | None = None, alone: bool = False) -> argparse.ArgumentParser:
     """The ``hopscope`` parser: every subcommand with its help line; only ``command``'s options
     (and module) are loaded. ``alone``: ``command``'s subparser only (it parses that command's words
-    as the full parser does; the other fifteen cost a few ms of start-up)."""
+    as the full parser does; the other fourteen cost a few ms of start-up)."""
     parser = argparse.ArgumentParser(
         prog="hopscope",
         description="Full-path network observability: per-hop flows and requests, stitched end to end.",
