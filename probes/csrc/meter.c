@@ -40,6 +40,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "ids.h"
 
@@ -235,6 +238,32 @@ static int ix_grow(Engine *e) {
 
 /* ---- slots ---------------------------------------------------------------------------------- */
 
+/* The slot array grown from old_n to n slots, the new ones zeroed; NULL when out of memory. On Linux
+ * the slots are anonymous memory that the kernel zeroes a page at a time when a slot on it is first
+ * used, and growing moves the pages (mremap): slots never used (up to half of them after a growth)
+ * cost neither memory nor a memset, and none is zeroed twice. Elsewhere realloc and memset. */
+static flow_t *slots_grow(flow_t *flows, int64_t old_n, int64_t n) {
+    size_t old_size = (size_t)old_n * sizeof *flows, size = (size_t)n * sizeof *flows;
+#ifdef __linux__
+    void *p = flows ? mremap(flows, old_size, size, MREMAP_MAYMOVE)
+                    : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : (flow_t *)p;
+#else
+    flow_t *p = realloc(flows, size);
+    if (p) memset(p + old_n, 0, size - old_size);
+    return p;
+#endif
+}
+
+static void slots_free(flow_t *flows, int64_t n) {
+    if (!flows) return;
+#ifdef __linux__
+    munmap(flows, (size_t)n * sizeof *flows);
+#else
+    free(flows);
+#endif
+}
+
 static int32_t slot_alloc(Engine *e) {
     if (e->nfree == 0) {
         int64_t old = e->nslots, n = old ? old * 2 : 1 << 14;
@@ -242,12 +271,6 @@ static int32_t slot_alloc(Engine *e) {
             e->oom = 1;
             return -1;
         }
-        flow_t *flows = realloc(e->flows, (size_t)n * sizeof *flows);
-        if (!flows) {
-            e->oom = 1;
-            return -1;
-        }
-        e->flows = flows;
         int32_t *stack = realloc(e->free_stack, (size_t)n * sizeof *stack);
         if (!stack) {
             e->oom = 1;
@@ -260,8 +283,13 @@ static int32_t slot_alloc(Engine *e) {
             return -1;
         }
         e->due = due;
+        flow_t *flows = slots_grow(e->flows, old, n); /* last: nslots stays the size of the slot array */
+        if (!flows) {
+            e->oom = 1;
+            return -1;
+        }
+        e->flows = flows;
         for (int64_t s = old; s < n; s++) due[s] = INT64_MAX;
-        memset(flows + old, 0, (size_t)(n - old) * sizeof *flows);
         for (int64_t s = n - 1; s >= old; s--) e->free_stack[e->nfree++] = (int32_t)s;
         e->nslots = n;
     }
@@ -1341,8 +1369,8 @@ static void meter_rows(Engine *e, const block_t *b, const int64_t *rows, int64_t
 /* ---- Python interface ------------------------------------------------------------------------ */
 
 static void Engine_dealloc(Engine *e) {
-    for (int64_t s = 0; s < e->nslots; s++) free(e->flows[s].hist_heap);
-    free(e->flows);
+    for (int64_t s = 0; s < e->nslots && e->used; s++) free(e->flows[s].hist_heap); /* a free slot has none */
+    slots_free(e->flows, e->nslots);
     free(e->due);
     free(e->free_stack);
     free(e->ix_keys);
@@ -1480,7 +1508,7 @@ static PyObject *Engine_flush(Engine *e, PyObject *args) {
     if (e->busy) return PyErr_Format(PyExc_RuntimeError, "Engine used by two threads at once");
     Py_ssize_t done = 0;
     int64_t s = e->flush_from; /* each call goes on where the last stopped: one pass over the table */
-    for (; s < e->nslots && done < chunk; s++) {
+    for (; s < e->nslots && done < chunk && e->used; s++) { /* slots past the last flow stay untouched */
         if (!e->flows[s].used) continue;
         finish(e, (int32_t)s, e->flows[s].closed_ns ? WHY_NONE : WHY_UNFINISHED);
         done++;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def _rows(batches: list[Batch]) -> list[tuple[Any, ...]]:
     return out
 
 
-def _run(blocks: list[PacketBlock], config: MeterConfig, native: bool) -> tuple[list[tuple[Any, ...]], Any, Any]:
+def _run(blocks: list[PacketBlock], config: MeterConfig, native: bool, chunk: int = 7
+         ) -> tuple[list[tuple[Any, ...]], Any, Any]:  # fmt: skip
     meter = FlowMeter(config, host="h", hop_kind="pod", native=native)
     assert (meter.native is not None) == native
     batches, fids, fos = [], [], []
@@ -62,13 +64,13 @@ def _run(blocks: list[PacketBlock], config: MeterConfig, native: bool) -> tuple[
         batches.append(meter.process_batch(block))
         fids.append(block.flow_id.copy())
         fos.append(block.from_orig.copy())
-    batches.extend(meter.flush_batches(chunk=7))
+    batches.extend(meter.flush_batches(chunk=chunk))
     return _rows(batches), dict(meter.counters), (fids, fos)
 
 
-def _compare(blocks: list[PacketBlock], config: MeterConfig) -> int:
-    native = _run(blocks, config, True)
-    reference = _run(blocks, config, False)
+def _compare(blocks: list[PacketBlock], config: MeterConfig, chunk: int = 7) -> int:
+    native = _run(blocks, config, True, chunk)
+    reference = _run(blocks, config, False, chunk)
     assert native[1] == reference[1]  # counters
     for got, want in zip(native[2][0], reference[2][0], strict=True):
         np.testing.assert_array_equal(got, want)  # flow_id per packet
@@ -114,6 +116,22 @@ def test_lab_captures_meter_identically(path: Path) -> None:
 def test_eviction_meters_identically() -> None:
     blocks = _decoded(SAMPLES[0], chunk_bytes=1 << 12)
     assert _compare(blocks, MeterConfig(max_flows=3)) > 0
+
+
+def test_flow_table_growth_meters_identically(tmp_path: Path) -> None:
+    """34,000 UDP flows at once, then 4,000 more after the first ones timed out: the slot table grows
+    twice (16,384 slots, doubled each time) and then reuses freed slots; the records and their order
+    are the reference meter's."""
+    frames = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for k in range(38_000):
+        second = k // 1000 if k < 34_000 else 200 + k // 1000  # the last 4,000 after a 60 s UDP timeout
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 30, k & 0xFFFF, 0, 64, 17, 0, bytes([10, 0, k >> 8 & 255, k & 255]),
+                         bytes([10, 1, 0, 1]))  # fmt: skip
+        frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + struct.pack("!HHHH", 1024 + k % 60000, 53, 10, 0) + b"hi"
+        frames += struct.pack("<IIII", 1_700_000_000 + second, k % 1000, len(frame), len(frame)) + frame
+    path = tmp_path / "many.pcap"
+    path.write_bytes(bytes(frames))
+    assert _compare(_decoded(path, chunk_bytes=1 << 20), MeterConfig(), chunk=4096) == 38_000
 
 
 def test_kernel_rejects_bad_columns() -> None:
