@@ -27,7 +27,7 @@ from hopscope.store.query import (
     select_where,
     time_range_conditions,
 )
-from hopscope.store.rollup import ROLLUP_SOURCES, RollupWriter, minutes_sql
+from hopscope.store.rollup import ROLLUP_SOURCES, RollupWriter, minutes_sql, rollup_range_sql
 from hopscope.store.schema import (
     TABLES,
     add_column_sql,
@@ -107,7 +107,7 @@ class Store(Protocol):
     def count(self, table: str) -> int: ...
 
     def rollup_minutes(
-        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60
+        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60, blocks: tuple[int, int] | None = None
     ) -> list[tuple[Any, ...]]: ...
 
     def rollup_bounds(self, table: str, start_ns: int, end_ns: int) -> tuple[int, int] | None: ...
@@ -282,23 +282,24 @@ class SqlStore(abc.ABC):
         return rows_to_records(Span, self._select(query))
 
     def rollup_minutes(
-        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60
+        self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60, blocks: tuple[int, int] | None = None
     ) -> list[tuple[Any, ...]]:
         """The rows of a rollup table (``store/rollup.py``) of one resolution (60: minutes; ``BLOCK_S``)
         starting in [start_ns, end_ns), grouped by the table's key: key columns, then ``minutes_sql``'s
-        aggregates."""
+        aggregates. ``blocks`` (first, last): the block rows of [first, last) in place of those
+        minutes' rows, added up with the other minutes' in the same query (``rollup_range_sql``)."""
         if self._rollups is not None:  # this writer's own rows are read back
             self._rollups.flush()
         spec = table_spec(table)
         keys, aggregates = minutes_sql(spec.name)
         params = _Params()
         conditions = time_range_conditions(spec, start_ns, end_ns, params)
-        conditions.append(f"resolution_s = {params.bind(spec.column('resolution_s'), resolution_s)}")
+        conditions.append(rollup_range_sql(spec, resolution_s, blocks, params.bind))
         group = ", ".join(quote_identifier(k) for k in keys)
         sql = (
             f"SELECT {group}, {', '.join(aggregates)}"
             f" FROM {quote_identifier(self.database)}.{quote_identifier(spec.name)} FINAL"
-            f" WHERE {' AND '.join(conditions)} GROUP BY {group} ORDER BY {group}"
+            f" PREWHERE {' AND '.join(conditions)} GROUP BY {group} ORDER BY {group}"
         )
         return self._select(BoundQuery(sql, params.values))
 

@@ -716,6 +716,27 @@ def minutes_sql(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return _READ[table]
 
 
+def rollup_range_sql(
+    spec: Any, resolution_s: int, blocks: tuple[int, int] | None, bind: Callable[[Any, object], str]
+) -> str:
+    """The resolution condition of a rollup read: the rows of ``resolution_s``, or with ``blocks``
+    (first, last) the ``BLOCK_S`` rows of [first, last) and the minute rows outside it. The caller
+    puts it in ``PREWHERE`` beside the time range: the minute and the resolution are key columns, so a
+    key's rows pass or fail together (``FINAL`` stays right), and the histogram texts are read only
+    in the granules with rows of the window (the ten-minute blocks share their first minute's
+    granules with that minute's rows; reading every column there was most of the cost)."""
+    resolution = quote_column("resolution_s")
+    if blocks is None:
+        return f"{resolution} = {bind(spec.column('resolution_s'), resolution_s)}"
+    minute, col = quote_column("minute_ns"), spec.column("minute_ns")
+    first, last = bind(col, blocks[0]), bind(col, blocks[1])
+    block, one = bind(spec.column("resolution_s"), BLOCK_S), bind(spec.column("resolution_s"), 60)
+    return (
+        f"(({resolution} = {block} AND {minute} >= {first} AND {minute} < {last})"
+        f" OR ({resolution} = {one} AND ({minute} < {first} OR {minute} >= {last})))"
+    )
+
+
 def snap_window(start_ns: int, end_ns: int) -> tuple[int, int]:
     """The whole minutes covering [start_ns, end_ns): start rounded down, end rounded up."""
     start = start_ns // MINUTE_NS * MINUTE_NS

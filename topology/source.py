@@ -10,7 +10,7 @@ import networkx as nx
 
 from hopscope.records import FlowRecord, Span, Trace
 from hopscope.store import Store
-from hopscope.store.rollup import BLOCK_NS, BLOCK_S, MINUTE_NS, snap_window
+from hopscope.store.rollup import BLOCK_NS, MINUTE_NS, snap_window
 from hopscope.topology.graph import (
     hop_order,
     point_topology,
@@ -62,7 +62,8 @@ def rollup_window(
 ) -> tuple[list[tuple[Any, ...]], tuple[int, int]]:
     """The rows of a rollup table for the whole minutes covering the window (an open end: up to the
     first or last minute with rows), and those minutes' bounds. Whole blocks of ``BLOCK_S`` inside
-    the window are read from the block rows, the minutes before and after from the minute rows."""
+    the window are read from the block rows, the minutes before and after from the minute rows, in
+    one query: a row per key."""
     start, end = snap_window(start_ns, end_ns)
     if start == 0 or end >= NS_MAX - MINUTE_NS:
         bounds = store.rollup_bounds(table, start, end)
@@ -71,13 +72,8 @@ def rollup_window(
         start = start or bounds[0]
         end = end if end < NS_MAX - MINUTE_NS else bounds[1] + MINUTE_NS
     first_block, last_block = -(-start // BLOCK_NS) * BLOCK_NS, end // BLOCK_NS * BLOCK_NS
-    if first_block >= last_block:
-        return store.rollup_minutes(table, start, end), (start, end)
-    rows = store.rollup_minutes(table, first_block, last_block, BLOCK_S)
-    for lo, hi in ((start, first_block), (last_block, end)):
-        if lo < hi:
-            rows += store.rollup_minutes(table, lo, hi)
-    return rows, (start, end)
+    blocks = (first_block, last_block) if first_block < last_block else None
+    return store.rollup_minutes(table, start, end, blocks=blocks), (start, end)
 
 
 def load_service_map(
