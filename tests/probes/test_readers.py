@@ -49,6 +49,32 @@ def test_pcap_records_split_across_chunks(tmp_path: Path) -> None:
     assert got == [f[2] for f in frames]
 
 
+@pytest.mark.parametrize("damage", [False, True])
+def test_pcap_chunk_of_small_records_same_on_both_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bool
+) -> None:
+    """A 1 MB chunk of 36-byte records holds more than the C walk's first columns take (records of
+    64 bytes): it goes on in bigger ones and gives what the Python walk gives, damage included."""
+    data = pcap_bytes("<", False, []) + b"".join(
+        struct.pack("<IIII", 1_700_000_000 + i // 1000, i % 1000, 20, 20) + bytes([i % 256]) * 20 for i in range(60_000)
+    )
+    if damage:  # an absurd caplen in record 40,000, past the first columns: reading resumes after it
+        at = 24 + 36 * 40_000 + 8
+        data = data[:at] + struct.pack("<I", 1 << 30) + data[at + 4 :]
+    path = tmp_path / "small.pcap"
+    path.write_bytes(data)
+    walks = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("HOPSCOPE_NATIVE", native)
+        reader = open_capture(path, chunk_bytes=1 << 20)
+        blocks = list(reader.blocks())
+        walks.append(([(b.offset + b.file_offset).tolist() for b in blocks], [b.ts_ns.tolist() for b in blocks],
+                      [b.caplen.tolist() for b in blocks], reader.stats.frames, reader.stats.damage))  # fmt: skip
+    assert walks[0] == walks[1]
+    assert walks[0][3] == (59_999 if damage else 60_000)  # the damaged record stepped over
+    assert max(len(offsets) for offsets in walks[0][0]) > (1 << 20) // 64 + 4096  # past the first columns
+
+
 def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
 
