@@ -523,7 +523,8 @@ class CaptureReader:
         """``_walk_pcapng`` with the packet blocks walked in C (``_decode.walk_pcapng``); every other block
         (section and interface headers, skipped blocks, damage) goes through ``_pcapng_step``."""
         assert self._kernel is not None
-        cap = n // 12 + 1  # blocks are at least 12 bytes
+        bound = n // 12 + 1  # blocks are at least 12 bytes; columns first for blocks of 64 (as _walk_pcap_native)
+        cap = min(bound, n // 64 + 4096)
         starts, btypes = np.empty(cap, np.int64), np.empty(cap, np.uint8)
         segments: list[tuple[int, int, bool]] = []  # (frames so far, section base and byte order of the next)
         count, pos, extra = 0, 0, list[tuple[int, int, int, int]]()
@@ -534,6 +535,11 @@ class CaptureReader:
                 data, n, pos, self._endian == ">", MAX_BLOCK_BYTES, starts, btypes, count
             )
             count += got
+            if more and count == cap < bound:  # the columns are full: on in columns for the whole chunk
+                starts = np.concatenate([starts, np.empty(bound - cap, np.int64)])
+                btypes = np.concatenate([btypes, np.empty(bound - cap, np.uint8)])
+                cap = bound
+                continue
             if not more:
                 break
             try:

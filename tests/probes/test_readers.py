@@ -98,6 +98,24 @@ def pcapng_bytes() -> bytes:
     return shb + idb0 + idb1 + nsb + epb(0, 1_700_000_000_123_456_789, FRAME_A) + epb(1, 8 * 5, FRAME_B) + spb
 
 
+def test_pcapng_chunk_of_small_blocks_same_on_both_walks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 MB chunk of 36-byte packet blocks holds more than the C walk's first columns take: it goes
+    on in bigger ones and gives what the Python walk gives."""
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _block(1, struct.pack("<HHI", 1, 0, 0))
+    epbs = b"".join(_block(6, struct.pack("<IIIII", 0, 0, k, 4, 4) + bytes([k % 256]) * 4) for k in range(60_000))
+    path = tmp_path / "small.pcapng"
+    path.write_bytes(shb + idb + epbs)
+    walks = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("HOPSCOPE_NATIVE", native)
+        blocks = list(open_capture(path, chunk_bytes=1 << 20).blocks())
+        walks.append([((b.offset + b.file_offset).tolist(), b.ts_ns.tolist(), b.caplen.tolist()) for b in blocks])
+    assert walks[0] == walks[1]
+    assert sum(len(offsets) for offsets, _, _ in walks[0]) == 60_000
+    assert max(len(offsets) for offsets, _, _ in walks[0]) > (1 << 20) // 64 + 4096  # past the first columns
+
+
 def test_pcapng_interfaces_names_and_resolution(tmp_path: Path) -> None:
     path = tmp_path / "x.pcapng"
     path.write_bytes(pcapng_bytes())
