@@ -22,7 +22,10 @@ implemented in ``hopscope.probes.community_id`` (SHA-1, base64); ``ids.h`` holds
 
 from __future__ import annotations
 
-import hashlib
+try:  # what hashlib.blake2b is, without the OpenSSL hashes hashlib loads (4 ms of every command's start-up)
+    from _blake2 import blake2b
+except ImportError:  # an interpreter without CPython's _blake2 module
+    from hashlib import blake2b
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -75,7 +78,7 @@ def mix64_array(a: U64) -> U64:
 
 def blake2b64(data: bytes | memoryview) -> int:
     """BLAKE2b with an 8-byte digest (no key) of ``data``, its digest bytes read big-endian; may be 0."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 def _utf8(text: str) -> bytes:
@@ -118,7 +121,7 @@ def payload_hashes(buf: npt.NDArray[np.uint8], offsets: I64, lengths: I64) -> U6
     has = np.flatnonzero(np.asarray(lengths) > 0)
     if len(has) == 0:
         return out
-    raw, blake = buf.data, hashlib.blake2b
+    raw, blake = buf.data, blake2b
     digests = b"".join([blake(raw[o : o + n], digest_size=8).digest()
                         for o, n in zip(offsets[has].tolist(), lengths[has].tolist(), strict=True)])  # fmt: skip
     values = np.frombuffer(digests, ">u8").astype(np.uint64)
