@@ -4,8 +4,10 @@ Run: .venv/bin/python bench/l7_speed.py [--messages N]
 
 HTTP: the same stream of pipelined requests (typical headers, X-Request-ID, traceparent, some with a
 body) cut into 1448-byte segments, parsed by
-  - hopscope ``HttpStreamParser`` alone (framing + the headers we record),
-  - hopscope ``HttpConnection`` (the same plus TCP reassembly and pairing bookkeeping),
+  - hopscope ``http_stream_parser`` alone (framing + the headers we record, a message object with
+    stream offsets per request, and on_head/on_done callbacks): the ``_l7`` kernel's ``HttpFramer``,
+  - hopscope ``HttpStreamParserReference`` (the same in Python: the reference path, HOPSCOPE_NATIVE=0),
+  - hopscope ``HttpConnection`` (the parser plus TCP reassembly and pairing bookkeeping),
   - httptools ``HttpRequestParser`` with on_url/on_header/on_message_complete callbacks (C llhttp).
 DNS: the same set of responses (A, AAAA, CNAME chain), decoded by hopscope ``parse_dns``,
 dpkt ``dns.DNS`` and dnspython ``dns.message.from_wire``.
@@ -30,8 +32,17 @@ from pathlib import Path
 
 from _lines import bench_line
 
+from hopscope.probes import kernels
 from hopscope.probes.l7.dns import parse_dns
-from hopscope.probes.l7.http import HttpConnection, HttpMessage, HttpStreamParser
+from hopscope.probes.l7.http import (
+    HttpConnection,
+    HttpMessage,
+    HttpStreamParserReference,
+    OnDone,
+    OnHead,
+    StreamParser,
+    http_stream_parser,
+)
 from hopscope.probes.l7.reassembly import DATA
 
 MSS = 1448
@@ -57,9 +68,10 @@ def segments(stream: bytes) -> list[bytes]:
     return [stream[i : i + MSS] for i in range(0, len(stream), MSS)]
 
 
-def ours_framing(segs: list[bytes]) -> int:
+def ours_framing(segs: list[bytes],
+                 factory: Callable[[bool, OnHead, OnDone], StreamParser] = http_stream_parser) -> int:  # fmt: skip
     done: list[HttpMessage] = []
-    parser = HttpStreamParser(True, lambda m: m.method, done.append, synced=True)
+    parser = factory(True, lambda m: m.method, done.append, synced=True)  # type: ignore[call-arg]
     offset = 0
     for n, seg in enumerate(segs):
         parser.feed([(DATA, offset, n, seg)])
@@ -259,18 +271,24 @@ def main() -> None:
     args = ap.parse_args()
     segs = segments(http_stream(args.messages))
     print(f"HTTP/1.1 requests: {args.messages} pipelined, {len(segs)} segments of {MSS} bytes")
-    ours = rate("hopscope HttpStreamParser", lambda: ours_framing(segs), args.messages)
+    native = kernels.load("_l7") is not None
+    ours = rate(f"hopscope http_stream_parser{' (kernel)' if native else ''}", lambda: ours_framing(segs),
+                args.messages)
+    reference = rate("hopscope HttpStreamParserReference",
+                     lambda: ours_framing(segs, HttpStreamParserReference), args.messages)  # type: ignore[arg-type]
     connection = rate("hopscope HttpConnection (+reassembly)", lambda: ours_connection(segs), args.messages)
     theirs = None
     try:
         theirs = rate("httptools (llhttp) with callbacks", lambda: httptools_parse(segs), args.messages)
-        print(f"  hopscope framing / httptools = {ours / theirs:.2f}")
+        print(f"  hopscope framing / httptools = {ours / theirs:.2f}, / the reference = {ours / reference:.2f}")
     except ImportError:
         print("  httptools not installed (pip install httptools)")
     # ratio: hopscope's rate over the peer's, higher is better
     http_peer = ("httptools", theirs) if theirs else None
     lines = [bench_line(name, value, "msg/s", http_peer, value / theirs if theirs else None)
              for name, value in (("l7_http_framing_rate", ours), ("l7_http_connection_rate", connection))]
+    lines.append(bench_line("l7_http_framing_vs_reference_rate", ours, "msg/s", ("reference", reference),
+                            ours / reference))
     msgs = dns_messages() * 20
     print(f"DNS responses: {len(msgs)} (A, AAAA, CNAME+A)")
     ours_dns = rate("hopscope parse_dns", lambda: dns_ours(msgs), len(msgs))

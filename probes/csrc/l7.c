@@ -6,24 +6,27 @@
  *       request line (is_request) or status line; else the method ("" for a response), the target
  *       ("" for a response; latin-1), the status (0 for a request), close (HTTP/1.0) and a tuple with,
  *       per name of HEAD_NAMES (sorted, as http._NEEDLES), the stripped latin-1 value of the first
- *       line "\nname:" (name matched case-insensitively) or None. Applying the values stays in Python
- *       (http._apply_header), so both paths frame and record alike by construction.
- *   head_block(payload, pos, is_request) -> None | (end, parse_head result, payload hash)
- *       The first "\r\n\r\n" at or after pos, the header block before it parsed, and the payload
- *       hash of the 64 bytes from pos: HttpStreamParser._head_in_segment's steps in one call.
+ *       line "\nname:" (name matched case-insensitively) or None, for http._apply_parsed to apply.
+ *   HttpFramer(message_type, is_request, on_head, on_done, synced)
+ *       probes/l7/http.py HttpStreamParserReference in C: frames the HTTP/1.x messages of one direction
+ *       of a connection from reassembly events (feed, data, gap, fin, tunnel), buffering only what a
+ *       message not complete yet needs, and fills the slots of message_type (http.HttpMessage) itself;
+ *       Python runs only on_head(msg) and on_done(msg) per message.
  *   payload_hash(data) -> int
  *       hopscope.ids.payload_hash (BLAKE2b-64 of the bytes, 0 for none, never 0 otherwise).
  *   parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers) | str
  *       probes/l7/dns.py parse_dns_reference's fields of a DNS message, or the text of the
  *       DnsDecodeError it raises (the caller raises it).
  *
- * Reference twins: probes/l7/http.py (parse_head_reference), hopscope/ids.py (payload_hash) and
- * probes/l7/dns.py (parse_dns_reference);
+ * Reference twins: probes/l7/http.py (parse_head_reference, HttpStreamParserReference),
+ * hopscope/ids.py (payload_hash) and probes/l7/dns.py (parse_dns_reference);
  * tests/probes/l7/test_l7_native.py runs both on the same inputs and demands equal results.
- * No global mutable state; the GIL is held throughout (header blocks are small).
+ * No global mutable state (the method names as str are made once at import); the GIL is held
+ * throughout.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -93,64 +96,79 @@ static int header_name(const uint8_t *b, Py_ssize_t n) {
     return -1;
 }
 
-/* parse_head of b[0:n]: a new reference to the result tuple or None, NULL on a Python error. */
-static PyObject *head_of(const uint8_t *b, Py_ssize_t n, int is_request) {
-    PyObject *result = NULL, *values = NULL, *method = NULL, *target = NULL;
+/* What read_head finds in a header block. */
+typedef struct {
+    int method;                       /* index in METHODS (requests), -1 for a response */
+    int status;                       /* 0 for a request */
+    int minor;                        /* HTTP/1.<minor> */
+    Py_ssize_t toff, tlen;            /* the target (requests) */
+    Py_ssize_t vs[NNAMES], ve[NNAMES]; /* per HEAD_NAMES: the stripped value b[vs:ve], vs -1 when absent */
+} Head;
 
+/* parse_head_reference's reading of b[0:n] into *h: 0, or -1 when the start line is not valid. */
+static int read_head(const uint8_t *b, Py_ssize_t n, int is_request, Head *h) {
     /* the first line, without its trailing CRs */
     const uint8_t *nl = memchr(b, '\n', (size_t)n);
     Py_ssize_t first = nl ? nl - b : n;
     while (first > 0 && b[first - 1] == '\r') first--;
-    int minor = 0, status = 0;
+    h->minor = 0;
+    h->status = 0;
+    h->method = -1;
+    h->toff = h->tlen = 0;
     if (is_request) {
-        Py_ssize_t toff = 0, tlen = 0;
-        int m = request_line(b, first, &toff, &tlen, &minor);
-        if (m < 0) goto none;
-        method = PyUnicode_FromString(METHODS[m]);
-        target = PyUnicode_DecodeLatin1((const char *)b + toff, tlen, NULL);
+        h->method = request_line(b, first, &h->toff, &h->tlen, &h->minor);
+        if (h->method < 0) return -1;
     } else {
-        status = status_line(b, first, &minor);
-        if (status < 0) goto none;
-        method = PyUnicode_FromStringAndSize("", 0);
-        target = PyUnicode_FromStringAndSize("", 0);
+        h->status = status_line(b, first, &h->minor);
+        if (h->status < 0) return -1;
     }
-    if (!method || !target) goto done;
-
     /* the first "\nname:" of each name, in one pass over the line starts */
-    Py_ssize_t at[NNAMES];
-    for (int k = 0; k < NNAMES; k++) at[k] = -1;
+    for (int k = 0; k < NNAMES; k++) h->vs[k] = -1;
     int missing = NNAMES;
     for (const uint8_t *p = nl; p && missing; p = memchr(p + 1, '\n', (size_t)(n - (p + 1 - b)))) {
         if (p + 1 >= b + n) break;
         int k = header_name(p + 1, n - (p + 1 - b));
-        if (k >= 0 && at[k] < 0) {
-            at[k] = (p + 1 - b) + (Py_ssize_t)strlen(HEAD_NAMES[k]) + 1;
-            missing--;
-        }
-    }
-    values = PyTuple_New(NNAMES);
-    if (!values) goto done;
-    for (int k = 0; k < NNAMES; k++) {
-        PyObject *v;
-        if (at[k] < 0) {
-            v = Py_None;
-            Py_INCREF(v);
-        } else {
-            Py_ssize_t s = at[k];
+        if (k >= 0 && h->vs[k] < 0) {
+            Py_ssize_t s = (p + 1 - b) + (Py_ssize_t)strlen(HEAD_NAMES[k]) + 1;
             const uint8_t *e = memchr(b + s, '\n', (size_t)(n - s));
             Py_ssize_t end = e ? e - b : n;
             while (s < end && is_ws(b[s])) s++;
             while (end > s && is_ws(b[end - 1])) end--;
-            v = PyUnicode_DecodeLatin1((const char *)b + s, end - s, NULL);
+            h->vs[k] = s;
+            h->ve[k] = end;
+            missing--;
+        }
+    }
+    return 0;
+}
+
+/* parse_head of b[0:n]: a new reference to the result tuple or None, NULL on a Python error. */
+static PyObject *head_of(const uint8_t *b, Py_ssize_t n, int is_request) {
+    Head h;
+    if (read_head(b, n, is_request, &h) < 0) Py_RETURN_NONE;
+    PyObject *result = NULL, *values = NULL, *method = NULL, *target = NULL;
+    if (is_request) {
+        method = PyUnicode_FromString(METHODS[h.method]);
+        target = PyUnicode_DecodeLatin1((const char *)b + h.toff, h.tlen, NULL);
+    } else {
+        method = PyUnicode_FromStringAndSize("", 0);
+        target = PyUnicode_FromStringAndSize("", 0);
+    }
+    if (!method || !target) goto done;
+    values = PyTuple_New(NNAMES);
+    if (!values) goto done;
+    for (int k = 0; k < NNAMES; k++) {
+        PyObject *v;
+        if (h.vs[k] < 0) {
+            v = Py_None;
+            Py_INCREF(v);
+        } else {
+            v = PyUnicode_DecodeLatin1((const char *)b + h.vs[k], h.ve[k] - h.vs[k], NULL);
             if (!v) goto done;
         }
         PyTuple_SET_ITEM(values, k, v);
     }
-    result = Py_BuildValue("(OOiOO)", method, target, status, minor == 0 ? Py_True : Py_False, values);
-    goto done;
-none:
-    result = Py_None;
-    Py_INCREF(result);
+    result = Py_BuildValue("(OOiOO)", method, target, h.status, h.minor == 0 ? Py_True : Py_False, values);
 done:
     Py_XDECREF(method);
     Py_XDECREF(target);
@@ -167,43 +185,6 @@ static PyObject *py_parse_head(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* head_block(payload, pos, is_request) -> None | (end, parse_head(payload[pos:end]), payload hash of
- * payload[pos:pos + 64]) where end is payload.find(b"\r\n\r\n", pos): a whole header block inside
- * one segment (http.HttpStreamParser._head_in_segment) in one call. */
-static PyObject *py_head_block(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t pos;
-    int is_request;
-    if (!PyArg_ParseTuple(args, "y*np", &view, &pos, &is_request)) return NULL;
-    const uint8_t *b = (const uint8_t *)view.buf;
-    Py_ssize_t n = view.len, end = -1;
-    PyObject *result = NULL;
-    if (pos < 0 || pos > n) {
-        PyErr_SetString(PyExc_ValueError, "head_block: pos outside the payload");
-        goto done;
-    }
-    for (const uint8_t *p = b + pos; n - (p - b) >= 4; p++) {
-        p = memchr(p, '\r', (size_t)(n - (p - b) - 3));
-        if (!p) break;
-        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
-            end = p - b;
-            break;
-        }
-    }
-    if (end < 0) {
-        result = Py_None;
-        Py_INCREF(result);
-        goto done;
-    }
-    PyObject *parsed = head_of(b + pos, end - pos, is_request);
-    if (!parsed) goto done;
-    Py_ssize_t hashed = n - pos < 64 ? n - pos : 64; /* ids.PAYLOAD_HASH_BYTES */
-    result = Py_BuildValue("(nNK)", end, parsed, (unsigned long long)hs_payload_hash(b + pos, (size_t)hashed));
-done:
-    PyBuffer_Release(&view);
-    return result;
-}
-
 static PyObject *py_payload_hash(PyObject *self, PyObject *args) {
     Py_buffer v;
     if (!PyArg_ParseTuple(args, "y*", &v)) return NULL;
@@ -212,6 +193,812 @@ static PyObject *py_payload_hash(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
+
+/* ---- HTTP/1.x framing (probes/l7/http.py HttpStreamParserReference) ---------------------------- */
+
+/* parser modes, as http.SEEK ... http.CLOSED */
+enum { M_SEEK, M_HEAD, M_BODY, M_CHUNK_SIZE, M_CHUNK_TRAILER, M_UNTIL_CLOSE, M_TUNNEL, M_CLOSED };
+#define MAX_HEAD_BYTES (64 * 1024)
+#define SEEK_KEEP_BYTES (8 * 1024)
+#define PAYLOAD_HASH_BYTES 64 /* ids.PAYLOAD_HASH_BYTES */
+#define MAX_CHUNK_LINE 1024
+#define EV_DATA 0 /* reassembly.DATA, GAP, FIN */
+#define EV_GAP 1
+#define EV_FIN 2
+
+/* The HttpMessage fields the framer fills, by name (their slots are found in the class given). */
+enum { F_START, F_END, F_FIRST_NS, F_LAST_NS, F_METHOD, F_TARGET, F_STATUS, F_HOST, F_XRID, F_TRACEPARENT,
+       F_B3_TRACE, F_B3_SPAN, F_CLOSE, F_COMPLETE, F_TRUNCATED, F_HASH, F_BODY_BYTES, F_BODY_START, NFIELDS };
+static const char *FIELDS[NFIELDS] = {"start_offset", "end_offset", "first_ns",    "last_ns",     "method",
+                                      "target",       "status",     "host",        "x_request_id", "traceparent",
+                                      "b3_trace_id",  "b3_span_id", "close",       "complete",     "truncated",
+                                      "payload_hash", "body_bytes", "body_start"};
+/* HEAD_NAMES indices */
+enum { H_B3, H_CONNECTION, H_CONTENT_LENGTH, H_HOST, H_TRACEPARENT, H_TRANSFER_ENCODING, H_B3_SPAN, H_B3_TRACE, H_XRID };
+
+/* The method names and "" as str, created once at import and never changed. */
+static PyObject *METHOD_STR[NMETHODS], *EMPTY_STR;
+#define METHOD_CONNECT 7
+
+typedef struct {
+    long long offset, ts;
+} Mark;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *on_head, *on_done, *msg_type;
+    PyObject *msg; /* the message being read, or NULL */
+    Py_ssize_t slot[NFIELDS];
+    int is_request, mode, next_mode, chunked, busy;
+    uint8_t *buf; /* buffered bytes [0, len), the first unread at pos */
+    Py_ssize_t len, cap, pos, scan_from;
+    long long buf_offset, remaining, resyncs, skipped;
+    Mark *marks; /* (stream offset, ts_ns) where buffered data began */
+    Py_ssize_t nmarks, mcap;
+    long long end, body_bytes, body_start; /* the current message's end_offset, body_bytes, body_start */
+    int truncated;                         /* and truncated */
+} Framer;
+
+/* Set field k of message m to v (a new reference, stolen; NULL: a Python error, returns -1). */
+static int put(Framer *f, PyObject *m, int k, PyObject *v) {
+    if (!v) return -1;
+    PyObject **p = (PyObject **)((char *)m + f->slot[k]);
+    Py_XSETREF(*p, v);
+    return 0;
+}
+static int put_ll(Framer *f, PyObject *m, int k, long long x) { return put(f, m, k, PyLong_FromLongLong(x)); }
+static int put_bool(Framer *f, PyObject *m, int k, int x) { return put(f, m, k, Py_NewRef(x ? Py_True : Py_False)); }
+static int put_latin1(Framer *f, PyObject *m, int k, const uint8_t *s, Py_ssize_t n) {
+    return put(f, m, k, PyUnicode_DecodeLatin1((const char *)s, n, NULL));
+}
+
+static long long ts_at(Framer *f, long long offset) {
+    for (Py_ssize_t i = f->nmarks - 1; i >= 0; i--)
+        if (f->marks[i].offset <= offset) return f->marks[i].ts;
+    return f->nmarks ? f->marks[0].ts : 0;
+}
+
+/* str.isspace on a latin-1 character (str.strip's set). */
+static inline int is_uspace(uint8_t c) {
+    return (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0;
+}
+
+/* ASCII-case-insensitive: does s[0:n] contain the lower-case word w? (str.lower leaves no latin-1
+ * letter outside ASCII lowered into ASCII, so this is "w in value.lower()".) */
+static int contains_word(const uint8_t *s, Py_ssize_t n, const char *w) {
+    Py_ssize_t wl = (Py_ssize_t)strlen(w);
+    for (Py_ssize_t i = 0; i + wl <= n; i++) {
+        Py_ssize_t j = 0;
+        while (j < wl && lower(s[i + j]) == (uint8_t)w[j]) j++;
+        if (j == wl) return 1;
+    }
+    return 0;
+}
+
+/* A new message at stream offset start, first seen at ts, its fields from the header block b (read as
+ * h), as http._apply_header sets them; *chunked and *content_length (-1: none) for the framing.
+ * A new reference, NULL on a Python error. */
+static PyObject *new_message(Framer *f, long long start, long long ts, const uint8_t *b, const Head *h,
+                             int *chunked, long long *content_length) {
+    PyTypeObject *tp = (PyTypeObject *)f->msg_type;
+    PyObject *m = tp->tp_alloc(tp, 0);
+    if (!m) return NULL;
+    PyObject *start_obj = PyLong_FromLongLong(start), *ts_obj = start_obj ? PyLong_FromLongLong(ts) : NULL;
+    if (!ts_obj) {
+        Py_XDECREF(start_obj);
+        Py_DECREF(m);
+        return NULL;
+    }
+    put(f, m, F_START, Py_NewRef(start_obj));
+    put(f, m, F_END, start_obj);
+    put(f, m, F_FIRST_NS, Py_NewRef(ts_obj));
+    put(f, m, F_LAST_NS, ts_obj);
+    for (int k = F_METHOD; k <= F_B3_SPAN; k++) put(f, m, k, Py_NewRef(EMPTY_STR));
+    if (put_ll(f, m, F_STATUS, h->status) < 0 || put_ll(f, m, F_HASH, 0) < 0 || put_ll(f, m, F_BODY_BYTES, 0) < 0 ||
+        put_ll(f, m, F_BODY_START, -1) < 0)
+        goto fail;
+    put_bool(f, m, F_COMPLETE, 0);
+    put_bool(f, m, F_TRUNCATED, 0);
+    int close = h->minor == 0;
+    if (h->method >= 0) {
+        put(f, m, F_METHOD, Py_NewRef(METHOD_STR[h->method]));
+        if (put_latin1(f, m, F_TARGET, b + h->toff, h->tlen) < 0) goto fail;
+    }
+    /* the headers in HEAD_NAMES order, as parse_head_reference applies them */
+    *chunked = 0;
+    *content_length = -1;
+    for (int k = 0; k < NNAMES; k++) {
+        if (h->vs[k] < 0) continue;
+        const uint8_t *v = b + h->vs[k];
+        Py_ssize_t n = h->ve[k] - h->vs[k];
+        switch (k) {
+        case H_B3: { /* "trace-span[-...]" */
+            const uint8_t *dash = memchr(v, '-', (size_t)n);
+            if (!dash) break;
+            const uint8_t *span = dash + 1, *rest = memchr(span, '-', (size_t)(n - (span - v)));
+            Py_ssize_t span_len = rest ? rest - span : n - (span - v);
+            if (put_latin1(f, m, F_B3_TRACE, v, dash - v) < 0 || put_latin1(f, m, F_B3_SPAN, span, span_len) < 0)
+                goto fail;
+            break;
+        }
+        case H_CONNECTION:
+            if (contains_word(v, n, "close"))
+                close = 1;
+            else if (contains_word(v, n, "keep-alive"))
+                close = 0;
+            break;
+        case H_CONTENT_LENGTH: /* 1 to 18 ASCII digits */
+            if (n >= 1 && n <= 18) {
+                long long x = 0;
+                Py_ssize_t i = 0;
+                while (i < n && v[i] >= '0' && v[i] <= '9') x = x * 10 + (v[i++] - '0');
+                if (i == n) *content_length = x;
+            }
+            break;
+        case H_TRANSFER_ENCODING: { /* the last coding, str-stripped, is "chunked" */
+            const uint8_t *s = v, *e = v + n;
+            for (const uint8_t *p = v; p < e; p++)
+                if (*p == ',') s = p + 1;
+            while (s < e && is_uspace(*s)) s++;
+            while (e > s && is_uspace(e[-1])) e--;
+            *chunked = e - s == 7 && contains_word(s, 7, "chunked");
+            break;
+        }
+        case H_HOST:
+        case H_TRACEPARENT:
+        case H_B3_SPAN:
+        case H_B3_TRACE:
+        case H_XRID: {
+            int field = k == H_HOST ? F_HOST : k == H_TRACEPARENT ? F_TRACEPARENT : k == H_B3_SPAN ? F_B3_SPAN
+                      : k == H_B3_TRACE ? F_B3_TRACE : F_XRID;
+            if (put_latin1(f, m, field, v, n) < 0) goto fail;
+            break;
+        }
+        }
+    }
+    put_bool(f, m, F_CLOSE, close);
+    f->end = start;
+    f->body_bytes = 0;
+    f->body_start = -1;
+    f->truncated = 0;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
+
+/* The current message is done (or given up): on_done(msg). 0, or -1 on a Python error. */
+static int complete(Framer *f) {
+    PyObject *m = f->msg;
+    f->msg = NULL;
+    f->chunked = 0;
+    f->remaining = 0;
+    f->mode = f->next_mode;
+    if (!m) return 0;
+    if ((f->body_start >= 0 && put_ll(f, m, F_BODY_BYTES, f->end - f->body_start) < 0) ||
+        put_bool(f, m, F_COMPLETE, 1) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    PyObject *r = PyObject_CallOneArg(f->on_done, m);
+    Py_DECREF(m);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int body_done(Framer *f) {
+    if (f->chunked) {
+        f->mode = M_CHUNK_SIZE;
+        return 0;
+    }
+    return complete(f);
+}
+
+/* m (a new reference, stolen) is the current message, its header block read as h: on_head(m), then
+ * the framing of its body (http._frame). 0, or -1 on a Python error. */
+static int start_message(Framer *f, PyObject *m, const Head *h, int chunked, long long content_length) {
+    Py_XSETREF(f->msg, m);
+    PyObject *r = PyObject_CallOneArg(f->on_head, m);
+    if (!r) return -1;
+    int req_head = 0, req_connect = 0;
+    if (PyUnicode_Check(r)) {
+        req_head = PyUnicode_CompareWithASCIIString(r, "HEAD") == 0;
+        req_connect = PyUnicode_CompareWithASCIIString(r, "CONNECT") == 0;
+    }
+    Py_DECREF(r);
+    int status = h->status, no_body;
+    f->next_mode = M_HEAD;
+    if (f->is_request) {
+        if (h->method == METHOD_CONNECT) f->next_mode = M_TUNNEL;
+        no_body = !chunked && content_length <= 0;
+    } else {
+        if (status == 101 || (req_connect && status >= 200 && status < 300)) f->next_mode = M_TUNNEL;
+        no_body = (status >= 100 && status < 200) || status == 204 || status == 304 || req_head ||
+                  f->next_mode == M_TUNNEL || (!chunked && content_length == 0);
+    }
+    if (no_body) return complete(f);
+    if (chunked) {
+        f->chunked = 1;
+        f->mode = M_CHUNK_SIZE;
+    } else if (content_length >= 0) {
+        f->chunked = 0;
+        f->remaining = f->body_bytes = content_length;
+        if (put_ll(f, m, F_BODY_BYTES, content_length) < 0) return -1;
+        f->mode = M_BODY;
+    } else {
+        f->body_start = f->end;
+        if (put_ll(f, m, F_BODY_START, f->end) < 0) return -1;
+        f->mode = M_UNTIL_CLOSE;
+    }
+    return 0;
+}
+
+/* The current message's end is end (its last byte seen at ts): end_offset and last_ns. */
+static int set_end(Framer *f, long long end, long long ts) {
+    f->end = end;
+    if (put_ll(f, f->msg, F_END, end) < 0) return -1;
+    return put_ll(f, f->msg, F_LAST_NS, ts);
+}
+
+static void reset_buffer(Framer *f, long long offset) {
+    f->len = f->pos = f->scan_from = 0;
+    f->buf_offset = offset;
+    f->nmarks = 0;
+    Py_CLEAR(f->msg);
+    f->remaining = 0;
+    f->chunked = 0;
+}
+
+static Py_ssize_t find4(const uint8_t *b, Py_ssize_t from, Py_ssize_t n, const char *pat, Py_ssize_t pl) {
+    if (from < 0) from = 0;
+    for (Py_ssize_t i = from; i + pl <= n; i++) {
+        const uint8_t *p = memchr(b + i, pat[0], (size_t)(n - pl + 1 - i));
+        if (!p) return -1;
+        i = p - b;
+        if (memcmp(p, pat, (size_t)pl) == 0) return i;
+    }
+    return -1;
+}
+
+/* _SEEK_REQUEST / _SEEK_RESPONSE match at b[i:]? */
+static int seek_match(const uint8_t *b, Py_ssize_t n, Py_ssize_t i, int is_request) {
+    Py_ssize_t k;
+    if (is_request) {
+        int found = 0;
+        for (int m = 0; m < NMETHODS && !found; m++) {
+            Py_ssize_t ml = (Py_ssize_t)strlen(METHODS[m]);
+            if (n - i >= ml + 1 && memcmp(b + i, METHODS[m], (size_t)ml) == 0 && b[i + ml] == ' ') {
+                found = 1;
+                i += ml + 1;
+            }
+        }
+        if (!found) return 0;
+        k = i;
+        while (k < n && !is_ws(b[k])) k++;
+        if (k == i || n - k < 9 || memcmp(b + k, " HTTP/1.", 8) != 0 || (b[k + 8] != '0' && b[k + 8] != '1'))
+            return 0;
+        k += 9;
+    } else {
+        if (n - i < 12 || memcmp(b + i, "HTTP/1.", 7) != 0 || (b[i + 7] != '0' && b[i + 7] != '1') || b[i + 8] != ' ')
+            return 0;
+        for (int d = 9; d < 12; d++)
+            if (b[i + d] < '0' || b[i + d] > '9') return 0;
+        k = i + 12;
+        while (k < n && b[k] != '\r' && b[k] != '\n') k++;
+    }
+    if (k < n && b[k] == '\r') k++;
+    return k < n && b[k] == '\n';
+}
+
+static int at_boundary(Framer *f, Py_ssize_t i) {
+    if (i == 0 || f->buf[i - 1] == '\n') return 1;
+    for (Py_ssize_t j = 0; j < f->nmarks; j++)
+        if (f->marks[j].offset == f->buf_offset + i) return 1;
+    return 0;
+}
+
+static int step_seek(Framer *f) {
+    for (Py_ssize_t i = f->pos; i < f->len; i++) {
+        uint8_t c = f->buf[i];
+        if (f->is_request ? (c < 'C' || c > 'T') : c != 'H') continue;
+        if (seek_match(f->buf, f->len, i, f->is_request) && at_boundary(f, i)) {
+            f->skipped += i - f->pos;
+            f->pos = f->scan_from = i;
+            f->resyncs++;
+            f->mode = M_HEAD;
+            return 1;
+        }
+    }
+    Py_ssize_t keep_from = f->len - SEEK_KEEP_BYTES > f->pos ? f->len - SEEK_KEEP_BYTES : f->pos;
+    f->skipped += keep_from - f->pos;
+    f->pos = keep_from;
+    return 0;
+}
+
+static void give_up_head(Framer *f) {
+    f->skipped++;
+    f->pos++;
+    f->mode = M_SEEK;
+}
+
+static int first_line_ok(Framer *f) {
+    const uint8_t *b = f->buf + f->pos, *nl = memchr(b, '\n', (size_t)(f->len - f->pos));
+    if (!nl) return 1;
+    Py_ssize_t n = nl - b, toff, tlen;
+    int minor;
+    while (n > 0 && b[n - 1] == '\r') n--;
+    return f->is_request ? request_line(b, n, &toff, &tlen, &minor) >= 0 : status_line(b, n, &minor) >= 0;
+}
+
+static int step_head(Framer *f) {
+    Py_ssize_t pos = f->pos, start = pos > f->scan_from ? pos : f->scan_from;
+    Py_ssize_t end = find4(f->buf, start, f->len, "\r\n\r\n", 4), term = 4;
+    if (end < 0) {
+        end = find4(f->buf, start, f->len, "\n\n", 2);
+        term = 2;
+    }
+    if (end < 0) {
+        f->scan_from = f->len - 3 > pos ? f->len - 3 : pos;
+        if (f->len - pos > MAX_HEAD_BYTES || (f->len - pos > 512 && !first_line_ok(f))) give_up_head(f);
+        return 0;
+    }
+    Head h;
+    const uint8_t *b = f->buf + pos;
+    if (read_head(b, end - pos, f->is_request, &h) < 0) {
+        give_up_head(f);
+        return 1;
+    }
+    int chunked;
+    long long content_length, start_offset = f->buf_offset + pos;
+    PyObject *m = new_message(f, start_offset, ts_at(f, start_offset), b, &h, &chunked, &content_length);
+    if (!m) return -1;
+    Py_ssize_t hashed = f->len - pos < PAYLOAD_HASH_BYTES ? f->len - pos : PAYLOAD_HASH_BYTES;
+    if (put(f, m, F_HASH, PyLong_FromUnsignedLongLong(hs_payload_hash(b, (size_t)hashed))) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    f->pos = f->scan_from = end + term;
+    f->end = f->buf_offset + f->pos;
+    if (put_ll(f, m, F_END, f->end) < 0 || put_ll(f, m, F_LAST_NS, ts_at(f, f->end - 1)) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    return start_message(f, m, &h, chunked, content_length) < 0 ? -1 : 1;
+}
+
+/* A whole header block in payload p[pos:n] at stream offset offset + pos, not buffered: the position
+ * after it, or pos when it is not complete or not valid here; -1 on a Python error. */
+static Py_ssize_t head_in_segment(Framer *f, long long offset, long long ts, const uint8_t *p, Py_ssize_t n,
+                                  Py_ssize_t pos) {
+    Py_ssize_t end = find4(p, pos, n, "\r\n\r\n", 4);
+    Head h;
+    if (end < 0 || read_head(p + pos, end - pos, f->is_request, &h) < 0) return pos;
+    int chunked;
+    long long content_length;
+    PyObject *m = new_message(f, offset + pos, ts, p + pos, &h, &chunked, &content_length);
+    if (!m) return -1;
+    Py_ssize_t hashed = n - pos < PAYLOAD_HASH_BYTES ? n - pos : PAYLOAD_HASH_BYTES;
+    f->end = offset + end + 4;
+    if (put(f, m, F_HASH, PyLong_FromUnsignedLongLong(hs_payload_hash(p + pos, (size_t)hashed))) < 0 ||
+        put_ll(f, m, F_END, f->end) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    return start_message(f, m, &h, chunked, content_length) < 0 ? -1 : end + 4;
+}
+
+static int step_body(Framer *f) {
+    Py_ssize_t avail = f->len - f->pos;
+    if (!avail || !f->msg) return 0;
+    long long take = f->remaining < avail ? f->remaining : avail;
+    f->remaining -= take;
+    f->pos += (Py_ssize_t)take;
+    long long end = f->buf_offset + f->pos;
+    if (set_end(f, end, ts_at(f, end - 1)) < 0) return -1;
+    if (f->remaining) return 0;
+    return body_done(f) < 0 ? -1 : 1;
+}
+
+static int advance(Framer *f, Py_ssize_t pos) {
+    f->pos = pos;
+    if (!f->msg) return 0;
+    long long end = f->buf_offset + pos;
+    return set_end(f, end, ts_at(f, end - 1));
+}
+
+static int bad_chunk(Framer *f) {
+    if (f->msg) {
+        f->truncated = 1;
+        if (put_bool(f, f->msg, F_TRUNCATED, 1) < 0 || complete(f) < 0) return -1;
+    }
+    f->mode = M_SEEK;
+    return 1;
+}
+
+static int step_chunk_size(Framer *f) {
+    const uint8_t *b = f->buf + f->pos, *nl = memchr(b, '\n', (size_t)(f->len - f->pos));
+    if (!nl) return f->len - f->pos > MAX_CHUNK_LINE ? bad_chunk(f) : 0;
+    /* 1 to 15 hex digits before any ";extension", whitespace around them */
+    const uint8_t *s = b, *e = memchr(b, ';', (size_t)(nl - b));
+    if (!e) e = nl;
+    while (s < e && is_ws(*s)) s++;
+    while (e > s && is_ws(e[-1])) e--;
+    if (e == s || e - s > 15) return bad_chunk(f);
+    long long size = 0;
+    for (const uint8_t *q = s; q < e; q++) {
+        uint8_t c = lower(*q);
+        if (c >= '0' && c <= '9')
+            size = size * 16 + (c - '0');
+        else if (c >= 'a' && c <= 'f')
+            size = size * 16 + (c - 'a' + 10);
+        else
+            return bad_chunk(f);
+    }
+    if (advance(f, nl + 1 - f->buf) < 0) return -1;
+    if (size == 0) {
+        f->mode = M_CHUNK_TRAILER;
+    } else {
+        f->remaining = size + 2; /* chunk data and its CRLF */
+        if (f->msg) {
+            f->body_bytes += size;
+            if (put_ll(f, f->msg, F_BODY_BYTES, f->body_bytes) < 0) return -1;
+        }
+        f->mode = M_BODY;
+    }
+    return 1;
+}
+
+static int step_trailer(Framer *f) {
+    const uint8_t *b = f->buf + f->pos, *nl = memchr(b, '\n', (size_t)(f->len - f->pos));
+    if (!nl) return f->len - f->pos > MAX_HEAD_BYTES ? bad_chunk(f) : 0;
+    int blank = 1;
+    for (const uint8_t *q = b; q < nl; q++)
+        if (!is_ws(*q)) blank = 0;
+    if (advance(f, nl + 1 - f->buf) < 0) return -1;
+    if (blank && complete(f) < 0) return -1;
+    return 1;
+}
+
+static void compact(Framer *f) {
+    if (f->pos) {
+        memmove(f->buf, f->buf + f->pos, (size_t)(f->len - f->pos));
+        f->len -= f->pos;
+        f->buf_offset += f->pos;
+        f->scan_from = f->scan_from > f->pos ? f->scan_from - f->pos : 0;
+        f->pos = 0;
+    }
+    Py_ssize_t keep = 0;
+    for (Py_ssize_t i = 0; i < f->nmarks; i++)
+        if (f->marks[i].offset <= f->buf_offset) keep = i;
+    if (!f->len && f->nmarks > 1) keep = f->nmarks - 1;
+    if (keep) {
+        memmove(f->marks, f->marks + keep, (size_t)(f->nmarks - keep) * sizeof(Mark));
+        f->nmarks -= keep;
+    }
+}
+
+static int run(Framer *f) {
+    while (f->mode < M_UNTIL_CLOSE) {
+        int r = 0;
+        switch (f->mode) {
+        case M_SEEK: r = step_seek(f); break;
+        case M_HEAD: r = step_head(f); break;
+        case M_BODY: r = step_body(f); break;
+        case M_CHUNK_SIZE: r = step_chunk_size(f); break;
+        case M_CHUNK_TRAILER: r = step_trailer(f); break;
+        }
+        if (r < 0) return -1;
+        if (!r) break;
+    }
+    if (f->mode == M_UNTIL_CLOSE && f->msg) {
+        if (set_end(f, f->buf_offset + f->len, f->nmarks ? f->marks[f->nmarks - 1].ts : 0) < 0) return -1;
+        f->pos = f->len;
+    } else if (f->mode >= M_UNTIL_CLOSE) {
+        f->pos = f->len;
+    }
+    compact(f);
+    return 0;
+}
+
+static int buffer(Framer *f, long long offset, long long ts, const uint8_t *p, Py_ssize_t n) {
+    if (f->len + n > f->cap) {
+        Py_ssize_t cap = f->cap ? f->cap : 4096;
+        while (cap < f->len + n) cap *= 2;
+        uint8_t *b = PyMem_Realloc(f->buf, (size_t)cap);
+        if (!b) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->buf = b;
+        f->cap = cap;
+    }
+    if (f->nmarks == f->mcap) {
+        Py_ssize_t cap = f->mcap ? f->mcap * 2 : 8;
+        Mark *m = PyMem_Realloc(f->marks, (size_t)cap * sizeof(Mark));
+        if (!m) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->marks = m;
+        f->mcap = cap;
+    }
+    if (!f->len) f->buf_offset = offset;
+    f->marks[f->nmarks++] = (Mark){offset, ts};
+    memcpy(f->buf + f->len, p, (size_t)n);
+    f->len += n;
+    return 0;
+}
+
+static int framer_data(Framer *f, long long offset, long long ts, const uint8_t *p, Py_ssize_t n) {
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        if (f->mode == M_BODY && !f->len && f->msg) {
+            long long take = f->remaining < n - pos ? f->remaining : n - pos;
+            f->remaining -= take;
+            pos += (Py_ssize_t)take;
+            if (set_end(f, offset + pos, ts) < 0) return -1;
+            if (!f->remaining && body_done(f) < 0) return -1;
+            continue;
+        }
+        if (f->mode == M_UNTIL_CLOSE && f->msg) return set_end(f, offset + n, ts);
+        if (f->mode >= M_TUNNEL) return 0;
+        if (f->mode == M_HEAD && !f->len) {
+            Py_ssize_t after = head_in_segment(f, offset, ts, p, n, pos);
+            if (after < 0) return -1;
+            if (after > pos) {
+                pos = after;
+                continue;
+            }
+        }
+        if (buffer(f, offset + pos, ts, p + pos, n - pos) < 0) return -1;
+        pos = n;
+        if (run(f) < 0) return -1;
+    }
+    return 0;
+}
+
+static int framer_gap(Framer *f, long long offset, long long length) {
+    if (f->mode == M_BODY && !f->len && f->msg && f->remaining >= length) {
+        f->remaining -= length;
+        f->end = offset + length;
+        f->truncated = 1;
+        if (put_ll(f, f->msg, F_END, f->end) < 0 || put_bool(f, f->msg, F_TRUNCATED, 1) < 0) return -1;
+        return f->remaining ? 0 : body_done(f);
+    }
+    if (f->mode == M_UNTIL_CLOSE && f->msg) {
+        f->end = offset + length;
+        f->truncated = 1;
+        if (put_ll(f, f->msg, F_END, f->end) < 0) return -1;
+        return put_bool(f, f->msg, F_TRUNCATED, 1);
+    }
+    if (f->mode >= M_TUNNEL) return 0;
+    if (f->msg) {
+        f->truncated = 1;
+        if (put_bool(f, f->msg, F_TRUNCATED, 1) < 0 || complete(f) < 0) return -1;
+    }
+    reset_buffer(f, offset + length);
+    f->mode = M_SEEK;
+    return 0;
+}
+
+static int framer_fin(Framer *f, long long offset) {
+    if (f->msg) {
+        f->truncated = f->truncated || f->mode != M_UNTIL_CLOSE;
+        if (put_bool(f, f->msg, F_TRUNCATED, f->truncated) < 0 || complete(f) < 0) return -1;
+    }
+    f->mode = M_CLOSED;
+    reset_buffer(f, offset);
+    return 0;
+}
+
+/* Guards against a callback calling back into the framer that called it. */
+static int enter(Framer *f) {
+    if (f->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "HttpFramer called from its own on_head/on_done callback");
+        return -1;
+    }
+    if (!f->on_head || !f->on_done || !f->msg_type) {
+        PyErr_SetString(PyExc_RuntimeError, "HttpFramer was cleared");
+        return -1;
+    }
+    f->busy = 1;
+    return 0;
+}
+
+static PyObject *leave(Framer *f, int rc) {
+    f->busy = 0;
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Framer_data(Framer *f, PyObject *args) {
+    long long offset, ts;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "LLy*", &offset, &ts, &view)) return NULL;
+    if (enter(f) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int rc = framer_data(f, offset, ts, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return leave(f, rc);
+}
+
+static PyObject *Framer_gap(Framer *f, PyObject *args) {
+    long long offset, length;
+    if (!PyArg_ParseTuple(args, "LL", &offset, &length)) return NULL;
+    if (enter(f) < 0) return NULL;
+    return leave(f, framer_gap(f, offset, length));
+}
+
+static PyObject *Framer_fin(Framer *f, PyObject *args) {
+    long long offset;
+    if (!PyArg_ParseTuple(args, "L", &offset)) return NULL;
+    if (enter(f) < 0) return NULL;
+    return leave(f, framer_fin(f, offset));
+}
+
+static PyObject *Framer_tunnel(Framer *f, PyObject *unused) {
+    if (enter(f) < 0) return NULL;
+    f->next_mode = M_TUNNEL;
+    if (!f->msg && (f->mode == M_HEAD || f->mode == M_SEEK)) {
+        f->mode = M_TUNNEL;
+        f->len = f->pos = 0;
+    }
+    return leave(f, 0);
+}
+
+/* feed(events): reassembly events (kind, offset, ts_ns, payload | length) in order. */
+static PyObject *Framer_feed(Framer *f, PyObject *events) {
+    PyObject *seq = PySequence_Fast(events, "feed: events must be a sequence");
+    if (!seq) return NULL;
+    if (enter(f) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    int rc = 0;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < count && rc == 0; i++) {
+        PyObject *ev = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(ev) || PyTuple_GET_SIZE(ev) != 4) {
+            PyErr_SetString(PyExc_TypeError, "feed: an event is a tuple (kind, offset, ts_ns, value)");
+            rc = -1;
+            break;
+        }
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(ev, 0));
+        long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(ev, 1));
+        long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(ev, 2));
+        if (PyErr_Occurred()) {
+            rc = -1;
+            break;
+        }
+        PyObject *value = PyTuple_GET_ITEM(ev, 3);
+        if (kind == EV_DATA) {
+            Py_buffer view;
+            if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0) {
+                rc = -1;
+                break;
+            }
+            rc = framer_data(f, offset, ts, view.buf, view.len);
+            PyBuffer_Release(&view);
+        } else if (kind == EV_GAP) {
+            long long length = PyLong_AsLongLong(value);
+            rc = PyErr_Occurred() ? -1 : framer_gap(f, offset, length);
+        } else if (kind == EV_FIN) {
+            rc = framer_fin(f, offset);
+        }
+    }
+    Py_DECREF(seq);
+    return leave(f, rc);
+}
+
+static int Framer_init(Framer *f, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"message_type", "is_request", "on_head", "on_done", "synced", NULL};
+    PyObject *msg_type, *on_head, *on_done;
+    int is_request, synced;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!pOOp", kwlist, &PyType_Type, &msg_type, &is_request, &on_head,
+                                     &on_done, &synced))
+        return -1;
+    if (f->msg_type) {
+        PyErr_SetString(PyExc_RuntimeError, "HttpFramer is initialised once");
+        return -1;
+    }
+    PyTypeObject *tp = (PyTypeObject *)msg_type;
+    PyObject *slots = PyObject_GetAttrString(msg_type, "__slots__");
+    Py_ssize_t nslots = slots ? PyObject_Length(slots) : -1;
+    Py_XDECREF(slots);
+    if (nslots != NFIELDS) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_RuntimeError, "%s has not the %d slots the _l7 kernel fills: rebuild it", tp->tp_name,
+                     NFIELDS);
+        return -1;
+    }
+    for (int k = 0; k < NFIELDS; k++) { /* each field a T_OBJECT_EX slot of the class itself */
+        PyObject *d = PyDict_GetItemString(tp->tp_dict, FIELDS[k]);
+        if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type) || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_RuntimeError, "%s.%s is not a slot: the _l7 kernel needs rebuilding", tp->tp_name,
+                         FIELDS[k]);
+            return -1;
+        }
+        f->slot[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    f->msg_type = Py_NewRef(msg_type);
+    f->on_head = Py_NewRef(on_head);
+    f->on_done = Py_NewRef(on_done);
+    f->is_request = is_request;
+    f->mode = synced ? M_HEAD : M_SEEK;
+    f->next_mode = M_HEAD;
+    return 0;
+}
+
+static int Framer_traverse(Framer *f, visitproc visit, void *arg) {
+    Py_VISIT(f->on_head);
+    Py_VISIT(f->on_done);
+    Py_VISIT(f->msg_type);
+    Py_VISIT(f->msg);
+    return 0;
+}
+
+static int Framer_clear(Framer *f) {
+    Py_CLEAR(f->on_head);
+    Py_CLEAR(f->on_done);
+    Py_CLEAR(f->msg_type);
+    Py_CLEAR(f->msg);
+    return 0;
+}
+
+static void Framer_dealloc(Framer *f) {
+    PyObject_GC_UnTrack(f);
+    Framer_clear(f);
+    PyMem_Free(f->buf);
+    PyMem_Free(f->marks);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyObject *Framer_get_msg(Framer *f, void *unused) { return Py_NewRef(f->msg ? f->msg : Py_None); }
+static PyObject *Framer_get_buffered(Framer *f, void *unused) { return PyLong_FromSsize_t(f->len - f->pos); }
+
+static PyMethodDef Framer_methods[] = {
+    {"feed", (PyCFunction)Framer_feed, METH_O, "feed(events): reassembly events (DATA, GAP, FIN) in order"},
+    {"data", (PyCFunction)Framer_data, METH_VARARGS, "data(offset, ts_ns, payload): in-order stream bytes"},
+    {"gap", (PyCFunction)Framer_gap, METH_VARARGS, "gap(offset, length): bytes that will never arrive"},
+    {"fin", (PyCFunction)Framer_fin, METH_VARARGS, "fin(offset): the end of the stream"},
+    {"tunnel", (PyCFunction)Framer_tunnel, METH_NOARGS, "tunnel(): stop parsing after the current message"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Framer_members[] = {
+    {"is_request", T_INT, offsetof(Framer, is_request), READONLY, "frames requests (else responses)"},
+    {"mode", T_INT, offsetof(Framer, mode), READONLY, "the parser mode (http.SEEK ... http.CLOSED)"},
+    {"remaining", T_LONGLONG, offsetof(Framer, remaining), READONLY, "body (or chunk + CRLF) bytes still to skip"},
+    {"resyncs", T_LONGLONG, offsetof(Framer, resyncs), READONLY, "times a start line was searched for and found"},
+    {"skipped_bytes", T_LONGLONG, offsetof(Framer, skipped), READONLY,
+     "bytes passed over while searching for a start line"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Framer_getset[] = {
+    {"msg", (getter)Framer_get_msg, NULL, "the message being read, or None", NULL},
+    {"buffered", (getter)Framer_get_buffered, NULL, "bytes held for a message not complete yet", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FramerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hopscope.probes._l7.HttpFramer",
+    .tp_doc = "HttpFramer(message_type, is_request, on_head, on_done, synced): http.HttpStreamParserReference "
+              "in C",
+    .tp_basicsize = sizeof(Framer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Framer_init,
+    .tp_dealloc = (destructor)Framer_dealloc,
+    .tp_traverse = (traverseproc)Framer_traverse,
+    .tp_clear = (inquiry)Framer_clear,
+    .tp_methods = Framer_methods,
+    .tp_members = Framer_members,
+    .tp_getset = Framer_getset,
+};
 
 /* ---- DNS (probes/l7/dns.py) ------------------------------------------------------------------ */
 
@@ -361,8 +1148,6 @@ static PyMethodDef module_methods[] = {
     {"parse_head", py_parse_head, METH_VARARGS,
      "parse_head(block, is_request) -> None | (method, target, status, close, values): an HTTP/1.x header block"},
     {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> hopscope.ids.payload_hash(data)"},
-    {"head_block", py_head_block, METH_VARARGS,
-     "head_block(payload, pos, is_request) -> None | (end, parse_head(payload[pos:end]), payload hash at pos)"},
     {"parse_dns", py_parse_dns, METH_VARARGS,
      "parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers), or the decode error's text"},
     {NULL, NULL, 0, NULL},
@@ -372,8 +1157,16 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_l7", "The hot steps
                                     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__l7(void) {
+    if (PyType_Ready(&FramerType) < 0) return NULL;
+    if (!EMPTY_STR) {
+        EMPTY_STR = PyUnicode_InternFromString("");
+        if (!EMPTY_STR) return NULL;
+        for (int k = 0; k < NMETHODS; k++)
+            if (!(METHOD_STR[k] = PyUnicode_InternFromString(METHODS[k]))) return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "HttpFramer", (PyObject *)&FramerType) < 0) goto fail;
     PyObject *names = PyTuple_New(NNAMES);
     if (!names) goto fail;
     for (int k = 0; k < NNAMES; k++) {

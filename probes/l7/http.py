@@ -5,14 +5,18 @@ offset of every message's first and last byte (for ``req_tcp_seq``/``resp_tcp_se
 timing), must frame a response by the method of the request it answers (HEAD, CONNECT), must resync
 on the next start line after a capture gap or a mid-connection start, and must accept pipelining;
 httptools reports no byte offsets and cannot be told "this response has no body", h11 refuses
-pipelined requests and is a protocol endpoint, not an observer. Header blocks are split with bytes
-methods (C speed) and only the headers we record are decoded; ``bench/l7_speed.py`` measures this
-parser against httptools on the same stream.
+pipelined requests and is a protocol endpoint, not an observer. Only the headers we record are
+decoded. The framing runs in the ``_l7`` kernel (probes/csrc/l7.c ``HttpFramer``: a segment's whole
+messages in one call, Python only in the ``on_head``/``on_done`` callbacks) when it is built;
+``HttpStreamParserReference`` is its Python twin (``HOPSCOPE_NATIVE=0``), and ``http_stream_parser``
+picks one. ``bench/l7_speed.py`` measures both against httptools on the same stream.
 
 Framing rules (RFC 9112 section 6.3): a response to HEAD, a 1xx, 204 or 304 has no body; a 2xx to
 CONNECT and a 101 turn the connection into a tunnel (not parsed further); ``Transfer-Encoding:
 chunked`` wins over ``Content-Length``; a response with neither is read until the server's FIN
-(``Connection: close``); a request with neither has no body.
+(``Connection: close``); a request with neither has no body. A Content-Length is 1 to 18 ASCII digits
+(else ignored), a chunk size 1 to 15 hex digits (else a bad chunk: the message ends truncated and the
+parser searches for the next start line).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
 from hopscope.probes import kernels
@@ -37,6 +41,12 @@ TUNNEL: Final = 6  # after CONNECT/101: not HTTP any more
 CLOSED: Final = 7  # after FIN
 
 MAX_HEAD_BYTES: Final = 64 * 1024
+#: A Content-Length of more digits is ignored (as one that is not a number), like a chunk size of more
+#: than MAX_CHUNK_SIZE_DIGITS hex digits (a bad chunk): both fit 64 bits in the kernel.
+MAX_CONTENT_LENGTH_DIGITS: Final = 18
+MAX_CHUNK_SIZE_DIGITS: Final = 15
+#: A chunk-size line (up to its newline) longer than this without a newline is a bad chunk.
+MAX_CHUNK_LINE_BYTES: Final = 1024
 #: In SEEK mode this many trailing bytes are kept, so a start line split across segments is found.
 SEEK_KEEP_BYTES: Final = 8 * 1024
 
@@ -46,6 +56,7 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?:[ \t][^\r\n]*)?")
 _SEEK_REQUEST = re.compile(rb"(?:" + _METHODS + rb") \S+ HTTP/1\.[01]\r?\n")
 _SEEK_RESPONSE = re.compile(rb"HTTP/1\.[01] [0-9]{3}[^\r\n]*\r?\n")
 _REQUEST_START = re.compile(rb"(?:" + _METHODS + rb") ")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % MAX_CHUNK_SIZE_DIGITS)
 
 #: Headers we record or frame by; every other header is skipped without decoding.
 _WANTED: Final = frozenset(
@@ -73,8 +84,6 @@ _L7 = kernels.load("_l7")
 _HEAD_NAMES: Final = tuple(name for name, _ in _NEEDLES)
 if _L7 is not None and tuple(_L7.HEAD_NAMES) != _HEAD_NAMES:
     raise RuntimeError("the _l7 kernel's header names differ from http._NEEDLES: rebuild it")
-#: ``hopscope.ids.payload_hash``, from the kernel when it is built
-_payload_hash: Final = payload_hash if _L7 is None else _L7.payload_hash
 
 
 def looks_like_request(payload: bytes) -> bool:
@@ -204,7 +213,7 @@ def parse_head_reference(block: bytes, is_request: bool, msg: HttpMessage) -> _H
 
 def _apply_header(name: bytes, value: str, msg: HttpMessage, head: _Head) -> None:
     if name == b"content-length":
-        if value.isdigit():
+        if len(value) <= MAX_CONTENT_LENGTH_DIGITS and value.isascii() and value.isdigit():
             head.content_length = int(value)
     elif name == b"transfer-encoding":
         head.chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
@@ -234,12 +243,40 @@ OnHead = Callable[[HttpMessage], str]
 OnDone = Callable[[HttpMessage], None]
 
 
-class HttpStreamParser:
+class StreamParser(Protocol):
+    """What ``HttpConnection`` needs of a parser of one direction (``http_stream_parser``)."""
+
+    @property
+    def resyncs(self) -> int: ...
+    @property
+    def skipped_bytes(self) -> int: ...
+    @property
+    def mode(self) -> int: ...
+    def feed(self, events: list[Event], /) -> None: ...
+    def data(self, offset: int, ts_ns: int, payload: bytes, /) -> None: ...
+    def gap(self, offset: int, length: int, /) -> None: ...
+    def fin(self, offset: int, /) -> None: ...
+    def tunnel(self) -> None: ...
+
+
+def http_stream_parser(is_request: bool, on_head: OnHead, on_done: OnDone, *, synced: bool) -> StreamParser:
+    """The parser of one direction: the ``_l7`` kernel's ``HttpFramer`` when it is built and on, else
+    ``HttpStreamParserReference`` (its twin: tests/probes/l7/test_l7_native.py). Both call ``on_head`` and
+    ``on_done`` with ``HttpMessage`` objects alike, field for field."""
+    if _L7 is None:
+        return HttpStreamParserReference(is_request, on_head, on_done, synced=synced)
+    framer: StreamParser = _L7.HttpFramer(HttpMessage, is_request, on_head, on_done, synced)
+    return framer
+
+
+class HttpStreamParserReference:
     """Frames the HTTP messages of one direction from in-order stream bytes, gaps and FIN.
 
     ``on_head(msg)`` is called when a message's header block is read; for a response it returns the
     method of the request it answers ('' if unknown), which decides the response's framing.
-    ``on_done(msg)`` is called when a message is complete (or given up, ``truncated``).
+    ``on_done(msg)`` is called when a message is complete (or given up, ``truncated``). The callbacks
+    must not call the parser that calls them (the kernel refuses it). This is the reference the
+    ``_l7`` kernel's ``HttpFramer`` follows (``http_stream_parser`` picks one).
     """
 
     __slots__ = (
@@ -277,7 +314,7 @@ class HttpStreamParser:
         self.resyncs = 0  # times a start line was searched for and found
         self.skipped_bytes = 0  # bytes passed over while searching for a start line
 
-    def feed(self, events: list[Event]) -> None:
+    def feed(self, events: list[Event], /) -> None:
         for kind, offset, ts_ns, value in events:
             if kind == DATA:
                 assert isinstance(value, bytes)
@@ -342,7 +379,7 @@ class HttpStreamParser:
     def fin(self, offset: int) -> None:
         msg = self.msg
         if msg is not None:
-            msg.truncated = self.mode != UNTIL_CLOSE
+            msg.truncated = msg.truncated or self.mode != UNTIL_CLOSE
             self._complete()
         self.mode = CLOSED
         self._reset_buffer(offset)
@@ -439,11 +476,11 @@ class HttpStreamParser:
                 self._give_up_head()
             return False
         msg = HttpMessage(self.buf_offset + pos, self._ts_at(self.buf_offset + pos))
-        head = parse_head(bytes(buf[pos:end]), self.is_request, msg)
+        head = parse_head_reference(bytes(buf[pos:end]), self.is_request, msg)
         if head is None:
             self._give_up_head()
             return True
-        msg.payload_hash = _payload_hash(bytes(buf[pos : pos + PAYLOAD_HASH_BYTES]))
+        msg.payload_hash = payload_hash(bytes(buf[pos : pos + PAYLOAD_HASH_BYTES]))
         self._pos = end + term
         msg.end_offset = self.buf_offset + self._pos
         msg.last_ns = self._ts_at(msg.end_offset - 1)
@@ -458,26 +495,14 @@ class HttpStreamParser:
         Returns the position after the block, or ``pos`` when the block is not complete or not valid
         here (the buffered path then takes the bytes, and resyncs if need be).
         """
-        end: int
-        if _L7 is not None:  # the same steps in one kernel call
-            found = _L7.head_block(payload, pos, self.is_request)
-            if found is None:
-                return pos
-            end, parsed, phash = found
-            msg = HttpMessage(offset + pos, ts_ns)
-            head = _apply_parsed(parsed, self.is_request, msg)
-            if head is None:
-                return pos
-            msg.payload_hash = phash
-        else:
-            end = payload.find(b"\r\n\r\n", pos)
-            if end < 0:
-                return pos
-            msg = HttpMessage(offset + pos, ts_ns)
-            head = parse_head(payload[pos:end], self.is_request, msg)
-            if head is None:
-                return pos
-            msg.payload_hash = _payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
+        end = payload.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return pos
+        msg = HttpMessage(offset + pos, ts_ns)
+        head = parse_head_reference(payload[pos:end], self.is_request, msg)
+        if head is None:
+            return pos
+        msg.payload_hash = payload_hash(payload[pos : pos + PAYLOAD_HASH_BYTES])
         msg.end_offset = offset + end + 4
         self.msg = msg
         self._frame(msg, head, self.on_head(msg))
@@ -507,7 +532,11 @@ class HttpStreamParser:
             if status == 101 or (request_method == "CONNECT" and 200 <= status < 300):
                 self._next_mode = TUNNEL
             no_body = (
-                100 <= status < 200 or status in (204, 304) or request_method == "HEAD" or self._next_mode == TUNNEL
+                100 <= status < 200
+                or status in (204, 304)
+                or request_method == "HEAD"
+                or self._next_mode == TUNNEL
+                or (not head.chunked and head.content_length == 0)
             )
         if no_body:
             self._complete()
@@ -546,19 +575,15 @@ class HttpStreamParser:
     def _chunk_size(self) -> bool:
         line_end = self.buf.find(b"\n", self._pos)
         if line_end < 0:
-            if len(self.buf) - self._pos > 1024:
+            if len(self.buf) - self._pos > MAX_CHUNK_LINE_BYTES:
                 self._bad_chunk()
                 return True
             return False
         line = bytes(self.buf[self._pos : line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(line, 16)
-        except ValueError:
+        if _CHUNK_SIZE.fullmatch(line) is None:
             self._bad_chunk()
             return True
-        if size < 0:
-            self._bad_chunk()
-            return True
+        size = int(line, 16)
         self._advance(line_end + 1)
         if size == 0:
             self.mode = CHUNK_TRAILER
@@ -660,8 +685,8 @@ class HttpConnection:
     def __init__(self) -> None:
         self.client = StreamReassembler()
         self.server = StreamReassembler()
-        self.request_parser: HttpStreamParser | None = None
-        self.response_parser: HttpStreamParser | None = None
+        self.request_parser: StreamParser | None = None
+        self.response_parser: StreamParser | None = None
         self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
         self._replying: HttpExchange | None = None  # exchange whose response body is being read
         self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
@@ -755,15 +780,15 @@ class HttpConnection:
             resp_count = _overlaps(self.server.retrans_ranges, ex.resp_start_offset, ex.response.end_offset)
         return req_count, resp_count
 
-    def _parser(self, from_client: bool, stream: StreamReassembler) -> HttpStreamParser:
+    def _parser(self, from_client: bool, stream: StreamReassembler) -> StreamParser:
         parser = self.request_parser if from_client else self.response_parser
         if parser is None:
             synced = not stream.started_mid_stream
             if from_client:
-                parser = HttpStreamParser(True, self._on_request, _ignore, synced=synced)
+                parser = http_stream_parser(True, self._on_request, _ignore, synced=synced)
                 self.request_parser = parser
             else:
-                parser = HttpStreamParser(False, self._on_response, self._on_response_done, synced=synced)
+                parser = http_stream_parser(False, self._on_response, self._on_response_done, synced=synced)
                 self.response_parser = parser
         return parser
 

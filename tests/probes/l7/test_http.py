@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from hopscope.probes.l7 import L7Settings
+from hopscope.probes.l7.http import HttpMessage, HttpStreamParserReference, http_stream_parser
+from hopscope.probes.l7.reassembly import DATA, FIN, GAP
 from tests.probes.l7.tcpstreams import MOD, POINT, TcpConversation, feed, get, ok, run, tracker
 
 
@@ -421,3 +425,50 @@ def test_lost_last_body_segment_keeps_the_next_message_in_sync() -> None:
     records = trk.take_records()
     assert [(r.path, r.status) for r in records] == [("/tail", 200), ("/next", 201)]
     assert trk.stats.http_resyncs == 0  # framing carried on without searching
+
+
+# --- the stream parser alone (the kernel's HttpFramer when built, and always the reference) ----------
+
+_PARSERS = [pytest.param(http_stream_parser, id="default"),
+            pytest.param(HttpStreamParserReference, id="reference")]  # fmt: skip
+
+
+def _frame(factory: Any, is_request: bool, *events: tuple[int, int, int, Any]) -> list[HttpMessage]:
+    done: list[HttpMessage] = []
+    parser = factory(is_request, lambda m: "GET", done.append, synced=True)
+    parser.feed(list(events))
+    return done
+
+
+@pytest.mark.parametrize("factory", _PARSERS)
+def test_a_response_with_content_length_0_ends_with_its_head(factory: Any) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    (msg,) = _frame(factory, False, (DATA, 0, 7, head))  # no further byte needed to know it is complete
+    assert (msg.complete, msg.truncated, msg.end_offset, msg.last_ns, msg.body_bytes) == (True, False, len(head), 7, 0)
+
+
+@pytest.mark.parametrize("factory", _PARSERS)
+def test_a_body_until_close_with_a_gap_stays_truncated_at_fin(factory: Any) -> None:
+    head = b"HTTP/1.1 200 OK\r\n\r\n"
+    (msg,) = _frame(factory, False, (DATA, 0, 1, head + b"ab"), (GAP, len(head) + 2, 2, 10),
+                    (DATA, len(head) + 12, 3, b"cd"), (FIN, len(head) + 14, 4, 0))  # fmt: skip
+    assert (msg.complete, msg.truncated, msg.body_bytes) == (True, True, 14)
+
+
+@pytest.mark.parametrize("factory", _PARSERS)
+@pytest.mark.parametrize("size", [b"0x5", b"+5", b"5_0", b"-0", b"\xb5", b"1000000000000000"])
+def test_a_chunk_size_that_is_not_1_to_15_hex_digits_is_a_bad_chunk(factory: Any, size: bytes) -> None:
+    """Python's int(x, 16) takes a sign, a 0x prefix and underscores; HTTP's chunk-size does not."""
+    stream = (b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+              + b"\r\nhello\r\n0\r\n\r\nGET /n HTTP/1.1\r\n\r\n")  # fmt: skip
+    msgs = _frame(factory, True, (DATA, 0, 1, stream))
+    assert [(m.target, m.truncated) for m in msgs] == [("/c", True), ("/n", False)]  # resynced on the next request
+
+
+@pytest.mark.parametrize("factory", _PARSERS)
+@pytest.mark.parametrize("value", [b"\xb2", b"1" * 19, b"1" * 5000, b"-1", b"1 2"])
+def test_a_content_length_that_is_not_1_to_18_ascii_digits_is_ignored(factory: Any, value: bytes) -> None:
+    """'²' is a digit to str.isdigit but not to int(), and int() refuses 5000 digits: neither raises."""
+    stream = b"GET /a HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+    msgs = _frame(factory, True, (DATA, 0, 1, stream))
+    assert [(m.target, m.body_bytes, m.truncated) for m in msgs] == [("/a", 0, False), ("/b", 0, False)]
