@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
 from hopscope.errors import ConfigError, HopscopeError
@@ -21,8 +23,10 @@ from hopscope.store.query import (
     Filters,
     _Params,
     count_rows,
+    newest_rows,
     rows_to_records,
     select_latest,
+    select_lookup,
     select_range,
     select_where,
     time_range_conditions,
@@ -131,6 +135,8 @@ class SqlStore(abc.ABC):
         self._features: ServerFeatures | None = None
         self._degradations_logged = False
         self._rollups: RollupWriter | None = None
+        self._lookup_executor: ThreadPoolExecutor | None = None  # get_trace's second read
+        self._lookup_lock = threading.Lock()
 
     # --- backend primitives ------------------------------------------------------------------
 
@@ -371,16 +377,34 @@ class SqlStore(abc.ABC):
         return rows_to_records(PacketIndex, self._select(query))
 
     def get_trace(self, trace_id: str) -> tuple[Trace | None, list[Span]]:
-        """One trace and its spans in hop order (``None`` and [] when unknown)."""
+        """One trace and its spans in hop order (``None`` and [] when unknown).
+
+        The trace's row is read on a helper thread while this one reads the spans, each on a connection
+        of its own: the lookup waits for the slower read instead of both."""
         traces_spec, spans_spec = table_spec("traces"), table_spec("spans")
-        trace_rows = self._select(
-            select_latest(self.database, traces_spec, {"trace_id": trace_id}, ["trace_id"])
-        )
-        span_rows = self._select(
-            select_latest(self.database, spans_spec, {"trace_id": trace_id}, ["hop_index", "span_id"])
-        )
-        traces: Sequence[Trace] = rows_to_records(Trace, trace_rows)
-        return (traces[0] if traces else None), rows_to_records(Span, span_rows)
+        key = {"trace_id": trace_id}
+        trace_query, span_query = (select_lookup(self.database, s, key) for s in (traces_spec, spans_spec))
+        pending = self._lookup_threads().submit(self._select, trace_query)
+        try:
+            span_rows = self._select(span_query)
+        finally:
+            trace_rows = pending.result()  # never left running on a connection when the spans failed
+        traces: Sequence[Trace] = rows_to_records(Trace, newest_rows(traces_spec, trace_rows, ["trace_id"]))
+        spans = rows_to_records(Span, newest_rows(spans_spec, span_rows, ["hop_index", "span_id"]))
+        return (traces[0] if traces else None), spans
+
+    def _lookup_threads(self) -> ThreadPoolExecutor:
+        with self._lookup_lock:
+            if self._lookup_executor is None:
+                self._lookup_executor = ThreadPoolExecutor(DEFAULT_POOL_SIZE, thread_name_prefix="store-lookup")
+            return self._lookup_executor
+
+    def close_lookups(self) -> None:
+        """Stop the lookup helper threads (backends call it in ``close``)."""
+        with self._lookup_lock:
+            executor, self._lookup_executor = self._lookup_executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     def count(self, table: str) -> int:
         """Rows in a table after dedup."""

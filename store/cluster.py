@@ -334,6 +334,7 @@ class ClusterStore(SqlStore):
 
     def close(self) -> None:
         self.close_rollups()
+        self.close_lookups()
         with self._lock:
             self._closed = True
             nodes, self._nodes = list(self._nodes.values()), {}

@@ -165,4 +165,5 @@ class EmbeddedStore(SqlStore):
 
     def close(self) -> None:
         self.close_rollups()
+        self.close_lookups()
         self._pool.close()

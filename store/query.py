@@ -219,11 +219,10 @@ def select_where(database: str, spec: TableSpec, filters: Filters, order_by: Seq
 def select_latest(database: str, spec: TableSpec, filters: Filters, order_by: Sequence[str]) -> BoundQuery:
     """Rows matching the filters, the newest version of each dedup key, in the given column order.
 
-    The point-lookup twin of ``select_where``: ``FINAL`` merges every part of the partitions it
-    touches, while ``ORDER BY version DESC LIMIT 1 BY <dedup key>`` only sorts the few rows that match
-    (bench/trace_lookup.py times both; a trace lookup among 1M spans takes about a quarter of the
-    time without FINAL). Tables without a version column keep ``FINAL`` (their last insert wins,
-    which LIMIT BY cannot see).
+    The many-keys twin of ``select_where``: ``FINAL`` merges every part of the partitions it touches,
+    while ``ORDER BY version DESC LIMIT 1 BY <dedup key>`` only sorts the rows that match. The filters
+    go in ``PREWHERE`` (see ``select_lookup``). Tables without a version column keep ``FINAL`` (their
+    last insert wins, which LIMIT BY cannot see).
     """
     if spec.version_column is None:
         return select_where(database, spec, filters, order_by)
@@ -235,10 +234,54 @@ def select_latest(database: str, spec: TableSpec, filters: Filters, order_by: Se
     order = ", ".join(quote_identifier(spec.column(c).name) for c in order_by)
     inner = (
         f"SELECT {select_columns(spec)} FROM {quote_identifier(database)}.{quote_identifier(spec.name)}"
-        f" WHERE {' AND '.join(conditions)}"
+        f" PREWHERE {' AND '.join(conditions)}"
         f" ORDER BY {quote_identifier(spec.version_column)} DESC LIMIT 1 BY {key}"
     )
     return BoundQuery(f"SELECT {select_columns(spec)} FROM ({inner}) ORDER BY {order}", params.values, spec.record_type)
+
+
+def select_lookup(database: str, spec: TableSpec, filters: Filters) -> BoundQuery:
+    """Every stored version of the few rows matching the filters (one trace's), for ``newest_rows``.
+
+    A point lookup touches one granule per part; what costs is per part and column read and per step
+    of the query, so this is the plainest read there is (bench/trace_lookup.py; figures in
+    docs/DESIGN.md):
+    - ``PREWHERE``: a part reads its candidate granule of the filtered columns first, the others only
+      where a row matched (18.16 does not move a condition on a sort-key column there by itself, and
+      read every column of every part's candidate granule: twice the server's CPU per lookup);
+    - ``max_threads = 1``: a reader per core for a granule per part costs more than it saves;
+    - no ``LIMIT 1 BY`` in a subquery and no ``ORDER BY``: a few rows are deduplicated and ordered
+      faster in Python than by two more sorting steps over every column (a third of chDB's CPU).
+    """
+    if spec.version_column is None:
+        raise ConfigError(f"table {spec.name} has no version column: its lookups need FINAL")
+    if not filters:
+        raise ConfigError(f"a lookup on {spec.name} needs at least one filter")
+    params = _Params()
+    conditions = [_filter_condition(spec, k, v, params) for k, v in filters.items()]
+    sql = (
+        f"SELECT {select_columns(spec)} FROM {quote_identifier(database)}.{quote_identifier(spec.name)}"
+        f" PREWHERE {' AND '.join(conditions)} SETTINGS max_threads = 1"
+    )
+    return BoundQuery(sql, params.values, spec.record_type)
+
+
+def newest_rows(spec: TableSpec, rows: Sequence[Sequence[Any]], order_by: Sequence[str]) -> list[Sequence[Any]]:
+    """Of rows in schema column order (``select_lookup``'s), the one with the highest version per dedup
+    key (the first read among equal versions), sorted by the ``order_by`` columns."""
+    if spec.version_column is None:
+        raise ConfigError(f"table {spec.name} has no version column: its rows cannot be deduplicated here")
+    names = [c.name for c in spec.columns()]
+    key_at = [names.index(c) for c in spec.order_by]
+    version_at = names.index(spec.version_column)
+    order_at = [names.index(spec.column(c).name) for c in order_by]
+    newest: dict[tuple[Any, ...], Sequence[Any]] = {}
+    for row in rows:
+        key = tuple(row[i] for i in key_at)
+        held = newest.get(key)
+        if held is None or row[version_at] > held[version_at]:
+            newest[key] = row
+    return sorted(newest.values(), key=lambda row: tuple(row[i] for i in order_at))
 
 
 def count_rows(database: str, spec: TableSpec, final: bool = True) -> BoundQuery:

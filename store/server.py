@@ -151,4 +151,5 @@ class ServerStore(SqlStore):
 
     def close(self) -> None:
         self.close_rollups()
+        self.close_lookups()
         self._pool.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hopscope.records import Batch, Trace
+from hopscope.records import Batch, Span, Trace
 from hopscope.store import QueryTimeoutError, store_from_url
 from hopscope.store.base import BoundQuery
 from hopscope.store.pool import ConnectionPool, PoolClosedError
@@ -86,6 +86,26 @@ def test_threads_share_a_store(url: str) -> None:
         with ThreadPoolExecutor(8) as workers:
             found = list(workers.map(lambda t: store.get_trace(t.trace_id)[0], traces * 5))
         assert found == traces * 5
+    finally:
+        store.drop_schema()
+        store.close()
+
+
+def test_lookups_on_a_single_connection(url: str) -> None:
+    """get_trace reads the trace and its spans on two connections at once; with one, the second read
+    waits for the first instead of the lookup never ending, from any number of threads."""
+    store = store_from_url(url, pool_size=1)
+    try:
+        store.ensure_schema()
+        traces = [Trace(trace_id=f"{i:032x}", start_ns=i + 1, version=1) for i in range(6)]
+        spans = [Span(trace_id=t.trace_id, span_id=f"{h:016x}", hop_index=h, request_first_ns=t.start_ns, version=1)
+                 for t in traces for h in (1, 0)]  # fmt: skip
+        store.insert("traces", Batch.from_records(Trace, traces))
+        store.insert("spans", Batch.from_records(Span, spans))
+        with ThreadPoolExecutor(4) as workers:
+            found = list(workers.map(store.get_trace, [t.trace_id for t in traces * 3]))
+        assert [t for t, _ in found] == traces * 3
+        assert [[s.hop_index for s in ss] for _, ss in found] == [[0, 1]] * 18
     finally:
         store.drop_schema()
         store.close()

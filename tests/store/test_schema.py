@@ -8,7 +8,7 @@ from hopscope.errors import ConfigError
 from hopscope.records import RECORD_TYPES, ColumnType, FlowRecord
 from hopscope.store import store_from_url
 from hopscope.store.features import FEATURE_SINCE, ServerFeatures
-from hopscope.store.query import select_range, to_pyformat
+from hopscope.store.query import newest_rows, select_lookup, select_range, to_pyformat
 from hopscope.store.rollup import ROLLUP_TYPES
 from hopscope.store.schema import TABLES, create_table_sql, quote_identifier, schema_sql, table_spec
 
@@ -158,3 +158,29 @@ def test_tables_read_by_trace_id_have_small_granules(table: str) -> None:
             "\nSETTINGS index_granularity = 1024"
         )
     assert "SETTINGS" not in create_table_sql("hopscope", table_spec("flows"), NEW, None)
+
+
+def test_newest_rows_keeps_the_highest_version_of_each_key_in_order() -> None:
+    spec = table_spec("spans")
+    names = [c.name for c in spec.columns()]
+
+    def row(span_id: str, hop: int, version: int) -> tuple[object, ...]:
+        values = {"trace_id": "t", "span_id": span_id, "hop_index": hop, "version": version}
+        return tuple(values.get(n, 0) for n in names)
+
+    rows = [row("b", 1, 1), row("a", 0, 2), row("b", 1, 3), row("a", 0, 1), row("c", 2, 1)]
+    assert newest_rows(spec, rows, ["hop_index", "span_id"]) == [row("a", 0, 2), row("b", 1, 3), row("c", 2, 1)]
+    assert newest_rows(spec, [], ["hop_index"]) == []
+
+
+def test_lookups_need_a_version_column_and_a_filter() -> None:
+    """A table whose last insert wins (no version column) cannot be deduplicated after reading."""
+    with pytest.raises(ConfigError, match="no version column"):
+        select_lookup("hopscope", table_spec("requests"), {"request_id": 1})
+    with pytest.raises(ConfigError, match="no version column"):
+        newest_rows(table_spec("requests"), [], ["request_id"])
+    with pytest.raises(ConfigError, match="at least one filter"):
+        select_lookup("hopscope", table_spec("spans"), {})
+    query = select_lookup("hopscope", table_spec("spans"), {"trace_id": "t"})
+    assert " PREWHERE `trace_id` = {p0:String} SETTINGS max_threads = 1" in query.sql
+    assert query.params == {"p0": "t"}
