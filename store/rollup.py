@@ -46,6 +46,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from itertools import chain, pairwise
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -186,10 +187,15 @@ def hist_percentiles(hist: Mapping[int, int], qs: Sequence[int]) -> dict[str, in
     value read as its bucket's representative (so within ``RELATIVE_ACCURACY`` of the exact figure
     for values of one sign); None when empty."""
     keys = sorted(k for k, c in hist.items() if c > 0)
-    n = sum(hist[k] for k in keys)
+    return _sorted_percentiles(keys, [hist[k] for k in keys], qs)
+
+
+def _sorted_percentiles(keys: Sequence[int], counts: Sequence[int], qs: Sequence[int]) -> dict[str, int | None]:
+    """``hist_percentiles`` of a histogram given as its keys in order and their (positive) counts."""
+    n = sum(counts)
     if n == 0:
         return {f"p{q}": None for q in qs}
-    cumulative = np.cumsum([hist[k] for k in keys]).tolist()
+    cumulative = np.cumsum(counts).tolist()
 
     def at(rank: int) -> float:
         return bucket_value(keys[bisect_right(cumulative, rank)])
@@ -203,6 +209,34 @@ def hist_percentiles(hist: Mapping[int, int], qs: Sequence[int]) -> dict[str, in
             value += (at(low + 1) - value) * (rank - low)
         out[f"p{q}"] = round(value)
     return out
+
+
+def group_percentiles(
+    summed: Sequence[Any], groups: Sequence[int], n_groups: int, qs: Sequence[int]
+) -> list[dict[str, int | None]]:
+    """``hist_percentiles`` of ``n_groups`` histograms, each the sum of the ``hist_sum_sql`` values
+    ``summed[i]`` whose ``groups[i]`` is its index: the entries of all of them added in one sort
+    (a service map edge adds the histograms of many address chains, a link those of its reasons)."""
+    parts = [_summed_parts(v) for v in summed]
+    lengths = np.fromiter((len(k) for k, _ in parts), dtype=np.int64, count=len(parts))
+    total = int(lengths.sum())
+    if total == 0:
+        return [{f"p{q}": None for q in qs} for _ in range(n_groups)]
+    keys = np.fromiter(chain.from_iterable(k for k, _ in parts), dtype=np.int64, count=total)
+    counts = np.fromiter(chain.from_iterable(c for _, c in parts), dtype=np.int64, count=total)
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    codes = np.repeat(np.asarray(groups, dtype=np.int64), lengths) * span + (keys - low)
+    order = np.argsort(codes, kind="stable")
+    codes, counts = codes[order], counts[order]
+    starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
+    sums, codes = np.add.reduceat(counts, starts), codes[starts]
+    kept = sums > 0
+    sums, codes = sums[kept], codes[kept]
+    bounds = np.searchsorted(codes // span, np.arange(n_groups + 1)).tolist()
+    bucket = (codes % span + low).tolist()
+    sums_list = sums.tolist()
+    return [_sorted_percentiles(bucket[a:b], sums_list[a:b], qs) for a, b in pairwise(bounds)]
 
 
 # --- rows from traces ------------------------------------------------------------------------------
@@ -668,10 +702,15 @@ def quote_column(name: str) -> str:
     return f"`{name}`"
 
 
-def hist_parts(summed: Any) -> tuple[list[int], list[int]]:
+def _summed_parts(summed: Any) -> tuple[Sequence[int], Sequence[int]]:
     """The (keys, counts) of a ``hist_sum_sql`` value: a tuple from the server, a struct ({"1": keys,
     "2": counts}) from chDB's Arrow answer."""
-    keys, counts = (summed["1"], summed["2"]) if isinstance(summed, dict) else summed
+    return (summed["1"], summed["2"]) if isinstance(summed, dict) else summed
+
+
+def hist_parts(summed: Any) -> tuple[list[int], list[int]]:
+    """The (keys, counts) of a ``hist_sum_sql`` value, as lists."""
+    keys, counts = _summed_parts(summed)
     return list(keys), list(counts)
 
 
@@ -679,19 +718,6 @@ def hist_counts(summed: Any) -> Counter[int]:
     """The histogram of a ``hist_sum_sql`` value."""
     keys, counts = hist_parts(summed)
     return Counter(dict(zip(keys, counts, strict=True)))
-
-
-def merge_parts(parts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[int, int]:
-    """Several (keys, counts) histograms added into one."""
-    if len(parts) == 1:
-        return dict(zip(parts[0][0], parts[0][1], strict=True))
-    keys = np.fromiter((k for ks, _ in parts for k in ks), dtype=np.int64)
-    counts = np.fromiter((c for _, cs in parts for c in cs), dtype=np.int64)
-    if not len(keys):
-        return {}
-    unique, inverse = np.unique(keys, return_inverse=True)
-    summed = np.bincount(inverse, weights=counts).astype(np.int64)
-    return dict(zip(unique.tolist(), summed.tolist(), strict=True))
 
 
 #: Per rollup table: the key columns its rows are grouped by when read, and the aggregates.

@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from hopscope.records import FlowRecord, Span, Trace
-from hopscope.store.rollup import hist_parts, hist_percentiles, merge_parts
+from hopscope.store.rollup import group_percentiles
 from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 #: close_type values of an L4 flow that count as an error on a service map edge.
@@ -77,12 +77,13 @@ def assign_layers(graph: nx.DiGraph) -> None:
 # --- service map --------------------------------------------------------------------------------
 
 
-HistParts = list[tuple[list[int], list[int]]]
+Percentiles = dict[str, int | None]
 
 
-def _latency(values: Sequence[int], parts: HistParts) -> dict[str, int | None]:
-    """Percentiles of exact values when there are any, else of rollup histograms (within 1 %)."""
-    return percentiles(values) if values or not parts else hist_percentiles(merge_parts(parts), PERCENTILES)
+def _latency(values: Sequence[int], from_rollup: Percentiles | None) -> Percentiles:
+    """Percentiles of exact values when there are any, else those of the rollup's histograms (within
+    1 %) when the graph was built from it."""
+    return percentiles(values) if values or from_rollup is None else from_rollup
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ class _EdgeStats:
     build from traces) or a histogram of them (a build from the per-minute rollup)."""
 
     durations_us: list[int] = field(default_factory=list)
-    duration_hist: HistParts = field(default_factory=list)  # (keys, counts) from the rollup's rows
+    duration_pcts: Percentiles | None = None  # from the rollup's histograms
     requests: int = 0
     errors: int = 0
     protocols: Counter[str] = field(default_factory=Counter)
@@ -102,7 +103,7 @@ class _EdgeStats:
 
     def attrs(self, window_s: float) -> dict[str, Any]:
         n = self.requests
-        lat = _latency(self.durations_us, self.duration_hist)
+        lat = _latency(self.durations_us, self.duration_pcts)
         rate = round(n / window_s, 3) if window_s > 0 else None
         out: dict[str, Any] = {
             "requests": n,
@@ -271,18 +272,29 @@ def service_map_from_rollup(
     graph = nx.DiGraph()
     requests = 0
     entity_of = functools.lru_cache(maxsize=None)(inventory.entity_of)  # an address recurs in many rows
+    hists: list[Any] = []  # per row and edge it adds to: the row's histogram for that edge
+    edge_of: list[int] = []  # and the edge's index in ``stats``
+    index: dict[tuple[str, str], int] = {}
     for client_h, first_h, final_h, l7_proto, n, errors, duration_hist, server_hist, *_ in rows:
         requests += int(n)
         chain = entity_chain(inventory, client_h, first_h, final_h, entity_of)
         for i in range(1, len(chain)):
             client, server = chain[i - 1][0], chain[i][0]
-            _add_entity(graph, client, inventory)
-            _add_entity(graph, server, inventory)
-            edge = stats.setdefault((client.id, server.id), _EdgeStats())
+            key = (client.id, server.id)
+            at = index.get(key)
+            if at is None:  # an entity is new only on a new edge: the nodes come in the same order
+                _add_entity(graph, client, inventory)
+                _add_entity(graph, server, inventory)
+                at = index[key] = len(index)
+                stats[key] = _EdgeStats()
+            edge = stats[key]
             edge.requests += int(n)
             edge.errors += int(errors)
             edge.protocols[l7_proto or "tcp"] += int(n)
-            edge.duration_hist.append(hist_parts(duration_hist if i == 1 else server_hist))
+            hists.append(duration_hist if i == 1 else server_hist)
+            edge_of.append(at)
+    for edge, pcts in zip(stats.values(), group_percentiles(hists, edge_of, len(stats), PERCENTILES), strict=True):
+        edge.duration_pcts = pcts
     _add_flows(graph, stats, first_observations(flows, {"": later_spans}), inventory)
     _finish_service_map(graph, stats, *window, traces=requests, flows=len(flows), resolution_s=60)
     return graph
@@ -342,8 +354,8 @@ class _LinkStats:
 
     req_us: list[int] = field(default_factory=list)
     resp_us: list[int] = field(default_factory=list)
-    req_hist: HistParts = field(default_factory=list)
-    resp_hist: HistParts = field(default_factory=list)
+    req_pcts: Percentiles | None = None  # from the rollup's histograms
+    resp_pcts: Percentiles | None = None
     traces: int = 0
     lost_pkts: int = 0
     loss_traces: int = 0
@@ -361,7 +373,7 @@ class _LinkStats:
         self.min_confidence = min(self.min_confidence, float(s.link_confidence))
 
     def attrs(self) -> dict[str, Any]:
-        req, resp = _latency(self.req_us, self.req_hist), _latency(self.resp_us, self.resp_hist)
+        req, resp = _latency(self.req_us, self.req_pcts), _latency(self.resp_us, self.resp_pcts)
         out: dict[str, Any] = {"traces": self.traces}
         out.update({f"req_{k}_us": v for k, v in req.items()})
         out.update({f"resp_{k}_us": v for k, v in resp.items()})
@@ -406,6 +418,10 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
     traces' spans, latency percentiles within the histograms' 1 %."""
     graph = nx.DiGraph()
     links: dict[tuple[str, str], _LinkStats] = {}
+    index: dict[tuple[str, str], int] = {}
+    req_hists: list[Any] = []  # per link row: its histograms, and its link's index in ``links``
+    resp_hists: list[Any] = []
+    link_of: list[int] = []
     traces = 0
     for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hist, resp_hist, *_ in rows:
         if not prev and not point:
@@ -420,8 +436,13 @@ def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int,
             link.loss_traces += int(loss_traces)
             link.reasons[reason] += int(n)
             link.min_confidence = min(link.min_confidence, float(min_conf))
-            link.req_hist.append(hist_parts(req_hist))
-            link.resp_hist.append(hist_parts(resp_hist))
+            req_hists.append(req_hist)
+            resp_hists.append(resp_hist)
+            link_of.append(index.setdefault((prev, point), len(index)))
+    req = group_percentiles(req_hists, link_of, len(links), PERCENTILES)
+    resp = group_percentiles(resp_hists, link_of, len(links), PERCENTILES)
+    for link, req_pcts, resp_pcts in zip(links.values(), req, resp, strict=True):
+        link.req_pcts, link.resp_pcts = req_pcts, resp_pcts
     return _finish_points(graph, links, traces, start_ns=window[0], end_ns=window[1], resolution_s=60)
 
 

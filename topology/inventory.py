@@ -86,6 +86,11 @@ class Inventory:
     by_ip: Mapping[str, Entity] = field(default_factory=dict)
     entities: tuple[Entity, ...] = ()
     conflicts: int = 0
+    #: The Services of ``entities`` (what ``services_of`` looks through, once per pod of a graph).
+    services: tuple[Entity, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", tuple(e for e in self.entities if e.kind == "service"))
 
     def lookup(self, addr: str) -> Entity | None:
         """The entity owning ``addr``, or None (also for text that is not an address)."""
@@ -101,9 +106,8 @@ class Inventory:
         labels = dict(pod.labels)
         return [
             e
-            for e in self.entities
-            if e.kind == "service"
-            and e.namespace == pod.namespace
+            for e in self.services
+            if e.namespace == pod.namespace
             and e.labels
             and all(labels.get(k) == v for k, v in e.labels)
         ]

@@ -25,6 +25,7 @@ from hopscope.store.rollup import (
     RELATIVE_ACCURACY,
     bucket_keys,
     bucket_value,
+    group_percentiles,
     hist_encode,
     hist_merge,
     hist_percentiles,
@@ -68,6 +69,31 @@ def test_percentiles_of_a_histogram_are_numpys_within_the_accuracy(n: int) -> No
     for q in (0, 50, 90, 99, 100):
         exact = float(np.percentile(values, q))
         assert abs(found[f"p{q}"] - exact) <= RELATIVE_ACCURACY * exact + 1, (q, found, exact)  # type: ignore[operator]
+
+
+def test_histograms_added_by_group_give_the_percentiles_of_their_sum() -> None:
+    """What the graphs read: many summed histograms (as the server and chDB return them), each added
+    to its group's; a group with no entries, or only zero counts, has no percentiles."""
+    rng = random.Random(7)
+    groups = [rng.randrange(5) for _ in range(60)] + [6]
+    summed: list[Any] = []
+    for i, _ in enumerate(groups):
+        values = [rng.choice([0, -40, rng.randrange(1, 10**7)]) for _ in range(rng.randrange(0, 30))]
+        hist = Counter(bucket_keys(values).tolist())
+        keys = sorted(hist)
+        counts = [0 if i == len(groups) - 1 else hist[k] for k in keys]
+        summed.append({"1": keys, "2": counts} if i % 2 else (keys, counts))
+    qs = (0, 50, 90, 99, 100)
+    found = group_percentiles(summed, groups, 7, qs)
+    for group in range(7):
+        whole: Counter[int] = Counter()
+        for value, g in zip(summed, groups, strict=True):
+            if g == group:
+                keys, counts = (value["1"], value["2"]) if isinstance(value, dict) else value
+                whole.update(dict(zip(keys, counts, strict=True)))
+        assert found[group] == hist_percentiles(whole, qs), group
+    assert found[5] == found[6] == {f"p{q}": None for q in qs}
+    assert group_percentiles([], [], 2, (50,)) == [{"p50": None}] * 2
 
 
 def test_histograms_merge_by_adding_counts() -> None:
