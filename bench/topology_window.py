@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--clickhouse", default="clickhouse://127.0.0.1:9000/hs_bench_topology")
     parser.add_argument("--stores", default="clickhouse,chdb", help="which stores, comma-separated")
+    parser.add_argument("--keep", action="store_true", help="leave the stores filled (to profile their reads)")
     args = parser.parse_args()
     per_minute = args.spans // args.hops // args.minutes
     spans, traces = one_minute(per_minute, args.hops)
@@ -235,7 +236,10 @@ def main() -> None:
                                     (f"traces_limit_{args.limit}", peer_s * 1000), peer_s / ours_s))  # fmt: skip
         # no peer: the rollup's cost per trace on the writer's path
         lines.append(bench_line(f"rollup_write_{name}", rollup_s / per_minute * 1e6, "us/trace"))
-        store.drop_schema()
+        if args.keep:
+            print(f"{name}: kept at {store.url}")
+        else:
+            store.drop_schema()
         store.close()
     print("\n".join(lines))
 
