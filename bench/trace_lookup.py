@@ -1,19 +1,23 @@
-"""Trace lookup latency: ``Store.get_trace`` (newest version per key, LIMIT 1 BY) against the same
-lookup with FINAL (the plain way to read a ReplacingMergeTree), on the ClickHouse server and chDB.
+"""Trace lookup latency: ``Store.get_trace`` (each table read once with PREWHERE on one thread, the
+trace row beside its spans, the newest version per key kept in Python) against the same lookup with
+FINAL (the plain way to read a ReplacingMergeTree), on the ClickHouse server and chDB.
 
     .venv/bin/python bench/trace_lookup.py [--spans 1000000] [--hops 8] [--lookups 300]
 
 Loads synthetic traces into a scratch database (``hs_bench_lookup`` / a temp chDB directory), made in
-the store itself (``INSERT ... SELECT`` from ``numbers()``, a day's worth of start times), then times
-random lookups. DeepFlow's tracing engine assembles a trace at query time (about 1 s per
-trace in its paper); hopscope stitches at ingest, so a lookup is a point query (goal: under 50 ms).
-Ends with one ``bench:`` line per store and percentile, beside the FINAL lookup (ratio: FINAL's
-latency over get_trace's, higher is better).
+the store itself (``INSERT ... SELECT`` from ``numbers()``, a day's worth of start times), waits for
+the merges the load started (a lookup costs per part, and chDB merges in this process; ``--no-settle``
+times the lookups while they run), then times random lookups. Prints the load average before and
+after (every query waits for a core, so p99 follows the machine's load). DeepFlow's tracing engine
+assembles a trace at query time (about 1 s per trace in its paper); hopscope stitches at ingest, so a
+lookup is a point query (goal: under 50 ms). Ends with one ``bench:`` line per store and percentile,
+beside the FINAL lookup (ratio: FINAL's latency over get_trace's, higher is better).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -54,6 +58,22 @@ def load(store: SqlStore, traces: int, hops: int) -> None:
         )
 
 
+def settle(store: SqlStore, timeout_s: float = 600) -> float:
+    """Wait until no merge runs in the store's database (at most ``timeout_s``); the seconds waited."""
+    started = time.perf_counter()
+    query = BoundQuery("SELECT count() FROM system.merges WHERE database = {db:String}", {"db": store.database})
+    while store._select(query)[0][0] and time.perf_counter() - started < timeout_s:
+        time.sleep(1)
+    return time.perf_counter() - started
+
+
+def parts(store: SqlStore, table: str) -> list[tuple[object, ...]]:
+    """The active parts of a table."""
+    return store._select(BoundQuery(
+        "SELECT name FROM system.parts WHERE database = {db:String} AND table = {t:String} AND active",
+        {"db": store.database, "t": table}))
+
+
 def trace_ids(store: SqlStore, count: int) -> list[str]:
     """``count`` stored trace ids, picked at random."""
     db = quote_identifier(store.database)
@@ -85,20 +105,24 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=8)
     parser.add_argument("--lookups", type=int, default=300)
     parser.add_argument("--clickhouse", default="clickhouse://127.0.0.1:9000/hs_bench_lookup")
+    parser.add_argument("--no-settle", action="store_true", help="time the lookups while the load's merges run")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="hs-lookup-")
     traces = args.spans // args.hops
-    print(f"{traces:,} traces x {args.hops} hops = {traces * args.hops:,} spans; {args.lookups} lookups")
+    print(f"{traces:,} traces x {args.hops} hops = {traces * args.hops:,} spans; {args.lookups} lookups;"
+          f" load average {os.getloadavg()[0]:.1f}")
     print(f"{'store':<12}{'lookup':<34}{'median ms':>10}{'p99 ms':>10}")
     lines = []
     for name, url in (("clickhouse", args.clickhouse), ("chdb", f"chdb://{scratch}")):
         store = store_from_url(url)
         started = time.perf_counter()
         load(store, traces, args.hops)
-        print(f"{name}: loaded in {time.perf_counter() - started:.0f} s")
+        print(f"{name}: loaded in {time.perf_counter() - started:.0f} s", end="")
+        print("" if args.no_settle else f", merges done {settle(store):.0f} s later", end="")
+        print(f"; {len(parts(store, 'spans'))} span parts, {len(parts(store, 'traces'))} trace parts")
         ids = trace_ids(store, args.lookups)
         figures = []
-        for label, fn in (("get_trace (LIMIT 1 BY)", store.get_trace),
+        for label, fn in (("get_trace", store.get_trace),
                           ("the same with FINAL", lambda t, s=store: with_final(s, t))):  # fmt: skip
             median, p99 = timed(fn, ids, args.hops)
             figures.append((median, p99))
@@ -111,6 +135,7 @@ def main() -> None:
                                 final_p99 / ours_p99))  # fmt: skip
         store.drop_schema()
         store.close()
+    print(f"load average {os.getloadavg()[0]:.1f}")
     print("\n".join(lines))
 
 
