@@ -441,8 +441,17 @@ static int set_end(Framer *f, long long end, long long ts) {
     return put_ll(f, f->msg, F_LAST_NS, ts);
 }
 
+/* Empty the buffer and give its memory back (a connection holds none between messages). */
+static void drop_buffer(Framer *f) {
+    f->len = f->pos = 0;
+    PyMem_Free(f->buf);
+    f->buf = NULL;
+    f->cap = 0;
+}
+
 static void reset_buffer(Framer *f, long long offset) {
-    f->len = f->pos = f->scan_from = 0;
+    drop_buffer(f);
+    f->scan_from = 0;
     f->buf_offset = offset;
     f->nmarks = 0;
     Py_CLEAR(f->msg);
@@ -668,6 +677,7 @@ static void compact(Framer *f) {
         f->scan_from = f->scan_from > f->pos ? f->scan_from - f->pos : 0;
         f->pos = 0;
     }
+    if (!f->len && f->cap) drop_buffer(f);
     Py_ssize_t keep = 0;
     for (Py_ssize_t i = 0; i < f->nmarks; i++)
         if (f->marks[i].offset <= f->buf_offset) keep = i;
@@ -844,7 +854,7 @@ static PyObject *Framer_tunnel(Framer *f, PyObject *unused) {
     f->next_mode = M_TUNNEL;
     if (!f->msg && (f->mode == M_HEAD || f->mode == M_SEEK)) {
         f->mode = M_TUNNEL;
-        f->len = f->pos = 0;
+        drop_buffer(f);
     }
     return leave(f, 0);
 }
