@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -86,11 +86,23 @@ class Inventory:
     by_ip: Mapping[str, Entity] = field(default_factory=dict)
     entities: tuple[Entity, ...] = ()
     conflicts: int = 0
-    #: The Services of ``entities`` (what ``services_of`` looks through, once per pod of a graph).
+    #: The Services of ``entities`` (what ``services_of`` looks through).
     services: tuple[Entity, ...] = field(init=False, repr=False, compare=False)
+    #: Answers given (an inventory does not change): a graph asks for the same addresses and pods in
+    #: every row and every window. Emptied when it reaches ``MEMO_SIZE`` entries.
+    _memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
+
+    MEMO_SIZE: ClassVar[int] = 1 << 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", tuple(e for e in self.entities if e.kind == "service"))
+        object.__setattr__(self, "_memo", {})
+
+    def _remember(self, key: Any, value: Any) -> Any:
+        if len(self._memo) >= self.MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
 
     def lookup(self, addr: str) -> Entity | None:
         """The entity owning ``addr``, or None (also for text that is not an address)."""
@@ -99,18 +111,22 @@ class Inventory:
 
     def entity_of(self, addr: str) -> Entity:
         """The entity owning ``addr``, or an ``ip:<addr>`` entity."""
-        return self.lookup(addr) or unknown(addr)
+        found: Entity | None = self._memo.get(addr)
+        if found is None:
+            found = self._remember(addr, self.lookup(addr) or unknown(addr))
+        return found
 
     def services_of(self, pod: Entity) -> list[Entity]:
         """Services in the pod's namespace whose (non-empty) selector matches the pod's labels."""
-        labels = dict(pod.labels)
-        return [
-            e
-            for e in self.services
-            if e.namespace == pod.namespace
-            and e.labels
-            and all(labels.get(k) == v for k, v in e.labels)
-        ]
+        key = ("services", pod.namespace, pod.labels)
+        found = self._memo.get(key)
+        if found is None:
+            labels = dict(pod.labels)
+            found = self._remember(key, tuple(
+                e for e in self.services
+                if e.namespace == pod.namespace and e.labels and all(labels.get(k) == v for k, v in e.labels)
+            ))  # fmt: skip
+        return list(found)
 
     def __len__(self) -> int:
         return len(self.by_ip)
