@@ -280,6 +280,30 @@ def test_framer_known_streams() -> None:
     assert [h[1 + HttpMessage.__slots__.index("method")] for h in heads] == ["GET", "POST", "PUT", "DELETE"]
 
 
+@pytest.mark.parametrize("is_request", [True, False])
+@pytest.mark.parametrize("mss", [300, 1448, 70_000])
+def test_framer_limits_equal_the_reference(is_request: bool, mss: int) -> None:
+    """The bounds the generated streams are too short to reach: garbage past SEEK_KEEP_BYTES, a header
+    block past MAX_HEAD_BYTES, a bad start line with 512 bytes and no blank line, a chunk-size line past
+    1,024 bytes, a trailer line past MAX_HEAD_BYTES; each followed by a good message."""
+    good = b"GET /ok HTTP/1.1\r\n\r\n" if is_request else b"HTTP/1.1 204 No Content\r\n\r\n"
+    first = b"POST /c HTTP/1.1\r\n" if is_request else b"HTTP/1.1 200 OK\r\n"
+    chunked = first + b"Transfer-Encoding: chunked\r\n\r\n"
+    streams = [
+        b"x" * (http.SEEK_KEEP_BYTES * 2 + 5) + b"\n" + good,
+        first + b"Content-Length: 0\r\nX-Long: " + b"a" * (http.MAX_HEAD_BYTES + 3000) + b"\r\n\r\n" + good,
+        b"BREW /pot HTTP/1.1\r\n" + b"H: v\r\n" * 120 + good,
+        chunked + b"1" * 2000 + b"\r\n" + good,
+        chunked + b"3\r\nabc\r\n0\r\nT: " + b"t" * (http.MAX_HEAD_BYTES + 3000) + b"\r\n\r\n" + good,
+    ]
+    for n, data in enumerate(streams):
+        events = _events(data, list(range(mss, len(data), mss)), set(), n % 2 == 0)
+        args = (is_request, True, events, ["GET"], -1, 1)
+        native = _run_parser(_framer, *args)
+        assert native == _run_parser(http.HttpStreamParserReference, *args), n
+        assert any(entry[0] == "done" for entry in native), n
+
+
 def test_framer_refuses_a_reentrant_call_and_passes_callback_errors_on() -> None:
     def again(msg: HttpMessage) -> str:
         framer.data(100, 0, b"x")
