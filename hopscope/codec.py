@@ -94,7 +94,10 @@ def decode_batch(message: bytes) -> Batch:
         columns[name] = _decode_column(ctype, payload, count, name)
     if pos != len(body):
         raise DecodeError(f"record batch has {len(body) - pos} trailing bytes")
-    return Batch(record_type, columns, count)
+    for col in record_type.columns():  # a field the writer did not know: its default
+        if col.name not in columns:
+            columns[col.name] = [""] * count if col.type.is_text else np.zeros(count, col.type.dtype)
+    return Batch.wrap(record_type, columns, count)
 
 
 def _read_column(body: memoryview, pos: int) -> tuple[str, ColumnType, memoryview, int]:
@@ -127,6 +130,18 @@ def _decode_column(ctype: ColumnType, payload: memoryview, count: int, name: str
     if count and ends[-1] != len(payload):
         raise DecodeError(f"text column {name}: lengths sum to {int(ends[-1])}, payload is {len(payload)}")
     raw = bytes(payload[4 * count :])
+    if not count:
+        return []
+    first = int(lengths[0])
+    # one value throughout (a probe's point, host, ...): decoded once
+    if len(raw) == first * count and (lengths == first).all() and raw[:first] * count == raw:
+        return [raw[:first].decode("utf-8", "surrogateescape")] * count
+    if 0 not in raw:  # a NUL after each value, decoded at once and split: no slice per value in Python
+        ends -= 4 * count
+        joined = np.insert(np.frombuffer(raw, np.uint8), ends, 0).tobytes()
+        values = joined.decode("utf-8", "surrogateescape").split("\x00")
+        values.pop()
+        return values
     ends -= 4 * count
     starts = (ends - lengths).tolist()
     text = raw.decode("utf-8", "surrogateescape")

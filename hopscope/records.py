@@ -29,6 +29,7 @@ import dataclasses
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any, ClassVar, TypeVar
 
@@ -385,6 +386,15 @@ class Batch:
         return self.length
 
     @classmethod
+    def wrap(cls, record_type: type[Record], columns: dict[str, ColumnData], length: int) -> Batch:
+        """A batch of ``columns`` as they are: every field of ``record_type`` present, of its column
+        type and ``length`` long (not checked, not copied). For decoders and gathers that build fresh
+        columns so; everyone else goes through the constructor."""
+        batch = cls.__new__(cls)
+        batch.record_type, batch.columns, batch.length = record_type, columns, length
+        return batch
+
+    @classmethod
     def from_records(cls, record_type: type[R], records: Sequence[R]) -> Batch:
         cols = record_type.columns()
         # one attrgetter call per record (C), then the rows transposed: no getattr per field in Python
@@ -415,10 +425,10 @@ class Batch:
         for col in rtype.columns():
             parts = [b.columns[col.name] for b in batches]
             if col.type.is_text:
-                columns[col.name] = [s for part in parts for s in part]
+                columns[col.name] = list(chain.from_iterable(parts))
             else:
                 columns[col.name] = np.concatenate(parts)
-        return cls(rtype, columns, sum(len(b) for b in batches))
+        return cls.wrap(rtype, columns, sum(len(b) for b in batches))
 
     def take(self, indices: npt.NDArray[np.intp]) -> Batch:
         """The records at ``indices``, in that order."""
@@ -432,4 +442,4 @@ class Batch:
                 cols[name] = list(pick(data))
             else:
                 cols[name] = [data[i] for i in positions]
-        return Batch(self.record_type, cols, len(positions))
+        return Batch.wrap(self.record_type, cols, len(positions))

@@ -68,3 +68,22 @@ def test_unknown_column_is_skipped_and_missing_column_defaulted() -> None:
     assert isinstance(first, FlowRecord)
     assert first.syn_ip_id == 0
     assert first.syn_seq == sample(FlowRecord, 1).syn_seq  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["web-0"] * 5,  # one value throughout: decoded once
+        [""] * 4,
+        ["ab", "", "abab"],  # the bytes repeat "ab", the values differ
+        ["a", "bb", "", "é", "日本", "x"],  # values joined with NUL and split
+        ["a\x00b", "c", "\x00"],  # a NUL inside a value: sliced one by one
+        ["\udcff", "ok", "\udcfe\udcff"],  # bytes that are not UTF-8 (surrogate escapes) round-trip
+    ],
+)
+def test_text_columns_round_trip_whatever_their_values(values: list[str]) -> None:
+    batch = Batch(FlowRecord, {"point": values, "history": list(reversed(values))}, len(values))
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded.columns["point"] == values
+    assert decoded.columns["history"] == list(reversed(values))
+    assert decoded.columns["iface"] == [""] * len(values)

@@ -29,7 +29,7 @@ def take(batch: Batch, rows: Any) -> Batch:
             cols[name] = list(get(data))
         else:
             cols[name] = [data[int(i)] for i in idx]
-    return Batch(batch.record_type, cols, n)
+    return Batch.wrap(batch.record_type, cols, n)
 
 
 def _u64(data: Any) -> U64:
