@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -136,6 +137,7 @@ def main() -> None:
         store.drop_schema()
         store.close()
     print(f"load average {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(scratch)  # chDB deletes a dropped database's files minutes later, after this process
     print("\n".join(lines))
 
 
