@@ -27,9 +27,12 @@ A trace is counted when both it and its spans have been inserted through the sam
 whichever came first (``RollupWriter``); a trace whose spans are not among the ones it holds is
 paired with the spans the store has. The writer sums its rows over inserts and writes them every few
 seconds, so a minute has about one row per key and writer. A trace the store held before it was
-inserted again is not counted again (replays, ``analyze --store`` run twice). ``digest`` (the sum of
-keys of the row's trace ids) makes each row distinct: the tables are ReplacingMergeTree on (minute,
-key, digest), so only a row written twice whole collapses.
+inserted again is not counted again (replays, ``analyze --store`` run twice). A writer's running sum
+of a minute, and of a ten-minute block (``resolution_s = BLOCK_S``), is a segment (a random 64-bit
+id) and each write of it carries a newer ``version``: the tables are ReplacingMergeTree on (minute,
+resolution, key, segment) with that version, so the newest write of each segment counts (``FINAL``).
+A window reads its whole blocks from the block rows and the minutes around them from the minute
+rows, in one query with those conditions in ``PREWHERE`` (``rollup_range_sql``).
 """
 
 from __future__ import annotations
