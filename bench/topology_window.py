@@ -17,6 +17,7 @@ and graph, the build from traces as the peer (ratio: its time over the rollup's,
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -241,6 +242,8 @@ def main() -> None:
         else:
             store.drop_schema()
         store.close()
+    if not args.keep:
+        shutil.rmtree(scratch)  # chDB deletes a dropped database's files later, after this process
     print("\n".join(lines))
 
 
