@@ -52,16 +52,18 @@ def rendezvous_hosts(requests: Batch, flows: Batch) -> dict[int, str]:
     return connection_ends(requests, flows)[0]
 
 
-def connection_ends(requests: Batch, flows: Batch) -> tuple[dict[int, str], dict[int, str]]:
+def connection_ends(requests: Batch, flows: Batch, keys_of: tuple[U64, U64] | None = None
+                    ) -> tuple[dict[int, str], dict[int, str]]:
     """Per correlation key, the host of the connection's observation nearest the server (its
     rendezvous host) and that of the one nearest the client (where it left: a proxy's upstream leg
-    leaves the proxy's host). Requests decide when the connection has any, flows otherwise."""
+    leaves the proxy's host). Requests decide when the connection has any, flows otherwise.
+    ``keys_of``: the correlation keys of both batches, when known."""
     keys, prio, score, hosts = [], [], [], []
     if len(requests):
         rc = requests.columns
         t_req = np.asarray(rc["req_first_ns"]).astype(np.int64)
         t_resp = np.asarray(rc["resp_first_ns"]).astype(np.int64)
-        k = correlation_keys(requests)
+        k = correlation_keys(requests) if keys_of is None else keys_of[0]
         full = _group_all(k, t_resp > 0)  # every hop saw the response: residence, clock-free
         keys.append(k)
         prio.append(np.zeros(len(k), np.int64))
@@ -70,7 +72,7 @@ def connection_ends(requests: Batch, flows: Batch) -> tuple[dict[int, str], dict
     if len(flows):
         fc = flows.columns
         rtt = np.asarray(fc["rtt_server_us"]).astype(np.int64)
-        k = correlation_keys(flows)
+        k = correlation_keys(flows) if keys_of is None else keys_of[1]
         full = _group_all(k, rtt > 0)
         keys.append(k)
         prio.append(np.ones(len(k), np.int64))
@@ -172,7 +174,8 @@ class Relay:
             self.watermark.saw(times, (d.topic, d.partition))
             self.stats.relay_late_records += int((times < self.watermark.value()).sum())
             mid = self.book.add(d, len(d.batch))
-            buf.add(d.batch, times, np.zeros(len(d.batch), np.uint64), mid, (d.topic, d.partition))
+            # a relay's row id is the record's correlation key, computed once
+            buf.add(d.batch, times, correlation_keys(d.batch), mid, (d.topic, d.partition))
             self.stats.relay_records_in += len(d.batch)
             self._since += len(d.batch)
         if self._due():
@@ -199,8 +202,9 @@ class Relay:
                                                                                               strict=True))
         if any(m.any() for m in masks):
             self._decide(bufs, masks)
+            keys = [b.rid[m] for b, m in zip(bufs, masks, strict=True)]
             out = {t: b.split(m) for t, b, m in zip(RECORD_TABLES, bufs, masks, strict=True)}
-            self._publish({t: (batch, times) for t, (batch, _, times) in out.items()})
+            self._publish({t: (batch, times, k) for (t, (batch, _, times)), k in zip(out.items(), keys, strict=True)})
             self._mark(watermark_ns)
             self.publisher.flush()
             for _, mids, _ in out.values():
@@ -226,7 +230,7 @@ class Relay:
 
     def _decide(self, bufs: list[RowBuffer], masks: list[Bools]) -> None:
         """Decide connections about to be released, from all their records held."""
-        keys = [correlation_keys(b.batch) for b in bufs]
+        keys = [b.rid for b in bufs]
         leaving = np.unique(np.concatenate([k[m] for k, m in zip(keys, masks, strict=True)]))
         new = np.array([k for k in leaving.tolist() if k not in self.decisions], dtype=np.uint64)
         if len(new) == 0:
@@ -235,31 +239,26 @@ class Relay:
         deciding = [take(b.batch, rows) for b, rows in zip(bufs, sel, strict=True)]
         for batch in deciding:  # once per connection: a proxy host is known before its legs are joined
             self.groups.saw(batch)
-        hosts, client_ends = connection_ends(*deciding)
+        hosts, client_ends = connection_ends(deciding[0], deciding[1], (keys[0][sel[0]], keys[1][sel[1]]))
         newest = self.watermark.newest_ns
         for k, host in hosts.items():
             self.decisions[k] = (host, newest)
             self.groups.join(client_ends[k], host)
 
-    def _publish(self, released: dict[str, tuple[Batch, I64]]) -> None:
+    def _publish(self, released: dict[str, tuple[Batch, I64, U64]]) -> None:
         """Publish in event-time slices of half the stage-2 lateness (each slice: requests, then flows;
         per host), so every stage-2 partition receives records in time order to within a slice and
         its watermark never passes records still to come from this release."""
         step = max(1, self.settings.relay_lateness_us * 500)
-        firsts = [int(t.min()) for b, t in released.values() if len(b)]
+        firsts = [int(t.min()) for b, t, _ in released.values() if len(b)]
         if not firsts:
             return
         t0 = min(firsts)
         sends: list[tuple[int, int, str, str, Batch, I64]] = []
-        for ti, (table, (batch, times)) in enumerate(released.items()):
+        for ti, (table, (batch, times, keys)) in enumerate(released.items()):
             if not len(batch):
                 continue
-            own: list[str] = batch.columns["host"]  # type: ignore[assignment]
-            keys = correlation_keys(batch).tolist()
-            hosts = [self.groups.find(self.decisions.get(k, (h, 0))[0]) for k, h in zip(keys, own, strict=True)]
-            names = sorted(set(hosts))
-            index = {h: i for i, h in enumerate(names)}
-            hid = np.fromiter((index[h] for h in hosts), dtype=np.int64, count=len(hosts))
+            names, hid = self._stage2_hosts(batch, keys)
             sl = (times - t0) // step
             order = np.lexsort((hid, sl))
             key = sl[order] * len(names) + hid[order]
@@ -273,6 +272,24 @@ class Relay:
                 part = take(batch, rows[lo : lo + chunk])
                 self.publisher.publish_raw(topic, encode_batch(part), key=host.encode())
                 self.stats.relay_messages_out += 1
+
+    def _stage2_hosts(self, batch: Batch, keys: U64) -> tuple[list[str], I64]:
+        """The stage-2 keys (host groups' representatives) the records go to: their names, and per
+        record an index into them. Decided per connection; a record of a connection not decided (none
+        is, by the time it leaves) goes to its own host's group."""
+        uniq, inv = np.unique(keys, return_inverse=True)
+        decided = [self.decisions.get(k) for k in uniq.tolist()]
+        if all(d is not None for d in decided):
+            conn_hosts = [self.groups.find(d[0]) for d in decided if d is not None]
+            names = sorted(set(conn_hosts))
+            index = {h: i for i, h in enumerate(names)}
+            conn_hid = np.fromiter((index[h] for h in conn_hosts), dtype=np.int64, count=len(conn_hosts))
+            return names, conn_hid[inv]
+        own: list[str] = batch.columns["host"]  # type: ignore[assignment]
+        hosts = [self.groups.find(self.decisions.get(k, (h, 0))[0]) for k, h in zip(keys.tolist(), own, strict=True)]
+        names = sorted(set(hosts))
+        index = {h: i for i, h in enumerate(names)}
+        return names, np.fromiter((index[h] for h in hosts), dtype=np.int64, count=len(hosts))
 
     def _prune(self) -> None:
         if len(self.decisions) > self.settings.max_buffer_records:

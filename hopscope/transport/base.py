@@ -91,15 +91,16 @@ def correlation_keys(batch: Batch) -> npt.NDArray[np.uint64]:
         fallback = np.asarray(cols["flow_id"], dtype=np.uint64)
         if batch.record_type is RequestRecord:
             names: Any = cols["dns_qname"]
-            ids: Any = cols["dns_id"]
-            qtypes: Any = cols["dns_qtype"]
-            rows = zip(ids.tolist(), names, qtypes.tolist(), strict=True)
-            dns = np.fromiter(
-                (dns_correlation_key(i, q, t) if q else 0 for i, q, t in rows),
-                dtype=np.uint64,
-                count=n,
-            )
-            keys = np.where(keys == 0, dns, keys)
+            if any(names):  # DNS requests among them
+                ids: Any = cols["dns_id"]
+                qtypes: Any = cols["dns_qtype"]
+                rows = zip(ids.tolist(), names, qtypes.tolist(), strict=True)
+                dns = np.fromiter(
+                    (dns_correlation_key(i, q, t) if q else 0 for i, q, t in rows),
+                    dtype=np.uint64,
+                    count=n,
+                )
+                keys = np.where(keys == 0, dns, keys)
         return np.where(keys == 0, fallback, keys)
     trace_ids: Any = cols["trace_id"]
     return np.fromiter((trace_key(t) for t in trace_ids), dtype=np.uint64, count=n)
