@@ -20,6 +20,10 @@ from hopscope.transport.base import DEFAULT_TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
 
+#: How long a stage's poll waits for input while the other stage of the process got some (the
+#: settings' poll timeout is for when neither did).
+BUSY_POLL_S = 0.005
+
 
 def ensure_relay_topics(bootstrap: str, prefix: str = DEFAULT_TOPIC_PREFIX, partitions: int = 4) -> None:
     """Create the input topics and the stage-2 topics ``<prefix>.s2.requests|flows`` if missing."""
@@ -56,13 +60,16 @@ class StreamPipeline:
         ``idle_exit_s``, until no record arrived for that long and nothing is held."""
         self.stitcher._stop = stop
         idle_since = time.monotonic()
+        relay_got = 0
         try:
             while not stop.is_set():
                 # Stage 2 first: the relay reads on only when stage 2 has fetched what it was sent
-                # (one core: a relay far ahead only fills buffers).
-                got = self.stitcher.poll_once()
+                # (one core: a relay far ahead only fills buffers). A stage waits for input only
+                # briefly while the other one has some: the whole poll timeout is for a dry input.
+                got = self.stitcher.poll_once(BUSY_POLL_S if relay_got else None)
                 if not self.stitcher.watermark.lagging or not got:
-                    got += self.relay.step()
+                    relay_got = self.relay.step(BUSY_POLL_S if got else None)
+                    got += relay_got
                 # This process's relay is not dead when stage 2 keeps it from running (a backlog
                 # here): its promises hold until it gives up its partitions.
                 self.stitcher.watermark.alive = {self.relay.name} if self.relay._assignment else set()

@@ -46,7 +46,7 @@ class PointHashes:
         cache = self._cache
         for p in set(points) - cache.keys():
             cache[p] = parts_hash64("point", p)
-        ph = np.fromiter((cache[p] for p in points), dtype=np.uint64, count=len(points))
+        ph = np.fromiter(map(cache.__getitem__, points), dtype=np.uint64, count=len(points))
         return mix64_array(ph ^ mix64_array(_u64(ids)))
 
 

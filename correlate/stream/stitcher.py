@@ -178,9 +178,14 @@ class StreamCorrelator:
         self.watermark.saw(times, (d.topic, d.partition))
         self.stats.late_records += int((times < self.watermark.value()).sum())
         if batch.record_type is RequestRecord and len(batch):
-            for k, t in zip(conn_keys(batch).tolist(), times.tolist(), strict=True):
-                if k:
-                    self.l7_conns[k] = max(t, self.l7_conns.get(k, 0))
+            ck = conn_keys(batch)
+            on = ck != 0
+            conns, inv = np.unique(ck[on], return_inverse=True)  # a connection's requests at each point
+            newest = np.full(len(conns), np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(newest, inv, times[on])
+            l7 = self.l7_conns
+            for k, t in zip(conns.tolist(), newest.tolist(), strict=True):
+                l7[k] = max(t, l7.get(k, 0))
         buf.add(batch, times, rids, self.book.add(d, len(batch)), (d.topic, d.partition))
         self._since += len(batch)
         return len(batch)
