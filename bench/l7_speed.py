@@ -26,10 +26,12 @@ ratio being hopscope's rate over the peer's (higher is better).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _lines import bench_line
 
@@ -158,50 +160,71 @@ def rate(name: str, func: Callable[[], int], messages: int, repeat: int = 3) -> 
     return per_s
 
 
-def end_to_end(conversations: int = 200) -> tuple[float, float]:
-    """Packets and requests per CPU second of ``BlockFeeder`` -> ``L7Tracker``."""
+def _capture_blocks(conversations: list[Any]) -> list[Any]:
+    """The packet blocks of ``conversations`` (``TcpConversation``) written to a pcap and read back as
+    the probe reads a capture."""
     import tempfile
 
     from scapy.layers.l2 import Ether
     from scapy.utils import PcapWriter
 
     from hopscope.probes.analyze import iter_capture
-    from hopscope.probes.l7 import CapturePoint, L7Tracker
-    from hopscope.probes.l7.feed import BlockFeeder
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.probes.l7.tcpstreams import TcpConversation, get, ok
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "http.pcap"
+        path = Path(tmp) / "conversations.pcap"
         writer = PcapWriter(str(path), sync=False)
-        for c in range(conversations):
-            conv = TcpConversation(client=("10.1.0.2", 20000 + c)).handshake()
-            for n in range(25):
-                conv.request(get(f"/item/{n}", extra="X-Request-ID: abc\r\nUser-Agent: bench\r\nAccept: */*\r\n"))
-                conv.response(ok(b"x" * 300))
-            conv.fin(True)
-            conv.fin(False)
+        for conv in conversations:
             for ts, pkt in conv.packets:
                 frame = Ether() / pkt
                 frame.time = ts / 1e9
                 writer.write(frame)
         writer.close()
-        blocks = [b for b, _ in iter_capture(path) if b.count]
-    packets = sum(b.count for b in blocks)
-    best = float("inf")
+        return [b for b, _ in iter_capture(path) if b.count]
+
+
+def _feed_rate(blocks: list[Any], settings: Any = None) -> tuple[float, int]:
+    """Best of three CPU times of ``BlockFeeder`` -> ``L7Tracker`` over ``blocks``, as packets per second,
+    and the records the tracker reported."""
+    from hopscope.probes.l7 import CapturePoint, L7Tracker
+    from hopscope.probes.l7.feed import BlockFeeder
+
+    best, records = float("inf"), 0
     for _ in range(3):
         t0 = time.process_time()
-        tracker = L7Tracker(CapturePoint("bench"))
+        tracker = L7Tracker(CapturePoint("bench"), settings)
         feeder = BlockFeeder(tracker)
         for block in blocks:
             feeder.feed(block)
         tracker.flush()
         records = len(tracker.take_records())
         best = min(best, time.process_time() - t0)
+    return sum(b.count for b in blocks) / best, records
+
+
+def _tcpstreams() -> Any:
+    """The tests' TCP conversation builder (``tests/probes/l7/tcpstreams.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    return importlib.import_module("tests.probes.l7.tcpstreams")
+
+
+def end_to_end(conversations: int = 200) -> tuple[float, float]:
+    """Packets and requests per CPU second of ``BlockFeeder`` -> ``L7Tracker``."""
+    streams = _tcpstreams()
+    convs = []
+    for c in range(conversations):
+        conv = streams.TcpConversation(client=("10.1.0.2", 20000 + c)).handshake()
+        for n in range(25):
+            conv.request(streams.get(f"/item/{n}", extra="X-Request-ID: abc\r\nUser-Agent: bench\r\nAccept: */*\r\n"))
+            conv.response(streams.ok(b"x" * 300))
+        conv.fin(True)
+        conv.fin(False)
+        convs.append(conv)
+    blocks = _capture_blocks(convs)
+    packets = sum(b.count for b in blocks)
+    rate, records = _feed_rate(blocks)
     print(f"End to end: {packets} packets ({conversations} connections), {records} requests")
-    print(f"  BlockFeeder + L7Tracker          {packets / best:>12,.0f} packets/s  {records / best:>10,.0f} requests/s")
-    return packets / best, records / best
+    print(f"  BlockFeeder + L7Tracker          {rate:>12,.0f} packets/s  {records * rate / packets:>10,.0f} requests/s")
+    return rate, records * rate / packets
 
 
 def _tls_record(ctype: int, length: int) -> bytes:
@@ -211,59 +234,31 @@ def _tls_record(ctype: int, length: int) -> bytes:
 def tls_end_to_end(conversations: int = 200) -> tuple[float, float, int]:
     """Packets per CPU second of ``BlockFeeder`` -> ``L7Tracker`` on TLS connections, with TLS
     exchanges reported and with ``detect_tls`` off; and the exchanges reported."""
-    import tempfile
+    from hopscope.probes.l7 import L7Settings
 
-    from scapy.layers.l2 import Ether
-    from scapy.utils import PcapWriter
-
-    from hopscope.probes.analyze import iter_capture
-    from hopscope.probes.l7 import CapturePoint, L7Settings, L7Tracker
-    from hopscope.probes.l7.feed import BlockFeeder
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.probes.l7.tcpstreams import TcpConversation
-
+    conversation = _tcpstreams().TcpConversation
     hello = b"\x16\x03\x01\x00\x30\x01\x00\x00\x2c" + bytes(44)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tls.pcap"
-        writer = PcapWriter(str(path), sync=False)
-        for c in range(conversations):
-            conv = TcpConversation(client=("10.1.0.2", 20000 + c), server=("10.2.0.3", 443)).handshake()
-            conv.request(hello)
-            conv.response(b"\x16\x03\x03\x00\x30\x02\x00\x00\x2c" + bytes(44) + _tls_record(22, 900))
-            conv.request(_tls_record(22, 70) + _tls_record(20, 1) + _tls_record(22, 40))
-            conv.response(_tls_record(20, 1) + _tls_record(22, 40))
-            for _ in range(25):
-                conv.request(_tls_record(23, 300))
-                conv.response(_tls_record(23, 400))
-            conv.fin(True)
-            conv.fin(False)
-            for ts, pkt in conv.packets:
-                frame = Ether() / pkt
-                frame.time = ts / 1e9
-                writer.write(frame)
-        writer.close()
-        blocks = [b for b, _ in iter_capture(path) if b.count]
+    convs = []
+    for c in range(conversations):
+        conv = conversation(client=("10.1.0.2", 20000 + c), server=("10.2.0.3", 443)).handshake()
+        conv.request(hello)
+        conv.response(b"\x16\x03\x03\x00\x30\x02\x00\x00\x2c" + bytes(44) + _tls_record(22, 900))
+        conv.request(_tls_record(22, 70) + _tls_record(20, 1) + _tls_record(22, 40))
+        conv.response(_tls_record(20, 1) + _tls_record(22, 40))
+        for _ in range(25):
+            conv.request(_tls_record(23, 300))
+            conv.response(_tls_record(23, 400))
+        conv.fin(True)
+        conv.fin(False)
+        convs.append(conv)
+    blocks = _capture_blocks(convs)
     packets = sum(b.count for b in blocks)
-    rates, records = [], 0
-    for settings in (L7Settings(), L7Settings(detect_tls=False)):
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.process_time()
-            tracker = L7Tracker(CapturePoint("bench"), settings)
-            feeder = BlockFeeder(tracker)
-            for block in blocks:
-                feeder.feed(block)
-            tracker.flush()
-            found = len(tracker.take_records())
-            best = min(best, time.process_time() - t0)
-        records = records or found
-        rates.append(packets / best)
+    (tls_on, records), (tls_off, _) = (_feed_rate(blocks, s) for s in (L7Settings(), L7Settings(detect_tls=False)))
     print(f"TLS end to end: {packets} packets ({conversations} connections), {records} exchanges")
-    print(f"  TLS exchanges reported            {rates[0]:>12,.0f} packets/s  {records / (packets / rates[0]):>10,.0f} "
+    print(f"  TLS exchanges reported            {tls_on:>12,.0f} packets/s  {records * tls_on / packets:>10,.0f} "
           f"exchanges/s")
-    print(f"  detect_tls off (flows given up)   {rates[1]:>12,.0f} packets/s")
-    return rates[0], rates[1], records
+    print(f"  detect_tls off (flows given up)   {tls_off:>12,.0f} packets/s")
+    return tls_on, tls_off, records
 
 
 def main() -> None:
