@@ -182,6 +182,10 @@ def serve(queue_num: int, delayer: Delayer, stop: list[bool]) -> None:
     # Only the first HEADER_BYTES of each packet reach userspace: enough to describe a drop.
     nfq.bind(queue_num, delayer.on_packet, max_len=65536, mode=COPY_PACKET, range=HEADER_BYTES)
     sock = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
+    # The kernel stamps a packet's arrival only while some socket asked for receive timestamps (tcpdump
+    # does; the live probe's ring does not): this one asks, so every held packet carries its stamp.
+    stamps = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stamps.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMP", 29), 1)  # 29: Linux's SO_TIMESTAMP
     print("ready", flush=True)
     timeout: float | None = None
     try:
@@ -194,6 +198,7 @@ def serve(queue_num: int, delayer: Delayer, stop: list[bool]) -> None:
         delayer.release_all()
         nfq.unbind()
         sock.close()
+        stamps.close()
 
 
 def main() -> None:
