@@ -175,7 +175,7 @@ def _capture_blocks(conversations: list[Any]) -> list[Any]:
         writer = PcapWriter(str(path), sync=False)
         for conv in conversations:
             for ts, pkt in conv.packets:
-                frame = Ether() / pkt
+                frame = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt
                 frame.time = ts / 1e9
                 writer.write(frame)
         writer.close()

@@ -22,6 +22,24 @@ JAEGER_OTLP = os.environ.get("HOPSCOPE_JAEGER_OTLP", "http://127.0.0.1:4318")
 JAEGER_QUERY = os.environ.get("HOPSCOPE_JAEGER_QUERY", "http://127.0.0.1:16686")
 
 
+def _no_neighbour_lookups() -> None:
+    """Frames the tests build leave their Ethernet destination unset. Scapy would then resolve it
+    by sending ARP or IPv6 neighbour solicitations on this machine's own network (and, with a
+    default IPv6 route, block on select(), which fails once chDB has opened more than 1024 fds).
+    Tests only write such frames to files or send them into namespaces they made, so the
+    destination is the broadcast address, the same on every machine and without a packet sent."""
+    from scapy.config import conf
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot3, Ether
+
+    for l2, l3 in ((Ether, IP), (Dot3, IP), (Ether, IPv6)):
+        conf.neighbor.register_l3(l2, l3, lambda _l2, _l3: "ff:ff:ff:ff:ff:ff")
+
+
+_no_neighbour_lookups()
+
+
 def _listening(hostport: str) -> bool:
     host, port = hostport.rsplit(":", 1)
     try:
