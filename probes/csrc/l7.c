@@ -903,6 +903,11 @@ static PyObject *Framer_feed(Framer *f, PyObject *events) {
     return leave(f, rc);
 }
 
+/* The message class of the framer initialised last and its field slots: looked up once, not per framer (a
+   connection makes two). A class's slots cannot change once it is created. */
+static PyObject *slots_of_type;
+static Py_ssize_t slots_cached[NFIELDS];
+
 static int Framer_init(Framer *f, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"message_type", "is_request", "on_head", "on_done", "synced", NULL};
     PyObject *msg_type, *on_head, *on_done;
@@ -915,6 +920,10 @@ static int Framer_init(Framer *f, PyObject *args, PyObject *kwds) {
         return -1;
     }
     PyTypeObject *tp = (PyTypeObject *)msg_type;
+    if (msg_type == slots_of_type) { /* the same class as the framer before: its slots are known */
+        memcpy(f->slot, slots_cached, sizeof f->slot);
+        goto ready;
+    }
     PyObject *slots = PyObject_GetAttrString(msg_type, "__slots__");
     Py_ssize_t nslots = slots ? PyObject_Length(slots) : -1;
     Py_XDECREF(slots);
@@ -933,6 +942,9 @@ static int Framer_init(Framer *f, PyObject *args, PyObject *kwds) {
         }
         f->slot[k] = ((PyMemberDescrObject *)d)->d_member->offset;
     }
+    Py_XSETREF(slots_of_type, Py_NewRef(msg_type)); /* held: its address cannot be reused */
+    memcpy(slots_cached, f->slot, sizeof f->slot);
+ready:
     f->msg_type = Py_NewRef(msg_type);
     f->on_head = Py_NewRef(on_head);
     f->on_done = Py_NewRef(on_done);

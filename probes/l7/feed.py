@@ -44,16 +44,15 @@ class BlockFeeder:
         trk = self.tracker
         cols = [getattr(block, name)[rows].tolist() for name in _FED]
         buf = block.buf
+        tcp_segment, tracked = trk.tcp_segment, trk.tcp_table()
         for i, fid, ts, fo, proto, sp, dp, seq, ack, flags, off, caplen in zip(rows.tolist(), *cols, strict=True):
             payload = buf[off : off + caplen].tobytes()
-            if proto == TCP:
-                if trk.has_tcp(fid):
-                    src, dst = _NO_ADDR, _NO_ADDR
-                else:
-                    src, dst = (block.src_str(i), sp), (block.dst_str(i), dp)
-                trk.tcp_segment(fid, ts, fo, seq, ack, flags, payload, src, dst)
-            else:
+            if proto != TCP:
                 trk.udp_datagram(fid, ts, payload, (block.src_str(i), sp), (block.dst_str(i), dp))
+            elif fid in tracked:  # its addresses are known already
+                tcp_segment(fid, ts, fo, seq, ack, flags, payload, _NO_ADDR, _NO_ADDR)
+            else:
+                tcp_segment(fid, ts, fo, seq, ack, flags, payload, (block.src_str(i), sp), (block.dst_str(i), dp))
         self.rows_fed += len(rows)
         return len(rows)
 

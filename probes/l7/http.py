@@ -668,12 +668,12 @@ class HttpConnection:
     """
 
     __slots__ = (
-        "_next_index",
         "_pending",
         "_replying",
         "client",
         "closed",
         "last_ns",
+        "next_index",
         "orphan_responses",
         "overflow",
         "request_parser",
@@ -691,7 +691,7 @@ class HttpConnection:
         self._replying: HttpExchange | None = None  # exchange whose response body is being read
         self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
         self.overflow: list[HttpExchange] = []  # pushed out of ``waiting`` by MAX_WAITING, to report
-        self._next_index = 0
+        self.next_index = 0
         self.orphan_responses = 0
         self.closed = False  # RST seen, or FIN in both directions
         self.last_ns = 0
@@ -699,9 +699,11 @@ class HttpConnection:
     def segment(self, ts_ns: int, from_client: bool, seq: int, ack: int, flags: int, payload: bytes) -> None:
         """One TCP segment of this connection, in capture order."""
         self.last_ns = ts_ns
-        stream = self.client if from_client else self.server
-        if flags & TCP_ACK:
-            other = self.server if from_client else self.client
+        if from_client:
+            stream, other, parser = self.client, self.server, self.request_parser
+        else:
+            stream, other, parser = self.server, self.client, self.response_parser
+        if flags & TCP_ACK and other.pending_bytes:  # only held data (never empty) can be given up by an ACK
             events = other.acked(ack, ts_ns)
             if events:
                 self._parser(not from_client, other).feed(events)
@@ -714,8 +716,8 @@ class HttpConnection:
             return
         events = stream.segment(ts_ns, seq, payload, bool(flags & TCP_FIN))
         if events:
-            self._parser(from_client, stream).feed(events)
-        if self.client.fin_sent and self.server.fin_sent:
+            (parser or self._parser(from_client, stream)).feed(events)
+        if stream.fin_sent and other.fin_sent:
             self.closed = True
 
     def flush(self, ts_ns: int) -> None:
@@ -766,7 +768,7 @@ class HttpConnection:
     @property
     def hopeless(self) -> bool:
         """True when no HTTP message was found after GIVE_UP_BYTES: this connection is not HTTP/1."""
-        if self._next_index:
+        if self.next_index:
             return False
         skipped = sum(p.skipped_bytes for p in (self.request_parser, self.response_parser) if p is not None)
         return skipped > GIVE_UP_BYTES
@@ -793,8 +795,8 @@ class HttpConnection:
         return parser
 
     def _on_request(self, msg: HttpMessage) -> str:
-        ex = HttpExchange(self._next_index, msg)
-        self._next_index += 1
+        ex = HttpExchange(self.next_index, msg)
+        self.next_index += 1
         self._pending.append(ex)
         self.waiting.append(ex)
         if len(self.waiting) > MAX_WAITING:

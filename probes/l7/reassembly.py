@@ -99,13 +99,24 @@ class StreamReassembler:
 
     def segment(self, ts_ns: int, seq: int, payload: bytes, fin: bool = False) -> list[Event]:
         """Accept one segment; return the events it makes deliverable, in stream order."""
-        if self.base_seq is None:
+        base = self.base_seq
+        if base is None:
             if not payload and not fin:
                 return []
-            self.base_seq = seq % SEQ_MOD
+            base = self.base_seq = seq % SEQ_MOD
             self.started_mid_stream = True
-        offset = self.offset_of(seq)
+        nxt = self.next_offset
+        offset = nxt + (seq - base - nxt + _HALF) % SEQ_MOD - _HALF  # offset_of(seq)
         end = offset + len(payload)
+        if offset == nxt and payload and not self._pending and end - nxt <= MAX_WINDOW:
+            # the common case, the next bytes in order with nothing held: no drain, no skip
+            self.next_offset = end
+            if fin and self.fin_offset is None:
+                self.fin_offset = end
+            if not self.fin_sent and self.fin_offset is not None and end >= self.fin_offset:
+                self.fin_sent = True
+                return [(DATA, offset, ts_ns, payload), (FIN, end, ts_ns, 0)]
+            return [(DATA, offset, ts_ns, payload)]
         if fin and self.fin_offset is None and offset + len(payload) >= self.next_offset:
             self.fin_offset = end
         if end - self.next_offset > MAX_WINDOW:

@@ -20,8 +20,11 @@ response, when a connection closes or is evicted, and on ``flush()``. Everything
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+import numpy as np
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash, request_id
 from hopscope.probes.l7.dns import DnsDecodeError, DnsMessage, DnsTcpFramer, parse_dns
@@ -36,9 +39,21 @@ from hopscope.probes.l7.http import (
 )
 from hopscope.probes.l7.reassembly import StreamReassembler
 from hopscope.probes.l7.tls import TlsConnection, TlsExchange, looks_like_tls
-from hopscope.records import Batch, RequestRecord
+from hopscope.records import Batch, ColumnData, RequestRecord
 
 _TCP, _UDP = 6, 17
+#: A request record as the tracker holds it until taken: RequestRecord's fields, in order.
+_Row = tuple[Any, ...]
+_ROW_FIELDS: Final = (
+    "point", "host", "iface", "hop_kind", "request_id", "flow_id", "l7_proto", "proto",
+    "orig_h", "orig_p", "resp_h", "resp_p", "syn_seq", "synack_seq", "seq_in_flow", "req_tcp_seq", "resp_tcp_seq",
+    "req_payload_hash", "req_first_ns", "req_last_ns", "resp_first_ns", "resp_last_ns", "req_retrans",
+    "resp_retrans", "req_bytes", "resp_bytes", "method", "http_host", "path", "status", "x_request_id",
+    "traceparent", "b3_trace_id", "b3_span_id", "dns_id", "dns_qname", "dns_qtype", "dns_rcode", "dns_answers",
+    "req_body_bytes", "resp_body_bytes",
+)  # fmt: skip
+if tuple(c.name for c in RequestRecord.columns()) != _ROW_FIELDS:
+    raise RuntimeError("RequestRecord's fields changed: update the tracker's rows (_ROW_FIELDS)")
 _SECOND_NS = 1_000_000_000
 DEFAULT_HTTP_PORTS = frozenset({80, 3000, 5000, 8000, 8008, 8080, 8081, 8888, 9080})
 DEFAULT_TLS_PORTS = frozenset({443, 8443, 15443})
@@ -151,9 +166,10 @@ class L7Tracker:
     def __init__(self, point: CapturePoint, settings: L7Settings | None = None) -> None:
         self.point = point
         self.settings = settings or L7Settings()
+        self._linger_ns, self._request_timeout_ns = self.settings.linger_ns, self.settings.request_timeout_ns
         self.stats = L7Stats()
         self._tables = _Tables()
-        self._out: list[RequestRecord] = []
+        self._out: list[_Row] = []  # records as tuples of RequestRecord's fields, until taken
         self.now_ns = 0  # newest capture time seen
 
     # --- input ------------------------------------------------------------------------------------
@@ -171,7 +187,8 @@ class L7Tracker:
         dst: tuple[str, int],
     ) -> None:
         """One TCP segment of flow ``flow_id`` (``src``/``dst`` are (address, port) of this packet)."""
-        self.now_ns = max(self.now_ns, ts_ns)
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
         state = self._tables.tcp.get(flow_id)
         if state is None:
             state = self._new_tcp(flow_id, from_orig, flags, payload, src, dst)
@@ -184,7 +201,15 @@ class L7Tracker:
                 state.syn_seq = seq
             else:
                 state.synack_seq = seq
-        if state.http is None and state.dns_streams is None and state.tls is None:
+        conn = state.http
+        if conn is not None:  # _http_segment, inline: the common case
+            conn.segment(ts_ns, from_client, seq, ack, flags, payload)
+            if conn.closed or conn.overflow or not conn.next_index:  # (no request yet: hopeless?)
+                self._http_after(flow_id, state, conn, ts_ns)
+            elif conn.waiting and conn.due(ts_ns, self._linger_ns, self._request_timeout_ns):
+                self._emit_ready(state, ts_ns, final=False)
+            return
+        if state.dns_streams is None and state.tls is None:
             if not payload:
                 return
             self._classify(state, from_client, src, dst, payload)
@@ -244,13 +269,25 @@ class L7Tracker:
 
     def take_records(self) -> list[RequestRecord]:
         out, self._out = self._out, []
-        return out
+        return [RequestRecord(*row) for row in out]
 
     def take_batch(self) -> Batch:
-        return Batch.from_records(RequestRecord, self.take_records())
+        """The records reported so far as one batch, its columns built from the rows (no record objects):
+        equal to ``Batch.from_records(RequestRecord, self.take_records())``."""
+        out, self._out = self._out, []
+        if not out:
+            return Batch.from_records(RequestRecord, [])
+        columns: dict[str, ColumnData] = {}
+        for col, values in zip(RequestRecord.columns(), zip(*out, strict=True), strict=True):
+            columns[col.name] = list(values) if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
+        return Batch.wrap(RequestRecord, columns, len(out))
 
     def pending_records(self) -> int:
         return len(self._out)
+
+    def tcp_table(self) -> Container[int]:
+        """The flow ids of the TCP flows tracked (a live view: ``has_tcp`` without a call per packet)."""
+        return self._tables.tcp
 
     def has_tcp(self, flow_id: int) -> bool:
         """True when the TCP flow is tracked (its addresses are known already)."""
@@ -367,6 +404,10 @@ class L7Tracker:
         conn = state.http
         assert conn is not None
         conn.segment(ts_ns, from_client, seq, ack, flags, payload)
+        self._http_after(flow_id, state, conn, ts_ns)
+
+    def _http_after(self, flow_id: int, state: _TcpState, conn: HttpConnection, ts_ns: int) -> None:
+        """What a segment of an HTTP connection may lead to: given up, closed, or exchanges due."""
         if conn.hopeless:
             self.stats.http_given_up += 1
             self._tables.tcp.pop(flow_id, None)
@@ -391,53 +432,33 @@ class L7Tracker:
                     stats.http_resyncs += parser.resyncs
                     stats.http_skipped_bytes += parser.skipped_bytes
 
-    def _http_record(self, state: _TcpState, conn: HttpConnection, ex: HttpExchange) -> RequestRecord:
+    def _http_record(self, state: _TcpState, conn: HttpConnection, ex: HttpExchange) -> _Row:
         req, resp = ex.request, ex.response
         req_retrans, resp_retrans = conn.retrans_of(ex)
         req_tcp_seq = conn.client.seq_of(req.start_offset)
-        has_resp = ex.resp_start_offset >= 0
-        self.stats.http_requests += 1
+        resp_start = ex.resp_start_offset  # a 1xx counts: there may be a start and no (final) response
+        resp_tcp_seq = conn.server.seq_of(resp_start) if resp_start >= 0 else 0
+        stats = self.stats
+        stats.http_requests += 1
         if resp is None:
-            self.stats.http_no_response += 1
-        ends, p = state.ends, self.point
-        return RequestRecord(
-            point=p.point,
-            host=p.host,
-            iface=p.iface,
-            hop_kind=p.hop_kind,
-            request_id=request_id(p.point, ends.flow_id, req_tcp_seq, req.first_ns, 0),
-            flow_id=ends.flow_id,
-            l7_proto="http",
-            proto=_TCP,
-            orig_h=ends.client_h,
-            orig_p=ends.client_p,
-            resp_h=ends.server_h,
-            resp_p=ends.server_p,
-            syn_seq=state.syn_seq,
-            synack_seq=state.synack_seq,
-            seq_in_flow=ex.index,
-            req_tcp_seq=req_tcp_seq,
-            resp_tcp_seq=conn.server.seq_of(ex.resp_start_offset) if has_resp else 0,
-            req_payload_hash=req.payload_hash,
-            req_first_ns=req.first_ns,
-            req_last_ns=req.last_ns,
-            resp_first_ns=ex.resp_first_ns,
-            resp_last_ns=resp.last_ns if resp is not None else 0,
-            req_retrans=req_retrans,
-            resp_retrans=resp_retrans,
-            req_bytes=req.end_offset - req.start_offset,
-            resp_bytes=resp.end_offset - ex.resp_start_offset if resp is not None and has_resp else 0,
-            method=req.method,
-            http_host=req.host,
-            path=req.target,
-            status=resp.status if resp is not None else 0,
-            x_request_id=req.x_request_id,
-            traceparent=req.traceparent,
-            b3_trace_id=req.b3_trace_id,
-            b3_span_id=req.b3_span_id,
-            req_body_bytes=req.body_bytes,
-            resp_body_bytes=resp.body_bytes if resp is not None else 0,
-        )
+            stats.http_no_response += 1
+            resp_last_ns = resp_bytes = status = resp_body_bytes = 0
+        else:
+            resp_last_ns, status, resp_body_bytes = resp.last_ns, resp.status, resp.body_bytes
+            resp_bytes = resp.end_offset - resp_start if resp_start >= 0 else 0
+        ends, point = state.ends, self.point.point
+        flow_id = ends.flow_id
+        return (  # RequestRecord's fields in order (_ROW_FIELDS)
+            point, self.point.host, self.point.iface, self.point.hop_kind,
+            request_id(point, flow_id, req_tcp_seq, req.first_ns, 0), flow_id, "http", _TCP,
+            ends.client_h, ends.client_p, ends.server_h, ends.server_p,
+            state.syn_seq, state.synack_seq, ex.index, req_tcp_seq, resp_tcp_seq, req.payload_hash,
+            req.first_ns, req.last_ns, ex.resp_first_ns, resp_last_ns, req_retrans, resp_retrans,
+            req.end_offset - req.start_offset, resp_bytes, req.method, req.host, req.target, status,
+            req.x_request_id, req.traceparent, req.b3_trace_id, req.b3_span_id,
+            0, "", 0, 0, "",  # dns_id, dns_qname, dns_qtype, dns_rcode, dns_answers
+            req.body_bytes, resp_body_bytes,
+        )  # fmt: skip
 
     # --- TLS -------------------------------------------------------------------------------------
 
@@ -461,7 +482,7 @@ class L7Tracker:
             self.stats.tls_broken += conn.broken
             self.stats.tcp_gap_bytes += conn.client.gap_bytes + conn.server.gap_bytes
 
-    def _tls_record(self, state: _TcpState, conn: TlsConnection, ex: TlsExchange) -> RequestRecord:
+    def _tls_record(self, state: _TcpState, conn: TlsConnection, ex: TlsExchange) -> _Row:
         """One exchange as a request record: the correlator's keys and times, no HTTP fields."""
         req_retrans, resp_retrans = conn.retrans_of(ex)
         req_tcp_seq = conn.client.seq_of(ex.req_start)
@@ -469,18 +490,18 @@ class L7Tracker:
         self.stats.tls_exchanges += 1
         self.stats.tls_no_response += not has_resp
         ends, p = state.ends, self.point
-        return RequestRecord(
-            point=p.point, host=p.host, iface=p.iface, hop_kind=p.hop_kind,
-            request_id=request_id(p.point, ends.flow_id, req_tcp_seq, ex.req_first_ns, 0),
-            flow_id=ends.flow_id, l7_proto="tls", proto=_TCP,
-            orig_h=ends.client_h, orig_p=ends.client_p, resp_h=ends.server_h, resp_p=ends.server_p,
-            syn_seq=state.syn_seq, synack_seq=state.synack_seq, seq_in_flow=ex.index,
-            req_tcp_seq=req_tcp_seq, resp_tcp_seq=conn.server.seq_of(ex.resp_start) if has_resp else 0,
-            req_payload_hash=ex.req_hash, req_first_ns=ex.req_first_ns, req_last_ns=ex.req_last_ns,
-            resp_first_ns=ex.resp_first_ns, resp_last_ns=ex.resp_last_ns,
-            req_retrans=req_retrans, resp_retrans=resp_retrans,
-            req_bytes=ex.req_end - ex.req_start, resp_bytes=ex.resp_end - ex.resp_start if has_resp else 0,
-        )
+        return (  # RequestRecord's fields in order (_ROW_FIELDS)
+            p.point, p.host, p.iface, p.hop_kind,
+            request_id(p.point, ends.flow_id, req_tcp_seq, ex.req_first_ns, 0), ends.flow_id, "tls", _TCP,
+            ends.client_h, ends.client_p, ends.server_h, ends.server_p,
+            state.syn_seq, state.synack_seq, ex.index,
+            req_tcp_seq, conn.server.seq_of(ex.resp_start) if has_resp else 0, ex.req_hash,
+            ex.req_first_ns, ex.req_last_ns, ex.resp_first_ns, ex.resp_last_ns, req_retrans, resp_retrans,
+            ex.req_end - ex.req_start, ex.resp_end - ex.resp_start if has_resp else 0,
+            "", "", "", 0, "", "", "", "",  # method, http_host, path, status, x_request_id ... b3_span_id
+            0, "", 0, 0, "",  # dns_id, dns_qname, dns_qtype, dns_rcode, dns_answers
+            0, 0,  # req_body_bytes, resp_body_bytes
+        )  # fmt: skip
 
     # --- DNS --------------------------------------------------------------------------------------
 
@@ -564,39 +585,18 @@ class L7Tracker:
         self.stats.dns_requests += 1
         if resp is None:
             self.stats.dns_no_response += 1
-        self._out.append(
-            RequestRecord(
-                point=p.point,
-                host=p.host,
-                iface=p.iface,
-                hop_kind=p.hop_kind,
-                request_id=request_id(p.point, ends.flow_id, query.req_tcp_seq, query.first_ns, q.dns_id),
-                flow_id=ends.flow_id,
-                l7_proto="dns",
-                proto=ends.proto,
-                orig_h=ends.client_h,
-                orig_p=ends.client_p,
-                resp_h=ends.server_h,
-                resp_p=ends.server_p,
-                syn_seq=query.syn_seq,
-                synack_seq=query.synack_seq,
-                req_tcp_seq=query.req_tcp_seq,
-                resp_tcp_seq=resp_tcp_seq,
-                req_payload_hash=query.req_hash,
-                req_first_ns=query.first_ns,
-                req_last_ns=query.last_ns,
-                resp_first_ns=resp_first_ns,
-                resp_last_ns=resp_last_ns,
-                req_retrans=query.retrans,
-                req_bytes=query.req_bytes,
-                resp_bytes=resp_bytes,
-                dns_id=q.dns_id,
-                dns_qname=q.qname,
-                dns_qtype=q.qtype,
-                dns_rcode=resp.rcode if resp is not None else 0,
-                dns_answers=",".join(resp.answers) if resp is not None else "",
-            )
-        )
+        self._out.append((  # RequestRecord's fields in order (_ROW_FIELDS)
+            p.point, p.host, p.iface, p.hop_kind,
+            request_id(p.point, ends.flow_id, query.req_tcp_seq, query.first_ns, q.dns_id), ends.flow_id, "dns",
+            ends.proto, ends.client_h, ends.client_p, ends.server_h, ends.server_p,
+            query.syn_seq, query.synack_seq, 0, query.req_tcp_seq, resp_tcp_seq, query.req_hash,
+            query.first_ns, query.last_ns, resp_first_ns, resp_last_ns, query.retrans, 0,
+            query.req_bytes, resp_bytes,
+            "", "", "", 0, "", "", "", "",  # method, http_host, path, status, x_request_id ... b3_span_id
+            q.dns_id, q.qname, q.qtype, resp.rcode if resp is not None else 0,
+            ",".join(resp.answers) if resp is not None else "",
+            0, 0,  # req_body_bytes, resp_body_bytes
+        ))  # fmt: skip
 
 
 def _sender_is_client(flags: int, payload: bytes, sport: int, dport: int, settings: L7Settings) -> bool:
