@@ -67,7 +67,7 @@ from hopscope.probes.meter import FlowMeter, MeterConfig
 from hopscope.probes.packet_store import PacketStore, PacketStoreSettings
 from hopscope.probes.readers import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PAD_BYTES, Interface, RawBlock
 from hopscope.probes.service import ServiceDetector
-from hopscope.records import Batch, FlowRecord, RequestRecord
+from hopscope.records import Batch, FlowRecord
 
 log = logging.getLogger(__name__)
 
@@ -715,12 +715,14 @@ class LiveProbe:
         self._publish_flows()
         if self.packets is not None:
             self.packets.maintain(now_ns)
-        requests: list[RequestRecord] = []
+        taken: list[Batch] = []
         for feeder in self.l7.values():
             feeder.tracker.expire(now_ns)
-            requests += feeder.tracker.take_records()
-        if requests:
-            self.sink.publish(Batch.from_records(RequestRecord, requests))
+            if feeder.tracker.pending_records():
+                taken.append(feeder.tracker.take_batch())  # columns from the tracker's rows: no record objects
+        if taken:
+            requests = Batch.concat(taken) if len(taken) > 1 else taken[0]
+            self.sink.publish(requests)
             self.summary.request_records += len(requests)
 
     def _final_flush(self) -> None:

@@ -837,4 +837,6 @@ def _ignore(msg: HttpMessage) -> None:
 
 
 def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> int:
+    if not ranges:  # the common case: nothing retransmitted
+        return 0
     return sum(1 for lo, hi in ranges if lo < end and hi > start)
