@@ -18,11 +18,16 @@
  *       probes/l7/dns.py parse_dns_reference's fields of a DNS message, or the text of the
  *       DnsDecodeError it raises (the caller raises it).
  *
+ *   feed_rows(rows, flow_id, ts_ns, from_orig, proto, sport, dport, seq, ack, tcp_flags, payload_off,
+ *             payload_caplen, buf, tracked, tcp_segment, udp_datagram, ends, no_addr) -> None
+ *       probes/l7/feed.py feed_rows_reference: the selected rows of a block (the columns gathered for
+ *       them) handed to an L7Tracker, one call per row, in order, with the same arguments.
+ *
  * Reference twins: probes/l7/http.py (parse_head_reference, HttpStreamParserReference),
- * hopscope/ids.py (payload_hash) and probes/l7/dns.py (parse_dns_reference);
- * tests/probes/l7/test_l7_native.py runs both on the same inputs and demands equal results.
- * No global mutable state (the method names as str are made once at import); the GIL is held
- * throughout.
+ * hopscope/ids.py (payload_hash), probes/l7/dns.py (parse_dns_reference) and probes/l7/feed.py
+ * (feed_rows_reference); tests/probes/l7/test_l7_native.py runs both on the same inputs and demands
+ * equal results. Global state: the method names as str, made once at import, and the message class
+ * of the framer made last with its slot offsets. The GIL is held throughout.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1166,12 +1171,115 @@ done:
     return result;
 }
 
+/* --- feed_rows ------------------------------------------------------------------------------------ */
+
+/* A column of n items of itemsize bytes, C-contiguous (numpy arrays give their buffer). */
+static int column(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t n, const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (view->itemsize != itemsize || view->len != n * itemsize) {
+        PyErr_Format(PyExc_ValueError, "feed_rows: %s must hold %zd items of %zd bytes", name, n, itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+enum { C_ROWS, C_FLOW, C_TS, C_ORIG, C_PROTO, C_SPORT, C_DPORT, C_SEQ, C_ACK, C_FLAGS, C_OFF, C_CAPLEN, NCOLS };
+static const Py_ssize_t COL_SIZE[NCOLS] = {8, 8, 8, 1, 1, 2, 2, 4, 4, 1, 8, 4};
+static const char *COL_NAME[NCOLS] = {"rows", "flow_id", "ts_ns", "from_orig", "proto", "sport", "dport",
+                                      "seq", "ack", "tcp_flags", "payload_off", "payload_caplen"};
+
+static PyObject *py_feed_rows(PyObject *self, PyObject *args) {
+    PyObject *obj[NCOLS], *buf_obj, *tracked, *tcp_segment, *udp_datagram, *ends, *no_addr;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5],
+                          &obj[6], &obj[7], &obj[8], &obj[9], &obj[10], &obj[11], &buf_obj, &tracked, &tcp_segment,
+                          &udp_datagram, &ends, &no_addr))
+        return NULL;
+    Py_buffer col[NCOLS], buf;
+    int got = 0;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyObject_Length(obj[C_ROWS]);
+    if (n < 0) return NULL;
+    for (; got < NCOLS; got++)
+        if (column(obj[got], &col[got], COL_SIZE[got], n, COL_NAME[got]) < 0) goto done;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    const int64_t *rows = col[C_ROWS].buf, *ts = col[C_TS].buf, *off = col[C_OFF].buf;
+    const uint64_t *fid = col[C_FLOW].buf;
+    const uint8_t *orig = col[C_ORIG].buf, *proto = col[C_PROTO].buf, *flags = col[C_FLAGS].buf;
+    const uint16_t *sport = col[C_SPORT].buf, *dport = col[C_DPORT].buf;
+    const uint32_t *seq = col[C_SEQ].buf, *ack = col[C_ACK].buf, *caplen = col[C_CAPLEN].buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (off[k] < 0 || off[k] + (int64_t)caplen[k] > (int64_t)buf.len) {
+            PyErr_Format(PyExc_ValueError, "feed_rows: row %zd's payload lies outside the buffer", k);
+            break;
+        }
+        PyObject *a[9] = {NULL};
+        PyObject *call = NULL, *pair = NULL;
+        int ok = 0;
+        a[0] = PyLong_FromUnsignedLongLong(fid[k]);
+        a[1] = PyLong_FromLongLong(ts[k]);
+        if (!a[0] || !a[1]) goto row_done;
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)buf.buf + off[k], (Py_ssize_t)caplen[k]);
+        if (!payload) goto row_done;
+        if (proto[k] != 6) { /* udp_datagram(flow_id, ts_ns, payload, src, dst) */
+            pair = PyObject_CallFunction(ends, "nII", (Py_ssize_t)rows[k], (unsigned)sport[k], (unsigned)dport[k]);
+            a[2] = payload;
+            if (!pair) goto row_done;
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "feed_rows: ends must return (src, dst)");
+                goto row_done;
+            }
+            a[3] = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+            a[4] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+            call = PyObject_Vectorcall(udp_datagram, a, 5, NULL);
+        } else { /* tcp_segment(flow_id, ts_ns, from_orig, seq, ack, flags, payload, src, dst) */
+            a[6] = payload;
+            a[2] = Py_NewRef(orig[k] ? Py_True : Py_False);
+            a[3] = PyLong_FromUnsignedLong(seq[k]);
+            a[4] = PyLong_FromUnsignedLong(ack[k]);
+            a[5] = PyLong_FromLong(flags[k]);
+            if (!a[3] || !a[4] || !a[5]) goto row_done;
+            int known = PySequence_Contains(tracked, a[0]);
+            if (known < 0) goto row_done;
+            if (known) { /* its addresses are known already */
+                a[7] = Py_NewRef(no_addr);
+                a[8] = Py_NewRef(no_addr);
+            } else {
+                pair = PyObject_CallFunction(ends, "nII", (Py_ssize_t)rows[k], (unsigned)sport[k],
+                                             (unsigned)dport[k]);
+                if (!pair) goto row_done;
+                if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                    PyErr_SetString(PyExc_TypeError, "feed_rows: ends must return (src, dst)");
+                    goto row_done;
+                }
+                a[7] = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+                a[8] = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+            }
+            call = PyObject_Vectorcall(tcp_segment, a, 9, NULL);
+        }
+        ok = call != NULL;
+    row_done:
+        Py_XDECREF(call);
+        Py_XDECREF(pair);
+        for (int j = 0; j < 9; j++) Py_XDECREF(a[j]);
+        if (!ok) break;
+    }
+    if (!PyErr_Occurred()) result = Py_NewRef(Py_None);
+    PyBuffer_Release(&buf);
+done:
+    for (int j = 0; j < got; j++) PyBuffer_Release(&col[j]);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"parse_head", py_parse_head, METH_VARARGS,
      "parse_head(block, is_request) -> None | (method, target, status, close, values): an HTTP/1.x header block"},
     {"payload_hash", py_payload_hash, METH_VARARGS, "payload_hash(data) -> hopscope.ids.payload_hash(data)"},
     {"parse_dns", py_parse_dns, METH_VARARGS,
      "parse_dns(data) -> (dns_id, is_response, opcode, rcode, qname, qtype, answers), or the decode error's text"},
+    {"feed_rows", py_feed_rows, METH_VARARGS,
+     "feed_rows(rows, flow_id, ts_ns, from_orig, proto, sport, dport, seq, ack, tcp_flags, payload_off, "
+     "payload_caplen, buf, tracked, tcp_segment, udp_datagram, ends, no_addr): the selected rows to a tracker"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,13 +8,18 @@ on other ports costs a few numpy passes and no Python loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
+from hopscope.probes import kernels
 from hopscope.probes.l7.tracker import L7Tracker
 from hopscope.probes.packets import FIN, RST, SYN, TCP, UDP, PacketBlock
 
 _NO_ADDR = ("", 0)
+#: The compiled row loop (probes/csrc/l7.c ``feed_rows``), or None: ``feed_rows_reference`` then runs.
+_L7 = kernels.load("_l7")
 #: The columns ``feed`` hands on per row, in the order its loop unpacks them.
 _FED = ("flow_id", "ts_ns", "from_orig", "proto", "sport", "dport", "seq", "ack", "tcp_flags", "payload_off",
         "payload_caplen")  # fmt: skip
@@ -36,23 +41,19 @@ class BlockFeeder:
     def feed(self, block: PacketBlock) -> int:
         """Feed one metered block; returns the number of rows handed to the tracker.
 
-        The selected rows' columns become Python lists once per block (a numpy scalar per field and
-        row cost more than the tracker's own work on a short segment)."""
+        The loop over the rows runs in the ``_l7`` kernel (``feed_rows``) when it is built and on, else
+        in ``feed_rows_reference``."""
         rows = self.select(block)
         if not len(rows):
             return 0
         trk = self.tracker
-        cols = [getattr(block, name)[rows].tolist() for name in _FED]
-        buf = block.buf
-        tcp_segment, tracked = trk.tcp_segment, trk.tcp_table()
-        for i, fid, ts, fo, proto, sp, dp, seq, ack, flags, off, caplen in zip(rows.tolist(), *cols, strict=True):
-            payload = buf[off : off + caplen].tobytes()
-            if proto != TCP:
-                trk.udp_datagram(fid, ts, payload, (block.src_str(i), sp), (block.dst_str(i), dp))
-            elif fid in tracked:  # its addresses are known already
-                tcp_segment(fid, ts, fo, seq, ack, flags, payload, _NO_ADDR, _NO_ADDR)
-            else:
-                tcp_segment(fid, ts, fo, seq, ack, flags, payload, (block.src_str(i), sp), (block.dst_str(i), dp))
+
+        def ends(i: int, sport: int, dport: int) -> tuple[tuple[str, int], tuple[str, int]]:
+            return (block.src_str(i), sport), (block.dst_str(i), dport)
+
+        cols = [getattr(block, name)[rows] for name in _FED]
+        feed_rows = feed_rows_reference if _L7 is None else _L7.feed_rows
+        feed_rows(rows, *cols, block.buf, trk.tcp_table(), trk.tcp_segment, trk.udp_datagram, ends, _NO_ADDR)
         self.rows_fed += len(rows)
         return len(rows)
 
@@ -77,3 +78,24 @@ class BlockFeeder:
             self._ignored = np.fromiter(ignored, dtype=np.uint64, count=len(ignored))
             self._ignored_len = len(ignored)
         return self._ignored
+
+
+def feed_rows_reference(rows: npt.NDArray[np.intp], *args: Any) -> None:
+    """Hand the selected rows of a block to a tracker, one call per row in order: the Python twin of the
+    ``_l7`` kernel's ``feed_rows`` (tests/probes/l7/test_l7_native.py).
+
+    ``args``: the columns of ``_FED`` gathered for ``rows``, the block's buffer, the tracker's
+    ``tcp_table()``, ``tcp_segment``, ``udp_datagram``, ``ends(row, sport, dport)`` (the (address, port)
+    of the source and the destination) and the (address, port) passed for a tracked flow's."""
+    *cols, buf, tracked, tcp_segment, udp_datagram, ends, no_addr = args
+    # the columns as lists once (a numpy scalar per field and row costs more than the tracker's own
+    # work on a short segment)
+    lists = [col.tolist() for col in cols]
+    for i, fid, ts, fo, proto, sp, dp, seq, ack, flags, off, caplen in zip(rows.tolist(), *lists, strict=True):
+        payload = buf[off : off + caplen].tobytes()
+        if proto != TCP:
+            udp_datagram(fid, ts, payload, *ends(i, sp, dp))
+        elif fid in tracked:  # its addresses are known already
+            tcp_segment(fid, ts, fo, seq, ack, flags, payload, no_addr, no_addr)
+        else:
+            tcp_segment(fid, ts, fo, seq, ack, flags, payload, *ends(i, sp, dp))

@@ -13,8 +13,10 @@ messages and counters. ``parse_dns`` (the kernel)
 and ``parse_dns_reference`` decode generated DNS messages (questions and A, AAAA, CNAME and other
 answers, names with upper-case, non-ASCII and control bytes, compression pointers forward, backward,
 looping and past the end, reserved label types, counts larger than the records present, cuts at every
-length) and arbitrary bytes: equal messages, or DnsDecodeError with the same text. End to end, the
-tracker's records of the lab captures are the same with the kernel and with the reference path.
+length) and arbitrary bytes: equal messages, or DnsDecodeError with the same text. The kernel's
+``feed_rows`` and ``feed_rows_reference`` hand every block of the lab captures to a logging tracker with
+equal calls. End to end, the tracker's records of the lab captures are the same with the kernel and with
+the reference path.
 """
 
 from __future__ import annotations
@@ -371,6 +373,109 @@ def test_lab_capture_records_equal_on_both_paths(tmp_path: Any) -> None:
         outs.append(proc.stdout)
     assert outs[0] == outs[1]
     assert outs[0].count(b"\n") > 10
+
+
+# --- feed_rows -------------------------------------------------------------------------------------
+
+
+class _Calls:
+    """A tracker stand-in that logs every call, its arguments and their types; it tracks the TCP
+    flows whose ids are even after their first segment (so both address branches are taken)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.tracked: dict[int, None] = {}
+
+    def tcp_segment(self, *args: Any) -> None:
+        self.calls.append(("tcp", *((type(a), a) for a in args)))
+        if args[0] % 2 == 0:
+            self.tracked[args[0]] = None
+
+    def udp_datagram(self, *args: Any) -> None:
+        self.calls.append(("udp", *((type(a), a) for a in args)))
+
+
+def _feed_both(block: Any, rows: Any) -> list[list[tuple[Any, ...]]]:
+    from hopscope.probes.l7.feed import _FED, _NO_ADDR, feed_rows_reference
+
+    logs = []
+    for feed_rows in (_l7.feed_rows, feed_rows_reference):
+        calls = _Calls()
+        cols = [getattr(block, name)[rows] for name in _FED]
+
+        def ends(i: int, sp: int, dp: int) -> Any:
+            return (block.src_str(i), sp), (block.dst_str(i), dp)
+
+        feed_rows(rows, *cols, block.buf, calls.tracked, calls.tcp_segment, calls.udp_datagram, ends, _NO_ADDR)
+        logs.append(calls.calls)
+    return logs
+
+
+def test_feed_rows_equals_the_reference() -> None:
+    """The kernel's row loop makes the same tracker calls, with arguments of the same values and types,
+    as ``feed_rows_reference`` on every block of the lab captures (HTTP, DNS over UDP and TCP, TLS)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from hopscope.probes.analyze import iter_capture
+    from hopscope.probes.l7 import CapturePoint, L7Tracker
+    from hopscope.probes.l7.feed import BlockFeeder
+
+    samples = sorted((Path(__file__).resolve().parents[3] / "samples" / "lab").glob("*.pcap"))
+    if not samples:
+        pytest.skip("no lab samples")
+    calls = 0
+    for sample in samples:
+        feeder = BlockFeeder(L7Tracker(CapturePoint("p")))
+        for block, _ in iter_capture(sample):
+            if not block.count:
+                continue
+            rows = feeder.select(block)
+            kernel, reference = _feed_both(block, rows)
+            assert kernel == reference
+            calls += len(kernel)
+            every = np.arange(block.count, dtype=np.intp)  # every row, whatever its protocol or payload
+            kernel, reference = _feed_both(block, every)
+            assert kernel == reference
+    assert calls > 1000
+
+
+def test_feed_rows_refuses_bad_columns() -> None:
+    """Columns of another item size or length, or a payload outside the buffer, are a ValueError before
+    any call; a tracker's exception passes on and stops the loop."""
+    import numpy as np
+
+    def cols(n: int, off: int = 0) -> list[Any]:
+        return [np.arange(n, dtype=np.intp), np.full(n, 2, np.uint64), np.zeros(n, np.int64), np.ones(n, bool),
+                np.full(n, 6, np.uint8), np.zeros(n, np.uint16), np.zeros(n, np.uint16), np.zeros(n, np.uint32),
+                np.zeros(n, np.uint32), np.zeros(n, np.uint8), np.full(n, off, np.int64),
+                np.full(n, 4, np.uint32)]  # fmt: skip
+
+    buf = np.zeros(8, np.uint8)
+    calls = _Calls()
+    ends = lambda i, sp, dp: (("a", sp), ("b", dp))  # noqa: E731
+    args = (buf, calls.tracked, calls.tcp_segment, calls.udp_datagram, ends, ("", 0))
+    bad = cols(3)
+    bad[7] = np.zeros(3, np.uint64)  # seq of 8-byte items
+    with pytest.raises(ValueError, match="seq"):
+        _l7.feed_rows(*bad, *args)
+    short = cols(3)
+    short[2] = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="ts_ns"):
+        _l7.feed_rows(*short, *args)
+    assert calls.calls == []
+    with pytest.raises(ValueError, match="outside the buffer"):
+        _l7.feed_rows(*cols(2, off=6), *args)
+    assert calls.calls == []
+
+    def boom(*_: Any) -> None:
+        raise KeyError("tracker")
+
+    with pytest.raises(KeyError, match="tracker"):
+        _l7.feed_rows(*cols(3), buf, {}, boom, boom, ends, ("", 0))
+    _l7.feed_rows(*cols(3), *args)
+    assert [c[1] for c in calls.calls] == [(int, 2)] * 3
 
 
 # --- DNS -------------------------------------------------------------------------------------------
