@@ -246,7 +246,7 @@ def group_percentiles(
 
 
 class SpanRow(NamedTuple):
-    """The fields of a ``Span`` the rollups read (a plain tuple: made by the hundred thousand)."""
+    """The fields of a ``Span`` the rollups read."""
 
     trace_id: str
     span_id: str
@@ -281,6 +281,8 @@ class TraceRow(NamedTuple):
 
 
 R = TypeVar("R", SpanRow, TraceRow)
+Columns = dict[str, np.ndarray[Any, Any]]
+_FLOAT_FIELDS = frozenset({"link_confidence"})
 
 
 def batch_rows(row_type: type[R], batch: Batch) -> list[R]:
@@ -294,6 +296,33 @@ def record_row(row_type: type[R], record: Span | Trace) -> R:
     return row_type._make(getattr(record, name) for name in row_type._fields)
 
 
+def _column(values: Any, name: str, text: bool) -> np.ndarray[Any, Any]:
+    """A column as the summaries read it: text as an object array, times and counts as int64."""
+    if text:
+        if isinstance(values, np.ndarray) and values.dtype == object:
+            return values
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    return np.asarray(values, dtype=np.float64 if name in _FLOAT_FIELDS else np.int64)
+
+
+_SPAN_TEXT = frozenset({"trace_id", "span_id", "parent_span_id", "point", "host", "hop_kind", "side", "orig_h",
+                        "resp_h", "link_reason"})  # fmt: skip
+_TRACE_TEXT = frozenset({"trace_id", "l7_proto", "client_h", "server_h"})
+
+
+def _span_columns(batch: Batch) -> Columns:
+    return {n: _column(batch.columns[n], n, n in _SPAN_TEXT) for n in SpanRow._fields}
+
+
+def _row_columns(row_type: type[R], rows: Sequence[R]) -> Columns:
+    """Columns of some rows (``SpanRow`` or ``TraceRow``)."""
+    text = _SPAN_TEXT if row_type is SpanRow else _TRACE_TEXT
+    lists: Iterable[Sequence[Any]] = zip(*rows, strict=True) if rows else ([] for _ in row_type._fields)
+    return {n: _column(v, n, n in text) for n, v in zip(row_type._fields, lists, strict=True)}
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _is_loopback(addr: str) -> bool:
     try:
@@ -302,39 +331,180 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
-def hop_sorted(spans: Iterable[SpanRow]) -> list[SpanRow]:
-    return sorted(spans, key=lambda s: (s.hop_index, s.request_first_ns, s.span_id))
+def _codes(values: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(code of each value, the distinct values): equal values, equal codes."""
+    import pandas as pd  # here: the CLI's start does not pay for it
+
+    codes, uniques = pd.factorize(values)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques, dtype=object)
 
 
-def address_chain(trace: TraceRow, spans: Sequence[SpanRow]) -> tuple[str, str, str, int] | None:
-    """(client address, first server address, final server address, duration at the first hop that
-    saw the final address as server) of one trace, spans in hop order; None without a client address.
-    The service map's edges are these addresses mapped to entities (``topology.graph.entity_hops``)."""
-    if spans:
-        client, first = spans[0].orig_h, spans[0].resp_h
-        final_addrs = [s.resp_h for s in spans if s.resp_h and not _is_loopback(s.resp_h)]
-        final = final_addrs[-1] if final_addrs else first
+def _combine(*codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """One code per row for the tuple of several codes (dense: 0 .. distinct tuples - 1)."""
+    out = codes[0]
+    for more in codes[1:]:
+        out = out * (int(more.max(initial=0)) + 1) + more
+        out = np.unique(out, return_inverse=True)[1].reshape(-1)
+    return out
+
+
+def _bucket_keys_exact(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``_bucket_key`` of each value (the values near a bucket boundary are computed one by one, so
+    the vectorised logarithm can never put one in the neighbouring bucket)."""
+    v = np.asarray(values, dtype=np.int64)
+    mag = np.abs(v).astype(np.float64)
+    x = np.log(np.maximum(mag, 1.0)) / _LOG_GAMMA
+    keys = np.where(v == 0, 0, np.sign(v) * (np.ceil(x) + 1)).astype(np.int64)
+    near = np.flatnonzero(np.abs(x - np.rint(x)) < 1e-6)
+    for i in near.tolist():
+        keys[i] = _bucket_key(int(v[i]))
+    return keys
+
+
+class Summaries(NamedTuple):
+    """What the rollups take from some traces and their spans, as columns, computed once for every
+    resolution. Per trace: start, edge (client, first and final address, l7_proto; ``edge`` False
+    without a client address), error, the bucket keys of the duration and of the server-side
+    duration, and whether it has spans. Per capture point of a trace (each point once, attributes of
+    its first span in hop order): ``p_*``. Per link between two points of a trace: ``l_*``."""
+
+    start_ns: np.ndarray[Any, Any]
+    edge: np.ndarray[Any, Any]
+    client: np.ndarray[Any, Any]
+    first: np.ndarray[Any, Any]
+    final: np.ndarray[Any, Any]
+    l7_proto: np.ndarray[Any, Any]
+    error: np.ndarray[Any, Any]
+    duration_key: np.ndarray[Any, Any]
+    server_key: np.ndarray[Any, Any]
+    has_spans: np.ndarray[Any, Any]
+    p_trace: np.ndarray[Any, Any]
+    p_point: np.ndarray[Any, Any]
+    p_host: np.ndarray[Any, Any]
+    p_kind: np.ndarray[Any, Any]
+    p_side: np.ndarray[Any, Any]
+    l_trace: np.ndarray[Any, Any]
+    l_prev: np.ndarray[Any, Any]
+    l_point: np.ndarray[Any, Any]
+    l_reason: np.ndarray[Any, Any]
+    l_req_key: np.ndarray[Any, Any]
+    l_resp_key: np.ndarray[Any, Any]
+    l_has_resp: np.ndarray[Any, Any]
+    l_lost: np.ndarray[Any, Any]
+    l_confidence: np.ndarray[Any, Any]
+
+
+def _hop_order(spans: Columns, tix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Positions of the spans by trace, then hop order (hop index, request time, span id); a span id
+    twice in one trace counts once (its last row)."""
+    sid_codes, _ = _codes(spans["span_id"])
+    pair = tix * (int(sid_codes.max(initial=0)) + 1) + sid_codes
+    if len(np.unique(pair)) < len(pair):  # a span written twice: its last row
+        _, last_rev = np.unique(pair[::-1], return_index=True)
+        keep = np.sort(len(pair) - 1 - last_rev)
     else:
-        client, first, final = trace.client_h, trace.server_h, trace.server_h
-    if not client:
-        return None
-    server_us = trace.duration_us
-    for s in spans:
-        if s.resp_h == final and s.response_last_ns > s.request_first_ns:
-            server_us = (s.response_last_ns - s.request_first_ns) // 1000
-            break
-    return client, first, final, server_us
+        keep = np.arange(len(pair))
+    hop, req = spans["hop_index"][keep], spans["request_first_ns"][keep]
+    order = keep[np.lexsort((req, hop, tix[keep]))]
+    t, h, r = tix[order], spans["hop_index"][order], spans["request_first_ns"][order]
+    tie = (t[1:] == t[:-1]) & (h[1:] == h[:-1]) & (r[1:] == r[:-1])
+    if tie.any():  # same hop and time: by span id, as the reference order has it
+        ids = spans["span_id"]
+        starts = np.flatnonzero(np.diff(np.concatenate(([False], tie, [False])).astype(np.int8)) == 1)
+        for a in starts.tolist():
+            b = a + 1
+            while b < len(tie) and tie[b]:
+                b += 1
+            run = order[a : b + 1]
+            order[a : b + 1] = sorted(run.tolist(), key=lambda i: ids[i])
+    return order
 
 
-def point_links(spans: Sequence[SpanRow]) -> list[tuple[SpanRow, SpanRow]]:
-    """(previous, this) spans of a hop path in hop order: by parent_span_id, else the previous span."""
-    index = {s.span_id: i for i, s in enumerate(spans)}
-    links = []
-    for i, s in enumerate(spans):
-        parent = index.get(s.parent_span_id, i - 1) if s.parent_span_id else i - 1
-        if parent >= 0 and parent != i and spans[parent].point != s.point:
-            links.append((spans[parent], s))
-    return links
+def summarize_columns(traces: Columns, spans: Columns, span_trace: np.ndarray[Any, Any]) -> Summaries:
+    """The summaries of some traces (columns of ``TraceRow`` fields) with their spans (columns of
+    ``SpanRow`` fields; ``span_trace``: the index of each span's trace), all at once."""
+    n = len(traces["trace_id"])
+    tix = np.asarray(span_trace, dtype=np.int64)
+    order = _hop_order(spans, tix) if len(tix) else np.zeros(0, dtype=np.int64)
+    s = {k: v[order] for k, v in spans.items()}
+    t = tix[order]
+    m = len(t)
+    pos = np.arange(m)
+    new_trace = np.ones(m, dtype=bool)
+    new_trace[1:] = t[1:] != t[:-1]
+    starts = np.flatnonzero(new_trace)
+    seg = np.cumsum(new_trace) - 1  # the trace segment of each span
+    traced = t[starts]  # the traces with spans, one per segment
+
+    # address chain: client and first server at the first hop, final = last non-loopback server
+    resp_codes, resp_uniques = _codes(s["resp_h"])
+    usable = np.fromiter((bool(a) and not _is_loopback(a) for a in resp_uniques), dtype=bool,
+                         count=len(resp_uniques))  # fmt: skip
+    cand = usable[resp_codes] if m else np.zeros(0, dtype=bool)
+    last_cand = np.maximum.reduceat(np.where(cand, pos, -1), starts) if m else np.zeros(0, dtype=np.int64)
+    final_pos = np.where(last_cand >= 0, last_cand, starts)
+    client = traces["client_h"].copy()
+    first = traces["server_h"].copy()
+    final = traces["server_h"].copy()
+    client[traced], first[traced], final[traced] = s["orig_h"][starts], s["resp_h"][starts], s["resp_h"][final_pos]
+    server_us = traces["duration_us"].copy()
+    if m:
+        rf, rl = s["request_first_ns"], s["response_last_ns"]
+        at_final = (resp_codes == resp_codes[final_pos][seg]) & (rl > rf)
+        first_at = np.minimum.reduceat(np.where(at_final, pos, m), starts)
+        found = first_at < m
+        server_us[traced[found]] = (rl[first_at[found]] - rf[first_at[found]]) // 1000
+    has_spans = np.zeros(n, dtype=bool)
+    has_spans[traced] = True
+    edge = client != ""
+
+    # each point of a trace once, with its first span's attributes
+    point_codes, _ = _codes(s["point"])
+    _, p_first = np.unique(t * (int(point_codes.max(initial=0)) + 1) + point_codes, return_index=True)
+    p_first = np.sort(p_first)
+
+    # links: (parent or previous span, span) of one trace at different points
+    parent = np.where(new_trace, -1, pos - 1)
+    par, sid = s["parent_span_id"], s["span_id"]
+    named = par != ""
+    same_prev = np.zeros(m, dtype=bool)
+    same_prev[1:] = (par[1:] == sid[:-1]) & ~new_trace[1:]
+    unresolved = named & ~same_prev  # a parent named, not the previous span: looked up
+    if unresolved.any():
+        look = np.isin(t, np.unique(t[unresolved]))
+        index = dict(zip(zip(t[look].tolist(), sid[look].tolist(), strict=True), pos[look].tolist(), strict=True))
+        for i in np.flatnonzero(unresolved).tolist():
+            parent[i] = index.get((int(t[i]), par[i]), parent[i])
+    linked = (parent >= 0) & (parent != pos)
+    linked[linked] = point_codes[parent[linked]] != point_codes[linked]
+    li = np.flatnonzero(linked)
+    pi = parent[li]
+
+    return Summaries(
+        start_ns=traces["start_ns"], edge=edge, client=client, first=first, final=final,
+        l7_proto=traces["l7_proto"], error=(traces["error"] != 0).astype(np.int64),
+        duration_key=_bucket_keys_exact(traces["duration_us"]), server_key=_bucket_keys_exact(server_us),
+        has_spans=has_spans,
+        p_trace=t[p_first], p_point=s["point"][p_first], p_host=s["host"][p_first],
+        p_kind=s["hop_kind"][p_first], p_side=s["side"][p_first],
+        l_trace=t[li], l_prev=s["point"][pi], l_point=s["point"][li], l_reason=s["link_reason"][li],
+        l_req_key=_bucket_keys_exact(s["req_link_us"][li]), l_resp_key=_bucket_keys_exact(s["resp_link_us"][li]),
+        l_has_resp=s["response_first_ns"][li] != 0, l_lost=s["lost_pkts"][li],
+        l_confidence=s["link_confidence"][li],
+    )  # fmt: skip
+
+
+def summarize_pairs(pairs: Iterable[Pair]) -> Summaries:
+    """``summarize_columns`` of traces, each with its spans as rows."""
+    traces: list[TraceRow] = []
+    rows: list[SpanRow] = []
+    tix: list[int] = []
+    for i, (trace, spans) in enumerate(pairs):
+        traces.append(trace)
+        rows.extend(spans)
+        tix.extend([i] * len(spans))
+    return summarize_columns(_row_columns(TraceRow, traces), _row_columns(SpanRow, rows),
+                             np.asarray(tix, dtype=np.int64))  # fmt: skip
 
 
 Pair = tuple[TraceRow, Sequence[SpanRow]]
@@ -354,39 +524,24 @@ class _Acc:
     attrs: tuple[str, str, str] = ("", "", "")
 
 
-def _acc(table: dict[Any, _Acc], key: Any) -> _Acc:
-    acc = table.get(key)
-    if acc is None:
-        acc = table[key] = _Acc()
-    acc.count += 1
-    return acc
+def _groups(*codes: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(first row of each group, group of each row) of the rows grouped by several codes."""
+    combined = _combine(*codes) if len(codes[0]) else np.zeros(0, dtype=np.int64)
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
 
 
-class TraceSummary(NamedTuple):
-    """What the rollups take from one trace and its spans, computed once for every resolution."""
-
-    start_ns: int
-    edge: tuple[str, str, str, str] | None  # client, first and final address, l7_proto
-    error: int
-    duration_key: int  # bucket keys of the trace's duration and of the server-side duration
-    server_key: int
-    points: list[tuple[str, tuple[str, str, str]]]  # each point once: (point, (host, hop_kind, side))
-    links: list[tuple[str, str, str, int, int | None, int, float]]  # prev, point, reason, req/resp keys, lost, conf
-
-
-def summarize(trace: TraceRow, trace_spans: Sequence[SpanRow]) -> TraceSummary:
-    spans = hop_sorted({s.span_id: s for s in trace_spans}.values())  # a span written twice counts once
-    chain = address_chain(trace, spans)
-    edge = (*chain[:3], trace.l7_proto) if chain is not None else None
-    points = [(s.point, (s.host, s.hop_kind, s.side)) for s in {s.point: s for s in reversed(spans)}.values()]
-    links = [
-        (a.point, b.point, b.link_reason, _bucket_key(b.req_link_us),
-         _bucket_key(b.resp_link_us) if b.response_first_ns else None, b.lost_pkts, float(b.link_confidence))
-        for a, b in point_links(spans)
-    ]  # fmt: skip
-    server_us = chain[3] if chain is not None else 0
-    return TraceSummary(trace.start_ns, edge, int(bool(trace.error)), _bucket_key(trace.duration_us),
-                        _bucket_key(server_us), points, links)  # fmt: skip
+def _add_hist(accs: Sequence[_Acc], second: bool, group: np.ndarray[Any, Any], keys: np.ndarray[Any, Any]) -> None:
+    """Add a bucket key per row to the histogram of the row's group."""
+    if not len(keys):
+        return
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    pairs, counts = np.unique(group * span + (keys - low), return_counts=True)
+    for code, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        g, key = divmod(code, span)
+        hist = accs[g].second if second else accs[g].first
+        hist[key + low] += count
 
 
 class Accumulator:
@@ -406,35 +561,86 @@ class Accumulator:
 
     def add(self, pairs: Iterable[Pair]) -> None:
         """Add traces, each with all its spans."""
-        self.add_summaries([summarize(trace, spans) for trace, spans in pairs])
+        self.add_summaries(summarize_pairs(pairs))
 
-    def add_summaries(self, summaries: Iterable[TraceSummary]) -> None:
-        """Add traces already summarized (``summarize``: one summary serves every resolution)."""
-        edges, links = self.edges, self.links
-        for t in summaries:
-            minute = t.start_ns // self.resolution_ns * self.resolution_ns
+    def add_summaries(self, t: Summaries) -> None:
+        """Add traces already summarized (``summarize_columns``: one summary serves every resolution):
+        grouped by minute and key with numpy, then each group added to its row."""
+        res = self.resolution_ns
+        minutes = t.start_ns // res * res
+        for minute in np.unique(minutes).tolist():
             if minute not in self.segments:
                 self.segments[minute] = secrets.randbits(64)
-            if t.edge is not None:
-                edge = _acc(edges, (minute, *t.edge))
-                edge.errors += t.error
-                edge.first[t.duration_key] += 1
-                edge.second[t.server_key] += 1
-            if not t.points:
-                continue
-            _acc(links, (minute, "", "", ""))
-            for point, attrs in t.points:
-                _acc(links, (minute, "", point, "")).attrs = attrs
-            for prev, point, reason, req_key, resp_key, lost, confidence in t.links:
-                link = _acc(links, (minute, prev, point, reason))
-                link.first[req_key] += 1
-                if resp_key is not None:
-                    link.second[resp_key] += 1
-                if lost:
-                    link.lost_pkts += lost
-                    link.loss_traces += 1
-                if confidence < link.min_confidence:
-                    link.min_confidence = confidence
+        minute_codes = np.unique(minutes, return_inverse=True)[1].reshape(-1)
+        self._add_edges(t, minutes, minute_codes)
+        self._add_links(t, minutes, minute_codes)
+
+    def _add_edges(self, t: Summaries, minutes: np.ndarray[Any, Any], minute_codes: np.ndarray[Any, Any]) -> None:
+        rows = np.flatnonzero(t.edge)
+        if not len(rows):
+            return
+        texts = (t.client[rows], t.first[rows], t.final[rows], t.l7_proto[rows])
+        first, group = _groups(minute_codes[rows], *(_codes(c)[0] for c in texts))
+        counts = np.bincount(group).tolist()
+        errors = np.bincount(group, weights=t.error[rows]).astype(np.int64).tolist()
+        accs = []
+        for g, i in enumerate(first.tolist()):
+            key = (int(minutes[rows[i]]), *(str(c[i]) for c in texts))
+            acc = self.edges.get(key)  # type: ignore[arg-type]
+            if acc is None:
+                acc = self.edges[key] = _Acc()  # type: ignore[index]
+            acc.count += counts[g]
+            acc.errors += errors[g]
+            accs.append(acc)
+        _add_hist(accs, False, group, t.duration_key[rows])
+        _add_hist(accs, True, group, t.server_key[rows])
+
+    def _link(self, key: tuple[int, str, str, str], count: int) -> _Acc:
+        acc = self.links.get(key)
+        if acc is None:
+            acc = self.links[key] = _Acc()
+        acc.count += count
+        return acc
+
+    def _add_links(self, t: Summaries, minutes: np.ndarray[Any, Any], minute_codes: np.ndarray[Any, Any]) -> None:
+        traced = np.flatnonzero(t.has_spans)
+        if not len(traced):
+            return
+        # the traces with spans, per minute
+        first, group = _groups(minute_codes[traced])
+        for g, count in enumerate(np.bincount(group).tolist()):
+            self._link((int(minutes[traced[first[g]]]), "", "", ""), count)
+        # each point, per minute: its attributes those of the last trace added that passed it
+        first, group = _groups(minute_codes[t.p_trace], _codes(t.p_point)[0])
+        last = np.full(len(first), -1, dtype=np.int64)
+        np.maximum.at(last, group, np.arange(len(group)))
+        for g, count in enumerate(np.bincount(group).tolist()):
+            i, j = int(first[g]), int(last[g])
+            acc = self._link((int(minutes[t.p_trace[i]]), "", str(t.p_point[i]), ""), count)
+            acc.attrs = (str(t.p_host[j]), str(t.p_kind[j]), str(t.p_side[j]))
+        # each link, per minute
+        if not len(t.l_trace):
+            return
+        lm = minute_codes[t.l_trace]
+        first, group = _groups(lm, _codes(t.l_prev)[0], _codes(t.l_point)[0], _codes(t.l_reason)[0])
+        counts = np.bincount(group).tolist()
+        lost = np.bincount(group, weights=t.l_lost).astype(np.int64).tolist()
+        loss = np.bincount(group, weights=(t.l_lost != 0).astype(np.float64)).astype(np.int64).tolist()
+        conf = np.full(len(first), np.inf)
+        np.minimum.at(conf, group, t.l_confidence)
+        accs = []
+        for g, i in enumerate(first.tolist()):
+            key = (int(minutes[t.l_trace[i]]), str(t.l_prev[i]), str(t.l_point[i]), str(t.l_reason[i]))
+            acc = self._link(key, counts[g])
+            acc.lost_pkts += lost[g]
+            acc.loss_traces += loss[g]
+            lowest = float(conf[g])
+            if lowest < acc.min_confidence:
+                acc.min_confidence = lowest
+            accs.append(acc)
+        _add_hist(accs, False, group, t.l_req_key)
+        resp = np.flatnonzero(t.l_has_resp)
+        _add_hist(accs, True, group[resp], t.l_resp_key[resp])
 
     def batches(self, version: int) -> tuple[Batch, Batch]:
         """The ``edges_1m`` and ``links_1m`` rows of everything added, written as ``version``."""
@@ -495,6 +701,72 @@ def _link_batch(
 # --- pairing traces with their spans as they are inserted ------------------------------------------
 
 
+class _Chunk:
+    """Spans held as columns, the rows of each trace together (a piece: ``(chunk, start, stop)``).
+    ``live``: how many of its rows belong to traces still held."""
+
+    __slots__ = ("columns", "live", "size")
+
+    def __init__(self, columns: Columns, size: int) -> None:
+        self.columns, self.size, self.live = columns, size, 0
+
+
+_Piece = tuple[_Chunk, int, int]
+_Ready = tuple[TraceRow, Sequence[_Piece]]
+#: Held chunks may keep this many rows (beyond four times the held spans) before the held spans are
+#: copied into one chunk of their own.
+_COMPACT_ROWS = MAX_HELD_SPANS
+
+
+def _chunk_pieces(columns: Columns) -> tuple[_Chunk, list[str], list[int]]:
+    """Spans as a chunk grouped by trace: the chunk, its trace ids (in the order they first came) and
+    the bounds of each one's rows."""
+    codes, ids = _codes(columns["trace_id"])
+    order = np.argsort(codes, kind="stable")
+    if len(order) and (np.diff(order) != 1).any():
+        columns = {n: v[order] for n, v in columns.items()}
+    bounds = np.searchsorted(codes[order], np.arange(len(ids) + 1)).tolist()
+    return _Chunk(columns, len(order)), ids.tolist(), bounds
+
+
+def _gather_pieces(pieces: Sequence[_Piece]) -> tuple[Columns, np.ndarray[Any, Any]]:
+    """The rows of some pieces as one set of columns (grouped by chunk), and where each piece starts."""
+    by_chunk: dict[int, tuple[_Chunk, list[int]]] = {}
+    for k, (chunk, _, _) in enumerate(pieces):
+        by_chunk.setdefault(id(chunk), (chunk, []))[1].append(k)
+    starts = np.zeros(len(pieces), dtype=np.int64)
+    parts: list[Columns] = []
+    offset = 0
+    for chunk, ks in by_chunk.values():
+        a = np.fromiter((pieces[k][1] for k in ks), dtype=np.int64, count=len(ks))
+        lengths = np.fromiter((pieces[k][2] for k in ks), dtype=np.int64, count=len(ks)) - a
+        ends = np.cumsum(lengths)
+        total = int(ends[-1])
+        starts[ks] = offset + ends - lengths
+        rows = np.repeat(a - (ends - lengths), lengths) + np.arange(total)
+        parts.append({n: v[rows] for n, v in chunk.columns.items()})
+        offset += total
+    if len(parts) == 1:
+        return parts[0], starts
+    if not parts:
+        return _row_columns(SpanRow, []), starts
+    return {n: np.concatenate([p[n] for p in parts]) for n in SpanRow._fields}, starts
+
+
+def _summarize_ready(ready: Sequence[_Ready]) -> Summaries:
+    traces = _row_columns(TraceRow, [t for t, _ in ready])
+    pieces: list[_Piece] = []
+    owner: list[int] = []
+    for i, (_, held) in enumerate(ready):
+        pieces.extend(held)
+        owner.extend([i] * len(held))
+    spans, starts = _gather_pieces(pieces)
+    lengths = np.fromiter((b - a for _, a, b in pieces), dtype=np.int64, count=len(pieces))
+    by_start = np.argsort(starts, kind="stable")
+    span_trace = np.repeat(np.asarray(owner, dtype=np.int64)[by_start], lengths[by_start])
+    return summarize_columns(traces, spans, span_trace)
+
+
 class RollupWriter:
     """Pairs each inserted trace with its inserted spans, whichever comes first, and keeps running
     sums of the rollup rows of the complete pairs per minute (``Accumulator``). Every ``FLUSH_S`` it
@@ -508,7 +780,11 @@ class RollupWriter:
     some trace ids the store holds already. A trace the store held before it was inserted again (a
     replay, ``analyze --store`` run twice) is not counted again, however the writes are grouped; a
     writer that stops between storing traces and writing their rows (at most ``FLUSH_S`` of them)
-    leaves those traces out of the rollups."""
+    leaves those traces out of the rollups.
+
+    Spans are held as the columns of their batch (``_Chunk``), and the traces that are complete
+    after an insert are summarized and added together, with numpy (``summarize_columns``,
+    ``Accumulator.add_summaries``): no Python object per span."""
 
     FLUSH_S = 5.0
     OPEN_MINUTES = 2
@@ -525,8 +801,9 @@ class RollupWriter:
         self._lookup_traces = lookup_traces
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._spans: OrderedDict[str, list[SpanRow]] = OrderedDict()
+        self._spans: OrderedDict[str, list[_Piece]] = OrderedDict()
         self._held_spans = 0
+        self._chunk_rows = 0  # rows of the chunks that held spans are in
         self._traces: OrderedDict[str, TraceRow] = OrderedDict()
         self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
         self._dirty_since: float | None = None
@@ -551,14 +828,25 @@ class RollupWriter:
         else:
             return
         if ready:
-            self.write(ready)
+            self._write(ready)
 
     def write(self, pairs: Sequence[Pair]) -> None:
+        """Add complete traces, each with its spans, to the open minutes (as ``_write``)."""
+        rows = [s for _, spans in pairs for s in spans]
+        chunk = _Chunk(_row_columns(SpanRow, rows), len(rows))
+        ready: list[_Ready] = []
+        at = 0
+        for trace, spans in pairs:
+            ready.append((trace, [(chunk, at, at + len(spans))] if spans else []))
+            at += len(spans)
+        self._write(ready)
+
+    def _write(self, ready: Sequence[_Ready]) -> None:
         """Add complete traces to the open minutes; written from here once the oldest addition has
         waited ``FLUSH_S`` (a failed write raises to the inserting caller and is tried again at the
         next), else by a timer when no insert comes."""
         with self._lock:
-            summaries = [summarize(trace, spans) for trace, spans in pairs]
+            summaries = _summarize_ready(ready)
             for acc in self._open:
                 acc.add_summaries(summaries)
             now = time.monotonic()
@@ -626,6 +914,7 @@ class RollupWriter:
             self._open = (Accumulator(MINUTE_NS), Accumulator(BLOCK_NS))
             self._spans.clear()
             self._held_spans = 0
+            self._chunk_rows = 0
             self._traces.clear()
             self._dirty_since = None
 
@@ -634,60 +923,90 @@ class RollupWriter:
         with self._lock:
             alone: list[Pair] = [(t, []) for t in self._traces.values()]
             self._traces.clear()
-            for acc in self._open:
-                acc.add(alone)
             if alone:
+                summaries = summarize_pairs(alone)
+                for acc in self._open:
+                    acc.add_summaries(summaries)
                 self._dirty_since = self._dirty_since or time.monotonic()
         self.flush(close_all=True)
 
-    def _spans_written(self, batch: Batch) -> list[Pair]:
-        groups: dict[str, list[SpanRow]] = {}
-        for s in batch_rows(SpanRow, batch):
-            groups.setdefault(s.trace_id, []).append(s)
-        ready: list[Pair] = []
+    def _spans_written(self, batch: Batch) -> list[_Ready]:
+        chunk, ids, bounds = _chunk_pieces(_span_columns(batch))
+        ready: list[_Ready] = []
         with self._lock:
-            for trace_id, spans in groups.items():
+            for k, trace_id in enumerate(ids):
+                piece = (chunk, bounds[k], bounds[k + 1])
                 trace = self._traces.pop(trace_id, None)
                 if trace is not None:
-                    ready.append((trace, spans))
+                    ready.append((trace, [piece]))
                 else:
-                    self._spans.setdefault(trace_id, []).extend(spans)
-                    self._held_spans += len(spans)
+                    self._spans.setdefault(trace_id, []).append(piece)
+                    chunk.live += piece[2] - piece[1]
+            if chunk.live:
+                self._held_spans += chunk.live
+                self._chunk_rows += chunk.size
             while self._held_spans > MAX_HELD_SPANS:  # spans whose trace never came (spans-only writers)
                 _, dropped = self._spans.popitem(last=False)
-                self._held_spans -= len(dropped)
+                self._release(dropped)
+            self._compact()
         return ready
 
-    def _traces_written(self, batch: Batch, known: AbstractSet[str]) -> list[Pair]:
-        ready: list[Pair] = []
+    def _traces_written(self, batch: Batch, known: AbstractSet[str]) -> list[_Ready]:
+        ready: list[_Ready] = []
         missing: list[TraceRow] = []
         with self._lock:
             for t in batch_rows(TraceRow, batch):
-                spans = self._spans.pop(t.trace_id, None)
-                if spans is not None:
-                    self._held_spans -= len(spans)
+                pieces = self._spans.pop(t.trace_id, None)
+                if pieces is not None:
+                    self._release(pieces)
                 if t.trace_id in known:
                     continue
-                if spans is None:
+                if pieces is None:
                     missing.append(t)
                 else:
-                    ready.append((t, spans))
+                    ready.append((t, pieces))
+            self._compact()
         if missing:
-            stored: dict[str, list[SpanRow]] = {}
+            rows: list[SpanRow] = []
             ids = [t.trace_id for t in missing]
             for i in range(0, len(ids), _ID_CHUNK):
-                for s in self._lookup_spans(ids[i : i + _ID_CHUNK]):
-                    stored.setdefault(s.trace_id, []).append(record_row(SpanRow, s))
+                rows.extend(record_row(SpanRow, s) for s in self._lookup_spans(ids[i : i + _ID_CHUNK]))
+            chunk, found, bounds = _chunk_pieces(_row_columns(SpanRow, rows))
+            stored = {trace_id: (chunk, bounds[k], bounds[k + 1]) for k, trace_id in enumerate(found)}
             with self._lock:
                 for t in missing:
-                    if t.trace_id in stored:
-                        ready.append((t, stored[t.trace_id]))
+                    piece = stored.get(t.trace_id)
+                    if piece is not None:
+                        ready.append((t, [piece]))
                     else:
                         self._traces[t.trace_id] = t
                 while len(self._traces) > MAX_HELD_TRACES:  # traces without spans: counted from their own fields
                     _, alone = self._traces.popitem(last=False)
                     ready.append((alone, []))
         return ready
+
+    def _release(self, pieces: Sequence[_Piece]) -> None:
+        """Spans no longer held (their trace came, or they were dropped)."""
+        for chunk, start, stop in pieces:
+            self._held_spans -= stop - start
+            chunk.live -= stop - start
+            if chunk.live == 0:
+                self._chunk_rows -= chunk.size
+
+    def _compact(self) -> None:
+        """Copy the held spans into a chunk of their own once the chunks they are in hold many more
+        rows than they do (the rest of a chunk's rows went with their traces)."""
+        if self._chunk_rows <= 4 * self._held_spans + _COMPACT_ROWS:
+            return
+        owners = [(trace_id, piece) for trace_id, pieces in self._spans.items() for piece in pieces]
+        columns, starts = _gather_pieces([piece for _, piece in owners])
+        chunk = _Chunk(columns, self._held_spans)
+        chunk.live = self._held_spans
+        spans: OrderedDict[str, list[_Piece]] = OrderedDict((trace_id, []) for trace_id in self._spans)
+        for (trace_id, (_, a, b)), start in zip(owners, starts.tolist(), strict=True):
+            spans[trace_id].append((chunk, start, start + b - a))
+        self._spans = spans
+        self._chunk_rows = chunk.size if chunk.live else 0
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from hopscope.store import SqlStore, store_from_url
 from hopscope.store.rollup import (
     MINUTE_NS,
     RELATIVE_ACCURACY,
+    Accumulator,
+    SpanRow,
+    TraceRow,
     bucket_keys,
     bucket_value,
     group_percentiles,
@@ -104,6 +107,70 @@ def test_histograms_merge_by_adding_counts() -> None:
     whole: Counter[int] = Counter()
     hist_merge(whole, *hist_encode(a + b))
     assert merged == whole and sum(whole.values()) == 8
+
+
+# --- the rows of some traces ------------------------------------------------------------------------
+
+
+def _span(trace: str, span: str, parent: str, hop: int, point: str, resp_h: str, req_ns: int, **kw: Any) -> SpanRow:
+    fields: dict[str, Any] = dict(
+        trace_id=trace, span_id=span, parent_span_id=parent, hop_index=hop, point=point, host=f"h-{point}",
+        hop_kind="node", side="client", orig_h="10.0.0.1", resp_h=resp_h, request_first_ns=req_ns,
+        response_first_ns=0, response_last_ns=0, req_link_us=0, resp_link_us=0, link_reason="r", link_confidence=1.0,
+        lost_pkts=0,
+    )  # fmt: skip
+    fields.update(kw)
+    return SpanRow(**fields)
+
+
+def _key(value: int) -> int:
+    return int(bucket_keys([value])[0])
+
+
+def test_the_rows_of_traces_added_together() -> None:
+    """Spans in any order are put in hop order (hop, request time, span id); a span written twice
+    counts once (its last copy); a parent named further back links to that span; the final address
+    is the last that is not loopback; the server-side duration is the first hop's that saw it as server;
+    a trace without spans counts from its own fields, one without a client address is no edge."""
+    t0 = 5 * MINUTE_NS
+    a = [
+        _span("A", "s3", "s1", 2, "c", "10.0.0.3", t0 + 30, response_first_ns=t0 + 40, response_last_ns=t0 + 7_030,
+              req_link_us=900, resp_link_us=800, link_reason="nat", link_confidence=0.5),
+        _span("A", "s2", "s1", 1, "b", "127.0.0.1", t0 + 20, lost_pkts=9),
+        _span("A", "s1", "", 0, "a", "10.0.0.2", t0 + 10, host="first-copy"),
+        _span("A", "s2", "s1", 1, "b", "127.0.0.1", t0 + 20, lost_pkts=2, req_link_us=50),
+    ]  # fmt: skip
+    d = [_span("D", "x2", "", 0, "q", "10.0.0.5", t0 + 1), _span("D", "x1", "", 0, "p", "10.0.0.5", t0 + 1)]
+    pairs = [
+        (TraceRow("A", t0 + 10, 20_000, 1, "http", "10.0.0.1", "10.0.0.3"), a),
+        (TraceRow("B", t0 + 5, 100, 0, "http", "", "10.0.0.4"), []),
+        (TraceRow("C", t0 + MINUTE_NS, 300, 0, "", "10.0.0.9", "10.0.0.4"), []),
+        (TraceRow("D", t0 + 2, 10, 0, "http", "10.0.0.1", "10.0.0.5"), d),
+    ]
+    acc = Accumulator()
+    acc.add(pairs[:2])
+    acc.add(pairs[2:])
+    edges = {k: (v.count, v.errors, dict(v.first), dict(v.second)) for k, v in acc.edges.items()}
+    assert edges == {
+        (t0, "10.0.0.1", "10.0.0.2", "10.0.0.3", "http"): (1, 1, {_key(20_000): 1}, {_key(7): 1}),
+        (t0 + MINUTE_NS, "10.0.0.9", "10.0.0.4", "10.0.0.4", ""): (1, 0, {_key(300): 1}, {_key(300): 1}),
+        (t0, "10.0.0.1", "10.0.0.5", "10.0.0.5", "http"): (1, 0, {_key(10): 1}, {_key(10): 1}),
+    }
+    links = {k: (v.count, v.lost_pkts, v.loss_traces, v.min_confidence, dict(v.first), dict(v.second), v.attrs)
+             for k, v in acc.links.items()}  # fmt: skip
+    none = ("", "", "")
+    assert links == {
+        (t0, "", "", ""): (2, 0, 0, 1.0, {}, {}, none),
+        (t0, "", "a", ""): (1, 0, 0, 1.0, {}, {}, ("first-copy", "node", "client")),
+        (t0, "", "b", ""): (1, 0, 0, 1.0, {}, {}, ("h-b", "node", "client")),
+        (t0, "", "c", ""): (1, 0, 0, 1.0, {}, {}, ("h-c", "node", "client")),
+        (t0, "a", "b", "r"): (1, 2, 1, 1.0, {_key(50): 1}, {}, none),
+        (t0, "a", "c", "nat"): (1, 0, 0, 0.5, {_key(900): 1}, {_key(800): 1}, none),
+        (t0, "", "p", ""): (1, 0, 0, 1.0, {}, {}, ("h-p", "node", "client")),
+        (t0, "", "q", ""): (1, 0, 0, 1.0, {}, {}, ("h-q", "node", "client")),
+        (t0, "p", "q", "r"): (1, 0, 0, 1.0, {_key(0): 1}, {}, none),
+    }
+    assert set(acc.segments) == {t0, t0 + MINUTE_NS}
 
 
 # --- the graphs from the rollups against the graphs from every trace ---------------------------------
