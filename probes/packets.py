@@ -66,6 +66,7 @@ import enum
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -251,6 +252,7 @@ COLUMN_NAMES: tuple[str, ...] = (
 ENCAP_NAMES: tuple[str, ...] = ("", "vxlan", "geneve", "teredo", "ayiya", "gtpv1", "gre")
 
 
+@lru_cache(maxsize=65_536)  # a capture's addresses repeat: the L7 stage asks once per new flow and end
 def format_addr(hi: int, lo: int) -> str:
     """Text form of a 128-bit address stored as two halves (IPv4-mapped addresses as dotted quads)."""
     if hi == 0 and (lo >> 32) == 0xFFFF:  # inet_ntoa: str(IPv4Address) without its object

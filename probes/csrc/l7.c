@@ -1171,6 +1171,350 @@ done:
     return result;
 }
 
+/* --- TcpStream: reassembly.StreamReassembler in C ---------------------------------------------------- */
+
+#define SEQ_MOD (1LL << 32)
+#define SEQ_HALF (1LL << 31)
+#define MAX_WINDOW (1LL << 30)
+
+typedef struct {
+    long long offset, ts;
+    PyObject *payload; /* bytes, owned */
+} Held;
+
+typedef struct {
+    PyObject_HEAD
+    int has_base, started_mid_stream, has_fin, fin_sent;
+    long long base_seq, next_offset, pending_bytes, fin_offset;
+    Held *held; /* the out-of-order buffer, sorted by offset, offsets unique */
+    Py_ssize_t nheld, hcap;
+    PyObject *retrans_ranges; /* list of (start, end) */
+    long long retrans_segments, ooo_segments, gap_bytes;
+    long long max_pending_bytes, max_pending_segments, max_retrans_ranges;
+} TcpStream;
+
+static long long seq_mod(long long x) { return ((x % SEQ_MOD) + SEQ_MOD) % SEQ_MOD; }
+
+static long long offset_of(TcpStream *r, long long seq) {
+    long long base = r->has_base ? r->base_seq : 0;
+    long long expected = seq_mod(base + r->next_offset);
+    return r->next_offset + seq_mod(seq - expected + SEQ_HALF) - SEQ_HALF;
+}
+
+static int emit(PyObject *events, int kind, long long offset, long long ts, PyObject *value) {
+    /* value: a new reference (stolen) or NULL on error */
+    if (!value) return -1;
+    PyObject *t = Py_BuildValue("(iLLN)", kind, offset, ts, value);
+    if (!t) return -1;
+    int rc = PyList_Append(events, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static int retrans(TcpStream *r, long long start, long long end) {
+    r->retrans_segments++;
+    PyObject *t = Py_BuildValue("(LL)", start, end);
+    if (!t || PyList_Append(r->retrans_ranges, t) < 0) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    Py_DECREF(t);
+    if (PyList_GET_SIZE(r->retrans_ranges) > r->max_retrans_ranges)
+        return PyList_SetSlice(r->retrans_ranges, 0, 1, NULL);
+    return 0;
+}
+
+static int hold(TcpStream *r, long long offset, long long ts, PyObject *payload) {
+    Py_ssize_t lo = 0, hi = r->nheld;
+    while (lo < hi) { /* the first held at or after offset */
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (r->held[mid].offset < offset) lo = mid + 1;
+        else hi = mid;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    if (lo < r->nheld && r->held[lo].offset == offset) {
+        Held *h = &r->held[lo];
+        if (PyBytes_GET_SIZE(h->payload) >= n) return retrans(r, offset, offset + n);
+        r->ooo_segments++;
+        r->pending_bytes -= PyBytes_GET_SIZE(h->payload);
+        Py_SETREF(h->payload, Py_NewRef(payload));
+        h->ts = ts;
+        r->pending_bytes += n;
+        return 0;
+    }
+    r->ooo_segments++;
+    if (r->nheld == r->hcap) {
+        Py_ssize_t cap = r->hcap ? 2 * r->hcap : 8;
+        Held *h = PyMem_Realloc(r->held, (size_t)cap * sizeof(Held));
+        if (!h) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->held = h;
+        r->hcap = cap;
+    }
+    memmove(&r->held[lo + 1], &r->held[lo], (size_t)(r->nheld - lo) * sizeof(Held));
+    r->held[lo] = (Held){offset, ts, Py_NewRef(payload)};
+    r->nheld++;
+    r->pending_bytes += n;
+    return 0;
+}
+
+static int drain(TcpStream *r, PyObject *events) {
+    while (r->nheld) {
+        Held h = r->held[0];
+        if (h.offset > r->next_offset) return 0;
+        memmove(&r->held[0], &r->held[1], (size_t)(r->nheld - 1) * sizeof(Held));
+        r->nheld--;
+        Py_ssize_t n = PyBytes_GET_SIZE(h.payload);
+        r->pending_bytes -= n;
+        long long end = h.offset + n;
+        int rc = 0;
+        if (end <= r->next_offset) {
+            rc = retrans(r, h.offset, end);
+            Py_DECREF(h.payload);
+            if (rc < 0) return -1;
+            continue;
+        }
+        PyObject *data = h.payload; /* the reference moves into the event */
+        if (h.offset < r->next_offset) {
+            if (retrans(r, h.offset, r->next_offset) < 0) {
+                Py_DECREF(data);
+                return -1;
+            }
+            Py_ssize_t cut = (Py_ssize_t)(r->next_offset - h.offset);
+            PyObject *tail = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + cut, n - cut);
+            Py_DECREF(data);
+            data = tail;
+        }
+        if (emit(events, EV_DATA, r->next_offset, h.ts, data) < 0) return -1;
+        r->next_offset = end;
+    }
+    return 0;
+}
+
+static int skip_to_pending(TcpStream *r, PyObject *events, long long ts) {
+    long long nxt = r->held[0].offset;
+    if (nxt > r->next_offset) {
+        long long length = nxt - r->next_offset;
+        r->gap_bytes += length;
+        if (emit(events, EV_GAP, r->next_offset, ts, PyLong_FromLongLong(length)) < 0) return -1;
+        r->next_offset = nxt;
+    }
+    return drain(r, events);
+}
+
+static int maybe_fin(TcpStream *r, PyObject *events, long long ts) {
+    if (!r->fin_sent && r->has_fin && r->next_offset >= r->fin_offset) {
+        r->fin_sent = 1;
+        return emit(events, EV_FIN, r->next_offset, ts, PyLong_FromLong(0));
+    }
+    return 0;
+}
+
+static PyObject *TcpStream_syn(TcpStream *r, PyObject *arg) {
+    long long isn = PyLong_AsLongLong(arg);
+    if (isn == -1 && PyErr_Occurred()) return NULL;
+    if (!r->has_base) {
+        r->has_base = 1;
+        r->base_seq = seq_mod(isn + 1);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *TcpStream_seq_of(TcpStream *r, PyObject *arg) {
+    long long offset = PyLong_AsLongLong(arg);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(seq_mod((r->has_base ? r->base_seq : 0) + offset));
+}
+
+static PyObject *TcpStream_offset_of(TcpStream *r, PyObject *arg) {
+    long long seq = PyLong_AsLongLong(arg);
+    if (seq == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(offset_of(r, seq));
+}
+
+static PyObject *TcpStream_segment(TcpStream *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "segment(ts_ns, seq, payload, fin=False)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(args[0]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    long long seq = PyLong_AsLongLong(args[1]);
+    if (seq == -1 && PyErr_Occurred()) return NULL;
+    PyObject *payload = args[2];
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "segment: payload must be bytes");
+        return NULL;
+    }
+    int fin = 0;
+    if (nargs == 4 && (fin = PyObject_IsTrue(args[3])) < 0) return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    PyObject *events = PyList_New(0);
+    if (!events) return NULL;
+    if (!r->has_base) {
+        if (!n && !fin) return events;
+        r->has_base = 1;
+        r->base_seq = seq_mod(seq);
+        r->started_mid_stream = 1;
+    }
+    long long offset = offset_of(r, seq), end = offset + n;
+    if (fin && !r->has_fin && end >= r->next_offset) {
+        r->has_fin = 1;
+        r->fin_offset = end;
+    }
+    if (end - r->next_offset > MAX_WINDOW) return events;
+    if (n) {
+        int rc = 0;
+        if (end <= r->next_offset) {
+            rc = retrans(r, offset, end);
+        } else if (offset < r->next_offset) {
+            rc = retrans(r, offset, r->next_offset);
+            Py_ssize_t cut = (Py_ssize_t)(r->next_offset - offset);
+            if (rc == 0)
+                rc = emit(events, EV_DATA, r->next_offset, ts,
+                          PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload) + cut, n - cut));
+            r->next_offset = end;
+        } else if (offset == r->next_offset) {
+            rc = emit(events, EV_DATA, offset, ts, Py_NewRef(payload));
+            r->next_offset = end;
+        } else {
+            rc = hold(r, offset, ts, payload);
+        }
+        if (rc < 0) goto error;
+    }
+    if (drain(r, events) < 0) goto error;
+    if ((r->nheld > r->max_pending_segments || r->pending_bytes > r->max_pending_bytes) &&
+        skip_to_pending(r, events, ts) < 0)
+        goto error;
+    if (maybe_fin(r, events, ts) < 0) goto error;
+    return events;
+error:
+    Py_DECREF(events);
+    return NULL;
+}
+
+static PyObject *TcpStream_acked(TcpStream *r, PyObject *args) {
+    long long ack, ts;
+    if (!PyArg_ParseTuple(args, "LL", &ack, &ts)) return NULL;
+    PyObject *events = PyList_New(0);
+    if (!events || !r->nheld || !r->has_base) return events;
+    long long acked_offset = offset_of(r, ack);
+    while (r->nheld && r->held[0].offset <= acked_offset && acked_offset - r->next_offset < MAX_WINDOW)
+        if (skip_to_pending(r, events, ts) < 0) goto error;
+    if (maybe_fin(r, events, ts) < 0) goto error;
+    return events;
+error:
+    Py_DECREF(events);
+    return NULL;
+}
+
+static PyObject *TcpStream_flush(TcpStream *r, PyObject *arg) {
+    long long ts = PyLong_AsLongLong(arg);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    PyObject *events = PyList_New(0);
+    if (!events) return NULL;
+    while (r->nheld)
+        if (skip_to_pending(r, events, ts) < 0) goto error;
+    if (r->has_fin && r->fin_offset > r->next_offset) {
+        long long length = r->fin_offset - r->next_offset;
+        r->gap_bytes += length;
+        if (emit(events, EV_GAP, r->next_offset, ts, PyLong_FromLongLong(length)) < 0) goto error;
+        r->next_offset = r->fin_offset;
+    }
+    if (maybe_fin(r, events, ts) < 0) goto error;
+    return events;
+error:
+    Py_DECREF(events);
+    return NULL;
+}
+
+static int TcpStream_init(TcpStream *r, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max_pending_bytes", "max_pending_segments", "max_retrans_ranges", NULL};
+    r->max_pending_bytes = 256 * 1024;
+    r->max_pending_segments = 512;
+    r->max_retrans_ranges = 256;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LLL", kwlist, &r->max_pending_bytes, &r->max_pending_segments,
+                                     &r->max_retrans_ranges))
+        return -1;
+    if (!r->retrans_ranges && !(r->retrans_ranges = PyList_New(0))) return -1;
+    return 0;
+}
+
+static int TcpStream_traverse(TcpStream *r, visitproc visit, void *arg) {
+    Py_VISIT(r->retrans_ranges);
+    return 0;
+}
+
+static int TcpStream_clear(TcpStream *r) {
+    Py_CLEAR(r->retrans_ranges);
+    for (Py_ssize_t i = 0; i < r->nheld; i++) Py_CLEAR(r->held[i].payload);
+    r->nheld = 0;
+    return 0;
+}
+
+static void TcpStream_dealloc(TcpStream *r) {
+    PyObject_GC_UnTrack(r);
+    TcpStream_clear(r);
+    PyMem_Free(r->held);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *opt_ll(int has, long long x) { return has ? PyLong_FromLongLong(x) : Py_NewRef(Py_None); }
+static PyObject *TcpStream_get_base_seq(TcpStream *r, void *u) { return opt_ll(r->has_base, r->base_seq); }
+static PyObject *TcpStream_get_fin_offset(TcpStream *r, void *u) { return opt_ll(r->has_fin, r->fin_offset); }
+static PyObject *TcpStream_get_started(TcpStream *r, void *u) { return PyBool_FromLong(r->started_mid_stream); }
+static PyObject *TcpStream_get_fin_sent(TcpStream *r, void *u) { return PyBool_FromLong(r->fin_sent); }
+
+static PyMethodDef TcpStream_methods[] = {
+    {"syn", (PyCFunction)TcpStream_syn, METH_O, "syn(isn): the SYN of this direction"},
+    {"seq_of", (PyCFunction)TcpStream_seq_of, METH_O, "seq_of(offset) -> the 32-bit sequence number"},
+    {"offset_of", (PyCFunction)TcpStream_offset_of, METH_O, "offset_of(seq) -> the stream offset"},
+    {"segment", (PyCFunction)(void (*)(void))TcpStream_segment, METH_FASTCALL,
+     "segment(ts_ns, seq, payload, fin=False) -> events"},
+    {"acked", (PyCFunction)TcpStream_acked, METH_VARARGS, "acked(ack, ts_ns) -> events"},
+    {"flush", (PyCFunction)TcpStream_flush, METH_O, "flush(ts_ns) -> events"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef TcpStream_members[] = {
+    {"next_offset", T_LONGLONG, offsetof(TcpStream, next_offset), READONLY, "next stream offset to deliver"},
+    {"pending_bytes", T_LONGLONG, offsetof(TcpStream, pending_bytes), READONLY, "bytes held out of order"},
+    {"retrans_ranges", T_OBJECT, offsetof(TcpStream, retrans_ranges), READONLY,
+     "[start, end) offsets of retransmitted bytes"},
+    {"retrans_segments", T_LONGLONG, offsetof(TcpStream, retrans_segments), READONLY, "retransmitted segments"},
+    {"ooo_segments", T_LONGLONG, offsetof(TcpStream, ooo_segments), READONLY, "segments held out of order"},
+    {"gap_bytes", T_LONGLONG, offsetof(TcpStream, gap_bytes), READONLY, "bytes given up"},
+    {"max_pending_bytes", T_LONGLONG, offsetof(TcpStream, max_pending_bytes), READONLY, NULL},
+    {"max_pending_segments", T_LONGLONG, offsetof(TcpStream, max_pending_segments), READONLY, NULL},
+    {"max_retrans_ranges", T_LONGLONG, offsetof(TcpStream, max_retrans_ranges), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef TcpStream_getset[] = {
+    {"base_seq", (getter)TcpStream_get_base_seq, NULL, "TCP seq of stream offset 0, or None", NULL},
+    {"fin_offset", (getter)TcpStream_get_fin_offset, NULL, "stream offset of the FIN, or None", NULL},
+    {"started_mid_stream", (getter)TcpStream_get_started, NULL, "no SYN seen before the first data", NULL},
+    {"fin_sent", (getter)TcpStream_get_fin_sent, NULL, "the FIN event was delivered", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TcpStreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hopscope.probes._l7.TcpStream",
+    .tp_basicsize = sizeof(TcpStream),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "reassembly.StreamReassembler in C: one direction of a TCP connection, segments in, events out",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)TcpStream_init,
+    .tp_dealloc = (destructor)TcpStream_dealloc,
+    .tp_traverse = (traverseproc)TcpStream_traverse,
+    .tp_clear = (inquiry)TcpStream_clear,
+    .tp_methods = TcpStream_methods,
+    .tp_members = TcpStream_members,
+    .tp_getset = TcpStream_getset,
+};
+
 /* --- feed_rows ------------------------------------------------------------------------------------ */
 
 /* A column of n items of itemsize bytes, C-contiguous (numpy arrays give their buffer). */
@@ -1287,7 +1631,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_l7", "The hot steps
                                     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__l7(void) {
-    if (PyType_Ready(&FramerType) < 0) return NULL;
+    if (PyType_Ready(&FramerType) < 0 || PyType_Ready(&TcpStreamType) < 0) return NULL;
     if (!EMPTY_STR) {
         EMPTY_STR = PyUnicode_InternFromString("");
         if (!EMPTY_STR) return NULL;
@@ -1297,6 +1641,7 @@ PyMODINIT_FUNC PyInit__l7(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "HttpFramer", (PyObject *)&FramerType) < 0) goto fail;
+    if (PyModule_AddObjectRef(m, "TcpStream", (PyObject *)&TcpStreamType) < 0) goto fail;
     PyObject *names = PyTuple_New(NNAMES);
     if (!names) goto fail;
     for (int k = 0; k < NNAMES; k++) {

@@ -28,7 +28,7 @@ from typing import Final, Protocol
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
 from hopscope.probes import kernels
-from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, StreamReassembler
+from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, Reassembler, stream_reassembler
 
 # parser modes
 SEEK: Final = 0  # looking for a start line (mid-stream start, after a gap or garbage)
@@ -683,8 +683,8 @@ class HttpConnection:
     )
 
     def __init__(self) -> None:
-        self.client = StreamReassembler()
-        self.server = StreamReassembler()
+        self.client = stream_reassembler()
+        self.server = stream_reassembler()
         self.request_parser: StreamParser | None = None
         self.response_parser: StreamParser | None = None
         self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
@@ -782,7 +782,7 @@ class HttpConnection:
             resp_count = _overlaps(self.server.retrans_ranges, ex.resp_start_offset, ex.response.end_offset)
         return req_count, resp_count
 
-    def _parser(self, from_client: bool, stream: StreamReassembler) -> StreamParser:
+    def _parser(self, from_client: bool, stream: Reassembler) -> StreamParser:
         parser = self.request_parser if from_client else self.response_parser
         if parser is None:
             synced = not stream.started_mid_stream

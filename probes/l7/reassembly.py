@@ -17,11 +17,16 @@ early and the late bytes count as a retransmission.
 
 Events are plain tuples for speed: ``(DATA, offset, ts_ns, payload)``, ``(GAP, offset, ts_ns, length)``,
 ``(FIN, offset, ts_ns, 0)``.
+
+``stream_reassembler()`` gives the ``_l7`` kernel's ``TcpStream`` (this class in C, offsets in 64 bits)
+when it is built and on, else a ``StreamReassembler``, its twin (tests/probes/l7/test_l7_native.py).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, Protocol
+
+from hopscope.probes import kernels
 
 SEQ_MOD: Final = 1 << 32
 _HALF: Final = 1 << 31
@@ -212,3 +217,47 @@ class StreamReassembler:
         if not self.fin_sent and self.fin_offset is not None and self.next_offset >= self.fin_offset:
             self.fin_sent = True
             events.append((FIN, self.next_offset, ts_ns, 0))
+
+
+class Reassembler(Protocol):
+    """What the L7 parsers use of a ``StreamReassembler`` (or of the kernel's ``TcpStream``)."""
+
+    @property
+    def base_seq(self) -> int | None: ...
+    @property
+    def started_mid_stream(self) -> bool: ...
+    @property
+    def next_offset(self) -> int: ...
+    @property
+    def pending_bytes(self) -> int: ...
+    @property
+    def fin_offset(self) -> int | None: ...
+    @property
+    def fin_sent(self) -> bool: ...
+    @property
+    def retrans_ranges(self) -> list[tuple[int, int]]: ...
+    @property
+    def retrans_segments(self) -> int: ...
+    @property
+    def ooo_segments(self) -> int: ...
+    @property
+    def gap_bytes(self) -> int: ...
+    def syn(self, isn: int, /) -> None: ...
+    def seq_of(self, offset: int, /) -> int: ...
+    def offset_of(self, seq: int, /) -> int: ...
+    def segment(self, ts_ns: int, seq: int, payload: bytes, fin: bool = False, /) -> list[Event]: ...
+    def acked(self, ack: int, ts_ns: int, /) -> list[Event]: ...
+    def flush(self, ts_ns: int, /) -> list[Event]: ...
+
+
+#: The compiled reassembler (probes/csrc/l7.c ``TcpStream``), or None: ``StreamReassembler`` then runs.
+_L7 = kernels.load("_l7")
+
+
+def stream_reassembler(**limits: Any) -> Reassembler:
+    """A reassembler of one direction (``limits``: ``StreamReassembler``'s keyword arguments): the
+    ``_l7`` kernel's ``TcpStream`` when it is built and on, else ``StreamReassembler``."""
+    if _L7 is None:
+        return StreamReassembler(**limits)
+    stream: Reassembler = _L7.TcpStream(**limits)
+    return stream

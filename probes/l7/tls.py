@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
-from hopscope.probes.l7.reassembly import DATA, GAP, Event, StreamReassembler
+from hopscope.probes.l7.reassembly import DATA, GAP, Event, stream_reassembler
 
 CHANGE_CIPHER_SPEC: Final = 20
 ALERT: Final = 21
@@ -190,8 +190,8 @@ class TlsConnection:
     )
 
     def __init__(self) -> None:
-        self.client = StreamReassembler()
-        self.server = StreamReassembler()
+        self.client = stream_reassembler()
+        self.server = stream_reassembler()
         self._framers = (TlsRecordFramer(), TlsRecordFramer())
         self.current: TlsExchange | None = None
         self.done: list[TlsExchange] = []

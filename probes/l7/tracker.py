@@ -37,7 +37,7 @@ from hopscope.probes.l7.http import (
     looks_like_request,
     looks_like_response,
 )
-from hopscope.probes.l7.reassembly import StreamReassembler
+from hopscope.probes.l7.reassembly import Reassembler, stream_reassembler
 from hopscope.probes.l7.tls import TlsConnection, TlsExchange, looks_like_tls
 from hopscope.records import Batch, ColumnData, RequestRecord
 
@@ -133,7 +133,7 @@ class _TcpState:
     http: HttpConnection | None = None
     tls: TlsConnection | None = None
     dns_streams: tuple[DnsTcpFramer, DnsTcpFramer] | None = None
-    dns_reassembly: tuple[StreamReassembler, StreamReassembler] | None = None
+    dns_reassembly: tuple[Reassembler, Reassembler] | None = None
     syn_seq: int = 0
     synack_seq: int = 0
     last_ns: int = 0
@@ -351,7 +351,7 @@ class L7Tracker:
             state.tls = TlsConnection()
         elif any(p in s.dns_ports for p in ports):
             state.dns_streams = (DnsTcpFramer(), DnsTcpFramer())
-            state.dns_reassembly = (StreamReassembler(), StreamReassembler())
+            state.dns_reassembly = (stream_reassembler(), stream_reassembler())
         elif state.ends.server_p in s.http_ports or (
             s.detect_http and (looks_like_request(payload) or looks_like_response(payload))
         ):

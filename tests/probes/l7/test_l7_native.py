@@ -2,21 +2,23 @@
 
 ``parse_head`` (the ``_l7`` kernel behind it) and ``parse_head_reference`` read the same header blocks:
 generated ones that mix valid and broken request and status lines (every method, HTTP/1.0 and 1.1,
-whitespace and CRs in odd places, a reason phrase with a tab or a CR), the recorded and framing
-headers in any letter case among others, values with surrounding whitespace (vertical tab and form
-feed too), latin-1 bytes, a header repeated, a missing colon, no line end; and arbitrary bytes. Every
+whitespace and CRs in odd places, a reason phrase with a tab or a CR), the recorded and framing headers
+in any letter case among others, values with surrounding whitespace (vertical tab and form feed too),
+latin-1 bytes, a header repeated, a missing colon, no line end; and arbitrary bytes. Every
 ``HttpMessage`` field, the framing result (chunked, content length) and any error must be equal. The
 kernel's payload hash is checked against ``hopscope.ids.payload_hash``. The kernel's ``HttpFramer`` and
 ``HttpStreamParserReference`` frame generated streams (valid and broken messages of every framing,
 garbage, any segmentation, gaps, FIN, mid-stream starts, protocol switches) with equal callbacks,
-messages and counters. ``parse_dns`` (the kernel)
-and ``parse_dns_reference`` decode generated DNS messages (questions and A, AAAA, CNAME and other
-answers, names with upper-case, non-ASCII and control bytes, compression pointers forward, backward,
-looping and past the end, reserved label types, counts larger than the records present, cuts at every
-length) and arbitrary bytes: equal messages, or DnsDecodeError with the same text. The kernel's
-``feed_rows`` and ``feed_rows_reference`` hand every block of the lab captures to a logging tracker with
-equal calls. End to end, the tracker's records of the lab captures are the same with the kernel and with
-the reference path.
+messages and counters. ``parse_dns`` (the kernel) and ``parse_dns_reference`` decode generated DNS
+messages (questions and A, AAAA, CNAME and other answers, names with upper-case, non-ASCII and control
+bytes, compression pointers forward, backward, looping and past the end, reserved label types, counts
+larger than the records present, cuts at every length) and arbitrary bytes: equal messages, or
+DnsDecodeError with the same text. The kernel's ``feed_rows`` and ``feed_rows_reference`` hand every
+block of the lab captures to a logging tracker with equal calls. The kernel's ``TcpStream`` and
+``StreamReassembler`` take generated segment streams (reordered, duplicated, overlapping, dropped, past
+the sequence wrap, with SYN, ACKs, FIN, flushes, tight limits) with equal events and state after every
+step. End to end, the tracker's records of the lab captures are the same with the kernel and with the
+reference path.
 """
 
 from __future__ import annotations
@@ -373,6 +375,74 @@ def test_lab_capture_records_equal_on_both_paths(tmp_path: Any) -> None:
         outs.append(proc.stdout)
     assert outs[0] == outs[1]
     assert outs[0].count(b"\n") > 10
+
+
+# --- TcpStream -------------------------------------------------------------------------------------
+
+_STATE = ("base_seq", "started_mid_stream", "next_offset", "pending_bytes", "fin_offset", "fin_sent",
+          "retrans_ranges", "retrans_segments", "ooo_segments", "gap_bytes")  # fmt: skip
+
+
+@st.composite
+def stream_ops(draw: Any) -> tuple[dict[str, int], list[tuple[Any, ...]]]:
+    """Limits and the operations of one direction: segments of a stream (in order, reordered,
+    duplicated, overlapping, dropped, with a FIN, from before the ISN, far ahead), SYNs, ACKs, flushes."""
+    isn = draw(st.sampled_from([0, 1000, 2**32 - 1, 2**32 - 300, 2**31]))
+    size = draw(st.integers(0, 1500))
+    cuts = sorted(set(draw(st.lists(st.integers(0, size), max_size=12))) | {0, size})
+    pieces = [(a, b) for a, b in itertools.pairwise(cuts)]
+    ops: list[tuple[Any, ...]] = []
+    if draw(st.booleans()):
+        ops.append(("syn", isn))
+    order = draw(st.permutations(pieces)) if draw(st.booleans()) else pieces
+    for n, (a, b) in enumerate(order):
+        kind = draw(st.sampled_from(["seg", "seg", "seg", "seg", "dup", "overlap", "drop", "ack", "far", "flush"]))
+        fin = b == size and draw(st.booleans())
+        if kind == "drop":
+            continue
+        if kind == "overlap":
+            a = max(0, a - draw(st.integers(1, 40)))
+        if kind == "far":
+            ops.append(("seg", n, isn + 1 + a + (1 << 30) + 7, b - a, False))
+        if kind == "ack":
+            ops.append(("ack", isn + 1 + draw(st.integers(0, size + 10)), n))
+        if kind == "flush":
+            ops.append(("flush", n))
+        ops.append(("seg", n, isn + 1 + a - draw(st.sampled_from([0, 0, 0, 2**32])), b - a, fin))
+        if kind == "dup":
+            ops.append(("seg", n, isn + 1 + a, b - a, fin))
+    ops.append(("seg", 99, isn + 1 + size, 0, True))
+    ops.append(("flush", 100))
+    limits = draw(st.sampled_from([{}, {"max_pending_segments": 3}, {"max_pending_bytes": 200},
+                                   {"max_retrans_ranges": 2}]))  # fmt: skip
+    return limits, ops
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream_ops())
+def test_tcp_stream_equals_the_reference(case: tuple[dict[str, int], list[tuple[Any, ...]]]) -> None:
+    """The kernel's TcpStream and StreamReassembler give equal events and equal state after every step."""
+    from hopscope.probes.l7.reassembly import StreamReassembler
+
+    limits, ops = case
+    data = bytes(range(256)) * 6
+    pair = (_l7.TcpStream(**limits), StreamReassembler(**limits))
+    for op in ops:
+        out = []
+        for r in pair:
+            if op[0] == "syn":
+                out.append(r.syn(op[1]))
+            elif op[0] == "ack":
+                out.append(r.acked(op[1] % 2**32, op[2]))
+            elif op[0] == "flush":
+                out.append(r.flush(op[1]))
+            else:
+                _, ts, seq, length, fin = op
+                start = (seq - 1) % 256
+                out.append(r.segment(ts, seq % 2**32, data[start : start + length], fin))
+        assert out[0] == out[1], op
+        assert [getattr(pair[0], k) for k in _STATE] == [getattr(pair[1], k) for k in _STATE], op
+    assert pair[0].seq_of(5) == pair[1].seq_of(5) and pair[0].offset_of(7) == pair[1].offset_of(7)
 
 
 # --- feed_rows -------------------------------------------------------------------------------------
