@@ -125,8 +125,21 @@ class TlsRecordFramer:
             self.broken = True
 
     def _data(self, offset: int, ts_ns: int, data: bytes, out: list[TlsRecord]) -> None:
-        pos = 0
-        while pos < len(data) and not self.broken:
+        pos, n = 0, len(data)
+        while pos < n and not self.broken:
+            if not self._type and not self._head and n - pos >= HEADER_BYTES:
+                # a header at a boundary: the common case, and often its whole record is here as well
+                parsed = record_header(data, pos)
+                if parsed is None:
+                    self.broken = True
+                    return
+                ctype, length = parsed
+                end = pos + HEADER_BYTES + length
+                if end <= n:
+                    out.append(TlsRecord(ctype, offset + pos, offset + end, ts_ns, ts_ns,
+                                         data[pos : pos + min(HEADER_BYTES + length, PAYLOAD_HASH_BYTES)]))  # fmt: skip
+                    pos = end
+                    continue
             if not self._type:  # reading a header
                 if not self._head:
                     self._start, self._first_ns = offset + pos, ts_ns
@@ -210,8 +223,8 @@ class TlsConnection:
         """One TCP segment of this connection, in capture order."""
         self.last_ns = ts_ns
         stream = self.client if from_client else self.server
-        if flags & TCP_ACK:
-            other = self.server if from_client else self.client
+        other = self.server if from_client else self.client
+        if flags & TCP_ACK and other.pending_bytes:  # only held data (never empty) can be given up by an ACK
             events = other.acked(ack, ts_ns)
             if events:
                 self._records(not from_client, events)
@@ -224,7 +237,7 @@ class TlsConnection:
             events = stream.segment(ts_ns, seq, payload, bool(flags & TCP_FIN))
             if events:
                 self._records(from_client, events)
-        if self.client.fin_sent and self.server.fin_sent:
+        if stream.fin_sent and other.fin_sent:
             self.closed = True
 
     def flush(self, ts_ns: int) -> None:
@@ -292,4 +305,6 @@ class TlsConnection:
 
 
 def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> int:
+    if not ranges:  # the common case: nothing retransmitted
+        return 0
     return sum(1 for lo, hi in ranges if lo < end and hi > start)

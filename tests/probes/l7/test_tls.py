@@ -5,7 +5,11 @@ real packets built with scapy and fed to the L7 tracker as a capture would."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hopscope.probes.l7 import L7Settings
 from hopscope.probes.l7.reassembly import DATA, GAP
@@ -67,6 +71,32 @@ def test_framer_splits_records_across_segments_and_skips_a_gap_in_a_body() -> No
     assert [(r.content_type, r.start, r.end, r.first_ns, r.last_ns) for r in recs] == [
         (23, 0, 305, 1, 4), (23, 305, 320, 4, 5), (21, 320, 327, 5, 5)]
     assert recs[0].head == stream[:64] and not framer.broken
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([20, 21, 22, 23]), st.integers(0, 200)), max_size=8),
+       st.lists(st.integers(1, 1200), max_size=10), st.binary(max_size=6))  # fmt: skip
+def test_framer_gives_the_same_records_however_the_bytes_are_cut(
+    recs: list[tuple[int, int]], cuts: list[int], tail: bytes
+) -> None:
+    """Whole records in one segment (the framer's fast path) or cut anywhere, byte by byte included:
+    the same records, with their first 64 bytes; a bad header after them breaks the direction alike."""
+    stream = b"".join(record(ctype, n, fill=k) for k, (ctype, n) in enumerate(recs)) + tail
+    points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})
+    ways = [[(DATA, 0, 1, stream)] if stream else [],
+            [(DATA, a, a, stream[a:b]) for a, b in itertools.pairwise(points)],
+            [(DATA, i, i, stream[i : i + 1]) for i in range(len(stream))]]  # fmt: skip
+    results = []
+    for events in ways:
+        framer = TlsRecordFramer()
+        got = [(r.content_type, r.start, r.end, r.head) for r in framer.feed(events)]
+        results.append((got, framer.broken))
+    assert results[0] == results[1] == results[2]
+    expected, at = [], 0
+    for ctype, n in recs:
+        expected.append((ctype, at, at + 5 + n, stream[at : min(at + 5 + n, at + 64)]))
+        at += 5 + n
+    assert results[0][0][: len(recs)] == expected
 
 
 def test_framer_breaks_on_a_gap_where_a_header_is_expected() -> None:
