@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
     import threading
 
     from hopscope.correlate.stream import StreamPipeline
@@ -79,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         registry, sink = _instrumented(args, sink)
     stop = threading.Event()
     pipeline = StreamPipeline(args.kafka, sink, group=args.group, prefix=args.topic_prefix, stream=stream)
+    # The stages allocate many small objects per pass while holding their records (text columns are
+    # lists of str): at the default thresholds the cyclic collector ran ~600 times per 200k records,
+    # its older generations over everything held, and took about a quarter of the run's CPU. Young
+    # collections every 50,000 allocations instead of 700: 4% of it.
+    gc.set_threshold(50_000, 50, 1000)
     endpoint = None
     try:
         with stop_on_signal(stop.set):
