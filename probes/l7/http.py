@@ -749,9 +749,10 @@ class HttpConnection:
                 keep.append(ex)
         if ready:
             self.waiting = keep
-            gone = {id(ex) for ex in ready}
-            self._pending = deque(ex for ex in self._pending if id(ex) not in gone)
-        return overflow + ready
+            if self._pending:
+                gone = {id(ex) for ex in ready}
+                self._pending = deque(ex for ex in self._pending if id(ex) not in gone)
+        return overflow + ready if overflow else ready
 
     def due(self, now_ns: int, linger_ns: int, request_timeout_ns: int) -> bool:
         """Cheap test whether ``take`` would return anything (looks at the oldest exchange only)."""

@@ -349,7 +349,7 @@ class L7Tracker:
         ports = (state.ends.client_p, state.ends.server_p)
         if s.detect_tls and looks_like_tls(payload):
             state.tls = TlsConnection()
-        elif any(p in s.dns_ports for p in ports):
+        elif ports[0] in s.dns_ports or ports[1] in s.dns_ports:
             state.dns_streams = (DnsTcpFramer(), DnsTcpFramer())
             state.dns_reassembly = (stream_reassembler(), stream_reassembler())
         elif state.ends.server_p in s.http_ports or (
