@@ -1515,6 +1515,189 @@ static PyTypeObject TcpStreamType = {
     .tp_getset = TcpStream_getset,
 };
 
+/* --- HttpSegments: the per-segment step of http.HttpConnection ---------------------------------------- */
+
+#define TCP_FIN_BIT 0x01
+#define TCP_SYN_BIT 0x02
+#define TCP_RST_BIT 0x04
+#define TCP_ACK_BIT 0x10
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *client, *server;                  /* the reassemblers of the two directions */
+    PyObject *request_parser, *response_parser; /* the parsers, or None until made */
+    long long last_ns;
+    char closed;
+} HttpSegments;
+
+static PyObject *PARSER_STR, *FEED_STR, *ACKED_STR, *SYN_STR, *SEGMENT_STR, *FIN_SENT_STR, *PENDING_STR;
+
+/* events (a list) to the parser of one direction, made by self._parser(from_client, stream) if need be */
+static int hs_deliver(HttpSegments *c, PyObject *parser, int from_client, PyObject *stream, PyObject *events) {
+    PyObject *made = NULL, *r;
+    if (!parser || parser == Py_None) {
+        made = PyObject_CallMethodObjArgs((PyObject *)c, PARSER_STR, from_client ? Py_True : Py_False, stream, NULL);
+        if (!made) return -1;
+        parser = made;
+    }
+    if (Py_IS_TYPE(parser, &FramerType)) r = Framer_feed((Framer *)parser, events);
+    else r = PyObject_CallMethodOneArg(parser, FEED_STR, events);
+    Py_XDECREF(made);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int hs_truth(PyObject *obj, PyObject *name) { /* a bool attribute; -1 on error */
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v) return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+static int hs_fin_sent(PyObject *stream) {
+    return Py_IS_TYPE(stream, &TcpStreamType) ? ((TcpStream *)stream)->fin_sent : hs_truth(stream, FIN_SENT_STR);
+}
+
+/* segment(ts_ns, from_client, seq, ack, flags, payload): http.HttpSegmentsReference.segment */
+static PyObject *HttpSegments_segment(HttpSegments *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "segment(ts_ns, from_client, seq, ack, flags, payload)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(args[0]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    int from_client = PyObject_IsTrue(args[1]);
+    long flags = PyLong_AsLong(args[4]);
+    if (from_client < 0 || (flags == -1 && PyErr_Occurred())) return NULL;
+    PyObject *payload = args[5];
+    Py_ssize_t n = PyObject_Length(payload);
+    if (n < 0) return NULL;
+    if (!c->client || !c->server) {
+        PyErr_SetString(PyExc_AttributeError, "segment: client and server are not set");
+        return NULL;
+    }
+    c->last_ns = ts;
+    /* held while Python runs below (a callback could replace the attributes) */
+    PyObject *stream = Py_NewRef(from_client ? c->client : c->server);
+    PyObject *other = Py_NewRef(from_client ? c->server : c->client);
+    PyObject *parser = Py_XNewRef(from_client ? c->request_parser : c->response_parser);
+    PyObject *events = NULL, *result = NULL;
+    if (flags & TCP_ACK_BIT) {
+        int held;
+        if (Py_IS_TYPE(other, &TcpStreamType)) held = ((TcpStream *)other)->pending_bytes != 0;
+        else held = hs_truth(other, PENDING_STR);
+        if (held < 0) goto done;
+        if (held) { /* only held data (never empty) can be given up by an ACK */
+            events = PyObject_CallMethodObjArgs(other, ACKED_STR, args[3], args[0], NULL);
+            if (!events) goto done;
+            Py_ssize_t k = PyObject_Length(events);
+            if (k < 0) goto done;
+            if (k) {
+                PyObject *other_parser = from_client ? c->response_parser : c->request_parser;
+                Py_XINCREF(other_parser);
+                int rc = hs_deliver(c, other_parser, !from_client, other, events);
+                Py_XDECREF(other_parser);
+                if (rc < 0) goto done;
+            }
+            Py_CLEAR(events);
+        }
+    }
+    if (flags & TCP_SYN_BIT) {
+        PyObject *r = PyObject_CallMethodOneArg(stream, SYN_STR, args[2]);
+        if (!r) goto done;
+        Py_DECREF(r);
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (flags & TCP_RST_BIT) c->closed = 1;
+    if (!n && !(flags & TCP_FIN_BIT)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *seg_args[4] = {args[0], args[2], payload, (flags & TCP_FIN_BIT) ? Py_True : Py_False};
+    if (Py_IS_TYPE(stream, &TcpStreamType))
+        events = TcpStream_segment((TcpStream *)stream, seg_args, 4);
+    else
+        events = PyObject_VectorcallMethod(SEGMENT_STR, (PyObject *[]){stream, args[0], args[2], payload,
+                                                                       seg_args[3]},
+                                           5, NULL);
+    if (!events) goto done;
+    Py_ssize_t k = PyObject_Length(events);
+    if (k < 0) goto done;
+    if (k) {
+        /* the parser of this direction as it is now: made on first use */
+        Py_XSETREF(parser, Py_XNewRef(from_client ? c->request_parser : c->response_parser));
+        if (hs_deliver(c, parser, from_client, stream, events) < 0) goto done;
+    }
+    int a = hs_fin_sent(stream);
+    if (a < 0) goto done;
+    if (a) {
+        int b = hs_fin_sent(other);
+        if (b < 0) goto done;
+        if (b) c->closed = 1;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(events);
+    Py_DECREF(stream);
+    Py_DECREF(other);
+    Py_XDECREF(parser);
+    return result;
+}
+
+static int HttpSegments_traverse(HttpSegments *c, visitproc visit, void *arg) {
+    Py_VISIT(c->client);
+    Py_VISIT(c->server);
+    Py_VISIT(c->request_parser);
+    Py_VISIT(c->response_parser);
+    return 0;
+}
+
+static int HttpSegments_clear(HttpSegments *c) {
+    Py_CLEAR(c->client);
+    Py_CLEAR(c->server);
+    Py_CLEAR(c->request_parser);
+    Py_CLEAR(c->response_parser);
+    return 0;
+}
+
+static void HttpSegments_dealloc(HttpSegments *c) {
+    PyObject_GC_UnTrack(c);
+    HttpSegments_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef HttpSegments_methods[] = {
+    {"segment", (PyCFunction)(void (*)(void))HttpSegments_segment, METH_FASTCALL,
+     "segment(ts_ns, from_client, seq, ack, flags, payload): one TCP segment of this connection, in capture order"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef HttpSegments_members[] = {
+    {"client", T_OBJECT_EX, offsetof(HttpSegments, client), 0, "the client's reassembler"},
+    {"server", T_OBJECT_EX, offsetof(HttpSegments, server), 0, "the server's reassembler"},
+    {"request_parser", T_OBJECT, offsetof(HttpSegments, request_parser), 0, "the requests' parser, or None"},
+    {"response_parser", T_OBJECT, offsetof(HttpSegments, response_parser), 0, "the responses' parser, or None"},
+    {"last_ns", T_LONGLONG, offsetof(HttpSegments, last_ns), 0, "capture time of the last segment"},
+    {"closed", T_BOOL, offsetof(HttpSegments, closed), 0, "RST seen, or FIN in both directions"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HttpSegmentsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "hopscope.probes._l7.HttpSegments",
+    .tp_basicsize = sizeof(HttpSegments),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "http.HttpSegmentsReference in C: the per-segment step of an HTTP connection (a base class)",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)HttpSegments_dealloc,
+    .tp_traverse = (traverseproc)HttpSegments_traverse,
+    .tp_clear = (inquiry)HttpSegments_clear,
+    .tp_methods = HttpSegments_methods,
+    .tp_members = HttpSegments_members,
+};
+
 /* --- feed_rows ------------------------------------------------------------------------------------ */
 
 /* A column of n items of itemsize bytes, C-contiguous (numpy arrays give their buffer). */
@@ -1631,7 +1814,19 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_l7", "The hot steps
                                     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__l7(void) {
-    if (PyType_Ready(&FramerType) < 0 || PyType_Ready(&TcpStreamType) < 0) return NULL;
+    if (PyType_Ready(&FramerType) < 0 || PyType_Ready(&TcpStreamType) < 0 || PyType_Ready(&HttpSegmentsType) < 0)
+        return NULL;
+    if (!PARSER_STR) {
+        PARSER_STR = PyUnicode_InternFromString("_parser");
+        FEED_STR = PyUnicode_InternFromString("feed");
+        ACKED_STR = PyUnicode_InternFromString("acked");
+        SYN_STR = PyUnicode_InternFromString("syn");
+        SEGMENT_STR = PyUnicode_InternFromString("segment");
+        FIN_SENT_STR = PyUnicode_InternFromString("fin_sent");
+        PENDING_STR = PyUnicode_InternFromString("pending_bytes");
+        if (!PARSER_STR || !FEED_STR || !ACKED_STR || !SYN_STR || !SEGMENT_STR || !FIN_SENT_STR || !PENDING_STR)
+            return NULL;
+    }
     if (!EMPTY_STR) {
         EMPTY_STR = PyUnicode_InternFromString("");
         if (!EMPTY_STR) return NULL;
@@ -1642,6 +1837,7 @@ PyMODINIT_FUNC PyInit__l7(void) {
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "HttpFramer", (PyObject *)&FramerType) < 0) goto fail;
     if (PyModule_AddObjectRef(m, "TcpStream", (PyObject *)&TcpStreamType) < 0) goto fail;
+    if (PyModule_AddObjectRef(m, "HttpSegments", (PyObject *)&HttpSegmentsType) < 0) goto fail;
     PyObject *names = PyTuple_New(NNAMES);
     if (!names) goto fail;
     for (int k = 0; k < NNAMES; k++) {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
 from hopscope.probes import kernels
@@ -658,43 +658,20 @@ TCP_RST: Final = 0x04
 TCP_ACK: Final = 0x10
 
 
-class HttpConnection:
-    """HTTP/1.x on one TCP connection: reassembly, framing, pairing, retransmission accounting.
+class HttpSegmentsReference:
+    """The per-segment step of an ``HttpConnection``: ACKs that give up held data, SYN, RST, FIN, the
+    segment to its direction's reassembler and the events to that direction's parser (made by the
+    connection's ``_parser`` on first use). The ``_l7`` kernel's ``HttpSegments`` is its twin
+    (tests/probes/l7/test_l7_native.py); ``HttpConnection`` derives from the kernel's when it is
+    built and on, else from this class."""
 
-    Responses pair with requests in order (HTTP/1.1 pipelining keeps order). A response whose first
-    byte passed before the oldest waiting request's first byte answers a request we never saw
-    (capture started mid-connection, or the request was lost in a gap): it is counted in
-    ``orphan_responses`` and not paired.
-    """
-
-    __slots__ = (
-        "_pending",
-        "_replying",
-        "client",
-        "closed",
-        "last_ns",
-        "next_index",
-        "orphan_responses",
-        "overflow",
-        "request_parser",
-        "response_parser",
-        "server",
-        "waiting",
-    )
-
-    def __init__(self) -> None:
-        self.client = stream_reassembler()
-        self.server = stream_reassembler()
-        self.request_parser: StreamParser | None = None
-        self.response_parser: StreamParser | None = None
-        self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
-        self._replying: HttpExchange | None = None  # exchange whose response body is being read
-        self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
-        self.overflow: list[HttpExchange] = []  # pushed out of ``waiting`` by MAX_WAITING, to report
-        self.next_index = 0
-        self.orphan_responses = 0
-        self.closed = False  # RST seen, or FIN in both directions
-        self.last_ns = 0
+    __slots__ = ("client", "closed", "last_ns", "request_parser", "response_parser", "server")
+    client: Reassembler
+    server: Reassembler
+    request_parser: StreamParser | None
+    response_parser: StreamParser | None
+    closed: bool
+    last_ns: int
 
     def segment(self, ts_ns: int, from_client: bool, seq: int, ack: int, flags: int, payload: bytes) -> None:
         """One TCP segment of this connection, in capture order."""
@@ -719,6 +696,42 @@ class HttpConnection:
             (parser or self._parser(from_client, stream)).feed(events)
         if stream.fin_sent and other.fin_sent:
             self.closed = True
+
+    def _parser(self, from_client: bool, stream: Reassembler) -> StreamParser:
+        raise NotImplementedError  # HttpConnection's
+
+
+if TYPE_CHECKING:
+    _SegmentsBase = HttpSegmentsReference
+else:
+    _SegmentsBase = HttpSegmentsReference if _L7 is None else _L7.HttpSegments
+
+
+class HttpConnection(_SegmentsBase):
+    """HTTP/1.x on one TCP connection: reassembly, framing, pairing, retransmission accounting.
+
+    Responses pair with requests in order (HTTP/1.1 pipelining keeps order). A response whose first
+    byte passed before the oldest waiting request's first byte answers a request we never saw
+    (capture started mid-connection, or the request was lost in a gap): it is counted in
+    ``orphan_responses`` and not paired. Its per-segment step is its base's (``HttpSegmentsReference``,
+    or the ``_l7`` kernel's twin ``HttpSegments`` when it is built and on).
+    """
+
+    __slots__ = ("_pending", "_replying", "next_index", "orphan_responses", "overflow", "waiting")
+
+    def __init__(self) -> None:
+        self.client = stream_reassembler()
+        self.server = stream_reassembler()
+        self.request_parser = None
+        self.response_parser = None
+        self._pending: deque[HttpExchange] = deque()  # requests whose response head is not read yet
+        self._replying: HttpExchange | None = None  # exchange whose response body is being read
+        self.waiting: list[HttpExchange] = []  # every exchange not yet taken, in request order
+        self.overflow: list[HttpExchange] = []  # pushed out of ``waiting`` by MAX_WAITING, to report
+        self.next_index = 0
+        self.orphan_responses = 0
+        self.closed = False  # RST seen, or FIN in both directions
+        self.last_ns = 0
 
     def flush(self, ts_ns: int) -> None:
         """Give up on holes in both directions (end of capture, connection closed or evicted)."""

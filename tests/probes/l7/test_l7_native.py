@@ -17,8 +17,10 @@ DnsDecodeError with the same text. The kernel's ``feed_rows`` and ``feed_rows_re
 block of the lab captures to a logging tracker with equal calls. The kernel's ``TcpStream`` and
 ``StreamReassembler`` take generated segment streams (reordered, duplicated, overlapping, dropped, past
 the sequence wrap, with SYN, ACKs, FIN, flushes, tight limits) with equal events and state after every
-step. End to end, the tracker's records of the lab captures are the same with the kernel and with the
-reference path.
+step. An ``HttpConnection`` on the kernel's per-segment step (``HttpSegments``) and one on
+``HttpSegmentsReference`` take generated HTTP conversations (cut anywhere, reordered, repeated, lost,
+with ACKs, FINs and an RST) with equal exchanges and state after every segment. End to end, the
+tracker's records of the lab captures are the same with the kernel and with the reference path.
 """
 
 from __future__ import annotations
@@ -443,6 +445,94 @@ def test_tcp_stream_equals_the_reference(case: tuple[dict[str, int], list[tuple[
         assert out[0] == out[1], op
         assert [getattr(pair[0], k) for k in _STATE] == [getattr(pair[1], k) for k in _STATE], op
     assert pair[0].seq_of(5) == pair[1].seq_of(5) and pair[0].offset_of(7) == pair[1].offset_of(7)
+
+
+# --- HttpSegments ----------------------------------------------------------------------------------
+
+
+def _reference_connection() -> type:
+    """``HttpConnection`` on the Python per-segment step (``HttpSegmentsReference``) instead of the
+    kernel's ``HttpSegments``: the same class body, the other base."""
+    from hopscope.probes.l7.http import HttpConnection, HttpSegmentsReference
+
+    body = {k: v for k, v in vars(HttpConnection).items()
+            if k not in ("__dict__", "__weakref__") and k not in HttpConnection.__slots__}  # fmt: skip
+    return type("HttpConnectionReference", (HttpSegmentsReference,), body)
+
+
+def _connection_state(conn: Any) -> tuple[Any, ...]:
+    def msg(m: Any) -> Any:
+        return None if m is None else tuple(getattr(m, k) for k in HttpMessage.__slots__)
+
+    exchanges = [(ex.index, msg(ex.request), msg(ex.response), ex.resp_start_offset, ex.resp_first_ns)
+                 for ex in (*conn.overflow, *conn.waiting)]  # fmt: skip
+    streams = [tuple(getattr(r, k) for k in _STATE) for r in (conn.client, conn.server)]
+    parsers = [None if p is None else (p.mode, p.resyncs, p.skipped_bytes)
+               for p in (conn.request_parser, conn.response_parser)]  # fmt: skip
+    return (exchanges, streams, parsers, conn.closed, conn.last_ns, conn.orphan_responses, conn.next_index)
+
+
+@st.composite
+def http_conversation(draw: Any) -> list[tuple[int, bool, int, int, int, bytes]]:
+    """Segments (ts, from_client, seq, ack, flags, payload) of one HTTP connection: requests and
+    responses cut anywhere, some segments reordered, repeated or lost, ACKs, FINs, maybe an RST."""
+    n = draw(st.integers(1, 4))
+    bodies = draw(st.lists(st.integers(0, 300), min_size=n, max_size=n))
+    client = b"".join(b"POST /%d HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (i, k) + b"q" * k
+                      for i, k in enumerate(bodies))  # fmt: skip
+    server = b"".join(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % k + b"r" * k for k in bodies)
+    isn = (draw(st.sampled_from([1000, 2**32 - 100])), draw(st.sampled_from([5000, 2**32 - 30])))
+    handshake = draw(st.booleans())
+    pieces = []
+    for side, data in ((True, client), (False, server)):
+        cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=6))) | {0, len(data)})
+        pieces += [(side, a, data[a:b]) for a, b in itertools.pairwise(cuts)]
+    pieces = draw(st.permutations(pieces)) if draw(st.booleans()) else pieces
+    segs: list[tuple[int, bool, int, int, int, bytes]] = []
+    if handshake:
+        segs += [(0, True, isn[0], 0, 0x02, b""), (1, False, isn[1], isn[0] + 1, 0x12, b"")]
+    for side, at, data in pieces:
+        fate = draw(st.sampled_from(["send", "send", "send", "twice", "lost"]))
+        if fate == "lost":
+            continue
+        own, peer, peer_len = (isn[0], isn[1], len(server)) if side else (isn[1], isn[0], len(client))
+        ack = (peer + 1 + draw(st.integers(0, peer_len))) % 2**32
+        seg = (len(segs) + 2, side, (own + 1 + at) % 2**32, ack, 0x18, data)
+        segs += [seg, seg] if fate == "twice" else [seg]
+    for side in draw(st.permutations([True, False])):
+        own, end = (isn[0], len(client)) if side else (isn[1], len(server))
+        segs.append((len(segs) + 2, side, (own + 1 + end) % 2**32, 0, 0x11, b""))
+    if draw(st.integers(0, 5)) == 0:
+        segs.insert(draw(st.integers(0, len(segs))), (len(segs) + 2, True, isn[0] + 1, 0, 0x04, b""))
+    return segs
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(http_conversation())
+def test_http_segments_equal_the_reference(segs: list[tuple[int, bool, int, int, int, bytes]]) -> None:
+    """An HttpConnection on the kernel's per-segment step and one on HttpSegmentsReference: the same
+    exchanges, reassembly, parsers and flags after every segment and after the final flush."""
+    from hopscope.probes.l7.http import HttpConnection
+
+    kernel, reference = HttpConnection(), _reference_connection()()
+    assert type(kernel).__mro__[1] is _l7.HttpSegments
+    for seg in segs:
+        kernel.segment(*seg)
+        reference.segment(*seg)
+        assert _connection_state(kernel) == _connection_state(reference), seg
+    kernel.flush(10**6)
+    reference.flush(10**6)
+    assert _connection_state(kernel) == _connection_state(reference)
+    assert kernel.take(10**7, 0, 0, True) is not None
+
+
+def test_http_segments_refuses_bad_calls() -> None:
+    """Wrong arguments are a TypeError; a connection whose reassemblers are not set says so."""
+    seg = _l7.HttpSegments()
+    with pytest.raises(AttributeError, match="client and server"):
+        seg.segment(1, True, 0, 0, 0x18, b"x")
+    with pytest.raises(TypeError):
+        seg.segment(1, True, 0)  # type: ignore[call-arg]
 
 
 # --- feed_rows -------------------------------------------------------------------------------------
