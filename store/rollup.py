@@ -538,10 +538,10 @@ def _add_hist(accs: Sequence[_Acc], second: bool, group: np.ndarray[Any, Any], k
     low = int(keys.min())
     span = int(keys.max()) - low + 1
     pairs, counts = np.unique(group * span + (keys - low), return_counts=True)
-    for code, count in zip(pairs.tolist(), counts.tolist(), strict=True):
-        g, key = divmod(code, span)
-        hist = accs[g].second if second else accs[g].first
-        hist[key + low] += count
+    hists = [a.second if second else a.first for a in accs]
+    for g, key, count in zip((pairs // span).tolist(), (pairs % span + low).tolist(), counts.tolist(), strict=True):
+        hist = hists[g]
+        hist[key] = hist.get(key, 0) + count  # not +=: a new key would call Counter.__missing__
 
 
 class Accumulator:
