@@ -27,7 +27,16 @@ import uuid
 
 import numpy as np
 from _lines import bench_line
-from correlate_stream import CLICKHOUSE, KAFKA, RECORDS_PER_REQUEST, correlate, load, publish_paced, slices
+from correlate_stream import (
+    CLICKHOUSE,
+    KAFKA,
+    RECORDS_PER_REQUEST,
+    TraceIds,
+    correlate,
+    load,
+    publish_paced,
+    slices,
+)
 
 from hopscope.correlate import Correlator
 from hopscope.correlate.stream import StreamSettings, ensure_relay_topics, event_times
@@ -41,15 +50,15 @@ PEER = ("--min-lateness-ms", "2000", "--stitch-every-ms", "500")
 
 def poll_store(url: str, seen: dict[str, int], every_s: float, stop: threading.Event) -> None:
     """Record when each trace was first seen (traces started in the last 30 s, every ``every_s``)."""
-    store = store_from_url(url)
+    ids = TraceIds(url)  # the ids only: the poller shares the cores with the correlator
     try:
         while not stop.is_set():
             now = time.time_ns()
-            for t in store.query_traces(now - 30 * 10**9, FOREVER, limit=1_000_000):
-                seen.setdefault(t.trace_id, now)
+            for trace_id in ids.since(now - 30 * 10**9):
+                seen.setdefault(trace_id, now)
             stop.wait(every_s)
     finally:
-        store.close()
+        ids.close()
 
 
 def run(args: argparse.Namespace, db: str, extra: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
