@@ -37,6 +37,7 @@ import uuid
 
 import numpy as np
 from _lines import bench_line
+from _topics import RunTopics
 
 from hopscope.correlate import Correlator
 from hopscope.correlate.stream import ensure_relay_topics, event_times
@@ -118,8 +119,8 @@ def wait_for_traces(url: str, want: int, proc: subprocess.Popen[str], timeout_s:
     raise SystemExit(f"not all {want} traces stored within {timeout_s} s")
 
 
-def throughput(args: argparse.Namespace, db: str) -> list[str]:
-    prefix = f"bcs{uuid.uuid4().hex[:8]}"
+def throughput(args: argparse.Namespace, db: str, topics: RunTopics) -> list[str]:
+    prefix = topics.prefix("bcs", ("-s1", "-s2"))
     ensure_relay_topics(KAFKA, prefix)
     requests, flows = load(args.records, args.hosts, 1_700_000_000_000_000_000, 10_000)
     n = len(requests) + len(flows)
@@ -158,9 +159,9 @@ def throughput(args: argparse.Namespace, db: str) -> list[str]:
             bench_line("correlate_stream_first_to_all_stored", done - first, "s")]  # fmt: skip
 
 
-def live(args: argparse.Namespace, db: str) -> tuple[list[str], list[str]]:
+def live(args: argparse.Namespace, db: str, topics: RunTopics) -> tuple[list[str], list[str]]:
     """The ids of the traces seen in the store, and the bench lines."""
-    prefix = f"bcl{uuid.uuid4().hex[:8]}"
+    prefix = topics.prefix("bcl", ("-s1", "-s2"))
     ensure_relay_topics(KAFKA, prefix)
     proc = correlate(prefix, db, "--idle-exit", "6")
     time.sleep(5)  # the correlator joins its groups
@@ -285,8 +286,9 @@ def main() -> None:
     store = store_from_url(db)
     store.ensure_schema()
     try:
-        lines = throughput(args, db)
-        ids, live_lines = live(args, db)
+        with RunTopics(KAFKA) as topics:
+            lines = throughput(args, db, topics)
+            ids, live_lines = live(args, db, topics)
         lines += live_lines
         lines += lookups(db, ids or [t.trace_id for t in store.query_traces(0, FOREVER, limit=10_000)])
         print(f"\nstore after both runs: {store.count('traces'):,} traces, {store.count('spans'):,} spans")

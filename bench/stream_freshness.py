@@ -27,6 +27,7 @@ import uuid
 
 import numpy as np
 from _lines import bench_line
+from _topics import RunTopics
 from correlate_stream import (
     CLICKHOUSE,
     KAFKA,
@@ -61,10 +62,12 @@ def poll_store(url: str, seen: dict[str, int], every_s: float, stop: threading.E
         ids.close()
 
 
-def run(args: argparse.Namespace, db: str, extra: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, str]:
+def run(
+    args: argparse.Namespace, db: str, extra: tuple[str, ...], topics: RunTopics
+) -> tuple[np.ndarray, np.ndarray, str]:
     """One paced run: delays (ms) of the traces after the first lateness window, of all, and the
     correlator's summary line."""
-    prefix = f"bsf{uuid.uuid4().hex[:8]}"
+    prefix = topics.prefix("bsf", ("-s1", "-s2"))
     ensure_relay_topics(KAFKA, prefix)
     proc = correlate(prefix, db, "--idle-exit", "8", *extra)
     time.sleep(args.join_s)  # the correlator joins its groups
@@ -119,15 +122,18 @@ def main() -> None:
     store.ensure_schema()
     got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"defaults": [], "peer": []}
     try:
-        for _ in range(args.rounds):
-            for name, extra in (("defaults", ()), ("peer", PEER)):
-                steady, all_, summary = run(args, db, extra)
-                got[name].append((steady, all_))
-                if not len(steady):
-                    raise SystemExit(f"{name}: no trace seen after the first window ({len(all_)} in all); {summary}")
-                print(f"{name:<9} steady p50 {np.median(steady):6.0f} ms p99 {np.percentile(steady, 99):6.0f} ms | "
-                      f"all p50 {np.median(all_):6.0f} ms p99 {np.percentile(all_, 99):6.0f} ms, "
-                      f"max {np.max(all_):6.0f} ms ({len(all_):,} traces)\n  correlator: {summary}")
+        with RunTopics(KAFKA) as topics:
+            for _ in range(args.rounds):
+                for name, extra in (("defaults", ()), ("peer", PEER)):
+                    steady, all_, summary = run(args, db, extra, topics)
+                    got[name].append((steady, all_))
+                    if not len(steady):
+                        raise SystemExit(
+                            f"{name}: no trace seen after the first window ({len(all_)} in all); {summary}"
+                        )
+                    print(f"{name:<9} steady p50 {np.median(steady):6.0f} ms p99 {np.percentile(steady, 99):6.0f} ms | "
+                          f"all p50 {np.median(all_):6.0f} ms p99 {np.percentile(all_, 99):6.0f} ms, "
+                          f"max {np.max(all_):6.0f} ms ({len(all_):,} traces)\n  correlator: {summary}")
     finally:
         store.drop_schema()
         store.close()

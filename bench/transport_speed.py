@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 
 import numpy as np
 from _lines import bench_line
+from _topics import RunTopics
 
 from hopscope.codec import decode_batch, encode_batch
 from hopscope.records import Batch, FlowRecord
@@ -59,7 +59,7 @@ def produce(bootstrap: str, prefix: str, batch: Batch, per_message: int) -> floa
 
 def consume(bootstrap: str, prefix: str, want: int) -> float:
     """Seconds from the first delivery (the group join is not counted) until ``want`` records."""
-    consumer = KafkaRecordConsumer(bootstrap, f"bench-{uuid.uuid4().hex[:8]}", tables=["flows"], prefix=prefix)
+    consumer = KafkaRecordConsumer(bootstrap, f"{prefix}-c", tables=["flows"], prefix=prefix)
     got = 0
     start = None
     deadline = time.perf_counter() + 300
@@ -79,37 +79,39 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--unbatched-records", type=int, default=50_000)
     args = parser.parse_args()
-    prefix = f"bench{uuid.uuid4().hex[:8]}"  # fresh topics: the consumer reads exactly this run
-    ensure_topics(args.bootstrap, prefix=prefix)
-    batch = make_batch(args.records)
-    t0 = time.perf_counter()
-    message = encode_batch(batch.slice(0, 1000))
-    for _ in range(50):
-        decode_batch(message)
-    codec_s = (time.perf_counter() - t0) / 50
-    print(f"codec: 1,000 flow records = {len(message):,} bytes; decode {1000 / codec_s:,.0f} records/s")
-    lines = [bench_line("transport_codec_decode_rate", 1000 / codec_s, "records/s")]
-    print(f"{'mode':<32}{'records':>12}{'produce rec/s':>16}")
-    small = batch.slice(0, args.unbatched_records)
-    ensure_topics(args.bootstrap, prefix=f"{prefix}u")  # its own topics: consumed below separately
-    secs = produce(args.bootstrap, f"{prefix}u", small, 1)
-    single = ("produce_1_per_message", len(small) / secs)
-    print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
-    for per in (100, 1000, 5000):
-        secs = produce(args.bootstrap, prefix, batch, per)
-        rate = len(batch) / secs
-        print(f"{f'{per} records per message':<32}{len(batch):>12,}{rate:>16,.0f}")
-        lines.append(bench_line(f"transport_produce_{per}_per_message_rate", rate, "records/s", single,
-                                rate / single[1]))  # fmt: skip
-    print(f"{'mode':<32}{'records':>12}{'consume rec/s':>16}")
-    secs = consume(args.bootstrap, f"{prefix}u", len(small))
-    single = ("consume_1_per_message", len(small) / secs)
-    print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
-    total = 3 * len(batch)
-    secs = consume(args.bootstrap, prefix, total)
-    rate = total / secs
-    print(f"{'100-5000 records per message':<32}{total:>12,}{rate:>16,.0f}")
-    lines.append(bench_line("transport_consume_batched_rate", rate, "records/s", single, rate / single[1]))
+    with RunTopics(args.bootstrap) as topics:
+        prefix = topics.prefix("bench", ("-c",))  # fresh topics: the consumer reads exactly this run
+        ensure_topics(args.bootstrap, prefix=prefix)
+        batch = make_batch(args.records)
+        t0 = time.perf_counter()
+        message = encode_batch(batch.slice(0, 1000))
+        for _ in range(50):
+            decode_batch(message)
+        codec_s = (time.perf_counter() - t0) / 50
+        print(f"codec: 1,000 flow records = {len(message):,} bytes; decode {1000 / codec_s:,.0f} records/s")
+        lines = [bench_line("transport_codec_decode_rate", 1000 / codec_s, "records/s")]
+        print(f"{'mode':<32}{'records':>12}{'produce rec/s':>16}")
+        small = batch.slice(0, args.unbatched_records)
+        unbatched = topics.prefix("benchu", ("-c",))  # its own topics: consumed below separately
+        ensure_topics(args.bootstrap, prefix=unbatched)
+        secs = produce(args.bootstrap, unbatched, small, 1)
+        single = ("produce_1_per_message", len(small) / secs)
+        print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
+        for per in (100, 1000, 5000):
+            secs = produce(args.bootstrap, prefix, batch, per)
+            rate = len(batch) / secs
+            print(f"{f'{per} records per message':<32}{len(batch):>12,}{rate:>16,.0f}")
+            lines.append(bench_line(f"transport_produce_{per}_per_message_rate", rate, "records/s", single,
+                                    rate / single[1]))  # fmt: skip
+        print(f"{'mode':<32}{'records':>12}{'consume rec/s':>16}")
+        secs = consume(args.bootstrap, unbatched, len(small))
+        single = ("consume_1_per_message", len(small) / secs)
+        print(f"{'1 record per message':<32}{len(small):>12,}{single[1]:>16,.0f}")
+        total = 3 * len(batch)
+        secs = consume(args.bootstrap, prefix, total)
+        rate = total / secs
+        print(f"{'100-5000 records per message':<32}{total:>12,}{rate:>16,.0f}")
+        lines.append(bench_line("transport_consume_batched_rate", rate, "records/s", single, rate / single[1]))
     print("\n".join(lines))
 
 
