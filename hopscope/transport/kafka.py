@@ -23,7 +23,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from hopscope.codec import decode_batch, encode_batch
@@ -158,11 +158,20 @@ class KafkaPublisher:
         """Wait for every message sent; raise ``UnavailableError`` unless the broker acknowledged all
         of those sent since the previous flush."""
         waited: KafkaError | None = None
-        for _ in range(2):  # kafka-python's wait can end before a failed batch's future is done
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                self._producer.flush(timeout=60)
-            except KafkaError as exc:  # refused messages, if any, say more than this
+                self._producer.flush(timeout=max(deadline - time.monotonic(), 0.1))
+            except KafkaTimeoutError as exc:
                 waited = exc
+                break
+            except KafkaError as exc:  # refused messages, if any, say more than this
+                # kafka-python splits a batch the broker refused as too large and wakes the flush on the
+                # old batch without completing it ("Future not done"): wait again for the new batches.
+                waited = exc
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
             else:
                 waited = None
                 break
