@@ -108,9 +108,15 @@ def assert_delay_measured(cell: MatrixCell) -> None:
     delay. Single requests also carry the delayer's own lateness under load (its late_us percentiles
     are in the manifest): the lab's error, not the correlator's, so no bound on each one."""
     delays = cell.evaluation["delays"]
-    assert delays
+    assert any(d["n"] for d in delays), delays
+    served = Counter(r.get("server") for r in cell.manifest["requests"])
     for d in delays:
-        assert d["n"] > 0, d["link"]
+        if not d["n"]:
+            # kube-proxy picks a backend per connection, and a cell whose sidecars pool a few connections
+            # can send them all to one backend: then, by the manifest, no request crossed this link.
+            backend = d["link"].split(">")[1].removesuffix("-pod")
+            assert not served[backend], f"{d['link']}: {served[backend]} requests served, none measured"
+            continue
         assert abs(d["median_error_us"]) <= d["tolerance_us"], d
 
 
