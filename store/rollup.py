@@ -282,7 +282,6 @@ class TraceRow(NamedTuple):
 
 R = TypeVar("R", SpanRow, TraceRow)
 Columns = dict[str, np.ndarray[Any, Any]]
-_FLOAT_FIELDS = frozenset({"link_confidence"})
 
 
 def batch_rows(row_type: type[R], batch: Batch) -> list[R]:
@@ -296,31 +295,34 @@ def record_row(row_type: type[R], record: Span | Trace) -> R:
     return row_type._make(getattr(record, name) for name in row_type._fields)
 
 
-def _column(values: Any, name: str, text: bool) -> np.ndarray[Any, Any]:
+def _column(values: Any, ctype: ColumnType) -> np.ndarray[Any, Any]:
     """A column as the summaries read it: text as an object array, times and counts as int64."""
-    if text:
+    if ctype.is_text:
         if isinstance(values, np.ndarray) and values.dtype == object:
             return values
         out = np.empty(len(values), dtype=object)
         out[:] = values
         return out
-    return np.asarray(values, dtype=np.float64 if name in _FLOAT_FIELDS else np.int64)
+    return np.asarray(values, dtype=np.float64 if ctype is ColumnType.F32 else np.int64)
 
 
-_SPAN_TEXT = frozenset({"trace_id", "span_id", "parent_span_id", "point", "host", "hop_kind", "side", "orig_h",
-                        "resp_h", "link_reason"})  # fmt: skip
-_TRACE_TEXT = frozenset({"trace_id", "l7_proto", "client_h", "server_h"})
+#: The record column types of the fields the rollups read.
+_TYPES: dict[type[Any], dict[str, ColumnType]] = {
+    row: {c.name: c.type for c in record.columns() if c.name in row._fields}
+    for row, record in ((SpanRow, Span), (TraceRow, Trace))
+}
 
 
 def _span_columns(batch: Batch) -> Columns:
-    return {n: _column(batch.columns[n], n, n in _SPAN_TEXT) for n in SpanRow._fields}
+    types = _TYPES[SpanRow]
+    return {n: _column(batch.columns[n], types[n]) for n in SpanRow._fields}
 
 
 def _row_columns(row_type: type[R], rows: Sequence[R]) -> Columns:
     """Columns of some rows (``SpanRow`` or ``TraceRow``)."""
-    text = _SPAN_TEXT if row_type is SpanRow else _TRACE_TEXT
+    types = _TYPES[row_type]
     lists: Iterable[Sequence[Any]] = zip(*rows, strict=True) if rows else ([] for _ in row_type._fields)
-    return {n: _column(v, n, n in text) for n, v in zip(row_type._fields, lists, strict=True)}
+    return {n: _column(v, types[n]) for n, v in zip(row_type._fields, lists, strict=True)}
 
 
 @functools.lru_cache(maxsize=1 << 16)
