@@ -396,14 +396,21 @@ class Batch:
 
     @classmethod
     def from_records(cls, record_type: type[R], records: Sequence[R]) -> Batch:
-        cols = record_type.columns()
+        names = [c.name for c in record_type.columns()]
         # one attrgetter call per record (C), then the rows transposed: no getattr per field in Python
-        rows = list(map(attrgetter(*(c.name for c in cols)), records)) if len(cols) > 1 else []
-        by_column = list(zip(*rows, strict=True)) if rows else [[getattr(r, c.name) for r in records] for c in cols]
+        if len(names) > 1:
+            return cls.from_rows(record_type, list(map(attrgetter(*names), records)))
+        return cls.from_rows(record_type, [(getattr(r, names[0]),) for r in records])
+
+    @classmethod
+    def from_rows(cls, record_type: type[Record], rows: Sequence[tuple[Any, ...]]) -> Batch:
+        """A batch of rows, each a tuple of the record type's fields in column order."""
+        cols = record_type.columns()
+        by_column = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
         columns: dict[str, ColumnData] = {}
         for col, values in zip(cols, by_column, strict=True):
             columns[col.name] = list(values) if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
-        return cls(record_type, columns, len(records))
+        return cls(record_type, columns, len(rows))
 
     def records(self) -> Iterator[Record]:
         names = [c.name for c in self.record_type.columns()]

@@ -24,8 +24,6 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-import numpy as np
-
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash, request_id
 from hopscope.probes.l7.dns import DnsDecodeError, DnsMessage, DnsTcpFramer, parse_dns
 from hopscope.probes.l7.http import (
@@ -39,7 +37,7 @@ from hopscope.probes.l7.http import (
 )
 from hopscope.probes.l7.reassembly import Reassembler, stream_reassembler
 from hopscope.probes.l7.tls import TlsConnection, TlsExchange, looks_like_tls
-from hopscope.records import Batch, ColumnData, RequestRecord
+from hopscope.records import Batch, RequestRecord
 
 _TCP, _UDP = 6, 17
 #: A request record as the tracker holds it until taken: RequestRecord's fields, in order.
@@ -202,25 +200,27 @@ class L7Tracker:
             else:
                 state.synack_seq = seq
         conn = state.http
-        if conn is not None:  # _http_segment, inline: the common case
-            conn.segment(ts_ns, from_client, seq, ack, flags, payload)
-            if conn.closed or conn.overflow or not conn.next_index:  # (no request yet: hopeless?)
-                self._http_after(flow_id, state, conn, ts_ns)
-            elif conn.waiting and conn.due(ts_ns, self._linger_ns, self._request_timeout_ns):
-                self._emit_ready(state, ts_ns, final=False)
-            return
-        if state.dns_streams is None and state.tls is None:
-            if not payload:
+        if conn is None:  # not HTTP (yet)
+            if state.dns_streams is None and state.tls is None:
+                if not payload:
+                    return
+                self._classify(state, from_client, src, dst, payload)
+            if state.tls is not None:
+                self._tls_segment(flow_id, state, ts_ns, from_client, seq, ack, flags, payload)
                 return
-            self._classify(state, from_client, src, dst, payload)
-        if state.tls is not None:
-            self._tls_segment(flow_id, state, ts_ns, from_client, seq, ack, flags, payload)
-        elif state.http is not None:
-            self._http_segment(flow_id, state, ts_ns, from_client, seq, ack, flags, payload)
-        elif state.dns_streams is not None:
-            self._dns_tcp_segment(state, ts_ns, from_client, seq, flags, payload)
-            if flags & TCP_RST:
-                del self._tables.tcp[flow_id]
+            if state.dns_streams is not None:
+                self._dns_tcp_segment(state, ts_ns, from_client, seq, flags, payload)
+                if flags & TCP_RST:
+                    del self._tables.tcp[flow_id]
+                return
+            conn = state.http
+            if conn is None:
+                return
+        conn.segment(ts_ns, from_client, seq, ack, flags, payload)
+        if conn.closed or conn.overflow or not conn.next_index:  # (no request yet: hopeless?)
+            self._http_after(flow_id, state, conn, ts_ns)
+        elif conn.waiting and conn.due(ts_ns, self._linger_ns, self._request_timeout_ns):
+            self._emit_ready(state, ts_ns, final=False)
 
     def udp_datagram(
         self, flow_id: int, ts_ns: int, payload: bytes, src: tuple[str, int], dst: tuple[str, int]
@@ -275,12 +275,7 @@ class L7Tracker:
         """The records reported so far as one batch, its columns built from the rows (no record objects):
         equal to ``Batch.from_records(RequestRecord, self.take_records())``."""
         out, self._out = self._out, []
-        if not out:
-            return Batch.from_records(RequestRecord, [])
-        columns: dict[str, ColumnData] = {}
-        for col, values in zip(RequestRecord.columns(), zip(*out, strict=True), strict=True):
-            columns[col.name] = list(values) if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
-        return Batch.wrap(RequestRecord, columns, len(out))
+        return Batch.from_rows(RequestRecord, out)
 
     def pending_records(self) -> int:
         return len(self._out)
@@ -389,22 +384,6 @@ class L7Tracker:
                 self._dns_tcp_messages(state, i == 0, state.dns_streams[i].feed(events))
 
     # --- HTTP -------------------------------------------------------------------------------------
-
-    def _http_segment(
-        self,
-        flow_id: int,
-        state: _TcpState,
-        ts_ns: int,
-        from_client: bool,
-        seq: int,
-        ack: int,
-        flags: int,
-        payload: bytes,
-    ) -> None:
-        conn = state.http
-        assert conn is not None
-        conn.segment(ts_ns, from_client, seq, ack, flags, payload)
-        self._http_after(flow_id, state, conn, ts_ns)
 
     def _http_after(self, flow_id: int, state: _TcpState, conn: HttpConnection, ts_ns: int) -> None:
         """What a segment of an HTTP connection may lead to: given up, closed, or exchanges due."""
