@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
 from hopscope.probes import kernels
-from hopscope.probes.l7.reassembly import DATA, FIN, GAP, Event, Reassembler, stream_reassembler
+from hopscope.probes.l7.reassembly import (
+    DATA,
+    FIN,
+    GAP,
+    Event,
+    Reassembler,
+    retrans_overlapping,
+    stream_reassembler,
+)
 
 # parser modes
 SEEK: Final = 0  # looking for a start line (mid-stream start, after a gap or garbage)
@@ -790,10 +798,10 @@ class HttpConnection(_SegmentsBase):
     def retrans_of(self, ex: HttpExchange) -> tuple[int, int]:
         """Retransmitted segments that overlap the request and the response of ``ex``."""
         req = ex.request
-        req_count = _overlaps(self.client.retrans_ranges, req.start_offset, req.end_offset)
+        req_count = retrans_overlapping(self.client.retrans_ranges, req.start_offset, req.end_offset)
         resp_count = 0
         if ex.response is not None and ex.resp_start_offset >= 0:
-            resp_count = _overlaps(self.server.retrans_ranges, ex.resp_start_offset, ex.response.end_offset)
+            resp_count = retrans_overlapping(self.server.retrans_ranges, ex.resp_start_offset, ex.response.end_offset)
         return req_count, resp_count
 
     def _parser(self, from_client: bool, stream: Reassembler) -> StreamParser:
@@ -848,9 +856,3 @@ class HttpConnection(_SegmentsBase):
 
 def _ignore(msg: HttpMessage) -> None:
     """Requests need no action when complete: their exchange already holds them."""
-
-
-def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> int:
-    if not ranges:  # the common case: nothing retransmitted
-        return 0
-    return sum(1 for lo, hi in ranges if lo < end and hi > start)

@@ -118,15 +118,14 @@ class StreamReassembler:
             self.next_offset = end
             if fin and self.fin_offset is None:
                 self.fin_offset = end
-            if not self.fin_sent and self.fin_offset is not None and end >= self.fin_offset:
-                self.fin_sent = True
-                return [(DATA, offset, ts_ns, payload), (FIN, end, ts_ns, 0)]
-            return [(DATA, offset, ts_ns, payload)]
+            events: list[Event] = [(DATA, offset, ts_ns, payload)]
+            self._maybe_fin(events, ts_ns)
+            return events
         if fin and self.fin_offset is None and offset + len(payload) >= self.next_offset:
             self.fin_offset = end
         if end - self.next_offset > MAX_WINDOW:
             return []
-        events: list[Event] = []
+        events = []
         if payload:
             if end <= self.next_offset:
                 self._retrans(offset, end)
@@ -217,6 +216,13 @@ class StreamReassembler:
         if not self.fin_sent and self.fin_offset is not None and self.next_offset >= self.fin_offset:
             self.fin_sent = True
             events.append((FIN, self.next_offset, ts_ns, 0))
+
+
+def retrans_overlapping(ranges: list[tuple[int, int]], start: int, end: int) -> int:
+    """How many of a reassembler's ``retrans_ranges`` overlap the stream bytes [start, end)."""
+    if not ranges:  # the common case: nothing retransmitted
+        return 0
+    return sum(1 for lo, hi in ranges if lo < end and hi > start)
 
 
 class Reassembler(Protocol):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from hopscope.ids import PAYLOAD_HASH_BYTES, payload_hash
-from hopscope.probes.l7.reassembly import DATA, GAP, Event, stream_reassembler
+from hopscope.probes.l7.reassembly import DATA, GAP, Event, retrans_overlapping, stream_reassembler
 
 CHANGE_CIPHER_SPEC: Final = 20
 ALERT: Final = 21
@@ -263,8 +263,8 @@ class TlsConnection:
 
     def retrans_of(self, ex: TlsExchange) -> tuple[int, int]:
         """Retransmitted segments overlapping the exchange's request and response bytes."""
-        req = _overlaps(self.client.retrans_ranges, ex.req_start, ex.req_end)
-        resp = _overlaps(self.server.retrans_ranges, ex.resp_start, ex.resp_end) if ex.resp_start >= 0 else 0
+        req = retrans_overlapping(self.client.retrans_ranges, ex.req_start, ex.req_end)
+        resp = retrans_overlapping(self.server.retrans_ranges, ex.resp_start, ex.resp_end) if ex.resp_start >= 0 else 0
         return req, resp
 
     def _records(self, from_client: bool, events: list[Event]) -> None:
@@ -302,9 +302,3 @@ class TlsConnection:
         cur, self.current = self.current, None
         if cur is not None:
             self.done.append(cur)
-
-
-def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> int:
-    if not ranges:  # the common case: nothing retransmitted
-        return 0
-    return sum(1 for lo, hi in ranges if lo < end and hi > start)
