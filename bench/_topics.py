@@ -26,13 +26,6 @@ class RunTopics:
         self._made.append((name, [name + g for g in groups]))
         return name
 
-    def group(self, prefix: str, name: str) -> str:
-        """Record one more consumer group to delete with ``prefix``'s topics."""
-        for made, groups in self._made:
-            if made == prefix:
-                groups.append(name)
-        return name
-
     def __enter__(self) -> RunTopics:
         return self
 
