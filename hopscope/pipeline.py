@@ -72,10 +72,18 @@ class Ingestor:
         self._stop.set()
 
     def run(self, idle_exit_s: float | None = None) -> IngestStats:
-        """Ingest until ``stop()`` (or, with ``idle_exit_s``, until nothing arrived for that long)."""
+        """Ingest until ``stop()`` (or, with ``idle_exit_s``, until nothing arrived for that long since
+        the consumer's first partitions: joining a group can take seconds on a busy host, and a member
+        with none yet has read nothing, not everything)."""
         idle_since = time.monotonic()
+        assignment: Callable[[], set[tuple[str, int]]] | None = getattr(self.consumer, "assignment", None)
+        joined = assignment is None  # a group member's partitions; other consumers have none to wait for
         while not self._stop.is_set():
-            if self.step():
+            got = self.step()
+            joining = not joined
+            if assignment is not None and joining:
+                joined = bool(assignment())
+            if got or joining:  # idle from the poll after the one that found the first partitions
                 idle_since = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break

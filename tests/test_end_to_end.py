@@ -24,7 +24,7 @@ from hopscope.api.models import record_from_json
 from hopscope.pipeline import Ingestor, RetryPolicy
 from hopscope.records import Batch, FlowRecord
 from hopscope.store import store_from_url
-from hopscope.transport import InProcessTransport
+from hopscope.transport import Delivery, InProcessTransport
 from hopscope.transport.kafka import KafkaPublisher, ensure_topics
 from tests.conftest import CLICKHOUSE_URL, KAFKA_BOOTSTRAP, require_service, topic_prefix
 from tests.tcpproxy import TcpProxy
@@ -122,6 +122,39 @@ def test_embedded_default_in_process_to_chdb(tmp_path: Path) -> None:
         assert transport.committed == {"hopscope.flows": 0}
         r = TestClient(create_app(store), base_url="http://127.0.0.1").get("/api/v1/flows", params={"limit": 1000})
         assert [record_from_json(FlowRecord, f) for f in r.json()["flows"]] == sent
+    finally:
+        store.close()
+
+
+class _Joining(InProcessTransport):
+    """A group member that holds no partition (and gets nothing) for its first ``polls`` polls."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls_left = polls
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return set() if self.polls_left > 0 else {("hopscope.flows", 0)}
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 100_000) -> list[Delivery]:
+        if self.polls_left > 0:
+            self.polls_left -= 1
+            return []
+        return super().poll(timeout_s, max_records)
+
+
+def test_idle_exit_counts_from_the_first_partitions(tmp_path: Path) -> None:
+    """A member still joining its group has read nothing: ``idle_exit_s`` does not run out meanwhile,
+    however long the join takes (here with no idle time allowed at all)."""
+    transport = _Joining(polls=5)
+    sent = _flows(20, point="joining")
+    transport.publish(Batch.from_records(FlowRecord, sent))
+    store = store_from_url(f"chdb://{tmp_path}/db")
+    store.ensure_schema()
+    try:
+        stats = Ingestor(transport, store).run(idle_exit_s=0.0)
+        assert transport.polls_left == 0
+        assert stats.rows == {"flows": 20} and store.count("flows") == 20
     finally:
         store.close()
 

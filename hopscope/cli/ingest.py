@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-prefix", default="hopscope", metavar="PREFIX",
                    help="topics are PREFIX.flows, ... (default hopscope)")
     p.add_argument("--tables", default="flows,requests", help="record tables to consume (default flows,requests)")
-    p.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after SECONDS with no records")
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                   help="exit after SECONDS with no records (counted from the first partitions the group gives)")
     metrics.add_arguments(p)
 
 
