@@ -48,8 +48,8 @@ def _analyze(tmp_path: Path, otlp: str, *inputs: str) -> list[dict[str, Any]]:
 
 def _jaeger_trace(query: str, trace_id: str, spans: int) -> dict[str, Any]:
     """The trace as Jaeger's query API returns it, once it holds ``spans`` distinct spans (Jaeger
-    batches what it received: give it a few seconds)."""
-    deadline, got = time.monotonic() + 20, {}
+    batches what it received: give it a few seconds, more on a busy machine)."""
+    deadline, got = time.monotonic() + 60, {}
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"{query}/api/traces/{trace_id}", timeout=5) as resp:
