@@ -408,7 +408,12 @@ def test_flood_renumbers_each_cycle_with_valid_checksums(netns_pair: None, tmp_p
     frames: list[bytes] = []
     with PacketRing(VETH_B, bpf="ip", netns=NS_B, settings=RingSettings(retire_ms=10, zero_copy=False)) as ring:
         sent = run_flood(VETH_A, capture, pps=20_000, seconds=0.1, netns=NS_A)
-        time.sleep(0.1)
+        # every frame sent, as the kernel hands its blocks over (the last once retire_ms passed), then
+        # whatever else comes within one more read
+        deadline = time.monotonic() + 30
+        while len(frames) < sent.sent and time.monotonic() < deadline:
+            if (raw := ring.read(50)) is not None:
+                frames += [raw.frame(i) for i in range(raw.count)]
         while (raw := ring.read(50)) is not None:
             frames += [raw.frame(i) for i in range(raw.count)]
     assert len(frames) == sent.sent > 2 * per_cycle
