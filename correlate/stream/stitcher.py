@@ -124,9 +124,12 @@ class StreamCorrelator:
         self._last = time.monotonic()
         self._pass_s = 0.0  # wall time the last pass took
         self._clocks: dict[str, int] = {}  # offset (ns) of each corrected clock domain, as last logged
+        self._writing = 0  # records out of the buffers whose pass is being inserted
 
     def held(self) -> int:
-        return sum(len(b) for b in self.buffers.values())
+        """Records this stage holds: buffered, or taken out of the buffers by the pass being inserted
+        (a metrics scrape from another thread sees them held until the pass's traces are written)."""
+        return sum(len(b) for b in self.buffers.values()) + self._writing
 
     def _note_clocks(self, res: StitchResult) -> None:
         """Log each clock domain (a host by default) whose correction appeared, went or moved by more
@@ -333,10 +336,15 @@ class StreamCorrelator:
         """Raw records first, then spans, then traces (a crash in between re-stitches the same)."""
         # Out of the buffer first (a stop while the store is down commits nothing: a restart replays).
         leaving = {t: self.buffers[t].split(m) for t, m in p.leave.items()}
-        for table, batch in (*((t, b) for t, (b, _, _) in leaving.items()), ("spans", p.spans), ("traces", p.traces)):
-            if len(batch):
-                self._insert(table, batch)
-                self.stats.rows[table] = self.stats.rows.get(table, 0) + len(batch)
+        self._writing = sum(len(b) for b, _, _ in leaving.values())
+        try:
+            for table, batch in (*((t, b) for t, (b, _, _) in leaving.items()), ("spans", p.spans),
+                                 ("traces", p.traces)):
+                if len(batch):
+                    self._insert(table, batch)
+                    self.stats.rows[table] = self.stats.rows.get(table, 0) + len(batch)
+        finally:
+            self._writing = 0
         newest = self.watermark.newest_ns
         self.written_requests.add(request_keys(p.spans, self.h)[p.l7_spans], newest)
         self.written_flows.add(p.l4_flow_keys, newest)

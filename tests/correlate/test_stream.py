@@ -114,6 +114,24 @@ def test_streaming_equals_offline(store: EmbeddedStore, duplicate_every: int) ->
     assert all(d.offset <= log.committed[(d.topic, d.partition)] for d in log.entries)  # all committed
 
 
+def test_records_of_a_pass_are_held_until_its_traces_are_written(store: EmbeddedStore) -> None:
+    """What a scrape of ``records_held`` from another thread sees: the records a pass took out of the
+    buffers count as held while its rows go in, so no record is neither held nor written."""
+    log, requests, flows = stream_log(SCENARIO)
+    sc = StreamCorrelator(LogConsumer(log), store, stream=SETTINGS)
+    seen: list[tuple[str, int, int]] = []  # (table, records held, traces written) at each insert
+    insert = store.insert
+
+    def observed(table: str, batch: Batch) -> int:
+        seen.append((table, sc.held(), sc.stats.traces_out))
+        return insert(table, batch)
+
+    store.insert = observed  # type: ignore[method-assign]
+    sc.run(threading.Event(), exit_when_idle=True)
+    assert sc.held() == 0 and sc.stats.traces_out == len(offline(requests, flows))
+    assert all(held > 0 for _, held, _ in seen), seen  # the last pass's records too, until its traces are in
+
+
 def test_restart_after_a_crash_writes_nothing_twice(store: EmbeddedStore) -> None:
     log, requests, flows = stream_log(SCENARIO)
     stop = threading.Event()
