@@ -84,27 +84,37 @@ def netns_pids(netns: str) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended: only its parent's wait is left)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
-def kill_pids(pids: Sequence[int], grace_s: float = 3.0) -> None:
-    """SIGTERM each pid, then SIGKILL what is still alive after ``grace_s``."""
+def kill_pids(pids: Sequence[int], grace_s: float = 3.0, kill_wait_s: float = 10.0) -> None:
+    """SIGTERM each pid, then SIGKILL what is still alive after ``grace_s`` and wait (up to
+    ``kill_wait_s``) until those have ended: a busy host can take a while to tear a big process down."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    killed = [pid for pid in pids if _alive(pid)]
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + kill_wait_s
+    while time.monotonic() < deadline and any(_alive(p) for p in killed):
+        time.sleep(0.05)
 
 
 def remove_prefix(prefix: str) -> list[str]:

@@ -80,7 +80,10 @@ def test_down_removes_a_crashed_run() -> None:
     removed = down_all()
     assert set(removed) >= set(lab.ns.all())
     assert lab.prefix not in lab_prefixes()
-    time.sleep(0.2)
+    # ended when down returns; gone from /proc once their parent (init, for a daemon) reaped them
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived lab down"
 
