@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hopscope.lab.lab import ImpairSpec, Lab, down_all, record
+from hopscope.lab.lab import ImpairSpec, Lab, down_prefix, record
 from hopscope.lab.netns import lab_prefixes, list_netns, netns_pids
 from hopscope.lab.plan import PlanSettings
 from tests.lab.conftest import require_lab
@@ -77,8 +77,9 @@ def test_down_removes_a_crashed_run() -> None:
     pids = netns_pids(lab.ns["server1"])
     assert pids, "envoy and the app should be running in server1"
     assert lab.prefix in lab_prefixes()
-    removed = down_all()
-    assert set(removed) >= set(lab.ns.all())
+    # ``hopscope lab down --prefix`` (down_all would take every run on the host, another suite's too)
+    removed = down_prefix(lab.prefix)
+    assert set(removed) == set(lab.ns.all())
     assert lab.prefix not in lab_prefixes()
     # ended when down returns; gone from /proc once their parent (init, for a daemon) reaped them
     deadline = time.monotonic() + 10
