@@ -278,8 +278,10 @@ def test_clickhouse_down_holds_offsets_and_loses_nothing(db: str, prefix: str) -
             time.sleep(0.1)
         assert stored(db), "nothing written before the outage"
         proxy.cut()
+        deadline = time.monotonic() + 60  # the next insert: after the current pass, however long it takes
         while pipeline.stats.store_retries == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert pipeline.stats.store_retries, "no insert failed while the store was cut off"
         retries, before = pipeline.stats.store_retries, committed(f"{prefix}-s2")
         time.sleep(OUTAGE_S)
         assert committed(f"{prefix}-s2") == before  # nothing committed while waiting for the store
