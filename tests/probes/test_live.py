@@ -377,8 +377,9 @@ def test_probe_meters_every_frame_of_a_flood_without_drops(
     )
 
     def flood() -> FloodResult:
-        # ~3.4 MB of frames: the small rings wrap twice yet hold ~0.9 s of traffic (no drop on a busy host)
-        sent = run_flood(VETH_A, capture, pps=10_000 if ring else 50_000, seconds=2.0 if ring else 0.5, netns=NS_A)
+        # ~3.4 MB of frames: the small rings wrap twice yet hold ~1.8 s of traffic (no drop on a busy host,
+        # where the probe's thread may wait its turn for a second)
+        sent = run_flood(VETH_A, capture, pps=5_000 if ring else 50_000, seconds=4.0 if ring else 0.5, netns=NS_A)
         time.sleep(0.2)
         return sent
 
