@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -62,6 +63,18 @@ def _wait_for(what: str, done: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not there after {DELIVERY_S:.0f} s")
         time.sleep(0.2)
+
+
+def _settle(done: Callable[[], bool]) -> None:
+    """Wait until ``done()``, at most ``DELIVERY_S``; the assertion after it says what differs."""
+    deadline = time.monotonic() + DELIVERY_S
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _links(points: Any) -> dict[tuple[str, str], int]:
+    """A point topology's traces per link."""
+    return {e: points.edges[e]["traces"] for e in points.edges}
 
 
 def _server(name: str, action: str) -> None:
@@ -393,15 +406,22 @@ def _check_rollups(loaded: str, cluster_store: ClusterStore, analysis: Analysis)
     traces = len(analysis.tables()["traces"])
     _wait_for("the rollup rows", lambda: load_service_map(cluster_store, 0, 2**63 - 1, 1).graph["traces"] == traces)
     services = load_service_map(cluster_store, 0, 2**63 - 1, 1)
-    points = load_point_topology(cluster_store, 0, 2**63 - 1)
     window = (services.graph["start_ns"], services.graph["end_ns"])
     exact = load_service_map_of_traces(cluster_store, *window, 10_000)
     exact_points = load_point_topology_of_traces(cluster_store, *window, 10_000)
     requests = {e: services.edges[e]["requests"] for e in services.edges}
     assert requests == {e: exact.edges[e]["requests"] for e in exact.edges}
-    links = {e: points.edges[e]["traces"] for e in points.edges}
-    assert links == {e: exact_points.edges[e]["traces"] for e in exact_points.edges}
-    assert points.graph["traces"] == exact_points.graph["traces"] == traces
+    # The point topology's rollup is a Distributed table of its own (its link rows and its trace count
+    # on shards of their own): its rows arrive apart from the service map's. Wait for them, then compare.
+    want = ({e: exact_points.edges[e]["traces"] for e in exact_points.edges}, traces)
+
+    def point_rollup() -> tuple[dict[tuple[str, str], int], int]:
+        points = load_point_topology(cluster_store, 0, 2**63 - 1)
+        return _links(points), points.graph["traces"]
+
+    _settle(lambda: point_rollup() == want)
+    assert point_rollup() == want
+    assert exact_points.graph["traces"] == traces
     store_tables(loaded, analysis.tables())  # a replay: every trace is held already
     time.sleep(1)  # the Distributed tables deliver asynchronously
     assert load_service_map(cluster_store, 0, 2**63 - 1, 1).graph["traces"] == traces
