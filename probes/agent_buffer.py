@@ -103,6 +103,12 @@ class BatchBuffer:
             self._in_flight.extend(taken)
             return taken
 
+    def sent_counts(self) -> tuple[int, dict[str, int]]:
+        """Records the broker acknowledged, in all and by point, read together (another thread's
+        acknowledgement lands in both or in neither)."""
+        with self._changed:
+            return self.stats.records_sent, dict(self.stats.records_sent_by_point)
+
     def sent(self, entries: list[_Entry]) -> None:
         """The broker acknowledged ``entries`` (those ``drop_all`` counted meanwhile stay counted as dropped)."""
         with self._changed:

@@ -90,6 +90,8 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         agent = self.agent
         points = agent.points()
+        # the acknowledged records in all and per point from one reading: they add up at every scrape
+        sent_total, sent_by_point = agent.buffer.sent_counts()
         families = CaptureFamilies()
         lag = GaugeMetricFamily("hopscope_capture_publish_lag_seconds",
                                 "age of the point's oldest batch not yet acknowledged by Kafka", labels=POINT)
@@ -99,12 +101,12 @@ class AgentCollector(Collector):
         for p in points:
             families.add(p.point, p.kernel_packets, p.kernel_drops, p.packets, p.decode_skips, p.records)
             lag.add_metric([p.point], p.publish_lag_s)
-            sent.add_metric([p.point], p.records_sent)
+            sent.add_metric([p.point], sent_by_point.get(p.point, 0))
             up.add_metric([p.point], 1.0 if p.state == "capturing" else 0.0)
         yield from (*families, lag, sent, up)
-        yield from self._buffer()
+        yield from self._buffer(sent_total)
 
-    def _buffer(self) -> Iterator[Metric]:
+    def _buffer(self, records_sent: int) -> Iterator[Metric]:
         buffer, state = self.agent.buffer, self.agent.sender.state
         stats = buffer.stats
         yield GaugeMetricFamily("hopscope_agent_kafka_up", "1 while the agent's Kafka sender is connected",
@@ -113,7 +115,7 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("hopscope_agent_buffer_batches", "record batches held for Kafka", value=buffer.held())
         yield GaugeMetricFamily("hopscope_agent_buffer_capacity_batches", "record batches the buffer holds at most",
                                 value=buffer.max_batches)  # fmt: skip
-        yield CounterMetricFamily("hopscope_agent_records_sent", "records Kafka acknowledged", value=stats.records_sent)
+        yield CounterMetricFamily("hopscope_agent_records_sent", "records Kafka acknowledged", value=records_sent)
         yield CounterMetricFamily("hopscope_agent_buffer_dropped_batches",
                                   "batches dropped: the buffer was full, or left unsent at exit",
                                   value=stats.batches_dropped)  # fmt: skip
