@@ -2,7 +2,7 @@
 (``edges_1m``/``links_1m``, every trace of the hour) beside the build from traces read whole (the
 first ``--limit`` traces of the hour, a sample), on the ClickHouse server and chDB.
 
-    .venv/bin/python bench/topology_window.py [--spans 10000000] [--hops 8] [--runs 5]
+    .venv/bin/python bench/topology_window.py [--spans 10000000] [--hops 8] [--runs 5] [--keep] [--reuse]
 
 One minute of traffic (``spans / hops / 60`` traces over lab-like 8-hop paths: client pods calling
 three Services each, five backend pods per Service, 20 nodes) is generated as columns and written
@@ -12,6 +12,8 @@ rollup's cost per trace on top of the insert). The other 59 minutes are copies m
 the rollups describe exactly the traces and spans the store holds. Each figure is the median of
 ``--runs`` answers with an inventory of every pod and Service. Ends with one ``bench:`` line per store
 and graph, the build from traces as the peer (ratio: its time over the rollup's, higher is better).
+``--keep`` leaves the stores filled (the chDB one in ``--chdb-dir``), ``--reuse`` reads stores a
+``--keep`` run left with the same ``--spans``, ``--hops`` and ``--minutes`` instead of filling them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 from _lines import bench_line
 
+from hopscope.errors import HopscopeError
 from hopscope.records import Batch, Span, Trace
 from hopscope.store import SqlStore, store_from_url
 from hopscope.store.rollup import BLOCK_NS, BLOCK_S, MINUTE_NS, RollupWriter
@@ -112,16 +115,25 @@ def one_minute(traces: int, hops: int, seed: int = 1) -> tuple[Batch, Batch]:
     return spans, trace_batch
 
 
+def _passes(spans: Batch, traces: Batch) -> list[tuple[Batch, Batch]]:
+    per_trace = spans.length // traces.length
+    return [(spans.slice(lo * per_trace, min(lo + BATCH, traces.length) * per_trace),
+             traces.slice(lo, min(lo + BATCH, traces.length))) for lo in range(0, traces.length, BATCH)]  # fmt: skip
+
+
 def write_minute(store: SqlStore, spans: Batch, traces: Batch) -> float:
     """Insert the minute a correlator pass at a time (spans, then traces: the store writes the
-    rollup rows); returns the CPU seconds the rollups took of that (computed again without a store)."""
-    per_trace = spans.length // traces.length
-    parts = [(spans.slice(lo * per_trace, min(lo + BATCH, traces.length) * per_trace),
-              traces.slice(lo, min(lo + BATCH, traces.length))) for lo in range(0, traces.length, BATCH)]  # fmt: skip
-    for span_part, trace_part in parts:
+    rollup rows); returns the CPU seconds the rollups took of that (``rollup_cpu_s``)."""
+    for span_part, trace_part in _passes(spans, traces):
         store.insert("spans", span_part)
         store.insert("traces", trace_part)
     store.rollups.flush(close_all=True)  # what the writer's timer or close would write
+    return rollup_cpu_s(spans, traces)
+
+
+def rollup_cpu_s(spans: Batch, traces: Batch) -> float:
+    """The CPU seconds the rollups of the minute take on the writer (computed without a store)."""
+    parts = _passes(spans, traces)
     alone = RollupWriter(lambda table, batch: len(batch), lambda ids: [])
     t = time.process_time()  # CPU time: the machine may be shared
     for span_part, trace_part in parts:
@@ -156,7 +168,7 @@ def _copy_sql(store: SqlStore, table: str, minutes: int, block_rows: bool) -> st
         elif col.name in _COUNTS:
             exprs.append(f"{name} * {times}")
         elif col.name.endswith("_counts"):
-            exprs.append(f"toString(arrayMap(x -> x * {times}, CAST({name} AS Array(UInt64))))")
+            exprs.append(f"arrayMap(x -> x * {times}, {name})")
         else:
             exprs.append(name)
     columns = ", ".join(quote_identifier(c.name) for c in spec.columns())
@@ -180,6 +192,15 @@ def copy_minutes(store: SqlStore, minutes: int) -> None:
             store._command(_copy_sql(store, table, minutes, block_rows=True))
 
 
+def _holds(store: SqlStore, traces: int, spans: int) -> bool:
+    """Whether a store left by ``--keep`` holds this plan (its schema current, its counts these)."""
+    try:
+        store.check_schema()
+        return store.count("traces") == traces and store.count("spans") == spans
+    except HopscopeError:
+        return False
+
+
 def median_s(fn: Callable[[], object], runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -199,6 +220,8 @@ def main() -> None:
     parser.add_argument("--clickhouse", default="clickhouse://127.0.0.1:9000/hs_bench_topology")
     parser.add_argument("--stores", default="clickhouse,chdb", help="which stores, comma-separated")
     parser.add_argument("--keep", action="store_true", help="leave the stores filled (to profile their reads)")
+    parser.add_argument("--reuse", action="store_true", help="read the stores --keep left, if they hold this plan")
+    parser.add_argument("--chdb-dir", help="the chDB store's directory (default: a new temporary one)")
     args = parser.parse_args()
     per_minute = args.spans // args.hops // args.minutes
     spans, traces = one_minute(per_minute, args.hops)
@@ -208,17 +231,21 @@ def main() -> None:
           f" over {args.minutes} min; peer reads the first {args.limit:,} traces")  # fmt: skip
     print(f"{'store':<12}{'graph':<10}{'rollup ms':>10}{'traces ms':>11}{'requests':>11}{'(peer)':>9}")
     lines = []
-    scratch = tempfile.mkdtemp(prefix="hs-topology-")
+    scratch = args.chdb_dir or tempfile.mkdtemp(prefix="hs-topology-")
     urls = {"clickhouse": args.clickhouse, "chdb": f"chdb://{scratch}"}
     for name, url in ((n, urls[n]) for n in args.stores.split(",")):
         store = store_from_url(url)
-        store.drop_schema()
-        store.ensure_schema()
-        rollup_s = write_minute(store, spans, traces)
-        t = time.perf_counter()
-        copy_minutes(store, args.minutes)
-        print(f"{name}: loaded ({time.perf_counter() - t:.0f} s to copy), rollup rows"
-              f" {store.count('edges_1m'):,} edges_1m, {store.count('links_1m'):,} links_1m")  # fmt: skip
+        if args.reuse and _holds(store, per_minute * args.minutes, per_minute * args.minutes * args.hops):
+            rollup_s = rollup_cpu_s(spans, traces)
+            print(f"{name}: reusing {store.url}")
+        else:
+            store.drop_schema()
+            store.ensure_schema()
+            rollup_s = write_minute(store, spans, traces)
+            t = time.perf_counter()
+            copy_minutes(store, args.minutes)
+            print(f"{name}: loaded ({time.perf_counter() - t:.0f} s to copy)")
+        print(f"{name}: rollup rows {store.count('edges_1m'):,} edges_1m, {store.count('links_1m'):,} links_1m")
         services = load_service_map(store, start, end, args.limit, inv)
         sample = load_service_map_of_traces(store, start, end, args.limit, inv)
         assert services.graph["traces"] == per_minute * args.minutes
@@ -242,7 +269,7 @@ def main() -> None:
         else:
             store.drop_schema()
         store.close()
-    if not args.keep:
+    if not args.keep and not args.chdb_dir:
         shutil.rmtree(scratch)  # chDB deletes a dropped database's files later, after this process
     print("\n".join(lines))
 

@@ -52,6 +52,8 @@ def encode_batch(batch: Batch, *, compress: bool = False) -> bytes:
 
 
 def _encode_column(ctype: ColumnType, data: ColumnData, count: int) -> bytes:
+    if ctype.is_array:
+        raise ValueError(f"{ctype.clickhouse} columns are the store's own, not carried on the wire")
     if not ctype.is_text:
         return np.ascontiguousarray(data, dtype=ctype.dtype).tobytes()
     joined = "".join(data)

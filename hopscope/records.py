@@ -11,7 +11,9 @@ a description (``Column``):
 - ``PacketIndex``: where one flow's packets at one capture point lie in a capture file.
 
 On hot paths records travel as a ``Batch``: one typed column per field (numpy arrays for numbers, lists
-of ``str`` for text), which is what the codec puts on the wire and what the stores insert.
+of ``str`` for text, lists of int sequences for arrays), which is what the codec puts on the wire and
+what the stores insert. Array columns (``ColumnType.I32_ARRAY``, ``U64_ARRAY``) are for the store's
+own tables (the rollups' histograms): the codec does not carry them.
 
 Conventions (Zeek's): ``orig_``/``resp_`` for the two directions of a conversation (the originator is
 the side that sent the first SYN, or the first packet when no handshake was seen), ``src_``/``dst_`` for
@@ -49,6 +51,9 @@ class ColumnType(enum.Enum):
     I64 = ("<i8", "Int64")
     F32 = ("<f4", "Float32")
     STR = ("", "String")
+    #: Arrays of numbers (a list of int sequences in a ``Batch``; ``dtype``: of their elements).
+    I32_ARRAY = ("<i4", "Array(Int32)")
+    U64_ARRAY = ("<u8", "Array(UInt64)")
 
     def __init__(self, dtype: str, clickhouse: str) -> None:
         self.dtype = dtype
@@ -57,6 +62,15 @@ class ColumnType(enum.Enum):
     @property
     def is_text(self) -> bool:
         return self is ColumnType.STR
+
+    @property
+    def is_array(self) -> bool:
+        return self.clickhouse.startswith("Array(")
+
+    @property
+    def is_list(self) -> bool:
+        """Held as a Python list in a ``Batch`` (text and arrays), not as a numpy array."""
+        return self.is_text or self.is_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +366,17 @@ RECORD_BY_TABLE: Mapping[str, type[Record]] = {t.TABLE: t for t in RECORD_TYPES}
 R = TypeVar("R", bound=Record)
 
 
+def _default_column(ctype: ColumnType, length: int) -> ColumnData:
+    """A column of ``length`` default values (empty text, empty arrays, zeros)."""
+    if ctype.is_array:
+        return [()] * length
+    return [""] * length if ctype.is_text else np.zeros(length, ctype.dtype)
+
+
 def _as_list(data: ColumnData) -> list[Any]:
     return data if isinstance(data, list) else data.tolist()
 
-ColumnData = npt.NDArray[Any] | list[str]
+ColumnData = npt.NDArray[Any] | list[Any]  # list: of str (text) or of int sequences (arrays)
 
 
 class Batch:
@@ -373,8 +394,8 @@ class Batch:
         for col in record_type.columns():
             data = columns.get(col.name)
             if data is None:
-                full[col.name] = [""] * length if col.type.is_text else np.zeros(length, col.type.dtype)
-            elif col.type.is_text:
+                full[col.name] = _default_column(col.type, length)
+            elif col.type.is_list:
                 full[col.name] = list(data)
             else:
                 full[col.name] = np.asarray(data, dtype=col.type.dtype)
@@ -409,7 +430,7 @@ class Batch:
         by_column = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
         columns: dict[str, ColumnData] = {}
         for col, values in zip(cols, by_column, strict=True):
-            columns[col.name] = list(values) if col.type.is_text else np.asarray(values, dtype=col.type.dtype)
+            columns[col.name] = list(values) if col.type.is_list else np.asarray(values, dtype=col.type.dtype)
         return cls(record_type, columns, len(rows))
 
     def records(self) -> Iterator[Record]:
@@ -431,7 +452,7 @@ class Batch:
         columns: dict[str, ColumnData] = {}
         for col in rtype.columns():
             parts = [b.columns[col.name] for b in batches]
-            if col.type.is_text:
+            if col.type.is_list:
                 columns[col.name] = list(chain.from_iterable(parts))
             else:
                 columns[col.name] = np.concatenate(parts)

@@ -31,7 +31,16 @@ from hopscope.store.query import (
     select_where,
     time_range_conditions,
 )
-from hopscope.store.rollup import ROLLUP_SOURCES, RollupWriter, minutes_sql, rollup_range_sql
+from hopscope.store.rollup import (
+    ROLLUP_SOURCES,
+    ROLLUP_TYPES,
+    RollupRows,
+    RollupWriter,
+    minutes_kinds,
+    minutes_sql,
+    rollup_range_sql,
+    text_histogram_columns,
+)
 from hopscope.store.schema import (
     TABLES,
     add_column_sql,
@@ -112,7 +121,7 @@ class Store(Protocol):
 
     def rollup_minutes(
         self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60, blocks: tuple[int, int] | None = None
-    ) -> list[tuple[Any, ...]]: ...
+    ) -> RollupRows: ...
 
     def rollup_bounds(self, table: str, start_ns: int, end_ns: int) -> tuple[int, int] | None: ...
 
@@ -152,6 +161,12 @@ class SqlStore(abc.ABC):
     def _select(self, query: BoundQuery) -> list[tuple[Any, ...]]:
         """Run a bound SELECT; rows as tuples in the order of its columns."""
 
+    def _select_columns(self, query: BoundQuery) -> Sequence[Any] | None:
+        """Run a bound SELECT; its columns (None: no rows). Here the rows transposed; chDB answers
+        with its Arrow columns."""
+        rows = self._select(query)
+        return list(zip(*rows, strict=True)) if rows else None
+
     @abc.abstractmethod
     def _insert_columns(self, table: str, batch: Batch) -> None:
         """Insert every record column of the batch into the (allow-listed) table."""
@@ -178,7 +193,13 @@ class SqlStore(abc.ABC):
         return lines
 
     def ensure_schema(self) -> None:
-        """Create the database and tables if missing, and add record fields a table lacks."""
+        """Create the database and tables if missing, and add record fields a table lacks. A store whose
+        rollup histograms are still text is refused (``StoreMissingError``: ``convert_histograms``,
+        which ``hopscope store init`` runs, converts them)."""
+        self._ensure_tables()
+        self._refuse_text_histograms()
+
+    def _ensure_tables(self) -> None:
         if self.read_only:
             raise ConfigError(f"store {self.url} is open read-only: its schema cannot be created here")
         features = self.features
@@ -199,6 +220,51 @@ class SqlStore(abc.ABC):
                 if col.name not in existing:
                     log.info("adding column %s.%s", spec.name, col.name)
                     self._command(add_column_sql(self.database, spec, col, features))
+
+    def _text_histograms(self) -> dict[str, list[str]]:
+        """Per rollup table, the histogram columns it still holds as text (a store made before they
+        were arrays)."""
+        found = {}
+        for record_type in ROLLUP_TYPES:
+            columns = text_histogram_columns(record_type, self._column_types(record_type.TABLE))
+            if columns:
+                found[record_type.TABLE] = columns
+        return found
+
+    def _refuse_text_histograms(self) -> None:
+        text = self._text_histograms()
+        if text:
+            raise StoreMissingError(
+                f"store {self.url}: the histograms of {', '.join(text)} are text, from an older hopscope"
+                f" (convert them with: hopscope store init --store {self.url})"
+            )
+
+    def convert_histograms(self) -> list[str]:
+        """Create what ``ensure_schema`` creates, then convert the rollup tables whose histograms are
+        still text into tables with array columns, every row kept (a copy with the texts cast, then the
+        two swapped by ``RENAME``; rows another writer inserts during the copy are lost, so writers
+        are stopped first). Returns the tables converted."""
+        self._ensure_tables()
+        text = self._text_histograms()
+        db = quote_identifier(self.database)
+        for table, columns in text.items():
+            spec, name = table_spec(table), quote_identifier(table)
+            old, new = quote_identifier(f"{table}_text"), quote_identifier(f"{table}_arrays")
+            names = [c.name for c in spec.columns()]
+            values = [
+                f"CAST({quote_identifier(n)} AS {spec.column(n).type.clickhouse})" if n in columns
+                else quote_identifier(n) for n in names
+            ]  # fmt: skip
+            self._command(f"DROP TABLE IF EXISTS {db}.{new}")
+            self._command(create_table_sql(self.database, spec, self.features, self.ttl_days, table=f"{table}_arrays"))
+            self._command(
+                f"INSERT INTO {db}.{new} ({', '.join(map(quote_identifier, names))})"
+                f" SELECT {', '.join(values)} FROM {db}.{name}"
+            )
+            self._command(f"RENAME TABLE {db}.{name} TO {db}.{old}, {db}.{new} TO {db}.{name}")
+            self._command(f"DROP TABLE {db}.{old}")
+            log.info("store %s: histograms of %s converted from text to arrays", self.url, table)
+        return list(text)
 
     def check_schema(self) -> None:
         """What a reader needs: the database, every table, every record column; else
@@ -225,6 +291,16 @@ class SqlStore(abc.ABC):
                 raise StoreMissingError(
                     f"table {self.database}.{spec.name} lacks column {', '.join(lacking)} (add it with: {init})"
                 )
+        self._refuse_text_histograms()
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        rows = self._select(
+            BoundQuery(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                {"db": self.database, "t": table},
+            )
+        )
+        return {str(name): str(ctype) for name, ctype in rows}
 
     def _existing_columns(self, table: str) -> set[str]:
         rows = self._select(
@@ -289,10 +365,10 @@ class SqlStore(abc.ABC):
 
     def rollup_minutes(
         self, table: str, start_ns: int, end_ns: int, resolution_s: int = 60, blocks: tuple[int, int] | None = None
-    ) -> list[tuple[Any, ...]]:
+    ) -> RollupRows:
         """The rows of a rollup table (``store/rollup.py``) of one resolution (60: minutes; ``BLOCK_S``)
-        starting in [start_ns, end_ns), grouped by the table's key: key columns, then ``minutes_sql``'s
-        aggregates. ``blocks`` (first, last): the block rows of [first, last) in place of those
+        starting in [start_ns, end_ns), grouped by the table's key, as columns: key columns, then
+        ``minutes_sql``'s aggregates. ``blocks`` (first, last): the block rows of [first, last) in place of those
         minutes' rows, added up with the other minutes' in the same query (``rollup_range_sql``)."""
         if self._rollups is not None:  # this writer's own rows are read back
             self._rollups.flush()
@@ -307,7 +383,7 @@ class SqlStore(abc.ABC):
             f" FROM {quote_identifier(self.database)}.{quote_identifier(spec.name)} FINAL"
             f" PREWHERE {' AND '.join(conditions)} GROUP BY {group} ORDER BY {group}"
         )
-        return self._select(BoundQuery(sql, params.values))
+        return RollupRows.from_columns(self._select_columns(BoundQuery(sql, params.values)), minutes_kinds(spec.name))
 
     def rollup_bounds(self, table: str, start_ns: int, end_ns: int) -> tuple[int, int] | None:
         """The first and the last minute with rows of a rollup table in [start_ns, end_ns) (None: none)."""

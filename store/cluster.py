@@ -44,6 +44,7 @@ from hopscope.records import Batch
 from hopscope.store.base import DEFAULT_DATABASE, DEFAULT_POOL_SIZE, QueryError, SqlStore
 from hopscope.store.features import ServerFeatures
 from hopscope.store.query import BoundQuery
+from hopscope.store.rollup import ROLLUP_TYPES
 from hopscope.store.schema import (
     EVENT_TIME,
     TABLES,
@@ -356,7 +357,36 @@ class ClusterStore(SqlStore):
 
     def ensure_schema(self) -> None:
         """Create the database, the local tables on every shard and the Distributed tables, and add
-        record fields a table lacks; every server must answer."""
+        record fields a table lacks; every server must answer. Rollup histograms still text are
+        refused, as on one server."""
+        self._ensure_tables()
+        self._refuse_text_histograms()
+
+    def convert_histograms(self) -> list[str]:
+        """On a cluster the rollup tables whose histograms are still text are dropped (their local and
+        Distributed tables) and made again: ``hopscope store init`` then counts the stored traces into
+        them (``backfill``: both tables empty). Returns the tables dropped."""
+        self._ensure_tables()
+        text = list(self._text_histograms())
+        if text:
+            text = [t.TABLE for t in ROLLUP_TYPES]  # the backfill fills both tables, only when both are empty
+            statements = [f"DROP TABLE IF EXISTS {quote_identifier(self.database)}.{quote_identifier(name)}"
+                          for table in text for name in (table, local_table(table))]  # fmt: skip
+            if self._uses_on_cluster():
+                on = f" ON CLUSTER {quote_identifier(self.cluster)}"
+                self._run_on_cluster(sql + on for sql in statements)
+            else:
+                for replica in self._require_all("converting the rollup tables"):
+                    for sql in statements:
+                        self._node(replica.host, replica.port)._command(sql)
+            self._ensure_tables()
+        return text
+
+    def _uses_on_cluster(self) -> bool:
+        replicated = self.has_coordination()
+        return replicated if self._on_cluster is None else self._on_cluster
+
+    def _ensure_tables(self) -> None:
         if self.read_only:
             raise ConfigError(f"store {self.url} is open read-only: its schema cannot be created here")
         replicas = self._require_all("creating the schema")

@@ -46,6 +46,8 @@ _ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     ColumnType.I64: pa.int64(),
     ColumnType.F32: pa.float32(),
     ColumnType.STR: pa.string(),
+    ColumnType.I32_ARRAY: pa.list_(pa.int32()),
+    ColumnType.U64_ARRAY: pa.list_(pa.uint64()),
 }
 
 
@@ -150,6 +152,13 @@ class EmbeddedStore(SqlStore):
             return []
         columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
         return list(zip(*columns, strict=True))
+
+    def _select_columns(self, query: BoundQuery) -> list[Any] | None:
+        """The Arrow columns of the answer as they are (no Python object per value)."""
+        table = self._query(query.sql, "ArrowTable", params=engine_params(query.params) or None)
+        if table is None or table.num_rows == 0:
+            return None
+        return [table.column(i) for i in range(table.num_columns)]
 
     def _insert_columns(self, table: str, batch: Batch) -> None:
         payload = arrow_stream(batch_to_arrow(batch))

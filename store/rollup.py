@@ -16,12 +16,13 @@ path, ``hopscope ingest`` and the streaming correlator all produce them through 
   the traces.
 
 Histograms are logarithmic buckets with a relative accuracy of ``RELATIVE_ACCURACY`` (the DDSketch
-mapping: a value is read back as its bucket's representative, within 1 % of it), kept as two texts
-in ClickHouse's array syntax (bucket keys, counts); merging is adding counts, so the rows of any set
-of minutes merge exactly. Text columns work alike on ClickHouse 18.16 (no quantile state worth
-having there: ``quantileTiming`` is whole milliseconds), chDB and a cluster; a read adds them in the
-server (``sumMap`` over ``CAST(text AS Array(..))``, ``hist_sum_sql``: 2.5x faster there than
-parsing ``key:count`` pairs with lambdas), so one row per key comes back whatever the window.
+mapping: a value is read back as its bucket's representative, within 1 % of it), kept as two numeric
+arrays (``Array(Int32)`` bucket keys in order, ``Array(UInt64)`` counts); merging is adding counts, so
+the rows of any set of minutes merge exactly. Arrays work alike on ClickHouse 18.16 (no quantile
+state worth having there: ``quantileTiming`` is whole milliseconds), chDB and a cluster; a read adds
+them in the server (``sumMap``, ``hist_sum_sql``), so one row per key comes back whatever the window.
+Stores made when the histograms were texts in array syntax get the array columns from
+``ensure_schema`` (``hopscope store init``), which converts them in place (``text_histogram_columns``).
 
 A trace is counted when both it and its spans have been inserted through the same store object,
 whichever came first (``RollupWriter``); a trace whose spans are not among the ones it holds is
@@ -74,11 +75,12 @@ _ID_CHUNK = 1000
 
 
 def _col(ctype: ColumnType, doc: str) -> Any:
-    default: Any = "" if ctype.is_text else (0.0 if ctype is ColumnType.F32 else 0)
+    default: Any = () if ctype.is_array else "" if ctype.is_text else (0.0 if ctype is ColumnType.F32 else 0)
     return field(default=default, metadata={"type": ctype, "doc": doc})
 
 
 U32, U64, F32, STR = ColumnType.U32, ColumnType.U64, ColumnType.F32, ColumnType.STR
+KEYS, COUNTS = ColumnType.I32_ARRAY, ColumnType.U64_ARRAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +99,12 @@ class EdgeMinute(Record):
     version: int = _col(U64, "when the writer wrote the row (ns): a segment's newest row per key counts")
     requests: int = _col(U64, "traces")
     errors: int = _col(U64, "traces with error=1")
-    duration_keys: str = _col(STR, "histogram of the traces' duration_us: bucket keys (hist_encode)")
-    duration_counts: str = _col(STR, "histogram of the traces' duration_us: counts per key")
-    server_keys: str = _col(STR, "histogram of the duration (us) at the first hop that saw final_h as server")
-    server_counts: str = _col(STR, "counts per key of server_keys")
+    duration_keys: tuple[int, ...] = _col(KEYS, "histogram of the traces' duration_us: bucket keys (hist_encode)")
+    duration_counts: tuple[int, ...] = _col(COUNTS, "histogram of the traces' duration_us: counts per key")
+    server_keys: tuple[int, ...] = _col(
+        KEYS, "histogram of the duration (us) at the first hop that saw final_h as server"
+    )
+    server_counts: tuple[int, ...] = _col(COUNTS, "counts per key of server_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +127,12 @@ class LinkMinute(Record):
     lost_pkts: int = _col(U64, "segments lost on the link")
     loss_traces: int = _col(U64, "links that lost segments")
     min_confidence: float = _col(F32, "lowest link confidence")
-    req_keys: str = _col(STR, "histogram of req_link_us: bucket keys (hist_encode)")
-    req_counts: str = _col(STR, "counts per key of req_keys")
-    resp_keys: str = _col(STR, "histogram of resp_link_us of the links that saw a response: bucket keys")
-    resp_counts: str = _col(STR, "counts per key of resp_keys")
+    req_keys: tuple[int, ...] = _col(KEYS, "histogram of req_link_us: bucket keys (hist_encode)")
+    req_counts: tuple[int, ...] = _col(COUNTS, "counts per key of req_keys")
+    resp_keys: tuple[int, ...] = _col(
+        KEYS, "histogram of resp_link_us of the links that saw a response: bucket keys"
+    )
+    resp_counts: tuple[int, ...] = _col(COUNTS, "counts per key of resp_keys")
 
 
 ROLLUP_TYPES: tuple[type[Record], ...] = (EdgeMinute, LinkMinute)
@@ -154,16 +160,16 @@ def bucket_value(key: int) -> float:
     return value if key > 0 else -value
 
 
-def hist_text(hist: Mapping[int, int]) -> tuple[str, str]:
-    """A histogram (bucket key -> count) as two texts in ClickHouse's array syntax: the bucket keys
-    in order, and the count of each (``("[]", "[]")`` when empty)."""
+def hist_lists(hist: Mapping[int, int]) -> tuple[list[int], list[int]]:
+    """A histogram (bucket key -> count) as the two arrays it is stored as: the bucket keys in order,
+    and the count of each (``([], [])`` when empty)."""
     keys = sorted(k for k, c in hist.items() if c)
-    return f"[{','.join(map(str, keys))}]", f"[{','.join(str(hist[k]) for k in keys)}]"
+    return keys, [hist[k] for k in keys]
 
 
-def hist_encode(values: Sequence[int]) -> tuple[str, str]:
-    """``hist_text`` of the histogram of some values."""
-    return hist_text(Counter(bucket_keys(values).tolist()) if len(values) else Counter())
+def hist_encode(values: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``hist_lists`` of the histogram of some values."""
+    return hist_lists(Counter(bucket_keys(values).tolist()) if len(values) else Counter())
 
 
 def _bucket_key(value: int) -> int:
@@ -174,15 +180,10 @@ def _bucket_key(value: int) -> int:
     return key if value > 0 else -key
 
 
-def hist_merge(into: Counter[int], keys: str, counts: str) -> None:
+def hist_merge(into: Counter[int], keys: Sequence[int], counts: Sequence[int]) -> None:
     """Add an encoded histogram's counts to ``into``."""
-    for key, count in zip(_ints(keys), _ints(counts), strict=True):
+    for key, count in zip(keys, counts, strict=True):
         into[key] += count
-
-
-def _ints(text: str) -> list[int]:
-    inner = text.strip("[]")
-    return [int(x) for x in inner.split(",")] if inner else []
 
 
 def hist_percentiles(hist: Mapping[int, int], qs: Sequence[int]) -> dict[str, int | None]:
@@ -220,26 +221,107 @@ def group_percentiles(
     """``hist_percentiles`` of ``n_groups`` histograms, each the sum of the ``hist_sum_sql`` values
     ``summed[i]`` whose ``groups[i]`` is its index: the entries of all of them added in one sort
     (a service map edge adds the histograms of many address chains, a link those of its reasons)."""
-    parts = [_summed_parts(v) for v in summed]
-    lengths = np.fromiter((len(k) for k, _ in parts), dtype=np.int64, count=len(parts))
-    total = int(lengths.sum())
-    if total == 0:
-        return [{f"p{q}": None for q in qs} for _ in range(n_groups)]
-    keys = np.fromiter(chain.from_iterable(k for k, _ in parts), dtype=np.int64, count=total)
-    counts = np.fromiter(chain.from_iterable(c for _, c in parts), dtype=np.int64, count=total)
+    hists = Hists.from_pairs(summed)
+    keys, counts, entry_row = hists.take(np.arange(len(summed)))
+    return flat_percentiles(keys, counts, np.asarray(groups, dtype=np.int64)[entry_row], n_groups, qs)
+
+
+def flat_percentiles(
+    keys: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], groups: np.ndarray[Any, Any], n_groups: int,
+    qs: Sequence[int],
+) -> list[dict[str, int | None]]:  # fmt: skip
+    """``hist_percentiles`` of ``n_groups`` histograms given as entries (bucket key, count, group),
+    all computed at once: the entries added per group and key in one sort, then each percentile's
+    two ranks found by one search over the cumulative counts (the same floating-point steps as
+    ``hist_percentiles``, so the same figures)."""
+    none: dict[str, int | None] = {f"p{q}": None for q in qs}
+    if not len(keys):
+        return [dict(none) for _ in range(n_groups)]
+    keys, counts = keys.astype(np.int64, copy=False), counts.astype(np.int64, copy=False)
     low = int(keys.min())
     span = int(keys.max()) - low + 1
-    codes = np.repeat(np.asarray(groups, dtype=np.int64), lengths) * span + (keys - low)
+    codes = groups.astype(np.int64, copy=False) * span + (keys - low)
     order = np.argsort(codes, kind="stable")
     codes, counts = codes[order], counts[order]
     starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
     sums, codes = np.add.reduceat(counts, starts), codes[starts]
     kept = sums > 0
     sums, codes = sums[kept], codes[kept]
-    bounds = np.searchsorted(codes // span, np.arange(n_groups + 1)).tolist()
-    bucket = (codes % span + low).tolist()
-    sums_list = sums.tolist()
-    return [_sorted_percentiles(bucket[a:b], sums_list[a:b], qs) for a, b in pairwise(bounds)]
+    bounds = np.searchsorted(codes // span, np.arange(n_groups + 1))
+    cumulative = np.cumsum(sums)
+    base = np.concatenate(([0], cumulative))[bounds[:-1]]  # counts before each group's entries
+    n = np.concatenate(([0], cumulative))[bounds[1:]] - base
+    present = n > 0
+    values_of = np.array([bucket_value(k) for k in range(low, low + span)])  # bucket_value's own floats
+    bucket = codes % span
+
+    def at(rank: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The bucket value of the entry holding each group's 0-based ``rank``."""
+        i = np.searchsorted(cumulative, base + rank, side="right")
+        picked: np.ndarray[Any, Any] = values_of[bucket[np.minimum(i, len(bucket) - 1)]]
+        return picked
+
+    found: dict[str, list[Any]] = {}
+    nm1 = (n - 1).astype(np.float64)
+    for q in qs:
+        rank = q / 100 * nm1
+        lower = np.floor(rank)
+        value = at(lower.astype(np.int64))
+        frac = rank - lower
+        upper = at(np.minimum(lower.astype(np.int64) + 1, np.maximum(n - 1, 0)))
+        value = np.where(frac > 0, value + (upper - value) * frac, value)
+        found[f"p{q}"] = np.rint(value).astype(np.int64).tolist()
+    present_list = present.tolist()
+    return [{k: v[g] for k, v in found.items()} if present_list[g] else dict(none) for g in range(n_groups)]
+
+
+@dataclass(frozen=True, slots=True)
+class Hists:
+    """The histograms of some rows as flat arrays: row ``i``'s bucket keys and counts are
+    ``keys[bounds[i]:bounds[i + 1]]`` and the same slice of ``counts``."""
+
+    keys: np.ndarray[Any, Any]
+    counts: np.ndarray[Any, Any]
+    bounds: np.ndarray[Any, Any]
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    @classmethod
+    def from_pairs(cls, summed: Sequence[Any]) -> Hists:
+        """From ``hist_sum_sql`` values as Python objects: (keys, counts) tuples, or structs
+        ({"1": keys, "2": counts})."""
+        parts = [_summed_parts(v) for v in summed]
+        lengths = np.fromiter((len(k) for k, _ in parts), dtype=np.int64, count=len(parts))
+        total = int(lengths.sum())
+        keys = np.fromiter(chain.from_iterable(k for k, _ in parts), dtype=np.int64, count=total)
+        counts = np.fromiter(chain.from_iterable(c for _, c in parts), dtype=np.int64, count=total)
+        return cls(keys, counts, np.concatenate(([0], np.cumsum(lengths))))
+
+    @classmethod
+    def from_arrow(cls, column: Any) -> Hists:
+        """From an Arrow column of ``hist_sum_sql`` values (a struct of two lists, chDB's answer):
+        the lists' values and offsets as they are, no Python object per entry."""
+        struct = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+        keys, counts = struct.field(0), struct.field(1)
+        offsets = np.asarray(keys.offsets, dtype=np.int64)
+        if not np.array_equal(offsets, np.asarray(counts.offsets, dtype=np.int64)):
+            raise ValueError("histogram keys and counts of different lengths")
+        first, last = int(offsets[0]), int(offsets[-1])
+        return cls(
+            np.asarray(keys.values, dtype=np.int64)[first:last],
+            np.asarray(counts.values, dtype=np.int64)[first:last],
+            offsets - first,
+        )
+
+    def take(self, rows: np.ndarray[Any, Any]) -> tuple[Array, Array, Array]:
+        """The entries of ``rows`` (in that order): keys, counts, and the position in ``rows`` of each."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.bounds[rows + 1] - self.bounds[rows]
+        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        index = np.repeat(self.bounds[rows] - (ends - lengths), lengths) + np.arange(total)
+        return self.keys[index], self.counts[index], np.repeat(np.arange(len(rows)), lengths)
 
 
 # --- rows from traces ------------------------------------------------------------------------------
@@ -281,7 +363,8 @@ class TraceRow(NamedTuple):
 
 
 R = TypeVar("R", SpanRow, TraceRow)
-Columns = dict[str, np.ndarray[Any, Any]]
+Array = np.ndarray[Any, Any]
+Columns = dict[str, Array]
 
 
 def batch_rows(row_type: type[R], batch: Batch) -> list[R]:
@@ -663,8 +746,8 @@ def rollup_batches(pairs: Iterable[Pair], version: int = 1) -> tuple[Batch, Batc
     return acc.batches(version)
 
 
-def _hist_columns(prefix: str, hists: Sequence[Counter[int]]) -> dict[str, list[str]]:
-    encoded = [hist_text(h) for h in hists]
+def _hist_columns(prefix: str, hists: Sequence[Counter[int]]) -> dict[str, list[list[int]]]:
+    encoded = [hist_lists(h) for h in hists]
     return {f"{prefix}_keys": [k for k, _ in encoded], f"{prefix}_counts": [c for _, c in encoded]}
 
 
@@ -1014,10 +1097,17 @@ class RollupWriter:
 # --- reading ---------------------------------------------------------------------------------------
 
 def hist_sum_sql(prefix: str) -> str:
-    """SQL adding the histograms ``<prefix>_keys``/``<prefix>_counts`` of a group: ``sumMap`` over the
-    texts read as arrays (a tuple of the keys and their counts; ClickHouse 18.16 and chDB alike)."""
-    keys, counts = quote_column(f"{prefix}_keys"), quote_column(f"{prefix}_counts")
-    return f"sumMap(CAST({keys} AS Array(Int32)), CAST({counts} AS Array(UInt64)))"
+    """SQL adding the histograms ``<prefix>_keys``/``<prefix>_counts`` of a group: ``sumMap`` of the
+    two arrays (a tuple of the keys and their counts; ClickHouse 18.16 and chDB alike)."""
+    return f"sumMap({quote_column(f'{prefix}_keys')}, {quote_column(f'{prefix}_counts')})"
+
+
+def text_histogram_columns(record_type: type[Record], types: Mapping[str, str]) -> list[str]:
+    """The histogram columns a table of ``record_type`` still holds as text (``types``: the table's
+    column name -> ClickHouse type): a store made before the histograms were arrays. Each converts
+    in place (``ALTER TABLE .. MODIFY COLUMN``: its texts are in array syntax, so the server's cast
+    reads them exactly)."""
+    return [c.name for c in record_type.columns() if c.type.is_array and types.get(c.name) == "String"]
 
 
 def quote_column(name: str) -> str:
@@ -1044,18 +1134,20 @@ def hist_counts(summed: Any) -> Counter[int]:
     return Counter(dict(zip(keys, counts, strict=True)))
 
 
-#: Per rollup table: the key columns its rows are grouped by when read, and the aggregates.
-_READ: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+#: Per rollup table: the key columns its rows are grouped by when read, and the aggregates with the
+#: kind of their values (``RollupRows``).
+_READ: Mapping[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
     EdgeMinute.TABLE: (
         ("client_h", "first_h", "final_h", "l7_proto"),
-        ("sum(requests)", "sum(errors)", hist_sum_sql("duration"), hist_sum_sql("server"),
-         "min(minute_ns)", "max(minute_ns)"),
+        (("sum(requests)", "int"), ("sum(errors)", "int"), (hist_sum_sql("duration"), "hist"),
+         (hist_sum_sql("server"), "hist"), ("min(minute_ns)", "int"), ("max(minute_ns)", "int")),
     ),
     LinkMinute.TABLE: (
         ("prev_point", "point", "link_reason"),
-        ("any(host)", "any(hop_kind)", "any(side)", "sum(traces)", "sum(lost_pkts)", "sum(loss_traces)",
-         "min(min_confidence)", hist_sum_sql("req"), hist_sum_sql("resp"), "min(minute_ns)",
-         "max(minute_ns)"),
+        (("any(host)", "text"), ("any(hop_kind)", "text"), ("any(side)", "text"), ("sum(traces)", "int"),
+         ("sum(lost_pkts)", "int"), ("sum(loss_traces)", "int"), ("min(min_confidence)", "float"),
+         (hist_sum_sql("req"), "hist"), (hist_sum_sql("resp"), "hist"), ("min(minute_ns)", "int"),
+         ("max(minute_ns)", "int")),
     ),
 }  # fmt: skip
 
@@ -1063,7 +1155,59 @@ _READ: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 def minutes_sql(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(key columns, aggregate expressions) a read of ``table`` groups by and computes; the last two
     are the first and the last minute of the group's rows."""
-    return _READ[table]
+    keys, aggregates = _READ[table]
+    return keys, tuple(sql for sql, _ in aggregates)
+
+
+def minutes_kinds(table: str) -> tuple[str, ...]:
+    """The kind of each column a read of ``table`` returns (``RollupRows``)."""
+    keys, aggregates = _READ[table]
+    return ("text",) * len(keys) + tuple(kind for _, kind in aggregates)
+
+
+class RollupRows:
+    """The answer of a rollup read (``Store.rollup_minutes``), a row per key, as columns in the order
+    of ``minutes_sql``: text as lists of str, counts as int64 arrays, floats as arrays, histograms as
+    ``Hists`` (flat arrays: the graphs add them with numpy, no Python object per entry)."""
+
+    __slots__ = ("columns", "length")
+
+    def __init__(self, columns: Sequence[Any], length: int) -> None:
+        self.columns, self.length = list(columns), length
+
+    def __len__(self) -> int:
+        return self.length
+
+    @classmethod
+    def from_columns(cls, raw: Sequence[Any] | None, kinds: Sequence[str]) -> RollupRows:
+        """From a select's columns: Python sequences (the server's rows transposed) or Arrow arrays
+        (chDB's answer, read without a Python object per value); None: no rows."""
+        if raw is None:
+            raw = [[] for _ in kinds]
+        columns: list[Any] = []
+        for values, kind in zip(raw, kinds, strict=True):
+            arrow = hasattr(values, "to_numpy")
+            if kind == "hist":
+                columns.append(Hists.from_arrow(values) if arrow else Hists.from_pairs(values))
+            elif kind == "text":
+                columns.append(values.to_pylist() if arrow else list(values))
+            else:
+                dtype = np.int64 if kind == "int" else None
+                array = values.to_numpy() if arrow else np.asarray(values, dtype=dtype or np.float64)
+                columns.append(array.astype(dtype, copy=False) if dtype else array)
+        return cls(columns, len(columns[0]) if columns else 0)
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The rows as tuples (histograms as (keys, counts) lists): for tests and small answers."""
+        out: list[list[Any]] = []
+        for column in self.columns:
+            if isinstance(column, Hists):
+                b = column.bounds.tolist()
+                keys, counts = column.keys.tolist(), column.counts.tolist()
+                out.append([(keys[x:y], counts[x:y]) for x, y in pairwise(b)])
+            else:
+                out.append(column.tolist() if isinstance(column, np.ndarray) else column)
+        return list(zip(*out, strict=True))
 
 
 def rollup_range_sql(

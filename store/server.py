@@ -135,14 +135,19 @@ class ServerStore(SqlStore):
         return [tuple(r) for r in rows]
 
     def _insert_columns(self, table: str, batch: Batch) -> None:
-        names = [c.name for c in batch.record_type.columns()]
+        cols = batch.record_type.columns()
+        names = [c.name for c in cols]
+        columns = ", ".join(quote_identifier(n) for n in names)
+        sql = f"INSERT INTO {quote_identifier(self.database)}.{quote_identifier(table)} ({columns}) VALUES"
+        if any(c.type.is_array for c in cols):  # the driver's numpy columns have no arrays: lists
+            lists = [v.tolist() if isinstance(v, np.ndarray) else v for v in (batch.columns[n] for n in names)]
+            self._execute(sql, lists, columnar=True)
+            return
         # use_numpy: number columns go out as their arrays; text columns as object arrays.
         data = [
             np.asarray(col, dtype=object) if isinstance(col, list) else col
             for col in (batch.columns[n] for n in names)
         ]
-        columns = ", ".join(quote_identifier(n) for n in names)
-        sql = f"INSERT INTO {quote_identifier(self.database)}.{quote_identifier(table)} ({columns}) VALUES"
         self._execute(sql, data, columnar=True, settings={"use_numpy": True})
 
     def _server_version(self) -> str:

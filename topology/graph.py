@@ -35,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from hopscope.records import FlowRecord, Span, Trace
-from hopscope.store.rollup import group_percentiles
+from hopscope.store.rollup import Hists, RollupRows, flat_percentiles
 from hopscope.topology.inventory import EMPTY, Entity, Inventory
 
 #: close_type values of an L4 flow that count as an error on a service map edge.
@@ -258,7 +258,7 @@ def _finish_service_map(
 
 
 def service_map_from_rollup(
-    rows: Iterable[Sequence[Any]],
+    rows: RollupRows,
     window: tuple[int, int],
     inventory: Inventory = EMPTY,
     flows: Sequence[FlowRecord] = (),
@@ -267,37 +267,88 @@ def service_map_from_rollup(
     """The service map of every trace of ``window`` from ``edges_1m`` rows (``Store.rollup_minutes``):
     the same edges and counts as ``service_map`` over those traces, latency percentiles within the
     histograms' 1 %. ``flows``: L4 flows to add, ``later_spans`` the spans that placed some of them
-    after a trace's first hop (``first_observations``)."""
+    after a trace's first hop (``first_observations``).
+
+    Built with numpy: each distinct address is mapped to its entity once, each row's entity chain
+    (``entity_chain``) becomes at most two hops, and the hops are grouped into edges in the order the
+    rows first reach them (as a row-by-row build would add them)."""
+    client_h, first_h, final_h, l7_proto, n, errors, duration, server = rows.columns[:8]
     stats: dict[tuple[str, str], _EdgeStats] = {}
     graph = nx.DiGraph()
-    requests = 0
-    entity_of = functools.lru_cache(maxsize=None)(inventory.entity_of)  # an address recurs in many rows
-    hists: list[Any] = []  # per row and edge it adds to: the row's histogram for that edge
-    edge_of: list[int] = []  # and the edge's index in ``stats``
-    index: dict[tuple[str, str], int] = {}
-    for client_h, first_h, final_h, l7_proto, n, errors, duration_hist, server_hist, *_ in rows:
-        requests += int(n)
-        chain = entity_chain(inventory, client_h, first_h, final_h, entity_of)
-        for i in range(1, len(chain)):
-            client, server = chain[i - 1][0], chain[i][0]
-            key = (client.id, server.id)
-            at = index.get(key)
-            if at is None:  # an entity is new only on a new edge: the nodes come in the same order
-                _add_entity(graph, client, inventory)
-                _add_entity(graph, server, inventory)
-                at = index[key] = len(index)
-                stats[key] = _EdgeStats()
-            edge = stats[key]
-            edge.requests += int(n)
-            edge.errors += int(errors)
-            edge.protocols[l7_proto or "tcp"] += int(n)
-            hists.append(duration_hist if i == 1 else server_hist)
-            edge_of.append(at)
-    for edge, pcts in zip(stats.values(), group_percentiles(hists, edge_of, len(stats), PERCENTILES), strict=True):
-        edge.duration_pcts = pcts
+    hops = _chain_hops(inventory, client_h, first_h, final_h)
+    if hops is not None:
+        row, hop, u, v, entities = hops
+        ids: dict[str, int] = {}  # an edge is a pair of entity ids, as in ``service_map``
+        id_of = np.fromiter((ids.setdefault(e.id, len(ids)) for e in entities), dtype=np.int64, count=len(entities))
+        edge_codes = id_of[u] * len(ids) + id_of[v]
+        _, first_at, edge_of = np.unique(edge_codes, return_index=True, return_inverse=True)
+        order = np.argsort(first_at, kind="stable")  # edges in the order the hops first reach them
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        edge_of = rank[edge_of.reshape(-1)]
+        n_edges = len(first_at)
+        requests = np.zeros(n_edges, dtype=np.int64)
+        np.add.at(requests, edge_of, n[row])
+        errs = np.zeros(n_edges, dtype=np.int64)
+        np.add.at(errs, edge_of, errors[row])
+        protos = [p or "tcp" for p in l7_proto]
+        proto_seen: list[dict[str, int]] = [{} for _ in range(n_edges)]
+        for e, r, count in zip(edge_of.tolist(), row.tolist(), n[row].tolist(), strict=True):
+            seen = proto_seen[e]
+            seen[protos[r]] = seen.get(protos[r], 0) + count
+        keys_d, counts_d, at_d = duration.take(row[hop == 1])
+        keys_s, counts_s, at_s = server.take(row[hop == 2])
+        pcts = flat_percentiles(
+            np.concatenate((keys_d, keys_s)), np.concatenate((counts_d, counts_s)),
+            np.concatenate((edge_of[hop == 1][at_d], edge_of[hop == 2][at_s])), n_edges, PERCENTILES,
+        )  # fmt: skip
+        first_hop = first_at[order]  # each edge's first hop: its entities are the ones the nodes get
+        for e, (a, b) in enumerate(zip(u[first_hop].tolist(), v[first_hop].tolist(), strict=True)):
+            client, server_entity = entities[a], entities[b]
+            _add_entity(graph, client, inventory)
+            _add_entity(graph, server_entity, inventory)
+            edge = stats[(client.id, server_entity.id)] = _EdgeStats()
+            edge.requests, edge.errors = int(requests[e]), int(errs[e])
+            edge.protocols.update(proto_seen[e])
+            edge.duration_pcts = pcts[e]
     _add_flows(graph, stats, first_observations(flows, {"": later_spans}), inventory)
-    _finish_service_map(graph, stats, *window, traces=requests, flows=len(flows), resolution_s=60)
+    _finish_service_map(graph, stats, *window, traces=int(n.sum()), flows=len(flows), resolution_s=60)
     return graph
+
+
+def _chain_hops(
+    inventory: Inventory, client_h: Sequence[str], first_h: Sequence[str], final_h: Sequence[str]
+) -> tuple[np.ndarray[Any, Any], ...] | None:
+    """The service map hops of rows of address chains, as ``entity_chain`` makes them: arrays of the
+    row, the hop's number in its chain (1: the first, whose latency is the trace's duration; 2: the
+    second, whose latency is the server side's), the client and the server entity's index, and the
+    entities (a list); None when there are none."""
+    if not len(client_h):
+        return None
+    import pandas as pd  # here: the CLI's start does not pay for it
+
+    codes, addrs = pd.factorize(np.concatenate([np.asarray(c, dtype=object) for c in (client_h, first_h, final_h)]))
+    entity_index: dict[Entity, int] = {}
+    of_addr = np.fromiter((entity_index.setdefault(inventory.entity_of(a), len(entity_index)) for a in addrs),
+                          dtype=np.int64, count=len(addrs))  # fmt: skip
+    empty = np.fromiter((not a for a in addrs), dtype=bool, count=len(addrs))
+    m = len(client_h)
+    c, f, z = (of_addr[codes[i * m : (i + 1) * m]] for i in range(3))
+    no_client, no_first, no_final = (empty[codes[i * m : (i + 1) * m]] for i in range(3))
+    hop1 = ~no_client & ~no_first & (f != c)
+    prev = np.where(hop1, f, c)
+    hop2 = ~no_client & ~no_final & (z != prev)
+    rows = np.arange(m)
+    # per row its hops in chain order: position 2 * row (+1 for the second)
+    row = np.concatenate((rows[hop1], rows[hop2]))
+    position = np.concatenate((2 * rows[hop1], 2 * rows[hop2] + 1))
+    number = np.concatenate((np.ones(int(hop1.sum()), dtype=np.int64), np.where(hop1[hop2], 2, 1)))
+    u = np.concatenate((c[hop1], prev[hop2]))
+    v = np.concatenate((f[hop1], z[hop2]))
+    order = np.argsort(position, kind="stable")
+    if not len(order):
+        return None
+    return row[order], number[order], u[order], v[order], list(entity_index)  # type: ignore[return-value]
 
 
 # --- hop paths ------------------------------------------------------------------------------------
@@ -412,38 +463,45 @@ def _finish_points(
     return graph
 
 
-def point_topology_from_rollup(rows: Iterable[Sequence[Any]], window: tuple[int, int]) -> nx.DiGraph:
+def point_topology_from_rollup(rows: RollupRows, window: tuple[int, int]) -> nx.DiGraph:
     """The capture-point topology of every trace of ``window`` from ``links_1m`` rows
     (``Store.rollup_minutes``): the same points, links and counts as ``point_topology`` over those
     traces' spans, latency percentiles within the histograms' 1 %."""
     graph = nx.DiGraph()
     links: dict[tuple[str, str], _LinkStats] = {}
     index: dict[tuple[str, str], int] = {}
-    req_hists: list[Any] = []  # per link row: its histograms, and its link's index in ``links``
-    resp_hists: list[Any] = []
+    prevs, points, reasons, hosts, kinds, sides, n, lost, loss, conf, req, resp = rows.columns[:12]
+    link_rows: list[int] = []  # the link rows, and each one's link index in ``links``
     link_of: list[int] = []
     traces = 0
-    for prev, point, reason, host, hop_kind, side, n, lost, loss_traces, min_conf, req_hist, resp_hist, *_ in rows:
+    scalars = zip(prevs, points, reasons, hosts, kinds, sides, n.tolist(), lost.tolist(), loss.tolist(),
+                  conf.tolist(), strict=True)  # fmt: skip
+    for i, (prev, point, reason, host, hop_kind, side, count, lost_pkts, loss_traces, min_conf) in enumerate(scalars):
         if not prev and not point:
-            traces += int(n)
+            traces += count
         elif not prev:  # a point's row (one per resolution read)
             before = graph.nodes[point]["traces"] if point in graph else 0
-            graph.add_node(point, host=host, hop_kind=hop_kind, side=side, traces=before + int(n))
+            graph.add_node(point, host=host, hop_kind=hop_kind, side=side, traces=before + count)
         else:
             link = links.setdefault((prev, point), _LinkStats())
-            link.traces += int(n)
-            link.lost_pkts += int(lost)
-            link.loss_traces += int(loss_traces)
-            link.reasons[reason] += int(n)
+            link.traces += count
+            link.lost_pkts += lost_pkts
+            link.loss_traces += loss_traces
+            link.reasons[reason] += count
             link.min_confidence = min(link.min_confidence, float(min_conf))
-            req_hists.append(req_hist)
-            resp_hists.append(resp_hist)
+            link_rows.append(i)
             link_of.append(index.setdefault((prev, point), len(index)))
-    req = group_percentiles(req_hists, link_of, len(links), PERCENTILES)
-    resp = group_percentiles(resp_hists, link_of, len(links), PERCENTILES)
-    for link, req_pcts, resp_pcts in zip(links.values(), req, resp, strict=True):
-        link.req_pcts, link.resp_pcts = req_pcts, resp_pcts
+    req_pcts, resp_pcts = (_row_percentiles(h, link_rows, link_of, len(links)) for h in (req, resp))
+    for link, req_p, resp_p in zip(links.values(), req_pcts, resp_pcts, strict=True):
+        link.req_pcts, link.resp_pcts = req_p, resp_p
     return _finish_points(graph, links, traces, start_ns=window[0], end_ns=window[1], resolution_s=60)
+
+
+def _row_percentiles(hists: Hists, rows: Sequence[int], groups: Sequence[int], n_groups: int) -> list[Percentiles]:
+    """The percentiles of ``n_groups`` histograms, each the sum of the histograms of the ``rows``
+    whose ``groups`` entry is its index."""
+    keys, counts, at = hists.take(np.asarray(rows, dtype=np.int64))
+    return flat_percentiles(keys, counts, np.asarray(groups, dtype=np.int64)[at], n_groups, PERCENTILES)
 
 
 # --- export -------------------------------------------------------------------------------------------

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 import networkx as nx
 
 from hopscope.records import FlowRecord, Span, Trace
 from hopscope.store import Store
-from hopscope.store.rollup import BLOCK_NS, MINUTE_NS, snap_window
+from hopscope.store.rollup import BLOCK_NS, MINUTE_NS, RollupRows, minutes_kinds, snap_window
 from hopscope.topology.graph import (
     hop_order,
     point_topology,
@@ -57,9 +56,7 @@ def fetch_flows(store: Store, start_ns: int, end_ns: int, limit: int) -> list[Fl
     return store.query_flows(start_ns, end_ns, None, limit)
 
 
-def rollup_window(
-    store: Store, start_ns: int, end_ns: int, table: str
-) -> tuple[list[tuple[Any, ...]], tuple[int, int]]:
+def rollup_window(store: Store, start_ns: int, end_ns: int, table: str) -> tuple[RollupRows, tuple[int, int]]:
     """The rows of a rollup table for the whole minutes covering the window (an open end: up to the
     first or last minute with rows), and those minutes' bounds. Whole blocks of ``BLOCK_S`` inside
     the window are read from the block rows, the minutes before and after from the minute rows, in
@@ -68,7 +65,8 @@ def rollup_window(
     if start == 0 or end >= NS_MAX - MINUTE_NS:
         bounds = store.rollup_bounds(table, start, end)
         if bounds is None:
-            return [], (start, start if end >= NS_MAX - MINUTE_NS else end)
+            none = RollupRows.from_columns(None, minutes_kinds(table))
+            return none, (start, start if end >= NS_MAX - MINUTE_NS else end)
         start = start or bounds[0]
         end = end if end < NS_MAX - MINUTE_NS else bounds[1] + MINUTE_NS
     first_block, last_block = -(-start // BLOCK_NS) * BLOCK_NS, end // BLOCK_NS * BLOCK_NS

@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
 def _init(store: SqlStore) -> None:
     from hopscope.store.rollup import backfill
 
-    store.ensure_schema()
+    converted = store.convert_histograms()  # a store from before the histograms were arrays
     print(f"store {store.url}: ClickHouse {store.features.version}, tables {', '.join(TABLES)} ready")
+    if converted:
+        done = "dropped and made again" if isinstance(store, ClusterStore) else "converted in place"
+        print(f"  rollups: the text histograms of {', '.join(converted)} {done} (now arrays)")
     counted = backfill(store)  # a store from before the rollups: its traces go into them once
     if counted:
         print(f"  rollups: {counted:,} stored traces counted into edges_1m and links_1m")

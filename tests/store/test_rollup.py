@@ -59,7 +59,7 @@ def test_a_value_reads_back_within_the_relative_accuracy(value: int) -> None:
 
 def test_zero_is_its_own_bucket() -> None:
     assert bucket_keys([0]).tolist() == [0] and bucket_value(0) == 0.0
-    assert hist_encode([]) == ("[]", "[]") and hist_percentiles({}, (50,)) == {"p50": None}
+    assert hist_encode([]) == ([], []) and hist_percentiles({}, (50,)) == {"p50": None}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 1000, 20_000])
