@@ -343,23 +343,23 @@ class StreamCorrelator:
                 if len(batch):
                     self._insert(table, batch)
                     self.stats.rows[table] = self.stats.rows.get(table, 0) + len(batch)
+            newest = self.watermark.newest_ns
+            self.written_requests.add(request_keys(p.spans, self.h)[p.l7_spans], newest)
+            self.written_flows.add(p.l4_flow_keys, newest)
+            self.carriers.add(p.carrier_keys, newest)
+            for _, mids, _ in leaving.values():
+                self.book.done(mids)
+            if len(p.traces):
+                starts = np.asarray(p.traces.columns["start_ns"]).astype(np.int64)
+                self.stats.emit_delay_ms.extend(((time.time_ns() - starts) / 1e6).tolist())
+            self.stats.traces_out += len(p.traces)
+            self.stats.spans_out += len(p.spans)
+            self.stats.records_stitched += p.consumed
+            self.stats.forced_traces += p.forced_traces
+            self.stats.unstitched_dropped += p.unstitched
+            self.stats.retired_flows += p.retired_flows
         finally:
-            self._writing = 0
-        newest = self.watermark.newest_ns
-        self.written_requests.add(request_keys(p.spans, self.h)[p.l7_spans], newest)
-        self.written_flows.add(p.l4_flow_keys, newest)
-        self.carriers.add(p.carrier_keys, newest)
-        for _, mids, _ in leaving.values():
-            self.book.done(mids)
-        if len(p.traces):
-            starts = np.asarray(p.traces.columns["start_ns"]).astype(np.int64)
-            self.stats.emit_delay_ms.extend(((time.time_ns() - starts) / 1e6).tolist())
-        self.stats.traces_out += len(p.traces)
-        self.stats.spans_out += len(p.spans)
-        self.stats.records_stitched += p.consumed
-        self.stats.forced_traces += p.forced_traces
-        self.stats.unstitched_dropped += p.unstitched
-        self.stats.retired_flows += p.retired_flows
+            self._writing = 0  # held no more once the pass's counts are in
 
     def _insert(self, table: str, batch: Batch) -> None:
         with_retry(lambda: self.store.insert(table, batch), self.settings, self.stats, self._stop,
