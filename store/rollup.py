@@ -303,7 +303,7 @@ class Hists:
         """From an Arrow column of ``hist_sum_sql`` values (a struct of two lists, chDB's answer):
         the lists' values and offsets as they are, no Python object per entry."""
         struct = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-        keys, counts = struct.field(0), struct.field(1)
+        keys, counts = struct.flatten()  # the two lists, sliced as the struct is
         offsets = np.asarray(keys.offsets, dtype=np.int64)
         if not np.array_equal(offsets, np.asarray(counts.offsets, dtype=np.int64)):
             raise ValueError("histogram keys and counts of different lengths")
