@@ -102,18 +102,17 @@ def _alive(pid: int) -> bool:
 def kill_pids(pids: Sequence[int], grace_s: float = 3.0, kill_wait_s: float = 10.0) -> None:
     """SIGTERM each pid, then SIGKILL what is still alive after ``grace_s`` and wait (up to
     ``kill_wait_s``) until those have ended: a busy host can take a while to tear a big process down."""
+    _signal_and_wait(pids, signal.SIGTERM, grace_s)
+    _signal_and_wait([pid for pid in pids if _alive(pid)], signal.SIGKILL, kill_wait_s)
+
+
+def _signal_and_wait(pids: Sequence[int], sig: signal.Signals, wait_s: float) -> None:
+    """Send ``sig`` to each pid, then wait up to ``wait_s`` until none is alive."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
+            os.kill(pid, sig)
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    killed = [pid for pid in pids if _alive(pid)]
-    for pid in killed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + kill_wait_s
-    while time.monotonic() < deadline and any(_alive(p) for p in killed):
         time.sleep(0.05)
 
 
